@@ -1,0 +1,59 @@
+"""The one error type users see for bad input, with a source position.
+
+Every mistake in an Amifile (syntax, unknown service, cycle, missing COPY
+source, ...) is raised as :class:`AmifileError`; the CLI prints it as
+``file:line:col: message`` followed by the offending line and a caret, and
+exits 1. Anything else escaping is a bug in amic.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Pos:
+    """A position in an Amifile. Lines and columns count from 1."""
+
+    file: str
+    """Path as the user gave it (or as an INCLUDE resolved it)."""
+    line: int
+    col: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class AmifileError(Exception):
+    """A user mistake in an Amifile, pointing at where it is."""
+
+    def __init__(self, message: str, pos: Pos | None = None, *, source_line: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+        self.source_line = source_line
+        self.hint = hint
+
+    def render(self) -> str:
+        """``file:line:col: message``, then the line and a caret under the column."""
+        head = f"{self.pos}: {self.message}" if self.pos else self.message
+        parts = [head]
+        if self.source_line is not None and self.pos is not None:
+            line = self.source_line.rstrip("\r\n").expandtabs(1)
+            parts.append(f"    {line}")
+            parts.append("    " + " " * max(self.pos.col - 1, 0) + "^")
+        if self.hint:
+            parts.append(f"hint: {self.hint}")
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class UsageError(Exception):
+    """A mistake on the command line (exit code 2)."""
+
+
+class BuildError(Exception):
+    """A build failed for a reason outside the Amifile (target, network, a failing INIT)."""
