@@ -1,0 +1,183 @@
+"""Root filesystems on this machine: cached debootstrap bases and isolated runs in them.
+
+Shared by the ``local`` target and by the tests that run the runtime for
+real. Nothing here touches the host's own ``/``: every command runs chrooted
+into an overlay (read-only lower layers + one writable upper directory)
+mounted inside a private mount namespace created by ``unshare``. When the
+command ends, or is killed, the namespace and every mount in it disappear
+with it, so a crash cannot leave mounts behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from amic.errors import BuildError
+
+# Portable base names the local target can build itself. Values are
+# debootstrap suites; the mirror is debootstrap's default unless
+# AMIC_DEBIAN_MIRROR says otherwise.
+DEBIAN_SUITES = {
+    "debian:11": "bullseye",
+    "debian:12": "bookworm",
+    "debian:13": "trixie",
+    "debian:bookworm": "bookworm",
+    "debian:trixie": "trixie",
+}
+DEFAULT_BASE = "debian:12"
+
+# systemd + dbus so the image can be booted with systemd-nspawn -b (the boot
+# hook is a systemd unit); ca-certificates so INIT scripts can use https.
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ca-certificates")
+
+
+def cache_dir() -> Path:
+    """Where bases (and the local target's images) live: ``$AMIC_CACHE_DIR`` or ``/var/cache/amic``."""
+    return Path(os.environ.get("AMIC_CACHE_DIR") or "/var/cache/amic")
+
+
+def ensure_base(ref: str = DEFAULT_BASE, *, log=None) -> Path:
+    """Return a pristine root filesystem for ``ref``, running debootstrap once and caching it.
+
+    Concurrent callers (parallel tests, two builds) wait on a lock instead of
+    bootstrapping twice; a half-made base is never visible under its final name.
+    Callers must treat the returned directory as read-only (use it as an
+    overlay lower layer).
+    """
+    suite = DEBIAN_SUITES.get(ref)
+    if suite is None:
+        raise BuildError(f"the local target cannot make base image {ref!r}; "
+                         f"known: {', '.join(sorted(DEBIAN_SUITES))}")
+    bases = cache_dir() / "bases"
+    bases.mkdir(parents=True, exist_ok=True)
+    final = bases / f"{suite}-minbase"
+    if (final / ".amic-base-complete").exists():
+        return final
+    with _locked(bases / f"{suite}.lock"):
+        if (final / ".amic-base-complete").exists():
+            return final
+        if shutil.which("debootstrap") is None:
+            raise BuildError("debootstrap is not installed (apt-get install debootstrap)")
+        work = Path(tempfile.mkdtemp(prefix=f".{suite}-", dir=bases))
+        try:
+            argv = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                    suite, str(work / "root")]
+            mirror = os.environ.get("AMIC_DEBIAN_MIRROR")
+            if mirror:
+                argv.append(mirror)
+            if log:
+                log(f"bootstrapping {ref} ({suite}) with debootstrap; this happens once")
+            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stdout.splitlines()[-15:])
+                raise BuildError(f"debootstrap {suite} failed (exit {proc.returncode}):\n{tail}")
+            root = work / "root"
+            # Images boot under systemd-nspawn; give them a deterministic,
+            # non-host identity. machine-id stays empty so each boot makes one.
+            (root / "etc/hostname").write_text("amic\n")
+            (root / "etc/machine-id").write_text("")
+            (root / ".amic-base-complete").write_text(f"{ref}\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(root, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# The namespace script: mount the overlay and the API filesystems, then chroot.
+# Runs as PID 1 of a fresh PID namespace (unshare --pid --fork), so every
+# process the command starts dies with it.
+_ENTER = r"""
+set -eu
+merged=$1; upper=$2; work=$3; lowers=$4; shift 4
+mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
+mount -t proc proc "$merged/proc"
+mount -t sysfs -o ro sysfs "$merged/sys" 2>/dev/null || true
+mount -t tmpfs -o mode=755 tmpfs "$merged/dev"
+for d in null zero full random urandom tty; do
+    touch "$merged/dev/$d" && mount --bind "/dev/$d" "$merged/dev/$d"
+done
+mkdir -p "$merged/dev/pts" "$merged/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$merged/dev/pts" 2>/dev/null || true
+ln -sf pts/ptmx "$merged/dev/ptmx"
+ln -sf /proc/self/fd "$merged/dev/fd"
+mount -t tmpfs tmpfs "$merged/dev/shm"
+mount -t tmpfs tmpfs "$merged/run"
+# Name resolution for package installs: the host's resolv.conf, bind-mounted
+# so nothing of the host is written into the image.
+if [ -f "$merged/etc/resolv.conf" ] && [ ! -L "$merged/etc/resolv.conf" ]; then
+    mount --bind -o ro /etc/resolv.conf "$merged/etc/resolv.conf" || true
+fi
+exec chroot "$merged" "$@"
+"""
+
+
+def chroot_argv(lowers: Sequence[Path], upper: Path, scratch: Path, argv: Sequence[str]) -> list[str]:
+    """The host command that runs ``argv`` as root inside overlay(lowers + upper).
+
+    ``lowers`` go from top-most to bottom-most (overlayfs order). ``scratch``
+    is an empty directory on the same filesystem as ``upper`` (mount point and
+    overlay workdir are made inside it).
+    """
+    merged = scratch / "merged"
+    work = scratch / "work"
+    merged.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    upper.mkdir(parents=True, exist_ok=True)
+    lowerdir = ":".join(str(p) for p in lowers)
+    return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+            "sh", "-c", _ENTER, "amic-enter", str(merged), str(upper), str(work), lowerdir, *argv]
+
+
+CLEAN_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+"""The whole environment a command in a root starts with (plus the caller's ``env``)."""
+
+
+def run_in_root(lowers: Sequence[Path], upper: Path, command: str, *,
+                env: Mapping[str, str] | None = None, on_output=None,
+                timeout: float | None = None) -> int:
+    """Run ``sh -c command`` as root inside overlay(lowers + upper); return its exit status.
+
+    The host environment is not inherited: the command sees ``CLEAN_ENV``
+    plus ``env``. ``env`` travels in the process environment only (never on a
+    command line or into the root's files), which is how ARG values stay secret.
+    Output (stdout+stderr merged) goes to ``on_output`` line by line.
+    """
+    with tempfile.TemporaryDirectory(prefix=".amic-run-", dir=upper.parent) as scratch:
+        argv = chroot_argv(lowers, upper, Path(scratch), ["/bin/sh", "-c", command])
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**CLEAN_ENV, **(env or {})},
+                                text=True, errors="replace")
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if on_output:
+                    on_output(line.rstrip("\n"))
+            return proc.wait(timeout=timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
