@@ -1,0 +1,220 @@
+"""The lint pipeline: read, parse, resolve, run the rules and shellcheck, apply ignores, render.
+
+Files are independent: a parse error in one becomes an AM1000 finding and the others are
+still linted. shellcheck runs once over the scripts of every file (batched, in parallel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import attrs
+
+from amic import ir
+from amic.errors import AmifileError, Pos, UsageError
+from amic.lint import formats
+from amic.lint.model import SEVERITIES, Context, Finding, severity_rank
+from amic.lint.pragmas import Ignores, read_pragmas
+from amic.lint.rules import RULES, RULES_BY_ID
+from amic.lint.shell import ScriptMap, run_shellcheck
+
+THRESHOLDS = (*SEVERITIES, "none")
+DEFAULT_THRESHOLD = "warning"
+
+
+@attrs.define
+class _Unit:
+    """One file being linted."""
+
+    path: str
+    text: str
+    amifile: ir.Amifile | None
+    findings: list[Finding] = attrs.Factory(list)
+    context: Context | None = None
+
+
+def _finding(code: str, message: str, pos: Pos) -> Finding:
+    return Finding(code, RULES_BY_ID[code].severity, message, pos)
+
+
+def _included(amifile: ir.Amifile) -> tuple[dict[str, ir.Service], Finding | None]:
+    """Services the file's INCLUDEs bring in, by name (or the error that stops resolving them)."""
+    from amic import resolve
+
+    own = {s.name for s in amifile.services}
+    try:
+        included = resolve.resolve_amifile(ir.Amifile(path=amifile.path,
+                                                      includes=amifile.includes))
+    except AmifileError as exc:
+        return {}, _from_error("AM1001", exc, amifile.path)
+    return {s.name: s for s in included.services if s.name not in own}, None
+
+
+def _resolver_error(amifile: ir.Amifile, found: list[Finding]) -> Finding | None:
+    """What the resolver rejects, unless a finding on the same line already says it."""
+    from amic import resolve
+
+    try:
+        resolve.resolve_amifile(amifile)
+    except AmifileError as exc:
+        error = _from_error("AM1001", exc, amifile.path)
+        same = {code for code, words in _RESOLVER_SAYS.items() if words in exc.message}
+        if any(f.code in same or (f.pos.file, f.pos.line) == (error.pos.file, error.pos.line)
+               for f in found):
+            return None
+        return error
+    return None
+
+
+_RESOLVER_SAYS = {"AM4001": "unknown service", "AM4002": "cycle", "AM3008": "COPY"}
+"""Resolver messages that a rule already reports (at a position of its own choosing)."""
+
+
+def _from_error(code: str, exc: AmifileError, path: str) -> Finding:
+    message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    return _finding(code, message, exc.pos or Pos(path, 1, 1))
+
+
+def check(amifile: ir.Amifile, text: str, path: str | None = None, *,
+          external: dict[str, ir.Service] | None = None, includes_resolved: bool = True,
+          shellcheck: bool = True, ignore: Collection[str] = ()) -> list[Finding]:
+    """Lint an already parsed Amifile whose source is ``text``.
+
+    ``external`` are services known from INCLUDEs (by name). Pragmas in ``text`` and the
+    ``ignore`` ids apply; findings come back sorted by position.
+    """
+    unit = _Unit(path or amifile.path, text, amifile)
+    unit.context = Context(amifile, text, unit.path, dict(external or {}), includes_resolved)
+    unit.findings = _rule_findings(unit.context)
+    if shellcheck:
+        _shellcheck([unit])
+    return _finish(unit, set(ignore))
+
+
+def _rule_findings(ctx: Context) -> list[Finding]:
+    found: list[Finding] = []
+    for rule in RULES:
+        if rule.check is None:
+            continue
+        for pos, message in rule.check(ctx):
+            found.append(Finding(rule.id, rule.severity, message, pos))
+    return found
+
+
+def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
+    from amic import parser
+
+    try:
+        if text is None:
+            text = Path(path).read_bytes().decode("utf-8", errors="replace")
+            amifile = parser.parse_file(path)
+        else:
+            amifile = parser.parse_text(text, path)
+    except OSError as exc:
+        return _Unit(path, "", None, [_finding("AM1000", f"cannot read {path}: "
+                                               f"{exc.strerror or exc}", Pos(path, 1, 1))])
+    except AmifileError as exc:
+        return _Unit(path, text, None, [_from_error("AM1000", exc, path)])
+    unit = _Unit(path, text, amifile)
+    ctx = Context(amifile, text.removeprefix("\ufeff"), path,
+                  includes_resolved=not amifile.includes)
+    include_error = None
+    if resolve and amifile.includes:
+        ctx.external, include_error = _included(amifile)
+        ctx.includes_resolved = include_error is None
+    findings = _rule_findings(ctx)
+    if include_error is not None:
+        findings.append(include_error)
+    elif resolve:
+        error = _resolver_error(amifile, findings)
+        findings += [error] if error else []
+    unit.context, unit.findings = ctx, findings
+    return unit
+
+
+def _shellcheck(units: Sequence[_Unit]) -> None:
+    scripts: dict[tuple[int, int], str] = {}
+    refs = {}
+    for u, unit in enumerate(units):
+        if unit.context is None:
+            continue
+        for s, ref in enumerate(unit.context.scripts()):
+            scripts[(u, s)] = ref.script.text
+            refs[(u, s)] = ref
+    if not scripts:
+        return
+    results = run_shellcheck(scripts)
+    if results is None:
+        return  # shellcheck is not installed: documented, the AM rules still run
+    for (u, s), comments in results.items():
+        unit = units[u]
+        smap = ScriptMap(refs[(u, s)].script, unit.context.lines)
+        for c in comments:
+            level = c.level if c.level in SEVERITIES else "warning"
+            unit.findings.append(Finding(c.code, level, c.message, smap.pos(c.index, c.col)))
+
+
+def _finish(unit: _Unit, ignore: set[str]) -> list[Finding]:
+    pragmas = read_pragmas(unit.text, unit.amifile) if unit.text else Ignores()
+    kept = {f for f in unit.findings
+            if f.code not in ignore
+            and not (f.pos.file == unit.path and pragmas.suppresses(f.code, f.pos.line))}
+    return sorted(kept, key=lambda f: (f.pos.file != unit.path, f.pos.file, f.pos.line,
+                                       f.pos.col, f.code, f.message))
+
+
+def lint_text(text: str, path: str = "Amifile", *, ignore: Collection[str] = (),
+              shellcheck: bool = True, resolve: bool = True) -> list[Finding]:
+    """Lint Amifile source ``text`` as if read from ``path`` (COPY and INCLUDE are relative
+    to its directory)."""
+    unit = _load(path, text, resolve=resolve)
+    if shellcheck:
+        _shellcheck([unit])
+    return _finish(unit, {i.upper() for i in ignore})
+
+
+def lint_paths(paths: Iterable[str], *, ignore: Collection[str] = (), shellcheck: bool = True,
+               resolve: bool = True) -> list[Finding]:
+    """Lint files (a directory means its ``Amifile``); findings grouped by file, in order."""
+    units = [_load(_amifile_path(p), resolve=resolve) for p in paths]
+    if shellcheck:
+        _shellcheck(units)
+    ignore = {i.upper() for i in ignore}
+    return [f for unit in units for f in _finish(unit, ignore)]
+
+
+def _amifile_path(path: str) -> str:
+    return str(Path(path) / "Amifile") if Path(path).is_dir() else path
+
+
+def exit_code(findings: Iterable[Finding], threshold: str) -> int:
+    """1 when a finding is at or above ``threshold`` (``none`` never fails), else 0."""
+    if threshold == "none":
+        return 0
+    bar = severity_rank(threshold)
+    return int(any(severity_rank(f.severity) >= bar for f in findings))
+
+
+def run(paths: list[str], *, fmt: str = "text", threshold: str = DEFAULT_THRESHOLD,
+        ignore: set[str] = frozenset(), out: TextIO) -> int:
+    """``amic lint``: lint ``paths`` (default ``Amifile``), write ``fmt`` to ``out``, return the
+    exit code (0 clean below ``threshold``, 1 otherwise)."""
+    if fmt not in formats.FORMATS:
+        raise UsageError(f"unknown lint format {fmt!r} (choose from {', '.join(formats.FORMATS)})")
+    if threshold not in THRESHOLDS:
+        raise UsageError(f"unknown failure threshold {threshold!r} "
+                         f"(choose from {', '.join(THRESHOLDS)})")
+    unknown = {i for i in ignore if i.upper() not in RULES_BY_ID and not _is_shellcheck_id(i)}
+    if unknown:
+        raise UsageError(f"unknown rule id(s) to ignore: {', '.join(sorted(unknown))} "
+                         "(see amic lint --list-rules)")
+    paths = list(paths) or ["Amifile"]
+    findings = lint_paths(paths, ignore=ignore)
+    out.write(formats.render(findings, fmt, files=len(paths)))
+    return exit_code(findings, threshold)
+
+
+def _is_shellcheck_id(code: str) -> bool:
+    return code.upper().startswith("SC") and code[2:].isdigit()

@@ -1,0 +1,95 @@
+"""Rendering findings: ``text``, ``json`` (hadolint's shape), ``sarif`` 2.1.0, ``github``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import PurePath
+
+from amic import __version__ as _amic_version
+from amic.lint.model import DOCS_URL, SEVERITIES, Finding
+from amic.lint.rules import RULES, RULES_BY_ID
+
+FORMATS = ("text", "json", "sarif", "github")
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+_SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note", "style": "note"}
+_GITHUB_LEVEL = {"error": "error", "warning": "warning", "info": "notice", "style": "notice"}
+
+
+def shellcheck_uri(code: str) -> str:
+    return f"https://www.shellcheck.net/wiki/{code}"
+
+
+def render(findings: Sequence[Finding], fmt: str, *, files: int) -> str:
+    """The whole output for ``findings`` (already filtered and sorted)."""
+    return {"text": _text, "json": _json, "sarif": _sarif, "github": _github}[fmt](
+        findings, files)
+
+
+def _text(findings: Sequence[Finding], files: int) -> str:
+    lines = [f"{f.pos.file}:{f.pos.line}:{f.pos.col}: {f.code} {f.severity}: {f.message}"
+             for f in findings]
+    where = f"{files} file{'s' if files != 1 else ''}"
+    if not findings:
+        lines.append(f"no problems found in {where}")
+    else:
+        counts = ", ".join(f"{sum(f.severity == s for f in findings)} {s}" for s in SEVERITIES)
+        n = len(findings)
+        lines.append(f"{n} problem{'s' if n != 1 else ''} in {where} ({counts})")
+    return "\n".join(lines) + "\n"
+
+
+def _json(findings: Sequence[Finding], files: int) -> str:
+    rows = [{"code": f.code, "column": f.pos.col, "file": f.pos.file, "level": f.severity,
+             "line": f.pos.line, "message": f.message} for f in findings]
+    return json.dumps(rows, indent=2) + "\n"
+
+
+def _sarif(findings: Sequence[Finding], files: int) -> str:
+    rules = [{"id": r.id, "name": r.id, "shortDescription": {"text": r.summary},
+              "helpUri": r.help_uri,
+              "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]}} for r in RULES]
+    extra = sorted({f.code for f in findings if f.code not in RULES_BY_ID})
+    for code in extra:
+        level = next(f.severity for f in findings if f.code == code)
+        rules.append({"id": code, "name": code,
+                      "shortDescription": {"text": f"ShellCheck {code}"},
+                      "helpUri": shellcheck_uri(code),
+                      "defaultConfiguration": {"level": _SARIF_LEVEL[level]}})
+    index = {rule["id"]: k for k, rule in enumerate(rules)}
+    results = [{
+        "ruleId": f.code,
+        "ruleIndex": index[f.code],
+        "level": _SARIF_LEVEL[f.severity],
+        "message": {"text": f.message},
+        "locations": [{"physicalLocation": {
+            "artifactLocation": {"uri": PurePath(f.pos.file).as_posix()},
+            "region": {"startLine": f.pos.line, "startColumn": f.pos.col},
+        }}],
+    } for f in findings]
+    doc = {
+        "version": "2.1.0",
+        "$schema": SARIF_SCHEMA,
+        "runs": [{
+            "tool": {"driver": {"name": "amic-lint", "version": _amic_version,
+                                "informationUri": DOCS_URL, "rules": rules}},
+            "results": results,
+        }],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _github(findings: Sequence[Finding], files: int) -> str:
+    lines = [f"::{_GITHUB_LEVEL[f.severity]} file={_escape_property(f.pos.file)},"
+             f"line={f.pos.line},col={f.pos.col},title={f.code}::{_escape_data(f.message)}"
+             for f in findings]
+    return "".join(line + "\n" for line in lines)

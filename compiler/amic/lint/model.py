@@ -1,0 +1,106 @@
+"""Values shared by the linter: severities, rules, findings and the per-file context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import attrs
+
+from amic import ir
+from amic.errors import Pos
+
+SEVERITIES = ("error", "warning", "info", "style")
+"""Most severe first. ``--failure-threshold`` picks one of these (or ``none``)."""
+
+_RANK = {name: rank for rank, name in enumerate(reversed(SEVERITIES))}
+
+DOCS_URL = "https://github.com/amic-build/amic/blob/main/docs/lint-rules.md"
+"""Where the rule catalogue is published; rule help links are ``DOCS_URL#<anchor>``."""
+
+
+def severity_rank(severity: str) -> int:
+    """Higher is more severe: style 0, info 1, warning 2, error 3."""
+    return _RANK[severity]
+
+
+@attrs.frozen
+class Finding:
+    """One problem found in one file."""
+
+    code: str
+    """Rule id, ``AM3001`` or ``SC2086``."""
+    severity: str
+    """One of :data:`SEVERITIES`."""
+    message: str
+    pos: Pos
+
+
+@attrs.frozen
+class Rule:
+    """A lint rule: one row of :data:`amic.lint.RULES`."""
+
+    id: str
+    severity: str = attrs.field(validator=attrs.validators.in_(SEVERITIES))
+    summary: str
+    """One line, shown by ``--list-rules`` and as the SARIF short description."""
+    doc_anchor: str
+    """Anchor of the rule's section in ``docs/lint-rules.md``."""
+    check: Callable[[Context], Iterable[tuple[Pos, str]]] | None = attrs.field(eq=False)
+    """Yields ``(position, message)`` for each problem; ``None`` for rules the engine reports
+    itself (parse errors, resolver errors)."""
+
+    @property
+    def help_uri(self) -> str:
+        return f"{DOCS_URL}#{self.doc_anchor}"
+
+
+@attrs.frozen
+class ScriptRef:
+    """One INIT or UPDATE script, with the service and phase it belongs to."""
+
+    service: ir.Service
+    phase: str
+    """``init`` or ``update``."""
+    script: ir.Script
+
+
+@attrs.define
+class Context:
+    """What a rule check sees: the parsed file, its raw text, and what the resolver knew."""
+
+    amifile: ir.Amifile
+    text: str
+    path: str
+    external: dict[str, ir.Service] = attrs.Factory(dict)
+    """Services known only through INCLUDE (from the resolver), by name."""
+    includes_resolved: bool = True
+    """False when the file INCLUDEs something the linter could not resolve, so names that are
+    not declared here may still exist."""
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.splitlines()
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.path).parent
+
+    def source_line(self, line: int) -> str:
+        lines = self.lines
+        return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+    def scripts(self) -> Iterator[ScriptRef]:
+        for svc in self.amifile.services:
+            for script in svc.inits:
+                yield ScriptRef(svc, "init", script)
+            for script in svc.updates:
+                yield ScriptRef(svc, "update", script)
+
+    def services(self) -> dict[str, ir.Service]:
+        """Every known service by name; this file's declarations (first one wins) shadow
+        included ones."""
+        own: dict[str, ir.Service] = {}
+        for svc in self.amifile.services:
+            own.setdefault(svc.name, svc)
+        return {**self.external, **own}

