@@ -119,7 +119,7 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
         return _Unit(path, text, None, [_from_error("AM1000", exc, path)])
     unit = _Unit(path, text, amifile)
     ctx = Context(amifile, text.removeprefix("\ufeff"), path,
-                  includes_resolved=not amifile.includes)
+                  includes_resolved=not amifile.includes, fragment=_is_fragment(path))
     include_error = None
     if resolve and amifile.includes:
         ctx.external, include_error = _included(amifile)
@@ -132,6 +132,16 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
         findings += [error] if error else []
     unit.context, unit.findings = ctx, findings
     return unit
+
+
+def _is_fragment(path: str) -> bool:
+    """An Amifile made to be INCLUDEd: ``*.amifile``, or a stock service."""
+    from amic import resolve
+
+    if path.endswith(".amifile"):
+        return True
+    where = Path(path).resolve()
+    return any(where.is_relative_to(d.resolve()) for d in resolve.stock_service_dirs())
 
 
 def _shellcheck(units: Sequence[_Unit]) -> None:

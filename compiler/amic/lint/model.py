@@ -77,6 +77,9 @@ class Context:
     includes_resolved: bool = True
     """False when the file INCLUDEs something the linter could not resolve, so names that are
     not declared here may still exist."""
+    fragment: bool = False
+    """The file is meant to be INCLUDEd (a stock service, or named ``*.amifile``): it cannot
+    have FROM, ENABLE or LABEL."""
 
     @property
     def lines(self) -> list[str]:

@@ -103,8 +103,9 @@ def _scripts(ctx: Context, phase: str | None = None) -> Iterator[ScriptRef]:
     return (ref for ref in ctx.scripts() if phase is None or ref.phase == phase)
 
 
-def _find_word(ctx: Context, start: Pos, keyword: str, word: str, stop: int | None) -> Pos:
-    """Position of ``word`` on a ``keyword`` line between ``start`` and ``stop``
+def _find_word(ctx: Context, start: Pos, keyword: str, word: str, stop: int | None,
+               nth: int = 1) -> Pos:
+    """Position of the ``nth`` ``word`` on ``keyword`` lines between ``start`` and ``stop``
     (the IR keeps no positions for package names); ``start`` when not found."""
     lines = ctx.lines
     end = min(stop or len(lines), len(lines))
@@ -120,9 +121,10 @@ def _find_word(ctx: Context, start: Pos, keyword: str, word: str, stop: int | No
             continue
         if in_keyword:
             body = text if head != keyword else text.replace(stripped.split(None, 1)[0], " " * len(keyword), 1)
-            match = pattern.search(body)
-            if match:
-                return Pos(start.file, line, match.start() + 1)
+            for match in pattern.finditer(body):
+                nth -= 1
+                if nth == 0:
+                    return Pos(start.file, line, match.start() + 1)
             in_keyword = text.rstrip().endswith("\\")
     return start
 
@@ -183,7 +185,7 @@ def check_empty_service(ctx: Context) -> Found:
 
 
 def check_from_missing(ctx: Context) -> Found:
-    if ctx.amifile.base is None:
+    if ctx.amifile.base is None and not ctx.fragment:
         yield Pos(ctx.path, 1, 1), ("no FROM: the build target's default base image is used, "
                                     "which can change under you; say FROM explicitly")
 
@@ -233,7 +235,7 @@ def check_update_install(ctx: Context) -> Found:
     for ref in _scripts(ctx, "update"):
         for cmd, smap in _script_commands(ctx, ref):
             if cmd.name in PACKAGE_MANAGERS and is_install(cmd):
-                yield _at(smap, cmd.first), (
+                yield _at(smap, cmd.words[0]), (
                     f"{cmd.name} installs packages in UPDATE of {ref.service.name!r}, which runs "
                     "at every boot; use PACKAGES (or INIT) so it is baked once")
 
@@ -243,7 +245,7 @@ def check_init_install_yes(ctx: Context) -> Found:
         for cmd, smap in _script_commands(ctx, ref):
             if cmd.name in PACKAGE_MANAGERS and is_install(cmd) and not _is_noninteractive(cmd):
                 flag = "-n" if cmd.name == "zypper" else "-y"
-                yield _at(smap, cmd.first), (
+                yield _at(smap, cmd.words[0]), (
                     f"{cmd.name} install without {flag} waits for an answer that never comes "
                     "during a bake")
 
@@ -261,7 +263,7 @@ def check_init_debian_frontend(ctx: Context) -> Found:
             continue
         for cmd, smap in _script_commands(ctx, ref):
             if cmd.name in ("apt-get", "apt", "aptitude") and (is_install(cmd) or is_upgrade(cmd)):
-                yield _at(smap, cmd.first), (
+                yield _at(smap, cmd.words[0]), (
                     f"{cmd.name} without DEBIAN_FRONTEND=noninteractive can stop at a debconf "
                     "prompt (tzdata, keyboard-configuration, ...); set it on the command or with "
                     "ENV DEBIAN_FRONTEND=noninteractive")
@@ -271,7 +273,7 @@ def check_init_prefer_packages(ctx: Context) -> Found:
     for ref in _scripts(ctx, "init"):
         for cmd, smap in _script_commands(ctx, ref):
             if cmd.name in _INSTALL_VERBS and is_install(cmd):
-                yield _at(smap, cmd.first), (
+                yield _at(smap, cmd.words[0]), (
                     f"packages installed with {cmd.name} in INIT; PACKAGES is portable across "
                     "distributions and installs non-interactively")
 
@@ -338,7 +340,7 @@ def check_init_upgrade(ctx: Context) -> Found:
     for ref in _scripts(ctx, "init"):
         for cmd, smap in _script_commands(ctx, ref):
             if cmd.name in _UPGRADE_VERBS and is_upgrade(cmd):
-                yield _at(smap, cmd.first), (
+                yield _at(smap, cmd.words[0]), (
                     f"'{cmd.name} {_verb(cmd)}' makes the layer depend on the day it was baked, "
                     "while its cache key does not change; pin versions, or let the base image "
                     "bring updates")
@@ -357,7 +359,7 @@ def check_reboot(ctx: Context) -> Found:
             if hit:
                 why = ("cuts the build's SSH session and fails the bake" if ref.phase == "init"
                        else "runs at every boot: the machine reboots forever")
-                yield _at(smap, cmd.first), f"{name} in {ref.phase.upper()} {why}"
+                yield _at(smap, cmd.words[0]), f"{name} in {ref.phase.upper()} {why}"
 
 
 def _requirement_closure(ctx: Context, name: str) -> list[ir.Service]:
@@ -381,16 +383,17 @@ def check_duplicate_packages(ctx: Context) -> Found:
         for dep in _requirement_closure(ctx, svc.name):
             for package in dep.packages:
                 inherited.setdefault(package, dep.name)
-        seen: set[str] = set()
+        seen: list[str] = []
         for package in svc.packages:
             if package in seen:
-                yield (_find_word(ctx, svc.pos, "PACKAGES", package, end),
+                yield (_find_word(ctx, svc.pos, "PACKAGES", package, end,
+                                  nth=seen.count(package) + 1),
                        f"package {package} is listed twice in {svc.name!r}")
             elif package in inherited:
                 yield (_find_word(ctx, svc.pos, "PACKAGES", package, end),
                        f"package {package} is already installed by {inherited[package]!r}, "
                        f"which {svc.name!r} requires")
-            seen.add(package)
+            seen.append(package)
 
 
 # --------------------------------------------------------------------------- AM4xxx
