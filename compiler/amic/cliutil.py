@@ -48,11 +48,11 @@ def load_plan(amifile: str, build_arg_values: list[str], *, base_image_id: str |
     """Parse, resolve and plan an Amifile; warn about unused or missing build args."""
     from amic import plan, resolve
 
+    build_args = build_args_from(build_arg_values)
     if not os.path.exists(amifile):
         raise UsageError(f"{amifile}: no such file"
                          + (" (write an Amifile here or name one: amic compile path/to/Amifile)"
                             if amifile == DEFAULT_AMIFILE else ""))
-    build_args = build_args_from(build_arg_values)
     resolved = resolve.load(amifile)
     declared = {a.name for a in resolved.args}
     unused = sorted(set(build_args) - declared)

@@ -1,0 +1,59 @@
+"""Shared test setup.
+
+Tests marked ``root`` need root (mount namespaces, chroot, systemd-nspawn).
+Outside CI, a non-root run skips them with a reason; in CI (``CI=true``) a
+missing privilege is a failure, so end-to-end coverage can never silently
+disappear.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("this test needs root and CI runs as root: the CI setup is broken")
+        pytest.skip("needs root (run: sudo tools/test)")
+
+
+@pytest.fixture
+def amic_cli():
+    """Run the real ``amic`` console script; returns CompletedProcess (text)."""
+
+    def run(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
+            input: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        exe = shutil.which("amic", path=os.path.dirname(sys.executable)) or "amic"
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run([exe, *args], cwd=cwd, env=full_env, input=input,
+                              capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"amic {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def write_tree(tmp_path):
+    """Write {relative path: text} under a fresh directory; returns the directory."""
+
+    def write(files: dict[str, str], root: Path | None = None) -> Path:
+        root = root or tmp_path
+        for rel, text in files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return root
+
+    return write
