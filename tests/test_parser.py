@@ -334,6 +334,15 @@ def test_continuation_joins_the_keyword_line() -> None:
     assert web.name == "web" and web.requires[0].pos == Pos("Amifile", 4, 2)
 
 
+def test_lone_backslash_lines() -> None:
+    assert parser.parse_text("\\", "Amifile") == ir.Amifile(path="Amifile")
+    assert parser.parse_text("  \\\n\n", "Amifile") == ir.Amifile(path="Amifile")
+    a = parser.parse_text("\\\n   FROM x\n", "Amifile")
+    assert a.base is not None and a.base.pos == Pos("Amifile", 2, 4)
+    err = error("\\\n   BOGUS\n")
+    assert where(err) == (2, 4)
+
+
 def test_quote_spanning_a_continuation() -> None:
     (env,) = parse('ENV A="x \\\ny"\n').envs
     assert env.value == "x y"

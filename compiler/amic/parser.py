@@ -240,15 +240,16 @@ def tokenize(text: str) -> Iterator[Token]:
 def _instruction_tokens(logical: _Logical, lines: Sequence[str], i: int) -> Iterator[Token]:
     """Tokens of one logical line; returns the index of the next physical line."""
     text = logical.text
-    m = _KEYWORD_RE.match(text)
-    assert m is not None  # the caller skips blank lines
+    m = _KEYWORD_RE.search(text)
+    if m is None:  # only `\` and blanks: no instruction
+        return i
     word = m.group()
-    line, col = logical.where(0)
+    line, col = logical.where(m.start())
     spec = INSTRUCTIONS.get(word.upper())
     if spec is None:
         message, hint = _unknown_instruction(word)
         raise _LexError(message, line, col, hint)
-    yield _token(spec.name, word, logical, 0)
+    yield _token(spec.name, word, logical, m.start())
     p = m.end()
     if spec.mode == "script":
         rest = text[p:].strip(_BLANKS)
@@ -259,7 +260,7 @@ def _instruction_tokens(logical: _Logical, lines: Sequence[str], i: int) -> Iter
             yield _token("TEXT", rest + "\n", logical, start)
     else:
         yield from _words(spec, logical, p)
-    end_line, end_col = logical.where(len(text)) if text else (line, col)
+    end_line, end_col = logical.where(len(text))
     yield Token("_NL", "\n", line=end_line, column=end_col, end_line=end_line,
                 end_column=end_col)
     return i
