@@ -399,9 +399,11 @@ def test_bad_utf8(tmp_path: Path) -> None:
     assert err.source_line == "LABEL a=\u00e9\ufffd"
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(AmifileError, match="cannot read .*nope"):
+def test_unreadable_file_raises_oserror_for_the_caller_to_place(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
         parser.parse_file(tmp_path / "nope")
+    with pytest.raises(IsADirectoryError):
+        parser.parse_file(tmp_path)
 
 
 # ---------------------------------------------------------------- heredocs

@@ -716,13 +716,15 @@ def parse_text(text: str, path: str) -> ir.Amifile:
 
 
 def parse_file(path: str | os.PathLike[str]) -> ir.Amifile:
-    """Read and parse one Amifile (UTF-8, optional BOM, LF or CRLF)."""
+    """Read and parse one Amifile (UTF-8, optional BOM, LF or CRLF).
+
+    A file that cannot be read raises ``OSError`` unchanged: that is not a
+    mistake *in* an Amifile, and the caller knows the context (resolve.py
+    points at the INCLUDE, the CLI at the command line).
+    """
     name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise AmifileError(f"cannot read {name}: {e.strerror or e}") from None
+    with open(name, "rb") as f:
+        data = f.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
