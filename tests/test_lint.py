@@ -416,3 +416,17 @@ def test_example_and_stock_services_are_clean_at_warning() -> None:
         paths.append(str(example))
     found = lint.lint_paths(paths)
     assert [f for f in found if f.severity in ("error", "warning")] == []
+
+
+@needs_shellcheck
+def test_env_and_arg_names_are_assigned_for_shellcheck(tmp_path: Path) -> None:
+    text = F + ("ARG release\nENV app_home=/srv/app\nSERVICE web\n"
+                "    ENV port=80\n    INIT echo \"$app_home\" \"$release\" \"$port\" \"$other\"\n")
+    found = [f.message for f in findings(tmp_path, text, shellcheck=True) if f.code == "SC2154"]
+    assert found == ["other is referenced but not assigned."]
+
+
+def test_secret_names_need_a_secret_word(tmp_path: Path) -> None:
+    text = F + "ENV PWD=/srv BYPASS=1 MAX_TOKENS=100 GITHUB_TOKEN=ghx-not-a-ref\n"
+    found = [f for f in findings(tmp_path, text) if f.code == "AM2003"]
+    assert [f.message.split(" holds")[0] for f in found] == ["ENV GITHUB_TOKEN"]

@@ -6,6 +6,8 @@ still linted. shellcheck runs once over the scripts of every file (batched, in p
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -109,6 +111,7 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
     try:
         if text is None:
             text = Path(path).read_bytes().decode("utf-8", errors="replace")
+            text = text.removeprefix("\ufeff")
             amifile = parser.parse_file(path)
         else:
             amifile = parser.parse_text(text, path)
@@ -118,7 +121,7 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
     except AmifileError as exc:
         return _Unit(path, text, None, [_from_error("AM1000", exc, path)])
     unit = _Unit(path, text, amifile)
-    ctx = Context(amifile, text.removeprefix("\ufeff"), path,
+    ctx = Context(amifile, text, path,
                   includes_resolved=not amifile.includes, fragment=_is_fragment(path))
     include_error = None
     if resolve and amifile.includes:
@@ -160,10 +163,23 @@ def _shellcheck(units: Sequence[_Unit]) -> None:
         return  # shellcheck is not installed: documented, the AM rules still run
     for (u, s), comments in results.items():
         unit = units[u]
-        smap = ScriptMap(refs[(u, s)].script, unit.context.lines)
+        ref = refs[(u, s)]
+        smap = ScriptMap(ref.script, unit.context.lines)
+        given = _environment(unit.context.amifile, ref.service)
         for c in comments:
+            unassigned = _UNASSIGNED_RE.match(c.message)
+            if c.code == "SC2154" and unassigned and unassigned.group(1) in given:
+                continue  # ENV and ARG values are in the script's environment
             level = c.level if c.level in SEVERITIES else "warning"
             unit.findings.append(Finding(c.code, level, c.message, smap.pos(c.index, c.col)))
+
+
+_UNASSIGNED_RE = re.compile(r"^(\w+) is referenced but not assigned")
+
+
+def _environment(amifile: ir.Amifile, service: ir.Service) -> set[str]:
+    """Variables a script of ``service`` gets from amic: ENV (global and its own) and ARG."""
+    return {e.name for e in amifile.envs + service.envs} | {a.name for a in amifile.args}
 
 
 def _finish(unit: _Unit, ignore: set[str]) -> list[Finding]:

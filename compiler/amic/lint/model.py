@@ -81,9 +81,11 @@ class Context:
     """The file is meant to be INCLUDEd (a stock service, or named ``*.amifile``): it cannot
     have FROM, ENABLE or LABEL."""
 
-    @property
-    def lines(self) -> list[str]:
-        return self.text.splitlines()
+    lines: list[str] = attrs.field(init=False)
+    """``text`` split into lines (index 0 is line 1)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.lines = self.text.splitlines()
 
     @property
     def base_dir(self) -> Path:

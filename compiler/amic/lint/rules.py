@@ -148,8 +148,10 @@ _ASSIGNED_SECRET_RE = re.compile(
     r"(?i)(?<![\w-])(?:--)?([\w-]*(?:password|passwd|secret|token|api[_-]?key))\s*[=:]\s*"
     r"(['\"]?)(?![$<{%(])([^\s'\"]{4,})\2")
 SECRET_NAME_RE = re.compile(
-    r"(?i)(?:password|passwd|pass|secret|token|api_?key|secret_?key|private_?key|access_?key"
-    r"|credentials?|pwd)$")
+    r"(?i)(?:^|_)(?:password|passwd|pass|secret|token|api_?key|secret_?key|private_?key"
+    r"|access_?key|credentials?)$")
+"""Variable names whose value is a secret: the last ``_``-separated part says so
+(``DB_PASSWORD``, ``GITHUB_TOKEN``; not ``BYPASS`` or ``PWD``)."""
 _PLACEHOLDERS = re.compile(r"(?i)^(?:x+|\*+|changeme|change-me|none|null|example\w*|dummy"
                            r"|placeholder|redacted|your[_-]\w+|<.*>)$")
 
