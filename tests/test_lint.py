@@ -430,3 +430,11 @@ def test_secret_names_need_a_secret_word(tmp_path: Path) -> None:
     text = F + "ENV PWD=/srv BYPASS=1 MAX_TOKENS=100 GITHUB_TOKEN=ghx-not-a-ref\n"
     found = [f for f in findings(tmp_path, text) if f.code == "AM2003"]
     assert [f.message.split(" holds")[0] for f in found] == ["ENV GITHUB_TOKEN"]
+
+
+def test_inline_script_with_continuation_maps_to_physical_lines(tmp_path: Path) -> None:
+    text = F + ("SERVICE web\n"
+                "    INIT apt-get install \\\n"
+                "        nginx && sudo true\n")
+    where = {(f.code, f.pos.line, f.pos.col) for f in findings(tmp_path, text)}
+    assert ("AM3002", 3, 10) in where and ("AM3007", 4, 18) in where

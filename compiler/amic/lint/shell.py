@@ -57,13 +57,38 @@ class ScriptMap:
         if is_heredoc(script):
             line = script.body_line + index
             return Pos(script.pos.file, line, _offset(self._source(line), text) + col)
-        # Inline script: continuation lines may or may not survive in the text; map what can be
-        # found on the instruction's lines, everything else to the instruction itself.
+        # Inline script: the parser joins `\` continuation lines, so rebuild the pieces.
+        if index == 0:
+            for start, line, source_col in reversed(self._inline_pieces()):
+                if start <= col - 1:
+                    return Pos(script.pos.file, line, source_col + col - 1 - start)
         for line in (script.pos.line + index, script.pos.line):
             src = self._source(line)
             if text.strip() and text in src:
                 return Pos(script.pos.file, line, src.find(text) + col)
         return script.pos
+
+    def _inline_pieces(self) -> list[tuple[int, int, int]]:
+        """``(offset in the script, Amifile line, column)`` for each physical piece of a
+        one-line script; empty when the text cannot be matched to the source."""
+        script = self.script
+        text = script.text.rstrip("\n")
+        first = self._source(script.pos.line)
+        keyword = re.match(r"\S+[ \t]+", first[script.pos.col - 1:])
+        if keyword is None:
+            return []
+        pieces: list[tuple[int, int, int]] = []
+        joined = ""
+        line, begin = script.pos.line, script.pos.col - 1 + keyword.end()
+        while line <= len(self.source_lines):
+            src = self._source(line)[begin:]
+            pieces.append((len(joined), line, begin + 1))
+            if not src.endswith("\\"):
+                joined += src
+                break
+            joined += src[:-1]
+            line, begin = line + 1, 0
+        return pieces if joined.rstrip() == text.rstrip() else []
 
 
 def _offset(source: str, text: str) -> int:
