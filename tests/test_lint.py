@@ -51,11 +51,13 @@ CASES = {
     "AM3002": (F + "SERVICE web\n    INIT dnf install nginx\n",
                F + "SERVICE web\n    INIT dnf -q -y install nginx\n"),
     "AM3003": (F + "SERVICE web\n    INIT apt-get install -y nginx\n",
-               F + "SERVICE web\n    INIT DEBIAN_FRONTEND=noninteractive apt-get install -y nginx\n"),
+               F + "SERVICE web\n"
+               "    INIT DEBIAN_FRONTEND=noninteractive apt-get install -y nginx\n"),
     "AM3004": (F + "SERVICE web\n    INIT yum install -y nginx\n",
                F + "SERVICE web\n    PACKAGES nginx\n    INIT useradd --system web\n"),
     "AM3005": (F + "SERVICE web\n    INIT curl -fsSL https://get.example.com | sudo sh -s --\n",
-               F + "SERVICE web\n    INIT <<~EOF\n        curl -fsSLo /tmp/get.sh https://get.example.com\n"
+               F + "SERVICE web\n    INIT <<~EOF\n"
+               "        curl -fsSLo /tmp/get.sh https://get.example.com\n"
                "        sha256sum -c get.sha256\n        sh /tmp/get.sh\n    EOF\n"),
     "AM3006": (F + "SERVICE db\n    INIT mysql --user=root --password=hunter22 < schema.sql\n",
                F + "ARG DB_PASSWORD\nSERVICE db\n"
@@ -174,7 +176,8 @@ def test_pipe_to_shell_through_command_substitution(tmp_path: Path) -> None:
 
 def test_private_key_and_secret_env(tmp_path: Path) -> None:
     text = F + ("ENV DB_PASSWORD=s3cr3tpw\nLABEL owner=web\nSERVICE web\n    INIT <<~EOF\n"
-                "        cat > /root/.ssh/id_rsa <<'KEY'\n        -----BEGIN OPENSSH PRIVATE KEY-----\n"
+                "        cat > /root/.ssh/id_rsa <<'KEY'\n"
+                "        -----BEGIN OPENSSH PRIVATE KEY-----\n"
                 "        KEY\n    EOF\n")
     found = findings(tmp_path, text)
     assert {(f.code, f.pos.line) for f in found} >= {("AM2003", 2), ("AM3006", 7)}
@@ -187,7 +190,8 @@ def test_secret_references_are_fine(tmp_path: Path) -> None:
 
 
 def test_debian_frontend_from_env_counts(tmp_path: Path) -> None:
-    text = F + "ENV DEBIAN_FRONTEND=noninteractive\nSERVICE web\n    INIT apt-get install -y nginx\n"
+    text = F + ("ENV DEBIAN_FRONTEND=noninteractive\n"
+                "SERVICE web\n    INIT apt-get install -y nginx\n")
     assert "AM3003" not in codes(tmp_path, text)
 
 
@@ -199,7 +203,8 @@ def test_cache_busting_not_reported_when_copy_is_last(tmp_path: Path) -> None:
 
 def test_cache_busting_when_heavy_service_requires_the_copy(tmp_path: Path) -> None:
     text = F + ("SERVICE app\n    COPY app/ /srv/app\n"
-                "SERVICE deps\n    REQUIRES app\n    INIT pip install -r /srv/app/requirements.txt\n")
+                "SERVICE deps\n    REQUIRES app\n"
+                "    INIT pip install -r /srv/app/requirements.txt\n")
     found = [f for f in findings(tmp_path, text) if f.code == "AM4005"]
     assert len(found) == 1 and "move the COPY" in found[0].message
 

@@ -113,19 +113,17 @@ def _find_word(ctx: Context, start: Pos, keyword: str, word: str, stop: int | No
     in_keyword = False
     for line in range(start.line, end + 1):
         text = lines[line - 1]
-        stripped = text.strip()
-        head = stripped.split(None, 1)[0].upper() if stripped else ""
-        if head == keyword:
-            in_keyword = True
-        elif head and not in_keyword:
+        head = text.split(None, 1)[0] if text.strip() else ""
+        skip = 0
+        if head.upper() == keyword:
+            in_keyword, skip = True, text.index(head) + len(head)
+        if not in_keyword:
             continue
-        if in_keyword:
-            body = text if head != keyword else text.replace(stripped.split(None, 1)[0], " " * len(keyword), 1)
-            for match in pattern.finditer(body):
-                nth -= 1
-                if nth == 0:
-                    return Pos(start.file, line, match.start() + 1)
-            in_keyword = text.rstrip().endswith("\\")
+        for match in pattern.finditer(text, skip):
+            nth -= 1
+            if nth == 0:
+                return Pos(start.file, line, match.start() + 1)
+        in_keyword = text.rstrip().endswith("\\")
     return start
 
 
