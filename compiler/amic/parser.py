@@ -46,7 +46,6 @@ recorded, resolve.py follows it.
 from __future__ import annotations
 
 import bisect
-import difflib
 import functools
 import os
 import re
@@ -55,7 +54,7 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedInput, VisitError
 from lark.lexer import Lexer
 
 from amic import ir
@@ -273,6 +272,8 @@ def _token(kind: str, value: str, logical: _Logical, index: int) -> Token:
 
 
 def _unknown_instruction(word: str) -> tuple[str, str | None]:
+    import difflib  # only on this error path: keeps startup lean
+
     upper = word.upper()
     if not re.fullmatch(r"[A-Za-z]+", word):
         return (f"expected an instruction (such as SERVICE), found {word!r}",
