@@ -368,8 +368,8 @@ def _heredoc(spec: Instruction, logical: _Logical, start: int, lines: Sequence[s
         tail = re.match(r"<<[-~]?(?:'[^']*'|\"[^\"]*\"|[A-Za-z_][A-Za-z0-9_]*)", opener)
         if tail is not None:
             message = f"unexpected text after the heredoc delimiter in {spec.name}"
-            hint = (f"the heredoc opener must end the line; to pipe it through a program, "
-                    f"put the whole script in the heredoc")
+            hint = ("the heredoc opener must end the line; to pipe it through a program, "
+                    "put the whole script in the heredoc")
         else:
             message = f"bad heredoc opener in {spec.name}"
             hint = "write <<EOF, <<-EOF (strip tabs) or <<~EOF (strip indentation)"
