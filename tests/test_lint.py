@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from amic import ir, lint
 from amic.errors import Pos, UsageError
@@ -443,3 +445,23 @@ def test_inline_script_with_continuation_maps_to_physical_lines(tmp_path: Path) 
                 "        nginx && sudo true\n")
     where = {(f.code, f.pos.line, f.pos.col) for f in findings(tmp_path, text)}
     assert ("AM3002", 3, 10) in where and ("AM3007", 4, 18) in where
+
+
+# --------------------------------------------------------------------------- robustness
+
+_PIECES = st.sampled_from([
+    "FROM debian:12", "FROM debian", "ARG A", "ARG TOKEN=abcd1234", "ENV B=$A", "ENABLE web",
+    "INCLUDE httpd", "LABEL k=v", "SERVICE web", "SERVICE db", "REQUIRES db", "REQUIRES web",
+    "PACKAGES nginx nginx", "COPY app/ /srv", "COPY nope /x", "INIT sudo apt-get install x",
+    "INIT curl x | sh", "UPDATE reboot", "UPDATE yum install -y x \\\n  y",
+    "INIT <<~EOF\n    echo $1 'a\n    cat <<X\n    X\nEOF", "# amic ignore=AM3007",
+    "# amic global ignore=SC2086,AM4003", "INIT echo \"unterminated", "INIT ( | ;; `",
+])
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_PIECES, max_size=12))
+def test_lint_never_crashes(tmp_path: Path, pieces: list[str]) -> None:
+    for f in findings(tmp_path, "\n".join(pieces) + "\n"):
+        assert f.severity in lint.SEVERITIES and f.pos.line >= 1 and f.pos.col >= 1
