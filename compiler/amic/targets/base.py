@@ -53,12 +53,48 @@ class Machine(Protocol):
         """How a human reaches this machine (printed with --on-error=abort)."""
 
 
+# Tags the engine (``amic.build``) puts on every image it records. Targets
+# store them as they can (EC2 tags, the local target's meta.json) and give them
+# back in ``Image.tags``; labels from the Amifile are added under their own names.
+TAG_KEY = "amic:key"
+"""The cache key the image was recorded under."""
+TAG_KIND = "amic:kind"
+"""``layer`` (a checkpoint after one service's init) or ``final``."""
+TAG_SERVICE = "amic:service"
+"""For layer checkpoints: the service whose init the layer ends with."""
+TAG_PARENT_KEY = "amic:parent-key"
+TAG_AMIFILE = "amic:amifile"
+"""Base name of the Amifile the image was built from."""
+TAG_BUILD = "amic:build-id"
+TAG_INPUT_PREFIX = "amic:in:"
+"""``amic:in:<input>`` = digest of one input of the layer (see ``plan.Layer.inputs``);
+compared with a new plan's to say why a layer missed the cache."""
+TAG_LAYER_PREFIX = "amic:layer:"
+"""On final images: ``amic:layer:<service>`` = that layer's key."""
+
+CHECKPOINT_POLICIES = ("none", "last", "all", "auto")
+"""Built-in checkpoint policies; a comma-separated list of service names is the fifth kind."""
+
+
 class Target(abc.ABC):
     """A place that can turn machines into images and back."""
 
     name: str = "?"
     keeps_images: bool = True
     """False for targets that provision in place (``ssh``): no cache, no snapshots."""
+    keep_on_error: bool = False
+    """Set by the engine for ``--on-error=abort``: ``launch`` leaves a failed machine running."""
+    default_checkpoint: str = "last"
+    """Checkpoint policy when the user gives none: one of ``CHECKPOINT_POLICIES`` or service names.
+    The last layer is always checkpointed (unless ``none``) so a changed UPDATE reuses every layer."""
+    snapshot_seconds: float = 60.0
+    """Rough cost of one snapshot; the ``auto`` policy checkpoints once that much init time
+    has accumulated since the previous checkpoint."""
+    fast_rebuild: bool = False
+    """True if an unchanged rebuild may be answered from the local build memo
+    (``amic.buildmemo``) without asking the target: the base reference resolves to the
+    same image until a file in ``memo_paths`` changes. False for targets whose base can
+    change remotely (an AMI filter)."""
 
     @abc.abstractmethod
     def resolve_base(self, base_ref: str | None) -> Image:
@@ -85,9 +121,31 @@ class Target(abc.ABC):
         checkpoints. The machine stays usable afterwards (more layers may follow).
         """
 
+    def log(self, message: str) -> None:
+        """Progress notes from the target (the engine replaces this with its reporter)."""
+
     def list_images(self) -> Iterator[Image]:
         """Images this target recorded (for ``amic images`` / prune)."""
         return iter(())
+
+    def images_for_service(self, service: str) -> list[Image]:
+        """Layer checkpoints ending with ``service``, newest first (to say why a layer missed).
+
+        The default filters ``list_images``; targets with a cheaper query may override it.
+        """
+        found = [img for img in self.list_images()
+                 if img.tags.get(TAG_KIND) == "layer" and img.tags.get(TAG_SERVICE) == service]
+        found.sort(key=lambda img: img.created or "", reverse=True)
+        return found
+
+    def memo_paths(self, base: Image, image: Image) -> list[str]:
+        """For ``fast_rebuild``: files whose change or removal means ``resolve_base`` may give
+        another image than ``base``, or ``image`` may be gone."""
+        return []
+
+    def build_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held for the whole of a build (the local target uses it to keep prune away)."""
+        return contextlib.nullcontext()
 
     def remove_image(self, image: Image) -> None:
         """Delete an image and what only it uses (snapshots, layer dirs)."""

@@ -156,21 +156,48 @@ CLEAN_ENV = {
 """The whole environment a command in a root starts with (plus the caller's ``env``)."""
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: SIGKILL the child when the process that started it dies.
+
+    ``unshare --kill-child`` then takes the whole PID namespace down with it,
+    so even a SIGKILLed amic leaves no command running in a root.
+    """
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def run_in_root(lowers: Sequence[Path], upper: Path, command: str, *,
                 env: Mapping[str, str] | None = None, on_output=None,
-                timeout: float | None = None) -> int:
+                timeout: float | None = None, stdin_path: Path | None = None,
+                interactive: bool = False) -> int:
     """Run ``sh -c command`` as root inside overlay(lowers + upper); return its exit status.
 
     The host environment is not inherited: the command sees ``CLEAN_ENV``
     plus ``env``. ``env`` travels in the process environment only (never on a
     command line or into the root's files), which is how ARG values stay secret.
     Output (stdout+stderr merged) goes to ``on_output`` line by line.
+    ``stdin_path``: a host file fed to the command's standard input (how files
+    are put into a root without touching the upper directory behind overlayfs's
+    back). ``interactive``: inherit the caller's terminal instead (``amic shell``).
+    The command dies with the calling process, even on SIGKILL.
     """
     with tempfile.TemporaryDirectory(prefix=".amic-run-", dir=upper.parent) as scratch:
         argv = chroot_argv(lowers, upper, Path(scratch), ["/bin/sh", "-c", command])
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**CLEAN_ENV, **(env or {})},
-                                text=True, errors="replace")
+        full_env = {**CLEAN_ENV, **(env or {})}
+        if interactive:
+            full_env.setdefault("TERM", os.environ.get("TERM", "dumb"))
+            return subprocess.run(argv, env=full_env, preexec_fn=die_with_parent).returncode
+        stdin = open(stdin_path, "rb") if stdin_path is not None else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=stdin, env=full_env, text=True, errors="replace",
+                                    preexec_fn=die_with_parent)
+        finally:
+            if stdin_path is not None:
+                stdin.close()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -1,0 +1,167 @@
+"""What a build shows while it runs: per-layer lines, streamed output, a live status line.
+
+Two renderings of the same events:
+
+- plain (not a terminal, or ``--progress=plain``): one line per event, fit
+  for CI logs; remote output prefixed by the service that printed it;
+- tty: the same lines, plus a status line at the bottom (current step,
+  service, elapsed time, last output) redrawn in place.
+
+Remote output is attributed to services with the runner's progress markers
+(``amic: <svc>: <phase>: begin|ok <s>s|skipped (...)|FAILED exit <n> at <where>``,
+see docs/internals.md): an :class:`OutputRouter` follows them and keeps the
+tail of every service's output for the failure report. Everything goes to
+stderr; stdout is kept for the final image id.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import sys
+import threading
+import time
+from typing import TextIO
+
+MARKER = re.compile(r"^amic: (?P<svc>[a-z][a-z0-9_-]*): (?P<phase>[a-z-]+): "
+                    r"(?P<event>begin|ok|skipped|FAILED)\b ?(?P<rest>.*)$")
+FAILED_AT = re.compile(r"exit (?P<code>\d+)(?: at (?P<where>\S+))?")
+TAIL_LINES = 25
+
+
+class OutputRouter:
+    """Attributes runner output lines to services using the progress markers."""
+
+    def __init__(self, sink, default: str = "amic") -> None:
+        self.sink = sink
+        """Called with (service label, line, is_marker)."""
+        self.default = default
+        self.current: str | None = None
+        self.tails: dict[str, collections.deque[str]] = {}
+        self.failures: dict[str, tuple[str, str | None]] = {}
+        """service -> (exit code, Amifile location) from FAILED markers."""
+        self.finished: dict[str, str] = {}
+        """service -> last event seen (ok, skipped, FAILED)."""
+
+    def tail(self, service: str) -> list[str]:
+        return list(self.tails.get(service, ()))
+
+    def __call__(self, line: str) -> None:
+        m = MARKER.match(line)
+        if m:
+            svc, event = m["svc"], m["event"]
+            if event == "begin":
+                self.current = svc
+            else:
+                self.finished[svc] = event
+                if event == "FAILED":
+                    f = FAILED_AT.search(m["rest"])
+                    self.failures[svc] = (f["code"], f["where"]) if f else ("?", None)
+                if self.current == svc:
+                    self.current = None
+            self.sink(svc, line, True)
+            return
+        label = self.current or self.default
+        self.tails.setdefault(label, collections.deque(maxlen=TAIL_LINES)).append(line)
+        self.sink(label, line, False)
+
+
+class Reporter:
+    """Renders build events to a stream (stderr), plain or with a live status line."""
+
+    def __init__(self, stream: TextIO | None = None, *, mode: str = "auto",
+                 quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "tty" if getattr(self.stream, "isatty", lambda: False)() else "plain"
+        self.tty = mode == "tty"
+        self.quiet = quiet
+        self.lock = threading.Lock()
+        self.status: str | None = None
+        self.status_since = 0.0
+        self.last_output = ""
+        self.width = 100
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+        if self.tty:
+            try:
+                import shutil
+                self.width = shutil.get_terminal_size().columns
+            except OSError:
+                pass
+
+    # -- low level --------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        with self.lock:
+            if self.tty and self.status is not None:
+                self.stream.write("\r\x1b[2K")
+            self.stream.write(text + "\n")
+            if self.tty and self.status is not None:
+                self._draw_status()
+            self.stream.flush()
+
+    def _draw_status(self) -> None:
+        elapsed = time.monotonic() - self.status_since
+        text = f"{self.status} {elapsed:6.1f}s"
+        if self.last_output:
+            text += "  " + self.last_output
+        self.stream.write("\r\x1b[2K\x1b[1m" + text[: max(self.width - 1, 20)] + "\x1b[0m")
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.2):
+            with self.lock:
+                if self.status is not None:
+                    self._draw_status()
+                    self.stream.flush()
+
+    # -- events -------------------------------------------------------------
+
+    def note(self, message: str) -> None:
+        """A line about what the build does (``amic: ...``)."""
+        if not self.quiet:
+            self._write(f"amic: {message}")
+
+    def warn(self, message: str) -> None:
+        self._write(f"amic: warning: {message}")
+
+    def begin(self, status: str) -> None:
+        """Start a long step; on a terminal its elapsed time is shown live."""
+        if not self.tty or self.quiet:
+            return
+        with self.lock:
+            self.status = status
+            self.status_since = time.monotonic()
+            self.last_output = ""
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, daemon=True)
+                self._ticker.start()
+
+    def end(self) -> None:
+        with self.lock:
+            if self.tty and self.status is not None:
+                self.stream.write("\r\x1b[2K")
+                self.stream.flush()
+            self.status = None
+
+    def output(self, label: str, line: str, marker: bool) -> None:
+        """A line of remote output (or a runner marker) attributed to ``label``."""
+        if self.quiet:
+            return
+        if self.tty:
+            self.last_output = line.strip()[:80]
+            if marker:
+                return  # the layer lines say the same, better
+        self._write(f"{label:>12} | {line}")
+
+    def layer(self, index: int, total: int, service: str, status: str, reason: str,
+              seconds: float | None) -> None:
+        """One line per layer: CACHED or RUN, why, and how long."""
+        if self.quiet:
+            return
+        took = f"{seconds:7.1f}s" if seconds is not None else " " * 8
+        self._write(f"[{index}/{total}] {service:<16} {status:<6} {took}  {reason}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.end()
