@@ -249,7 +249,8 @@ def cmd_run(args) -> int:
                   + (f"; requested: {' '.join(args.service)}" if args.service else ""))
     rc, report = target.boot(image, services=args.service, interactive=args.interactive,
                              timeout=args.timeout,
-                             on_output=lambda line: reporter.output("boot", line, False),
+                             on_output=lambda line: line.strip() and reporter.output("boot", line,
+                                                                                     False),
                              prepare=prepare)
     if args.interactive:
         return rc

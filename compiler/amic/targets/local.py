@@ -399,6 +399,8 @@ class LocalTarget(Target):
             lowerdir = ":".join(str(p) for p in lowers)
             nspawn = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-D", str(merged),
                       "--machine", f"amic-{image.id[:SHORT]}", "-b"]
+            if not interactive:
+                nspawn.insert(-1, "--console=pipe")
             script = ('mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" '
                       '&& shift 4 && exec "$@"')
             argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-boot",

@@ -1,0 +1,234 @@
+"""End to end on the local target: real debootstrap base, real package installs, the real runner.
+
+The tests share one store (module-scoped) and run in order: cold build,
+unchanged rebuild, a changed middle INIT, a changed UPDATE, --no-cache, boot,
+export, kill mid-layer, prune. The debootstrap base is shared with every other
+test run on this machine (``/var/cache/amic/bases``), so it is made at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+AMIFILE = """\
+FROM debian:12
+ARG GREETING=hello
+ENABLE web
+SERVICE base
+    PACKAGES jq
+    INIT echo "base $GREETING" > /etc/amic-base
+SERVICE web
+    REQUIRES base
+    PACKAGES hello
+    INIT <<~EOF
+        hello > /etc/amic-web
+        echo '{"ok": true}' | jq -r .ok > /etc/amic-web-jq
+    EOF
+    UPDATE echo update-v1 > /var/lib/amic-web-updated
+SERVICE test
+    REQUIRES web
+    INIT echo test-initialised > /etc/amic-test
+"""
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("amic-cache")
+    shared_bases = Path("/var/cache/amic/bases")
+    shared_bases.mkdir(parents=True, exist_ok=True)
+    (cache / "bases").symlink_to(shared_bases)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    d = tmp_path_factory.mktemp("project")
+    (d / "Amifile").write_text(AMIFILE)
+    return d
+
+
+@pytest.fixture(scope="module")
+def amic(store, project):
+    exe = str(Path(sys.executable).with_name("amic"))
+
+    def run(*args: str, check: bool = True, amifile_text: str | None = None):
+        if amifile_text is not None:
+            (project / "Amifile").write_text(amifile_text)
+        env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
+        env.pop("AMIC_TARGET", None)
+        proc = subprocess.run([exe, *args], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"amic {' '.join(args)}: exit {proc.returncode}\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+def layers(proc) -> dict[str, tuple[str, str]]:
+    doc = json.loads(proc.stdout)
+    return {x["service"]: (x["status"], x["reason"]) for x in doc["layers"]}
+
+
+def no_leftovers(store: Path) -> None:
+    mounts = Path("/proc/mounts").read_text()
+    assert str(store) not in mounts, mounts
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        assert str(store) not in cmdline, f"stray process {proc_dir.name}: {cmdline}"
+
+
+def test_cold_build(amic, store):
+    proc = amic("build", "--json")
+    doc = json.loads(proc.stdout)
+    assert HEX64.match(doc["image_id"])
+    assert layers(proc) == {"base": ("RUN", "no earlier build"),
+                            "web": ("RUN", "parent changed (base re-ran)")}
+    assert all(x["checkpoint"] for x in doc["layers"])  # local default: every layer
+    assert "amic: base: init: begin" in proc.stderr or "base |" in proc.stderr
+    # plain output (not a TTY): one line per layer with status and time
+    assert re.search(r"\[2/2\] web\s+RUN\s+[\d.]+s", proc.stderr)
+
+
+def test_unchanged_rebuild_runs_nothing(amic, store):
+    first = amic("build").stdout.strip()
+    again = amic("build")
+    assert again.stdout.strip() == first and HEX64.match(first)
+    assert "RUN" not in again.stderr
+    # without the memo the engine finds the final key in the cache itself
+    for memo in (store / "memo").iterdir():
+        memo.unlink()
+    proc = amic("build", "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["cached"] and doc["image_id"] == first
+    assert {s for s, _ in layers(proc).values()} == {"CACHED"}
+
+
+def test_changed_middle_init_reruns_only_it(amic):
+    text = AMIFILE.replace("hello > /etc/amic-web", "hello -g changed > /etc/amic-web")
+    proc = amic("build", "--json", amifile_text=text)
+    assert layers(proc) == {"base": ("CACHED", layers(proc)["base"][1]),
+                            "web": ("RUN", "init changed")}
+
+
+def test_update_only_change_reruns_no_init(amic):
+    before = amic("build").stdout.strip()
+    text = AMIFILE.replace("hello > /etc/amic-web", "hello -g changed > /etc/amic-web") \
+        .replace("update-v1", "update-v2")
+    proc = amic("build", "--json", amifile_text=text)
+    doc = json.loads(proc.stdout)
+    assert {s for s, _ in layers(proc).values()} == {"CACHED"}
+    assert not doc["cached"] and doc["image_id"] != before
+    assert "init: begin" not in proc.stderr
+
+
+def test_no_cache_runs_every_layer(amic):
+    proc = amic("build", "--no-cache", "--json")
+    assert layers(proc) == {"base": ("RUN", "--no-cache"), "web": ("RUN", "--no-cache")}
+
+
+def test_boot_runs_update_and_extra_service(amic, store):
+    image = amic("build").stdout.strip()
+    proc = amic("run", image[:12], "--service", "test", "--timeout", "180")
+    status = proc.stdout
+    rows = {line.split()[0]: line for line in status.splitlines()[2:] if line.strip()}
+    assert "ok" in rows["test"].split()[2], status          # initialised at boot
+    assert re.search(r"web\s+yes\s+ok .* ok ", rows["web"]), status  # UPDATE ran
+    no_leftovers(store)
+
+
+def test_export(amic, store, tmp_path):
+    out = tmp_path / "image.tar"
+    amic("export", "latest", "-o", str(out))
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+        assert "./etc/amic-web" in names and "./usr/bin/jq" in names
+        assert tar.extractfile("./etc/amic-web-jq").read() == b"true\n"
+        assert "./var/lib/amic/stage2/amic" in names
+
+
+def test_failure_reports_service_line_and_output(amic):
+    text = AMIFILE.replace("hello > /etc/amic-web", "echo about-to-fail; false")
+    proc = amic("build", check=False, amifile_text=text)
+    assert proc.returncode == 1
+    assert "service web failed" in proc.stderr
+    assert "Amifile:10" in proc.stderr  # the INIT line
+    assert "about-to-fail" in proc.stderr
+    assert proc.stdout == ""
+
+
+SLOW = AMIFILE.replace("ENABLE web", "ENABLE slow") + """\
+SERVICE slow
+    REQUIRES web
+    INIT <<~EOF
+        echo sleeping
+        sleep 120
+    EOF
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_kill_mid_layer_leaves_nothing_behind(amic, store, project, sig):
+    (project / "Amifile").write_text(SLOW)
+    env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("amic")), "build",
+                             "--progress", "plain"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        seen.append(line)
+        if "amic: slow: init: begin" in line:
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    else:
+        pytest.fail("build ended before the slow layer began:\n" + "".join(seen))
+    time.sleep(1)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=60)
+    proc.stderr.close()
+    proc.stdout.close()
+    assert rc == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    time.sleep(0.5)  # the kernel delivers PDEATHSIG asynchronously
+    no_leftovers(store)
+    if sig == signal.SIGINT:
+        assert not any((store / "local" / "machines").iterdir())
+    # the cache is intact: a following build reuses the finished layers
+    done = amic("build", "--json", amifile_text=SLOW.replace("sleep 120", f"echo after-{sig.name}"))
+    got = layers(done)
+    assert got["base"][0] == "CACHED" and got["web"][0] == "CACHED"
+    assert got["slow"][0] == "RUN"
+
+
+def test_images_and_prune(amic, store):
+    listing = json.loads(amic("images", "--all", "--json").stdout)
+    kinds = {row["kind"] for row in listing}
+    assert {"final", "layer", "base"} <= kinds
+    amic("prune", "--keep", "1")
+    after = json.loads(amic("images", "--all", "--json").stdout)
+    assert len(after) < len(listing)
+    assert not (store / "local" / "machines").exists() or \
+        not any((store / "local" / "machines").iterdir())
+    # the newest image still builds from cache
+    proc = amic("build", "--json")
+    assert json.loads(proc.stdout)["cached"]
