@@ -104,9 +104,21 @@ class Root:
 
     def put(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
         p = self.upper / path.lstrip("/")
-        p.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdirs(p.parent)
         p.write_bytes(data.encode() if isinstance(data, str) else data)
         p.chmod(mode)
+
+    def _mkdirs(self, d: Path) -> None:
+        """Create upper-layer directories with the modes they have below (/tmp stays 1777)."""
+        if d == self.upper or d.exists():
+            return
+        self._mkdirs(d.parent)
+        d.mkdir()
+        rel = d.relative_to(self.upper)
+        for lower in self.lowers:
+            if (lower / rel).is_dir():
+                d.chmod((lower / rel).stat().st_mode & 0o7777)
+                break
 
     def file(self, path: str) -> Path:
         """A file as the root sees it (upper layer first, then the lower layers)."""
