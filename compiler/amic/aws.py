@@ -1,0 +1,195 @@
+"""AWS access for the ec2 target: sessions, clients, tags and expiry.
+
+Credentials, profiles and regions come from the standard boto3 chain
+(environment, ``~/.aws/config`` and ``credentials``, SSO, instance roles).
+Endpoints too: botocore reads ``AWS_ENDPOINT_URL_EC2`` / ``AWS_ENDPOINT_URL``
+(and ``endpoint_url`` in a profile) itself, which is how the tests reach moto
+and how a user reaches LocalStack or a VPC endpoint. Nothing here patches
+botocore.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from amic import __version__
+from amic.errors import BuildError, UsageError
+
+TOOL = "amic"
+TAG_TOOL = "amic:tool"
+"""``amic/<version>`` on every resource amic creates: what ``amic gc`` looks for."""
+TAG_BUILD = "amic:build-id"
+"""The build that created a resource (same name the engine uses on images)."""
+TAG_EXPIRES = "amic:expires"
+"""UTC ISO-8601 time after which a temporary resource counts as leaked (``amic gc``)."""
+TAG_ROLE = "amic:role"
+"""``build`` (a temporary resource of a build), ``launch`` (``amic launch``)."""
+
+MAX_TAGS = 50
+"""EC2's limit of tags per resource."""
+
+RETRY_MODES = ("standard", "adaptive", "legacy")
+
+
+@attrs.frozen
+class AwsOptions:
+    """How to reach AWS. Everything unset falls back to the standard chain."""
+
+    profile: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    """Explicit endpoint; normally unset (``AWS_ENDPOINT_URL_EC2`` is honoured by botocore)."""
+    retry_mode: str = "standard"
+    """botocore retry mode; ``AWS_RETRY_MODE`` overrides the default."""
+    max_attempts: int = 10
+    """Attempts per API call including the first (throttling is retried with backoff)."""
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+def options_from_env(**overrides) -> AwsOptions:
+    """``AwsOptions`` with the ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` conventions applied."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if "retry_mode" not in values and os.environ.get("AWS_RETRY_MODE"):
+        values["retry_mode"] = os.environ["AWS_RETRY_MODE"]
+    if "max_attempts" not in values and os.environ.get("AWS_MAX_ATTEMPTS"):
+        values["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
+    opts = AwsOptions(**values)
+    if opts.retry_mode not in RETRY_MODES:
+        raise UsageError(f"retry mode {opts.retry_mode!r}: expected one of {', '.join(RETRY_MODES)}")
+    return opts
+
+
+def session(opts: AwsOptions):
+    import boto3
+    import botocore.exceptions
+
+    try:
+        sess = boto3.Session(profile_name=opts.profile, region_name=opts.region)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise UsageError(str(exc)) from None
+    if not sess.region_name:
+        raise UsageError("no AWS region: pass --region, set AWS_REGION, or put region= in the "
+                         "profile (~/.aws/config)")
+    return sess
+
+
+def client(opts: AwsOptions, service: str = "ec2", *, region: str | None = None, sess=None):
+    """A client with amic's retry and timeout settings (one per region)."""
+    from botocore.config import Config
+
+    sess = sess or session(opts)
+    config = Config(retries={"mode": opts.retry_mode, "max_attempts": opts.max_attempts},
+                    connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
+                    user_agent_extra=f"amic/{__version__}")
+    kwargs = {"config": config, "region_name": region or sess.region_name}
+    if opts.endpoint_url:
+        kwargs["endpoint_url"] = opts.endpoint_url
+    return sess.client(service, **kwargs)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError (``None`` for anything else)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code")
+    return None
+
+
+def explain(exc: BaseException, doing: str) -> BuildError:
+    """A BuildError saying what failed, with the AWS code and a hint for the common ones."""
+    code = error_code(exc)
+    hint = {
+        "UnauthorizedOperation": " (the IAM policy in docs/ec2.md lists what amic needs)",
+        "AuthFailure": " (check the credentials: aws sts get-caller-identity)",
+        "RequestLimitExceeded": " (throttled even after retries; raise AWS_MAX_ATTEMPTS or use "
+                                "--retry-mode adaptive)",
+        "InsufficientInstanceCapacity": " (try another --instance-type or --subnet)",
+        "VcpuLimitExceeded": " (raise the vCPU quota or use a smaller --instance-type)",
+    }.get(code or "", "")
+    return BuildError(f"{doing}: {exc}{hint}")
+
+
+# -- tags -------------------------------------------------------------------
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90m``, ``4h``, ``2d``, ``1w``, ``3600`` (seconds) as a timedelta."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text and text[-1] in units:
+            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return dt.timedelta(seconds=float(text))
+    except ValueError:
+        raise UsageError(f"duration {text!r}: expected a number with s, m, h, d or w") from None
+
+
+def resource_tags(build_id: str, *, ttl: dt.timedelta | None, role: str = "build",
+                  extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The tags every temporary resource of a build carries."""
+    tags = {TAG_TOOL: f"{TOOL}/{__version__}", TAG_BUILD: build_id, TAG_ROLE: role,
+            "Name": f"amic-{role}-{build_id}"}
+    if ttl is not None:
+        tags[TAG_EXPIRES] = iso(now() + ttl)
+    if extra:
+        tags.update(extra)
+    return tags
+
+
+def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    """``{k: v}`` as EC2's ``[{Key, Value}]``, values cut to EC2's 256-character limit."""
+    return [{"Key": k[:128], "Value": str(v)[:256]} for k, v in tags.items()]
+
+
+def tag_dict(items: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in items or ()}
+
+
+def tag_specs(tags: Mapping[str, str], *types: str) -> list[dict]:
+    return [{"ResourceType": t, "Tags": tag_list(tags)} for t in types]
+
+
+def fit_tags(tags: Mapping[str, str], *, keep_prefixes: tuple[str, ...] = (),
+             limit: int = MAX_TAGS) -> tuple[dict[str, str], list[str]]:
+    """At most ``limit`` tags: the ones whose key starts with ``keep_prefixes`` first.
+
+    Returns the tags to set and the keys left out (for a warning).
+    """
+    items = list(tags.items())
+    if len(items) <= limit:
+        return dict(items), []
+    first = [kv for kv in items if kv[0].startswith(keep_prefixes)]
+    rest = [kv for kv in items if not kv[0].startswith(keep_prefixes)]
+    kept = (first + rest)[:limit]
+    dropped = [k for k, _ in (first + rest)[limit:]]
+    return dict(kept), dropped
+
+
+def expired(tags: Mapping[str, str], at: dt.datetime | None = None) -> bool:
+    """True when a resource's ``amic:expires`` lies in the past."""
+    when = parse_iso(tags.get(TAG_EXPIRES))
+    return when is not None and when <= (at or now())

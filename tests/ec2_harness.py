@@ -1,0 +1,549 @@
+"""A fake EC2 that is real HTTP: moto in server mode, a counting proxy, and instance stand-ins.
+
+Nothing in boto3 is patched. Clients reach the proxy through
+``AWS_ENDPOINT_URL_EC2``; the proxy forwards every call to a moto server
+(a subprocess on a random loopback port), counts operations, can answer
+with injected errors (throttling), and watches the calls that change an
+instance's life to drive a *stand-in*:
+
+- RunInstances: a fresh writable root for each instance, made from the root
+  of the AMI it was launched from, served by a real sshd on loopback whose
+  sessions run inside that root (``tests/sshd.py``), with its own host key;
+- StopInstances / StartInstances: the sshd goes away / comes back (same root,
+  same host key, like a real stop/start);
+- CreateImage: the instance's writable layer is captured as a new image
+  layer, so an instance launched from a layer AMI has the earlier layers;
+- TerminateInstances: the sshd stops and the root is deleted;
+- GetConsoleOutput: cloud-init's ``SSH HOST KEY FINGERPRINTS`` block with the
+  stand-in's real host key is added (moto prints none).
+
+The instance's sshd is reached the way a port-forwarded setup would reach
+it: a relay on one fixed loopback port (``StandIn.relay_port``) forwards to
+the sshd of the most recently started instance; builds pass it as
+``--ssh-host 127.0.0.1 --ssh-port PORT``.
+
+moto's account id is set to Debian's image owner, so ``FROM debian:12``
+resolves through the same owner + name filter as on real AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import http.client
+import http.server
+import os
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+DEBIAN_OWNER = "136693071363"
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+# -- moto -------------------------------------------------------------------
+
+class MotoServer:
+    """``moto_server`` as a subprocess on a random loopback port."""
+
+    def __init__(self, account: str = DEBIAN_OWNER) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.account = account
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MotoServer:
+        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_ACCOUNT_ID": self.account}
+        self.log = open(os.devnull, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        _wait_port(self.port)
+        return self
+
+    def reset(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request("POST", "/moto-api/reset")
+        conn.getresponse().read()
+        conn.close()
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()
+            self.proc = None
+
+
+# -- the proxy ----------------------------------------------------------------
+
+def _params(body: bytes) -> dict[str, str]:
+    return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(), keep_blank_values=True).items()}
+
+
+def numbered(params: dict[str, str], prefix: str) -> list[str]:
+    """``InstanceId.1``, ``InstanceId.2`` ... in order."""
+    out = []
+    i = 1
+    while f"{prefix}.{i}" in params:
+        out.append(params[f"{prefix}.{i}"])
+        i += 1
+    return out
+
+
+def _error_xml(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error></Errors><RequestID>injected</RequestID>"
+            "</Response>").encode()
+
+
+class Ec2Proxy:
+    """Loopback HTTP proxy in front of moto: counts calls, injects errors, runs hooks.
+
+    ``after[action](params, xml_text) -> xml_text`` may rewrite a response;
+    ``before[action](params)`` may raise to fail the call (it runs first).
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.log: list[tuple[str, dict[str, str]]] = []
+        self.before: dict[str, list] = collections.defaultdict(list)
+        self.after: dict[str, list] = collections.defaultdict(list)
+        self._faults: list[list] = []   # [action or "*", remaining, code, status]
+        self._lock = threading.Lock()
+        self.injected = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                status, headers, data = proxy._handle("POST", self.path, dict(self.headers), body)
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> Ec2Proxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.log.clear()
+            self._faults.clear()
+            self.injected = 0
+
+    def fail(self, action: str = "*", times: int = 1, code: str = "RequestLimitExceeded",
+             status: int = 503) -> None:
+        """Answer the next ``times`` calls of ``action`` (``*``: any) with an error."""
+        with self._lock:
+            self._faults.append([action, times, code, status])
+
+    def count(self, *actions: str) -> int:
+        return sum(self.calls[a] for a in actions)
+
+    def _handle(self, method, path, headers, body):
+        params = _params(body) if body else {}
+        action = params.get("Action", "?")
+        with self._lock:
+            self.calls[action] += 1
+            self.log.append((action, params))
+            for fault in self._faults:
+                if fault[1] > 0 and fault[0] in ("*", action):
+                    fault[1] -= 1
+                    self.injected += 1
+                    return fault[3], [("Content-Type", "text/xml")], _error_xml(fault[2], "injected")
+        for hook in self.before.get(action, ()):
+            hook(params)
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
+        fwd = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+        conn.request(method, path, body=body, headers=fwd)
+        resp = conn.getresponse()
+        data = resp.read()
+        out_headers = resp.getheaders()
+        conn.close()
+        if resp.status == 200 and self.after.get(action):
+            text = data.decode()
+            for hook in self.after[action]:
+                text = hook(params, text) or text
+            data = text.encode()
+        return resp.status, out_headers, data
+
+
+def xml_values(text: str, tag: str) -> list[str]:
+    root = ET.fromstring(text)
+    return [el.text or "" for el in root.iter() if el.tag.split("}")[-1] == tag]
+
+
+# -- the instance stand-in ------------------------------------------------------
+
+class _Relay:
+    """A TCP listener on one fixed port forwarding each connection to ``target()``."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            port = self.target()
+            if port is None:
+                client.close()   # like a port nobody listens on yet
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), 5)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class _Instance:
+    def __init__(self, iid: str, image: str, lowers: list[Path], upper: Path, pubkey: str | None):
+        self.id = iid
+        self.image = image
+        self.lowers = lowers
+        self.upper = upper
+        self.pubkey = pubkey
+        self.sshd = None        # the running SshdRoot context
+        self.port: int | None = None
+        self.host_key = None     # paramiko PKey, kept over stop/start
+        self.started = 0
+
+
+class StandIn:
+    """Instances as overlay roots served by a real sshd (``tests/sshd.py``).
+
+    ``images`` maps an AMI id to its layers (top first); base AMIs registered
+    with ``register_base`` map to a read-only base root (a debootstrap tree).
+    Without ``base_root`` (no root privileges, or lifecycle-only tests) no
+    sshd is started and SSH never comes up.
+    """
+
+    def __init__(self, proxy: Ec2Proxy, workdir: Path, base_root: Path | None) -> None:
+        self.proxy = proxy
+        self.workdir = workdir
+        self.base_root = base_root
+        self.images: dict[str, list[Path]] = {}
+        self.keys: dict[str, str] = {}
+        self.instances: dict[str, _Instance] = {}
+        self.current: str | None = None
+        self.ssh_up = True
+        """False: instances never answer on SSH (the relay refuses)."""
+        self.wrong_fingerprint = False
+        """True: the console prints a host key fingerprint that is not the instance's."""
+        self.print_fingerprints = True
+        self._lock = threading.RLock()
+        self._n = 0
+        self.relay = _Relay(self._current_port)
+        self.relay_port = self.relay.port
+        for action, hook in (("ImportKeyPair", self._import_key), ("RunInstances", self._run),
+                             ("StopInstances", self._stop), ("StartInstances", self._start),
+                             ("CreateImage", self._create_image),
+                             ("TerminateInstances", self._terminate),
+                             ("GetConsoleOutput", self._console)):
+            proxy.after[action].append(hook)
+
+    def _current_port(self):
+        with self._lock:
+            inst = self.instances.get(self.current or "")
+            return inst.port if inst and self.ssh_up else None
+
+    def register_base(self, ec2, name: str, *, arch: str = "x86_64") -> str:
+        """Register a base AMI (named like the distribution's own) backed by ``base_root``."""
+        ami = ec2.register_image(Name=name, Architecture=arch, RootDeviceName="/dev/xvda",
+                                 VirtualizationType="hvm",
+                                 BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                                                       "Ebs": {"VolumeSize": 8}}])["ImageId"]
+        self.images[ami] = [self.base_root] if self.base_root else []
+        return ami
+
+    # hooks (they run in the proxy's threads) ---------------------------------
+
+    def _import_key(self, params, text):
+        material = base64.b64decode(params.get("PublicKeyMaterial", "")).decode()
+        self.keys[params.get("KeyName", "")] = material.strip()
+
+    def _run(self, params, text):
+        image = params.get("ImageId", "")
+        with self._lock:
+            for iid in xml_values(text, "instanceId"):
+                self._n += 1
+                upper = self.workdir / f"instance-{self._n}-{iid}"
+                upper.mkdir(parents=True)
+                inst = _Instance(iid, image, list(self.images.get(image, [])), upper,
+                                 self.keys.get(params.get("KeyName", "")))
+                self.instances[iid] = inst
+                self._boot(inst)
+
+    def _boot(self, inst: _Instance) -> None:
+        if not (self.base_root and inst.lowers and inst.pubkey):
+            return
+        from tests.sshd import SshdRoot
+
+        ctx = SshdRoot(inst.lowers, inst.upper / "root", [inst.pubkey], host_key=inst.host_key)
+        info = ctx.__enter__()
+        inst.sshd = ctx
+        inst.port = getattr(info, "port", None) or ctx.port
+        inst.host_key = getattr(info, "host_key", None) or ctx.host_key
+        inst.started += 1
+        self.current = inst.id
+
+    def _halt(self, inst: _Instance) -> None:
+        if inst.sshd is not None:
+            ctx, inst.sshd, inst.port = inst.sshd, None, None
+            ctx.__exit__(None, None, None)
+
+    def _stop(self, params, text):
+        with self._lock:
+            for iid in numbered(params, "InstanceId"):
+                if iid in self.instances:
+                    self._halt(self.instances[iid])
+
+    def _start(self, params, text):
+        with self._lock:
+            for iid in numbered(params, "InstanceId"):
+                inst = self.instances.get(iid)
+                if inst and inst.sshd is None:
+                    self._boot(inst)
+
+    def _create_image(self, params, text):
+        iid = params.get("InstanceId", "")
+        with self._lock:
+            inst = self.instances.get(iid)
+            if inst is None:
+                return
+            for ami in xml_values(text, "imageId"):
+                layer = self.workdir / f"image-{ami}"
+                src = inst.upper / "root"
+                if src.exists():
+                    subprocess.run(["cp", "-a", str(src), str(layer)], check=True)
+                    self.images[ami] = [layer, *inst.lowers]
+                else:
+                    self.images[ami] = list(inst.lowers)
+
+    def _terminate(self, params, text):
+        with self._lock:
+            for iid in numbered(params, "InstanceId"):
+                inst = self.instances.pop(iid, None)
+                if inst is not None:
+                    self._halt(inst)
+                    shutil.rmtree(inst.upper, ignore_errors=True)
+
+    def fingerprint_lines(self, inst: _Instance) -> list[str]:
+        import hashlib
+
+        if inst.host_key is None or not self.print_fingerprints:
+            return []
+        blob = inst.host_key.asbytes()
+        if self.wrong_fingerprint:
+            blob = b"not-the-key" + blob
+        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+        kind = {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA"}.get(inst.host_key.get_name(), "ECDSA")
+        bits = inst.host_key.get_bits()
+        return ["ci-info: no authorized SSH keys fingerprints found for user admin.",
+                "ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----",
+                f"ec2: {bits} SHA256:{digest} root@ip-10-0-0-1 ({kind})",
+                "ec2: -----END SSH HOST KEY FINGERPRINTS-----",
+                "ec2: #############################################################"]
+
+    def _console(self, params, text):
+        inst = self.instances.get(params.get("InstanceId", ""))
+        if inst is None:
+            return text
+        root = ET.fromstring(text)
+        for el in root.iter():
+            if el.tag.split("}")[-1] == "output":
+                old = el.text or ""
+                try:
+                    old = base64.b64decode(old).decode()
+                except ValueError:
+                    pass
+                new = old + "\n".join(self.fingerprint_lines(inst)) + "\n"
+                el.text = base64.b64encode(new.encode()).decode()
+        return ET.tostring(root, encoding="unicode")
+
+    def close(self) -> None:
+        with self._lock:
+            for inst in list(self.instances.values()):
+                self._halt(inst)
+            self.instances.clear()
+        self.relay.close()
+
+
+# -- one object for tests ---------------------------------------------------------
+
+class FakeEc2:
+    """moto + proxy + stand-in, with the environment a build needs to reach them."""
+
+    def __init__(self, moto: MotoServer, proxy: Ec2Proxy, workdir: Path,
+                 base_root: Path | None) -> None:
+        self.moto = moto
+        self.proxy = proxy
+        self.workdir = workdir
+        self.base_root = base_root
+        self.standin = StandIn(proxy, workdir / "standin", base_root)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL_EC2": self.proxy.url, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION, "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def ssh_args(self) -> list[str]:
+        return ["--ssh-host", "127.0.0.1", "--ssh-port", str(self.standin.relay_port),
+                "--ssh-cidr", "127.0.0.1/32"]
+
+    def client(self, direct: bool = True):
+        """A boto3 client for assertions (``direct``: straight to moto, not counted)."""
+        import boto3
+
+        return boto3.client("ec2", region_name=REGION, aws_access_key_id="testing",
+                            aws_secret_access_key="testing",
+                            endpoint_url=self.moto.url if direct else self.proxy.url)
+
+    def register_debian12(self) -> str:
+        return self.standin.register_base(self.client(), "debian-12-amd64-20240717-1811")
+
+    def reset(self) -> None:
+        self.standin.close()
+        self.moto.reset()
+        self.proxy.reset()
+        self.proxy.before.clear()
+        self.proxy.after.clear()
+        shutil.rmtree(self.workdir / "standin", ignore_errors=True)
+        self.standin = StandIn(self.proxy, self.workdir / "standin", self.base_root)
+
+    # assertions ---------------------------------------------------------------
+
+    def leftovers(self, build_id: str | None = None) -> dict[str, list]:
+        """Instances not terminated, key pairs and security groups amic created (by tag)."""
+        ec2 = self.client()
+        filt = [{"Name": "tag-key", "Values": ["amic:tool"]}]
+        if build_id:
+            filt = [{"Name": "tag:amic:build-id", "Values": [build_id]}]
+        running = [i["InstanceId"]
+                   for r in ec2.describe_instances(Filters=filt)["Reservations"]
+                   for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
+        keys = [k["KeyName"] for k in ec2.describe_key_pairs(Filters=filt)["KeyPairs"]]
+        groups = [g["GroupId"] for g in ec2.describe_security_groups(Filters=filt)["SecurityGroups"]]
+        return {"instances": running, "key_pairs": keys, "security_groups": groups}
+
+    def all_leftovers(self) -> dict[str, list]:
+        """Like ``leftovers`` but without relying on tags (catches untagged resources too)."""
+        ec2 = self.client()
+        running = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"]
+                   for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
+        keys = [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]]
+        groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]
+                  if g["GroupName"] != "default"]
+        return {"instances": running, "key_pairs": keys, "security_groups": groups}
+
+    def created_untagged(self) -> list[str]:
+        """Every creating call seen by the proxy that did not carry amic's tags."""
+        bad = []
+        for action, params in self.proxy.log:
+            if action in ("RunInstances", "ImportKeyPair", "CreateKeyPair", "CreateSecurityGroup",
+                          "CreateImage"):
+                keys = {v for k, v in params.items()
+                        if k.startswith("TagSpecification.") and k.endswith(".Key")}
+                if "amic:tool" not in keys or "amic:build-id" not in keys:
+                    bad.append(action)
+        return bad
+
+
+@contextlib.contextmanager
+def fake_ec2(workdir: Path, base_root: Path | None = None):
+    moto = MotoServer().start()
+    proxy = Ec2Proxy(moto.port).start()
+    fake = FakeEc2(moto, proxy, workdir, base_root)
+    try:
+        yield fake
+    finally:
+        fake.standin.close()
+        proxy.stop()
+        moto.stop()
