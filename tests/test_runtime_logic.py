@@ -306,3 +306,46 @@ SERVICE app
     st = root.status("dash")
     assert st["services"][0]["update"]["result"] == "ok" and st["instance_id"]
     json.dumps(st)
+
+
+STUB_CURL = r"""#!/bin/sh
+echo "$*" >> /var/log/stub-curl.log
+for a; do url=$a; done
+case $url in
+    */latest/api/token) echo tok ;;
+    */latest/meta-data/instance-id) echo i-0abc123 ;;
+    */latest/meta-data/tags/instance/amic:services) echo extra ;;
+    */latest/user-data) printf '#cloud-config\n# amic-services: solo\n' ;;
+    *) exit 22 ;;
+esac
+"""
+
+
+@pytest.mark.root
+def test_ec2_instance_id_and_requests_from_imds(tmp_path: Path, stub_root_lower: Path) -> None:
+    """On EC2 (forced here), boot asks IMDSv2 for the instance id, the tag and the user-data line."""
+    root = make_root(tmp_path, stub_root_lower)
+    root.put("/usr/local/bin/curl", STUB_CURL, 0o755)
+    text = """
+ENABLE base
+SERVICE base
+    INIT echo init base >> /root/order
+    UPDATE echo "update base $AMIC_INSTANCE_ID" >> /root/order
+SERVICE extra
+    REQUIRES base
+    INIT echo init extra >> /root/order
+SERVICE solo
+    INIT echo init solo >> /root/order
+SERVICE never
+    INIT echo init never >> /root/order
+"""
+    root.install_stage2(compile_stage2(tmp_path / "ctx", text), "dash")
+    rc, out = root.run(f"dash {RUNNER} boot", env={"AMIC_EC2": "1"}, check=None)
+    assert rc == 0, out
+    assert root.read("/root/order").splitlines() == [
+        "init base", "init extra", "init solo", "update base i-0abc123"]
+    calls = root.read("/var/log/stub-curl.log")
+    assert "X-aws-ec2-metadata-token-ttl-seconds: 300" in calls and "X-aws-ec2-metadata-token: tok" in calls
+    st = root.status("dash")
+    assert st["instance_id"] == "i-0abc123"
+    assert {s["name"] for s in st["services"] if s["enabled"]} == {"base", "extra", "solo"}
