@@ -46,6 +46,12 @@ def add_build_parsers(sub) -> None:
                    help="print the result as JSON on stdout instead of the bare image id")
     p.add_argument("--manifest", metavar="FILE",
                    help="also write the JSON result (image id, keys, timings) to FILE")
+    try:  # the ec2 target's options (region, subnet, AMI name, ...), when it is installed
+        from amic.ec2_cli import add_ec2_build_options
+    except ImportError:
+        pass
+    else:
+        add_ec2_build_options(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(
@@ -136,7 +142,7 @@ def cmd_build(args) -> int:
     from amic.progress import Reporter
     from amic.targets import get_target
 
-    target = get_target(spec)
+    target = get_target(spec, args)
     options = BuildOptions(amifile=args.amifile, build_args=build_args, no_cache=args.no_cache,
                            checkpoint=args.checkpoint, on_error=args.on_error)
     reporter = Reporter(mode=args.progress, quiet=args.quiet)

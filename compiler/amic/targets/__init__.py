@@ -32,8 +32,13 @@ def split_spec(spec: str) -> tuple[str, str]:
     return spec, ""
 
 
-def get_target(spec: str | None = None):
-    """Instantiate the target named by ``spec`` (``--target`` text); UsageError if unknown."""
+def get_target(spec: str | None = None, args=None):
+    """Instantiate the target named by ``spec`` (``--target`` text); UsageError if unknown.
+
+    With parsed command-line ``args``, a target class that has a ``from_args(args)``
+    classmethod (ec2: region, subnet, ...) is made with it; otherwise the class is
+    called with the text after ``scheme://`` (nothing for bare names).
+    """
     from amic.errors import UsageError
 
     spec = spec or default_target_spec()
@@ -47,4 +52,6 @@ def get_target(spec: str | None = None):
     except ImportError as exc:
         raise UsageError(f"target {scheme!r} is not available: {exc}") from None
     cls = getattr(module, cls_name)
+    if args is not None and not rest and hasattr(cls, "from_args"):
+        return cls.from_args(args)
     return cls(rest) if rest else cls()
