@@ -299,8 +299,10 @@ def run_build(b: _Build, start: tb.Image, reports: list[LayerReport]) -> BuildRe
             raise BuildError(f"{exc}\n\nthe machine was left for debugging; reach it with:\n"
                              f"    {b.machine.describe()}") from exc
         raise
-    b.reporter.note(f"built image {short(image.id)} in "
-                    f"{sum(r.seconds or 0 for r in reports):.1f}s of init")
+    ran = [r for r in reports if r.status == "RUN"]
+    b.reporter.note(f"built image {short(image.id)}: " + (
+        f"{len(ran)} of {len(reports)} layers ran, {sum(r.seconds or 0 for r in ran):.1f}s of init"
+        if ran else "no init ran (new stage2 on cached layers)"))
     return _result(b, image, reports, cached=False)
 
 

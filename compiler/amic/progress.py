@@ -26,7 +26,7 @@ from typing import TextIO
 MARKER = re.compile(r"^amic: (?P<svc>[a-z][a-z0-9_-]*): (?P<phase>[a-z-]+): "
                     r"(?P<event>begin|ok|skipped|FAILED)\b ?(?P<rest>.*)$")
 FAILED_AT = re.compile(r"exit (?P<code>\d+)(?: at (?P<where>\S+))?")
-TAIL_LINES = 25
+TAIL_LINES = 15
 
 
 class OutputRouter:

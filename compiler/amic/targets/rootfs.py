@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import shlex
 import shutil
@@ -156,6 +157,12 @@ CLEAN_ENV = {
 """The whole environment a command in a root starts with (plus the caller's ``env``)."""
 
 
+def terminal_line(raw: str) -> str:
+    """A line of output as a terminal shows it: progress redrawn with carriage returns keeps its last state."""
+    line = raw.rstrip("\n").rstrip("\r")
+    return line.rsplit("\r", 1)[-1] if "\r" in line else line
+
+
 def die_with_parent() -> None:
     """``preexec_fn``: SIGKILL the child when the process that started it dies.
 
@@ -193,16 +200,15 @@ def run_in_root(lowers: Sequence[Path], upper: Path, command: str, *,
         stdin = open(stdin_path, "rb") if stdin_path is not None else subprocess.DEVNULL
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=stdin, env=full_env, text=True, errors="replace",
-                                    preexec_fn=die_with_parent)
+                                    stdin=stdin, env=full_env, preexec_fn=die_with_parent)
         finally:
             if stdin_path is not None:
                 stdin.close()
         try:
             assert proc.stdout is not None
-            for line in proc.stdout:
+            for line in io.TextIOWrapper(proc.stdout, errors="replace", newline="\n"):
                 if on_output:
-                    on_output(line.rstrip("\n"))
+                    on_output(terminal_line(line))
             return proc.wait(timeout=timeout)
         except BaseException:
             proc.kill()
