@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from amic.build import BuildOptions, build, parse_checkpoint, should_checkpoint
 from amic.errors import BuildError, UsageError
 from amic.targets.base import TAG_KIND, TAG_SERVICE, Image, Target

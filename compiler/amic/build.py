@@ -32,9 +32,8 @@ from pathlib import Path
 
 import attrs
 
-from amic import artifact
+from amic import artifact, resolve
 from amic import plan as planmod
-from amic import resolve
 from amic.errors import BuildError, UsageError
 from amic.progress import OutputRouter, Reporter
 from amic.targets import base as tb
@@ -276,7 +275,7 @@ def find_prefix(b: _Build) -> tuple[tb.Image, list[LayerReport]]:
 
 
 def run_build(b: _Build, start: tb.Image, reports: list[LayerReport]) -> BuildResult:
-    p, stack = b.plan, b.stack
+    p = b.plan
     n = len(p.layers)
     for i, r in enumerate(reports, 1):
         b.reporter.layer(i, n, r.service, "CACHED", r.reason, None)

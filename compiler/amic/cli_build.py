@@ -8,7 +8,6 @@ handlers, and an unchanged build is answered from the build memo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 

@@ -55,7 +55,7 @@ SHORT = 12
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def _write_atomic(path: Path, data: str) -> None:

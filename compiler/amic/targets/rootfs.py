@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import io
 import os
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -158,7 +157,7 @@ CLEAN_ENV = {
 
 
 def terminal_line(raw: str) -> str:
-    """A line of output as a terminal shows it: progress redrawn with carriage returns keeps its last state."""
+    """A line as a terminal shows it: progress redrawn with carriage returns keeps its last state."""
     line = raw.rstrip("\n").rstrip("\r")
     return line.rsplit("\r", 1)[-1] if "\r" in line else line
 
