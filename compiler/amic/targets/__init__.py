@@ -4,8 +4,9 @@
 entry maps a scheme to ``module:Class``; the class is called with the text
 after the scheme (``""`` for bare names) as its only positional argument.
 
-The default target is chosen by :func:`default_target_spec` (``$AMIC_TARGET``,
-else ``local``); the ec2 target's owner may refine that rule.
+The default target is chosen by :func:`default_target_spec`: ``$AMIC_TARGET``,
+else ``ec2`` when AWS is configured (credentials, profile or region in the
+environment or in ``~/.aws``), else ``local``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,27 @@ REGISTRY: dict[str, str] = {
 }
 
 
+_AWS_ENV = ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+def aws_configured() -> str | None:
+    """Where AWS configuration was found (an env variable or a file), without importing boto3."""
+    for name in _AWS_ENV:
+        if os.environ.get(name):
+            return f"${name}"
+    for var, default in (("AWS_CONFIG_FILE", "~/.aws/config"),
+                         ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")):
+        path = os.path.expanduser(os.environ.get(var) or default)
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            return path
+    return None
+
+
 def default_target_spec() -> str:
-    return os.environ.get("AMIC_TARGET") or "local"
+    """``$AMIC_TARGET``; else ``ec2`` when AWS is configured (docs/ec2.md); else ``local``."""
+    return os.environ.get("AMIC_TARGET") or ("ec2" if aws_configured() else "local")
 
 
 def split_spec(spec: str) -> tuple[str, str]:
