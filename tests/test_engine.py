@@ -254,3 +254,84 @@ def test_result_json_shape(amifile):
     assert set(doc) >= {"image_id", "final_key", "layers", "timings", "cached", "target"}
     assert doc["layers"][0]["status"] == "RUN" and doc["layers"][0]["seconds"] is not None
     assert doc["timings"]["total"] >= 0
+
+
+def test_in_place_target_makes_no_image_and_keeps_host_identity(amifile):
+    t = FakeTarget()
+    t.keeps_images = False
+    r = run(t, amifile)
+    assert statuses(r) == [("a", "RUN"), ("b", "RUN"), ("c", "RUN")]
+    assert not any(e.startswith("snapshot") for e in t.events)
+    commands = " ".join(c for c, _ in t.commands)
+    assert "install-boot-hook" in commands and "prepare-image" not in commands
+    assert r.image_id == "base-1"
+
+
+# -- the build memo ----------------------------------------------------------------
+
+
+class MemoTarget(FakeTarget):
+    fast_rebuild = True
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def memo_paths(self, base, image):
+        return [str(self.marker)]
+
+
+def _age(path: Path, seconds: float = 10) -> None:
+    import os
+    import time
+
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_memo_answers_unchanged_and_notices_changes(tmp_path, monkeypatch):
+    import time
+
+    from amic import buildmemo
+
+    (tmp_path / "proj").mkdir()
+    amifile = tmp_path / "proj" / "Amifile"
+    amifile.write_text(AMIFILE)
+
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TOKEN", raising=False)
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    time.sleep(0.06)  # inputs must be older than the build that records them
+    t = MemoTarget(marker)
+    r = run(t, amifile)
+    memo = buildmemo.lookup(str(amifile), {}, "fake")
+    assert memo and memo["image_id"] == r.image_id and memo["cached"]
+    assert [x["status"] for x in memo["layers"]] == ["CACHED"] * 3
+    # an ARG value from the environment is part of it (as a digest only)
+    monkeypatch.setenv("TOKEN", "new")
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None
+    monkeypatch.delenv("TOKEN")
+    assert "new" not in Path(buildmemo.memo_path(str(amifile), {}, "fake")).read_text()
+    # the image going away (the target's path) invalidates it
+    marker.unlink()
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None
+    marker.write_text("x")
+    _age(marker)
+    # so does touching the Amifile
+    run(t, amifile)
+    assert buildmemo.lookup(str(amifile), {}, "fake") is not None
+    amifile.write_text(AMIFILE + "\n")
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None
+
+
+def test_memo_not_recorded_for_inputs_newer_than_the_build(amifile, tmp_path, monkeypatch):
+    from amic import buildmemo
+
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    t = MemoTarget(marker)
+    monkeypatch.setattr("time.time_ns", lambda: 0)  # the build "started" before every input
+    run(t, amifile)
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None

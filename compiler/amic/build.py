@@ -169,6 +169,8 @@ class _Build:
     reporter: Reporter
     stack: contextlib.ExitStack
     build_id: str
+    started_ns: int = 0
+    """Wall clock at the start (the build memo trusts only inputs older than this)."""
     timings: dict[str, float] = attrs.Factory(dict)
     plan: planmod.Plan | None = None
     base: tb.Image | None = None
@@ -197,11 +199,12 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
     """
     reporter = reporter or Reporter(quiet=True)
     t_start = time.monotonic()
+    started_ns = time.time_ns()
     target.keep_on_error = options.on_error == "abort"
     target.log = reporter.note
     with contextlib.ExitStack() as stack:
         b = _Build(target=target, options=options, reporter=reporter, stack=stack,
-                   build_id=new_build_id())
+                   build_id=new_build_id(), started_ns=started_ns)
         stack.callback(reporter.end)
         stack.enter_context(target.build_lock())
         with b.timed("resolve"):
@@ -211,7 +214,8 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
         with b.timed("plan"):
             b.plan = make_plan(b, resolved)
         with b.timed("lookup"):
-            final = None if options.no_cache else target.find_image(b.plan.final_key)
+            final = (None if options.no_cache or not target.keeps_images
+                     else target.find_image(b.plan.final_key))
         if final is not None:
             result = cached_result(b, final)
         else:
@@ -291,8 +295,11 @@ def run_build(b: _Build, start: tb.Image, reports: list[LayerReport]) -> BuildRe
         reports = run_layers(b, reports)
         with b.timed("finalize"):
             finalize(b)
-        with b.timed("snapshot"):
-            image = snapshot_final(b)
+        if b.target.keeps_images:
+            with b.timed("snapshot"):
+                image = snapshot_final(b)
+        else:  # provisioned in place (ssh): the machine is the result
+            image = start
     except BuildError as exc:
         if b.options.on_error == "abort" and b.machine is not None:
             raise BuildError(f"{exc}\n\nthe machine was left for debugging; reach it with:\n"
@@ -377,8 +384,13 @@ def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
 
 
 def finalize(b: _Build) -> None:
-    b.reporter.begin("install-boot-hook, prepare-image")
-    rc, router = _run(b, f"{RUNNER} install-boot-hook && {RUNNER} prepare-image", "finalize")
+    """The boot hook, and (only when an image is made) the cleanup before the snapshot:
+    prepare-image removes host keys and machine-id, which an in-place host keeps."""
+    command = f"{RUNNER} install-boot-hook"
+    if b.target.keeps_images:
+        command += f" && {RUNNER} prepare-image"
+    b.reporter.begin("install-boot-hook" + (", prepare-image" if b.target.keeps_images else ""))
+    rc, router = _run(b, command, "finalize")
     b.reporter.end()
     if rc != 0:
         raise BuildError(f"finishing the image failed (exit {rc}):\n"
@@ -454,7 +466,8 @@ def _result(b: _Build, image: tb.Image, reports: list[LayerReport], *, cached: b
         from amic import buildmemo
 
         with contextlib.suppress(OSError):
-            buildmemo.save(b.target, b.options, b.plan, b.base, image, reports)
+            buildmemo.save(b.target, b.options, b.plan, b.base, image, reports,
+                           started_ns=b.started_ns)
     return BuildResult(image_id=image.id, final_key=b.plan.final_key, target=b.target.name,
                        base_image_id=b.base.id, amifile=b.plan.amifile_path, layers=reports,
                        cached=cached, timings=b.timings)

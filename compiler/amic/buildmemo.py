@@ -117,14 +117,27 @@ def _input_paths(plan) -> list[str]:
     return sorted(set(paths))
 
 
-def save(target, options, plan, base, image, reports) -> None:
-    """Record a finished (or found) build; called by the engine."""
-    paths = _input_paths(plan)
-    if not paths:
+# File timestamps come from the kernel's coarse clock (up to a tick behind).
+CLOCK_SLACK_NS = 50_000_000
+
+
+def save(target, options, plan, base, image, reports, *, started_ns: int) -> None:
+    """Record a finished (or found) build; called by the engine.
+
+    Not recorded when an input changed at or after ``started_ns`` (the build's
+    start): the build may have read the older content, and the memo would tie
+    the newer stat to the older result.
+    """
+    inputs = _input_paths(plan)
+    if not inputs:
         return
-    paths += target.memo_paths(base, image)
     stats = []
-    for path in paths:
+    for path in inputs:
+        st = _stat(path)
+        if st is None or max(st[0], st[1]) >= started_ns - CLOCK_SLACK_NS:
+            return
+        stats.append([path, st])
+    for path in target.memo_paths(base, image):
         st = _stat(path)
         if st is None:
             return
