@@ -473,9 +473,16 @@ class Ec2Target(Target):
 
     # launch ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def launch(self, image: Image, *, build_id: str) -> Iterator[Ec2Machine]:
+    def launch(self, image: Image, *, build_id: str, role: str = "build",
+               instance_tags: Mapping[str, str] | None = None) -> Iterator[Ec2Machine]:
+        """Key pair, security group, instance; all removed on leaving (see the module doc).
+
+        ``role`` and ``instance_tags`` serve ``amic launch`` (``amic:services`` is read
+        by the boot hook through IMDS tags). Setting ``machine.keep`` before leaving
+        keeps everything, like ``--on-error=abort`` does on failure.
+        """
         opts = self.opts
-        tags = aws.resource_tags(build_id, ttl=opts.ttl)
+        tags = aws.resource_tags(build_id, ttl=opts.ttl, role=role)
         name = f"amic-{build_id}"
         stack = contextlib.ExitStack()
         machine: Ec2Machine | None = None
@@ -507,13 +514,20 @@ class Ec2Target(Target):
 
             # The instance.
             stack.callback(self._cleanup, "instance", build_id, self._terminate, build_id)
-            iid = self._run_instance(image, name, group_ids, tags, build_id)
+            iid = self._run_instance(image, name, group_ids, {**tags, **(instance_tags or {})},
+                                     build_id, metadata_tags=bool(instance_tags))
             user = opts.ssh_user or image.tags.get(TAG_SSH_USER) or "ec2-user"
             machine = Ec2Machine(self, iid, user, pkey, name, build_id)
             self._wait_running(machine)
             self._prepare_host_keys(machine)
             machine._connection()
             yield machine
+            if getattr(machine, "keep", False):
+                machine.key_file = save_private_key(pkey, name)
+                machine.disconnect()
+                stack.pop_all()
+                kept = True
+                self.log("keeping the instance\n  " + machine.describe())
         except BaseException as exc:
             keep = (self.keep_on_error and machine is not None
                     and not isinstance(exc, (KeyboardInterrupt, SystemExit)))
@@ -534,13 +548,14 @@ class Ec2Target(Target):
                     stack.close()
 
     def _run_instance(self, image: Image, name: str, group_ids: list[str],
-                      tags: Mapping[str, str], build_id: str) -> str:
+                      tags: Mapping[str, str], build_id: str, *, metadata_tags: bool = False) -> str:
         opts = self.opts
         args: dict = {
             "ImageId": image.id, "InstanceType": opts.instance_type, "MinCount": 1, "MaxCount": 1,
             "KeyName": name,
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
-                                "HttpPutResponseHopLimit": 1},
+                                "HttpPutResponseHopLimit": 1,
+                                "InstanceMetadataTags": "enabled" if metadata_tags else "disabled"},
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": aws.tag_specs(tags, "instance", "volume"),
             # Idempotent: botocore may retry a RunInstances whose answer it never saw.
