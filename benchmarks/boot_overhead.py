@@ -46,7 +46,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--shell", default="sh", help="shell to run the runner with (sh = dash on Debian)")
+    ap.add_argument("--shell", default="sh", help="shell to run the runner with: sh (dash on Debian), dash or \"bash --posix\"")
     args = ap.parse_args()
     names = [f"svc{i:02d}" for i in range(args.services)]
     text = "".join(f"SERVICE {n}\n" + (f"    REQUIRES {names[i - 1]}\n" if i else "")
