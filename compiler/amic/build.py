@@ -419,7 +419,11 @@ def layer_tags(b: _Build, layer: planmod.Layer) -> dict[str, str]:
 
 
 def _common_tags(b: _Build) -> dict[str, str]:
-    return {tb.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), tb.TAG_BUILD: b.build_id}
+    import hashlib
+
+    source = hashlib.sha256(os.path.abspath(b.plan.amifile_path).encode()).hexdigest()[:16]
+    return {tb.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), tb.TAG_SOURCE: source,
+            tb.TAG_BUILD: b.build_id}
 
 
 def layer_failure(b: _Build, service: str, rc: int, router: OutputRouter) -> BuildError:

@@ -77,11 +77,12 @@ def add_build_parsers(sub) -> None:
 
     p = sub.add_parser(
         "prune", help="remove old images, unused layer checkpoints and leftovers of crashed builds",
-        description="Keep the newest --keep final images per Amifile and the layers and base "
+        description="Keep the newest --keep final images per Amifile (by its path) and the "
+        "layers and base "
         "they are built on; remove everything else (and machine directories of builds that "
         "crashed). Refuses while a build is running.")
     p.add_argument("--keep", type=int, default=1, metavar="N",
-                   help="final images kept per Amifile name (default: 1)")
+                   help="final images kept per Amifile (default: 1)")
     p.add_argument("--all", action="store_true", help="remove every image (bases' roots stay)")
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
     p.set_defaults(func=cmd_prune)

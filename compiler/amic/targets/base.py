@@ -65,6 +65,9 @@ TAG_SERVICE = "amic:service"
 TAG_PARENT_KEY = "amic:parent-key"
 TAG_AMIFILE = "amic:amifile"
 """Base name of the Amifile the image was built from."""
+TAG_SOURCE = "amic:source"
+"""Digest of the Amifile's absolute path on the build machine: tells builds of different
+projects apart (prune keeps N per project) without writing the path itself."""
 TAG_BUILD = "amic:build-id"
 TAG_INPUT_PREFIX = "amic:in:"
 """``amic:in:<input>`` = digest of one input of the layer (see ``plan.Layer.inputs``);

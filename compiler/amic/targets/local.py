@@ -38,6 +38,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -46,7 +47,7 @@ import attrs
 
 from amic.errors import BuildError, UsageError
 from amic.targets import rootfs
-from amic.targets.base import TAG_KIND, Image, Target
+from amic.targets.base import TAG_AMIFILE, TAG_KIND, TAG_SOURCE, Image, Target
 
 MAX_LOWERS = 80
 """overlayfs takes lowerdir as one mount option (a page); this keeps well under it."""
@@ -257,8 +258,9 @@ class LocalTarget(Target):
         machine.save()
         try:
             yield machine
-        except BaseException:
-            if not self.keep_on_error:
+        except BaseException as exc:
+            # --on-error=abort keeps a failed machine; Ctrl-C always cleans up
+            if not (self.keep_on_error and isinstance(exc, Exception)):
                 shutil.rmtree(mdir, ignore_errors=True)
             raise
         shutil.rmtree(mdir, ignore_errors=True)
@@ -411,16 +413,20 @@ class LocalTarget(Target):
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, text=True, errors="replace",
                                         preexec_fn=rootfs.die_with_parent)
+                timer = threading.Timer(timeout, proc.kill)
+                timer.start()
                 try:
                     assert proc.stdout is not None
                     for line in proc.stdout:
                         if on_output:
                             on_output(line.rstrip("\n"))
-                    rc = proc.wait(timeout=timeout)
+                    rc = proc.wait()
                 except BaseException:
                     proc.kill()
                     proc.wait()
                     raise
+                finally:
+                    timer.cancel()
             report_file = upper / "var/lib/amic-run-report"
             report = report_file.read_text(errors="replace") if report_file.exists() else ""
             return rc, report
@@ -428,7 +434,7 @@ class LocalTarget(Target):
     def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False) -> list[str]:
         """Remove leftovers of dead builds and images no kept image needs; return what went.
 
-        Kept: the ``keep`` newest final images per Amifile name and every image
+        Kept: the ``keep`` newest final images per Amifile (``amic:source``) and every image
         below them (their layer checkpoints and base). ``everything`` removes
         all images (bases' debootstrap roots stay in ``cache_dir()/bases``).
         """
@@ -458,8 +464,10 @@ class LocalTarget(Target):
                 if not everything:
                     finals: dict[str, list[dict]] = {}
                     for meta in metas.values():
-                        if meta["tags"].get(TAG_KIND) == "final":
-                            finals.setdefault(meta["tags"].get("amic:amifile", ""), []).append(meta)
+                        tags = meta["tags"]
+                        if tags.get(TAG_KIND) == "final":
+                            project = tags.get(TAG_SOURCE) or tags.get(TAG_AMIFILE, "")
+                            finals.setdefault(project, []).append(meta)
                     for group in finals.values():
                         group.sort(key=lambda m: m.get("created") or "", reverse=True)
                         for meta in group[:max(keep, 0)]:
