@@ -316,6 +316,8 @@ class StandIn:
         self.wrong_fingerprint = False
         """True: the console prints a host key fingerprint that is not the instance's."""
         self.print_fingerprints = True
+        self.plain: PlainSshd | None = None
+        """When set, every instance is this one sshd (no roots: host key and lifecycle tests)."""
         self._lock = threading.RLock()
         self._n = 0
         self.relay = _Relay(self._current_port)
@@ -360,6 +362,13 @@ class StandIn:
                 self._boot(inst)
 
     def _boot(self, inst: _Instance) -> None:
+        if self.plain is not None and inst.pubkey:
+            self.plain.authorize(inst.pubkey)
+            inst.port, inst.host_key = self.plain.port, self.plain.host_key
+            inst.sshd = self.plain
+            inst.started += 1
+            self.current = inst.id
+            return
         if not (self.base_root and inst.lowers and inst.pubkey):
             return
         from tests.sshd import SshdRoot
@@ -373,6 +382,9 @@ class StandIn:
         self.current = inst.id
 
     def _halt(self, inst: _Instance) -> None:
+        if inst.sshd is self.plain and inst.sshd is not None:
+            inst.sshd, inst.port = None, None
+            return
         if inst.sshd is not None:
             ctx, inst.sshd, inst.port = inst.sshd, None, None
             ctx.__exit__(None, None, None)
@@ -452,6 +464,52 @@ class StandIn:
                 self._halt(inst)
             self.instances.clear()
         self.relay.close()
+
+
+class PlainSshd:
+    """A real sshd on loopback whose every session runs a fixed harmless command.
+
+    Enough for what happens before a build runs anything: host key checks,
+    authentication with the build's key, backoff. Sessions never touch the
+    test machine's files (``ForceCommand`` prints a word and exits).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        import paramiko
+
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key = self.dir / "host_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(key))
+        self.auth = self.dir / "authorized_keys"
+        self.auth.write_text("")
+        self.port = free_port()
+        cfg = self.dir / "sshd_config"
+        cfg.write_text(f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {key}
+PidFile {self.dir}/sshd.pid
+AuthorizedKeysFile {self.auth}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+ForceCommand echo stand-in
+""")
+        os.chmod(key, 0o600)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port)
+
+    def authorize(self, pubkey: str) -> None:
+        with open(self.auth, "a") as fh:
+            fh.write(pubkey + "\n")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 # -- one object for tests ---------------------------------------------------------

@@ -686,7 +686,7 @@ class Ec2Target(Target):
             time.sleep(delay)
 
     def _connect(self, machine: Ec2Machine):
-        from amic import sshconn
+        from amic.targets import ec2_ssh as sshconn
 
         opts = self.opts
         if machine.host is None:
@@ -705,6 +705,8 @@ class Ec2Target(Target):
         except sshconn.HostKeyMismatch as exc:
             raise BuildError(f"refusing {machine.instance_id}: {exc} (the console of the instance "
                              "printed other host keys; someone may be in the middle)") from None
+        except TimeoutError as exc:
+            raise BuildError(f"instance {machine.instance_id}: {exc}") from None
         if not machine.expected_keys:
             key = getattr(conn, "host_key", None)
             if key is not None:   # pin it: after a stop/start the same key must answer
