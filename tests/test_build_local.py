@@ -68,8 +68,7 @@ def amic(store, project):
     def run(*args: str, check: bool = True, amifile_text: str | None = None):
         if amifile_text is not None:
             (project / "Amifile").write_text(amifile_text)
-        env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
-        env.pop("AMIC_TARGET", None)
+        env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
         proc = subprocess.run([exe, *args], cwd=project, env=env, capture_output=True, text=True,
                               timeout=900)
         if check and proc.returncode != 0:
@@ -190,7 +189,7 @@ SERVICE slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_kill_mid_layer_leaves_nothing_behind(amic, store, project, sig):
     (project / "Amifile").write_text(SLOW)
-    env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
+    env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("amic")), "build",
                              "--progress", "plain"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
