@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from amic import ec2_gc
 from amic.errors import BuildError
 from amic.targets import ec2
 from amic.targets.base import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_LAYER_PREFIX, TAG_SERVICE
+
 from tests.ec2_harness import PlainSshd, fake_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -47,8 +47,9 @@ def fake(fake_server, monkeypatch):
 
 
 def target(fake, **kw) -> ec2.Ec2Target:
-    opts = dict(ssh_cidrs=("127.0.0.1/32",), console_timeout=5, poll_interval=0.05, ssh_timeout=5,
-                ssh_user="root", ssh_host="127.0.0.1", ssh_port=fake.standin.relay_port)
+    opts = {"ssh_cidrs": ("127.0.0.1/32",), "console_timeout": 5, "poll_interval": 0.05,
+            "ssh_timeout": 5, "ssh_user": "root", "ssh_host": "127.0.0.1",
+            "ssh_port": fake.standin.relay_port}
     opts.update(kw)
     return ec2.Ec2Target(options=ec2.Ec2Options(**opts), log_fn=lambda m: None)
 
@@ -134,7 +135,6 @@ def test_snapshots_tags_cache_and_image_options(fake):
     assert stags["amic:image-id"] == again.id and stags[TAG_KEY] == "F" * 64
     perms = ec2c.describe_image_attribute(ImageId=again.id, Attribute="launchPermission")
     assert {"UserId": "111122223333"} in perms["LaunchPermissions"]
-    eu = fake.client().__class__  # noqa: F841 - the copy is checked through its own region
     import boto3
 
     west = boto3.client("ec2", region_name="eu-west-1", endpoint_url=fake.moto.url,

@@ -6,7 +6,6 @@ import datetime as dt
 
 import paramiko
 import pytest
-
 from amic import aws, ec2_gc
 from amic.errors import UsageError
 from amic.targets import ec2
@@ -95,7 +94,7 @@ def test_ami_names_are_valid():
     assert ec2._ami_name("web{x}:v1 #2") == "web-x--v1 -2"
     assert ec2._ami_name("a") == "amic-a"
     assert len(ec2._ami_name("x" * 300)) == 128
-    when = dt.datetime(2024, 7, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 7, 1, 12, 0, 0, tzinfo=dt.UTC)
     fields = ec2._name_fields({"amic:amifile": "Amifile.web", "team": "ops"}, "ab" * 32, "b1", when)
     assert "{amifile}-{label[team]}-{timestamp}".format_map(fields) == "web-ops-20240701-120000"
     assert "{unknown}".format_map(fields) == "{unknown}"

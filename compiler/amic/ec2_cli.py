@@ -9,13 +9,10 @@ are imported inside the handlers only.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
-from collections.abc import Mapping
 
 from amic.errors import UsageError
-
 
 # -- options shared by build, launch, gc, ami -----------------------------------------
 
@@ -299,10 +296,3 @@ def add_ec2_parsers(sub) -> None:
     add_ec2_build_options(p)
     p.set_defaults(func=cmd_launch)
 
-
-def tags_json(tags: Mapping[str, str]) -> dict:
-    return dict(sorted(tags.items()))
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
