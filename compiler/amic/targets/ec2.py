@@ -238,7 +238,7 @@ def key_fingerprints(pkey) -> set[str]:
     """The SHA256 and MD5 fingerprints of a paramiko key, in ssh-keygen's spelling."""
     blob = pkey.asbytes()
     sha = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    md5 = ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest())  # noqa: S324 - a fingerprint
+    md5 = ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest())
     return {f"SHA256:{sha}", f"MD5:{md5}"}
 
 
@@ -319,10 +319,22 @@ class Ec2Machine:
 
     # Machine protocol ------------------------------------------------------------
     def run(self, command, *, env=None, on_output=None, timeout=None) -> int:
-        return self._connection().run(command, env=env, on_output=on_output, timeout=timeout)
+        with self._ssh_errors(f"running a command on {self.instance_id}"):
+            return self._connection().run(command, env=env, on_output=on_output, timeout=timeout)
 
     def put(self, local, remote, *, mode=0o600) -> None:
-        self._connection().put(local, remote, mode=mode)
+        with self._ssh_errors(f"uploading {remote} to {self.instance_id}"):
+            self._connection().put(local, remote, mode=mode)
+
+    @contextlib.contextmanager
+    def _ssh_errors(self, doing: str):
+        import paramiko
+
+        try:
+            yield
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.disconnect()
+            raise BuildError(f"{doing}: SSH failed: {exc or type(exc).__name__}") from None
 
     def describe(self) -> str:
         where = f"{self.user}@{self.host or '?'}"
@@ -903,7 +915,7 @@ def caller_cidr(url: str | None = None) -> str:
     """The caller's public address as a /32 (or /128), as AWS sees it."""
     url = url or os.environ.get("AMIC_CHECKIP_URL") or CHECKIP_URL
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - fixed https URL
+        with urllib.request.urlopen(url, timeout=10) as resp:
             text = resp.read(100).decode().strip()
         addr = ipaddress.ip_address(text)
     except (OSError, ValueError) as exc:
@@ -980,7 +992,7 @@ def _shielded(log_fn):
         return
     hits = []
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         hits.append(signum)
         if len(hits) == 1:
             log_fn("cleaning up; interrupt again to abandon (then run `amic gc`)")
