@@ -65,6 +65,8 @@ def meta_text(plan: Plan, sp: ServicePlan) -> str:
         _assign("SERVICE_HASH", sp.own_hash),
         _assign("SERVICE_LAYER_KEY", layer.key if layer else ""),
         _assign("SERVICE_SOURCE", _source(svc.pos)),
+        _assign("SERVICE_PACKAGES_SOURCE", _source(svc.packages_pos or svc.pos)),
+        _assign("SERVICE_COPY_SOURCE", _source(svc.copies[0].pos if svc.copies else svc.pos)),
         _assign("SERVICE_INIT_SCRIPTS", " ".join(f"{i:02d}" for i in range(1, len(svc.inits) + 1))),
         _assign("SERVICE_UPDATE_SCRIPTS", " ".join(f"{i:02d}" for i in range(1, len(svc.updates) + 1))),
     ]

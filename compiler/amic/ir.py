@@ -114,6 +114,8 @@ class Service:
     """``ENV`` inside the block: visible to this service's phases only."""
     inits: tuple[Script, ...] = attrs.field(converter=tuple, default=())
     updates: tuple[Script, ...] = attrs.field(converter=tuple, default=())
+    packages_pos: Pos | None = attrs.field(eq=False, default=None)
+    """Where the first ``PACKAGES`` is (for errors on the machine)."""
 
 
 @attrs.frozen

@@ -608,6 +608,7 @@ def _assemble(items: list[_Item], path: str, lines: Sequence[str]) -> ir.Amifile
                     if not str(tok):
                         raise fail("empty package name", tok)  # type: ignore[arg-type]
                 current["packages"].extend(str(t) for t in item.args)  # type: ignore[attr-defined]
+                current.setdefault("packages_pos", pos(kw))
             elif item.name == "COPY":
                 current["copies"].append(_copy(item, pos(kw), context, fail))  # type: ignore[attr-defined]
             else:  # INIT / UPDATE
