@@ -85,6 +85,9 @@ def layers(proc) -> dict[str, tuple[str, str]]:
 
 
 def no_leftovers(store: Path) -> None:
+    import tempfile
+
+    assert not list(Path(tempfile.gettempdir()).glob("amic-stage2-*")), "stage2 tarball leaked"
     mounts = Path("/proc/mounts").read_text()
     assert str(store) not in mounts, mounts
     for proc_dir in Path("/proc").iterdir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -244,7 +245,8 @@ def test_interrupt_unwinds_in_reverse_order(amifile, monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(t, amifile)
     assert t.events[-2:] == ["release (error)", "artifact removed"]
-    assert created and not created[0].exists()
+    assert created
+    assert not list(Path(tempfile.gettempdir()).glob("amic-stage2-*")), "artifact leaked"
     assert all(img.tags[TAG_KIND] == "layer" for img in t.images.values())
 
 

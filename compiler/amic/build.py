@@ -313,11 +313,19 @@ def run_build(b: _Build, start: tb.Image, reports: list[LayerReport]) -> BuildRe
 
 
 def write_artifact(b: _Build) -> Path:
+    """The stage2 tarball in a temporary file. Where ``/proc/self/fd`` exists the file is
+    unlinked at once and reached through its descriptor, so not even SIGKILL leaks it."""
     fd, name = tempfile.mkstemp(prefix="amic-stage2-", suffix=".tar")
-    path = Path(name)
-    b.stack.callback(path.unlink, missing_ok=True)
-    with os.fdopen(fd, "wb") as fh:
-        artifact.write_artifact(b.plan, fh)
+    fh = os.fdopen(fd, "w+b")
+    b.stack.callback(fh.close)
+    path = Path(f"/proc/self/fd/{fd}")
+    if path.exists():
+        os.unlink(name)
+    else:
+        path = Path(name)
+        b.stack.callback(path.unlink, missing_ok=True)
+    artifact.write_artifact(b.plan, fh)
+    fh.flush()
     return path
 
 
