@@ -16,16 +16,9 @@ import pytest
 from amic import sshconn
 from amic.errors import UsageError
 
-from tests.sshd import (  # noqa: F401 - fixtures
-    SshdRoot,
-    free_port,
-    new_key,
-    ssh_client_key,
-    sshd_base,
-    sshd_factory,
-    sshd_root,
-    write_private_key,
-)
+from tests.sshd import SshdRoot, free_port, new_key
+
+pytest_plugins = ["tests.sshd"]   # the sshd fixtures (also fine when conftest loads them)
 
 # -- units ---------------------------------------------------------------------------
 
@@ -85,7 +78,7 @@ def test_env_travels_on_stdin_not_on_the_command_line():
 def test_expected_host_keys_accept_fingerprints_lines_and_keys():
     key = new_key()
     pub = sshconn.public_key_line(key)
-    for item in (key, pub, sshconn.fingerprint(key), sorted(sshconn.fingerprints(key))[0]):
+    for item in (key, pub, sshconn.fingerprint(key), min(sshconn.fingerprints(key))):
         sshconn.ExpectedHostKeys([item]).check("h", key)
     with pytest.raises(sshconn.HostKeyMismatch, match=re.escape(sshconn.fingerprint(key))):
         sshconn.ExpectedHostKeys([new_key()]).check("h", key)
