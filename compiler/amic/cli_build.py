@@ -51,6 +51,9 @@ def add_build_parsers(sub) -> None:
         pass
     else:
         add_ec2_build_options(p)
+    from amic.ssh_cli import add_ssh_build_options
+
+    add_ssh_build_options(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(

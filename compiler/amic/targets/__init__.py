@@ -56,7 +56,8 @@ def get_target(spec: str | None = None, args=None):
     """Instantiate the target named by ``spec`` (``--target`` text); UsageError if unknown.
 
     With parsed command-line ``args``, a target class that has a ``from_args(args)``
-    classmethod (ec2: region, subnet, ...) is made with it; otherwise the class is
+    classmethod (ec2: region, subnet, ...) is made with it, or with
+    ``from_spec(rest, args)`` when the spec has a rest (ssh); otherwise the class is
     called with the text after ``scheme://`` (nothing for bare names).
     """
     from amic.errors import UsageError
@@ -72,6 +73,8 @@ def get_target(spec: str | None = None, args=None):
     except ImportError as exc:
         raise UsageError(f"target {scheme!r} is not available: {exc}") from None
     cls = getattr(module, cls_name)
+    if args is not None and rest and hasattr(cls, "from_spec"):
+        return cls.from_spec(rest, args)   # ssh://user@host plus --ssh-* options
     if args is not None and not rest and hasattr(cls, "from_args"):
         return cls.from_args(args)
     return cls(rest) if rest else cls()
