@@ -78,8 +78,9 @@ def test_real_packages_and_failing_init(tmp_path: Path) -> None:
     assert "amic: broken: init: INIT script 02 failed (exit 7)" in out
     assert "after-broken: init: skipped (requires broken, which did not initialise)" in ms
     assert re.search(r"solo: init: ok \d+s", out)   # unrelated services go on
-    svc_line = line_of(PACKAGES_AMIFILE, "SERVICE missing-pkg")
-    assert any(re.fullmatch(rf"missing-pkg: init: FAILED exit \d+ at Amifile:{svc_line}", m) for m in ms), ms
+    # a failed package install points at the PACKAGES line
+    pkg_line = line_of(PACKAGES_AMIFILE, "PACKAGES amic-no-such-package-xyz")
+    assert any(re.fullmatch(rf"missing-pkg: init: FAILED exit \d+ at Amifile:{pkg_line}", m) for m in ms), ms
     assert "Unable to locate package amic-no-such-package-xyz" in out
     assert "refreshing the package index (apt-get update)" in out   # stale index: refresh once, retry
     assert root.read("/root/ran").splitlines() == ["broken ran", "solo ran"]
