@@ -562,12 +562,14 @@ def connect(host: str | Endpoint, port: int = 22, user: str | None = None, *,
 
 def wait_for_ssh(host: str | Endpoint, port: int = 22, user: str | None = None, *,
                  timeout: float = 300.0, log=None, initial_delay: float = 1.0,
-                 max_delay: float = 20.0, **kwargs) -> SshConnection:
+                 max_delay: float = 20.0, retry_auth: bool = False, **kwargs) -> SshConnection:
     """:func:`connect`, retried while the host is not up yet, for at most ``timeout`` seconds.
 
     Backoff doubles from ``initial_delay`` up to ``max_delay``, each sleep jittered
     (50–100 %) so many builders do not knock in step. Authentication failures,
-    refused host keys and sudo problems are raised at once.
+    refused host keys and sudo problems are raised at once; with ``retry_auth``,
+    authentication failures are retried too (a fresh cloud instance may answer
+    SSH before its authorized key is installed).
     """
     endpoint = host if isinstance(host, Endpoint) else Endpoint(host, port, user or getpass.getuser())
     connect_timeout = kwargs.pop("connect_timeout", 15.0)
@@ -580,7 +582,9 @@ def wait_for_ssh(host: str | Endpoint, port: int = 22, user: str | None = None, 
         try:
             return connect(endpoint, connect_timeout=max(1.0, min(connect_timeout, left)),
                            log=log, **kwargs)
-        except Unreachable as exc:
+        except (Unreachable, AuthFailed) as exc:
+            if isinstance(exc, AuthFailed) and not retry_auth:
+                raise
             pause = delay * (0.5 + random.random() / 2)
             if time.monotonic() + pause >= deadline:
                 raise Unreachable(f"{endpoint} did not answer SSH within {timeout:.0f}s "
