@@ -110,7 +110,8 @@ class SshTarget(Target):
         def show(line: str) -> None:
             tail.append(line)
             del tail[:-20]
-            self.log(f"update: {line}")
+            # the runtime's own markers already say "amic: <svc>: update: ..."
+            self.log(line[6:] if line.startswith("amic: ") else f"  {line}")
 
         rc = conn.run(f"{RUNNER} update", on_output=show)
         if rc != 0:
