@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from amic import ec2_gc
+from amic import ec2_gc, sshconn
 from amic.errors import BuildError
 from amic.targets import ec2
 from amic.targets.base import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_LAYER_PREFIX, TAG_SERVICE
@@ -66,7 +66,7 @@ def test_host_key_from_console_is_accepted(fake):
         lines = []
         assert m.run("true", env={"SECRET": "x y"}, on_output=lines.append) == 0
         assert lines == ["stand-in"]
-        assert m.expected_keys & ec2.key_fingerprints(fake.standin.plain.host_key)
+        assert m.expected_keys & sshconn.fingerprints(fake.standin.plain.host_key)
     assert_clean(fake)
 
 
@@ -90,7 +90,7 @@ def test_explicit_fingerprint_and_trust_on_first_use(fake):
         pass
     t = target(fake, trust_on_first_use=True)
     with t.launch(t.resolve_base(None), build_id="b-tofu") as m:
-        assert m.expected_keys == ec2.key_fingerprints(fake.standin.plain.host_key)
+        assert m.expected_keys == sshconn.fingerprints(fake.standin.plain.host_key)
     assert fake.proxy.count("GetConsoleOutput") >= 1
     assert_clean(fake)
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import paramiko
 import pytest
-from amic import aws, ec2_gc
+from amic import aws, ec2_gc, sshconn
 from amic.errors import UsageError
 from amic.targets import ec2
 from amic.targets.base import Image
@@ -40,7 +40,7 @@ def test_console_fingerprints_only_inside_the_block():
 def test_key_fingerprints_match_ssh_keygen_spelling():
     key, public = ec2.generate_key("ed25519")
     assert public.startswith("ssh-ed25519 ")
-    fps = ec2.key_fingerprints(key)
+    fps = sshconn.fingerprints(key)
     assert any(f.startswith("SHA256:") and not f.endswith("=") for f in fps)
     assert any(f.startswith("MD5:") for f in fps)
     rsa, public = ec2.generate_key("rsa")

@@ -26,10 +26,8 @@ crashed build left behind.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
-import hashlib
 import io
 import ipaddress
 import logging
@@ -234,14 +232,6 @@ def parse_console_fingerprints(text: str) -> list[HostKeyFingerprint]:
     return found
 
 
-def key_fingerprints(pkey) -> set[str]:
-    """The SHA256 and MD5 fingerprints of a paramiko key, in ssh-keygen's spelling."""
-    blob = pkey.asbytes()
-    sha = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    md5 = ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest())
-    return {f"SHA256:{sha}", f"MD5:{md5}"}
-
-
 # -- options -----------------------------------------------------------------------
 
 ON_ERROR = ("cleanup", "abort")
@@ -313,6 +303,8 @@ class Ec2Machine:
         self.host: str | None = None
         self.port: int = target.opts.ssh_port
         self.expected_keys: set[str] = set()
+        self.keys_source = "expected"
+        """Where ``expected_keys`` came from, for a mismatch message."""
         self.conn = None
         self.stopped = False
         self.key_file: Path | None = None
@@ -330,8 +322,13 @@ class Ec2Machine:
     def _ssh_errors(self, doing: str):
         import paramiko
 
+        from amic import sshconn
+
         try:
             yield
+        except sshconn.SshError as exc:
+            self.disconnect()
+            raise BuildError(f"{doing}: {exc}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.disconnect()
             raise BuildError(f"{doing}: SSH failed: {exc or type(exc).__name__}") from None
@@ -660,11 +657,13 @@ class Ec2Target(Target):
         opts = self.opts
         if opts.host_key_fingerprints:
             machine.expected_keys = {_norm_fp(f) for f in opts.host_key_fingerprints}
+            machine.keys_source = "given with --ssh-host-key-fingerprint"
             return
         if opts.trust_on_first_use:
             return
         fps = self._console_fingerprints(machine.instance_id)
         machine.expected_keys = {f.fingerprint for f in fps}
+        machine.keys_source = f"printed on the console of {machine.instance_id}"
         self.log(f"host keys from the console of {machine.instance_id}: "
                  + ", ".join(f"{f.kind} {f.fingerprint}" for f in fps))
 
@@ -698,32 +697,39 @@ class Ec2Target(Target):
             time.sleep(delay)
 
     def _connect(self, machine: Ec2Machine):
-        from amic.targets import ec2_ssh as sshconn
+        """An ``amic.sshconn`` connection; host keys from the console, the user's list, or TOFU."""
+        from amic import sshconn
 
         opts = self.opts
         if machine.host is None:
             machine.host = opts.ssh_host or self._address(machine.instance_id)
         if machine.expected_keys:
-            policy = sshconn.ExpectedHostKeys(machine.expected_keys)
+            policy: sshconn.HostKeyPolicy = sshconn.ExpectedHostKeys(
+                machine.expected_keys, source=f"the host keys {machine.keys_source}")
         else:
-            policy = sshconn.TrustOnFirstUse()
-        jump = sshconn.parse_jump(opts.jump_host, key_filename=opts.jump_key) if opts.jump_host else None
-        self.log(f"waiting for SSH on {machine.user}@{machine.host}:{machine.port}")
+            policy = sshconn.TrustOnFirstUse()   # no file: nothing read or written; pinned below
+        jump = (sshconn.parse_jump(opts.jump_host, key_filename=opts.jump_key)
+                if opts.jump_host else None)
+        endpoint = sshconn.Endpoint(machine.host, machine.port, machine.user)
+        self.log(f"waiting for SSH on {endpoint}")
         try:
             conn = sshconn.wait_for_ssh(
-                host=machine.host, port=machine.port, user=machine.user, pkey=machine.pkey,
-                host_key_policy=policy, jump=jump, timeout=opts.ssh_timeout, sudo=machine.user != "root",
+                endpoint, pkey=machine.pkey, host_key_policy=policy, jump=jump,
+                timeout=opts.ssh_timeout, sudo=machine.user != "root", retry_auth=True,
+                # only the build's own key for the instance; the agent only for a bastion
+                allow_agent=bool(jump) and not opts.jump_key, look_for_keys=False,
                 log=self.log)
         except sshconn.HostKeyMismatch as exc:
             raise BuildError(f"refusing {machine.instance_id}: {exc} (the console of the instance "
                              "printed other host keys; someone may be in the middle)") from None
-        except TimeoutError as exc:
-            raise BuildError(f"instance {machine.instance_id}: {exc}") from None
+        except (sshconn.Unreachable, sshconn.AuthFailed) as exc:
+            raise BuildError(f"instance {machine.instance_id}: no SSH on {endpoint} after "
+                             f"{opts.ssh_timeout:.0f}s: {exc}") from None
         if not machine.expected_keys:
-            key = getattr(conn, "host_key", None)
-            if key is not None:   # pin it: after a stop/start the same key must answer
-                machine.expected_keys = key_fingerprints(key)
-                self.log(f"trusting host key {sorted(machine.expected_keys)[1]} on first use")
+            # pin it: after a stop/start the same key must answer
+            machine.expected_keys = sshconn.fingerprints(conn.host_key)
+            machine.keys_source = "pinned on first use"
+            self.log(f"trusting host key {sshconn.describe_key(conn.host_key)} on first use")
         return conn
 
     def _start_instance(self, machine: Ec2Machine) -> None:
