@@ -16,9 +16,10 @@ import pytest
 from amic import sshconn
 from amic.errors import UsageError
 
-from tests.sshd import SshdRoot, free_port, new_key
-
+pytest.register_assert_rewrite("tests.sshd")
 pytest_plugins = ["tests.sshd"]   # the sshd fixtures (also fine when conftest loads them)
+
+from tests.sshd import SshdRoot, free_port, new_key
 
 # -- units ---------------------------------------------------------------------------
 
