@@ -342,3 +342,22 @@ def test_sudo_for_non_root_users(sshd_root, ssh_client_key, tmp_path):
     sshd_root.exec("touch /etc/sudo-needs-password")
     with pytest.raises(sshconn.SudoError, match="NOPASSWD"):
         _connect(sshd_root, ssh_client_key[0], sudo=True)
+
+
+def test_a_port_without_an_ssh_banner_is_not_up_yet():
+    """TCP accepts but no SSH banner comes (sshd still starting, a proxy): retried, then given up."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(sshconn.Unreachable, match="did not answer SSH"):
+            sshconn.wait_for_ssh("127.0.0.1", port, "root", pkey=new_key(), timeout=3,
+                                 connect_timeout=1, initial_delay=0.2, allow_agent=False,
+                                 look_for_keys=False)
+        assert time.monotonic() - t0 < 10
+    finally:
+        listener.close()
