@@ -474,8 +474,10 @@ def _classify(exc: BaseException, where: str) -> SshError:
         return SshError(f"{where}: {exc}")
     if isinstance(exc, paramiko.SSHException):
         text = str(exc)
+        # "No existing session": the key exchange did not finish within the timeout
         if any(s in text.lower() for s in ("banner", "connection reset", "eof", "unable to connect",
-                                           "closed", "timeout", "timed out")):
+                                           "closed", "timeout", "timed out",
+                                           "no existing session")):
             return Unreachable(f"{where}: {text}")
         return SshError(f"{where}: {text}")
     return SshError(f"{where}: {type(exc).__name__}: {exc}")
