@@ -195,6 +195,19 @@ class Ec2Proxy:
     def count(self, *actions: str) -> int:
         return sum(self.calls[a] for a in actions)
 
+    def calls_of(self, action: str) -> list[dict[str, str]]:
+        """The parameters of every ``action`` call seen, in order."""
+        with self._lock:
+            return [p for a, p in self.log if a == action]
+
+    def moto_client(self):
+        """A boto3 client straight to moto (not counted, no hooks): for the hooks' own look-ups."""
+        import boto3
+
+        return boto3.client("ec2", region_name=REGION, aws_access_key_id="testing",
+                            aws_secret_access_key="testing",
+                            endpoint_url=f"http://127.0.0.1:{self.upstream_port}")
+
     def _handle(self, method, path, headers, body):
         params = _params(body) if body else {}
         action = params.get("Action", "?")
@@ -318,6 +331,13 @@ class StandIn:
         self.print_fingerprints = True
         self.plain: PlainSshd | None = None
         """When set, every instance is this one sshd (no roots: host key and lifecycle tests)."""
+        self.keep_disks = False
+        """True: a terminated instance's upper directory is kept (to search it afterwards)."""
+        self.launches: list[tuple[str, str]] = []
+        """(instance id, image id) of every RunInstances, in order."""
+        self.image_of: dict[str, str] = {}
+        """AMI id -> the instance it was made from."""
+        self.terminated: list[_Instance] = []
         self._lock = threading.RLock()
         self._n = 0
         self.relay = _Relay(self._current_port)
@@ -349,19 +369,34 @@ class StandIn:
         material = base64.b64decode(params.get("PublicKeyMaterial", "")).decode()
         self.keys[params.get("KeyName", "")] = material.strip()
 
+    def _stored_key(self, name: str) -> str | None:
+        """The public key moto keeps for a key pair (what a real instance's cloud-init installs)."""
+        if not name:
+            return None
+        with contextlib.suppress(Exception):
+            pairs = self.proxy.moto_client().describe_key_pairs(
+                KeyNames=[name], IncludePublicKey=True)["KeyPairs"]
+            if pairs and pairs[0].get("PublicKey"):
+                return pairs[0]["PublicKey"].strip()
+        return self.keys.get(name)
+
     def _run(self, params, text):
         image = params.get("ImageId", "")
+        pubkey = self._stored_key(params.get("KeyName", ""))
         with self._lock:
             for iid in xml_values(text, "instanceId"):
+                if iid in self.instances:   # a retried RunInstances with the same client token
+                    continue
                 self._n += 1
                 upper = self.workdir / f"instance-{self._n}-{iid}"
                 upper.mkdir(parents=True)
-                inst = _Instance(iid, image, list(self.images.get(image, [])), upper,
-                                 self.keys.get(params.get("KeyName", "")))
+                inst = _Instance(iid, image, list(self.images.get(image, [])), upper, pubkey)
                 self.instances[iid] = inst
+                self.launches.append((iid, image))
                 self._boot(inst)
 
     def _boot(self, inst: _Instance) -> None:
+        """Start the instance's sshd over overlay(its image's lowers + its upper ``root``)."""
         if self.plain is not None and inst.pubkey:
             self.plain.authorize(inst.pubkey)
             inst.port, inst.host_key = self.plain.port, self.plain.host_key
@@ -370,14 +405,16 @@ class StandIn:
             self.current = inst.id
             return
         if not (self.base_root and inst.lowers and inst.pubkey):
-            return
-        from tests.sshd import SshdRoot
+            return     # no root to serve: SSH never comes up
+        from tests.sshd import SshdRoot, new_key
 
-        ctx = SshdRoot(inst.lowers, inst.upper / "root", [inst.pubkey], host_key=inst.host_key)
-        info = ctx.__enter__()
-        inst.sshd = ctx
-        inst.port = getattr(info, "port", None) or ctx.port
-        inst.host_key = getattr(info, "host_key", None) or ctx.host_key
+        if inst.host_key is None:      # generated at first boot, kept over stop/start
+            inst.host_key = new_key("ed25519")
+        server = SshdRoot(inst.lowers, inst.upper / "root", [inst.pubkey],
+                          host_key=inst.host_key, workdir=inst.upper)
+        server.start()
+        inst.sshd = server
+        inst.port = server.port
         inst.started += 1
         self.current = inst.id
 
@@ -386,8 +423,8 @@ class StandIn:
             inst.sshd, inst.port = None, None
             return
         if inst.sshd is not None:
-            ctx, inst.sshd, inst.port = inst.sshd, None, None
-            ctx.__exit__(None, None, None)
+            server, inst.sshd, inst.port = inst.sshd, None, None
+            server.stop()
 
     def _stop(self, params, text):
         with self._lock:
@@ -403,6 +440,12 @@ class StandIn:
                     self._boot(inst)
 
     def _create_image(self, params, text):
+        """Freeze the instance's upper as a new lower layer on top of its lowers.
+
+        A stopped instance's upper is moved (it is what the image is); the
+        instance goes on, if started again, with a fresh upper over the new
+        chain, which shows it the same files. A running one (CreateImage
+        without a stop) is copied, xattrs and whiteouts included."""
         iid = params.get("InstanceId", "")
         with self._lock:
             inst = self.instances.get(iid)
@@ -411,11 +454,16 @@ class StandIn:
             for ami in xml_values(text, "imageId"):
                 layer = self.workdir / f"image-{ami}"
                 src = inst.upper / "root"
-                if src.exists():
+                if not src.exists():
+                    self.images[ami] = list(inst.lowers)
+                elif inst.sshd is None and self.plain is None:
+                    os.rename(src, layer)
+                    inst.lowers = [layer, *inst.lowers]
+                    self.images[ami] = list(inst.lowers)
+                else:
                     subprocess.run(["cp", "-a", str(src), str(layer)], check=True)
                     self.images[ami] = [layer, *inst.lowers]
-                else:
-                    self.images[ami] = list(inst.lowers)
+                self.image_of[ami] = iid
 
     def _terminate(self, params, text):
         with self._lock:
@@ -423,7 +471,15 @@ class StandIn:
                 inst = self.instances.pop(iid, None)
                 if inst is not None:
                     self._halt(inst)
-                    shutil.rmtree(inst.upper, ignore_errors=True)
+                    self.terminated.append(inst)
+                    if not self.keep_disks:
+                        shutil.rmtree(inst.upper, ignore_errors=True)
+
+    def disks(self) -> list[Path]:
+        """Every directory an instance wrote to: live and kept uppers, and frozen image layers."""
+        found = [i.upper for i in [*self.instances.values(), *self.terminated] if i.upper.exists()]
+        found += sorted(p for p in self.workdir.glob("image-*") if p.is_dir())
+        return found
 
     def fingerprint_lines(self, inst: _Instance) -> list[str]:
         import hashlib
