@@ -346,7 +346,8 @@ class StandIn:
                              ("StopInstances", self._stop), ("StartInstances", self._start),
                              ("CreateImage", self._create_image),
                              ("TerminateInstances", self._terminate),
-                             ("GetConsoleOutput", self._console)):
+                             ("GetConsoleOutput", self._console),
+                             ("DescribeImages", self._ebs_root)):
             proxy.after[action].append(hook)
 
     def _current_port(self):
@@ -480,6 +481,13 @@ class StandIn:
         found = [i.upper for i in [*self.instances.values(), *self.terminated] if i.upper.exists()]
         found += sorted(p for p in self.workdir.glob("image-*") if p.is_dir())
         return found
+
+    @staticmethod
+    def _ebs_root(params, text):
+        """moto calls every AMI's root device ``standard`` (instance store); all of them here
+        have an EBS snapshot as their root, as real EC2 reports them (Packer insists on it)."""
+        return text.replace("<rootDeviceType>standard</rootDeviceType>",
+                            "<rootDeviceType>ebs</rootDeviceType>")
 
     def fingerprint_lines(self, inst: _Instance) -> list[str]:
         import hashlib
