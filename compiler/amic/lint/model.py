@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -83,6 +85,8 @@ class Context:
 
     lines: list[str] = attrs.field(init=False)
     """``text`` split into lines (index 0 is line 1)."""
+    _services: dict[str, ir.Service] | None = attrs.field(init=False, default=None)
+    _closures: dict[str, list[str]] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self.lines = self.text.splitlines()
@@ -105,7 +109,30 @@ class Context:
     def services(self) -> dict[str, ir.Service]:
         """Every known service by name; this file's declarations (first one wins) shadow
         included ones."""
-        own: dict[str, ir.Service] = {}
-        for svc in self.amifile.services:
-            own.setdefault(svc.name, svc)
-        return {**self.external, **own}
+        if self._services is None:
+            own: dict[str, ir.Service] = {}
+            for svc in self.amifile.services:
+                own.setdefault(svc.name, svc)
+            self._services = {**self.external, **own}
+        return self._services
+
+    def requirement_closure(self, name: str) -> list[str]:
+        """Names of every service ``name`` requires, directly or not, nearest first.
+
+        Cycle-safe, and memoised: rules ask for the closure of every service,
+        and a 1,000-service file must not cost a million walks.
+        """
+        cached = self._closures.get(name)
+        if cached is not None:
+            return cached
+        known = self.services()
+        seen: dict[str, None] = {}
+        queue = collections.deque(r.name for r in known[name].requires) if name in known else ()
+        while queue:
+            dep = queue.popleft()
+            if dep in seen or dep == name or dep not in known:
+                continue
+            seen[dep] = None
+            queue.extend(r.name for r in known[dep].requires)
+        self._closures[name] = result = list(seen)
+        return result

@@ -365,15 +365,7 @@ def check_reboot(ctx: Context) -> Found:
 def _requirement_closure(ctx: Context, name: str) -> list[ir.Service]:
     """Every service ``name`` requires, directly or not (cycle-safe), nearest first."""
     known = ctx.services()
-    seen: list[str] = []
-    queue = [r.name for r in known[name].requires] if name in known else []
-    while queue:
-        dep = queue.pop(0)
-        if dep in seen or dep == name or dep not in known:
-            continue
-        seen.append(dep)
-        queue.extend(r.name for r in known[dep].requires)
-    return [known[d] for d in seen]
+    return [known[d] for d in ctx.requirement_closure(name)]
 
 
 def check_duplicate_packages(ctx: Context) -> Found:
@@ -413,24 +405,39 @@ def check_unknown_service(ctx: Context) -> Found:
 
 
 def check_cycle(ctx: Context) -> Found:
+    """One finding per cycle, found by a depth-first search (linear in the graph)."""
     known = ctx.services()
-    reported: set[frozenset[str]] = set()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
     for svc in ctx.amifile.services:
-        # Depth-first from each service; a back edge to the start is a cycle through it.
-        stack = [(svc.name, [svc.name], None)]
+        if svc.name in state:
+            continue
+        # Iterative DFS: (service, index of the next requirement to follow).
+        path: list[str] = [svc.name]
+        stack: list[tuple[str, int]] = [(svc.name, 0)]
+        state[svc.name] = 1
         while stack:
-            name, chain, via = stack.pop()
-            for req in known[name].requires if name in known else ():
-                if req.name == svc.name:
-                    members = frozenset(chain)
-                    if members not in reported:
-                        reported.add(members)
-                        first = next(r for r in svc.requires if r.name == chain[1]) \
-                            if len(chain) > 1 else req
-                        yield first.pos, ("REQUIRES cycle: "
-                                          + " -> ".join([*chain, svc.name]))
-                elif req.name not in chain and req.name in known:
-                    stack.append((req.name, [*chain, req.name], req))
+            name, i = stack[-1]
+            reqs = known[name].requires if name in known else ()
+            if i >= len(reqs):
+                stack.pop()
+                path.pop()
+                state[name] = 2
+                continue
+            stack[-1] = (name, i + 1)
+            req = reqs[i]
+            if req.name not in known:
+                continue
+            if state.get(req.name) == 1:
+                chain = path[path.index(req.name):]
+                # Point at the start service's requirement that enters the cycle.
+                start = known[chain[0]]
+                first = next((r for r in start.requires if len(chain) > 1 and r.name == chain[1]),
+                             req)
+                yield first.pos, "REQUIRES cycle: " + " -> ".join([*chain, chain[0]])
+            elif req.name not in state:
+                state[req.name] = 1
+                path.append(req.name)
+                stack.append((req.name, 0))
 
 
 def _referenced(name: str, text: str) -> bool:
@@ -459,12 +466,12 @@ def _baked(ctx: Context) -> list[str]:
     with their requirements."""
     af = ctx.amifile
     roots = [r.name for r in af.enables] if af.enables else [s.name for s in af.services]
-    baked: list[str] = []
+    baked: dict[str, None] = {}
     for root in roots:
-        for name in [root, *(s.name for s in _requirement_closure(ctx, root))]:
-            if name not in baked:
-                baked.append(name)
-    return baked
+        baked.setdefault(root)
+        for name in ctx.requirement_closure(root):
+            baked.setdefault(name)
+    return list(baked)
 
 
 def layer_order(ctx: Context) -> list[str]:
@@ -540,7 +547,7 @@ def check_cache_busting_copy(ctx: Context) -> Found:
             why = _heavy(known[later])
             if why is None:
                 continue
-            depends = name in {s.name for s in _requirement_closure(ctx, later)}
+            depends = name in ctx.requirement_closure(later)
             fix = (f"move the COPY into a service that requires {later!r}" if depends else
                    f"declare {later!r} before {name!r} or make {name!r} require it")
             yield copy.pos, (
