@@ -91,8 +91,10 @@ class E2E:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMIC_"))}
         return {**env, **self.fake.env, "DEPLOY_TOKEN": TOKEN, "NO_COLOR": "1"}
 
-    def build(self, *extra: str) -> Build:
+    def build(self, *extra: str, faults: tuple = ()) -> Build:
         self.fake.proxy.reset()
+        for action, times in faults:     # injected RequestLimitExceeded answers
+            self.fake.proxy.fail(action, times)
         t0 = time.monotonic()
         proc = subprocess.run(self.argv(*extra), cwd=self.project, env=self.env(),
                               capture_output=True, text=True, timeout=600, check=False)
@@ -244,6 +246,22 @@ def test_update_only_change_reuses_every_layer(e2e):
         assert b.ami != full["ami"]
         update = image_file(e2e.fake, b.ami, "/var/lib/amic/stage2/services/web/update/01.sh")
         assert "web-update-v2" in update.read_text()
+    finally:
+        e2e.write(AMIFILE)
+
+
+def test_throttled_calls_are_retried(e2e):
+    e2e.ensure_full()
+    e2e.write(AMIFILE.replace("web-update-v1", "web-update-v3"))
+    try:
+        b = e2e.build(faults=(("RunInstances", 2), ("CreateImage", 1), ("DescribeImages", 1),
+                              ("TerminateInstances", 1)))
+        assert b.rc == 0, b
+        assert e2e.fake.proxy.injected == 5
+        # RunInstances carries a client token: its retries start one instance
+        assert len({p["ClientToken"] for p in e2e.fake.proxy.calls_of("RunInstances")}) == 1
+        assert len(e2e.fake.standin.launches) == len(set(e2e.fake.standin.launches))
+        assert set(b.layers().values()) == {"CACHED"}, b
     finally:
         e2e.write(AMIFILE)
 
