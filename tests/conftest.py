@@ -18,6 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A real sshd whose sessions land in a throwaway root (fixtures sshd_root, sshd_factory, ...).
+pytest_plugins = ["tests.sshd"]
+
 
 def pytest_runtest_setup(item):
     if item.get_closest_marker("root") and os.geteuid() != 0:

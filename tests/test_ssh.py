@@ -17,7 +17,6 @@ from amic import sshconn
 from amic.errors import UsageError
 
 pytest.register_assert_rewrite("tests.sshd")
-pytest_plugins = ["tests.sshd"]   # the sshd fixtures (also fine when conftest loads them)
 
 from tests.sshd import SshdRoot, free_port, new_key
 

@@ -17,7 +17,6 @@ from amic.progress import Reporter
 from amic.targets import get_target
 from amic.targets.ssh import SshTarget
 
-pytest_plugins = ["tests.sshd"]
 
 AMIFILE = """\
 FROM debian:12
