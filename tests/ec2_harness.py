@@ -6,13 +6,18 @@ Nothing in boto3 is patched. Clients reach the proxy through
 with injected errors (throttling), and watches the calls that change an
 instance's life to drive a *stand-in*:
 
-- RunInstances: a fresh writable root for each instance, made from the root
-  of the AMI it was launched from, served by a real sshd on loopback whose
-  sessions run inside that root (``tests/sshd.py``), with its own host key;
-- StopInstances / StartInstances: the sshd goes away / comes back (same root,
-  same host key, like a real stop/start);
-- CreateImage: the instance's writable layer is captured as a new image
-  layer, so an instance launched from a layer AMI has the earlier layers;
+- RunInstances: a fresh upper directory for each instance over the layers
+  of the AMI it was launched from (a registered base AMI: the debootstrap
+  base; an AMI made by CreateImage: the layers of its instance), served by a
+  real sshd on loopback whose sessions run inside that overlay root
+  (``tests/sshd.py``), authorizing the public key moto stored for the key
+  pair, with its own host key;
+- StopInstances / StartInstances: the sshd goes away / comes back (same
+  files, same host key, like a real stop/start);
+- CreateImage: the instance's upper directory is frozen (moved, the
+  instance being stopped) as a new layer on top of its layers; started
+  again, the instance gets a fresh upper over that chain. So an instance
+  launched from a layer AMI has the earlier layers' files and packages;
 - TerminateInstances: the sshd stops and the root is deleted;
 - GetConsoleOutput: cloud-init's ``SSH HOST KEY FINGERPRINTS`` block with the
   stand-in's real host key is added (moto prints none).
