@@ -7,6 +7,7 @@ still linted. shellcheck runs once over the scripts of every file (batched, in p
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -35,6 +36,8 @@ class _Unit:
     amifile: ir.Amifile | None
     findings: list[Finding] = attrs.Factory(list)
     context: Context | None = None
+    include_error: Finding | None = None
+    """Why an INCLUDE could not be followed (reported instead of the resolver's verdict)."""
 
 
 def _finding(code: str, message: str, pos: Pos) -> Finding:
@@ -91,7 +94,7 @@ def check(amifile: ir.Amifile, text: str, path: str | None = None, *,
     unit.context = Context(amifile, text, unit.path, dict(external or {}), includes_resolved)
     unit.findings = _rule_findings(unit.context)
     if shellcheck:
-        _shellcheck([unit])
+        unit.findings.extend(_shellcheck([unit]).get(0, []))
     return _finish(unit, set(ignore))
 
 
@@ -123,18 +126,24 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
     unit = _Unit(path, text, amifile)
     ctx = Context(amifile, text, path,
                   includes_resolved=not amifile.includes, fragment=_is_fragment(path))
-    include_error = None
     if resolve and amifile.includes:
-        ctx.external, include_error = _included(amifile)
-        ctx.includes_resolved = include_error is None
-    findings = _rule_findings(ctx)
-    if include_error is not None:
-        findings.append(include_error)
-    elif resolve:
-        error = _resolver_error(amifile, findings)
-        findings += [error] if error else []
-    unit.context, unit.findings = ctx, findings
+        ctx.external, unit.include_error = _included(amifile)
+        ctx.includes_resolved = unit.include_error is None
+    unit.context = ctx
     return unit
+
+
+def _analyse(unit: _Unit, *, resolve: bool) -> None:
+    """Run the AM rules (and the resolver) on a loaded unit."""
+    if unit.context is None:
+        return
+    findings = _rule_findings(unit.context)
+    if unit.include_error is not None:
+        findings.append(unit.include_error)
+    elif resolve:
+        error = _resolver_error(unit.context.amifile, findings)
+        findings += [error] if error else []
+    unit.findings.extend(findings)
 
 
 def _is_fragment(path: str) -> bool:
@@ -147,7 +156,9 @@ def _is_fragment(path: str) -> bool:
     return any(where.is_relative_to(d.resolve()) for d in resolve.stock_service_dirs())
 
 
-def _shellcheck(units: Sequence[_Unit]) -> None:
+def _shellcheck(units: Sequence[_Unit]) -> dict[int, list[Finding]]:
+    """shellcheck findings by unit index (nothing when shellcheck is not installed)."""
+    found: dict[int, list[Finding]] = {}
     scripts: dict[tuple[int, int], str] = {}
     refs = {}
     for u, unit in enumerate(units):
@@ -157,10 +168,10 @@ def _shellcheck(units: Sequence[_Unit]) -> None:
             scripts[(u, s)] = ref.script.text
             refs[(u, s)] = ref
     if not scripts:
-        return
+        return found
     results = run_shellcheck(scripts)
     if results is None:
-        return  # shellcheck is not installed: documented, the AM rules still run
+        return found  # shellcheck is not installed: documented, the AM rules still run
     for (u, s), comments in results.items():
         unit = units[u]
         ref = refs[(u, s)]
@@ -171,7 +182,23 @@ def _shellcheck(units: Sequence[_Unit]) -> None:
             if c.code == "SC2154" and unassigned and unassigned.group(1) in given:
                 continue  # ENV and ARG values are in the script's environment
             level = c.level if c.level in SEVERITIES else "warning"
-            unit.findings.append(Finding(c.code, level, c.message, smap.pos(c.index, c.col)))
+            found.setdefault(u, []).append(Finding(c.code, level, c.message,
+                                                   smap.pos(c.index, c.col)))
+    return found
+
+
+def _lint_units(units: list[_Unit], *, shellcheck: bool, resolve: bool) -> None:
+    """Rules and shellcheck for every unit; shellcheck's processes run meanwhile."""
+    if not shellcheck:
+        for unit in units:
+            _analyse(unit, resolve=resolve)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_shellcheck, units)
+        for unit in units:
+            _analyse(unit, resolve=resolve)
+        for u, extra in pending.result().items():
+            units[u].findings.extend(extra)
 
 
 _UNASSIGNED_RE = re.compile(r"^(\w+) is referenced but not assigned")
@@ -196,8 +223,7 @@ def lint_text(text: str, path: str = "Amifile", *, ignore: Collection[str] = (),
     """Lint Amifile source ``text`` as if read from ``path`` (COPY and INCLUDE are relative
     to its directory)."""
     unit = _load(path, text, resolve=resolve)
-    if shellcheck:
-        _shellcheck([unit])
+    _lint_units([unit], shellcheck=shellcheck, resolve=resolve)
     return _finish(unit, {i.upper() for i in ignore})
 
 
@@ -205,8 +231,7 @@ def lint_paths(paths: Iterable[str], *, ignore: Collection[str] = (), shellcheck
                resolve: bool = True) -> list[Finding]:
     """Lint files (a directory means its ``Amifile``); findings grouped by file, in order."""
     units = [_load(_amifile_path(p), resolve=resolve) for p in paths]
-    if shellcheck:
-        _shellcheck(units)
+    _lint_units(units, shellcheck=shellcheck, resolve=resolve)
     ignore = {i.upper() for i in ignore}
     return [f for unit in units for f in _finish(unit, ignore)]
 
