@@ -509,7 +509,7 @@ class LocalTarget(Target):
 _REPORT_UNIT = """\
 [Unit]
 Description=amic run: report status and power off once the boot hook is done
-After=amic-boot.service multi-user.target
+After=amic.service multi-user.target
 DefaultDependencies=no
 
 [Service]
