@@ -94,7 +94,9 @@ def test_provision_twice_second_run_skips_every_init(project, sshd_root, ssh_cli
     assert not os.path.exists("/srv/site/index.html")                 # never the test machine's /
 
     log2 = io.StringIO()
-    build(target, options, Reporter(log2, mode="plain"))
+    again = build(target, options, Reporter(log2, mode="plain"))
+    assert [(r.status, r.reason) for r in again.layers] == \
+        [("CACHED", "already initialised on the host")] * 2
     # the runtime skipped both inits (same hashes); UPDATE ran again, as at boot
     assert sshd_root.path("/var/log/base-init.log").read_text() == "base init\n"
     assert sshd_root.path("/var/log/web-init.log").read_text() == "web init hello\n"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import tempfile
 import time
 from collections.abc import Mapping
@@ -374,6 +375,13 @@ def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
         if rc != 0:
             b.reporter.layer(i + 1, n, layer.service, "FAILED", reason, seconds)
             raise layer_failure(b, layer.service, rc, router)
+        if router.finished.get(layer.service) == "skipped":
+            # In place (ssh): the host already ran this init with the same hash.
+            b.reporter.layer(i + 1, n, layer.service, "CACHED", "already initialised on the host",
+                             seconds)
+            reports.append(LayerReport(layer.service, layer.key, "CACHED",
+                                       "already initialised on the host", round(seconds, 3), None))
+            continue
         since_checkpoint += seconds
         checkpoint = None
         if should_checkpoint(policy, service=layer.service, last=i == n - 1,
@@ -397,6 +405,10 @@ def finalize(b: _Build) -> None:
     command = f"{RUNNER} install-boot-hook"
     if b.target.keeps_images:
         command += f" && {RUNNER} prepare-image"
+        # The key this build logged in with must not be baked into the image.
+        build_key = getattr(b.machine, "build_public_key", None)
+        if build_key:
+            command += f" --remove-authorized-key {shlex.quote(build_key)}"
     b.reporter.begin("install-boot-hook" + (", prepare-image" if b.target.keeps_images else ""))
     rc, router = _run(b, command, "finalize")
     b.reporter.end()
@@ -470,7 +482,11 @@ def _indent(lines: list[str]) -> str:
 
 
 def short(image_id: str) -> str:
-    return image_id.removeprefix("sha256:")[:12] if not image_id.startswith("ami-") else image_id
+    """Docker-style 12-character ids for content hashes; anything else (ami-…, ssh://…) whole."""
+    digest = image_id.removeprefix("sha256:")
+    if len(digest) >= 32 and all(c in "0123456789abcdef" for c in digest):
+        return digest[:12]
+    return image_id
 
 
 def _result(b: _Build, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:

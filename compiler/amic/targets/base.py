@@ -52,6 +52,9 @@ class Machine(Protocol):
     def describe(self) -> str:
         """How a human reaches this machine (printed with --on-error=abort)."""
 
+    # Optional: ``build_public_key`` (str), the authorized_keys line a build
+    # logged in with; the engine has prepare-image remove it before the snapshot.
+
 
 # Tags the engine (``amic.build``) puts on every image it records. Targets
 # store them as they can (EC2 tags, the local target's meta.json) and give them
