@@ -12,7 +12,8 @@ import json
 import sys
 
 TARGET_HELP = ("where to build: local (root filesystems on this machine), ec2, or "
-               "ssh://user@host[:port] (default: $AMIC_TARGET, else local)")
+               "ssh://user@host[:port] (default: $AMIC_TARGET; else ec2 when AWS is configured in the "
+               "environment or ~/.aws; else local)")
 
 
 def add_build_parsers(sub) -> None:
