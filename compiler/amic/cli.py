@@ -106,12 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-rules", action="store_true", help="list every rule and exit")
     p.set_defaults(func=lambda a: cmd_list_rules(a) if a.list_rules else cmd_lint(a))
 
-    for module, hook in (("amic.cli_build", "add_build_parsers"), ("amic.ec2_cli", "add_ec2_parsers")):
-        try:
-            mod = __import__(module, fromlist=[hook])
-        except ImportError:
-            continue
-        getattr(mod, hook)(sub)
+    from amic import cli_build, ec2_cli
+
+    cli_build.add_build_parsers(sub)
+    ec2_cli.add_ec2_parsers(sub)
     return parser
 
 
