@@ -308,6 +308,8 @@ class Ec2Machine:
         self.conn = None
         self.stopped = False
         self.key_file: Path | None = None
+        self.build_public_key: str | None = None
+        """The key pair's public line (cloud-init installs it; the engine has it removed)."""
 
     # Machine protocol ------------------------------------------------------------
     def run(self, command, *, env=None, on_output=None, timeout=None) -> int:
@@ -531,6 +533,7 @@ class Ec2Target(Target):
                                      build_id, metadata_tags=bool(instance_tags))
             user = opts.ssh_user or image.tags.get(TAG_SSH_USER) or "ec2-user"
             machine = Ec2Machine(self, iid, user, pkey, name, build_id)
+            machine.build_public_key = public   # prepare-image removes it before the final AMI
             self._wait_running(machine)
             self._prepare_host_keys(machine)
             machine._connection()
