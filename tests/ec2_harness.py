@@ -416,6 +416,7 @@ class StandIn:
 
         if inst.host_key is None:      # generated at first boot, kept over stop/start
             inst.host_key = new_key("ed25519")
+            self._install_key(inst)
         server = SshdRoot(inst.lowers, inst.upper / "root", [inst.pubkey],
                           host_key=inst.host_key, workdir=inst.upper)
         server.start()
@@ -423,6 +424,19 @@ class StandIn:
         inst.port = server.port
         inst.started += 1
         self.current = inst.id
+
+    @staticmethod
+    def _install_key(inst: _Instance) -> None:
+        """What cloud-init does at first boot: append the key pair's key to the login user's
+        authorized_keys (root here), so the image keeps it unless the build removes it."""
+        rel = Path("root/.ssh/authorized_keys")
+        old = next((layer / rel for layer in inst.lowers if (layer / rel).exists()), None)
+        target = inst.upper / "root" / rel
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = old.read_text() if old is not None else ""
+        target.write_text(text + ("" if not text or text.endswith("\n") else "\n")
+                          + inst.pubkey.strip() + "\n")
+        target.chmod(0o600)
 
     def _halt(self, inst: _Instance) -> None:
         if inst.sshd is self.plain and inst.sshd is not None:

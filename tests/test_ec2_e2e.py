@@ -15,11 +15,13 @@ running, no key pair or security group left, every create call tagged.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -160,6 +162,9 @@ def image_file(fake, ami: str, path: str) -> Path | None:
     for layer in fake.standin.images[ami]:
         candidate = layer / path.lstrip("/")
         if candidate.exists() or candidate.is_symlink():
+            st = candidate.lstat()
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                return None      # an overlayfs whiteout: deleted in this layer
             return candidate
     return None
 
@@ -199,6 +204,12 @@ def test_full_build(e2e):
     assert image_file(fake, ami, "/etc/amic-token").read_text() == TOKEN_SEEN + "\n"
     assert image_file(fake, ami, "/etc/amic-app").read_text() == "hello app\n"
     assert image_file(fake, ami, "/var/lib/amic/stage2/amic") is not None
+    # the stand-in installed the build's key as cloud-init does; prepare-image took it out
+    build_key = base64.b64decode(fake.proxy.calls_of("ImportKeyPair")[0]["PublicKeyMaterial"])
+    assert build_key.split()[1].decode() in image_file(
+        fake, full["layers"]["app"], "/root/.ssh/authorized_keys").read_text()
+    keys = image_file(fake, ami, "/root/.ssh/authorized_keys")
+    assert keys is None or build_key.split()[1].decode() not in keys.read_text()
     tags = {t["Key"]: t["Value"] for t in
             fake.client().describe_images(ImageIds=[ami])["Images"][0]["Tags"]}
     assert tags["amic:kind"] == "final" and tags["amic:amifile"] == "Amifile"
