@@ -337,3 +337,39 @@ def test_memo_not_recorded_for_inputs_newer_than_the_build(amifile, tmp_path, mo
     monkeypatch.setattr("time.time_ns", lambda: 0)  # the build "started" before every input
     run(t, amifile)
     assert buildmemo.lookup(str(amifile), {}, "fake") is None
+
+
+def test_memo_keeps_the_targets_facts(tmp_path, monkeypatch):
+    import time
+
+    from amic import buildmemo
+
+    class FactsTarget(MemoTarget):
+        def memo_facts(self, base_ref, base, image):
+            return {"base_ref": base_ref, "base": base.id}
+
+    (tmp_path / "proj").mkdir()     # the Amifile's directory is an input: no cache in it
+    amifile = tmp_path / "proj" / "Amifile"
+    amifile.write_text(AMIFILE)
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    time.sleep(0.06)
+    r = run(FactsTarget(marker), amifile)
+    result, facts = buildmemo.lookup_with_facts(str(amifile), {}, "fake")
+    assert result["image_id"] == r.image_id
+    assert facts == {"base_ref": "debian:12", "base": r.base_image_id}
+
+
+def test_memo_schemes_match_the_target_classes():
+    """``amic.targets.MEMO`` lets the command line use the memo before importing a target."""
+    import importlib
+
+    from amic.targets import MEMO, REGISTRY
+
+    for scheme, entry in REGISTRY.items():
+        module, _, name = entry.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert cls.fast_rebuild == (scheme in MEMO), scheme
+        if scheme in MEMO:
+            assert MEMO[scheme] == (cls.confirm_memo is not Target.confirm_memo), scheme

@@ -35,6 +35,7 @@ import attrs
 
 from amic import artifact, resolve
 from amic import plan as planmod
+from amic.cliutil import short
 from amic.errors import BuildError, UsageError
 from amic.progress import OutputRouter, Reporter
 from amic.targets import base as tb
@@ -479,14 +480,6 @@ def _find_pos(p: planmod.Plan, service: str, where: str | None):
 
 def _indent(lines: list[str]) -> str:
     return "\n".join(f"    {line}" for line in lines)
-
-
-def short(image_id: str) -> str:
-    """Docker-style 12-character ids for content hashes; anything else (ami-…, ssh://…) whole."""
-    digest = image_id.removeprefix("sha256:")
-    if len(digest) >= 32 and all(c in "0123456789abcdef" for c in digest):
-        return digest[:12]
-    return image_id
 
 
 def _result(b: _Build, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:

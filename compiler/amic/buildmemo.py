@@ -13,12 +13,14 @@ parsing alone take longer than that, so after each build on a target with
   final image's meta and key file: a pruned image invalidates the memo);
 - a digest of each ARG's value as it was taken from ``--build-arg`` or the
   environment (values themselves are never written);
-- the build result.
+- the build result, and the target's ``memo_facts`` (ec2: the ``FROM`` text).
 
 ``lookup`` redoes the stats and digests and, when all match, returns the
 recorded result. Any difference (or any error) means "no memo": the full
 build then runs, finds the final key in the cache as usual, and refreshes
-the memo. This module imports only the standard library, on purpose.
+the memo. A target whose answer can change remotely (ec2: ``FROM debian:12``
+is whatever AMI Debian published last) is asked to ``confirm_memo`` the hit
+first (``amic.cli_build``). This module imports only the standard library, on purpose.
 Stat identity is (mtime_ns, ctime_ns, size, inode), as make and ninja trust it.
 """
 
@@ -70,6 +72,13 @@ def _arg_digest(name: str, build_args: dict[str, str], environ) -> str | None:
 def lookup(amifile: str, build_args: dict[str, str], target: str,
            environ=None) -> dict | None:
     """The recorded result (``BuildResult.to_json()`` form) if nothing changed, else None."""
+    found = lookup_with_facts(amifile, build_args, target, environ)
+    return None if found is None else found[0]
+
+
+def lookup_with_facts(amifile: str, build_args: dict[str, str], target: str,
+                      environ=None) -> tuple[dict, dict] | None:
+    """``(result, facts)`` if nothing changed (facts: for ``Target.confirm_memo``), else None."""
     environ = os.environ if environ is None else environ
     try:
         with open(memo_path(amifile, build_args, target)) as fh:
@@ -82,7 +91,7 @@ def lookup(amifile: str, build_args: dict[str, str], target: str,
         for name, recorded in memo["args"].items():
             if _arg_digest(name, build_args, environ) != recorded:
                 return None
-        return memo["result"]
+        return memo["result"], memo.get("facts") or {}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -152,7 +161,8 @@ def save(target, options, plan, base, image, reports, *, started_ns: int) -> Non
                     "reason": "unchanged", "seconds": None, "checkpoint": None}
                    for r in reports],
     }
-    memo = {"format": FORMAT, "stats": stats, "args": args, "result": result}
+    memo = {"format": FORMAT, "stats": stats, "args": args, "result": result,
+            "facts": target.memo_facts(plan.base_ref, base, image)}
     dest = memo_path(options.amifile, dict(options.build_args), target.name)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.{os.getpid()}.tmp"

@@ -3,7 +3,8 @@
 Registered by ``amic.cli`` through :func:`add_build_parsers`. Import-light on
 purpose: the engine, the targets and the compiler are imported inside the
 handlers, and an unchanged build is answered from the build memo
-(``amic.buildmemo``) before any of them is imported.
+(``amic.buildmemo``) before any of them is imported; on ec2, once the target confirmed
+it with two DescribeImages calls (``Ec2Target.confirm_memo``, without boto3).
 """
 
 from __future__ import annotations
@@ -118,24 +119,34 @@ def _emit(args, result: dict) -> None:
 
 
 def cmd_build(args) -> int:
-    from amic.cliutil import build_args_from
-    from amic.targets import default_target_spec, split_spec
+    from amic.cliutil import build_args_from, short
+    from amic.targets import MEMO, default_target_spec, split_spec
 
     build_args = build_args_from(args.build_arg)
     spec = args.target or default_target_spec()
-    if not args.no_cache and split_spec(spec)[0] == "local":
+    scheme, rest = split_spec(spec)
+    target = None
+    if not args.no_cache and scheme in MEMO and not rest:
         import time
 
         t0 = time.monotonic()
         from amic import buildmemo
 
-        memo = buildmemo.lookup(args.amifile, build_args, "local")
+        found = buildmemo.lookup_with_facts(args.amifile, build_args, scheme)
+        memo = None if found is None else found[0]
+        if memo is not None and MEMO[scheme]:
+            # The target must confirm the hit (ec2: with AWS); if not, the full path runs.
+            from amic.targets import get_target
+
+            target = get_target(spec, args)
+            if not target.confirm_memo(memo, found[1]):
+                memo = None
         if memo is not None:
             if not args.quiet:
                 n = len(memo["layers"])
                 lines = [f"[{i}/{n}] {r['service']:<16} CACHED            unchanged"
                          for i, r in enumerate(memo["layers"], 1)]
-                lines.append(f"amic: unchanged: image {memo['image_id'][:12]} "
+                lines.append(f"amic: unchanged: image {short(memo['image_id'])} "
                              f"(final key {memo['final_key'][:12]})")
                 sys.stderr.write("\n".join(lines) + "\n")
             memo["timings"] = {"total": round(time.monotonic() - t0, 3)}
@@ -146,7 +157,7 @@ def cmd_build(args) -> int:
     from amic.progress import Reporter
     from amic.targets import get_target
 
-    target = get_target(spec, args)
+    target = target or get_target(spec, args)
     options = BuildOptions(amifile=args.amifile, build_args=build_args, no_cache=args.no_cache,
                            checkpoint=args.checkpoint, on_error=args.on_error)
     reporter = Reporter(mode=args.progress, quiet=args.quiet)

@@ -20,6 +20,11 @@ REGISTRY: dict[str, str] = {
     "ec2": "amic.targets.ec2:Ec2Target",
 }
 
+MEMO: dict[str, bool] = {"local": False, "ec2": True}
+"""Schemes whose target has ``fast_rebuild`` (an unchanged build answered from the build
+memo, before anything heavy is imported), and whether a hit needs the target's
+``confirm_memo`` (ec2: two DescribeImages calls) before it answers."""
+
 
 _AWS_ENV = ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION",
             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_WEB_IDENTITY_TOKEN_FILE",

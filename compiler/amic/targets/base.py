@@ -97,10 +97,11 @@ class Target(abc.ABC):
     """Rough cost of one snapshot; the ``auto`` policy checkpoints once that much init time
     has accumulated since the previous checkpoint."""
     fast_rebuild: bool = False
-    """True if an unchanged rebuild may be answered from the local build memo
-    (``amic.buildmemo``) without asking the target: the base reference resolves to the
-    same image until a file in ``memo_paths`` changes. False for targets whose base can
-    change remotely (an AMI filter)."""
+    """True if an unchanged rebuild may be answered from the build memo (``amic.buildmemo``):
+    the base reference resolves to the same image until a file in ``memo_paths`` changes, or
+    ``confirm_memo`` checks with the target that it still does (ec2: the base is an AMI
+    filter that AWS may answer differently tomorrow). The command line must know such a
+    target's scheme too: ``amic.targets.MEMO``."""
 
     @abc.abstractmethod
     def resolve_base(self, base_ref: str | None) -> Image:
@@ -148,6 +149,17 @@ class Target(abc.ABC):
         """For ``fast_rebuild``: files whose change or removal means ``resolve_base`` may give
         another image than ``base``, or ``image`` may be gone."""
         return []
+
+    def memo_facts(self, base_ref: str | None, base: Image, image: Image) -> dict:
+        """For ``fast_rebuild``: what ``confirm_memo`` needs besides the build result (JSON)."""
+        return {}
+
+    def confirm_memo(self, result: dict, facts: dict) -> bool:
+        """For ``fast_rebuild``: True if the recorded ``result`` (``BuildResult.to_json()``)
+        is still what a build would find. Called on a memo hit, before the full path;
+        False (any doubt) makes the full build run. The local target's memo needs no
+        confirmation (its ``memo_paths`` cover everything)."""
+        return True
 
     def build_lock(self) -> contextlib.AbstractContextManager[None]:
         """Held for the whole of a build (the local target uses it to keep prune away)."""
