@@ -44,7 +44,7 @@ from pathlib import Path
 
 import attrs
 
-from amic import aws
+from amic import __version__, aws
 from amic.errors import BuildError, UsageError
 from amic.targets.base import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_SERVICE, Image, Target
 
@@ -373,7 +373,8 @@ class Ec2Target(Target):
     default_checkpoint = "last"
     """AMIs cost minutes and money: by default only the last layer is kept as a checkpoint."""
     snapshot_seconds = 300.0
-    fast_rebuild = False
+    fast_rebuild = True
+    """An unchanged rebuild is answered from the build memo once EC2 confirms it (``confirm_memo``)."""
 
     def __init__(self, spec: str = "", *, options: Ec2Options | None = None, log_fn=None) -> None:
         if spec:
@@ -448,14 +449,65 @@ class Ec2Target(Target):
         return Image(id=raw["ImageId"], key=tags.get(TAG_KEY), tags=tags,
                      created=raw.get("CreationDate"))
 
+    @staticmethod
+    def _final_query(key: str) -> dict:
+        return {"Owners": ["self"], "Filters": [{"Name": f"tag:{TAG_KEY}", "Values": [key]},
+                                                {"Name": "state", "Values": ["available"]}]}
+
     def find_image(self, key: str) -> Image | None:
         images = self._call("looking up cached images", self.ec2.describe_images,
-                            Owners=["self"],
-                            Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [key]},
-                                     {"Name": "state", "Values": ["available"]}])["Images"]
+                            **self._final_query(key))["Images"]
         if not images:
             return None
         return self._image(max(images, key=lambda i: i.get("CreationDate", "")))
+
+    # the build memo --------------------------------------------------------------
+    def memo_facts(self, base_ref: str | None, base: Image, image: Image) -> dict:
+        return {"base_ref": base_ref}
+
+    def confirm_memo(self, result: dict, facts: dict) -> bool:
+        """Ask EC2 what ``resolve_base`` and ``find_image`` would: both must give the recorded ids.
+
+        The two DescribeImages calls are the full path's own (same arguments, same
+        choice of the newest image), run concurrently and sent by ``amic.ec2query``
+        instead of boto3 (whose import and client cost ~220 ms, most of an unchanged
+        rebuild). The base is asked with today's options (``--arch``,
+        ``--instance-type``, region). AMI ids are unique, so asking the wrong account
+        or region can only fail to confirm. Any error, throttling included, or
+        anything unexpected means False: the full path then runs, with boto3's retries.
+        """
+        from amic import ec2query
+
+        try:
+            if "base_ref" not in facts:
+                return False
+            base_args = parse_base(facts["base_ref"], arch=self.arch).call_args()
+            o = self.opts.aws
+            access = ec2query.resolve(profile=o.profile, region=o.region,
+                                      endpoint_url=o.endpoint_url)
+            agent = f"amic/{__version__} confirm-memo"
+            found: dict[str, object] = {}
+
+            def newest(what: str, args: dict) -> None:
+                try:
+                    images = ec2query.describe_images(access, user_agent=agent, **args)
+                    found[what] = max(images, key=lambda i: i["CreationDate"])["ImageId"]
+                except Exception as exc:  # noqa: BLE001 - any doubt declines
+                    found[what] = exc
+
+            worker = threading.Thread(target=newest, args=("base", base_args), daemon=True)
+            worker.start()
+            newest("final", self._final_query(result["final_key"]))
+            worker.join(ec2query.TIMEOUT + 5)
+            for what in ("base", "final"):
+                if not isinstance(found.get(what), str):   # an error, or still waiting
+                    log.debug("memo not confirmed: %s lookup: %r", what, found.get(what))
+                    return False
+            return (found["base"] == result["base_image_id"]
+                    and found["final"] == result["image_id"])
+        except Exception as exc:  # noqa: BLE001
+            log.debug("memo not confirmed: %r", exc)
+            return False
 
     def list_images(self) -> Iterator[Image]:
         images = self._call("listing cached images", self.ec2.describe_images, Owners=["self"],
