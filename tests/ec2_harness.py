@@ -140,6 +140,8 @@ class Ec2Proxy:
         self.upstream_port = upstream_port
         self.calls: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[str, dict[str, str]]] = []
+        self.agents: list[tuple[str, str]] = []
+        """(action, User-Agent) of every call: who asked (boto3 or amic's own Query calls)."""
         self.before: dict[str, list] = collections.defaultdict(list)
         self.after: dict[str, list] = collections.defaultdict(list)
         self._faults: list[list] = []   # [action or "*", remaining, code, status]
@@ -188,6 +190,7 @@ class Ec2Proxy:
         with self._lock:
             self.calls.clear()
             self.log.clear()
+            self.agents.clear()
             self._faults.clear()
             self.injected = 0
 
@@ -199,6 +202,11 @@ class Ec2Proxy:
 
     def count(self, *actions: str) -> int:
         return sum(self.calls[a] for a in actions)
+
+    def boto3_calls(self) -> list[str]:
+        """Actions called through boto3 (botocore's User-Agent), in order."""
+        with self._lock:
+            return [a for a, agent in self.agents if "Botocore/" in agent or "Boto3/" in agent]
 
     def calls_of(self, action: str) -> list[dict[str, str]]:
         """The parameters of every ``action`` call seen, in order."""
@@ -219,6 +227,8 @@ class Ec2Proxy:
         with self._lock:
             self.calls[action] += 1
             self.log.append((action, params))
+            self.agents.append((action, next((v for k, v in headers.items()
+                                              if k.lower() == "user-agent"), "")))
             for fault in self._faults:
                 if fault[1] > 0 and fault[0] in ("*", action):
                     fault[1] -= 1

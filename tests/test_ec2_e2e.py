@@ -95,8 +95,8 @@ class E2E:
 
     def build(self, *extra: str, faults: tuple = ()) -> Build:
         self.fake.proxy.reset()
-        for action, times in faults:     # injected RequestLimitExceeded answers
-            self.fake.proxy.fail(action, times)
+        for fault in faults:     # (action, times[, code, status]): RequestLimitExceeded by default
+            self.fake.proxy.fail(*fault)
         t0 = time.monotonic()
         proc = subprocess.run(self.argv(*extra), cwd=self.project, env=self.env(),
                               capture_output=True, text=True, timeout=600, check=False)
@@ -119,6 +119,8 @@ class Build:
         self.rc, self.stdout, self.stderr, self.seconds = rc, stdout, stderr, seconds
         self.calls = dict(fake.proxy.calls)
         self.run_images = [p["ImageId"] for p in fake.proxy.calls_of("RunInstances")]
+        self.boto3 = fake.proxy.boto3_calls()
+        """Calls made through boto3 (none when the build memo answered, confirmed by EC2)."""
 
     @property
     def ami(self) -> str:
@@ -225,6 +227,72 @@ def test_unchanged_rebuild_launches_nothing(e2e):
     assert b.count("RunInstances") == 0 and b.count("CreateImage") == 0, b
     assert set(b.layers().values()) == {"CACHED"}, b
     assert b.seconds < 5, b
+
+
+def fast_rebuild(e2e) -> Build:
+    """An unchanged rebuild answered by the build memo (the previous build recorded it)."""
+    e2e.build()       # records the memo if the last build could not (input written too late)
+    b = e2e.build()
+    assert b.rc == 0, b
+    return b
+
+
+def test_unchanged_rebuild_is_confirmed_without_boto3(e2e):
+    full = e2e.ensure_full()
+    b = fast_rebuild(e2e)
+    assert b.ami == full["ami"]
+    # the memo answered after two DescribeImages sent by amic.ec2query, none through boto3
+    assert b.calls == {"DescribeImages": 2} and b.boto3 == [], b
+    assert set(b.layers().values()) == {"CACHED"}, b
+    assert "unchanged: image " + full["ami"] in b.stderr
+    assert b.seconds < 2, b
+
+
+@pytest.mark.parametrize("code", ["RequestLimitExceeded", "AuthFailure"])
+def test_unconfirmed_memo_falls_back_to_boto3(e2e, code):
+    full = e2e.ensure_full()
+    fast_rebuild(e2e)
+    # the memo's first call fails: no retry there, the full path (boto3, retries) answers
+    b = e2e.build(faults=(("DescribeImages", 1, code, 401 if code == "AuthFailure" else 503),))
+    assert b.rc == 0, b
+    assert b.ami == full["ami"]
+    assert b.boto3 and b.count("RunInstances") == 0 and b.count("CreateImage") == 0, b
+    assert e2e.fake.proxy.injected == 1
+
+
+def test_new_base_on_aws_rebuilds(e2e):
+    """Debian publishes a newer debian-12 AMI: the memo is not confirmed, everything re-runs."""
+    full = e2e.ensure_full()
+    fast_rebuild(e2e)
+    fake = e2e.fake
+    newer = fake.standin.register_base(fake.client(), "debian-12-amd64-20991231-2359")
+    try:
+        b = e2e.build()
+        assert b.rc == 0, b
+        assert b.run_images == [newer], b
+        assert b.layers() == {"base": "RUN", "web": "RUN", "app": "RUN"}, b
+        assert b.ami != full["ami"]
+        again = e2e.build()           # and the new result is the one remembered
+        assert again.ami == b.ami and again.boto3 == [] and again.count("RunInstances") == 0, again
+    finally:
+        fake.client().deregister_image(ImageId=newer)
+    b = e2e.build()                  # the old base again: its final AMI is still there
+    assert b.rc == 0 and b.ami == full["ami"] and b.count("RunInstances") == 0, b
+
+
+def test_deregistered_final_ami_is_rebuilt(e2e):
+    full = e2e.ensure_full()
+    fast_rebuild(e2e)
+    e2e.fake.client().deregister_image(ImageId=full["ami"])
+    b = e2e.build()
+    assert b.rc == 0, b
+    assert b.ami != full["ami"]
+    # every layer is still an AMI: one launch from the last one, one CreateImage (the final)
+    assert b.run_images == [full["layers"]["app"]] and b.count("CreateImage") == 1, b
+    assert set(b.layers().values()) == {"CACHED"}, b
+    full["ami"] = b.ami
+    again = e2e.build()
+    assert again.ami == b.ami and again.boto3 == [], again
 
 
 def test_one_layer_change_starts_from_the_cached_prefix(e2e):

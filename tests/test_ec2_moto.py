@@ -195,3 +195,97 @@ def test_gc_after_killed_process(fake, amic_cli):
     assert fake.leftovers("b-killed") == {"instances": [], "key_pairs": [], "security_groups": []}
     assert fake.leftovers("b-live")["key_pairs"] == ["amic-b-live"]
     assert "nothing to collect" in amic_cli("gc", env=fake.env, check=True).stderr
+
+
+# -- the build memo's confirmation (Ec2Target.confirm_memo, amic.ec2query) -------------------
+
+KEY = "f" * 64
+
+
+def _final(fake, key: str = KEY) -> str:
+    """A final AMI tagged with ``key``, as a build leaves it."""
+    ec2c = fake.client()
+    ami = ec2c.register_image(Name=f"final-{key[:8]}", RootDeviceName="/dev/xvda",
+                              VirtualizationType="hvm", Architecture="x86_64")["ImageId"]
+    ec2c.create_tags(Resources=[ami], Tags=[{"Key": "amic:key", "Value": key},
+                                            {"Key": "amic:kind", "Value": "final"}])
+    return ami
+
+
+def _memo(fake, ami: str) -> dict:
+    base = target().resolve_base("debian:12").id
+    fake.proxy.reset()
+    return {"image_id": ami, "base_image_id": base, "final_key": KEY, "target": "ec2"}
+
+
+def test_memo_confirmed_by_two_calls_without_boto3(fake):
+    result = _memo(fake, _final(fake))
+    assert target().confirm_memo(result, {"base_ref": "debian:12"})
+    assert fake.proxy.calls == {"DescribeImages": 2}
+    assert fake.proxy.boto3_calls() == []
+    agents = {agent for _, agent in fake.proxy.agents}
+    assert len(agents) == 1 and "confirm-memo" in agents.pop()
+    # the base query is the full path's, with today's architecture: arm64 finds no image
+    assert not target(arch="arm64").confirm_memo(result, {"base_ref": "debian:12"})
+    assert not target().confirm_memo(result, {})     # a memo without facts: never confirmed
+
+
+def test_memo_declined_when_the_base_or_the_image_changed(fake):
+    ami = _final(fake)
+    result = _memo(fake, ami)
+    facts = {"base_ref": "debian:12"}
+    time.sleep(1.1)    # moto's CreationDate has whole seconds; the newest one wins
+    fake.standin.register_base(fake.client(), "debian-12-amd64-20991231-2359")  # Debian publishes
+    assert not target().confirm_memo(result, facts)
+    assert target().resolve_base("debian:12").id != result["base_image_id"]
+    result = _memo(fake, ami)
+    assert target().confirm_memo(result, facts)
+    fake.client().deregister_image(ImageId=ami)
+    assert not target().confirm_memo(result, facts)
+    time.sleep(1.1)
+    newer = _final(fake)                            # rebuilt elsewhere with --no-cache
+    assert not target().confirm_memo(result, facts)
+    assert target().confirm_memo({**result, "image_id": newer}, facts)
+
+
+@pytest.mark.parametrize("code,status", [("RequestLimitExceeded", 503), ("AuthFailure", 401),
+                                         ("InternalError", 500)])
+def test_memo_declined_on_any_error(fake, code, status, caplog, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-never-logged")
+    caplog.set_level("DEBUG")
+    result = _memo(fake, _final(fake))
+    fake.proxy.fail("DescribeImages", 1, code=code, status=status)
+    assert not target().confirm_memo(result, {"base_ref": "debian:12"})
+    assert fake.proxy.injected == 1 and fake.proxy.boto3_calls() == []
+    assert "secret-never-logged" not in caplog.text
+
+
+def test_memo_declined_without_credentials_or_endpoint(fake, monkeypatch, caplog):
+    caplog.set_level("DEBUG")
+    result = _memo(fake, _final(fake))
+    facts = {"base_ref": "debian:12"}
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-never-logged")
+    assert not target().confirm_memo(result, facts)
+    assert fake.proxy.calls == {}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    from tests.ec2_harness import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", f"http://127.0.0.1:{free_port()}")  # refused
+    assert not target().confirm_memo(result, facts)
+    assert "secret-never-logged" not in caplog.text
+
+
+def test_query_describe_images_agrees_with_boto3(fake):
+    ami = _final(fake)
+    fake.standin.register_base(fake.client(), "debian-12-amd64-20230101-0000")
+    from amic import ec2query
+
+    access = ec2query.resolve()
+    for args in (ec2.parse_base("debian:12", arch="x86_64").call_args(),
+                 ec2.Ec2Target._final_query(KEY), {"ImageIds": [ami]}):
+        ours = ec2query.describe_images(access, **args)
+        theirs = fake.client(direct=False).describe_images(**args)["Images"]
+        assert ours == [{"ImageId": i["ImageId"], "State": i["State"],
+                         "CreationDate": i["CreationDate"]} for i in theirs]
+        assert ours

@@ -137,3 +137,115 @@ def test_prune_keeps_newest_finals_and_their_layers():
     assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=1, older_than=dt.timedelta(days=6))} == set()
     assert len(ec2_gc.prune_plan(images, keep=1, everything=True)) == 5
     assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=2)} == set()
+
+
+# -- ec2query: the build memo's confirmation without boto3 -------------------------------
+
+def _botocore_authorization(url: str, headers: dict, body: bytes, amz_date: str, creds) -> str:
+    """What botocore's own SigV4 signer says for the same request at the same time."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    request.context["timestamp"] = amz_date
+    auth = SigV4Auth(Credentials(creds.access_key, creds.secret_key, creds.token), "ec2",
+                     "eu-west-1")
+    request.headers["X-Amz-Date"] = amz_date
+    if creds.token:
+        request.headers["X-Amz-Security-Token"] = creds.token
+    canonical = auth.canonical_request(request)
+    signature = auth.signature(auth.string_to_sign(request, canonical), request)
+    return (f"AWS4-HMAC-SHA256 Credential={auth.scope(request)}, "
+            f"SignedHeaders={auth.signed_headers(auth.headers_to_sign(request))}, "
+            f"Signature={signature}")
+
+
+@pytest.mark.parametrize("url", ["https://ec2.eu-west-1.amazonaws.com/",
+                                 "http://127.0.0.1:4566/", "https://vpce.example:443/"])
+@pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////token=="])
+def test_query_signature_matches_botocore(url, token):
+    from amic import ec2query
+
+    creds = ec2query.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    body = b"Action=DescribeImages&Version=2016-11-15&Owner.1=self&Filter.1.Name=tag%3Aamic%3Akey"
+    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    expected = _botocore_authorization(url, dict(headers), body, "20250102T030405Z", creds)
+    ec2query.sign("POST", url, headers, body, region="eu-west-1", credentials=creds,
+                  amz_date="20250102T030405Z")
+    assert headers["Authorization"] == expected
+    assert headers.get("X-Amz-Security-Token") == token
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """No AWS configuration at all, then what each test sets."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return tmp_path
+
+
+def test_query_access_follows_boto3_rules(aws_env, monkeypatch):
+    from amic import ec2query
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    a = ec2query.resolve()
+    assert (a.region, a.endpoint, a.credentials.access_key) == (
+        "eu-central-1", "https://ec2.eu-central-1.amazonaws.com", "AKIDENV")
+    assert ec2query.resolve(region="cn-north-1").endpoint == "https://ec2.cn-north-1.amazonaws.com.cn"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://global:1")
+    assert ec2query.resolve().endpoint == "http://global:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", "http://ec2-only:2")
+    assert ec2query.resolve().endpoint == "http://ec2-only:2"
+    assert ec2query.resolve(endpoint_url="http://explicit:3").endpoint == "http://explicit:3"
+    # a config file is read through botocore: its endpoint and region count
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_EC2")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    (aws_env / "config").write_text("[default]\nregion = ap-south-1\n"
+                                    "endpoint_url = http://from-config:4\n"
+                                    "[profile other]\nregion = us-west-2\n")
+    a = ec2query.resolve()
+    assert (a.region, a.endpoint, a.credentials.access_key) == (
+        "ap-south-1", "http://from-config:4", "AKIDENV")
+    # an explicit profile skips the environment's keys, as botocore's chain does
+    (aws_env / "credentials").write_text("[other]\naws_access_key_id = AKIDPROFILE\n"
+                                         "aws_secret_access_key = profile-secret\n")
+    a = ec2query.resolve(profile="other")
+    assert (a.region, a.endpoint, a.credentials.access_key, a.credentials.secret_key) == (
+        "us-west-2", "https://ec2.us-west-2.amazonaws.com", "AKIDPROFILE", "profile-secret")
+    with pytest.raises(ec2query.QueryError):
+        ec2query.resolve(profile="missing")
+    monkeypatch.setenv("AWS_USE_FIPS_ENDPOINT", "true")     # left to boto3
+    with pytest.raises(ec2query.QueryError):
+        ec2query.resolve()
+
+
+def test_query_access_without_credentials_or_region(aws_env, monkeypatch):
+    from amic import ec2query
+
+    with pytest.raises(ec2query.QueryError, match="no region"):
+        ec2query.resolve()
+    with pytest.raises(ec2query.QueryError, match="no credentials"):
+        ec2query.resolve(region="us-east-1")
+    with pytest.raises(ec2query.QueryError):
+        ec2query.resolve(region="us-isob-east-1", endpoint_url=None)
+
+
+def test_query_credentials_never_shown(aws_env, monkeypatch):
+    from amic import ec2query
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSHOWN")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-shown-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "never-shown-token")
+    a = ec2query.resolve(region="us-east-1")
+    text = f"{a!r} {a.credentials!r} {a!s}"
+    assert "never-shown" not in text and "AKIDSHOWN" not in text
