@@ -249,3 +249,20 @@ def test_query_credentials_never_shown(aws_env, monkeypatch):
     a = ec2query.resolve(region="us-east-1")
     text = f"{a!r} {a.credentials!r} {a!s}"
     assert "never-shown" not in text and "AKIDSHOWN" not in text
+
+
+def test_aws_region_is_honoured_first_by_both_paths(aws_env, monkeypatch):
+    """AWS_REGION (read first by the AWS CLI v2 and most SDKs) wins over AWS_DEFAULT_REGION,
+    in the boto3 session and in the memo confirmation alike."""
+    from amic import aws, ec2query
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert ec2query.resolve().region == "eu-west-3"
+    assert aws.session(aws.AwsOptions()).region_name == "eu-west-3"
+    monkeypatch.delenv("AWS_REGION")
+    assert ec2query.resolve().region == "eu-central-1"
+    assert aws.session(aws.AwsOptions()).region_name == "eu-central-1"
+    assert aws.session(aws.AwsOptions(region="us-east-2")).region_name == "us-east-2"

@@ -69,7 +69,10 @@ def session(opts: AwsOptions):
     import botocore.exceptions
 
     try:
-        sess = boto3.Session(profile_name=opts.profile, region_name=opts.region)
+        # AWS_REGION is what the AWS CLI v2 and most SDKs read first; botocore
+        # itself only reads AWS_DEFAULT_REGION, so pass it on explicitly.
+        sess = boto3.Session(profile_name=opts.profile,
+                             region_name=opts.region or os.environ.get("AWS_REGION") or None)
     except botocore.exceptions.ProfileNotFound as exc:
         raise UsageError(str(exc)) from None
     if not sess.region_name:

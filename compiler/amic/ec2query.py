@@ -20,7 +20,8 @@ credentials follows boto3's rules:
   profile is named (``--profile``, ``AWS_PROFILE``); anything else (profiles,
   SSO, roles, instance metadata) through botocore's own chain
   (``botocore.session``: ~80 ms more, still no client is built);
-- region: ``--region``, ``AWS_DEFAULT_REGION``, the profile's ``region``;
+- region: ``--region``, ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's ``region``
+  (as in ``amic.aws.session``);
 - endpoint: ``--endpoint-url``, ``AWS_ENDPOINT_URL_EC2``, ``AWS_ENDPOINT_URL``,
   the profile's (``endpoint_url`` or its ``services`` section), else
   ``https://ec2.REGION.amazonaws.com`` (``.com.cn`` in China). FIPS, dual-stack
@@ -98,7 +99,7 @@ def resolve(*, profile: str | None = None, region: str | None = None,
                          in _TRUE)
     env_endpoint = None if ignore_configured else (
         _env("AWS_ENDPOINT_URL_EC2", environ) or _env("AWS_ENDPOINT_URL", environ))
-    region = region or _env("AWS_DEFAULT_REGION", environ)
+    region = region or _env("AWS_REGION", environ) or _env("AWS_DEFAULT_REGION", environ)
     key, secret = _env("AWS_ACCESS_KEY_ID", environ), _env("AWS_SECRET_ACCESS_KEY", environ)
     env_creds = None
     if not profile and not environ.get("AWS_PROFILE") and key and secret:
