@@ -370,8 +370,10 @@ class Ec2Target(Target):
 
     name = "ec2"
     keeps_images = True
-    default_checkpoint = "last"
-    """AMIs cost minutes and money: by default only the last layer is kept as a checkpoint."""
+    default_checkpoint = "auto"
+    """AMIs cost minutes and money: by default a layer is kept as a checkpoint only when the
+    init time it would save (since the previous checkpoint) exceeds what an AMI costs
+    (``snapshot_seconds``), and the last layer always (so an UPDATE-only change runs no init)."""
     snapshot_seconds = 300.0
     fast_rebuild = True
     """An unchanged rebuild is answered from the build memo once EC2 confirms it (``confirm_memo``)."""
