@@ -175,7 +175,8 @@ class SshdRoot:
     def __init__(self, lowers: Sequence[os.PathLike | str], upper: os.PathLike | str,
                  authorized_keys: Iterable[paramiko.PKey | str] = (), *,
                  host_key: paramiko.PKey | None = None, port: int | None = None,
-                 listen: str = "127.0.0.1", workdir: os.PathLike | str | None = None) -> None:
+                 listen: str = "127.0.0.1", workdir: os.PathLike | str | None = None,
+                 on_root_ready=None) -> None:
         self.lowers = [Path(p) for p in lowers]
         self.upper = Path(upper)
         self.authorized_keys = [public_line(k) for k in authorized_keys]
@@ -183,6 +184,9 @@ class SshdRoot:
         self.port = port
         self.listen = listen
         self.workdir = Path(workdir) if workdir else None
+        self.on_root_ready = on_root_ready
+        """Called with this server once the root is up, before sshd starts (and before its
+        host key is written out: it may replace ``host_key``), like early boot."""
         self.dir: Path | None = None
         self.holder: subprocess.Popen | None = None
         self.holder_pid: int | None = None
@@ -228,6 +232,8 @@ class SshdRoot:
             self.dir = Path(tempfile.mkdtemp(prefix=".sshd-", dir=parent))
             self._stack.callback(shutil.rmtree, self.dir, ignore_errors=True)
             self._start_holder()
+            if self.on_root_ready is not None:
+                self.on_root_ready(self)
             self._write_config_files()
             self._start_sshd()
         except BaseException:
@@ -313,17 +319,23 @@ class SshdRoot:
         raise RuntimeError(f"the test sshd did not start:\n{self.log}")
 
     # looking inside ------------------------------------------------------------------------
-    def exec(self, command: str, *, check: bool = True, timeout: float = 120) -> str:
+    def exec(self, command: str, *, check: bool = True, timeout: float | None = 120,
+             env: dict[str, str] | None = None) -> str:
         """Run ``sh -c command`` inside the root (not over SSH); return its merged output."""
+        return self.run(command, check=check, timeout=timeout, env=env).stdout
+
+    def run(self, command: str, *, check: bool = False, timeout: float | None = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Like ``exec`` (cwd ``/``, a clean environment plus ``env``), with the exit status."""
         argv = ["nsenter", "--target", str(self.holder_pid), "--mount", "--pid",
                 "--root", "--wd", "--", "/bin/sh", "-c", command]
         proc = subprocess.run(argv, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, errors="replace",
-                              env=dict(rootfs.CLEAN_ENV), timeout=timeout)
+                              env={**rootfs.CLEAN_ENV, **(env or {})}, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode} from {command!r} in the root:\n"
                                  f"{proc.stdout}")
-        return proc.stdout
+        return proc
 
     def path(self, inside: str) -> Path:
         """Where a file written inside the root lands on the host (in ``upper``)."""
