@@ -20,7 +20,30 @@ instance's life to drive a *stand-in*:
   launched from a layer AMI has the earlier layers' files and packages;
 - TerminateInstances: the sshd stops and the root is deleted;
 - GetConsoleOutput: cloud-init's ``SSH HOST KEY FINGERPRINTS`` block with the
-  stand-in's real host key is added (moto prints none).
+  stand-in's real host key is added (moto prints none), then what the boot
+  units wrote (``StandardOutput=journal+console``).
+
+**Boot: the one stand-in for systemd and the instance metadata service.**
+When an instance's root has amic's boot hook enabled (the units the stage2
+ships in ``/var/lib/amic/stage2/boot/*.service`` that ``amic
+install-boot-hook`` linked into ``/etc/systemd/system/multi-user.target.wants``),
+every boot runs them as systemd would, from the unit files in the root
+(``ExecStart``, ``Environment``, the ``Condition*`` lines; nothing hard-coded):
+units ordered ``Before=ssh.service``/``sshd.service`` (the host key
+regeneration) before the stand-in's sshd starts, the others (``amic.service``,
+``After=network-online.target``) in a thread right after it is up. Their
+environment adds ``AMIC_EC2=1 AMIC_IMDS_URL=http://127.0.0.1:PORT``: a tiny
+IMDSv2 on loopback (``Imds``) for that instance, answering ``PUT
+/latest/api/token``, ``GET /latest/meta-data/instance-id`` and ``GET
+/latest/meta-data/tags/instance[/KEY]`` from moto (tags only when the instance
+was launched with ``MetadataOptions.InstanceMetadataTags=enabled``, as on EC2),
+404 for everything else. That environment is the only difference from a real
+boot as far as amic is concerned. Host keys stay consistent: sshd serves the
+root's own ``/etc/ssh/ssh_host_ed25519_key`` when the image has one after the
+early units ran (an image with openssh-server); otherwise (the debootstrap
+base has no sshd, so the regeneration unit's conditions skip it) the
+stand-in's key, generated at first boot and kept over stop/start. The console
+fingerprints are always those of the key served.
 
 The instance's sshd is reached the way a port-forwarded setup would reach
 it: a relay on one fixed loopback port (``StandIn.relay_port``) forwards to
@@ -38,7 +61,10 @@ import collections
 import contextlib
 import http.client
 import http.server
+import io
 import os
+import secrets
+import shlex
 import shutil
 import socket
 import socketserver
@@ -309,6 +335,127 @@ class _Relay:
         self.sock.close()
 
 
+class Imds:
+    """An IMDSv2 stand-in on loopback for one instance, answering from moto.
+
+    ``PUT /latest/api/token`` (with ``X-aws-ec2-metadata-token-ttl-seconds``)
+    gives a token; ``GET`` needs it (401 otherwise). Served: ``meta-data/instance-id``,
+    ``meta-data/tags/instance`` (the keys) and ``meta-data/tags/instance/KEY``,
+    the tags read from moto at each request and only when the instance was
+    launched with ``InstanceMetadataTags=enabled`` (404 otherwise, as on EC2).
+    Everything else (user-data included: none is ever given) is 404.
+    """
+
+    def __init__(self, instance_id: str, moto_client, requests: list | None = None) -> None:
+        self.instance_id = instance_id
+        self.moto = moto_client
+        self.tokens: set[str] = set()
+        self.requests: list[tuple[str, str, int]] = [] if requests is None else requests
+        """(method, path, status) of every request, in order."""
+        imds = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, status: int, body: str = "") -> None:
+                data = body.encode()
+                imds.requests.append((self.command, self.path, status))
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path != "/latest/api/token":
+                    return self._reply(404)
+                if not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    return self._reply(400)
+                token = secrets.token_urlsafe(24)
+                imds.tokens.add(token)
+                return self._reply(200, token)
+
+            def do_GET(self):
+                if self.headers.get("X-aws-ec2-metadata-token") not in imds.tokens:
+                    return self._reply(401)
+                status, body = imds.answer(urllib.parse.unquote(self.path))
+                return self._reply(status, body)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _described(self) -> dict:
+        reply = self.moto.describe_instances(InstanceIds=[self.instance_id])
+        return reply["Reservations"][0]["Instances"][0]
+
+    def answer(self, path: str) -> tuple[int, str]:
+        if path == "/latest/meta-data/instance-id":
+            return 200, self.instance_id
+        prefix = "/latest/meta-data/tags/instance"
+        if path == prefix or path.startswith(prefix + "/"):
+            inst = self._described()
+            if inst.get("MetadataOptions", {}).get("InstanceMetadataTags") != "enabled":
+                return 404, ""
+            tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+            key = path[len(prefix) + 1:]
+            if not key:
+                return 200, "\n".join(sorted(tags))
+            return (200, tags[key]) if key in tags else (404, "")
+        return 404, ""
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SYSTEMD_DIR = "/etc/systemd/system"
+WANTS = f"{SYSTEMD_DIR}/multi-user.target.wants"
+STAGE2_BOOT = "/var/lib/amic/stage2/boot"
+
+
+def parse_unit(text: str) -> dict[str, list[str]]:
+    """A systemd unit file as ``{"Section.Key": [values...]}`` (repeated keys kept in order)."""
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, _, value = line.partition("=")
+        out[f"{section}.{key.strip()}"].append(value.strip())
+    return dict(out)
+
+
+class _Unit:
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.conf = parse_unit(text)
+        self.before = " ".join(self.conf.get("Unit.Before", [])).split()
+        self.result: int | None = None
+        """Exit status of the last ExecStart run (None: not run, or skipped by a condition)."""
+
+    @property
+    def early(self) -> bool:
+        """Ordered before sshd (the host key regeneration)."""
+        return bool({"ssh.service", "sshd.service"} & set(self.before))
+
+
+_CONDITIONS = {"ConditionPathExists": "test -e {p}", "ConditionFileIsExecutable": "test -f {p} && test -x {p}",
+               "ConditionPathIsDirectory": "test -d {p}", "ConditionFileNotEmpty": "test -s {p}"}
+
+
 class _Instance:
     def __init__(self, iid: str, image: str, lowers: list[Path], upper: Path, pubkey: str | None):
         self.id = iid
@@ -320,6 +467,15 @@ class _Instance:
         self.port: int | None = None
         self.host_key = None     # paramiko PKey, kept over stop/start
         self.started = 0
+        self.imds: Imds | None = None
+        self.imds_requests: list[tuple[str, str, int]] = []
+        """(method, path, status) of every request to the instance's IMDS, all boots."""
+        self.units: list[_Unit] = []
+        """amic's boot units enabled in the root at the last boot."""
+        self.console: list[str] = []
+        """What the boot units printed (journal+console), all boots."""
+        self.booted = threading.Event()
+        """Set when the last boot's units have all finished (at once when there are none)."""
 
 
 class StandIn:
@@ -353,6 +509,8 @@ class StandIn:
         self.image_of: dict[str, str] = {}
         """AMI id -> the instance it was made from."""
         self.terminated: list[_Instance] = []
+        self.problems: list[str] = []
+        """What the stand-in could not do while booting an instance (tests expect none)."""
         self._lock = threading.RLock()
         self._n = 0
         self.relay = _Relay(self._current_port)
@@ -419,21 +577,100 @@ class StandIn:
             inst.sshd = self.plain
             inst.started += 1
             self.current = inst.id
+            inst.booted.set()
             return
         if not (self.base_root and inst.lowers and inst.pubkey):
+            inst.booted.set()
             return     # no root to serve: SSH never comes up
         from tests.sshd import SshdRoot, new_key
 
         if inst.host_key is None:      # generated at first boot, kept over stop/start
             inst.host_key = new_key("ed25519")
             self._install_key(inst)
+        inst.booted.clear()
+        inst.imds = Imds(inst.id, self.proxy.moto_client(), inst.imds_requests)
         server = SshdRoot(inst.lowers, inst.upper / "root", [inst.pubkey],
-                          host_key=inst.host_key, workdir=inst.upper)
-        server.start()
+                          host_key=inst.host_key, workdir=inst.upper,
+                          on_root_ready=lambda srv: self._early_boot(inst, srv))
+        try:
+            server.start()
+        except BaseException:
+            inst.imds.close()
+            inst.imds = None
+            raise
         inst.sshd = server
         inst.port = server.port
         inst.started += 1
         self.current = inst.id
+        late = [u for u in inst.units if not u.early]
+        if late:    # after network-online, i.e. once sshd (the network, as far as we go) is up
+            threading.Thread(target=self._run_units, args=(inst, server, late), daemon=True).start()
+        else:
+            inst.booted.set()
+
+    # boot: amic's units, as systemd would run them ------------------------------------
+
+    def _early_boot(self, inst: _Instance, server) -> None:
+        """The root is up, sshd not yet: find amic's enabled units, run those ordered before
+        sshd, and serve the root's own host key if it has one now."""
+        inst.units = self._enabled_units(server)
+        self._run_units(inst, server, [u for u in inst.units if u.early], last=False)
+        found = server.run("cat /etc/ssh/ssh_host_ed25519_key 2>/dev/null")
+        if found.returncode == 0 and "PRIVATE KEY" in found.stdout:
+            import paramiko
+
+            inst.host_key = server.host_key = paramiko.Ed25519Key.from_private_key(
+                io.StringIO(found.stdout))
+
+    @staticmethod
+    def _enabled_units(server) -> list[_Unit]:
+        """The units the stage2 ships that are enabled (linked into multi-user.target.wants),
+        read from the root's own unit files."""
+        listing = server.run(f"for u in {STAGE2_BOOT}/*.service; do n=${{u##*/}}; "
+                             f"[ -e {WANTS}/\"$n\" ] && echo \"$n\"; done; :").stdout.split()
+        units = []
+        for name in listing:
+            text = server.run(f"cat {WANTS}/{shlex.quote(name)}")
+            if text.returncode == 0:
+                units.append(_Unit(name, text.stdout))
+        return units
+
+    def _run_units(self, inst: _Instance, server, units: list[_Unit], last: bool = True) -> None:
+        try:
+            for unit in units:
+                self._run_unit(inst, server, unit)
+        except Exception as exc:  # noqa: BLE001 - e.g. the instance was stopped under the unit
+            inst.console.append(f"stand-in: {exc}")
+            self.problems.append(f"{inst.id}: {exc}")
+        finally:
+            if last:
+                inst.booted.set()
+
+    def _run_unit(self, inst: _Instance, server, unit: _Unit) -> None:
+        unknown = [k for k in unit.conf if k.startswith(("Unit.Condition", "Unit.Assert"))
+                   and k.split(".", 1)[1] not in _CONDITIONS]
+        if unknown:
+            raise RuntimeError(f"{unit.name}: the stand-in cannot evaluate {', '.join(unknown)}")
+        for kind, shell in _CONDITIONS.items():
+            for cond in unit.conf.get(f"Unit.{kind}", []):
+                negate, path = cond.startswith("!"), cond.lstrip("!")
+                ok = server.run(shell.format(p=shlex.quote(path))).returncode == 0
+                if ok == negate:
+                    inst.console.append(f"stand-in: {unit.name}: skipped ({kind}={cond})")
+                    return
+        env = {"AMIC_EC2": "1", "AMIC_IMDS_URL": inst.imds.url if inst.imds else ""}
+        for line in unit.conf.get("Service.Environment", []):
+            for word in shlex.split(line):
+                key, _, value = word.partition("=")
+                env[key] = value
+        for command in unit.conf.get("Service.ExecStart", []):
+            ignore = command.startswith("-")
+            argv = shlex.split(command.lstrip("-@:+!"))
+            proc = server.run("cd / && exec " + shlex.join(argv), env=env, timeout=None)
+            inst.console.extend(proc.stdout.splitlines())
+            unit.result = proc.returncode
+            if proc.returncode != 0 and not ignore:
+                return
 
     @staticmethod
     def _install_key(inst: _Instance) -> None:
@@ -455,6 +692,9 @@ class StandIn:
         if inst.sshd is not None:
             server, inst.sshd, inst.port = inst.sshd, None, None
             server.stop()
+        if inst.imds is not None:
+            imds, inst.imds = inst.imds, None
+            imds.close()
 
     def _stop(self, params, text):
         with self._lock:
@@ -547,7 +787,8 @@ class StandIn:
                     old = base64.b64decode(old).decode()
                 except ValueError:
                     pass
-                new = old + "\n".join(self.fingerprint_lines(inst)) + "\n"
+                new = old + "".join(f"{line}\n" for line in
+                                    [*self.fingerprint_lines(inst), *list(inst.console)])
                 el.text = base64.b64encode(new.encode()).decode()
         return ET.tostring(root, encoding="unicode")
 
