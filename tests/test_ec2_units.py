@@ -266,3 +266,28 @@ def test_aws_region_is_honoured_first_by_both_paths(aws_env, monkeypatch):
     assert ec2query.resolve().region == "eu-central-1"
     assert aws.session(aws.AwsOptions()).region_name == "eu-central-1"
     assert aws.session(aws.AwsOptions(region="us-east-2")).region_name == "us-east-2"
+
+
+def test_launch_failures_names_each_unhealthy_enabled_service():
+    from amic.ec2_launch import failures
+
+    def svc(name, enabled=True, state="current", update="ok", **extra):
+        return {"name": name, "enabled": enabled,
+                "init": {"state": state, "failed_exit": extra.get("init_exit", ""),
+                         "failed_where": extra.get("where", "")},
+                "update": {"result": update, "exit": extra.get("exit", ""),
+                           "detail": extra.get("detail", "")}}
+
+    status = {"services": [
+        svc("base"),
+        svc("idle", enabled=False, state="missing", update=""),
+        svc("web", state="failed", update="skipped", init_exit="7", where="Amifile:12"),
+        svc("broken", update="failed", exit="3", detail="UPDATE script 01 at Amifile:27"),
+        svc("half", state="interrupted", update=""),
+    ]}
+    assert failures(status) == [
+        "web: init failed, exit 7 at Amifile:12",
+        "broken: update failed, exit 3 (UPDATE script 01 at Amifile:27)",
+        "half: init interrupted",
+    ]
+    assert failures({}) == []

@@ -53,6 +53,30 @@ def wait_for_boot(machine, timeout: float, *, poll: float = 3.0) -> dict:
         time.sleep(poll)
 
 
+def failures(status: dict) -> list[str]:
+    """Enabled services that are not healthy in ``amic status --json``, each with why
+    (what ``status`` counts as failed: init not current, or the last update failed)."""
+    out = []
+    for svc in status.get("services", []):
+        if not svc.get("enabled"):
+            continue
+        init, update = svc.get("init") or {}, svc.get("update") or {}
+        if init.get("state") != "current":
+            why = f"init {init.get('state') or 'missing'}"
+            if init.get("failed_exit"):
+                why += f", exit {init['failed_exit']}"
+            if init.get("failed_where"):
+                why += f" at {init['failed_where']}"
+        elif update.get("result") == "failed":
+            why = f"update failed, exit {update.get('exit') or '?'}"
+            if update.get("detail"):
+                why += f" ({update['detail']})"
+        else:
+            continue
+        out.append(f"{svc.get('name')}: {why}")
+    return out
+
+
 def launch_and_check(target, image_ref: str, *, services: list[str], keep: bool = False,
                      boot_timeout: float = 900, command: str | None = None, out=None) -> int:
     out = out or sys.stdout
@@ -66,6 +90,8 @@ def launch_and_check(target, image_ref: str, *, services: list[str], keep: bool 
         status = wait_for_boot(machine, boot_timeout, poll=max(target.opts.poll_interval, 0.2))
         target.log(f"boot: {status.get('last_boot_result')}")
         rc = machine.run(f"{RUNNER} status", on_output=lambda line: print(line, file=out))
+        for problem in failures(status):
+            target.log(f"service failed at boot: {problem}")
         missing = [s for s in services
                    if not any(x.get("name") == s and x.get("enabled") for x in status.get("services", []))]
         if missing:
