@@ -939,3 +939,19 @@ def fake_ec2(workdir: Path, base_root: Path | None = None):
         fake.standin.close()
         proxy.stop()
         moto.stop()
+
+
+@contextlib.contextmanager
+def standin_ec2(tmp_path_factory):
+    """moto + proxy + instance stand-in over the cached Debian base, keeping instance disks
+    for inspection: what the end-to-end ec2 test modules share."""
+    from amic.targets import rootfs
+
+    from tests.sshd import require_sshd_root
+
+    require_sshd_root()
+    base = rootfs.ensure_base()
+    os.makedirs("/run/sshd", exist_ok=True)
+    with fake_ec2(tmp_path_factory.mktemp("ec2"), base) as fake:
+        fake.standin.keep_disks = True    # tests search and inspect the instances' disks
+        yield fake

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ec2_harness import fake_ec2
+from tests.ec2_harness import standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -173,18 +173,7 @@ def image_file(fake, ami: str, path: str) -> Path | None:
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (overlay roots, sshd)")
-    from amic.targets import rootfs
-
-    from tests.sshd import have_sshd
-
-    if not have_sshd():
-        pytest.skip("needs openssh-server and nsenter")
-    base = rootfs.ensure_base()
-    os.makedirs("/run/sshd", exist_ok=True)
-    with fake_ec2(tmp_path_factory.mktemp("ec2"), base) as fake:
-        fake.standin.keep_disks = True    # test_arg_values_never_on_disk searches them
+    with standin_ec2(tmp_path_factory) as fake:   # test_arg_values_never_on_disk searches disks
         project = tmp_path_factory.mktemp("project")
         yield E2E(fake, project)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.ec2_harness import fake_ec2
+from tests.ec2_harness import standin_ec2
 from tests.test_ec2_e2e import amic_exe, assert_clean, image_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -117,18 +117,7 @@ class Project:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (overlay roots, sshd)")
-    from amic.targets import rootfs
-
-    from tests.sshd import have_sshd
-
-    if not have_sshd():
-        pytest.skip("needs openssh-server and nsenter")
-    base = rootfs.ensure_base()
-    os.makedirs("/run/sshd", exist_ok=True)
-    with fake_ec2(tmp_path_factory.mktemp("ec2"), base) as fake:
-        fake.standin.keep_disks = True     # the launched instances' disks are inspected
+    with standin_ec2(tmp_path_factory) as fake:   # the launched instances' disks are inspected
         p = Project(fake, tmp_path_factory.mktemp("launch-project"))
         p.ami = p.build()
         yield p
