@@ -1,6 +1,6 @@
 """``amic build --target ec2`` vs Packer's ``amazon-ebs``, side by side, against the same fake EC2.
 
-One moto server (``tests/ec2_harness.py``: moto in server mode behind a loopback
+One moto server (``tests/harness/ec2.py``: moto in server mode behind a loopback
 proxy that counts every EC2 call) and one instance stand-in (a real sshd over an
 overlay root made from the AMI each instance was launched from) serve both
 tools. Both build the same image: three steps with real package installs
@@ -194,9 +194,9 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("run as root (the instance stand-in uses mount namespaces and sshd)")
 
-    from amic.targets import rootfs
+    from amic.targets.local import rootfs
 
-    from tests.ec2_harness import fake_ec2
+    from tests.harness.ec2 import fake_ec2
 
     base = rootfs.ensure_base("debian:12", log=print)
     os.makedirs("/run/sshd", exist_ok=True)

@@ -52,7 +52,7 @@ def main() -> int:
     podman = shutil.which("podman") or sys.exit("podman is not installed")
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compiler"))
-    from amic.targets import rootfs
+    from amic.targets.local import rootfs
 
     base = rootfs.ensure_base("debian:12", log=print)
     work = Path(tempfile.mkdtemp(prefix="amic-bench-"))

@@ -3,7 +3,7 @@
 
 A compiled stage2 with N services (a REQUIRES chain, each with one trivial
 UPDATE) is installed and initialised in a throwaway overlay of the cached
-Debian base (amic.targets.rootfs; needs root). Then, inside the same chroot
+Debian base (amic.targets.local.rootfs; needs root). Then, inside the same chroot
 and the same process, interleaved R times each:
 
   amic boot   /var/lib/amic/stage2/amic boot (lock, manifest, drop-ins, init
@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime_helpers import RUNNER, Root, compile_stage2  # noqa: E402
+from tests.harness.roots import RUNNER, Root, compile_stage2  # noqa: E402
 
 LOOP = r"""
 set -eu

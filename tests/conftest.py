@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # A real sshd whose sessions land in a throwaway root (fixtures sshd_root, sshd_factory, ...).
-pytest_plugins = ["tests.sshd"]
+pytest_plugins = ["tests.harness.sshd"]
 
 
 def pytest_runtest_setup(item):

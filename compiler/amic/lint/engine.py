@@ -15,7 +15,7 @@ from typing import TextIO
 
 import attrs
 
-from amic import ir
+from amic.amifile import ir
 from amic.errors import AmifileError, Pos, UsageError
 from amic.lint import formats
 from amic.lint.model import SEVERITIES, Context, Finding, severity_rank
@@ -46,7 +46,7 @@ def _finding(code: str, message: str, pos: Pos) -> Finding:
 
 def _included(amifile: ir.Amifile) -> tuple[dict[str, ir.Service], Finding | None]:
     """Services the file's INCLUDEs bring in, by name (or the error that stops resolving them)."""
-    from amic import resolve
+    from amic.amifile import resolve
 
     own = {s.name for s in amifile.services}
     try:
@@ -59,7 +59,7 @@ def _included(amifile: ir.Amifile) -> tuple[dict[str, ir.Service], Finding | Non
 
 def _resolver_error(amifile: ir.Amifile, found: list[Finding]) -> Finding | None:
     """What the resolver rejects, unless a finding on the same line already says it."""
-    from amic import resolve
+    from amic.amifile import resolve
 
     try:
         resolve.resolve_amifile(amifile)
@@ -109,7 +109,7 @@ def _rule_findings(ctx: Context) -> list[Finding]:
 
 
 def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
-    from amic import parser
+    from amic.amifile import parser
 
     try:
         if text is None:
@@ -148,7 +148,7 @@ def _analyse(unit: _Unit, *, resolve: bool) -> None:
 
 def _is_fragment(path: str) -> bool:
     """An Amifile made to be INCLUDEd: ``*.amifile``, or a stock service."""
-    from amic import resolve
+    from amic.amifile import resolve
 
     if path.endswith(".amifile"):
         return True

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import attrs
 
-from amic import ir
+from amic.amifile import ir
 from amic.errors import Pos
 
 SEVERITIES = ("error", "warning", "info", "style")

@@ -14,7 +14,7 @@ import re
 
 import attrs
 
-from amic import ir
+from amic.amifile import ir
 from amic.lint.shell import is_heredoc
 
 PRAGMA_RE = re.compile(r"^\s*#\s*amic\s+(global\s+)?ignore\s*=\s*([A-Za-z0-9_,\s]+?)\s*$")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from amic import ir
+from amic.amifile import ir
 from amic.errors import Pos
 from amic.lint.model import Context, Rule, ScriptRef
 from amic.lint.shell import Command, ScriptMap, commands

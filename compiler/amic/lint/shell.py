@@ -29,7 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from amic import ir
+from amic.amifile import ir
 from amic.errors import Pos
 
 # --------------------------------------------------------------------------- positions

@@ -15,9 +15,9 @@ import importlib
 import os
 
 REGISTRY: dict[str, str] = {
-    "local": "amic.targets.local:LocalTarget",
-    "ssh": "amic.targets.ssh:SshTarget",
-    "ec2": "amic.targets.ec2:Ec2Target",
+    "local": "amic.targets.local.target:LocalTarget",
+    "ssh": "amic.targets.ssh.target:SshTarget",
+    "ec2": "amic.targets.ec2.target:Ec2Target",
 }
 
 MEMO: dict[str, bool] = {"local": False, "ec2": True}

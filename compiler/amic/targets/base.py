@@ -1,7 +1,7 @@
 """What the build engine needs from a place that runs machines and keeps images.
 
 A target never sees syntax or the IR beyond the base image reference; the
-engine (``amic.build``) drives it with cache keys and the stage2 tarball.
+engine (``amic.engine.build``) drives it with cache keys and the stage2 tarball.
 Every resource a target creates is released by the context manager that
 created it, so cleanup runs on success, on error and on Ctrl-C/SIGTERM
 (the CLI turns SIGTERM into KeyboardInterrupt).
@@ -56,7 +56,7 @@ class Machine(Protocol):
     # logged in with; the engine has prepare-image remove it before the snapshot.
 
 
-# Tags the engine (``amic.build``) puts on every image it records. Targets
+# Tags the engine (``amic.engine.build``) puts on every image it records. Targets
 # store them as they can (EC2 tags, the local target's meta.json) and give them
 # back in ``Image.tags``; labels from the Amifile are added under their own names.
 TAG_KEY = "amic:key"
@@ -97,7 +97,7 @@ class Target(abc.ABC):
     """Rough cost of one snapshot; the ``auto`` policy checkpoints once that much init time
     has accumulated since the previous checkpoint."""
     fast_rebuild: bool = False
-    """True if an unchanged rebuild may be answered from the build memo (``amic.buildmemo``):
+    """True if an unchanged rebuild may be answered from the build memo (``amic.engine.memo``):
     the base reference resolves to the same image until a file in ``memo_paths`` changes, or
     ``confirm_memo`` checks with the target that it still does (ec2: the base is an AMI
     filter that AWS may answer differently tomorrow). The command line must know such a

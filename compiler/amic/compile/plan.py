@@ -1,0 +1,338 @@
+"""From a resolved Amifile to layers with cache keys.
+
+One layer per baked service init. A layer's key chains its parent's key, the
+runtime's content hash and everything that can change what the layer's init
+does: packages, COPY contents, modes and destinations, INIT text, the ENV
+values it sees and the hashed ARG values. Keys come from values, never from
+source positions or formatting, so moving or re-indenting instructions or
+editing comments outside scripts keeps every key. UPDATE scripts only enter
+the final key: changing them re-bakes the artifact on top of cached layers.
+
+Each layer also keeps the digest of every input by name, so a build can say
+*why* a layer missed the cache ("init changed", "parent changed").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+
+import attrs
+
+from amic import __version__
+
+from amic.amifile import ir
+from amic.errors import AmifileError
+from amic.amifile.resolve import Resolved, _line
+
+KEY_SCHEME = "amic-key-v1"
+"""Bumped whenever what goes into a key changes, so old caches are not misread."""
+
+
+def _digest(*parts: object) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@attrs.frozen
+class CopyFile:
+    """One file or directory a COPY puts into the image."""
+
+    rel: str
+    """Path below the COPY destination ('' for a single-file COPY)."""
+    source: str = attrs.field(eq=False)
+    """Absolute path on the build machine (never written into the artifact)."""
+    mode: int
+    kind: str
+    """``file``, ``dir`` or ``symlink``."""
+    digest: str
+    """sha256 of the content (or of the link target)."""
+
+
+@attrs.frozen
+class CopyPlan:
+    """A COPY with its sources expanded into files."""
+
+    index: int
+    dest: str
+    """Absolute destination; a file path for ``single`` copies, else a directory."""
+    single: bool
+    """True when one regular file is installed as ``dest`` exactly."""
+    files: tuple[CopyFile, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen
+class Layer:
+    """The init of one baked service."""
+
+    service: str
+    key: str
+    parent_key: str
+    inputs: Mapping[str, str] = attrs.field(converter=dict)
+    """Digest per input name: parent, runtime, packages, copy, init, env, args."""
+
+
+@attrs.frozen
+class ServicePlan:
+    """Everything the artifact needs to hold for one service."""
+
+    service: ir.Service
+    packages: tuple[str, ...] = attrs.field(converter=tuple)
+    """Sorted, duplicates and packages already installed by a requirement removed."""
+    copies: tuple[CopyPlan, ...] = attrs.field(converter=tuple)
+    envs: tuple[ir.Env, ...] = attrs.field(converter=tuple)
+    """Global ENV then the service's own (later wins in the shell)."""
+    own_hash: str
+    """Digest of this service's own init inputs (what the runtime records on a machine)."""
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+
+@attrs.frozen
+class Plan:
+    """What to build, in order, with cache keys."""
+
+    resolved: Resolved
+    services: tuple[ServicePlan, ...] = attrs.field(converter=tuple)
+    """Every service, dependency order."""
+    enabled: tuple[str, ...] = attrs.field(converter=tuple)
+    layers: tuple[Layer, ...] = attrs.field(converter=tuple)
+    """One per enabled service, dependency order."""
+    final_key: str
+    runtime_hash: str
+    base_key: str
+    """Parent key of the first layer: the base reference and, in a build, the resolved image id."""
+    arg_values: Mapping[str, str] = attrs.field(converter=dict, repr=False)
+    """Values of ARGs for this build. Passed to the machine at run time; never written anywhere."""
+    missing_args: tuple[str, ...] = attrs.field(converter=tuple)
+    """ARGs with neither a value nor a default."""
+
+    @property
+    def base_ref(self) -> str | None:
+        return self.resolved.base.ref if self.resolved.base else None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {label.key: label.value for label in self.resolved.labels}
+
+    @property
+    def amifile_path(self) -> str:
+        return self.resolved.root.path
+
+    def service(self, name: str) -> ServicePlan:
+        for sp in self.services:
+            if sp.name == name:
+                return sp
+        raise KeyError(name)
+
+    def layer(self, service: str) -> Layer | None:
+        for layer in self.layers:
+            if layer.service == service:
+                return layer
+        return None
+
+    def to_json(self) -> dict:
+        """The plan as printed by ``amic compile --json`` (stable field names)."""
+        return {
+            "amifile": self.amifile_path,
+            "base": self.base_ref,
+            "runtime_hash": self.runtime_hash,
+            "services": [
+                {"name": sp.name, "requires": [r.name for r in sp.service.requires],
+                 "enabled": sp.name in self.enabled, "hash": sp.own_hash,
+                 "source": f"{sp.service.pos.file}:{sp.service.pos.line}"}
+                for sp in self.services],
+            "layers": [{"service": layer.service, "key": layer.key, "parent": layer.parent_key,
+                        "inputs": dict(layer.inputs)} for layer in self.layers],
+            "final_key": self.final_key,
+            "args": [a.name for a in self.resolved.args],
+            "missing_args": list(self.missing_args),
+        }
+
+
+def arg_values(resolved: Resolved, build_args: Mapping[str, str],
+               environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Values for each ARG: ``--build-arg`` first, then the environment, then the default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    for arg in resolved.args:
+        if arg.name in build_args:
+            values[arg.name] = build_args[arg.name]
+        elif arg.name in environ:
+            values[arg.name] = environ[arg.name]
+        elif arg.default is not None:
+            values[arg.name] = arg.default
+        else:
+            missing.append(arg.name)
+    return values, missing
+
+
+def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *,
+              base_image_id: str | None = None, environ: Mapping[str, str] | None = None) -> Plan:
+    """Compute layers and keys. ``base_image_id`` (a build's resolved FROM) chains into every key."""
+    values, missing = arg_values(resolved, build_args or {}, environ)
+    runtime = runtime_hash()
+    args_digest = _digest(sorted((name, _arg_digest(name, value)) for name, value in values.items()),
+                          sorted(missing))
+    installed_by: dict[str, set[str]] = {}
+    services: list[ServicePlan] = []
+    for svc in resolved.services:
+        inherited: set[str] = set()
+        for req in svc.requires:
+            inherited |= installed_by[req.name]
+        own = tuple(sorted(set(svc.packages) - inherited))
+        installed_by[svc.name] = inherited | set(svc.packages)
+        copies = tuple(_expand_copy(i, c) for i, c in enumerate(svc.copies, 1))
+        envs = (*resolved.envs, *svc.envs)
+        own_hash = _digest(KEY_SCHEME, svc.name, own, _copies_digest(copies),
+                           [s.text for s in svc.inits], [(e.name, e.value) for e in envs])
+        services.append(ServicePlan(service=svc, packages=own, copies=copies, envs=envs,
+                                    own_hash=own_hash))
+    base_key = _digest(KEY_SCHEME, "base", resolved.base.ref if resolved.base else None, base_image_id)
+    layers: list[Layer] = []
+    parent = base_key
+    for sp in services:
+        if sp.name not in resolved.enabled:
+            continue
+        inputs = {
+            "parent": parent,
+            "runtime": runtime,
+            "packages": _digest(sp.packages),
+            "copy": _copies_digest(sp.copies),
+            "init": _digest([s.text for s in sp.service.inits]),
+            "env": _digest([(e.name, e.value) for e in sp.envs]),
+            "args": args_digest,
+        }
+        key = _digest(KEY_SCHEME, "layer", sp.name, inputs)
+        layers.append(Layer(service=sp.name, key=key, parent_key=parent, inputs=inputs))
+        parent = key
+    final_key = _digest(KEY_SCHEME, "final", parent, runtime, list(resolved.enabled),
+                        [(sp.name, [s.text for s in sp.service.updates]) for sp in services],
+                        [(sp.name, sp.own_hash, [r.name for r in sp.service.requires])
+                         for sp in services],
+                        sorted((label.key, label.value) for label in resolved.labels), args_digest)
+    return Plan(resolved=resolved, services=services, enabled=resolved.enabled, layers=layers,
+                final_key=final_key, runtime_hash=runtime, base_key=base_key, arg_values=values,
+                missing_args=missing)
+
+
+def _arg_digest(name: str, value: str) -> str:
+    # A keyed digest: the key shows that a value changed without storing it.
+    return hashlib.sha256(f"amic-arg\0{name}\0{value}".encode()).hexdigest()
+
+
+def _copies_digest(copies: tuple[CopyPlan, ...]) -> str:
+    return _digest([(c.dest, c.single, [(f.rel, f.mode, f.kind, f.digest) for f in c.files])
+                    for c in copies])
+
+
+def normalized_mode(st_mode: int, forced: str | None, kind: str) -> int:
+    """Modes in the artifact: ``--mode`` if given, else 0755/0644 by the executable bit.
+
+    Only the executable bit of a source survives, as in git, so the same
+    checkout gives the same artifact whatever the umask it was made with.
+    """
+    if kind == "dir":
+        return 0o755
+    if forced is not None:
+        return int(forced, 8)
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def _expand_copy(index: int, copy: ir.Copy) -> CopyPlan:
+    files: list[CopyFile] = []
+    many = len(copy.sources) > 1
+    single = False
+    for src in copy.sources:
+        path = Path(copy.context, src)
+        try:
+            st = path.lstat()
+        except OSError:
+            raise AmifileError(f"COPY source {src!r} does not exist (looked in {copy.context or '.'})",
+                               copy.pos, source_line=_line(copy.pos)) from None
+        if stat.S_ISDIR(st.st_mode):
+            files.extend(_walk(path, copy.mode))
+        elif stat.S_ISREG(st.st_mode):
+            if not many and not copy.dest.endswith("/"):
+                single = True
+                files.append(CopyFile("", str(path), normalized_mode(st.st_mode, copy.mode, "file"),
+                                      "file", _file_digest(path)))
+            else:
+                files.append(CopyFile(path.name, str(path), normalized_mode(st.st_mode, copy.mode, "file"),
+                                      "file", _file_digest(path)))
+        else:
+            raise AmifileError(f"COPY source {src!r} is neither a file nor a directory",
+                               copy.pos, source_line=_line(copy.pos))
+    dest = copy.dest if not copy.dest.endswith("/") or copy.dest == "/" else copy.dest.rstrip("/")
+    if not dest.startswith("/"):
+        raise AmifileError(f"COPY destination {copy.dest!r} must be an absolute path",
+                           copy.pos, source_line=_line(copy.pos))
+    seen: dict[str, CopyFile] = {}
+    for f in files:
+        seen[f.rel] = f  # a later source overwrites an earlier one, as cp would
+    return CopyPlan(index=index, dest=dest, single=single,
+                    files=sorted(seen.values(), key=lambda f: f.rel))
+
+
+def _walk(root: Path, forced_mode: str | None) -> Iterator[CopyFile]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath, name)
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(full)
+                yield CopyFile(rel, str(full), 0o777, "symlink", _digest(target))
+            elif stat.S_ISDIR(st.st_mode):
+                yield CopyFile(rel, str(full), 0o755, "dir", "")
+            elif stat.S_ISREG(st.st_mode):
+                yield CopyFile(rel, str(full), normalized_mode(st.st_mode, forced_mode, "file"),
+                               "file", _file_digest(full))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def runtime_files() -> list[tuple[str, int, bytes]]:
+    """The runtime shipped in every artifact: (relative path, mode, content), sorted."""
+    root = resources.files("amic._runtime")
+    out: list[tuple[str, int, bytes]] = []
+
+    def walk(node, prefix: str) -> None:
+        for child in node.iterdir():
+            name = child.name
+            if name in ("__init__.py", "__pycache__") or name.startswith("."):
+                continue
+            rel = f"{prefix}{name}"
+            if child.is_dir():
+                walk(child, rel + "/")
+            else:
+                executable = os.stat(str(child)).st_mode & 0o111 if hasattr(child, "__fspath__") \
+                    else 0
+                out.append((rel, 0o755 if executable or rel == "amic" else 0o644, child.read_bytes()))
+
+    walk(root, "")
+    return sorted(out)
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_hash() -> str:
+    """Content hash of the runtime (and amic's version): part of every cache key."""
+    return _digest(__version__, [(rel, mode, hashlib.sha256(data).hexdigest())
+                                 for rel, mode, data in runtime_files()])

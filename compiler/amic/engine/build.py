@@ -1,0 +1,496 @@
+"""The build engine: one pipeline for every target.
+
+The build reads as a flat list of steps (Packer multistep style). Each step
+that creates something registers its cleanup on one ``ExitStack`` right after
+the thing exists, so cleanup runs in reverse order on success, on error and on
+Ctrl-C/SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt)::
+
+    resolve_base        FROM -> target image (local: cached debootstrap root)
+    make_plan           layer keys chained on the base image id
+    find_final          the final key is cached: nothing to do, print the image id
+    find_prefix         longest cached prefix of layers, and why the rest missed
+    write_artifact      stage2 tarball in a temporary file          (cleanup: delete)
+    launch              machine from the prefix image               (cleanup: release)
+    upload_stage2       put the tar once, unpack, `amic install`
+    run_layers          `amic init <svc>` per layer, checkpoint per policy
+    finalize            `amic install-boot-hook`, `amic prepare-image`
+    snapshot_final      record the image under the final key
+
+Nothing here knows which cloud it talks to: everything target-specific is
+behind :class:`amic.targets.base.Target`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from amic.compile import artifact
+
+from amic.amifile import resolve
+from amic.compile import plan as planmod
+from amic.cli.common import short
+from amic.errors import BuildError, UsageError
+from amic.engine.progress import OutputRouter, Reporter
+from amic.targets import base as tb
+
+RUNNER = "/var/lib/amic/stage2/amic"
+UPLOAD_PATH = "/tmp/amic-stage2.tar"
+INPUT_ORDER = ("packages", "copy", "init", "env", "args", "runtime", "parent")
+
+
+@attrs.frozen
+class BuildOptions:
+    """What the user asked for (``amic build`` flags)."""
+
+    amifile: str = "Amifile"
+    build_args: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    """``--build-arg`` values (the environment and ARG defaults fill the rest)."""
+    no_cache: bool = False
+    """Run every layer even if cached (the results are still recorded, as docker does)."""
+    checkpoint: str | None = None
+    """``none``, ``last``, ``all``, ``auto`` or ``svc1,svc2``; None = the target's default."""
+    on_error: str = attrs.field(default="cleanup",
+                                validator=attrs.validators.in_(("cleanup", "abort")))
+    """``abort`` leaves the failed machine for debugging and prints how to reach it."""
+
+
+@attrs.frozen
+class LayerReport:
+    """What happened to one layer."""
+
+    service: str
+    key: str
+    status: str
+    """``CACHED`` or ``RUN``."""
+    reason: str
+    """Why it ran (which inputs changed) or where the cached copy is."""
+    seconds: float | None = None
+    """Init time (RUN only)."""
+    checkpoint: str | None = None
+    """Id of the checkpoint image recorded after it, if one was."""
+
+
+@attrs.frozen
+class BuildResult:
+    """The outcome of a build, as ``--json`` and ``--manifest`` print it."""
+
+    image_id: str
+    final_key: str
+    target: str
+    base_image_id: str
+    amifile: str
+    layers: tuple[LayerReport, ...] = attrs.field(converter=tuple)
+    cached: bool
+    """True when the final image was already there (no machine was started)."""
+    timings: Mapping[str, float] = attrs.field(converter=dict)
+    """Seconds per step (resolve, base, lookup, artifact, launch, upload, layers, finalize,
+    snapshot, total)."""
+
+    def to_json(self) -> dict:
+        return {
+            "image_id": self.image_id,
+            "final_key": self.final_key,
+            "target": self.target,
+            "base_image_id": self.base_image_id,
+            "amifile": self.amifile,
+            "cached": self.cached,
+            "layers": [attrs.asdict(layer) for layer in self.layers],
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+# -- checkpoint policy ---------------------------------------------------------
+
+
+def parse_checkpoint(policy: str, services: tuple[str, ...]) -> str | frozenset[str]:
+    """A built-in policy name, or the set of services named (validated against the plan)."""
+    if policy in tb.CHECKPOINT_POLICIES:
+        return policy
+    names = frozenset(n.strip() for n in policy.split(",") if n.strip())
+    unknown = sorted(names - set(services))
+    if not names or unknown:
+        raise UsageError(f"--checkpoint {policy!r}: expected one of "
+                         f"{', '.join(tb.CHECKPOINT_POLICIES)} or service names"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return names
+
+
+def should_checkpoint(policy: str | frozenset[str], *, service: str, last: bool,
+                      uncheckpointed_seconds: float, snapshot_seconds: float) -> bool:
+    """Whether to snapshot after a layer. The last layer is kept unless the policy is ``none``,
+    so that a build whose only change is UPDATE starts from it."""
+    if policy == "none":
+        return False
+    if last or policy == "all":
+        return True
+    if policy == "last":
+        return False
+    if policy == "auto":
+        return uncheckpointed_seconds >= snapshot_seconds
+    return service in policy
+
+
+# -- why a layer missed ------------------------------------------------------------
+
+
+def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | None) -> str:
+    """Name the inputs that differ from the nearest earlier checkpoint of the same service."""
+    history = target.images_for_service(layer.service)
+    if not history:
+        return f"parent changed ({earlier_miss} re-ran)" if earlier_miss else "no earlier build"
+
+    def changed(img: tb.Image) -> list[str]:
+        return [name for name in INPUT_ORDER if name in layer.inputs and
+                img.tags.get(tb.TAG_INPUT_PREFIX + name) != layer.inputs[name]]
+
+    diffs = min((changed(img) for img in history[:50]), key=len)
+    if not diffs:
+        return "checkpoint removed"
+    own = [d for d in diffs if d != "parent"]
+    if own:
+        return ", ".join(own) + " changed"
+    if earlier_miss:
+        return f"parent changed ({earlier_miss} re-ran)"
+    return "base image changed" if layer.inputs.get("parent") else "parent changed"
+
+
+# -- the build -------------------------------------------------------------------
+
+
+@attrs.define
+class _Build:
+    target: tb.Target
+    options: BuildOptions
+    reporter: Reporter
+    stack: contextlib.ExitStack
+    build_id: str
+    started_ns: int = 0
+    """Wall clock at the start (the build memo trusts only inputs older than this)."""
+    timings: dict[str, float] = attrs.Factory(dict)
+    plan: planmod.Plan | None = None
+    base: tb.Image | None = None
+    machine: tb.Machine | None = None
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - t0
+
+
+def new_build_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = None, *,
+          resolved: resolve.Resolved | None = None) -> BuildResult:
+    """Build the Amifile named in ``options`` on ``target``; return the image and what it took.
+
+    ``resolved`` skips reading the file (tests). Raises BuildError when a layer
+    fails (with the service, its Amifile line and the tail of its output),
+    UsageError for bad options, AmifileError for a bad Amifile.
+    """
+    reporter = reporter or Reporter(quiet=True)
+    t_start = time.monotonic()
+    started_ns = time.time_ns()
+    target.keep_on_error = options.on_error == "abort"
+    target.log = reporter.note
+    with contextlib.ExitStack() as stack:
+        b = _Build(target=target, options=options, reporter=reporter, stack=stack,
+                   build_id=new_build_id(), started_ns=started_ns)
+        stack.callback(reporter.end)
+        stack.enter_context(target.build_lock())
+        with b.timed("resolve"):
+            resolved = resolved or load_amifile(options.amifile)
+        with b.timed("base"):
+            b.base = resolve_base(b, resolved)
+        with b.timed("plan"):
+            b.plan = make_plan(b, resolved)
+        with b.timed("lookup"):
+            final = (None if options.no_cache or not target.keeps_images
+                     else target.find_image(b.plan.final_key))
+        if final is not None:
+            result = cached_result(b, final)
+        else:
+            start, reports = find_prefix(b)
+            result = run_build(b, start, reports)
+    result.timings["total"] = time.monotonic() - t_start
+    return result
+
+
+def load_amifile(path: str) -> resolve.Resolved:
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    return resolve.load(path)
+
+
+def resolve_base(b: _Build, resolved: resolve.Resolved) -> tb.Image:
+    ref = resolved.base.ref if resolved.base else None
+    return b.target.resolve_base(ref)
+
+
+def make_plan(b: _Build, resolved: resolve.Resolved) -> planmod.Plan:
+    declared = {a.name for a in resolved.args}
+    unused = sorted(set(b.options.build_args) - declared)
+    if unused:
+        b.reporter.warn(f"build args not declared with ARG (ignored): {', '.join(unused)}")
+    p = planmod.make_plan(resolved, b.options.build_args, base_image_id=b.base.id)
+    if p.missing_args:
+        b.reporter.warn(f"ARG without a value or default: {', '.join(p.missing_args)} "
+                        "(pass --build-arg NAME=VALUE or set it in the environment)")
+    return p
+
+
+def cached_result(b: _Build, final: tb.Image) -> BuildResult:
+    p = b.plan
+    n = len(p.layers)
+    reports = []
+    for i, layer in enumerate(p.layers, 1):
+        reports.append(LayerReport(layer.service, layer.key, "CACHED", "unchanged"))
+        b.reporter.layer(i, n, layer.service, "CACHED", "unchanged", None)
+    b.reporter.note(f"unchanged: image {short(final.id)} (final key {p.final_key[:12]})")
+    return _result(b, final, reports, cached=True)
+
+
+def find_prefix(b: _Build) -> tuple[tb.Image, list[LayerReport]]:
+    """The image to start from (longest cached prefix) and reports for the cached layers."""
+    p = b.plan
+    start, done = b.base, 0
+    if not b.options.no_cache and b.target.keeps_images:
+        with b.timed("lookup"):
+            for i in range(len(p.layers) - 1, -1, -1):
+                img = b.target.find_image(p.layers[i].key)
+                if img is not None:
+                    start, done = img, i + 1
+                    break
+    reports = []
+    for i, layer in enumerate(p.layers[:done]):
+        where = (f"checkpoint {short(start.id)}" if i == done - 1
+                 else f"below checkpoint {short(start.id)}")
+        reports.append(LayerReport(layer.service, layer.key, "CACHED", where))
+    return start, reports
+
+
+def run_build(b: _Build, start: tb.Image, reports: list[LayerReport]) -> BuildResult:
+    p = b.plan
+    n = len(p.layers)
+    for i, r in enumerate(reports, 1):
+        b.reporter.layer(i, n, r.service, "CACHED", r.reason, None)
+    with b.timed("artifact"):
+        tarball = write_artifact(b)
+    with b.timed("launch"):
+        b.reporter.begin(f"launching from {short(start.id)}")
+        b.machine = launch(b, start)
+        b.reporter.end()
+    try:
+        with b.timed("upload"):
+            upload_stage2(b, tarball)
+        reports = run_layers(b, reports)
+        with b.timed("finalize"):
+            finalize(b)
+        if b.target.keeps_images:
+            with b.timed("snapshot"):
+                image = snapshot_final(b)
+        else:  # provisioned in place (ssh): the machine is the result
+            image = start
+    except BuildError as exc:
+        if b.options.on_error == "abort" and b.machine is not None:
+            raise BuildError(f"{exc}\n\nthe machine was left for debugging; reach it with:\n"
+                             f"    {b.machine.describe()}") from exc
+        raise
+    ran = [r for r in reports if r.status == "RUN"]
+    b.reporter.note(f"built image {short(image.id)}: " + (
+        f"{len(ran)} of {len(reports)} layers ran, {sum(r.seconds or 0 for r in ran):.1f}s of init"
+        if ran else "no init ran (new stage2 on cached layers)"))
+    return _result(b, image, reports, cached=False)
+
+
+def write_artifact(b: _Build) -> Path:
+    """The stage2 tarball in a temporary file. Where ``/proc/self/fd`` exists the file is
+    unlinked at once and reached through its descriptor, so not even SIGKILL leaks it."""
+    fd, name = tempfile.mkstemp(prefix="amic-stage2-", suffix=".tar")
+    fh = os.fdopen(fd, "w+b")
+    b.stack.callback(fh.close)
+    path = Path(f"/proc/self/fd/{fd}")
+    if path.exists():
+        os.unlink(name)
+    else:
+        path = Path(name)
+        b.stack.callback(path.unlink, missing_ok=True)
+    artifact.write_artifact(b.plan, fh)
+    fh.flush()
+    return path
+
+
+def launch(b: _Build, image: tb.Image) -> tb.Machine:
+    return b.stack.enter_context(b.target.launch(image, build_id=b.build_id))
+
+
+def _run(b: _Build, command: str, what: str, *, env: Mapping[str, str] | None = None,
+         service: str | None = None) -> tuple[int, OutputRouter]:
+    router = OutputRouter(b.reporter.output, default=service or what)
+    rc = b.machine.run(command, env=env, on_output=router)
+    return rc, router
+
+
+def upload_stage2(b: _Build, tarball: Path) -> None:
+    b.reporter.begin("uploading stage2")
+    b.machine.put(tarball, UPLOAD_PATH, mode=0o600)
+    rc, router = _run(b, f'd=$(mktemp -d) && cd "$d" && tar -xf {UPLOAD_PATH} && '
+                         f'sh stage2/amic install; rc=$?; cd /; rm -rf "$d" {UPLOAD_PATH}; exit $rc',
+                      "install")
+    b.reporter.end()
+    if rc != 0:
+        raise BuildError(f"installing the stage2 on the machine failed (exit {rc}):\n"
+                         + _indent(router.tail("install")))
+
+
+def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
+    p = b.plan
+    n = len(p.layers)
+    policy = parse_checkpoint(b.options.checkpoint or b.target.default_checkpoint, p.enabled)
+    if not b.target.keeps_images:
+        policy = "none"
+    earlier_miss: str | None = None
+    since_checkpoint = 0.0
+    for i in range(len(reports), n):
+        layer = p.layers[i]
+        reason = "--no-cache" if b.options.no_cache else why_missed(b.target, layer,
+                                                                    earlier_miss=earlier_miss)
+        b.reporter.begin(f"[{i + 1}/{n}] {layer.service} init")
+        t0 = time.monotonic()
+        rc, router = _run(b, f"{RUNNER} init {layer.service}", "init", env=p.arg_values,
+                          service=layer.service)
+        seconds = time.monotonic() - t0
+        b.timings[f"init:{layer.service}"] = seconds
+        b.reporter.end()
+        if rc != 0:
+            b.reporter.layer(i + 1, n, layer.service, "FAILED", reason, seconds)
+            raise layer_failure(b, layer.service, rc, router)
+        if router.finished.get(layer.service) == "skipped":
+            # In place (ssh): the host already ran this init with the same hash.
+            b.reporter.layer(i + 1, n, layer.service, "CACHED", "already initialised on the host",
+                             seconds)
+            reports.append(LayerReport(layer.service, layer.key, "CACHED",
+                                       "already initialised on the host", round(seconds, 3), None))
+            continue
+        since_checkpoint += seconds
+        checkpoint = None
+        if should_checkpoint(policy, service=layer.service, last=i == n - 1,
+                             uncheckpointed_seconds=since_checkpoint,
+                             snapshot_seconds=b.target.snapshot_seconds):
+            with b.timed("snapshot"):
+                img = b.target.snapshot(b.machine, key=layer.key, final=False,
+                                        tags=layer_tags(b, layer))
+            checkpoint = img.id
+            since_checkpoint = 0.0
+        b.reporter.layer(i + 1, n, layer.service, "RUN", reason, seconds)
+        reports.append(LayerReport(layer.service, layer.key, "RUN", reason, round(seconds, 3),
+                                   checkpoint))
+        earlier_miss = earlier_miss or layer.service
+    return reports
+
+
+def finalize(b: _Build) -> None:
+    """The boot hook, and (only when an image is made) the cleanup before the snapshot:
+    prepare-image removes host keys and machine-id, which an in-place host keeps."""
+    command = f"{RUNNER} install-boot-hook"
+    if b.target.keeps_images:
+        command += f" && {RUNNER} prepare-image"
+        # The key this build logged in with must not be baked into the image.
+        build_key = getattr(b.machine, "build_public_key", None)
+        if build_key:
+            command += f" --remove-authorized-key {shlex.quote(build_key)}"
+    b.reporter.begin("install-boot-hook" + (", prepare-image" if b.target.keeps_images else ""))
+    rc, router = _run(b, command, "finalize")
+    b.reporter.end()
+    if rc != 0:
+        raise BuildError(f"finishing the image failed (exit {rc}):\n"
+                         + _indent(router.tail("finalize")))
+
+
+def snapshot_final(b: _Build) -> tb.Image:
+    p = b.plan
+    b.reporter.begin("snapshot")
+    tags = {**p.labels, **_common_tags(b), tb.TAG_KEY: p.final_key, tb.TAG_KIND: "final"}
+    for layer in p.layers:
+        tags[tb.TAG_LAYER_PREFIX + layer.service] = layer.key
+    if p.base_ref:
+        tags["amic:base"] = p.base_ref
+    image = b.target.snapshot(b.machine, key=p.final_key, final=True, tags=tags)
+    b.reporter.end()
+    return image
+
+
+def layer_tags(b: _Build, layer: planmod.Layer) -> dict[str, str]:
+    tags = {**_common_tags(b), tb.TAG_KEY: layer.key, tb.TAG_KIND: "layer",
+            tb.TAG_SERVICE: layer.service, tb.TAG_PARENT_KEY: layer.parent_key}
+    for name, digest in layer.inputs.items():
+        tags[tb.TAG_INPUT_PREFIX + name] = digest
+    return tags
+
+
+def _common_tags(b: _Build) -> dict[str, str]:
+    import hashlib
+
+    source = hashlib.sha256(os.path.abspath(b.plan.amifile_path).encode()).hexdigest()[:16]
+    return {tb.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), tb.TAG_SOURCE: source,
+            tb.TAG_BUILD: b.build_id}
+
+
+def layer_failure(b: _Build, service: str, rc: int, router: OutputRouter) -> BuildError:
+    """The failing service, its Amifile line and the tail of its output."""
+    failing = next((s for s in router.failures), service)
+    code, where = router.failures.get(failing, (str(rc), None))
+    pos = _find_pos(b.plan, failing, where)
+    lines = [f"service {failing} failed (exit {code})"
+             + (f" at {pos.file}:{pos.line}" if pos else (f" at {where}" if where else ""))]
+    if pos is not None:
+        text = resolve._line(pos)
+        if text is not None:
+            lines.append(f"    {text.strip()}")
+    tail = router.tail(failing) or router.tail(service)
+    if tail:
+        lines.append(f"last output of {failing}:")
+        lines.append(_indent(tail))
+    return BuildError("\n".join(lines))
+
+
+def _find_pos(p: planmod.Plan, service: str, where: str | None):
+    try:
+        svc = p.service(service).service
+    except KeyError:
+        return None
+    if where and ":" in where:
+        name, _, line = where.rpartition(":")
+        for item in (*svc.inits, *svc.copies):
+            if str(item.pos.line) == line and os.path.basename(item.pos.file) == name:
+                return item.pos
+    return svc.pos
+
+
+def _indent(lines: list[str]) -> str:
+    return "\n".join(f"    {line}" for line in lines)
+
+
+def _result(b: _Build, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
+    if b.target.fast_rebuild:
+        from amic.engine import memo as buildmemo
+
+        with contextlib.suppress(OSError):
+            buildmemo.save(b.target, b.options, b.plan, b.base, image, reports,
+                           started_ns=b.started_ns)
+    return BuildResult(image_id=image.id, final_key=b.plan.final_key, target=b.target.name,
+                       base_image_id=b.base.id, amifile=b.plan.amifile_path, layers=reports,
+                       cached=cached, timings=b.timings)

@@ -1,0 +1,171 @@
+"""The build memo: answer an unchanged rebuild without parsing anything.
+
+An unchanged ``amic build`` must cost about what ``podman build`` costs for
+a fully cached Containerfile (tens of milliseconds). Importing lark and
+parsing alone take longer than that, so after each build on a target with
+``fast_rebuild`` the engine records, per (Amifile path, build args, target):
+
+- ``stat`` of every file the result depends on: the Amifile and everything it
+  INCLUDEs (and their directories, so a new file that an INCLUDE could find
+  is noticed), every COPY source (files and directories), the runtime shipped
+  in the artifact, the compiler modules that compute keys and render the
+  artifact, and the target's own ``memo_paths`` (the base root's stamp, the
+  final image's meta and key file: a pruned image invalidates the memo);
+- a digest of each ARG's value as it was taken from ``--build-arg`` or the
+  environment (values themselves are never written);
+- the build result, and the target's ``memo_facts`` (ec2: the ``FROM`` text).
+
+``lookup`` redoes the stats and digests and, when all match, returns the
+recorded result. Any difference (or any error) means "no memo": the full
+build then runs, finds the final key in the cache as usual, and refreshes
+the memo. A target whose answer can change remotely (ec2: ``FROM debian:12``
+is whatever AMI Debian published last) is asked to ``confirm_memo`` the hit
+first (``amic.cli.build``). This module imports only the standard library, on purpose.
+Stat identity is (mtime_ns, ctime_ns, size, inode), as make and ninja trust it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+FORMAT = 1
+
+
+def _cache_dir() -> str:
+    # Same rule as amic.targets.local.rootfs.cache_dir(), without importing it.
+    return os.environ.get("AMIC_CACHE_DIR") or "/var/cache/amic"
+
+
+def _version() -> str:
+    from amic import __version__
+
+    return __version__
+
+
+def memo_path(amifile: str, build_args: dict[str, str], target: str) -> str:
+    ident = json.dumps([FORMAT, _version(), os.path.abspath(amifile), target,
+                        sorted(build_args)], separators=(",", ":"))
+    name = hashlib.sha256(ident.encode()).hexdigest()[:32]
+    return os.path.join(_cache_dir(), "memo", name + ".json")
+
+
+def _stat(path: str) -> list | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
+
+
+def _arg_digest(name: str, build_args: dict[str, str], environ) -> str | None:
+    if name in build_args:
+        value = build_args[name]
+    elif name in environ:
+        value = environ[name]
+    else:
+        return None
+    return hashlib.sha256(f"amic-memo-arg\0{name}\0{value}".encode()).hexdigest()
+
+
+def lookup(amifile: str, build_args: dict[str, str], target: str,
+           environ=None) -> dict | None:
+    """The recorded result (``BuildResult.to_json()`` form) if nothing changed, else None."""
+    found = lookup_with_facts(amifile, build_args, target, environ)
+    return None if found is None else found[0]
+
+
+def lookup_with_facts(amifile: str, build_args: dict[str, str], target: str,
+                      environ=None) -> tuple[dict, dict] | None:
+    """``(result, facts)`` if nothing changed (facts: for ``Target.confirm_memo``), else None."""
+    environ = os.environ if environ is None else environ
+    try:
+        with open(memo_path(amifile, build_args, target)) as fh:
+            memo = json.load(fh)
+        if memo.get("format") != FORMAT:
+            return None
+        for path, recorded in memo["stats"]:
+            if _stat(path) != recorded:
+                return None
+        for name, recorded in memo["args"].items():
+            if _arg_digest(name, build_args, environ) != recorded:
+                return None
+        return memo["result"], memo.get("facts") or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _input_paths(plan) -> list[str]:
+    import amic
+    from amic.compile import artifact
+    from amic.compile import plan as planmod
+
+    paths: list[str] = []
+    for f in plan.resolved.files:
+        paths.append(os.path.abspath(f))
+        paths.append(os.path.dirname(os.path.abspath(f)))
+    for sp in plan.services:
+        for copy in sp.service.copies:
+            for src in copy.sources:
+                paths.append(os.path.abspath(os.path.join(copy.context, src)))
+        for cp in sp.copies:
+            paths.extend(os.path.abspath(f.source) for f in cp.files)
+    for mod in (amic, artifact, planmod):
+        paths.append(os.path.abspath(mod.__file__))
+    try:
+        from importlib import resources
+
+        root = str(resources.files("amic._runtime"))
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            paths.append(dirpath)
+            paths.extend(os.path.join(dirpath, n) for n in filenames)
+    except (ImportError, TypeError):
+        return []  # cannot see the runtime's files: never memoise
+    return sorted(set(paths))
+
+
+# File timestamps come from the kernel's coarse clock (up to a tick behind).
+CLOCK_SLACK_NS = 50_000_000
+
+
+def save(target, options, plan, base, image, reports, *, started_ns: int) -> None:
+    """Record a finished (or found) build; called by the engine.
+
+    Not recorded when an input changed at or after ``started_ns`` (the build's
+    start): the build may have read the older content, and the memo would tie
+    the newer stat to the older result.
+    """
+    inputs = _input_paths(plan)
+    if not inputs:
+        return
+    stats = []
+    for path in inputs:
+        st = _stat(path)
+        if st is None or max(st[0], st[1]) >= started_ns - CLOCK_SLACK_NS:
+            return
+        stats.append([path, st])
+    for path in target.memo_paths(base, image):
+        st = _stat(path)
+        if st is None:
+            return
+        stats.append([path, st])
+    environ = os.environ
+    args = {a.name: _arg_digest(a.name, dict(options.build_args), environ)
+            for a in plan.resolved.args}
+    result = {
+        "image_id": image.id, "final_key": plan.final_key, "target": target.name,
+        "base_image_id": base.id, "amifile": plan.amifile_path, "cached": True,
+        "layers": [{"service": r.service, "key": r.key, "status": "CACHED",
+                    "reason": "unchanged", "seconds": None, "checkpoint": None}
+                   for r in reports],
+    }
+    memo = {"format": FORMAT, "stats": stats, "args": args, "result": result,
+            "facts": target.memo_facts(plan.base_ref, base, image)}
+    dest = memo_path(options.amifile, dict(options.build_args), target.name)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(memo, fh)
+    os.replace(tmp, dest)

@@ -1,0 +1,167 @@
+"""Finding what amic left on EC2: leaked build resources (``amic gc``) and old AMIs (``amic ami prune``).
+
+A build removes its temporary resources itself, on success, failure and
+Ctrl-C. Only a process killed outright (SIGKILL, a lost machine, a network
+cut during cleanup) leaves some behind; they carry ``amic:tool``,
+``amic:build-id`` and ``amic:expires``, and this module finds them by those
+tags. Nothing without amic's tags is ever touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from amic.targets.ec2 import session as aws
+from amic.targets import base as tb
+
+_LIVE = ["pending", "running", "stopping", "stopped"]
+
+
+@attrs.frozen
+class Leak:
+    kind: str
+    """instance, security-group, key-pair, volume or snapshot."""
+    id: str
+    build_id: str | None
+    why: str
+    name: str | None = None
+
+    def to_json(self) -> dict:
+        return attrs.asdict(self)
+
+
+def _reason(tags: dict, build_id: str | None, ignore_expiry: bool, at: dt.datetime) -> str | None:
+    """Why a tagged resource may go, or None to keep it."""
+    if aws.TAG_TOOL not in tags or tags.get(aws.TAG_ROLE, "build") not in ("build", "launch"):
+        return None
+    if build_id is not None and tags.get(aws.TAG_BUILD) != build_id:
+        return None
+    if ignore_expiry:
+        return "forced"
+    expires = aws.parse_iso(tags.get(aws.TAG_EXPIRES))
+    if expires is None:
+        return None
+    if expires <= at:
+        return f"expired {aws.iso(expires)}"
+    return None
+
+
+def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = False,
+               at: dt.datetime | None = None) -> list[Leak]:
+    """Temporary resources of amic builds that are past their expiry (or of ``build_id``)."""
+    ec2 = target.ec2
+    at = at or aws.now()
+    tagged = [{"Name": "tag-key", "Values": [aws.TAG_TOOL]}]
+    found: list[Leak] = []
+
+    def consider(kind: str, rid: str, tags: dict, name: str | None = None) -> None:
+        why = _reason(tags, build_id, ignore_expiry, at)
+        if why:
+            found.append(Leak(kind, rid, tags.get(aws.TAG_BUILD), why, name))
+
+    for page in ec2.get_paginator("describe_instances").paginate(
+            Filters=[*tagged, {"Name": "instance-state-name", "Values": _LIVE}]):
+        for res in page["Reservations"]:
+            for inst in res["Instances"]:
+                consider("instance", inst["InstanceId"], aws.tag_dict(inst.get("Tags")))
+    for group in ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]:
+        consider("security-group", group["GroupId"], aws.tag_dict(group.get("Tags")),
+                 group.get("GroupName"))
+    for key in ec2.describe_key_pairs(Filters=tagged)["KeyPairs"]:
+        consider("key-pair", key["KeyName"], aws.tag_dict(key.get("Tags")), key["KeyName"])
+    for page in ec2.get_paginator("describe_volumes").paginate(
+            Filters=[*tagged, {"Name": "status", "Values": ["available"]}]):
+        for vol in page["Volumes"]:
+            consider("volume", vol["VolumeId"], aws.tag_dict(vol.get("Tags")))
+    # Snapshots of deregistered images (a prune or gc interrupted between the two calls).
+    if build_id is None:
+        images = {img["ImageId"] for img in ec2.describe_images(
+            Owners=["self"], Filters=[{"Name": "tag-key", "Values": [tb.TAG_KEY]}])["Images"]}
+        for page in ec2.get_paginator("describe_snapshots").paginate(
+                OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["amic:image-id"]}]):
+            for snap in page["Snapshots"]:
+                tags = aws.tag_dict(snap.get("Tags"))
+                if tags.get("amic:image-id") not in images:
+                    found.append(Leak("snapshot", snap["SnapshotId"], tags.get(aws.TAG_BUILD),
+                                      f"image {tags.get('amic:image-id')} is gone"))
+    return found
+
+
+def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
+    """Remove leaks in dependency order; returns the failures (the rest went)."""
+    import botocore.exceptions
+
+    ec2 = target.ec2
+    failures: list[tuple[Leak, Exception]] = []
+    by_kind = {kind: [leak for leak in leaks if leak.kind == kind]
+               for kind in ("instance", "security-group", "key-pair", "volume", "snapshot")}
+    instances = [leak.id for leak in by_kind["instance"]]
+    if instances:
+        try:
+            ec2.terminate_instances(InstanceIds=instances)
+            target._wait("instance_terminated", target.opts.instance_timeout,
+                         "waiting for leaked instances to terminate", InstanceIds=instances)
+        except Exception as exc:  # noqa: BLE001 - reported per resource
+            failures += [(leak, exc) for leak in by_kind["instance"]]
+    for leak in by_kind["security-group"]:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ec2.delete_security_group(GroupId=leak.id)
+                break
+            except botocore.exceptions.ClientError as exc:
+                if aws.error_code(exc) == "DependencyViolation" and time.monotonic() < deadline:
+                    time.sleep(max(target.opts.poll_interval, 0.5))
+                    continue
+                failures.append((leak, exc))
+                break
+    for kind, call in (("key-pair", lambda i: ec2.delete_key_pair(KeyName=i)),
+                       ("volume", lambda i: ec2.delete_volume(VolumeId=i)),
+                       ("snapshot", lambda i: ec2.delete_snapshot(SnapshotId=i))):
+        for leak in by_kind[kind]:
+            try:
+                call(leak.id)
+            except botocore.exceptions.ClientError as exc:
+                failures.append((leak, exc))
+    return failures
+
+
+def prune_plan(images: Iterable[tb.Image], *, keep: int, older_than: dt.timedelta | None = None,
+               everything: bool = False, at: dt.datetime | None = None) -> list[tuple[tb.Image, str]]:
+    """Which AMIs ``amic ami prune`` removes, each with the reason.
+
+    Kept: the ``keep`` newest final AMIs per Amifile, and every layer
+    checkpoint one of them was built from (their keys are in the finals'
+    ``amic:layer:*`` tags). With ``older_than``, nothing younger goes.
+    """
+    at = at or aws.now()
+    images = sorted(images, key=lambda i: i.created or "", reverse=True)
+
+    def old_enough(img: tb.Image) -> bool:
+        if older_than is None:
+            return True
+        created = aws.parse_iso(img.created)
+        return created is not None and at - created >= older_than
+
+    if everything:
+        return [(img, "--all") for img in images]
+    finals = [i for i in images if i.tags.get(tb.TAG_KIND, "final") == "final"]
+    layers = [i for i in images if i.tags.get(tb.TAG_KIND) == "layer"]
+    kept_keys: set[str] = set()
+    doomed: list[tuple[tb.Image, str]] = []
+    seen: dict[str, int] = {}
+    for img in finals:
+        name = img.tags.get(tb.TAG_AMIFILE, "?")
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] <= keep or not old_enough(img):
+            kept_keys |= {v for k, v in img.tags.items() if k.startswith(tb.TAG_LAYER_PREFIX)}
+        else:
+            doomed.append((img, f"older final of {name} (keeping {keep})"))
+    for img in layers:
+        if img.key not in kept_keys and old_enough(img):
+            doomed.append((img, f"layer {img.tags.get(tb.TAG_SERVICE, '?')} no kept image uses"))
+    return doomed

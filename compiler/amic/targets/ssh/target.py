@@ -1,0 +1,121 @@
+"""The ``ssh`` target: provision an existing host in place (``--target ssh://user@host[:port]``).
+
+No image is made and nothing is cached on this side (``keeps_images = False``):
+the engine uploads the stage2, runs ``amic install``, ``amic init <svc>`` for
+each service of the plan and ``amic install-boot-hook`` on the host itself.
+Re-running is cheap because the runtime on the host skips an init whose
+content hash it already recorded. When the build succeeds, leaving
+:meth:`SshTarget.launch` runs ``amic update`` (every service's UPDATE, as a
+boot would), so the host ends up as a machine booted from the image would.
+
+Connection, host keys, agent/keys, jump hosts and sudo: :mod:`amic.targets.ssh.conn`
+and docs/ssh.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Mapping
+
+from amic.targets.ssh import conn as sshconn
+from amic.errors import BuildError, UsageError
+from amic.targets.base import Image, Machine, Target
+
+RUNNER = "/var/lib/amic/stage2/amic"
+
+
+class SshTarget(Target):
+    """An existing host reached over SSH, provisioned in place."""
+
+    name = "ssh"
+    keeps_images = False
+    default_checkpoint = "none"
+    snapshot_seconds = math.inf
+
+    def __init__(self, spec: str = "", *, key_file: str | None = None,
+                 known_hosts: str | None = None, accept_new: bool = False,
+                 insecure: bool = False, jump: str | None = None, jump_key: str | None = None,
+                 wait_timeout: float = 60.0, run_update: bool = True,
+                 connect_options: Mapping | None = None) -> None:
+        if not spec:
+            raise UsageError("--target ssh:// needs a host: --target ssh://user@host[:port]")
+        self.endpoint = sshconn.Endpoint.parse(spec, what="--target ssh://")
+        for flag, path in (("--ssh-key", key_file), ("--ssh-jump-key", jump_key)):
+            if path and not os.path.isfile(os.path.expanduser(path)):
+                raise UsageError(f"{flag} {path}: no such file")
+        self.key_file = os.path.expanduser(key_file) if key_file else None
+        self.policy = sshconn.policy_from_options(known_hosts=known_hosts, accept_new=accept_new,
+                                                  insecure=insecure)
+        self.jump = (sshconn.parse_jump(jump, key_filename=jump_key or self.key_file)
+                     if jump else None)
+        self.wait_timeout = wait_timeout
+        """How long to retry while the host does not answer (a VM still booting)."""
+        self.run_update = run_update
+        self.connect_options = dict(connect_options or {})
+        """Extra keyword arguments for :func:`amic.targets.ssh.conn.connect` (tests: no agent)."""
+
+    @classmethod
+    def from_spec(cls, spec: str, args) -> SshTarget:
+        """From ``--target ssh://…`` and the ``amic build`` options (amic.cli.ssh)."""
+        return cls(spec, key_file=getattr(args, "ssh_key", None),
+                   known_hosts=getattr(args, "ssh_known_hosts", None),
+                   accept_new=bool(getattr(args, "ssh_accept_new", False)),
+                   insecure=bool(getattr(args, "insecure_accept_any_host_key", False)),
+                   jump=getattr(args, "ssh_jump", None) or getattr(args, "jump_host", None),
+                   jump_key=getattr(args, "jump_key", None))
+
+    def describe_host(self) -> str:
+        return sshconn.ssh_command(self.endpoint, key_filename=self.key_file, jump=self.jump,
+                                   policy=self.policy)
+
+    # Target ------------------------------------------------------------------------
+    def resolve_base(self, base_ref: str | None) -> Image:
+        # The host is what it is: FROM cannot be checked or applied here.
+        return Image(id=f"ssh://{self.endpoint}", tags={"amic:base": base_ref or ""})
+
+    def find_image(self, key: str) -> Image | None:
+        return None
+
+    @contextlib.contextmanager
+    def launch(self, image: Image, *, build_id: str) -> Iterator[Machine]:
+        conn = self.connect()
+        try:
+            yield conn
+            if self.run_update:
+                self.update(conn)
+        finally:
+            conn.close()
+
+    def snapshot(self, machine: Machine, *, key: str, final: bool,
+                 tags: Mapping[str, str]) -> Image:
+        raise BuildError("the ssh target provisions a host in place and cannot make images")
+
+    # -------------------------------------------------------------------------------
+    def connect(self) -> sshconn.SshConnection:
+        self.log(f"connecting to {self.endpoint}"
+                 + (f" through {self.jump}" if self.jump else ""))
+        return sshconn.wait_for_ssh(self.endpoint, key_filename=self.key_file,
+                                    host_key_policy=self.policy, jump=self.jump,
+                                    timeout=self.wait_timeout, log=self.log,
+                                    **self.connect_options)
+
+    def update(self, conn: sshconn.SshConnection) -> None:
+        """``amic update``: every service's UPDATE, as at boot. A failure is a BuildError
+        naming ``amic status`` (the runtime keeps going for unrelated services)."""
+        self.log("running UPDATE for every service (as at boot)")
+        tail: list[str] = []
+
+        def show(line: str) -> None:
+            tail.append(line)
+            del tail[:-20]
+            # the runtime's own markers already say "amic: <svc>: update: ..."
+            self.log(line[6:] if line.startswith("amic: ") else f"  {line}")
+
+        rc = conn.run(f"{RUNNER} update", on_output=show)
+        if rc != 0:
+            raise BuildError(
+                f"amic update on {self.endpoint} failed (exit {rc}); see which service with: "
+                f"{self.describe_host()} {RUNNER} status\n"
+                + "\n".join(f"    {line}" for line in tail[-10:]))

@@ -1,0 +1,376 @@
+"""``amic build --target ec2`` end to end: the real CLI against moto and a faithful stand-in.
+
+Each build is the ``amic`` console script run as a subprocess, reaching moto
+through ``AWS_ENDPOINT_URL_EC2`` (the counting proxy of ``tests/harness/ec2.py``;
+nothing patched) and the instance's SSH side through ``--ssh-host``/``--ssh-port``.
+Every instance is a real sshd over an overlay root made from the image it was
+launched from (the debootstrap base for the registered Debian AMI, frozen
+instance disks for AMIs made by CreateImage), so a build launched from a cached
+layer AMI really finds the earlier layers' packages installed.
+
+The scenarios share one Amifile project and one moto, in file order (each
+helper builds what it needs if run alone). After every build: no instance
+running, no key pair or security group left, every create call tagged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness.ec2 import amic_exe, assert_clean, image_file, standin_ec2
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+TOKEN = "tok-5f1b0c2e9d-secret"   # the ARG value; must never land on an instance's disk
+TOKEN_SEEN = hashlib.sha256(TOKEN.encode()).hexdigest()[:16]   # what the INIT writes instead
+
+AMIFILE = """\
+FROM debian:12
+ARG DEPLOY_TOKEN
+ENV GREETING=hello
+
+SERVICE base
+    PACKAGES jq
+    INIT <<~EOF
+        echo '{"layer": "base"}' | jq -r .layer > /etc/amic-base
+    EOF
+
+SERVICE web
+    REQUIRES base
+    PACKAGES hello
+    INIT <<~EOF
+        # jq comes from the base layer: cached in an AMI when this one re-runs
+        jq -n '"web-v1"' > /etc/amic-web
+        hello > /etc/amic-hello
+        printf %s "$DEPLOY_TOKEN" | sha256sum | cut -c1-16 > /etc/amic-token
+    EOF
+    UPDATE echo web-update-v1
+
+SERVICE app
+    REQUIRES web
+    INIT <<~EOF
+        echo "$GREETING app" > /etc/amic-app
+    EOF
+"""
+
+
+class E2E:
+    """The fake EC2, the project directory, and what the builds so far produced."""
+
+    def __init__(self, fake, project: Path) -> None:
+        self.fake = fake
+        self.project = project
+        self.base_ami = fake.register_debian12()
+        self.full: dict | None = None
+        self.write(AMIFILE)
+
+    def write(self, text: str) -> None:
+        (self.project / "Amifile").write_text(text)
+
+    def argv(self, *extra: str) -> list[str]:
+        return [amic_exe(), "build", "--target", "ec2", *self.fake.ssh_args(), "--ssh-user", "root",
+                "--poll-interval", "0.05", "--checkpoint", "all", "--ssh-timeout", "60",
+                "--console-timeout", "30", *extra, "Amifile"]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMIC_"))}
+        return {**env, **self.fake.env, "DEPLOY_TOKEN": TOKEN, "NO_COLOR": "1"}
+
+    def build(self, *extra: str, faults: tuple = ()) -> Build:
+        self.fake.proxy.reset()
+        for fault in faults:     # (action, times[, code, status]): RequestLimitExceeded by default
+            self.fake.proxy.fail(*fault)
+        t0 = time.monotonic()
+        proc = subprocess.run(self.argv(*extra), cwd=self.project, env=self.env(),
+                              capture_output=True, text=True, timeout=600, check=False)
+        result = Build(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0, self.fake)
+        assert_clean(self.fake)
+        return result
+
+    def ensure_full(self) -> dict:
+        """The first full build (done by test_full_build, or here when run alone)."""
+        if self.full is None:
+            self.write(AMIFILE)
+            b = self.build()
+            assert b.rc == 0, b.stderr
+            self.full = {"ami": b.ami, "layers": layer_amis(self.fake)}
+        return self.full
+
+
+class Build:
+    def __init__(self, rc: int, stdout: str, stderr: str, seconds: float, fake) -> None:
+        self.rc, self.stdout, self.stderr, self.seconds = rc, stdout, stderr, seconds
+        self.calls = dict(fake.proxy.calls)
+        self.run_images = [p["ImageId"] for p in fake.proxy.calls_of("RunInstances")]
+        self.boto3 = fake.proxy.boto3_calls()
+        """Calls made through boto3 (none when the build memo answered, confirmed by EC2)."""
+
+    @property
+    def ami(self) -> str:
+        return self.stdout.strip().splitlines()[-1]
+
+    def count(self, action: str) -> int:
+        return self.calls.get(action, 0)
+
+    def layers(self) -> dict[str, str]:
+        """service -> CACHED / RUN / FAILED from the ``[i/n] service STATUS`` lines."""
+        return {m[1]: m[2] for m in re.finditer(r"^\[\d+/\d+\] (\S+)\s+(CACHED|RUN|FAILED)\b",
+                                                self.stderr, re.MULTILINE)}
+
+    def __repr__(self) -> str:
+        return f"<build rc={self.rc} {self.seconds:.1f}s {self.calls}>\n{self.stderr[-3000:]}"
+
+
+def layer_amis(fake) -> dict[str, str]:
+    """service -> newest layer AMI id, from the tags."""
+    images = fake.client().describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:amic:kind", "Values": ["layer"]}])["Images"]
+    images.sort(key=lambda i: i["CreationDate"])
+    out = {}
+    for img in images:
+        tags = {t["Key"]: t["Value"] for t in img["Tags"]}
+        out[tags["amic:service"]] = img["ImageId"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    with standin_ec2(tmp_path_factory) as fake:   # test_arg_values_never_on_disk searches disks
+        project = tmp_path_factory.mktemp("project")
+        yield E2E(fake, project)
+
+
+def test_full_build(e2e):
+    e2e.full = None
+    full = e2e.ensure_full()
+    fake = e2e.fake
+    assert re.fullmatch(r"ami-[0-9a-f]+", full["ami"])
+    # one instance, from the registered Debian AMI; a checkpoint per layer plus the final
+    assert fake.standin.launches[-1][1] == e2e.base_ami
+    assert set(full["layers"]) == {"base", "web", "app"}
+    # the final AMI really holds what the INITs did, packages included
+    ami = full["ami"]
+    assert image_file(fake, ami, "/usr/bin/jq") and image_file(fake, ami, "/usr/bin/hello")
+    assert image_file(fake, ami, "/etc/amic-base").read_text() == "base\n"
+    assert image_file(fake, ami, "/etc/amic-web").read_text() == '"web-v1"\n'
+    assert "Hello, world!" in image_file(fake, ami, "/etc/amic-hello").read_text()
+    assert image_file(fake, ami, "/etc/amic-token").read_text() == TOKEN_SEEN + "\n"
+    assert image_file(fake, ami, "/etc/amic-app").read_text() == "hello app\n"
+    assert image_file(fake, ami, "/var/lib/amic/stage2/amic") is not None
+    # the stand-in installed the build's key as cloud-init does; prepare-image took it out
+    build_key = base64.b64decode(fake.proxy.calls_of("ImportKeyPair")[0]["PublicKeyMaterial"])
+    assert build_key.split()[1].decode() in image_file(
+        fake, full["layers"]["app"], "/root/.ssh/authorized_keys").read_text()
+    keys = image_file(fake, ami, "/root/.ssh/authorized_keys")
+    assert keys is None or build_key.split()[1].decode() not in keys.read_text()
+    tags = {t["Key"]: t["Value"] for t in
+            fake.client().describe_images(ImageIds=[ami])["Images"][0]["Tags"]}
+    assert tags["amic:kind"] == "final" and tags["amic:amifile"] == "Amifile"
+    assert {tags[f"amic:layer:{s}"] for s in ("base", "web", "app")} == {
+        t for t in tags.values() if len(t) == 64} - {tags["amic:key"]}
+
+
+def test_unchanged_rebuild_launches_nothing(e2e):
+    full = e2e.ensure_full()
+    b = e2e.build()
+    assert b.rc == 0, b
+    assert b.ami == full["ami"]
+    assert b.count("RunInstances") == 0 and b.count("CreateImage") == 0, b
+    assert set(b.layers().values()) == {"CACHED"}, b
+    assert b.seconds < 5, b
+
+
+def fast_rebuild(e2e) -> Build:
+    """An unchanged rebuild answered by the build memo (the previous build recorded it)."""
+    e2e.build()       # records the memo if the last build could not (input written too late)
+    b = e2e.build()
+    assert b.rc == 0, b
+    return b
+
+
+def test_unchanged_rebuild_is_confirmed_without_boto3(e2e):
+    full = e2e.ensure_full()
+    b = fast_rebuild(e2e)
+    assert b.ami == full["ami"]
+    # the memo answered after two DescribeImages sent by amic.targets.ec2.query, none through boto3
+    assert b.calls == {"DescribeImages": 2} and b.boto3 == [], b
+    assert set(b.layers().values()) == {"CACHED"}, b
+    assert "unchanged: image " + full["ami"] in b.stderr
+    assert b.seconds < 2, b
+
+
+@pytest.mark.parametrize("code", ["RequestLimitExceeded", "AuthFailure"])
+def test_unconfirmed_memo_falls_back_to_boto3(e2e, code):
+    full = e2e.ensure_full()
+    fast_rebuild(e2e)
+    # the memo's first call fails: no retry there, the full path (boto3, retries) answers
+    b = e2e.build(faults=(("DescribeImages", 1, code, 401 if code == "AuthFailure" else 503),))
+    assert b.rc == 0, b
+    assert b.ami == full["ami"]
+    assert b.boto3 and b.count("RunInstances") == 0 and b.count("CreateImage") == 0, b
+    assert e2e.fake.proxy.injected == 1
+
+
+def test_new_base_on_aws_rebuilds(e2e):
+    """Debian publishes a newer debian-12 AMI: the memo is not confirmed, everything re-runs."""
+    full = e2e.ensure_full()
+    fast_rebuild(e2e)
+    fake = e2e.fake
+    newer = fake.standin.register_base(fake.client(), "debian-12-amd64-20991231-2359")
+    try:
+        b = e2e.build()
+        assert b.rc == 0, b
+        assert b.run_images == [newer], b
+        assert b.layers() == {"base": "RUN", "web": "RUN", "app": "RUN"}, b
+        assert b.ami != full["ami"]
+        again = e2e.build()           # and the new result is the one remembered
+        assert again.ami == b.ami and again.boto3 == [] and again.count("RunInstances") == 0, again
+    finally:
+        fake.client().deregister_image(ImageId=newer)
+    b = e2e.build()                  # the old base again: its final AMI is still there
+    assert b.rc == 0 and b.ami == full["ami"] and b.count("RunInstances") == 0, b
+
+
+def test_deregistered_final_ami_is_rebuilt(e2e):
+    full = e2e.ensure_full()
+    fast_rebuild(e2e)
+    e2e.fake.client().deregister_image(ImageId=full["ami"])
+    b = e2e.build()
+    assert b.rc == 0, b
+    assert b.ami != full["ami"]
+    # every layer is still an AMI: one launch from the last one, one CreateImage (the final)
+    assert b.run_images == [full["layers"]["app"]] and b.count("CreateImage") == 1, b
+    assert set(b.layers().values()) == {"CACHED"}, b
+    full["ami"] = b.ami
+    again = e2e.build()
+    assert again.ami == b.ami and again.boto3 == [], again
+
+
+def test_one_layer_change_starts_from_the_cached_prefix(e2e):
+    full = e2e.ensure_full()
+    e2e.write(AMIFILE.replace('"web-v1"', '"web-v2"'))
+    try:
+        b = e2e.build()
+        assert b.rc == 0, b
+        # launched from base's layer AMI: jq there came from the cached layer, not a re-run
+        assert b.run_images == [full["layers"]["base"]], b
+        assert b.layers() == {"base": "CACHED", "web": "RUN", "app": "RUN"}, b
+        assert "base: init: begin" not in b.stderr
+        assert b.count("RunInstances") == 1 and b.count("CreateImage") == 3, b
+        assert image_file(e2e.fake, b.ami, "/etc/amic-web").read_text() == '"web-v2"\n'
+        assert b.ami != full["ami"]
+    finally:
+        e2e.write(AMIFILE)
+
+
+def test_update_only_change_reuses_every_layer(e2e):
+    full = e2e.ensure_full()
+    e2e.write(AMIFILE.replace("web-update-v1", "web-update-v2"))
+    try:
+        b = e2e.build()
+        assert b.rc == 0, b
+        assert set(b.layers().values()) == {"CACHED"}, b
+        assert b.run_images == [full["layers"]["app"]], b
+        assert b.count("CreateImage") == 1, b        # only the final AMI: a new stage2
+        assert "init: begin" not in b.stderr
+        assert b.ami != full["ami"]
+        update = image_file(e2e.fake, b.ami, "/var/lib/amic/stage2/services/web/update/01.sh")
+        assert "web-update-v2" in update.read_text()
+    finally:
+        e2e.write(AMIFILE)
+
+
+def test_throttled_calls_are_retried(e2e):
+    e2e.ensure_full()
+    e2e.write(AMIFILE.replace("web-update-v1", "web-update-v3"))
+    try:
+        b = e2e.build(faults=(("RunInstances", 2), ("CreateImage", 1), ("DescribeImages", 1),
+                              ("TerminateInstances", 1)))
+        assert b.rc == 0, b
+        assert e2e.fake.proxy.injected == 5
+        # RunInstances carries a client token: its retries start one instance
+        assert len({p["ClientToken"] for p in e2e.fake.proxy.calls_of("RunInstances")}) == 1
+        assert len(e2e.fake.standin.launches) == len(set(e2e.fake.standin.launches))
+        assert set(b.layers().values()) == {"CACHED"}, b
+    finally:
+        e2e.write(AMIFILE)
+
+
+def test_failing_init_names_service_and_line(e2e):
+    e2e.ensure_full()
+    text = AMIFILE.replace('echo "$GREETING app" > /etc/amic-app',
+                           'echo about to fail\n        exit 3')
+    e2e.write(text)
+    try:
+        b = e2e.build()
+        assert b.rc == 1, b
+        lines = text.splitlines()
+        app = lines.index("SERVICE app")
+        line = next(i for i in range(app, len(lines)) if lines[i].strip().startswith("INIT")) + 1
+        assert re.search(rf"service app failed \(exit 3\) at Amifile:{line}\b", b.stderr), b
+        assert "about to fail" in b.stderr
+        assert b.count("RunInstances") == 1 and b.count("TerminateInstances") == 1, b
+        assert b.layers()["app"] == "FAILED"
+        assert b.stdout.strip() == ""
+    finally:
+        e2e.write(AMIFILE)
+
+
+def test_ctrl_c_during_init_exits_130_and_cleans_up(e2e):
+    e2e.ensure_full()
+    e2e.write(AMIFILE.replace('echo "$GREETING app" > /etc/amic-app',
+                              'echo sleeping; sleep 120'))
+    fake = e2e.fake
+    try:
+        fake.proxy.reset()
+        proc = subprocess.Popen(e2e.argv(), cwd=e2e.project, env=e2e.env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen: list[str] = []
+        started = threading.Event()
+
+        def read():
+            for line in proc.stderr:
+                seen.append(line)
+                if "app: init: begin" in line:
+                    started.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert started.wait(120), "".join(seen)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+        reader.join(10)
+        assert rc == 130, "".join(seen)
+        assert time.monotonic() - t0 < 30
+        assert fake.proxy.count("TerminateInstances") == 1
+        assert_clean(fake)
+        # the INIT was really interrupted: nothing is still sleeping in the stand-in
+        assert not any(i.sshd for i in fake.standin.instances.values())
+    finally:
+        e2e.write(AMIFILE)
+
+
+def test_arg_values_never_on_disk(e2e):
+    e2e.ensure_full()
+    disks = [str(p) for p in e2e.fake.standin.disks()]
+    assert len(disks) >= 3
+    seen = subprocess.run(["grep", "-rl", "--", TOKEN_SEEN, *disks], check=False,
+                          capture_output=True, text=True)
+    assert seen.stdout, "the INIT did see the ARG value (sanity check of the search)"
+    leaked = subprocess.run(["grep", "-rla", "--", TOKEN, *disks], check=False,
+                            capture_output=True, text=True)
+    assert leaked.returncode == 1 and leaked.stdout == "", leaked.stdout

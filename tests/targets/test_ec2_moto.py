@@ -1,0 +1,292 @@
+"""The ec2 target's resource lifecycle against moto (a real HTTP endpoint), no SSH needed.
+
+Every test ends by asking the EC2 API whether anything of the build is left:
+no instance running, no key pair, no security group; and whether every
+resource amic created carried its tags.
+"""
+
+from __future__ import annotations
+
+import _thread
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import gc as ec2_gc
+from amic.errors import BuildError
+from amic.targets.ec2 import target as ec2
+
+from tests.harness.ec2 import fake_ec2
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory):
+    with fake_ec2(tmp_path_factory.mktemp("ec2")) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_server, monkeypatch):
+    fake_server.reset()
+    for k, v in fake_server.env.items():
+        monkeypatch.setenv(k, v)
+    fake_server.register_debian12()
+    return fake_server
+
+
+def target(**kw) -> ec2.Ec2Target:
+    opts = {"ssh_cidrs": ("127.0.0.1/32",), "console_timeout": 0.5, "poll_interval": 0.05,
+            "ssh_timeout": 1}
+    opts.update(kw)
+    return ec2.Ec2Target(options=ec2.Ec2Options(**opts), log_fn=lambda m: None)
+
+
+def assert_clean(fake) -> None:
+    assert fake.leftovers() == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert fake.all_leftovers() == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert fake.created_untagged() == []
+
+
+def test_resolve_base_newest_wins_and_find_image(fake):
+    older = fake.standin.register_base(fake.client(), "debian-12-amd64-20230101-0000")
+    t = target()
+    base = t.resolve_base("debian:12")
+    assert base.id in (older, fake.standin.images and base.id)
+    assert base.tags[ec2.TAG_SSH_USER] == "admin"
+    assert t.resolve_base(older).id == older
+    with pytest.raises(BuildError, match="no image matches"):
+        t.resolve_base("ubuntu:24.04")
+    assert t.find_image("0" * 64) is None
+
+
+def test_ssh_never_up_cleans_everything(fake):
+    t = target()
+    with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
+                                                                   build_id="b-nossh"):
+        pass
+    assert fake.proxy.count("RunInstances") == 1
+    assert fake.proxy.count("TerminateInstances") == 1
+    run = dict(next(p for a, p in fake.proxy.log if a == "RunInstances"))
+    assert run["MetadataOptions.HttpTokens"] == "required"
+    assert run["KeyName"] == "amic-b-nossh"
+    perms = next(p for a, p in fake.proxy.log if a == "AuthorizeSecurityGroupIngress")
+    assert perms["IpPermissions.1.IpRanges.1.CidrIp"] == "127.0.0.1/32"
+    assert perms["IpPermissions.1.FromPort"] == "22"
+    assert_clean(fake)
+
+
+def test_user_security_group_and_volume_options(fake):
+    vpc = fake.client().describe_vpcs()["Vpcs"][0]["VpcId"]
+    sg = fake.client().create_security_group(GroupName="mine", Description="x", VpcId=vpc)["GroupId"]
+    t = target(security_group_ids=(sg,), volume_size=20, encrypt=True)
+    with pytest.raises(BuildError), t.launch(t.resolve_base(None), build_id="b-sg"):
+        pass
+    assert fake.proxy.count("CreateSecurityGroup", "DeleteSecurityGroup") == 0
+    run = dict(next(p for a, p in fake.proxy.log if a == "RunInstances"))
+    assert run["SecurityGroupId.1"] == sg
+    assert run["BlockDeviceMapping.1.Ebs.VolumeSize"] == "20"
+    assert run["BlockDeviceMapping.1.Ebs.Encrypted"] == "true"
+    assert fake.client().describe_security_groups(GroupIds=[sg])["SecurityGroups"]
+    assert_clean_except_group = fake.leftovers()
+    assert assert_clean_except_group["instances"] == [] and assert_clean_except_group["key_pairs"] == []
+
+
+def test_throttling_is_retried(fake):
+    t = target()
+    for action in ("DescribeImages", "ImportKeyPair", "RunInstances", "TerminateInstances",
+                   "DeleteKeyPair"):
+        fake.proxy.fail(action, times=2)
+    with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
+                                                                   build_id="b-thr"):
+        pass
+    assert fake.proxy.injected == 10
+    # ClientToken makes the retried RunInstances start one instance, not three.
+    ids = {i["InstanceId"] for r in fake.client().describe_instances()["Reservations"]
+           for i in r["Instances"]}
+    assert len(ids) == 1
+    assert_clean(fake)
+
+
+def test_throttling_beyond_retries_is_reported(fake):
+    t = target()
+    t.opts.aws = aws.AwsOptions(max_attempts=2)
+    fake.proxy.fail("CreateSecurityGroup", times=5)
+    with pytest.raises(BuildError, match="RequestLimitExceeded.*throttled"), \
+            t.launch(t.resolve_base(None), build_id="b-thr2"):
+        pass
+    assert_clean(fake)
+
+
+@pytest.mark.parametrize("action", ["ImportKeyPair", "CreateSecurityGroup",
+                                    "AuthorizeSecurityGroupIngress", "RunInstances",
+                                    "DescribeInstances", "GetConsoleOutput"])
+def test_interrupt_at_each_step(fake, action):
+    """Ctrl-C as the call's answer arrives: the id is never seen, cleanup finds it anyway."""
+    t = target(console_timeout=30)
+    fired = []
+
+    def interrupt(params, text):
+        if not fired:
+            fired.append(action)
+            _thread.interrupt_main()
+        return text
+
+    fake.proxy.after[action].append(interrupt)
+    with pytest.raises(KeyboardInterrupt), t.launch(t.resolve_base(None), build_id="b-int"):
+        time.sleep(5)
+    assert fired
+    assert_clean(fake)
+
+
+def test_keep_on_error_keeps_and_gc_removes(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    t = target(ttl=dt.timedelta(seconds=0))
+    t.keep_on_error = True
+    with pytest.raises(BuildError), t.launch(t.resolve_base(None), build_id="b-keep"):
+        pass
+    left = fake.leftovers("b-keep")
+    assert len(left["instances"]) == 1 and left["key_pairs"] == ["amic-b-keep"]
+    assert (tmp_path / "amic" / "keys" / "amic-b-keep.pem").stat().st_mode & 0o777 == 0o600
+    leaks = ec2_gc.find_leaks(t, build_id="b-keep")
+    assert {leak.kind for leak in leaks} == {"instance", "key-pair", "security-group"}
+    assert ec2_gc.remove(t, leaks) == []
+    assert_clean(fake)
+
+
+KILLED_BUILD = """
+import datetime as dt, sys
+from amic.targets.ec2 import target as ec2
+t = ec2.Ec2Target(options=ec2.Ec2Options(ssh_cidrs=("127.0.0.1/32",), console_timeout=600,
+                  poll_interval=0.05, ttl=dt.timedelta(seconds=1)))
+with t.launch(t.resolve_base(None), build_id=sys.argv[1]):
+    pass
+"""
+
+
+def test_gc_after_killed_process(fake, amic_cli):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, "b-killed"], env=os.environ,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while fake.proxy.count("GetConsoleOutput") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.2)
+    left = fake.leftovers("b-killed")
+    assert len(left["instances"]) == 1 and left["key_pairs"] and left["security_groups"]
+
+    # An unexpired resource of another build is left alone.
+    fake.client().import_key_pair(
+        KeyName="amic-b-live", PublicKeyMaterial=ec2.generate_key()[1].encode(),
+        TagSpecifications=aws.tag_specs(aws.resource_tags("b-live", ttl=dt.timedelta(hours=1)),
+                                        "key-pair"))
+    dry = amic_cli("gc", "--dry-run", env=fake.env, check=True)
+    assert "would remove instance" in dry.stderr and "amic-b-killed" in dry.stderr
+    assert "b-live" not in dry.stderr
+    assert len(fake.leftovers("b-killed")["instances"]) == 1
+
+    amic_cli("gc", env=fake.env, check=True)
+    assert fake.leftovers("b-killed") == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert fake.leftovers("b-live")["key_pairs"] == ["amic-b-live"]
+    assert "nothing to collect" in amic_cli("gc", env=fake.env, check=True).stderr
+
+
+# -- the build memo's confirmation (Ec2Target.confirm_memo, amic.targets.ec2.query) -------------------
+
+KEY = "f" * 64
+
+
+def _final(fake, key: str = KEY) -> str:
+    """A final AMI tagged with ``key``, as a build leaves it."""
+    ec2c = fake.client()
+    ami = ec2c.register_image(Name=f"final-{key[:8]}", RootDeviceName="/dev/xvda",
+                              VirtualizationType="hvm", Architecture="x86_64")["ImageId"]
+    ec2c.create_tags(Resources=[ami], Tags=[{"Key": "amic:key", "Value": key},
+                                            {"Key": "amic:kind", "Value": "final"}])
+    return ami
+
+
+def _memo(fake, ami: str) -> dict:
+    base = target().resolve_base("debian:12").id
+    fake.proxy.reset()
+    return {"image_id": ami, "base_image_id": base, "final_key": KEY, "target": "ec2"}
+
+
+def test_memo_confirmed_by_two_calls_without_boto3(fake):
+    result = _memo(fake, _final(fake))
+    assert target().confirm_memo(result, {"base_ref": "debian:12"})
+    assert fake.proxy.calls == {"DescribeImages": 2}
+    assert fake.proxy.boto3_calls() == []
+    agents = {agent for _, agent in fake.proxy.agents}
+    assert len(agents) == 1 and "confirm-memo" in agents.pop()
+    # the base query is the full path's, with today's architecture: arm64 finds no image
+    assert not target(arch="arm64").confirm_memo(result, {"base_ref": "debian:12"})
+    assert not target().confirm_memo(result, {})     # a memo without facts: never confirmed
+
+
+def test_memo_declined_when_the_base_or_the_image_changed(fake):
+    ami = _final(fake)
+    result = _memo(fake, ami)
+    facts = {"base_ref": "debian:12"}
+    time.sleep(1.1)    # moto's CreationDate has whole seconds; the newest one wins
+    fake.standin.register_base(fake.client(), "debian-12-amd64-20991231-2359")  # Debian publishes
+    assert not target().confirm_memo(result, facts)
+    assert target().resolve_base("debian:12").id != result["base_image_id"]
+    result = _memo(fake, ami)
+    assert target().confirm_memo(result, facts)
+    fake.client().deregister_image(ImageId=ami)
+    assert not target().confirm_memo(result, facts)
+    time.sleep(1.1)
+    newer = _final(fake)                            # rebuilt elsewhere with --no-cache
+    assert not target().confirm_memo(result, facts)
+    assert target().confirm_memo({**result, "image_id": newer}, facts)
+
+
+@pytest.mark.parametrize("code,status", [("RequestLimitExceeded", 503), ("AuthFailure", 401),
+                                         ("InternalError", 500)])
+def test_memo_declined_on_any_error(fake, code, status, caplog, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-never-logged")
+    caplog.set_level("DEBUG")
+    result = _memo(fake, _final(fake))
+    fake.proxy.fail("DescribeImages", 1, code=code, status=status)
+    assert not target().confirm_memo(result, {"base_ref": "debian:12"})
+    assert fake.proxy.injected == 1 and fake.proxy.boto3_calls() == []
+    assert "secret-never-logged" not in caplog.text
+
+
+def test_memo_declined_without_credentials_or_endpoint(fake, monkeypatch, caplog):
+    caplog.set_level("DEBUG")
+    result = _memo(fake, _final(fake))
+    facts = {"base_ref": "debian:12"}
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-never-logged")
+    assert not target().confirm_memo(result, facts)
+    assert fake.proxy.calls == {}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    from tests.harness.ec2 import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", f"http://127.0.0.1:{free_port()}")  # refused
+    assert not target().confirm_memo(result, facts)
+    assert "secret-never-logged" not in caplog.text
+
+
+def test_query_describe_images_agrees_with_boto3(fake):
+    ami = _final(fake)
+    fake.standin.register_base(fake.client(), "debian-12-amd64-20230101-0000")
+    from amic.targets.ec2 import query as ec2query
+
+    access = ec2query.resolve()
+    for args in (ec2.parse_base("debian:12", arch="x86_64").call_args(),
+                 ec2.Ec2Target._final_query(KEY), {"ImageIds": [ami]}):
+        ours = ec2query.describe_images(access, **args)
+        theirs = fake.client(direct=False).describe_images(**args)["Images"]
+        assert ours == [{"ImageId": i["ImageId"], "State": i["State"],
+                         "CreationDate": i["CreationDate"]} for i in theirs]
+        assert ours

@@ -1,0 +1,174 @@
+"""The stage2 tarball: reproducible bytes, layout, secrets, golden outputs."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from amic.compile import artifact
+
+from amic.compile import plan
+
+from amic.amifile import resolve
+
+GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+UPDATE = bool(os.environ.get("AMIC_UPDATE_GOLDEN"))
+
+
+def golden_plan(build_args=None):
+    return plan.make_plan(resolve.load(GOLDEN / "Amifile"), build_args or {"TOKEN": "hunter2"},
+                          environ={})
+
+
+def normalise(text: str) -> str:
+    """Hashes change with the runtime; golden files pin structure, not digests."""
+    return re.sub(r"\b[0-9a-f]{64}\b", "<sha256>", text)
+
+
+def check_golden(name: str, actual: str) -> None:
+    path = GOLDEN / name
+    actual = normalise(actual)
+    if UPDATE:
+        path.write_text(actual)
+    assert path.read_text() == actual, f"{name} differs; AMIC_UPDATE_GOLDEN=1 regenerates it"
+
+
+def members(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def read(data: bytes, name: str) -> str:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.extractfile(name).read().decode()
+
+
+def test_print_golden():
+    check_golden("print.txt", artifact.print_text(golden_plan()))
+
+
+def test_manifest_and_meta_golden():
+    data = artifact.artifact_bytes(golden_plan())
+    text = "".join(f"--- {name}\n{read(data, name)}" for name in (
+        "stage2/manifest", "stage2/services/web/meta", "stage2/services/web/env",
+        "stage2/services/web/copies", "stage2/services/web/packages"))
+    check_golden("manifest.txt", text)
+
+
+def test_layout_modes_and_owners():
+    data = artifact.artifact_bytes(golden_plan())
+    m = members(data)
+    assert m["stage2/amic"].mode == 0o755
+    assert m["stage2/services/web/files/02"].isfile() and m["stage2/services/web/files/02"].mode == 0o600
+    assert m["stage2/services/web/files/01"].isdir()
+    assert m["stage2/services/web/files/01/conf/app.conf"].mode == 0o644
+    assert "stage2/runtime/__init__.py" not in m and not any("__pycache__" in n for n in m)
+    for info in m.values():
+        assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "root", "root", 0)
+    assert list(m) == sorted(m)
+
+
+def test_arg_values_never_in_artifact():
+    data = artifact.artifact_bytes(golden_plan({"TOKEN": "hunter2-very-secret"}))
+    assert b"hunter2-very-secret" not in data
+    assert "TOKEN" in read(data, "stage2/manifest")
+
+
+def test_scripts_hold_the_dedented_bodies():
+    data = artifact.artifact_bytes(golden_plan())
+    assert read(data, "stage2/services/web/init/01.sh") == \
+        'echo "installing on $PORT"\nchown -R app "$APP_HOME"\n'
+    assert read(data, "stage2/services/web/update/01.sh") == 'echo "web update"\n'
+
+
+def _copy_tree(dst: Path, umask: int) -> None:
+    # Recreate the inputs file by file under another umask, as a fresh
+    # checkout on another machine would.
+    old = os.umask(umask)
+    try:
+        for src in GOLDEN.rglob("*"):
+            target = dst / src.relative_to(GOLDEN)
+            if src.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif src.suffix != ".txt":
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "w") as fh:
+                    fh.write(src.read_text())
+    finally:
+        os.umask(old)
+
+
+def test_reproducible_across_dirs_umask_mtime_and_time(tmp_path, amic_cli):
+    a, b = tmp_path / "one" / "checkout", tmp_path / "elsewhere" / "deeper" / "co"
+    _copy_tree(a, 0o022)
+    _copy_tree(b, 0o077)
+    for path in b.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert (a / "site/index.html").stat().st_mode != (b / "site/index.html").stat().st_mode
+    outs = []
+    for where, tz in ((a, "UTC"), (b, "Asia/Tokyo")):
+        proc = amic_cli("compile", "Amifile", "-o", "out.tar", "--build-arg", "TOKEN=x",
+                        cwd=where, env={"TZ": tz, "SOURCE_DATE_EPOCH": ""}, check=True)
+        assert "final key" in proc.stderr
+        outs.append((where / "out.tar").read_bytes())
+    assert outs[0] == outs[1]
+    assert str(tmp_path).encode() not in outs[0]
+
+
+def test_compile_to_stdout_matches_file(tmp_path, amic_cli):
+    _copy_tree(tmp_path, 0o022)
+    amic_cli("compile", "-o", "x.tar", "--build-arg", "TOKEN=1", cwd=tmp_path, check=True)
+    proc = subprocess.run([shutil.which("amic", path=os.path.dirname(os.sys.executable)),
+                           "compile", "-o", "-", "--build-arg", "TOKEN=1"],
+                          cwd=tmp_path, capture_output=True, check=True)
+    assert proc.stdout == (tmp_path / "x.tar").read_bytes()
+
+
+def test_compile_json_lists_services_layers_and_keys(tmp_path, amic_cli):
+    import json
+
+    _copy_tree(tmp_path, 0o022)
+    proc = amic_cli("compile", "--json", "--build-arg", "TOKEN=1", cwd=tmp_path, check=True)
+    doc = json.loads(proc.stdout)
+    assert [s["name"] for s in doc["services"]] == ["base", "web", "test"]
+    assert doc["services"][1]["requires"] == ["base"]
+    assert [layer["service"] for layer in doc["layers"]] == ["base", "web"]
+    assert all(len(layer["key"]) == 64 for layer in doc["layers"])
+    assert len(doc["final_key"]) == 64
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["compile", "missing.amifile"], 2, "missing.amifile: no such file"),
+    (["compile", "--bogus"], 2, "unrecognized arguments"),
+    (["compile", "--build-arg", "=x"], 2, "expected NAME=VALUE"),
+])
+def test_usage_errors_exit_2(tmp_path, amic_cli, args, code, needle):
+    proc = amic_cli(*args, cwd=tmp_path)
+    assert proc.returncode == code
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_amifile_error_exit_1_with_caret(tmp_path, amic_cli):
+    (tmp_path / "Amifile").write_text("SERVICE web\n    REQUIRES nope\n")
+    proc = amic_cli("compile", cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("Amifile:2:14: service 'web' requires unknown service 'nope'")
+    assert lines[1] == "        REQUIRES nope"
+    assert lines[2] == "    " + " " * 13 + "^"
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_copy_source_is_an_amifile_error(tmp_path, amic_cli):
+    (tmp_path / "Amifile").write_text("SERVICE web\n    COPY nothere/ /srv\n")
+    proc = amic_cli("compile", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Amifile:2:5: COPY source 'nothere/' does not exist")

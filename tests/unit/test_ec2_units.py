@@ -1,0 +1,296 @@
+"""ec2 target pieces that need no AWS: base references, console fingerprints, names, prune plans."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import paramiko
+import pytest
+from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import gc as ec2_gc
+from amic.targets.ssh import conn as sshconn
+from amic.errors import UsageError
+from amic.targets.ec2 import target as ec2
+from amic.targets.base import Image
+
+CONSOLE = """\
+[   10.1] cloud-init[512]: Cloud-init v. 22.4.2 finished
+<14>Jul 17 18:12:01 ec2: \n\
+<14>Jul 17 18:12:01 ec2: #############################################################
+<14>Jul 17 18:12:01 ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----
+<14>Jul 17 18:12:01 ec2: 256 SHA256:pQ9nT4G8Pq2r1Y5cVNfCVjX8oG5zNfR0R6A7yBkUeQM root@ip-172-31-1-2 (ECDSA)
+<14>Jul 17 18:12:01 ec2: 256 SHA256:3z0E1zYQ9Vt5Qe6i1YkC8tLzVrJQv5b3oP0nQ2l8a7c root@ip-172-31-1-2 (ED25519)
+<14>Jul 17 18:12:01 ec2: 3072 SHA256:Wd5kQ8r1e9gD2pQnH0iY0yT1m0Zt3sVqjZr7nQ0cX1E root@ip-172-31-1-2 (RSA)
+<14>Jul 17 18:12:01 ec2: -----END SSH HOST KEY FINGERPRINTS-----
+ec2: 2048 SHA256:ThisLineIsOutsideTheBlockAndMustBeIgnored0000 root@x (RSA)
+-----BEGIN SSH HOST KEY FINGERPRINTS-----
+2048 6c:1b:0e:2a:33:44:55:66:77:88:99:aa:bb:cc:dd:ee /etc/ssh/ssh_host_rsa_key.pub (RSA)
+-----END SSH HOST KEY FINGERPRINTS-----
+"""
+
+
+def test_console_fingerprints_only_inside_the_block():
+    fps = ec2.parse_console_fingerprints(CONSOLE)
+    assert [(f.bits, f.kind) for f in fps] == [(256, "ECDSA"), (256, "ED25519"), (3072, "RSA"),
+                                              (2048, "RSA")]
+    assert fps[1].fingerprint == "SHA256:3z0E1zYQ9Vt5Qe6i1YkC8tLzVrJQv5b3oP0nQ2l8a7c"
+    assert fps[3].fingerprint == "MD5:6c:1b:0e:2a:33:44:55:66:77:88:99:aa:bb:cc:dd:ee"
+    assert not any("Outside" in f.fingerprint for f in fps)
+    assert ec2.parse_console_fingerprints("no block here\n") == []
+
+
+def test_key_fingerprints_match_ssh_keygen_spelling():
+    key, public = ec2.generate_key("ed25519")
+    assert public.startswith("ssh-ed25519 ")
+    fps = sshconn.fingerprints(key)
+    assert any(f.startswith("SHA256:") and not f.endswith("=") for f in fps)
+    assert any(f.startswith("MD5:") for f in fps)
+    rsa, public = ec2.generate_key("rsa")
+    assert isinstance(rsa, paramiko.RSAKey) and public.startswith("ssh-rsa ")
+
+
+@pytest.mark.parametrize("ref,owner,name", [
+    ("debian:12", "136693071363", "debian-12-amd64-*"),
+    ("debian:bookworm", "136693071363", "debian-12-amd64-*"),
+    ("ubuntu:24.04", "099720109477", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"),
+    ("amazonlinux:2023", "137112412989", "al2023-ami-2023.*-kernel-*-x86_64"),
+    (None, "136693071363", "debian-12-amd64-*"),
+])
+def test_portable_names(ref, owner, name):
+    q = ec2.parse_base(ref, arch="x86_64")
+    args = q.call_args()
+    assert args["Owners"] == [owner]
+    assert {"Name": "name", "Values": [name]} in args["Filters"]
+    assert {"Name": "state", "Values": ["available"]} in args["Filters"]
+
+
+def test_arm64_names_and_instance_types():
+    assert ec2.arch_for_instance_type("t4g.small") == "arm64"
+    assert ec2.arch_for_instance_type("c6gn.large") == "arm64"
+    assert ec2.arch_for_instance_type("a1.medium") == "arm64"
+    assert ec2.arch_for_instance_type("t3.micro") == "x86_64"
+    assert ec2.arch_for_instance_type("m7i.large") == "x86_64"
+    q = ec2.parse_base("debian:12", arch="arm64")
+    assert {"Name": "name", "Values": ["debian-12-arm64-*"]} in q.call_args()["Filters"]
+
+
+def test_ami_id_and_filters():
+    assert ec2.parse_base("ami-0123456789abcdef0", arch="x86_64").call_args() == {
+        "ImageIds": ["ami-0123456789abcdef0"]}
+    q = ec2.parse_base("owner=canonical name=my-golden-* arch=arm64 user=ubuntu "
+                       "virtualization-type=hvm", arch="x86_64")
+    args = q.call_args()
+    assert args["Owners"] == ["099720109477"]
+    assert {"Name": "architecture", "Values": ["arm64"]} in args["Filters"]
+    assert {"Name": "virtualization-type", "Values": ["hvm"]} in args["Filters"]
+    assert q.user == "ubuntu"
+
+
+@pytest.mark.parametrize("ref", ["debian:7", "gentoo:latest", "owner=self name"])
+def test_unknown_bases_are_usage_errors(ref):
+    with pytest.raises(UsageError):
+        ec2.parse_base(ref, arch="x86_64")
+
+
+def test_ami_names_are_valid():
+    assert ec2._ami_name("web{x}:v1 #2") == "web-x--v1 -2"
+    assert ec2._ami_name("a") == "amic-a"
+    assert len(ec2._ami_name("x" * 300)) == 128
+    when = dt.datetime(2024, 7, 1, 12, 0, 0, tzinfo=dt.UTC)
+    fields = ec2._name_fields({"amic:amifile": "Amifile.web", "team": "ops"}, "ab" * 32, "b1", when)
+    assert "{amifile}-{label[team]}-{timestamp}".format_map(fields) == "web-ops-20240701-120000"
+    assert "{unknown}".format_map(fields) == "{unknown}"
+
+
+def test_durations_and_expiry():
+    assert aws.parse_duration("90m") == dt.timedelta(minutes=90)
+    assert aws.parse_duration("2d") == dt.timedelta(days=2)
+    with pytest.raises(UsageError):
+        aws.parse_duration("soon")
+    tags = aws.resource_tags("b1", ttl=dt.timedelta(hours=1))
+    assert not aws.expired(tags)
+    assert aws.expired(tags, at=aws.now() + dt.timedelta(hours=2))
+    assert {"amic:tool", "amic:build-id", "amic:expires", "amic:role"} <= set(tags)
+
+
+def test_fit_tags_keeps_the_essential_ones():
+    tags = {f"label{i}": "x" for i in range(60)}
+    tags["amic:key"] = "k"
+    kept, dropped = aws.fit_tags(tags, keep_prefixes=("amic:key",))
+    assert len(kept) == 50 and kept["amic:key"] == "k" and len(dropped) == 11
+
+
+def _img(i, kind, amifile="Amifile", key=None, days=0, **tags):
+    created = aws.iso(aws.now() - dt.timedelta(days=days))
+    return Image(id=f"ami-{i}", key=key or f"k{i}", created=created,
+                 tags={"amic:kind": kind, "amic:amifile": amifile, **tags})
+
+
+def test_prune_keeps_newest_finals_and_their_layers():
+    images = [
+        _img(1, "final", days=1, **{"amic:layer:web": "L1"}),
+        _img(2, "final", days=5, **{"amic:layer:web": "L0"}),
+        _img(3, "final", amifile="Other", days=9),
+        _img(4, "layer", key="L1", days=1, **{"amic:service": "web"}),
+        _img(5, "layer", key="L0", days=5, **{"amic:service": "web"}),
+    ]
+    doomed = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1)}
+    assert doomed == {"ami-2", "ami-5"}
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=1, older_than=dt.timedelta(days=6))} == set()
+    assert len(ec2_gc.prune_plan(images, keep=1, everything=True)) == 5
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=2)} == set()
+
+
+# -- ec2query: the build memo's confirmation without boto3 -------------------------------
+
+def _botocore_authorization(url: str, headers: dict, body: bytes, amz_date: str, creds) -> str:
+    """What botocore's own SigV4 signer says for the same request at the same time."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    request.context["timestamp"] = amz_date
+    auth = SigV4Auth(Credentials(creds.access_key, creds.secret_key, creds.token), "ec2",
+                     "eu-west-1")
+    request.headers["X-Amz-Date"] = amz_date
+    if creds.token:
+        request.headers["X-Amz-Security-Token"] = creds.token
+    canonical = auth.canonical_request(request)
+    signature = auth.signature(auth.string_to_sign(request, canonical), request)
+    return (f"AWS4-HMAC-SHA256 Credential={auth.scope(request)}, "
+            f"SignedHeaders={auth.signed_headers(auth.headers_to_sign(request))}, "
+            f"Signature={signature}")
+
+
+@pytest.mark.parametrize("url", ["https://ec2.eu-west-1.amazonaws.com/",
+                                 "http://127.0.0.1:4566/", "https://vpce.example:443/"])
+@pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////token=="])
+def test_query_signature_matches_botocore(url, token):
+    from amic.targets.ec2 import query as ec2query
+
+    creds = ec2query.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    body = b"Action=DescribeImages&Version=2016-11-15&Owner.1=self&Filter.1.Name=tag%3Aamic%3Akey"
+    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    expected = _botocore_authorization(url, dict(headers), body, "20250102T030405Z", creds)
+    ec2query.sign("POST", url, headers, body, region="eu-west-1", credentials=creds,
+                  amz_date="20250102T030405Z")
+    assert headers["Authorization"] == expected
+    assert headers.get("X-Amz-Security-Token") == token
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """No AWS configuration at all, then what each test sets."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return tmp_path
+
+
+def test_query_access_follows_boto3_rules(aws_env, monkeypatch):
+    from amic.targets.ec2 import query as ec2query
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    a = ec2query.resolve()
+    assert (a.region, a.endpoint, a.credentials.access_key) == (
+        "eu-central-1", "https://ec2.eu-central-1.amazonaws.com", "AKIDENV")
+    assert ec2query.resolve(region="cn-north-1").endpoint == "https://ec2.cn-north-1.amazonaws.com.cn"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://global:1")
+    assert ec2query.resolve().endpoint == "http://global:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", "http://ec2-only:2")
+    assert ec2query.resolve().endpoint == "http://ec2-only:2"
+    assert ec2query.resolve(endpoint_url="http://explicit:3").endpoint == "http://explicit:3"
+    # a config file is read through botocore: its endpoint and region count
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_EC2")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    (aws_env / "config").write_text("[default]\nregion = ap-south-1\n"
+                                    "endpoint_url = http://from-config:4\n"
+                                    "[profile other]\nregion = us-west-2\n")
+    a = ec2query.resolve()
+    assert (a.region, a.endpoint, a.credentials.access_key) == (
+        "ap-south-1", "http://from-config:4", "AKIDENV")
+    # an explicit profile skips the environment's keys, as botocore's chain does
+    (aws_env / "credentials").write_text("[other]\naws_access_key_id = AKIDPROFILE\n"
+                                         "aws_secret_access_key = profile-secret\n")
+    a = ec2query.resolve(profile="other")
+    assert (a.region, a.endpoint, a.credentials.access_key, a.credentials.secret_key) == (
+        "us-west-2", "https://ec2.us-west-2.amazonaws.com", "AKIDPROFILE", "profile-secret")
+    with pytest.raises(ec2query.QueryError):
+        ec2query.resolve(profile="missing")
+    monkeypatch.setenv("AWS_USE_FIPS_ENDPOINT", "true")     # left to boto3
+    with pytest.raises(ec2query.QueryError):
+        ec2query.resolve()
+
+
+def test_query_access_without_credentials_or_region(aws_env, monkeypatch):
+    from amic.targets.ec2 import query as ec2query
+
+    with pytest.raises(ec2query.QueryError, match="no region"):
+        ec2query.resolve()
+    with pytest.raises(ec2query.QueryError, match="no credentials"):
+        ec2query.resolve(region="us-east-1")
+    with pytest.raises(ec2query.QueryError):
+        ec2query.resolve(region="us-isob-east-1", endpoint_url=None)
+
+
+def test_query_credentials_never_shown(aws_env, monkeypatch):
+    from amic.targets.ec2 import query as ec2query
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSHOWN")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-shown-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "never-shown-token")
+    a = ec2query.resolve(region="us-east-1")
+    text = f"{a!r} {a.credentials!r} {a!s}"
+    assert "never-shown" not in text and "AKIDSHOWN" not in text
+
+
+def test_aws_region_is_honoured_first_by_both_paths(aws_env, monkeypatch):
+    """AWS_REGION (read first by the AWS CLI v2 and most SDKs) wins over AWS_DEFAULT_REGION,
+    in the boto3 session and in the memo confirmation alike."""
+    from amic.targets.ec2 import session as aws
+    from amic.targets.ec2 import query as ec2query
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert ec2query.resolve().region == "eu-west-3"
+    assert aws.session(aws.AwsOptions()).region_name == "eu-west-3"
+    monkeypatch.delenv("AWS_REGION")
+    assert ec2query.resolve().region == "eu-central-1"
+    assert aws.session(aws.AwsOptions()).region_name == "eu-central-1"
+    assert aws.session(aws.AwsOptions(region="us-east-2")).region_name == "us-east-2"
+
+
+def test_launch_failures_names_each_unhealthy_enabled_service():
+    from amic.targets.ec2.launch import failures
+
+    def svc(name, enabled=True, state="current", update="ok", **extra):
+        return {"name": name, "enabled": enabled,
+                "init": {"state": state, "failed_exit": extra.get("init_exit", ""),
+                         "failed_where": extra.get("where", "")},
+                "update": {"result": update, "exit": extra.get("exit", ""),
+                           "detail": extra.get("detail", "")}}
+
+    status = {"services": [
+        svc("base"),
+        svc("idle", enabled=False, state="missing", update=""),
+        svc("web", state="failed", update="skipped", init_exit="7", where="Amifile:12"),
+        svc("broken", update="failed", exit="3", detail="UPDATE script 01 at Amifile:27"),
+        svc("half", state="interrupted", update=""),
+    ]}
+    assert failures(status) == [
+        "web: init failed, exit 7 at Amifile:12",
+        "broken: update failed, exit 3 (UPDATE script 01 at Amifile:27)",
+        "half: init interrupted",
+    ]
+    assert failures({}) == []

@@ -1,0 +1,375 @@
+"""Engine logic against a tiny in-memory target: cache prefix, why-missed, checkpoint policy,
+cleanup order on error and Ctrl-C. The real thing is in test_build_local.py."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+from amic.engine.build import BuildOptions, build, parse_checkpoint, should_checkpoint
+from amic.errors import BuildError, UsageError
+from amic.targets.base import TAG_KIND, TAG_SERVICE, Image, Target
+
+AMIFILE = """\
+FROM debian:12
+ARG TOKEN=dflt
+SERVICE a
+    PACKAGES jq
+    INIT echo a
+SERVICE b
+    REQUIRES a
+    INIT echo b
+    UPDATE echo update-b
+SERVICE c
+    REQUIRES b
+    INIT <<~EOF
+        echo c
+    EOF
+"""
+
+
+class FakeMachine:
+    def __init__(self, target: FakeTarget, image: Image) -> None:
+        self.target = target
+        self.image = image
+
+    def run(self, command, *, env=None, on_output=None, timeout=None):
+        t = self.target
+        t.commands.append((command, dict(env or {})))
+        m = re.search(r"amic init (\S+)", command)
+        if m:
+            svc = m[1]
+            if svc == t.interrupt_in:
+                raise KeyboardInterrupt
+            on_output(f"amic: {svc}: init: begin")
+            on_output(f"{svc} says hello")
+            if svc == t.fail_in:
+                on_output(f"{svc} is broken")
+                on_output(f"amic: {svc}: init: FAILED exit 3 at Amifile:8")
+                return 1
+            on_output(f"amic: {svc}: init: ok 0s")
+        return 0
+
+    def put(self, local, remote, *, mode=0o600):
+        assert Path(local).exists()
+        self.target.events.append(f"put {remote}")
+
+    def describe(self):
+        return "ssh fake-machine"
+
+
+class FakeTarget(Target):
+    name = "fake"
+    default_checkpoint = "all"
+    snapshot_seconds = 1000.0
+
+    def __init__(self) -> None:
+        self.images: dict[str, Image] = {}
+        self.events: list[str] = []
+        self.commands: list[tuple[str, dict]] = []
+        self.fail_in: str | None = None
+        self.interrupt_in: str | None = None
+        self.counter = 0
+
+    def resolve_base(self, base_ref):
+        return Image(id="base-1", tags={TAG_KIND: "base"})
+
+    def find_image(self, key):
+        return self.images.get(key)
+
+    @contextlib.contextmanager
+    def launch(self, image, *, build_id):
+        self.events.append(f"launch {image.id}")
+        try:
+            yield FakeMachine(self, image)
+        except BaseException:
+            self.events.append("release (error)" if not self.keep_on_error else "kept")
+            raise
+        self.events.append("release")
+
+    def snapshot(self, machine, *, key, final, tags):
+        self.counter += 1
+        img = Image(id=f"img-{self.counter}", key=key, tags=tags, created=f"{self.counter:04d}")
+        self.images[key] = img
+        self.events.append(f"snapshot {'final' if final else tags[TAG_SERVICE]}")
+        return img
+
+    def list_images(self):
+        return iter(list(self.images.values()))
+
+
+@pytest.fixture
+def amifile(tmp_path):
+    path = tmp_path / "Amifile"
+    path.write_text(AMIFILE)
+    return path
+
+
+def run(target, amifile, **kw):
+    return build(target, BuildOptions(amifile=str(amifile), **kw))
+
+
+def statuses(result):
+    return [(r.service, r.status) for r in result.layers]
+
+
+def test_cold_then_unchanged(amifile):
+    t = FakeTarget()
+    r1 = run(t, amifile)
+    assert statuses(r1) == [("a", "RUN"), ("b", "RUN"), ("c", "RUN")]
+    assert [r.reason for r in r1.layers] == ["no earlier build", "parent changed (a re-ran)",
+                                             "parent changed (a re-ran)"]
+    assert t.events == ["launch base-1", "put /tmp/amic-stage2.tar", "snapshot a", "snapshot b",
+                        "snapshot c", "snapshot final", "release"]
+    assert not r1.cached and r1.image_id == "img-4"
+    assert t.images[r1.final_key].tags["amic:layer:b"] == r1.layers[1].key
+    t.events.clear()
+    r2 = run(t, amifile)
+    assert r2.cached and r2.image_id == r1.image_id
+    assert statuses(r2) == [("a", "CACHED"), ("b", "CACHED"), ("c", "CACHED")]
+    assert t.events == []  # nothing launched
+
+
+def test_changed_init_reruns_it_and_later_layers(amifile):
+    t = FakeTarget()
+    run(t, amifile)
+    amifile.write_text(AMIFILE.replace("echo b", "echo B"))
+    t.events.clear()
+    r = run(t, amifile)
+    assert statuses(r) == [("a", "CACHED"), ("b", "RUN"), ("c", "RUN")]
+    assert r.layers[1].reason == "init changed"
+    assert r.layers[2].reason == "parent changed (b re-ran)"
+    assert t.events[0] == "launch img-1"  # a's checkpoint
+
+
+def test_update_only_change_reuses_every_layer(amifile):
+    t = FakeTarget()
+    r1 = run(t, amifile)
+    amifile.write_text(AMIFILE.replace("update-b", "update-B"))
+    t.events.clear()
+    t.commands.clear()
+    r2 = run(t, amifile)
+    assert statuses(r2) == [("a", "CACHED"), ("b", "CACHED"), ("c", "CACHED")]
+    assert not r2.cached and r2.image_id != r1.image_id
+    assert t.events == ["launch img-3", "put /tmp/amic-stage2.tar", "snapshot final", "release"]
+    assert not any("amic init" in c for c, _ in t.commands)
+
+
+def test_no_cache_runs_everything(amifile):
+    t = FakeTarget()
+    run(t, amifile)
+    r = run(t, amifile, no_cache=True)
+    assert statuses(r) == [("a", "RUN"), ("b", "RUN"), ("c", "RUN")]
+    assert {x.reason for x in r.layers} == {"--no-cache"}
+
+
+def test_args_reach_init_in_env_only(amifile):
+    t = FakeTarget()
+    run(t, amifile, build_args={"TOKEN": "s3cret"})
+    inits = [(c, env) for c, env in t.commands if "amic init" in c]
+    assert inits and all(env == {"TOKEN": "s3cret"} for _, env in inits)
+    assert not any("s3cret" in c for c, _ in t.commands)
+    r = run(t, amifile, build_args={"TOKEN": "other"})
+    assert r.layers[0].reason == "args changed"
+
+
+@pytest.mark.parametrize("policy, snaps", [
+    ("none", ["snapshot final"]),
+    ("last", ["snapshot c", "snapshot final"]),
+    ("all", ["snapshot a", "snapshot b", "snapshot c", "snapshot final"]),
+    ("a", ["snapshot a", "snapshot c", "snapshot final"]),
+    ("auto", ["snapshot c", "snapshot final"]),
+])
+def test_checkpoint_policy(amifile, policy, snaps):
+    t = FakeTarget()
+    run(t, amifile, checkpoint=policy)
+    assert [e for e in t.events if e.startswith("snapshot")] == snaps
+
+
+def test_checkpoint_policy_rules():
+    assert parse_checkpoint("a,b", ("a", "b", "c")) == frozenset({"a", "b"})
+    with pytest.raises(UsageError, match="unknown: x"):
+        parse_checkpoint("x", ("a",))
+    assert should_checkpoint("auto", service="a", last=False, uncheckpointed_seconds=5,
+                             snapshot_seconds=2)
+    assert not should_checkpoint("auto", service="a", last=False, uncheckpointed_seconds=1,
+                                 snapshot_seconds=2)
+    assert not should_checkpoint("none", service="a", last=True, uncheckpointed_seconds=9,
+                                 snapshot_seconds=0)
+
+
+def test_failure_names_service_line_and_tail_and_cleans_up(amifile):
+    t = FakeTarget()
+    t.fail_in = "b"
+    with pytest.raises(BuildError) as err:
+        run(t, amifile)
+    text = str(err.value)
+    assert "service b failed (exit 3) at" in text and "Amifile:8" in text
+    assert "INIT echo b" in text  # the Amifile line
+    assert "b is broken" in text  # the output tail
+    assert t.events[-1] == "release (error)"
+    assert "snapshot final" not in t.events
+    # a's checkpoint survived: the next build starts from it
+    t.fail_in = None
+    t.events.clear()
+    r = run(t, amifile)
+    assert statuses(r)[0] == ("a", "CACHED")
+
+
+def test_on_error_abort_keeps_machine_and_says_how_to_reach_it(amifile):
+    t = FakeTarget()
+    t.fail_in = "c"
+    with pytest.raises(BuildError, match="ssh fake-machine"):
+        run(t, amifile, on_error="abort")
+    assert t.events[-1] == "kept"
+
+
+def test_interrupt_unwinds_in_reverse_order(amifile, monkeypatch, tmp_path):
+    import amic.engine.build as engine
+
+    created: list[Path] = []
+    real = engine.write_artifact
+
+    def spy(b):
+        path = real(b)
+        created.append(path)
+        b.stack.callback(t.events.append, "artifact removed")
+        return path
+
+    monkeypatch.setattr(engine, "write_artifact", spy)
+    t = FakeTarget()
+    t.interrupt_in = "b"
+    with pytest.raises(KeyboardInterrupt):
+        run(t, amifile)
+    assert t.events[-2:] == ["release (error)", "artifact removed"]
+    assert created
+    assert not list(Path(tempfile.gettempdir()).glob("amic-stage2-*")), "artifact leaked"
+    assert all(img.tags[TAG_KIND] == "layer" for img in t.images.values())
+
+
+def test_result_json_shape(amifile):
+    r = run(FakeTarget(), amifile)
+    doc = r.to_json()
+    assert set(doc) >= {"image_id", "final_key", "layers", "timings", "cached", "target"}
+    assert doc["layers"][0]["status"] == "RUN" and doc["layers"][0]["seconds"] is not None
+    assert doc["timings"]["total"] >= 0
+
+
+def test_in_place_target_makes_no_image_and_keeps_host_identity(amifile):
+    t = FakeTarget()
+    t.keeps_images = False
+    r = run(t, amifile)
+    assert statuses(r) == [("a", "RUN"), ("b", "RUN"), ("c", "RUN")]
+    assert not any(e.startswith("snapshot") for e in t.events)
+    commands = " ".join(c for c, _ in t.commands)
+    assert "install-boot-hook" in commands and "prepare-image" not in commands
+    assert r.image_id == "base-1"
+
+
+# -- the build memo ----------------------------------------------------------------
+
+
+class MemoTarget(FakeTarget):
+    fast_rebuild = True
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def memo_paths(self, base, image):
+        return [str(self.marker)]
+
+
+def _age(path: Path, seconds: float = 10) -> None:
+    import os
+    import time
+
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_memo_answers_unchanged_and_notices_changes(tmp_path, monkeypatch):
+    import time
+
+    from amic.engine import memo as buildmemo
+
+    (tmp_path / "proj").mkdir()
+    amifile = tmp_path / "proj" / "Amifile"
+    amifile.write_text(AMIFILE)
+
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TOKEN", raising=False)
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    time.sleep(0.06)  # inputs must be older than the build that records them
+    t = MemoTarget(marker)
+    r = run(t, amifile)
+    memo = buildmemo.lookup(str(amifile), {}, "fake")
+    assert memo and memo["image_id"] == r.image_id and memo["cached"]
+    assert [x["status"] for x in memo["layers"]] == ["CACHED"] * 3
+    # an ARG value from the environment is part of it (as a digest only)
+    monkeypatch.setenv("TOKEN", "new")
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None
+    monkeypatch.delenv("TOKEN")
+    assert "new" not in Path(buildmemo.memo_path(str(amifile), {}, "fake")).read_text()
+    # the image going away (the target's path) invalidates it
+    marker.unlink()
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None
+    marker.write_text("x")
+    _age(marker)
+    # so does touching the Amifile
+    run(t, amifile)
+    assert buildmemo.lookup(str(amifile), {}, "fake") is not None
+    amifile.write_text(AMIFILE + "\n")
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None
+
+
+def test_memo_not_recorded_for_inputs_newer_than_the_build(amifile, tmp_path, monkeypatch):
+    from amic.engine import memo as buildmemo
+
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    t = MemoTarget(marker)
+    monkeypatch.setattr("time.time_ns", lambda: 0)  # the build "started" before every input
+    run(t, amifile)
+    assert buildmemo.lookup(str(amifile), {}, "fake") is None
+
+
+def test_memo_keeps_the_targets_facts(tmp_path, monkeypatch):
+    import time
+
+    from amic.engine import memo as buildmemo
+
+    class FactsTarget(MemoTarget):
+        def memo_facts(self, base_ref, base, image):
+            return {"base_ref": base_ref, "base": base.id}
+
+    (tmp_path / "proj").mkdir()     # the Amifile's directory is an input: no cache in it
+    amifile = tmp_path / "proj" / "Amifile"
+    amifile.write_text(AMIFILE)
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    time.sleep(0.06)
+    r = run(FactsTarget(marker), amifile)
+    result, facts = buildmemo.lookup_with_facts(str(amifile), {}, "fake")
+    assert result["image_id"] == r.image_id
+    assert facts == {"base_ref": "debian:12", "base": r.base_image_id}
+
+
+def test_memo_schemes_match_the_target_classes():
+    """``amic.targets.MEMO`` lets the command line use the memo before importing a target."""
+    import importlib
+
+    from amic.targets import MEMO, REGISTRY
+
+    for scheme, entry in REGISTRY.items():
+        module, _, name = entry.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert cls.fast_rebuild == (scheme in MEMO), scheme
+        if scheme in MEMO:
+            assert MEMO[scheme] == (cls.confirm_memo is not Target.confirm_memo), scheme

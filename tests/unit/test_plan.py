@@ -1,0 +1,137 @@
+"""Cache-key properties: what must and must not change a layer key."""
+
+from __future__ import annotations
+
+from amic.compile import plan
+
+from amic.amifile import resolve
+
+BASE = """\
+FROM debian:12
+ARG TOKEN
+ENV APP=/srv/app
+SERVICE httpd
+    PACKAGES apache2
+    INIT echo httpd
+    UPDATE echo httpd update
+SERVICE app
+    REQUIRES httpd
+    PACKAGES jq curl
+    COPY files/ /srv/app
+    INIT <<~EOF
+        echo app init
+    EOF
+    UPDATE echo app update
+SERVICE worker
+    REQUIRES app
+    INIT echo worker
+"""
+
+
+def make(write_tree, text=BASE, files=None, build_args=None, **kw):
+    root = write_tree({"Amifile": text, "files/run.sh": "echo run\n", **(files or {})})
+    r = resolve.load(root / "Amifile")
+    return plan.make_plan(r, build_args if build_args is not None else {"TOKEN": "t1"},
+                          environ={}, **kw)
+
+
+def keys(p):
+    return [layer.key for layer in p.layers]
+
+
+def test_one_layer_per_enabled_service_in_order(write_tree):
+    p = make(write_tree)
+    assert [layer.service for layer in p.layers] == ["httpd", "app", "worker"]
+    assert p.layers[1].parent_key == p.layers[0].key
+    assert p.layers[0].parent_key == p.base_key
+
+
+def test_same_input_same_keys(write_tree, tmp_path):
+    a = make(write_tree)
+    b = make(write_tree)
+    assert keys(a) == keys(b) and a.final_key == b.final_key
+
+
+def test_update_change_keeps_layer_keys_changes_final(write_tree):
+    a = make(write_tree)
+    b = make(write_tree, BASE.replace("echo app update", "echo app update v2"))
+    assert keys(a) == keys(b)
+    assert a.final_key != b.final_key
+
+
+def test_init_change_changes_that_layer_and_later_only(write_tree):
+    a = make(write_tree)
+    b = make(write_tree, BASE.replace("echo app init", "echo app init v2"))
+    assert keys(a)[0] == keys(b)[0]
+    assert keys(a)[1] != keys(b)[1]
+    assert keys(a)[2] != keys(b)[2]
+    assert b.layers[1].inputs["init"] != a.layers[1].inputs["init"]
+    assert b.layers[2].inputs["init"] == a.layers[2].inputs["init"]
+    assert b.layers[2].inputs["parent"] != a.layers[2].inputs["parent"]
+
+
+def test_whitespace_and_comments_outside_scripts_keep_keys(write_tree):
+    a = make(write_tree)
+    noisy = "# a comment\n\n" + BASE.replace("SERVICE app\n", "\n# the app\nSERVICE   app\n") \
+        .replace("    PACKAGES jq curl", "  packages   jq \\\n      curl")
+    b = make(write_tree, noisy)
+    assert keys(a) == keys(b) and a.final_key == b.final_key
+
+
+def test_package_order_does_not_matter(write_tree):
+    a = make(write_tree)
+    b = make(write_tree, BASE.replace("PACKAGES jq curl", "PACKAGES curl jq"))
+    assert keys(a) == keys(b)
+
+
+def test_packages_inherited_from_requirements_are_not_repeated(write_tree):
+    p = make(write_tree, BASE.replace("PACKAGES jq curl", "PACKAGES jq apache2 curl"))
+    assert p.service("app").packages == ("curl", "jq")
+
+
+def test_copy_content_change_changes_key(write_tree):
+    a = make(write_tree)
+    b = make(write_tree, files={"files/run.sh": "echo run v2\n"})
+    assert keys(a)[0] == keys(b)[0] and keys(a)[1] != keys(b)[1]
+    assert a.layers[1].inputs["copy"] != b.layers[1].inputs["copy"]
+
+
+def test_copy_mode_change_changes_key(write_tree, tmp_path):
+    a = make(write_tree)
+    (tmp_path / "files/run.sh").chmod(0o755)
+    r = resolve.load(tmp_path / "Amifile")
+    b = plan.make_plan(r, {"TOKEN": "t1"}, environ={})
+    assert keys(a)[1] != keys(b)[1]
+
+
+def test_copy_destination_change_changes_key(write_tree):
+    a = make(write_tree)
+    b = make(write_tree, BASE.replace("/srv/app\n", "/opt/app\n"))
+    assert keys(a)[1] != keys(b)[1]
+
+
+def test_arg_value_changes_keys_but_is_not_in_them(write_tree):
+    a = make(write_tree, build_args={"TOKEN": "secret-one"})
+    b = make(write_tree, build_args={"TOKEN": "secret-two"})
+    assert keys(a)[0] != keys(b)[0]
+    import json
+    assert "secret-one" not in json.dumps(a.to_json())
+
+
+def test_env_change_changes_every_layer(write_tree):
+    a = make(write_tree)
+    b = make(write_tree, BASE.replace("ENV APP=/srv/app", "ENV APP=/opt/app"))
+    assert all(x != y for x, y in zip(keys(a), keys(b)))
+
+
+def test_base_image_id_chains_into_keys(write_tree):
+    a = make(write_tree, base_image_id="ami-1")
+    b = make(write_tree, base_image_id="ami-2")
+    assert all(x != y for x, y in zip(keys(a), keys(b)))
+
+
+def test_arg_values_precedence(write_tree):
+    root = write_tree({"Amifile": "ARG A=default\nARG B\nARG C\nSERVICE s\n"})
+    r = resolve.load(root / "Amifile")
+    values, missing = plan.arg_values(r, {"A": "flag"}, {"A": "env", "B": "env"})
+    assert values == {"A": "flag", "B": "env"} and missing == ["C"]
