@@ -1,9 +1,11 @@
-"""The one error type users see for bad input, with a source position.
+"""The errors users see, under one root, each kind with the exit code it means.
 
 Every mistake in an Amifile (syntax, unknown service, cycle, missing COPY
 source, ...) is raised as :class:`AmifileError`; the CLI prints it as
 ``file:line:col: message`` followed by the offending line and a caret, and
-exits 1. Anything else escaping is a bug in amic.
+exits 1. A command-line mistake is a :class:`UsageError` (exit 2), a build
+that failed for a reason outside the Amifile a :class:`BuildError` (exit 1).
+The CLI catches :class:`AmicError` alone; anything else escaping is a bug.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ class Pos:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-class AmifileError(Exception):
+class AmicError(Exception):
+    """Root of every error amic reports to a user (never with a traceback)."""
+
+    exit_code = 1
+
+    def render(self) -> str:
+        """The whole text the command line prints for this error."""
+        return f"amic: error: {self}"
+
+
+class AmifileError(AmicError):
     """A user mistake in an Amifile, pointing at where it is."""
 
     def __init__(self, message: str, pos: Pos | None = None, *, source_line: str | None = None,
@@ -51,9 +63,14 @@ class AmifileError(Exception):
         return self.render()
 
 
-class UsageError(Exception):
+class UsageError(AmicError):
     """A mistake on the command line (exit code 2)."""
 
+    exit_code = 2
 
-class BuildError(Exception):
+
+class BuildError(AmicError):
     """A build failed for a reason outside the Amifile (target, network, a failing INIT)."""
+
+    def render(self) -> str:
+        return f"amic: build failed: {self}"

@@ -19,11 +19,8 @@ import base64
 import hashlib
 import os
 import re
-import shutil
 import signal
-import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path

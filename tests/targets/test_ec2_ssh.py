@@ -16,7 +16,7 @@ from amic.targets.ec2 import gc as ec2_gc
 from amic.targets.ssh import conn as sshconn
 from amic.errors import BuildError
 from amic.targets.ec2 import target as ec2
-from amic.targets.base import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_LAYER_PREFIX, TAG_SERVICE
+from amic.contract import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_LAYER_PREFIX, TAG_SERVICE
 
 from tests.harness.ec2 import PlainSshd, fake_ec2
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from amic.engine.build import BuildOptions, build, parse_checkpoint, should_checkpoint
 from amic.errors import BuildError, UsageError
-from amic.targets.base import TAG_KIND, TAG_SERVICE, Image, Target
+from amic.contract import TAG_KIND, TAG_SERVICE
+from amic.targets.base import Image, Target
 
 AMIFILE = """\
 FROM debian:12

@@ -119,7 +119,8 @@ def _emit(args, result: dict) -> None:
 
 
 def cmd_build(args) -> int:
-    from amic.cli.common import build_args_from, short
+    from amic.cli.common import build_args_from
+    from amic.engine.progress import short
     from amic.targets import MEMO, default_target_spec, split_spec
 
     build_args = build_args_from(args.build_arg)
@@ -183,7 +184,7 @@ def _local(spec: str | None = None):
 
 
 def cmd_images(args) -> int:
-    from amic.targets.base import TAG_AMIFILE, TAG_KIND, TAG_SERVICE
+    from amic.contract import TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_SERVICE
 
     target = _local()
     rows = []
@@ -193,7 +194,7 @@ def cmd_images(args) -> int:
             continue
         rows.append({"id": img.id, "kind": kind, "key": img.key, "created": img.created,
                      "amifile": img.tags.get(TAG_AMIFILE), "service": img.tags.get(TAG_SERVICE),
-                     "base": img.tags.get("amic:base"), "size": target.image_size(img),
+                     "base": img.tags.get(TAG_BASE), "size": target.image_size(img),
                      "tags": dict(img.tags)})
     rows.sort(key=lambda r: r["created"] or "", reverse=True)
     if args.json:

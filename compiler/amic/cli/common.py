@@ -11,14 +11,6 @@ from amic.errors import UsageError
 DEFAULT_AMIFILE = "Amifile"
 
 
-def short(image_id: str) -> str:
-    """Docker-style 12-character ids for content hashes; anything else (ami-…, ssh://…) whole."""
-    digest = image_id.removeprefix("sha256:")
-    if len(digest) >= 32 and all(c in "0123456789abcdef" for c in digest):
-        return digest[:12]
-    return image_id
-
-
 def add_amifile_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("amifile", nargs="?", default=DEFAULT_AMIFILE, metavar="AMIFILE",
                         help="the Amifile to read (default: ./Amifile)")

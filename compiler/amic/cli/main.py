@@ -15,7 +15,7 @@ import sys
 
 from amic import __version__
 from amic.cli.common import add_amifile_argument, add_build_arg_option, load_plan, warn
-from amic.errors import AmifileError, BuildError, UsageError
+from amic.errors import AmicError
 
 EPILOG = """\
 commands by task:
@@ -126,15 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return int(args.func(args) or 0)
-    except AmifileError as exc:
+    except AmicError as exc:
         print(exc.render(), file=sys.stderr)
-        return 1
-    except UsageError as exc:
-        print(f"amic: error: {exc}", file=sys.stderr)
-        return 2
-    except BuildError as exc:
-        print(f"amic: build failed: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print("amic: interrupted", file=sys.stderr)
         return 130

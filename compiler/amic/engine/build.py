@@ -33,17 +33,15 @@ from pathlib import Path
 
 import attrs
 
+from amic import contract
 from amic.compile import artifact
 
 from amic.amifile import resolve
 from amic.compile import plan as planmod
-from amic.cli.common import short
 from amic.errors import BuildError, UsageError
-from amic.engine.progress import OutputRouter, Reporter
+from amic.engine.progress import OutputRouter, Reporter, short
 from amic.targets import base as tb
 
-RUNNER = "/var/lib/amic/stage2/amic"
-UPLOAD_PATH = "/tmp/amic-stage2.tar"
 INPUT_ORDER = ("packages", "copy", "init", "env", "args", "runtime", "parent")
 
 
@@ -150,7 +148,7 @@ def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | N
 
     def changed(img: tb.Image) -> list[str]:
         return [name for name in INPUT_ORDER if name in layer.inputs and
-                img.tags.get(tb.TAG_INPUT_PREFIX + name) != layer.inputs[name]]
+                img.tags.get(contract.TAG_INPUT_PREFIX + name) != layer.inputs[name]]
 
     diffs = min((changed(img) for img in history[:50]), key=len)
     if not diffs:
@@ -346,9 +344,9 @@ def _run(b: _Build, command: str, what: str, *, env: Mapping[str, str] | None = 
 
 def upload_stage2(b: _Build, tarball: Path) -> None:
     b.reporter.begin("uploading stage2")
-    b.machine.put(tarball, UPLOAD_PATH, mode=0o600)
-    rc, router = _run(b, f'd=$(mktemp -d) && cd "$d" && tar -xf {UPLOAD_PATH} && '
-                         f'sh stage2/amic install; rc=$?; cd /; rm -rf "$d" {UPLOAD_PATH}; exit $rc',
+    b.machine.put(tarball, contract.UPLOAD_PATH, mode=0o600)
+    rc, router = _run(b, f'd=$(mktemp -d) && cd "$d" && tar -xf {contract.UPLOAD_PATH} && '
+                         f'sh stage2/amic install; rc=$?; cd /; rm -rf "$d" {contract.UPLOAD_PATH}; exit $rc',
                       "install")
     b.reporter.end()
     if rc != 0:
@@ -370,7 +368,7 @@ def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
                                                                     earlier_miss=earlier_miss)
         b.reporter.begin(f"[{i + 1}/{n}] {layer.service} init")
         t0 = time.monotonic()
-        rc, router = _run(b, f"{RUNNER} init {layer.service}", "init", env=p.arg_values,
+        rc, router = _run(b, f"{contract.RUNNER} init {layer.service}", "init", env=p.arg_values,
                           service=layer.service)
         seconds = time.monotonic() - t0
         b.timings[f"init:{layer.service}"] = seconds
@@ -405,9 +403,9 @@ def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
 def finalize(b: _Build) -> None:
     """The boot hook, and (only when an image is made) the cleanup before the snapshot:
     prepare-image removes host keys and machine-id, which an in-place host keeps."""
-    command = f"{RUNNER} install-boot-hook"
+    command = f"{contract.RUNNER} install-boot-hook"
     if b.target.keeps_images:
-        command += f" && {RUNNER} prepare-image"
+        command += f" && {contract.RUNNER} prepare-image"
         # The key this build logged in with must not be baked into the image.
         build_key = getattr(b.machine, "build_public_key", None)
         if build_key:
@@ -423,21 +421,21 @@ def finalize(b: _Build) -> None:
 def snapshot_final(b: _Build) -> tb.Image:
     p = b.plan
     b.reporter.begin("snapshot")
-    tags = {**p.labels, **_common_tags(b), tb.TAG_KEY: p.final_key, tb.TAG_KIND: "final"}
+    tags = {**p.labels, **_common_tags(b), contract.TAG_KEY: p.final_key, contract.TAG_KIND: contract.KIND_FINAL}
     for layer in p.layers:
-        tags[tb.TAG_LAYER_PREFIX + layer.service] = layer.key
+        tags[contract.TAG_LAYER_PREFIX + layer.service] = layer.key
     if p.base_ref:
-        tags["amic:base"] = p.base_ref
+        tags[contract.TAG_BASE] = p.base_ref
     image = b.target.snapshot(b.machine, key=p.final_key, final=True, tags=tags)
     b.reporter.end()
     return image
 
 
 def layer_tags(b: _Build, layer: planmod.Layer) -> dict[str, str]:
-    tags = {**_common_tags(b), tb.TAG_KEY: layer.key, tb.TAG_KIND: "layer",
-            tb.TAG_SERVICE: layer.service, tb.TAG_PARENT_KEY: layer.parent_key}
+    tags = {**_common_tags(b), contract.TAG_KEY: layer.key, contract.TAG_KIND: contract.KIND_LAYER,
+            contract.TAG_SERVICE: layer.service, contract.TAG_PARENT_KEY: layer.parent_key}
     for name, digest in layer.inputs.items():
-        tags[tb.TAG_INPUT_PREFIX + name] = digest
+        tags[contract.TAG_INPUT_PREFIX + name] = digest
     return tags
 
 
@@ -445,8 +443,8 @@ def _common_tags(b: _Build) -> dict[str, str]:
     import hashlib
 
     source = hashlib.sha256(os.path.abspath(b.plan.amifile_path).encode()).hexdigest()[:16]
-    return {tb.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), tb.TAG_SOURCE: source,
-            tb.TAG_BUILD: b.build_id}
+    return {contract.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), contract.TAG_SOURCE: source,
+            contract.TAG_BUILD: b.build_id}
 
 
 def layer_failure(b: _Build, service: str, rc: int, router: OutputRouter) -> BuildError:

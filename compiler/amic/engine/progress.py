@@ -17,16 +17,22 @@ stderr; stdout is kept for the final image id.
 from __future__ import annotations
 
 import collections
-import re
 import sys
 import threading
 import time
 from typing import TextIO
 
-MARKER = re.compile(r"^amic: (?P<svc>[a-z][a-z0-9_-]*): (?P<phase>[a-z-]+): "
-                    r"(?P<event>begin|ok|skipped|FAILED)\b ?(?P<rest>.*)$")
-FAILED_AT = re.compile(r"exit (?P<code>\d+)(?: at (?P<where>\S+))?")
+from amic.contract import FAILED_AT, MARKER
+
 TAIL_LINES = 15
+
+
+def short(image_id: str) -> str:
+    """Docker-style 12-character ids for content hashes; anything else (ami-…, ssh://…) whole."""
+    digest = image_id.removeprefix("sha256:")
+    if len(digest) >= 32 and all(c in "0123456789abcdef" for c in digest):
+        return digest[:12]
+    return image_id
 
 
 class OutputRouter:

@@ -17,6 +17,8 @@ from typing import Protocol
 
 import attrs
 
+from amic.contract import KIND_LAYER, TAG_KIND, TAG_SERVICE
+
 OutputCallback = Callable[[str], None]
 """Receives remote output one line at a time (without the newline)."""
 
@@ -55,28 +57,6 @@ class Machine(Protocol):
     # Optional: ``build_public_key`` (str), the authorized_keys line a build
     # logged in with; the engine has prepare-image remove it before the snapshot.
 
-
-# Tags the engine (``amic.engine.build``) puts on every image it records. Targets
-# store them as they can (EC2 tags, the local target's meta.json) and give them
-# back in ``Image.tags``; labels from the Amifile are added under their own names.
-TAG_KEY = "amic:key"
-"""The cache key the image was recorded under."""
-TAG_KIND = "amic:kind"
-"""``layer`` (a checkpoint after one service's init) or ``final``."""
-TAG_SERVICE = "amic:service"
-"""For layer checkpoints: the service whose init the layer ends with."""
-TAG_PARENT_KEY = "amic:parent-key"
-TAG_AMIFILE = "amic:amifile"
-"""Base name of the Amifile the image was built from."""
-TAG_SOURCE = "amic:source"
-"""Digest of the Amifile's absolute path on the build machine: tells builds of different
-projects apart (prune keeps N per project) without writing the path itself."""
-TAG_BUILD = "amic:build-id"
-TAG_INPUT_PREFIX = "amic:in:"
-"""``amic:in:<input>`` = digest of one input of the layer (see ``plan.Layer.inputs``);
-compared with a new plan's to say why a layer missed the cache."""
-TAG_LAYER_PREFIX = "amic:layer:"
-"""On final images: ``amic:layer:<service>`` = that layer's key."""
 
 CHECKPOINT_POLICIES = ("none", "last", "all", "auto")
 """Built-in checkpoint policies; a comma-separated list of service names is the fifth kind."""
@@ -141,7 +121,7 @@ class Target(abc.ABC):
         The default filters ``list_images``; targets with a cheaper query may override it.
         """
         found = [img for img in self.list_images()
-                 if img.tags.get(TAG_KIND) == "layer" and img.tags.get(TAG_SERVICE) == service]
+                 if img.tags.get(TAG_KIND) == KIND_LAYER and img.tags.get(TAG_SERVICE) == service]
         found.sort(key=lambda img: img.created or "", reverse=True)
         return found
 

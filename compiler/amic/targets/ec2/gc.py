@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 
 from amic.targets.ec2 import session as aws
+from amic import contract
 from amic.targets import base as tb
 
 _LIVE = ["pending", "running", "stopping", "stopped"]
@@ -38,7 +39,7 @@ def _reason(tags: dict, build_id: str | None, ignore_expiry: bool, at: dt.dateti
     """Why a tagged resource may go, or None to keep it."""
     if aws.TAG_TOOL not in tags or tags.get(aws.TAG_ROLE, "build") not in ("build", "launch"):
         return None
-    if build_id is not None and tags.get(aws.TAG_BUILD) != build_id:
+    if build_id is not None and tags.get(contract.TAG_BUILD) != build_id:
         return None
     if ignore_expiry:
         return "forced"
@@ -61,7 +62,7 @@ def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = Fal
     def consider(kind: str, rid: str, tags: dict, name: str | None = None) -> None:
         why = _reason(tags, build_id, ignore_expiry, at)
         if why:
-            found.append(Leak(kind, rid, tags.get(aws.TAG_BUILD), why, name))
+            found.append(Leak(kind, rid, tags.get(contract.TAG_BUILD), why, name))
 
     for page in ec2.get_paginator("describe_instances").paginate(
             Filters=[*tagged, {"Name": "instance-state-name", "Values": _LIVE}]):
@@ -80,13 +81,13 @@ def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = Fal
     # Snapshots of deregistered images (a prune or gc interrupted between the two calls).
     if build_id is None:
         images = {img["ImageId"] for img in ec2.describe_images(
-            Owners=["self"], Filters=[{"Name": "tag-key", "Values": [tb.TAG_KEY]}])["Images"]}
+            Owners=["self"], Filters=[{"Name": "tag-key", "Values": [contract.TAG_KEY]}])["Images"]}
         for page in ec2.get_paginator("describe_snapshots").paginate(
                 OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["amic:image-id"]}]):
             for snap in page["Snapshots"]:
                 tags = aws.tag_dict(snap.get("Tags"))
                 if tags.get("amic:image-id") not in images:
-                    found.append(Leak("snapshot", snap["SnapshotId"], tags.get(aws.TAG_BUILD),
+                    found.append(Leak("snapshot", snap["SnapshotId"], tags.get(contract.TAG_BUILD),
                                       f"image {tags.get('amic:image-id')} is gone"))
     return found
 
@@ -149,19 +150,19 @@ def prune_plan(images: Iterable[tb.Image], *, keep: int, older_than: dt.timedelt
 
     if everything:
         return [(img, "--all") for img in images]
-    finals = [i for i in images if i.tags.get(tb.TAG_KIND, "final") == "final"]
-    layers = [i for i in images if i.tags.get(tb.TAG_KIND) == "layer"]
+    finals = [i for i in images if i.tags.get(contract.TAG_KIND, contract.KIND_FINAL) == contract.KIND_FINAL]
+    layers = [i for i in images if i.tags.get(contract.TAG_KIND) == contract.KIND_LAYER]
     kept_keys: set[str] = set()
     doomed: list[tuple[tb.Image, str]] = []
     seen: dict[str, int] = {}
     for img in finals:
-        name = img.tags.get(tb.TAG_AMIFILE, "?")
+        name = img.tags.get(contract.TAG_AMIFILE, "?")
         seen[name] = seen.get(name, 0) + 1
         if seen[name] <= keep or not old_enough(img):
-            kept_keys |= {v for k, v in img.tags.items() if k.startswith(tb.TAG_LAYER_PREFIX)}
+            kept_keys |= {v for k, v in img.tags.items() if k.startswith(contract.TAG_LAYER_PREFIX)}
         else:
             doomed.append((img, f"older final of {name} (keeping {keep})"))
     for img in layers:
         if img.key not in kept_keys and old_enough(img):
-            doomed.append((img, f"layer {img.tags.get(tb.TAG_SERVICE, '?')} no kept image uses"))
+            doomed.append((img, f"layer {img.tags.get(contract.TAG_SERVICE, '?')} no kept image uses"))
     return doomed

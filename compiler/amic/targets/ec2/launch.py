@@ -13,10 +13,10 @@ import secrets
 import sys
 import time
 
+from amic.contract import RUNNER
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Image
 
-RUNNER = "/var/lib/amic/stage2/amic"
 
 
 def resolve_image(target, ref: str) -> Image:

@@ -17,13 +17,12 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from amic import __version__
+from amic.contract import TAG_BUILD
 from amic.errors import BuildError, UsageError
 
 TOOL = "amic"
 TAG_TOOL = "amic:tool"
 """``amic/<version>`` on every resource amic creates: what ``amic gc`` looks for."""
-TAG_BUILD = "amic:build-id"
-"""The build that created a resource (same name the engine uses on images)."""
 TAG_EXPIRES = "amic:expires"
 """UTC ISO-8601 time after which a temporary resource counts as leaked (``amic gc``)."""
 TAG_ROLE = "amic:role"

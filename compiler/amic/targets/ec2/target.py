@@ -48,14 +48,13 @@ from amic import __version__
 
 from amic.targets.ec2 import session as aws
 from amic.errors import BuildError, UsageError
-from amic.targets.base import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_SERVICE, Image, Target
+from amic.contract import TAG_AMIFILE, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
+from amic.targets.base import Image, Target
 
 log = logging.getLogger("amic.ec2")
 
 TAG_SSH_USER = "amic:ssh-user"
 """Login user of the image, inherited by every image baked from it."""
-TAG_BASE = "amic:base"
-"""The base reference and AMI id the image was built on (``debian:12 ami-…``)."""
 
 # -- base images -------------------------------------------------------------
 
@@ -829,7 +828,7 @@ class Ec2Target(Target):
         if final:
             all_tags.update(opts.image_tags)
         all_tags, dropped = aws.fit_tags(all_tags, keep_prefixes=(
-            TAG_KEY, TAG_KIND, aws.TAG_TOOL, aws.TAG_BUILD, TAG_SSH_USER, TAG_AMIFILE, "Name"))
+            TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_SSH_USER, TAG_AMIFILE, "Name"))
         if dropped:
             self.log(f"warning: EC2 allows {aws.MAX_TAGS} tags per image; left out: "
                      + ", ".join(dropped))
@@ -869,7 +868,7 @@ class Ec2Target(Target):
         if snaps:
             snap_tags = {**tags, "amic:image-id": image_id}
             snap_tags, _ = aws.fit_tags(snap_tags, keep_prefixes=("amic:image-id", TAG_KEY,
-                                                                  aws.TAG_TOOL, aws.TAG_BUILD))
+                                                                  aws.TAG_TOOL, TAG_BUILD))
             self._call("tagging the image's snapshots", (ec2 or self.ec2).create_tags,
                        Resources=snaps, Tags=aws.tag_list(snap_tags))
         return snaps
@@ -929,7 +928,7 @@ class Ec2Target(Target):
     def _terminate(self, build_id: str) -> None:
         """Terminate every instance of this build (found by tag: works after an interrupt)."""
         reply = self.ec2.describe_instances(Filters=[
-            {"Name": f"tag:{aws.TAG_BUILD}", "Values": [build_id]},
+            {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
             {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
             {"Name": "instance-state-name",
              "Values": ["pending", "running", "stopping", "stopped"]}])

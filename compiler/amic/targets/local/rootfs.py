@@ -10,17 +10,16 @@ with it, so a crash cannot leave mounts behind.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from amic.errors import BuildError
+from amic.fsutil import file_lock
 
 # Portable base names the local target can build itself. Values are
 # debootstrap suites; the mirror is debootstrap's default unless
@@ -61,7 +60,7 @@ def ensure_base(ref: str = DEFAULT_BASE, *, log=None) -> Path:
     final = bases / f"{suite}-minbase"
     if (final / ".amic-base-complete").exists():
         return final
-    with _locked(bases / f"{suite}.lock"):
+    with file_lock(bases / f"{suite}.lock"):
         if (final / ".amic-base-complete").exists():
             return final
         if shutil.which("debootstrap") is None:
@@ -91,16 +90,6 @@ def ensure_base(ref: str = DEFAULT_BASE, *, log=None) -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return final
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # The namespace script: mount the overlay and the API filesystems, then chroot.

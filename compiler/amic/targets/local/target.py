@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -46,8 +45,10 @@ from pathlib import Path
 import attrs
 
 from amic.errors import BuildError, UsageError
+from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.local import rootfs
-from amic.targets.base import TAG_AMIFILE, TAG_KIND, TAG_SOURCE, Image, Target
+from amic.contract import KIND_BASE, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_SOURCE
+from amic.targets.base import Image, Target
 
 MAX_LOWERS = 80
 """overlayfs takes lowerdir as one mount option (a page); this keeps well under it."""
@@ -57,15 +58,6 @@ SHORT = 12
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-
-
-def _write_atomic(path: Path, data: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @attrs.define
@@ -101,7 +93,7 @@ class LocalMachine:
         return f"amic shell {self.dir}    (remove it afterwards: rm -rf {self.dir})"
 
     def save(self) -> None:
-        _write_atomic(self.dir / "machine.json", json.dumps({
+        write_atomic(self.dir / "machine.json", json.dumps({
             "pid": os.getpid(), "image": self.image_id,
             "lowers": [str(p) for p in self.lowers]}, indent=1))
 
@@ -138,18 +130,12 @@ class LocalTarget(Target):
     def _image_dir(self, image_id: str) -> Path:
         return self.images_dir / image_id[:SHORT]
 
-    @contextlib.contextmanager
-    def _lock(self, name: str, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    def _lock(self, name: str, *, shared: bool = False):
         self.store.mkdir(parents=True, exist_ok=True)
-        with open(self.store / name, "a") as fh:
-            fcntl.flock(fh, mode)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self.store / name, shared=shared)
 
     def build_lock(self):
-        return self._lock("builds.lock", fcntl.LOCK_SH)
+        return self._lock("builds.lock", shared=True)
 
     def _meta(self, image_id: str) -> dict | None:
         try:
@@ -173,12 +159,12 @@ class LocalTarget(Target):
         try:
             if upper is not None:
                 os.rename(upper, tmp / "upper")
-            _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+            write_atomic(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
             with self._lock("store.lock"):
                 final = self._image_dir(meta["id"])
                 os.rename(tmp, final)
                 if meta.get("key"):
-                    _write_atomic(self.keys_dir / meta["key"], meta["id"] + "\n")
+                    write_atomic(self.keys_dir / meta["key"], meta["id"] + "\n")
         except BaseException:
             if upper is not None and (tmp / "upper").exists() and not upper.exists():
                 os.rename(tmp / "upper", upper)  # give the machine its layer back
@@ -213,7 +199,7 @@ class LocalTarget(Target):
         # The base's identity changes when it is re-bootstrapped, which
         # changes every key above it.
         meta = {"key": None, "parent": None, "root": str(root), "created": None,
-                "tags": {TAG_KIND: "base", "amic:base": ref,
+                "tags": {TAG_KIND: KIND_BASE, TAG_BASE: ref,
                          "amic:stamp": str(stamp.stat().st_mtime_ns)}}
         base_id = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
         existing = self._meta(base_id)
@@ -225,7 +211,7 @@ class LocalTarget(Target):
             final = self._image_dir(base_id)
             if not final.exists():
                 tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.images_dir))
-                _write_atomic(tmp / "meta.json", json.dumps({"id": base_id, **meta}, indent=1,
+                write_atomic(tmp / "meta.json", json.dumps({"id": base_id, **meta}, indent=1,
                                                             sort_keys=True))
                 os.rename(tmp, final)
         return self._image(self._meta(base_id))
@@ -494,16 +480,12 @@ class LocalTarget(Target):
     @contextlib.contextmanager
     def _try_exclusive_builds(self) -> Iterator[None]:
         self.store.mkdir(parents=True, exist_ok=True)
-        with open(self.store / "builds.lock", "a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BuildError("a build is running on the local target; prune after it ends") \
-                    from None
-            try:
+        try:
+            with file_lock(self.store / "builds.lock", wait=False):
                 yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        except LockBusy:
+            raise BuildError("a build is running on the local target; prune after it ends") \
+                from None
 
 
 _REPORT_UNIT = """\

@@ -20,10 +20,10 @@ import os
 from collections.abc import Iterator, Mapping
 
 from amic.targets.ssh import conn as sshconn
+from amic.contract import RUNNER, TAG_BASE
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Image, Machine, Target
 
-RUNNER = "/var/lib/amic/stage2/amic"
 
 
 class SshTarget(Target):
@@ -73,7 +73,7 @@ class SshTarget(Target):
     # Target ------------------------------------------------------------------------
     def resolve_base(self, base_ref: str | None) -> Image:
         # The host is what it is: FROM cannot be checked or applied here.
-        return Image(id=f"ssh://{self.endpoint}", tags={"amic:base": base_ref or ""})
+        return Image(id=f"ssh://{self.endpoint}", tags={TAG_BASE: base_ref or ""})
 
     def find_image(self, key: str) -> Image | None:
         return None

@@ -1,0 +1,55 @@
+"""Names the compiler, the runtime and the builders must agree on, defined once.
+
+The runtime (``runtime/amic``, POSIX sh) cannot import this module, so every
+value here that the runner also uses is checked against the runner's text by
+``tests/unit/test_contract_names.py``.
+"""
+
+from __future__ import annotations
+
+import re
+
+# -- where the runner lives on a machine --------------------------------------------
+
+STATE_DIR = "/var/lib/amic"
+"""Runtime state on the machine (``runtime/amic``: ``AMIC_STATE``)."""
+RUNNER = f"{STATE_DIR}/stage2/amic"
+"""The installed runner: ``init``, ``update``, ``status``, ``install-boot-hook``, ..."""
+UPLOAD_PATH = "/tmp/amic-stage2.tar"
+"""Where a build uploads the stage2 tarball before ``sh stage2/amic install``."""
+
+# -- progress markers the runner prints (``amic: <svc>: <phase>: <event> ...``) ------
+
+MARKER = re.compile(r"^amic: (?P<svc>[a-z][a-z0-9_-]*): (?P<phase>[a-z-]+): "
+                    r"(?P<event>begin|ok|skipped|FAILED)\b ?(?P<rest>.*)$")
+FAILED_AT = re.compile(r"exit (?P<code>\d+)(?: at (?P<where>\S+))?")
+
+# -- tags on every image a build records ----------------------------------------------
+# Targets store them as they can (EC2 tags, the local target's meta.json) and give
+# them back in ``Image.tags``; labels from the Amifile are added under their own names.
+
+TAG_KEY = "amic:key"
+"""The cache key the image was recorded under."""
+TAG_KIND = "amic:kind"
+"""``layer`` (a checkpoint after one service's init), ``final``, or ``base`` (local)."""
+TAG_SERVICE = "amic:service"
+"""For layer checkpoints: the service whose init the layer ends with."""
+TAG_PARENT_KEY = "amic:parent-key"
+TAG_AMIFILE = "amic:amifile"
+"""Base name of the Amifile the image was built from."""
+TAG_SOURCE = "amic:source"
+"""Digest of the Amifile's absolute path on the build machine: tells builds of different
+projects apart (prune keeps N per project) without writing the path itself."""
+TAG_BUILD = "amic:build-id"
+"""The build that created an image or a temporary resource."""
+TAG_BASE = "amic:base"
+"""The base reference an image was built on (``FROM`` as written; ec2 adds the AMI id)."""
+TAG_INPUT_PREFIX = "amic:in:"
+"""``amic:in:<input>`` = digest of one input of the layer (see ``plan.Layer.inputs``);
+compared with a new plan's to say why a layer missed the cache."""
+TAG_LAYER_PREFIX = "amic:layer:"
+"""On final images: ``amic:layer:<service>`` = that layer's key."""
+
+KIND_LAYER = "layer"
+KIND_FINAL = "final"
+KIND_BASE = "base"
