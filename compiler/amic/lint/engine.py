@@ -7,9 +7,8 @@ still linted. shellcheck runs once over the scripts of every file (batched, in p
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
-
 from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
