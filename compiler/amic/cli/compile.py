@@ -1,0 +1,51 @@
+"""``amic compile``: the stage2 tarball, its scripts (``--print``) or its plan (``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from amic.cli.common import add_amifile_argument, add_build_arg_option, load_plan, warn
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compile", help="write the stage2 tarball, or show its scripts or plan",
+                       description="Compile an Amifile into the stage2 tarball. The tarball is "
+                       "byte-for-byte reproducible: same inputs, same bytes.")
+    add_amifile_argument(p)
+    p.add_argument("-o", "--output", default="stage2.tar", metavar="FILE",
+                   help="where to write the tarball ('-' for stdout; default: stage2.tar)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--print", action="store_true",
+                      help="print every generated script with a header naming service and phase")
+    mode.add_argument("--json", action="store_true",
+                      help="print the plan: services in order, requirements, layer keys, final key")
+    add_build_arg_option(p)
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from amic.compile import artifact
+
+    plan = load_plan(args.amifile, args.build_arg)
+    if plan.missing_args:
+        warn(f"ARG without a value or default: {', '.join(plan.missing_args)} "
+             "(pass --build-arg NAME=VALUE or set it in the environment)")
+    if args.json:
+        json.dump(plan.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if args.print:
+        sys.stdout.write(artifact.print_text(plan))
+        return 0
+    data = artifact.artifact_bytes(plan)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        return 0
+    from amic.fsutil import write_atomic
+
+    write_atomic(args.output, data)
+    print(f"wrote {args.output} ({len(data)} bytes, final key {plan.final_key[:12]})",
+          file=sys.stderr)
+    return 0
