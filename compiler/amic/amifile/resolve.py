@@ -112,13 +112,13 @@ def _collect(amifile: ir.Amifile, loader: Loader, *, stack: tuple[str, ...], see
                            ("LABEL", next(iter(amifile.labels), None))):
             if node is not None:
                 raise AmifileError(f"{what} is only allowed in the top Amifile, not in an included file",
-                                   node.pos, source_line=_line(node.pos))
+                                   node.pos, source_line=source_line(node.pos))
     for inc in amifile.includes:
         path = find_include(inc, amifile.path)
         ident = _identity(path)
         if ident in stack:
             chain = " -> ".join([*(_short(p) for p in stack), _short(ident)])
-            raise AmifileError(f"INCLUDE cycle: {chain}", inc.pos, source_line=_line(inc.pos))
+            raise AmifileError(f"INCLUDE cycle: {chain}", inc.pos, source_line=source_line(inc.pos))
         if ident in seen:
             continue  # a second INCLUDE of the same file adds nothing
         seen.add(ident)
@@ -127,7 +127,7 @@ def _collect(amifile: ir.Amifile, loader: Loader, *, stack: tuple[str, ...], see
             child = loader(path)
         except OSError as exc:
             raise AmifileError(f"cannot read included file {path}: {exc.strerror}", inc.pos,
-                               source_line=_line(inc.pos)) from None
+                               source_line=source_line(inc.pos)) from None
         _collect(child, loader, stack=(*stack, ident), seen=seen, files=files,
                  services=services, args=args, envs=envs, is_root=False)
     args.extend(amifile.args)
@@ -174,14 +174,14 @@ def find_include(inc: ir.Include, including_file: str) -> str:
         extra = f"; did you mean {hint[0]!r}?" if hint else \
             f"; stock services: {', '.join(stock_service_names()) or 'none'}"
         raise AmifileError(f"no stock service named {ref!r}{extra}", inc.pos,
-                           source_line=_line(inc.pos),
+                           source_line=source_line(inc.pos),
                            hint="to include a file, write a path such as ./services/web.amifile")
     base = Path(including_file).parent
     target = (base / ref) if not os.path.isabs(ref) else Path(ref)
     if target.is_dir():
         target = target / STOCK_FILE
     if not target.is_file():
-        raise AmifileError(f"INCLUDE {ref}: no such file ({target})", inc.pos, source_line=_line(inc.pos))
+        raise AmifileError(f"INCLUDE {ref}: no such file ({target})", inc.pos, source_line=source_line(inc.pos))
     return os.path.normpath(str(target))
 
 
@@ -190,7 +190,7 @@ def _check_duplicates(services: list[ir.Service]) -> None:
     for svc in services:
         if svc.name in first:
             raise AmifileError(f"service {svc.name!r} is defined twice (first at {first[svc.name].pos})",
-                               svc.pos, source_line=_line(svc.pos))
+                               svc.pos, source_line=source_line(svc.pos))
         first[svc.name] = svc
 
 
@@ -202,10 +202,10 @@ def _topological(services: list[ir.Service]) -> list[ir.Service]:
                 close = difflib.get_close_matches(req.name, list(index), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise AmifileError(f"service {svc.name!r} requires unknown service {req.name!r}{hint}",
-                                   req.pos, source_line=_line(req.pos))
+                                   req.pos, source_line=source_line(req.pos))
             if req.name == svc.name:
                 raise AmifileError(f"service {svc.name!r} requires itself: {svc.name} -> {svc.name}",
-                                   req.pos, source_line=_line(req.pos))
+                                   req.pos, source_line=source_line(req.pos))
     _find_cycle(services, index)
     # Kahn's algorithm; the heap hands out the earliest-declared ready service.
     waiting = {s.name: {r.name for r in s.requires} for s in services}
@@ -236,7 +236,7 @@ def _find_cycle(services: list[ir.Service], index: dict[str, int]) -> None:
         for req in by_name[name].requires:
             if state.get(req.name) == 1:
                 chain = " -> ".join([*path[path.index(req.name):], req.name])
-                raise AmifileError(f"REQUIRES cycle: {chain}", req.pos, source_line=_line(req.pos))
+                raise AmifileError(f"REQUIRES cycle: {chain}", req.pos, source_line=source_line(req.pos))
             if req.name not in state:
                 visit(req.name, path)
         path.pop()
@@ -255,7 +255,7 @@ def _enabled(root: ir.Amifile, ordered: list[ir.Service]) -> list[str]:
                 close = difflib.get_close_matches(req.name, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise AmifileError(f"ENABLE names unknown service {req.name!r}{hint}", req.pos,
-                                   source_line=_line(req.pos))
+                                   source_line=source_line(req.pos))
         return [r.name for r in root.enables]
     return [s.name for s in root.services]
 
@@ -267,7 +267,7 @@ def _dedupe_args(args: list[ir.Arg]) -> list[ir.Arg]:
         if prev is not None and prev.default != arg.default and arg.default is not None \
                 and prev.default is not None:
             raise AmifileError(f"ARG {arg.name} declared again with another default "
-                               f"(first at {prev.pos})", arg.pos, source_line=_line(arg.pos))
+                               f"(first at {prev.pos})", arg.pos, source_line=source_line(arg.pos))
         if prev is None or prev.default is None:
             seen[arg.name] = arg
     return list(seen.values())
@@ -282,7 +282,7 @@ def _dedupe_envs(envs: list[ir.Env]) -> list[ir.Env]:
     return list(last.values())
 
 
-def _line(pos: Pos) -> str | None:
+def source_line(pos: Pos) -> str | None:
     """The source line at ``pos`` (for the caret display), or None if unreadable."""
     try:
         with open(pos.file, encoding="utf-8", errors="replace", newline="") as fh:

@@ -29,7 +29,7 @@ from amic import __version__
 
 from amic.amifile import ir
 from amic.errors import AmifileError
-from amic.amifile.resolve import Resolved, _line
+from amic.amifile.resolve import Resolved, source_line
 
 KEY_SCHEME = "amic-key-v1"
 """Bumped whenever what goes into a key changes, so old caches are not misread."""
@@ -258,7 +258,7 @@ def _expand_copy(index: int, copy: ir.Copy) -> CopyPlan:
             st = path.lstat()
         except OSError:
             raise AmifileError(f"COPY source {src!r} does not exist (looked in {copy.context or '.'})",
-                               copy.pos, source_line=_line(copy.pos)) from None
+                               copy.pos, source_line=source_line(copy.pos)) from None
         if stat.S_ISDIR(st.st_mode):
             files.extend(_walk(path, copy.mode))
         elif stat.S_ISREG(st.st_mode):
@@ -271,11 +271,11 @@ def _expand_copy(index: int, copy: ir.Copy) -> CopyPlan:
                                       "file", _file_digest(path)))
         else:
             raise AmifileError(f"COPY source {src!r} is neither a file nor a directory",
-                               copy.pos, source_line=_line(copy.pos))
+                               copy.pos, source_line=source_line(copy.pos))
     dest = copy.dest if not copy.dest.endswith("/") or copy.dest == "/" else copy.dest.rstrip("/")
     if not dest.startswith("/"):
         raise AmifileError(f"COPY destination {copy.dest!r} must be an absolute path",
-                           copy.pos, source_line=_line(copy.pos))
+                           copy.pos, source_line=source_line(copy.pos))
     seen: dict[str, CopyFile] = {}
     for f in files:
         seen[f.rel] = f  # a later source overwrites an earlier one, as cp would

@@ -455,7 +455,7 @@ def layer_failure(b: _Build, service: str, rc: int, router: OutputRouter) -> Bui
     lines = [f"service {failing} failed (exit {code})"
              + (f" at {pos.file}:{pos.line}" if pos else (f" at {where}" if where else ""))]
     if pos is not None:
-        text = resolve._line(pos)
+        text = resolve.source_line(pos)
         if text is not None:
             lines.append(f"    {text.strip()}")
     tail = router.tail(failing) or router.tail(service)
