@@ -1,18 +1,19 @@
-"""Engine logic against a tiny in-memory target: cache prefix, why-missed, checkpoint policy,
-cleanup order on error and Ctrl-C. The real thing is in test_build_local.py."""
+"""Engine logic against a tiny in-memory target (``tests/harness/fake.py``): cache prefix,
+why-missed, checkpoint policy, cleanup order on error and Ctrl-C. The real thing is in
+test_build_local.py; the scenarios every target shares are in tests/targets/test_contract.py."""
 
 from __future__ import annotations
 
-import contextlib
-import re
 import tempfile
 from pathlib import Path
 
 import pytest
 from amic.engine.build import BuildOptions, build, parse_checkpoint, should_checkpoint
 from amic.errors import BuildError, UsageError
-from amic.contract import TAG_KIND, TAG_SERVICE
-from amic.targets.base import Image, Target
+from amic.contract import TAG_KIND
+from amic.targets.base import Target
+
+from tests.harness.fake import FakeTarget
 
 AMIFILE = """\
 FROM debian:12
@@ -30,76 +31,6 @@ SERVICE c
         echo c
     EOF
 """
-
-
-class FakeMachine:
-    def __init__(self, target: FakeTarget, image: Image) -> None:
-        self.target = target
-        self.image = image
-
-    def run(self, command, *, env=None, on_output=None, timeout=None):
-        t = self.target
-        t.commands.append((command, dict(env or {})))
-        m = re.search(r"amic init (\S+)", command)
-        if m:
-            svc = m[1]
-            if svc == t.interrupt_in:
-                raise KeyboardInterrupt
-            on_output(f"amic: {svc}: init: begin")
-            on_output(f"{svc} says hello")
-            if svc == t.fail_in:
-                on_output(f"{svc} is broken")
-                on_output(f"amic: {svc}: init: FAILED exit 3 at Amifile:8")
-                return 1
-            on_output(f"amic: {svc}: init: ok 0s")
-        return 0
-
-    def put(self, local, remote, *, mode=0o600):
-        assert Path(local).exists()
-        self.target.events.append(f"put {remote}")
-
-    def describe(self):
-        return "ssh fake-machine"
-
-
-class FakeTarget(Target):
-    name = "fake"
-    default_checkpoint = "all"
-    snapshot_seconds = 1000.0
-
-    def __init__(self) -> None:
-        self.images: dict[str, Image] = {}
-        self.events: list[str] = []
-        self.commands: list[tuple[str, dict]] = []
-        self.fail_in: str | None = None
-        self.interrupt_in: str | None = None
-        self.counter = 0
-
-    def resolve_base(self, base_ref):
-        return Image(id="base-1", tags={TAG_KIND: "base"})
-
-    def find_image(self, key):
-        return self.images.get(key)
-
-    @contextlib.contextmanager
-    def launch(self, image, *, build_id):
-        self.events.append(f"launch {image.id}")
-        try:
-            yield FakeMachine(self, image)
-        except BaseException:
-            self.events.append("release (error)" if not self.keep_on_error else "kept")
-            raise
-        self.events.append("release")
-
-    def snapshot(self, machine, *, key, final, tags):
-        self.counter += 1
-        img = Image(id=f"img-{self.counter}", key=key, tags=tags, created=f"{self.counter:04d}")
-        self.images[key] = img
-        self.events.append(f"snapshot {'final' if final else tags[TAG_SERVICE]}")
-        return img
-
-    def list_images(self):
-        return iter(list(self.images.values()))
 
 
 @pytest.fixture
