@@ -18,6 +18,10 @@ RUNNER = f"{STATE_DIR}/stage2/amic"
 UPLOAD_PATH = "/tmp/amic-stage2.tar"
 """Where a build uploads the stage2 tarball before ``sh stage2/amic install``."""
 
+BUILD_KEY_MARK = "amic-build-key"
+"""The comment on every authorized_keys line a builder adds (``runner build-key mark``):
+prepare-image and every checkpoint remove all lines that carry it."""
+
 # -- progress markers the runner prints (``amic: <svc>: <phase>: <event> ...``) ------
 
 MARKER = re.compile(r"^amic: (?P<svc>[a-z][a-z0-9_-]*): (?P<phase>[a-z-]+): "

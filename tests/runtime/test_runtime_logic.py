@@ -349,3 +349,51 @@ SERVICE never
     st = root.status("dash")
     assert st["instance_id"] == "i-0abc123"
     assert {s["name"] for s in st["services"] if s["enabled"]} == {"base", "extra", "solo"}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("shell_id", list(SHELLS))
+def test_build_keys_marked_removed_and_added_back(tmp_path: Path, stub_root_lower: Path,
+                                                  shell_id: str) -> None:
+    """Every key a builder authorises is marked; prepare-image and a checkpoint remove all
+    marked keys (an earlier build's too), and the builder can authorise its own again."""
+    root = make_root(tmp_path, stub_root_lower)
+    amic, env = runner(shell_id)
+    root.install_stage2(compile_stage2(tmp_path / "ctx", "SERVICE app\n    INIT true\n"),
+                        SHELLS[shell_id], env=env)
+    user_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserKeyBlob user@laptop"
+    old_build = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOldBuildBlob amic-build-key"
+    new_build = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINewBuildBlob amic-0f3c"   # as cloud-init wrote it
+    root.run("useradd -m -s /bin/sh admin")
+    root.put("/home/admin/.ssh/authorized_keys", f"{user_key}\n{old_build}\n{new_build}\n", 0o600)
+    root.put("/root/.ssh/authorized_keys", f"no-pty {new_build}\n", 0o600)
+
+    rc, out = root.run(f"{amic} build-key mark AAAAC3NzaC1lZDI1NTE5AAAAINewBuildBlob", env=env,
+                       check=None)
+    assert rc == 0, out
+    marked = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINewBuildBlob amic-build-key"
+    assert root.read("/home/admin/.ssh/authorized_keys").splitlines() == [user_key, old_build, marked]
+    assert root.read("/root/.ssh/authorized_keys") == f"no-pty {marked}\n"
+
+    rc, out = root.run(f"{amic} build-key remove", env=env, check=None)
+    assert rc == 0, out
+    assert root.read("/home/admin/.ssh/authorized_keys") == user_key + "\n"
+    assert root.read("/root/.ssh/authorized_keys") == ""
+    assert root.file("/home/admin/.ssh/authorized_keys").stat().st_mode & 0o777 == 0o600
+
+    rc, out = root.run(f"{amic} build-key add admin 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINewBuildBlob'"
+                       f" && {amic} build-key add admin 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINewBuildBlob'",
+                       env=env, check=None)
+    assert rc == 0, out
+    assert root.read("/home/admin/.ssh/authorized_keys").splitlines() == [user_key, marked]
+    rc, out = root.run("stat -c %U /home/admin/.ssh/authorized_keys")
+    assert out.strip() == "admin"
+
+    rc, out = root.run(f"{amic} prepare-image", env=env, check=None)
+    assert rc == 0, out
+    assert root.read("/home/admin/.ssh/authorized_keys") == user_key + "\n"
+
+    rc, out = root.run(f"{amic} build-key add nosuchuser 'ssh-ed25519 AAAA'", env=env, check=None)
+    assert rc == 1 and "no user 'nosuchuser'" in out
+    rc, out = root.run(f"{amic} build-key frobnicate", env=env, check=None)
+    assert rc == 2

@@ -22,6 +22,10 @@ def test_state_dir_and_runner_path():
     assert contract.RUNNER == f"{contract.STATE_DIR}/stage2/amic"
 
 
+def test_build_key_mark():
+    assert re.search(rf"^BUILD_KEY_MARK={re.escape(contract.BUILD_KEY_MARK)}$", RUNNER_TEXT, re.M)
+
+
 def marker_lines() -> list[str]:
     """Every ``say "<svc>: <phase>: <event> ..."`` of the runner, with variables filled in."""
     lines = []
