@@ -17,7 +17,9 @@ Ctrl-C/SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt)::
     snapshot_final      record the image under the final key
 
 Nothing here knows which cloud it talks to: everything target-specific is
-behind :class:`amic.targets.base.Target`.
+behind :class:`amic.targets.base.Target`. The checkpoint policy is in
+``amic.engine.checkpoint``; why a layer ran and where it failed, in
+``amic.engine.explain``.
 """
 
 from __future__ import annotations
@@ -34,16 +36,14 @@ from pathlib import Path
 import attrs
 
 from amic import contract
-from amic.compile import artifact
-
 from amic.amifile import resolve
+from amic.compile import artifact
 from amic.compile import plan as planmod
-from amic.errors import BuildError, UsageError
+from amic.engine.checkpoint import parse_checkpoint, should_checkpoint
+from amic.engine.explain import indent, layer_failure, why_missed
 from amic.engine.progress import OutputRouter, Reporter, short
+from amic.errors import AmifileError, BuildError, UsageError
 from amic.targets import base as tb
-
-INPUT_ORDER = ("packages", "copy", "init", "env", "args", "runtime", "parent")
-
 
 @attrs.frozen
 class BuildOptions:
@@ -106,66 +106,13 @@ class BuildResult:
         }
 
 
-# -- checkpoint policy ---------------------------------------------------------
-
-
-def parse_checkpoint(policy: str, services: tuple[str, ...]) -> str | frozenset[str]:
-    """A built-in policy name, or the set of services named (validated against the plan)."""
-    if policy in tb.CHECKPOINT_POLICIES:
-        return policy
-    names = frozenset(n.strip() for n in policy.split(",") if n.strip())
-    unknown = sorted(names - set(services))
-    if not names or unknown:
-        raise UsageError(f"--checkpoint {policy!r}: expected one of "
-                         f"{', '.join(tb.CHECKPOINT_POLICIES)} or service names"
-                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-    return names
-
-
-def should_checkpoint(policy: str | frozenset[str], *, service: str, last: bool,
-                      uncheckpointed_seconds: float, snapshot_seconds: float) -> bool:
-    """Whether to snapshot after a layer. The last layer is kept unless the policy is ``none``,
-    so that a build whose only change is UPDATE starts from it."""
-    if policy == "none":
-        return False
-    if last or policy == "all":
-        return True
-    if policy == "last":
-        return False
-    if policy == "auto":
-        return uncheckpointed_seconds >= snapshot_seconds
-    return service in policy
-
-
-# -- why a layer missed ------------------------------------------------------------
-
-
-def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | None) -> str:
-    """Name the inputs that differ from the nearest earlier checkpoint of the same service."""
-    history = target.images_for_service(layer.service)
-    if not history:
-        return f"parent changed ({earlier_miss} re-ran)" if earlier_miss else "no earlier build"
-
-    def changed(img: tb.Image) -> list[str]:
-        return [name for name in INPUT_ORDER if name in layer.inputs and
-                img.tags.get(contract.TAG_INPUT_PREFIX + name) != layer.inputs[name]]
-
-    diffs = min((changed(img) for img in history[:50]), key=len)
-    if not diffs:
-        return "checkpoint removed"
-    own = [d for d in diffs if d != "parent"]
-    if own:
-        return ", ".join(own) + " changed"
-    if earlier_miss:
-        return f"parent changed ({earlier_miss} re-ran)"
-    return "base image changed" if layer.inputs.get("parent") else "parent changed"
-
-
 # -- the build -------------------------------------------------------------------
 
 
 @attrs.define
-class _Build:
+class BuildState:
+    """One build in progress: what every step reads, and what the steps before it found."""
+
     target: tb.Target
     options: BuildOptions
     reporter: Reporter
@@ -205,7 +152,7 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
     target.keep_on_error = options.on_error == "abort"
     target.log = reporter.note
     with contextlib.ExitStack() as stack:
-        b = _Build(target=target, options=options, reporter=reporter, stack=stack,
+        b = BuildState(target=target, options=options, reporter=reporter, stack=stack,
                    build_id=new_build_id(), started_ns=started_ns)
         stack.callback(reporter.end)
         stack.enter_context(target.build_lock())
@@ -233,12 +180,21 @@ def load_amifile(path: str) -> resolve.Resolved:
     return resolve.load(path)
 
 
-def resolve_base(b: _Build, resolved: resolve.Resolved) -> tb.Image:
-    ref = resolved.base.ref if resolved.base else None
-    return b.target.resolve_base(ref)
+def resolve_base(b: BuildState, resolved: resolve.Resolved) -> tb.Image:
+    """FROM as the target's image. A reference the target does not know is a mistake in the
+    Amifile, so it is reported at the FROM line (targets never see positions)."""
+    base = resolved.base
+    try:
+        return b.target.resolve_base(base.ref if base else None)
+    except UsageError as exc:
+        # Only an error naming the reference is about FROM; another (ec2: no AWS region)
+        # stays a usage error with its exit code 2.
+        if base is None or base.ref not in str(exc):
+            raise
+        raise AmifileError(str(exc), base.pos, source_line=resolve.source_line(base.pos)) from exc
 
 
-def make_plan(b: _Build, resolved: resolve.Resolved) -> planmod.Plan:
+def make_plan(b: BuildState, resolved: resolve.Resolved) -> planmod.Plan:
     declared = {a.name for a in resolved.args}
     unused = sorted(set(b.options.build_args) - declared)
     if unused:
@@ -250,7 +206,7 @@ def make_plan(b: _Build, resolved: resolve.Resolved) -> planmod.Plan:
     return p
 
 
-def cached_result(b: _Build, final: tb.Image) -> BuildResult:
+def cached_result(b: BuildState, final: tb.Image) -> BuildResult:
     p = b.plan
     n = len(p.layers)
     reports = []
@@ -261,7 +217,7 @@ def cached_result(b: _Build, final: tb.Image) -> BuildResult:
     return _result(b, final, reports, cached=True)
 
 
-def find_prefix(b: _Build) -> tuple[tb.Image, list[LayerReport]]:
+def find_prefix(b: BuildState) -> tuple[tb.Image, list[LayerReport]]:
     """The image to start from (longest cached prefix) and reports for the cached layers."""
     p = b.plan
     start, done = b.base, 0
@@ -280,7 +236,7 @@ def find_prefix(b: _Build) -> tuple[tb.Image, list[LayerReport]]:
     return start, reports
 
 
-def run_build(b: _Build, start: tb.Image, reports: list[LayerReport]) -> BuildResult:
+def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport]) -> BuildResult:
     p = b.plan
     n = len(p.layers)
     for i, r in enumerate(reports, 1):
@@ -314,7 +270,7 @@ def run_build(b: _Build, start: tb.Image, reports: list[LayerReport]) -> BuildRe
     return _result(b, image, reports, cached=False)
 
 
-def write_artifact(b: _Build) -> Path:
+def write_artifact(b: BuildState) -> Path:
     """The stage2 tarball in a temporary file. Where ``/proc/self/fd`` exists the file is
     unlinked at once and reached through its descriptor, so not even SIGKILL leaks it."""
     fd, name = tempfile.mkstemp(prefix="amic-stage2-", suffix=".tar")
@@ -331,18 +287,18 @@ def write_artifact(b: _Build) -> Path:
     return path
 
 
-def launch(b: _Build, image: tb.Image) -> tb.Machine:
+def launch(b: BuildState, image: tb.Image) -> tb.Machine:
     return b.stack.enter_context(b.target.launch(image, build_id=b.build_id))
 
 
-def _run(b: _Build, command: str, what: str, *, env: Mapping[str, str] | None = None,
+def _run(b: BuildState, command: str, what: str, *, env: Mapping[str, str] | None = None,
          service: str | None = None) -> tuple[int, OutputRouter]:
     router = OutputRouter(b.reporter.output, default=service or what)
     rc = b.machine.run(command, env=env, on_output=router)
     return rc, router
 
 
-def upload_stage2(b: _Build, tarball: Path) -> None:
+def upload_stage2(b: BuildState, tarball: Path) -> None:
     b.reporter.begin("uploading stage2")
     b.machine.put(tarball, contract.UPLOAD_PATH, mode=0o600)
     rc, router = _run(b, f'd=$(mktemp -d) && cd "$d" && tar -xf {contract.UPLOAD_PATH} && '
@@ -351,10 +307,11 @@ def upload_stage2(b: _Build, tarball: Path) -> None:
     b.reporter.end()
     if rc != 0:
         raise BuildError(f"installing the stage2 on the machine failed (exit {rc}):\n"
-                         + _indent(router.tail("install")))
+                         + indent(router.tail("install")))
 
 
-def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
+def run_layers(b: BuildState, reports: list[LayerReport]) -> list[LayerReport]:
+    """``amic init`` for every layer above the cached prefix, checkpointing per policy."""
     p = b.plan
     n = len(p.layers)
     policy = parse_checkpoint(b.options.checkpoint or b.target.default_checkpoint, p.enabled)
@@ -366,22 +323,13 @@ def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
         layer = p.layers[i]
         reason = "--no-cache" if b.options.no_cache else why_missed(b.target, layer,
                                                                     earlier_miss=earlier_miss)
-        b.reporter.begin(f"[{i + 1}/{n}] {layer.service} init")
-        t0 = time.monotonic()
-        rc, router = _run(b, f"{contract.RUNNER} init {layer.service}", "init", env=p.arg_values,
-                          service=layer.service)
-        seconds = time.monotonic() - t0
-        b.timings[f"init:{layer.service}"] = seconds
-        b.reporter.end()
-        if rc != 0:
-            b.reporter.layer(i + 1, n, layer.service, "FAILED", reason, seconds)
-            raise layer_failure(b, layer.service, rc, router)
-        if router.finished.get(layer.service) == "skipped":
+        seconds, skipped = init_layer(b, i, reason)
+        if skipped:
             # In place (ssh): the host already ran this init with the same hash.
-            b.reporter.layer(i + 1, n, layer.service, "CACHED", "already initialised on the host",
-                             seconds)
-            reports.append(LayerReport(layer.service, layer.key, "CACHED",
-                                       "already initialised on the host", round(seconds, 3), None))
+            reason = "already initialised on the host"
+            b.reporter.layer(i + 1, n, layer.service, "CACHED", reason, seconds)
+            reports.append(LayerReport(layer.service, layer.key, "CACHED", reason,
+                                       round(seconds, 3), None))
             continue
         since_checkpoint += seconds
         checkpoint = None
@@ -389,9 +337,8 @@ def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
                              uncheckpointed_seconds=since_checkpoint,
                              snapshot_seconds=b.target.snapshot_seconds):
             with b.timed("snapshot"):
-                img = b.target.snapshot(b.machine, key=layer.key, final=False,
-                                        tags=layer_tags(b, layer))
-            checkpoint = img.id
+                checkpoint = b.target.snapshot(b.machine, key=layer.key, final=False,
+                                               tags=layer_tags(b, layer)).id
             since_checkpoint = 0.0
         b.reporter.layer(i + 1, n, layer.service, "RUN", reason, seconds)
         reports.append(LayerReport(layer.service, layer.key, "RUN", reason, round(seconds, 3),
@@ -400,7 +347,26 @@ def run_layers(b: _Build, reports: list[LayerReport]) -> list[LayerReport]:
     return reports
 
 
-def finalize(b: _Build) -> None:
+def init_layer(b: BuildState, i: int, reason: str) -> tuple[float, bool]:
+    """Run layer ``i``'s init; return its seconds and whether the host skipped it as done.
+    A failure raises, naming the service and its Amifile line."""
+    p = b.plan
+    n = len(p.layers)
+    service = p.layers[i].service
+    b.reporter.begin(f"[{i + 1}/{n}] {service} init")
+    t0 = time.monotonic()
+    rc, router = _run(b, f"{contract.RUNNER} init {service}", "init", env=p.arg_values,
+                      service=service)
+    seconds = time.monotonic() - t0
+    b.timings[f"init:{service}"] = seconds
+    b.reporter.end()
+    if rc != 0:
+        b.reporter.layer(i + 1, n, service, "FAILED", reason, seconds)
+        raise layer_failure(p, service, rc, router)
+    return seconds, router.finished.get(service) == "skipped"
+
+
+def finalize(b: BuildState) -> None:
     """The boot hook, and (only when an image is made) the cleanup before the snapshot:
     prepare-image removes host keys and machine-id, which an in-place host keeps."""
     command = f"{contract.RUNNER} install-boot-hook"
@@ -415,10 +381,10 @@ def finalize(b: _Build) -> None:
     b.reporter.end()
     if rc != 0:
         raise BuildError(f"finishing the image failed (exit {rc}):\n"
-                         + _indent(router.tail("finalize")))
+                         + indent(router.tail("finalize")))
 
 
-def snapshot_final(b: _Build) -> tb.Image:
+def snapshot_final(b: BuildState) -> tb.Image:
     p = b.plan
     b.reporter.begin("snapshot")
     tags = {**p.labels, **_common_tags(b), contract.TAG_KEY: p.final_key, contract.TAG_KIND: contract.KIND_FINAL}
@@ -431,7 +397,7 @@ def snapshot_final(b: _Build) -> tb.Image:
     return image
 
 
-def layer_tags(b: _Build, layer: planmod.Layer) -> dict[str, str]:
+def layer_tags(b: BuildState, layer: planmod.Layer) -> dict[str, str]:
     tags = {**_common_tags(b), contract.TAG_KEY: layer.key, contract.TAG_KIND: contract.KIND_LAYER,
             contract.TAG_SERVICE: layer.service, contract.TAG_PARENT_KEY: layer.parent_key}
     for name, digest in layer.inputs.items():
@@ -439,7 +405,7 @@ def layer_tags(b: _Build, layer: planmod.Layer) -> dict[str, str]:
     return tags
 
 
-def _common_tags(b: _Build) -> dict[str, str]:
+def _common_tags(b: BuildState) -> dict[str, str]:
     import hashlib
 
     source = hashlib.sha256(os.path.abspath(b.plan.amifile_path).encode()).hexdigest()[:16]
@@ -447,42 +413,7 @@ def _common_tags(b: _Build) -> dict[str, str]:
             contract.TAG_BUILD: b.build_id}
 
 
-def layer_failure(b: _Build, service: str, rc: int, router: OutputRouter) -> BuildError:
-    """The failing service, its Amifile line and the tail of its output."""
-    failing = next((s for s in router.failures), service)
-    code, where = router.failures.get(failing, (str(rc), None))
-    pos = _find_pos(b.plan, failing, where)
-    lines = [f"service {failing} failed (exit {code})"
-             + (f" at {pos.file}:{pos.line}" if pos else (f" at {where}" if where else ""))]
-    if pos is not None:
-        text = resolve.source_line(pos)
-        if text is not None:
-            lines.append(f"    {text.strip()}")
-    tail = router.tail(failing) or router.tail(service)
-    if tail:
-        lines.append(f"last output of {failing}:")
-        lines.append(_indent(tail))
-    return BuildError("\n".join(lines))
-
-
-def _find_pos(p: planmod.Plan, service: str, where: str | None):
-    try:
-        svc = p.service(service).service
-    except KeyError:
-        return None
-    if where and ":" in where:
-        name, _, line = where.rpartition(":")
-        for item in (*svc.inits, *svc.copies):
-            if str(item.pos.line) == line and os.path.basename(item.pos.file) == name:
-                return item.pos
-    return svc.pos
-
-
-def _indent(lines: list[str]) -> str:
-    return "\n".join(f"    {line}" for line in lines)
-
-
-def _result(b: _Build, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
+def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
     if b.target.fast_rebuild:
         from amic.engine import memo as buildmemo
 

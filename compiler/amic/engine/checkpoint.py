@@ -1,0 +1,42 @@
+"""Checkpoint policy: after which layers a build keeps a reusable image.
+
+A checkpoint costs a snapshot (local: a rename, ec2: an AMI, minutes) and
+saves re-running every init below it when a later layer changes. The policy
+comes from ``--checkpoint`` or the target's ``default_checkpoint``.
+"""
+
+from __future__ import annotations
+
+from amic.errors import UsageError
+from amic.targets.base import CHECKPOINT_POLICIES
+
+Policy = str | frozenset[str]
+"""A built-in policy name (``CHECKPOINT_POLICIES``) or the services to checkpoint after."""
+
+
+def parse_checkpoint(policy: str, services: tuple[str, ...]) -> Policy:
+    """A built-in policy name, or the set of services named (validated against the plan)."""
+    if policy in CHECKPOINT_POLICIES:
+        return policy
+    names = frozenset(n.strip() for n in policy.split(",") if n.strip())
+    unknown = sorted(names - set(services))
+    if not names or unknown:
+        raise UsageError(f"--checkpoint {policy!r}: expected one of "
+                         f"{', '.join(CHECKPOINT_POLICIES)} or service names"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return names
+
+
+def should_checkpoint(policy: Policy, *, service: str, last: bool,
+                      uncheckpointed_seconds: float, snapshot_seconds: float) -> bool:
+    """Whether to snapshot after a layer. The last layer is kept unless the policy is ``none``,
+    so that a build whose only change is UPDATE starts from it."""
+    if policy == "none":
+        return False
+    if last or policy == "all":
+        return True
+    if policy == "last":
+        return False
+    if policy == "auto":
+        return uncheckpointed_seconds >= snapshot_seconds
+    return service in policy

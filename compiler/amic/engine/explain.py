@@ -1,0 +1,77 @@
+"""What the engine tells the user about a layer: why it ran, and where it failed.
+
+Both point back at the Amifile: a miss names the inputs that changed (from
+the ``amic:input:*`` tags of earlier checkpoints), a failure names the
+service, its Amifile line and the tail of its output.
+"""
+
+from __future__ import annotations
+
+import os
+
+from amic import contract
+from amic.amifile import resolve
+from amic.compile import plan as planmod
+from amic.errors import BuildError, Pos
+from amic.engine.progress import OutputRouter
+from amic.targets import base as tb
+
+INPUT_ORDER = ("packages", "copy", "init", "env", "args", "runtime", "parent")
+"""The layer inputs in the order a miss names them."""
+
+
+def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | None) -> str:
+    """Name the inputs that differ from the nearest earlier checkpoint of the same service."""
+    history = target.images_for_service(layer.service)
+    if not history:
+        return f"parent changed ({earlier_miss} re-ran)" if earlier_miss else "no earlier build"
+
+    def changed(img: tb.Image) -> list[str]:
+        return [name for name in INPUT_ORDER if name in layer.inputs and
+                img.tags.get(contract.TAG_INPUT_PREFIX + name) != layer.inputs[name]]
+
+    diffs = min((changed(img) for img in history[:50]), key=len)
+    if not diffs:
+        return "checkpoint removed"
+    own = [d for d in diffs if d != "parent"]
+    if own:
+        return ", ".join(own) + " changed"
+    if earlier_miss:
+        return f"parent changed ({earlier_miss} re-ran)"
+    return "base image changed" if layer.inputs.get("parent") else "parent changed"
+
+
+def layer_failure(plan: planmod.Plan, service: str, rc: int, router: OutputRouter) -> BuildError:
+    """The failing service, its Amifile line and the tail of its output."""
+    failing = next((s for s in router.failures), service)
+    code, where = router.failures.get(failing, (str(rc), None))
+    pos = failure_pos(plan, failing, where)
+    lines = [f"service {failing} failed (exit {code})"
+             + (f" at {pos.file}:{pos.line}" if pos else (f" at {where}" if where else ""))]
+    if pos is not None:
+        text = resolve.source_line(pos)
+        if text is not None:
+            lines.append(f"    {text.strip()}")
+    tail = router.tail(failing) or router.tail(service)
+    if tail:
+        lines.append(f"last output of {failing}:")
+        lines.append(indent(tail))
+    return BuildError("\n".join(lines))
+
+
+def failure_pos(plan: planmod.Plan, service: str, where: str | None) -> Pos | None:
+    """The INIT or COPY the runtime reported as ``file:line``, else the SERVICE line."""
+    try:
+        svc = plan.service(service).service
+    except KeyError:
+        return None
+    if where and ":" in where:
+        name, _, line = where.rpartition(":")
+        for item in (*svc.inits, *svc.copies):
+            if str(item.pos.line) == line and os.path.basename(item.pos.file) == name:
+                return item.pos
+    return svc.pos
+
+
+def indent(lines: list[str]) -> str:
+    return "\n".join(f"    {line}" for line in lines)
