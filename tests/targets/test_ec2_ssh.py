@@ -13,7 +13,7 @@ import os
 
 import pytest
 from amic.targets.ec2 import gc as ec2_gc
-from amic.targets.ssh import conn as sshconn
+from amic.targets.ssh.hostkeys import fingerprints
 from amic.errors import BuildError
 from amic.targets.ec2 import target as ec2
 from amic.contract import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_LAYER_PREFIX, TAG_SERVICE
@@ -67,7 +67,7 @@ def test_host_key_from_console_is_accepted(fake):
         lines = []
         assert m.run("true", env={"SECRET": "x y"}, on_output=lines.append) == 0
         assert lines == ["stand-in"]
-        assert m.expected_keys & sshconn.fingerprints(fake.standin.plain.host_key)
+        assert m.expected_keys & fingerprints(fake.standin.plain.host_key)
     assert_clean(fake)
 
 
@@ -91,7 +91,7 @@ def test_explicit_fingerprint_and_trust_on_first_use(fake):
         pass
     t = target(fake, trust_on_first_use=True)
     with t.launch(t.resolve_base(None), build_id="b-tofu") as m:
-        assert m.expected_keys == sshconn.fingerprints(fake.standin.plain.host_key)
+        assert m.expected_keys == fingerprints(fake.standin.plain.host_key)
     assert fake.proxy.count("GetConsoleOutput") >= 1
     assert_clean(fake)
 

@@ -1,4 +1,4 @@
-"""The SSH layer (amic.targets.ssh.conn) against a real sshd whose sessions land in a throwaway root.
+"""The SSH layer (amic.targets.ssh) against a real sshd whose sessions land in a throwaway root.
 
 Units (parsing, quoting, the ssh command shown to humans) run anywhere; the
 rest start ``/usr/sbin/sshd`` through ``tests/sshd.py`` and need root.
@@ -13,8 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from amic.targets.ssh import conn as sshconn
-from amic.errors import UsageError
+from amic.targets.ssh.conn import connect, wait_for_ssh
+from amic.targets.ssh.endpoint import Endpoint, parse_jump, ssh_command
+from amic.targets.ssh.errors import (AuthFailed, HostKeyMismatch, SshError, SudoError,
+                                     UnknownHostKey, Unreachable)
+from amic.targets.ssh.hostkeys import (AcceptAnyHostKey, ExpectedHostKeys, KnownHosts,
+                                       TrustOnFirstUse, fingerprint, fingerprints,
+                                       normalize_fingerprint, policy_from_options, public_key_line)
+from amic.targets.ssh.session import SshConnection, env_script
+from amic.errors import BuildError, UsageError
 
 pytest.register_assert_rewrite("tests.harness.sshd")
 
@@ -31,66 +38,88 @@ from tests.harness.sshd import SshdRoot, free_port, new_key
     ("carol@2001:db8::1", "2001:db8::1", 22, "carol"),
 ])
 def test_endpoint_parse(text, host, port, user):
-    ep = sshconn.Endpoint.parse(text)
+    ep = Endpoint.parse(text)
     assert (ep.host, ep.port, ep.user) == (host, port, user)
 
 
 def test_endpoint_defaults_to_local_user_and_names_like_known_hosts():
-    ep = sshconn.Endpoint.parse("h:2222", default_user=None)
+    ep = Endpoint.parse("h:2222", default_user=None)
     assert ep.user  # the local user name, as OpenSSH does
     assert ep.known_hosts_name == "[h]:2222"
-    assert sshconn.Endpoint("h", 22, "u").known_hosts_name == "h"
+    assert Endpoint("h", 22, "u").known_hosts_name == "h"
 
 
 @pytest.mark.parametrize("bad", ["", "@host", "u@host:0", "u@host:99999", "u@host:x", "u@[::1"])
 def test_endpoint_parse_errors(bad):
     with pytest.raises(UsageError, match="expected|port"):
-        sshconn.Endpoint.parse(bad)
+        Endpoint.parse(bad)
 
 
 def test_policy_options_exclude_each_other():
     with pytest.raises(UsageError, match="exclude"):
-        sshconn.policy_from_options(accept_new=True, insecure=True)
-    assert isinstance(sshconn.policy_from_options(insecure=True), sshconn.AcceptAnyHostKey)
-    assert isinstance(sshconn.policy_from_options(accept_new=True), sshconn.TrustOnFirstUse)
-    assert type(sshconn.policy_from_options()) is sshconn.KnownHosts
+        policy_from_options(accept_new=True, insecure=True)
+    assert isinstance(policy_from_options(insecure=True), AcceptAnyHostKey)
+    assert isinstance(policy_from_options(accept_new=True), TrustOnFirstUse)
+    assert type(policy_from_options()) is KnownHosts
 
 
 def test_ssh_command_for_humans():
-    jump = sshconn.parse_jump("ops@bastion:2200")
-    cmd = sshconn.ssh_command(sshconn.Endpoint("10.0.0.5", 2222, "admin"), key_filename="/k/id",
-                              jump=jump, policy=sshconn.KnownHosts("/tmp/kh"))
+    jump = parse_jump("ops@bastion:2200")
+    cmd = ssh_command(Endpoint("10.0.0.5", 2222, "admin"), key_filename="/k/id",
+                              jump=jump, policy=KnownHosts("/tmp/kh"))
     assert cmd == ("ssh -i /k/id -p 2222 -J ops@bastion:2200 -o UserKnownHostsFile=/tmp/kh "
                    "admin@10.0.0.5")
 
 
 def test_env_travels_on_stdin_not_on_the_command_line():
-    conn = object.__new__(sshconn.SshConnection)
+    conn = object.__new__(SshConnection)
     conn.sudo = True
     line = conn.remote_command("echo $X")
     assert line.startswith("sudo -n /bin/sh -c ")
     assert "secret" not in line
-    assert sshconn._env_script({"X": "it's secret"}) == "export X='it'\"'\"'s secret'\n"
-    with pytest.raises(sshconn.BuildError, match="not a valid shell name"):
-        sshconn._env_script({"A B": "x"})
+    assert env_script({"X": "it's secret"}) == "export X='it'\"'\"'s secret'\n"
+    with pytest.raises(BuildError, match="not a valid shell name"):
+        env_script({"A B": "x"})
 
 
 def test_expected_host_keys_accept_fingerprints_lines_and_keys():
     key = new_key()
-    pub = sshconn.public_key_line(key)
-    for item in (key, pub, sshconn.fingerprint(key), min(sshconn.fingerprints(key))):
-        sshconn.ExpectedHostKeys([item]).check("h", key)
-    with pytest.raises(sshconn.HostKeyMismatch, match=re.escape(sshconn.fingerprint(key))):
-        sshconn.ExpectedHostKeys([new_key()]).check("h", key)
+    pub = public_key_line(key)
+    for item in (key, pub, fingerprint(key), min(fingerprints(key))):
+        ExpectedHostKeys([item]).check("h", key)
+    with pytest.raises(HostKeyMismatch, match=re.escape(fingerprint(key))):
+        ExpectedHostKeys([new_key()]).check("h", key)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("SHA256:AbC+/9=", "SHA256:AbC+/9"),
+    (" sha256:AbC ", "SHA256:AbC"),                 # prefix in any case, base64 case kept
+    ("AbC+/9=", "SHA256:AbC+/9"),                    # bare base64: SHA256
+    ("MD5:6C:1B:0E:2A:33:44:55:66:77:88:99:AA:BB:CC:DD:EE",
+     "MD5:6c:1b:0e:2a:33:44:55:66:77:88:99:aa:bb:cc:dd:ee"),
+    ("6C:1B:0E:2A:33:44:55:66:77:88:99:AA:BB:CC:DD:EE",
+     "MD5:6c:1b:0e:2a:33:44:55:66:77:88:99:aa:bb:cc:dd:ee"),   # bare hex, any case: MD5
+])
+def test_normalize_fingerprint(text, expected):
+    assert normalize_fingerprint(text) == expected
+
+
+def test_normalized_fingerprints_match_the_key_however_written():
+    key = new_key()
+    sha, md5 = sorted(fingerprints(key), key=lambda f: not f.startswith("SHA256:"))
+    for written in (sha + "=", sha.removeprefix("SHA256:"), md5.upper(),
+                    md5.removeprefix("MD5:").upper()):
+        assert normalize_fingerprint(written) in fingerprints(key)
+        ExpectedHostKeys([written]).check("h", key)
 
 
 # -- against a real sshd -----------------------------------------------------------------
 
 
 
-def _connect(server: SshdRoot, key, **kw) -> sshconn.SshConnection:
-    kw.setdefault("host_key_policy", sshconn.ExpectedHostKeys([server.host_public]))
-    return sshconn.connect("127.0.0.1", server.port, "root", pkey=key, allow_agent=False,
+def _connect(server: SshdRoot, key, **kw) -> SshConnection:
+    kw.setdefault("host_key_policy", ExpectedHostKeys([server.host_public]))
+    return connect("127.0.0.1", server.port, "root", pkey=key, allow_agent=False,
                            look_for_keys=False, **kw)
 
 
@@ -186,7 +215,7 @@ def test_put_uploads_into_the_root_atomically_with_its_mode(conn, sshd_root, tmp
     conn.put(src, "/root/payload.bin", mode=0o600)
     assert landed.read_text() == "second version\n"
     assert sorted(p.name for p in landed.parent.iterdir()) == ["payload.bin"]  # no temp files
-    with pytest.raises(sshconn.SshError, match="no-such-dir"):
+    with pytest.raises(SshError, match="no-such-dir"):
         conn.put(src, "/no-such-dir/x")
 
 
@@ -194,11 +223,11 @@ def test_put_uploads_into_the_root_atomically_with_its_mode(conn, sshd_root, tmp
 @pytest.mark.root
 def test_unknown_host_key_is_refused_with_its_fingerprint(sshd_root, ssh_client_key, tmp_path):
     known = tmp_path / "known_hosts"
-    with pytest.raises(sshconn.UnknownHostKey) as info:
+    with pytest.raises(UnknownHostKey) as info:
         _connect(sshd_root, ssh_client_key[0],
-                 host_key_policy=sshconn.KnownHosts(known, system=None))
+                 host_key_policy=KnownHosts(known, system=None))
     msg = str(info.value)
-    assert sshconn.fingerprint(sshd_root.host_public) in msg
+    assert fingerprint(sshd_root.host_public) in msg
     assert "--ssh-accept-new" in msg and f"ssh-keyscan -p {sshd_root.port} 127.0.0.1" in msg
     assert not known.exists()
     assert "Accepted publickey" not in sshd_root.log   # refused before authenticating
@@ -209,15 +238,15 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(sshd_root, ssh_client_
 def test_trust_on_first_use_records_then_strict_accepts(sshd_root, ssh_client_key, tmp_path):
     known = tmp_path / "ssh" / "known_hosts"
     with _connect(sshd_root, ssh_client_key[0],
-                  host_key_policy=sshconn.TrustOnFirstUse(known)) as c:
+                  host_key_policy=TrustOnFirstUse(known)) as c:
         assert c.host_key == sshd_root.host_public
     assert known.read_text() == sshd_root.known_hosts_line + "\n"
     assert known.stat().st_mode & 0o777 == 0o600
     with _connect(sshd_root, ssh_client_key[0],
-                  host_key_policy=sshconn.KnownHosts(known, system=None)) as c:
+                  host_key_policy=KnownHosts(known, system=None)) as c:
         assert c.run("true") == 0
     with _connect(sshd_root, ssh_client_key[0],   # a second TOFU does not record twice
-                  host_key_policy=sshconn.TrustOnFirstUse(known)):
+                  host_key_policy=TrustOnFirstUse(known)):
         pass
     assert known.read_text().count("\n") == 1
 
@@ -227,17 +256,17 @@ def test_trust_on_first_use_records_then_strict_accepts(sshd_root, ssh_client_ke
 def test_changed_host_key_is_refused(sshd_root, ssh_client_key, tmp_path):
     known = tmp_path / "known_hosts"
     other = new_key()
-    known.write_text(f"{sshd_root.known_hosts_name} {sshconn.public_key_line(other)}\n")
-    for policy in (sshconn.KnownHosts(known, system=None), sshconn.TrustOnFirstUse(known)):
-        with pytest.raises(sshconn.HostKeyMismatch) as info:
+    known.write_text(f"{sshd_root.known_hosts_name} {public_key_line(other)}\n")
+    for policy in (KnownHosts(known, system=None), TrustOnFirstUse(known)):
+        with pytest.raises(HostKeyMismatch) as info:
             _connect(sshd_root, ssh_client_key[0], host_key_policy=policy)
         msg = str(info.value)
-        assert "MISMATCH" in msg and sshconn.fingerprint(sshd_root.host_public) in msg
-        assert sshconn.fingerprint(other) in msg and "ssh-keygen -R" in msg
+        assert "MISMATCH" in msg and fingerprint(sshd_root.host_public) in msg
+        assert fingerprint(other) in msg and "ssh-keygen -R" in msg
     assert known.read_text().count("\n") == 1   # TOFU did not add the new key
-    with pytest.raises(sshconn.HostKeyMismatch, match=re.escape(sshconn.fingerprint(other))):
-        _connect(sshd_root, ssh_client_key[0], host_key_policy=sshconn.ExpectedHostKeys(
-            [sshconn.fingerprint(other)], source="the console"))
+    with pytest.raises(HostKeyMismatch, match=re.escape(fingerprint(other))):
+        _connect(sshd_root, ssh_client_key[0], host_key_policy=ExpectedHostKeys(
+            [fingerprint(other)], source="the console"))
     assert "Accepted publickey" not in sshd_root.log
 
 
@@ -245,10 +274,10 @@ def test_changed_host_key_is_refused(sshd_root, ssh_client_key, tmp_path):
 @pytest.mark.root
 def test_auth_failure_fails_fast_without_retrying(sshd_root):
     t0 = time.monotonic()
-    with pytest.raises(sshconn.AuthFailed, match="authentication failed"):
-        sshconn.wait_for_ssh("127.0.0.1", sshd_root.port, "root", pkey=new_key(), timeout=60,
+    with pytest.raises(AuthFailed, match="authentication failed"):
+        wait_for_ssh("127.0.0.1", sshd_root.port, "root", pkey=new_key(), timeout=60,
                              allow_agent=False, look_for_keys=False,
-                             host_key_policy=sshconn.ExpectedHostKeys([sshd_root.host_public]))
+                             host_key_policy=ExpectedHostKeys([sshd_root.host_public]))
     assert time.monotonic() - t0 < 10
 
 
@@ -262,10 +291,10 @@ def test_wait_for_ssh_retries_until_the_port_opens(sshd_factory, ssh_client_key)
     notes: list[str] = []
     t0 = time.monotonic()
     try:
-        conn = sshconn.wait_for_ssh("127.0.0.1", port, "root", pkey=ssh_client_key[0],
+        conn = wait_for_ssh("127.0.0.1", port, "root", pkey=ssh_client_key[0],
                                     timeout=60, initial_delay=0.2, log=notes.append,
                                     allow_agent=False, look_for_keys=False,
-                                    host_key_policy=sshconn.AcceptAnyHostKey())
+                                    host_key_policy=AcceptAnyHostKey())
     finally:
         timer.join()
     with conn:
@@ -279,8 +308,8 @@ def test_wait_for_ssh_retries_until_the_port_opens(sshd_factory, ssh_client_key)
 def test_wait_for_ssh_gives_up_after_the_timeout():
     port = free_port()
     t0 = time.monotonic()
-    with pytest.raises(sshconn.Unreachable, match=r"did not answer SSH within 2s"):
-        sshconn.wait_for_ssh("127.0.0.1", port, "root", pkey=new_key(), timeout=2,
+    with pytest.raises(Unreachable, match=r"did not answer SSH within 2s"):
+        wait_for_ssh("127.0.0.1", port, "root", pkey=new_key(), timeout=2,
                              initial_delay=0.2, allow_agent=False, look_for_keys=False)
     assert time.monotonic() - t0 < 6
 
@@ -291,8 +320,8 @@ def test_jump_host(sshd_factory, sshd_root, ssh_client_key, tmp_path):
     bastion = sshd_factory("bastion")
     key, key_file = ssh_client_key
     sshd_root.exec("echo the-target > /root/marker")
-    jump = sshconn.parse_jump(f"root@127.0.0.1:{bastion.port}", key_filename=str(key_file),
-                              host_key_policy=sshconn.ExpectedHostKeys([bastion.host_public]))
+    jump = parse_jump(f"root@127.0.0.1:{bastion.port}", key_filename=str(key_file),
+                              host_key_policy=ExpectedHostKeys([bastion.host_public]))
     with _connect(sshd_root, key, jump=jump, key_filename=str(key_file)) as c:
         out: list[str] = []
         assert c.run("cat /root/marker", on_output=out.append) == 0
@@ -302,14 +331,14 @@ def test_jump_host(sshd_factory, sshd_root, ssh_client_key, tmp_path):
     assert not bastion.path("/root/marker").exists()
     assert "direct-tcpip" in bastion.log or "Connection from" in bastion.log
     # the bastion's key is checked too
-    bad = sshconn.parse_jump(f"root@127.0.0.1:{bastion.port}", key_filename=str(key_file),
-                             host_key_policy=sshconn.ExpectedHostKeys([new_key()]))
-    with pytest.raises(sshconn.HostKeyMismatch):
+    bad = parse_jump(f"root@127.0.0.1:{bastion.port}", key_filename=str(key_file),
+                             host_key_policy=ExpectedHostKeys([new_key()]))
+    with pytest.raises(HostKeyMismatch):
         _connect(sshd_root, key, jump=bad)
     # a target the bastion cannot reach (yet) is "not up", so wait_for_ssh retries it
-    with pytest.raises(sshconn.Unreachable):
-        sshconn.connect("127.0.0.1", free_port(), "root", pkey=key, jump=jump,
-                        allow_agent=False, host_key_policy=sshconn.AcceptAnyHostKey())
+    with pytest.raises(Unreachable):
+        connect("127.0.0.1", free_port(), "root", pkey=key, jump=jump,
+                        allow_agent=False, host_key_policy=AcceptAnyHostKey())
 
 
 FAKE_SUDO = """#!/bin/sh
@@ -339,7 +368,7 @@ def test_sudo_for_non_root_users(sshd_root, ssh_client_key, tmp_path):
     assert "-n /bin/sh -c" in calls and "x1" not in calls
     assert not list(sshd_root.path("/tmp").glob(".amic-upload-*"))
     sshd_root.exec("touch /etc/sudo-needs-password")
-    with pytest.raises(sshconn.SudoError, match="NOPASSWD"):
+    with pytest.raises(SudoError, match="NOPASSWD"):
         _connect(sshd_root, ssh_client_key[0], sudo=True)
 
 
@@ -353,8 +382,8 @@ def test_a_port_without_an_ssh_banner_is_not_up_yet():
     port = listener.getsockname()[1]
     try:
         t0 = time.monotonic()
-        with pytest.raises(sshconn.Unreachable, match="did not answer SSH"):
-            sshconn.wait_for_ssh("127.0.0.1", port, "root", pkey=new_key(), timeout=3,
+        with pytest.raises(Unreachable, match="did not answer SSH"):
+            wait_for_ssh("127.0.0.1", port, "root", pkey=new_key(), timeout=3,
                                  connect_timeout=1, initial_delay=0.2, allow_agent=False,
                                  look_for_keys=False)
         assert time.monotonic() - t0 < 10

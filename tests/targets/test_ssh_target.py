@@ -10,7 +10,7 @@ import io
 import os
 
 import pytest
-from amic.targets.ssh import conn as sshconn
+from amic.targets.ssh.hostkeys import AcceptAnyHostKey, TrustOnFirstUse, fingerprint
 from amic.engine.build import BuildOptions, build
 from amic.errors import UsageError
 from amic.engine.progress import Reporter
@@ -49,7 +49,7 @@ def project(tmp_path):
 def test_target_spec_and_options():
     t = SshTarget("ssh://deploy@vm.example:2222", accept_new=True, jump="ops@bastion")
     assert (t.endpoint.user, t.endpoint.host, t.endpoint.port) == ("deploy", "vm.example", 2222)
-    assert isinstance(t.policy, sshconn.TrustOnFirstUse)
+    assert isinstance(t.policy, TrustOnFirstUse)
     assert t.describe_host() == "ssh -p 2222 -J ops@bastion deploy@vm.example"
     assert not t.keeps_images
     assert t.resolve_base("debian:12").id == "ssh://deploy@vm.example:2222"
@@ -69,7 +69,7 @@ def test_get_target_passes_the_cli_options():
 
     t = get_target("ssh://root@h:2222", Args())
     assert isinstance(t, SshTarget)
-    assert isinstance(t.policy, sshconn.AcceptAnyHostKey)
+    assert isinstance(t.policy, AcceptAnyHostKey)
     assert str(t.jump) == f"{t.jump.endpoint.user}@b:2200"
 
 
@@ -130,5 +130,5 @@ def test_cli_build_on_an_ssh_host(project, sshd_root, ssh_client_key, tmp_path, 
     proc = amic_cli("build", "--target", spec, "--ssh-key", str(ssh_client_key[1]),
                     "--ssh-known-hosts", str(known), cwd=project, env=env)
     assert proc.returncode == 1
-    assert sshconn.fingerprint(sshd_root.host_public) in proc.stderr
+    assert fingerprint(sshd_root.host_public) in proc.stderr
     assert "--ssh-accept-new" in proc.stderr

@@ -8,7 +8,7 @@ import paramiko
 import pytest
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import gc as ec2_gc
-from amic.targets.ssh import conn as sshconn
+from amic.targets.ssh.hostkeys import fingerprints
 from amic.errors import UsageError
 from amic.targets.ec2 import target as ec2
 from amic.targets.base import Image
@@ -42,7 +42,7 @@ def test_console_fingerprints_only_inside_the_block():
 def test_key_fingerprints_match_ssh_keygen_spelling():
     key, public = ec2.generate_key("ed25519")
     assert public.startswith("ssh-ed25519 ")
-    fps = sshconn.fingerprints(key)
+    fps = fingerprints(key)
     assert any(f.startswith("SHA256:") and not f.endswith("=") for f in fps)
     assert any(f.startswith("MD5:") for f in fps)
     rsa, public = ec2.generate_key("rsa")

@@ -329,11 +329,11 @@ class Ec2Machine:
     def _ssh_errors(self, doing: str):
         import paramiko
 
-        from amic.targets.ssh import conn as sshconn
+        from amic.targets.ssh.errors import SshError
 
         try:
             yield
-        except sshconn.SshError as exc:
+        except SshError as exc:
             self.disconnect()
             raise BuildError(f"{doing}: {exc}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -759,39 +759,43 @@ class Ec2Target(Target):
             time.sleep(delay)
 
     def _connect(self, machine: Ec2Machine):
-        """An ``amic.targets.ssh.conn`` connection; host keys from the console, the user's list, or TOFU."""
-        from amic.targets.ssh import conn as sshconn
+        """An ``amic.targets.ssh`` connection; host keys from the console, the user's list, or TOFU."""
+        from amic.targets.ssh.conn import wait_for_ssh
+        from amic.targets.ssh.endpoint import Endpoint, parse_jump
+        from amic.targets.ssh.errors import AuthFailed, HostKeyMismatch, Unreachable
+        from amic.targets.ssh.hostkeys import (ExpectedHostKeys, HostKeyPolicy, TrustOnFirstUse,
+                                               describe_key, fingerprints)
 
         opts = self.opts
         if machine.host is None:
             machine.host = opts.ssh_host or self._address(machine.instance_id)
         if machine.expected_keys:
-            policy: sshconn.HostKeyPolicy = sshconn.ExpectedHostKeys(
+            policy: HostKeyPolicy = ExpectedHostKeys(
                 machine.expected_keys, source=f"the host keys {machine.keys_source}")
         else:
-            policy = sshconn.TrustOnFirstUse()   # no file: nothing read or written; pinned below
-        jump = (sshconn.parse_jump(opts.jump_host, key_filename=opts.jump_key)
+            policy = TrustOnFirstUse()   # no file: nothing read or written; pinned below
+        jump = (parse_jump(opts.jump_host, key_filename=opts.jump_key)
                 if opts.jump_host else None)
-        endpoint = sshconn.Endpoint(machine.host, machine.port, machine.user)
+        endpoint = Endpoint(machine.host, machine.port, machine.user)
         self.log(f"waiting for SSH on {endpoint}")
         try:
-            conn = sshconn.wait_for_ssh(
+            conn = wait_for_ssh(
                 endpoint, pkey=machine.pkey, host_key_policy=policy, jump=jump,
                 timeout=opts.ssh_timeout, sudo=machine.user != "root", retry_auth=True,
                 # only the build's own key for the instance; the agent only for a bastion
                 allow_agent=bool(jump) and not opts.jump_key, look_for_keys=False,
                 log=self.log)
-        except sshconn.HostKeyMismatch as exc:
+        except HostKeyMismatch as exc:
             raise BuildError(f"refusing {machine.instance_id}: {exc} (the console of the instance "
                              "printed other host keys; someone may be in the middle)") from None
-        except (sshconn.Unreachable, sshconn.AuthFailed) as exc:
+        except (Unreachable, AuthFailed) as exc:
             raise BuildError(f"instance {machine.instance_id}: no SSH on {endpoint} after "
                              f"{opts.ssh_timeout:.0f}s: {exc}") from None
         if not machine.expected_keys:
             # pin it: after a stop/start the same key must answer
-            machine.expected_keys = sshconn.fingerprints(conn.host_key)
+            machine.expected_keys = fingerprints(conn.host_key)
             machine.keys_source = "pinned on first use"
-            self.log(f"trusting host key {sshconn.describe_key(conn.host_key)} on first use")
+            self.log(f"trusting host key {describe_key(conn.host_key)} on first use")
         return conn
 
     def _start_instance(self, machine: Ec2Machine) -> None:

@@ -8,8 +8,9 @@ content hash it already recorded. When the build succeeds, leaving
 :meth:`SshTarget.launch` runs ``amic update`` (every service's UPDATE, as a
 boot would), so the host ends up as a machine booted from the image would.
 
-Connection, host keys, agent/keys, jump hosts and sudo: :mod:`amic.targets.ssh.conn`
-and docs/ssh.md.
+Connecting, agent/keys and sudo: :mod:`amic.targets.ssh.conn`; host keys:
+:mod:`amic.targets.ssh.hostkeys`; jump hosts: :mod:`amic.targets.ssh.endpoint`;
+running commands and uploads: :mod:`amic.targets.ssh.session`; docs/ssh.md.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 
-from amic.targets.ssh import conn as sshconn
 from amic.contract import RUNNER, TAG_BASE
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Image, Machine, Target
+from amic.targets.ssh.conn import wait_for_ssh
+from amic.targets.ssh.endpoint import Endpoint, parse_jump, ssh_command
+from amic.targets.ssh.hostkeys import policy_from_options
+from amic.targets.ssh.session import SshConnection
 
 
 
@@ -41,14 +45,14 @@ class SshTarget(Target):
                  connect_options: Mapping | None = None) -> None:
         if not spec:
             raise UsageError("--target ssh:// needs a host: --target ssh://user@host[:port]")
-        self.endpoint = sshconn.Endpoint.parse(spec, what="--target ssh://")
+        self.endpoint = Endpoint.parse(spec, what="--target ssh://")
         for flag, path in (("--ssh-key", key_file), ("--ssh-jump-key", jump_key)):
             if path and not os.path.isfile(os.path.expanduser(path)):
                 raise UsageError(f"{flag} {path}: no such file")
         self.key_file = os.path.expanduser(key_file) if key_file else None
-        self.policy = sshconn.policy_from_options(known_hosts=known_hosts, accept_new=accept_new,
+        self.policy = policy_from_options(known_hosts=known_hosts, accept_new=accept_new,
                                                   insecure=insecure)
-        self.jump = (sshconn.parse_jump(jump, key_filename=jump_key or self.key_file)
+        self.jump = (parse_jump(jump, key_filename=jump_key or self.key_file)
                      if jump else None)
         self.wait_timeout = wait_timeout
         """How long to retry while the host does not answer (a VM still booting)."""
@@ -67,7 +71,7 @@ class SshTarget(Target):
                    jump_key=getattr(args, "jump_key", None))
 
     def describe_host(self) -> str:
-        return sshconn.ssh_command(self.endpoint, key_filename=self.key_file, jump=self.jump,
+        return ssh_command(self.endpoint, key_filename=self.key_file, jump=self.jump,
                                    policy=self.policy)
 
     # Target ------------------------------------------------------------------------
@@ -93,15 +97,15 @@ class SshTarget(Target):
         raise BuildError("the ssh target provisions a host in place and cannot make images")
 
     # -------------------------------------------------------------------------------
-    def connect(self) -> sshconn.SshConnection:
+    def connect(self) -> SshConnection:
         self.log(f"connecting to {self.endpoint}"
                  + (f" through {self.jump}" if self.jump else ""))
-        return sshconn.wait_for_ssh(self.endpoint, key_filename=self.key_file,
+        return wait_for_ssh(self.endpoint, key_filename=self.key_file,
                                     host_key_policy=self.policy, jump=self.jump,
                                     timeout=self.wait_timeout, log=self.log,
                                     **self.connect_options)
 
-    def update(self, conn: sshconn.SshConnection) -> None:
+    def update(self, conn: SshConnection) -> None:
         """``amic update``: every service's UPDATE, as at boot. A failure is a BuildError
         naming ``amic status`` (the runtime keeps going for unrelated services)."""
         self.log("running UPDATE for every service (as at boot)")
