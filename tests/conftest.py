@@ -18,8 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A real sshd whose sessions land in a throwaway root (fixtures sshd_root, sshd_factory, ...).
-pytest_plugins = ["tests.harness.sshd"]
+# A real sshd whose sessions land in a throwaway root (fixtures sshd_root, sshd_factory, ...),
+# and every target behind one interface for the contract suite (fixtures <target>_subject).
+pytest_plugins = ["tests.harness.sshd", "tests.harness.targets"]
 
 
 def pytest_runtest_setup(item):
