@@ -234,3 +234,21 @@ def test_images_and_prune(amic, store):
     # the newest image still builds from cache
     proc = amic("build", "--json")
     assert json.loads(proc.stdout)["cached"]
+
+
+def test_unknown_from_points_at_the_from_line(amic, store, tmp_path):
+    # The target never sees positions; the engine puts the FROM line back on its error.
+    path = tmp_path / "Amifile"
+    path.write_text("# no such base\n  FROM plan9:4\nSERVICE a\n    INIT true\n")
+    proc = amic("build", str(path), check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith(f"{path}:2:3: ")]
+    assert heads, proc.stderr
+    head = heads[0]
+    assert "cannot make base image 'plan9:4'" in lines[head]
+    assert "debian:12" in lines[head]                  # says what it can make
+    assert lines[head + 1].strip() == "FROM plan9:4"
+    assert lines[head + 2] == "    " + "  ^"            # the caret under FROM
+    assert proc.stdout == ""
+    no_leftovers(store)

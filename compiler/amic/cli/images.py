@@ -148,8 +148,7 @@ def cmd_run(args) -> int:
 
     reporter.note(f"booting {image.id[:12]} with systemd-nspawn"
                   + (f"; requested: {' '.join(args.service)}" if args.service else ""))
-    rc, report = target.boot(image, services=args.service, interactive=args.interactive,
-                             timeout=args.timeout,
+    rc, report = target.boot(image, interactive=args.interactive, timeout=args.timeout,
                              on_output=lambda line: line.strip() and reporter.output("boot", line,
                                                                                      False),
                              prepare=prepare)

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from amic.errors import BuildError
+from amic.errors import BuildError, UsageError
 from amic.fsutil import file_lock
 
 # Portable base names the local target can build itself. Values are
@@ -49,11 +49,11 @@ def ensure_base(ref: str = DEFAULT_BASE, *, log=None) -> Path:
     Concurrent callers (parallel tests, two builds) wait on a lock instead of
     bootstrapping twice; a half-made base is never visible under its final name.
     Callers must treat the returned directory as read-only (use it as an
-    overlay lower layer).
+    overlay lower layer). A name it cannot make is a UsageError (a mistake in FROM).
     """
     suite = DEBIAN_SUITES.get(ref)
     if suite is None:
-        raise BuildError(f"the local target cannot make base image {ref!r}; "
+        raise UsageError(f"the local target cannot make base image {ref!r}; "
                          f"known: {', '.join(sorted(DEBIAN_SUITES))}")
     bases = cache_dir() / "bases"
     bases.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,154 @@
+"""Using a local image outside a build: ``amic run`` (boot), ``amic shell``, ``amic export``.
+
+Each works on a throwaway upper directory over the image's chain, so the
+image itself never changes. ``amic run`` boots for real with
+``systemd-nspawn -b`` (the boot hook runs as systemd starts it); shell and
+export run in the same overlay + chroot as a build (:mod:`rootfs`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+from amic.errors import BuildError
+from amic.targets.base import Image
+from amic.targets.local import rootfs
+from amic.targets.local.store import SHORT, ImageStore
+
+LOGIN_SHELL = "exec /bin/bash -l || exec /bin/sh"
+
+REPORT_UNIT = """\
+[Unit]
+Description=amic run: report status and power off once the boot hook is done
+After=amic.service multi-user.target
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c '/var/lib/amic/stage2/amic status > /var/lib/amic-run-report 2>&1; \
+echo "exit $?" >> /var/lib/amic-run-report; systemctl poweroff --no-block'
+
+[Install]
+WantedBy=multi-user.target
+"""
+"""Written into a non-interactive boot: ``amic status`` into the report, then power off."""
+
+REPORT_PATH = "var/lib/amic-run-report"
+
+
+def export(store: ImageStore, image: Image, out: Path) -> None:
+    """Write the image's whole root filesystem to ``out`` as a tarball."""
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=store.root) as tmp:
+        scratch = Path(tmp)
+        argv = rootfs.chroot_argv(store.lowers(image.id), scratch / "upper", scratch / "s",
+                                  ["tar", "--one-file-system", "--numeric-owner", "--xattrs",
+                                   "-cpf", "-", "-C", "/", "."])
+        with open(out, "wb") as fh:
+            proc = subprocess.run(argv, stdout=fh, stderr=subprocess.PIPE, text=False,
+                                  env=rootfs.CLEAN_ENV, preexec_fn=rootfs.die_with_parent)
+        if proc.returncode not in (0, 1):  # 1: a file changed while read (cannot here)
+            raise BuildError(f"export failed: {proc.stderr.decode(errors='replace')[-500:]}")
+
+
+def shell(store: ImageStore, what: str, command: str | None = None) -> int:
+    """Interactive shell in a kept machine directory (``--on-error=abort``) or a throwaway copy
+    of an image."""
+    path = Path(what)
+    if (path / "machine.json").exists():
+        info = json.loads((path / "machine.json").read_text())
+        return rootfs.run_in_root([Path(p) for p in info["lowers"]], path / "upper",
+                                  command or LOGIN_SHELL, interactive=True)
+    image = store.lookup(what)
+    with tempfile.TemporaryDirectory(prefix=".shell-", dir=store.root) as tmp:
+        return rootfs.run_in_root(store.lowers(image.id), Path(tmp) / "upper",
+                                  command or LOGIN_SHELL, interactive=True)
+
+
+def boot(store: ImageStore, image: Image, *, interactive: bool, timeout: float,
+         on_output=None, prepare=None) -> tuple[int, str]:
+    """Boot ``image`` with ``systemd-nspawn -b`` on a throwaway upper; return (exit, report).
+
+    ``prepare(lowers, upper)`` may write files into the boot's root first
+    (extra services requested). Unless ``interactive``, a oneshot unit
+    shuts the machine down once the boot hook has finished and writes
+    ``amic status`` into the report.
+    """
+    if shutil.which("systemd-nspawn") is None:
+        raise BuildError("systemd-nspawn is not installed (apt-get install systemd-container)")
+    store.ensure_dirs()
+    with tempfile.TemporaryDirectory(prefix="run-", dir=store.machines_dir) as tmp:
+        scratch = Path(tmp)
+        upper = scratch / "upper"
+        upper.mkdir()
+        lowers = store.lowers(image.id)
+        if prepare:
+            prepare(lowers, upper)
+        if not interactive:
+            install_report_unit(lowers, upper, scratch)
+        argv = nspawn_argv(image, lowers, scratch, interactive=interactive)
+        if interactive:
+            rc = subprocess.run(argv, preexec_fn=rootfs.die_with_parent).returncode
+        else:
+            rc = run_console(argv, timeout=timeout, on_output=on_output)
+        report_file = upper / REPORT_PATH
+        report = report_file.read_text(errors="replace") if report_file.exists() else ""
+        return rc, report
+
+
+def install_report_unit(lowers: list[Path], upper: Path, scratch: Path) -> None:
+    unit = scratch / f"in-{uuid.uuid4().hex[:8]}"
+    unit.write_text(REPORT_UNIT)
+    rc = rootfs.run_in_root(
+        lowers, upper,
+        "mkdir -p /etc/systemd/system/multi-user.target.wants && "
+        "cat > /etc/systemd/system/amic-run-report.service && "
+        "ln -sf ../amic-run-report.service "
+        "/etc/systemd/system/multi-user.target.wants/amic-run-report.service",
+        stdin_path=unit)
+    if rc != 0:
+        raise BuildError("could not install the report unit for `amic run`")
+
+
+def nspawn_argv(image: Image, lowers: list[Path], scratch: Path, *,
+                interactive: bool) -> list[str]:
+    """``systemd-nspawn -b`` on an overlay mounted in a private mount namespace, so nothing
+    stays mounted on the host whatever happens to the boot."""
+    upper, merged, work = scratch / "upper", scratch / "merged", scratch / "work"
+    merged.mkdir()
+    work.mkdir()
+    lowerdir = ":".join(str(p) for p in lowers)
+    nspawn = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-D", str(merged),
+              "--machine", f"amic-{image.id[:SHORT]}", "-b"]
+    if not interactive:
+        nspawn.insert(-1, "--console=pipe")
+    script = ('mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" '
+              '&& shift 4 && exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-boot",
+            lowerdir, str(upper), str(work), str(merged), *nspawn]
+
+
+def run_console(argv: list[str], *, timeout: float, on_output=None) -> int:
+    """Run the boot with its console on a pipe, killed after ``timeout`` seconds."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                            preexec_fn=rootfs.die_with_parent)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if on_output:
+                on_output(line.rstrip("\n"))
+        return proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()

@@ -1,0 +1,303 @@
+"""The local target's image store: metadata, cache keys, lookup and prune.
+
+Layout under ``rootfs.cache_dir()/local`` (``$AMIC_CACHE_DIR``, default
+``/var/cache/amic``)::
+
+    images/<id12>/meta.json   id, key, parent id, tags, created (and ``root`` for bases)
+    images/<id12>/upper/      the layer: an overlayfs upper directory (diff over its parent)
+    keys/<key>                the full id of the image recorded under a cache key
+    machines/<build-id>/      a running build: upper/ (its writes) + machine.json
+    store.lock                exclusive while an image is committed or pruned
+    builds.lock               shared by every running build, exclusive for prune
+
+A base image (``FROM debian:12``) is a debootstrap root made once by
+:func:`rootfs.ensure_base`; its meta.json names that directory as ``root``.
+Every other image is an upper directory over its parent's chain, so an image
+costs only what its layer changed.
+
+Writes are atomic: an image directory is complete under a temporary name
+before it is renamed into place, and a key file is written last, so a
+crashed build leaves at worst an orphan machine directory (``amic prune``
+removes those), never a half image under a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from amic.contract import KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_SOURCE
+from amic.errors import BuildError, UsageError
+from amic.fsutil import LockBusy, file_lock, write_atomic
+from amic.targets.base import Image
+
+MAX_LOWERS = 80
+"""overlayfs takes lowerdir as one mount option (a page); this keeps well under it."""
+
+SHORT = 12
+"""Hex digits of an image id that name its directory (and that the user sees)."""
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def image_from_meta(meta: dict) -> Image:
+    return Image(id=meta["id"], key=meta.get("key"), tags=meta.get("tags", {}),
+                 created=meta.get("created"))
+
+
+class ImageStore:
+    """The images of one store directory (see the module docstring for the layout)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def machines_dir(self) -> Path:
+        return self.root / "machines"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.images_dir, self.keys_dir, self.machines_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def image_dir(self, image_id: str) -> Path:
+        return self.images_dir / image_id[:SHORT]
+
+    def lock(self, name: str, *, shared: bool = False):
+        self.root.mkdir(parents=True, exist_ok=True)
+        return file_lock(self.root / name, shared=shared)
+
+    def meta(self, image_id: str) -> dict | None:
+        try:
+            with open(self.image_dir(image_id) / "meta.json") as fh:
+                meta = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return meta if meta.get("id", "").startswith(image_id) else None
+
+    # -- adding images -----------------------------------------------------------
+
+    def commit(self, meta: dict, upper: Path | None) -> Image:
+        """Move ``upper`` (may be None for bases) and ``meta`` into the store under a new id."""
+        body = json.dumps(meta, sort_keys=True)
+        meta = {"id": hashlib.sha256(body.encode()).hexdigest(), **meta}
+        self.ensure_dirs()
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.images_dir))
+        try:
+            if upper is not None:
+                os.rename(upper, tmp / "upper")
+            write_atomic(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+            with self.lock("store.lock"):
+                os.rename(tmp, self.image_dir(meta["id"]))
+                if meta.get("key"):
+                    write_atomic(self.keys_dir / meta["key"], meta["id"] + "\n")
+        except BaseException:
+            if upper is not None and (tmp / "upper").exists() and not upper.exists():
+                os.rename(tmp / "upper", upper)  # give the machine its layer back
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return image_from_meta(meta)
+
+    def record_base(self, ref: str, root: Path) -> Image:
+        """The base image for the debootstrap ``root`` of ``ref``, recorded once."""
+        stamp = root / ".amic-base-complete"
+        # The base's identity changes when it is re-bootstrapped, which
+        # changes every key above it.
+        meta = {"key": None, "parent": None, "root": str(root), "created": None,
+                "tags": {TAG_KIND: KIND_BASE, TAG_BASE: ref,
+                         "amic:stamp": str(stamp.stat().st_mtime_ns)}}
+        base_id = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        existing = self.meta(base_id)
+        if existing is not None:
+            return image_from_meta(existing)
+        meta["created"] = now()
+        self.ensure_dirs()
+        with self.lock("store.lock"):
+            final = self.image_dir(base_id)
+            if not final.exists():
+                tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.images_dir))
+                write_atomic(tmp / "meta.json", json.dumps({"id": base_id, **meta}, indent=1,
+                                                            sort_keys=True))
+                os.rename(tmp, final)
+        return image_from_meta(self.meta(base_id))
+
+    # -- reading -------------------------------------------------------------------
+
+    def lowers(self, image_id: str) -> list[Path]:
+        """The overlay lower chain of an image, top-most first."""
+        chain: list[Path] = []
+        current: str | None = image_id
+        while current:
+            meta = self.meta(current)
+            if meta is None:
+                raise BuildError(f"local image {current[:SHORT]} is missing from {self.images_dir}")
+            if meta.get("root"):
+                chain.append(Path(meta["root"]))
+                break
+            chain.append(self.image_dir(meta["id"]) / "upper")
+            current = meta.get("parent")
+        if len(chain) > MAX_LOWERS:
+            raise BuildError(f"image {image_id[:SHORT]} has {len(chain)} layers, more than overlayfs "
+                             f"takes ({MAX_LOWERS}); build with --checkpoint=last or none")
+        return chain
+
+    def find(self, key: str) -> Image | None:
+        try:
+            image_id = (self.keys_dir / key).read_text().strip()
+        except OSError:
+            return None
+        meta = self.meta(image_id)
+        return image_from_meta(meta) if meta else None
+
+    def images(self) -> Iterator[Image]:
+        if not self.images_dir.is_dir():
+            return
+        for entry in sorted(self.images_dir.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            meta = self.meta(entry.name)
+            if meta is not None:
+                yield image_from_meta(meta)
+
+    def lookup(self, ref: str) -> Image:
+        """An image by id prefix (at least 4 hex), full cache key, or ``latest``."""
+        images = list(self.images())
+        if ref == "latest":
+            finals = [i for i in images if i.tags.get(TAG_KIND) == KIND_FINAL]
+            if not finals:
+                raise UsageError("no local images yet; run `amic build` first")
+            return max(finals, key=lambda i: i.created or "")
+        by_key = self.find(ref) if len(ref) == 64 else None
+        if by_key:
+            return by_key
+        ref = ref.removeprefix("sha256:")
+        matches = [i for i in images if len(ref) >= 4 and i.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise UsageError(f"no local image {ref!r} (see `amic images`)")
+        raise UsageError(f"image id {ref!r} is ambiguous ({len(matches)} images)")
+
+    def size(self, image_id: str) -> int:
+        """Bytes the image's own layer takes (0 for a base: its root is shared)."""
+        meta = self.meta(image_id) or {}
+        if meta.get("root"):
+            return 0
+        total = 0
+        for dirpath, dirnames, filenames in os.walk(self.image_dir(image_id) / "upper"):
+            for name in dirnames + filenames:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+        return total
+
+    # -- removing ------------------------------------------------------------------
+
+    def remove(self, image_id: str) -> None:
+        with self.lock("store.lock"):
+            self.remove_locked(image_id)
+
+    def remove_locked(self, image_id: str) -> None:
+        """Remove an image while ``store.lock`` is held: its key first, then its directory."""
+        meta = self.meta(image_id)
+        if meta and meta.get("key"):
+            keyfile = self.keys_dir / meta["key"]
+            with contextlib.suppress(OSError):
+                if keyfile.read_text().strip() == meta["id"]:
+                    keyfile.unlink()
+        d = self.image_dir(image_id)
+        if d.exists():
+            trash = self.images_dir / f".trash-{d.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(d, trash)  # gone from the store at once; deleting may take a while
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False) -> list[str]:
+        """Remove leftovers of dead builds and images no kept image needs; return what went.
+
+        Kept: the ``keep`` newest final images per Amifile (``amic:source``) and every image
+        below them (their layer checkpoints and base). ``everything`` removes
+        all images (bases' debootstrap roots stay in ``cache_dir()/bases``).
+        """
+        removed: list[str] = []
+        with self.exclusive_builds():
+            if self.machines_dir.is_dir():
+                for m in self.machines_dir.iterdir():
+                    removed.append(f"machine {m.name}")
+                    if not dry_run:
+                        shutil.rmtree(m, ignore_errors=True)
+            with self.lock("store.lock"):
+                metas = self.sweep(removed, dry_run=dry_run)
+                keep_ids = set() if everything else kept_ids(metas, keep)
+                for image_id, meta in metas.items():
+                    kind = meta["tags"].get(TAG_KIND, "?")
+                    if image_id in keep_ids or (kind == KIND_BASE and not everything):
+                        continue
+                    removed.append(f"{kind} {image_id[:SHORT]}")
+                    if not dry_run:
+                        self.remove_locked(image_id)
+                if not dry_run and self.keys_dir.is_dir():
+                    for keyfile in self.keys_dir.iterdir():
+                        with contextlib.suppress(OSError):
+                            if self.meta(keyfile.read_text().strip()) is None:
+                                keyfile.unlink()
+        return removed
+
+    def sweep(self, removed: list[str], *, dry_run: bool) -> dict[str, dict]:
+        """Remove temporary and broken image directories (noting them in ``removed``);
+        return the metadata of every sound image by id."""
+        metas = {}
+        for entry in self.images_dir.iterdir() if self.images_dir.is_dir() else ():
+            meta = None if entry.name.startswith(".") else self.meta(entry.name)
+            if meta is None:
+                removed.append(f"{'temporary' if entry.name.startswith('.') else 'broken'} "
+                               f"{entry.name}")
+                if not dry_run:
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            metas[meta["id"]] = meta
+        return metas
+
+    @contextlib.contextmanager
+    def exclusive_builds(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with file_lock(self.root / "builds.lock", wait=False):
+                yield
+        except LockBusy:
+            raise BuildError("a build is running on the local target; prune after it ends") \
+                from None
+
+
+def kept_ids(metas: dict[str, dict], keep: int) -> set[str]:
+    """The ``keep`` newest finals per Amifile and every image below them."""
+    finals: dict[str, list[dict]] = {}
+    for meta in metas.values():
+        tags = meta["tags"]
+        if tags.get(TAG_KIND) == KIND_FINAL:
+            project = tags.get(TAG_SOURCE) or tags.get(TAG_AMIFILE, "")
+            finals.setdefault(project, []).append(meta)
+    keep_ids: set[str] = set()
+    for group in finals.values():
+        group.sort(key=lambda m: m.get("created") or "", reverse=True)
+        for meta in group[:max(keep, 0)]:
+            current = meta["id"]
+            while current and current not in keep_ids:
+                keep_ids.add(current)
+                current = (metas.get(current) or {}).get("parent")
+    return keep_ids
