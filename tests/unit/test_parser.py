@@ -1,7 +1,7 @@
 """The Amifile parser: every construct, every error, golden IR dumps.
 
 Golden files: ``tests/data/parser/*.Amifile`` with the expected IR in ``*.json``.
-Regenerate after an intended change with ``AMIC_UPDATE_GOLDEN=1 pytest tests/test_parser.py``
+Regenerate after an intended change with ``AMIC_UPDATE_GOLDEN=1 pytest tests/unit/test_parser.py``
 and review the diff.
 """
 
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import attrs
@@ -19,6 +20,11 @@ import pytest
 from amic.amifile import ir
 
 from amic.amifile import parser
+from amic.amifile.assembly import assemble
+from amic.amifile.instructions import INSTRUCTIONS
+from amic.amifile.lexer import split_lines
+from amic.amifile import records
+from amic.amifile.records import ToRecords
 from amic.errors import AmifileError, Pos
 
 DATA = Path(__file__).parents[1] / "data" / "parser"
@@ -751,23 +757,28 @@ def test_parser_is_built_once() -> None:
 def test_instruction_table_covers_the_grammar() -> None:
     grammar = (Path(parser.__file__).parent / "grammar.lark").read_text()
     declared = grammar.split("%declare", 1)[1].split("\n", 1)[0].split()
-    assert declared == list(parser.INSTRUCTIONS)
+    assert declared == list(INSTRUCTIONS)
+
+
+def test_every_instruction_has_a_record_class() -> None:
+    names = [cls.__name__.upper() for cls in typing.get_args(records.Record)]
+    assert names == list(INSTRUCTIONS)
 
 
 def test_grammar_cache_is_private_and_optional(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("AMIC_NO_GRAMMAR_CACHE", raising=False)
-    path = parser._cache_file()
+    path = parser.grammar_cache_file()
     assert path is not None and path.startswith(str(tmp_path / "cache" / "amic"))
     assert os.stat(tmp_path / "cache" / "amic").st_mode & 0o077 == 0
     monkeypatch.setenv("AMIC_NO_GRAMMAR_CACHE", "1")
-    assert parser._cache_file() is None
+    assert parser.grammar_cache_file() is None
     monkeypatch.delenv("AMIC_NO_GRAMMAR_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     name = "grammar-py%d%d.lark-cache" % sys.version_info[:2]
-    assert parser._cache_file() == str(tmp_path / "home" / ".cache" / "amic" / name)
+    assert parser.grammar_cache_file() == str(tmp_path / "home" / ".cache" / "amic" / name)
 
 
 def test_grammar_cache_roundtrip_and_corrupt_cache(tmp_path: Path,
@@ -776,14 +787,13 @@ def test_grammar_cache_roundtrip_and_corrupt_cache(tmp_path: Path,
     monkeypatch.delenv("AMIC_NO_GRAMMAR_CACHE", raising=False)
     build = parser.parser.__wrapped__
     want = parser.parse_text(DESIGN_EXAMPLE, "Amifile")
-    cache = Path(parser._cache_file() or "")
+    cache = Path(parser.grammar_cache_file() or "")
     build()  # writes the cache
     assert cache.stat().st_size > 0
     assert build().parse(DESIGN_EXAMPLE) is not None  # loads it
     cache.write_bytes(cache.read_bytes()[:100])  # truncated: lark must rebuild, not fail
     tree = build().parse(DESIGN_EXAMPLE)
-    assert parser._assemble(parser._ToInstructions().transform(tree), "Amifile",
-                            parser.split_lines(DESIGN_EXAMPLE)) == want
+    assert assemble(ToRecords().transform(tree), "Amifile", split_lines(DESIGN_EXAMPLE)) == want
 
 
 # ---------------------------------------------------------------- golden files

@@ -1,0 +1,210 @@
+"""Typed instruction records: the parse tree as one frozen value per instruction.
+
+Like BuildKit's ``instructions`` package, this sits between the untyped tree
+(lark's, shaped by ``grammar.lark``) and the step that gives it meaning
+(``assembly.py``). :class:`ToRecords` turns the tree into a flat list of
+records, one class per row of the instruction table. The fields hold lark
+``Token``\\ s, not plain strings: a token is a ``str`` that also knows its
+line and column, so every later error can still point at the exact word.
+
+Nothing is checked here beyond what the grammar already guarantees; names,
+options and placement are the assembly step's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import attrs
+from lark import Token, Transformer
+
+from amic.amifile.lexer import HeredocToken
+
+__all__ = [
+    "Arg", "ArgDef", "Copy", "Enable", "Env", "From", "Include", "Init", "Label", "Packages",
+    "Pair", "Record", "Requires", "Service", "ToRecords", "Update",
+]
+
+
+@attrs.frozen
+class Pair:
+    """``KEY=value`` in ENV or LABEL."""
+
+    key: Token
+    value: Token
+
+
+@attrs.frozen
+class ArgDef:
+    """``NAME`` or ``NAME=default`` in ARG."""
+
+    name: Token
+    default: Token | None
+
+
+@attrs.frozen
+class From:
+    keyword: Token
+    words: tuple[Token, ...]
+    """The image reference; more than one word for an AMI filter."""
+
+
+@attrs.frozen
+class Arg:
+    keyword: Token
+    defs: tuple[ArgDef, ...]
+
+
+@attrs.frozen
+class Env:
+    keyword: Token
+    pairs: tuple[Pair, ...]
+    """The legacy form ``ENV NAME some value`` is one pair whose value is the joined words."""
+
+
+@attrs.frozen
+class Label:
+    keyword: Token
+    pairs: tuple[Pair, ...]
+
+
+@attrs.frozen
+class Include:
+    keyword: Token
+    refs: tuple[Token, ...]
+
+
+@attrs.frozen
+class Enable:
+    keyword: Token
+    names: tuple[Token, ...]
+
+
+@attrs.frozen
+class Service:
+    keyword: Token
+    name: Token
+
+
+@attrs.frozen
+class Requires:
+    keyword: Token
+    names: tuple[Token, ...]
+
+
+@attrs.frozen
+class Packages:
+    keyword: Token
+    names: tuple[Token, ...]
+
+
+@attrs.frozen
+class Copy:
+    keyword: Token
+    options: tuple[Token, ...]
+    """``--name=value`` words; the grammar puts them all before the paths."""
+    paths: tuple[Token, ...]
+    """Sources, then the destination (at least two)."""
+
+
+@attrs.frozen
+class Init:
+    keyword: Token
+    body: Token
+    """The one-line command, or the dedented heredoc body; ends in a newline."""
+    body_line: int
+    """Amifile line of the body's first line."""
+
+
+@attrs.frozen
+class Update:
+    keyword: Token
+    body: Token
+    body_line: int
+
+
+Record = Union[From, Arg, Env, Label, Include, Enable, Service, Requires, Packages, Copy,
+               Init, Update]
+"""One instruction; the class name is the instruction's name (``From`` is FROM)."""
+
+
+def _keyword(children: Sequence[object]) -> Token:
+    keyword = children[0]
+    assert isinstance(keyword, Token)
+    return keyword
+
+
+def _pairs(children: Sequence[object]) -> tuple[Pair, ...]:
+    return tuple(c for c in children if isinstance(c, Pair))
+
+
+def _script_body(children: Sequence[object]) -> tuple[Token, int]:
+    body = children[1]
+    assert isinstance(body, Token)
+    return body, body.body_line if isinstance(body, HeredocToken) else body.line
+
+
+class ToRecords(Transformer[Token, list[Record]]):
+    """The tree of ``grammar.lark`` -> a list of :data:`Record`, in file order.
+
+    One method per grammar rule; children arrive as lark builds them (the
+    keyword token first), so each method is where untyped becomes typed.
+    No ``v_args(meta=True)``: every position a record needs is on its tokens,
+    and lark wraps a ``v_args`` method anew on every call, which made this
+    step a third slower.
+    """
+
+    def start(self, children: list[Record]) -> list[Record]:
+        return children
+
+    def pair(self, children: list[Token]) -> Pair:
+        return Pair(children[0], children[1])
+
+    def name(self, children: list[Token]) -> Token:
+        return children[0]
+
+    def from_(self, children: list[Token]) -> From:
+        return From(children[0], tuple(children[1:]))
+
+    def arg(self, children: list[Token | Pair]) -> Arg:
+        defs = tuple(ArgDef(c.key, c.value) if isinstance(c, Pair) else ArgDef(c, None)
+                     for c in children[1:])
+        return Arg(_keyword(children), defs)
+
+    def env(self, children: list[Token | Pair]) -> Env:
+        return Env(_keyword(children), _pairs(children))
+
+    def env_legacy(self, children: list[Token]) -> Env:
+        keyword, name, *words = children
+        value = Token("WORD", " ".join(words), line=words[0].line, column=words[0].column)
+        return Env(keyword, (Pair(name, value),))
+
+    def label(self, children: list[Token | Pair]) -> Label:
+        return Label(_keyword(children), _pairs(children))
+
+    def include(self, children: list[Token]) -> Include:
+        return Include(children[0], tuple(children[1:]))
+
+    def enable(self, children: list[Token]) -> Enable:
+        return Enable(children[0], tuple(children[1:]))
+
+    def service(self, children: list[Token]) -> Service:
+        return Service(children[0], children[1])
+
+    def requires(self, children: list[Token]) -> Requires:
+        return Requires(children[0], tuple(children[1:]))
+
+    def packages(self, children: list[Token]) -> Packages:
+        return Packages(children[0], tuple(children[1:]))
+
+    def copy(self, children: list[Token]) -> Copy:
+        words = children[1:]
+        return Copy(children[0], tuple(w for w in words if w.type == "OPTION"),
+                    tuple(w for w in words if w.type != "OPTION"))
+
+    def init(self, children: list[Token]) -> Init:
+        return Init(children[0], *_script_body(children))
+
+    def update(self, children: list[Token]) -> Update:
+        return Update(children[0], *_script_body(children))
