@@ -1,7 +1,7 @@
 """What the engine tells the user about a layer: why it ran, and where it failed.
 
 Both point back at the Amifile: a miss names the inputs that changed (from
-the ``amic:input:*`` tags of earlier checkpoints), a failure names the
+the ``amic:in:*`` tags of earlier checkpoints), a failure names the
 service, its Amifile line and the tail of its output.
 """
 
