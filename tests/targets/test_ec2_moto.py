@@ -19,7 +19,9 @@ import pytest
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import gc as ec2_gc
 from amic.errors import BuildError
+from amic.targets.ec2 import bases, images, resources
 from amic.targets.ec2 import target as ec2
+from amic.targets.ec2.options import Ec2Options
 
 from tests.harness.ec2 import fake_ec2
 
@@ -45,7 +47,7 @@ def target(**kw) -> ec2.Ec2Target:
     opts = {"ssh_cidrs": ("127.0.0.1/32",), "console_timeout": 0.5, "poll_interval": 0.05,
             "ssh_timeout": 1}
     opts.update(kw)
-    return ec2.Ec2Target(options=ec2.Ec2Options(**opts), log_fn=lambda m: None)
+    return ec2.Ec2Target(options=Ec2Options(**opts), log_fn=lambda m: None)
 
 
 def assert_clean(fake) -> None:
@@ -59,7 +61,7 @@ def test_resolve_base_newest_wins_and_find_image(fake):
     t = target()
     base = t.resolve_base("debian:12")
     assert base.id in (older, fake.standin.images and base.id)
-    assert base.tags[ec2.TAG_SSH_USER] == "admin"
+    assert base.tags[images.TAG_SSH_USER] == "admin"
     assert t.resolve_base(older).id == older
     with pytest.raises(BuildError, match="no image matches"):
         t.resolve_base("ubuntu:24.04")
@@ -163,7 +165,8 @@ def test_keep_on_error_keeps_and_gc_removes(fake, tmp_path, monkeypatch):
 KILLED_BUILD = """
 import datetime as dt, sys
 from amic.targets.ec2 import target as ec2
-t = ec2.Ec2Target(options=ec2.Ec2Options(ssh_cidrs=("127.0.0.1/32",), console_timeout=600,
+from amic.targets.ec2.options import Ec2Options
+t = ec2.Ec2Target(options=Ec2Options(ssh_cidrs=("127.0.0.1/32",), console_timeout=600,
                   poll_interval=0.05, ttl=dt.timedelta(seconds=1)))
 with t.launch(t.resolve_base(None), build_id=sys.argv[1]):
     pass
@@ -184,7 +187,7 @@ def test_gc_after_killed_process(fake, amic_cli):
 
     # An unexpired resource of another build is left alone.
     fake.client().import_key_pair(
-        KeyName="amic-b-live", PublicKeyMaterial=ec2.generate_key()[1].encode(),
+        KeyName="amic-b-live", PublicKeyMaterial=resources.generate_key()[1].encode(),
         TagSpecifications=aws.tag_specs(aws.resource_tags("b-live", ttl=dt.timedelta(hours=1)),
                                         "key-pair"))
     dry = amic_cli("gc", "--dry-run", env=fake.env, check=True)
@@ -283,8 +286,8 @@ def test_query_describe_images_agrees_with_boto3(fake):
     from amic.targets.ec2 import query as ec2query
 
     access = ec2query.resolve()
-    for args in (ec2.parse_base("debian:12", arch="x86_64").call_args(),
-                 ec2.Ec2Target._final_query(KEY), {"ImageIds": [ami]}):
+    for args in (bases.parse_base("debian:12", arch="x86_64").call_args(),
+                 images.final_image_query(KEY), {"ImageIds": [ami]}):
         ours = ec2query.describe_images(access, **args)
         theirs = fake.client(direct=False).describe_images(**args)["Images"]
         assert ours == [{"ImageId": i["ImageId"], "State": i["State"],

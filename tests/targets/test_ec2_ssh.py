@@ -16,6 +16,7 @@ from amic.targets.ec2 import gc as ec2_gc
 from amic.targets.ssh.hostkeys import fingerprints
 from amic.errors import BuildError
 from amic.targets.ec2 import target as ec2
+from amic.targets.ec2.options import Ec2Options
 from amic.contract import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_LAYER_PREFIX, TAG_SERVICE
 
 from tests.harness.ec2 import PlainSshd, fake_ec2
@@ -52,7 +53,7 @@ def target(fake, **kw) -> ec2.Ec2Target:
             "ssh_timeout": 5, "ssh_user": "root", "ssh_host": "127.0.0.1",
             "ssh_port": fake.standin.relay_port}
     opts.update(kw)
-    return ec2.Ec2Target(options=ec2.Ec2Options(**opts), log_fn=lambda m: None)
+    return ec2.Ec2Target(options=Ec2Options(**opts), log_fn=lambda m: None)
 
 
 def assert_clean(fake) -> None:

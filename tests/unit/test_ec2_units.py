@@ -10,7 +10,8 @@ from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import gc as ec2_gc
 from amic.targets.ssh.hostkeys import fingerprints
 from amic.errors import UsageError
-from amic.targets.ec2 import target as ec2
+from amic.targets.ec2 import bases, hostkeys, images, resources
+from amic.targets.ec2 import target as ec2_target
 from amic.targets.base import Image
 
 CONSOLE = """\
@@ -30,22 +31,22 @@ ec2: 2048 SHA256:ThisLineIsOutsideTheBlockAndMustBeIgnored0000 root@x (RSA)
 
 
 def test_console_fingerprints_only_inside_the_block():
-    fps = ec2.parse_console_fingerprints(CONSOLE)
+    fps = hostkeys.parse_console_fingerprints(CONSOLE)
     assert [(f.bits, f.kind) for f in fps] == [(256, "ECDSA"), (256, "ED25519"), (3072, "RSA"),
                                               (2048, "RSA")]
     assert fps[1].fingerprint == "SHA256:3z0E1zYQ9Vt5Qe6i1YkC8tLzVrJQv5b3oP0nQ2l8a7c"
     assert fps[3].fingerprint == "MD5:6c:1b:0e:2a:33:44:55:66:77:88:99:aa:bb:cc:dd:ee"
     assert not any("Outside" in f.fingerprint for f in fps)
-    assert ec2.parse_console_fingerprints("no block here\n") == []
+    assert hostkeys.parse_console_fingerprints("no block here\n") == []
 
 
 def test_key_fingerprints_match_ssh_keygen_spelling():
-    key, public = ec2.generate_key("ed25519")
+    key, public = resources.generate_key("ed25519")
     assert public.startswith("ssh-ed25519 ")
     fps = fingerprints(key)
     assert any(f.startswith("SHA256:") and not f.endswith("=") for f in fps)
     assert any(f.startswith("MD5:") for f in fps)
-    rsa, public = ec2.generate_key("rsa")
+    rsa, public = resources.generate_key("rsa")
     assert isinstance(rsa, paramiko.RSAKey) and public.startswith("ssh-rsa ")
 
 
@@ -57,7 +58,7 @@ def test_key_fingerprints_match_ssh_keygen_spelling():
     (None, "136693071363", "debian-12-amd64-*"),
 ])
 def test_portable_names(ref, owner, name):
-    q = ec2.parse_base(ref, arch="x86_64")
+    q = bases.parse_base(ref, arch="x86_64")
     args = q.call_args()
     assert args["Owners"] == [owner]
     assert {"Name": "name", "Values": [name]} in args["Filters"]
@@ -65,19 +66,19 @@ def test_portable_names(ref, owner, name):
 
 
 def test_arm64_names_and_instance_types():
-    assert ec2.arch_for_instance_type("t4g.small") == "arm64"
-    assert ec2.arch_for_instance_type("c6gn.large") == "arm64"
-    assert ec2.arch_for_instance_type("a1.medium") == "arm64"
-    assert ec2.arch_for_instance_type("t3.micro") == "x86_64"
-    assert ec2.arch_for_instance_type("m7i.large") == "x86_64"
-    q = ec2.parse_base("debian:12", arch="arm64")
+    assert bases.arch_for_instance_type("t4g.small") == "arm64"
+    assert bases.arch_for_instance_type("c6gn.large") == "arm64"
+    assert bases.arch_for_instance_type("a1.medium") == "arm64"
+    assert bases.arch_for_instance_type("t3.micro") == "x86_64"
+    assert bases.arch_for_instance_type("m7i.large") == "x86_64"
+    q = bases.parse_base("debian:12", arch="arm64")
     assert {"Name": "name", "Values": ["debian-12-arm64-*"]} in q.call_args()["Filters"]
 
 
 def test_ami_id_and_filters():
-    assert ec2.parse_base("ami-0123456789abcdef0", arch="x86_64").call_args() == {
+    assert bases.parse_base("ami-0123456789abcdef0", arch="x86_64").call_args() == {
         "ImageIds": ["ami-0123456789abcdef0"]}
-    q = ec2.parse_base("owner=canonical name=my-golden-* arch=arm64 user=ubuntu "
+    q = bases.parse_base("owner=canonical name=my-golden-* arch=arm64 user=ubuntu "
                        "virtualization-type=hvm", arch="x86_64")
     args = q.call_args()
     assert args["Owners"] == ["099720109477"]
@@ -89,15 +90,15 @@ def test_ami_id_and_filters():
 @pytest.mark.parametrize("ref", ["debian:7", "gentoo:latest", "owner=self name"])
 def test_unknown_bases_are_usage_errors(ref):
     with pytest.raises(UsageError):
-        ec2.parse_base(ref, arch="x86_64")
+        bases.parse_base(ref, arch="x86_64")
 
 
 def test_ami_names_are_valid():
-    assert ec2._ami_name("web{x}:v1 #2") == "web-x--v1 -2"
-    assert ec2._ami_name("a") == "amic-a"
-    assert len(ec2._ami_name("x" * 300)) == 128
+    assert images.ami_name("web{x}:v1 #2") == "web-x--v1 -2"
+    assert images.ami_name("a") == "amic-a"
+    assert len(images.ami_name("x" * 300)) == 128
     when = dt.datetime(2024, 7, 1, 12, 0, 0, tzinfo=dt.UTC)
-    fields = ec2._name_fields({"amic:amifile": "Amifile.web", "team": "ops"}, "ab" * 32, "b1", when)
+    fields = images.name_fields({"amic:amifile": "Amifile.web", "team": "ops"}, "ab" * 32, "b1", when)
     assert "{amifile}-{label[team]}-{timestamp}".format_map(fields) == "web-ops-20240701-120000"
     assert "{unknown}".format_map(fields) == "{unknown}"
 
@@ -294,3 +295,32 @@ def test_launch_failures_names_each_unhealthy_enabled_service():
         "half: init interrupted",
     ]
     assert failures({}) == []
+
+
+def test_option_table_rows_name_real_fields_and_defaults_come_from_the_options():
+    import argparse
+
+    import attrs
+
+    from amic.cli.ec2 import add_ec2_build_options
+    from amic.targets.ec2 import options
+
+    ec2_fields = {f.name for f in attrs.fields(options.Ec2Options)}
+    aws_fields = {f.name for f in attrs.fields(aws.AwsOptions)}
+    assert {row.attribute for row in options.EC2_OPTIONS} <= ec2_fields
+    assert {row.attribute for row in options.AWS_OPTIONS} <= aws_fields
+    parser = argparse.ArgumentParser()
+    add_ec2_build_options(parser)
+    target = ec2_target.Ec2Target.from_args(parser.parse_args([]))
+    assert target.opts == options.Ec2Options(aws=aws.options_from_env())
+    args = parser.parse_args(["--expire-after", "90m", "--ami-tag", "team=web", "--ssh-port", "2222",
+                              "--no-public-ip", "--ssh-cidr", "10.0.0.0/8", "--region", "eu-west-3"])
+    opts = ec2_target.Ec2Target.from_args(args).opts
+    assert (opts.ttl, opts.image_tags, opts.ssh_port) == (dt.timedelta(minutes=90), {"team": "web"}, 2222)
+    assert (opts.associate_public_ip, opts.ssh_cidrs, opts.aws.region) == (False, ("10.0.0.0/8",),
+                                                                           "eu-west-3")
+    with pytest.raises(UsageError, match="--ami-tag"):
+        options.options_from_values({"image_tags": ["novalue"]})
+    with pytest.raises(UsageError, match="exclude each other"):
+        options.options_from_values({"trust_on_first_use": True,
+                                     "host_key_fingerprints": ["SHA256:x"]})

@@ -7,12 +7,20 @@ after the scheme (``""`` for bare names) as its only positional argument.
 The default target is chosen by :func:`default_target_spec`: ``$AMIC_TARGET``,
 else ``ec2`` when AWS is configured (credentials, profile or region in the
 environment or in ``~/.aws``), else ``local``.
+
+A target that takes options declares them as data, one :class:`Option` row each
+(``amic.targets.ec2.options``); the command line turns the rows into flags
+(``amic.cli.options``) and hands the parsed values back through
+:func:`option_values`, so no target imports argparse or the CLI.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Iterable, Mapping
+
+import attrs
 
 REGISTRY: dict[str, str] = {
     "local": "amic.targets.local.target:LocalTarget",
@@ -24,6 +32,49 @@ MEMO: dict[str, bool] = {"local": False, "ec2": True}
 """Schemes whose target has ``fast_rebuild`` (an unchanged build answered from the build
 memo, before anything heavy is imported), and whether a hit needs the target's
 ``confirm_memo`` (ec2: two DescribeImages calls) before it answers."""
+
+
+@attrs.frozen
+class Option:
+    """One command-line option of a target: its flags, where its value goes, its --help line."""
+
+    flags: tuple[str, ...] = attrs.field(converter=tuple)
+    dest: str
+    """Name of the value: the argparse ``dest`` and the key in an option values mapping."""
+    group: str
+    """Title of the --help section it is listed in."""
+    help: str | None = None
+    metavar: str | None = None
+    action: str = "store"
+    """``store``, ``append`` (repeatable), ``store_true`` or ``store_false``."""
+    type: Callable[[str], object] | None = None
+    """Parses the flag's text (argparse ``type``): a bad value is a usage error there."""
+    choices: tuple[str, ...] | None = None
+    field: str | None = None
+    """The options attribute it sets, when not ``dest`` (``--expire-after`` sets ``ttl``)."""
+    convert: Callable[[object], object] | None = None
+    """Turns the parsed value into the attribute's (a duration text into a timedelta)."""
+
+    @property
+    def attribute(self) -> str:
+        return self.field or self.dest
+
+
+def option_values(args, rows: Iterable[Option], *names: str) -> dict[str, object]:
+    """``{dest: value}`` of ``rows`` (and of ``names``) read from parsed arguments; a value
+    the parser did not define is None, as is one not given (the options' default applies)."""
+    dests = [row.dest for row in rows] + list(names)
+    return {dest: getattr(args, dest, None) for dest in dests}
+
+
+def given(values: Mapping[str, object], rows: Iterable[Option]) -> dict[str, object]:
+    """The options attributes ``values`` sets (None and absent mean: the default)."""
+    out: dict[str, object] = {}
+    for row in rows:
+        value = values.get(row.dest)
+        if value is not None:
+            out[row.attribute] = row.convert(value) if row.convert else value
+    return out
 
 
 _AWS_ENV = ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION",

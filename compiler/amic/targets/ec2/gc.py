@@ -10,16 +10,15 @@ tags. Nothing without amic's tags is ever touched.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterable, Sequence
 
 import attrs
 
-from amic.targets.ec2 import session as aws
 from amic import contract
 from amic.targets import base as tb
-
-_LIVE = ["pending", "running", "stopping", "stopped"]
+from amic.targets.ec2 import resources
+from amic.targets.ec2 import session as aws
+from amic.targets.ec2.images import TAG_IMAGE_ID
 
 
 @attrs.frozen
@@ -65,7 +64,7 @@ def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = Fal
             found.append(Leak(kind, rid, tags.get(contract.TAG_BUILD), why, name))
 
     for page in ec2.get_paginator("describe_instances").paginate(
-            Filters=[*tagged, {"Name": "instance-state-name", "Values": _LIVE}]):
+            Filters=[*tagged, {"Name": "instance-state-name", "Values": resources.LIVE_STATES}]):
         for res in page["Reservations"]:
             for inst in res["Instances"]:
                 consider("instance", inst["InstanceId"], aws.tag_dict(inst.get("Tags")))
@@ -83,12 +82,12 @@ def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = Fal
         images = {img["ImageId"] for img in ec2.describe_images(
             Owners=["self"], Filters=[{"Name": "tag-key", "Values": [contract.TAG_KEY]}])["Images"]}
         for page in ec2.get_paginator("describe_snapshots").paginate(
-                OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["amic:image-id"]}]):
+                OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_IMAGE_ID]}]):
             for snap in page["Snapshots"]:
                 tags = aws.tag_dict(snap.get("Tags"))
-                if tags.get("amic:image-id") not in images:
+                if tags.get(TAG_IMAGE_ID) not in images:
                     found.append(Leak("snapshot", snap["SnapshotId"], tags.get(contract.TAG_BUILD),
-                                      f"image {tags.get('amic:image-id')} is gone"))
+                                      f"image {tags.get(TAG_IMAGE_ID)} is gone"))
     return found
 
 
@@ -97,32 +96,24 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
     import botocore.exceptions
 
     ec2 = target.ec2
+    opts = target.opts
     failures: list[tuple[Leak, Exception]] = []
     by_kind = {kind: [leak for leak in leaks if leak.kind == kind]
                for kind in ("instance", "security-group", "key-pair", "volume", "snapshot")}
     instances = [leak.id for leak in by_kind["instance"]]
     if instances:
         try:
-            ec2.terminate_instances(InstanceIds=instances)
-            target._wait("instance_terminated", target.opts.instance_timeout,
-                         "waiting for leaked instances to terminate", InstanceIds=instances)
+            resources.terminate_instances(ec2, instances, timeout=opts.instance_timeout,
+                                          poll_interval=opts.poll_interval,
+                                          doing="waiting for leaked instances to terminate")
         except Exception as exc:  # noqa: BLE001 - reported per resource
             failures += [(leak, exc) for leak in by_kind["instance"]]
-    for leak in by_kind["security-group"]:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                ec2.delete_security_group(GroupId=leak.id)
-                break
-            except botocore.exceptions.ClientError as exc:
-                if aws.error_code(exc) == "DependencyViolation" and time.monotonic() < deadline:
-                    time.sleep(max(target.opts.poll_interval, 0.5))
-                    continue
-                failures.append((leak, exc))
-                break
-    for kind, call in (("key-pair", lambda i: ec2.delete_key_pair(KeyName=i)),
-                       ("volume", lambda i: ec2.delete_volume(VolumeId=i)),
-                       ("snapshot", lambda i: ec2.delete_snapshot(SnapshotId=i))):
+    for kind, call in (
+            ("security-group", lambda i: resources.delete_security_group(
+                ec2, i, poll_interval=opts.poll_interval)),
+            ("key-pair", lambda i: resources.delete_key_pair(ec2, i)),
+            ("volume", lambda i: ec2.delete_volume(VolumeId=i)),
+            ("snapshot", lambda i: ec2.delete_snapshot(SnapshotId=i))):
         for leak in by_kind[kind]:
             try:
                 call(leak.id)

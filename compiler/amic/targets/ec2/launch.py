@@ -21,10 +21,10 @@ from amic.targets.base import Image
 
 def resolve_image(target, ref: str) -> Image:
     if ref.startswith("ami-"):
-        found = target.ec2.describe_images(ImageIds=[ref])["Images"]
-        if not found:
+        image = target.image_by_id(ref)
+        if image is None:
             raise UsageError(f"no image {ref} in {target.region}")
-        return target._image(found[0])
+        return image
     image = target.find_image(ref)
     if image is None:
         raise UsageError(f"no AMI recorded under key {ref!r} in {target.region} "

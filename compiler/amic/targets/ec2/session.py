@@ -11,6 +11,7 @@ botocore.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from collections.abc import Iterable, Mapping
 
@@ -114,6 +115,59 @@ def explain(exc: BaseException, doing: str) -> BuildError:
         "VcpuLimitExceeded": " (raise the vCPU quota or use a smaller --instance-type)",
     }.get(code or "", "")
     return BuildError(f"{doing}: {exc}{hint}")
+
+
+def call(doing: str, fn, **kwargs):
+    """``fn(**kwargs)``; an AWS error becomes a BuildError saying what was being done."""
+    import botocore.exceptions
+
+    try:
+        return fn(**kwargs)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        raise explain(exc, doing) from None
+
+
+def wait(ec2, waiter_name: str, *, timeout: float, poll_interval: float, doing: str,
+         **kwargs) -> None:
+    """A botocore waiter polling every ``poll_interval`` for ``timeout``; BuildError on timeout."""
+    import botocore.exceptions
+
+    delay = max(poll_interval, 0.1)
+    try:
+        ec2.get_waiter(waiter_name).wait(
+            WaiterConfig={"Delay": delay, "MaxAttempts": max(1, math.ceil(timeout / delay))},
+            **kwargs)
+    except botocore.exceptions.WaiterError as exc:
+        raise BuildError(f"{doing}: {exc}") from None
+
+
+class Clients:
+    """The EC2 clients of one boto3 session, one per region, made on first use."""
+
+    def __init__(self, opts: AwsOptions) -> None:
+        self.opts = opts
+        self._ec2 = None
+        self._session = None
+        self._regions: dict[str, object] = {}
+
+    @property
+    def ec2(self):
+        """The client of the session's own region."""
+        if self._ec2 is None:
+            self._session = session(self.opts)
+            self._ec2 = client(self.opts, "ec2", sess=self._session)
+        return self._ec2
+
+    @property
+    def region(self) -> str:
+        return self.ec2.meta.region_name
+
+    def for_region(self, region: str):
+        if region == self.region:
+            return self.ec2
+        if region not in self._regions:
+            self._regions[region] = client(self.opts, "ec2", region=region, sess=self._session)
+        return self._regions[region]
 
 
 # -- tags -------------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""A target's option table (``amic.targets.Option`` rows) as argparse flags.
+
+The rows are the target's; this module only knows argparse. Every flag's
+default is None (repeatable ones too): an option not given stays unset, and the
+target's options class supplies its default, so no default is written twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+
+from amic.targets import Option
+
+
+def add_option_table(parser: argparse.ArgumentParser, title: str,
+                     rows: Iterable[Option]) -> None:
+    """One --help section ``title`` with a flag per row."""
+    group = parser.add_argument_group(title)
+    for row in rows:
+        kwargs: dict = {"dest": row.dest, "action": row.action, "default": None}
+        if row.help is not None:
+            kwargs["help"] = row.help
+        if row.action in ("store", "append"):
+            for key in ("metavar", "type", "choices"):
+                value = getattr(row, key)
+                if value is not None:
+                    kwargs[key] = list(value) if key == "choices" else value
+        group.add_argument(*row.flags, **kwargs)
+
+
+def add_option_groups(parser: argparse.ArgumentParser, rows: Iterable[Option]) -> None:
+    """A section per ``group`` of ``rows``, in the order the groups first appear."""
+    groups: dict[str, list[Option]] = {}
+    for row in rows:
+        groups.setdefault(row.group, []).append(row)
+    for title, members in groups.items():
+        add_option_table(parser, title, members)

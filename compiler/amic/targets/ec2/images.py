@@ -1,0 +1,227 @@
+"""amic's AMIs: finding them by cache key, naming and tagging new ones, sharing, copying, removing.
+
+An AMI is a cache entry when it carries ``amic:key``; layer checkpoints and
+final images differ only in ``amic:kind``. Snapshots are tagged separately
+(EC2 does not copy an image's tags to them) with ``amic:image-id``, which is
+how ``amic gc`` finds the snapshots of an image that is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+import attrs
+
+from amic.contract import KIND_FINAL, KIND_LAYER, TAG_AMIFILE, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
+from amic.errors import BuildError
+from amic.targets.base import Image
+from amic.targets.ec2 import session as aws
+from amic.targets.ec2.options import Ec2Options
+
+TAG_SSH_USER = "amic:ssh-user"
+"""Login user of the image, inherited by every image baked from it."""
+TAG_IMAGE_ID = "amic:image-id"
+"""On a snapshot: the AMI it belongs to (``amic gc`` removes it once that AMI is gone)."""
+
+Log = Callable[[str], None]
+
+
+def image_from_raw(raw: dict) -> Image:
+    """An ``Image`` from one DescribeImages entry."""
+    tags = aws.tag_dict(raw.get("Tags"))
+    return Image(id=raw["ImageId"], key=tags.get(TAG_KEY), tags=tags,
+                 created=raw.get("CreationDate"))
+
+
+def newest(raws: Iterable[dict]) -> dict:
+    return max(raws, key=lambda i: i.get("CreationDate", ""))
+
+
+def final_image_query(key: str) -> dict:
+    """DescribeImages arguments for the available images recorded under ``key``."""
+    return {"Owners": ["self"], "Filters": [{"Name": f"tag:{TAG_KEY}", "Values": [key]},
+                                            {"Name": "state", "Values": ["available"]}]}
+
+
+def find_image(ec2, key: str) -> Image | None:
+    images = aws.call("looking up cached images", ec2.describe_images,
+                      **final_image_query(key))["Images"]
+    return image_from_raw(newest(images)) if images else None
+
+
+def image_by_id(ec2, image_id: str) -> Image | None:
+    found = ec2.describe_images(ImageIds=[image_id])["Images"]
+    return image_from_raw(found[0]) if found else None
+
+
+def list_images(ec2) -> list[Image]:
+    """amic's AMIs, newest first."""
+    images = aws.call("listing cached images", ec2.describe_images, Owners=["self"],
+                      Filters=[{"Name": "tag-key", "Values": [TAG_KEY]}])["Images"]
+    images.sort(key=lambda i: i.get("CreationDate", ""), reverse=True)
+    return [image_from_raw(i) for i in images]
+
+
+def layers_of_service(ec2, service: str) -> list[Image]:
+    images = aws.call("listing layer checkpoints", ec2.describe_images, Owners=["self"],
+                      Filters=[{"Name": f"tag:{TAG_KIND}", "Values": [KIND_LAYER]},
+                               {"Name": f"tag:{TAG_SERVICE}", "Values": [service]}])["Images"]
+    images.sort(key=lambda i: i.get("CreationDate", ""), reverse=True)
+    return [image_from_raw(i) for i in images]
+
+
+def snapshot_ids(raw: dict) -> list[str]:
+    return [bdm["Ebs"]["SnapshotId"] for bdm in raw.get("BlockDeviceMappings", [])
+            if bdm.get("Ebs", {}).get("SnapshotId")]
+
+
+def deregister(ec2, image_id: str) -> list[str]:
+    """Deregister an AMI and delete its EBS snapshots; returns the snapshot ids."""
+    found = aws.call(f"describing {image_id}", ec2.describe_images, ImageIds=[image_id])["Images"]
+    snaps = [snap for img in found for snap in snapshot_ids(img)]
+    aws.call(f"deregistering {image_id}", ec2.deregister_image, ImageId=image_id)
+    for snap in snaps:
+        aws.call(f"deleting snapshot {snap} of {image_id}", ec2.delete_snapshot, SnapshotId=snap)
+    return snaps
+
+
+def deregister_named(ec2, name: str, log: Log) -> None:
+    """``--force-deregister``: remove our images that already carry ``name``."""
+    old = aws.call("looking for an image of the same name", ec2.describe_images,
+                   Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+    for img in old:
+        log(f"--force-deregister: removing {img['ImageId']} ({name})")
+        deregister(ec2, img["ImageId"])
+
+
+# -- naming a new image ---------------------------------------------------------------
+
+class NameFields(dict):
+    """Template fields; an unknown ``{field}`` stays as written instead of failing the build."""
+
+    def __missing__(self, key):
+        return "{" + key + "}"
+
+
+def name_fields(tags: Mapping[str, str], key: str, build_id: str, when: dt.datetime) -> dict:
+    amifile = tags.get(TAG_AMIFILE) or "amic"
+    stem = re.sub(r"(?i)^amifile[._-]?|[._-]?amifile$", "", amifile) or "amic"
+    return NameFields(amifile=stem, key=key[:12], build_id=build_id,
+                      timestamp=when.strftime("%Y%m%d-%H%M%S"), date=when.strftime("%Y-%m-%d"),
+                      label=NameFields({k: v for k, v in tags.items() if ":" not in k}))
+
+
+def ami_name(text: str) -> str:
+    """EC2 AMI names: 3-128 of letters, digits and ( ) [ ] space . / - ' @ _."""
+    clean = re.sub(r"[^A-Za-z0-9()\[\] ./'@_-]", "-", text).strip()[:128]
+    return clean if len(clean) >= 3 else f"amic-{clean}"
+
+
+@attrs.frozen
+class NewImage:
+    """What a snapshot will be called and tagged."""
+
+    name: str
+    description: str
+    tags: Mapping[str, str]
+
+
+def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str], build_id: str,
+              user: str, log: Log) -> NewImage:
+    """Name, description and tags of the image of a layer (``final``: of the build)."""
+    fields = name_fields(tags, key, build_id, aws.now())
+    if final:
+        name = ami_name(opts.image_name.format_map(fields))
+        description = opts.image_description.format_map(fields)[:255]
+    else:
+        svc = tags.get(TAG_SERVICE, "layer")
+        name = ami_name(f"amic-layer-{svc}-{key[:12]}-{fields['timestamp']}")
+        description = f"amic cache layer {svc} (key {key[:12]}) from {fields['amifile']}"
+    all_tags = {**aws.resource_tags(build_id, ttl=None, role="image"), "Name": name,
+                TAG_SSH_USER: user, **tags, TAG_KEY: key,
+                TAG_KIND: tags.get(TAG_KIND, KIND_FINAL if final else KIND_LAYER)}
+    if final:
+        all_tags.update(opts.image_tags)
+    all_tags, dropped = aws.fit_tags(all_tags, keep_prefixes=(
+        TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_SSH_USER, TAG_AMIFILE, "Name"))
+    if dropped:
+        log(f"warning: EC2 allows {aws.MAX_TAGS} tags per image; left out: " + ", ".join(dropped))
+    return NewImage(name, description, all_tags)
+
+
+# -- making one ---------------------------------------------------------------------------
+
+def create_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Log) -> dict:
+    """CreateImage of a stopped instance, waited for; its DescribeImages entry."""
+    log(f"creating image {new.name}")
+    image_id = aws.call(f"creating an image of {instance_id}", ec2.create_image,
+                        InstanceId=instance_id, Name=new.name, Description=new.description,
+                        TagSpecifications=aws.tag_specs(new.tags, "image"))["ImageId"]
+    try:
+        aws.wait(ec2, "image_available", timeout=opts.image_timeout,
+                 poll_interval=opts.poll_interval, doing=f"waiting for image {image_id}",
+                 ImageIds=[image_id])
+    except BuildError:
+        # A failed image is no cache entry; one still pending is (it will finish).
+        if image_state(ec2, image_id) in ("failed", "error", "invalid"):
+            with contextlib.suppress(BuildError):
+                deregister(ec2, image_id)
+        raise
+    return ec2.describe_images(ImageIds=[image_id])["Images"][0]
+
+
+def image_state(ec2, image_id: str) -> str | None:
+    with contextlib.suppress(Exception):
+        return ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"]
+    return None
+
+
+def tag_snapshots(ec2, raw: dict, tags: Mapping[str, str]) -> list[str]:
+    """Tag the snapshots of image ``raw`` (EC2 gives them none of the image's tags)."""
+    snaps = snapshot_ids(raw)
+    if snaps:
+        snap_tags, _ = aws.fit_tags({**tags, TAG_IMAGE_ID: raw["ImageId"]}, keep_prefixes=(
+            TAG_IMAGE_ID, TAG_KEY, aws.TAG_TOOL, TAG_BUILD))
+        aws.call("tagging the image's snapshots", ec2.create_tags, Resources=snaps,
+                 Tags=aws.tag_list(snap_tags))
+    return snaps
+
+
+def share(ec2, image_id: str, snaps: list[str], accounts: tuple[str, ...], log: Log) -> None:
+    """Launch permission on the image and volume permission on its snapshots, per account."""
+    if not accounts:
+        return
+    perms = [{"UserId": a} for a in accounts]
+    aws.call(f"sharing {image_id}", ec2.modify_image_attribute, ImageId=image_id,
+             LaunchPermission={"Add": perms})
+    for snap in snaps:
+        aws.call(f"sharing snapshot {snap}", ec2.modify_snapshot_attribute, SnapshotId=snap,
+                 Attribute="createVolumePermission", OperationType="add", UserIds=list(accounts))
+    log(f"shared {image_id} with {', '.join(accounts)}")
+
+
+def copy_to_regions(clients: aws.Clients, image_id: str, new: NewImage, opts: Ec2Options,
+                    log: Log) -> None:
+    """``--copy-to-region``: each copy waited for, tagged, its snapshots tagged and shared."""
+    source = clients.region
+    for region in opts.copy_regions:
+        if region == source:
+            continue
+        dest = clients.for_region(region)
+        args = {"SourceImageId": image_id, "SourceRegion": source, "Name": new.name,
+                "Description": new.description}
+        if opts.encrypt or opts.kms_key_id:
+            args["Encrypted"] = True
+        copy_id = aws.call(f"copying {image_id} to {region}", dest.copy_image, **args)["ImageId"]
+        aws.wait(dest, "image_available", timeout=opts.image_timeout,
+                 poll_interval=opts.poll_interval,
+                 doing=f"waiting for the copy {copy_id} in {region}", ImageIds=[copy_id])
+        aws.call(f"tagging {copy_id} in {region}", dest.create_tags, Resources=[copy_id],
+                 Tags=aws.tag_list({**new.tags, "amic:source-image": f"{source}/{image_id}"}))
+        raw = dest.describe_images(ImageIds=[copy_id])["Images"][0]
+        snaps = tag_snapshots(dest, raw, new.tags)
+        share(dest, copy_id, snaps, opts.share_accounts, log)
+        log(f"copied {image_id} to {region}: {copy_id}")

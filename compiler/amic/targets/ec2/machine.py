@@ -1,0 +1,179 @@
+"""The build instance as the engine sees it: a machine reached over SSH.
+
+Host keys: the fingerprints the instance's console printed (``hostkeys``), the
+user's ``--ssh-host-key-fingerprint`` list, or (asked for) the first key seen,
+pinned so that after a stop/start the same key must answer. A snapshot stops
+the instance; the next command starts it again and reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from amic.errors import BuildError
+from amic.targets.ec2 import hostkeys, resources
+from amic.targets.ec2 import session as aws
+from amic.targets.ec2.options import Ec2Options
+
+
+class Ec2Machine:
+    """An instance reached over SSH; reconnects (and starts it again) after a snapshot."""
+
+    def __init__(self, ec2, opts: Ec2Options, log: Callable[[str], None], instance_id: str,
+                 user: str, pkey, key_name: str, build_id: str) -> None:
+        self.ec2 = ec2
+        self.opts = opts
+        self.log = log
+        self.instance_id = instance_id
+        self.user = user
+        self.pkey = pkey
+        self.key_name = key_name
+        self.build_id = build_id
+        self.host: str | None = None
+        self.port: int = opts.ssh_port
+        self.expected_keys: set[str] = set()
+        self.keys_source = "expected"
+        """Where ``expected_keys`` came from, for a mismatch message."""
+        self.conn = None
+        self.stopped = False
+        self.keep = False
+        """Set before leaving ``Ec2Target.launch`` to keep the instance (``amic launch --keep``)."""
+        self.key_file: Path | None = None
+        self.build_public_key: str | None = None
+        """The key pair's public line (cloud-init installs it; the engine has it removed)."""
+
+    # Machine protocol ------------------------------------------------------------
+    def run(self, command, *, env=None, on_output=None, timeout=None) -> int:
+        from amic.targets.local.rootfs import terminal_line
+
+        # progress redrawn with carriage returns (apt, dpkg) shows as its last state
+        out = (lambda line: on_output(terminal_line(line))) if on_output else None
+        with self._ssh_errors(f"running a command on {self.instance_id}"):
+            return self.connection().run(command, env=env, on_output=out, timeout=timeout)
+
+    def put(self, local, remote, *, mode=0o600) -> None:
+        with self._ssh_errors(f"uploading {remote} to {self.instance_id}"):
+            self.connection().put(local, remote, mode=mode)
+
+    @contextlib.contextmanager
+    def _ssh_errors(self, doing: str):
+        import paramiko
+
+        from amic.targets.ssh.errors import SshError
+
+        try:
+            yield
+        except SshError as exc:
+            self.disconnect()
+            raise BuildError(f"{doing}: {exc}") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.disconnect()
+            raise BuildError(f"{doing}: SSH failed: {exc or type(exc).__name__}") from None
+
+    def describe(self) -> str:
+        where = f"{self.user}@{self.host or '?'}"
+        key = f"-i {self.key_file} " if self.key_file else ""
+        port = f"-p {self.port} " if self.port != 22 else ""
+        jump = f"-J {self.opts.jump_host} " if self.opts.jump_host else ""
+        return (f"instance {self.instance_id} ({self.ec2.meta.region_name}); reach it with: "
+                f"ssh {key}{port}{jump}{where}\n"
+                f"remove it when done: amic gc --build-id {self.build_id} --force")
+
+    # lifecycle -------------------------------------------------------------------
+    def wait_running(self) -> None:
+        self.host = resources.wait_running(self.ec2, self.instance_id, self.opts)
+
+    def stop(self) -> None:
+        """Stop the instance (for a consistent image); the next command starts it again."""
+        self.disconnect()
+        if self.stopped:
+            return
+        iid = self.instance_id
+        self.log(f"stopping {iid} for a consistent image")
+        aws.call(f"stopping {iid}", self.ec2.stop_instances, InstanceIds=[iid])
+        self.stopped = True
+        aws.wait(self.ec2, "instance_stopped", timeout=self.opts.instance_timeout,
+                 poll_interval=self.opts.poll_interval, doing=f"waiting for {iid} to stop",
+                 InstanceIds=[iid])
+
+    def _start(self) -> None:
+        aws.call(f"starting {self.instance_id}", self.ec2.start_instances,
+                 InstanceIds=[self.instance_id])
+        self.stopped = False
+        self.wait_running()
+
+    def connection(self):
+        """The SSH connection, made (and the instance started) when there is none."""
+        if self.stopped:
+            self._start()
+        if self.conn is None:
+            self.conn = self._connect()
+        return self.conn
+
+    def disconnect(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # host keys and SSH -------------------------------------------------------------
+    def prepare_host_keys(self) -> None:
+        """Decide which host keys the SSH connection accepts."""
+        from amic.targets.ssh.hostkeys import normalize_fingerprint
+
+        opts = self.opts
+        if opts.host_key_fingerprints:
+            self.expected_keys = {normalize_fingerprint(f) for f in opts.host_key_fingerprints}
+            self.keys_source = "given with --ssh-host-key-fingerprint"
+            return
+        if opts.trust_on_first_use:
+            return
+        fps = hostkeys.console_fingerprints(self.ec2, self.instance_id,
+                                            timeout=opts.console_timeout,
+                                            poll_interval=opts.poll_interval)
+        self.expected_keys = {f.fingerprint for f in fps}
+        self.keys_source = f"printed on the console of {self.instance_id}"
+        self.log(f"host keys from the console of {self.instance_id}: "
+                 + ", ".join(f"{f.kind} {f.fingerprint}" for f in fps))
+
+    def _connect(self):
+        """An ``amic.targets.ssh`` connection; host keys from the console, the user's list, or TOFU."""
+        from amic.targets.ssh.conn import wait_for_ssh
+        from amic.targets.ssh.endpoint import Endpoint, parse_jump
+        from amic.targets.ssh.errors import AuthFailed, HostKeyMismatch, Unreachable
+        from amic.targets.ssh.hostkeys import (ExpectedHostKeys, HostKeyPolicy, TrustOnFirstUse,
+                                               describe_key, fingerprints)
+
+        opts = self.opts
+        if self.host is None:
+            self.host = resources.instance_address(self.ec2, self.instance_id, opts)
+        if self.expected_keys:
+            policy: HostKeyPolicy = ExpectedHostKeys(
+                self.expected_keys, source=f"the host keys {self.keys_source}")
+        else:
+            policy = TrustOnFirstUse()   # no file: nothing read or written; pinned below
+        jump = (parse_jump(opts.jump_host, key_filename=opts.jump_key)
+                if opts.jump_host else None)
+        endpoint = Endpoint(self.host, self.port, self.user)
+        self.log(f"waiting for SSH on {endpoint}")
+        try:
+            conn = wait_for_ssh(
+                endpoint, pkey=self.pkey, host_key_policy=policy, jump=jump,
+                timeout=opts.ssh_timeout, sudo=self.user != "root", retry_auth=True,
+                # only the build's own key for the instance; the agent only for a bastion
+                allow_agent=bool(jump) and not opts.jump_key, look_for_keys=False,
+                log=self.log)
+        except HostKeyMismatch as exc:
+            raise BuildError(f"refusing {self.instance_id}: {exc} (the console of the instance "
+                             "printed other host keys; someone may be in the middle)") from None
+        except (Unreachable, AuthFailed) as exc:
+            raise BuildError(f"instance {self.instance_id}: no SSH on {endpoint} after "
+                             f"{opts.ssh_timeout:.0f}s: {exc}") from None
+        if not self.expected_keys:
+            # pin it: after a stop/start the same key must answer
+            self.expected_keys = fingerprints(conn.host_key)
+            self.keys_source = "pinned on first use"
+            self.log(f"trusting host key {describe_key(conn.host_key)} on first use")
+        return conn

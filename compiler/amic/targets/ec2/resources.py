@@ -1,0 +1,289 @@
+"""A build's temporary resources: key pair, security group, instance; each made with its cleanup.
+
+Every ``add_*`` step registers its cleanup on the build's ``ExitStack`` *before*
+the create call, and the cleanup finds the resource by its deterministic name
+or by the build tag: an interrupt that lands while the call is on the wire
+still removes what it made. Cleanups log, never raise (Packer's multistep);
+what one could not remove is tagged, and ``amic gc`` (which deletes with the
+same functions) removes it after it expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from amic.contract import TAG_BUILD
+from amic.errors import BuildError, UsageError
+from amic.targets.base import Image
+from amic.targets.ec2 import session as aws
+from amic.targets.ec2.options import Ec2Options
+
+Log = Callable[[str], None]
+
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+"""Instance states that still cost money (and hold a security group)."""
+GROUP_PATIENCE = 120.0
+"""Seconds a security group may stay in use after its instance terminated."""
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
+def cleanup_quietly(log: Log, what: str, name: str, fn: Callable, *args) -> None:
+    """Run one cleanup; a failure is logged (the resource is tagged for ``amic gc``)."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - cleanup logs, never raises (multistep)
+        log(f"warning: could not remove {what} {name}: {exc} "
+            "(it is tagged; `amic gc` removes it after it expires)")
+
+
+# -- key pair ----------------------------------------------------------------------------
+
+def generate_key(key_type: str = "ed25519"):
+    """A fresh key pair: (paramiko key, OpenSSH public key line)."""
+    import paramiko
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    if key_type == "ed25519":
+        private = ed25519.Ed25519PrivateKey.generate()
+    elif key_type == "rsa":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    else:
+        raise UsageError(f"--key-type {key_type!r}: expected ed25519 or rsa")
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    cls = paramiko.Ed25519Key if key_type == "ed25519" else paramiko.RSAKey
+    pkey = cls.from_private_key(io.StringIO(pem))
+    pkey._amic_pem = pem  # kept for --on-error=abort
+    public = f"{pkey.get_name()} {pkey.get_base64()} amic"
+    return pkey, public
+
+
+def save_private_key(pkey, name: str) -> Path:
+    """Write a kept build's private key where the user can find it (mode 0600)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amic" / "keys"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = base / f"{name}.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(getattr(pkey, "_amic_pem", ""))
+    return path
+
+
+def add_key_pair(stack: contextlib.ExitStack, ec2, name: str, tags: Mapping[str, str],
+                 key_type: str, log: Log):
+    """Key pair made here (only the public half leaves this machine); (pkey, public line)."""
+    pkey, public = generate_key(key_type)
+    stack.callback(cleanup_quietly, log, "key pair", name, delete_key_pair, ec2, name, log)
+    aws.call("importing the temporary key pair", ec2.import_key_pair, KeyName=name,
+             PublicKeyMaterial=public.encode(), TagSpecifications=aws.tag_specs(tags, "key-pair"))
+    log(f"key pair {name} ({key_type})")
+    return pkey, public
+
+
+def delete_key_pair(ec2, name: str, log: Log | None = None) -> None:
+    ec2.delete_key_pair(KeyName=name)
+    if log:
+        log(f"deleted key pair {name}")
+
+
+# -- security group ----------------------------------------------------------------------
+
+def caller_cidr(url: str | None = None) -> str:
+    """The caller's public address as a /32 (or /128), as AWS sees it."""
+    url = url or os.environ.get("AMIC_CHECKIP_URL") or CHECKIP_URL
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read(100).decode().strip()
+        addr = ipaddress.ip_address(text)
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"could not find this machine's public address ({url}: {exc}); "
+                         "pass --ssh-cidr CIDR (who may reach port 22 of the build instance)") from None
+    return f"{addr}/{32 if addr.version == 4 else 128}"
+
+
+def ssh_permission(cidrs: Sequence[str]) -> dict:
+    """Port 22 from ``cidrs`` only, IPv4 and IPv6 alike."""
+    v4 = [{"CidrIp": c, "Description": "amic build SSH"} for c in cidrs if ":" not in c]
+    v6 = [{"CidrIpv6": c, "Description": "amic build SSH"} for c in cidrs if ":" in c]
+    perm: dict = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22}
+    if v4:
+        perm["IpRanges"] = v4
+    if v6:
+        perm["Ipv6Ranges"] = v6
+    return perm
+
+
+def group_vpc(ec2, opts: Ec2Options) -> str:
+    """Where the temporary group goes: ``--vpc``, the subnet's VPC, or the default VPC."""
+    if opts.vpc_id:
+        return opts.vpc_id
+    if opts.subnet_id:
+        subnets = aws.call("describing the subnet", ec2.describe_subnets,
+                           SubnetIds=[opts.subnet_id])["Subnets"]
+        return subnets[0]["VpcId"]
+    vpcs = aws.call("finding the default VPC", ec2.describe_vpcs,
+                    Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise BuildError(f"no default VPC in {ec2.meta.region_name}: pass --subnet (and --vpc)")
+    return vpcs[0]["VpcId"]
+
+
+def add_security_group(stack: contextlib.ExitStack, ec2, name: str, build_id: str,
+                       tags: Mapping[str, str], cidrs: Callable[[], Sequence[str]],
+                       opts: Ec2Options, log: Log) -> str:
+    """A group open only to SSH from ``cidrs()``; its id."""
+    vpc = group_vpc(ec2, opts)
+    stack.callback(cleanup_quietly, log, "security group", name, delete_groups_named, ec2, name,
+                   vpc, opts.poll_interval, log)
+    gid = aws.call("creating the temporary security group", ec2.create_security_group,
+                   GroupName=name, VpcId=vpc,
+                   Description=f"amic build {build_id}: SSH from the builder only",
+                   TagSpecifications=aws.tag_specs(tags, "security-group"))["GroupId"]
+    allowed = cidrs()
+    aws.call("opening SSH in the temporary security group",
+             ec2.authorize_security_group_ingress, GroupId=gid,
+             IpPermissions=[ssh_permission(allowed)])
+    log(f"security group {gid}: port {22} from {', '.join(allowed)}")
+    return gid
+
+
+def delete_security_group(ec2, group_id: str, *, poll_interval: float,
+                          patience: float = GROUP_PATIENCE) -> None:
+    """Delete a group, waiting while a just-terminated instance's interface still holds it."""
+    import botocore.exceptions
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            ec2.delete_security_group(GroupId=group_id)
+            return
+        except botocore.exceptions.ClientError as exc:
+            # The instance's network interface can outlive "terminated" briefly.
+            if aws.error_code(exc) != "DependencyViolation" or time.monotonic() > deadline:
+                raise
+            time.sleep(max(poll_interval, 0.5))
+
+
+def delete_groups_named(ec2, name: str, vpc: str, poll_interval: float, log: Log) -> None:
+    """The build's group, found by name (its id may never have been seen)."""
+    groups = ec2.describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}])
+    for group in groups["SecurityGroups"]:
+        delete_security_group(ec2, group["GroupId"], poll_interval=poll_interval)
+        log(f"deleted security group {group['GroupId']}")
+
+
+# -- instance ------------------------------------------------------------------------------
+
+def run_instances_args(image: Image, name: str, group_ids: Sequence[str],
+                       tags: Mapping[str, str], build_id: str, opts: Ec2Options, *,
+                       metadata_tags: bool, root_device: Callable[[], str]) -> dict:
+    """RunInstances arguments: IMDSv2 only, tagged at launch, idempotent under retries."""
+    args: dict = {
+        "ImageId": image.id, "InstanceType": opts.instance_type, "MinCount": 1, "MaxCount": 1,
+        "KeyName": name,
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                            "HttpPutResponseHopLimit": 1,
+                            "InstanceMetadataTags": "enabled" if metadata_tags else "disabled"},
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "TagSpecifications": aws.tag_specs(tags, "instance", "volume"),
+        # Idempotent: botocore may retry a RunInstances whose answer it never saw.
+        "ClientToken": f"amic-{build_id}"[:64],
+    }
+    if opts.subnet_id or opts.associate_public_ip is not None:
+        nic: dict = {"DeviceIndex": 0, "Groups": list(group_ids), "DeleteOnTermination": True}
+        if opts.subnet_id:
+            nic["SubnetId"] = opts.subnet_id
+        if opts.associate_public_ip is not None:
+            nic["AssociatePublicIpAddress"] = opts.associate_public_ip
+        args["NetworkInterfaces"] = [nic]
+    else:
+        args["SecurityGroupIds"] = list(group_ids)
+    if opts.iam_instance_profile:
+        key = "Arn" if opts.iam_instance_profile.startswith("arn:") else "Name"
+        args["IamInstanceProfile"] = {key: opts.iam_instance_profile}
+    if opts.volume_size or opts.encrypt or opts.kms_key_id:
+        ebs: dict = {"VolumeType": opts.volume_type, "DeleteOnTermination": True}
+        if opts.volume_size:
+            ebs["VolumeSize"] = opts.volume_size
+        if opts.encrypt or opts.kms_key_id:
+            ebs["Encrypted"] = True
+            if opts.kms_key_id:
+                ebs["KmsKeyId"] = opts.kms_key_id
+        args["BlockDeviceMappings"] = [{"DeviceName": root_device(), "Ebs": ebs}]
+    return args
+
+
+def root_device(ec2, image_id: str) -> str:
+    images = aws.call(f"describing {image_id}", ec2.describe_images, ImageIds=[image_id])["Images"]
+    return (images[0].get("RootDeviceName") if images else None) or "/dev/xvda"
+
+
+def add_instance(stack: contextlib.ExitStack, ec2, image: Image, name: str,
+                 group_ids: Sequence[str], tags: Mapping[str, str], build_id: str,
+                 opts: Ec2Options, log: Log, *, metadata_tags: bool = False) -> str:
+    """The build instance; its id."""
+    stack.callback(cleanup_quietly, log, "instance", build_id, terminate_build, ec2, build_id,
+                   opts, log)
+    args = run_instances_args(image, name, group_ids, tags, build_id, opts,
+                              metadata_tags=metadata_tags,
+                              root_device=lambda: root_device(ec2, image.id))
+    reply = aws.call(f"launching a {opts.instance_type} from {image.id}", ec2.run_instances, **args)
+    iid = reply["Instances"][0]["InstanceId"]
+    log(f"instance {iid} ({opts.instance_type}) from {image.id}")
+    return iid
+
+
+def terminate_instances(ec2, ids: Sequence[str], *, timeout: float, poll_interval: float,
+                        doing: str, log: Log | None = None) -> None:
+    """Terminate ``ids`` and wait until they are gone (BuildError on timeout)."""
+    ec2.terminate_instances(InstanceIds=list(ids))
+    if log:
+        log(f"terminating {', '.join(ids)}")
+    aws.wait(ec2, "instance_terminated", timeout=timeout, poll_interval=poll_interval,
+             doing=doing, InstanceIds=list(ids))
+
+
+def terminate_build(ec2, build_id: str, opts: Ec2Options, log: Log) -> None:
+    """Terminate every instance of this build (found by tag: works after an interrupt)."""
+    reply = ec2.describe_instances(Filters=[
+        {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
+        {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
+        {"Name": "instance-state-name", "Values": LIVE_STATES}])
+    ids = [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
+    if ids:
+        terminate_instances(ec2, ids, timeout=opts.instance_timeout,
+                            poll_interval=opts.poll_interval,
+                            doing=f"waiting for {', '.join(ids)} to terminate", log=log)
+
+
+def instance_address(ec2, instance_id: str, opts: Ec2Options) -> str:
+    """Where to reach the instance: ``--ssh-host``, else its ``--ssh-interface`` address."""
+    if opts.ssh_host:
+        return opts.ssh_host
+    reply = aws.call("describing the instance", ec2.describe_instances, InstanceIds=[instance_id])
+    inst = reply["Reservations"][0]["Instances"][0]
+    field = {"public-ip": "PublicIpAddress", "private-ip": "PrivateIpAddress",
+             "public-dns": "PublicDnsName", "private-dns": "PrivateDnsName"}[opts.ssh_interface]
+    value = inst.get(field) or (inst.get("PrivateIpAddress") if opts.jump_host else None)
+    if not value:
+        raise BuildError(f"instance {instance_id} has no {opts.ssh_interface}: use "
+                         "--ssh-interface private-ip with --ssh-jump-host, a subnet that "
+                         "assigns public addresses, or --ssh-host")
+    return value
+
+
+def wait_running(ec2, instance_id: str, opts: Ec2Options) -> str:
+    """Wait until the instance runs; its address."""
+    aws.wait(ec2, "instance_running", timeout=opts.instance_timeout,
+             poll_interval=opts.poll_interval, doing=f"waiting for {instance_id} to run",
+             InstanceIds=[instance_id])
+    return instance_address(ec2, instance_id, opts)
