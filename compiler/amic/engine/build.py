@@ -153,7 +153,7 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
     target.log = reporter.note
     with contextlib.ExitStack() as stack:
         b = BuildState(target=target, options=options, reporter=reporter, stack=stack,
-                   build_id=new_build_id(), started_ns=started_ns)
+                       build_id=new_build_id(), started_ns=started_ns)
         stack.callback(reporter.end)
         stack.enter_context(target.build_lock())
         with b.timed("resolve"):
