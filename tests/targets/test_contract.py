@@ -199,7 +199,7 @@ def test_failing_init_names_service_and_line_and_cleans_up(subject):
     text = str(run.error)
     # the path as the build was given it (here absolute), then the INIT's line
     line = init_line(FAILING, "c")
-    assert re.search(rf"^service c failed \(exit 3\) at \S*\bAmifile:{line}$", text, re.M), text
+    assert re.search(rf"^service c failed \(exit 3\) at \S*\bAmifile:{line}$", text, re.MULTILINE), text
     assert "INIT <<~EOF" in text          # the Amifile line itself
     assert "about-to-fail" in text        # the tail of the service's output
     assert_clean(subject)

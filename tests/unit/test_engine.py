@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from amic.contract import TAG_KIND
 from amic.engine.build import BuildOptions, build, parse_checkpoint, should_checkpoint
 from amic.errors import BuildError, UsageError
-from amic.contract import TAG_KIND
 from amic.targets.base import Target
 
 from tests.harness.fake import FakeTarget
