@@ -16,14 +16,10 @@ from pathlib import Path
 
 import attrs
 import pytest
-
-from amic.amifile import ir
-
-from amic.amifile import parser
+from amic.amifile import ir, parser, records
 from amic.amifile.assembly import assemble
 from amic.amifile.instructions import INSTRUCTIONS
 from amic.amifile.lexer import split_lines
-from amic.amifile import records
 from amic.amifile.records import ToRecords
 from amic.errors import AmifileError, Pos
 
@@ -763,6 +759,17 @@ def test_instruction_table_covers_the_grammar() -> None:
 def test_every_instruction_has_a_record_class() -> None:
     names = [cls.__name__.upper() for cls in typing.get_args(records.Record)]
     assert names == list(INSTRUCTIONS)
+
+
+def test_language_reference_lists_the_instruction_table() -> None:
+    """docs/language.md's instruction table: same rows, same order, same placement."""
+    doc = (Path(__file__).parents[2] / "docs" / "language.md").read_text()
+    table = doc.split("| instruction | where |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
+    scope = {"global": "global", "service": "service", "any": ("global or service", "anywhere")}
+    assert [name.strip(" `") for name, _ in rows] == list(INSTRUCTIONS)
+    for (name, where), spec in zip(rows, INSTRUCTIONS.values()):
+        assert where.strip().startswith(scope[spec.scope]), (name, where)
 
 
 def test_grammar_cache_is_private_and_optional(tmp_path: Path, monkeypatch: pytest.MonkeyPatch

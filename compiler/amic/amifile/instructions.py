@@ -3,9 +3,10 @@
 It is the single source for everything that differs per instruction and is
 not the shape of its arguments (that is ``grammar.lark``): the lexer reads
 ``mode`` to split arguments, the assembly step reads ``scope`` for placement
-checks, syntax errors quote ``usage`` and ``needs``, and the reference in
-``docs/language.md`` follows ``summary``. A test keeps the table and the
-grammar's ``%declare`` in the same order.
+checks, syntax errors quote ``usage`` and ``needs``, and an unknown word is
+matched against the names for a "did you mean". Tests keep the grammar's
+``%declare``, the record classes (``records.py``) and the reference table in
+``docs/language.md`` in step with it.
 """
 
 from __future__ import annotations

@@ -60,18 +60,17 @@ _BLANKS = " \t"
 
 
 def line_text(lines: Sequence[str], number: int) -> str | None:
-    """Physical line ``number`` (1-based) of ``lines``, for the caret display; None if out of range."""
+    """Physical line ``number`` (1-based) of ``lines`` for the caret display, or None."""
     return lines[number - 1] if 0 < number <= len(lines) else None
 
 
 def split_lines(text: str) -> list[str]:
     """Physical lines without terminators: LF or CRLF; a final newline adds no line."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [line.removesuffix("\r") for line in lines]
 
 
 @attrs.define

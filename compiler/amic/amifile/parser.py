@@ -28,7 +28,7 @@ instructions / dispatch split):
 Startup (measured on the dev box, Python 3.11): importing lark costs about
 20 ms, building the LALR tables about 11 ms, parsing a typical Amifile under
 1 ms. The tables are built once per process (:func:`parser` is
-``lru_cache``\\ d) and kept in lark's cache format in the user's cache
+``functools.cache``\\ d) and kept in lark's cache format in the user's cache
 directory, which brings the build down to about 1 ms
 (:func:`grammar_cache_file` says where and why not lark's ``cache=True``).
 
@@ -62,7 +62,7 @@ __all__ = ["grammar_cache_file", "parse_file", "parse_text", "parser"]
 # The grammar
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parser() -> Lark:
     """The LALR parser for ``grammar.lark``, built once per process.
 

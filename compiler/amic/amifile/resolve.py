@@ -73,7 +73,7 @@ class Resolved:
 Loader = Callable[[str], ir.Amifile]
 
 
-def load(path: str | os.PathLike) -> Resolved:
+def load(path: str | os.PathLike[str]) -> Resolved:
     """Parse ``path`` and everything it includes, and resolve the service graph."""
     from amic.amifile import parser
 
@@ -181,7 +181,8 @@ def find_include(inc: ir.Include, including_file: str) -> str:
     if target.is_dir():
         target = target / STOCK_FILE
     if not target.is_file():
-        raise AmifileError(f"INCLUDE {ref}: no such file ({target})", inc.pos, source_line=source_line(inc.pos))
+        raise AmifileError(f"INCLUDE {ref}: no such file ({target})", inc.pos,
+                           source_line=source_line(inc.pos))
     return os.path.normpath(str(target))
 
 
@@ -236,7 +237,8 @@ def _find_cycle(services: list[ir.Service], index: dict[str, int]) -> None:
         for req in by_name[name].requires:
             if state.get(req.name) == 1:
                 chain = " -> ".join([*path[path.index(req.name):], req.name])
-                raise AmifileError(f"REQUIRES cycle: {chain}", req.pos, source_line=source_line(req.pos))
+                raise AmifileError(f"REQUIRES cycle: {chain}", req.pos,
+                                   source_line=source_line(req.pos))
             if req.name not in state:
                 visit(req.name, path)
         path.pop()
