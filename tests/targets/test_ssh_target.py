@@ -15,6 +15,7 @@ from amic.engine.build import BuildOptions, build
 from amic.errors import UsageError
 from amic.engine.progress import Reporter
 from amic.targets import get_target
+from amic.targets.ssh.options import SSH_OPTIONS, SshOptions, options_from_values
 from amic.targets.ssh.target import SshTarget
 
 
@@ -71,6 +72,29 @@ def test_get_target_passes_the_cli_options():
     assert isinstance(t, SshTarget)
     assert isinstance(t.policy, AcceptAnyHostKey)
     assert str(t.jump) == f"{t.jump.endpoint.user}@b:2200"
+
+
+def test_options_from_values_take_the_ec2_jump_host_when_no_ssh_jump():
+    assert options_from_values({}) == SshOptions()
+    opts = options_from_values({"ssh_accept_new": True, "jump_host": "ec2b", "jump_key": "k"})
+    assert (opts.accept_new, opts.jump, opts.jump_key) == (True, "ec2b", "k")
+    assert options_from_values({"ssh_jump": "b", "jump_host": "ec2b"}).jump == "b"
+    assert options_from_values({"ssh_jump": "", "jump_host": "ec2b"}).jump == "ec2b"
+
+
+def test_build_flags_come_from_the_option_table():
+    import argparse
+
+    from amic.cli.ssh import add_ssh_build_options
+
+    parser = argparse.ArgumentParser()
+    add_ssh_build_options(parser)
+    shown = parser.format_help()
+    assert all(flag in shown for row in SSH_OPTIONS for flag in row.flags)
+    args = parser.parse_args(["--ssh-key", "/k", "--ssh-jump", "b"])
+    assert options_from_values(vars(args)) == SshOptions(key_file="/k", jump="b")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ssh-accept-new", "--insecure-accept-any-host-key"])
 
 
 @pytest.mark.slow

@@ -20,14 +20,17 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 
+import attrs
+
 from amic.contract import RUNNER, TAG_BASE
 from amic.errors import BuildError, UsageError
+from amic.targets import option_values
 from amic.targets.base import Image, Machine, Target
 from amic.targets.ssh.conn import wait_for_ssh
 from amic.targets.ssh.endpoint import Endpoint, parse_jump, ssh_command
 from amic.targets.ssh.hostkeys import policy_from_options
+from amic.targets.ssh.options import SSH_OPTIONS, VALUE_NAMES, options_from_values
 from amic.targets.ssh.session import SshConnection
-
 
 
 class SshTarget(Target):
@@ -51,7 +54,7 @@ class SshTarget(Target):
                 raise UsageError(f"{flag} {path}: no such file")
         self.key_file = os.path.expanduser(key_file) if key_file else None
         self.policy = policy_from_options(known_hosts=known_hosts, accept_new=accept_new,
-                                                  insecure=insecure)
+                                          insecure=insecure)
         self.jump = (parse_jump(jump, key_filename=jump_key or self.key_file)
                      if jump else None)
         self.wait_timeout = wait_timeout
@@ -62,17 +65,13 @@ class SshTarget(Target):
 
     @classmethod
     def from_spec(cls, spec: str, args) -> SshTarget:
-        """From ``--target ssh://…`` and the ``amic build`` options (amic.cli.ssh)."""
-        return cls(spec, key_file=getattr(args, "ssh_key", None),
-                   known_hosts=getattr(args, "ssh_known_hosts", None),
-                   accept_new=bool(getattr(args, "ssh_accept_new", False)),
-                   insecure=bool(getattr(args, "insecure_accept_any_host_key", False)),
-                   jump=getattr(args, "ssh_jump", None) or getattr(args, "jump_host", None),
-                   jump_key=getattr(args, "jump_key", None))
+        """From ``--target ssh://…`` and the parsed ``amic build`` options (amic.cli.ssh)."""
+        values = option_values(args, SSH_OPTIONS, *VALUE_NAMES)
+        return cls(spec, **attrs.asdict(options_from_values(values)))
 
     def describe_host(self) -> str:
         return ssh_command(self.endpoint, key_filename=self.key_file, jump=self.jump,
-                                   policy=self.policy)
+                           policy=self.policy)
 
     # Target ------------------------------------------------------------------------
     def resolve_base(self, base_ref: str | None) -> Image:
@@ -101,9 +100,8 @@ class SshTarget(Target):
         self.log(f"connecting to {self.endpoint}"
                  + (f" through {self.jump}" if self.jump else ""))
         return wait_for_ssh(self.endpoint, key_filename=self.key_file,
-                                    host_key_policy=self.policy, jump=self.jump,
-                                    timeout=self.wait_timeout, log=self.log,
-                                    **self.connect_options)
+                            host_key_policy=self.policy, jump=self.jump,
+                            timeout=self.wait_timeout, log=self.log, **self.connect_options)
 
     def update(self, conn: SshConnection) -> None:
         """``amic update``: every service's UPDATE, as at boot. A failure is a BuildError
