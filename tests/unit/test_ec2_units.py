@@ -303,12 +303,12 @@ def test_option_table_rows_name_real_fields_and_defaults_come_from_the_options()
     import attrs
 
     from amic.cli.ec2 import add_ec2_build_options
-    from amic.targets.ec2 import options
+    from amic.targets.ec2 import flags, options
 
     ec2_fields = {f.name for f in attrs.fields(options.Ec2Options)}
     aws_fields = {f.name for f in attrs.fields(aws.AwsOptions)}
-    assert {row.attribute for row in options.EC2_OPTIONS} <= ec2_fields
-    assert {row.attribute for row in options.AWS_OPTIONS} <= aws_fields
+    assert {row.attribute for row in flags.EC2_OPTIONS} <= ec2_fields
+    assert {row.attribute for row in flags.AWS_OPTIONS} <= aws_fields
     parser = argparse.ArgumentParser()
     add_ec2_build_options(parser)
     target = ec2_target.Ec2Target.from_args(parser.parse_args([]))

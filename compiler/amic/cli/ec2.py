@@ -14,7 +14,7 @@ import json
 import sys
 
 from amic.cli.options import add_option_groups
-from amic.targets.ec2.options import AWS_OPTIONS, EC2_OPTIONS
+from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS
 
 # -- options shared by build, launch, gc, ami -----------------------------------------
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterable, Mapping
-
-import attrs
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 REGISTRY: dict[str, str] = {
     "local": "amic.targets.local.target:LocalTarget",
@@ -34,11 +33,14 @@ memo, before anything heavy is imported), and whether a hit needs the target's
 ``confirm_memo`` (ec2: two DescribeImages calls) before it answers."""
 
 
-@attrs.frozen
-class Option:
-    """One command-line option of a target: its flags, where its value goes, its --help line."""
+class Option(NamedTuple):
+    """One command-line option of a target: its flags, where its value goes, its --help line.
 
-    flags: tuple[str, ...] = attrs.field(converter=tuple)
+    A NamedTuple, not an attrs class: every ``amic`` start builds its parser from
+    these rows, and creating an attrs class costs milliseconds there.
+    """
+
+    flags: Sequence[str]
     dest: str
     """Name of the value: the argparse ``dest`` and the key in an option values mapping."""
     group: str
@@ -49,7 +51,7 @@ class Option:
     """``store``, ``append`` (repeatable), ``store_true`` or ``store_false``."""
     type: Callable[[str], object] | None = None
     """Parses the flag's text (argparse ``type``): a bad value is a usage error there."""
-    choices: tuple[str, ...] | None = None
+    choices: Sequence[str] | None = None
     field: str | None = None
     """The options attribute it sets, when not ``dest`` (``--expire-after`` sets ``ttl``)."""
     convert: Callable[[object], object] | None = None

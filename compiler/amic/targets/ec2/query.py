@@ -6,7 +6,7 @@ build memo (``amic.engine.memo``) only once EC2 confirms it (see
 cost ~220 ms before the first byte is sent (importing boto3, then building
 the EC2 client's ~800 operation methods from its model); here they cost a
 few milliseconds: the request is signed with SigV4 by hand (the signature is
-checked against botocore's own signer in ``tests/test_ec2_units.py``), sent
+checked against botocore's own signer in ``tests/unit/test_ec2_units.py``), sent
 with ``urllib`` (which honours ``HTTPS_PROXY``/``NO_PROXY``) and the small XML
 answer read with ``xml.etree``.
 

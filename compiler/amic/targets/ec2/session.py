@@ -20,6 +20,7 @@ import attrs
 from amic import __version__
 from amic.contract import TAG_BUILD
 from amic.errors import BuildError, UsageError
+from amic.targets.ec2.flags import RETRY_MODES
 
 TOOL = "amic"
 TAG_TOOL = "amic:tool"
@@ -32,7 +33,6 @@ TAG_ROLE = "amic:role"
 MAX_TAGS = 50
 """EC2's limit of tags per resource."""
 
-RETRY_MODES = ("standard", "adaptive", "legacy")
 
 
 @attrs.frozen

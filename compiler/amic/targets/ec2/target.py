@@ -42,8 +42,8 @@ from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.bases import build_arch, guess_user, parse_base
 from amic.targets.ec2.machine import Ec2Machine
-from amic.targets.ec2.options import (AWS_OPTIONS, EC2_OPTIONS, VALUE_NAMES, Ec2Options,
-                                      options_from_values)
+from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, VALUE_NAMES
+from amic.targets.ec2.options import Ec2Options, options_from_values
 
 log = logging.getLogger("amic.ec2")
 
