@@ -10,7 +10,7 @@ from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import gc as ec2_gc
 from amic.targets.ssh.hostkeys import fingerprints
 from amic.errors import UsageError
-from amic.targets.ec2 import bases, hostkeys, images, resources
+from amic.targets.ec2 import bases, flags, hostkeys, images, resources
 from amic.targets.ec2 import target as ec2_target
 from amic.targets.base import Image
 
@@ -104,10 +104,10 @@ def test_ami_names_are_valid():
 
 
 def test_durations_and_expiry():
-    assert aws.parse_duration("90m") == dt.timedelta(minutes=90)
-    assert aws.parse_duration("2d") == dt.timedelta(days=2)
+    assert flags.parse_duration("90m") == dt.timedelta(minutes=90)
+    assert flags.parse_duration("2d") == dt.timedelta(days=2)
     with pytest.raises(UsageError):
-        aws.parse_duration("soon")
+        flags.parse_duration("soon")
     tags = aws.resource_tags("b1", ttl=dt.timedelta(hours=1))
     assert not aws.expired(tags)
     assert aws.expired(tags, at=aws.now() + dt.timedelta(hours=2))
@@ -303,7 +303,7 @@ def test_option_table_rows_name_real_fields_and_defaults_come_from_the_options()
     import attrs
 
     from amic.cli.ec2 import add_ec2_build_options
-    from amic.targets.ec2 import flags, options
+    from amic.targets.ec2 import options
 
     ec2_fields = {f.name for f in attrs.fields(options.Ec2Options)}
     aws_fields = {f.name for f in attrs.fields(aws.AwsOptions)}

@@ -14,7 +14,7 @@ import json
 import sys
 
 from amic.cli.options import add_option_groups
-from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS
+from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, parse_duration
 
 # -- options shared by build, launch, gc, ami -----------------------------------------
 
@@ -85,11 +85,10 @@ def cmd_ami_ls(args) -> int:
 
 
 def cmd_ami_prune(args) -> int:
-    from amic.targets.ec2 import session as aws
     from amic.targets.ec2 import gc as ec2_gc
 
     target = _target(args)
-    older = aws.parse_duration(args.older_than) if args.older_than else None
+    older = parse_duration(args.older_than) if args.older_than else None
     doomed = ec2_gc.prune_plan(list(target.list_images()), keep=args.keep, older_than=older,
                                everything=args.all)
     for img, why in doomed:

@@ -115,8 +115,9 @@ def get_target(spec: str | None = None, args=None):
 
     With parsed command-line ``args``, a target class that has a ``from_args(args)``
     classmethod (ec2: region, subnet, ...) is made with it, or with
-    ``from_spec(rest, args)`` when the spec has a rest (ssh); otherwise the class is
-    called with the text after ``scheme://`` (nothing for bare names).
+    ``from_spec(rest, args)`` when the spec has a rest (ssh); both read ``args``
+    through the target's option table (:func:`option_values`). Otherwise the class
+    is called with the text after ``scheme://`` (nothing for bare names).
     """
     from amic.errors import UsageError
 

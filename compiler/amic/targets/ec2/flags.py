@@ -3,13 +3,15 @@
 These rows are the only list of the ec2 flags: ``amic.cli.ec2`` adds them to
 ``amic build``, ``amic launch``, ``amic gc`` and ``amic ami`` (through
 ``amic.cli.options``), and :func:`amic.targets.ec2.options.options_from_values`
-turns what was given back into options. Defaults live in the options classes
-alone. Every ``amic`` start reads this module, so it imports nothing heavy
+turns what was given back into options; the value parsers the rows name
+(:func:`parse_duration`, :func:`key_values`) are here too. Defaults live in the
+options classes alone. Every ``amic`` start reads this module, so it imports nothing heavy
 (the options classes are attrs classes, whose creation costs milliseconds).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Sequence
 
@@ -20,11 +22,16 @@ RETRY_MODES = ("standard", "adaptive", "legacy")
 """botocore's retry modes (``--retry-mode``, ``AWS_RETRY_MODE``)."""
 
 
-def duration(text: str):
-    """``--expire-after`` text as a timedelta (``amic.targets.ec2.session.parse_duration``)."""
-    from amic.targets.ec2.session import parse_duration
-
-    return parse_duration(text)
+def parse_duration(text: str) -> dt.timedelta:
+    """``90m``, ``4h``, ``2d``, ``1w``, ``3600`` (seconds) as a timedelta."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text and text[-1] in units:
+            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return dt.timedelta(seconds=float(text))
+    except ValueError:
+        raise UsageError(f"duration {text!r}: expected a number with s, m, h, d or w") from None
 
 
 def key_values(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -91,7 +98,7 @@ EC2_OPTIONS: tuple[Option, ...] = (
     Option(["--expire-after"], "expire_after", _INSTANCE,
            "temporary resources carry amic:expires = now + this; `amic gc` removes "
            "them afterwards if a build could not (default: 4h)",
-           metavar="DURATION", field="ttl", convert=duration),
+           metavar="DURATION", field="ttl", convert=parse_duration),
     Option(["--poll-interval"], "poll_interval", _INSTANCE,
            "waiter delay between checks (default: 5)", metavar="SECONDS", type=float),
     Option(["--instance-timeout"], "instance_timeout", _INSTANCE,

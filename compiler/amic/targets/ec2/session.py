@@ -192,18 +192,6 @@ def parse_iso(text: str | None) -> dt.datetime | None:
     return value
 
 
-def parse_duration(text: str) -> dt.timedelta:
-    """``90m``, ``4h``, ``2d``, ``1w``, ``3600`` (seconds) as a timedelta."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    try:
-        if text and text[-1] in units:
-            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        return dt.timedelta(seconds=float(text))
-    except ValueError:
-        raise UsageError(f"duration {text!r}: expected a number with s, m, h, d or w") from None
-
-
 def resource_tags(build_id: str, *, ttl: dt.timedelta | None, role: str = "build",
                   extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The tags every temporary resource of a build carries."""
