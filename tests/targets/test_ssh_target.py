@@ -15,7 +15,8 @@ from amic.engine.build import BuildOptions, build
 from amic.errors import UsageError
 from amic.engine.progress import Reporter
 from amic.targets import get_target
-from amic.targets.ssh.options import SSH_OPTIONS, SshOptions, options_from_values
+from amic.targets.ssh.flags import SSH_OPTIONS
+from amic.targets.ssh.options import SshOptions, options_from_values
 from amic.targets.ssh.target import SshTarget
 
 

@@ -1,7 +1,7 @@
 """``amic build --target ssh://user@host[:port]`` options (import-light: no paramiko here).
 
 ``amic.cli.build`` adds them with :func:`add_ssh_build_options`; the rows are
-the target's (:data:`amic.targets.ssh.options.SSH_OPTIONS`), and the target is
+the target's (:data:`amic.targets.ssh.flags.SSH_OPTIONS`), and the target is
 made with ``SshTarget.from_spec(spec, args)`` (amic.targets.get_target). The jump
 host options ``--ssh-jump-host``/``--ssh-jump-key`` of the ec2 target are honoured too.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from amic.targets.ssh.options import EXCLUSIVE, SSH_OPTIONS, TITLE
+from amic.targets.ssh.flags import EXCLUSIVE, SSH_OPTIONS, TITLE
 
 
 def add_ssh_build_options(parser: argparse.ArgumentParser) -> None:

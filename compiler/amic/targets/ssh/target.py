@@ -29,7 +29,8 @@ from amic.targets.base import Image, Machine, Target
 from amic.targets.ssh.conn import wait_for_ssh
 from amic.targets.ssh.endpoint import Endpoint, parse_jump, ssh_command
 from amic.targets.ssh.hostkeys import policy_from_options
-from amic.targets.ssh.options import SSH_OPTIONS, VALUE_NAMES, options_from_values
+from amic.targets.ssh.flags import SSH_OPTIONS, VALUE_NAMES
+from amic.targets.ssh.options import options_from_values
 from amic.targets.ssh.session import SshConnection
 
 
