@@ -216,7 +216,7 @@ class SshSubject(Subject):
         # every process of the root's PID namespace but the harness's holder; the patterns
         # come in the environment so this command's own line does not match them
         found = self.server.exec(
-            'for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline) || continue; '
+            'for p in /proc/[0-9]*; do c=$(tr "\\0" " " 2>/dev/null < $p/cmdline) || continue; '
             'case "$c" in *"$A"*|*"$B"*) echo "$c"; kill -9 "${p#/proc/}";; esac; done',
             env={"A": self.RUNTIME[0], "B": self.RUNTIME[1]})
         return found.splitlines()
