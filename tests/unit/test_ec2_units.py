@@ -10,7 +10,7 @@ from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import gc as ec2_gc
 from amic.targets.ssh.hostkeys import fingerprints
 from amic.errors import UsageError
-from amic.targets.ec2 import bases, flags, hostkeys, images, resources
+from amic.targets.ec2 import bases, flags, hostkeys, naming, resources
 from amic.targets.ec2 import target as ec2_target
 from amic.targets.base import Image
 
@@ -94,11 +94,11 @@ def test_unknown_bases_are_usage_errors(ref):
 
 
 def test_ami_names_are_valid():
-    assert images.ami_name("web{x}:v1 #2") == "web-x--v1 -2"
-    assert images.ami_name("a") == "amic-a"
-    assert len(images.ami_name("x" * 300)) == 128
+    assert naming.ami_name("web{x}:v1 #2") == "web-x--v1 -2"
+    assert naming.ami_name("a") == "amic-a"
+    assert len(naming.ami_name("x" * 300)) == 128
     when = dt.datetime(2024, 7, 1, 12, 0, 0, tzinfo=dt.UTC)
-    fields = images.name_fields({"amic:amifile": "Amifile.web", "team": "ops"}, "ab" * 32, "b1", when)
+    fields = naming.name_fields({"amic:amifile": "Amifile.web", "team": "ops"}, "ab" * 32, "b1", when)
     assert "{amifile}-{label[team]}-{timestamp}".format_map(fields) == "web-ops-20240701-120000"
     assert "{unknown}".format_map(fields) == "{unknown}"
 

@@ -38,6 +38,7 @@ from amic.errors import BuildError, UsageError
 from amic.targets import option_values
 from amic.targets.base import Image, Target
 from amic.targets.ec2 import images as amis
+from amic.targets.ec2 import naming
 from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.bases import build_arch, guess_user, parse_base
@@ -260,8 +261,8 @@ class Ec2Target(Target):
         assert isinstance(machine, Ec2Machine)
         opts, ec2 = self.opts, self.ec2
         machine.stop()
-        new = amis.new_image(opts, key=key, final=final, tags=tags, build_id=machine.build_id,
-                             user=machine.user, log=self.log)
+        new = naming.new_image(opts, key=key, final=final, tags=tags, build_id=machine.build_id,
+                               user=machine.user, log=self.log)
         if final and opts.force_deregister:
             amis.deregister_named(ec2, new.name, self.log)
         raw = amis.create_image(ec2, machine.instance_id, new, opts, self.log)
