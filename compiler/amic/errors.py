@@ -69,6 +69,13 @@ class UsageError(AmicError):
     exit_code = 2
 
 
+class BaseRefError(UsageError):
+    """A target cannot use the base image a ``FROM`` names; the engine reports it at the
+    FROM line (targets never see positions)."""
+
+    exit_code = 1
+
+
 class BuildError(AmicError):
     """A build failed for a reason outside the Amifile (target, network, a failing INIT)."""
 

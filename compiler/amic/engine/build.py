@@ -42,7 +42,7 @@ from amic.compile import plan as planmod
 from amic.engine.checkpoint import parse_checkpoint, should_checkpoint
 from amic.engine.explain import indent, layer_failure, why_missed
 from amic.engine.progress import OutputRouter, Reporter, short
-from amic.errors import AmifileError, BuildError, UsageError
+from amic.errors import AmifileError, BaseRefError, BuildError, UsageError
 from amic.targets import base as tb
 
 @attrs.frozen
@@ -186,10 +186,8 @@ def resolve_base(b: BuildState, resolved: resolve.Resolved) -> tb.Image:
     base = resolved.base
     try:
         return b.target.resolve_base(base.ref if base else None)
-    except UsageError as exc:
-        # Only an error naming the reference is about FROM; another (ec2: no AWS region)
-        # stays a usage error with its exit code 2.
-        if base is None or base.ref not in str(exc):
+    except BaseRefError as exc:
+        if base is None:
             raise
         raise AmifileError(str(exc), base.pos, source_line=resolve.source_line(base.pos)) from exc
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from amic.errors import UsageError
+from amic.errors import BaseRefError
 
 ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
 """Architecture spellings users write, to EC2's."""
@@ -113,7 +113,7 @@ def parse_base(ref: str | None, *, arch: str) -> BaseQuery:
         for token in ref.split():
             key, eq, value = token.partition("=")
             if not eq or not value:
-                raise UsageError(f"AMI filter {ref!r}: expected KEY=VALUE words, got {token!r}")
+                raise BaseRefError(f"AMI filter {ref!r}: expected KEY=VALUE words, got {token!r}")
             key = key.lower()
             if key in ("owner", "owners"):
                 owners += [OWNER_ALIASES.get(o, o) for o in value.split(",")]
@@ -135,12 +135,12 @@ def parse_base(ref: str | None, *, arch: str) -> BaseQuery:
     name, _, version = ref.partition(":")
     distro = DISTROS.get(name.lower())
     if distro is None:
-        raise UsageError(f"base image {ref!r}: not an ami-… id, an AMI filter "
+        raise BaseRefError(f"base image {ref!r}: not an ami-… id, an AMI filter "
                          f"(owner=… name=…) or a known name ({', '.join(portable_names())})")
     version = distro.aliases.get(version or "latest", version or "latest")
     pattern = distro.names.get(version)
     if pattern is None:
-        raise UsageError(f"base image {ref!r}: unknown {name} version; known: "
+        raise BaseRefError(f"base image {ref!r}: unknown {name} version; known: "
                          f"{', '.join(sorted(distro.names))}")
     # The name pattern already pins the architecture (and moto keeps none to filter on).
     return BaseQuery(ref, owners=(distro.owner,),

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from amic.errors import BuildError, UsageError
+from amic.errors import BaseRefError, BuildError
 from amic.fsutil import file_lock
 
 # Portable base names the local target can build itself. Values are
@@ -53,7 +53,7 @@ def ensure_base(ref: str = DEFAULT_BASE, *, log=None) -> Path:
     """
     suite = DEBIAN_SUITES.get(ref)
     if suite is None:
-        raise UsageError(f"the local target cannot make base image {ref!r}; "
+        raise BaseRefError(f"the local target cannot make base image {ref!r}; "
                          f"known: {', '.join(sorted(DEBIAN_SUITES))}")
     bases = cache_dir() / "bases"
     bases.mkdir(parents=True, exist_ok=True)
