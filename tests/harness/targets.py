@@ -42,10 +42,6 @@ class Caps:
     keeps_images: bool = True
     """Snapshots and a cache of layers. False: provisions one host in place (``ssh``): every
     build connects, the runtime on the host skips an init it already ran, the id is the host."""
-    interrupt_stops_init: bool = True
-    """Ctrl-C during an INIT stops the INIT. ``ssh`` today: the build ends and cleans up, but
-    the host's command goes on (closing the SSH channel sends it no signal), and the next build
-    waits for it; the contract suite asserts that, so a fix shows up as a failure to update."""
 
 
 class Subject(abc.ABC):
@@ -71,8 +67,8 @@ class Subject(abc.ABC):
         """Nothing a build started is left running or lying around."""
 
     def kill_stray_inits(self) -> list[str]:
-        """Stop the INITs still running after a build ended; return their command lines.
-        Only where ``caps.interrupt_stops_init`` is False can there be any."""
+        """Stop the INITs still running after a build ended; return their command lines
+        (the contract: there are none, Ctrl-C stops the INIT on every target)."""
         return []
 
 
@@ -185,7 +181,7 @@ def local_subject(tmp_path_factory, amic_cache) -> Subject:
 
 class SshSubject(Subject):
     name = "ssh"
-    caps = Caps(keeps_images=False, interrupt_stops_init=False)
+    caps = Caps(keeps_images=False)
     RUNTIME = ("/var/lib/amic/", "sleep 60")
     """What a build's processes on the host have on their command lines."""
 

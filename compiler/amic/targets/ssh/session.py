@@ -41,6 +41,28 @@ from amic.targets.ssh.hostkeys import HostKeyPolicy, KnownHosts
 _WRAPPER = 'eval "$(cat)" && exec /bin/sh -c "$0"'
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
+SESSION_VAR = "AMIC_SESSION"
+"""Every command amic runs carries ``AMIC_SESSION=<token>`` in its environment, so that an
+interrupted build can find and stop it: closing an SSH channel sends no signal to a
+command without a terminal, and an orphaned INIT would keep the host's runner lock."""
+
+# Stop every process that carries the token ($T): TERM, then KILL what is left. By process,
+# not by group: inside a PID namespace (containers, the tests' hosts) the group leader may be
+# outside it, and every child of the command inherits the environment anyway.
+_STOP = r"""
+pids() {
+    for p in /proc/[0-9]*; do
+        [ "${p#/proc/}" != "$$" ] || continue
+        if tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -qxF "AMIC_SESSION=$T"; then
+            echo "${p#/proc/}"
+        fi
+    done
+}
+for p in $(pids); do kill -s TERM "$p" 2>/dev/null; done
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ -n "$(pids)" ] || exit 0; sleep 0.2; done
+for p in $(pids); do kill -s KILL "$p" 2>/dev/null; done
+"""
+
 
 class SshConnection:
     """A connected host: the ``Machine`` protocol over one SSH transport."""
@@ -70,7 +92,20 @@ class SshConnection:
         Raises SshError when the connection is lost, TimeoutError after ``timeout``
         seconds (the channel is closed; the remote command gets SIGPIPE on its next
         output)."""
-        return self._exec(self.remote_command(command), env_script(env), on_output, timeout)
+        token = secrets.token_hex(8)
+        stdin = env_script({**(env or {}), SESSION_VAR: token})
+        try:
+            return self._exec(self.remote_command(command), stdin, on_output, timeout)
+        except (KeyboardInterrupt, TimeoutError):
+            self.stop_remote(token)
+            raise
+
+    def stop_remote(self, token: str) -> None:
+        """Stop what a command started with ``token`` left running (best effort, bounded)."""
+        if not self.active:
+            return
+        with contextlib.suppress(Exception):
+            self._exec(self.remote_command(_STOP), env_script({"T": token}), None, 15)
 
     def put(self, local: Path | str, remote: str, *, mode: int = 0o600) -> None:
         """Upload ``local`` to ``remote`` atomically (temporary name, then rename), with ``mode``.
