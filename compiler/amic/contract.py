@@ -41,6 +41,9 @@ TAG_SERVICE = "amic:service"
 TAG_PARENT_KEY = "amic:parent-key"
 TAG_AMIFILE = "amic:amifile"
 """Base name of the Amifile the image was built from."""
+TAG_NAME = "amic:name"
+"""The project's image name (``amic build --name``; default: the Amifile's directory, see
+:func:`project_name`). ``ami ls``/``ami prune``/``amic images``/``amic prune`` select by it."""
 TAG_SOURCE = "amic:source"
 """Digest of the Amifile's absolute path on the build machine: tells builds of different
 projects apart (prune keeps N per project) without writing the path itself."""
@@ -57,3 +60,26 @@ TAG_LAYER_PREFIX = "amic:layer:"
 KIND_LAYER = "layer"
 KIND_FINAL = "final"
 KIND_BASE = "base"
+
+
+# -- a project's image name ------------------------------------------------------------
+
+NAME_MAX = 64
+"""Leaves room in EC2's 128 characters for the key, a millisecond timestamp and the build id."""
+
+
+def normal_name(text: str) -> str:
+    """``text`` as an image name: lower case, ``[a-z0-9][a-z0-9._-]*``, at most 64 characters."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower())
+    name = re.sub(r"^[^a-z0-9]+", "", name)[:NAME_MAX].rstrip("-.")
+    return name or "amic"
+
+
+def project_name(amifile_path: str, name: str | None = None) -> str:
+    """The explicit ``name`` (normalised), else that of the directory holding the Amifile:
+    the same for everyone who clones a repository, different for two projects."""
+    import os
+
+    if name:
+        return normal_name(name)
+    return normal_name(os.path.basename(os.path.dirname(os.path.abspath(amifile_path))))

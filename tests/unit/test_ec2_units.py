@@ -121,25 +121,29 @@ def test_fit_tags_keeps_the_essential_ones():
     assert len(kept) == 50 and kept["amic:key"] == "k" and len(dropped) == 11
 
 
-def _img(i, kind, amifile="Amifile", key=None, days=0, **tags):
+def _img(i, kind, name="web", key=None, days=0, **tags):
     created = aws.iso(aws.now() - dt.timedelta(days=days))
     return Image(id=f"ami-{i}", key=key or f"k{i}", created=created,
-                 tags={"amic:kind": kind, "amic:amifile": amifile, **tags})
+                 tags={"amic:kind": kind, "amic:amifile": "Amifile", "amic:name": name, **tags})
 
 
-def test_prune_keeps_newest_finals_and_their_layers():
+def test_prune_keeps_newest_finals_and_their_layers_of_one_project_only():
     images = [
         _img(1, "final", days=1, **{"amic:layer:web": "L1"}),
         _img(2, "final", days=5, **{"amic:layer:web": "L0"}),
-        _img(3, "final", amifile="Other", days=9),
+        _img(3, "final", name="other", days=9, **{"amic:layer:web": "LS"}),
         _img(4, "layer", key="L1", days=1, **{"amic:service": "web"}),
         _img(5, "layer", key="L0", days=5, **{"amic:service": "web"}),
+        _img(6, "layer", key="LS", days=9, **{"amic:service": "web"}),   # other's final uses it
+        _img(7, "layer", key="L1", days=2, **{"amic:service": "web"}),   # duplicate of ami-4
     ]
-    doomed = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1)}
-    assert doomed == {"ami-2", "ami-5"}
-    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=1, older_than=dt.timedelta(days=6))} == set()
-    assert len(ec2_gc.prune_plan(images, keep=1, everything=True)) == 5
-    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=2)} == set()
+    doomed = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1, name="web")}
+    assert doomed == {"ami-2", "ami-5", "ami-7"}
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=1, name="web",
+                                               older_than=dt.timedelta(days=6))} == set()
+    assert len(ec2_gc.prune_plan(images, keep=1, name="web", everything=True)) == 6
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=2, name="web")} == {"ami-7"}
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=0, name="other")} == {"ami-3"}
 
 
 # -- ec2query: the build memo's confirmation without boto3 -------------------------------

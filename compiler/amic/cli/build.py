@@ -28,6 +28,9 @@ def register(sub) -> None:
         "The final image id alone goes to stdout; everything else to stderr.")
     add_amifile_argument(p)
     p.add_argument("--target", metavar="TARGET", help=TARGET_HELP)
+    p.add_argument("--name", metavar="NAME",
+                   help="the project's image name, tag amic:name on every image (ami ls/prune, "
+                   "images/prune select by it); default: the name of the Amifile's directory")
     add_build_arg_option(p)
     p.add_argument("--no-cache", action="store_true",
                    help="run every layer even if it is cached (results are cached again)")
@@ -112,12 +115,37 @@ def cmd_build(args) -> int:
     from amic.targets import get_target
 
     target = target or get_target(spec, args)
-    options = BuildOptions(amifile=args.amifile, build_args=build_args, no_cache=args.no_cache,
-                           checkpoint=args.checkpoint, on_error=args.on_error)
+    options = BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
+                           no_cache=args.no_cache, checkpoint=args.checkpoint,
+                           on_error=args.on_error)
+    resolved = _check_ami_name(target, options) if scheme == "ec2" else None
     reporter = Reporter(mode=args.progress, quiet=args.quiet)
     try:
-        result = build(target, options, reporter)
+        result = build(target, options, reporter, resolved=resolved)
     finally:
         reporter.close()
     _emit(args, result.to_json())
     return 0
+
+
+def _check_ami_name(target, options):
+    """ec2, an ``--ami-name`` without a per-build field: the name the final AMI will get is
+    known now, so an AMI that has it already fails the build before anything is launched.
+    Returns the Amifile read (the build does not read it again)."""
+    from amic import contract
+    from amic.compile import plan as planmod
+    from amic.engine.build import load_amifile
+    from amic.targets.ec2 import naming
+
+    resolved = load_amifile(options.amifile)
+    opts = target.opts
+    if opts.force_deregister or naming.fixed_name(opts.image_name, {}, "0" * 12) is None:
+        return resolved         # replacing on purpose, or unique by construction
+    base = target.resolve_base(resolved.base.ref if resolved.base else None)
+    p = planmod.make_plan(resolved, options.build_args, base_image_id=base.id)
+    import os
+
+    tags = {**p.labels, contract.TAG_AMIFILE: os.path.basename(p.amifile_path),
+            contract.TAG_NAME: contract.project_name(p.amifile_path, options.name)}
+    naming.check_name_free(target.ec2, naming.fixed_name(opts.image_name, tags, p.final_key))
+    return resolved

@@ -61,6 +61,21 @@ def cmd_gc(args) -> int:
 
 # -- ami ls / prune ---------------------------------------------------------------------
 
+def _project(args) -> str:
+    """``--name``, else the project of the Amifile in the current directory."""
+    import os
+
+    from amic import contract
+    from amic.errors import UsageError
+
+    if args.name:
+        return contract.normal_name(args.name)
+    if not os.path.exists("Amifile"):
+        raise UsageError("which project? pass --name NAME (see `amic ami ls`), or run this "
+                         "where the project's Amifile is")
+    return contract.project_name("Amifile")
+
+
 def cmd_ami_ls(args) -> int:
     from amic import contract as tb
 
@@ -68,36 +83,60 @@ def cmd_ami_ls(args) -> int:
     images = list(target.list_images())
     if not args.all:
         images = [i for i in images if i.tags.get(tb.TAG_KIND, "final") == "final"]
+    if args.name:
+        images = [i for i in images if i.tags.get(tb.TAG_NAME) == tb.normal_name(args.name)]
     if args.json:
         print(json.dumps([{"id": i.id, "key": i.key, "kind": i.tags.get(tb.TAG_KIND),
+                           "project": i.tags.get(tb.TAG_NAME),
                            "service": i.tags.get(tb.TAG_SERVICE),
                            "amifile": i.tags.get(tb.TAG_AMIFILE), "created": i.created,
                            "name": i.tags.get("Name"), "tags": dict(i.tags)} for i in images],
                          indent=2))
         return 0
-    print(f"{'IMAGE':<22} {'KIND':<6} {'AMIFILE/SERVICE':<20} {'KEY':<13} {'CREATED':<25} NAME")
+    print(f"{'IMAGE':<22} {'PROJECT':<16} {'KIND':<6} {'SERVICE':<14} {'KEY':<13} "
+          f"{'CREATED':<25} NAME")
     for i in images:
         kind = i.tags.get(tb.TAG_KIND, "?")
-        what = i.tags.get(tb.TAG_SERVICE) if kind == "layer" else i.tags.get(tb.TAG_AMIFILE)
-        print(f"{i.id:<22} {kind:<6} {what or '-':<20} {(i.key or '-')[:12]:<13} "
-              f"{i.created or '-':<25} {i.tags.get('Name', '')}")
+        svc = i.tags.get(tb.TAG_SERVICE) if kind == "layer" else "-"
+        print(f"{i.id:<22} {i.tags.get(tb.TAG_NAME) or '-':<16} {kind:<6} {svc or '-':<14} "
+              f"{(i.key or '-')[:12]:<13} {i.created or '-':<25} {i.tags.get('Name', '')}")
     return 0
 
 
 def cmd_ami_prune(args) -> int:
+    from amic import contract
     from amic.targets.ec2 import gc as ec2_gc
 
+    name = _project(args)
     target = _target(args)
     older = parse_duration(args.older_than) if args.older_than else None
-    doomed = ec2_gc.prune_plan(list(target.list_images()), keep=args.keep, older_than=older,
-                               everything=args.all)
+    doomed = ec2_gc.prune_plan(list(target.list_images()), keep=args.keep, name=name,
+                               older_than=older, everything=args.all)
+    if doomed and not args.force:
+        used = ec2_gc.in_use(target, [img.id for img, _ in doomed])
+        for img, _ in doomed:
+            if img.id in used:
+                print(f"keeping {img.id}: in use by {used[img.id]} (--force removes it)",
+                      file=sys.stderr)
+        doomed = [(img, why) for img, why in doomed if img.id not in used]
+    verb = "would remove" if args.dry_run else "removing"
     for img, why in doomed:
-        verb = "would remove" if args.dry_run else "removing"
         print(f"{verb} {img.id} ({why})", file=sys.stderr)
     if not doomed:
-        print("nothing to prune", file=sys.stderr)
-    if args.dry_run:
+        print(f"nothing to prune of {name}", file=sys.stderr)
+    if args.dry_run or not doomed:
         return 0
+    finals = [img for img, _ in doomed
+              if img.tags.get(contract.TAG_KIND, contract.KIND_FINAL) == contract.KIND_FINAL]
+    if finals and not args.yes:
+        if not sys.stdin.isatty():
+            print(f"amic: not removing {len(finals)} final AMI(s) of {name} without --yes "
+                  "(nothing was removed)", file=sys.stderr)
+            return 1
+        answer = input(f"remove {len(doomed)} AMI(s) of {name}, {len(finals)} of them final? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("amic: nothing removed", file=sys.stderr)
+            return 1
     failed = 0
     for img, _ in doomed:
         try:
@@ -138,17 +177,27 @@ def add_ec2_parsers(sub) -> None:
     q = asub.add_parser("ls", help="list final AMIs (--all: layer checkpoints too)")
     add_aws_options(q)
     q.add_argument("--all", "-a", action="store_true", help="include layer checkpoints")
+    q.add_argument("--name", metavar="NAME", help="only this project's (tag amic:name)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_ami_ls)
     q = asub.add_parser(
-        "prune", help="deregister old AMIs and delete their snapshots",
-        description="Keep the newest --keep final AMIs per Amifile and the layer checkpoints "
-        "they were built from; remove the rest (only those older than --older-than, if given).")
+        "prune", help="deregister a project's old AMIs and delete their snapshots",
+        description="Of one project's AMIs (tag amic:name: --name, else the project of the "
+        "Amifile in the current directory; never another project's): keep the newest --keep "
+        "final keys and the layer checkpoints any kept image was built from, one image per "
+        "key (the newest); remove the rest (only those older than --older-than, if given). "
+        "An AMI an instance (pending to stopped), a launch template version or an Auto "
+        "Scaling launch configuration uses, or one shared with other accounts, stays unless "
+        "--force. Removing final AMIs asks first (on a terminal) or needs --yes.")
     add_aws_options(q)
+    q.add_argument("--name", metavar="NAME", help="the project (default: ./Amifile's directory)")
     q.add_argument("--keep", type=int, default=1, metavar="N",
-                   help="final AMIs kept per Amifile (default: 1)")
+                   help="final AMIs kept (default: 1)")
     q.add_argument("--older-than", metavar="AGE", help="only remove AMIs older than this (30d, 12h)")
-    q.add_argument("--all", action="store_true", help="remove every amic AMI")
+    q.add_argument("--all", action="store_true", help="remove every AMI of the project")
+    q.add_argument("--force", action="store_true",
+                   help="also remove AMIs in use or shared with other accounts")
+    q.add_argument("--yes", "-y", action="store_true", help="remove final AMIs without asking")
     q.add_argument("--dry-run", "-n", action="store_true")
     q.set_defaults(func=cmd_ami_prune)
 

@@ -50,6 +50,8 @@ class BuildOptions:
     """What the user asked for (``amic build`` flags)."""
 
     amifile: str = "Amifile"
+    name: str | None = None
+    """``--name``: the project's image name (``contract.TAG_NAME``); None = the Amifile's directory."""
     build_args: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     """``--build-arg`` values (the environment and ARG defaults fill the rest)."""
     no_cache: bool = False
@@ -408,7 +410,8 @@ def _common_tags(b: BuildState) -> dict[str, str]:
 
     source = hashlib.sha256(os.path.abspath(b.plan.amifile_path).encode()).hexdigest()[:16]
     return {contract.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), contract.TAG_SOURCE: source,
-            contract.TAG_BUILD: b.build_id}
+            contract.TAG_BUILD: b.build_id,
+            contract.TAG_NAME: contract.project_name(b.plan.amifile_path, b.options.name)}
 
 
 def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:

@@ -132,8 +132,8 @@ EC2_OPTIONS: tuple[Option, ...] = (
            "accept the host key the instance first presents, unverified", action="store_true"),
 
     Option(["--ami-name"], "image_name", _AMI,
-           "name template: {amifile} {key} {build_id} {timestamp} {date} {label[NAME]} "
-           "(default: {amifile}-{timestamp})", metavar="TEMPLATE"),
+           "name template: {name} {amifile} {key} {build_id} {stamp} {timestamp} {date} {label[NAME]} "
+           "(default: {name}-{key}-{stamp}-{build_id})", metavar="TEMPLATE"),
     Option(["--ami-description"], "image_description", _AMI, metavar="TEMPLATE"),
     Option(["--ami-tag"], "image_tags", _AMI,
            "extra tag on the final AMI and its snapshots (repeatable)", metavar="KEY=VALUE",

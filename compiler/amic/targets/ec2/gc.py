@@ -139,21 +139,78 @@ def prune_plan(images: Iterable[tb.Image], *, keep: int, older_than: dt.timedelt
         created = aws.parse_iso(img.created)
         return created is not None and at - created >= older_than
 
+    def kind(img: tb.Image) -> str:
+        return img.tags.get(contract.TAG_KIND, contract.KIND_FINAL)
+
+    def layer_keys(img: tb.Image) -> set[str]:
+        return {v for k, v in img.tags.items() if k.startswith(contract.TAG_LAYER_PREFIX)}
+
+    mine = [i for i in images if i.tags.get(contract.TAG_NAME) == name]
     if everything:
-        return [(img, "--all") for img in images]
-    finals = [i for i in images if i.tags.get(contract.TAG_KIND, contract.KIND_FINAL) == contract.KIND_FINAL]
-    layers = [i for i in images if i.tags.get(contract.TAG_KIND) == contract.KIND_LAYER]
-    kept_keys: set[str] = set()
+        return [(img, f"--all of {name}") for img in mine]
     doomed: list[tuple[tb.Image, str]] = []
-    seen: dict[str, int] = {}
-    for img in finals:
-        name = img.tags.get(contract.TAG_AMIFILE, "?")
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] <= keep or not old_enough(img):
-            kept_keys |= {v for k, v in img.tags.items() if k.startswith(contract.TAG_LAYER_PREFIX)}
+    newest: dict[str, tb.Image] = {}
+    for img in mine:
+        if img.key in newest and old_enough(img):
+            doomed.append((img, f"duplicate of {newest[img.key].id} (key {img.key[:12]})"))
+        elif img.key not in newest:
+            newest[img.key or img.id] = img
+    kept_keys: set[str] = set()
+    for img in images:
+        if img.tags.get(contract.TAG_NAME) != name and kind(img) == contract.KIND_FINAL:
+            kept_keys |= layer_keys(img)
+    finals = [i for i in newest.values() if kind(i) == contract.KIND_FINAL]
+    for n, img in enumerate(finals):
+        if n < keep or not old_enough(img):
+            kept_keys |= layer_keys(img)
         else:
             doomed.append((img, f"older final of {name} (keeping {keep})"))
-    for img in layers:
-        if img.key not in kept_keys and old_enough(img):
+    for img in newest.values():
+        if kind(img) == contract.KIND_LAYER and img.key not in kept_keys and old_enough(img):
             doomed.append((img, f"layer {img.tags.get(contract.TAG_SERVICE, '?')} no kept image uses"))
     return doomed
+
+
+LIVE = ["pending", "running", "stopping", "stopped"]
+
+
+def in_use(target, image_ids: Sequence[str]) -> dict[str, str]:
+    """Of ``image_ids``: those an instance (pending to stopped), a launch template version or
+    an Auto Scaling launch configuration refers to, or that are shared with other accounts,
+    each with the reason. An API that cannot be asked is an error: prune keeps what it
+    cannot check (``--force`` skips this)."""
+    ec2 = target.ec2
+    wanted = set(image_ids)
+    used: dict[str, str] = {}
+
+    def mark(image_id: str | None, why: str) -> None:
+        if image_id in wanted:
+            used.setdefault(image_id, why)
+
+    ids = sorted(wanted)
+    for start in range(0, len(ids), 200):
+        for page in ec2.get_paginator("describe_instances").paginate(Filters=[
+                {"Name": "image-id", "Values": ids[start:start + 200]},
+                {"Name": "instance-state-name", "Values": LIVE}]):
+            for res in page["Reservations"]:
+                for inst in res["Instances"]:
+                    mark(inst.get("ImageId"), f"instance {inst['InstanceId']} "
+                         f"({inst.get('State', {}).get('Name', '?')})")
+    for page in ec2.get_paginator("describe_launch_templates").paginate():
+        for lt in page["LaunchTemplates"]:
+            for vpage in ec2.get_paginator("describe_launch_template_versions").paginate(
+                    LaunchTemplateId=lt["LaunchTemplateId"]):
+                for v in vpage["LaunchTemplateVersions"]:
+                    mark(v.get("LaunchTemplateData", {}).get("ImageId"),
+                         f"launch template {lt['LaunchTemplateName']} version {v['VersionNumber']}")
+    autoscaling = aws.client(target.opts.aws, "autoscaling", region=target.region)
+    for page in autoscaling.get_paginator("describe_launch_configurations").paginate():
+        for lc in page["LaunchConfigurations"]:
+            mark(lc.get("ImageId"), f"launch configuration {lc['LaunchConfigurationName']}")
+    for image_id in ids:
+        perms = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
+        shared = [p.get("UserId") or p.get("Group") or p.get("OrganizationArn")
+                  or p.get("OrganizationalUnitArn") for p in perms.get("LaunchPermissions", [])]
+        if shared:
+            mark(image_id, "shared with " + ", ".join(str(x) for x in shared))
+    return used

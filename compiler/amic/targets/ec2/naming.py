@@ -1,4 +1,12 @@
-"""Names, descriptions and tags of new AMIs (``--image-name`` template fields, EC2's name rules)."""
+"""Names, descriptions and tags of new AMIs (``--ami-name`` template fields, EC2's name rules).
+
+The default final name ``{name}-{key}-{stamp}-{build_id}`` is unique by construction: the
+project's name (``amic:name``), 12 hex of the final key, the UTC time to the millisecond and
+the build id (which ends in random hex); at most 64 + 1 + 12 + 1 + 19 + 1 + 22 = 120 of
+EC2's 128 characters. A template without a per-build field (``{stamp}``, ``{timestamp}``,
+``{build_id}``) names one image per key: :func:`fixed_name` gives it before the build so
+that ``amic build`` can check it with DescribeImages before anything is launched.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,9 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from amic.contract import KIND_FINAL, KIND_LAYER, TAG_AMIFILE, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
+from amic.contract import (KIND_FINAL, KIND_LAYER, TAG_AMIFILE, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_NAME,
+                           TAG_SERVICE)
+from amic.errors import BuildError
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.options import Ec2Options
 
@@ -27,11 +37,19 @@ class NameFields(dict):
         return "{" + key + "}"
 
 
+DEFAULT_NAME = "{name}-{key}-{stamp}-{build_id}"
+PER_BUILD = ("stamp", "timestamp", "build_id")
+"""Fields that differ between two builds of one key."""
+
+
 def name_fields(tags: Mapping[str, str], key: str, build_id: str, when: dt.datetime) -> dict:
     amifile = tags.get(TAG_AMIFILE) or "amic"
     stem = re.sub(r"(?i)^amifile[._-]?|[._-]?amifile$", "", amifile) or "amic"
-    return NameFields(amifile=stem, key=key[:12], build_id=build_id,
-                      timestamp=when.strftime("%Y%m%d-%H%M%S"), date=when.strftime("%Y-%m-%d"),
+    when = when.astimezone(dt.UTC)
+    return NameFields(amifile=stem, name=tags.get(TAG_NAME) or stem, key=key[:12],
+                      build_id=build_id, timestamp=when.strftime("%Y%m%d-%H%M%S"),
+                      stamp=when.strftime("%Y%m%dT%H%M%S.") + f"{when.microsecond // 1000:03d}Z",
+                      date=when.strftime("%Y-%m-%d"),
                       label=NameFields({k: v for k, v in tags.items() if ":" not in k}))
 
 
@@ -59,7 +77,7 @@ def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str
         description = opts.image_description.format_map(fields)[:255]
     else:
         svc = tags.get(TAG_SERVICE, "layer")
-        name = ami_name(f"amic-layer-{svc}-{key[:12]}-{fields['timestamp']}")
+        name = ami_name(f"{fields['name']}-layer-{svc}-{key[:12]}-{fields['stamp']}-{build_id}")
         description = f"amic cache layer {svc} (key {key[:12]}) from {fields['amifile']}"
     all_tags = {**aws.resource_tags(build_id, ttl=None, role="image"), "Name": name,
                 TAG_SSH_USER: user, **tags, TAG_KEY: key,
@@ -67,7 +85,28 @@ def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str
     if final:
         all_tags.update(opts.image_tags)
     all_tags, dropped = aws.fit_tags(all_tags, keep_prefixes=(
-        TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_SSH_USER, TAG_AMIFILE, "Name"))
+        TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_SSH_USER, TAG_AMIFILE, TAG_NAME, "Name"))
     if dropped:
         log(f"warning: EC2 allows {aws.MAX_TAGS} tags per image; left out: " + ", ".join(dropped))
     return NewImage(name, description, all_tags)
+
+
+def fixed_name(template: str, tags: Mapping[str, str], key: str) -> str | None:
+    """The final AMI name ``template`` gives every build of ``key``, or None when it has a
+    per-build field (then two builds never collide)."""
+    marker = "\0per-build\0"
+    fields = name_fields(tags, key, marker, aws.now())
+    fields.update({f: marker for f in PER_BUILD})
+    text = template.format_map(fields)
+    return None if marker in text else ami_name(text)
+
+
+def check_name_free(ec2, name: str) -> None:
+    """BuildError when an AMI of this account already has ``name`` (EC2 would refuse the
+    CreateImage at the end of the build with InvalidAMIName.Duplicate)."""
+    found = aws.call("looking up the AMI name", ec2.describe_images, Owners=["self"],
+                     Filters=[{"Name": "name", "Values": [name]}])["Images"]
+    if found:
+        raise BuildError(f"an AMI named {name!r} exists already ({found[0]['ImageId']}): "
+                         "choose an --ami-name with {stamp} or {build_id}, or pass "
+                         "--force-deregister to replace it")

@@ -56,7 +56,7 @@ class Ec2Options:
     key_type: str = "ed25519"
     ttl: dt.timedelta = dt.timedelta(hours=4)
     """How long temporary resources live before ``amic gc`` may remove them."""
-    image_name: str = "{amifile}-{timestamp}"
+    image_name: str = "{name}-{key}-{stamp}-{build_id}"
     """Final AMI name template: {amifile} {key} {build_id} {timestamp} {date} and labels {label[x]}."""
     image_description: str = "built by amic from {amifile} (key {key})"
     image_tags: Mapping[str, str] = attrs.field(factory=dict)
