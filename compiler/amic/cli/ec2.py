@@ -3,7 +3,7 @@
 Registered by ``amic.cli.main`` through :func:`add_ec2_parsers`; the ``build``
 subcommand adds the ec2 target's options with :func:`add_ec2_build_options`
 and makes the target with ``Ec2Target.from_args(args)``. The options are the
-target's own table (``amic.targets.ec2.options``), added here as flags by
+target's own table (``amic.targets.ec2.flags``), added here as flags by
 ``amic.cli.options``. boto3 and paramiko are imported inside the handlers only.
 """
 
