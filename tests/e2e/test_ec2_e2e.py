@@ -5,8 +5,13 @@ through ``AWS_ENDPOINT_URL_EC2`` (the counting proxy of ``tests/harness/ec2.py``
 nothing patched) and the instance's SSH side through ``--ssh-host``/``--ssh-port``.
 Every instance is a real sshd over an overlay root made from the image it was
 launched from (the debootstrap base for the registered Debian AMI, frozen
-instance disks for AMIs made by CreateImage), so a build launched from a cached
-layer AMI really finds the earlier layers' packages installed.
+instance disks for AMIs made by CreateImage, and for AMIs registered from a layer
+snapshot the disk as CreateSnapshot found it), so a build launched from a cached
+layer really finds the earlier layers' packages installed.
+
+Layer checkpoints are live snapshots (CreateSnapshot, no StopInstances, no
+CreateImage); an AMI is registered from one only when a build starts from it,
+and reused after that.
 
 The scenarios share one Amifile project and one moto, in file order (each
 helper builds what it needs if run alone). After every build: no instance
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.ec2 import amic_exe, assert_clean, image_file, standin_ec2
+from tests.harness.ec2 import amic_exe, assert_clean, disk_file, image_file, standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -131,16 +136,26 @@ class Build:
         return f"<build rc={self.rc} {self.seconds:.1f}s {self.calls}>\n{self.stderr[-3000:]}"
 
 
-def layer_amis(fake) -> dict[str, str]:
-    """service -> newest layer AMI id, from the tags."""
-    images = fake.client().describe_images(
-        Owners=["self"], Filters=[{"Name": "tag:amic:kind", "Values": ["layer"]}])["Images"]
-    images.sort(key=lambda i: i["CreationDate"])
+def layer_snapshots(fake) -> dict[str, dict]:
+    """service -> the newest layer snapshot (DescribeSnapshots entry, ``Tags`` as a dict)."""
+    snaps = fake.client().describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag:amic:checkpoint", "Values": ["snapshot"]}])
     out = {}
-    for img in images:
-        tags = {t["Key"]: t["Value"] for t in img["Tags"]}
-        out[tags["amic:service"]] = img["ImageId"]
+    for snap in sorted(snaps["Snapshots"], key=lambda s: s["StartTime"]):
+        snap["Tags"] = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
+        out[snap["Tags"]["amic:service"]] = snap
     return out
+
+
+def layer_amis(fake) -> dict[str, str]:
+    """service -> newest layer snapshot id."""
+    return {svc: snap["SnapshotId"] for svc, snap in layer_snapshots(fake).items()}
+
+
+def registered_from(fake, snap: str) -> list[str]:
+    """AMIs registered from layer snapshot ``snap`` (found by tag, as amic finds them)."""
+    return [i["ImageId"] for i in fake.client().describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:amic:from-snapshot", "Values": [snap]}])["Images"]]
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +173,21 @@ def test_full_build(e2e):
     # one instance, from the registered Debian AMI; a checkpoint per layer plus the final
     assert fake.standin.launches[-1][1] == e2e.base_ami
     assert set(full["layers"]) == {"base", "web", "app"}
+    # a layer checkpoint is a live snapshot: no stop, no AMI; the final one stop + CreateImage
+    calls = fake.proxy.calls
+    assert calls["CreateSnapshot"] == 3 and calls["CreateImage"] == 1, calls
+    assert calls["StopInstances"] == 1 and calls["RegisterImage"] == 0, calls
+    snaps = layer_snapshots(fake)
+    for svc, snap in snaps.items():   # tagged at creation with what it would become
+        tags = snap["Tags"]
+        assert tags["amic:kind"] == "layer" and tags["amic:service"] == svc, tags
+        assert tags["amic:tool"].startswith("amic/") and tags["amic:build-id"], tags
+        assert tags["amic:ssh-user"] == "root" and tags["amic:key"] and tags["amic:root-device"]
+        assert tags["amic:arch"] == "x86_64" and tags["amic:source-image"] == e2e.base_ami
+    # each snapshot is the disk at its moment: web's has no app file, app's has it
+    assert disk_file(fake, snaps["web"]["SnapshotId"], "/etc/amic-web") is not None
+    assert disk_file(fake, snaps["web"]["SnapshotId"], "/etc/amic-app") is None
+    assert disk_file(fake, snaps["app"]["SnapshotId"], "/etc/amic-app").read_text() == "hello app\n"
     # the final AMI really holds what the INITs did, packages included
     ami = full["ami"]
     assert image_file(fake, ami, "/usr/bin/jq") and image_file(fake, ami, "/usr/bin/hello")
@@ -167,10 +197,12 @@ def test_full_build(e2e):
     assert image_file(fake, ami, "/etc/amic-token").read_text() == TOKEN_SEEN + "\n"
     assert image_file(fake, ami, "/etc/amic-app").read_text() == "hello app\n"
     assert image_file(fake, ami, "/var/lib/amic/stage2/amic") is not None
-    # the stand-in installed the build's key as cloud-init does; prepare-image took it out
+    # the stand-in installed the build's key as cloud-init does; every checkpoint took it
+    # out before its snapshot (and put it back), prepare-image before the final image
     build_key = base64.b64decode(fake.proxy.calls_of("ImportKeyPair")[0]["PublicKeyMaterial"])
-    assert build_key.split()[1].decode() in image_file(
-        fake, full["layers"]["app"], "/root/.ssh/authorized_keys").read_text()
+    for snap in full["layers"].values():
+        keys = disk_file(fake, snap, "/root/.ssh/authorized_keys")
+        assert keys is None or build_key.split()[1].decode() not in keys.read_text(), snap
     keys = image_file(fake, ami, "/root/.ssh/authorized_keys")
     assert keys is None or build_key.split()[1].decode() not in keys.read_text()
     tags = {t["Key"]: t["Value"] for t in
@@ -248,8 +280,12 @@ def test_deregistered_final_ami_is_rebuilt(e2e):
     b = e2e.build()
     assert b.rc == 0, b
     assert b.ami != full["ami"]
-    # every layer is still an AMI: one launch from the last one, one CreateImage (the final)
-    assert b.run_images == [full["layers"]["app"]] and b.count("CreateImage") == 1, b
+    # every layer is still there: one AMI registered from the last one's snapshot (it had
+    # none yet), one launch from that AMI, one CreateImage (the final)
+    app = registered_from(e2e.fake, full["layers"]["app"])
+    assert len(app) == 1 and b.count("RegisterImage") == 1, b
+    assert b.run_images == app and b.count("CreateImage") == 1, b
+    assert b.count("CreateSnapshot") == 0, b
     assert set(b.layers().values()) == {"CACHED"}, b
     full["ami"] = b.ami
     again = e2e.build()
@@ -262,11 +298,13 @@ def test_one_layer_change_starts_from_the_cached_prefix(e2e):
     try:
         b = e2e.build()
         assert b.rc == 0, b
-        # launched from base's layer AMI: jq there came from the cached layer, not a re-run
-        assert b.run_images == [full["layers"]["base"]], b
+        # launched from base's layer: jq there came from the cached layer, not a re-run
+        base = registered_from(e2e.fake, full["layers"]["base"])
+        assert b.run_images == base and len(base) == 1, b
         assert b.layers() == {"base": "CACHED", "web": "RUN", "app": "RUN"}, b
         assert "base: init: begin" not in b.stderr
-        assert b.count("RunInstances") == 1 and b.count("CreateImage") == 3, b
+        assert b.count("RunInstances") == 1 and b.count("CreateImage") == 1, b
+        assert b.count("CreateSnapshot") == 2 and b.count("StopInstances") == 1, b
         assert image_file(e2e.fake, b.ami, "/etc/amic-web").read_text() == '"web-v2"\n'
         assert b.ami != full["ami"]
     finally:
@@ -280,7 +318,9 @@ def test_update_only_change_reuses_every_layer(e2e):
         b = e2e.build()
         assert b.rc == 0, b
         assert set(b.layers().values()) == {"CACHED"}, b
-        assert b.run_images == [full["layers"]["app"]], b
+        # the AMI registered from app's snapshot before is reused: no RegisterImage now
+        assert b.run_images == registered_from(e2e.fake, full["layers"]["app"]), b
+        assert b.count("RegisterImage") == 0, b
         assert b.count("CreateImage") == 1, b        # only the final AMI: a new stage2
         assert "init: begin" not in b.stderr
         assert b.ami != full["ami"]

@@ -150,6 +150,29 @@ def numbered(params: dict[str, str], prefix: str) -> list[str]:
     return out
 
 
+class ApiError(Exception):
+    """Raised by a ``before`` hook: the proxy answers the call with this EC2 error."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def tag_specs(params: dict[str, str], resource_type: str) -> dict[str, str]:
+    """The tags a call's ``TagSpecification.N`` gives ``resource_type``."""
+    tags = {}
+    n = 1
+    while f"TagSpecification.{n}.ResourceType" in params:
+        if params[f"TagSpecification.{n}.ResourceType"] == resource_type:
+            m = 1
+            while f"TagSpecification.{n}.Tag.{m}.Key" in params:
+                tags[params[f"TagSpecification.{n}.Tag.{m}.Key"]] = params.get(
+                    f"TagSpecification.{n}.Tag.{m}.Value", "")
+                m += 1
+        n += 1
+    return tags
+
+
 def _error_xml(code: str, message: str) -> bytes:
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
             f"<Message>{message}</Message></Error></Errors><RequestID>injected</RequestID>"
@@ -172,6 +195,8 @@ class Ec2Proxy:
         self.before: dict[str, list] = collections.defaultdict(list)
         self.after: dict[str, list] = collections.defaultdict(list)
         self._faults: list[list] = []   # [action or "*", remaining, code, status]
+        self._armed: list[list] = []    # [create action, describe action, times, code, pending]
+        self._rewrites: list[list] = []  # [action, old, new, remaining]
         self._lock = threading.Lock()
         self.injected = 0
         proxy = self
@@ -219,6 +244,8 @@ class Ec2Proxy:
             self.log.clear()
             self.agents.clear()
             self._faults.clear()
+            self._armed.clear()
+            self._rewrites.clear()
             self.injected = 0
 
     def fail(self, action: str = "*", times: int = 1, code: str = "RequestLimitExceeded",
@@ -226,6 +253,19 @@ class Ec2Proxy:
         """Answer the next ``times`` calls of ``action`` (``*``: any) with an error."""
         with self._lock:
             self._faults.append([action, times, code, status])
+
+    def not_found_after(self, create: str, describe: str, times: int, code: str) -> None:
+        """Eventual consistency: after each successful ``create`` call, the next ``times``
+        ``describe`` calls answer ``code`` (e.g. InvalidAMIID.NotFound), as EC2 does for a
+        while after CreateImage/RegisterImage/CreateSnapshot."""
+        with self._lock:
+            self._armed.append([create, describe, times, code, 0])
+
+    def rewrite(self, action: str, old: str, new: str, times: int) -> None:
+        """Replace ``old`` by ``new`` in the next ``times`` answers of ``action`` that hold it
+        (e.g. an instance still ``stopping`` before it is ``terminated``)."""
+        with self._lock:
+            self._rewrites.append([action, old, new, times])
 
     def count(self, *actions: str) -> int:
         return sum(self.calls[a] for a in actions)
@@ -261,8 +301,16 @@ class Ec2Proxy:
                     fault[1] -= 1
                     self.injected += 1
                     return fault[3], [("Content-Type", "text/xml")], _error_xml(fault[2], "injected")
-        for hook in self.before.get(action, ()):
-            hook(params)
+            for armed in self._armed:
+                if armed[1] == action and armed[4] > 0:
+                    armed[4] -= 1
+                    self.injected += 1
+                    return 400, [("Content-Type", "text/xml")], _error_xml(armed[3], "eventual")
+        try:
+            for hook in self.before.get(action, ()):
+                hook(params)
+        except ApiError as exc:
+            return exc.status, [("Content-Type", "text/xml")], _error_xml(exc.code, exc.message)
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
         fwd = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
         conn.request(method, path, body=body, headers=fwd)
@@ -275,7 +323,21 @@ class Ec2Proxy:
             for hook in self.after[action]:
                 text = hook(params, text) or text
             data = text.encode()
+        if resp.status == 200:
+            data = self._after_faults(action, data)
         return resp.status, out_headers, data
+
+    def _after_faults(self, action: str, data: bytes) -> bytes:
+        with self._lock:
+            for armed in self._armed:
+                if armed[0] == action:
+                    armed[4] = armed[2]
+            for rw in self._rewrites:
+                if rw[0] == action and rw[3] > 0 and rw[1].encode() in data:
+                    rw[3] -= 1
+                    self.injected += 1
+                    data = data.replace(rw[1].encode(), rw[2].encode())
+        return data
 
 
 def xml_values(text: str, tag: str) -> list[str]:
@@ -510,6 +572,15 @@ class StandIn:
         self.image_of: dict[str, str] = {}
         """AMI id -> the instance it was made from."""
         self.terminated: list[_Instance] = []
+        self.snapshot_seconds = 0.5
+        """How long a new snapshot stays ``pending`` (moto answers ``completed`` at once)."""
+        self.snapshots: dict[str, list[Path]] = {}
+        """Snapshot id -> the disk it captured (its layers, top first)."""
+        self.snapshot_of: dict[str, str] = {}
+        """Snapshot id -> the instance it was taken of."""
+        self._ready: dict[str, float] = {}
+        self._moto_snap: dict[str, str] = {}
+        """moto's own snapshot id of a registered AMI -> the snapshot it was registered from."""
         self.problems: list[str] = []
         """What the stand-in could not do while booting an instance (tests expect none)."""
         self._lock = threading.RLock()
@@ -521,8 +592,13 @@ class StandIn:
                              ("CreateImage", self._create_image),
                              ("TerminateInstances", self._terminate),
                              ("GetConsoleOutput", self._console),
-                             ("DescribeImages", self._ebs_root)):
+                             ("DescribeImages", self._ebs_root),
+                             ("CreateSnapshot", self._create_snapshot),
+                             ("DescribeSnapshots", self._snapshot_states),
+                             ("RegisterImage", self._register_image)):
             proxy.after[action].append(hook)
+        proxy.before["RegisterImage"].append(self._register_needs_completed)
+        proxy.before["DeleteKeyPair"].append(self._delete_key_pair_by_id)
 
     def _current_port(self):
         with self._lock:
@@ -736,6 +812,92 @@ class StandIn:
                     self.images[ami] = [layer, *inst.lowers]
                 self.image_of[ami] = iid
 
+    def _delete_key_pair_by_id(self, params):
+        """DeleteKeyPair by ``KeyPairId`` alone, as EC2 allows (moto reads only ``KeyName``)."""
+        pair_id = params.get("KeyPairId")
+        if not pair_id or params.get("KeyName"):
+            return
+        moto = self.proxy.moto_client()
+        for pair in moto.describe_key_pairs()["KeyPairs"]:
+            if pair.get("KeyPairId") == pair_id:
+                moto.delete_key_pair(KeyName=pair["KeyName"])
+
+    # snapshots ---------------------------------------------------------------------
+
+    def _instance_of_volume(self, volume_id: str) -> str | None:
+        with contextlib.suppress(Exception):
+            vols = self.proxy.moto_client().describe_volumes(VolumeIds=[volume_id])["Volumes"]
+            for att in vols[0].get("Attachments", []):
+                return att["InstanceId"]
+        return None
+
+    def _create_snapshot(self, params, text):
+        """The disk as it is now: a copy of the instance's upper over its lower chain (the
+        instance keeps running with its own upper); ``pending`` for ``snapshot_seconds``."""
+        iid = self._instance_of_volume(params.get("VolumeId", ""))
+        with self._lock:
+            inst = self.instances.get(iid or "")
+            for snap in xml_values(text, "snapshotId"):
+                self._ready[snap] = time.monotonic() + self.snapshot_seconds
+                if inst is None:
+                    continue
+                layer = self.workdir / f"snapshot-{snap}"
+                src = inst.upper / "root"
+                if src.exists():
+                    subprocess.run(["cp", "-a", str(src), str(layer)], check=True)
+                    self.snapshots[snap] = [layer, *inst.lowers]
+                else:
+                    self.snapshots[snap] = list(inst.lowers)
+                self.snapshot_of[snap] = inst.id
+        return text.replace("<status>completed</status>", "<status>pending</status>")
+
+    def snapshot_state(self, snap: str) -> str:
+        return "pending" if time.monotonic() < self._ready.get(snap, 0) else "completed"
+
+    def _snapshot_states(self, params, text):
+        root = ET.fromstring(text)
+        for item in root.iter():
+            if item.tag.split("}")[-1] != "item":
+                continue
+            fields = {el.tag.split("}")[-1]: el for el in item}
+            if "snapshotId" in fields and "status" in fields:
+                state = self.snapshot_state(fields["snapshotId"].text or "")
+                fields["status"].text = state
+                if "progress" in fields and state == "pending":
+                    fields["progress"].text = "40%"
+        return ET.tostring(root, encoding="unicode")
+
+    def _register_needs_completed(self, params):
+        snap = params.get("BlockDeviceMapping.1.Ebs.SnapshotId", "")
+        if snap and self.snapshot_state(snap) != "completed":
+            raise ApiError("IncorrectState", f"Snapshot '{snap}' is not 'completed'.")
+
+    def _register_image(self, params, text):
+        """An image whose instances start from exactly the snapshot's disk; tagged at creation
+        (moto drops RegisterImage's TagSpecifications and invents a snapshot of its own:
+        that one is removed and reported as the snapshot the image was registered from)."""
+        snap = params.get("BlockDeviceMapping.1.Ebs.SnapshotId", "")
+        moto = self.proxy.moto_client()
+        for ami in xml_values(text, "imageId"):
+            tags = tag_specs(params, "image")
+            if tags:
+                moto.create_tags(Resources=[ami], Tags=[{"Key": k, "Value": v}
+                                                        for k, v in tags.items()])
+            if not snap:
+                continue
+            with self._lock:
+                if snap in self.snapshots:
+                    self.images[ami] = list(self.snapshots[snap])
+                    self.image_of[ami] = self.snapshot_of.get(snap, "")
+            with contextlib.suppress(Exception):
+                raw = moto.describe_images(ImageIds=[ami])["Images"][0]
+                for bdm in raw.get("BlockDeviceMappings", []):
+                    fake = bdm.get("Ebs", {}).get("SnapshotId")
+                    if fake and fake != snap:
+                        self._moto_snap[fake] = snap
+                        with contextlib.suppress(Exception):
+                            moto.delete_snapshot(SnapshotId=fake)
+
     def _terminate(self, params, text):
         with self._lock:
             for iid in numbered(params, "InstanceId"):
@@ -750,14 +912,17 @@ class StandIn:
         """Every directory an instance wrote to: live and kept uppers, and frozen image layers."""
         found = [i.upper for i in [*self.instances.values(), *self.terminated] if i.upper.exists()]
         found += sorted(p for p in self.workdir.glob("image-*") if p.is_dir())
+        found += sorted(p for p in self.workdir.glob("snapshot-*") if p.is_dir())
         return found
 
-    @staticmethod
-    def _ebs_root(params, text):
+    def _ebs_root(self, params, text):
         """moto calls every AMI's root device ``standard`` (instance store); all of them here
         have an EBS snapshot as their root, as real EC2 reports them (Packer insists on it)."""
-        return text.replace("<rootDeviceType>standard</rootDeviceType>",
+        text = text.replace("<rootDeviceType>standard</rootDeviceType>",
                             "<rootDeviceType>ebs</rootDeviceType>")
+        for fake, real in list(self._moto_snap.items()):
+            text = text.replace(fake, real)
+        return text
 
     def fingerprint_lines(self, inst: _Instance) -> list[str]:
         import hashlib
@@ -921,7 +1086,7 @@ class FakeEc2:
         bad = []
         for action, params in self.proxy.log:
             if action in ("RunInstances", "ImportKeyPair", "CreateKeyPair", "CreateSecurityGroup",
-                          "CreateImage"):
+                          "CreateImage", "CreateSnapshot", "RegisterImage"):
                 keys = {v for k, v in params.items()
                         if k.startswith("TagSpecification.") and k.endswith(".Key")}
                 if "amic:tool" not in keys or "amic:build-id" not in keys:
@@ -966,8 +1131,10 @@ def amic_exe() -> str:
 
 def assert_clean(fake) -> None:
     """Through the EC2 API: nothing of any build is left, and every create call carried tags."""
-    assert fake.leftovers() == {"instances": [], "key_pairs": [], "security_groups": []}
-    assert fake.all_leftovers() == {"instances": [], "key_pairs": [], "security_groups": []}
+    left = fake.leftovers()
+    assert left == {"instances": [], "key_pairs": [], "security_groups": []}, left
+    left = fake.all_leftovers()
+    assert left == {"instances": [], "key_pairs": [], "security_groups": []}, left
     assert fake.created_untagged() == []
     # and the stand-in agrees: no instance's sshd is still up
     assert not any(i.sshd for i in fake.standin.instances.values())
@@ -975,7 +1142,16 @@ def assert_clean(fake) -> None:
 
 def image_file(fake, ami: str, path: str) -> Path | None:
     """A file as an instance launched from ``ami`` sees it (top-most layer wins)."""
-    for layer in fake.standin.images[ami]:
+    return _layered_file(fake.standin.images[ami], path)
+
+
+def disk_file(fake, snapshot_id: str, path: str) -> Path | None:
+    """A file as snapshot ``snapshot_id`` captured it."""
+    return _layered_file(fake.standin.snapshots[snapshot_id], path)
+
+
+def _layered_file(layers: list[Path], path: str) -> Path | None:
+    for layer in layers:
         candidate = layer / path.lstrip("/")
         if candidate.exists() or candidate.is_symlink():
             st = candidate.lstat()

@@ -1,8 +1,14 @@
 """Checkpoint policy: after which layers a build keeps a reusable image.
 
-A checkpoint costs a snapshot (local: a rename, ec2: an AMI, minutes) and
-saves re-running every init below it when a later layer changes. The policy
-comes from ``--checkpoint`` or the target's ``default_checkpoint``.
+A checkpoint costs a snapshot (local: a rename; ec2: a live EBS snapshot, seconds on the
+build's path, the AMI registered only when a later build starts from it) and saves
+re-running every init below it when a later layer changes. The policy comes from
+``--checkpoint`` or the target's ``default_checkpoint``.
+
+``auto`` keeps a layer once the init time since the previous checkpoint reaches the
+target's ``snapshot_seconds``: below that, re-running those inits costs less than the
+checkpoint would (ec2: 10 s, so nearly every layer that installs something is kept;
+a run of trivial layers shares one checkpoint). The last layer is always kept.
 """
 
 from __future__ import annotations

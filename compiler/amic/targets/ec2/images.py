@@ -15,6 +15,7 @@ from amic.contract import KIND_LAYER, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
 from amic.errors import BuildError
 from amic.targets.base import Image
 from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import waiters
 from amic.targets.ec2.naming import TAG_SSH_USER, NewImage  # noqa: F401  (TAG_SSH_USER: re-exported)
 from amic.targets.ec2.options import Ec2Options
 
@@ -101,9 +102,9 @@ def create_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Lo
                         InstanceId=instance_id, Name=new.name, Description=new.description,
                         TagSpecifications=aws.tag_specs(new.tags, "image"))["ImageId"]
     try:
-        aws.wait(ec2, "image_available", timeout=opts.image_timeout,
-                 poll_interval=opts.poll_interval, doing=f"waiting for image {image_id}",
-                 ImageIds=[image_id])
+        waiters.image_available(ec2, [image_id], timeout=opts.image_timeout,
+                                poll_interval=opts.poll_interval,
+                                doing=f"waiting for image {image_id}")
     except BuildError:
         # A failed image is no cache entry; one still pending is (it will finish).
         if image_state(ec2, image_id) in ("failed", "error", "invalid"):
@@ -156,9 +157,9 @@ def copy_to_regions(clients: aws.Clients, image_id: str, new: NewImage, opts: Ec
         if opts.encrypt or opts.kms_key_id:
             args["Encrypted"] = True
         copy_id = aws.call(f"copying {image_id} to {region}", dest.copy_image, **args)["ImageId"]
-        aws.wait(dest, "image_available", timeout=opts.image_timeout,
-                 poll_interval=opts.poll_interval,
-                 doing=f"waiting for the copy {copy_id} in {region}", ImageIds=[copy_id])
+        waiters.image_available(dest, [copy_id], timeout=opts.image_timeout,
+                                poll_interval=opts.poll_interval,
+                                doing=f"waiting for the copy {copy_id} in {region}")
         aws.call(f"tagging {copy_id} in {region}", dest.create_tags, Resources=[copy_id],
                  Tags=aws.tag_list({**new.tags, "amic:source-image": f"{source}/{image_id}"}))
         raw = dest.describe_images(ImageIds=[copy_id])["Images"][0]

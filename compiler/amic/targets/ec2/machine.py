@@ -2,18 +2,22 @@
 
 Host keys: the fingerprints the instance's console printed (``hostkeys``), the
 user's ``--ssh-host-key-fingerprint`` list, or (asked for) the first key seen,
-pinned so that after a stop/start the same key must answer. A snapshot stops
-the instance; the next command starts it again and reconnects.
+pinned so that after a stop/start the same key must answer. A layer
+checkpoint snapshots the running instance (build keys removed meanwhile, the
+SSH session staying open); the final image stops it, and a command after that
+starts it again and reconnects.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from amic.contract import RUNNER
 from amic.errors import BuildError
-from amic.targets.ec2 import hostkeys, resources
+from amic.targets.ec2 import hostkeys, resources, waiters
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.options import Ec2Options
 
@@ -43,6 +47,11 @@ class Ec2Machine:
         self.key_file: Path | None = None
         self.build_public_key: str | None = None
         """The key pair's public line (cloud-init installs it; the engine has it removed)."""
+        self.source_image: str | None = None
+        """The AMI this instance was launched from."""
+        self.source_facts: dict[str, str] = {}
+        """What a layer snapshot must record to be registered as an AMI later
+        (``snapshots.image_facts`` of the AMI this instance was launched from)."""
 
     # Machine protocol ------------------------------------------------------------
     def run(self, command, *, env=None, on_output=None, timeout=None) -> int:
@@ -94,9 +103,26 @@ class Ec2Machine:
         self.log(f"stopping {iid} for a consistent image")
         aws.call(f"stopping {iid}", self.ec2.stop_instances, InstanceIds=[iid])
         self.stopped = True
-        aws.wait(self.ec2, "instance_stopped", timeout=self.opts.instance_timeout,
-                 poll_interval=self.opts.poll_interval, doing=f"waiting for {iid} to stop",
-                 InstanceIds=[iid])
+        waiters.instance_state(self.ec2, [iid], "stopped", timeout=self.opts.instance_timeout,
+                               poll_interval=self.opts.poll_interval,
+                               doing=f"waiting for {iid} to stop")
+
+    def without_build_keys(self, doing: str) -> None:
+        """``sync`` with every build key removed from the disk (before a live snapshot)."""
+        rc = self.run(f"{RUNNER} build-key remove && sync")
+        if rc != 0:
+            raise BuildError(f"{doing}: `amic build-key remove` failed on {self.instance_id} "
+                             f"(exit {rc})")
+
+    def restore_build_key(self, doing: str) -> None:
+        """Authorise the builder's key again (the SSH session stayed open meanwhile)."""
+        if not self.build_public_key:
+            return
+        key = " ".join(self.build_public_key.split()[:2])
+        rc = self.run(f"{RUNNER} build-key add {shlex.quote(self.user)} {shlex.quote(key)}")
+        if rc != 0:
+            raise BuildError(f"{doing}: `amic build-key add` failed on {self.instance_id} "
+                             f"(exit {rc})")
 
     def _start(self) -> None:
         aws.call(f"starting {self.instance_id}", self.ec2.start_instances,

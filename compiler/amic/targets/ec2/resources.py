@@ -23,6 +23,7 @@ from amic.contract import TAG_BUILD
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Image
 from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import waiters
 from amic.targets.ec2.options import Ec2Options
 
 Log = Callable[[str], None]
@@ -248,8 +249,8 @@ def terminate_instances(ec2, ids: Sequence[str], *, timeout: float, poll_interva
     ec2.terminate_instances(InstanceIds=list(ids))
     if log:
         log(f"terminating {', '.join(ids)}")
-    aws.wait(ec2, "instance_terminated", timeout=timeout, poll_interval=poll_interval,
-             doing=doing, InstanceIds=list(ids))
+    waiters.instance_state(ec2, list(ids), "terminated", timeout=timeout,
+                           poll_interval=poll_interval, doing=doing)
 
 
 def terminate_build(ec2, build_id: str, opts: Ec2Options, log: Log) -> None:
@@ -283,7 +284,7 @@ def instance_address(ec2, instance_id: str, opts: Ec2Options) -> str:
 
 def wait_running(ec2, instance_id: str, opts: Ec2Options) -> str:
     """Wait until the instance runs; its address."""
-    aws.wait(ec2, "instance_running", timeout=opts.instance_timeout,
-             poll_interval=opts.poll_interval, doing=f"waiting for {instance_id} to run",
-             InstanceIds=[instance_id])
+    waiters.instance_state(ec2, [instance_id], "running", timeout=opts.instance_timeout,
+                           poll_interval=opts.poll_interval,
+                           doing=f"waiting for {instance_id} to run")
     return instance_address(ec2, instance_id, opts)

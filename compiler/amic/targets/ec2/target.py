@@ -15,9 +15,11 @@ One build launches (at most) one instance:
 3. SSH: wait for the instance, read its host key fingerprints from the
    console (cloud-init prints them) and refuse any other key; trust on first
    use only when asked (:mod:`.machine`, :mod:`.hostkeys`).
-4. ``snapshot``: stop, CreateImage, wait (configurable waiter), tag the image
-   and, separately, its snapshots; the instance is started again lazily if the
-   engine runs more commands on it (:mod:`.images`).
+4. ``snapshot`` of a layer: ``sync`` with the build keys removed, CreateSnapshot
+   of the live root volume, tagged at creation, not waited for; the build goes
+   on at once (:mod:`.snapshots`). An AMI is registered from a layer snapshot
+   only when a later build launches from it, and kept. The final image: stop,
+   CreateImage, wait (:mod:`.waiters`), tag its snapshots (:mod:`.images`).
 
 Everything created carries ``amic:tool``, ``amic:build-id``, and temporary
 things ``amic:expires``; ``amic gc`` (:mod:`.gc`) removes what a crashed build
@@ -41,6 +43,7 @@ from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import naming
 from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import snapshots
 from amic.targets.ec2.bases import build_arch, guess_user, parse_base
 from amic.targets.ec2.machine import Ec2Machine
 from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, VALUE_NAMES
@@ -55,10 +58,14 @@ class Ec2Target(Target):
     name = "ec2"
     keeps_images = True
     default_checkpoint = "auto"
-    """AMIs cost minutes and money: by default a layer is kept as a checkpoint only when the
-    init time it would save (since the previous checkpoint) exceeds what an AMI costs
-    (``snapshot_seconds``), and the last layer always (so an UPDATE-only change runs no init)."""
-    snapshot_seconds = 300.0
+    """A layer checkpoint is a live EBS snapshot (seconds, not the minutes of an AMI): by
+    default a layer is kept when the init time it would save (since the previous checkpoint)
+    reaches ``snapshot_seconds``, and the last layer always (an UPDATE-only change runs no
+    init). docs/ec2.md "Checkpoints" has the figures."""
+    snapshot_seconds = 10.0
+    """What a layer checkpoint costs a build: sync + build-key remove/add over the open SSH
+    session + CreateSnapshot (~2-5 s on the build's path), plus, once per layer and only
+    when a later build starts from it, RegisterImage of the completed snapshot (~5 s)."""
     fast_rebuild = True
     """An unchanged rebuild is answered from the build memo once EC2 confirms it (``confirm_memo``)."""
 
@@ -130,7 +137,9 @@ class Ec2Target(Target):
         return Image(id=best["ImageId"], tags=tags, created=best.get("CreationDate"))
 
     def find_image(self, key: str) -> Image | None:
-        return amis.find_image(self.ec2, key)
+        """A final AMI or a layer under ``key``: an AMI (a layer registered before) first,
+        else a layer snapshot (``snap-…``; ``launch`` registers it)."""
+        return amis.find_image(self.ec2, key) or snapshots.find_layer(self.ec2, key)
 
     def image_by_id(self, image_id: str) -> Image | None:
         """The AMI ``image_id`` (any owner's), or None."""
@@ -207,6 +216,8 @@ class Ec2Target(Target):
         by the boot hook through IMDS tags). Setting ``machine.keep`` before leaving
         keeps everything, like ``--on-error=abort`` does on failure.
         """
+        if snapshots.is_snapshot(image):
+            image = self._layer_ami(image)
         stack = contextlib.ExitStack()
         machine: Ec2Machine | None = None
         kept = False
@@ -247,6 +258,7 @@ class Ec2Target(Target):
         user = opts.ssh_user or image.tags.get(amis.TAG_SSH_USER) or "ec2-user"
         machine = Ec2Machine(ec2, opts, self.log, iid, user, pkey, name, build_id)
         machine.build_public_key = public   # prepare-image removes it before the final AMI
+        machine.source_image = image.id
         return machine
 
     def _keep(self, stack: contextlib.ExitStack, machine: Ec2Machine, why: str) -> bool:
@@ -260,6 +272,8 @@ class Ec2Target(Target):
     def snapshot(self, machine, *, key: str, final: bool, tags: Mapping[str, str]) -> Image:
         assert isinstance(machine, Ec2Machine)
         opts, ec2 = self.opts, self.ec2
+        if not final:
+            return self._layer_snapshot(machine, key=key, tags=tags)
         machine.stop()
         new = naming.new_image(opts, key=key, final=final, tags=tags, build_id=machine.build_id,
                                user=machine.user, log=self.log)
@@ -274,6 +288,36 @@ class Ec2Target(Target):
             amis.share(ec2, image_id, snaps, opts.share_accounts, self.log)
             amis.copy_to_regions(self.clients, image_id, new, opts, self.log)
         return amis.image_from_raw(raw)
+
+
+    def _layer_snapshot(self, machine: Ec2Machine, *, key: str, tags: Mapping[str, str]) -> Image:
+        """A layer checkpoint in seconds: sync, build keys off the disk, CreateSnapshot of the
+        live root volume (tagged at creation), the builder's key back; not waited for."""
+        ec2 = self.ec2
+        new = naming.new_image(self.opts, key=key, final=False, tags=tags,
+                               build_id=machine.build_id, user=machine.user, log=self.log)
+        if not machine.source_facts and machine.source_image:
+            machine.source_facts = snapshots.image_facts(ec2, machine.source_image)
+        volume, device = snapshots.root_volume(ec2, machine.instance_id)
+        stags = snapshots.snapshot_tags(
+            new.tags, {**machine.source_facts, snapshots.TAG_ROOT_DEVICE: device}, self.log)
+        doing = f"layer checkpoint {key[:12]}"
+        machine.without_build_keys(doing)
+        try:
+            raw = snapshots.create_layer_snapshot(ec2, volume, stags, new.description)
+        finally:
+            machine.restore_build_key(doing)
+        self.log(f"layer snapshot {raw['SnapshotId']} of {volume} ({raw.get('State', 'pending')};"
+                 " completes in the background)")
+        return snapshots.snapshot_image({**raw, "Tags": aws.tag_list(stags)})
+
+    def _layer_ami(self, layer: Image) -> Image:
+        """The AMI of a layer snapshot: registered once (after it completed), then reused."""
+        svc = layer.tags.get("amic:service", "layer")
+        name = naming.ami_name(f"amic-layer-{svc}-{(layer.key or '')[:12]}-{layer.id}")
+        ami = snapshots.ami_for_layer(self.ec2, layer, name=name, timeout=self.opts.image_timeout,
+                                      poll_interval=self.opts.poll_interval, log=self.log)
+        return Image(id=ami, key=layer.key, tags=layer.tags, created=layer.created)
 
 
 def _stderr_log(message: str) -> None:
