@@ -236,6 +236,33 @@ def test_images_and_prune(amic, store):
     assert json.loads(proc.stdout)["cached"]
 
 
+def test_images_carry_project_names_and_prune_by_name_keeps_the_others(amic, project, tmp_path):
+    # Two more projects whose files are also called Amifile: one named by its directory,
+    # one by --name (normalised); their UPDATE differs, so each has its own final image.
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "Amifile").write_text(AMIFILE.replace("update-v1", "update-shop"))
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "Amifile").write_text(AMIFILE.replace("update-v1", "update-team"))
+    amic("build", "--json", str(shop / "Amifile"))
+    amic("build", "--json", "--name", "Team App!", str(team / "Amifile"))
+    amic("build", "--json")
+    finals = {row["name"]: row["id"] for row in json.loads(amic("images", "--json").stdout)}
+    assert {project.name, "shop", "team-app"} <= set(finals), finals
+    table = amic("images").stdout
+    assert "shop" in table and "team-app" in table
+    only = json.loads(amic("images", "--json", "--name", "team-app").stdout)
+    assert [row["id"] for row in only] == [finals["team-app"]]
+    amic("prune", "--name", "shop", "--all")
+    after = json.loads(amic("images", "--all", "--json").stdout)
+    ids = {row["id"] for row in after}
+    assert finals["shop"] not in ids
+    assert finals[project.name] in ids and finals["team-app"] in ids
+    assert {row["kind"] for row in after} >= {"layer", "base"}  # what the others sit on stays
+    assert json.loads(amic("build", "--json").stdout)["cached"]
+
+
 def test_unknown_from_points_at_the_from_line(amic, store, tmp_path):
     # The target never sees positions; the engine puts the FROM line back on its error.
     path = tmp_path / "Amifile"

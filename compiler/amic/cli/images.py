@@ -30,16 +30,19 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--all", "-a", action="store_true",
                    help="also list layer checkpoints and bases (default: final images only)")
+    p.add_argument("--name", metavar="NAME", help="only this project's images (tag amic:name)")
     p.set_defaults(func=cmd_images)
 
     p = sub.add_parser(
         "prune", help="remove old images, unused layer checkpoints and leftovers of crashed builds",
-        description="Keep the newest --keep final images per Amifile (by its path) and the "
-        "layers and base "
-        "they are built on; remove everything else (and machine directories of builds that "
-        "crashed). Refuses while a build is running.")
+        description="Keep the newest --keep final images per project (tag amic:name) and the "
+        "layers and base they are built on; remove everything else (and machine directories "
+        "of builds that crashed). With --name, only that project's images go (--all: all of "
+        "them that no other project's kept image is built on). Refuses while a build is "
+        "running.")
+    p.add_argument("--name", metavar="NAME", help="prune only this project's images")
     p.add_argument("--keep", type=int, default=1, metavar="N",
-                   help="final images kept per Amifile (default: 1)")
+                   help="final images kept per project (default: 1)")
     p.add_argument("--all", action="store_true", help="remove every image (bases' roots stay)")
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
     p.set_defaults(func=cmd_prune)
@@ -63,7 +66,7 @@ def _local():
 
 
 def cmd_images(args) -> int:
-    from amic.contract import TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_SERVICE
+    from amic.contract import TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME, TAG_SERVICE, normal_name
 
     target = _local()
     rows = []
@@ -71,7 +74,10 @@ def cmd_images(args) -> int:
         kind = img.tags.get(TAG_KIND, "?")
         if not args.all and kind != "final":
             continue
+        if args.name and img.tags.get(TAG_NAME) != normal_name(args.name):
+            continue
         rows.append({"id": img.id, "kind": kind, "key": img.key, "created": img.created,
+                     "name": img.tags.get(TAG_NAME),
                      "amifile": img.tags.get(TAG_AMIFILE), "service": img.tags.get(TAG_SERVICE),
                      "base": img.tags.get(TAG_BASE), "size": target.image_size(img),
                      "tags": dict(img.tags)})
@@ -79,10 +85,10 @@ def cmd_images(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'IMAGE ID':<13} {'KIND':<6} {'KEY':<13} {'CREATED':<20} {'SIZE':>9}  WHAT")
+    print(f"{'IMAGE ID':<13} {'NAME':<16} {'KIND':<6} {'KEY':<13} {'CREATED':<20} {'SIZE':>9}  WHAT")
     for r in rows:
         what = (r["amifile"] or "") if r["kind"] == "final" else (r["service"] or r["base"] or "")
-        print(f"{r['id'][:12]:<13} {r['kind']:<6} {(r['key'] or '-')[:12]:<13} "
+        print(f"{r['id'][:12]:<13} {r['name'] or '-':<16} {r['kind']:<6} {(r['key'] or '-')[:12]:<13} "
               f"{(r['created'] or '-')[:19]:<20} {_size(r['size']):>9}  {what}")
     return 0
 
@@ -96,8 +102,14 @@ def _size(n: int) -> str:
 
 
 def cmd_prune(args) -> int:
+    from amic.contract import normal_name
+
     target = _local()
-    removed = target.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run)
+    if args.name:   # the store's own prune: the target's prune() has no name yet
+        removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
+                                     name=normal_name(args.name))
+    else:
+        removed = target.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for item in removed:
         print(f"{verb} {item}")

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from amic.contract import KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_SOURCE
+from amic.contract import KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME, TAG_SOURCE
 from amic.errors import BuildError, UsageError
 from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image
@@ -227,12 +227,15 @@ class ImageStore:
             os.rename(d, trash)  # gone from the store at once; deleting may take a while
             shutil.rmtree(trash, ignore_errors=True)
 
-    def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False) -> list[str]:
+    def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False,
+              name: str | None = None) -> list[str]:
         """Remove leftovers of dead builds and images no kept image needs; return what went.
 
-        Kept: the ``keep`` newest final images per Amifile (``amic:source``) and every image
-        below them (their layer checkpoints and base). ``everything`` removes
-        all images (bases' debootstrap roots stay in ``cache_dir()/bases``).
+        Kept: the ``keep`` newest final images per project (``amic:name``; older images
+        without it: per ``amic:source``) and every image below them (their layer
+        checkpoints and base). ``everything`` removes all images (bases' debootstrap roots
+        stay in ``cache_dir()/bases``). With ``name`` only that project's images go
+        (``everything``: all of them that no other project's kept image sits on).
         """
         removed: list[str] = []
         with self.exclusive_builds():
@@ -243,10 +246,15 @@ class ImageStore:
                         shutil.rmtree(m, ignore_errors=True)
             with self.lock("store.lock"):
                 metas = self.sweep(removed, dry_run=dry_run)
-                keep_ids = set() if everything else kept_ids(metas, keep)
+                if name is None:
+                    keep_ids = set() if everything else kept_ids(metas, keep)
+                else:
+                    keep_ids = kept_ids(metas, keep, only=name, only_keep=0 if everything else keep)
                 for image_id, meta in metas.items():
                     kind = meta["tags"].get(TAG_KIND, "?")
                     if image_id in keep_ids or (kind == KIND_BASE and not everything):
+                        continue
+                    if name is not None and meta["tags"].get(TAG_NAME) != name:
                         continue
                     removed.append(f"{kind} {image_id[:SHORT]}")
                     if not dry_run:
@@ -284,18 +292,24 @@ class ImageStore:
                 from None
 
 
-def kept_ids(metas: dict[str, dict], keep: int) -> set[str]:
-    """The ``keep`` newest finals per Amifile and every image below them."""
+def project_of(tags: dict) -> str:
+    return tags.get(TAG_NAME) or tags.get(TAG_SOURCE) or tags.get(TAG_AMIFILE, "")
+
+
+def kept_ids(metas: dict[str, dict], keep: int, *, only: str | None = None,
+             only_keep: int = 0) -> set[str]:
+    """The ``keep`` newest finals per project (project ``only``: ``only_keep``) and every
+    image below them."""
     finals: dict[str, list[dict]] = {}
     for meta in metas.values():
         tags = meta["tags"]
         if tags.get(TAG_KIND) == KIND_FINAL:
-            project = tags.get(TAG_SOURCE) or tags.get(TAG_AMIFILE, "")
-            finals.setdefault(project, []).append(meta)
+            finals.setdefault(project_of(tags), []).append(meta)
     keep_ids: set[str] = set()
     for group in finals.values():
         group.sort(key=lambda m: m.get("created") or "", reverse=True)
-        for meta in group[:max(keep, 0)]:
+        n = only_keep if only is not None and project_of(group[0]["tags"]) == only else keep
+        for meta in group[:max(n, 0)]:
             current = meta["id"]
             while current and current not in keep_ids:
                 keep_ids.add(current)
