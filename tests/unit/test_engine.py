@@ -100,12 +100,17 @@ def test_no_cache_runs_everything(amifile):
 
 def test_args_reach_init_in_env_only(amifile):
     t = FakeTarget()
-    run(t, amifile, build_args={"TOKEN": "s3cret"})
+    r1 = run(t, amifile, build_args={"TOKEN": "s3cret"})
     inits = [(c, env) for c, env in t.commands if "amic init" in c]
     assert inits and all(env == {"TOKEN": "s3cret"} for _, env in inits)
     assert not any("s3cret" in c for c, _ in t.commands)
     r = run(t, amifile, build_args={"TOKEN": "other"})
-    assert r.layers[0].reason == "args changed"
+    # The key changes with the value; the tags hold no digest of it (amic:in:args names the
+    # ARGs only), so the reason cannot name the ARG value: the layer still runs.
+    assert r.layers[0].status == "RUN" and r.layers[0].reason != "args changed"
+    first, second = (t.images[k].tags for k in (r1.layers[0].key, r.layers[0].key))
+    assert r1.layers[0].key != r.layers[0].key
+    assert first["amic:in:args"] == second["amic:in:args"]
 
 
 @pytest.mark.parametrize("policy, snaps", [
@@ -305,3 +310,58 @@ def test_memo_schemes_match_the_target_classes():
         assert cls.fast_rebuild == (scheme in MEMO), scheme
         if scheme in MEMO:
             assert MEMO[scheme] == (cls.confirm_memo is not Target.confirm_memo), scheme
+
+
+class _RacingTarget(FakeTarget):
+    """Another build holds the lease of a key and makes its image while we wait for it."""
+
+    def __init__(self, made_elsewhere: dict) -> None:
+        super().__init__()
+        self.made_elsewhere = made_elsewhere
+        self.leases: list[str] = []
+        self.held: set[str] = set()
+
+    def lease(self, key, *, build_id="?"):
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            assert key not in self.held
+            self.leases.append(key)
+            if key in self.made_elsewhere:   # the other build finished it while we waited
+                self.images[key] = self.made_elsewhere.pop(key)
+            self.held.add(key)
+            try:
+                yield
+            finally:
+                self.held.discard(key)
+                self.events.append(f"unlease {key[:6]}")
+        return held()
+
+
+def test_lease_taken_in_chain_order_and_the_other_builds_layer_reused(amifile):
+    other = FakeTarget()
+    r0 = run(other, amifile, checkpoint="all")
+    keys = [layer.key for layer in r0.layers]
+    # The other build made layers a and b while we waited for a's lease.
+    t = _RacingTarget({keys[0]: other.images[keys[0]], keys[1]: other.images[keys[1]]})
+    r = run(t, amifile, checkpoint="all")
+    assert statuses(r) == [("a", "CACHED"), ("b", "CACHED"), ("c", "RUN")]
+    # a: taken, found made -> start over; b: same; then c and the final key, held to the end
+    assert t.leases == [keys[0], keys[1], keys[2], r.final_key]
+    launches = [e for e in t.events if e.startswith("launch")]
+    assert launches == ["launch img-2"]    # once, from the other build's layer b
+    assert t.events.index("launch img-2") > t.events.index(f"unlease {keys[1][:6]}")
+    assert t.events[-2:] == [f"unlease {r.final_key[:6]}", f"unlease {keys[2][:6]}"]
+    assert t.events.index("release") < t.events.index(f"unlease {keys[2][:6]}")
+
+
+def test_lease_of_the_final_key_finds_the_other_builds_image(amifile):
+    other = FakeTarget()
+    r0 = run(other, amifile, checkpoint="all")
+    t = _RacingTarget({})
+    t.images.update({k: v for k, v in other.images.items() if k != r0.final_key})
+    t.made_elsewhere[r0.final_key] = other.images[r0.final_key]
+    r = run(t, amifile, checkpoint="all")
+    assert r.cached and r.image_id == r0.image_id
+    assert not any(e.startswith("launch") for e in t.events)

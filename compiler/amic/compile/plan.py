@@ -75,7 +75,8 @@ class Layer:
     key: str
     parent_key: str
     inputs: Mapping[str, str] = attrs.field(converter=dict)
-    """Digest per input name: parent, runtime, packages, copy, init, env, args."""
+    """Digest per input name: parent, runtime, packages, copy, init, env, args (the ARG
+    names and which are missing; their values enter ``key`` only, never an input)."""
 
 
 @attrs.frozen
@@ -181,8 +182,12 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
     """Compute layers and keys. ``base_image_id`` (a build's resolved FROM) chains into every key."""
     values, missing = arg_values(resolved, build_args or {}, environ)
     runtime = runtime_hash()
+    # The ARG values enter the keys only. The ``args`` input (the amic:in:args tag every
+    # engineer of a team sees) names the ARGs and which have no value: a digest of a value
+    # there would be a dictionary attack away from the value (docs/ec2.md "Tags").
     args_digest = _digest(sorted((name, _arg_digest(name, value)) for name, value in values.items()),
                           sorted(missing))
+    args_names = _digest("arg-names", sorted(values), sorted(missing))
     installed_by: dict[str, set[str]] = {}
     services: list[ServicePlan] = []
     for svc in resolved.services:
@@ -210,9 +215,9 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
             "copy": _copies_digest(sp.copies),
             "init": _digest([s.text for s in sp.service.inits]),
             "env": _digest([(e.name, e.value) for e in sp.envs]),
-            "args": args_digest,
+            "args": args_names,
         }
-        key = _digest(KEY_SCHEME, "layer", sp.name, inputs)
+        key = _digest(KEY_SCHEME, "layer", sp.name, inputs, args_digest)
         layers.append(Layer(service=sp.name, key=key, parent_key=parent, inputs=inputs))
         parent = key
     final_key = _digest(KEY_SCHEME, "final", parent, runtime, list(resolved.enabled),

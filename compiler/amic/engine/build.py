@@ -167,10 +167,14 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
         with b.timed("lookup"):
             final = (None if options.no_cache or not target.keeps_images
                      else target.find_image(b.plan.final_key))
+        if final is None and target.keeps_images:
+            with b.timed("lease"):
+                final, start, reports = claim(b)
+        elif final is None:
+            start, reports = find_prefix(b)
         if final is not None:
             result = cached_result(b, final)
         else:
-            start, reports = find_prefix(b)
             result = run_build(b, start, reports)
     result.timings["total"] = time.monotonic() - t_start
     return result
@@ -236,6 +240,40 @@ def find_prefix(b: BuildState) -> tuple[tb.Image, list[LayerReport]]:
     return start, reports
 
 
+def claim(b: BuildState) -> tuple[tb.Image | None, tb.Image, list[LayerReport]]:
+    """Take the leases of every key this build will make, before anything is launched:
+    ``(final image if another build made it meanwhile, start image, cached reports)``.
+
+    The keys are the layers above the cached prefix and then the final key, in chain
+    order. After each lease the key is looked up again: the build that held it may have
+    made it; then every lease goes and the search starts over from the longer prefix.
+    Chains that share a key share every key below it, so two builds take their shared
+    leases first and in the same order: they never wait on each other in a cycle. The
+    leases are held until the build ends (on ``b.stack``, let go after the machine).
+    """
+    p = b.plan
+    while True:
+        start, reports = find_prefix(b)
+        held = contextlib.ExitStack()
+        made = False
+        try:
+            for key in [layer.key for layer in p.layers[len(reports):]] + [p.final_key]:
+                held.enter_context(b.target.lease(key, build_id=b.build_id))
+                if not b.options.no_cache and b.target.find_image(key) is not None:
+                    made = True
+                    break
+        except BaseException:
+            held.close()
+            raise
+        if not made:
+            b.stack.enter_context(held)
+            return None, start, reports
+        held.close()
+        final = b.target.find_image(p.final_key)
+        if final is not None:
+            return final, start, reports
+
+
 def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport]) -> BuildResult:
     p = b.plan
     n = len(p.layers)
@@ -250,6 +288,7 @@ def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport]) -> Bui
     try:
         with b.timed("upload"):
             upload_stage2(b, tarball)
+            mark_build_key(b)
         reports = run_layers(b, reports)
         with b.timed("finalize"):
             finalize(b)
@@ -308,6 +347,21 @@ def upload_stage2(b: BuildState, tarball: Path) -> None:
     if rc != 0:
         raise BuildError(f"installing the stage2 on the machine failed (exit {rc}):\n"
                          + indent(router.tail("install")))
+
+
+def mark_build_key(b: BuildState) -> None:
+    """Mark the key this build logs in with (cloud-init installed it): prepare-image and
+    every checkpoint remove all marked lines, so no image, this one or one built on its
+    layers, authorises it."""
+    public = getattr(b.machine, "build_public_key", None)
+    if not public:
+        return
+    fields = public.split()
+    blob = fields[1] if len(fields) > 1 else fields[0]
+    rc, router = _run(b, f"{contract.RUNNER} build-key mark {shlex.quote(blob)}", "build-key")
+    if rc != 0:
+        raise BuildError(f"marking the build key on the machine failed (exit {rc}):\n"
+                         + indent(router.tail("build-key")))
 
 
 def run_layers(b: BuildState, reports: list[LayerReport]) -> list[LayerReport]:

@@ -11,8 +11,10 @@ parsing alone take longer than that, so after each build on a target with
   in the artifact, the compiler modules that compute keys and render the
   artifact, and the target's own ``memo_paths`` (the base root's stamp, the
   final image's meta and key file: a pruned image invalidates the memo);
-- a digest of each ARG's value as it was taken from ``--build-arg`` or the
-  environment (values themselves are never written);
+- an HMAC of each ARG's value as it was taken from ``--build-arg`` or the
+  environment, keyed with this user's secret (``secret_path()``, 0600, made on
+  first use): values are never written, and no unsalted digest a dictionary
+  could reverse either;
 - the build result, and the target's ``memo_facts`` (ec2: the ``FROM`` text).
 
 ``lookup`` redoes the stats and digests and, when all match, returns the
@@ -27,10 +29,11 @@ Stat identity is (mtime_ns, ctime_ns, size, inode), as make and ninja trust it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 
-FORMAT = 1
+FORMAT = 2
 
 
 def _cache_dir() -> str:
@@ -59,14 +62,45 @@ def _stat(path: str) -> list | None:
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
 
 
-def _arg_digest(name: str, build_args: dict[str, str], environ) -> str | None:
+def secret_path() -> str:
+    """This user's memo key: ``~/.cache/amic/memo.key`` (``$XDG_CACHE_HOME`` honoured)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "amic", "memo.key")
+
+
+def _secret() -> bytes:
+    """The memo key, made on first use (32 random bytes, mode 0600)."""
+    path = secret_path()
+    try:
+        with open(path, "rb") as fh:
+            key = fh.read()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:      # another build made it just now (or a short file: no memo)
+        with open(path, "rb") as fh:
+            key = fh.read()
+        if len(key) < 32:
+            raise OSError(f"{path}: too short") from None
+        return key
+    key = os.urandom(32)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+def _arg_digest(name: str, build_args: dict[str, str], environ, secret: bytes) -> str | None:
     if name in build_args:
         value = build_args[name]
     elif name in environ:
         value = environ[name]
     else:
         return None
-    return hashlib.sha256(f"amic-memo-arg\0{name}\0{value}".encode()).hexdigest()
+    return hmac.new(secret, f"amic-memo-arg\0{name}\0{value}".encode(), "sha256").hexdigest()
 
 
 def lookup(amifile: str, build_args: dict[str, str], target: str,
@@ -88,8 +122,9 @@ def lookup_with_facts(amifile: str, build_args: dict[str, str], target: str,
         for path, recorded in memo["stats"]:
             if _stat(path) != recorded:
                 return None
+        secret = _secret() if memo["args"] else b""
         for name, recorded in memo["args"].items():
-            if _arg_digest(name, build_args, environ) != recorded:
+            if _arg_digest(name, build_args, environ, secret) != recorded:
                 return None
         return memo["result"], memo.get("facts") or {}
     except (OSError, ValueError, KeyError, TypeError):
@@ -152,7 +187,8 @@ def save(target, options, plan, base, image, reports, *, started_ns: int) -> Non
             return
         stats.append([path, st])
     environ = os.environ
-    args = {a.name: _arg_digest(a.name, dict(options.build_args), environ)
+    secret = _secret() if plan.resolved.args else b""
+    args = {a.name: _arg_digest(a.name, dict(options.build_args), environ, secret)
             for a in plan.resolved.args}
     result = {
         "image_id": image.id, "final_key": plan.final_key, "target": target.name,

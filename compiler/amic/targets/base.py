@@ -145,6 +145,13 @@ class Target(abc.ABC):
         """Held for the whole of a build (the local target uses it to keep prune away)."""
         return contextlib.nullcontext()
 
+    def lease(self, key: str, *, build_id: str = "?") -> contextlib.AbstractContextManager[object]:
+        """Held while this build may make the image of ``key``: another build (on this machine
+        or, for a shared cache, anywhere) asking for the same key waits until it is let go,
+        then finds the image. A holder that died must not block for ever (ec2: a heartbeat).
+        The default: no lease."""
+        return contextlib.nullcontext()
+
     def remove_image(self, image: Image) -> None:
         """Delete an image and what only it uses (snapshots, layer dirs)."""
         raise NotImplementedError(f"the {self.name} target cannot remove images")

@@ -10,6 +10,7 @@ tags. Nothing without amic's tags is ever touched.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -24,7 +25,7 @@ from amic.targets.ec2.images import TAG_IMAGE_ID
 @attrs.frozen
 class Leak:
     kind: str
-    """instance, security-group, key-pair, volume or snapshot."""
+    """instance, security-group, key-pair (a lease too), volume, snapshot or key-file."""
     id: str
     build_id: str | None
     why: str
@@ -36,12 +37,20 @@ class Leak:
 
 def _reason(tags: dict, build_id: str | None, ignore_expiry: bool, at: dt.datetime) -> str | None:
     """Why a tagged resource may go, or None to keep it."""
-    if aws.TAG_TOOL not in tags or tags.get(aws.TAG_ROLE, "build") not in ("build", "launch"):
+    if aws.TAG_TOOL not in tags or tags.get(aws.TAG_ROLE, "build") not in ("build", "launch",
+                                                                         "lease"):
         return None
     if build_id is not None and tags.get(contract.TAG_BUILD) != build_id:
         return None
     if ignore_expiry:
         return "forced"
+    # A live build refreshes amic:heartbeat; one that stopped beating died (kill -9, a lost
+    # machine), whatever amic:expires says. While the heartbeat is fresh the build lives.
+    stopped = resources.heartbeat_stopped(tags, at)
+    if stopped:
+        return f"heartbeat stopped {stopped}"
+    if resources.TAG_HEARTBEAT in tags:
+        return None
     expires = aws.parse_iso(tags.get(aws.TAG_EXPIRES))
     if expires is None:
         return None
@@ -71,8 +80,11 @@ def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = Fal
     for group in ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]:
         consider("security-group", group["GroupId"], aws.tag_dict(group.get("Tags")),
                  group.get("GroupName"))
-    for key in ec2.describe_key_pairs(Filters=tagged)["KeyPairs"]:
-        consider("key-pair", key["KeyName"], aws.tag_dict(key.get("Tags")), key["KeyName"])
+    pairs = ec2.describe_key_pairs()["KeyPairs"]
+    for key in pairs:
+        if aws.TAG_TOOL in aws.tag_dict(key.get("Tags")):
+            consider("key-pair", key["KeyName"], aws.tag_dict(key.get("Tags")), key["KeyName"])
+    found += stale_key_files({key["KeyName"] for key in pairs}, build_id)
     for page in ec2.get_paginator("describe_volumes").paginate(
             Filters=[*tagged, {"Name": "status", "Values": ["available"]}]):
         for vol in page["Volumes"]:
@@ -91,6 +103,19 @@ def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = Fal
     return found
 
 
+def stale_key_files(key_pairs: set[str], build_id: str | None) -> list[Leak]:
+    """Private keys kept builds saved (``~/.cache/amic/keys/amic-*.pem``) whose key pair is
+    gone: the build is over, nothing can use them."""
+    found = []
+    for path in sorted(resources.keys_dir().glob("amic-*.pem")):
+        name = path.name[:-len(".pem")]
+        owner = name[len("amic-"):]
+        if name in key_pairs or (build_id is not None and owner != build_id):
+            continue
+        found.append(Leak("key-file", str(path), owner, f"no key pair {name} any more", name))
+    return found
+
+
 def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
     """Remove leaks in dependency order; returns the failures (the rest went)."""
     import botocore.exceptions
@@ -99,7 +124,8 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
     opts = target.opts
     failures: list[tuple[Leak, Exception]] = []
     by_kind = {kind: [leak for leak in leaks if leak.kind == kind]
-               for kind in ("instance", "security-group", "key-pair", "volume", "snapshot")}
+               for kind in ("instance", "security-group", "key-pair", "volume", "snapshot",
+                            "key-file")}
     instances = [leak.id for leak in by_kind["instance"]]
     if instances:
         try:
@@ -113,11 +139,12 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
                 ec2, i, poll_interval=opts.poll_interval)),
             ("key-pair", lambda i: resources.delete_key_pair(ec2, i)),
             ("volume", lambda i: ec2.delete_volume(VolumeId=i)),
-            ("snapshot", lambda i: ec2.delete_snapshot(SnapshotId=i))):
+            ("snapshot", lambda i: ec2.delete_snapshot(SnapshotId=i)),
+            ("key-file", lambda i: os.unlink(i))):
         for leak in by_kind[kind]:
             try:
                 call(leak.id)
-            except botocore.exceptions.ClientError as exc:
+            except (botocore.exceptions.ClientError, OSError) as exc:
                 failures.append((leak, exc))
     return failures
 

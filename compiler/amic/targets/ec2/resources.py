@@ -14,8 +14,10 @@ import contextlib
 import io
 import ipaddress
 import os
+import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -34,6 +36,93 @@ GROUP_PATIENCE = 120.0
 """Seconds a security group may stay in use after its instance terminated."""
 CHECKIP_URL = "https://checkip.amazonaws.com"
 
+TAG_HEARTBEAT = "amic:heartbeat"
+"""UTC time a live build last touched the resource; ``amic gc`` takes a resource whose
+heartbeat is older than ``STALE_BEATS`` intervals as leaked, whatever its expiry says."""
+TAG_HEARTBEAT_EVERY = "amic:heartbeat-every"
+"""Seconds between heartbeats of the build that owns the resource."""
+HEARTBEAT_ENV = "AMIC_EC2_HEARTBEAT"
+"""Seconds between heartbeats (default ``DEFAULT_HEARTBEAT``; tests make it short)."""
+DEFAULT_HEARTBEAT = 30.0
+STALE_BEATS = 3
+
+
+def heartbeat_seconds() -> float:
+    try:
+        value = float(os.environ.get(HEARTBEAT_ENV) or DEFAULT_HEARTBEAT)
+    except ValueError:
+        raise UsageError(f"{HEARTBEAT_ENV}={os.environ[HEARTBEAT_ENV]!r}: expected seconds") from None
+    return max(value, 0.1)
+
+
+def heartbeat_tags(interval: float | None = None) -> dict[str, str]:
+    """The heartbeat tags as a resource carries them at creation."""
+    every = interval or heartbeat_seconds()
+    return {TAG_HEARTBEAT: aws.iso(aws.now()), TAG_HEARTBEAT_EVERY: f"{every:g}"}
+
+
+def heartbeat_stopped(tags: Mapping[str, str], at) -> str | None:
+    """None while the owner's heartbeat is fresh (or there is none); else since when it stopped."""
+    last = aws.parse_iso(tags.get(TAG_HEARTBEAT))
+    if last is None:
+        return None
+    try:
+        every = float(tags.get(TAG_HEARTBEAT_EVERY) or heartbeat_seconds())
+    except ValueError:
+        every = heartbeat_seconds()
+    if (at - last).total_seconds() > STALE_BEATS * every:
+        return aws.iso(last)
+    return None
+
+
+class Heartbeat:
+    """Refreshes ``amic:heartbeat`` (and, with ``ttl``, ``amic:expires``) on resources, in a
+    daemon thread, every ``interval`` seconds until ``stop``. A failed refresh is logged;
+    the next one tries again."""
+
+    def __init__(self, ec2, log: Log, *, interval: float | None = None, ttl=None) -> None:
+        self.ec2, self.log, self.ttl = ec2, log, ttl
+        self.interval = interval or heartbeat_seconds()
+        self.ids: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, *ids: str) -> None:
+        self.ids.extend(i for i in ids if i and i not in self.ids)
+
+    def beat(self) -> None:
+        if not self.ids:
+            return
+        tags = heartbeat_tags(self.interval)
+        if self.ttl is not None:
+            tags[aws.TAG_EXPIRES] = aws.iso(aws.now() + self.ttl)
+        self.ec2.create_tags(Resources=list(self.ids), Tags=aws.tag_list(tags))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                self.log(f"warning: heartbeat on {', '.join(self.ids)} failed: {exc}")
+
+    def start(self) -> Heartbeat:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="amic-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def forget(self) -> None:
+        """Stop, and remove the heartbeat tags: a kept resource then lives until it expires."""
+        self.stop()
+        if self.ids:
+            self.ec2.delete_tags(Resources=list(self.ids),
+                                 Tags=[{"Key": TAG_HEARTBEAT}, {"Key": TAG_HEARTBEAT_EVERY}])
+
 
 def cleanup_quietly(log: Log, what: str, name: str, fn: Callable, *args) -> None:
     """Run one cleanup; a failure is logged (the resource is tagged for ``amic gc``)."""
@@ -45,6 +134,10 @@ def cleanup_quietly(log: Log, what: str, name: str, fn: Callable, *args) -> None
 
 
 # -- key pair ----------------------------------------------------------------------------
+
+_PEMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""The OpenSSH private key text of each key ``generate_key`` made (to save a kept build's)."""
+
 
 def generate_key(key_type: str = "ed25519"):
     """A fresh key pair: (paramiko key, OpenSSH public key line)."""
@@ -62,35 +155,49 @@ def generate_key(key_type: str = "ed25519"):
                                 serialization.NoEncryption()).decode()
     cls = paramiko.Ed25519Key if key_type == "ed25519" else paramiko.RSAKey
     pkey = cls.from_private_key(io.StringIO(pem))
-    pkey._amic_pem = pem  # kept for --on-error=abort
+    _PEMS[pkey] = pem  # kept for --on-error=abort
     public = f"{pkey.get_name()} {pkey.get_base64()} amic"
     return pkey, public
 
 
+def keys_dir() -> Path:
+    """Where kept builds' private keys go (``~/.cache/amic/keys``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amic" / "keys"
+
+
+def private_key_file(name: str) -> Path:
+    return keys_dir() / f"{name}.pem"
+
+
 def save_private_key(pkey, name: str) -> Path:
     """Write a kept build's private key where the user can find it (mode 0600)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amic" / "keys"
+    base = keys_dir()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = base / f"{name}.pem"
+    path = private_key_file(name)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(getattr(pkey, "_amic_pem", ""))
+        fh.write(_PEMS.get(pkey, ""))
     return path
 
 
 def add_key_pair(stack: contextlib.ExitStack, ec2, name: str, tags: Mapping[str, str],
-                 key_type: str, log: Log):
+                 key_type: str, log: Log, *, heartbeat: Heartbeat | None = None):
     """Key pair made here (only the public half leaves this machine); (pkey, public line)."""
     pkey, public = generate_key(key_type)
     stack.callback(cleanup_quietly, log, "key pair", name, delete_key_pair, ec2, name, log)
-    aws.call("importing the temporary key pair", ec2.import_key_pair, KeyName=name,
-             PublicKeyMaterial=public.encode(), TagSpecifications=aws.tag_specs(tags, "key-pair"))
+    reply = aws.call("importing the temporary key pair", ec2.import_key_pair, KeyName=name,
+                     PublicKeyMaterial=public.encode(),
+                     TagSpecifications=aws.tag_specs(tags, "key-pair"))
+    if heartbeat is not None:
+        heartbeat.add(reply.get("KeyPairId", ""))
     log(f"key pair {name} ({key_type})")
     return pkey, public
 
 
 def delete_key_pair(ec2, name: str, log: Log | None = None) -> None:
+    """Delete the key pair and the private key file a kept build saved for it."""
     ec2.delete_key_pair(KeyName=name)
+    private_key_file(name).unlink(missing_ok=True)
     if log:
         log(f"deleted key pair {name}")
 

@@ -141,6 +141,13 @@ class Ec2Target(Target):
         else a layer snapshot (``snap-…``; ``launch`` registers it)."""
         return amis.find_image(self.ec2, key) or snapshots.find_layer(self.ec2, key)
 
+    def lease(self, key: str, *, build_id: str = "?"):
+        """One build per key at a time, across machines: a key pair lease (:mod:`.lease`)."""
+        from amic.targets.ec2 import lease as leases
+
+        return leases.lease(self.ec2, key, build_id, log=self.log,
+                            poll=max(self.opts.poll_interval, 0.5))
+
     def image_by_id(self, image_id: str) -> Image | None:
         """The AMI ``image_id`` (any owner's), or None."""
         return amis.image_by_id(self.ec2, image_id)
@@ -247,22 +254,34 @@ class Ec2Target(Target):
                      role: str, instance_tags: Mapping[str, str] | None) -> Ec2Machine:
         """The resources in order, each with its cleanup on ``stack``; the (launched) machine."""
         opts, ec2 = self.opts, self.ec2
-        tags = aws.resource_tags(build_id, ttl=opts.ttl, role=role)
+        beat = resources.Heartbeat(ec2, self.log)   # so `amic gc` sees at once if we die
+        stack.callback(beat.stop)
+        tags = aws.resource_tags(build_id, ttl=opts.ttl, role=role,
+                                 extra=resources.heartbeat_tags(beat.interval))
         name = f"amic-{build_id}"
-        pkey, public = resources.add_key_pair(stack, ec2, name, tags, opts.key_type, self.log)
+        pkey, public = resources.add_key_pair(stack, ec2, name, tags, opts.key_type, self.log,
+                                              heartbeat=beat)
         group_ids = list(opts.security_group_ids) or [resources.add_security_group(
             stack, ec2, name, build_id, tags, self.ssh_cidrs, opts, self.log)]
+        if not opts.security_group_ids:
+            beat.add(*group_ids)
         iid = resources.add_instance(stack, ec2, image, name, group_ids,
                                      {**tags, **(instance_tags or {})}, build_id, opts, self.log,
                                      metadata_tags=bool(instance_tags))
+        beat.add(iid)
+        beat.start()
         user = opts.ssh_user or image.tags.get(amis.TAG_SSH_USER) or "ec2-user"
         machine = Ec2Machine(ec2, opts, self.log, iid, user, pkey, name, build_id)
         machine.build_public_key = public   # prepare-image removes it before the final AMI
+        machine.heartbeat = beat
         machine.source_image = image.id
         return machine
 
     def _keep(self, stack: contextlib.ExitStack, machine: Ec2Machine, why: str) -> bool:
         machine.key_file = resources.save_private_key(machine.pkey, machine.key_name)
+        beat = getattr(machine, "heartbeat", None)
+        if beat is not None:     # kept on purpose: it lives until it expires, not 3 beats
+            resources.cleanup_quietly(self.log, "heartbeat tags", machine.build_id, beat.forget)
         machine.disconnect()
         stack.pop_all()
         self.log(f"{why}\n  " + machine.describe())

@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 
 from amic.errors import BuildError, UsageError
-from amic.fsutil import write_atomic
+from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image, Target
 from amic.targets.local import boot as booting
 from amic.targets.local import rootfs
@@ -80,6 +80,20 @@ class LocalTarget(Target):
 
     def build_lock(self):
         return self.store.lock("builds.lock", shared=True)
+
+    @contextlib.contextmanager
+    def lease(self, key: str, *, build_id: str = "?") -> Iterator[str]:
+        """A file lock per key (``<store>/leases/<key[:32]>.lock``): a second build of the same
+        key waits here, then finds the image; the kernel lets go of a dead build's lock."""
+        path = self.store.root / "leases" / f"{key[:32]}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(file_lock(path, wait=False))
+            except LockBusy:
+                self.log(f"waiting for another build (lease {path})")
+                held.enter_context(file_lock(path))
+            yield str(path)
 
     def lowers(self, image_id: str) -> list[Path]:
         """The overlay lower chain of an image, top-most first."""

@@ -1,0 +1,144 @@
+"""Leases: one build per layer key at a time, across machines, with nothing but EC2.
+
+A lease is a key pair named ``amic-lease-<layer key[:32]>``. Key pair names are
+unique per account and region and CreateKeyPair fails with
+``InvalidKeyPair.Duplicate`` when the name exists: creating it is the atomic
+test-and-set. It is tagged at creation (``amic:tool``, ``amic:build-id``,
+``amic:role=lease``, ``amic:key``, ``amic:expires`` = now + ``TTL``,
+``amic:heartbeat``); the holder refreshes the heartbeat (and the expiry) every
+``heartbeat_seconds()`` while it holds the lease and deletes the key pair when
+it lets go. Its private half is never kept: nobody logs in with it.
+
+A build that finds the lease taken waits (polling, bounded by ``WAIT_LIMIT``)
+while the holder's heartbeat is fresh, and reports whom it waits for. A lease
+whose heartbeat stopped (``STALE_BEATS`` intervals, the holder died) is taken
+over: deleted *by the KeyPairId that was seen stale* (so two waiters cannot
+delete each other's fresh lease) and created again; the winner is whoever's
+CreateKeyPair succeeded, confirmed by reading the lease back. ``amic gc``
+lists a dead build's lease like its other resources (role ``lease``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterator
+
+from amic.contract import TAG_BUILD, TAG_KEY
+from amic.errors import BuildError
+from amic.targets.ec2 import resources
+from amic.targets.ec2 import session as aws
+
+PREFIX = "amic-lease-"
+ROLE = "lease"
+TTL = dt.timedelta(minutes=10)
+"""``amic:expires`` of a lease; the heartbeat pushes it forward while the holder lives."""
+WAIT_LIMIT = 6 * 3600.0
+"""Seconds a build waits for another live build's lease before giving up."""
+
+
+def lease_name(key: str) -> str:
+    return PREFIX + key[:32]
+
+
+def _client_error():
+    import botocore.exceptions
+
+    return botocore.exceptions.ClientError
+
+
+def describe(ec2, name: str) -> dict | None:
+    """The lease key pair (``KeyPairId``, tags as a dict under ``tags``), or None."""
+    try:
+        pairs = ec2.describe_key_pairs(KeyNames=[name])["KeyPairs"]
+    except _client_error() as exc:
+        if aws.error_code(exc) == "InvalidKeyPair.NotFound":
+            return None
+        raise
+    if not pairs:
+        return None
+    return {**pairs[0], "tags": aws.tag_dict(pairs[0].get("Tags"))}
+
+
+def try_create(ec2, name: str, key: str, build_id: str, interval: float) -> str | None:
+    """Create the lease; its KeyPairId if this build holds it now, None if another does."""
+    tags = aws.resource_tags(build_id, ttl=TTL, role=ROLE,
+                             extra={TAG_KEY: key, **resources.heartbeat_tags(interval)})
+    tags["Name"] = name
+    try:
+        reply = ec2.create_key_pair(KeyName=name, KeyType="ed25519",
+                                    TagSpecifications=aws.tag_specs(tags, "key-pair"))
+    except _client_error() as exc:
+        if aws.error_code(exc) == "InvalidKeyPair.Duplicate":
+            return None
+        raise
+    mine = reply["KeyPairId"]
+    for _ in range(20):     # read back (eventual consistency: it may not show at once)
+        seen = describe(ec2, name)
+        if seen is not None:
+            return mine if seen["KeyPairId"] == mine else None
+        time.sleep(0.2)
+    return mine
+
+
+def stale(found: dict, at: dt.datetime) -> str | None:
+    """Why a lease may be taken over (its holder stopped beating, or it expired), or None."""
+    tags = found["tags"]
+    stopped = resources.heartbeat_stopped(tags, at)
+    if stopped:
+        return f"heartbeat stopped {stopped}"
+    if resources.TAG_HEARTBEAT not in tags:     # not one of ours, or a half-made one
+        expires = aws.parse_iso(tags.get(aws.TAG_EXPIRES))
+        if expires is None or expires <= at:
+            return "expired"
+    return None
+
+
+def delete(ec2, key_pair_id: str) -> None:
+    try:
+        ec2.delete_key_pair(KeyPairId=key_pair_id)
+    except _client_error() as exc:
+        if aws.error_code(exc) != "InvalidKeyPair.NotFound":
+            raise
+
+
+@contextlib.contextmanager
+def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
+          wait_limit: float = WAIT_LIMIT) -> Iterator[str]:
+    """Hold the lease of ``key`` for the ``with`` block (waiting or taking over as needed)."""
+    name = lease_name(key)
+    interval = resources.heartbeat_seconds()
+    poll = max(0.1, min(poll, interval))
+    deadline = time.monotonic() + wait_limit
+    told: str | None = None
+    while True:
+        mine = aws.call(f"taking the lease {name}", lambda: try_create(ec2, name, key, build_id,
+                                                                      interval))
+        if mine is not None:
+            break
+        found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
+        if found is None:
+            continue       # let go of just now: try again at once
+        holder = found["tags"].get(TAG_BUILD, "?")
+        why = stale(found, aws.now())
+        if why:
+            log(f"lease {name} of build {holder}: {why}; taking it over")
+            aws.call(f"removing the stale lease {name}",
+                     lambda: delete(ec2, found["KeyPairId"]))
+            continue
+        if told != holder:
+            log(f"waiting for build {holder} (lease {name}, layer key {key[:12]})")
+            told = holder
+        if time.monotonic() > deadline:
+            raise BuildError(f"gave up after {wait_limit:.0f}s waiting for build {holder} "
+                             f"(lease {name}); if that build is dead, `amic gc` removes its lease")
+        time.sleep(poll)
+    beat = resources.Heartbeat(ec2, log, interval=interval, ttl=TTL)
+    beat.add(mine)
+    beat.start()
+    try:
+        yield name
+    finally:
+        beat.stop()
+        resources.cleanup_quietly(log, "lease", name, delete, ec2, mine)
