@@ -163,3 +163,35 @@ def test_ami_ls_shows_and_filters_by_project(ec2, env, instance, amic_cli, tmp_p
     assert a in out and b in out and "alpha" in out
     out = amic_cli("ami", "ls", "--name", "beta", cwd=tmp_path, env=env, check=True).stdout
     assert b in out and a not in out
+
+
+def test_a_taken_ami_name_fails_the_build_before_anything_is_launched(fake, ec2, env, instance,
+                                                                        amic_cli, tmp_path):
+    checkout = tmp_path / "Shop App"
+    checkout.mkdir()
+    (checkout / "Amifile").write_text("FROM debian:12\nSERVICE web\n    INIT true\n")
+    ec2.create_image(InstanceId=instance, Name="shop-app-release")
+    fake.proxy.reset()
+    res = amic_cli("build", "--target", "ec2", *fake.ssh_args(), "--ami-name", "{name}-release",
+                   "Amifile", cwd=checkout, env={**env, "XDG_CACHE_HOME": str(tmp_path)})
+    assert res.returncode == 1, res.stderr
+    assert "'shop-app-release' exists already" in res.stderr
+    assert fake.proxy.count("RunInstances") == 0
+    assert fake.proxy.count("DescribeImages") >= 1          # it asked EC2, through the proxy
+    assert fake.proxy.count("CreateKeyPair", "ImportKeyPair", "CreateSecurityGroup") == 0
+
+
+def test_default_ami_names_are_unique_by_construction():
+    import datetime as dt
+
+    from amic.targets.ec2 import naming
+    from amic.targets.ec2.options import Ec2Options
+
+    tags = {"amic:amifile": "Amifile", "amic:name": "x" * 64}
+    when = dt.datetime(2026, 12, 1, 21, 0, 0, 123456, tzinfo=dt.UTC)
+    fields = naming.name_fields(tags, "ab" * 32, "20261201-210000-a1b2c3", when)
+    name = naming.ami_name(Ec2Options().image_name.format_map(fields))
+    assert name == "x" * 64 + "-abababababab-20261201T210000.123Z-20261201-210000-a1b2c3"
+    assert len(name) <= 128
+    assert naming.fixed_name(Ec2Options().image_name, tags, "ab" * 32) is None
+    assert naming.fixed_name("{name}-{key}", tags, "ab" * 32) == "x" * 64 + "-abababababab"

@@ -328,3 +328,131 @@ def test_option_table_rows_name_real_fields_and_defaults_come_from_the_options()
     with pytest.raises(UsageError, match="exclude each other"):
         options.options_from_values({"trust_on_first_use": True,
                                      "host_key_fingerprints": ["SHA256:x"]})
+
+
+# -- waiters against moto in server mode, faults injected by the proxy ---------------------
+
+@pytest.fixture(scope="module")
+def moto_ec2(tmp_path_factory):
+    """moto + the counting proxy + the stand-in without roots (lifecycle only)."""
+    from tests.harness.ec2 import fake_ec2
+
+    with fake_ec2(tmp_path_factory.mktemp("waiters")) as fake:
+        yield fake
+
+
+def _client(fake, attempts: int = 1):
+    """A boto3 client through the proxy that does not retry by itself: the waiter must."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("ec2", region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing", endpoint_url=fake.proxy.url,
+                        config=Config(retries={"max_attempts": attempts, "mode": "standard"}))
+
+
+def _instance(fake, ec2) -> str:
+    ami = fake.register_debian12()
+    tags = aws.tag_specs({"amic:tool": "amic/test", "amic:build-id": "waiters"}, "instance")
+    return ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1,
+                             TagSpecifications=tags)["Instances"][0]["InstanceId"]
+
+
+def test_image_waiter_survives_not_found_right_after_create(moto_ec2):
+    from amic.errors import BuildError
+    from amic.targets.ec2 import waiters
+
+    fake = moto_ec2
+    fake.proxy.reset()
+    ec2 = _client(fake)
+    iid = _instance(fake, ec2)
+    fake.proxy.not_found_after("CreateImage", "DescribeImages", 3, "InvalidAMIID.NotFound")
+    ami = ec2.create_image(InstanceId=iid, Name="waiter-test-1")["ImageId"]
+    # botocore's own waiter gives up on the first NotFound (what amic used before)
+    with pytest.raises(BuildError, match="InvalidAMIID.NotFound"):
+        aws.wait(ec2, "image_available", timeout=5, poll_interval=0.05, doing="botocore",
+                 ImageIds=[ami])
+    fake.proxy.reset()
+    fake.proxy.not_found_after("CreateImage", "DescribeImages", 3, "InvalidAMIID.NotFound")
+    ami = ec2.create_image(InstanceId=iid, Name="waiter-test-2")["ImageId"]
+    waiters.image_available(ec2, [ami], timeout=10, poll_interval=0.05, doing="amic")
+    assert fake.proxy.injected == 3 and fake.proxy.count("DescribeImages") == 4
+
+
+def test_terminate_waiter_waits_through_stopping_and_throttling(moto_ec2):
+    fake = moto_ec2
+    fake.proxy.reset()
+    ec2 = _client(fake)
+    iid = _instance(fake, ec2)
+    fake.proxy.rewrite("DescribeInstances", "<name>terminated</name>", "<name>stopping</name>", 2)
+    fake.proxy.rewrite("DescribeInstances", "<name>terminated</name>",
+                       "<name>shutting-down</name>", 2)
+    fake.proxy.fail("DescribeInstances", 2)          # RequestLimitExceeded, not retried by boto3
+    resources.terminate_instances(ec2, [iid], timeout=10, poll_interval=0.05, doing="terminate")
+    assert fake.proxy.injected == 6
+    state = fake.client().describe_instances(InstanceIds=[iid])["Reservations"][0]
+    assert state["Instances"][0]["State"]["Name"] == "terminated"
+
+
+def test_waiter_times_out_only_at_the_timeout(moto_ec2):
+    import time
+
+    from amic.errors import BuildError
+    from amic.targets.ec2 import waiters
+
+    fake = moto_ec2
+    fake.proxy.reset()
+    ec2 = _client(fake)
+    fake.proxy.fail("DescribeImages", 10_000, "InvalidAMIID.NotFound", 400)
+    t0 = time.monotonic()
+    with pytest.raises(BuildError, match="not available after 1s"):
+        waiters.image_available(ec2, ["ami-12345678"], timeout=1.0, poll_interval=0.1,
+                                doing="never there")
+    assert 0.8 <= time.monotonic() - t0 < 3
+    fake.proxy.reset()
+    with pytest.raises(BuildError, match="AuthFailure"):     # not retryable: at once
+        fake.proxy.fail("DescribeImages", 1, "AuthFailure", 401)
+        waiters.image_available(ec2, ["ami-12345678"], timeout=30, poll_interval=0.1,
+                                doing="denied")
+
+
+def test_layer_snapshot_is_pending_then_registered_once(moto_ec2):
+    from amic.targets.ec2 import snapshots
+
+    fake = moto_ec2
+    fake.proxy.reset()
+    fake.standin.snapshot_seconds = 0.6
+    ec2 = _client(fake)
+    iid = _instance(fake, ec2)
+    volume, device = snapshots.root_volume(ec2, iid)
+    tags = {"amic:tool": "amic/test", "amic:build-id": "b1", "amic:key": "k" * 64,
+            "amic:service": "web", **snapshots.image_facts(ec2, fake.standin.launches[-1][1])}
+    fake.proxy.not_found_after("CreateSnapshot", "DescribeSnapshots", 2,
+                               "InvalidSnapshot.NotFound")
+    raw = snapshots.create_layer_snapshot(
+        ec2, volume, snapshots.snapshot_tags(tags, {snapshots.TAG_ROOT_DEVICE: device}, print),
+        "test")
+    assert raw["State"] == "pending"
+    layer = snapshots.find_layer(fake.client(), "k" * 64)     # found while still pending
+    assert layer is not None and layer.id == raw["SnapshotId"] and snapshots.is_snapshot(layer)
+    import botocore.exceptions
+
+    seen = []     # through the proxy: NotFound twice (eventual consistency), then pending
+    for _ in range(3):
+        try:
+            seen.append(ec2.describe_snapshots(SnapshotIds=[layer.id])["Snapshots"][0]["State"])
+        except botocore.exceptions.ClientError as exc:
+            seen.append(exc.response["Error"]["Code"])
+    assert seen == ["InvalidSnapshot.NotFound"] * 2 + ["pending"]
+    # RegisterImage of a pending snapshot is refused by the stand-in; ami_for_layer waits
+    ami = snapshots.ami_for_layer(ec2, layer, name="amic-layer-test", timeout=10,
+                                  poll_interval=0.05, log=print)
+    assert fake.proxy.count("RegisterImage") == 1 and fake.proxy.injected == 2
+    img = ec2.describe_images(ImageIds=[ami])["Images"][0]      # as EC2 answers (the proxy)
+    img_tags = aws.tag_dict(img["Tags"])
+    assert img_tags["amic:key"] == "k" * 64 and img_tags["amic:from-snapshot"] == layer.id
+    assert img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == layer.id
+    assert snapshots.ami_for_layer(ec2, layer, name="amic-layer-test", timeout=10,
+                                   poll_interval=0.05, log=print) == ami
+    assert fake.proxy.count("RegisterImage") == 1              # reused, not registered again
+    assert fake.created_untagged() == []

@@ -81,17 +81,25 @@ class _Logical:
     """
 
     text: str = ""
+    """The joined text, once :meth:`seal` was called (joined once: linear in its length)."""
     starts: list[int] = attrs.Factory(list)
     """Index in ``text`` where each piece begins."""
     origins: list[tuple[int, int]] = attrs.Factory(list)
     """(line, col) of each piece's first character."""
     last_line: int = 0
+    pieces: list[str] = attrs.Factory(list)
+    length: int = 0
 
     def add(self, piece: str, line: int, col: int) -> None:
-        self.starts.append(len(self.text))
+        self.starts.append(self.length)
         self.origins.append((line, col))
-        self.text += piece
+        self.pieces.append(piece)
+        self.length += len(piece)
         self.last_line = line
+
+    def seal(self) -> _Logical:
+        self.text = "".join(self.pieces)
+        return self
 
     def end_of_piece(self, index: int) -> int:
         """Index where the physical line holding ``text[index]`` ends."""
@@ -144,7 +152,7 @@ def tokenize(text: str) -> Iterator[Token]:
             if i >= n or not lines[i].strip(_BLANKS):
                 break
             piece, line, col = lines[i], i + 1, 1
-        i = yield from _instruction_tokens(logical, lines, i)
+        i = yield from _instruction_tokens(logical.seal(), lines, i)
 
 
 def _instruction_tokens(logical: _Logical, lines: Sequence[str],

@@ -40,8 +40,10 @@ recorded, resolve.py follows it.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -55,7 +57,8 @@ from amic.amifile.lexer import AmifileLexer, LexError, line_text, split_lines, t
 from amic.amifile.records import ToRecords
 from amic.errors import AmifileError, Pos
 
-__all__ = ["grammar_cache_file", "parse_file", "parse_text", "parser"]
+__all__ = ["MAX_AMIFILE_BYTES", "MAX_LINE_CHARS", "amifile_path", "check_limits",
+           "grammar_cache_file", "parse_file", "parse_text", "parser", "read_source"]
 
 
 # --------------------------------------------------------------------------
@@ -145,10 +148,38 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str,
 # The API
 
 
+MAX_AMIFILE_BYTES = 4 * 1024 * 1024
+"""The largest Amifile read (docs/language.md, "Limits"); checked before anything is parsed."""
+MAX_LINE_CHARS = 64 * 1024
+"""The longest physical line; a longer one is an error at its start, not echoed back."""
+
+
+def check_limits(text: str, path: str, lines: Sequence[str] | None = None) -> None:
+    """Size, line length and NUL bytes, checked in linear time before parsing.
+
+    ``lines``: ``split_lines(text)`` if the caller has it already.
+    """
+    if len(text) > MAX_AMIFILE_BYTES:
+        raise AmifileError(f"{path}: the Amifile is larger than {MAX_AMIFILE_BYTES} bytes",
+                           hint="split it with INCLUDE")
+    lines = split_lines(text) if lines is None else lines
+    if lines and max(map(len, lines)) > MAX_LINE_CHARS:
+        number = next(i for i, line in enumerate(lines, 1) if len(line) > MAX_LINE_CHARS)
+        raise AmifileError(f"line longer than {MAX_LINE_CHARS} characters", Pos(path, number, 1),
+                           hint="long data belongs in a file that COPY installs")
+    if "\0" in text:
+        number = next(i for i, line in enumerate(lines, 1) if "\0" in line)
+        shown = lines[number - 1]
+        raise AmifileError("NUL byte in an Amifile", Pos(path, number, shown.index("\0") + 1),
+                           source_line=shown.replace("\0", "\u2400"),
+                           hint="Amifiles are text; a shell would drop NUL bytes silently")
+
+
 def parse_text(text: str, path: str) -> ir.Amifile:
     """Parse Amifile ``text``; ``path`` is used in positions and for COPY contexts."""
     path = os.fspath(path)
     lines = split_lines(text)
+    check_limits(text, path, lines)
     try:
         tree = parser().parse(text)
     except LexError as e:
@@ -163,16 +194,67 @@ def parse_text(text: str, path: str) -> ir.Amifile:
     return assemble(records, path, lines)
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(name: str, mode: int) -> AmifileError:
+    kind = next((what for test, what in _KINDS if test(mode)), "not a regular file")
+    return AmifileError(f"{name}: is {kind}, not an Amifile",
+                        hint="an Amifile is a regular file (or a directory holding one)")
+
+
+def amifile_path(path: str | os.PathLike[str]) -> str:
+    """``path``, or ``path/Amifile`` when it is a directory (as INCLUDE of a directory does).
+
+    A special file (FIFO, device, socket) is refused here, before anything opens it.
+    ``OSError`` (missing, unreadable) is raised unchanged.
+    """
+    name = os.fspath(path)
+    st = os.stat(name)
+    if stat.S_ISDIR(st.st_mode):
+        name = os.path.join(name, "Amifile")
+        st = os.stat(name)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(name, st.st_mode)
+    return name
+
+
+def read_source(path: str | os.PathLike[str]) -> tuple[str, bytes]:
+    """``(name, bytes)`` of the Amifile at ``path``: a regular file (a directory is
+    ``IsADirectoryError``: :func:`amifile_path` maps it first where that is meant).
+
+    Opened without blocking (a FIFO swapped in after the check cannot hang it) and
+    checked again on the open descriptor; never more than the size limit is read.
+    """
+    name = os.fspath(path)
+    st = os.stat(name)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(name, st.st_mode)
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(name, st.st_mode)
+        data = f.read(MAX_AMIFILE_BYTES + 1)
+    if len(data) > MAX_AMIFILE_BYTES:
+        raise AmifileError(f"{name}: the Amifile is larger than {MAX_AMIFILE_BYTES} bytes",
+                           hint="split it with INCLUDE")
+    return name, data
+
+
 def parse_file(path: str | os.PathLike[str]) -> ir.Amifile:
     """Read and parse one Amifile (UTF-8, optional BOM, LF or CRLF).
 
-    A file that cannot be read raises ``OSError`` unchanged: that is not a
-    mistake *in* an Amifile, and the caller knows the context (resolve.py
-    points at the INCLUDE, the CLI at the command line).
+    A special file, a file over the size limit
+    or with NUL bytes or over-long lines is an ``AmifileError``. A file that cannot
+    be read raises ``OSError`` unchanged: that is not a mistake *in* an Amifile,
+    and the caller knows the context (resolve.py points at the INCLUDE, the CLI at
+    the command line).
     """
-    name = os.fspath(path)
-    with open(name, "rb") as f:
-        data = f.read()
+    name, data = read_source(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -183,6 +265,10 @@ def parse_file(path: str | os.PathLike[str]) -> ir.Amifile:
         col = len(data[line_start:e.start].decode("utf-8", "replace")) + 1
         if line == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
             col -= 1
+        check_limits(data[:line_start].decode("utf-8", "replace"), name)
+        if len(raw_line) > MAX_LINE_CHARS:
+            raise AmifileError(f"line longer than {MAX_LINE_CHARS} characters",
+                               Pos(name, line, 1)) from None
         raise AmifileError(f"invalid UTF-8 (byte 0x{data[e.start]:02x})", Pos(name, line, col),
                            source_line=raw_line.decode("utf-8", "replace").rstrip("\r"),
                            hint="Amifiles are UTF-8 text") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import heapq
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -74,10 +74,11 @@ Loader = Callable[[str], ir.Amifile]
 
 
 def load(path: str | os.PathLike[str]) -> Resolved:
-    """Parse ``path`` and everything it includes, and resolve the service graph."""
+    """Parse ``path`` (a directory means its Amifile) and everything it includes, and
+    resolve the service graph."""
     from amic.amifile import parser
 
-    return resolve_amifile(parser.parse_file(path), loader=parser.parse_file)
+    return resolve_amifile(parser.parse_file(parser.amifile_path(path)), loader=parser.parse_file)
 
 
 def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolved:
@@ -90,8 +91,7 @@ def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolv
     services: list[ir.Service] = []
     args: list[ir.Arg] = []
     envs: list[ir.Env] = []
-    _collect(root, loader, stack=(_identity(root.path),), seen={_identity(root.path)},
-             files=files, services=services, args=args, envs=envs, is_root=True)
+    _collect(root, loader, files=files, services=services, args=args, envs=envs)
     _check_duplicates(services)
     ordered = _topological(services)
     enabled = _enabled(root, ordered)
@@ -104,35 +104,51 @@ def _identity(path: str) -> str:
     return os.path.realpath(path)
 
 
-def _collect(amifile: ir.Amifile, loader: Loader, *, stack: tuple[str, ...], seen: set[str],
-             files: list[str], services: list[ir.Service], args: list[ir.Arg],
-             envs: list[ir.Env], is_root: bool) -> None:
-    if not is_root:
-        for what, node in (("FROM", amifile.base), ("ENABLE", next(iter(amifile.enables), None)),
-                           ("LABEL", next(iter(amifile.labels), None))):
-            if node is not None:
-                raise AmifileError(f"{what} is only allowed in the top Amifile, not in an included file",
-                                   node.pos, source_line=source_line(node.pos))
-    for inc in amifile.includes:
+def _collect(root: ir.Amifile, loader: Loader, *, files: list[str], services: list[ir.Service],
+             args: list[ir.Arg], envs: list[ir.Env]) -> None:
+    """Every file's ARGs, ENVs and services, included files first (depth first, in order).
+
+    Iterative (an explicit stack of open files), so any INCLUDE depth works.
+    """
+    seen = {_identity(root.path)}
+    frames: list[tuple[ir.Amifile, str, Iterator[ir.Include]]] = [
+        (root, _identity(root.path), iter(root.includes))]
+    on_path = {frames[0][1]}
+    while frames:
+        amifile, ident, pending = frames[-1]
+        inc = next(pending, None)
+        if inc is None:
+            frames.pop()
+            on_path.discard(ident)
+            args.extend(amifile.args)
+            envs.extend(amifile.envs)
+            services.extend(amifile.services)
+            continue
         path = find_include(inc, amifile.path)
-        ident = _identity(path)
-        if ident in stack:
-            chain = " -> ".join([*(_short(p) for p in stack), _short(ident)])
+        child_ident = _identity(path)
+        if child_ident in on_path:
+            chain = " -> ".join([*(_short(f[1]) for f in frames), _short(child_ident)])
             raise AmifileError(f"INCLUDE cycle: {chain}", inc.pos, source_line=source_line(inc.pos))
-        if ident in seen:
+        if child_ident in seen:
             continue  # a second INCLUDE of the same file adds nothing
-        seen.add(ident)
+        seen.add(child_ident)
         files.append(path)
         try:
             child = loader(path)
         except OSError as exc:
             raise AmifileError(f"cannot read included file {path}: {exc.strerror}", inc.pos,
                                source_line=source_line(inc.pos)) from None
-        _collect(child, loader, stack=(*stack, ident), seen=seen, files=files,
-                 services=services, args=args, envs=envs, is_root=False)
-    args.extend(amifile.args)
-    envs.extend(amifile.envs)
-    services.extend(amifile.services)
+        _check_included(child)
+        frames.append((child, child_ident, iter(child.includes)))
+        on_path.add(child_ident)
+
+
+def _check_included(amifile: ir.Amifile) -> None:
+    for what, node in (("FROM", amifile.base), ("ENABLE", next(iter(amifile.enables), None)),
+                       ("LABEL", next(iter(amifile.labels), None))):
+        if node is not None:
+            raise AmifileError(f"{what} is only allowed in the top Amifile, not in an included file",
+                               node.pos, source_line=source_line(node.pos))
 
 
 def _short(path: str) -> str:
@@ -228,25 +244,30 @@ def _topological(services: list[ir.Service]) -> list[ir.Service]:
 
 
 def _find_cycle(services: list[ir.Service], index: dict[str, int]) -> None:
+    """Raise at the first REQUIRES cycle (depth first, iterative: any chain length works)."""
     by_name = {s.name: s for s in services}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        path.append(name)
-        for req in by_name[name].requires:
-            if state.get(req.name) == 1:
+    for svc in services:
+        if svc.name in state:
+            continue
+        state[svc.name] = 1
+        path = [svc.name]
+        pending = [iter(svc.requires)]
+        while pending:
+            req = next(pending[-1], None)
+            if req is None:
+                pending.pop()
+                state[path.pop()] = 2
+                continue
+            seen = state.get(req.name)
+            if seen == 1:
                 chain = " -> ".join([*path[path.index(req.name):], req.name])
                 raise AmifileError(f"REQUIRES cycle: {chain}", req.pos,
                                    source_line=source_line(req.pos))
-            if req.name not in state:
-                visit(req.name, path)
-        path.pop()
-        state[name] = 2
-
-    for svc in services:
-        if svc.name not in state:
-            visit(svc.name, [])
+            if seen is None:
+                state[req.name] = 1
+                path.append(req.name)
+                pending.append(iter(by_name[req.name].requires))
 
 
 def _enabled(root: ir.Amifile, ordered: list[ir.Service]) -> list[str]:

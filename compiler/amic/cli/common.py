@@ -13,7 +13,25 @@ DEFAULT_AMIFILE = "Amifile"
 
 def add_amifile_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("amifile", nargs="?", default=DEFAULT_AMIFILE, metavar="AMIFILE",
-                        help="the Amifile to read (default: ./Amifile)")
+                        type=amifile_argument,
+                        help="the Amifile to read, or a directory holding one (default: ./Amifile)")
+
+
+def amifile_argument(value: str) -> str:
+    """argparse ``type``: a directory means its Amifile; a special file (FIFO, device,
+    socket) is refused before anything opens it (a usage error, exit 2). A missing
+    path is left for :func:`load_plan` to report."""
+    from amic.amifile.parser import amifile_path
+    from amic.errors import AmifileError
+
+    try:
+        return amifile_path(value)
+    except FileNotFoundError:
+        return os.path.join(value, DEFAULT_AMIFILE) if os.path.isdir(value) else value
+    except AmifileError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{value}: {exc.strerror}") from None
 
 
 def add_build_arg_option(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,8 @@ def register(sub) -> None:
                        "byte-for-byte reproducible: same inputs, same bytes.")
     add_amifile_argument(p)
     p.add_argument("-o", "--output", default="stage2.tar", metavar="FILE",
-                   help="where to write the tarball ('-' for stdout; default: stage2.tar)")
+                   help="where to write the tarball ('-' for stdout; default: stage2.tar); a "
+                   "device or FIFO is written in place, a file replaced atomically")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--print", action="store_true",
                       help="print every generated script with a header naming service and phase")
@@ -28,6 +29,10 @@ def register(sub) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     from amic.compile import artifact
 
+    from amic.fsutil import check_output, write_output
+
+    if not (args.json or args.print) and args.output != "-":
+        check_output(args.output)  # before the work: a typo in -o costs nothing
     plan = load_plan(args.amifile, args.build_arg)
     if plan.missing_args:
         warn(f"ARG without a value or default: {', '.join(plan.missing_args)} "
@@ -43,9 +48,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.buffer.write(data)
         return 0
-    from amic.fsutil import write_atomic
-
-    write_atomic(args.output, data)
+    write_output(args.output, data)
     print(f"wrote {args.output} ({len(data)} bytes, final key {plan.final_key[:12]})",
           file=sys.stderr)
     return 0

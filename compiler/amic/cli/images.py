@@ -49,7 +49,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="write a local image's root filesystem as a tarball")
     p.add_argument("image", help="image id (prefix), cache key, or 'latest'")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="tarball to write")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="file to write (a tar is mode 0600: it holds the whole root filesystem); "
+                   "a device or FIFO is written in place")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("shell", help="a root shell in a local image (changes are discarded) or "
@@ -110,16 +112,28 @@ def cmd_prune(args) -> int:
                                      name=normal_name(args.name))
     else:
         removed = target.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run)
+    from amic.targets.local.store import IN_USE
+
     verb = "would remove" if args.dry_run else "removed"
+    busy = [item.removeprefix(IN_USE) for item in removed if item.startswith(IN_USE)]
+    removed = [item for item in removed if not item.startswith(IN_USE)]
     for item in removed:
         print(f"{verb} {item}")
-    print(f"amic: {verb} {len(removed)} item(s)", file=sys.stderr)
+    for item in busy:
+        print(f"kept {item}: in use by a running shell, run or export", file=sys.stderr)
+    print(f"amic: {verb} {len(removed)} item(s)"
+          + (f"; kept {len(busy)} in use" if busy else ""), file=sys.stderr)
+    return 0
+
     return 0
 
 
 def cmd_export(args) -> int:
     from pathlib import Path
 
+    from amic.fsutil import check_output
+
+    check_output(args.output)  # a missing directory is a usage error before any work
     target = _local()
     image = target.lookup(args.image)
     target.export(image, Path(args.output))

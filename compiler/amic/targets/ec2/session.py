@@ -73,9 +73,13 @@ def session(opts: AwsOptions):
         # itself only reads AWS_DEFAULT_REGION, so pass it on explicitly.
         sess = boto3.Session(profile_name=opts.profile,
                              region_name=opts.region or os.environ.get("AWS_REGION") or None)
+        region = sess.region_name  # reads ~/.aws/config: a file that does not parse fails here
     except botocore.exceptions.ProfileNotFound as exc:
         raise UsageError(str(exc)) from None
-    if not sess.region_name:
+    except (botocore.exceptions.ConfigParseError, botocore.exceptions.InvalidConfigError) as exc:
+        raise UsageError(f"the AWS configuration is broken: {exc} (fix the file, or point "
+                         "AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE elsewhere)") from None
+    if not region:
         raise UsageError("no AWS region: pass --region, set AWS_REGION, or put region= in the "
                          "profile (~/.aws/config)")
     return sess

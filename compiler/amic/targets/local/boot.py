@@ -9,6 +9,7 @@ export run in the same overlay + chroot as a build (:mod:`rootfs`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from amic.errors import BuildError
+from amic.fsutil import open_output
 from amic.targets.base import Image
 from amic.targets.local import rootfs
 from amic.targets.local.store import SHORT, ImageStore
@@ -43,17 +45,18 @@ REPORT_PATH = "var/lib/amic-run-report"
 
 
 def export(store: ImageStore, image: Image, out: Path) -> None:
-    """Write the image's whole root filesystem to ``out`` as a tarball."""
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=store.root) as tmp:
+    """Write the image's whole root filesystem to ``out`` as a tarball (mode 0600)."""
+    with store.use(image.id) as lowers, \
+            tempfile.TemporaryDirectory(prefix=".export-", dir=store.root) as tmp:
         scratch = Path(tmp)
-        argv = rootfs.chroot_argv(store.lowers(image.id), scratch / "upper", scratch / "s",
+        argv = rootfs.chroot_argv(lowers, scratch / "upper", scratch / "s",
                                   ["tar", "--one-file-system", "--numeric-owner", "--xattrs",
                                    "-cpf", "-", "-C", "/", "."])
-        with open(out, "wb") as fh:
+        with open_output(out, mode=0o600) as fh:  # atomic, or in place for a device/FIFO
             proc = subprocess.run(argv, stdout=fh, stderr=subprocess.PIPE, text=False,
                                   env=rootfs.CLEAN_ENV, preexec_fn=rootfs.die_with_parent)
-        if proc.returncode not in (0, 1):  # 1: a file changed while read (cannot here)
-            raise BuildError(f"export failed: {proc.stderr.decode(errors='replace')[-500:]}")
+            if proc.returncode not in (0, 1):  # 1: a file changed while read (cannot here)
+                raise BuildError(f"export failed: {proc.stderr.decode(errors='replace')[-500:]}")
 
 
 def shell(store: ImageStore, what: str, command: str | None = None) -> int:
@@ -65,8 +68,9 @@ def shell(store: ImageStore, what: str, command: str | None = None) -> int:
         return rootfs.run_in_root([Path(p) for p in info["lowers"]], path / "upper",
                                   command or LOGIN_SHELL, interactive=True)
     image = store.lookup(what)
-    with tempfile.TemporaryDirectory(prefix=".shell-", dir=store.root) as tmp:
-        return rootfs.run_in_root(store.lowers(image.id), Path(tmp) / "upper",
+    with store.use(image.id) as lowers, \
+            tempfile.TemporaryDirectory(prefix=".shell-", dir=store.root) as tmp:
+        return rootfs.run_in_root(lowers, Path(tmp) / "upper",
                                   command or LOGIN_SHELL, interactive=True)
 
 
@@ -82,18 +86,21 @@ def boot(store: ImageStore, image: Image, *, interactive: bool, timeout: float,
     if shutil.which("systemd-nspawn") is None:
         raise BuildError("systemd-nspawn is not installed (apt-get install systemd-container)")
     store.ensure_dirs()
-    with tempfile.TemporaryDirectory(prefix="run-", dir=store.machines_dir) as tmp:
+    # Not under machines/ (prune removes those as dead builds'); the use-lock keeps the
+    # image and its chain from being pruned while it boots.
+    with store.use(image.id) as lowers, \
+            tempfile.TemporaryDirectory(prefix=".run-", dir=store.root) as tmp:
         scratch = Path(tmp)
         upper = scratch / "upper"
         upper.mkdir()
-        lowers = store.lowers(image.id)
         if prepare:
             prepare(lowers, upper)
         if not interactive:
             install_report_unit(lowers, upper, scratch)
         argv = nspawn_argv(image, lowers, scratch, interactive=interactive)
         if interactive:
-            rc = subprocess.run(argv, preexec_fn=rootfs.die_with_parent).returncode
+            env = {**rootfs.CLEAN_ENV, "TERM": os.environ.get("TERM", "dumb")}
+            rc = subprocess.run(argv, env=env, preexec_fn=rootfs.die_with_parent).returncode
         else:
             rc = run_console(argv, timeout=timeout, on_output=on_output)
         report_file = upper / REPORT_PATH
@@ -137,7 +144,7 @@ def run_console(argv: list[str], *, timeout: float, on_output=None) -> int:
     """Run the boot with its console on a pipe, killed after ``timeout`` seconds."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace",
-                            preexec_fn=rootfs.die_with_parent)
+                            env=rootfs.CLEAN_ENV, preexec_fn=rootfs.die_with_parent)
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     try:

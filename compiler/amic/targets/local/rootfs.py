@@ -10,8 +10,11 @@ with it, so a crash cannot leave mounts behind.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -171,34 +174,79 @@ def run_in_root(lowers: Sequence[Path], upper: Path, command: str, *,
     """Run ``sh -c command`` as root inside overlay(lowers + upper); return its exit status.
 
     The host environment is not inherited: the command sees ``CLEAN_ENV``
-    plus ``env``. ``env`` travels in the process environment only (never on a
-    command line or into the root's files), which is how ARG values stay secret.
+    plus ``env``. ``env`` (ARG values) reaches the command only: the host-side
+    helpers (unshare, mount, chroot) run with ``CLEAN_ENV`` alone, so
+    ``LD_PRELOAD`` or ``PATH`` among the values cannot change what runs on the
+    host. The values travel in a memory file (``memfd``) inherited as a
+    descriptor that a shell inside the root reads (:func:`env_wrapper`): never
+    on a command line, in the host's environment or in the root's files.
     Output (stdout+stderr merged) goes to ``on_output`` line by line.
     ``stdin_path``: a host file fed to the command's standard input (how files
     are put into a root without touching the upper directory behind overlayfs's
     back). ``interactive``: inherit the caller's terminal instead (``amic shell``).
     The command dies with the calling process, even on SIGKILL.
     """
-    with tempfile.TemporaryDirectory(prefix=".amic-run-", dir=upper.parent) as scratch:
-        argv = chroot_argv(lowers, upper, Path(scratch), ["/bin/sh", "-c", command])
-        full_env = {**CLEAN_ENV, **(env or {})}
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=".amic-run-", dir=upper.parent))
+        env_fd = env_file(env) if env else None
+        if env_fd is not None:
+            stack.callback(os.close, env_fd)
+        inner = ["/bin/sh", "-c", command] if env_fd is None else \
+            ["/bin/sh", "-c", env_wrapper(env_fd), command]
+        argv = chroot_argv(lowers, upper, Path(scratch), inner)
+        host_env = dict(CLEAN_ENV)
+        fds = () if env_fd is None else (env_fd,)
         if interactive:
-            full_env.setdefault("TERM", os.environ.get("TERM", "dumb"))
-            return subprocess.run(argv, env=full_env, preexec_fn=die_with_parent).returncode
-        stdin = open(stdin_path, "rb") if stdin_path is not None else subprocess.DEVNULL
-        try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=stdin, env=full_env, preexec_fn=die_with_parent)
-        finally:
-            if stdin_path is not None:
-                stdin.close()
-        try:
-            assert proc.stdout is not None
-            for line in io.TextIOWrapper(proc.stdout, errors="replace", newline="\n"):
-                if on_output:
-                    on_output(terminal_line(line))
-            return proc.wait(timeout=timeout)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+            host_env["TERM"] = os.environ.get("TERM", "dumb")
+            return subprocess.run(argv, env=host_env, pass_fds=fds,
+                                  preexec_fn=die_with_parent).returncode
+        stdin = stack.enter_context(open(stdin_path, "rb")) if stdin_path is not None \
+            else subprocess.DEVNULL
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=stdin, env=host_env, pass_fds=fds,
+                                preexec_fn=die_with_parent)
+        if stdin_path is not None:
+            stdin.close()
+        return _follow(proc, on_output, timeout)
+
+
+def _follow(proc: subprocess.Popen, on_output, timeout: float | None) -> int:
+    try:
+        assert proc.stdout is not None
+        for line in io.TextIOWrapper(proc.stdout, errors="replace", newline="\n"):
+            if on_output:
+                on_output(terminal_line(line))
+        return proc.wait(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_file(env: Mapping[str, str]) -> int:
+    """A memfd holding ``export NAME='value'`` lines for ``env``; the caller closes it."""
+    lines = []
+    for name, value in env.items():
+        if not _NAME_RE.fullmatch(name) or "\0" in value:
+            raise BuildError(f"environment variable {name!r}: not a valid name or value")
+        lines.append(f"export {name}={shlex.quote(value)}\n")
+    fd = os.memfd_create("amic-env", os.MFD_CLOEXEC)
+    try:
+        data = memoryview("".join(lines).encode())
+        while data:
+            data = data[os.write(fd, data):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def env_wrapper(fd: int) -> str:
+    """The ``sh -c`` script (inside the root) that reads the values from descriptor ``fd``,
+    closes it and runs the command (``$0``) with them."""
+    close = f" && exec {fd}<&-" if fd <= 9 else ""  # POSIX sh names descriptors 0-9 only
+    return f'. /proc/self/fd/{fd}{close} && exec /bin/sh -c "$0"'

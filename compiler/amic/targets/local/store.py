@@ -9,6 +9,7 @@ Layout under ``rootfs.cache_dir()/local`` (``$AMIC_CACHE_DIR``, default
     machines/<build-id>/      a running build: upper/ (its writes) + machine.json
     store.lock                exclusive while an image is committed or pruned
     builds.lock               shared by every running build, exclusive for prune
+    locks/<id12>.lock         shared while shell/run/export uses the image; prune skips it
 
 A base image (``FROM debian:12``) is a debootstrap root made once by
 :func:`rootfs.ensure_base`; its meta.json names that directory as ``root``.
@@ -38,6 +39,9 @@ from amic.contract import KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND
 from amic.errors import BuildError, UsageError
 from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image
+
+IN_USE = "in use: "
+"""Prefix of a :meth:`ImageStore.prune` entry for an image kept because it is in use."""
 
 MAX_LOWERS = 80
 """overlayfs takes lowerdir as one mount option (a page); this keeps well under it."""
@@ -213,6 +217,43 @@ class ImageStore:
         with self.lock("store.lock"):
             self.remove_locked(image_id)
 
+    # -- use locks: prune never removes an image a shell, run or export is using ---------
+
+    def use_lock_path(self, image_id: str) -> Path:
+        return self.root / "locks" / f"{image_id[:SHORT]}.lock"
+
+    @contextlib.contextmanager
+    def use(self, image_id: str) -> Iterator[list[Path]]:
+        """Hold a shared use-lock on the image and every image below it; yield its lowers.
+
+        Taken by ``amic shell``, ``run`` and ``export`` (builds hold ``builds.lock``);
+        :meth:`remove_unused` (prune) skips an image while any holder is left. The chain
+        is read again once the locks are held, so an image pruned meanwhile is an error.
+        """
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            current: str | None = image_id
+            while current:
+                stack.enter_context(file_lock(self.use_lock_path(current), shared=True))
+                meta = self.meta(current) or {}
+                current = None if meta.get("root") else meta.get("parent")
+            yield self.lowers(image_id)
+
+    def remove_unused(self, image_id: str, *, dry_run: bool = False) -> bool:
+        """Remove an image (``store.lock`` held) unless it is in use; False if it is."""
+        path = self.use_lock_path(image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with file_lock(path, wait=False):
+                if not dry_run:
+                    self.remove_locked(image_id)
+                    # Unlinked while held and after the image went: a later user that
+                    # makes a new lock file finds the image gone, not half removed.
+                    path.unlink(missing_ok=True)
+        except LockBusy:
+            return False
+        return True
+
     def remove_locked(self, image_id: str) -> None:
         """Remove an image while ``store.lock`` is held: its key first, then its directory."""
         meta = self.meta(image_id)
@@ -256,9 +297,10 @@ class ImageStore:
                         continue
                     if name is not None and meta["tags"].get(TAG_NAME) != name:
                         continue
+                    if not self.remove_unused(image_id, dry_run=dry_run):
+                        removed.append(f"{IN_USE}{kind} {image_id[:SHORT]}")
+                        continue
                     removed.append(f"{kind} {image_id[:SHORT]}")
-                    if not dry_run:
-                        self.remove_locked(image_id)
                 if not dry_run and self.keys_dir.is_dir():
                     for keyfile in self.keys_dir.iterdir():
                         with contextlib.suppress(OSError):
