@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # a file the user named, unreadable or unwritable: no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"amic: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except RecursionError:  # a bug, but never a 1,000-frame traceback from a deep input
+        print("amic: error: input nested too deeply (please report this Amifile)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
