@@ -15,9 +15,16 @@ from amic import lint
 
 from amic.amifile import ir
 from amic.errors import Pos, UsageError
-from amic.lint.shell import ScriptMap, commands, run_shellcheck, shellcheck_binary
+from amic.lint.shell import ScriptMap, commands
+from amic.lint.shellcheck import check_scripts, find_shellcheck
 
 DATA = Path(__file__).parents[1] / "data" / "lint"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch) -> None:
+    """shellcheck results are cached under $XDG_CACHE_HOME: not the user's, in tests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
 
 
 def findings(tmp_path: Path, text: str, *, shellcheck: bool = False, ignore=()) -> list:
@@ -78,6 +85,8 @@ CASES = {
                "    PACKAGES nginx curl\n",
                F + "SERVICE base\n    PACKAGES curl\nSERVICE web\n    REQUIRES base\n"
                "    PACKAGES nginx\n"),
+    "AM3012": (F + "SERVICE web\n    INIT <<EOF\n" + "true\n" * 4100 + "EOF\n",
+               F + "SERVICE web\n    INIT <<EOF\n" + "true\n" * 100 + "EOF\n"),
     "AM4001": (F + "SERVICE web\n    REQUIRES htpd\n",
                F + "SERVICE httpd\n    PACKAGES apache2\nSERVICE web\n    REQUIRES httpd\n"),
     "AM4002": (F + "SERVICE a\n    REQUIRES b\nSERVICE b\n    REQUIRES a\n",
@@ -98,13 +107,13 @@ def test_every_rule_has_a_case() -> None:
 @pytest.mark.parametrize("code", sorted(CASES))
 def test_rule_bad_snippet_triggers(tmp_path: Path, code: str) -> None:
     bad, _ = CASES[code]
-    assert code in codes(tmp_path, bad)
+    assert code in codes(tmp_path, bad, shellcheck=code == "AM3012")
 
 
 @pytest.mark.parametrize("code", sorted(CASES))
 def test_rule_good_snippet_is_clean(tmp_path: Path, code: str) -> None:
     _, good = CASES[code]
-    assert code not in codes(tmp_path, good)
+    assert code not in codes(tmp_path, good, shellcheck=code == "AM3012")
 
 
 def test_rule_table_is_consistent() -> None:
@@ -268,10 +277,6 @@ def test_ignore_option(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- shellcheck
 
-needs_shellcheck = pytest.mark.skipif(shellcheck_binary() is None, reason="no shellcheck")
-
-
-@needs_shellcheck
 def test_shellcheck_maps_heredoc_lines_and_columns(tmp_path: Path) -> None:
     text = F + ("SERVICE web\n"          # line 2
                 "    INIT <<~EOF\n"      # line 3
@@ -282,7 +287,6 @@ def test_shellcheck_maps_heredoc_lines_and_columns(tmp_path: Path) -> None:
     assert [(f.pos.line, f.pos.col, f.severity) for f in found] == [(5, 14, "info")]
 
 
-@needs_shellcheck
 def test_shellcheck_inline_script_and_shebang(tmp_path: Path) -> None:
     text = F + ("SERVICE web\n"
                 "    UPDATE echo $HOME/$1\n"
@@ -294,11 +298,9 @@ def test_shellcheck_inline_script_and_shebang(tmp_path: Path) -> None:
     assert not [x for x in found if x[1] >= 5]   # bash [[ ]] is fine; python is skipped
 
 
-@needs_shellcheck
 def test_shellcheck_batches_many_scripts() -> None:
     scripts = {n: f"echo ${n % 9 + 1}\n" for n in range(150)}
-    results = run_shellcheck(scripts)
-    assert results is not None
+    results = check_scripts(find_shellcheck(), scripts, cache=False)
     assert all([c.code for c in results[n]] == ["SC2086"] for n in scripts)
 
 
@@ -427,7 +429,6 @@ def test_example_and_stock_services_are_clean_at_warning() -> None:
     assert [f for f in found if f.severity in ("error", "warning")] == []
 
 
-@needs_shellcheck
 def test_env_and_arg_names_are_assigned_for_shellcheck(tmp_path: Path) -> None:
     text = F + ("ARG release\nENV app_home=/srv/app\nSERVICE web\n"
                 "    ENV port=80\n    INIT echo \"$app_home\" \"$release\" \"$port\" \"$other\"\n")

@@ -19,6 +19,10 @@ def register(sub) -> None:
                    help="lowest severity that makes the exit code 1 (default: warning)")
     p.add_argument("--ignore", action="append", default=[], metavar="ID[,ID...]",
                    help="rule ids to skip everywhere")
+    p.add_argument("--no-shellcheck", action="store_true",
+                   help="skip shellcheck (otherwise a missing or broken shellcheck is an "
+                   "error, exit 2); the shellcheck used is $AMIC_SHELLCHECK, else the one "
+                   "installed with amic, else shellcheck on PATH")
     p.add_argument("--list-rules", action="store_true", help="list every rule and exit")
     p.set_defaults(func=lambda a: cmd_list_rules(a) if a.list_rules else cmd_lint(a))
 
@@ -29,7 +33,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     paths = args.files or ["Amifile"]
     ignore = {code.strip() for item in args.ignore for code in item.split(",") if code.strip()}
     return lint.run(paths, fmt=args.format, threshold=args.failure_threshold, ignore=ignore,
-                    out=sys.stdout)
+                    out=sys.stdout, err=sys.stderr, shellcheck=not args.no_shellcheck)
 
 
 def cmd_list_rules(args: argparse.Namespace) -> int:  # noqa: ARG001

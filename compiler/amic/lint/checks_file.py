@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 import re
 from pathlib import Path
 
 from amic.amifile import ir
 from amic.lint.facts import PACKAGE_MANAGERS, Found, is_install
 from amic.lint.model import Context
-from amic.lint.shell import commands
 
 # --------------------------------------------------------------------------- AM4xxx
 
@@ -27,14 +27,16 @@ def check_unknown_service(ctx: Context) -> Found:
 
 
 def check_cycle(ctx: Context) -> Found:
-    """One finding per cycle, found by a depth-first search (linear in the graph)."""
+    """One finding per cycle, found by an iterative depth-first search (linear in the graph,
+    any depth)."""
     known = ctx.services()
     state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
     for svc in ctx.amifile.services:
         if svc.name in state:
             continue
-        # Iterative DFS: (service, index of the next requirement to follow).
+        # (service, index of the next requirement to follow); on_path: name -> depth.
         path: list[str] = [svc.name]
+        on_path: dict[str, int] = {svc.name: 0}
         stack: list[tuple[str, int]] = [(svc.name, 0)]
         state[svc.name] = 1
         while stack:
@@ -42,7 +44,7 @@ def check_cycle(ctx: Context) -> Found:
             reqs = known[name].requires if name in known else ()
             if i >= len(reqs):
                 stack.pop()
-                path.pop()
+                del on_path[path.pop()]
                 state[name] = 2
                 continue
             stack[-1] = (name, i + 1)
@@ -50,21 +52,28 @@ def check_cycle(ctx: Context) -> Found:
             if req.name not in known:
                 continue
             if state.get(req.name) == 1:
-                chain = path[path.index(req.name):]
+                start = on_path[req.name]
                 # Point at the start service's requirement that enters the cycle.
-                start = known[chain[0]]
-                first = next((r for r in start.requires if len(chain) > 1 and r.name == chain[1]),
-                             req)
-                yield first.pos, "REQUIRES cycle: " + " -> ".join([*chain, chain[0]])
+                nxt = path[start + 1] if start + 1 < len(path) else None
+                first = next((r for r in known[req.name].requires if r.name == nxt), req)
+                yield first.pos, "REQUIRES cycle: " + _chain(path, start)
             elif req.name not in state:
                 state[req.name] = 1
+                on_path[req.name] = len(path)
                 path.append(req.name)
                 stack.append((req.name, 0))
 
 
-def _referenced(name: str, text: str) -> bool:
-    return re.search(r"\$(?:" + re.escape(name) + r"\b|\{" + re.escape(name) + r"\b)",
-                     text) is not None
+def _chain(path: list[str], start: int, most: int = 12) -> str:
+    """``a -> b -> c -> a``; a long cycle shows its ends and how many are left out."""
+    names = path[start:start + most + 1]
+    if len(path) - start > most + 1:
+        left = len(path) - start - most
+        names = [*path[start:start + most // 2], f"... ({left} more)", *path[-(most // 2):]]
+    return " -> ".join([*names, path[start]])
+
+
+_REFERENCE_RE = re.compile(r"\$\{?(\w+)")
 
 
 def check_unused_arg(ctx: Context) -> Found:
@@ -76,42 +85,51 @@ def check_unused_arg(ctx: Context) -> Found:
         texts += [e.value for e in svc.envs] + [s.text for s in svc.inits + svc.updates]
         texts += [p for c in svc.copies for p in (*c.sources, c.dest)]
         texts += list(svc.packages)
-    blob = "\n".join(texts)
+    # Every $NAME and ${NAME in one pass, then a set lookup per ARG (not a search each).
+    used = {m.group(1) for text in texts for m in _REFERENCE_RE.finditer(text)}
     for arg in af.args:
-        if not _referenced(arg.name, blob):
+        if arg.name not in used:
             yield arg.pos, (f"ARG {arg.name} is never used (no ${arg.name} or ${{{arg.name}}} "
                             "in a script, ENV or LABEL)")
 
 
 def _baked(ctx: Context) -> list[str]:
     """Names of the services baked by default: ENABLE (or every service declared here),
-    with their requirements."""
+    with their requirements (one walk for all of them)."""
     af = ctx.amifile
     roots = [r.name for r in af.enables] if af.enables else [s.name for s in af.services]
-    baked: dict[str, None] = {}
-    for root in roots:
-        baked.setdefault(root)
-        for name in ctx.requirement_closure(root):
-            baked.setdefault(name)
-    return list(baked)
+    return ctx.required_by_any(roots)
 
 
 def layer_order(ctx: Context) -> list[str]:
-    """The baked services in layer order: topological, ties broken by declaration order."""
+    """The baked services in layer order: topological, ties broken by declaration order
+    (Kahn's algorithm with a heap: n log n, not a rescan per placed service)."""
     known = ctx.services()
     baked = set(_baked(ctx))
     declared = [n for n in [*ctx.external, *(s.name for s in ctx.amifile.services)]
                 if n in baked]
     declared = list(dict.fromkeys(declared))
+    index = {n: k for k, n in enumerate(declared)}
+    waiting: dict[str, int] = {}
+    dependents: dict[str, list[str]] = {n: [] for n in declared}
+    for n in declared:
+        deps = {r.name for r in known[n].requires if r.name in index and r.name != n}
+        waiting[n] = len(deps)
+        for dep in deps:
+            dependents[dep].append(n)
+    ready = [index[n] for n in declared if not waiting[n]]
+    heapq.heapify(ready)
     order: list[str] = []
-    while len(order) < len(declared):
-        ready = next((n for n in declared if n not in order and all(
-            r.name in order or r.name not in baked or r.name == n
-            for r in known[n].requires)), None)
-        if ready is None:  # a cycle: reported by AM4002; finish in declaration order
-            order += [n for n in declared if n not in order]
-            break
-        order.append(ready)
+    while ready:
+        name = declared[heapq.heappop(ready)]
+        order.append(name)
+        for later in dependents[name]:
+            waiting[later] -= 1
+            if not waiting[later]:
+                heapq.heappush(ready, index[later])
+    if len(order) < len(declared):  # a cycle: reported by AM4002; finish in declaration order
+        placed = set(order)
+        order += [n for n in declared if n not in placed]
     return order
 
 
@@ -130,12 +148,12 @@ _HEAVY_COMMANDS = {"make", "cmake", "ninja", "cargo", "go", "gcc", "cc", "mvn", 
                    "composer", "curl", "wget", "git", "pipx", "uv", "poetry"}
 
 
-def _heavy(svc: ir.Service) -> str | None:
+def _heavy(ctx: Context, svc: ir.Service) -> str | None:
     """Why a service's init layer is slow to rebuild, or ``None``."""
     if svc.packages:
         return f"installs {len(svc.packages)} package(s)"
     for script in svc.inits:
-        for cmd in commands(script.text):
+        for cmd in ctx.commands(script):
             if cmd.name in PACKAGE_MANAGERS and is_install(cmd):
                 return f"runs {cmd.name} install"
             if cmd.name in _HEAVY_COMMANDS:
@@ -153,26 +171,34 @@ def _tree_copy(ctx: Context, copy: ir.Copy) -> str | None:
     return None
 
 
+def _first_tree_copy(ctx: Context, svc: ir.Service) -> tuple[ir.Copy, str] | None:
+    return next(((c, t) for c in svc.copies if (t := _tree_copy(ctx, c))), None)
+
+
 def check_cache_busting_copy(ctx: Context) -> Found:
     order = layer_order(ctx)
     known = ctx.services()
     own = {s.name for s in ctx.amifile.services}
+    trees = []
     for k, name in enumerate(order):
-        svc = known[name]
-        if name not in own:
+        tree = _first_tree_copy(ctx, known[name]) if name in own else None
+        if tree:
+            trees.append((k, name, tree))
+    if not trees:
+        return
+    # The first heavy service after each position, found in one backward pass.
+    next_heavy: list[tuple[str, str] | None] = [None] * (len(order) + 1)
+    for k in range(len(order) - 1, -1, -1):
+        why = _heavy(ctx, known[order[k]])
+        next_heavy[k] = (order[k], why) if why else next_heavy[k + 1]
+    for k, name, (copy, source) in trees:
+        found = next_heavy[k + 1]
+        if found is None:
             continue
-        tree = next(((c, t) for c in svc.copies if (t := _tree_copy(ctx, c))), None)
-        if tree is None:
-            continue
-        copy, source = tree
-        for later in order[k + 1:]:
-            why = _heavy(known[later])
-            if why is None:
-                continue
-            depends = name in ctx.requirement_closure(later)
-            fix = (f"move the COPY into a service that requires {later!r}" if depends else
-                   f"declare {later!r} before {name!r} or make {name!r} require it")
-            yield copy.pos, (
-                f"COPY {source} in {name!r} comes before {later!r} (which {why}) in the layer "
-                f"order: every change under {source} rebuilds {later!r} too; {fix}")
-            break
+        later, why = found
+        depends = ctx.reaches(later, name)
+        fix = (f"move the COPY into a service that requires {later!r}" if depends else
+               f"declare {later!r} before {name!r} or make {name!r} require it")
+        yield copy.pos, (
+            f"COPY {source} in {name!r} comes before {later!r} (which {why}) in the layer "
+            f"order: every change under {source} rebuilds {later!r} too; {fix}")

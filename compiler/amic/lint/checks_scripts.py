@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from amic.amifile import ir
+from amic.errors import Pos
 from amic.lint.facts import (
     DOWNLOADERS,
     INSTALL_VERBS,
@@ -22,11 +23,9 @@ from amic.lint.facts import (
     script_commands,
     scripts,
     secret_in,
-    service_end,
     verb_of,
 )
 from amic.lint.model import Context, ScriptRef
-from amic.lint.shell import ScriptMap, commands
 
 # --------------------------------------------------------------------------- AM3xxx
 
@@ -80,16 +79,16 @@ def check_init_prefer_packages(ctx: Context) -> Found:
 
 def check_pipe_to_shell(ctx: Context) -> Found:
     for ref in ctx.scripts():
-        smap = ScriptMap(ref.script, ctx.lines)
+        smap = ctx.script_map(ref.script)
         seen: set[int] = set()
-        for cmd in commands(ref.script.text):
+        for cmd in ctx.commands(ref.script):
             src = cmd.piped_from
             if src and src.name in DOWNLOADERS and cmd.name in INTERPRETERS:
                 seen.add(src.first.index)
                 yield at(smap, src.first), (
                     f"{src.name} output piped into {cmd.name} runs whatever the server sends, "
                     "as root; download to a file, verify a checksum or signature, then run it")
-        for index, line in enumerate(ref.script.text.splitlines()):
+        for index, line in enumerate(smap.text_lines):
             match = SUBST_PIPE_RE.search(line)
             if match and index not in seen:
                 yield smap.pos(index, match.start() + 1), (
@@ -99,8 +98,8 @@ def check_pipe_to_shell(ctx: Context) -> Found:
 
 def check_script_secret(ctx: Context) -> Found:
     for ref in ctx.scripts():
-        smap = ScriptMap(ref.script, ctx.lines)
-        for index, line in enumerate(ref.script.text.splitlines()):
+        smap = ctx.script_map(ref.script)
+        for index, line in enumerate(smap.text_lines):
             what = secret_in(line)
             if what:
                 yield smap.pos(index, 1 + len(line) - len(line.lstrip())), (
@@ -162,27 +161,107 @@ def check_reboot(ctx: Context) -> Found:
                 yield at(smap, cmd.words[0]), f"{name} in {ref.phase.upper()} {why}"
 
 
-def _requirement_closure(ctx: Context, name: str) -> list[ir.Service]:
-    """Every service ``name`` requires, directly or not (cycle-safe), nearest first."""
+def _inherited_packages(ctx: Context) -> dict[str, dict[str, str]]:
+    """For each service, the packages its requirements (directly or not) install, each with
+    the requirement that brings it: a direct requirement first, else the first one in
+    REQUIRES order that inherits it.
+
+    Computed bottom-up in one pass over the graph (requirements before the services that
+    need them), keeping only packages that two services list, so the cost is the number of
+    REQUIRES lines times the number of such packages, not the size of every closure.
+    """
     known = ctx.services()
-    return [known[d] for d in ctx.requirement_closure(name)]
+    holders: dict[str, int] = {}
+    for svc in known.values():
+        for package in set(svc.packages):
+            holders[package] = holders.get(package, 0) + 1
+    shared = {p for p, n in holders.items() if n > 1}
+    result: dict[str, dict[str, str]] = {}
+    if not shared:
+        return result
+    for name in _requirements_first(ctx):
+        reqs = [r.name for r in known[name].requires if r.name in known and r.name != name]
+        if len(reqs) == 1 and not shared.intersection(known[reqs[0]].packages):
+            result[name] = result.get(reqs[0], {})  # shared, never mutated: a chain is cheap
+            continue
+        merged: dict[str, str] = {}
+        for req in reversed(reqs):  # earlier requirements overwrite later ones
+            merged.update(result.get(req, {}))
+        for req in reversed(reqs):
+            merged.update((p, req) for p in known[req].packages if p in shared)
+        result[name] = {p: h for p, h in merged.items() if h != name}
+    return result
+
+
+def _requirements_first(ctx: Context) -> list[str]:
+    """Every known service, each after the services it requires (iterative post-order; a
+    cycle is cut where it closes)."""
+    known = ctx.services()
+    done: set[str] = set()
+    order: list[str] = []
+    for root in known:
+        if root in done:
+            continue
+        done.add(root)
+        stack = [(root, iter(known[root].requires))]
+        while stack:
+            name, reqs = stack[-1]
+            req = next(reqs, None)
+            if req is None:
+                stack.pop()
+                order.append(name)
+            elif req.name in known and req.name not in done:
+                done.add(req.name)
+                stack.append((req.name, iter(known[req.name].requires)))
+    return order
+
+
+def _package_words(ctx: Context, svc: ir.Service) -> dict[str, list[Pos]]:
+    """Where each word of the service's PACKAGES lines is, in order (one scan per service)."""
+    lines = ctx.lines
+    end = min(ctx.service_end(svc) or len(lines), len(lines))
+    where: dict[str, list[Pos]] = {}
+    in_keyword = False
+    for line in range(svc.pos.line, end + 1):
+        text = lines[line - 1]
+        head = text.split(None, 1)[0] if text.strip() else ""
+        skip = 0
+        if head.upper() == "PACKAGES":
+            in_keyword, skip = True, text.index(head) + len(head)
+        if in_keyword:
+            for match in _WORD_RE.finditer(text, skip):
+                where.setdefault(match.group(), []).append(Pos(svc.pos.file, line,
+                                                               match.start() + 1))
+        in_keyword = in_keyword and text.rstrip().endswith("\\")
+    return where
+
+
+_WORD_RE = re.compile(r"[^\s\\]+")
+
+
+def _package_pos(ctx: Context, svc: ir.Service, words: dict[str, list[Pos]], package: str,
+                 nth: int) -> Pos:
+    found = words.get(package, ())
+    if len(found) >= nth:
+        return found[nth - 1]
+    return find_word(ctx, svc.pos, "PACKAGES", package, ctx.service_end(svc), nth=nth)
 
 
 def check_duplicate_packages(ctx: Context) -> Found:
+    inherited_by = _inherited_packages(ctx)
     for svc in ctx.amifile.services:
-        end = service_end(ctx, svc)
-        inherited: dict[str, str] = {}
-        for dep in _requirement_closure(ctx, svc.name):
-            for package in dep.packages:
-                inherited.setdefault(package, dep.name)
-        seen: list[str] = []
+        inherited = inherited_by.get(svc.name, {})
+        seen: dict[str, int] = {}
+        words: dict[str, list[Pos]] | None = None
         for package in svc.packages:
-            if package in seen:
-                yield (find_word(ctx, svc.pos, "PACKAGES", package, end,
-                                  nth=seen.count(package) + 1),
+            count = seen.get(package, 0)
+            if count or package in inherited:
+                words = _package_words(ctx, svc) if words is None else words
+            if count:
+                yield (_package_pos(ctx, svc, words, package, count + 1),
                        f"package {package} is listed twice in {svc.name!r}")
             elif package in inherited:
-                yield (find_word(ctx, svc.pos, "PACKAGES", package, end),
+                yield (_package_pos(ctx, svc, words, package, 1),
                        f"package {package} is already installed by {inherited[package]!r}, "
                        f"which {svc.name!r} requires")
-            seen.append(package)
+            seen[package] = count + 1

@@ -1,7 +1,9 @@
 """The lint pipeline: read, parse, resolve, run the rules and shellcheck, apply ignores, render.
 
 Files are independent: a parse error in one becomes an AM1000 finding and the others are
-still linted. shellcheck runs once over the scripts of every file (batched, in parallel).
+still linted. shellcheck runs once over the scripts of every file (batched, one process per
+CPU, cached by body: amic.lint.shellcheck) while the rules run. Every step is linear in the
+input (tests/unit/test_lint_scale.py holds it to that).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from amic.lint import formats
 from amic.lint.model import SEVERITIES, Context, Finding, severity_rank
 from amic.lint.pragmas import Ignores, read_pragmas
 from amic.lint.rules import RULES, RULES_BY_ID
-from amic.lint.shell import ScriptMap, run_shellcheck
+from amic.lint.shellcheck import Shellcheck, check_scripts, find_shellcheck, shell_of, too_large
 
 THRESHOLDS = (*SEVERITIES, "none")
 DEFAULT_THRESHOLD = "warning"
@@ -92,9 +94,17 @@ def check(amifile: ir.Amifile, text: str, path: str | None = None, *,
     unit = _Unit(path or amifile.path, text, amifile)
     unit.context = Context(amifile, text, unit.path, dict(external or {}), includes_resolved)
     unit.findings = _rule_findings(unit.context)
-    if shellcheck:
-        unit.findings.extend(_shellcheck([unit]).get(0, []))
+    checker = _checker(shellcheck)
+    if checker is not None:
+        unit.findings.extend(_shellcheck([unit], checker).get(0, []))
     return _finish(unit, set(ignore))
+
+
+def _checker(shellcheck: bool | Shellcheck) -> Shellcheck | None:
+    """The shellcheck to run (``True``: the one :func:`find_shellcheck` picks)."""
+    if isinstance(shellcheck, Shellcheck):
+        return shellcheck
+    return find_shellcheck() if shellcheck else None
 
 
 def _rule_findings(ctx: Context) -> list[Finding]:
@@ -155,8 +165,8 @@ def _is_fragment(path: str) -> bool:
     return any(where.is_relative_to(d.resolve()) for d in resolve.stock_service_dirs())
 
 
-def _shellcheck(units: Sequence[_Unit]) -> dict[int, list[Finding]]:
-    """shellcheck findings by unit index (nothing when shellcheck is not installed)."""
+def _shellcheck(units: Sequence[_Unit], checker: Shellcheck) -> dict[int, list[Finding]]:
+    """shellcheck findings (and AM3012 for bodies too large for it) by unit index."""
     found: dict[int, list[Finding]] = {}
     scripts: dict[tuple[int, int], str] = {}
     refs = {}
@@ -164,21 +174,31 @@ def _shellcheck(units: Sequence[_Unit]) -> dict[int, list[Finding]]:
         if unit.context is None:
             continue
         for s, ref in enumerate(unit.context.scripts()):
-            scripts[(u, s)] = ref.script.text
+            text = ref.script.text
+            if shell_of(text) is not None and too_large(text):
+                lines = text.count("\n")
+                found.setdefault(u, []).append(_finding("AM3012", (
+                    f"{ref.phase.upper()} of {ref.service.name!r} has {lines} lines "
+                    f"({len(text)} characters): too large for shellcheck, not checked; "
+                    "split it or move it into a file you COPY"), ref.script.pos))
+                continue
+            scripts[(u, s)] = text
             refs[(u, s)] = ref
     if not scripts:
         return found
-    results = run_shellcheck(scripts)
-    if results is None:
-        return found  # shellcheck is not installed: documented, the AM rules still run
+    results = check_scripts(checker, scripts)
+    given: dict[int, set[str]] = {}
     for (u, s), comments in results.items():
-        unit = units[u]
-        ref = refs[(u, s)]
-        smap = ScriptMap(ref.script, unit.context.lines)
-        given = _environment(unit.context.amifile, ref.service)
+        if not comments:
+            continue
+        unit, ref = units[u], refs[(u, s)]
+        smap = unit.context.script_map(ref.script)
+        env = given.get(id(ref.service))
+        if env is None:
+            env = given[id(ref.service)] = _environment(unit.context.amifile, ref.service)
         for c in comments:
             unassigned = _UNASSIGNED_RE.match(c.message)
-            if c.code == "SC2154" and unassigned and unassigned.group(1) in given:
+            if c.code == "SC2154" and unassigned and unassigned.group(1) in env:
                 continue  # ENV and ARG values are in the script's environment
             level = c.level if c.level in SEVERITIES else "warning"
             found.setdefault(u, []).append(Finding(c.code, level, c.message,
@@ -186,14 +206,14 @@ def _shellcheck(units: Sequence[_Unit]) -> dict[int, list[Finding]]:
     return found
 
 
-def _lint_units(units: list[_Unit], *, shellcheck: bool, resolve: bool) -> None:
+def _lint_units(units: list[_Unit], *, checker: Shellcheck | None, resolve: bool) -> None:
     """Rules and shellcheck for every unit; shellcheck's processes run meanwhile."""
-    if not shellcheck:
+    if checker is None:
         for unit in units:
             _analyse(unit, resolve=resolve)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_shellcheck, units)
+        pending = pool.submit(_shellcheck, units, checker)
         for unit in units:
             _analyse(unit, resolve=resolve)
         for u, extra in pending.result().items():
@@ -218,19 +238,21 @@ def _finish(unit: _Unit, ignore: set[str]) -> list[Finding]:
 
 
 def lint_text(text: str, path: str = "Amifile", *, ignore: Collection[str] = (),
-              shellcheck: bool = True, resolve: bool = True) -> list[Finding]:
+              shellcheck: bool | Shellcheck = True, resolve: bool = True) -> list[Finding]:
     """Lint Amifile source ``text`` as if read from ``path`` (COPY and INCLUDE are relative
-    to its directory)."""
+    to its directory). ``shellcheck=True`` runs the one :func:`find_shellcheck` picks (and
+    raises :class:`~amic.lint.shellcheck.ShellcheckError` without one)."""
     unit = _load(path, text, resolve=resolve)
-    _lint_units([unit], shellcheck=shellcheck, resolve=resolve)
+    _lint_units([unit], checker=_checker(shellcheck), resolve=resolve)
     return _finish(unit, {i.upper() for i in ignore})
 
 
-def lint_paths(paths: Iterable[str], *, ignore: Collection[str] = (), shellcheck: bool = True,
-               resolve: bool = True) -> list[Finding]:
+def lint_paths(paths: Iterable[str], *, ignore: Collection[str] = (),
+               shellcheck: bool | Shellcheck = True, resolve: bool = True) -> list[Finding]:
     """Lint files (a directory means its ``Amifile``); findings grouped by file, in order."""
+    checker = _checker(shellcheck)
     units = [_load(_amifile_path(p), resolve=resolve) for p in paths]
-    _lint_units(units, shellcheck=shellcheck, resolve=resolve)
+    _lint_units(units, checker=checker, resolve=resolve)
     ignore = {i.upper() for i in ignore}
     return [f for unit in units for f in _finish(unit, ignore)]
 
@@ -248,9 +270,12 @@ def exit_code(findings: Iterable[Finding], threshold: str) -> int:
 
 
 def run(paths: list[str], *, fmt: str = "text", threshold: str = DEFAULT_THRESHOLD,
-        ignore: set[str] = frozenset(), out: TextIO) -> int:
+        ignore: set[str] = frozenset(), out: TextIO, err: TextIO | None = None,
+        shellcheck: bool = True) -> int:
     """``amic lint``: lint ``paths`` (default ``Amifile``), write ``fmt`` to ``out``, return the
-    exit code (0 clean below ``threshold``, 1 otherwise)."""
+    exit code (0 clean below ``threshold``, 1 otherwise). A missing or broken shellcheck
+    raises :class:`~amic.lint.shellcheck.ShellcheckError` (exit 2) unless ``shellcheck`` is
+    false; the text format notes on ``err`` which shellcheck ran."""
     if fmt not in formats.FORMATS:
         raise UsageError(f"unknown lint format {fmt!r} (choose from {', '.join(formats.FORMATS)})")
     if threshold not in THRESHOLDS:
@@ -261,8 +286,12 @@ def run(paths: list[str], *, fmt: str = "text", threshold: str = DEFAULT_THRESHO
         raise UsageError(f"unknown rule id(s) to ignore: {', '.join(sorted(unknown))} "
                          "(see amic lint --list-rules)")
     paths = list(paths) or ["Amifile"]
-    findings = lint_paths(paths, ignore=ignore)
-    out.write(formats.render(findings, fmt, files=len(paths)))
+    checker = find_shellcheck() if shellcheck else None
+    if err is not None and fmt == "text":
+        used = f"using {checker.describe()}" if checker else "shellcheck not run (--no-shellcheck)"
+        err.write(f"amic lint: note: {used}\n")
+    findings = lint_paths(paths, ignore=ignore, shellcheck=checker or False)
+    out.write(formats.render(findings, fmt, files=len(paths), shellcheck=checker))
     return exit_code(findings, threshold)
 
 

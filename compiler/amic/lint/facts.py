@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from amic.amifile import ir
 from amic.errors import Pos
 from amic.lint.model import Context, ScriptRef
-from amic.lint.shell import Command, ScriptMap, commands
+from amic.lint.shell import Command, ScriptMap
 
 Found = Iterator[tuple[Pos, str]]
 
@@ -82,8 +82,9 @@ def is_noninteractive(cmd: Command) -> bool:
 
 
 def script_commands(ctx: Context, ref: ScriptRef) -> Iterator[tuple[Command, ScriptMap]]:
-    smap = ScriptMap(ref.script, ctx.lines)
-    for cmd in commands(ref.script.text):
+    """The commands of a script (split once per lint, shared by every rule) and its map."""
+    smap = ctx.script_map(ref.script)
+    for cmd in ctx.commands(ref.script):
         yield cmd, smap
 
 
@@ -120,8 +121,7 @@ def find_word(ctx: Context, start: Pos, keyword: str, word: str, stop: int | Non
 
 
 def service_end(ctx: Context, svc: ir.Service) -> int | None:
-    later = [s.pos.line for s in ctx.amifile.services if s.pos.line > svc.pos.line]
-    return min(later) - 1 if later else None
+    return ctx.service_end(svc)
 
 
 # --------------------------------------------------------------------------- secrets

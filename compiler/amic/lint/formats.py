@@ -9,6 +9,7 @@ from pathlib import PurePath
 from amic import __version__ as _amic_version
 from amic.lint.model import DOCS_URL, SEVERITIES, Finding
 from amic.lint.rules import RULES, RULES_BY_ID
+from amic.lint.shellcheck import Shellcheck
 
 FORMATS = ("text", "json", "sarif", "github")
 
@@ -21,10 +22,13 @@ def shellcheck_uri(code: str) -> str:
     return f"https://www.shellcheck.net/wiki/{code}"
 
 
-def render(findings: Sequence[Finding], fmt: str, *, files: int) -> str:
-    """The whole output for ``findings`` (already filtered and sorted)."""
-    return {"text": _text, "json": _json, "sarif": _sarif, "github": _github}[fmt](
-        findings, files)
+def render(findings: Sequence[Finding], fmt: str, *, files: int,
+           shellcheck: Shellcheck | None = None) -> str:
+    """The whole output for ``findings`` (already filtered and sorted); SARIF names the
+    ``shellcheck`` that ran (a text lint says it on stderr, see :func:`amic.lint.run`)."""
+    if fmt == "sarif":
+        return _sarif(findings, files, shellcheck)
+    return {"text": _text, "json": _json, "github": _github}[fmt](findings, files)
 
 
 def _text(findings: Sequence[Finding], files: int) -> str:
@@ -46,7 +50,7 @@ def _json(findings: Sequence[Finding], files: int) -> str:
     return json.dumps(rows, indent=2) + "\n"
 
 
-def _sarif(findings: Sequence[Finding], files: int) -> str:
+def _sarif(findings: Sequence[Finding], files: int, shellcheck: Shellcheck | None) -> str:
     rules = [{"id": r.id, "name": r.id, "shortDescription": {"text": r.summary},
               "helpUri": r.help_uri,
               "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]}} for r in RULES]
@@ -68,14 +72,20 @@ def _sarif(findings: Sequence[Finding], files: int) -> str:
             "region": {"startLine": f.pos.line, "startColumn": f.pos.col},
         }}],
     } for f in findings]
+    driver = {"name": "amic-lint", "version": _amic_version, "informationUri": DOCS_URL,
+              "rules": rules,
+              "properties": {"shellcheck": None if shellcheck is None else {
+                  "path": shellcheck.path, "version": shellcheck.version,
+                  "source": shellcheck.source}}}
+    tool: dict = {"driver": driver}
+    if shellcheck is not None:
+        tool["extensions"] = [{"name": "shellcheck", "version": shellcheck.version,
+                               "informationUri": "https://www.shellcheck.net",
+                               "properties": {"path": shellcheck.path}}]
     doc = {
         "version": "2.1.0",
         "$schema": SARIF_SCHEMA,
-        "runs": [{
-            "tool": {"driver": {"name": "amic-lint", "version": _amic_version,
-                                "informationUri": DOCS_URL, "rules": rules}},
-            "results": results,
-        }],
+        "runs": [{"tool": tool, "results": results}],
     }
     return json.dumps(doc, indent=2) + "\n"
 

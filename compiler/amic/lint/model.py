@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -86,6 +87,9 @@ class Context:
     """``text`` split into lines (index 0 is line 1)."""
     _services: dict[str, ir.Service] | None = attrs.field(init=False, default=None)
     _closures: dict[str, list[str]] = attrs.field(init=False, factory=dict)
+    _commands: dict[int, list] = attrs.field(init=False, factory=dict)
+    _maps: dict[int, object] = attrs.field(init=False, factory=dict)
+    _starts: list[int] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.lines = self.text.splitlines()
@@ -97,6 +101,31 @@ class Context:
     def source_line(self, line: int) -> str:
         lines = self.lines
         return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+    def commands(self, script: ir.Script) -> list:
+        """``shell.commands(script.text)``, split once for all the rules that look at it."""
+        found = self._commands.get(id(script))
+        if found is None:
+            from amic.lint.shell import commands
+
+            self._commands[id(script)] = found = commands(script.text)
+        return found
+
+    def script_map(self, script: ir.Script):
+        """The :class:`~amic.lint.shell.ScriptMap` of ``script``, built once."""
+        found = self._maps.get(id(script))
+        if found is None:
+            from amic.lint.shell import ScriptMap
+
+            self._maps[id(script)] = found = ScriptMap(script, self.lines)
+        return found
+
+    def service_end(self, svc: ir.Service) -> int | None:
+        """Last line before the next service declared after ``svc`` (``None`` for the last)."""
+        if self._starts is None:
+            self._starts = sorted({s.pos.line for s in self.amifile.services})
+        k = bisect.bisect_right(self._starts, svc.pos.line)
+        return self._starts[k] - 1 if k < len(self._starts) else None
 
     def scripts(self) -> Iterator[ScriptRef]:
         for svc in self.amifile.services:
@@ -135,3 +164,32 @@ class Context:
             queue.extend(r.name for r in known[dep].requires)
         self._closures[name] = result = list(seen)
         return result
+
+    def required_by_any(self, roots: Iterable[str]) -> list[str]:
+        """``roots`` and every service they require, directly or not: one walk for all."""
+        known = self.services()
+        seen: dict[str, None] = {}
+        queue = collections.deque(roots)
+        while queue:
+            name = queue.popleft()
+            if name in seen:
+                continue
+            seen[name] = None
+            if name in known:
+                queue.extend(r.name for r in known[name].requires if r.name not in seen)
+        return list(seen)
+
+    def reaches(self, start: str, goal: str) -> bool:
+        """Does ``start`` require ``goal``, directly or not? (A walk that stops at ``goal``.)"""
+        known = self.services()
+        seen = {start}
+        stack = [start]
+        while stack:
+            name = stack.pop()
+            for req in known[name].requires if name in known else ():
+                if req.name == goal:
+                    return True
+                if req.name not in seen:
+                    seen.add(req.name)
+                    stack.append(req.name)
+        return False

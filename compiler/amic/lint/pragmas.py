@@ -10,6 +10,7 @@ Inside a heredoc body, shellcheck's own ``# shellcheck disable=SC2086`` works as
 
 from __future__ import annotations
 
+import bisect
 import re
 
 import attrs
@@ -31,7 +32,12 @@ class Ignores:
     def suppresses(self, code: str, line: int) -> bool:
         if code in self.file:
             return True
-        return any(first <= line <= last and code in ids for first, last, ids in self.spans)
+        # Spans are in line order and do not overlap: a binary search per finding.
+        k = bisect.bisect_right(self.spans, (line, float("inf"))) - 1
+        if k < 0:
+            return False
+        first, last, ids = self.spans[k]
+        return first <= line <= last and code in ids
 
 
 def _ids(text: str) -> frozenset[str]:

