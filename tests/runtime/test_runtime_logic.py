@@ -397,3 +397,46 @@ def test_build_keys_marked_removed_and_added_back(tmp_path: Path, stub_root_lowe
     assert rc == 1 and "no user 'nosuchuser'" in out
     rc, out = root.run(f"{amic} build-key frobnicate", env=env, check=None)
     assert rc == 2
+
+
+STUB_APT_ARGS = """#!/bin/sh
+# one argument a line, so a split or globbed name shows
+{ echo "== call"; for a; do printf '[%s]\\n' "$a"; done; } >> /var/log/stub-apt-args.log
+exit 0
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("shell_id", ["dash", "busybox-userland", "bash-posix"])
+def test_package_names_reach_the_manager_quoted(shell_id: str, tmp_path: Path,
+                                                stub_root_lower: Path) -> None:
+    """Each name is one argument: never split, never globbed; known prefixes only are stripped.
+
+    The compiler refuses globs and spaces, so the glob and space lines are written into
+    the unpacked stage2 by hand (what an edited or foreign stage2 could hold)."""
+    root = make_root(tmp_path, stub_root_lower)
+    root.put("/usr/local/sbin/apt-get", STUB_APT_ARGS, 0o755)
+    amic, env = runner(shell_id)
+    text = "SERVICE pk\n    PACKAGES libc6:i386 apt:zlib1g:amd64 rpm:jq-rpm foo=1.2-3\n"
+    root.install_stage2(compile_stage2(tmp_path / "ctx", text), SHELLS[shell_id], env=env)
+    listing = "/var/lib/amic/stage2/services/pk/packages"
+    assert root.read(listing).split() == ["apt:zlib1g:amd64", "foo=1.2-3", "libc6:i386",
+                                          "rpm:jq-rpm"]
+    root.put(listing, root.read(listing) + "lib*\ntwo words\n")
+    # `lib*` run from / would glob to lib, lib64, ... in an unquoted expansion
+    rc, out = root.run(f"cd / && {amic} init", env=env, check=None)
+    assert rc == 0, out
+    calls = root.read("/var/log/stub-apt-args.log").split("== call\n")
+    install = next(c for c in calls if "[install]\n" in c)
+    names = install.split("[--no-install-recommends]\n", 1)[1].splitlines()
+    assert names == ["[zlib1g:amd64]", "[foo=1.2-3]", "[libc6:i386]", "[lib*]", "[two words]"]
+
+    # a name that would be an option never reaches the manager: the init fails at PACKAGES
+    root.run("rm -f /var/log/stub-apt-args.log /var/lib/amic/init/pk")
+    root.put(listing, "-s\nhello\n")
+    rc, out = root.run(f"{amic} init", env=env, check=None)
+    assert rc != 0, out
+    assert "refusing package name '-s'" in out
+    assert "pk: init: FAILED" in out and "Amifile:2" in out, out
+    assert not root.exists("/var/log/stub-apt-args.log") or \
+        "[install]" not in root.read("/var/log/stub-apt-args.log")

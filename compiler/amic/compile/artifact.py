@@ -1,9 +1,11 @@
 """Render a Plan into the stage2 tarball (layout: docs/internals.md).
 
 The tarball is byte-for-byte reproducible: entries sorted, every mtime 0,
-owner root:root, modes normalised, no host paths or ARG values inside. Same
-inputs on another machine, in another directory, under another umask or
-at another time give the same bytes.
+owner root:root, no host paths or ARG values inside. Same inputs on another
+machine, in another directory or at another time give the same bytes. The
+permission bits of COPY sources are inputs (0600 stays 0600, as in Docker),
+so a checkout made under another umask differs where its modes differ;
+``--mode`` pins them. Generated files are 0644 and 0755 whatever the umask.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from amic import __version__
+from amic.compile.context import open_regular
 from amic.compile.plan import Plan, ServicePlan, runtime_files
+from amic.errors import AmicError
 
 TOP = "stage2"
 
@@ -117,8 +121,12 @@ def print_text(plan: Plan) -> str:
     return "".join(chunks)
 
 
-def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | None, str | None]]:
-    """(path, mode, content or None for a directory, symlink target)."""
+class SourceFile(str):
+    """Content that is a COPY source on the build machine: read while the tar is written."""
+
+
+def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | SourceFile | None, str | None]]:
+    """(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
     yield TOP, 0o755, None, None
     for rel, mode, data in runtime_files():
         yield f"{TOP}/{rel}", mode, data, None
@@ -141,19 +149,17 @@ def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | None, str | None]]:
             payload = f"{base}/files/{copy.index:02d}"
             if copy.single:
                 f = copy.files[0]
-                with open(f.source, "rb") as fh:
-                    yield payload, f.mode, fh.read(), None
+                yield payload, f.mode, SourceFile(f.source), None
                 continue
             yield payload, 0o755, None, None
             for f in copy.files:
                 path = f"{payload}/{f.rel}"
                 if f.kind == "dir":
-                    yield path, 0o755, None, None
+                    yield path, f.mode, None, None
                 elif f.kind == "symlink":
                     yield path, 0o777, b"", os.readlink(f.source)
                 else:
-                    with open(f.source, "rb") as fh:
-                        yield path, f.mode, fh.read(), None
+                    yield path, f.mode, SourceFile(f.source), None
 
 
 def write_artifact(plan: Plan, out: BinaryIO) -> None:
@@ -173,9 +179,23 @@ def write_artifact(plan: Plan, out: BinaryIO) -> None:
             elif data is None:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
+            elif isinstance(data, SourceFile):
+                _add_source(tar, info, data)
             else:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def _add_source(tar: tarfile.TarFile, info: tarfile.TarInfo, source: SourceFile) -> None:
+    # Streamed, so a large COPY is not held in memory; opened without following a
+    # symlink or blocking on a FIFO that replaced the file since the plan hashed it.
+    try:
+        with open_regular(source) as fh:
+            info.size = os.fstat(fh.fileno()).st_size
+            tar.addfile(info, fh)
+    except OSError as e:
+        raise AmicError(f"COPY source {source} changed while compiling: "
+                        f"{e.strerror or e}; compile again") from None
 
 
 def artifact_bytes(plan: Plan) -> bytes:

@@ -18,18 +18,17 @@ import functools
 import hashlib
 import json
 import os
-import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from importlib import resources
-from pathlib import Path
 
 import attrs
 
 from amic import __version__
 
 from amic.amifile import ir
-from amic.errors import AmifileError
-from amic.amifile.resolve import Resolved, source_line
+from amic.amifile.resolve import Resolved
+from amic.compile.context import Contexts, CopyPlan, expand_copy
+from amic.compile.packages import check_packages
 
 KEY_SCHEME = "amic-key-v1"
 """Bumped whenever what goes into a key changes, so old caches are not misread."""
@@ -38,33 +37,6 @@ KEY_SCHEME = "amic-key-v1"
 def _digest(*parts: object) -> str:
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-@attrs.frozen
-class CopyFile:
-    """One file or directory a COPY puts into the image."""
-
-    rel: str
-    """Path below the COPY destination ('' for a single-file COPY)."""
-    source: str = attrs.field(eq=False)
-    """Absolute path on the build machine (never written into the artifact)."""
-    mode: int
-    kind: str
-    """``file``, ``dir`` or ``symlink``."""
-    digest: str
-    """sha256 of the content (or of the link target)."""
-
-
-@attrs.frozen
-class CopyPlan:
-    """A COPY with its sources expanded into files."""
-
-    index: int
-    dest: str
-    """Absolute destination; a file path for ``single`` copies, else a directory."""
-    single: bool
-    """True when one regular file is installed as ``dest`` exactly."""
-    files: tuple[CopyFile, ...] = attrs.field(converter=tuple)
 
 
 @attrs.frozen
@@ -178,8 +150,15 @@ def arg_values(resolved: Resolved, build_args: Mapping[str, str],
 
 
 def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *,
-              base_image_id: str | None = None, environ: Mapping[str, str] | None = None) -> Plan:
-    """Compute layers and keys. ``base_image_id`` (a build's resolved FROM) chains into every key."""
+              base_image_id: str | None = None, environ: Mapping[str, str] | None = None,
+              context: str | None = None, copy_limit: int | None = None) -> Plan:
+    """Compute layers and keys. ``base_image_id`` (a build's resolved FROM) chains into every key.
+
+    ``context``: the build context COPY reads from (default: the root Amifile's directory);
+    ``copy_limit``: bytes all COPYs may read (default: ``$AMIC_COPY_LIMIT`` or 2 GiB).
+    """
+    contexts = Contexts(context if context is not None else os.path.dirname(resolved.root.path),
+                        explicit=context is not None, limit=copy_limit)
     values, missing = arg_values(resolved, build_args or {}, environ)
     runtime = runtime_hash()
     # The ARG values enter the keys only. The ``args`` input (the amic:in:args tag every
@@ -194,9 +173,10 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
         inherited: set[str] = set()
         for req in svc.requires:
             inherited |= installed_by[req.name]
+        check_packages(svc)
         own = tuple(sorted(set(svc.packages) - inherited))
         installed_by[svc.name] = inherited | set(svc.packages)
-        copies = tuple(_expand_copy(i, c) for i, c in enumerate(svc.copies, 1))
+        copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1))
         envs = (*resolved.envs, *svc.envs)
         own_hash = _digest(KEY_SCHEME, svc.name, own, _copies_digest(copies),
                            [s.text for s in svc.inits], [(e.name, e.value) for e in envs])
@@ -238,80 +218,6 @@ def _arg_digest(name: str, value: str) -> str:
 def _copies_digest(copies: tuple[CopyPlan, ...]) -> str:
     return _digest([(c.dest, c.single, [(f.rel, f.mode, f.kind, f.digest) for f in c.files])
                     for c in copies])
-
-
-def normalized_mode(st_mode: int, forced: str | None, kind: str) -> int:
-    """Modes in the artifact: ``--mode`` if given, else 0755/0644 by the executable bit.
-
-    Only the executable bit of a source survives, as in git, so the same
-    checkout gives the same artifact whatever the umask it was made with.
-    """
-    if kind == "dir":
-        return 0o755
-    if forced is not None:
-        return int(forced, 8)
-    return 0o755 if st_mode & 0o111 else 0o644
-
-
-def _expand_copy(index: int, copy: ir.Copy) -> CopyPlan:
-    files: list[CopyFile] = []
-    many = len(copy.sources) > 1
-    single = False
-    for src in copy.sources:
-        path = Path(copy.context, src)
-        try:
-            st = path.lstat()
-        except OSError:
-            raise AmifileError(f"COPY source {src!r} does not exist (looked in {copy.context or '.'})",
-                               copy.pos, source_line=source_line(copy.pos)) from None
-        if stat.S_ISDIR(st.st_mode):
-            files.extend(_walk(path, copy.mode))
-        elif stat.S_ISREG(st.st_mode):
-            if not many and not copy.dest.endswith("/"):
-                single = True
-                files.append(CopyFile("", str(path), normalized_mode(st.st_mode, copy.mode, "file"),
-                                      "file", _file_digest(path)))
-            else:
-                files.append(CopyFile(path.name, str(path), normalized_mode(st.st_mode, copy.mode, "file"),
-                                      "file", _file_digest(path)))
-        else:
-            raise AmifileError(f"COPY source {src!r} is neither a file nor a directory",
-                               copy.pos, source_line=source_line(copy.pos))
-    dest = copy.dest if not copy.dest.endswith("/") or copy.dest == "/" else copy.dest.rstrip("/")
-    if not dest.startswith("/"):
-        raise AmifileError(f"COPY destination {copy.dest!r} must be an absolute path",
-                           copy.pos, source_line=source_line(copy.pos))
-    seen: dict[str, CopyFile] = {}
-    for f in files:
-        seen[f.rel] = f  # a later source overwrites an earlier one, as cp would
-    return CopyPlan(index=index, dest=dest, single=single,
-                    files=sorted(seen.values(), key=lambda f: f.rel))
-
-
-def _walk(root: Path, forced_mode: str | None) -> Iterator[CopyFile]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in sorted(dirnames + filenames):
-            full = Path(dirpath, name)
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            st = full.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(full)
-                yield CopyFile(rel, str(full), 0o777, "symlink", _digest(target))
-            elif stat.S_ISDIR(st.st_mode):
-                yield CopyFile(rel, str(full), 0o755, "dir", "")
-            elif stat.S_ISREG(st.st_mode):
-                yield CopyFile(rel, str(full), normalized_mode(st.st_mode, forced_mode, "file"),
-                               "file", _file_digest(full))
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def runtime_files() -> list[tuple[str, int, bytes]]:
