@@ -237,27 +237,29 @@ def test_images_and_prune(amic, store):
 
 
 def test_images_carry_project_names_and_prune_by_name_keeps_the_others(amic, project, tmp_path):
-    # Two more projects whose files are also called Amifile: one named by its directory,
-    # one by --name (normalised); their UPDATE differs, so each has its own final image.
+    # Two more projects whose files are also called Amifile: one named by NAME, one by
+    # --name (normalised, and over its NAME); their UPDATE differs, so each has its own
+    # final image. The module's project is named by its directory.
     shop = tmp_path / "shop"
     shop.mkdir()
-    (shop / "Amifile").write_text(AMIFILE.replace("update-v1", "update-shop"))
+    (shop / "Amifile").write_text("NAME storefront\n" + AMIFILE.replace("update-v1", "update-shop"))
     team = tmp_path / "team"
     team.mkdir()
-    (team / "Amifile").write_text(AMIFILE.replace("update-v1", "update-team"))
+    (team / "Amifile").write_text("NAME ignored\n" + AMIFILE.replace("update-v1", "update-team"))
     amic("build", "--json", str(shop / "Amifile"))
     amic("build", "--json", "--name", "Team App!", str(team / "Amifile"))
     amic("build", "--json")
     finals = {row["name"]: row["id"] for row in json.loads(amic("images", "--json").stdout)}
-    assert {project.name, "shop", "team-app"} <= set(finals), finals
+    assert {project.name, "storefront", "team-app"} <= set(finals), finals
+    assert "ignored" not in finals
     table = amic("images").stdout
-    assert "shop" in table and "team-app" in table
+    assert "storefront" in table and "team-app" in table
     only = json.loads(amic("images", "--json", "--name", "team-app").stdout)
     assert [row["id"] for row in only] == [finals["team-app"]]
-    amic("prune", "--name", "shop", "--all")
+    amic("prune", "--name", "storefront", "--all")
     after = json.loads(amic("images", "--all", "--json").stdout)
     ids = {row["id"] for row in after}
-    assert finals["shop"] not in ids
+    assert finals["storefront"] not in ids
     assert finals[project.name] in ids and finals["team-app"] in ids
     assert {row["kind"] for row in after} >= {"layer", "base"}  # what the others sit on stays
     assert json.loads(amic("build", "--json").stdout)["cached"]

@@ -75,6 +75,7 @@ class _Assembly:
     args: list[ir.Arg] = attrs.Factory(list)
     envs: list[ir.Env] = attrs.Factory(list)
     labels: list[ir.Label] = attrs.Factory(list)
+    name: ir.ImageName | None = None
     includes: list[ir.Include] = attrs.Factory(list)
     enables: list[ir.Requirement] = attrs.Factory(list)
     services: list[ir.Service] = attrs.Factory(list)
@@ -125,7 +126,7 @@ class _Assembly:
         if self.block is not None:
             self.services.append(self.block.service())
         return ir.Amifile(path=self.path, base=self.base, args=self.args, envs=self.envs,
-                          labels=self.labels, includes=self.includes, enables=self.enables,
+                          labels=self.labels, name=self.name, includes=self.includes, enables=self.enables,
                           services=self.services)
 
     # ---------------------------------------------------------------- one per instruction
@@ -152,6 +153,15 @@ class _Assembly:
             if not p.key:
                 self.fail("empty LABEL key", p.key)
             self.labels.append(ir.Label(str(p.key), str(p.value), self.pos(p.key)))
+
+    def image_name(self, record: r.Name) -> None:
+        if self.name is not None:
+            self.fail(f"NAME given twice (first at {self.name.pos.line})", record.keyword,
+                      hint="an Amifile has one image name")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", record.word):
+            self.fail(f"invalid image name {str(record.word)!r}", record.word,
+                      hint="use letters, digits, '.', '_' and '-', starting with a letter or digit")
+        self.name = ir.ImageName(str(record.word), self.pos(record.keyword))
 
     def include(self, record: r.Include) -> None:
         for tok in record.refs:
@@ -224,7 +234,7 @@ class _Assembly:
 # twelve isinstance checks, which showed in the parse time of large files.
 _STEPS: dict[type, Callable[[_Assembly, Any], None]] = {
     r.From: _Assembly.from_, r.Arg: _Assembly.arg, r.Env: _Assembly.env,
-    r.Label: _Assembly.label, r.Include: _Assembly.include, r.Enable: _Assembly.enable,
+    r.Label: _Assembly.label, r.Name: _Assembly.image_name, r.Include: _Assembly.include, r.Enable: _Assembly.enable,
     r.Service: _Assembly.service, r.Requires: _Assembly.requires,
     r.Packages: _Assembly.packages, r.Copy: _Assembly.copy, r.Init: _Assembly.init,
     r.Update: _Assembly.update,

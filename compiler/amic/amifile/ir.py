@@ -52,6 +52,14 @@ class Env:
 
 
 @attrs.frozen
+class ImageName:
+    """``NAME image-name``: the project's image name, as written (targets normalise it)."""
+
+    value: str
+    pos: Pos = attrs.field(eq=False)
+
+
+@attrs.frozen
 class Label:
     """``LABEL key=value``: becomes an image tag."""
 
@@ -127,6 +135,8 @@ class Amifile:
     args: tuple[Arg, ...] = attrs.field(converter=tuple, default=())
     envs: tuple[Env, ...] = attrs.field(converter=tuple, default=())
     labels: tuple[Label, ...] = attrs.field(converter=tuple, default=())
+    name: ImageName | None = None
+    """``NAME``: the project's image name (tag ``amic:name``)."""
     includes: tuple[Include, ...] = attrs.field(converter=tuple, default=())
     enables: tuple[Requirement, ...] = attrs.field(converter=tuple, default=())
     """``ENABLE a b``: services the image runs by default. None given = every service declared

@@ -21,7 +21,7 @@ from lark import Token, Transformer
 from amic.amifile.lexer import HeredocToken
 
 __all__ = [
-    "Arg", "ArgDef", "Copy", "Enable", "Env", "From", "Include", "Init", "Label", "Packages",
+    "Arg", "ArgDef", "Copy", "Enable", "Env", "From", "Include", "Init", "Label", "Name", "Packages",
     "Pair", "Record", "Requires", "Service", "ToRecords", "Update",
 ]
 
@@ -47,6 +47,12 @@ class From:
     keyword: Token
     words: tuple[Token, ...]
     """The image reference; more than one word for an AMI filter."""
+
+
+@attrs.frozen
+class Name:
+    keyword: Token
+    word: Token
 
 
 @attrs.frozen
@@ -123,7 +129,7 @@ class Update:
     body_line: int
 
 
-Record = (From | Arg | Env | Label | Include | Enable | Service | Requires | Packages | Copy
+Record = (From | Arg | Env | Label | Name | Include | Enable | Service | Requires | Packages | Copy
           | Init | Update)
 """One instruction; the class name is the instruction's name (``From`` is FROM)."""
 
@@ -180,6 +186,9 @@ class ToRecords(Transformer[Token, list[Record]]):
 
     def label(self, children: list[Token | Pair]) -> Label:
         return Label(_keyword(children), _pairs(children))
+
+    def image_name(self, children: list[Token]) -> Name:
+        return Name(children[0], children[1])
 
     def include(self, children: list[Token]) -> Include:
         return Include(children[0], tuple(children[1:]))

@@ -50,6 +50,11 @@ class Resolved:
     def labels(self) -> tuple[ir.Label, ...]:
         return self.root.labels
 
+    @property
+    def name(self) -> str | None:
+        """``NAME`` of the top Amifile, as written."""
+        return self.root.name.value if self.root.name else None
+
     def service(self, name: str) -> ir.Service:
         for svc in self.services:
             if svc.name == name:
@@ -145,7 +150,7 @@ def _collect(root: ir.Amifile, loader: Loader, *, files: list[str], services: li
 
 def _check_included(amifile: ir.Amifile) -> None:
     for what, node in (("FROM", amifile.base), ("ENABLE", next(iter(amifile.enables), None)),
-                       ("LABEL", next(iter(amifile.labels), None))):
+                       ("LABEL", next(iter(amifile.labels), None)), ("NAME", amifile.name)):
         if node is not None:
             raise AmifileError(f"{what} is only allowed in the top Amifile, not in an included file",
                                node.pos, source_line=source_line(node.pos))

@@ -146,6 +146,6 @@ def _check_ami_name(target, options):
     import os
 
     tags = {**p.labels, contract.TAG_AMIFILE: os.path.basename(p.amifile_path),
-            contract.TAG_NAME: contract.project_name(p.amifile_path, options.name)}
+            contract.TAG_NAME: contract.project_name(p.amifile_path, options.name or resolved.name)}
     naming.check_name_free(target.ec2, naming.fixed_name(opts.image_name, tags, p.final_key))
     return resolved

@@ -62,10 +62,12 @@ def cmd_gc(args) -> int:
 # -- ami ls / prune ---------------------------------------------------------------------
 
 def _project(args) -> str:
-    """``--name``, else the project of the Amifile in the current directory."""
+    """``--name``, else the project of the Amifile in the current directory (its NAME, else
+    the directory's name)."""
     import os
 
     from amic import contract
+    from amic.amifile import resolve
     from amic.errors import UsageError
 
     if args.name:
@@ -73,7 +75,7 @@ def _project(args) -> str:
     if not os.path.exists("Amifile"):
         raise UsageError("which project? pass --name NAME (see `amic ami ls`), or run this "
                          "where the project's Amifile is")
-    return contract.project_name("Amifile")
+    return contract.project_name("Amifile", resolve.load("Amifile").name)
 
 
 def cmd_ami_ls(args) -> int:

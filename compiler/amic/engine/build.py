@@ -465,7 +465,8 @@ def _common_tags(b: BuildState) -> dict[str, str]:
     source = hashlib.sha256(os.path.abspath(b.plan.amifile_path).encode()).hexdigest()[:16]
     return {contract.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), contract.TAG_SOURCE: source,
             contract.TAG_BUILD: b.build_id,
-            contract.TAG_NAME: contract.project_name(b.plan.amifile_path, b.options.name)}
+            contract.TAG_NAME: contract.project_name(b.plan.amifile_path,
+                                                     b.options.name or b.plan.resolved.name)}
 
 
 def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
