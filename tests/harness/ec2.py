@@ -578,6 +578,9 @@ class StandIn:
         """Snapshot id -> the disk it captured (its layers, top first)."""
         self.snapshot_of: dict[str, str] = {}
         """Snapshot id -> the instance it was taken of."""
+        self.copy_seconds = 0.0
+        """Time the hooks spent copying disks (CreateSnapshot, CreateImage of a running
+        instance): the stand-in's own cost, which EC2 does not make the caller wait for."""
         self._ready: dict[str, float] = {}
         self._moto_snap: dict[str, str] = {}
         """moto's own snapshot id of a registered AMI -> the snapshot it was registered from."""
@@ -835,6 +838,7 @@ class StandIn:
         """The disk as it is now: a copy of the instance's upper over its lower chain (the
         instance keeps running with its own upper); ``pending`` for ``snapshot_seconds``."""
         iid = self._instance_of_volume(params.get("VolumeId", ""))
+        t0 = time.monotonic()
         with self._lock:
             inst = self.instances.get(iid or "")
             for snap in xml_values(text, "snapshotId"):
@@ -849,6 +853,7 @@ class StandIn:
                 else:
                     self.snapshots[snap] = list(inst.lowers)
                 self.snapshot_of[snap] = inst.id
+        self.copy_seconds += time.monotonic() - t0
         return text.replace("<status>completed</status>", "<status>pending</status>")
 
     def snapshot_state(self, snap: str) -> str:
