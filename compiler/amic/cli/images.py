@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -52,6 +53,11 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="file to write (a tar is mode 0600: it holds the whole root filesystem); "
                    "a device or FIFO is written in place")
+    p.add_argument("--format", "-f", choices=("tar", "raw", "qcow2", "oci"), default="tar",
+                   help="tar: the root filesystem (default); raw/qcow2: a bootable disk (BIOS and "
+                   "UEFI, see docs/devvm.md); oci: an image archive for podman/docker load")
+    p.add_argument("--authorized-key", metavar="FILE", type=Path,
+                   help="raw/qcow2: an SSH public key file authorised for root on the disk")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("shell", help="a root shell in a local image (changes are discarded) or "
@@ -125,8 +131,6 @@ def cmd_prune(args) -> int:
           + (f"; kept {len(busy)} in use" if busy else ""), file=sys.stderr)
     return 0
 
-    return 0
-
 
 def cmd_export(args) -> int:
     from pathlib import Path
@@ -136,7 +140,10 @@ def cmd_export(args) -> int:
     check_output(args.output)  # a missing directory is a usage error before any work
     target = _local()
     image = target.lookup(args.image)
-    target.export(image, Path(args.output))
+    from amic.targets.local.disk import export_image
+
+    export_image(target, image, Path(args.output), fmt=args.format,
+                 authorized_key=args.authorized_key, log=lambda m: print(f"amic: {m}", file=sys.stderr))
     print(f"amic: exported {image.id[:12]} to {args.output}", file=sys.stderr)
     return 0
 

@@ -1,0 +1,321 @@
+"""``amic export --format raw|qcow2``: a bootable disk of a local image (BIOS and UEFI).
+
+Two steps:
+
+1. **The VM layer** (:func:`vm_layer`): a layer over the image with what a
+   root filesystem for nspawn lacks to boot on (virtual) hardware: Debian's
+   cloud kernel (virtio, NVMe, ENA), initramfs-tools, GRUB's BIOS and UEFI
+   modules, sshd (host keys removed: amic's boot units make them at first
+   boot), DHCP on the first NIC with systemd-networkd, a unit that grows the
+   root partition and file system to the disk at every boot, and two GRUB
+   core images (``/usr/lib/amic-vm/core.img`` for BIOS, ``BOOTX64.EFI`` for
+   UEFI) that find the root file system by its label. It is recorded in the
+   store under a key made of the image's key and this module's script, so it
+   is built once per image, like any other layer.
+2. **The disk** (:func:`write_disk`), made without loop devices or mounts on
+   the host: a sparse file with a GPT (BIOS boot partition, ESP, root), the
+   root ext4 written straight from the overlay with ``mke2fs -d`` at its
+   partition's offset, the ESP (FAT) with ``mkfs.fat --offset`` and mtools,
+   GRUB's ``boot.img`` patched into the MBR and ``core.img`` into the BIOS
+   boot partition (what ``grub-bios-setup`` does). Per-disk files (fstab and
+   grub.cfg naming the root's UUID, the developer's authorised key) are
+   written into the throwaway upper of that overlay, never into a layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+from amic.contract import KIND_LAYER, TAG_BASE, TAG_KIND, TAG_PARENT_KEY, TAG_SERVICE
+from amic.errors import BuildError, UsageError
+from amic.targets.base import Image
+from amic.targets.local import rootfs
+
+ROOT_LABEL = "amic-root"
+VM_SERVICE = "vm-kernel"
+"""The service name the VM layer is tagged with (``amic images --all`` shows it)."""
+MIB = 1024 * 1024
+BIOS_START, BIOS_SIZE = 1 * MIB, 1 * MIB
+ESP_START, ESP_SIZE = 2 * MIB, 32 * MIB
+ROOT_START = ESP_START + ESP_SIZE
+TAIL = 1 * MIB
+"""Room after the root partition for the backup GPT."""
+"""Root file system size = used * 1.25 + 256 MiB (grown to the disk at first boot)."""
+
+GRUB_MODULES_COMMON = ("part_gpt part_msdos ext2 search search_label search_fs_uuid normal "
+                       "configfile linux echo serial terminal test gzio boot sleep").split()
+GRUB_MODULES = {"i386-pc": ["biosdisk", *GRUB_MODULES_COMMON],
+                "x86_64-efi": [*GRUB_MODULES_COMMON, "efi_gop", "all_video"]}
+
+EARLY_CFG = f"search --no-floppy --label {ROOT_LABEL} --set=root\nset prefix=($root)/boot/grub\n"
+
+NETWORK = """\
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+"""
+
+GROW_SCRIPT = """\
+src=$(findmnt -no SOURCE /)
+dev=${src#/dev/}
+n=$(cat "/sys/class/block/$dev/partition")
+disk=/dev/$(basename "$(readlink -f "/sys/class/block/$dev/..")")
+growpart "$disk" "$n" || true    # exit 1: NOCHANGE (already grown)
+resize2fs "$src"
+"""
+
+GROW_UNIT = """\
+[Unit]
+Description=amic: grow the root partition and file system to the disk
+After=systemd-remount-fs.service
+Before=amic.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /usr/lib/amic-vm/growroot
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+VM_SCRIPT = f"""\
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get -q -o DPkg::Lock::Timeout=300 update
+apt-get -q -y -o DPkg::Lock::Timeout=300 install --no-install-recommends \\
+    linux-image-cloud-amd64 initramfs-tools grub-pc-bin grub-efi-amd64-bin \\
+    openssh-server cloud-guest-utils e2fsprogs fdisk udev kmod
+rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+mkdir -p /etc/systemd/network /usr/lib/amic-vm
+cat > /etc/systemd/network/80-amic-dhcp.network <<'EOF'
+{NETWORK}EOF
+cat > /usr/lib/amic-vm/growroot <<'EOF'
+{GROW_SCRIPT}EOF
+cat > /etc/systemd/system/amic-growroot.service <<'EOF'
+{GROW_UNIT}EOF
+systemctl enable systemd-networkd.service amic-growroot.service
+cat > /usr/lib/amic-vm/early.cfg <<'EOF'
+{EARLY_CFG}EOF
+grub-mkimage -O i386-pc -o /usr/lib/amic-vm/core.img -c /usr/lib/amic-vm/early.cfg \\
+    -p /boot/grub {' '.join(GRUB_MODULES['i386-pc'])}
+grub-mkimage -O x86_64-efi -o /usr/lib/amic-vm/BOOTX64.EFI -c /usr/lib/amic-vm/early.cfg \\
+    -p /boot/grub {' '.join(GRUB_MODULES['x86_64-efi'])}
+cp /usr/lib/grub/i386-pc/boot.img /usr/lib/amic-vm/boot.img
+ls /boot/vmlinuz-* /boot/initrd.img-* >/dev/null
+"""
+"""What the VM layer runs (as root, in the image's chroot)."""
+
+
+def vm_layer_key(image: Image) -> str:
+    parent = image.key or image.id
+    return hashlib.sha256(f"amic-vm-layer\0{parent}\0{VM_SCRIPT}".encode()).hexdigest()
+
+
+def vm_layer(target, image: Image, *, log=None) -> Image:
+    """The image plus the VM layer (built once, then found in the store by its key)."""
+    key = vm_layer_key(image)
+    found = target.find_image(key)
+    if found is not None:
+        return found
+    if image.tags.get(TAG_BASE, "debian").split(":")[0] not in ("debian", ""):
+        raise UsageError(f"--format raw/qcow2 needs a Debian image (base {image.tags[TAG_BASE]!r})")
+    if log:
+        log("adding the VM layer (kernel, GRUB, sshd); this happens once per image")
+    tail: list[str] = []
+
+    def out(line: str) -> None:
+        tail.append(line)
+        del tail[:-30]
+        if log:
+            log(f"vm-kernel | {line}")
+
+    with target.launch(image, build_id=f"vm-{uuid.uuid4().hex[:12]}") as machine:
+        rc = machine.run(VM_SCRIPT, on_output=out)
+        if rc != 0:
+            raise BuildError(f"the VM layer failed (exit {rc}):\n" + "\n".join(tail))
+        tags = {TAG_KIND: KIND_LAYER, TAG_SERVICE: VM_SERVICE,
+                TAG_BASE: image.tags.get(TAG_BASE, ""), TAG_PARENT_KEY: image.key or ""}
+        return target.snapshot(machine, key=key, final=False, tags=tags)
+
+
+# Runs in a private mount namespace: the overlay of the VM layer's chain with a
+# throwaway upper, the per-disk files written into it, then the root file
+# system made from it at its partition's offset.
+_ROOT_SCRIPT = r"""
+set -eu
+lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 key=$7 out=$8
+mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
+kernel=$(cd "$merged/boot" && ls vmlinuz-* | sort -V | tail -n 1)
+initrd=initrd.img-${kernel#vmlinuz-}
+cat > "$merged/etc/fstab" <<EOF
+UUID=$uuid / ext4 defaults,errors=remount-ro 0 1
+EOF
+mkdir -p "$merged/boot/grub"
+cat > "$merged/boot/grub/grub.cfg" <<EOF
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=0
+menuentry 'amic' {
+    search --no-floppy --fs-uuid --set=root $uuid
+    linux /boot/$kernel root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8
+    initrd /boot/$initrd
+}
+EOF
+if [ -n "$key" ]; then
+    mkdir -p "$merged/root/.ssh" && chmod 700 "$merged/root/.ssh"
+    cat "$key" >> "$merged/root/.ssh/authorized_keys"
+    chmod 600 "$merged/root/.ssh/authorized_keys"
+fi
+rm -rf "$merged/var/cache/apt/archives/"*.deb
+for f in boot.img core.img BOOTX64.EFI; do cp "$merged/usr/lib/amic-vm/$f" "$out/$f"; done
+du -sxk "$merged" | cut -f1 > "$out/used-kib"
+used=$(cat "$out/used-kib")
+size=$(( (used * 5 / 4 + 256 * 1024) / 1024 + 1 ))
+echo "$size" > "$out/root-mib"
+truncate -s $(( (ROOT_START_MIB + size) * 1048576 + TAIL_BYTES )) "$disk"
+mke2fs -q -F -t ext4 -L amic-root -U "$uuid" -O ^metadata_csum_seed,^orphan_file \
+    -E "offset=$(( ROOT_START_MIB * 1048576 )),root_owner=0:0" -d "$merged" "$disk" "${size}M"
+"""
+
+
+def partition(disk: Path, root_mib: int) -> None:
+    """GPT: 1 BIOS boot (1 MiB at 1 MiB), 2 ESP (32 MiB at 2 MiB), 3 root (the rest)."""
+    s = 512
+    argv = ["sgdisk", "-Z", "-a", "2048",
+            "-n", f"1:{BIOS_START // s}:{(BIOS_START + BIOS_SIZE) // s - 1}", "-t", "1:ef02",
+            "-c", "1:bios",
+            "-n", f"2:{ESP_START // s}:{(ESP_START + ESP_SIZE) // s - 1}", "-t", "2:ef00",
+            "-c", "2:esp",
+            "-n", f"3:{ROOT_START // s}:{(ROOT_START + root_mib * MIB) // s - 1}",
+            "-t", "3:8304", "-c", f"3:{ROOT_LABEL}", str(disk)]
+    run(argv)
+
+
+def install_bios(disk: Path, boot_img: bytes, core_img: bytes) -> None:
+    """What ``grub-bios-setup`` does for a GPT disk with a BIOS boot partition.
+
+    ``boot.img`` goes into the MBR's code area (the protective MBR's partition
+    table is kept) and loads the first sector of ``core.img`` from the sector
+    written at 0x5c; that sector's block list (its last 12 bytes) says where
+    the rest of ``core.img`` is: right after it, with segment 0x820.
+    """
+    sectors = (len(core_img) + 511) // 512
+    if sectors * 512 > BIOS_SIZE:
+        raise BuildError(f"GRUB's core.img ({len(core_img)} bytes) does not fit the BIOS boot partition")
+    first = BIOS_START // 512
+    core = bytearray(core_img.ljust(sectors * 512, b"\0"))
+    struct.pack_into("<QHH", core, 500, first + 1, sectors - 1, 0x820)
+    with open(disk, "r+b") as fh:
+        mbr = bytearray(fh.read(512))
+        boot = bytearray(boot_img[:512])
+        boot[0x1B8:0x1FE] = mbr[0x1B8:0x1FE]          # disk signature + partition table
+        boot[0x3:0x5A] = mbr[0x3:0x5A]                # the (empty) BPB
+        struct.pack_into("<Q", boot, 0x5C, first)     # kernel_sector
+        boot[0x64] = 0xFF                             # boot drive: the one the BIOS booted
+        boot[0x66:0x68] = b"\x90\x90"                 # hard disk: skip the drive check
+        fh.seek(0)
+        fh.write(boot)
+        fh.seek(BIOS_START)
+        fh.write(core)
+
+
+def install_esp(disk: Path, efi: Path) -> None:
+    """A FAT ESP at its partition's offset with GRUB at the removable path EFI/BOOT/BOOTX64.EFI."""
+    run(["mkfs.fat", "-F", "16", "-n", "AMIC-ESP", "--offset", str(ESP_START // 512),
+         str(disk), str(ESP_SIZE // 1024)])
+    img = f"{disk}@@{ESP_START}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    run(["mmd", "-i", img, "::/EFI", "::/EFI/BOOT"], env=env)
+    run(["mcopy", "-i", img, str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+
+
+def run(argv: list[str], **kw) -> None:
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    if proc.returncode != 0:
+        raise BuildError(f"{argv[0]} failed (exit {proc.returncode}): {proc.stdout[-1500:]}")
+
+
+def check_tools(fmt: str) -> None:
+    need = ["sgdisk", "mke2fs", "mkfs.fat", "mmd", "mcopy", "unshare"]
+    if fmt == "qcow2":
+        need.append("qemu-img")
+    missing = [t for t in need if shutil.which(t) is None]
+    if missing:
+        raise BuildError(f"export --format {fmt} needs {', '.join(missing)} "
+                         "(apt-get install gdisk e2fsprogs dosfstools mtools qemu-utils)")
+
+
+def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
+               authorized_key: Path | None = None) -> dict:
+    """Write a bootable disk of ``vm_image`` (an image with the VM layer) to ``out``.
+
+    Returns facts about it: the root's UUID, the root size in MiB, used KiB.
+    """
+    check_tools(fmt)
+    if authorized_key is not None and not authorized_key.is_file():
+        raise UsageError(f"--authorized-key {authorized_key}: no such file")
+    root_uuid = str(uuid.uuid4())
+    with tempfile.TemporaryDirectory(prefix=".disk-", dir=store.root) as tmp:
+        scratch = Path(tmp)
+        for d in ("upper", "work", "merged", "out"):
+            (scratch / d).mkdir()
+        raw = scratch / "disk.raw" if fmt != "raw" else out.with_name(f".{out.name}.part")
+        raw.unlink(missing_ok=True)
+        script = (_ROOT_SCRIPT.replace("ROOT_START_MIB", str(ROOT_START // MIB))
+                  .replace("TAIL_BYTES", str(TAIL)))
+        lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-disk",
+                lowers, str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
+                str(raw), root_uuid, str(authorized_key.resolve()) if authorized_key else "",
+                str(scratch / "out")]
+        try:
+            run(argv, env=rootfs.CLEAN_ENV)
+            o = scratch / "out"
+            root_mib = int((o / "root-mib").read_text())
+            partition(raw, root_mib)
+            install_bios(raw, (o / "boot.img").read_bytes(), (o / "core.img").read_bytes())
+            install_esp(raw, o / "BOOTX64.EFI")
+            if fmt == "qcow2":
+                part = out.with_name(f".{out.name}.part")
+                run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(part)])
+                os.replace(part, out)
+            else:
+                os.replace(raw, out)
+        finally:
+            if fmt == "raw":
+                raw.unlink(missing_ok=True)
+        return {"uuid": root_uuid, "root_mib": root_mib,
+                "used_kib": int((scratch / "out" / "used-kib").read_text())}
+
+
+def export_image(target, image: Image, out: Path, *, fmt: str = "tar",
+                 authorized_key: Path | None = None, log=None) -> dict:
+    """``amic export --format``: tar (the root filesystem), raw/qcow2 (a bootable disk), oci."""
+    if authorized_key is not None and fmt not in ("raw", "qcow2"):
+        raise UsageError("--authorized-key goes with --format raw or qcow2")
+    if fmt == "tar":
+        target.export(image, out)
+        return {}
+    if fmt == "oci":
+        from amic.targets.local import oci
+
+        return oci.write_oci(target.store, image, out)
+    if fmt not in ("raw", "qcow2"):
+        raise UsageError(f"unknown export format {fmt!r}")
+    facts = write_disk(target.store, vm_layer(target, image, log=log), out, fmt=fmt,
+                       authorized_key=authorized_key)
+    if log:
+        log(f"{fmt} disk: root {facts['root_mib']} MiB (used {facts['used_kib'] // 1024} MiB), "
+            f"{out.stat().st_size // MIB} MiB apparent, "
+            f"{out.stat().st_blocks * 512 // MIB} MiB on disk")
+    return facts
