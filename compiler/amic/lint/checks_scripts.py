@@ -189,7 +189,7 @@ def _inherited_packages(ctx: Context) -> dict[str, dict[str, str]]:
             merged.update(result.get(req, {}))
         for req in reversed(reqs):
             merged.update((p, req) for p in known[req].packages if p in shared)
-        result[name] = {p: h for p, h in merged.items() if h != name}
+        result[name] = merged  # (a cycle can make a service its own holder: see below)
     return result
 
 
@@ -255,13 +255,15 @@ def check_duplicate_packages(ctx: Context) -> Found:
         words: dict[str, list[Pos]] | None = None
         for package in svc.packages:
             count = seen.get(package, 0)
-            if count or package in inherited:
+            holder = inherited.get(package)
+            holder = None if holder == svc.name else holder
+            if count or holder:
                 words = _package_words(ctx, svc) if words is None else words
             if count:
                 yield (_package_pos(ctx, svc, words, package, count + 1),
                        f"package {package} is listed twice in {svc.name!r}")
-            elif package in inherited:
+            elif holder:
                 yield (_package_pos(ctx, svc, words, package, 1),
-                       f"package {package} is already installed by {inherited[package]!r}, "
+                       f"package {package} is already installed by {holder!r}, "
                        f"which {svc.name!r} requires")
             seen[package] = count + 1

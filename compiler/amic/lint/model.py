@@ -90,6 +90,7 @@ class Context:
     _commands: dict[int, list] = attrs.field(init=False, factory=dict)
     _maps: dict[int, object] = attrs.field(init=False, factory=dict)
     _starts: list[int] | None = attrs.field(init=False, default=None)
+    _scripts: list[ScriptRef] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.lines = self.text.splitlines()
@@ -128,11 +129,12 @@ class Context:
         return self._starts[k] - 1 if k < len(self._starts) else None
 
     def scripts(self) -> Iterator[ScriptRef]:
-        for svc in self.amifile.services:
-            for script in svc.inits:
-                yield ScriptRef(svc, "init", script)
-            for script in svc.updates:
-                yield ScriptRef(svc, "update", script)
+        """Every INIT and UPDATE of this file's services, in order (listed once per lint)."""
+        if self._scripts is None:
+            self._scripts = [ScriptRef(svc, phase, script) for svc in self.amifile.services
+                             for phase, group in (("init", svc.inits), ("update", svc.updates))
+                             for script in group]
+        return iter(self._scripts)
 
     def services(self) -> dict[str, ir.Service]:
         """Every known service by name; this file's declarations (first one wins) shadow

@@ -181,7 +181,7 @@ def _logical_lines(text: str) -> Iterator[tuple[str, list[tuple[int, int, int]]]
             i += 1
             break
         yield logical, segments
-        for match in _HEREDOC_RE.finditer(_strip_comment(logical)):
+        for match in _HEREDOC_RE.finditer(_strip_comment(logical)) if "<<" in logical else ():
             terminator = match.group(2)
             while i < len(physical) and physical[i].strip() != terminator:
                 i += 1
@@ -189,6 +189,8 @@ def _logical_lines(text: str) -> Iterator[tuple[str, list[tuple[int, int, int]]]
 
 
 def _strip_comment(line: str) -> str:
+    if "#" not in line:
+        return line
     quote = None
     for k, ch in enumerate(line):
         if quote:
@@ -203,42 +205,65 @@ def _strip_comment(line: str) -> str:
     return line
 
 
+_PLAIN_RE = re.compile(r"[^ \t'\"\\&|;$()`]+")
+"""A run of characters that are neither blanks, quotes, escapes nor operator starts."""
+_DOUBLE_RE = re.compile(r'[^"\\]+')
+
+
+def _quoted(line: str, k: int, quote: str) -> tuple[str, int, bool]:
+    """The quoted text from ``k`` (after the opening quote): ``(text, next offset, closed)``.
+    Inside double quotes a backslash escapes the next character."""
+    if quote == "'":
+        end = line.find("'", k)
+        return (line[k:], len(line), False) if end < 0 else (line[k:end], end + 1, True)
+    text = ""
+    while k < len(line):
+        match = _DOUBLE_RE.match(line, k)
+        if match:
+            text += match.group()
+            k = match.end()
+        elif line[k] == '"':
+            return text, k + 1, True
+        elif k + 1 < len(line):  # a backslash
+            text += line[k + 1]
+            k += 2
+        else:
+            text += line[k]
+            k += 1
+    return text, k, False
+
+
 def _split(line: str) -> list[tuple[str, list[tuple[str, int]]]]:
-    """Split a logical line into ``(separator_before, [(word, offset), ...])`` per command."""
+    """Split a logical line into ``(separator_before, [(word, offset), ...])`` per command.
+
+    Runs of ordinary characters and quoted strings are taken whole (a regex or a find), so
+    the cost is linear in the line with a small constant."""
     parts: list[tuple[str, list[tuple[str, int]]]] = []
     sep = ""
     words: list[tuple[str, int]] = []
     word = None
     start = 0
-    quote = None
     k = 0
     line = _strip_comment(line)
-    while k < len(line):
+    n = len(line)
+    while k < n:
         ch = line[k]
-        if quote:
-            if ch == quote:
-                quote = None
-            elif ch == "\\" and quote == '"' and k + 1 < len(line):
-                word = (word or "") + line[k + 1]
+        plain = _PLAIN_RE.match(line, k)
+        if plain or ch in "'\"" or (ch == "\\" and k + 1 < n):
+            if word is None:
+                word, start = "", k
+            if plain:
+                word += plain.group()
+                k = plain.end()
+            elif ch == "\\":
+                word += line[k + 1]
                 k += 2
-                continue
             else:
-                word = (word or "") + ch
-            k += 1
+                text, k, _ = _quoted(line, k + 1, ch)
+                word += text
             continue
-        if ch in "'\"":
-            quote = ch
-            if word is None:
-                word, start = "", k
-            k += 1
-            continue
-        if ch == "\\" and k + 1 < len(line):
-            if word is None:
-                word, start = "", k
-            word += line[k + 1]
-            k += 2
-            continue
-        op = next((o for o in _OPERATORS if line.startswith(o, k)), None)
+        op = next((o for o in _OPERATORS if line.startswith(o, k)), None) \
+            if ch in "&|;$()`" else None
         if op == "(" and word is not None:
             op = None  # part of a word, e.g. an array or a function name
         if ch in " \t" or op:
