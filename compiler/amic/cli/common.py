@@ -42,6 +42,12 @@ def add_build_arg_option(parser: argparse.ArgumentParser) -> None:
                              "time and are never written into the artifact or image.")
 
 
+def add_context_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--context", metavar="DIR",
+                        help="the build context: COPY reads only files inside DIR (default: the "
+                             "Amifile's directory); its .amicignore leaves files out")
+
+
 def build_args_from(values: list[str]) -> dict[str, str]:
     """``--build-arg`` values as a dict (``NAME`` alone reads the environment, like docker)."""
     out: dict[str, str] = {}
@@ -62,8 +68,11 @@ def warn(message: str) -> None:
     print(f"amic: warning: {message}", file=sys.stderr)
 
 
-def load_plan(amifile: str, build_arg_values: list[str], *, base_image_id: str | None = None):
-    """Parse, resolve and plan an Amifile; warn about unused or missing build args."""
+def load_plan(amifile: str, build_arg_values: list[str], *, base_image_id: str | None = None,
+              context: str | None = None):
+    """Parse, resolve and plan an Amifile; warn about unused or missing build args.
+
+    ``context``: the ``--context`` directory (None: the Amifile's directory)."""
     from amic.compile import plan
     from amic.amifile import resolve
 
@@ -77,4 +86,4 @@ def load_plan(amifile: str, build_arg_values: list[str], *, base_image_id: str |
     unused = sorted(set(build_args) - declared)
     if unused:
         warn(f"build args not declared with ARG (ignored): {', '.join(unused)}")
-    return plan.make_plan(resolved, build_args, base_image_id=base_image_id)
+    return plan.make_plan(resolved, build_args, base_image_id=base_image_id, context=context)

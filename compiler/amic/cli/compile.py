@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from amic.cli.common import add_amifile_argument, add_build_arg_option, load_plan, warn
+from amic.cli.common import (add_amifile_argument, add_build_arg_option, add_context_option,
+                             load_plan, warn)
 
 
 def register(sub) -> None:
@@ -23,6 +24,7 @@ def register(sub) -> None:
     mode.add_argument("--json", action="store_true",
                       help="print the plan: services in order, requirements, layer keys, final key")
     add_build_arg_option(p)
+    add_context_option(p)
     p.set_defaults(func=cmd_compile)
 
 
@@ -33,7 +35,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if not (args.json or args.print) and args.output != "-":
         check_output(args.output)  # before the work: a typo in -o costs nothing
-    plan = load_plan(args.amifile, args.build_arg)
+    plan = load_plan(args.amifile, args.build_arg, context=args.context)
     if plan.missing_args:
         warn(f"ARG without a value or default: {', '.join(plan.missing_args)} "
              "(pass --build-arg NAME=VALUE or set it in the environment)")

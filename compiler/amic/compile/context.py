@@ -157,20 +157,23 @@ def parse_ignore(text: str, path: str) -> IgnoreRules:
     return IgnoreRules(tuple(rules))
 
 
-def load_ignore(root: str) -> IgnoreRules:
-    """``root/.amicignore`` (none: nothing is ignored). A special file there is an error."""
+def load_ignore(root: str, shown: str | None = None) -> IgnoreRules:
+    """``root/.amicignore`` (none: nothing is ignored). A special file there is an error.
+
+    ``shown``: the directory as messages name it (default: ``root``)."""
     path = os.path.join(root, IGNORE_FILE)
+    name = os.path.join(shown if shown is not None else root, IGNORE_FILE)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return IgnoreRules()
     if not stat.S_ISREG(st.st_mode):
-        raise AmifileError(f"{path}: is not a regular file")
+        raise AmifileError(f"{name}: is {kind_name(st.st_mode)}, not an ignore file")
     if st.st_size > MAX_IGNORE_BYTES:
-        raise AmifileError(f"{path}: larger than {MAX_IGNORE_BYTES} bytes")
+        raise AmifileError(f"{name}: larger than {MAX_IGNORE_BYTES} bytes")
     with open_regular(path) as fh:
         text = fh.read(MAX_IGNORE_BYTES + 1).decode("utf-8", errors="replace")
-    return parse_ignore(text.removeprefix("\ufeff"), path)
+    return parse_ignore(text.removeprefix("\ufeff"), name)
 
 
 # ---- contexts ------------------------------------------------------------------------
@@ -211,7 +214,7 @@ class Contexts:
                 label = f"{shown} (the stock service's directory)"
                 break
         if root not in self.cache:
-            self.cache[root] = BuildContext(root, shown, label, load_ignore(root))
+            self.cache[root] = BuildContext(root, shown, label, load_ignore(root, shown))
         return self.cache[root]
 
     def charge(self, size: int, copy: ir.Copy, index: int) -> None:
