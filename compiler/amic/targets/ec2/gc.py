@@ -149,13 +149,17 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
     return failures
 
 
-def prune_plan(images: Iterable[tb.Image], *, keep: int, older_than: dt.timedelta | None = None,
-               everything: bool = False, at: dt.datetime | None = None) -> list[tuple[tb.Image, str]]:
-    """Which AMIs ``amic ami prune`` removes, each with the reason.
+def prune_plan(images: Iterable[tb.Image], *, keep: int, name: str,
+               older_than: dt.timedelta | None = None, everything: bool = False,
+               at: dt.datetime | None = None) -> list[tuple[tb.Image, str]]:
+    """Which AMIs of project ``name`` (tag ``amic:name``) ``amic ami prune`` removes, with why.
 
-    Kept: the ``keep`` newest final AMIs per Amifile, and every layer
-    checkpoint one of them was built from (their keys are in the finals'
-    ``amic:layer:*`` tags). With ``older_than``, nothing younger goes.
+    Only images tagged ``amic:name`` = ``name`` are ever in the plan. Of several images of
+    one key the newest stays and the others go (duplicates of concurrent builds). Kept:
+    the ``keep`` newest final keys, and every layer checkpoint that a kept final, or any
+    final of another project, was built from (``amic:layer:*`` tags; layers are shared by
+    key). With ``older_than``, nothing younger goes. Whether an image is in use is
+    :func:`in_use`'s question, asked of this plan.
     """
     at = at or aws.now()
     images = sorted(images, key=lambda i: i.created or "", reverse=True)
