@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import os
 import stat
 import sys
@@ -176,10 +177,24 @@ def check_limits(text: str, path: str, lines: Sequence[str] | None = None) -> No
 
 
 def parse_text(text: str, path: str) -> ir.Amifile:
-    """Parse Amifile ``text``; ``path`` is used in positions and for COPY contexts."""
+    """Parse Amifile ``text``; ``path`` is used in positions and for COPY contexts.
+
+    The cyclic garbage collector is paused meanwhile: parsing makes no cycles, and its
+    full passes over the growing trees would make a large file superlinear.
+    """
     path = os.fspath(path)
     lines = split_lines(text)
     check_limits(text, path, lines)
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse(text, path, lines)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _parse(text: str, path: str, lines: list[str]) -> ir.Amifile:
     try:
         tree = parser().parse(text)
     except LexError as e:

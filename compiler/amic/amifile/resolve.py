@@ -132,7 +132,7 @@ def _collect(root: ir.Amifile, loader: Loader, *, files: list[str], services: li
         path = find_include(inc, amifile.path)
         child_ident = _identity(path)
         if child_ident in on_path:
-            chain = " -> ".join([*(_short(f[1]) for f in frames), _short(child_ident)])
+            chain = _chain([*(_short(f[1]) for f in frames), _short(child_ident)])
             raise AmifileError(f"INCLUDE cycle: {chain}", inc.pos, source_line=source_line(inc.pos))
         if child_ident in seen:
             continue  # a second INCLUDE of the same file adds nothing
@@ -154,6 +154,14 @@ def _check_included(amifile: ir.Amifile) -> None:
         if node is not None:
             raise AmifileError(f"{what} is only allowed in the top Amifile, not in an included file",
                                node.pos, source_line=source_line(node.pos))
+
+
+def _chain(names: list[str], most: int = 16) -> str:
+    """``a -> b -> a``; a long chain shows its ends only (error text stays bounded)."""
+    if len(names) > most:
+        left = len(names) - most
+        names = [*names[:most // 2], f"... {left} more ...", *names[-(most // 2):]]
+    return " -> ".join(names)
 
 
 def _short(path: str) -> str:
@@ -201,6 +209,14 @@ def find_include(inc: ir.Include, including_file: str) -> str:
     target = (base / ref) if not os.path.isabs(ref) else Path(ref)
     if target.is_dir():
         target = target / STOCK_FILE
+    if target.exists() and not target.is_file():
+        from amic.amifile.parser import amifile_path
+
+        try:
+            amifile_path(target)
+        except AmifileError as exc:  # a FIFO, a device, a socket: never opened
+            raise AmifileError(f"INCLUDE {ref}: {exc.message}", inc.pos,
+                               source_line=source_line(inc.pos)) from None
     if not target.is_file():
         raise AmifileError(f"INCLUDE {ref}: no such file ({target})", inc.pos,
                            source_line=source_line(inc.pos))
@@ -266,7 +282,7 @@ def _find_cycle(services: list[ir.Service], index: dict[str, int]) -> None:
                 continue
             seen = state.get(req.name)
             if seen == 1:
-                chain = " -> ".join([*path[path.index(req.name):], req.name])
+                chain = _chain([*path[path.index(req.name):], req.name])
                 raise AmifileError(f"REQUIRES cycle: {chain}", req.pos,
                                    source_line=source_line(req.pos))
             if seen is None:
