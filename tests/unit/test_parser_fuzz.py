@@ -114,3 +114,88 @@ def test_seeds_parse() -> None:
     assert len(SEEDS) >= 4
     for text in SEEDS:
         parser.parse_text(text, "Amifile")
+
+
+# ---------------------------------------------------------------- limits and the resolver
+
+FEW = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+@FEW
+@given(mutated(), st.integers(0, 10_000), st.sampled_from(["\0", "x" * 70_000, "\0" * 3]))
+def test_nul_and_long_lines_anywhere_are_errors_with_a_position(text: str, at: int,
+                                                                 bad: str) -> None:
+    at = at % (len(text) + 1)
+    try:
+        parser.parse_text(text[:at] + bad + text[at:], "Amifile")
+    except AmifileError as e:
+        assert e.pos is not None and e.pos.line >= 1
+        assert len(e.render()) < 2000  # never echoes a long line
+        return
+    raise AssertionError("a NUL byte or an over-long line was accepted")
+
+
+NAMES = st.sampled_from(["a", "b", "c", "d", "e", "web", "db", "x-y", "Bad", "a b", ""])
+
+
+@st.composite
+def service_graphs(draw: st.DrawFn) -> str:
+    """Amifiles built from services, REQUIRES (unknown, self, cycles), ENABLE, ARG and ENV."""
+    out: list[str] = []
+    for _ in range(draw(st.integers(0, 3))):
+        out.append(f"ARG {draw(st.sampled_from(['A', 'B', 'A=1', 'A=2', 'B=x']))}")
+    if draw(st.booleans()):
+        out.append("ENABLE " + " ".join(draw(st.lists(NAMES, min_size=0, max_size=3))))
+    for _ in range(draw(st.integers(0, 6))):
+        out.append(f"SERVICE {draw(NAMES)}")
+        reqs = draw(st.lists(NAMES, max_size=3))
+        if reqs or draw(st.booleans()):
+            out.append("    REQUIRES " + " ".join(reqs))
+        if draw(st.booleans()):
+            out.append(f"    ENV {draw(st.sampled_from(['K=v', 'K=w', 'L=1']))}")
+        out.append("    INIT true")
+    return "\n".join(out) + "\n"
+
+
+@FEW
+@given(service_graphs())
+def test_resolver_returns_an_order_or_an_amifile_error(text: str) -> None:
+    from amic.amifile import resolve
+
+    try:
+        root = parser.parse_text(text, "Amifile")
+        resolved = resolve.resolve_amifile(root, loader=lambda path: parser.parse_file(path))
+    except AmifileError as e:
+        assert e.message
+        assert len(e.render()) < 5000
+        return
+    position = {s.name: i for i, s in enumerate(resolved.services)}
+    assert sorted(position) == sorted(s.name for s in root.services)
+    for svc in resolved.services:  # every requirement comes first
+        assert all(position[r.name] < position[svc.name] for r in svc.requires)
+    assert set(resolved.enabled) <= set(position)
+    assert resolved.closure(resolved.enabled) == resolved.enabled
+
+
+@settings(FEW, max_examples=40)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=12),
+       st.integers(1, 3))
+def test_resolver_on_include_graphs(tmp_path_factory: pytest.TempPathFactory,
+                                    edges: list[tuple[int, int]], depth: int) -> None:
+    """Files including each other (cycles, repeats, self-includes) on disk."""
+    from amic.amifile import resolve
+
+    d = tmp_path_factory.mktemp("inc")
+    includes: dict[int, list[int]] = {}
+    for a, b in edges:
+        includes.setdefault(a, []).append(b)
+    for i in range(6):
+        body = "".join(f"INCLUDE ./f{j}.amifile\n" for j in includes.get(i, []))
+        body += "".join(f"SERVICE s{i}x{k}\n    INIT true\n" for k in range(depth))
+        (d / f"f{i}.amifile").write_text(body)
+    (d / "Amifile").write_text("INCLUDE ./f0.amifile\n")
+    try:
+        resolved = resolve.load(d)
+    except AmifileError as e:
+        assert e.pos is not None and "INCLUDE" in e.render()
+        return
+    assert len({s.name for s in resolved.services}) == len(resolved.services)

@@ -161,8 +161,8 @@ def check_limits(text: str, path: str, lines: Sequence[str] | None = None) -> No
     ``lines``: ``split_lines(text)`` if the caller has it already.
     """
     if len(text) > MAX_AMIFILE_BYTES:
-        raise AmifileError(f"{path}: the Amifile is larger than {MAX_AMIFILE_BYTES} bytes",
-                           hint="split it with INCLUDE")
+        raise AmifileError(f"the Amifile is larger than {MAX_AMIFILE_BYTES} bytes",
+                           Pos(path, 1, 1), hint="split it with INCLUDE")
     lines = split_lines(text) if lines is None else lines
     if lines and max(map(len, lines)) > MAX_LINE_CHARS:
         number = next(i for i, line in enumerate(lines, 1) if len(line) > MAX_LINE_CHARS)
@@ -255,8 +255,8 @@ def read_source(path: str | os.PathLike[str]) -> tuple[str, bytes]:
             raise _not_regular(name, st.st_mode)
         data = f.read(MAX_AMIFILE_BYTES + 1)
     if len(data) > MAX_AMIFILE_BYTES:
-        raise AmifileError(f"{name}: the Amifile is larger than {MAX_AMIFILE_BYTES} bytes",
-                           hint="split it with INCLUDE")
+        raise AmifileError(f"the Amifile is larger than {MAX_AMIFILE_BYTES} bytes",
+                           Pos(name, 1, 1), hint="split it with INCLUDE")
     return name, data
 
 
