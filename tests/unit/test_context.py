@@ -145,6 +145,16 @@ def test_stock_service_has_its_own_directory_as_context(tmp_path, amic_cli):
     assert "(the stock service's directory)" in err
 
 
+def test_stock_services_inside_the_build_context_use_it(tmp_path, amic_cli):
+    """A project that keeps its own services path inside its checkout: the project is the context."""
+    proj = write(tmp_path / "proj", {"Amifile": "INCLUDE local\n", "shared/app.conf": "s\n",
+                                     "services/local/Amifile":
+                                     "SERVICE local\n    COPY ../../shared/app.conf /etc/app.conf\n"})
+    amic_cli("compile", "-o", "out.tar", cwd=proj, check=True,
+             env={"AMIC_SERVICES_PATH": str(proj / "services")})
+    assert payload(proj / "out.tar", "stage2/services/local/files/01") == b"s\n"
+
+
 # ---- .amicignore --------------------------------------------------------------------------
 
 

@@ -208,7 +208,8 @@ class Contexts:
     def for_copy(self, copy: ir.Copy) -> BuildContext:
         here = os.path.realpath(copy.context or ".")
         root, shown, label = self.main, self.main_shown, self.main_label
-        for d in self.stock:
+        # A stock service outside the build context has its own directory as context.
+        for d in ([] if inside(here, self.main) else self.stock):
             if here.startswith(d.rstrip("/") + "/"):
                 root, shown = here, copy.context
                 label = f"{shown} (the stock service's directory)"
@@ -263,7 +264,7 @@ def instructions(path: str) -> Iterator[tuple[Pos, list[tuple[str, str, Pos]]]]:
     from amic.amifile.lexer import tokenize
 
     try:
-        with open_regular(path) as fh:
+        with open_regular(path, follow=True) as fh:
             text = fh.read().decode("utf-8", errors="replace")
         keyword: Pos | None = None
         words: list[tuple[str, str, Pos]] = []
@@ -292,10 +293,11 @@ def source_pos(copy: ir.Copy, index: int) -> Pos:
 # ---- reading sources -----------------------------------------------------------------
 
 
-def open_regular(path: str):
-    """Open ``path`` for reading without following a final symlink or blocking on a FIFO;
-    anything but a regular file is an ``OSError``."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+def open_regular(path: str, *, follow: bool = False):
+    """Open ``path`` for reading without blocking on a FIFO (nor following a final
+    symlink unless ``follow``); anything but a regular file is an ``OSError``."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
