@@ -17,7 +17,6 @@ Running shellcheck itself is :mod:`amic.lint.shellcheck`.
 from __future__ import annotations
 
 import bisect
-import os
 import re
 from collections.abc import Iterator, Sequence
 
@@ -132,10 +131,12 @@ class Command:
     """``sudo``, ``env``, ... in front of the command."""
     piped_from: Command | None
     """The command whose output is piped into this one (``a | b``: b.piped_from is a)."""
+    name: str = attrs.field(init=False, eq=False)
+    """The command's basename (``/usr/bin/apt-get`` -> ``apt-get``); every rule asks."""
 
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.words[0].text) if self.words else ""
+    def __attrs_post_init__(self) -> None:
+        name = self.words[0].text.rpartition("/")[2] if self.words else ""
+        object.__setattr__(self, "name", name)
 
     @property
     def args(self) -> list[str]:

