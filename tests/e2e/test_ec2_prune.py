@@ -195,3 +195,16 @@ def test_default_ami_names_are_unique_by_construction():
     assert len(name) <= 128
     assert naming.fixed_name(Ec2Options().image_name, tags, "ab" * 32) is None
     assert naming.fixed_name("{name}-{key}", tags, "ab" * 32) == "x" * 64 + "-abababababab"
+
+
+def test_prune_that_cannot_check_use_removes_nothing(fake, ec2, env, instance, amic_cli, tmp_path):
+    old = make_ami(ec2, instance, name="safe", key="F1")
+    make_ami(ec2, instance, name="safe", key="F2")
+    fake.proxy.reset()
+    fake.proxy.fail("DescribeLaunchConfigurations", times=1000, code="AccessDenied", status=403)
+    res = amic_cli("ami", "prune", "--name", "safe", "--yes", cwd=tmp_path,
+                   env={**env, "AWS_ENDPOINT_URL_AUTO_SCALING": fake.proxy.url})
+    assert res.returncode == 1, res.stderr
+    assert "could not check whether the AMIs are in use" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert old in images(ec2)

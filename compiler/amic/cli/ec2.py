@@ -105,6 +105,19 @@ def cmd_ami_ls(args) -> int:
     return 0
 
 
+def _in_use(ec2_gc, target, ids: list[str]) -> dict[str, str]:
+    """``gc.in_use``; an API that cannot be asked stops the prune with a clear message."""
+    import botocore.exceptions
+
+    from amic.errors import BuildError
+
+    try:
+        return ec2_gc.in_use(target, ids)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise BuildError(f"could not check whether the AMIs are in use ({exc}); nothing was "
+                         "removed (--force removes without checking)") from exc
+
+
 def cmd_ami_prune(args) -> int:
     from amic import contract
     from amic.targets.ec2 import gc as ec2_gc
@@ -115,7 +128,7 @@ def cmd_ami_prune(args) -> int:
     doomed = ec2_gc.prune_plan(list(target.list_images()), keep=args.keep, name=name,
                                older_than=older, everything=args.all)
     if doomed and not args.force:
-        used = ec2_gc.in_use(target, [img.id for img, _ in doomed])
+        used = _in_use(ec2_gc, target, [img.id for img, _ in doomed])
         for img, _ in doomed:
             if img.id in used:
                 print(f"keeping {img.id}: in use by {used[img.id]} (--force removes it)",

@@ -77,7 +77,9 @@ def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str
         description = opts.image_description.format_map(fields)[:255]
     else:
         svc = tags.get(TAG_SERVICE, "layer")
-        name = ami_name(f"{fields['name']}-layer-{svc}-{key[:12]}-{fields['stamp']}-{build_id}")
+        # at most 32 + 7 + 24 + 1 + 12 + 1 + 19 + 1 + 22 = 119: the unique tail is never cut
+        name = ami_name(f"{fields['name'][:32]}-layer-{svc[:24]}-{key[:12]}-{fields['stamp']}"
+                        f"-{build_id}")
         description = f"amic cache layer {svc} (key {key[:12]}) from {fields['amifile']}"
     all_tags = {**aws.resource_tags(build_id, ttl=None, role="image"), "Name": name,
                 TAG_SSH_USER: user, **tags, TAG_KEY: key,
