@@ -90,7 +90,9 @@ def built(store, evil, fake_bin, tmp_path_factory) -> str:
     fakes, ran = fake_bin
     project = tmp_path_factory.mktemp("project")
     (project / "Amifile").write_text(AMIFILE)
-    proc = amic(store, project, "build", "-q", "--build-arg", f"LD_PRELOAD={so}",
+    # `amic build DIR` (a directory means its Amifile), run from elsewhere
+    proc = amic(store, project.parent, "build", "-q", str(project), "--build-arg",
+                f"LD_PRELOAD={so}",
                 "--build-arg", f"PATH={fakes}:/nonexistent:/usr/sbin:/usr/bin:/sbin:/bin")
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
