@@ -114,15 +114,16 @@ def test_snapshots_tags_cache_and_image_options(fake):
                   "amic:build-id": "b-snap"}
     with t.launch(base, build_id="b-snap") as m:
         layer = t.snapshot(m, key="L" * 64, final=False, tags=layer_tags)
-        assert m.stopped
-        assert m.run("true") == 0            # started again, reconnected
-        assert not m.stopped
+        assert not m.stopped                  # a layer is a live snapshot: no stop
+        assert layer.id.startswith("snap-") and m.run("true") == 0
         final_tags = {TAG_KIND: "final", TAG_AMIFILE: "Amifile", TAG_LAYER_PREFIX + "httpd": "L" * 64,
                       "amic:build-id": "b-snap", "team": "x"}
         final = t.snapshot(m, key="F" * 64, final=True, tags=final_tags)
         again = t.snapshot(m, key="F" * 64, final=True, tags=final_tags)   # same name: replaced
     assert_clean(fake)
-    assert fake.proxy.count("StopInstances") == 2 and fake.proxy.count("StartInstances") == 1
+    # one stop, for the first final image (the second finds the instance stopped)
+    assert fake.proxy.count("StopInstances") == 1 and fake.proxy.count("StartInstances") == 0
+    assert fake.proxy.count("CreateSnapshot") == 1
     assert t.find_image("L" * 64).id == layer.id
     assert t.find_image("F" * 64).id == again.id
     assert not ec2c.describe_images(Filters=[{"Name": "image-id", "Values": [final.id]}])["Images"]

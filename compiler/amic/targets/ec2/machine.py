@@ -49,6 +49,8 @@ class Ec2Machine:
         """The key pair's public line (cloud-init installs it; the engine has it removed)."""
         self.source_image: str | None = None
         """The AMI this instance was launched from."""
+        self.root_volume: tuple[str, str] | None = None
+        """(volume id, device name) of the root volume, once a layer checkpoint looked it up."""
         self.source_facts: dict[str, str] = {}
         """What a layer snapshot must record to be registered as an AMI later
         (``snapshots.image_facts`` of the AMI this instance was launched from)."""

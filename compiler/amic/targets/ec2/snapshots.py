@@ -105,6 +105,13 @@ def find_layer(ec2, key: str) -> Image | None:
     return snapshot_image(max(snaps, key=lambda s: str(s.get("StartTime", ""))))
 
 
+def layers_of_service(ec2, service: str) -> list[Image]:
+    snaps = aws.call("listing layer snapshots", ec2.describe_snapshots, OwnerIds=["self"],
+                     Filters=[{"Name": f"tag:{TAG_CHECKPOINT}", "Values": ["snapshot"]},
+                              {"Name": "tag:amic:service", "Values": [service]}])
+    return [snapshot_image(s) for s in snaps["Snapshots"]]
+
+
 def list_layers(ec2) -> list[Image]:
     snaps = aws.call("listing layer snapshots", ec2.describe_snapshots, OwnerIds=["self"],
                      Filters=[{"Name": f"tag:{TAG_CHECKPOINT}", "Values": ["snapshot"]}])

@@ -137,9 +137,14 @@ class Ec2Target(Target):
         return Image(id=best["ImageId"], tags=tags, created=best.get("CreationDate"))
 
     def find_image(self, key: str) -> Image | None:
-        """A final AMI or a layer under ``key``: an AMI (a layer registered before) first,
-        else a layer snapshot (``snap-…``; ``launch`` registers it)."""
-        return amis.find_image(self.ec2, key) or snapshots.find_layer(self.ec2, key)
+        """A final AMI or a layer under ``key``. A layer's id is always its snapshot's
+        (``snap-…``), registered as an AMI or not (``launch`` registers it once, then finds
+        that AMI); an AMI without ``amic:from-snapshot`` (a final) is its own id."""
+        found = amis.find_image(self.ec2, key)
+        snap = found.tags.get(snapshots.TAG_FROM_SNAPSHOT) if found else None
+        if snap:
+            return Image(id=snap, key=found.key, tags=found.tags, created=found.created)
+        return found or snapshots.find_layer(self.ec2, key)
 
     def lease(self, key: str, *, build_id: str = "?"):
         """One build per key at a time, across machines: a key pair lease (:mod:`.lease`)."""
@@ -156,7 +161,14 @@ class Ec2Target(Target):
         return iter(amis.list_images(self.ec2))
 
     def images_for_service(self, service: str) -> list[Image]:
-        return amis.layers_of_service(self.ec2, service)
+        """Layer checkpoints of ``service``, newest first: layer snapshots and older layer AMIs
+        (one entry per layer: a registered snapshot is listed once, as the snapshot)."""
+        found = snapshots.layers_of_service(self.ec2, service)
+        seen = {img.id for img in found}
+        found += [img for img in amis.layers_of_service(self.ec2, service)
+                  if img.tags.get(snapshots.TAG_FROM_SNAPSHOT) not in seen]
+        found.sort(key=lambda img: img.created or "", reverse=True)
+        return found
 
     def remove_image(self, image: Image) -> None:
         self.deregister(image.id)
@@ -317,7 +329,9 @@ class Ec2Target(Target):
                                build_id=machine.build_id, user=machine.user, log=self.log)
         if not machine.source_facts and machine.source_image:
             machine.source_facts = snapshots.image_facts(ec2, machine.source_image)
-        volume, device = snapshots.root_volume(ec2, machine.instance_id)
+        if machine.root_volume is None:     # the same volume for the instance's whole life
+            machine.root_volume = snapshots.root_volume(ec2, machine.instance_id)
+        volume, device = machine.root_volume
         stags = snapshots.snapshot_tags(
             new.tags, {**machine.source_facts, snapshots.TAG_ROOT_DEVICE: device}, self.log)
         doing = f"layer checkpoint {key[:12]}"
