@@ -272,3 +272,42 @@ def test_no_digest_of_an_arg_value_in_tags_or_memo(team):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- the lease itself, against moto server through the proxy --------------------------------
+
+def test_lease_waits_for_a_live_holder_and_takes_over_a_dead_one(team, monkeypatch):
+    from amic.targets.ec2 import lease as leases
+    from amic.targets.ec2 import session as aws
+
+    monkeypatch.setenv("AMIC_EC2_HEARTBEAT", "0.5")
+    ec2 = team.fake.client(direct=False)
+    key = hashlib.sha256(b"lease-test").hexdigest()
+    name = leases.lease_name(key)
+    notes: list[str] = []
+    order: list[str] = []
+    # a live holder (heartbeat refreshed by its lease) makes the second wait
+    with leases.lease(ec2, key, "holder-1", log=notes.append, poll=0.1):
+        def second():
+            with leases.lease(ec2, key, "holder-2", log=notes.append, poll=0.1):
+                order.append("second")
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(2.0)      # four heartbeats: the holder stays fresh, the waiter waits
+        assert order == [] and any("waiting for build holder-1" in n for n in notes), notes
+        order.append("first done")
+    t.join(30)
+    assert order == ["first done", "second"]
+    assert leases.describe(ec2, name) is None
+    # a dead holder: a lease whose heartbeat is old, as a kill -9 leaves it
+    old = aws.iso(aws.now() - __import__("datetime").timedelta(seconds=30))
+    tags = {**aws.resource_tags("dead-1", ttl=leases.TTL, role=leases.ROLE),
+            "amic:heartbeat": old, "amic:heartbeat-every": "0.5"}
+    dead = ec2.create_key_pair(KeyName=name, TagSpecifications=aws.tag_specs(tags, "key-pair"))
+    notes.clear()
+    with leases.lease(ec2, key, "taker-1", log=notes.append, poll=0.1):
+        seen = leases.describe(ec2, name)
+        assert seen["KeyPairId"] != dead["KeyPairId"] and seen["tags"]["amic:build-id"] == "taker-1"
+        assert seen["tags"]["amic:key"] == key and seen["tags"]["amic:role"] == "lease"
+    assert any("heartbeat stopped" in n and "taking it over" in n for n in notes), notes
+    assert leases.describe(ec2, name) is None

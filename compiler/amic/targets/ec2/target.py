@@ -267,7 +267,6 @@ class Ec2Target(Target):
         """The resources in order, each with its cleanup on ``stack``; the (launched) machine."""
         opts, ec2 = self.opts, self.ec2
         beat = resources.Heartbeat(ec2, self.log)   # so `amic gc` sees at once if we die
-        stack.callback(beat.stop)
         tags = aws.resource_tags(build_id, ttl=opts.ttl, role=role,
                                  extra=resources.heartbeat_tags(beat.interval))
         name = f"amic-{build_id}"
@@ -282,6 +281,7 @@ class Ec2Target(Target):
                                      metadata_tags=bool(instance_tags))
         beat.add(iid)
         beat.start()
+        stack.callback(beat.stop)       # first thing on the way out: no beat on a deleted group
         user = opts.ssh_user or image.tags.get(amis.TAG_SSH_USER) or "ec2-user"
         machine = Ec2Machine(ec2, opts, self.log, iid, user, pkey, name, build_id)
         machine.build_public_key = public   # prepare-image removes it before the final AMI
