@@ -53,9 +53,10 @@ def check_cycle(ctx: Context) -> Found:
                 continue
             if state.get(req.name) == 1:
                 start = on_path[req.name]
-                # Point at the start service's requirement that enters the cycle.
-                nxt = path[start + 1] if start + 1 < len(path) else None
-                first = next((r for r in known[req.name].requires if r.name == nxt), req)
+                # Point at the start service's requirement that enters the cycle: the one
+                # its stack entry followed last (no search through its REQUIRES).
+                entered = stack[start][1] - 1 if start + 1 < len(path) else None
+                first = known[req.name].requires[entered] if entered is not None else req
                 yield first.pos, "REQUIRES cycle: " + _chain(path, start)
             elif req.name not in state:
                 state[req.name] = 1

@@ -54,9 +54,12 @@ def _sarif(findings: Sequence[Finding], files: int, shellcheck: Shellcheck | Non
     rules = [{"id": r.id, "name": r.id, "shortDescription": {"text": r.summary},
               "helpUri": r.help_uri,
               "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]}} for r in RULES]
-    extra = sorted({f.code for f in findings if f.code not in RULES_BY_ID})
-    for code in extra:
-        level = next(f.severity for f in findings if f.code == code)
+    first_level: dict[str, str] = {}
+    for f in findings:
+        if f.code not in RULES_BY_ID:
+            first_level.setdefault(f.code, f.severity)
+    for code in sorted(first_level):
+        level = first_level[code]
         rules.append({"id": code, "name": code,
                       "shortDescription": {"text": f"ShellCheck {code}"},
                       "helpUri": shellcheck_uri(code),

@@ -40,9 +40,12 @@ class ScriptMap:
     source_lines: Sequence[str]
     text_lines: list[str] = attrs.field(init=False, eq=False, repr=False)
     """The script's own lines, split once (a 200,000-line body is mapped many times)."""
+    pieces: list[tuple[int, int, int]] | None = attrs.field(init=False, eq=False, repr=False)
+    """:meth:`_inline_pieces`, once computed."""
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "text_lines", self.script.text.splitlines())
+        object.__setattr__(self, "pieces", None)
 
     def _source(self, line: int) -> str:
         return self.source_lines[line - 1] if 1 <= line <= len(self.source_lines) else ""
@@ -57,7 +60,9 @@ class ScriptMap:
             return Pos(script.pos.file, line, _offset(self._source(line), text) + col)
         # Inline script: the parser joins `\` continuation lines, so rebuild the pieces.
         if index == 0:
-            for start, line, source_col in reversed(self._inline_pieces()):
+            if self.pieces is None:
+                object.__setattr__(self, "pieces", self._inline_pieces())
+            for start, line, source_col in reversed(self.pieces):
                 if start <= col - 1:
                     return Pos(script.pos.file, line, source_col + col - 1 - start)
         for line in (script.pos.line + index, script.pos.line):

@@ -220,13 +220,16 @@ def _shard(digest: str) -> str:
 
 def _load_cached(digests: set[str]) -> dict[str, list]:
     found: dict[str, list] = {}
-    for shard in sorted({_shard(d) for d in digests}):
+    by_shard: dict[str, list[str]] = {}
+    for digest in digests:
+        by_shard.setdefault(_shard(digest), []).append(digest)
+    for shard, wanted in sorted(by_shard.items()):
         data = _read_json(cache_dir() / shard)
         entries = data.get("entries") if data.get("format") == _CACHE_FORMAT else None
         if not isinstance(entries, dict):
             continue
-        for digest in digests:
-            if _shard(digest) == shard and isinstance(entries.get(digest), list):
+        for digest in wanted:
+            if isinstance(entries.get(digest), list):
                 found[digest] = entries[digest]
     return found
 
