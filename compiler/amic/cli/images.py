@@ -25,6 +25,15 @@ def register(sub) -> None:
                    help="stay in the booted machine's console (leave with Ctrl-] three times)")
     p.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                    help="stop the machine after this long (default: 600)")
+    p.add_argument("--vm", action="store_true",
+                   help="boot the image's disk (export --format qcow2) under QEMU instead: KVM "
+                   "when usable, else emulation; SSH forwarded to a loopback port (docs/devvm.md)")
+    p.add_argument("--uefi", action="store_true", help="--vm: boot with UEFI (OVMF), not BIOS")
+    p.add_argument("--network", action="store_true",
+                   help="--vm: let the guest reach the network (default: QEMU user networking "
+                   "with restrict=on, only the forwarded SSH port)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the machine running after the boot hook (prints how to reach it)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("images", help="list images and cache entries of the local target")
@@ -166,6 +175,16 @@ def cmd_run(args) -> int:
             from amic.errors import UsageError
 
             raise UsageError(f"--service {name!r}: not a service name")
+
+    if args.vm:
+        from amic.targets.local import vm
+
+        rc, status = vm.run_image(target, image, services=args.service, keep=args.keep,
+                                  uefi=args.uefi, restrict=not args.network, timeout=args.timeout,
+                                  on_output=lambda line: reporter.output("vm", line, False),
+                                  log=reporter.note)
+        print(status.rstrip("\n"))
+        return rc
 
     def prepare(lowers, upper):
         if not args.service:

@@ -1,0 +1,307 @@
+"""``amic run --vm``: boot a disk made by :mod:`amic.targets.local.disk` under QEMU.
+
+KVM when it can boot a stock kernel, else TCG (plain emulation). ``/dev/kvm``
+alone is not enough: a host that only has ``kvm_pvm`` (a PVM hypervisor, as
+on some nested cloud VMs) opens ``/dev/kvm`` but runs only PVM-built guest
+kernels, so KVM counts as usable only with ``kvm_intel`` or ``kvm_amd``
+loaded (``AMIC_QEMU_ACCEL=kvm|tcg`` overrides). The serial console is
+streamed line by line; SSH is forwarded from a free loopback port; services
+requested with ``--service`` travel as the SMBIOS type 11 string
+``io.systemd.credential:amic.services=...`` that the boot hook reads
+(``runtime/amic``: ``vm_requests``). Networking is QEMU's user mode, with
+``restrict=on`` unless the caller allows the guest out. Shutdown is ACPI
+power-off through QMP, then a kill if the guest does not stop in time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from amic.errors import BuildError
+
+BOOT_DONE = re.compile(r"amic: boot: (ok|failed)\s*$")
+"""The boot hook's last line on the console (``runtime/amic``: ``do_boot``)."""
+ANSI = re.compile(r"\x1b(\[[0-9;?=]*[A-Za-z]|[()][A-Z0-9]|[A-Za-z=>])")
+OVMF_CANDIDATES = [("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+                   ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+                   ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd")]
+
+
+def kvm_usable() -> bool:
+    """True when QEMU can run a stock kernel with KVM here (see the module docstring)."""
+    forced = os.environ.get("AMIC_QEMU_ACCEL", "")
+    if forced in ("kvm", "tcg"):
+        return forced == "kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    return any(Path("/sys/module", m).is_dir() for m in ("kvm_intel", "kvm_amd"))
+
+
+def accel_args(kvm: bool | None = None) -> list[str]:
+    if kvm if kvm is not None else kvm_usable():
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def ovmf() -> tuple[Path, Path]:
+    """(firmware code, variable store template) of OVMF, for UEFI boots."""
+    for code, vars_ in OVMF_CANDIDATES:
+        if Path(code).is_file() and Path(vars_).is_file():
+            return Path(code), Path(vars_)
+    raise BuildError("UEFI boot needs OVMF (apt-get install ovmf)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean(line: str) -> str:
+    return ANSI.sub("", line).replace("\r", "").rstrip()
+
+
+class QemuVm:
+    """One QEMU process booting ``disk`` (qcow2 or raw); files it needs live in ``workdir``."""
+
+    def __init__(self, disk: Path, workdir: Path, *, uefi: bool = False,
+                 services: Sequence[str] = (), restrict: bool = True, memory: int = 1024,
+                 cpus: int = 2, kvm: bool | None = None, snapshot: bool = False) -> None:
+        self.disk, self.workdir, self.uefi = disk, workdir, uefi
+        self.services, self.restrict = list(services), restrict
+        self.memory, self.cpus, self.snapshot = memory, cpus, snapshot
+        self.kvm = kvm_usable() if kvm is None else kvm
+        self.ssh_port = free_port()
+        self.qmp_path = workdir / "qmp.sock"
+        self.proc: subprocess.Popen | None = None
+        self.console: list[str] = []
+        self.boot_result: str | None = None
+        self.started = 0.0
+        self.boot_seconds: float | None = None
+        self.changed = threading.Condition()
+
+    def argv(self) -> list[str]:
+        fmt = "qcow2" if self.disk.suffix == ".qcow2" else "raw"
+        net = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+        if self.restrict:
+            net += ",restrict=on"
+        argv = ["qemu-system-x86_64", *accel_args(self.kvm), "-m", str(self.memory),
+                "-smp", str(self.cpus), "-display", "none", "-monitor", "none",
+                "-serial", "stdio", "-no-reboot",
+                "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+                "-drive", f"file={self.disk},format={fmt},if=virtio"
+                + (",snapshot=on" if self.snapshot else ""),
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+        if self.uefi:
+            code, vars_ = ovmf()
+            local_vars = self.workdir / "OVMF_VARS.fd"
+            if not local_vars.exists():
+                shutil.copyfile(vars_, local_vars)
+            argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+                     "-drive", f"if=pflash,format=raw,file={local_vars}"]
+        if self.services:
+            argv += ["-smbios",
+                     f"type=11,value=io.systemd.credential:amic.services={' '.join(self.services)}"]
+        return argv
+
+    def start(self, on_output: Callable[[str], None] | None = None, *,
+              detach: bool = False) -> None:
+        """Start QEMU; a thread reads the console. ``detach``: QEMU survives amic (``--keep``):
+        its own session, console into ``workdir/console.log``."""
+        if shutil.which("qemu-system-x86_64") is None:
+            raise BuildError("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+        self.started = time.monotonic()
+        if detach:
+            log = open(self.workdir / "console.log", "wb")
+            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+            (self.workdir / "qemu.pid").write_text(f"{self.proc.pid}\n")
+            threading.Thread(target=self.follow_log, args=(on_output,), daemon=True).start()
+            return
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self.read_console, args=(self.proc.stdout, on_output),
+                         daemon=True).start()
+
+    def follow_log(self, on_output) -> None:
+        with open(self.workdir / "console.log", "rb") as fh:
+            self.read_console(fh, on_output, follow=True)
+
+    def read_console(self, stream, on_output, *, follow: bool = False) -> None:
+        buf = b""
+        while True:
+            chunk = stream.readline()
+            if not chunk:
+                if follow and self.proc and self.proc.poll() is None:
+                    time.sleep(0.2)
+                    continue
+                break
+            buf += chunk
+            if not buf.endswith(b"\n"):
+                continue
+            line = clean(buf.decode(errors="replace"))
+            buf = b""
+            self.note(line, on_output)
+        with self.changed:
+            self.changed.notify_all()
+
+    def note(self, line: str, on_output) -> None:
+        with self.changed:
+            self.console.append(line)
+            m = BOOT_DONE.search(line)
+            if m and self.boot_result is None:
+                self.boot_result = m.group(1)
+                self.boot_seconds = time.monotonic() - self.started
+            self.changed.notify_all()
+        if on_output and line.strip():
+            on_output(line)
+
+    def wait_boot(self, timeout: float) -> str:
+        """Wait for the boot hook's last line; return ``ok`` or ``failed``."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.boot_result is None:
+                if self.proc is None or self.proc.poll() is not None:
+                    raise BuildError("QEMU stopped before the boot hook reported:\n"
+                                     + "\n".join(self.console[-25:]))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BuildError(f"the boot hook did not report within {timeout:.0f}s:\n"
+                                     + "\n".join(self.console[-25:]))
+                self.changed.wait(min(left, 1.0))
+            return self.boot_result
+
+    def qmp(self, command: str) -> None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.qmp_path))
+            f = s.makefile("rw")
+            f.readline()
+            for cmd in ("qmp_capabilities", command):
+                f.write(json.dumps({"execute": cmd}) + "\n")
+                f.flush()
+                f.readline()
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """ACPI power-off, then SIGKILL after ``timeout``; return QEMU's exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.qmp("system_powerdown")
+                self.proc.wait(timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+            except BaseException:       # a second Ctrl-C: do not wait for the guest
+                self.kill()
+                raise
+        return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+def ssh_run(port: int, key: Path, command: str, *, timeout: float = 120) -> tuple[int, str]:
+    """Run ``command`` as root on the VM over the forwarded port; (exit status, output)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # a VM we just made
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.connect("127.0.0.1", port, username="root", key_filename=str(key),
+                           timeout=15, banner_timeout=30, auth_timeout=30,
+                           allow_agent=False, look_for_keys=False)
+            break
+        except (OSError, paramiko.SSHException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    try:
+        _, out, _ = client.exec_command(command + " 2>&1", timeout=timeout)
+        text = out.read().decode(errors="replace")
+        return out.channel.recv_exit_status(), text
+    finally:
+        client.close()
+
+
+def vm_key(store) -> Path:
+    """The store's SSH key for ``amic run --vm`` (made once; authorised on its disks)."""
+    key = store.root / "vm" / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "amic-run-vm",
+                        "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+    return key
+
+
+def cached_disk(target, image, *, log=None) -> Path:
+    """A qcow2 of ``image`` (with the VM layer) authorised for :func:`vm_key`, made once."""
+    from amic.fsutil import file_lock
+    from amic.targets.local import disk
+
+    vm_image = disk.vm_layer(target, image, log=log)
+    out = target.store.root / "vm" / f"{vm_image.id[:12]}.qcow2"
+    key = vm_key(target.store)
+    with file_lock(out.with_suffix(".lock")):
+        if not out.exists():
+            disk.write_disk(target.store, vm_image, out, fmt="qcow2",
+                            authorized_key=key.with_suffix(".pub"))
+    return out
+
+
+def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False,
+              uefi: bool = False, restrict: bool = True, timeout: float = 900,
+              on_output=None, log=print) -> tuple[int, str]:
+    """``amic run --vm``: boot ``image`` on a throwaway qcow2 overlay; return (exit, status).
+
+    Waits for the boot hook, runs ``amic status`` over SSH, then powers off, unless
+    ``keep``: then QEMU keeps running detached and how to reach and stop it is logged.
+    Ctrl-C (or any error) powers the VM off and removes the overlay.
+    """
+    import tempfile
+
+    base = cached_disk(target, image, log=log)
+    key = vm_key(target.store)
+    runs = target.store.root / "vm" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{image.id[:12]}-", dir=runs))
+    overlay = workdir / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
+                    str(overlay)], check=True)
+    vm = QemuVm(overlay, workdir, uefi=uefi, services=services, restrict=restrict)
+    kept = False
+    try:
+        log(f"booting {image.id[:12]} under QEMU ({'KVM' if vm.kvm else 'TCG emulation'}, "
+            f"{'UEFI' if uefi else 'BIOS'}); ssh -i {key} -p {vm.ssh_port} root@127.0.0.1")
+        vm.start(on_output, detach=keep)
+        result = vm.wait_boot(timeout)
+        log(f"boot hook {result} after {vm.boot_seconds:.1f}s")
+        rc, status = ssh_run(vm.ssh_port, key, "/var/lib/amic/stage2/amic status")
+        if keep:
+            kept = True
+            log(f"left running (pid {vm.proc.pid}): ssh -i {key} -o StrictHostKeyChecking=no "
+                f"-p {vm.ssh_port} root@127.0.0.1; stop it with `kill {vm.proc.pid}` and "
+                f"remove {workdir}")
+        return (0 if rc == 0 and result == "ok" else 1), status
+    finally:
+        if not kept:
+            vm.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
