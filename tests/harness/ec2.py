@@ -1032,7 +1032,10 @@ class FakeEc2:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL_EC2": self.proxy.url, "AWS_ACCESS_KEY_ID": "testing",
+        # AWS_ENDPOINT_URL sends every other service (autoscaling, sts, ...) to moto too: no
+        # test can reach real AWS, whatever it calls.
+        return {"AWS_ENDPOINT_URL_EC2": self.proxy.url, "AWS_ENDPOINT_URL": self.moto.url,
+                "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
                 "AWS_REGION": REGION, "AWS_CONFIG_FILE": os.devnull,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
