@@ -23,6 +23,7 @@ from pathlib import Path
 
 from amic.errors import BaseRefError, BuildError
 from amic.fsutil import file_lock
+from amic.targets.local import pkgcache
 
 # Portable base names the local target can build itself. Values are
 # debootstrap suites; the mirror is debootstrap's default unless
@@ -119,6 +120,11 @@ mount -t tmpfs tmpfs "$merged/run"
 if [ -f "$merged/etc/resolv.conf" ] && [ ! -L "$merged/etc/resolv.conf" ]; then
     mount --bind -o ro /etc/resolv.conf "$merged/etc/resolv.conf" || true
 fi
+# The package cache (pkgcache.py): this command's archives directory, never in the upper.
+if [ -n "${AMIC_PKG_DIR:-}" ] && [ -d "$merged/var/cache/apt/archives" ]; then
+    mount --bind "$AMIC_PKG_DIR" "$merged/var/cache/apt/archives"
+fi
+unset AMIC_PKG_DIR
 exec chroot "$merged" "$@"
 """
 
@@ -201,6 +207,10 @@ def run_in_root(lowers: Sequence[Path], upper: Path, command: str, *,
             host_env["TERM"] = os.environ.get("TERM", "dumb")
             return subprocess.run(argv, env=host_env, pass_fds=fds,
                                   preexec_fn=die_with_parent).returncode
+        pkg_dir = stack.enter_context(pkgcache.for_run(cache_dir() / "local" / "packages",
+                                                        Path(scratch)))
+        if pkg_dir is not None:
+            host_env["AMIC_PKG_DIR"] = str(pkg_dir)
         stdin = stack.enter_context(open(stdin_path, "rb")) if stdin_path is not None \
             else subprocess.DEVNULL
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
