@@ -18,6 +18,9 @@ RUNNER = f"{STATE_DIR}/stage2/amic"
 UPLOAD_PATH = "/tmp/amic-stage2.tar"
 """Where a build uploads the stage2 tarball before ``sh stage2/amic install``."""
 
+IGNORE_FILE = ".amicignore"
+"""At the top of a build context: what COPY leaves out (read by compile, watched by the memo)."""
+
 BUILD_KEY_MARK = "amic-build-key"
 """The comment on every authorized_keys line a builder adds (``runner build-key mark``):
 prepare-image and every checkpoint remove all lines that carry it."""

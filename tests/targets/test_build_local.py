@@ -281,3 +281,44 @@ def test_unknown_from_points_at_the_from_line(amic, store, tmp_path):
     assert lines[head + 2] == "    " + "  ^"            # the caret under FROM
     assert proc.stdout == ""
     no_leftovers(store)
+
+
+def test_amicignore_edit_is_never_answered_from_the_memo(amic, store, tmp_path):
+    # The memo answers an unchanged rebuild without parsing; a .amicignore added later
+    # changes what COPY takes, so the next build must not be "unchanged" with the old image.
+    proj = tmp_path / "proj"
+    (proj / "conf").mkdir(parents=True)
+    (proj / "conf" / "app.conf").write_text("setting=1\n")
+    (proj / "conf" / "secret.key").write_text("do-not-ship\n")
+    (proj / "Amifile").write_text("FROM debian:12\nSERVICE app\n    COPY conf/ /etc/app\n"
+                                  "    INIT test -f /etc/app/app.conf\n")
+    first = json.loads(amic("build", "--json", str(proj / "Amifile")).stdout)
+    again = json.loads(amic("build", "--json", str(proj / "Amifile")).stdout)
+    assert again["image_id"] == first["image_id"] and again["cached"]
+    (proj / ".amicignore").write_text("**/*.key\n")   # dockerignore: patterns start at the top
+    third = json.loads(amic("build", "--json", str(proj / "Amifile")).stdout)
+    assert third["image_id"] != first["image_id"]
+    out = tmp_path / "image.tar"
+    amic("export", third["image_id"], "-o", str(out))
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+    assert any(n.endswith("etc/app/app.conf") for n in names)
+    assert not any(n.endswith("secret.key") for n in names)
+
+
+def test_build_context_option(amic, store, tmp_path):
+    # --context: COPY sources stay relative to the Amifile and must resolve inside the
+    # context, for build as for compile (a spec directory beside the files it ships)
+    ctx = tmp_path / "ctx"
+    (ctx / "files").mkdir(parents=True)
+    (ctx / "files" / "motd").write_text("from the context\n")
+    amifile = tmp_path / "spec" / "Amifile"
+    amifile.parent.mkdir()
+    amifile.write_text("FROM debian:12\nSERVICE app\n    COPY ../ctx/files/motd /etc/motd-ctx\n"
+                       "    INIT grep -q 'from the context' /etc/motd-ctx\n")
+    refused = amic("build", str(amifile), check=False)      # outside the Amifile's directory
+    assert refused.returncode == 1 and f"{amifile}:3:10:" in refused.stderr, refused.stderr
+    assert "outside the build context" in refused.stderr
+    built = amic("build", "--json", "--context", str(tmp_path), str(amifile))
+    assert json.loads(built.stdout)["layers"][0]["status"] == "RUN"
+    no_leftovers(store)

@@ -19,7 +19,7 @@ TARGET_HELP = ("where to build: local (root filesystems on this machine), ec2, o
 
 
 def register(sub) -> None:
-    from amic.cli.common import add_amifile_argument, add_build_arg_option
+    from amic.cli.common import add_amifile_argument, add_build_arg_option, add_context_option
 
     p = sub.add_parser(
         "build", help="bake an image: run each service's init, reusing cached layers",
@@ -32,6 +32,7 @@ def register(sub) -> None:
                    help="the project's image name, tag amic:name on every image (ami ls/prune, "
                    "images/prune select by it); default: the name of the Amifile's directory")
     add_build_arg_option(p)
+    add_context_option(p)
     p.add_argument("--no-cache", action="store_true",
                    help="run every layer even if it is cached (results are cached again)")
     p.add_argument("--checkpoint", metavar="POLICY",
@@ -83,7 +84,8 @@ def cmd_build(args) -> int:
     spec = args.target or default_target_spec()
     scheme, rest = split_spec(spec)
     target = None
-    if not args.no_cache and scheme in MEMO and not rest:
+    # the memo is keyed by the Amifile alone: a build with --context takes the full path
+    if not args.no_cache and scheme in MEMO and not rest and args.context is None:
         import time
 
         t0 = time.monotonic()
@@ -116,6 +118,7 @@ def cmd_build(args) -> int:
 
     target = target or get_target(spec, args)
     options = BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
+                           context=args.context,
                            no_cache=args.no_cache, checkpoint=args.checkpoint,
                            on_error=args.on_error)
     resolved = _check_ami_name(target, options) if scheme == "ec2" else None

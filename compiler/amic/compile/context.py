@@ -33,9 +33,9 @@ import attrs
 
 from amic.amifile import ir
 from amic.amifile.resolve import source_line, stock_service_dirs
+from amic.contract import IGNORE_FILE
 from amic.errors import AmifileError, Pos, UsageError
 
-IGNORE_FILE = ".amicignore"
 DEFAULT_COPY_LIMIT = 2 * 1024 ** 3
 """Bytes of regular files all COPYs of one build may read (2 GiB)."""
 LIMIT_ENV = "AMIC_COPY_LIMIT"

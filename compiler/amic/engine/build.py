@@ -54,6 +54,8 @@ class BuildOptions:
     """``--name``: the project's image name (``contract.TAG_NAME``); None = the Amifile's directory."""
     build_args: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     """``--build-arg`` values (the environment and ARG defaults fill the rest)."""
+    context: str | None = None
+    """``--context``: the directory COPY reads from; None = the Amifile's directory."""
     no_cache: bool = False
     """Run every layer even if cached (the results are still recorded, as docker does)."""
     checkpoint: str | None = None
@@ -203,7 +205,8 @@ def make_plan(b: BuildState, resolved: resolve.Resolved) -> planmod.Plan:
     unused = sorted(set(b.options.build_args) - declared)
     if unused:
         b.reporter.warn(f"build args not declared with ARG (ignored): {', '.join(unused)}")
-    p = planmod.make_plan(resolved, b.options.build_args, base_image_id=b.base.id)
+    p = planmod.make_plan(resolved, b.options.build_args, base_image_id=b.base.id,
+                         context=b.options.context)
     if p.missing_args:
         b.reporter.warn(f"ARG without a value or default: {', '.join(p.missing_args)} "
                         "(pass --build-arg NAME=VALUE or set it in the environment)")

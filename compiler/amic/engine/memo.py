@@ -33,6 +33,8 @@ import hmac
 import json
 import os
 
+from amic.contract import IGNORE_FILE
+
 FORMAT = 2
 
 
@@ -133,20 +135,23 @@ def lookup_with_facts(amifile: str, build_args: dict[str, str], target: str,
 
 def _input_paths(plan) -> list[str]:
     import amic
-    from amic.compile import artifact
+    from amic.compile import artifact, context, packages  # modules that compute keys
     from amic.compile import plan as planmod
 
     paths: list[str] = []
     for f in plan.resolved.files:
         paths.append(os.path.abspath(f))
         paths.append(os.path.dirname(os.path.abspath(f)))
+        # an edited .amicignore changes what COPY takes (stat'ed even when absent: one added
+        # later must be seen too)
+        paths.append(os.path.join(os.path.dirname(os.path.abspath(f)), IGNORE_FILE))
     for sp in plan.services:
         for copy in sp.service.copies:
             for src in copy.sources:
                 paths.append(os.path.abspath(os.path.join(copy.context, src)))
         for cp in sp.copies:
             paths.extend(os.path.abspath(f.source) for f in cp.files)
-    for mod in (amic, artifact, planmod):
+    for mod in (amic, artifact, planmod, context, packages):
         paths.append(os.path.abspath(mod.__file__))
     try:
         from importlib import resources
@@ -172,12 +177,17 @@ def save(target, options, plan, base, image, reports, *, started_ns: int) -> Non
     start): the build may have read the older content, and the memo would tie
     the newer stat to the older result.
     """
+    if options.context is not None:
+        return   # lookups are keyed by the Amifile alone (cli.build skips the memo too)
     inputs = _input_paths(plan)
     if not inputs:
         return
     stats = []
     for path in inputs:
         st = _stat(path)
+        if st is None and os.path.basename(path) == IGNORE_FILE:
+            stats.append([path, None])   # absent is a state too: creating one is a change
+            continue
         if st is None or max(st[0], st[1]) >= started_ns - CLOCK_SLACK_NS:
             return
         stats.append([path, st])
