@@ -167,14 +167,17 @@ import datetime as dt, sys
 from amic.targets.ec2 import target as ec2
 from amic.targets.ec2.options import Ec2Options
 t = ec2.Ec2Target(options=Ec2Options(ssh_cidrs=("127.0.0.1/32",), console_timeout=600,
-                  poll_interval=0.05, ttl=dt.timedelta(seconds=1)))
+                  poll_interval=0.05, ttl=dt.timedelta(hours=4)))
 with t.launch(t.resolve_base(None), build_id=sys.argv[1]):
     pass
 """
 
 
 def test_gc_after_killed_process(fake, amic_cli):
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, "b-killed"], env=os.environ,
+    # The build beats every 0.3 s; killed, its heartbeat is stale after three missed beats,
+    # and gc finds its resources at once (their amic:expires is hours away).
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, "b-killed"],
+                            env={**os.environ, "AMIC_EC2_HEARTBEAT": "0.3"},
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while fake.proxy.count("GetConsoleOutput") == 0 and time.monotonic() < deadline:
