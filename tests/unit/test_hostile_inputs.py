@@ -238,6 +238,17 @@ def test_output_into_a_missing_directory(tmp_path):
     assert listing(tmp_path) == {"Amifile"}
 
 
+def test_build_manifest_into_a_missing_directory_fails_before_the_build(tmp_path):
+    # checked before anything is built: no target is even made (an unknown one would say so)
+    (tmp_path / "Amifile").write_text(SIMPLE)
+    proc = run("build", "--target", "nosuchtarget", "--manifest",
+               str(tmp_path / "missing" / "m.json"), cwd=tmp_path)
+    clean(proc, 2, f"cannot write {tmp_path}/missing/m.json: directory {tmp_path}/missing "
+                   "does not exist")
+    assert "unknown target" not in proc.stderr
+    assert listing(tmp_path) == {"Amifile"}
+
+
 def test_output_onto_a_directory(tmp_path):
     (tmp_path / "Amifile").write_text(SIMPLE)
     (tmp_path / "d").mkdir()

@@ -67,8 +67,9 @@ def register(sub) -> None:
 def _emit(args, result: dict) -> None:
     text = json.dumps(result, indent=2)
     if args.manifest:
-        with open(args.manifest, "w") as fh:
-            fh.write(text + "\n")
+        from amic.fsutil import write_output
+
+        write_output(args.manifest, text + "\n")
     if args.json:
         print(text)
     else:
@@ -81,6 +82,10 @@ def cmd_build(args) -> int:
     from amic.targets import MEMO, default_target_spec, split_spec
 
     build_args = build_args_from(args.build_arg)
+    if args.manifest:   # a typo in the path must cost nothing: checked before the build
+        from amic.fsutil import check_output
+
+        check_output(args.manifest)
     spec = args.target or default_target_spec()
     scheme, rest = split_spec(spec)
     target = None

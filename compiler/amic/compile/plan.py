@@ -185,8 +185,9 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
     base_key = _digest(KEY_SCHEME, "base", resolved.base.ref if resolved.base else None, base_image_id)
     layers: list[Layer] = []
     parent = base_key
+    enabled = set(resolved.enabled)   # a set: one lookup per service, not a scan
     for sp in services:
-        if sp.name not in resolved.enabled:
+        if sp.name not in enabled:
             continue
         inputs = {
             "parent": parent,
