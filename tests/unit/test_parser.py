@@ -546,8 +546,8 @@ def test_from_twice() -> None:
     assert where(err) == (3, 1) and err.source_line == "FROM b"
 
 
-@pytest.mark.parametrize("line", ["FROM x", "ARG X", "LABEL a=b", "INCLUDE httpd",
-                                  "ENABLE web", "  arg X"])
+@pytest.mark.parametrize("line", ["FROM x", "NAME n", "LABEL a=b", "INCLUDE httpd",
+                                  "ENABLE web", "  label a=b"])
 def test_global_instruction_inside_a_service(line: str) -> None:
     err = error(f"FROM a\n\n# c\n\n\n\nSERVICE web\nPACKAGES x\n{line}\n")
     keyword = line.split()[0].upper()

@@ -31,6 +31,9 @@ from amic.errors import AmifileError, Pos
 __all__ = ["assemble"]
 
 _MODE_RE = re.compile(r"[0-7]{3,4}")
+_RESERVED = frozenset({"PATH", "HOME", "SHELL", "IFS", "PWD", "OLDPWD", "ENV", "PS1", "PS4",
+                       "LANG", "TERM", "USER", "LOGNAME"})
+"""Names a SECRET may not take: the INIT's shell and its commands need their own values."""
 
 
 def assemble(records: Sequence[r.Record], path: str, lines: Sequence[str]) -> ir.Amifile:
@@ -53,13 +56,18 @@ class _Block:
     packages: list[str] = attrs.Factory(list)
     copies: list[ir.Copy] = attrs.Factory(list)
     envs: list[ir.Env] = attrs.Factory(list)
+    args: list[ir.Arg] = attrs.Factory(list)
+    secrets: list[ir.Secret] = attrs.Factory(list)
     inits: list[ir.Script] = attrs.Factory(list)
     updates: list[ir.Script] = attrs.Factory(list)
     packages_pos: Pos | None = None
+    names: dict[str, tuple[str, int]] = attrs.Factory(dict)
+    """ARG, ENV and SECRET names of this block: name -> (instruction, line)."""
 
     def service(self) -> ir.Service:
         return ir.Service(name=self.name, pos=self.pos, requires=self.requires,
                           packages=self.packages, copies=self.copies, envs=self.envs,
+                          args=self.args, secrets=self.secrets,
                           inits=self.inits, updates=self.updates,
                           packages_pos=self.packages_pos)
 
@@ -73,6 +81,9 @@ class _Assembly:
     base: ir.BaseImage | None = None
     base_tok: Token | None = None
     args: list[ir.Arg] = attrs.Factory(list)
+    secrets: list[ir.Secret] = attrs.Factory(list)
+    names: dict[str, tuple[str, int]] = attrs.Factory(dict)
+    """Global ARG, ENV and SECRET names: name -> (instruction, line)."""
     envs: list[ir.Env] = attrs.Factory(list)
     labels: list[ir.Label] = attrs.Factory(list)
     name: ir.ImageName | None = None
@@ -105,6 +116,30 @@ class _Assembly:
                 "use letters, digits and '_', not starting with a digit"))
         return str(tok)
 
+    def claim(self, kind: str, tok: Token) -> str:
+        """The ARG, ENV or SECRET name at ``tok``, checked against the names already visible
+        where it is: a SECRET shares its name with nothing, and an ARG in a block does not
+        redeclare a global one (its value would be in two keys' worth of places)."""
+        name = self.var_name(tok, kind)
+        if kind == "SECRET" and (name.startswith("AMIC_") or name in _RESERVED):
+            self.fail(f"{kind} name {name!r} is reserved", tok,
+                      hint="amic and the shell set it; choose another name")
+        own = self.names if self.block is None else self.block.names
+        seen = own.get(name) or (self.names.get(name) if self.block is not None else None)
+        if seen is not None:
+            other, line = seen
+            where = "" if seen is own.get(name) else "global "
+            if "SECRET" in (kind, other):
+                article = "a" if where or other == "SECRET" else "an"
+                self.fail(f"{kind} {name}: {name} is already {article} {where}{other} "
+                          f"(at {self.path}:{line})", tok,
+                          hint="a SECRET shares its name with no ARG, ENV or other SECRET")
+            if kind == other == "ARG" and where:
+                self.fail(f"ARG {name} is already a global ARG (at {self.path}:{line})", tok,
+                          hint="a global ARG is seen by every service; drop one of the two")
+        own.setdefault(name, (kind, tok.line))
+        return name
+
     def open_block(self) -> _Block:
         assert self.block is not None  # place() let only a SERVICE-scoped record through
         return self.block
@@ -125,7 +160,8 @@ class _Assembly:
     def finish(self) -> ir.Amifile:
         if self.block is not None:
             self.services.append(self.block.service())
-        return ir.Amifile(path=self.path, base=self.base, args=self.args, envs=self.envs,
+        return ir.Amifile(path=self.path, base=self.base, args=self.args, secrets=self.secrets,
+                          envs=self.envs,
                           labels=self.labels, name=self.name, includes=self.includes, enables=self.enables,
                           services=self.services)
 
@@ -139,13 +175,24 @@ class _Assembly:
         self.base_tok = record.keyword
 
     def arg(self, record: r.Arg) -> None:
-        self.args.extend(ir.Arg(self.var_name(d.name, "ARG"),
-                                None if d.default is None else str(d.default), self.pos(d.name))
-                         for d in record.defs)
+        target = self.args if self.block is None else self.block.args
+        target.extend(ir.Arg(self.claim("ARG", d.name),
+                             None if d.default is None else str(d.default), self.pos(d.name))
+                      for d in record.defs)
+
+    def secret(self, record: r.Secret) -> None:
+        target = self.secrets if self.block is None else self.block.secrets
+        for tok in record.names:
+            if "=" in tok:
+                name = tok.split("=", 1)[0]
+                self.fail(f"SECRET takes names only, not a value: {str(tok)!r}", tok, hint=(
+                    f"write SECRET {name}; give the value at build time with "
+                    f"amic build --secret id={name},src=FILE (or env=VAR)"))
+            target.append(ir.Secret(self.claim("SECRET", tok), self.pos(tok)))
 
     def env(self, record: r.Env) -> None:
         target = self.envs if self.block is None else self.block.envs
-        target.extend(ir.Env(self.var_name(p.key, "ENV"), str(p.value), self.pos(p.key))
+        target.extend(ir.Env(self.claim("ENV", p.key), str(p.value), self.pos(p.key))
                       for p in record.pairs)
 
     def label(self, record: r.Label) -> None:
@@ -233,7 +280,7 @@ class _Assembly:
 # A table rather than ``match``: one dict lookup per instruction instead of up to
 # twelve isinstance checks, which showed in the parse time of large files.
 _STEPS: dict[type, Callable[[_Assembly, Any], None]] = {
-    r.From: _Assembly.from_, r.Arg: _Assembly.arg, r.Env: _Assembly.env,
+    r.From: _Assembly.from_, r.Arg: _Assembly.arg, r.Secret: _Assembly.secret, r.Env: _Assembly.env,
     r.Label: _Assembly.label, r.Name: _Assembly.image_name, r.Include: _Assembly.include, r.Enable: _Assembly.enable,
     r.Service: _Assembly.service, r.Requires: _Assembly.requires,
     r.Packages: _Assembly.packages, r.Copy: _Assembly.copy, r.Init: _Assembly.init,

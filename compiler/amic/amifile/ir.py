@@ -35,10 +35,21 @@ class BaseImage:
 
 @attrs.frozen
 class Arg:
-    """``ARG NAME[=default]``: a build-time input, never stored in the image or artifact."""
+    """``ARG NAME[=default]``: a build parameter. Its value is in the cache keys of the layers
+    that see it (every layer for a global ARG; a service's own for one in its block) and in
+    those INITs' environment; never in the artifact or image."""
 
     name: str
     default: str | None
+    pos: Pos = attrs.field(eq=False)
+
+
+@attrs.frozen
+class Secret:
+    """``SECRET NAME``: a value from ``amic build --secret`` that only INIT commands see.
+    Never in a key, a file, an image, a tag or a log (every value is redacted to ``***``)."""
+
+    name: str
     pos: Pos = attrs.field(eq=False)
 
 
@@ -120,6 +131,10 @@ class Service:
     copies: tuple[Copy, ...] = attrs.field(converter=tuple, default=())
     envs: tuple[Env, ...] = attrs.field(converter=tuple, default=())
     """``ENV`` inside the block: visible to this service's phases only."""
+    args: tuple[Arg, ...] = attrs.field(converter=tuple, default=())
+    """``ARG`` inside the block: seen by this service's INIT only, in its layer's key only."""
+    secrets: tuple[Secret, ...] = attrs.field(converter=tuple, default=())
+    """``SECRET`` inside the block: given to this service's INIT only."""
     inits: tuple[Script, ...] = attrs.field(converter=tuple, default=())
     updates: tuple[Script, ...] = attrs.field(converter=tuple, default=())
     packages_pos: Pos | None = attrs.field(eq=False, default=None)
@@ -133,6 +148,8 @@ class Amifile:
     path: str
     base: BaseImage | None = None
     args: tuple[Arg, ...] = attrs.field(converter=tuple, default=())
+    secrets: tuple[Secret, ...] = attrs.field(converter=tuple, default=())
+    """Global ``SECRET``: given to every service's INIT."""
     envs: tuple[Env, ...] = attrs.field(converter=tuple, default=())
     labels: tuple[Label, ...] = attrs.field(converter=tuple, default=())
     name: ImageName | None = None

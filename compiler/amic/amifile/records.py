@@ -22,7 +22,7 @@ from amic.amifile.lexer import HeredocToken
 
 __all__ = [
     "Arg", "ArgDef", "Copy", "Enable", "Env", "From", "Include", "Init", "Label", "Name", "Packages",
-    "Pair", "Record", "Requires", "Service", "ToRecords", "Update",
+    "Pair", "Record", "Requires", "Secret", "Service", "ToRecords", "Update",
 ]
 
 
@@ -59,6 +59,12 @@ class Name:
 class Arg:
     keyword: Token
     defs: tuple[ArgDef, ...]
+
+
+@attrs.frozen
+class Secret:
+    keyword: Token
+    names: tuple[Token, ...]
 
 
 @attrs.frozen
@@ -129,7 +135,7 @@ class Update:
     body_line: int
 
 
-Record = (From | Arg | Env | Label | Name | Include | Enable | Service | Requires | Packages | Copy
+Record = (From | Arg | Secret | Env | Label | Name | Include | Enable | Service | Requires | Packages | Copy
           | Init | Update)
 """One instruction; the class name is the instruction's name (``From`` is FROM)."""
 
@@ -175,6 +181,9 @@ class ToRecords(Transformer[Token, list[Record]]):
         defs = tuple(ArgDef(c.key, c.value) if isinstance(c, Pair) else ArgDef(c, None)
                      for c in children[1:])
         return Arg(_keyword(children), defs)
+
+    def secret(self, children: list[Token]) -> Secret:
+        return Secret(children[0], tuple(children[1:]))
 
     def env(self, children: list[Token | Pair]) -> Env:
         return Env(_keyword(children), _pairs(children))

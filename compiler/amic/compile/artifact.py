@@ -1,7 +1,7 @@
 """Render a Plan into the stage2 tarball (layout: docs/internals.md).
 
 The tarball is byte-for-byte reproducible: entries sorted, every mtime 0,
-owner root:root, no host paths or ARG values inside. Same inputs on another
+owner root:root, no host paths, ARG values or SECRET names or values inside. Same inputs on another
 machine, in another directory or at another time give the same bytes. The
 permission bits of COPY sources are inputs (0600 stays 0600, as in Docker),
 so a checkout made under another umask differs where its modes differ;
@@ -44,7 +44,9 @@ def manifest_text(plan: Plan) -> str:
         _assign("AMIC_FINAL_KEY", plan.final_key),
         _assign("AMIC_SERVICES", " ".join(sp.name for sp in plan.services)),
         _assign("AMIC_ENABLED", " ".join(plan.enabled)),
-        _assign("AMIC_ARGS", " ".join(a.name for a in plan.resolved.args)),
+        # ARG names only (values arrive in the environment); SECRET names are not here: the
+        # builder names them to the runner in AMIC_SECRET_NAMES, per command, for redaction.
+        _assign("AMIC_ARGS", " ".join(dict.fromkeys(a.name for a in plan.declared_args))),
     ]
     return "".join(lines)
 

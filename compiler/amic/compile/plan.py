@@ -3,7 +3,10 @@
 One layer per baked service init. A layer's key chains its parent's key, the
 runtime's content hash and everything that can change what the layer's init
 does: packages, COPY contents, modes and destinations, INIT text, the ENV
-values it sees and the hashed ARG values. Keys come from values, never from
+values it sees and the ARG values it sees: every global ARG, and the ARGs of its
+own SERVICE block (so changing one re-runs that layer and the ones chained after
+it, nothing before). SECRET values are in no key: rotating one re-runs nothing.
+Keys come from values, never from
 source positions or formatting, so moving or re-indenting instructions or
 editing comments outside scripts keeps every key. UPDATE scripts only enter
 the final key: changing them re-bakes the artifact on top of cached layers.
@@ -84,9 +87,30 @@ class Plan:
     base_key: str
     """Parent key of the first layer: the base reference and, in a build, the resolved image id."""
     arg_values: Mapping[str, str] = attrs.field(converter=dict, repr=False)
-    """Values of ARGs for this build. Passed to the machine at run time; never written anywhere."""
+    """Values of the global ARGs for this build. Passed to the machine at run time; never
+    written anywhere."""
     missing_args: tuple[str, ...] = attrs.field(converter=tuple)
-    """ARGs with neither a value nor a default."""
+    """ARGs with neither a value nor a default (global ones, then those of baked services)."""
+    service_arg_values: Mapping[str, Mapping[str, str]] = attrs.field(
+        converter=dict, repr=False, factory=dict)
+    """Values of each baked service's own ARGs (only services that declare some)."""
+
+    @property
+    def declared_args(self) -> tuple[ir.Arg, ...]:
+        """Every ARG: the global ones, then each service's own."""
+        return (*self.resolved.args, *(a for sp in self.services for a in sp.service.args))
+
+    def layer_env(self, service: str) -> dict[str, str]:
+        """The ARG values ``service``'s INIT sees: the global ones, then its own."""
+        return {**self.arg_values, **self.service_arg_values.get(service, {})}
+
+    def secret_names(self, service: str | None = None) -> tuple[str, ...]:
+        """SECRET names given to ``service``'s INIT: the global ones and its own (None: all)."""
+        names = [s.name for s in self.resolved.root.secrets]
+        for sp in self.services:
+            if service is None or sp.name == service:
+                names.extend(s.name for s in sp.service.secrets)
+        return tuple(dict.fromkeys(names))
 
     @property
     def base_ref(self) -> str | None:
@@ -126,7 +150,7 @@ class Plan:
             "layers": [{"service": layer.service, "key": layer.key, "parent": layer.parent_key,
                         "inputs": dict(layer.inputs)} for layer in self.layers],
             "final_key": self.final_key,
-            "args": [a.name for a in self.resolved.args],
+            "args": list(dict.fromkeys(a.name for a in self.declared_args)),
             "missing_args": list(self.missing_args),
         }
 
@@ -134,10 +158,14 @@ class Plan:
 def arg_values(resolved: Resolved, build_args: Mapping[str, str],
                environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """Values for each ARG: ``--build-arg`` first, then the environment, then the default."""
-    environ = os.environ if environ is None else environ
+    return _values(resolved.args, build_args, os.environ if environ is None else environ)
+
+
+def _values(args: tuple[ir.Arg, ...], build_args: Mapping[str, str],
+            environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     values: dict[str, str] = {}
     missing: list[str] = []
-    for arg in resolved.args:
+    for arg in args:
         if arg.name in build_args:
             values[arg.name] = build_args[arg.name]
         elif arg.name in environ:
@@ -159,14 +187,14 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
     """
     contexts = Contexts(context if context is not None else os.path.dirname(resolved.root.path),
                         explicit=context is not None, limit=copy_limit)
-    values, missing = arg_values(resolved, build_args or {}, environ)
+    environ = os.environ if environ is None else environ
+    values, missing = _values(resolved.args, build_args or {}, environ)
     runtime = runtime_hash()
     # The ARG values enter the keys only. The ``args`` input (the amic:in:args tag every
     # engineer of a team sees) names the ARGs and which have no value: a digest of a value
     # there would be a dictionary attack away from the value (docs/ec2.md "Tags").
-    args_digest = _digest(sorted((name, _arg_digest(name, value)) for name, value in values.items()),
-                          sorted(missing))
-    args_names = _digest("arg-names", sorted(values), sorted(missing))
+    args_digest = _args_digest(values, missing)
+    global_missing = sorted(missing)
     installed_by: dict[str, set[str]] = {}
     services: list[ServicePlan] = []
     for svc in resolved.services:
@@ -186,9 +214,16 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
     layers: list[Layer] = []
     parent = base_key
     enabled = set(resolved.enabled)   # a set: one lookup per service, not a scan
+    service_values: dict[str, dict[str, str]] = {}
     for sp in services:
         if sp.name not in enabled:
             continue
+        # A service's own ARGs: in this key (and so in every key chained after it) only.
+        own, own_missing = _values(sp.service.args, build_args or {}, environ)
+        own_args = [sorted(own), sorted(own_missing)] if sp.service.args else []
+        if sp.service.args:
+            service_values[sp.name] = own
+            missing.extend(own_missing)
         inputs = {
             "parent": parent,
             "runtime": runtime,
@@ -196,9 +231,10 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
             "copy": _copies_digest(sp.copies),
             "init": _digest([s.text for s in sp.service.inits]),
             "env": _digest([(e.name, e.value) for e in sp.envs]),
-            "args": args_names,
+            "args": _digest("arg-names", sorted(values), global_missing, *own_args),
         }
-        key = _digest(KEY_SCHEME, "layer", sp.name, inputs, args_digest)
+        key = _digest(KEY_SCHEME, "layer", sp.name, inputs, args_digest,
+                      *([_args_digest(own, own_missing)] if own_args else []))
         layers.append(Layer(service=sp.name, key=key, parent_key=parent, inputs=inputs))
         parent = key
     final_key = _digest(KEY_SCHEME, "final", parent, runtime, list(resolved.enabled),
@@ -208,7 +244,12 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
                         sorted((label.key, label.value) for label in resolved.labels), args_digest)
     return Plan(resolved=resolved, services=services, enabled=resolved.enabled, layers=layers,
                 final_key=final_key, runtime_hash=runtime, base_key=base_key, arg_values=values,
-                missing_args=missing)
+                missing_args=missing, service_arg_values=service_values)
+
+
+def _args_digest(values: Mapping[str, str], missing: list[str]) -> str:
+    return _digest(sorted((name, _arg_digest(name, value)) for name, value in values.items()),
+                   sorted(missing))
 
 
 def _arg_digest(name: str, value: str) -> str:
