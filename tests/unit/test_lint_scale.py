@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from amic import lint
-from amic.lint.shellcheck import Stats, cache_dir, check_scripts, find_shellcheck
+from amic.lint.shellcheck import Stats, batch_count, cache_dir, check_scripts, find_shellcheck
 
 REPO = Path(__file__).parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -289,9 +289,8 @@ def test_warm_lint_runs_no_shellcheck_and_is_fast(tmp_path: Path) -> None:
     env = {"AMIC_SHELLCHECK": str(binary)}
     cold, _ = amic("lint", "-f", "json", "-t", "none", "Amifile", cwd=tmp_path, env=env)
     starts = log.read_text().split()
-    cpus = os.cpu_count() or 1
-    # --version once, then one process per CPU over the 600 bodies.
-    assert len(starts) == 1 + min(cpus, 600), starts
+    # --version once, then the batches: one per CPU, at most BATCH_SCRIPTS bodies each.
+    assert len(starts) == 1 + batch_count(600) >= 1 + min(os.cpu_count() or 1, 3), starts
     assert sum(int(n) for n in starts[1:]) == 600 + len(starts[1:]) * 2  # + the options
     start = time.monotonic()
     warm, cpu = amic("lint", "-f", "json", "-t", "none", "Amifile", cwd=tmp_path, env=env)
@@ -308,8 +307,9 @@ def test_cache_is_keyed_by_body_and_version(tmp_path: Path) -> None:
     stats = Stats()
     first = check_scripts(checker, scripts, stats=stats)
     assert (stats.scripts, stats.unique, stats.cached) == (30, 3, 0)
-    assert stats.processes == min(os.cpu_count() or 1, 3)
+    assert stats.processes == batch_count(3) == min(os.cpu_count() or 1, 3)
     assert all([c.code for c in first[n]] == ["SC2086"] for n in scripts)
+    assert batch_count(10_000) == max(os.cpu_count() or 1, 40)
     again = Stats()
     assert check_scripts(checker, {**scripts, 99: "echo $9\n"}, stats=again) == {
         **first, 99: first[8]}
@@ -317,7 +317,7 @@ def test_cache_is_keyed_by_body_and_version(tmp_path: Path) -> None:
     other = type(checker)(checker.path, checker.version + "-other", checker.source)
     moved = Stats()
     check_scripts(other, scripts, stats=moved)
-    assert (moved.cached, moved.processes) == (0, min(os.cpu_count() or 1, 3))
+    assert (moved.cached, moved.processes) == (0, batch_count(3))
     assert cache_dir().is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
 
 
@@ -330,3 +330,14 @@ def test_corrupt_cache_is_ignored(tmp_path: Path) -> None:
     assert [c.code for c in check_scripts(checker, {1: "echo $1\n"}, stats=stats)[1]] == [
         "SC2086"]
     assert stats.cached == 0 and stats.processes == 1
+
+
+def test_hanging_shellcheck_does_not_wait_for_every_batch(tmp_path: Path) -> None:
+    binary = fake(tmp_path, "shellcheck", "exec sleep 600")
+    (tmp_path / "Amifile").write_text(generate(600))   # 1,200 bodies: several batches
+    assert batch_count(1200) > (os.cpu_count() or 1)
+    start = time.monotonic()
+    proc, _ = amic("lint", "Amifile", cwd=tmp_path,
+                   env={"AMIC_SHELLCHECK": str(binary), "AMIC_SHELLCHECK_TIMEOUT": "2"})
+    assert proc.returncode == 2 and "did not finish" in proc.stderr
+    assert time.monotonic() - start < 40, "waited for the batches after the first timeout"
