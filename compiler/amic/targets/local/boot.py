@@ -33,8 +33,10 @@ DefaultDependencies=no
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c '/var/lib/amic/stage2/amic status > /var/lib/amic-run-report 2>&1; \
-echo "exit $?" >> /var/lib/amic-run-report; systemctl poweroff --no-block'
+ExecStart=/bin/sh -c 'r=/var/lib/amic-run-report; /var/lib/amic/stage2/amic status > $$r 2>&1; \
+rc=$$?; if [ $$rc -ne 0 ]; then echo "--- boot hook log (journalctl -b -u amic.service) ---" \
+>> $$r; journalctl -b -u amic.service --no-pager -o cat >> $$r 2>&1 || \
+tail -n 80 /var/log/amic/amic.log >> $$r 2>&1; fi; echo "exit $$rc" >> $$r; systemctl poweroff --no-block'
 
 [Install]
 WantedBy=multi-user.target
@@ -134,8 +136,12 @@ def nspawn_argv(image: Image, lowers: list[Path], scratch: Path, *,
               "--machine", f"amic-{image.id[:SHORT]}", "-b"]
     if not interactive:
         nspawn.insert(-1, "--console=pipe")
+    # nspawn's propagation directory on a tmpfs of this namespace: on a host whose /run is
+    # not a tmpfs, nspawn refuses to remove it at exit and warns ("Attempted to remove disk
+    # file system under /run/systemd/nspawn/propagate/...").
     script = ('mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" '
-              '&& shift 4 && exec "$@"')
+              '&& mkdir -p /run/systemd/nspawn && mount -t tmpfs -o mode=0755 tmpfs '
+              '/run/systemd/nspawn && shift 4 && exec "$@"')
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-boot",
             lowerdir, str(upper), str(work), str(merged), *nspawn]
 
