@@ -111,13 +111,13 @@ def test_snapshots_tags_cache_and_image_options(fake):
                image_tags={"team": "web"}, force_deregister=True, image_name="web-{key}")
     base = t.resolve_base(None)
     layer_tags = {TAG_KIND: "layer", TAG_SERVICE: "httpd", TAG_AMIFILE: "Amifile",
-                  "amic:build-id": "b-snap"}
+                  "amic:build-id": "b-snap", "amic:name": "web"}
     with t.launch(base, build_id="b-snap") as m:
         layer = t.snapshot(m, key="L" * 64, final=False, tags=layer_tags)
         assert not m.stopped                  # a layer is a live snapshot: no stop
         assert layer.id.startswith("snap-") and m.run("true") == 0
         final_tags = {TAG_KIND: "final", TAG_AMIFILE: "Amifile", TAG_LAYER_PREFIX + "httpd": "L" * 64,
-                      "amic:build-id": "b-snap", "team": "x"}
+                      "amic:build-id": "b-snap", "team": "x", "amic:name": "web"}
         final = t.snapshot(m, key="F" * 64, final=True, tags=final_tags)
         again = t.snapshot(m, key="F" * 64, final=True, tags=final_tags)   # same name: replaced
     assert_clean(fake)
@@ -146,12 +146,15 @@ def test_snapshots_tags_cache_and_image_options(fake):
                                                              "Values": ["F" * 64]}])["Images"]
     assert len(copies) == 2   # one per final snapshot
 
-    # Pruning keeps the newest final and the layer it names; --all removes everything.
-    doomed = ec2_gc.prune_plan(list(t.list_images()), keep=1)
+    # The layer is listed (as its snapshot) with the final; pruning keeps the newest final and
+    # the layer it names; --all removes everything, the snapshot-only layer included.
+    assert {img.id for img in t.list_images()} == {again.id, layer.id}
+    doomed = ec2_gc.prune_plan(list(t.list_images()), keep=1, name="web")
     assert doomed == []
-    for img, _ in ec2_gc.prune_plan(list(t.list_images()), keep=1, everything=True):
+    for img, _ in ec2_gc.prune_plan(list(t.list_images()), keep=1, name="web", everything=True):
         t.deregister(img.id)
     assert list(t.list_images()) == []
+    assert layer.id not in {s["SnapshotId"] for s in ec2c.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
     assert not ec2c.describe_snapshots(SnapshotIds=[])["Snapshots"] or all(
         s.get("Tags") is None or "amic:image-id" not in {x["Key"] for x in s["Tags"]}
         for s in ec2c.describe_snapshots(OwnerIds=["self"])["Snapshots"])

@@ -19,6 +19,7 @@ from amic import contract
 from amic.targets import base as tb
 from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import snapshots
 from amic.targets.ec2.images import TAG_IMAGE_ID
 
 
@@ -211,12 +212,16 @@ def in_use(target, image_ids: Sequence[str]) -> dict[str, str]:
     each with the reason. An API that cannot be asked is an error: prune keeps what it
     cannot check (``--force`` skips this)."""
     ec2 = target.ec2
-    wanted = set(image_ids)
+    # a layer snapshot is in use through the AMIs registered from it
+    via = {ami: snap for snap in image_ids if snap.startswith("snap-")
+           for ami in snapshots.amis_of_layer(ec2, snap)}
+    wanted = {i for i in image_ids if not i.startswith("snap-")} | set(via)
     used: dict[str, str] = {}
 
     def mark(image_id: str | None, why: str) -> None:
         if image_id in wanted:
-            used.setdefault(image_id, why)
+            used.setdefault(via.get(image_id, image_id),
+                            why if image_id not in via else f"{why}, through {image_id}")
 
     ids = sorted(wanted)
     for start in range(0, len(ids), 200):

@@ -118,6 +118,23 @@ def list_layers(ec2) -> list[Image]:
     return [snapshot_image(s) for s in snaps["Snapshots"]]
 
 
+def amis_of_layer(ec2, snapshot_id: str) -> list[str]:
+    """Every AMI registered from a layer snapshot, in any state (prune removes them with it)."""
+    found = aws.call("looking for AMIs of the layer", ec2.describe_images, Owners=["self"],
+                     Filters=[{"Name": f"tag:{TAG_FROM_SNAPSHOT}", "Values": [snapshot_id]}])
+    return [img["ImageId"] for img in found["Images"]]
+
+
+def remove_layer(ec2, snapshot_id: str) -> list[str]:
+    """Deregister the AMIs registered from a layer snapshot, then delete the snapshot."""
+    for ami in amis_of_layer(ec2, snapshot_id):
+        aws.call(f"deregistering {ami} (of layer {snapshot_id})", ec2.deregister_image,
+                 ImageId=ami)
+    aws.call(f"deleting layer snapshot {snapshot_id}", ec2.delete_snapshot,
+             SnapshotId=snapshot_id)
+    return [snapshot_id]
+
+
 def registered_ami(ec2, snapshot_id: str) -> str | None:
     """An AMI registered earlier from ``snapshot_id`` (available or still pending)."""
     found = aws.call("looking for an AMI of the layer", ec2.describe_images, Owners=["self"],

@@ -158,7 +158,13 @@ class Ec2Target(Target):
         return amis.image_by_id(self.ec2, image_id)
 
     def list_images(self) -> Iterator[Image]:
-        return iter(amis.list_images(self.ec2))
+        """Final AMIs and layers, newest first; a layer is listed once, as its snapshot (the
+        AMI registered from it goes with it), so prune sees snapshot-only layers too."""
+        found = [img for img in amis.list_images(self.ec2)
+                 if not img.tags.get(snapshots.TAG_FROM_SNAPSHOT)]
+        found += snapshots.list_layers(self.ec2)
+        found.sort(key=lambda img: img.created or "", reverse=True)
+        return iter(found)
 
     def images_for_service(self, service: str) -> list[Image]:
         """Layer checkpoints of ``service``, newest first: layer snapshots and older layer AMIs
@@ -174,8 +180,12 @@ class Ec2Target(Target):
         self.deregister(image.id)
 
     def deregister(self, image_id: str, *, region: str | None = None) -> list[str]:
-        """Deregister an AMI and delete its EBS snapshots; returns the snapshot ids."""
-        return amis.deregister(self.client_for(region or self.region), image_id)
+        """Deregister an AMI and delete its EBS snapshots, or remove a layer snapshot and the
+        AMIs registered from it; returns the snapshot ids."""
+        ec2 = self.client_for(region or self.region)
+        if image_id.startswith("snap-"):
+            return snapshots.remove_layer(ec2, image_id)
+        return amis.deregister(ec2, image_id)
 
     # the build memo --------------------------------------------------------------
     def memo_facts(self, base_ref: str | None, base: Image, image: Image) -> dict:
