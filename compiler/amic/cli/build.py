@@ -19,7 +19,8 @@ TARGET_HELP = ("where to build: local (root filesystems on this machine), ec2, o
 
 
 def register(sub) -> None:
-    from amic.cli.common import add_amifile_argument, add_build_arg_option, add_context_option
+    from amic.cli.common import (add_amifile_argument, add_build_arg_option, add_context_option,
+                                 add_secret_options)
 
     p = sub.add_parser(
         "build", help="bake an image: run each service's init, reusing cached layers",
@@ -32,6 +33,7 @@ def register(sub) -> None:
                    help="the project's image name, tag amic:name on every image (ami ls/prune, "
                    "images/prune select by it); default: the name of the Amifile's directory")
     add_build_arg_option(p)
+    add_secret_options(p)
     add_context_option(p)
     p.add_argument("--no-cache", action="store_true",
                    help="run every layer even if it is cached (results are cached again)")
@@ -77,11 +79,12 @@ def _emit(args, result: dict) -> None:
 
 
 def cmd_build(args) -> int:
-    from amic.cli.common import build_args_from
+    from amic.cli.common import build_args_from, secrets_from
     from amic.engine.progress import short
     from amic.targets import MEMO, default_target_spec, split_spec
 
     build_args = build_args_from(args.build_arg)
+    secrets = secrets_from(args.secret)
     if args.manifest:   # a typo in the path must cost nothing: checked before the build
         from amic.fsutil import check_output
 
@@ -123,13 +126,19 @@ def cmd_build(args) -> int:
 
     target = target or get_target(spec, args)
     options = BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
-                           context=args.context,
+                           context=args.context, secrets=secrets,
+                           allow_missing_args=args.allow_missing_args,
                            no_cache=args.no_cache, checkpoint=args.checkpoint,
                            on_error=args.on_error)
     resolved = _check_ami_name(target, options) if scheme == "ec2" else None
     reporter = Reporter(mode=args.progress, quiet=args.quiet)
+    from amic.errors import AmicError
+
+    reporter.redact.add(secrets.values())
     try:
         result = build(target, options, reporter, resolved=resolved)
+    except AmicError as exc:   # the message (a failed layer's last lines too) without secrets
+        raise reporter.redact.error(exc) from None
     finally:
         reporter.close()
     _emit(args, result.to_json())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from amic.errors import UsageError
@@ -36,10 +37,27 @@ def amifile_argument(value: str) -> str:
 
 def add_build_arg_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-arg", action="append", default=[], metavar="NAME[=VALUE]",
-                        help="value for an ARG; NAME alone takes it from the environment. "
+                        help="value for an ARG (a build parameter: part of the cache keys of the "
+                             "layers that see it). NAME alone takes the value from the "
+                             "environment variable NAME, which keeps it out of `ps`; NAME=VALUE "
+                             "is visible to every user of this host while the build runs. "
                              "Without this flag an ARG is taken from the environment variable of "
-                             "the same name, then its default. Values reach INIT scripts at build "
-                             "time and are never written into the artifact or image.")
+                             "the same name, then its default. For credentials use SECRET and "
+                             "--secret.")
+
+
+def add_secret_options(parser: argparse.ArgumentParser) -> None:
+    """``--secret`` (BuildKit's forms) and ``--allow-missing-args``: ``amic build`` only."""
+    parser.add_argument("--secret", action="append", default=[],
+                        metavar="id=NAME,src=FILE | id=NAME,env=VAR | NAME",
+                        help="value for a SECRET: the contents of FILE (one trailing newline "
+                             "dropped), the environment variable VAR, or NAME alone for the "
+                             "environment variable NAME. The value reaches INIT scripts in their "
+                             "environment only: it is in no cache key, file, image, tag or log, "
+                             "and every value is shown as *** in the build's output and errors.")
+    parser.add_argument("--allow-missing-args", action="store_true",
+                        help="build even if an ARG has no value and no default (it is empty); "
+                             "without this flag that is an error")
 
 
 def add_context_option(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +66,29 @@ def add_context_option(parser: argparse.ArgumentParser) -> None:
                              "Amifile's directory); its .amicignore leaves files out")
 
 
+CREDENTIAL_NAME = re.compile(
+    r"(PASS(WORD|WD)?|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIAL|AUTH)",
+    re.IGNORECASE)
+"""ARG names that look like they hold a credential (``--build-arg`` warns about a value on the
+command line for one; lint rule AM2004 uses its own list for defaults)."""
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and name.replace("_", "a").isalnum() and name.isascii() \
+        and not name[0].isdigit()
+
+
 def build_args_from(values: list[str]) -> dict[str, str]:
     """``--build-arg`` values as a dict (``NAME`` alone reads the environment, like docker)."""
     out: dict[str, str] = {}
     for item in values:
         name, eq, value = item.partition("=")
-        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise UsageError(f"--build-arg {item!r}: expected NAME=VALUE")
+        if not _valid_name(name):
+            raise UsageError(f"--build-arg {name!r}: expected NAME=VALUE or NAME")
+        if eq and CREDENTIAL_NAME.search(name):
+            warn(f"--build-arg {name}=...: the value is on the command line (visible in `ps`) "
+                 f"and in the cache keys; for a credential declare SECRET {name} and pass "
+                 f"--secret {name} (or pass --build-arg {name} to read the environment)")
         if not eq:
             if name not in os.environ:
                 raise UsageError(f"--build-arg {name}: no value given and {name} is not set "
@@ -62,6 +96,43 @@ def build_args_from(values: list[str]) -> dict[str, str]:
             value = os.environ[name]
         out[name] = value
     return out
+
+
+def secrets_from(values: list[str], environ=None) -> dict[str, str]:
+    """``--secret`` values as a dict, read now; no error message shows a value."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for item in values:
+        fields = dict(f.partition("=")[::2] for f in item.split(",")) if "=" in item \
+            else {"id": item}
+        name = fields.pop("id", "")
+        kind = fields.pop("type", None)
+        src = fields.pop("src", None) or fields.pop("source", None)
+        var = fields.pop("env", None)
+        if not _valid_name(name) or fields or kind not in (None, "file", "env") or (src and var):
+            raise UsageError(f"--secret {item.split(',')[0]!r}...: expected id=NAME,src=FILE, "
+                             "id=NAME,env=VAR or NAME (a shell variable name)")
+        if src is not None or kind == "file":
+            out[name] = _secret_file(name, src or name)
+            continue
+        var = var or name
+        if var not in environ:
+            raise UsageError(f"--secret {name}: the environment variable {var} is not set")
+        out[name] = environ[var]
+    return out
+
+
+def _secret_file(name: str, path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1024 * 1024 + 1)
+    except OSError as exc:
+        raise UsageError(f"--secret {name}: cannot read {path}: {exc.strerror}") from None
+    if len(data) > 1024 * 1024 or b"\0" in data:
+        raise UsageError(f"--secret {name}: {path} is not a secret an environment variable can "
+                         "hold (over 1 MiB, or a NUL byte)")
+    data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    return data.decode("utf-8", "surrogateescape")
 
 
 def warn(message: str) -> None:
@@ -82,8 +153,8 @@ def load_plan(amifile: str, build_arg_values: list[str], *, base_image_id: str |
                          + (" (write an Amifile here or name one: amic compile path/to/Amifile)"
                             if amifile == DEFAULT_AMIFILE else ""))
     resolved = resolve.load(amifile)
-    declared = {a.name for a in resolved.args}
-    unused = sorted(set(build_args) - declared)
+    p = plan.make_plan(resolved, build_args, base_image_id=base_image_id, context=context)
+    unused = sorted(set(build_args) - {a.name for a in p.declared_args})
     if unused:
         warn(f"build args not declared with ARG (ignored): {', '.join(unused)}")
-    return plan.make_plan(resolved, build_args, base_image_id=base_image_id, context=context)
+    return p

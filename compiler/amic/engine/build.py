@@ -39,6 +39,7 @@ from amic import contract
 from amic.amifile import resolve
 from amic.compile import artifact
 from amic.compile import plan as planmod
+from amic.engine import buildinputs
 from amic.engine.checkpoint import parse_checkpoint, should_checkpoint
 from amic.engine.explain import indent, layer_failure, why_missed
 from amic.engine.progress import OutputRouter, Reporter, short
@@ -63,6 +64,9 @@ class BuildOptions:
     on_error: str = attrs.field(default="cleanup",
                                 validator=attrs.validators.in_(("cleanup", "abort")))
     """``abort`` leaves the failed machine for debugging and prints how to reach it."""
+    secrets: Mapping[str, str] = attrs.field(factory=dict, converter=dict, repr=False)
+    """``--secret`` values by name: INIT environments only (``amic.engine.buildinputs``)."""
+    allow_missing_args: bool = False
 
 
 @attrs.frozen
@@ -155,6 +159,7 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
     started_ns = time.time_ns()
     target.keep_on_error = options.on_error == "abort"
     target.log = reporter.note
+    reporter.redact.add(options.secrets.values())
     with contextlib.ExitStack() as stack:
         b = BuildState(target=target, options=options, reporter=reporter, stack=stack,
                        build_id=new_build_id(), started_ns=started_ns)
@@ -201,15 +206,10 @@ def resolve_base(b: BuildState, resolved: resolve.Resolved) -> tb.Image:
 
 
 def make_plan(b: BuildState, resolved: resolve.Resolved) -> planmod.Plan:
-    declared = {a.name for a in resolved.args}
-    unused = sorted(set(b.options.build_args) - declared)
-    if unused:
-        b.reporter.warn(f"build args not declared with ARG (ignored): {', '.join(unused)}")
     p = planmod.make_plan(resolved, b.options.build_args, base_image_id=b.base.id,
                          context=b.options.context)
-    if p.missing_args:
-        b.reporter.warn(f"ARG without a value or default: {', '.join(p.missing_args)} "
-                        "(pass --build-arg NAME=VALUE or set it in the environment)")
+    buildinputs.check(p, b.options.build_args, b.options.secrets, warn=b.reporter.warn,
+                      allow_missing_args=b.options.allow_missing_args)
     return p
 
 
@@ -282,6 +282,8 @@ def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport]) -> Bui
     n = len(p.layers)
     for i, r in enumerate(reports, 1):
         b.reporter.layer(i, n, r.service, "CACHED", r.reason, None)
+    buildinputs.require_secrets(p, [layer.service for layer in p.layers[len(reports):]],
+                                b.options.secrets)
     with b.timed("artifact"):
         tarball = write_artifact(b)
     with b.timed("launch"):
@@ -412,8 +414,8 @@ def init_layer(b: BuildState, i: int, reason: str) -> tuple[float, bool]:
     service = p.layers[i].service
     b.reporter.begin(f"[{i + 1}/{n}] {service} init")
     t0 = time.monotonic()
-    rc, router = _run(b, f"{contract.RUNNER} init {service}", "init", env=p.arg_values,
-                      service=service)
+    rc, router = _run(b, f"{contract.RUNNER} init {service}", "init", service=service,
+                      env=buildinputs.init_env(p, service, b.options.secrets))
     seconds = time.monotonic() - t0
     b.timings[f"init:{service}"] = seconds
     b.reporter.end()

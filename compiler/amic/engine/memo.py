@@ -197,9 +197,12 @@ def save(target, options, plan, base, image, reports, *, started_ns: int) -> Non
             return
         stats.append([path, st])
     environ = os.environ
-    secret = _secret() if plan.resolved.args else b""
+    if plan.missing_args:
+        return   # built with --allow-missing-args: a lookup without it must take the full path
+    declared = plan.declared_args   # global ARGs and every SERVICE block's own
+    secret = _secret() if declared else b""
     args = {a.name: _arg_digest(a.name, dict(options.build_args), environ, secret)
-            for a in plan.resolved.args}
+            for a in declared}
     result = {
         "image_id": image.id, "final_key": plan.final_key, "target": target.name,
         "base_image_id": base.id, "amifile": plan.amifile_path, "cached": True,

@@ -12,6 +12,10 @@ Remote output is attributed to services with the runner's progress markers
 see docs/internals.md): an :class:`OutputRouter` follows them and keeps the
 tail of every service's output for the failure report. Everything goes to
 stderr; stdout is kept for the final image id.
+
+Every value of every SECRET is replaced by ``***`` (:class:`Redactor`) in all
+of it: remote output as it arrives (so the tails in error messages too), the
+status line, notes, warnings, and the error a build ends with.
 """
 
 from __future__ import annotations
@@ -25,6 +29,39 @@ from typing import TextIO
 from amic.contract import FAILED_AT, MARKER
 
 TAIL_LINES = 15
+MASK = "***"
+
+
+class Redactor:
+    """Replaces every secret value (and each line of a multi-line one) with ``***``."""
+
+    def __init__(self, values=()) -> None:
+        self.pieces: list[str] = []
+        self.add(values)
+
+    def add(self, values) -> None:
+        pieces = set(self.pieces)
+        for value in values:
+            pieces.add(value)
+            pieces.update(value.splitlines())
+        # longest first, so a secret that contains another is masked whole
+        self.pieces = sorted((p for p in pieces if p.strip()), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for piece in self.pieces:
+            if piece in text:
+                text = text.replace(piece, MASK)
+        return text
+
+    def error(self, exc: BaseException) -> BaseException:
+        """``exc`` with every secret value masked in its message (and hint and source line)."""
+        if self.pieces:
+            exc.args = tuple(self(a) if isinstance(a, str) else a for a in exc.args)
+            for name in ("message", "hint", "source_line"):
+                value = getattr(exc, name, None)
+                if isinstance(value, str):
+                    setattr(exc, name, self(value))
+        return exc
 
 
 def short(image_id: str) -> str:
@@ -38,8 +75,12 @@ def short(image_id: str) -> str:
 class OutputRouter:
     """Attributes runner output lines to services using the progress markers."""
 
-    def __init__(self, sink, default: str = "amic") -> None:
+    def __init__(self, sink, default: str = "amic", redact: Redactor | None = None) -> None:
         self.sink = sink
+        if redact is None:  # a Reporter's method as the sink: its redactor
+            redact = getattr(getattr(sink, "__self__", None), "redact", None)
+        self.redact = redact
+        """Masks secrets in each line before anything keeps or shows it."""
         """Called with (service label, line, is_marker)."""
         self.default = default
         self.current: str | None = None
@@ -53,6 +94,8 @@ class OutputRouter:
         return list(self.tails.get(service, ()))
 
     def __call__(self, line: str) -> None:
+        if self.redact is not None:
+            line = self.redact(line)
         m = MARKER.match(line)
         if m:
             svc, event = m["svc"], m["event"]
@@ -78,6 +121,8 @@ class Reporter:
     def __init__(self, stream: TextIO | None = None, *, mode: str = "auto",
                  quiet: bool = False) -> None:
         self.stream = stream or sys.stderr
+        self.redact = Redactor()
+        """Secret values to mask in everything written (the build adds them first)."""
         if mode == "auto":
             mode = "tty" if getattr(self.stream, "isatty", lambda: False)() else "plain"
         self.tty = mode == "tty"
@@ -102,7 +147,7 @@ class Reporter:
         with self.lock:
             if self.tty and self.status is not None:
                 self.stream.write("\r\x1b[2K")
-            self.stream.write(text + "\n")
+            self.stream.write(self.redact(text) + "\n")
             if self.tty and self.status is not None:
                 self._draw_status()
             self.stream.flush()
@@ -111,7 +156,7 @@ class Reporter:
         elapsed = time.monotonic() - self.status_since
         text = f"{self.status} {elapsed:6.1f}s"
         if self.last_output:
-            text += "  " + self.last_output
+            text += "  " + self.redact(self.last_output)
         self.stream.write("\r\x1b[2K\x1b[1m" + text[: max(self.width - 1, 20)] + "\x1b[0m")
 
     def _tick(self) -> None:
