@@ -87,9 +87,14 @@ class FakeMachine:
                 (line.partition("=") for line in meta_text.decode().splitlines()) if k}
         for n in meta.get("SERVICE_INIT_SCRIPTS", "").split():
             script = self.files[f"{STAGE2}/services/{svc}/init/{n}.sh"].decode()
+            self.marked_line = None
             code = self.interpret(script, env, on_output)
             if code:
-                return code, meta[f"SERVICE_INIT_{n}_SOURCE"]
+                where = meta[f"SERVICE_INIT_{n}_SOURCE"]
+                # as the runner does: the line the script's last marker named (compile/linemap.py)
+                if self.marked_line:
+                    where = f"{where.rpartition(':')[0]}:{self.marked_line}"
+                return code, where
         return None
 
     def interpret(self, script: str, env: dict[str, str], on_output) -> int:
@@ -103,7 +108,9 @@ class FakeMachine:
             words = [expand(w) for w in shlex.split(line, comments=True)]
             if not words:
                 continue
-            if words[0] == "echo" and ">" in words:
+            if words[0] == "__amic_at":
+                self.marked_line = words[1]
+            elif words[0] == "echo" and ">" in words:
                 i = words.index(">")
                 self.files[words[i + 1]] = (" ".join(words[1:i]) + "\n").encode()
             elif words[0] == "echo":

@@ -179,7 +179,7 @@ def test_runner_logic(shell_id: str, tmp_path: Path, stub_root_lower: Path) -> N
     root.run("rm /root/order")
     rc, out = root.run(f"{amic} update", env=env, check=None)
     assert rc == 1, out
-    other_line = amifile_line(AMIFILE, "UPDATE <<~EOF")
+    other_line = amifile_line(AMIFILE, "        exit 3")  # the failing command, not its UPDATE
     ms = markers(out)
     assert "base: update: ok Ns" in norm(ms) and "web: update: ok Ns" in norm(ms)
     assert f"other: update: FAILED exit 3 at Amifile:{other_line}" in ms
@@ -440,3 +440,40 @@ def test_package_names_reach_the_manager_quoted(shell_id: str, tmp_path: Path,
     assert "pk: init: FAILED" in out and "Amifile:2" in out, out
     assert not root.exists("/var/log/stub-apt-args.log") or \
         "[install]" not in root.read("/var/log/stub-apt-args.log")
+
+
+FAILING_AT_7 = """\
+SERVICE app
+    INIT echo first > /root/first
+    INIT <<~EOF
+        echo one
+        echo two
+        cat <<END >/root/inner
+        inner heredoc
+        END
+        echo six
+        test -e /nonexistent/amic-line-7
+        echo eight > /root/eight
+        echo nine
+        echo ten
+    EOF
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("shell_id", list(SHELLS))
+def test_failing_command_line_is_reported(shell_id: str, tmp_path: Path, stub_root_lower: Path) -> None:
+    """A 10-line INIT (with a heredoc) failing on its line 7 names that line of the Amifile,
+    in the marker, the failure record and status; the heredoc's content is exact."""
+    root = make_root(tmp_path, stub_root_lower)
+    amic, env = runner(shell_id)
+    root.install_stage2(compile_stage2(tmp_path / "ctx", FAILING_AT_7), SHELLS[shell_id], env=env)
+    rc, out = root.run(f"{amic} init", env=env, check=None)
+    line = amifile_line(FAILING_AT_7, "test -e /nonexistent/amic-line-7")
+    assert line == 3 + 7
+    assert rc == 1 and f"app: init: FAILED exit 1 at Amifile:{line}" in markers(out), out
+    assert root.read("/root/inner") == "inner heredoc\n" and not root.exists("/root/eight")
+    assert root.read("/var/lib/amic/init/app.failed").count(f"FAILED_WHERE='Amifile:{line}'") == 1
+    assert not root.exists("/var/lib/amic/instance/script-line")
+    # the markers leave the script's output alone, and `compile --print` shows the text as written
+    assert "__amic_at" not in out

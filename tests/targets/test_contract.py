@@ -197,10 +197,10 @@ def test_failing_init_names_service_and_line_and_cleans_up(subject):
     run = Run(subject, FAILING)
     assert isinstance(run.error, BuildError), run
     text = str(run.error)
-    # the path as the build was given it (here absolute), then the INIT's line
-    line = init_line(FAILING, "c")
+    # the path as the build was given it (here absolute), then the line of the failing command
+    line = init_line(FAILING, "c") + 2
     assert re.search(rf"^service c failed \(exit 3\) at \S*\bAmifile:{line}$", text, re.MULTILINE), text
-    assert "INIT <<~EOF" in text          # the Amifile line itself
+    assert "\n    exit 3\n" in text          # the Amifile line itself
     assert "about-to-fail" in text        # the tail of the service's output
     assert_clean(subject)
 

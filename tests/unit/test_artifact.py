@@ -86,9 +86,13 @@ def test_arg_values_never_in_artifact():
 
 def test_scripts_hold_the_dedented_bodies():
     data = artifact.artifact_bytes(golden_plan())
-    assert read(data, "stage2/services/web/init/01.sh") == \
+
+    def body(text: str) -> str:  # without the line markers (tests/unit/test_failing_line.py)
+        return "".join(line for line in text.splitlines(True)
+                       if "__amic_at" not in line and "SC2320" not in line)
+    assert body(read(data, "stage2/services/web/init/01.sh")) == \
         'echo "installing on $PORT"\nchown -R app "$APP_HOME"\n'
-    assert read(data, "stage2/services/web/update/01.sh") == 'echo "web update"\n'
+    assert body(read(data, "stage2/services/web/update/01.sh")) == 'echo "web update"\n'
 
 
 def _copy_tree(dst: Path, umask: int) -> None:

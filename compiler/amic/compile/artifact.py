@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from amic import __version__
+from amic.compile import linemap
 from amic.compile.context import open_regular
 from amic.compile.plan import Plan, ServicePlan, runtime_files
 from amic.errors import AmicError
@@ -103,6 +104,12 @@ def scripts(plan: Plan) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def script_file_text(script) -> str:
+    """The script as the artifact ships it: with line markers, so the runner can name the
+    Amifile line of the command that failed (``amic.compile.linemap``)."""
+    return linemap.instrument(script.text, script.body_line or script.pos.line)
+
+
 def print_text(plan: Plan) -> str:
     """What ``amic compile --print`` shows: every script with a header naming service and phase."""
     chunks = []
@@ -144,7 +151,7 @@ def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | SourceFile | None, 
         for phase, items in (("init", sp.service.inits), ("update", sp.service.updates)):
             yield f"{base}/{phase}", 0o755, None, None
             for i, script in enumerate(items, 1):
-                yield f"{base}/{phase}/{i:02d}.sh", 0o755, script.text.encode(), None
+                yield f"{base}/{phase}/{i:02d}.sh", 0o755, script_file_text(script).encode(), None
         if sp.copies:
             yield f"{base}/files", 0o755, None, None
         for copy in sp.copies:

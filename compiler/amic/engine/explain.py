@@ -70,6 +70,12 @@ def failure_pos(plan: planmod.Plan, service: str, where: str | None) -> Pos | No
         for item in (*svc.inits, *svc.copies):
             if str(item.pos.line) == line and os.path.basename(item.pos.file) == name:
                 return item.pos
+        # The runner names the line of the failing command inside an INIT body.
+        for script in svc.inits:
+            first = script.body_line or script.pos.line
+            if (line.isdigit() and os.path.basename(script.pos.file) == name
+                    and first <= int(line) < first + max(1, script.text.count("\n"))):
+                return Pos(script.pos.file, int(line))
     return svc.pos
 
 
