@@ -840,3 +840,42 @@ def test_golden(source: Path) -> None:
         expected.write_text(got, encoding="utf-8")
     assert expected.exists(), f"run with AMIC_UPDATE_GOLDEN=1 to create {expected.name}"
     assert got == expected.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- SECRET and ARG scope
+
+
+def test_secret_global_and_per_service() -> None:
+    a = parse("ARG A=1\nSECRET TOKEN OTHER\nSERVICE web\n  ARG PORT=80\n  SECRET KEY\n")
+    assert [s.name for s in a.secrets] == ["TOKEN", "OTHER"] and [x.name for x in a.args] == ["A"]
+    (svc,) = a.services
+    assert [s.name for s in svc.secrets] == ["KEY"]
+    assert [(x.name, x.default) for x in svc.args] == [("PORT", "80")]
+    assert a.secrets[1].pos == Pos("Amifile", 2, 14)
+
+
+@pytest.mark.parametrize("text, message, at", [
+    ("SECRET A=b\n", "SECRET takes names only, not a value: 'A=b'", (1, 8)),
+    ("SECRET\n", "SECRET needs a secret name (the value comes from amic build --secret)", (1, 7)),
+    ("SECRET 9x\n", "invalid SECRET name '9x'", (1, 8)),
+    ("SECRET PATH\n", "SECRET name 'PATH' is reserved", (1, 8)),
+    ("SECRET AMIC_SECRET_NAMES\n", "SECRET name 'AMIC_SECRET_NAMES' is reserved", (1, 8)),
+    ("SECRET A A\n", "SECRET A: A is already a SECRET (at Amifile:1)", (1, 10)),
+    ("ARG A\nSECRET A\n", "SECRET A: A is already an ARG (at Amifile:1)", (2, 8)),
+    ("SECRET A\nARG A=1\n", "ARG A: A is already a SECRET (at Amifile:1)", (2, 5)),
+    ("ENV A=1\nSECRET A\n", "SECRET A: A is already an ENV (at Amifile:1)", (2, 8)),
+    ("SECRET A\nSERVICE w\n  SECRET A\n", "SECRET A: A is already a global SECRET (at Amifile:1)",
+     (3, 10)),
+    ("SECRET A\nSERVICE w\n  ENV A=1\n", "ENV A: A is already a global SECRET (at Amifile:1)",
+     (3, 7)),
+    ("SERVICE w\n  ARG A\n  SECRET A\n", "SECRET A: A is already an ARG (at Amifile:2)", (3, 10)),
+    ("ARG A\nSERVICE w\n  ARG A=2\n", "ARG A is already a global ARG (at Amifile:1)", (3, 7)),
+])
+def test_secret_and_scoped_arg_placement_errors(text: str, message: str, at) -> None:
+    err = error(text)
+    assert err.message == message and where(err) == at
+
+
+def test_the_same_name_in_two_services_is_fine() -> None:
+    a = parse("SERVICE a\n  SECRET K\n  ARG V\nSERVICE b\n  SECRET K\n  ARG V\n")
+    assert [s.secrets[0].name for s in a.services] == ["K", "K"]

@@ -135,3 +135,52 @@ def test_arg_values_precedence(write_tree):
     r = resolve.load(root / "Amifile")
     values, missing = plan.arg_values(r, {"A": "flag"}, {"A": "env", "B": "env"})
     assert values == {"A": "flag", "B": "env"} and missing == ["C"]
+
+
+# ---------------------------------------------------------------- ARG scope and SECRET
+
+SCOPED = BASE.replace("    REQUIRES httpd\n", "    REQUIRES httpd\n    ARG APP_VERSION=1\n    SECRET APP_TOKEN\n")
+
+
+def test_a_service_arg_changes_its_layer_and_the_later_ones_only(write_tree):
+    one = make(write_tree, SCOPED, build_args={"TOKEN": "t", "APP_VERSION": "1"})
+    two = make(write_tree, SCOPED, build_args={"TOKEN": "t", "APP_VERSION": "2"})
+    (h1, a1, w1), (h2, a2, w2) = keys(one), keys(two)
+    assert h1 == h2 and a1 != a2 and w1 != w2
+    assert one.final_key != two.final_key
+    # the value is the service's alone: the environment of each layer's INIT
+    assert two.layer_env("app") == {"TOKEN": "t", "APP_VERSION": "2"}
+    assert two.layer_env("httpd") == two.layer_env("worker") == {"TOKEN": "t"}
+    # the amic:in:args input names ARGs (and which are missing), never a digest of a value
+    assert one.layers[1].inputs == two.layers[1].inputs
+
+
+def test_a_global_arg_changes_every_layer(write_tree):
+    one = make(write_tree, SCOPED, build_args={"TOKEN": "t1"})
+    two = make(write_tree, SCOPED, build_args={"TOKEN": "t2"})
+    assert all(x != y for x, y in zip(keys(one), keys(two)))
+
+
+def test_an_amifile_without_service_args_keeps_its_keys(write_tree):
+    # the ARG-scope change kept the key of every layer that has no ARG of its own
+    a = make(write_tree)
+    b = make(write_tree, BASE.replace("ARG TOKEN\n", "ARG TOKEN\nSECRET DEPLOY_KEY\n"))
+    assert keys(a) == keys(b) and a.final_key == b.final_key
+
+
+def test_secrets_are_in_no_key_and_named_per_service(write_tree):
+    p = make(write_tree, SCOPED.replace("ARG TOKEN\n", "ARG TOKEN\nSECRET GLOBAL_KEY\n"),
+             build_args={"TOKEN": "t"})
+    plain = make(write_tree, SCOPED.replace("    SECRET APP_TOKEN\n", ""),
+                 build_args={"TOKEN": "t"})
+    assert keys(p) == keys(plain) and p.final_key == plain.final_key
+    assert p.secret_names("app") == ("GLOBAL_KEY", "APP_TOKEN")
+    assert p.secret_names("worker") == ("GLOBAL_KEY",)
+    assert p.secret_names() == ("GLOBAL_KEY", "APP_TOKEN")
+
+
+def test_missing_service_args_are_reported(write_tree):
+    p = make(write_tree, SCOPED.replace("ARG APP_VERSION=1", "ARG APP_VERSION"))
+    assert p.missing_args == ("APP_VERSION",)
+    assert [a.name for a in p.declared_args] == ["TOKEN", "APP_VERSION"]
+    assert p.to_json()["args"] == ["TOKEN", "APP_VERSION"]

@@ -1,0 +1,167 @@
+"""SECRET values from the command line to the INIT environment, and ``***`` everywhere else."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from amic.amifile import resolve
+from amic.cli.common import build_args_from, secrets_from
+from amic.compile import artifact
+from amic.compile import plan as planmod
+from amic.engine import buildinputs
+from amic.engine.progress import OutputRouter, Redactor, Reporter
+from amic.errors import AmifileError, BuildError, Pos, UsageError
+
+RUNNER = Path(__file__).parents[2] / "runtime" / "amic"
+
+AMIFILE = """\
+FROM debian:12
+ARG REGION=eu
+SECRET TOKEN
+SERVICE db
+    INIT echo db
+SERVICE app
+    REQUIRES db
+    ARG APP_VERSION=1
+    SECRET APP_KEY
+    INIT echo "$TOKEN $APP_KEY"
+"""
+
+
+def make_plan(write_tree, text=AMIFILE, build_args=None):
+    root = write_tree({"Amifile": text})
+    return planmod.make_plan(resolve.load(root / "Amifile"), build_args or {}, environ={})
+
+
+# ---------------------------------------------------------------- --secret
+
+
+def test_secret_forms(tmp_path):
+    (tmp_path / "f").write_bytes(b"from-file\n")
+    (tmp_path / "crlf").write_bytes(b"two\nlines\r\n")
+    env = {"VAR": "from-var", "NAMED": "from-named"}
+    got = secrets_from([f"id=A,src={tmp_path / 'f'}", f"id=B,source={tmp_path / 'crlf'}",
+                        "id=C,env=VAR", "NAMED", "id=NAMED2,type=env,env=NAMED"], env)
+    assert got == {"A": "from-file", "B": "two\nlines", "C": "from-var", "NAMED": "from-named",
+                   "NAMED2": "from-named"}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("id=A,env=UNSET", "--secret A: the environment variable UNSET is not set"),
+    ("UNSET", "--secret UNSET: the environment variable UNSET is not set"),
+    ("id=A,src=/nonexistent/x", "--secret A: cannot read /nonexistent/x: No such file or directory"),
+    ("id=1A,env=X", "expected id=NAME,src=FILE"),
+    ("id=A,src=f,env=X", "expected id=NAME,src=FILE"),
+    ("id=A,mode=0400", "expected id=NAME,src=FILE"),
+])
+def test_secret_mistakes_are_usage_errors(spec, message):
+    with pytest.raises(UsageError) as info:
+        secrets_from([spec], {"X": "the-value"})
+    assert message in str(info.value) and "the-value" not in str(info.value)
+
+
+def test_secret_file_with_a_nul_is_refused(tmp_path):
+    (tmp_path / "bin").write_bytes(b"a\0b")
+    with pytest.raises(UsageError, match="NUL"):
+        secrets_from([f"id=A,src={tmp_path / 'bin'}"], {})
+
+
+def test_build_arg_value_for_a_credential_name_warns(capsys, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "x")
+    assert build_args_from(["REGION=eu", "DB_PASSWORD"]) == {"REGION": "eu", "DB_PASSWORD": "x"}
+    assert capsys.readouterr().err == ""   # NAME alone reads the environment: no warning
+    assert build_args_from(["API_TOKEN=abc"]) == {"API_TOKEN": "abc"}
+    err = capsys.readouterr().err
+    assert "--build-arg API_TOKEN=...: the value is on the command line" in err
+    assert "declare SECRET API_TOKEN and pass --secret API_TOKEN" in err and "abc" not in err
+
+
+# ---------------------------------------------------------------- build inputs
+
+
+def test_init_env_holds_the_service_secrets_only(write_tree):
+    p = make_plan(write_tree)
+    secrets = {"TOKEN": "tok", "APP_KEY": "key"}
+    assert buildinputs.init_env(p, "db", secrets) == {
+        "REGION": "eu", "TOKEN": "tok", "AMIC_SECRET_NAMES": "TOKEN"}
+    assert buildinputs.init_env(p, "app", secrets) == {
+        "REGION": "eu", "APP_VERSION": "1", "TOKEN": "tok", "APP_KEY": "key",
+        "AMIC_SECRET_NAMES": "TOKEN APP_KEY"}
+
+
+def test_missing_secret_names_who_needs_it(write_tree):
+    p = make_plan(write_tree)
+    buildinputs.require_secrets(p, ["db"], {"TOKEN": "t"})   # db needs only the global one
+    buildinputs.require_secrets(p, [], {})                   # nothing runs: nothing needed
+    with pytest.raises(UsageError) as info:
+        buildinputs.require_secrets(p, ["db", "app"], {"APP_KEY": "k"})
+    assert str(info.value).startswith(
+        "SECRET without a value: TOKEN (needed by db, app); give it with --secret id=TOKEN,")
+
+
+def test_check_warns_about_undeclared_names_and_fails_on_missing_args(write_tree):
+    warnings: list[str] = []
+    p = make_plan(write_tree)
+    buildinputs.check(p, ["REGION", "APP_VERSION", "NOPE"], ["TOKEN", "EXTRA"],
+                      allow_missing_args=False, warn=warnings.append)
+    assert warnings == ["build args not declared with ARG (ignored): NOPE",
+                        "secrets not declared with SECRET (ignored): EXTRA"]
+    p = make_plan(write_tree, AMIFILE.replace("ARG APP_VERSION=1", "ARG APP_VERSION"))
+    with pytest.raises(UsageError, match="ARG without a value or default: APP_VERSION"):
+        buildinputs.check(p, [], [], allow_missing_args=False, warn=warnings.append)
+    buildinputs.check(p, [], [], allow_missing_args=True, warn=warnings.append)
+    assert "built empty: --allow-missing-args" in warnings[-1]
+
+
+def test_the_artifact_holds_no_secret_name(write_tree):
+    p = make_plan(write_tree)
+    manifest = artifact.manifest_text(p)
+    assert "AMIC_ARGS='REGION APP_VERSION'" in manifest
+    assert "TOKEN" not in manifest and "APP_KEY" not in manifest
+
+
+# ---------------------------------------------------------------- redaction
+
+
+def test_redactor_masks_every_value_and_every_line_of_one():
+    r = Redactor(["abc", "abcdef", "line one\nline two\n", "  "])
+    assert r("x abcdef y abc z") == "x *** y *** z"
+    assert r("line one") == "***" and r("and line two.") == "and ***."
+    assert r("   plain   ") == "   plain   "   # blank values mask nothing
+
+
+def test_router_and_reporter_mask_output_tails_and_errors():
+    stream = io.StringIO()
+    reporter = Reporter(stream, mode="plain")
+    reporter.redact.add(["s3cr3t"])
+    router = OutputRouter(reporter.output, default="init")
+    router("amic: web: init: begin")
+    router("echo s3cr3t")
+    reporter.note("note s3cr3t")
+    reporter.warn("warn s3cr3t")
+    assert "s3cr3t" not in stream.getvalue() and stream.getvalue().count("***") == 3
+    assert router.tail("web") == ["echo ***"]
+    err = reporter.redact.error(BuildError("failed:\n    s3cr3t"))
+    assert str(err) == "failed:\n    ***"
+    err = reporter.redact.error(AmifileError("bad s3cr3t", Pos("A", 1), source_line="s3cr3t",
+                                             hint="s3cr3t"))
+    assert "s3cr3t" not in err.render()
+
+
+def runner_redact(text: str, env: dict[str, str]) -> str:
+    lines = RUNNER.read_text().splitlines(keepends=True)
+    start = lines.index("redact() {\n")
+    end = lines.index("}\n", start)
+    script = "".join(lines[start:end + 1]) + "redact\n"
+    return subprocess.run(["sh", "-c", script], input=text, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", **env}, check=True).stdout
+
+
+def test_the_runner_masks_secret_values_in_its_output():
+    env = {"AMIC_SECRET_NAMES": "A B C", "A": "ab", "B": "abc.*[x]", "C": "first\nsecond"}
+    text = "ab abc.*[x] abab\nfirst and second\nplain\n"
+    assert runner_redact(text, env) == "*** *** ******\n*** and ***\nplain\n"
