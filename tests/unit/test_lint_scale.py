@@ -33,15 +33,18 @@ def _private_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("AMIC_SHELLCHECK_TIMEOUT", raising=False)
 
 
-def generate(n: int) -> str:
+def generate(n: int, *, pragmas: bool = False) -> str:
     """The benchmark's shape: each service requires up to three earlier ones, shares
-    packages with others, has a heredoc INIT and a one-line UPDATE."""
+    packages with others, has a heredoc INIT and a one-line UPDATE (and, with ``pragmas``,
+    every other PACKAGES has an ignore pragma)."""
     lines = ["FROM debian:12", "ARG RELEASE=dev", "ENV APP_HOME=/srv/app", ""]
     for i in range(n):
         lines.append(f"SERVICE svc{i:05d}")
         reqs = sorted({f"svc{j:05d}" for j in (i - 1, i // 2, i // 3) if 0 <= j < i})
         if reqs:
             lines.append(f"    REQUIRES {' '.join(reqs)}")
+        if pragmas and i % 2:
+            lines.append("    # amic ignore=AM3011")
         lines += [f"    PACKAGES pkg{i % 50} lib{i % 7}", "    INIT <<~EOF",
                   f'        echo "init {i} $RELEASE"', f'        mkdir -p "$APP_HOME/svc{i}"',
                   "    EOF", f'    UPDATE echo "update {i}" > "$APP_HOME/svc{i}/updated"', ""]
@@ -93,7 +96,7 @@ def test_lint_time_grows_linearly(tmp_path: Path) -> None:
     times = {}
     for n in (200, 400, 800, 1600):
         path = tmp_path / f"A{n}"
-        path.write_text(generate(n))
+        path.write_text(generate(n, pragmas=True))
         times[n] = cpu_time_to_lint(path)
     # Linear is 8x from 200 to 1600; the old code was ~30x (1.0/1.85/4.7 s for 200/400/800)
     # and quadratic would be 64x. 12x leaves room for noise and the GC.
@@ -110,6 +113,29 @@ def test_findings_at_scale_are_the_small_file_findings(tmp_path: Path) -> None:
     per_service = {f.message.rsplit("'", 2)[-2] for f in found}
     assert len(per_service) >= 290
     assert all("already installed by 'svc" in f.message for f in found)
+
+
+def test_pragmas_apply_at_scale(tmp_path: Path) -> None:
+    path = tmp_path / "Amifile"
+    path.write_text(generate(300, pragmas=True))
+    found = {f.message.rsplit("'", 2)[-2] for f in lint.lint_paths([str(path)], shellcheck=False)
+             if f.code == "AM3011"}
+    assert found and all(int(name[3:]) % 2 == 0 for name in found)
+
+
+def test_positions_in_a_huge_script_are_mapped_in_linear_time() -> None:
+    from amic.amifile import ir
+    from amic.errors import Pos
+    from amic.lint.shell import ScriptMap
+
+    n = 100_000
+    source = ["SERVICE x", "    INIT <<~EOF", *(f"        echo {i}" for i in range(n)), "    EOF"]
+    script = ir.Script("".join(f"echo {i}\n" for i in range(n)), Pos("A", 2, 5), body_line=3)
+    smap = ScriptMap(script, source)
+    start = time.process_time()
+    cols = [smap.pos(i, 6).col for i in range(n)]
+    assert cols == [14] * n and smap.pos(n - 1).line == n + 2
+    assert time.process_time() - start < 5
 
 
 def test_deep_requires_chain_declared_before_its_targets(tmp_path: Path) -> None:
