@@ -9,8 +9,13 @@ scenarios, each timed wall-clock around the CLI (process start included):
 - unchanged: rebuild with no change (amic answers from its cache and build memo);
 - middle: change the middle step (its INIT / RUN text), so it and the last one rerun.
 
+amic's package cache (``$AMIC_CACHE_DIR/local/packages``, docs/devvm.md) is per
+store: the cold runs start empty, the middle runs find what the cold run downloaded.
+``--no-package-cache`` measures without it (``AMIC_PACKAGE_CACHE=off``).
+
 Run as root:  .venv/bin/python benchmarks/bench_local_vs_podman.py [--repeat N] [--json FILE]
-Targets (issue 5): cold no slower than podman; unchanged within 1.5x of podman.
+Targets (issue 5): cold no slower than podman; unchanged within 1.5x of podman;
+(issue 13) middle <= 0.5x of podman.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs of cold and middle (default 3)")
     ap.add_argument("--repeat-unchanged", type=int, default=15)
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
+    ap.add_argument("--no-package-cache", action="store_true",
+                    help="amic without its package cache (AMIC_PACKAGE_CACHE=off)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (chroot, mount namespaces)")
@@ -58,6 +65,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="amic-bench-"))
     env = {**os.environ}
     env.pop("AMIC_TARGET", None)
+    if args.no_package_cache:
+        env["AMIC_PACKAGE_CACHE"] = "off"
     try:
         print(f"importing the base {base} into podman as {BASE_TAG}", file=sys.stderr)
         tar = subprocess.Popen(["tar", "-C", str(base), "--numeric-owner", "-c", "."],
