@@ -200,10 +200,15 @@ def cmd_run(args) -> int:
 
     reporter.note(f"booting {image.id[:12]} with systemd-nspawn"
                   + (f"; requested: {' '.join(args.service)}" if args.service else ""))
-    rc, report = target.boot(image, interactive=args.interactive, timeout=args.timeout,
-                             on_output=lambda line: line.strip() and reporter.output("boot", line,
-                                                                                     False),
-                             prepare=prepare)
+    if args.keep and not args.interactive:
+        from amic.targets.local import boot as booting
+
+        rc, report = booting.boot_kept(target.store, image, timeout=args.timeout,
+                                       prepare=prepare, log=reporter.note)
+    else:
+        rc, report = target.boot(image, interactive=args.interactive, timeout=args.timeout,
+                                 on_output=lambda line: line.strip()
+                                 and reporter.output("boot", line, False), prepare=prepare)
     if args.interactive:
         return rc
     if not report:

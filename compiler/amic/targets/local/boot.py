@@ -110,9 +110,57 @@ def boot(store: ImageStore, image: Image, *, interactive: bool, timeout: float,
         return rc, report
 
 
-def install_report_unit(lowers: list[Path], upper: Path, scratch: Path) -> None:
+def boot_kept(store: ImageStore, image: Image, *, timeout: float, prepare=None,
+              log=print) -> tuple[int, str]:
+    """``amic run --keep``: boot detached, wait for the boot hook's report, leave it running.
+
+    The machine keeps the image's use-locks (shared ``flock``s inherited by the
+    namespace's shell, which waits for nspawn), so prune leaves its layers alone
+    until it stops. Stop it with ``kill -- -PID`` (nspawn powers the machine off).
+    """
+    import fcntl
+    import time
+
+    kept = store.root / "kept"
+    kept.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{image.id[:SHORT]}-", dir=kept))
+    upper = scratch / "upper"
+    upper.mkdir()
+    with store.use(image.id) as lowers:
+        locks, current = [], image.id
+        while current:                       # the chain store.use locked, locked again here
+            fh = open(store.use_lock_path(current), "a")
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            locks.append(fh)
+            meta = store.meta(current) or {}
+            current = None if meta.get("root") else meta.get("parent")
+        if prepare:
+            prepare(lowers, upper)
+        install_report_unit(lowers, upper, scratch, poweroff=False)
+        argv = nspawn_argv(image, lowers, scratch, interactive=False)
+        argv[argv.index("-c") + 1] = argv[argv.index("-c") + 1].replace('exec "$@"', '"$@"')
+        with open(scratch / "console.log", "wb") as console:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    pass_fds=[fh.fileno() for fh in locks])
+        for fh in locks:
+            fh.close()          # the child's copies keep the locks
+    report_file = upper / REPORT_PATH
+    deadline = time.monotonic() + timeout
+    while not report_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(0.5)             # the report's last line
+    report = report_file.read_text(errors="replace") if report_file.exists() else ""
+    log(f"left running (pid {proc.pid}); console: {scratch}/console.log; stop it with "
+        f"`kill -- -{proc.pid}`, then rm -rf {scratch}")
+    return (0 if report else 1), report
+
+
+def install_report_unit(lowers: list[Path], upper: Path, scratch: Path, *,
+                        poweroff: bool = True) -> None:
     unit = scratch / f"in-{uuid.uuid4().hex[:8]}"
-    unit.write_text(REPORT_UNIT)
+    unit.write_text(REPORT_UNIT if poweroff else
+                    REPORT_UNIT.replace("; systemctl poweroff --no-block", ""))
     rc = rootfs.run_in_root(
         lowers, upper,
         "mkdir -p /etc/systemd/system/multi-user.target.wants && "
