@@ -50,6 +50,10 @@ def register(sub) -> None:
                    "when stderr is a terminal")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print only warnings, errors and the image id")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve the base and say per layer CACHED or RUN (with the reason and "
+                   "the image it would start from) and whether the final image exists; creates "
+                   "and changes nothing (ec2: Describe* calls only)")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout instead of the bare image id")
     p.add_argument("--manifest", metavar="FILE",
@@ -91,6 +95,8 @@ def cmd_build(args) -> int:
         check_output(args.manifest)
     spec = args.target or default_target_spec()
     scheme, rest = split_spec(spec)
+    if args.dry_run:
+        return _dry_run(args, spec, build_args, secrets)
     target = None
     # the memo is keyed by the Amifile alone: a build with --context takes the full path
     if not args.no_cache and scheme in MEMO and not rest and args.context is None:
@@ -142,6 +148,30 @@ def cmd_build(args) -> int:
     finally:
         reporter.close()
     _emit(args, result.to_json())
+    return 0
+
+
+def _dry_run(args, spec: str, build_args, secrets) -> int:
+    """``--dry-run``: the plan on stdout (text, or JSON with ``--json``); no memo, no build."""
+    from amic.engine.build import BuildOptions
+    from amic.engine.dryrun import dry_run
+    from amic.engine.progress import Reporter
+    from amic.errors import AmicError
+    from amic.targets import get_target
+
+    target = get_target(spec, args)
+    options = BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
+                           context=args.context, secrets=secrets,
+                           allow_missing_args=args.allow_missing_args, no_cache=args.no_cache,
+                           checkpoint=args.checkpoint, on_error=args.on_error)
+    reporter = Reporter(mode=args.progress, quiet=args.quiet)
+    try:
+        plan = dry_run(target, options, reporter)
+    except AmicError as exc:
+        raise reporter.redact.error(exc) from None
+    finally:
+        reporter.close()
+    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.text())
     return 0
 
 

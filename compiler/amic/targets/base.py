@@ -87,6 +87,12 @@ class Target(abc.ABC):
     def resolve_base(self, base_ref: str | None) -> Image:
         """Turn ``FROM`` (``debian:12``, ``ami-…``, a filter; None = target default) into an image."""
 
+    def peek_base(self, base_ref: str | None) -> Image | None:
+        """``resolve_base`` without creating or changing anything (``amic build --dry-run``);
+        None when resolving would make the base. The default is ``resolve_base``, for targets
+        whose lookup only reads (ec2: DescribeImages)."""
+        return self.resolve_base(base_ref)
+
     @abc.abstractmethod
     def find_image(self, key: str) -> Image | None:
         """The image recorded under a cache key, or None."""

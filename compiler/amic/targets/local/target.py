@@ -12,6 +12,7 @@ machine's upper directory into the store (no copying). ``amic run``,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -21,12 +22,13 @@ from pathlib import Path
 
 import attrs
 
+from amic.contract import KIND_BASE, TAG_BASE, TAG_KIND
 from amic.errors import BuildError, UsageError
 from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image, Target
 from amic.targets.local import boot as booting
 from amic.targets.local import rootfs
-from amic.targets.local.store import ImageStore, now
+from amic.targets.local.store import ImageStore, image_from_meta, now
 
 
 @attrs.define
@@ -104,6 +106,25 @@ class LocalTarget(Target):
     def resolve_base(self, base_ref: str | None) -> Image:
         ref = base_ref or rootfs.DEFAULT_BASE
         return self.store.record_base(ref, rootfs.ensure_base(ref, log=self.log))
+
+    def peek_base(self, base_ref: str | None) -> Image | None:
+        """The base ``resolve_base`` would give, if it is bootstrapped (else None); nothing is
+        written. A base not recorded in this store yet gets the id ``record_base`` would give
+        it (the same digest of the same fields)."""
+        ref = base_ref or rootfs.DEFAULT_BASE
+        suite = rootfs.DEBIAN_SUITES.get(ref)
+        if suite is None:
+            return self.resolve_base(ref)     # refuses the name before it makes anything
+        root = rootfs.cache_dir() / "bases" / f"{suite}-minbase"
+        try:
+            stamp = str((root / ".amic-base-complete").stat().st_mtime_ns)
+        except OSError:
+            return None
+        meta = {"key": None, "parent": None, "root": str(root), "created": None,
+                "tags": {TAG_KIND: KIND_BASE, TAG_BASE: ref, "amic:stamp": stamp}}
+        base_id = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        recorded = self.store.meta(base_id)
+        return image_from_meta(recorded) if recorded else Image(id=base_id, tags=meta["tags"])
 
     def memo_paths(self, base: Image, image: Image) -> list[str]:
         meta = self.store.meta(base.id) or {}
