@@ -152,6 +152,7 @@ class Plan:
             "final_key": self.final_key,
             "args": list(dict.fromkeys(a.name for a in self.declared_args)),
             "missing_args": list(self.missing_args),
+            "secrets": list(self.secret_names()),   # names only: values never reach a plan
         }
 
 
