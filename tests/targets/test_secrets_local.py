@@ -206,3 +206,30 @@ def test_failing_init_shows_the_secret_masked(amic, store, project):
     assert "about to fail with ***" in proc.stderr
     assert TOKEN not in proc.stderr and BKEY not in proc.stderr
     assert files_holding(store, [TOKEN, BKEY]) == []
+
+
+def test_ssh_host_keeps_no_secret_in_its_log_or_files(sshd_root, ssh_client_key, tmp_path):
+    """In place (ssh) nothing like prepare-image runs: the host keeps /var/log/amic/amic.log,
+    so the runner must have masked the values itself."""
+    import io
+
+    from amic.engine.build import BuildOptions, build
+    from amic.engine.progress import Reporter
+    from amic.targets.ssh.target import SshTarget
+
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "Amifile").write_text(AMIFILE)
+    target = SshTarget(f"root@127.0.0.1:{sshd_root.port}", key_file=str(ssh_client_key[1]),
+                       known_hosts=str(tmp_path / "known"), accept_new=True,
+                       connect_options={"allow_agent": False})
+    out = io.StringIO()
+    result = build(target, BuildOptions(amifile=str(project / "Amifile"),
+                                        secrets={"TOKEN": TOKEN, "BKEY": BKEY}),
+                   Reporter(out, mode="plain"))
+    assert [r.status for r in result.layers] == ["RUN", "RUN", "RUN"]
+    assert "b sees token=*** bkey=*** barg=b1" in out.getvalue()
+    assert TOKEN not in out.getvalue() and BKEY not in out.getvalue()
+    log = sshd_root.path("/var/log/amic/amic.log").read_text()
+    assert "b sees token=*** bkey=*** barg=b1" in log and "again: ***" in log
+    assert files_holding(Path(sshd_root.upper), [TOKEN, BKEY]) == []
