@@ -130,3 +130,109 @@ def test_cli_dry_run_text_and_json(local_subject, amic_cli, amic_cache):
     assert doc["dry_run"] is True and doc["final"]["exists"] is False
     assert [(x["service"], x["status"]) for x in doc["layers"]][-1] == ("c", "RUN")
     assert listing(*watched_dirs(amic_cache)) == before
+
+
+# -- compile shows what build installs -------------------------------------------------------
+
+COMPILED = """\
+FROM debian:12
+ARG GREETING=hello
+
+SERVICE web
+    COPY --mode=0600 conf/app.conf /etc/app/app.conf
+    COPY tree/ /srv/tree
+    INIT <<~EOF
+        echo "web $GREETING" > /etc/compiled-web
+        cat /etc/app/app.conf > /etc/compiled-conf
+    EOF
+    UPDATE echo update-compiled
+"""
+
+
+@pytest.fixture(scope="module", params=[s for s in SUBJECTS if s.id in ("local", "ec2")])
+def image_subject(request, amic_cache):
+    return request.getfixturevalue(f"{request.param}_subject")
+
+
+def installed_stage2(subject, image_id: str) -> Path:
+    """The runner's /var/lib/amic/stage2 in the image: the top-most layer that has it (the
+    install replaces the directory whole, so one layer holds all of it)."""
+    rel = "var/lib/amic/stage2"
+    if subject.name == "ec2":
+        layers = subject.fake.standin.images[image_id]
+    else:
+        layers = subject.make().lowers(image_id)
+    found = next((layer / rel for layer in layers if (layer / rel).is_dir()), None)
+    assert found is not None, layers
+    return found
+
+
+def tree_entries(top: Path) -> dict[str, tuple]:
+    out = {}
+    for root, dirnames, files in os.walk(top):
+        for name in dirnames + files:
+            p = Path(root, name)
+            rel = "stage2/" + str(p.relative_to(top))
+            st = p.lstat()
+            if p.is_symlink():
+                out[rel] = ("symlink", 0o777, os.readlink(p).encode())
+            elif p.is_dir():
+                out[rel] = ("dir", st.st_mode & 0o7777, b"")
+            else:
+                out[rel] = ("file", st.st_mode & 0o7777, p.read_bytes())
+    return out
+
+
+def tar_entries(data: bytes) -> dict[str, tuple]:
+    import io
+    import tarfile
+
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            if m.name == "stage2":
+                continue
+            if m.issym():
+                out[m.name] = ("symlink", 0o777, m.linkname.encode())
+            elif m.isdir():
+                out[m.name] = ("dir", m.mode, b"")
+            else:
+                out[m.name] = ("file", m.mode, tar.extractfile(m).read())
+    return out
+
+
+def test_compile_with_base_is_the_stage2_the_build_installed(image_subject, amic_cli, amic_cache,
+                                                             tmp_path):
+    work = image_subject.workdir / "compiled"
+    (work / "tree" / "sub").mkdir(parents=True, exist_ok=True)
+    (work / "conf").mkdir(exist_ok=True)
+    (work / "conf" / "app.conf").write_text("listen=8080\n")
+    (work / "tree" / "a.txt").write_text("a\n")
+    (work / "tree" / "sub" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    os.chmod(work / "tree" / "sub" / "run.sh", 0o755)
+    (work / "Amifile").write_text(COMPILED)
+    result = build(image_subject.make(), BuildOptions(amifile=str(work / "Amifile")),
+                   Reporter(quiet=True))
+    assert not result.cached
+
+    env = {"AMIC_CACHE_DIR": str(amic_cache)}
+    out = tmp_path / "stage2.tar"
+    proc = amic_cli("compile", "--base", result.base_image_id, "-o", str(out),
+                    str(work / "Amifile"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"final key {result.final_key[:12]}" in proc.stderr
+    proc = amic_cli("compile", "--base", result.base_image_id, "--json", str(work / "Amifile"),
+                    env=env)
+    doc = json.loads(proc.stdout)
+    assert doc["final_key"] == result.final_key
+    assert [x["key"] for x in doc["layers"]] == [r.key for r in result.layers]
+    # member by member: path, type, mode, content (symlink target)
+    compiled = tar_entries(out.read_bytes())
+    installed = tree_entries(installed_stage2(image_subject, result.image_id))
+    assert sorted(installed) == sorted(compiled)
+    assert installed == compiled
+    assert b"AMIC_FINAL_KEY='" + result.final_key.encode() in compiled["stage2/manifest"][2]
+
+    # without --base the keys are not the build's (the base image id is part of every key)
+    proc = amic_cli("compile", "--json", str(work / "Amifile"), env=env)
+    assert json.loads(proc.stdout)["final_key"] != result.final_key

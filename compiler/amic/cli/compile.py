@@ -25,6 +25,11 @@ def register(sub) -> None:
                       help="print the plan: services in order, requirements, layer keys, final key")
     add_build_arg_option(p)
     add_context_option(p)
+    p.add_argument("--base", metavar="IMAGE_ID", dest="base_image_id",
+                   help="the image id FROM resolves to on the target (as `amic build --dry-run "
+                   "--json` prints it in base_image_id): the keys chain it as a build's do, so "
+                   "the tarball is byte for byte the one that build installs and the final key "
+                   "is the one it prints (default: no image id; keys then differ from a build's)")
     p.set_defaults(func=cmd_compile)
 
 
@@ -35,7 +40,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if not (args.json or args.print) and args.output != "-":
         check_output(args.output)  # before the work: a typo in -o costs nothing
-    plan = load_plan(args.amifile, args.build_arg, context=args.context)
+    plan = load_plan(args.amifile, args.build_arg, base_image_id=args.base_image_id,
+                     context=args.context)
     if plan.missing_args:
         warn(f"ARG without a value or default: {', '.join(plan.missing_args)} "
              "(pass --build-arg NAME=VALUE or set it in the environment)")

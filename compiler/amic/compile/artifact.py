@@ -137,7 +137,13 @@ class SourceFile(str):
 def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | SourceFile | None, str | None]]:
     """(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
     yield TOP, 0o755, None, None
-    for rel, mode, data in runtime_files():
+    # The runtime's subdirectories get entries of their own, so what tar makes of them
+    # does not depend on the umask where the stage2 is unpacked.
+    runtime = runtime_files()
+    dirs = {"/".join(rel.split("/")[:n]) for rel, _, _ in runtime for n in range(1, rel.count("/") + 1)}
+    for d in sorted(dirs):
+        yield f"{TOP}/{d}", 0o755, None, None
+    for rel, mode, data in runtime:
         yield f"{TOP}/{rel}", mode, data, None
     yield f"{TOP}/manifest", 0o644, manifest_text(plan).encode(), None
     yield f"{TOP}/services", 0o755, None, None
