@@ -118,8 +118,9 @@ class _Assembly:
 
     def claim(self, kind: str, tok: Token) -> str:
         """The ARG, ENV or SECRET name at ``tok``, checked against the names already visible
-        where it is: a SECRET shares its name with nothing, and an ARG in a block does not
-        redeclare a global one (its value would be in two keys' worth of places)."""
+        where it is: a SECRET shares its name with nothing (an ENV or ARG of that name would
+        replace its value in the INIT's environment), and an ARG in a block does not redeclare
+        a global one (two defaults, one name)."""
         name = self.var_name(tok, kind)
         if kind == "SECRET" and (name.startswith("AMIC_") or name in _RESERVED):
             self.fail(f"{kind} name {name!r} is reserved", tok,
