@@ -90,8 +90,35 @@ fi
 echo never
 """
 
+MORE = r"""while read -r word; do
+  echo "got $word"
+done <<"EOF"
+alpha
+__amic_at 3 "$?" && :
+EOF
+cat <<\EOF
+$NOT_EXPANDED `neither`
+EOF
+v=$(case a in
+  a) echo in-case ;;
+esac)
+echo "$v ${#v} a#b" # not '"' a quote
+g() { echo "g $*"; }
+g x y
+if true
+then
+  echo then
+fi
+s='it''s'
+echo "$s" \
+  continued
+n=$(( (1 + 2) * 3 ))
+test "$n" -eq 10
+echo unreachable
+"""
+
 # (script, index (0-based) of the line that ends it)
-CASES = {"ten": (TEN, 6), "status": (STATUS, 6), "tricky": (TRICKY, 37)}  # the `if` the failing `false` is in
+CASES = {"ten": (TEN, 6), "status": (STATUS, 6), "more": (MORE, 23), "tricky": (TRICKY, 37)}  # the `if` the failing `false` is in
 
 
 def run(shell: list[str], script: Path, line_file: Path | None) -> subprocess.CompletedProcess:
