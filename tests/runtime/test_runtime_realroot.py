@@ -71,9 +71,9 @@ def test_real_packages_and_failing_init(tmp_path: Path) -> None:
     assert rc == 1, out
     ms = markers(out)
     assert re.fullmatch(r"tools: init: ok \d+s", ms[1]), ms
-    # the failing INIT names the service and the Amifile line of that INIT
+    # the failing INIT names the service and the Amifile line of the command that failed
     fail_line = [i for i, line in enumerate(PACKAGES_AMIFILE.splitlines(), 1)
-                 if line.strip() == "INIT <<~EOF"][1]
+                 if line.strip() == "exit 7"][0]
     assert f"broken: init: FAILED exit 7 at Amifile:{fail_line}" in ms, ms
     assert "amic: broken: init: INIT script 02 failed (exit 7)" in out
     assert "after-broken: init: skipped (requires broken, which did not initialise)" in ms
