@@ -118,7 +118,7 @@ def test_arg_values_reach_only_the_machine(store, evil, fake_bin, built, tmp_pat
 
 def test_arg_path_nonexistent_fails_in_the_machine_not_on_the_host(store, evil, tmp_path):
     """``--build-arg PATH=/nonexistent``: the host helpers still run (before: FileNotFoundError
-    traceback); what breaks, if anything, is inside the machine, reported as a build error."""
+    traceback), and the machine's runner still finds its tools after the ARG's directories."""
     so, marker = evil
     (tmp_path / "Amifile").write_text(AMIFILE.replace("amic-seen", "amic-seen2"))
     proc = amic(store, tmp_path, "build", "-q", "--build-arg", f"LD_PRELOAD={so}",
@@ -126,9 +126,8 @@ def test_arg_path_nonexistent_fails_in_the_machine_not_on_the_host(store, evil, 
     no_traceback(proc)
     assert "FileNotFoundError" not in proc.stderr
     assert not marker.exists()
-    if proc.returncode != 0:  # the runner in the machine runs with the ARG's PATH
-        assert proc.returncode == 1
-        assert "amic: build failed: service web failed" in proc.stderr, proc.stderr
+    # the runner keeps the system's directories after the ARG's PATH: the build works
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_export_to_a_missing_directory_or_a_fifo(store, built, tmp_path):
