@@ -86,6 +86,15 @@ def test_a_fifo_is_refused_without_opening_it(tmp_path, command):
     assert listing(tmp_path) == {"Amifile"}
 
 
+def test_lint_reports_a_fifo_without_opening_it(tmp_path):
+    # lint reports a file it cannot take as a finding (AM1000, exit 1), never a hang
+    fifo = tmp_path / "Amifile"
+    os.mkfifo(fifo)
+    proc = run("lint", "--no-shellcheck", str(fifo), cwd=tmp_path, timeout=30)
+    clean(proc, 1)
+    assert "AM1000" in proc.stdout and "is a FIFO, not an Amifile" in proc.stdout, proc.stdout
+
+
 def test_devices_and_sockets_are_refused(tmp_path):
     proc = run("compile", "/dev/null", cwd=tmp_path)
     clean(proc, 2, "/dev/null: is a character device, not an Amifile")

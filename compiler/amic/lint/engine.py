@@ -122,7 +122,9 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
 
     try:
         if text is None:
-            text = Path(path).read_bytes().decode("utf-8", errors="replace")
+            # the parser's reader: a FIFO or device is refused before it is opened, and
+            # never more than the size limit is read
+            text = parser.read_source(path)[1].decode("utf-8", errors="replace")
             text = text.removeprefix("\ufeff")
             amifile = parser.parse_file(path)
         else:
@@ -131,7 +133,7 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
         return _Unit(path, "", None, [_finding("AM1000", f"cannot read {path}: "
                                                f"{exc.strerror or exc}", Pos(path, 1, 1))])
     except AmifileError as exc:
-        return _Unit(path, text, None, [_from_error("AM1000", exc, path)])
+        return _Unit(path, text or "", None, [_from_error("AM1000", exc, path)])
     unit = _Unit(path, text, amifile)
     ctx = Context(amifile, text, path,
                   includes_resolved=not amifile.includes, fragment=_is_fragment(path))
