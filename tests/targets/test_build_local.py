@@ -174,7 +174,8 @@ def test_failure_reports_service_line_and_output(amic):
     proc = amic("build", check=False, amifile_text=text)
     assert proc.returncode == 1
     assert "service web failed" in proc.stderr
-    assert "Amifile:10" in proc.stderr  # the INIT line
+    assert "Amifile:11" in proc.stderr  # the failing command's line in the INIT body
+    assert "\n    echo about-to-fail; false\n" in proc.stderr  # and its text
     assert "about-to-fail" in proc.stderr
     assert proc.stdout == ""
 
