@@ -355,8 +355,8 @@ def test_failing_init_names_service_and_line(e2e):
         b = e2e.build()
         assert b.rc == 1, b
         lines = text.splitlines()
-        app = lines.index("SERVICE app")
-        line = next(i for i in range(app, len(lines)) if lines[i].strip().startswith("INIT")) + 1
+        # the line of the command that failed, not of INIT <<~EOF
+        line = next(i for i, text_line in enumerate(lines, 1) if text_line.strip() == "exit 3")
         assert re.search(rf"service app failed \(exit 3\) at Amifile:{line}\b", b.stderr), b
         assert "about to fail" in b.stderr
         assert b.count("RunInstances") == 1 and b.count("TerminateInstances") == 1, b
