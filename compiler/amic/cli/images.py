@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("export", help="write a local image's root filesystem as a tarball")
+    p = sub.add_parser("export", help="write a local image as a tarball, a bootable raw/qcow2 disk or an OCI image")
     p.add_argument("image", help="image id (prefix), cache key, or 'latest'")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="file to write (a tar is mode 0600: it holds the whole root filesystem); "

@@ -32,7 +32,7 @@ commands by task:
   write and check     amic lint, amic compile --print
   bake an image       amic build [--target local|ec2|ssh://user@host]
   inspect the cache   amic images, amic prune
-docs: docs/language.md (Amifile), docs/lint-rules.md, docs/build.md, docs/ec2.md
+docs: docs/language.md (Amifile), docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
 """
 
 
