@@ -30,8 +30,9 @@ COMMAND_GROUPS = (
 EPILOG = """\
 commands by task:
   write and check     amic lint, amic compile --print
-  bake an image       amic build [--target local|ec2|ssh://user@host]
-  inspect the cache   amic images, amic prune
+  bake an image       amic build [--target local|ec2|ssh://user@host] [--dry-run]
+  a developer VM      amic export IMAGE --format qcow2, amic run IMAGE --vm
+  inspect the cache   amic images, amic prune; amic ami ls, amic ami prune, amic gc
 docs: docs/language.md (Amifile), docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
 """
 
