@@ -59,5 +59,5 @@ def check_arg_secret_default(ctx: Context) -> Found:
         if arg.default and (SECRET_NAME_RE.search(arg.name) or secret_in(arg.default)):
             if literal(arg.default):
                 yield arg.pos, (f"ARG {arg.name} has a secret-looking default committed to the "
-                                "Amifile; drop the default and pass it with --build-arg or the "
-                                "environment")
+                                "Amifile (and an ARG's value is in the cache keys); declare it "
+                                "SECRET and pass it with amic build --secret")
