@@ -144,3 +144,18 @@ def test_every_stock_service_resolves(write_tree):
         r = load(write_tree, f"INCLUDE {name}\n")
         assert name in names(r)
     assert {"httpd", "nginx", "perl", "python", "nodejs"} <= set(resolve.stock_service_names())
+
+
+def test_global_secrets_of_included_files_are_collected(write_tree):
+    # an INCLUDEd file's global SECRET reaches the plan (compile --json lists it), once
+    from amic.compile import plan as planmod
+
+    root = write_tree({
+        "common/db.amifile": "SECRET DB_PASSWORD\nSERVICE db\n    INIT true\n",
+        "Amifile": "INCLUDE common/db.amifile\nSECRET DEPLOY_TOKEN\nSECRET DB_PASSWORD\n"
+                   "SERVICE web\n    REQUIRES db\n    INIT true\n",
+    })
+    resolved = resolve.load(str(root / "Amifile"))
+    assert [s.name for s in resolved.secrets] == ["DB_PASSWORD", "DEPLOY_TOKEN"]
+    plan = planmod.make_plan(resolved, {})
+    assert set(plan.secret_names()) == {"DB_PASSWORD", "DEPLOY_TOKEN"}

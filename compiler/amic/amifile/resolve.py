@@ -41,6 +41,8 @@ class Resolved:
     envs: tuple[ir.Env, ...] = attrs.field(converter=tuple)
     files: tuple[str, ...] = attrs.field(converter=tuple)
     """Every Amifile read, root first."""
+    secrets: tuple[ir.Secret, ...] = attrs.field(converter=tuple, default=())
+    """Global SECRETs of every file read (included files first), each name once."""
 
     @property
     def base(self) -> ir.BaseImage | None:
@@ -96,12 +98,20 @@ def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolv
     services: list[ir.Service] = []
     args: list[ir.Arg] = []
     envs: list[ir.Env] = []
-    _collect(root, loader, files=files, services=services, args=args, envs=envs)
+    secrets: list[ir.Secret] = []
+    _collect(root, loader, files=files, services=services, args=args, envs=envs,
+             secrets=secrets)
     _check_duplicates(services)
     ordered = _topological(services)
     enabled = _enabled(root, ordered)
+    unique_secrets: list[ir.Secret] = []
+    named: set[str] = set()
+    for secret in secrets:   # the first declaration of a name stands
+        if secret.name not in named:
+            named.add(secret.name)
+            unique_secrets.append(secret)
     resolved = Resolved(root=root, services=ordered, enabled=(), args=_dedupe_args(args),
-                        envs=_dedupe_envs(envs), files=files)
+                        envs=_dedupe_envs(envs), files=files, secrets=unique_secrets)
     return attrs.evolve(resolved, enabled=resolved.closure(enabled))
 
 
@@ -110,7 +120,7 @@ def _identity(path: str) -> str:
 
 
 def _collect(root: ir.Amifile, loader: Loader, *, files: list[str], services: list[ir.Service],
-             args: list[ir.Arg], envs: list[ir.Env]) -> None:
+             args: list[ir.Arg], envs: list[ir.Env], secrets: list[ir.Secret]) -> None:
     """Every file's ARGs, ENVs and services, included files first (depth first, in order).
 
     Iterative (an explicit stack of open files), so any INCLUDE depth works.
@@ -127,6 +137,7 @@ def _collect(root: ir.Amifile, loader: Loader, *, files: list[str], services: li
             on_path.discard(ident)
             args.extend(amifile.args)
             envs.extend(amifile.envs)
+            secrets.extend(amifile.secrets)
             services.extend(amifile.services)
             continue
         path = find_include(inc, amifile.path)

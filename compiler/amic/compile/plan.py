@@ -107,7 +107,7 @@ class Plan:
     def secret_names(self, service: str | None = None) -> tuple[str, ...]:
         """SECRET names given to ``service``'s INIT: the global ones and its own (None: all)."""
         # Global SECRETs of INCLUDEd files too, once resolve collects them (as it does ARGs)
-        names = [s.name for s in getattr(self.resolved, "secrets", self.resolved.root.secrets)]
+        names = [s.name for s in self.resolved.secrets]
         for sp in self.services:
             if service is None or sp.name == service:
                 names.extend(s.name for s in sp.service.secrets)

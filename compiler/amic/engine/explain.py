@@ -32,7 +32,8 @@ def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | N
 
     diffs = min((changed(img) for img in history[:50]), key=len)
     if not diffs:
-        return "checkpoint removed"
+        # ARG values are in the key but not in the tags (no digest of a value is published)
+        return "an ARG value changed, or the checkpoint was removed"
     own = [d for d in diffs if d != "parent"]
     if own:
         return ", ".join(own) + " changed"
