@@ -93,15 +93,29 @@ def no_process_mentions(needle: str) -> None:
             assert needle not in cmdline, f"stray process {proc_dir.name}: {cmdline}"
 
 
+SHARED_BASES = Path("/var/cache/amic/bases")
+"""The debootstrap bases every test run on this machine shares, so each is made at most once."""
+
+
+def cache_sharing_bases(tmp_path_factory) -> Path:
+    """A fresh ``AMIC_CACHE_DIR`` (build memo, local store) whose ``bases`` are the shared ones."""
+    cache = tmp_path_factory.mktemp("amic-cache")
+    if os.geteuid() == 0:
+        SHARED_BASES.mkdir(parents=True, exist_ok=True)
+        (cache / "bases").symlink_to(SHARED_BASES)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory) -> Path:
+    """An ``AMIC_CACHE_DIR`` for the module's CLI runs (passed in their environment)."""
+    return cache_sharing_bases(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def amic_cache(tmp_path_factory) -> Iterator[Path]:
-    """``AMIC_CACHE_DIR`` for the module (the build memo, the local store), sharing the
-    debootstrap bases of every test run on this machine, so they are made at most once."""
-    cache = tmp_path_factory.mktemp("amic-cache")
-    shared = Path("/var/cache/amic/bases")
-    if os.geteuid() == 0:
-        shared.mkdir(parents=True, exist_ok=True)
-        (cache / "bases").symlink_to(shared)
+    """``AMIC_CACHE_DIR`` for the module, set in this process's environment too."""
+    cache = cache_sharing_bases(tmp_path_factory)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AMIC_CACHE_DIR", str(cache))
         yield cache

@@ -27,12 +27,8 @@ __attribute__((constructor)) static void hit(void) {
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("amic-cache")
-    shared = Path("/var/cache/amic/bases")
-    shared.mkdir(parents=True, exist_ok=True)
-    (cache / "bases").symlink_to(shared)
-    return cache
+def store(local_store):
+    return local_store
 
 
 @pytest.fixture(scope="module")

@@ -46,12 +46,8 @@ SERVICE c
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("amic-cache")
-    shared_bases = Path("/var/cache/amic/bases")
-    shared_bases.mkdir(parents=True, exist_ok=True)
-    (cache / "bases").symlink_to(shared_bases)
-    return cache
+def store(local_store):
+    return local_store
 
 
 @pytest.fixture(scope="module")
