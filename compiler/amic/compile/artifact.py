@@ -20,6 +20,7 @@ from amic import __version__
 from amic.compile import linemap
 from amic.compile.context import open_regular
 from amic.compile.plan import Plan, ServicePlan, runtime_files
+from amic.compile.tarwriter import TarWriter
 from amic.errors import AmicError
 
 TOP = "stage2"
@@ -180,34 +181,25 @@ def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | SourceFile | None, 
 def write_artifact(plan: Plan, out: BinaryIO) -> None:
     """Write the stage2 tarball to ``out``."""
     entries = sorted(_entries(plan), key=lambda e: e[0])
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, mode, data, link in entries:
-            info = tarfile.TarInfo(path)
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mode = mode
-            if link is not None:
-                info.type = tarfile.SYMTYPE
-                info.linkname = link
-                tar.addfile(info)
-            elif data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif isinstance(data, SourceFile):
-                _add_source(tar, info, data)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    tar = TarWriter(out)
+    for path, mode, data, link in entries:
+        if link is not None:
+            tar.add(path, mode, kind=tarfile.SYMTYPE, linkname=link)
+        elif data is None:
+            tar.add(path, mode, kind=tarfile.DIRTYPE)
+        elif isinstance(data, SourceFile):
+            _add_source(tar, path, mode, data)
+        else:
+            tar.add(path, mode, data=data)
+    tar.close()
 
 
-def _add_source(tar: tarfile.TarFile, info: tarfile.TarInfo, source: SourceFile) -> None:
+def _add_source(tar: TarWriter, path: str, mode: int, source: SourceFile) -> None:
     # Streamed, so a large COPY is not held in memory; opened without following a
     # symlink or blocking on a FIFO that replaced the file since the plan hashed it.
     try:
         with open_regular(source) as fh:
-            info.size = os.fstat(fh.fileno()).st_size
-            tar.addfile(info, fh)
+            tar.add(path, mode, fileobj=fh, size=os.fstat(fh.fileno()).st_size)
     except OSError as e:
         raise AmicError(f"COPY source {source} changed while compiling: "
                         f"{e.strerror or e}; compile again") from None
