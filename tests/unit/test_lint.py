@@ -87,6 +87,8 @@ CASES = {
                "    PACKAGES nginx\n"),
     "AM3012": (F + "SERVICE web\n    INIT <<EOF\n" + "true\n" * 4100 + "EOF\n",
                F + "SERVICE web\n    INIT <<EOF\n" + "true\n" * 100 + "EOF\n"),
+    "AM3013": (F + "SERVICE web\n    COPY ../secret.conf /etc/web.conf\n",
+               F + "SERVICE web\n    COPY nginx.conf /etc/nginx/nginx.conf\n"),
     "AM4001": (F + "SERVICE web\n    REQUIRES htpd\n",
                F + "SERVICE httpd\n    PACKAGES apache2\nSERVICE web\n    REQUIRES httpd\n"),
     "AM4002": (F + "SERVICE a\n    REQUIRES b\nSERVICE b\n    REQUIRES a\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -133,6 +134,27 @@ def check_copy_missing(ctx: Context) -> Found:
                     where = Path(copy.context) if copy.context else ctx.base_dir
                     yield (find_word(ctx, copy.pos, "COPY", source, copy.pos.line),
                            f"COPY source {source!r} does not exist (looked in {where})")
+
+
+def _escapes(ctx: Context, copy: ir.Copy, source: str) -> bool:
+    # compile's rule (compile/context.py), without --context: the Amifile's directory
+    base = Path(copy.context) if copy.context else ctx.base_dir
+    if Path(source).is_absolute():
+        return True
+    root = os.path.realpath(base)
+    real = os.path.realpath(os.path.join(base, source.split("*")[0].split("?")[0] or "."))
+    return not (real == root or real.startswith(root.rstrip("/") + "/"))
+
+
+def check_copy_outside_context(ctx: Context) -> Found:
+    for svc in ctx.amifile.services:
+        for copy in svc.copies:
+            for source in copy.sources:
+                if _escapes(ctx, copy, source):
+                    yield (find_word(ctx, copy.pos, "COPY", source, copy.pos.line),
+                           f"COPY source {source!r} is outside the build context (the "
+                           "Amifile's directory); compile refuses it: put the file beside "
+                           "the Amifile, or name a wider context with --context DIR")
 
 
 def check_init_upgrade(ctx: Context) -> Found:

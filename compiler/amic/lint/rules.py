@@ -50,6 +50,8 @@ RULES: tuple[Rule, ...] = (
     _rule("AM3011", "info", "Package listed twice or already installed by a requirement",
           scripts.check_duplicate_packages),
     _rule("AM3012", "warning", "Script too large for shellcheck (not checked)", None),
+    _rule("AM3013", "error", "COPY source outside the build context",
+          scripts.check_copy_outside_context),
     _rule("AM4001", "error", "REQUIRES or ENABLE names an unknown service",
           file_checks.check_unknown_service),
     _rule("AM4002", "error", "REQUIRES cycle", file_checks.check_cycle),
