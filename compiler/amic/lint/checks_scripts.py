@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from amic.amifile import ir
@@ -126,14 +127,19 @@ def _copy_source_exists(ctx: Context, copy: ir.Copy, source: str) -> bool:
     return path.exists()
 
 
-def check_copy_missing(ctx: Context) -> Found:
+def _copy_sources(ctx: Context) -> Iterator[tuple[ir.Copy, str, Pos]]:
+    """Every COPY source of the file, with the position of its word."""
     for svc in ctx.amifile.services:
         for copy in svc.copies:
             for source in copy.sources:
-                if not _copy_source_exists(ctx, copy, source):
-                    where = Path(copy.context) if copy.context else ctx.base_dir
-                    yield (find_word(ctx, copy.pos, "COPY", source, copy.pos.line),
-                           f"COPY source {source!r} does not exist (looked in {where})")
+                yield copy, source, find_word(ctx, copy.pos, "COPY", source, copy.pos.line)
+
+
+def check_copy_missing(ctx: Context) -> Found:
+    for copy, source, pos in _copy_sources(ctx):
+        if not _copy_source_exists(ctx, copy, source):
+            where = Path(copy.context) if copy.context else ctx.base_dir
+            yield pos, f"COPY source {source!r} does not exist (looked in {where})"
 
 
 def _escapes(ctx: Context, copy: ir.Copy, source: str) -> bool:
@@ -147,14 +153,11 @@ def _escapes(ctx: Context, copy: ir.Copy, source: str) -> bool:
 
 
 def check_copy_outside_context(ctx: Context) -> Found:
-    for svc in ctx.amifile.services:
-        for copy in svc.copies:
-            for source in copy.sources:
-                if _escapes(ctx, copy, source):
-                    yield (find_word(ctx, copy.pos, "COPY", source, copy.pos.line),
-                           f"COPY source {source!r} is outside the build context (the "
-                           "Amifile's directory); compile refuses it: put the file beside "
-                           "the Amifile, or name a wider context with --context DIR")
+    for copy, source, pos in _copy_sources(ctx):
+        if _escapes(ctx, copy, source):
+            yield pos, (f"COPY source {source!r} is outside the build context (the Amifile's "
+                        "directory); compile refuses it: put the file beside the Amifile, or "
+                        "name a wider context with --context DIR")
 
 
 def check_init_upgrade(ctx: Context) -> Found:
