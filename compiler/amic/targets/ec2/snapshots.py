@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from amic.contract import KIND_LAYER, TAG_KEY, TAG_KIND
+from amic.contract import KIND_LAYER, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
 from amic.errors import BuildError
 from amic.targets.base import Image
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import waiters
+from amic.targets.ec2.naming import TAG_SSH_USER
 
 TAG_CHECKPOINT = "amic:checkpoint"
 """``snapshot`` on a layer snapshot (what ``find_layer`` looks for)."""
@@ -36,8 +37,8 @@ TAG_BOOT_MODE = "amic:boot-mode"
 TAG_SOURCE_IMAGE = "amic:source-image"
 
 Log = Callable[[str], None]
-_KEEP = (TAG_KEY, TAG_KIND, aws.TAG_TOOL, "amic:build-id", TAG_CHECKPOINT, TAG_ROOT_DEVICE,
-         TAG_ARCH, TAG_ENA, TAG_BOOT_MODE, "amic:ssh-user", "amic:service", "Name")
+_KEEP = (TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_CHECKPOINT, TAG_ROOT_DEVICE,
+         TAG_ARCH, TAG_ENA, TAG_BOOT_MODE, TAG_SSH_USER, TAG_SERVICE, "Name")
 
 
 def is_snapshot(image: Image) -> bool:

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterator, Mapping
 
 from amic import __version__
+from amic.contract import TAG_SERVICE
 from amic.errors import BuildError, UsageError
 from amic.targets import option_values
 from amic.targets.base import Image, Target
@@ -356,7 +357,7 @@ class Ec2Target(Target):
 
     def _layer_ami(self, layer: Image) -> Image:
         """The AMI of a layer snapshot: registered once (after it completed), then reused."""
-        svc = layer.tags.get("amic:service", "layer")
+        svc = layer.tags.get(TAG_SERVICE, "layer")
         name = naming.ami_name(f"amic-layer-{svc}-{(layer.key or '')[:12]}-{layer.id}")
         ami = snapshots.ami_for_layer(self.ec2, layer, name=name, timeout=self.opts.image_timeout,
                                       poll_interval=self.opts.poll_interval, log=self.log)
