@@ -18,7 +18,9 @@ instance's life to drive a *stand-in*:
   instance being stopped) as a new layer on top of its layers; started
   again, the instance gets a fresh upper over that chain. So an instance
   launched from a layer AMI has the earlier layers' files and packages;
-- TerminateInstances: the sshd stops and the root is deleted;
+- TerminateInstances: the sshd stops and the root is deleted; the instance shows
+  ``shutting-down`` for a second, and its security groups cannot be deleted until
+  then (``ec2_terminate.py``: EC2's behaviour, which moto skips);
 - GetConsoleOutput: cloud-init's ``SSH HOST KEY FINGERPRINTS`` block with the
   stand-in's real host key is added (moto prints none), then what the boot
   units wrote (``StandardOutput=journal+console``).
@@ -76,6 +78,8 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from tests.harness.ec2_terminate import Termination
 
 DEBIAN_OWNER = "136693071363"
 REGION = "us-east-1"
@@ -183,7 +187,9 @@ class Ec2Proxy:
     """Loopback HTTP proxy in front of moto: counts calls, injects errors, runs hooks.
 
     ``after[action](params, xml_text) -> xml_text`` may rewrite a response;
-    ``before[action](params)`` may raise to fail the call (it runs first).
+    ``before[action](params)`` may raise to fail the call (it runs first);
+    ``forward[action](params) -> params`` changes what moto is asked (the log, the counts
+    and the other hooks see the call as the client made it).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -194,6 +200,7 @@ class Ec2Proxy:
         """(action, User-Agent) of every call: who asked (boto3 or amic's own Query calls)."""
         self.before: dict[str, list] = collections.defaultdict(list)
         self.after: dict[str, list] = collections.defaultdict(list)
+        self.forward: dict[str, list] = collections.defaultdict(list)
         self._faults: list[list] = []   # [action or "*", remaining, code, status]
         self._armed: list[list] = []    # [create action, describe action, times, code, pending]
         self._rewrites: list[list] = []  # [action, old, new, remaining]
@@ -311,8 +318,15 @@ class Ec2Proxy:
                 hook(params)
         except ApiError as exc:
             return exc.status, [("Content-Type", "text/xml")], _error_xml(exc.code, exc.message)
+        if self.forward.get(action):
+            sent = dict(params)
+            for hook in self.forward[action]:
+                sent = hook(sent)
+            body = urllib.parse.urlencode(sent).encode()   # moto checks no signature
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
-        fwd = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+        fwd = {k: v for k, v in headers.items()
+               if k.lower() not in ("host", "connection", "content-length")}
+        fwd["Content-Length"] = str(len(body))
         conn.request(method, path, body=body, headers=fwd)
         resp = conn.getresponse()
         data = resp.read()
@@ -541,6 +555,35 @@ class _Instance:
         """Set when the last boot's units have all finished (at once when there are none)."""
 
 
+def _snapshot_tags(params: dict[str, str]) -> dict[str, str]:
+    """The tags of the ``snapshot`` TagSpecification(s) of a call."""
+    tags: dict[str, str] = {}
+    for key, value in params.items():
+        if key.startswith("TagSpecification.") and key.endswith(".ResourceType") \
+                and value == "snapshot":
+            spec = key[:-len("ResourceType")]
+            for n in range(1, 51):
+                name = params.get(f"{spec}Tag.{n}.Key")
+                if name is None:
+                    break
+                tags[name] = params.get(f"{spec}Tag.{n}.Value", "")
+    return tags
+
+
+def _without_snapshot_tags(params: dict[str, str]) -> dict[str, str]:
+    """The call without its ``snapshot`` TagSpecifications, renumbered (moto raises
+    NotImplementedError on them in CreateImage)."""
+    specs = sorted({k.split(".")[1] for k in params if k.startswith("TagSpecification.")},
+                   key=int)
+    kept = [n for n in specs if params.get(f"TagSpecification.{n}.ResourceType") != "snapshot"]
+    out = {k: v for k, v in params.items() if not k.startswith("TagSpecification.")}
+    for new, old in enumerate(kept, 1):
+        prefix = f"TagSpecification.{old}."
+        out.update({f"TagSpecification.{new}.{k[len(prefix):]}": v
+                    for k, v in params.items() if k.startswith(prefix)})
+    return out
+
+
 class StandIn:
     """Instances as overlay roots served by a real sshd (``tests/sshd.py``).
 
@@ -600,6 +643,10 @@ class StandIn:
                              ("DescribeSnapshots", self._snapshot_states),
                              ("RegisterImage", self._register_image)):
             proxy.after[action].append(hook)
+        proxy.forward["CreateImage"].append(_without_snapshot_tags)
+        proxy.after["CreateImage"].append(self._tag_image_snapshots)
+        self.termination = Termination(proxy, ApiError)
+        """``shutting-down`` for a while, and no group deleted while an instance holds it."""
         proxy.before["RegisterImage"].append(self._register_needs_completed)
         proxy.before["DeleteKeyPair"].append(self._delete_key_pair_by_id)
 
@@ -814,6 +861,21 @@ class StandIn:
                     subprocess.run(["cp", "-a", str(src), str(layer)], check=True)
                     self.images[ami] = [layer, *inst.lowers]
                 self.image_of[ami] = iid
+
+    def _tag_image_snapshots(self, params, text):
+        """CreateImage's ``snapshot`` TagSpecification, which moto does not implement: the
+        new image's snapshots carry the tags from the moment the image exists, as on EC2."""
+        tags = _snapshot_tags(params)
+        if not tags:
+            return
+        moto = self.proxy.moto_client()
+        for ami in xml_values(text, "imageId"):
+            image = moto.describe_images(ImageIds=[ami])["Images"][0]
+            snaps = [b["Ebs"]["SnapshotId"] for b in image.get("BlockDeviceMappings", [])
+                     if b.get("Ebs", {}).get("SnapshotId")]
+            if snaps:
+                moto.create_tags(Resources=snaps,
+                                 Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
     def _delete_key_pair_by_id(self, params):
         """DeleteKeyPair by ``KeyPairId`` alone, as EC2 allows (moto reads only ``KeyName``)."""
@@ -1061,6 +1123,7 @@ class FakeEc2:
         self.proxy.reset()
         self.proxy.before.clear()
         self.proxy.after.clear()
+        self.proxy.forward.clear()
         shutil.rmtree(self.workdir / "standin", ignore_errors=True)
         self.standin = StandIn(self.proxy, self.workdir / "standin", self.base_root)
 

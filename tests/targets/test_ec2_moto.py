@@ -296,3 +296,76 @@ def test_query_describe_images_agrees_with_boto3(fake):
         assert ours == [{"ImageId": i["ImageId"], "State": i["State"],
                          "CreationDate": i["CreationDate"]} for i in theirs]
         assert ours
+
+
+# -- termination: the build's group freed at once, TerminateInstances not waited for ---------
+
+def _after(log, action: str) -> list[tuple[str, dict]]:
+    """The calls after the first ``action`` in the proxy's log."""
+    first = next(n for n, (a, _) in enumerate(log) if a == action)
+    return log[first + 1:]
+
+
+def test_stand_in_keeps_a_group_held_while_shutting_down(fake):
+    """The stand-in itself: DependencyViolation while an instance, live or shutting down,
+    holds the group; free once it is terminated (moto alone deletes it at once)."""
+    import botocore.exceptions
+
+    ec2 = fake.client(direct=False)
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    gid = ec2.create_security_group(GroupName="held", Description="x", VpcId=vpc)["GroupId"]
+    iid = ec2.run_instances(ImageId=target().resolve_base(None).id, MinCount=1, MaxCount=1,
+                            SecurityGroupIds=[gid])["Instances"][0]["InstanceId"]
+    with pytest.raises(botocore.exceptions.ClientError, match="DependencyViolation"):
+        ec2.delete_security_group(GroupId=gid)
+    ec2.terminate_instances(InstanceIds=[iid])
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]
+    assert state == {"Code": 32, "Name": "shutting-down"}
+    with pytest.raises(botocore.exceptions.ClientError, match="DependencyViolation"):
+        ec2.delete_security_group(GroupId=gid)
+    time.sleep(fake.standin.termination.seconds)
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]
+    assert state["Name"] == "terminated"
+    ec2.delete_security_group(GroupId=gid)
+
+
+def test_cleanup_frees_the_group_and_does_not_wait_for_terminated(fake):
+    t = target()
+    with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
+                                                                   build_id="b-fast"):
+        pass
+    log = list(fake.proxy.log)
+    swap = fake.proxy.calls_of("ModifyInstanceAttribute")
+    assert len(swap) == 1 and swap[0]["GroupId.1"] != ""
+    default = fake.client().describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]["GroupId"]
+    assert swap[0]["GroupId.1"] == default
+    after = _after(log, "TerminateInstances")
+    assert "DescribeInstances" not in [a for a, _ in after], after    # not waited for
+    assert fake.standin.termination.refused == 0                    # the group was free at once
+    assert fake.proxy.count("DeleteSecurityGroup") == 1
+    assert_clean(fake)
+
+
+def test_cleanup_waits_for_terminated_when_the_group_cannot_be_swapped(fake):
+    fake.proxy.fail("ModifyInstanceAttribute", code="UnauthorizedOperation", status=403)
+    t = target()
+    with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
+                                                                   build_id="b-slow"):
+        pass
+    assert fake.proxy.injected == 1
+    after = [a for a, _ in _after(list(fake.proxy.log), "TerminateInstances")]
+    assert "DescribeInstances" in after                 # the old wait, through shutting-down
+    assert fake.proxy.count("DeleteSecurityGroup") == 1  # after terminated: not refused
+    assert_clean(fake)
+
+
+def test_user_groups_are_left_alone_and_nothing_waits(fake):
+    vpc = fake.client().describe_vpcs()["Vpcs"][0]["VpcId"]
+    sg = fake.client().create_security_group(GroupName="own", Description="x", VpcId=vpc)["GroupId"]
+    t = target(security_group_ids=(sg,))
+    with pytest.raises(BuildError), t.launch(t.resolve_base(None), build_id="b-own"):
+        pass
+    assert fake.proxy.count("ModifyInstanceAttribute") == 0
+    assert "DescribeInstances" not in [a for a, _ in _after(list(fake.proxy.log),
+                                                            "TerminateInstances")]

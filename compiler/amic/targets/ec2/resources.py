@@ -339,8 +339,8 @@ def add_instance(stack: contextlib.ExitStack, ec2, image: Image, name: str,
                  group_ids: Sequence[str], tags: Mapping[str, str], build_id: str,
                  opts: Ec2Options, log: Log, *, metadata_tags: bool = False) -> str:
     """The build instance; its id."""
-    stack.callback(cleanup_quietly, log, "instance", build_id, terminate_build, ec2, build_id,
-                   opts, log)
+    stack.callback(cleanup_quietly, log, "instance", build_id, retire_build, ec2, build_id,
+                   opts, log, not opts.security_group_ids)
     args = run_instances_args(image, name, group_ids, tags, build_id, opts,
                               metadata_tags=metadata_tags,
                               root_device=lambda: root_device(ec2, image.id))
@@ -360,17 +360,53 @@ def terminate_instances(ec2, ids: Sequence[str], *, timeout: float, poll_interva
                            poll_interval=poll_interval, doing=doing)
 
 
-def terminate_build(ec2, build_id: str, opts: Ec2Options, log: Log) -> None:
-    """Terminate every instance of this build (found by tag: works after an interrupt)."""
+def retire_build(ec2, build_id: str, opts: Ec2Options, log: Log,
+                 own_groups: bool = True) -> None:
+    """Terminate every instance of this build (found by tag: works after an interrupt).
+
+    Waiting for ``terminated`` (~30 s on EC2, Packer waits) is only needed so that the
+    build's own security group can be deleted after it. So each instance is moved to its
+    VPC's ``default`` group first (ModifyInstanceAttribute ``Groups``); then the build's
+    group is free at once and TerminateInstances is not waited for: the instance is tagged,
+    shutting down, and gone by itself. Where the swap fails, the old wait.
+    """
     reply = ec2.describe_instances(Filters=[
         {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
         {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
         {"Name": "instance-state-name", "Values": LIVE_STATES}])
-    ids = [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
-    if ids:
-        terminate_instances(ec2, ids, timeout=opts.instance_timeout,
-                            poll_interval=opts.poll_interval,
-                            doing=f"waiting for {', '.join(ids)} to terminate", log=log)
+    instances = [i for r in reply["Reservations"] for i in r["Instances"]]
+    if not instances:
+        return
+    ids = [i["InstanceId"] for i in instances]
+    freed = not own_groups or all(release_groups(ec2, inst, log) for inst in instances)
+    if freed:
+        ec2.terminate_instances(InstanceIds=ids)
+        log(f"terminating {', '.join(ids)} (not waited for: nothing of the build depends on it)")
+        return
+    terminate_instances(ec2, ids, timeout=opts.instance_timeout, poll_interval=opts.poll_interval,
+                        doing=f"waiting for {', '.join(ids)} to terminate", log=log)
+
+
+def release_groups(ec2, instance: Mapping, log: Log) -> bool:
+    """Move ``instance`` to its VPC's default security group; False where EC2 will not (the
+    instance is ``pending``/``stopping``, no permission, no VPC), and the caller waits."""
+    import botocore.exceptions
+
+    iid, vpc = instance["InstanceId"], instance.get("VpcId")
+    if not vpc:
+        return False
+    try:
+        groups = ec2.describe_security_groups(Filters=[
+            {"Name": "group-name", "Values": ["default"]},
+            {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
+        if not groups:
+            return False
+        ec2.modify_instance_attribute(InstanceId=iid, Groups=[groups[0]["GroupId"]])
+    except botocore.exceptions.ClientError as exc:
+        log(f"could not move {iid} off the build's security group "
+            f"({aws.error_code(exc)}): waiting for it to terminate")
+        return False
+    return True
 
 
 def instance_address(ec2, instance_id: str, opts: Ec2Options) -> str:
