@@ -145,12 +145,14 @@ def test_old_build_key_refused_on_final_ami_built_on_its_layers(team, tmp_path):
 # -- 6. one build per key at a time --------------------------------------------------------
 
 def created_per_key(fake, action: str) -> dict[str, int]:
+    """How many ``action`` calls created something of each layer key (once per call: a
+    CreateImage tags its image and its snapshots with the same key)."""
     counts: dict[str, int] = {}
     for params in fake.proxy.calls_of(action):
-        for k, v in params.items():
-            if k.startswith("TagSpecification.") and k.endswith(".Key") and v == "amic:key":
-                key = params[k[:-len(".Key")] + ".Value"]
-                counts[key] = counts.get(key, 0) + 1
+        keys = {params[k[:-len(".Key")] + ".Value"] for k, v in params.items()
+                if k.startswith("TagSpecification.") and k.endswith(".Key") and v == "amic:key"}
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 

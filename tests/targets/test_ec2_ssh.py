@@ -19,7 +19,7 @@ from amic.targets.ec2 import target as ec2
 from amic.targets.ec2.options import Ec2Options
 from amic.contract import TAG_AMIFILE, TAG_KEY, TAG_KIND, TAG_LAYER_PREFIX, TAG_SERVICE
 
-from tests.harness.ec2 import PlainSshd, fake_ec2
+from tests.harness.ec2 import PlainSshd, fake_ec2, xml_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -158,3 +158,33 @@ def test_snapshots_tags_cache_and_image_options(fake):
     assert not ec2c.describe_snapshots(SnapshotIds=[])["Snapshots"] or all(
         s.get("Tags") is None or "amic:image-id" not in {x["Key"] for x in s["Tags"]}
         for s in ec2c.describe_snapshots(OwnerIds=["self"])["Snapshots"])
+
+
+def test_interrupt_as_create_image_answers_leaves_its_snapshots_tagged(fake):
+    """Ctrl-C right after CreateImage: the image's snapshots already carry amic's tags
+    (TagSpecifications ``snapshot``, at creation), so `amic gc` can attribute them."""
+    import _thread
+
+    ec2c = fake.client()
+    made: list[str] = []
+
+    def interrupt(params, text):
+        made.extend(xml_values(text, "imageId"))
+        _thread.interrupt_main()
+        return text
+
+    fake.proxy.after["CreateImage"].append(interrupt)
+    t = target(fake)
+    tags = {TAG_KIND: "final", TAG_AMIFILE: "Amifile", "amic:build-id": "b-cimg",
+            "amic:name": "web"}
+    with pytest.raises(KeyboardInterrupt), t.launch(t.resolve_base(None), build_id="b-cimg") as m:
+        t.snapshot(m, key="C" * 64, final=True, tags=tags)
+    assert made
+    raw = ec2c.describe_images(ImageIds=made)["Images"][0]
+    snaps = [b["Ebs"]["SnapshotId"] for b in raw["BlockDeviceMappings"] if "Ebs" in b]
+    assert snaps
+    for snap in ec2c.describe_snapshots(SnapshotIds=snaps)["Snapshots"]:
+        stags = {t_["Key"]: t_["Value"] for t_ in snap.get("Tags", [])}
+        assert stags.get("amic:build-id") == "b-cimg" and stags.get(TAG_KEY) == "C" * 64, stags
+        assert stags.get("amic:tool", "").startswith("amic/")
+    assert_clean(fake)

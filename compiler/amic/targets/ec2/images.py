@@ -100,7 +100,9 @@ def create_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Lo
     log(f"creating image {new.name}")
     image_id = aws.call(f"creating an image of {instance_id}", ec2.create_image,
                         InstanceId=instance_id, Name=new.name, Description=new.description,
-                        TagSpecifications=aws.tag_specs(new.tags, "image"))["ImageId"]
+                        # the snapshots tagged at creation too: an interrupt while the
+                        # image is pending leaves nothing `amic gc` cannot attribute
+                        TagSpecifications=aws.tag_specs(new.tags, "image", "snapshot"))["ImageId"]
     try:
         waiters.image_available(ec2, [image_id], timeout=opts.image_timeout,
                                 poll_interval=opts.poll_interval,
