@@ -301,6 +301,10 @@ def test_one_layer_change_starts_from_the_cached_prefix(e2e):
         # launched from base's layer: jq there came from the cached layer, not a re-run
         base = registered_from(e2e.fake, full["layers"]["base"])
         assert b.run_images == base and len(base) == 1, b
+        # the layer's AMI is named after the project, like its finals (`ami ls` reads it)
+        raw = e2e.fake.client().describe_images(ImageIds=base)["Images"][0]
+        project = {t_["Key"]: t_["Value"] for t_ in raw["Tags"]}["amic:name"]
+        assert raw["Name"].startswith(f"{project}-layer-base-"), raw["Name"]
         assert b.layers() == {"base": "CACHED", "web": "RUN", "app": "RUN"}, b
         assert "base: init: begin" not in b.stderr
         assert b.count("RunInstances") == 1 and b.count("CreateImage") == 1, b

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Iterator, Mapping
 
 from amic import __version__
-from amic.contract import TAG_SERVICE
+from amic.contract import TAG_NAME, TAG_SERVICE
 from amic.errors import BuildError, UsageError
 from amic.targets import option_values
 from amic.targets.base import Image, Target
@@ -358,7 +358,9 @@ class Ec2Target(Target):
     def _layer_ami(self, layer: Image) -> Image:
         """The AMI of a layer snapshot: registered once (after it completed), then reused."""
         svc = layer.tags.get(TAG_SERVICE, "layer")
-        name = naming.ami_name(f"amic-layer-{svc}-{(layer.key or '')[:12]}-{layer.id}")
+        project = layer.tags.get(TAG_NAME) or "amic"
+        name = naming.ami_name(f"{project[:32]}-layer-{svc[:24]}-{(layer.key or '')[:12]}"
+                               f"-{layer.id}")
         ami = snapshots.ami_for_layer(self.ec2, layer, name=name, timeout=self.opts.image_timeout,
                                       poll_interval=self.opts.poll_interval, log=self.log)
         return Image(id=ami, key=layer.key, tags=layer.tags, created=layer.created)
