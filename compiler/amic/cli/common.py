@@ -22,7 +22,7 @@ def amifile_argument(value: str) -> str:
     """argparse ``type``: a directory means its Amifile; a special file (FIFO, device,
     socket) is refused before anything opens it (a usage error, exit 2). A missing
     path is left for :func:`load_plan` to report."""
-    from amic.amifile.parser import amifile_path
+    from amic.amifile.source import amifile_path
     from amic.errors import AmifileError
 
     try:
