@@ -344,10 +344,15 @@ def _run(b: BuildState, command: str, what: str, *, env: Mapping[str, str] | Non
 
 def upload_stage2(b: BuildState, tarball: Path) -> None:
     b.reporter.begin("uploading stage2")
-    b.machine.put(tarball, contract.UPLOAD_PATH, mode=0o600)
-    rc, router = _run(b, f'd=$(mktemp -d) && cd "$d" && tar -xf {contract.UPLOAD_PATH} && '
-                         f'sh stage2/amic install; rc=$?; cd /; rm -rf "$d" {contract.UPLOAD_PATH}; exit $rc',
-                      "install")
+    install = 'd=$(mktemp -d) && cd "$d" && tar -xf {src} && sh stage2/amic install; rc=$?; cd /; '
+    if getattr(b.machine, "takes_stdin", False):    # one command instead of a copy and a command
+        router = OutputRouter(b.reporter.output, default="install")
+        rc = b.machine.run(install.format(src="-") + 'rm -rf "$d"; exit $rc',
+                           on_output=router, stdin_path=tarball)
+    else:
+        b.machine.put(tarball, contract.UPLOAD_PATH, mode=0o600)
+        rc, router = _run(b, install.format(src=contract.UPLOAD_PATH)
+                          + f'rm -rf "$d" {contract.UPLOAD_PATH}; exit $rc', "install")
     b.reporter.end()
     if rc != 0:
         raise BuildError(f"installing the stage2 on the machine failed (exit {rc}):\n"

@@ -56,6 +56,9 @@ class Machine(Protocol):
 
     # Optional: ``build_public_key`` (str), the authorized_keys line a build
     # logged in with; the engine has prepare-image remove it before the snapshot.
+    # Optional: ``takes_stdin = True`` when ``run`` also takes ``stdin_path`` (a local
+    # file fed to the command's standard input); the engine then pipes the stage2
+    # into its install command instead of a ``put`` and a second command.
 
 
 CHECKPOINT_POLICIES = ("none", "last", "all", "auto")

@@ -106,9 +106,9 @@ mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$m
 mount -t proc proc "$merged/proc"
 mount -t sysfs -o ro sysfs "$merged/sys" 2>/dev/null || true
 mount -t tmpfs -o mode=755 tmpfs "$merged/dev"
-for d in null zero full random urandom tty; do
-    touch "$merged/dev/$d" && mount --bind "/dev/$d" "$merged/dev/$d"
-done
+# The six device nodes made anew in the root's own /dev (cp -a makes nodes, as runc's
+# mknod does): one process instead of six bind mounts; nothing else of the host's /dev.
+cp -a /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty "$merged/dev/"
 mkdir -p "$merged/dev/pts" "$merged/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$merged/dev/pts" 2>/dev/null || true
 ln -sf pts/ptmx "$merged/dev/ptmx"

@@ -45,10 +45,13 @@ class LocalMachine:
     def upper(self) -> Path:
         return self.dir / "upper"
 
+    takes_stdin = True
+    """``run(stdin_path=...)`` works: the engine pipes the stage2 in instead of copying it."""
+
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            on_output=None, timeout: float | None = None) -> int:
+            on_output=None, timeout: float | None = None, stdin_path: Path | None = None) -> int:
         return rootfs.run_in_root(self.lowers, self.upper, command, env=env,
-                                  on_output=on_output, timeout=timeout)
+                                  on_output=on_output, timeout=timeout, stdin_path=stdin_path)
 
     def put(self, local: Path, remote: str, *, mode: int = 0o600) -> None:
         q = shlex.quote(remote)
