@@ -369,3 +369,23 @@ def test_user_groups_are_left_alone_and_nothing_waits(fake):
     assert fake.proxy.count("ModifyInstanceAttribute") == 0
     assert "DescribeInstances" not in [a for a, _ in _after(list(fake.proxy.log),
                                                             "TerminateInstances")]
+
+
+def test_interrupt_while_taking_a_lease_leaves_no_lease(fake):
+    """Ctrl-C as CreateKeyPair's answer arrives: the lease exists, its id was never seen;
+    the build deletes it by its build tag (else others would wait until it went stale)."""
+    t = target()
+    fired = []
+
+    def interrupt(params, text):
+        if params.get("KeyName", "").startswith("amic-lease-") and not fired:
+            fired.append(params["KeyName"])
+            _thread.interrupt_main()
+        return text
+
+    fake.proxy.after["CreateKeyPair"].append(interrupt)
+    with pytest.raises(KeyboardInterrupt), t.lease("a" * 64, build_id="b-lease"):
+        time.sleep(5)
+    assert fired
+    pairs = fake.client().describe_key_pairs()["KeyPairs"]
+    assert not [p for p in pairs if p["KeyName"].startswith("amic-lease-")], pairs

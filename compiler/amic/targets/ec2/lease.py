@@ -103,6 +103,16 @@ def delete(ec2, key_pair_id: str) -> None:
             raise
 
 
+def drop_if_ours(ec2, name: str, build_id: str, log) -> None:
+    """Delete the lease ``name`` if this build made it (found by its build tag)."""
+    try:
+        found = describe(ec2, name)
+        if found is not None and found["tags"].get(TAG_BUILD) == build_id:
+            delete(ec2, found["KeyPairId"])
+    except Exception as exc:  # noqa: BLE001 - cleanup logs; the lease goes stale in 3 beats
+        log(f"warning: could not check the lease {name}: {exc} (it goes stale by itself)")
+
+
 @contextlib.contextmanager
 def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
           wait_limit: float = WAIT_LIMIT) -> Iterator[str]:
@@ -113,8 +123,14 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
     deadline = time.monotonic() + wait_limit
     told: str | None = None
     while True:
-        mine = aws.call(f"taking the lease {name}", lambda: try_create(ec2, name, key, build_id,
-                                                                      interval))
+        try:
+            mine = aws.call(f"taking the lease {name}", lambda: try_create(ec2, name, key,
+                                                                          build_id, interval))
+        except BaseException:
+            # Ctrl-C (or an error) while CreateKeyPair was on the wire: the lease may exist
+            # without this build knowing its id; it is ours if it carries our build id.
+            drop_if_ours(ec2, name, build_id, log)
+            raise
         if mine is not None:
             break
         found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
