@@ -48,8 +48,9 @@ TAG_NAME = "amic:name"
 """The project's image name (``amic build --name``; default: the Amifile's directory, see
 :func:`project_name`). ``ami ls``/``ami prune``/``amic images``/``amic prune`` select by it."""
 TAG_SOURCE = "amic:source"
-"""Digest of the Amifile's absolute path on the build machine: tells builds of different
-projects apart (prune keeps N per project) without writing the path itself."""
+"""Read only: images made before ``amic:name`` carried a digest of the Amifile's absolute
+path here, and local prune still groups those by it. No build writes it any more (a
+path is guessable, so its digest is not private)."""
 TAG_BUILD = "amic:build-id"
 """The build that created an image or a temporary resource."""
 TAG_BASE = "amic:base"

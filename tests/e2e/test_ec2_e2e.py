@@ -208,6 +208,7 @@ def test_full_build(e2e):
     tags = {t["Key"]: t["Value"] for t in
             fake.client().describe_images(ImageIds=[ami])["Images"][0]["Tags"]}
     assert tags["amic:kind"] == "final" and tags["amic:amifile"] == "Amifile"
+    assert "amic:source" not in tags, tags          # no digest of the (guessable) path
     assert {tags[f"amic:layer:{s}"] for s in ("base", "web", "app")} == {
         t for t in tags.values() if len(t) == 64} - {tags["amic:key"]}
 

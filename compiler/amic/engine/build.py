@@ -470,10 +470,9 @@ def layer_tags(b: BuildState, layer: planmod.Layer) -> dict[str, str]:
 
 
 def _common_tags(b: BuildState) -> dict[str, str]:
-    import hashlib
-
-    source = hashlib.sha256(os.path.abspath(b.plan.amifile_path).encode()).hexdigest()[:16]
-    return {contract.TAG_AMIFILE: os.path.basename(b.plan.amifile_path), contract.TAG_SOURCE: source,
+    # No digest of the Amifile's path (the old amic:source): a path is guessable, and
+    # amic:name now says which project an image is.
+    return {contract.TAG_AMIFILE: os.path.basename(b.plan.amifile_path),
             contract.TAG_BUILD: b.build_id,
             contract.TAG_NAME: contract.project_name(b.plan.amifile_path,
                                                      b.options.name or b.plan.resolved.name)}
