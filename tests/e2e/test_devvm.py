@@ -9,7 +9,7 @@ warm between runs), then:
   the forwarded port with the export's key, ``amic status``, the root grown
   to a bigger disk; a second boot with ``--service test`` requested (SMBIOS
   credential) initialises ``test``; clean ACPI shutdowns;
-- the same disk with UEFI (OVMF);
+- the same export compressed (``--compress``), booted with UEFI (OVMF);
 - ``amic run --vm --service test`` end to end through the CLI;
 - ``export --format oci``: ``podman load``, then ``amic status`` in it
   (``podman run``); the same archive ``docker load``-ed and run in a dockerd of
@@ -105,6 +105,19 @@ def qcow2(project: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def qcow2_compressed(project: Path, qcow2: Path) -> Path:
+    out = project / "devvm-small.qcow2"
+    amic("export", "latest", "--format", "qcow2", "--compress", "--authorized-key",
+         str(project / "dev_key.pub"), "-o", str(out), cwd=project)
+    figure("export qcow2 --compress bytes (file)", out.stat().st_size)
+    assert out.stat().st_size < qcow2.stat().st_size * 0.7, (out.stat().st_size,
+                                                            qcow2.stat().st_size)
+    check = subprocess.run(["qemu-img", "check", str(out)], text=True, capture_output=True)
+    assert check.returncode == 0 and "compressed clusters" in check.stdout, check.stdout
+    return out
+
+
 def overlay(base: Path, path: Path, size: str | None = None) -> Path:
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(path)]
     subprocess.run(argv + ([size] if size else []), check=True)
@@ -161,8 +174,9 @@ def test_qcow2_boots_with_bios_login_status_then_service_on_second_boot(
         shut_down(machine)
 
 
-def test_qcow2_boots_with_uefi(project: Path, qcow2: Path, tmp_path: Path) -> None:
-    disk = overlay(qcow2, tmp_path / "uefi.qcow2")
+def test_compressed_qcow2_boots_with_uefi(project: Path, qcow2_compressed: Path,
+                                          tmp_path: Path) -> None:
+    disk = overlay(qcow2_compressed, tmp_path / "uefi.qcow2")
     machine = boot(disk, tmp_path, "UEFI boot", uefi=True)
     try:
         assert any("BdsDxe" in ln or "UEFI" in ln for ln in machine.console), machine.console[:20]

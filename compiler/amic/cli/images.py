@@ -67,6 +67,9 @@ def register(sub) -> None:
                    "UEFI, see docs/devvm.md); oci: an image archive for podman/docker load")
     p.add_argument("--authorized-key", metavar="FILE", type=Path,
                    help="raw/qcow2: an SSH public key file authorised for root on the disk")
+    p.add_argument("--compress", action="store_true",
+                   help="qcow2: compress the disk (zlib, any QEMU/libvirt/UTM reads it; about a "
+                   "third of the size, slower to write) for handing it to someone")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("shell", help="a root shell in a local image (changes are discarded) or "
@@ -152,7 +155,7 @@ def cmd_export(args) -> int:
     from amic.targets.local.disk import export_image
 
     export_image(target, image, Path(args.output), fmt=args.format,
-                 authorized_key=args.authorized_key, log=lambda m: print(f"amic: {m}", file=sys.stderr))
+                 authorized_key=args.authorized_key, compress=args.compress, log=lambda m: print(f"amic: {m}", file=sys.stderr))
     print(f"amic: exported {image.id[:12]} to {args.output}", file=sys.stderr)
     return 0
 

@@ -90,11 +90,12 @@ WantedBy=multi-user.target
 VM_SCRIPT = f"""\
 set -eu
 export DEBIAN_FRONTEND=noninteractive
-apt-get -q -o DPkg::Lock::Timeout=300 update
-apt-get -q -y -o DPkg::Lock::Timeout=300 install --no-install-recommends \\
+apt-get -q -o DPkg::Lock::Timeout=300 -o Dir::Cache::pkgcache= update
+apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dir::Cache::pkgcache= install --no-install-recommends \\
     linux-image-cloud-amd64 initramfs-tools grub-pc-bin grub-efi-amd64-bin \\
     openssh-server cloud-guest-utils e2fsprogs fdisk udev kmod
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+rm -f /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin   # tens of MB apt remakes
 mkdir -p /etc/systemd/network /usr/lib/amic-vm
 cat > /etc/systemd/network/80-amic-dhcp.network <<'EOF'
 {NETWORK}EOF
@@ -256,8 +257,11 @@ def check_tools(fmt: str) -> None:
 
 
 def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
-               authorized_key: Path | None = None) -> dict:
+               authorized_key: Path | None = None, compress: bool = False) -> dict:
     """Write a bootable disk of ``vm_image`` (an image with the VM layer) to ``out``.
+
+    ``compress`` (qcow2 only): zlib-compressed clusters (``qemu-img convert -c``), which
+    every qcow2 reader takes; written clusters are stored uncompressed, as usual.
 
     Returns facts about it: the root's UUID, the root size in MiB, used KiB.
     """
@@ -287,7 +291,8 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
             install_esp(raw, o / "BOOTX64.EFI")
             if fmt == "qcow2":
                 part = out.with_name(f".{out.name}.part")
-                run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(part)])
+                run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                     *(["-c"] if compress else []), str(raw), str(part)])
                 os.replace(part, out)
             else:
                 os.replace(raw, out)
@@ -299,10 +304,12 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
 
 
 def export_image(target, image: Image, out: Path, *, fmt: str = "tar",
-                 authorized_key: Path | None = None, log=None) -> dict:
+                 authorized_key: Path | None = None, compress: bool = False, log=None) -> dict:
     """``amic export --format``: tar (the root filesystem), raw/qcow2 (a bootable disk), oci."""
     if authorized_key is not None and fmt not in ("raw", "qcow2"):
         raise UsageError("--authorized-key goes with --format raw or qcow2")
+    if compress and fmt != "qcow2":
+        raise UsageError("--compress goes with --format qcow2")
     if fmt == "tar":
         target.export(image, out)
         return {}
@@ -313,7 +320,7 @@ def export_image(target, image: Image, out: Path, *, fmt: str = "tar",
     if fmt not in ("raw", "qcow2"):
         raise UsageError(f"unknown export format {fmt!r}")
     facts = write_disk(target.store, vm_layer(target, image, log=log), out, fmt=fmt,
-                       authorized_key=authorized_key)
+                       authorized_key=authorized_key, compress=compress)
     if log:
         log(f"{fmt} disk: root {facts['root_mib']} MiB (used {facts['used_kib'] // 1024} MiB), "
             f"{out.stat().st_size // MIB} MiB apparent, "

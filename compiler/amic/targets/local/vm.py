@@ -76,11 +76,16 @@ class QemuVm:
 
     def __init__(self, disk: Path, workdir: Path, *, uefi: bool = False,
                  services: Sequence[str] = (), restrict: bool = True, memory: int = 1024,
-                 cpus: int = 2, kvm: bool | None = None, snapshot: bool = False) -> None:
+                 cpus: int | None = None, kvm: bool | None = None,
+                 snapshot: bool = False) -> None:
         self.disk, self.workdir, self.uefi = disk, workdir, uefi
         self.services, self.restrict = list(services), restrict
-        self.memory, self.cpus, self.snapshot = memory, cpus, snapshot
         self.kvm = kvm_usable() if kvm is None else kvm
+        # One vCPU under TCG: with two, the guest now and then hung in its power-off
+        # ("No irq handler for vector" on CPU 1, an interrupt for a vector already torn
+        # down), and emulation gains little from a second vCPU on a busy host.
+        self.memory, self.snapshot = memory, snapshot
+        self.cpus = cpus or (2 if self.kvm else 1)
         self.ssh_port = free_port()
         self.qmp_path = workdir / "qmp.sock"
         self.proc: subprocess.Popen | None = None
