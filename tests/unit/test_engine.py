@@ -260,6 +260,9 @@ def test_memo_answers_unchanged_and_notices_changes(tmp_path, monkeypatch):
     # so does touching the Amifile
     run(t, amifile)
     assert buildmemo.lookup(str(amifile), {}, "fake") is not None
+    # a file written beside the Amifile (a --manifest, an editor's swap file) is no input
+    (amifile.parent / "result.json").write_text("{}")
+    assert buildmemo.lookup(str(amifile), {}, "fake") is not None
     amifile.write_text(AMIFILE + "\n")
     assert buildmemo.lookup(str(amifile), {}, "fake") is None
 
@@ -285,7 +288,7 @@ def test_memo_keeps_the_targets_facts(tmp_path, monkeypatch):
         def memo_facts(self, base_ref, base, image):
             return {"base_ref": base_ref, "base": base.id}
 
-    (tmp_path / "proj").mkdir()     # the Amifile's directory is an input: no cache in it
+    (tmp_path / "proj").mkdir()
     amifile = tmp_path / "proj" / "Amifile"
     amifile.write_text(AMIFILE)
     monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))

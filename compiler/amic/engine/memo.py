@@ -141,9 +141,10 @@ def _input_paths(plan) -> list[str]:
     paths: list[str] = []
     for f in plan.resolved.files:
         paths.append(os.path.abspath(f))
-        paths.append(os.path.dirname(os.path.abspath(f)))
         # an edited .amicignore changes what COPY takes (stat'ed even when absent: one added
-        # later must be seen too)
+        # later must be seen too). Not the directory itself: any file written beside the
+        # Amifile (a --manifest, an editor's swap file) would defeat the memo, and what
+        # COPY takes from it is stat'ed below (a COPY'd directory is one of its sources).
         paths.append(os.path.join(os.path.dirname(os.path.abspath(f)), IGNORE_FILE))
     for sp in plan.services:
         for copy in sp.service.copies:
