@@ -319,3 +319,54 @@ def test_build_context_option(amic, store, tmp_path):
     built = amic("build", "--json", "--context", str(tmp_path), str(amifile))
     assert json.loads(built.stdout)["layers"][0]["status"] == "RUN"
     no_leftovers(store)
+
+
+SHARED_BASE = """\
+FROM debian:12
+SERVICE base
+    INIT <<~EOF
+        sleep 2
+        echo shared > /etc/amic-shared
+    EOF
+SERVICE {name}
+    REQUIRES base
+    INIT {init}
+"""
+
+
+def test_a_build_sharing_a_prefix_goes_on_from_its_checkpoint(store, tmp_path):
+    """Two projects share their first service. The second waits for that layer's lease,
+    not for the first build's end: the lease goes when the layer's checkpoint exists."""
+    exe = str(Path(sys.executable).with_name("amic"))
+    env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
+    tag = f"{time.time_ns()}"      # a base layer no earlier test made
+    dirs = {}
+    for name, init in (("slow", "sleep 8"), ("quick", "echo quick")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "Amifile").write_text(SHARED_BASE.replace("echo shared", f"echo shared {tag}")
+                                   .format(name=name, init=init))
+        dirs[name] = d
+    slow = subprocess.Popen([exe, "build", "--progress", "plain", "--json"], cwd=dirs["slow"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 120
+        while "base: init: begin" not in seen and time.monotonic() < deadline:
+            line = slow.stderr.readline()
+            assert line, seen
+            seen += line
+        quick = subprocess.run([exe, "build", "--progress", "plain", "--json"],
+                               cwd=dirs["quick"], env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert quick.returncode == 0, quick.stderr
+        assert "waiting for another build" in quick.stderr, quick.stderr
+        assert slow.poll() is None, "the second build waited for the whole first build"
+        assert layers(quick)["base"][0] == "CACHED", quick.stdout   # the first build's layer
+        out, err = slow.communicate(timeout=300)
+        assert slow.returncode == 0, seen + err
+        assert layers(subprocess.CompletedProcess([], 0, out, ""))["base"][0] == "RUN"
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait()

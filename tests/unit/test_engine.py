@@ -350,13 +350,25 @@ def test_lease_taken_in_chain_order_and_the_other_builds_layer_reused(amifile):
     t = _RacingTarget({keys[0]: other.images[keys[0]], keys[1]: other.images[keys[1]]})
     r = run(t, amifile, checkpoint="all")
     assert statuses(r) == [("a", "CACHED"), ("b", "CACHED"), ("c", "RUN")]
-    # a: taken, found made -> start over; b: same; then c and the final key, held to the end
+    # a: taken, found made -> start over; b: same; then c and the final key
     assert t.leases == [keys[0], keys[1], keys[2], r.final_key]
     launches = [e for e in t.events if e.startswith("launch")]
     assert launches == ["launch img-2"]    # once, from the other build's layer b
     assert t.events.index("launch img-2") > t.events.index(f"unlease {keys[1][:6]}")
-    assert t.events[-2:] == [f"unlease {r.final_key[:6]}", f"unlease {keys[2][:6]}"]
-    assert t.events.index("release") < t.events.index(f"unlease {keys[2][:6]}")
+    # c's lease goes as soon as its checkpoint exists (a build sharing only a..c goes on
+    # from it); the final key's is held until the machine is gone
+    assert t.events[t.events.index("snapshot c") + 1] == f"unlease {keys[2][:6]}"
+    assert t.events[-3:] == ["snapshot final", "release", f"unlease {r.final_key[:6]}"]
+
+
+def test_a_layers_lease_waits_for_a_checkpoint_that_covers_it(amifile):
+    """With no layer checkpoint (``--checkpoint none``: only the final image), every layer's
+    lease is held to the end: nothing of the chain exists before the build is done."""
+    t = _RacingTarget({})
+    r = run(t, amifile, checkpoint="none")
+    unleased = [e for e in t.events if e.startswith("unlease")]
+    assert t.events.index("release") < t.events.index(unleased[0])
+    assert len(unleased) == len(r.layers) + 1
 
 
 def test_lease_of_the_final_key_finds_the_other_builds_image(amifile):

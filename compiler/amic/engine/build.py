@@ -11,7 +11,7 @@ Ctrl-C/SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt)::
     find_prefix         longest cached prefix of layers, and why the rest missed
     write_artifact      stage2 tarball in a temporary file          (cleanup: delete)
     launch              machine from the prefix image               (cleanup: release)
-    upload_stage2       put the tar once, unpack, `amic install`
+    upload_stage2       the tar piped in (or put once), unpacked, `amic install`
     run_layers          `amic init <svc>` per layer, checkpoint per policy
     finalize            `amic install-boot-hook`, `amic prepare-image`
     snapshot_final      record the image under the final key
@@ -40,6 +40,7 @@ from amic.amifile import resolve
 from amic.compile import artifact
 from amic.compile import plan as planmod
 from amic.engine import buildinputs
+from amic.engine import tags as imagetags
 from amic.engine.checkpoint import parse_checkpoint, should_checkpoint
 from amic.engine.explain import indent, layer_failure, why_missed
 from amic.engine.progress import OutputRouter, Reporter, short
@@ -132,6 +133,8 @@ class BuildState:
     plan: planmod.Plan | None = None
     base: tb.Image | None = None
     machine: tb.Machine | None = None
+    leases: dict[str, contextlib.ExitStack] = attrs.Factory(dict)
+    """The leases this build holds, by key, each closable on its own (see ``claim``)."""
 
     @contextlib.contextmanager
     def timed(self, name: str):
@@ -252,16 +255,20 @@ def claim(b: BuildState) -> tuple[tb.Image | None, tb.Image, list[LayerReport]]:
     made it; then every lease goes and the search starts over from the longer prefix.
     Chains that share a key share every key below it, so two builds take their shared
     leases first and in the same order: they never wait on each other in a cycle. The
-    leases are held until the build ends (on ``b.stack``, let go after the machine).
+    leases are held until the build ends (on ``b.stack``, let go after the machine), or
+    until a checkpoint covers them (``release_leases``).
     """
     p = b.plan
     while True:
         start, reports = find_prefix(b)
         held = contextlib.ExitStack()
+        b.leases = {}
         made = False
         try:
             for key in [layer.key for layer in p.layers[len(reports):]] + [p.final_key]:
-                held.enter_context(b.target.lease(key, build_id=b.build_id))
+                one = held.enter_context(contextlib.ExitStack())
+                one.enter_context(b.target.lease(key, build_id=b.build_id))
+                b.leases[key] = one
                 if not b.options.no_cache and b.target.find_image(key) is not None:
                     made = True
                     break
@@ -402,13 +409,25 @@ def run_layers(b: BuildState, reports: list[LayerReport]) -> list[LayerReport]:
                              snapshot_seconds=b.target.snapshot_seconds):
             with b.timed("snapshot"):
                 checkpoint = b.target.snapshot(b.machine, key=layer.key, final=False,
-                                               tags=layer_tags(b, layer)).id
+                                               tags=imagetags.layer_tags(_common_tags(b),
+                                                                         layer)).id
             since_checkpoint = 0.0
+            release_leases(b, [lay.key for lay in p.layers[:i + 1]])
         b.reporter.layer(i + 1, n, layer.service, "RUN", reason, seconds)
         reports.append(LayerReport(layer.service, layer.key, "RUN", reason, round(seconds, 3),
                                    checkpoint))
         earlier_miss = earlier_miss or layer.service
     return reports
+
+
+def release_leases(b: BuildState, keys: list[str]) -> None:
+    """Let go of the leases of ``keys`` once a checkpoint holds their work: a build that
+    shares only this prefix goes on from the checkpoint instead of waiting for this whole
+    build (layers below it that have no image of their own it builds itself, as it must)."""
+    for key in keys:
+        lease = b.leases.pop(key, None)
+        if lease is not None:
+            lease.close()
 
 
 def init_layer(b: BuildState, i: int, reason: str) -> tuple[float, bool]:
@@ -451,31 +470,14 @@ def finalize(b: BuildState) -> None:
 def snapshot_final(b: BuildState) -> tb.Image:
     p = b.plan
     b.reporter.begin("snapshot")
-    tags = {**p.labels, **_common_tags(b), contract.TAG_KEY: p.final_key, contract.TAG_KIND: contract.KIND_FINAL}
-    for layer in p.layers:
-        tags[contract.TAG_LAYER_PREFIX + layer.service] = layer.key
-    if p.base_ref:
-        tags[contract.TAG_BASE] = p.base_ref
+    tags = imagetags.final_tags(p, _common_tags(b))
     image = b.target.snapshot(b.machine, key=p.final_key, final=True, tags=tags)
     b.reporter.end()
     return image
 
 
-def layer_tags(b: BuildState, layer: planmod.Layer) -> dict[str, str]:
-    tags = {**_common_tags(b), contract.TAG_KEY: layer.key, contract.TAG_KIND: contract.KIND_LAYER,
-            contract.TAG_SERVICE: layer.service, contract.TAG_PARENT_KEY: layer.parent_key}
-    for name, digest in layer.inputs.items():
-        tags[contract.TAG_INPUT_PREFIX + name] = digest
-    return tags
-
-
 def _common_tags(b: BuildState) -> dict[str, str]:
-    # No digest of the Amifile's path (the old amic:source): a path is guessable, and
-    # amic:name now says which project an image is.
-    return {contract.TAG_AMIFILE: os.path.basename(b.plan.amifile_path),
-            contract.TAG_BUILD: b.build_id,
-            contract.TAG_NAME: contract.project_name(b.plan.amifile_path,
-                                                     b.options.name or b.plan.resolved.name)}
+    return imagetags.common_tags(b.plan, b.build_id, b.options.name)
 
 
 def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
