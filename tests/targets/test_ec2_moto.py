@@ -389,3 +389,26 @@ def test_interrupt_while_taking_a_lease_leaves_no_lease(fake):
     assert fired
     pairs = fake.client().describe_key_pairs()["KeyPairs"]
     assert not [p for p in pairs if p["KeyName"].startswith("amic-lease-")], pairs
+
+
+def test_a_waiting_build_reads_the_lease_with_growing_pauses(fake):
+    """While another live build holds the lease, the waiter only reads it (no CreateKeyPair
+    after the first), and less and less often; it gives up at its limit."""
+    from amic.targets.ec2 import lease as ec2_lease
+
+    ec2c = fake.client(direct=False)
+    with ec2_lease.lease(ec2c, "b" * 64, "b-holder", log=lambda m: None):
+        fake.proxy.reset()
+        waited: list[str] = []
+        t0 = time.monotonic()
+        with pytest.raises(BuildError, match="gave up after 3s waiting for build b-holder"):
+            with ec2_lease.lease(ec2c, "b" * 64, "b-waiter", log=waited.append, poll=0.1,
+                                 wait_limit=3):
+                pass
+        took = time.monotonic() - t0
+    assert 3 <= took < 8, took
+    assert fake.proxy.count("CreateKeyPair") == 1, fake.proxy.calls
+    # pauses 0.1, 0.15, 0.225, ... : about 8 reads in 3 s, not 30
+    assert 4 <= fake.proxy.count("DescribeKeyPairs") <= 12, fake.proxy.calls
+    assert waited == [f"waiting for build b-holder (lease {ec2_lease.lease_name('b' * 64)}, "
+                      f"layer key {'b' * 12})"]

@@ -9,8 +9,9 @@ test-and-set. It is tagged at creation (``amic:tool``, ``amic:build-id``,
 ``heartbeat_seconds()`` while it holds the lease and deletes the key pair when
 it lets go. Its private half is never kept: nobody logs in with it.
 
-A build that finds the lease taken waits (polling, bounded by ``WAIT_LIMIT``)
-while the holder's heartbeat is fresh, and reports whom it waits for. A lease
+A build that finds the lease taken waits (reading it, with pauses growing to
+``MAX_POLL``, bounded by ``WAIT_LIMIT``) while the holder's heartbeat is fresh, and
+reports whom it waits for. A lease
 whose heartbeat stopped (``STALE_BEATS`` intervals, the holder died) is taken
 over: deleted *by the KeyPairId that was seen stale* (so two waiters cannot
 delete each other's fresh lease) and created again; the winner is whoever's
@@ -36,6 +37,9 @@ TTL = dt.timedelta(minutes=10)
 """``amic:expires`` of a lease; the heartbeat pushes it forward while the holder lives."""
 WAIT_LIMIT = 6 * 3600.0
 """Seconds a build waits for another live build's lease before giving up."""
+MAX_POLL = 10.0
+"""The longest pause between two looks at a lease held by a live build (the pause grows
+from ``poll`` by half each time: a wait of hours costs a few hundred reads, not 20,000)."""
 
 
 def lease_name(key: str) -> str:
@@ -122,18 +126,21 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
     poll = max(0.1, min(poll, interval))
     deadline = time.monotonic() + wait_limit
     told: str | None = None
+    held_by_other = False       # seen held by a live build: only read until it is gone
     while True:
-        try:
-            mine = aws.call(f"taking the lease {name}", lambda: try_create(ec2, name, key,
-                                                                          build_id, interval))
-        except BaseException:
-            # Ctrl-C (or an error) while CreateKeyPair was on the wire: the lease may exist
-            # without this build knowing its id; it is ours if it carries our build id.
-            drop_if_ours(ec2, name, build_id, log)
-            raise
-        if mine is not None:
-            break
+        if not held_by_other:
+            try:
+                mine = aws.call(f"taking the lease {name}",
+                                lambda: try_create(ec2, name, key, build_id, interval))
+            except BaseException:
+                # Ctrl-C (or an error) while CreateKeyPair was on the wire: the lease may
+                # exist without this build knowing its id; it is ours if it has our build id.
+                drop_if_ours(ec2, name, build_id, log)
+                raise
+            if mine is not None:
+                break
         found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
+        held_by_other = found is not None
         if found is None:
             continue       # let go of just now: try again at once
         holder = found["tags"].get(TAG_BUILD, "?")
@@ -142,6 +149,7 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
             log(f"lease {name} of build {holder}: {why}; taking it over")
             aws.call(f"removing the stale lease {name}",
                      lambda: delete(ec2, found["KeyPairId"]))
+            held_by_other = False
             continue
         if told != holder:
             log(f"waiting for build {holder} (lease {name}, layer key {key[:12]})")
@@ -150,6 +158,7 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
             raise BuildError(f"gave up after {wait_limit:.0f}s waiting for build {holder} "
                              f"(lease {name}); if that build is dead, `amic gc` removes its lease")
         time.sleep(poll)
+        poll = min(poll * 1.5, MAX_POLL)
     beat = resources.Heartbeat(ec2, log, interval=interval, ttl=TTL)
     beat.add(mine)
     beat.start()
