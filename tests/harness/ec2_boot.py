@@ -1,0 +1,240 @@
+"""What an instance of the fake EC2 boots with (the SSH relay, IMDSv2, systemd units), and
+the helpers that read and strip a call's snapshot TagSpecifications.
+
+Part of the fake EC2 of ``tests/harness/ec2.py`` (the module doc there is the whole picture)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.client
+import http.server
+import secrets
+import socket
+import socketserver
+import threading
+import urllib.parse
+from pathlib import Path
+
+
+class Relay:
+    """A TCP listener on one fixed port forwarding each connection to ``target()``."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            port = self.target()
+            if port is None:
+                client.close()   # like a port nobody listens on yet
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), 5)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class Imds:
+    """An IMDSv2 stand-in on loopback for one instance, answering from moto.
+
+    ``PUT /latest/api/token`` (with ``X-aws-ec2-metadata-token-ttl-seconds``)
+    gives a token; ``GET`` needs it (401 otherwise). Served: ``meta-data/instance-id``,
+    ``meta-data/tags/instance`` (the keys) and ``meta-data/tags/instance/KEY``,
+    the tags read from moto at each request and only when the instance was
+    launched with ``InstanceMetadataTags=enabled`` (404 otherwise, as on EC2).
+    Everything else (user-data included: none is ever given) is 404.
+    """
+
+    def __init__(self, instance_id: str, moto_client, requests: list | None = None) -> None:
+        self.instance_id = instance_id
+        self.moto = moto_client
+        self.tokens: set[str] = set()
+        self.requests: list[tuple[str, str, int]] = [] if requests is None else requests
+        """(method, path, status) of every request, in order."""
+        imds = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, status: int, body: str = "") -> None:
+                data = body.encode()
+                imds.requests.append((self.command, self.path, status))
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path != "/latest/api/token":
+                    return self._reply(404)
+                if not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    return self._reply(400)
+                token = secrets.token_urlsafe(24)
+                imds.tokens.add(token)
+                return self._reply(200, token)
+
+            def do_GET(self):
+                if self.headers.get("X-aws-ec2-metadata-token") not in imds.tokens:
+                    return self._reply(401)
+                status, body = imds.answer(urllib.parse.unquote(self.path))
+                return self._reply(status, body)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _described(self) -> dict:
+        reply = self.moto.describe_instances(InstanceIds=[self.instance_id])
+        return reply["Reservations"][0]["Instances"][0]
+
+    def answer(self, path: str) -> tuple[int, str]:
+        if path == "/latest/meta-data/instance-id":
+            return 200, self.instance_id
+        prefix = "/latest/meta-data/tags/instance"
+        if path == prefix or path.startswith(prefix + "/"):
+            inst = self._described()
+            if inst.get("MetadataOptions", {}).get("InstanceMetadataTags") != "enabled":
+                return 404, ""
+            tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+            key = path[len(prefix) + 1:]
+            if not key:
+                return 200, "\n".join(sorted(tags))
+            return (200, tags[key]) if key in tags else (404, "")
+        return 404, ""
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SYSTEMD_DIR = "/etc/systemd/system"
+WANTS = f"{SYSTEMD_DIR}/multi-user.target.wants"
+STAGE2_BOOT = "/var/lib/amic/stage2/boot"
+
+
+def parse_unit(text: str) -> dict[str, list[str]]:
+    """A systemd unit file as ``{"Section.Key": [values...]}`` (repeated keys kept in order)."""
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, _, value = line.partition("=")
+        out[f"{section}.{key.strip()}"].append(value.strip())
+    return dict(out)
+
+
+class Unit:
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.conf = parse_unit(text)
+        self.before = " ".join(self.conf.get("Unit.Before", [])).split()
+        self.result: int | None = None
+        """Exit status of the last ExecStart run (None: not run, or skipped by a condition)."""
+
+    @property
+    def early(self) -> bool:
+        """Ordered before sshd (the host key regeneration)."""
+        return bool({"ssh.service", "sshd.service"} & set(self.before))
+
+
+CONDITIONS = {"ConditionPathExists": "test -e {p}", "ConditionFileIsExecutable": "test -f {p} && test -x {p}",
+               "ConditionPathIsDirectory": "test -d {p}", "ConditionFileNotEmpty": "test -s {p}"}
+
+
+class Instance:
+    def __init__(self, iid: str, image: str, lowers: list[Path], upper: Path, pubkey: str | None):
+        self.id = iid
+        self.image = image
+        self.lowers = lowers
+        self.upper = upper
+        self.pubkey = pubkey
+        self.sshd = None        # the running SshdRoot context
+        self.port: int | None = None
+        self.host_key = None     # paramiko PKey, kept over stop/start
+        self.started = 0
+        self.imds: Imds | None = None
+        self.imds_requests: list[tuple[str, str, int]] = []
+        """(method, path, status) of every request to the instance's IMDS, all boots."""
+        self.units: list[Unit] = []
+        """amic's boot units enabled in the root at the last boot."""
+        self.console: list[str] = []
+        """What the boot units printed (journal+console), all boots."""
+        self.booted = threading.Event()
+        """Set when the last boot's units have all finished (at once when there are none)."""
+
+
+def snapshot_tags(params: dict[str, str]) -> dict[str, str]:
+    """The tags of the ``snapshot`` TagSpecification(s) of a call."""
+    tags: dict[str, str] = {}
+    for key, value in params.items():
+        if key.startswith("TagSpecification.") and key.endswith(".ResourceType") \
+                and value == "snapshot":
+            spec = key[:-len("ResourceType")]
+            for n in range(1, 51):
+                name = params.get(f"{spec}Tag.{n}.Key")
+                if name is None:
+                    break
+                tags[name] = params.get(f"{spec}Tag.{n}.Value", "")
+    return tags
+
+
+def without_snapshot_tags(params: dict[str, str]) -> dict[str, str]:
+    """The call without its ``snapshot`` TagSpecifications, renumbered (moto raises
+    NotImplementedError on them in CreateImage)."""
+    specs = sorted({k.split(".")[1] for k in params if k.startswith("TagSpecification.")},
+                   key=int)
+    kept = [n for n in specs if params.get(f"TagSpecification.{n}.ResourceType") != "snapshot"]
+    out = {k: v for k, v in params.items() if not k.startswith("TagSpecification.")}
+    for new, old in enumerate(kept, 1):
+        prefix = f"TagSpecification.{old}."
+        out.update({f"TagSpecification.{new}.{k[len(prefix):]}": v
+                    for k, v in params.items() if k.startswith(prefix)})
+    return out

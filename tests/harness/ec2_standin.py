@@ -1,0 +1,517 @@
+"""The instance stand-in: overlay roots served by a real sshd, driven by the proxy's hooks.
+
+Part of the fake EC2 of ``tests/harness/ec2.py`` (the module doc there is the whole picture)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from tests.harness.ec2_api import (ApiError, Ec2Proxy, free_port, numbered, tag_specs, wait_port,
+                                   xml_values)
+from tests.harness.ec2_boot import (CONDITIONS, STAGE2_BOOT, WANTS, Imds, Instance, Relay, Unit,
+                                    snapshot_tags, without_snapshot_tags)
+from tests.harness.ec2_terminate import Termination
+
+class StandIn:
+    """Instances as overlay roots served by a real sshd (``tests/sshd.py``).
+
+    ``images`` maps an AMI id to its layers (top first); base AMIs registered
+    with ``register_base`` map to a read-only base root (a debootstrap tree).
+    Without ``base_root`` (no root privileges, or lifecycle-only tests) no
+    sshd is started and SSH never comes up.
+    """
+
+    def __init__(self, proxy: Ec2Proxy, workdir: Path, base_root: Path | None) -> None:
+        self.proxy = proxy
+        self.workdir = workdir
+        self.base_root = base_root
+        self.images: dict[str, list[Path]] = {}
+        self.keys: dict[str, str] = {}
+        self.instances: dict[str, Instance] = {}
+        self.current: str | None = None
+        self.ssh_up = True
+        """False: instances never answer on SSH (the relay refuses)."""
+        self.wrong_fingerprint = False
+        """True: the console prints a host key fingerprint that is not the instance's."""
+        self.print_fingerprints = True
+        self.plain: PlainSshd | None = None
+        """When set, every instance is this one sshd (no roots: host key and lifecycle tests)."""
+        self.keep_disks = False
+        """True: a terminated instance's upper directory is kept (to search it afterwards)."""
+        self.launches: list[tuple[str, str]] = []
+        """(instance id, image id) of every RunInstances, in order."""
+        self.image_of: dict[str, str] = {}
+        """AMI id -> the instance it was made from."""
+        self.terminated: list[Instance] = []
+        self.snapshot_seconds = 0.5
+        """How long a new snapshot stays ``pending`` (moto answers ``completed`` at once)."""
+        self.snapshots: dict[str, list[Path]] = {}
+        """Snapshot id -> the disk it captured (its layers, top first)."""
+        self.snapshot_of: dict[str, str] = {}
+        """Snapshot id -> the instance it was taken of."""
+        self.copy_seconds = 0.0
+        """Time the hooks spent copying disks (CreateSnapshot, CreateImage of a running
+        instance): the stand-in's own cost, which EC2 does not make the caller wait for."""
+        self._ready: dict[str, float] = {}
+        self._moto_snap: dict[str, str] = {}
+        """moto's own snapshot id of a registered AMI -> the snapshot it was registered from."""
+        self.problems: list[str] = []
+        """What the stand-in could not do while booting an instance (tests expect none)."""
+        self._lock = threading.RLock()
+        self._n = 0
+        self.relay = Relay(self._current_port)
+        self.relay_port = self.relay.port
+        for action, hook in (("ImportKeyPair", self._import_key), ("RunInstances", self._run),
+                             ("StopInstances", self._stop), ("StartInstances", self._start),
+                             ("CreateImage", self._create_image),
+                             ("TerminateInstances", self._terminate),
+                             ("GetConsoleOutput", self._console),
+                             ("DescribeImages", self._ebs_root),
+                             ("CreateSnapshot", self._create_snapshot),
+                             ("DescribeSnapshots", self._snapshot_states),
+                             ("RegisterImage", self._register_image)):
+            proxy.after[action].append(hook)
+        proxy.forward["CreateImage"].append(without_snapshot_tags)
+        proxy.after["CreateImage"].append(self._tag_image_snapshots)
+        self.termination = Termination(proxy, ApiError)
+        """``shutting-down`` for a while, and no group deleted while an instance holds it."""
+        proxy.before["RegisterImage"].append(self._register_needs_completed)
+        proxy.before["DeleteKeyPair"].append(self._delete_key_pair_by_id)
+
+    def _current_port(self):
+        with self._lock:
+            inst = self.instances.get(self.current or "")
+            return inst.port if inst and self.ssh_up else None
+
+    def register_base(self, ec2, name: str, *, arch: str = "x86_64") -> str:
+        """Register a base AMI (named like the distribution's own) backed by ``base_root``."""
+        ami = ec2.register_image(Name=name, Architecture=arch, RootDeviceName="/dev/xvda",
+                                 VirtualizationType="hvm",
+                                 BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                                                       "Ebs": {"VolumeSize": 8}}])["ImageId"]
+        self.images[ami] = [self.base_root] if self.base_root else []
+        return ami
+
+    # hooks (they run in the proxy's threads) ---------------------------------
+
+    def _import_key(self, params, text):
+        material = base64.b64decode(params.get("PublicKeyMaterial", "")).decode()
+        self.keys[params.get("KeyName", "")] = material.strip()
+
+    def _stored_key(self, name: str) -> str | None:
+        """The public key moto keeps for a key pair (what a real instance's cloud-init installs)."""
+        if not name:
+            return None
+        with contextlib.suppress(Exception):
+            pairs = self.proxy.moto_client().describe_key_pairs(
+                KeyNames=[name], IncludePublicKey=True)["KeyPairs"]
+            if pairs and pairs[0].get("PublicKey"):
+                return pairs[0]["PublicKey"].strip()
+        return self.keys.get(name)
+
+    def _run(self, params, text):
+        image = params.get("ImageId", "")
+        pubkey = self._stored_key(params.get("KeyName", ""))
+        with self._lock:
+            for iid in xml_values(text, "instanceId"):
+                if iid in self.instances:   # a retried RunInstances with the same client token
+                    continue
+                self._n += 1
+                upper = self.workdir / f"instance-{self._n}-{iid}"
+                upper.mkdir(parents=True)
+                inst = Instance(iid, image, list(self.images.get(image, [])), upper, pubkey)
+                self.instances[iid] = inst
+                self.launches.append((iid, image))
+                self._boot(inst)
+
+    def _boot(self, inst: Instance) -> None:
+        """Start the instance's sshd over overlay(its image's lowers + its upper ``root``)."""
+        if self.plain is not None and inst.pubkey:
+            self.plain.authorize(inst.pubkey)
+            inst.port, inst.host_key = self.plain.port, self.plain.host_key
+            inst.sshd = self.plain
+            inst.started += 1
+            self.current = inst.id
+            inst.booted.set()
+            return
+        if not (self.base_root and inst.lowers and inst.pubkey):
+            inst.booted.set()
+            return     # no root to serve: SSH never comes up
+        from tests.harness.sshd import SshdRoot, new_key
+
+        if inst.host_key is None:      # generated at first boot, kept over stop/start
+            inst.host_key = new_key("ed25519")
+            self._install_key(inst)
+        inst.booted.clear()
+        inst.imds = Imds(inst.id, self.proxy.moto_client(), inst.imds_requests)
+        server = SshdRoot(inst.lowers, inst.upper / "root", [inst.pubkey],
+                          host_key=inst.host_key, workdir=inst.upper,
+                          on_root_ready=lambda srv: self._early_boot(inst, srv))
+        try:
+            server.start()
+        except BaseException:
+            inst.imds.close()
+            inst.imds = None
+            raise
+        inst.sshd = server
+        inst.port = server.port
+        inst.started += 1
+        self.current = inst.id
+        late = [u for u in inst.units if not u.early]
+        if late:    # after network-online, i.e. once sshd (the network, as far as we go) is up
+            threading.Thread(target=self._run_units, args=(inst, server, late), daemon=True).start()
+        else:
+            inst.booted.set()
+
+    # boot: amic's units, as systemd would run them ------------------------------------
+
+    def _early_boot(self, inst: Instance, server) -> None:
+        """The root is up, sshd not yet: find amic's enabled units, run those ordered before
+        sshd, and serve the root's own host key if it has one now."""
+        inst.units = self._enabled_units(server)
+        self._run_units(inst, server, [u for u in inst.units if u.early], last=False)
+        found = server.run("cat /etc/ssh/ssh_host_ed25519_key 2>/dev/null")
+        if found.returncode == 0 and "PRIVATE KEY" in found.stdout:
+            import paramiko
+
+            inst.host_key = server.host_key = paramiko.Ed25519Key.from_private_key(
+                io.StringIO(found.stdout))
+
+    @staticmethod
+    def _enabled_units(server) -> list[Unit]:
+        """The units the stage2 ships that are enabled (linked into multi-user.target.wants),
+        read from the root's own unit files."""
+        listing = server.run(f"for u in {STAGE2_BOOT}/*.service; do n=${{u##*/}}; "
+                             f"[ -e {WANTS}/\"$n\" ] && echo \"$n\"; done; :").stdout.split()
+        units = []
+        for name in listing:
+            text = server.run(f"cat {WANTS}/{shlex.quote(name)}")
+            if text.returncode == 0:
+                units.append(Unit(name, text.stdout))
+        return units
+
+    def _run_units(self, inst: Instance, server, units: list[Unit], last: bool = True) -> None:
+        try:
+            for unit in units:
+                self._run_unit(inst, server, unit)
+        except Exception as exc:  # noqa: BLE001 - e.g. the instance was stopped under the unit
+            inst.console.append(f"stand-in: {exc}")
+            self.problems.append(f"{inst.id}: {exc}")
+        finally:
+            if last:
+                inst.booted.set()
+
+    def _run_unit(self, inst: Instance, server, unit: Unit) -> None:
+        unknown = [k for k in unit.conf if k.startswith(("Unit.Condition", "Unit.Assert"))
+                   and k.split(".", 1)[1] not in CONDITIONS]
+        if unknown:
+            raise RuntimeError(f"{unit.name}: the stand-in cannot evaluate {', '.join(unknown)}")
+        for kind, shell in CONDITIONS.items():
+            for cond in unit.conf.get(f"Unit.{kind}", []):
+                negate, path = cond.startswith("!"), cond.lstrip("!")
+                ok = server.run(shell.format(p=shlex.quote(path))).returncode == 0
+                if ok == negate:
+                    inst.console.append(f"stand-in: {unit.name}: skipped ({kind}={cond})")
+                    return
+        env = {"AMIC_EC2": "1", "AMIC_IMDS_URL": inst.imds.url if inst.imds else ""}
+        for line in unit.conf.get("Service.Environment", []):
+            for word in shlex.split(line):
+                key, _, value = word.partition("=")
+                env[key] = value
+        for command in unit.conf.get("Service.ExecStart", []):
+            ignore = command.startswith("-")
+            argv = shlex.split(command.lstrip("-@:+!"))
+            proc = server.run("cd / && exec " + shlex.join(argv), env=env, timeout=None)
+            inst.console.extend(proc.stdout.splitlines())
+            unit.result = proc.returncode
+            if proc.returncode != 0 and not ignore:
+                return
+
+    @staticmethod
+    def _install_key(inst: Instance) -> None:
+        """What cloud-init does at first boot: append the key pair's key to the login user's
+        authorized_keys (root here), so the image keeps it unless the build removes it."""
+        rel = Path("root/.ssh/authorized_keys")
+        old = next((layer / rel for layer in inst.lowers if (layer / rel).exists()), None)
+        target = inst.upper / "root" / rel
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = old.read_text() if old is not None else ""
+        target.write_text(text + ("" if not text or text.endswith("\n") else "\n")
+                          + inst.pubkey.strip() + "\n")
+        target.chmod(0o600)
+
+    def _halt(self, inst: Instance) -> None:
+        if inst.sshd is self.plain and inst.sshd is not None:
+            inst.sshd, inst.port = None, None
+            return
+        if inst.sshd is not None:
+            server, inst.sshd, inst.port = inst.sshd, None, None
+            server.stop()
+        if inst.imds is not None:
+            imds, inst.imds = inst.imds, None
+            imds.close()
+
+    def _stop(self, params, text):
+        with self._lock:
+            for iid in numbered(params, "InstanceId"):
+                if iid in self.instances:
+                    self._halt(self.instances[iid])
+
+    def _start(self, params, text):
+        with self._lock:
+            for iid in numbered(params, "InstanceId"):
+                inst = self.instances.get(iid)
+                if inst and inst.sshd is None:
+                    self._boot(inst)
+
+    def _create_image(self, params, text):
+        """Freeze the instance's upper as a new lower layer on top of its lowers.
+
+        A stopped instance's upper is moved (it is what the image is); the
+        instance goes on, if started again, with a fresh upper over the new
+        chain, which shows it the same files. A running one (CreateImage
+        without a stop) is copied, xattrs and whiteouts included."""
+        iid = params.get("InstanceId", "")
+        with self._lock:
+            inst = self.instances.get(iid)
+            if inst is None:
+                return
+            for ami in xml_values(text, "imageId"):
+                layer = self.workdir / f"image-{ami}"
+                src = inst.upper / "root"
+                if not src.exists():
+                    self.images[ami] = list(inst.lowers)
+                elif inst.sshd is None and self.plain is None:
+                    os.rename(src, layer)
+                    inst.lowers = [layer, *inst.lowers]
+                    self.images[ami] = list(inst.lowers)
+                else:
+                    subprocess.run(["cp", "-a", str(src), str(layer)], check=True)
+                    self.images[ami] = [layer, *inst.lowers]
+                self.image_of[ami] = iid
+
+    def _tag_image_snapshots(self, params, text):
+        """CreateImage's ``snapshot`` TagSpecification, which moto does not implement: the
+        new image's snapshots carry the tags from the moment the image exists, as on EC2."""
+        tags = snapshot_tags(params)
+        if not tags:
+            return
+        moto = self.proxy.moto_client()
+        for ami in xml_values(text, "imageId"):
+            image = moto.describe_images(ImageIds=[ami])["Images"][0]
+            snaps = [b["Ebs"]["SnapshotId"] for b in image.get("BlockDeviceMappings", [])
+                     if b.get("Ebs", {}).get("SnapshotId")]
+            if snaps:
+                moto.create_tags(Resources=snaps,
+                                 Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    def _delete_key_pair_by_id(self, params):
+        """DeleteKeyPair by ``KeyPairId`` alone, as EC2 allows (moto reads only ``KeyName``)."""
+        pair_id = params.get("KeyPairId")
+        if not pair_id or params.get("KeyName"):
+            return
+        moto = self.proxy.moto_client()
+        for pair in moto.describe_key_pairs()["KeyPairs"]:
+            if pair.get("KeyPairId") == pair_id:
+                moto.delete_key_pair(KeyName=pair["KeyName"])
+
+    # snapshots ---------------------------------------------------------------------
+
+    def _instance_of_volume(self, volume_id: str) -> str | None:
+        with contextlib.suppress(Exception):
+            vols = self.proxy.moto_client().describe_volumes(VolumeIds=[volume_id])["Volumes"]
+            for att in vols[0].get("Attachments", []):
+                return att["InstanceId"]
+        return None
+
+    def _create_snapshot(self, params, text):
+        """The disk as it is now: a copy of the instance's upper over its lower chain (the
+        instance keeps running with its own upper); ``pending`` for ``snapshot_seconds``."""
+        iid = self._instance_of_volume(params.get("VolumeId", ""))
+        t0 = time.monotonic()
+        with self._lock:
+            inst = self.instances.get(iid or "")
+            for snap in xml_values(text, "snapshotId"):
+                self._ready[snap] = time.monotonic() + self.snapshot_seconds
+                if inst is None:
+                    continue
+                layer = self.workdir / f"snapshot-{snap}"
+                src = inst.upper / "root"
+                if src.exists():
+                    subprocess.run(["cp", "-a", str(src), str(layer)], check=True)
+                    self.snapshots[snap] = [layer, *inst.lowers]
+                else:
+                    self.snapshots[snap] = list(inst.lowers)
+                self.snapshot_of[snap] = inst.id
+        self.copy_seconds += time.monotonic() - t0
+        return text.replace("<status>completed</status>", "<status>pending</status>")
+
+    def snapshot_state(self, snap: str) -> str:
+        return "pending" if time.monotonic() < self._ready.get(snap, 0) else "completed"
+
+    def _snapshot_states(self, params, text):
+        root = ET.fromstring(text)
+        for item in root.iter():
+            if item.tag.split("}")[-1] != "item":
+                continue
+            fields = {el.tag.split("}")[-1]: el for el in item}
+            if "snapshotId" in fields and "status" in fields:
+                state = self.snapshot_state(fields["snapshotId"].text or "")
+                fields["status"].text = state
+                if "progress" in fields and state == "pending":
+                    fields["progress"].text = "40%"
+        return ET.tostring(root, encoding="unicode")
+
+    def _register_needs_completed(self, params):
+        snap = params.get("BlockDeviceMapping.1.Ebs.SnapshotId", "")
+        if snap and self.snapshot_state(snap) != "completed":
+            raise ApiError("IncorrectState", f"Snapshot '{snap}' is not 'completed'.")
+
+    def _register_image(self, params, text):
+        """An image whose instances start from exactly the snapshot's disk; tagged at creation
+        (moto drops RegisterImage's TagSpecifications and invents a snapshot of its own:
+        that one is removed and reported as the snapshot the image was registered from)."""
+        snap = params.get("BlockDeviceMapping.1.Ebs.SnapshotId", "")
+        moto = self.proxy.moto_client()
+        for ami in xml_values(text, "imageId"):
+            tags = tag_specs(params, "image")
+            if tags:
+                moto.create_tags(Resources=[ami], Tags=[{"Key": k, "Value": v}
+                                                        for k, v in tags.items()])
+            if not snap:
+                continue
+            with self._lock:
+                if snap in self.snapshots:
+                    self.images[ami] = list(self.snapshots[snap])
+                    self.image_of[ami] = self.snapshot_of.get(snap, "")
+            with contextlib.suppress(Exception):
+                raw = moto.describe_images(ImageIds=[ami])["Images"][0]
+                for bdm in raw.get("BlockDeviceMappings", []):
+                    fake = bdm.get("Ebs", {}).get("SnapshotId")
+                    if fake and fake != snap:
+                        self._moto_snap[fake] = snap
+                        with contextlib.suppress(Exception):
+                            moto.delete_snapshot(SnapshotId=fake)
+
+    def _terminate(self, params, text):
+        with self._lock:
+            for iid in numbered(params, "InstanceId"):
+                inst = self.instances.pop(iid, None)
+                if inst is not None:
+                    self._halt(inst)
+                    self.terminated.append(inst)
+                    if not self.keep_disks:
+                        shutil.rmtree(inst.upper, ignore_errors=True)
+
+    def disks(self) -> list[Path]:
+        """Every directory an instance wrote to: live and kept uppers, and frozen image layers."""
+        found = [i.upper for i in [*self.instances.values(), *self.terminated] if i.upper.exists()]
+        found += sorted(p for p in self.workdir.glob("image-*") if p.is_dir())
+        found += sorted(p for p in self.workdir.glob("snapshot-*") if p.is_dir())
+        return found
+
+    def _ebs_root(self, params, text):
+        """moto calls every AMI's root device ``standard`` (instance store); all of them here
+        have an EBS snapshot as their root, as real EC2 reports them (Packer insists on it)."""
+        text = text.replace("<rootDeviceType>standard</rootDeviceType>",
+                            "<rootDeviceType>ebs</rootDeviceType>")
+        for fake, real in list(self._moto_snap.items()):
+            text = text.replace(fake, real)
+        return text
+
+    def fingerprint_lines(self, inst: Instance) -> list[str]:
+        import hashlib
+
+        if inst.host_key is None or not self.print_fingerprints:
+            return []
+        blob = inst.host_key.asbytes()
+        if self.wrong_fingerprint:
+            blob = b"not-the-key" + blob
+        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+        kind = {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA"}.get(inst.host_key.get_name(), "ECDSA")
+        bits = inst.host_key.get_bits()
+        return ["ci-info: no authorized SSH keys fingerprints found for user admin.",
+                "ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----",
+                f"ec2: {bits} SHA256:{digest} root@ip-10-0-0-1 ({kind})",
+                "ec2: -----END SSH HOST KEY FINGERPRINTS-----",
+                "ec2: #############################################################"]
+
+    def _console(self, params, text):
+        inst = self.instances.get(params.get("InstanceId", ""))
+        if inst is None:
+            return text
+        root = ET.fromstring(text)
+        for el in root.iter():
+            if el.tag.split("}")[-1] == "output":
+                old = el.text or ""
+                try:
+                    old = base64.b64decode(old).decode()
+                except ValueError:
+                    pass
+                new = old + "".join(f"{line}\n" for line in
+                                    [*self.fingerprint_lines(inst), *list(inst.console)])
+                el.text = base64.b64encode(new.encode()).decode()
+        return ET.tostring(root, encoding="unicode")
+
+    def close(self) -> None:
+        with self._lock:
+            for inst in list(self.instances.values()):
+                self._halt(inst)
+            self.instances.clear()
+        self.relay.close()
+
+
+class PlainSshd:
+    """A real sshd on loopback whose every session runs a fixed harmless command.
+
+    Enough for what happens before a build runs anything: host key checks,
+    authentication with the build's key, backoff. Sessions never touch the
+    test machine's files (``ForceCommand`` prints a word and exits).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        import paramiko
+
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key = self.dir / "host_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(key))
+        self.auth = self.dir / "authorized_keys"
+        self.auth.write_text("")
+        self.port = free_port()
+        cfg = self.dir / "sshd_config"
+        cfg.write_text(f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {key}
+PidFile {self.dir}/sshd.pid
+AuthorizedKeysFile {self.auth}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+ForceCommand echo stand-in
+""")
+        os.chmod(key, 0o600)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def authorize(self, pubkey: str) -> None:
+        with open(self.auth, "a") as fh:
+            fh.write(pubkey + "\n")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
