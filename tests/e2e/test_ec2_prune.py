@@ -7,6 +7,7 @@ Auto Scaling is served by the same moto server (``AWS_ENDPOINT_URL_AUTO_SCALING`
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -179,6 +180,29 @@ def test_a_taken_ami_name_fails_the_build_before_anything_is_launched(fake, ec2,
     assert fake.proxy.count("RunInstances") == 0
     assert fake.proxy.count("DescribeImages") >= 1          # it asked EC2, through the proxy
     assert fake.proxy.count("CreateKeyPair", "ImportKeyPair", "CreateSecurityGroup") == 0
+
+
+def test_the_name_check_uses_the_builds_context(fake, ec2, env, instance, amic_cli, tmp_path):
+    """With --context, the name check plans the build as the build will: a COPY from beside
+    the Amifile's directory, allowed by the wider context, and the key that comes of it."""
+    repo = tmp_path / "repo"
+    checkout = repo / "Shop App"
+    checkout.mkdir(parents=True)
+    (checkout / "Amifile").write_text("FROM debian:12\nSERVICE web\n"
+                                      "    COPY ../shared.txt /etc/shared.txt\n")
+    (repo / "shared.txt").write_text("shared\n")
+    run_env = {**env, "XDG_CACHE_HOME": str(tmp_path)}
+    args = ("--target", "ec2", *fake.ssh_args(), "--context", str(repo))
+    plan = amic_cli("build", *args, "--dry-run", "--json", "Amifile", cwd=checkout, env=run_env)
+    assert plan.returncode == 0, plan.stderr
+    key = json.loads(plan.stdout)["final_key"]
+    ec2.create_image(InstanceId=instance, Name=f"shop-app-{key[:12]}")
+    fake.proxy.reset()
+    res = amic_cli("build", *args, "--ami-name", "{name}-{key}", "Amifile", cwd=checkout,
+                   env=run_env)
+    assert res.returncode == 1, res.stderr
+    assert f"'shop-app-{key[:12]}' exists already" in res.stderr
+    assert fake.proxy.count("RunInstances") == 0
 
 
 def test_default_ami_names_are_unique_by_construction():

@@ -126,22 +126,17 @@ def cmd_build(args) -> int:
             _emit(args, memo)
             return 0
 
-    from amic.engine.build import BuildOptions, build
+    from amic.engine.build import build
     from amic.engine.progress import Reporter
     from amic.targets import get_target
 
     target = target or get_target(spec, args)
-    options = BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
-                           context=args.context, secrets=secrets,
-                           allow_missing_args=args.allow_missing_args,
-                           no_cache=args.no_cache, checkpoint=args.checkpoint,
-                           on_error=args.on_error)
+    options = _build_options(args, build_args, secrets)
     resolved = _check_ami_name(target, options) if scheme == "ec2" else None
     reporter = Reporter(mode=args.progress, quiet=args.quiet)
     from amic.errors import AmicError
 
-    reporter.redact.add(secrets.values())
-    try:
+    try:                       # build() gives the reporter the secret values first thing
         result = build(target, options, reporter, resolved=resolved)
     except AmicError as exc:   # the message (a failed layer's last lines too) without secrets
         raise reporter.redact.error(exc) from None
@@ -151,19 +146,24 @@ def cmd_build(args) -> int:
     return 0
 
 
+def _build_options(args, build_args, secrets):
+    from amic.engine.build import BuildOptions
+
+    return BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
+                        context=args.context, secrets=secrets,
+                        allow_missing_args=args.allow_missing_args, no_cache=args.no_cache,
+                        checkpoint=args.checkpoint, on_error=args.on_error)
+
+
 def _dry_run(args, spec: str, build_args, secrets) -> int:
     """``--dry-run``: the plan on stdout (text, or JSON with ``--json``); no memo, no build."""
-    from amic.engine.build import BuildOptions
     from amic.engine.dryrun import dry_run
     from amic.engine.progress import Reporter
     from amic.errors import AmicError
     from amic.targets import get_target
 
     target = get_target(spec, args)
-    options = BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
-                           context=args.context, secrets=secrets,
-                           allow_missing_args=args.allow_missing_args, no_cache=args.no_cache,
-                           checkpoint=args.checkpoint, on_error=args.on_error)
+    options = _build_options(args, build_args, secrets)
     reporter = Reporter(mode=args.progress, quiet=args.quiet)
     try:
         plan = dry_run(target, options, reporter)
@@ -179,8 +179,8 @@ def _check_ami_name(target, options):
     """ec2, an ``--ami-name`` without a per-build field: the name the final AMI will get is
     known now, so an AMI that has it already fails the build before anything is launched.
     Returns the Amifile read (the build does not read it again)."""
-    from amic import contract
     from amic.compile import plan as planmod
+    from amic.engine import tags as imagetags
     from amic.engine.build import load_amifile
     from amic.targets.ec2 import naming
 
@@ -189,10 +189,9 @@ def _check_ami_name(target, options):
     if opts.force_deregister or naming.fixed_name(opts.image_name, {}, "0" * 12) is None:
         return resolved         # replacing on purpose, or unique by construction
     base = target.resolve_base(resolved.base.ref if resolved.base else None)
-    p = planmod.make_plan(resolved, options.build_args, base_image_id=base.id)
-    import os
-
-    tags = {**p.labels, contract.TAG_AMIFILE: os.path.basename(p.amifile_path),
-            contract.TAG_NAME: contract.project_name(p.amifile_path, options.name or resolved.name)}
+    p = planmod.make_plan(resolved, options.build_args, base_image_id=base.id,
+                          context=options.context)
+    # the tags the final image will get (its build id is no field of a fixed name)
+    tags = imagetags.final_tags(p, imagetags.common_tags(p, "", options.name))
     naming.check_name_free(target.ec2, naming.fixed_name(opts.image_name, tags, p.final_key))
     return resolved
