@@ -343,9 +343,10 @@ def launch(b: BuildState, image: tb.Image) -> tb.Machine:
 
 
 def _run(b: BuildState, command: str, what: str, *, env: Mapping[str, str] | None = None,
-         service: str | None = None) -> tuple[int, OutputRouter]:
+         service: str | None = None, stdin_path: Path | None = None) -> tuple[int, OutputRouter]:
     router = OutputRouter(b.reporter.output, default=service or what)
-    rc = b.machine.run(command, env=env, on_output=router)
+    extra = {} if stdin_path is None else {"stdin_path": stdin_path}   # takes_stdin machines
+    rc = b.machine.run(command, env=env, on_output=router, **extra)
     return rc, router
 
 
@@ -353,9 +354,8 @@ def upload_stage2(b: BuildState, tarball: Path) -> None:
     b.reporter.begin("uploading stage2")
     install = 'd=$(mktemp -d) && cd "$d" && tar -xf {src} && sh stage2/amic install; rc=$?; cd /; '
     if getattr(b.machine, "takes_stdin", False):    # one command instead of a copy and a command
-        router = OutputRouter(b.reporter.output, default="install")
-        rc = b.machine.run(install.format(src="-") + 'rm -rf "$d"; exit $rc',
-                           on_output=router, stdin_path=tarball)
+        rc, router = _run(b, install.format(src="-") + 'rm -rf "$d"; exit $rc', "install",
+                          stdin_path=tarball)
     else:
         b.machine.put(tarball, contract.UPLOAD_PATH, mode=0o600)
         rc, router = _run(b, install.format(src=contract.UPLOAD_PATH)

@@ -77,11 +77,11 @@ class OutputRouter:
 
     def __init__(self, sink, default: str = "amic", redact: Redactor | None = None) -> None:
         self.sink = sink
+        """Called with (service label, line, is_marker)."""
         if redact is None:  # a Reporter's method as the sink: its redactor
             redact = getattr(getattr(sink, "__self__", None), "redact", None)
         self.redact = redact
         """Masks secrets in each line before anything keeps or shows it."""
-        """Called with (service label, line, is_marker)."""
         self.default = default
         self.current: str | None = None
         self.tails: dict[str, collections.deque[str]] = {}
