@@ -127,13 +127,11 @@ def boot_kept(store: ImageStore, image: Image, *, timeout: float, prepare=None,
     upper = scratch / "upper"
     upper.mkdir()
     with store.use(image.id) as lowers:
-        locks, current = [], image.id
-        while current:                       # the chain store.use locked, locked again here
+        locks = []
+        for current in store.chain_ids(image.id):   # locked again, as descriptors to pass on
             fh = open(store.use_lock_path(current), "a")
             fcntl.flock(fh, fcntl.LOCK_SH)
             locks.append(fh)
-            meta = store.meta(current) or {}
-            current = None if meta.get("root") else meta.get("parent")
         if prepare:
             prepare(lowers, upper)
         install_report_unit(lowers, upper, scratch, poweroff=False)

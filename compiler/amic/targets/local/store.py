@@ -232,12 +232,19 @@ class ImageStore:
         """
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
-            current: str | None = image_id
-            while current:
+            for current in self.chain_ids(image_id):
                 stack.enter_context(file_lock(self.use_lock_path(current), shared=True))
-                meta = self.meta(current) or {}
-                current = None if meta.get("root") else meta.get("parent")
             yield self.lowers(image_id)
+
+    def chain_ids(self, image_id: str) -> list[str]:
+        """The image and every image below it, top-most first (as far as metadata goes)."""
+        ids: list[str] = []
+        current: str | None = image_id
+        while current:
+            ids.append(current)
+            meta = self.meta(current) or {}
+            current = None if meta.get("root") else meta.get("parent")
+        return ids
 
     def remove_unused(self, image_id: str, *, dry_run: bool = False) -> bool:
         """Remove an image (``store.lock`` held) unless it is in use; False if it is."""
