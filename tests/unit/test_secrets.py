@@ -165,3 +165,29 @@ def test_the_runner_masks_secret_values_in_its_output():
     env = {"AMIC_SECRET_NAMES": "A B C", "A": "ab", "B": "abc.*[x]", "C": "first\nsecond"}
     text = "ab abc.*[x] abab\nfirst and second\nplain\n"
     assert runner_redact(text, env) == "*** *** ******\n*** and ***\nplain\n"
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox sh"])
+@pytest.mark.parametrize("log_dir", ["writable", "none"])
+def test_the_runners_with_log_masks_and_keeps_the_status(tmp_path, shell, log_dir):
+    """``with_log`` with secrets: output masked whether or not there is a log to append to,
+    the command's exit status returned, the log (when there is one) masked too."""
+    lines = RUNNER.read_text().splitlines(keepends=True)
+
+    def function(name: str) -> str:
+        start = lines.index(f"{name}() {{\n")
+        return "".join(lines[start:lines.index("}\n", start) + 1])
+
+    logdir = tmp_path / "log" if log_dir == "writable" else "/proc/amic-no-log-here"
+    script = ("now() { echo T; }\nCMD=init\n" + function("with_log") + function("append_to")
+              + function("redact") + f"LOGDIR={logdir}\n"
+              + "fails() { echo \"token=$TOKEN\"; return 3; }\n"
+              + "with_log fails; echo \"rc=$?\"\n")
+    proc = subprocess.run([*shell.split(), "-c", script], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "AMIC_SECRET_NAMES": "TOKEN",
+                               "TOKEN": "s3cr3t-value"})
+    assert proc.stdout == "rc=3\n", proc
+    assert proc.stderr == "token=***\n", proc
+    if log_dir == "writable":
+        log = (tmp_path / "log" / "amic.log").read_text()
+        assert "token=***" in log and "s3cr3t" not in log, log
