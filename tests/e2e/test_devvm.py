@@ -55,9 +55,12 @@ SERVICE test
 """
 
 
-def amic(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def amic(*args: str, cwd: Path, check: bool = True,
+         path_first: Path | None = None) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("amic")
     env = {**os.environ, "AMIC_CACHE_DIR": str(STORE)}
+    if path_first is not None:      # a directory of stand-in tools found before the real ones
+        env["PATH"] = f"{path_first}:{env['PATH']}"
     env.pop("AMIC_TARGET", None)
     proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -195,6 +198,24 @@ def test_amic_run_vm_requests_a_service(project: Path) -> None:
     rows = {ln.split()[0]: ln for ln in proc.stdout.splitlines()[2:] if ln.strip()}
     assert rows["test"].split()[1] == "yes" and " ok " in rows["test"], proc.stdout
     assert not list((STORE / "local" / "vm" / "runs").iterdir()), "the run's overlay was left"
+
+
+def test_a_failed_qcow2_conversion_leaves_no_partial_file(project: Path, qcow2: Path,
+                                                          tmp_path: Path) -> None:
+    """qemu-img fails halfway (a stand-in that writes part of its output, as a full disk
+    would): a clear error, and nothing left beside the output."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "qemu-img").write_text('#!/bin/sh\nfor last; do :; done\necho partial > "$last"\n'
+                                    'echo "qemu-img: No space left on device" >&2\nexit 1\n')
+    (tools / "qemu-img").chmod(0o755)
+    out = tmp_path / "broken.qcow2"
+    proc = amic("export", "latest", "--format", "qcow2", "--compress", "-o", str(out),
+                cwd=project, check=False, path_first=tools)
+    assert proc.returncode == 1, proc.stderr
+    assert "qemu-img failed (exit 1): qemu-img: No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tools"]
 
 
 def test_raw_export_is_sparse(project: Path) -> None:

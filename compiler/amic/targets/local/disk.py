@@ -273,7 +273,8 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
         scratch = Path(tmp)
         for d in ("upper", "work", "merged", "out"):
             (scratch / d).mkdir()
-        raw = scratch / "disk.raw" if fmt != "raw" else out.with_name(f".{out.name}.part")
+        part = out.with_name(f".{out.name}.part")    # renamed to ``out`` when complete
+        raw = scratch / "disk.raw" if fmt != "raw" else part
         raw.unlink(missing_ok=True)
         script = (_ROOT_SCRIPT.replace("ROOT_START_MIB", str(ROOT_START // MIB))
                   .replace("TAIL_BYTES", str(TAIL)))
@@ -290,15 +291,11 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
             install_bios(raw, (o / "boot.img").read_bytes(), (o / "core.img").read_bytes())
             install_esp(raw, o / "BOOTX64.EFI")
             if fmt == "qcow2":
-                part = out.with_name(f".{out.name}.part")
                 run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
                      *(["-c"] if compress else []), str(raw), str(part)])
-                os.replace(part, out)
-            else:
-                os.replace(raw, out)
-        finally:
-            if fmt == "raw":
-                raw.unlink(missing_ok=True)
+            os.replace(part, out)
+        finally:     # a failed or interrupted export leaves no partial file beside ``out``
+            part.unlink(missing_ok=True)
         return {"uuid": root_uuid, "root_mib": root_mib,
                 "used_kib": int((scratch / "out" / "used-kib").read_text())}
 
