@@ -1,9 +1,11 @@
 """Filesystem helpers with the properties everything here needs: safe writes, file locks.
 
-Writes to a path a user gave go through :func:`write_output` / :func:`open_output`:
-a regular file (or a new one) is replaced atomically; an existing special file
-(``/dev/null``, a FIFO, a terminal) is opened and written in place, never renamed
-over; a missing directory or a directory as the target is a :class:`UsageError`.
+Writes to a path a user gave go through :func:`write_output` / :func:`open_output`
+(or, for output another program makes in a file, :func:`staging_path` then
+:func:`place_output`): a regular file (or a new one) is replaced atomically; an
+existing special file (``/dev/null``, a FIFO, a terminal, a disk) is opened and
+written in place, never renamed over; a missing directory or a directory as the
+target is a :class:`UsageError`.
 """
 
 from __future__ import annotations
@@ -103,6 +105,36 @@ def open_output(path: str | os.PathLike, mode: int = 0o644) -> Iterator[BinaryIO
     with contextlib.ExitStack() as stack:
         stack.push(cm)
         yield fh
+
+
+def staging_path(path: str | os.PathLike, scratch: str | os.PathLike) -> str:
+    """Where to make the output for the user's ``path`` before :func:`place_output`: beside
+    it (so the rename is atomic), or in ``scratch`` when ``path`` is a special file (no
+    stray file in ``/dev``)."""
+    name = os.fspath(path)
+    if _special(name):
+        return os.path.join(os.fspath(scratch), "output.part")
+    return os.path.join(os.path.dirname(os.path.abspath(name)),
+                        f".{os.path.basename(name)}.part")
+
+
+def place_output(done: str | os.PathLike, path: str | os.PathLike, mode: int = 0o644) -> None:
+    """Put the finished file ``done`` (made at :func:`staging_path`) at the user's ``path``:
+    renamed over it, or copied into it in place when it is a device or FIFO (never
+    replaced). ``done`` is gone afterwards, whatever happened."""
+    import shutil
+
+    name = os.fspath(path)
+    try:
+        if _special(name):
+            with open(done, "rb") as src, open(name, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            return
+        os.chmod(done, mode)
+        os.replace(done, name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(done)
 
 
 class LockBusy(Exception):

@@ -218,6 +218,26 @@ def test_a_failed_qcow2_conversion_leaves_no_partial_file(project: Path, qcow2: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tools"]
 
 
+@pytest.mark.parametrize("fmt, magic", [("qcow2", b"QFI\xfb"), ("oci", b"oci-layout")])
+def test_an_export_into_a_fifo_writes_it_in_place(project: Path, qcow2: Path, tmp_path: Path,
+                                                  fmt: str, magic: bytes) -> None:
+    """A FIFO (or a device) as the output is written into, never replaced by a file."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    proc = amic("export", "latest", "--format", fmt, "-o", str(fifo), cwd=project, check=False)
+    reader.join(timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced"
+    assert got and len(got[0]) > 1 << 20 and got[0][:512].find(magic) >= 0, got[0][:64]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pipe"]
+
+
 def test_raw_export_is_sparse(project: Path) -> None:
     out = project / "devvm.raw"
     amic("export", "latest", "--format", "raw", "-o", str(out), cwd=project)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from amic.contract import KIND_LAYER, TAG_BASE, TAG_KIND, TAG_PARENT_KEY, TAG_SERVICE
 from amic.errors import BuildError, UsageError
+from amic.fsutil import place_output, staging_path
 from amic.targets.base import Image
 from amic.targets.local import rootfs
 
@@ -273,7 +274,7 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
         scratch = Path(tmp)
         for d in ("upper", "work", "merged", "out"):
             (scratch / d).mkdir()
-        part = out.with_name(f".{out.name}.part")    # renamed to ``out`` when complete
+        part = Path(staging_path(out, scratch))     # placed at ``out`` when complete
         raw = scratch / "disk.raw" if fmt != "raw" else part
         raw.unlink(missing_ok=True)
         script = (_ROOT_SCRIPT.replace("ROOT_START_MIB", str(ROOT_START // MIB))
@@ -293,7 +294,7 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
             if fmt == "qcow2":
                 run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
                      *(["-c"] if compress else []), str(raw), str(part)])
-            os.replace(part, out)
+            place_output(part, out)
         finally:     # a failed or interrupted export leaves no partial file beside ``out``
             part.unlink(missing_ok=True)
         return {"uuid": root_uuid, "root_mib": root_mib,

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 import tempfile
 from pathlib import Path
 
 from amic.contract import TAG_NAME
+from amic.fsutil import place_output, staging_path
 from amic.targets.base import Image
 from amic.targets.local import boot
 
@@ -95,14 +95,16 @@ def write_oci(store, image: Image, out: Path) -> dict:
                             "io.containerd.image.name": ref}}]}).encode()
         docker = json.dumps([{"Config": f"blobs/sha256/{config_digest}", "RepoTags": [ref],
                               "Layers": [f"blobs/sha256/{layer_digest}"]}]).encode()
-        part = out.with_name(f".{out.name}.part")
-        with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tf:
-            add_bytes(tf, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-            add_bytes(tf, "index.json", index)
-            add_bytes(tf, "manifest.json", docker)
-            add_bytes(tf, f"blobs/sha256/{config_digest}", config)
-            add_bytes(tf, f"blobs/sha256/{manifest_digest}", manifest)
-            tf.add(layer, arcname=f"blobs/sha256/{layer_digest}")
-        os.chmod(part, 0o600)
-        os.replace(part, out)
+        part = Path(staging_path(out, tmp))
+        try:     # a failed or interrupted export leaves no partial file beside ``out``
+            with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tf:
+                add_bytes(tf, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+                add_bytes(tf, "index.json", index)
+                add_bytes(tf, "manifest.json", docker)
+                add_bytes(tf, f"blobs/sha256/{config_digest}", config)
+                add_bytes(tf, f"blobs/sha256/{manifest_digest}", manifest)
+                tf.add(layer, arcname=f"blobs/sha256/{layer_digest}")
+            place_output(part, out, mode=0o600)
+        finally:
+            part.unlink(missing_ok=True)
     return {"ref": ref, "manifest": f"sha256:{manifest_digest}"}
