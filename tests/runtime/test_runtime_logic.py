@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import tools
 from tests.harness.roots import RUNNER, SHELLS, Root, compile_stage2, markers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,9 +109,7 @@ def runner(shell_id: str) -> tuple[str, dict]:
 
 
 def test_shellcheck_clean() -> None:
-    exe = shutil.which("shellcheck")
-    if exe is None:
-        pytest.skip("shellcheck not installed (.ci/run installs it)")
+    exe = tools.pinned_shellcheck()
     files = [RUNTIME, REPO / "runtime/boot/rc.local.sh"]
     proc = subprocess.run([exe, "-s", "sh", *map(str, files)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -118,8 +117,7 @@ def test_shellcheck_clean() -> None:
 
 @pytest.mark.parametrize("shell", ["dash", "busybox sh", "bash --posix", "sh"])
 def test_parses_under_each_shell(shell: str) -> None:
-    if shutil.which(shell.split()[0]) is None:
-        pytest.skip(f"{shell} not installed")
+    tools.require(shell.split()[0])
     proc = subprocess.run([*shell.split(), "-n", str(RUNTIME)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

@@ -20,6 +20,8 @@ from amic.amifile import resolve
 from amic.engine.explain import layer_failure
 from amic.engine.progress import OutputRouter
 
+from tests.harness import tools
+
 SHELLS = {"dash": ["dash"], "busybox": ["busybox", "sh"], "bash-posix": ["bash", "--posix"]}
 
 TEN = """\
@@ -168,14 +170,15 @@ def test_what_cannot_be_followed_ships_unchanged(text: str) -> None:
 def test_without_descriptor_8_the_markers_do_nothing(tmp_path: Path) -> None:
     script = tmp_path / "x.sh"
     script.write_text(linemap.instrument(TEN, 1))
-    proc = subprocess.run(["dash", "-e", str(script)], capture_output=True, text=True)
+    proc = subprocess.run([tools.require("dash"), "-e", str(script)], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout.startswith("one\ntwo\nheredoc") and proc.stderr == ""
 
 
 def test_shipped_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
     script = tmp_path / "x.sh"
     script.write_text(linemap.instrument(TEN, 1))
-    proc = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
+    proc = subprocess.run([tools.pinned_shellcheck(), "-s", "sh", str(script)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
 

@@ -309,10 +309,15 @@ def _batches(todo: Mapping[str, tuple[str, int]], n: int) -> list[list[str]]:
     return [b for b in batches if b]
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (``taskset``, a cgroup cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def batch_count(scripts: int) -> int:
-    """How many shellcheck processes check ``scripts`` bodies: one per CPU, more when a
-    batch would exceed :data:`BATCH_SCRIPTS` (at most one per CPU run at a time)."""
-    cpus = os.cpu_count() or 1
+    """How many shellcheck processes check ``scripts`` bodies: one per usable CPU, more when
+    a batch would exceed :data:`BATCH_SCRIPTS` (at most one per CPU run at a time)."""
+    cpus = usable_cpus()
     return max(min(cpus, scripts), -(-scripts // BATCH_SCRIPTS))
 
 
@@ -328,7 +333,7 @@ def _run_batches(checker: Shellcheck, todo: Mapping[str, tuple[str, int]],
             with open(name, "w", encoding="utf-8", errors="surrogateescape") as fh:
                 fh.write(todo[digest][0])
         digests = {name: digest for digest, name in files.items()}
-        pool = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, len(batches)))
+        pool = ThreadPoolExecutor(max_workers=min(usable_cpus(), len(batches)))
         try:
             jobs = [pool.submit(_one_batch, checker, [files[d] for d in batch],
                                 sum(todo[d][0].count("\n") for d in batch))
