@@ -1,8 +1,8 @@
 """The same Amifile gives a VM: disks booted for real under QEMU, an OCI image in podman and Docker.
 
-One image is built on the local target for the whole module (store
-``/var/cache/amic/e2e-devvm``, so the VM layer and the package cache stay
-warm between runs), then:
+One image is built on the local target for the whole module, in a store of
+this run's own (a crashed run leaves nothing the next one trips on; only the
+debootstrap base and the package download cache are shared), then:
 
 - ``export --format qcow2 --authorized-key`` and boot it under QEMU with BIOS
   (SeaBIOS): the boot hook's success line on the serial console, log in over
@@ -24,10 +24,12 @@ TCG otherwise (``amic.targets.local.vm.kvm_usable``).
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,10 @@ from tests.harness import dockerd
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 REPO = Path(__file__).resolve().parents[2]
-STORE = Path("/var/cache/amic/e2e-devvm")
+# This run's own store, on the cache's filesystem (images share blocks with the base), removed
+# when the module ends; one a killed run left is removed by the next (its pid is gone).
+RUNS = Path("/var/cache/amic/e2e-devvm-runs")
+STORE = RUNS / str(os.getpid())
 BOOT_TIMEOUT = 900
 AMIFILE = """\
 FROM debian:12
@@ -79,20 +84,27 @@ def figure(name: str, value) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(tmp_path_factory) -> Iterator[Path]:
     from amic.targets.local import rootfs
 
     base = rootfs.ensure_base("debian:12")
-    STORE.mkdir(parents=True, exist_ok=True)
-    if not (STORE / "bases").exists():
-        (STORE / "bases").symlink_to(base.parent)
+    for left in RUNS.glob("*"):
+        if left.name.isdigit() and not Path("/proc", left.name).exists():
+            shutil.rmtree(left, ignore_errors=True)
+    STORE.mkdir(parents=True)
+    (STORE / "bases").symlink_to(base.parent)
+    shared_packages = rootfs.cache_dir() / "local" / "packages"
+    shared_packages.mkdir(parents=True, exist_ok=True)
+    (STORE / "local").mkdir()
+    (STORE / "local" / "packages").symlink_to(shared_packages)
     proj = tmp_path_factory.mktemp("devvm") / "devvm"
     proj.mkdir()
     (proj / "Amifile").write_text(AMIFILE)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(proj / "dev_key")],
                    check=True)
     amic("build", "--target", "local", "-q", cwd=proj)
-    return proj
+    yield proj
+    shutil.rmtree(STORE, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +260,25 @@ def test_raw_export_is_sparse(project: Path) -> None:
     assert "EF02" in table and "EF00" in table and "8304" in table, table
 
 
-PODMAN_LOW_ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
+def podman_options() -> tuple[list[str], list[str]]:
+    """What ``podman`` and ``podman run`` need on this host, decided by what the host is.
+
+    - ulimits at the host's own hard limits: podman asks for its defaults (nofile
+      1048576) and, without CAP_SYS_RESOURCE (a container sandbox), raising a limit
+      above the hard one fails; at or below the hard limit it works everywhere;
+    - runc where cgroups are v1 or hybrid (no cgroup2 at /sys/fs/cgroup) and runc is
+      installed: crun refuses hybrid hierarchies; on cgroup v2 podman's default runtime
+      (crun or runc) is used as it is.
+    """
+    run_options = []
+    for name, limit in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
+        hard = resource.getrlimit(limit)[1]
+        if hard != resource.RLIM_INFINITY:
+            run_options += ["--ulimit", f"{name}={hard}:{hard}"]
+    cgroup_v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    runc = shutil.which("runc")
+    global_options = ["--runtime", runc] if runc and not cgroup_v2 else []
+    return global_options, run_options
 
 
 def test_oci_export_loads_in_podman_and_runs_amic_status(project: Path) -> None:
@@ -265,17 +295,11 @@ def test_oci_export_loads_in_podman_and_runs_amic_status(project: Path) -> None:
                                   "\"io.amic.image.id\"}}"], text=True, capture_output=True)
         assert inspect.stdout.split()[0] == "final", inspect.stdout + inspect.stderr
         status = [ref, "/var/lib/amic/stage2/amic", "status"]
-        run = subprocess.run(["podman", "run", "--rm", "--network=none", *status],
-                             text=True, capture_output=True)
-        if run.returncode != 0 and "setrlimit" in run.stderr:
-            # This sandbox lacks CAP_SYS_RESOURCE (podman's default ulimits are above the
-            # host's) and has hybrid cgroups, which crun refuses: the same `podman run`, with
-            # ulimits below the host's and runc (Debian's package), which takes them.
-            run = subprocess.run(["podman", "--runtime", shutil.which("runc") or "runc", "run",
-                                  "--rm", "--network=none", *PODMAN_LOW_ULIMITS, *status],
-                                 text=True, capture_output=True)
-            figure("podman run", "needed --runtime runc and lowered --ulimit here "
-                   "(no CAP_SYS_RESOURCE, hybrid cgroups)")
+        global_options, run_options = podman_options()
+        run = subprocess.run(["podman", *global_options, "run", "--rm", "--network=none",
+                              *run_options, *status], text=True, capture_output=True)
+        figure("podman options chosen for this host",
+               " ".join(global_options + run_options) or "none")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "base" in run.stdout and "amic 0." in run.stdout, run.stdout
     finally:
