@@ -263,9 +263,10 @@ def test_raw_export_is_sparse(project: Path) -> None:
 def podman_options() -> tuple[list[str], list[str]]:
     """What ``podman`` and ``podman run`` need on this host, decided by what the host is.
 
-    - ulimits at the host's own hard limits: podman asks for its defaults (nofile
-      1048576) and, without CAP_SYS_RESOURCE (a container sandbox), raising a limit
-      above the hard one fails; at or below the hard limit it works everywhere;
+    - ulimits of 1024 (or the host's hard limit, if lower): podman asks for its defaults
+      (nofile 1048576, nproc at the host's maximum) and, without CAP_SYS_RESOURCE (a
+      container sandbox), runc's setrlimit above what the container's parent holds
+      fails; 1024 is far below any real host's limits and plenty for ``amic status``;
     - runc where cgroups are v1 or hybrid (no cgroup2 at /sys/fs/cgroup) and runc is
       installed: crun refuses hybrid hierarchies; on cgroup v2 podman's default runtime
       (crun or runc) is used as it is.
@@ -273,8 +274,8 @@ def podman_options() -> tuple[list[str], list[str]]:
     run_options = []
     for name, limit in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
         hard = resource.getrlimit(limit)[1]
-        if hard != resource.RLIM_INFINITY:
-            run_options += ["--ulimit", f"{name}={hard}:{hard}"]
+        value = 1024 if hard == resource.RLIM_INFINITY else min(hard, 1024)
+        run_options += ["--ulimit", f"{name}={value}:{value}"]
     cgroup_v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     runc = shutil.which("runc")
     global_options = ["--runtime", runc] if runc and not cgroup_v2 else []
