@@ -92,6 +92,15 @@ def check_unused_arg(ctx: Context) -> Found:
         if arg.name not in used:
             yield arg.pos, (f"ARG {arg.name} is never used (no ${arg.name} or ${{{arg.name}}} "
                             "in a script, ENV or LABEL)")
+    for svc in af.services:     # a service's ARG is seen by that service only
+        own = [e.value for e in svc.envs] + [s.text for s in svc.inits + svc.updates]
+        own += [p for c in svc.copies for p in (*c.sources, c.dest)] + list(svc.packages)
+        used_here = {m.group(1) for text in own for m in _REFERENCE_RE.finditer(text)}
+        for arg in svc.args:
+            if arg.name not in used_here:
+                yield arg.pos, (f"ARG {arg.name} of '{svc.name}' is never used (no "
+                                f"${arg.name} or ${{{arg.name}}} in that service's scripts, ENV "
+                                "or COPY)")
 
 
 def _baked(ctx: Context) -> list[str]:

@@ -55,7 +55,8 @@ def check_env_label_secret(ctx: Context) -> Found:
 
 
 def check_arg_secret_default(ctx: Context) -> Found:
-    for arg in ctx.amifile.args:
+    af = ctx.amifile
+    for arg in [*af.args, *(a for svc in af.services for a in svc.args)]:
         if arg.default and (SECRET_NAME_RE.search(arg.name) or secret_in(arg.default)):
             if literal(arg.default):
                 yield arg.pos, (f"ARG {arg.name} has a secret-looking default committed to the "
