@@ -135,6 +135,24 @@ def _secret_file(name: str, path: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """The command as typed: ``prune``, ``run``, ``ami prune``."""
+    words = [getattr(args, "command", None) or "amic"]
+    if getattr(args, "ami_command", None):
+        words.append(args.ami_command)
+    return " ".join(words)
+
+
+def error_text(exc, args: argparse.Namespace) -> str:
+    """What the command line prints for an AmicError: a failure names the command that
+    failed (``amic: prune failed: ...``), never a build that did not run."""
+    from amic.errors import BuildError
+
+    if isinstance(exc, BuildError):
+        return exc.render(command_name(args))
+    return exc.render()
+
+
 def warn(message: str) -> None:
     print(f"amic: warning: {message}", file=sys.stderr)
 
