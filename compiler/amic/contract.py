@@ -18,6 +18,12 @@ RUNNER = f"{STATE_DIR}/stage2/amic"
 UPLOAD_PATH = "/tmp/amic-stage2.tar"
 """Where a build uploads the stage2 tarball before ``sh stage2/amic install``."""
 
+INSTALL_POLICY_VAR = "AMIC_INSTALL_POLICY"
+"""``keep``: ``amic install`` refuses to replace an installed stage2 that has initialised
+services the new one lacks (their UPDATE would stop running at boot); ``replace`` (the
+default): it replaces it. The ssh target, which provisions hosts in place, asks for ``keep``
+unless ``--ssh-replace-stage2``."""
+
 IGNORE_FILE = ".amicignore"
 """At the top of a build context: what COPY leaves out (read by compile, watched by the memo)."""
 
