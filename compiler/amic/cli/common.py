@@ -54,7 +54,8 @@ def add_secret_options(parser: argparse.ArgumentParser) -> None:
                              "dropped), the environment variable VAR, or NAME alone for the "
                              "environment variable NAME. The value reaches INIT scripts in their "
                              "environment only: it is in no cache key, file, image, tag or log, "
-                             "and every value is shown as *** in the build's output and errors.")
+                             "and every value is shown as *** in the build's output and errors "
+                             "(one under 4 characters is not masked: the build warns).")
     parser.add_argument("--allow-missing-args", action="store_true",
                         help="build even if an ARG has no value and no default (it is empty); "
                              "without this flag that is an error")
