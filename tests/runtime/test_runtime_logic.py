@@ -502,7 +502,8 @@ def test_markers_carry_the_nonce_and_only_payload_is_masked(shell_id: str, tmp_p
     root = make_root(tmp_path, stub_root_lower)
     amic, _ = runner(shell_id)
     mark = "0123456789abcdef" * 2
-    env = {"AMIC_MARK": mark, "AMIC_SECRET_NAMES": "WORD", "WORD": "web: init"}
+    env = {"AMIC_MARK": mark, "AMIC_SECRET_NAMES": "WORD", "WORD": "web: init",
+           "AMIC_INSTALL_POLICY": "keep"}
     root.install_stage2(compile_stage2(tmp_path / "ctx", WORDS), SHELLS[shell_id], env=env)
     rc, out = root.run(f"{amic} init web", env=env, check=None)
     assert rc == 1, out
@@ -515,6 +516,7 @@ def test_markers_carry_the_nonce_and_only_payload_is_masked(shell_id: str, tmp_p
     assert "amic: " not in out and "web: init" not in out.replace(f"amic[{mark}]: web: init", "")
     seen = root.read("/root/init-env")
     assert "AMIC_MARK" not in seen and mark not in seen and "WORD=web: init" in seen
+    assert "AMIC_INSTALL_POLICY" not in seen            # the builder's, not the script's
     log = root.read("/var/log/amic/amic.log")
     assert f"amic[{mark}]: web: init: FAILED exit 4 at Amifile:7" in log and "init says ***" in log
 
