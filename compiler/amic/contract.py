@@ -18,6 +18,12 @@ RUNNER = f"{STATE_DIR}/stage2/amic"
 UPLOAD_PATH = "/tmp/amic-stage2.tar"
 """Where a build uploads the stage2 tarball before ``sh stage2/amic install``."""
 
+INSTALL_POLICY_VAR = "AMIC_INSTALL_POLICY"
+"""``keep``: ``amic install`` refuses to replace an installed stage2 that has initialised
+services the new one lacks (their UPDATE would stop running at boot); ``replace`` (the
+default): it replaces it. The ssh target, which provisions hosts in place, asks for ``keep``
+unless ``--ssh-replace-stage2``."""
+
 IGNORE_FILE = ".amicignore"
 """At the top of a build context: what COPY leaves out (read by compile, watched by the memo)."""
 
@@ -26,10 +32,37 @@ BUILD_KEY_MARK = "amic-build-key"
 prepare-image and every checkpoint remove all lines that carry it."""
 
 # -- progress markers the runner prints (``amic: <svc>: <phase>: <event> ...``) ------
+# A builder gives each runner command a nonce (MARK_VAR); the runner then starts every line
+# of its own with ``amic[NONCE]: `` (:func:`own_prefix`), and the builder takes only lines
+# with its nonce for the runner's: a script's output, or a secret's value masked out of a
+# line, cannot make or hide a marker (docs/runtime.md, "Markers and masking").
+
+MARK_VAR = "AMIC_MARK"
+"""The runner's environment variable for the builder's nonce: 16 to 64 lowercase hex digits
+(the runner ignores anything else, and unsets it before running a script)."""
+
+
+def new_mark() -> str:
+    """A fresh nonce for :data:`MARK_VAR` (128 random bits)."""
+    import secrets
+
+    return secrets.token_hex(16)
+
+
+def own_prefix(mark: str | None) -> str:
+    """How the runner starts a line of its own: ``amic[MARK]: ``, or ``amic: `` without one."""
+    return f"amic[{mark}]: " if mark else "amic: "
+
 
 MARKER = re.compile(r"^amic: (?P<svc>[a-z][a-z0-9_-]*): (?P<phase>[a-z-]+): "
                     r"(?P<event>begin|ok|skipped|FAILED)\b ?(?P<rest>.*)$")
+"""A progress marker, on a line of the runner's own with its prefix written ``amic: ``."""
 FAILED_AT = re.compile(r"exit (?P<code>\d+)(?: at (?P<where>\S+))?")
+
+MASK_MIN = 4
+"""Secret values (each line of one) shorter than this many bytes, blanks around them not
+counted, are not masked (runtime/amic ``MASK_MIN``): *** in place of every ``a`` or ``ok`` in
+the output hides more than it protects. A build warns about such a secret."""
 
 # -- tags on every image a build records ----------------------------------------------
 # Targets store them as they can (EC2 tags, the local target's meta.json) and give

@@ -77,7 +77,10 @@ class BaseRefError(UsageError):
 
 
 class BuildError(AmicError):
-    """A build failed for a reason outside the Amifile (target, network, a failing INIT)."""
+    """A build failed for a reason outside the Amifile (target, network, a failing INIT), or
+    another command (run, export, prune, gc, ...) could not do its work."""
 
-    def render(self) -> str:
-        return f"amic: build failed: {self}"
+    def render(self, command: str = "build") -> str:
+        """``amic: COMMAND failed: ...``: the CLI names the command that ran (a refused prune
+        is no failed build)."""
+        return f"amic: {command} failed: {self}"

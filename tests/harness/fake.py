@@ -23,7 +23,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from amic.contract import STATE_DIR, TAG_KIND, TAG_SERVICE, UPLOAD_PATH
+from amic.contract import MARK_VAR, STATE_DIR, TAG_KIND, TAG_SERVICE, UPLOAD_PATH, own_prefix
 from amic.targets.base import Image, Target
 
 STAGE2 = f"{STATE_DIR}/stage2"
@@ -48,17 +48,18 @@ class FakeMachine:
             svc = m[1]
             if svc == t.interrupt_in:
                 raise KeyboardInterrupt
-            on_output(f"amic: {svc}: init: begin")
+            own = own_prefix((env or {}).get(MARK_VAR))    # as the runner marks its lines
+            on_output(f"{own}{svc}: init: begin")
             on_output(f"{svc} says hello")
             if svc == t.fail_in:
                 on_output(f"{svc} is broken")
-                on_output(f"amic: {svc}: init: FAILED exit 3 at Amifile:8")
+                on_output(f"{own}{svc}: init: FAILED exit 3 at Amifile:8")
                 return 1
             failed = self.init(svc, dict(env or {}), on_output)
             if failed:
-                on_output(f"amic: {svc}: init: FAILED exit {failed[0]} at {failed[1]}")
+                on_output(f"{own}{svc}: init: FAILED exit {failed[0]} at {failed[1]}")
                 return 1
-            on_output(f"amic: {svc}: init: ok 0s")
+            on_output(f"{own}{svc}: init: ok 0s")
         return 0
 
     def put(self, local, remote, *, mode=0o600):

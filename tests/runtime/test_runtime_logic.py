@@ -475,3 +475,92 @@ def test_failing_command_line_is_reported(shell_id: str, tmp_path: Path, stub_ro
     assert not root.exists("/var/lib/amic/instance/script-line")
     # the markers leave the script's output alone, and `compile --print` shows the text as written
     assert "__amic_at" not in out
+
+
+WORDS = """\
+SECRET WORD
+SERVICE web
+    INIT <<~EOF
+        env > /root/init-env
+        echo "init says $WORD"
+        printf 'no newline'
+        exit 4
+    EOF
+    UPDATE echo "update says ${WORD:-nothing}"
+"""
+
+
+@pytest.mark.parametrize("shell_id", list(SHELLS))
+def test_markers_carry_the_nonce_and_only_payload_is_masked(shell_id: str, tmp_path: Path,
+                                                            stub_root_lower: Path) -> None:
+    """Issue 18 item 10, in the runner: with AMIC_MARK its own lines start amic[MARK]: and are
+    never masked (a secret 'web: init' leaves them whole), scripts do not inherit the nonce,
+    a marker after output without a newline is still whole; at boot (no nonce) lines start
+    amic: as before."""
+    root = make_root(tmp_path, stub_root_lower)
+    amic, _ = runner(shell_id)
+    mark = "0123456789abcdef" * 2
+    env = {"AMIC_MARK": mark, "AMIC_SECRET_NAMES": "WORD", "WORD": "web: init",
+           "AMIC_INSTALL_POLICY": "keep"}
+    root.install_stage2(compile_stage2(tmp_path / "ctx", WORDS), SHELLS[shell_id], env=env)
+    rc, out = root.run(f"{amic} init web", env=env, check=None)
+    assert rc == 1, out
+    lines = out.splitlines()
+    assert f"amic[{mark}]: web: init: begin" in lines, out
+    assert "init says ***" in lines
+    assert f"no newlineamic[{mark}]: web: init: INIT script 01 failed (exit 4); the service is " \
+           "not marked initialised" in lines, out
+    assert f"amic[{mark}]: web: init: FAILED exit 4 at Amifile:7" in lines
+    assert "amic: " not in out and "web: init" not in out.replace(f"amic[{mark}]: web: init", "")
+    seen = root.read("/root/init-env")
+    assert "AMIC_MARK" not in seen and mark not in seen and "WORD=web: init" in seen
+    assert "AMIC_INSTALL_POLICY" not in seen            # the builder's, not the script's
+    log = root.read("/var/log/amic/amic.log")
+    assert f"amic[{mark}]: web: init: FAILED exit 4 at Amifile:7" in log and "init says ***" in log
+
+    # the boot path: no nonce, no secrets; markers as they always were
+    root.run(f"sed -i 's/exit 4/true/' {RUNNER.rsplit('/', 1)[0]}/services/web/init/01.sh")
+    rc, out = root.run(f"{amic} boot", check=None)
+    assert rc == 0, out
+    assert norm(markers(out)) == ["web: init: begin", "web: update: begin",
+                                  "web: update: ok Ns"], out
+    assert re.search(r"^no newlineamic: web: init: ok \d+s$", out, re.M), out
+    assert "update says nothing" in out.splitlines() and "[" not in "".join(markers(out))
+    # a nonce that is not one is ignored (and never printed)
+    rc, out = root.run(f"{amic} update", env={"AMIC_MARK": "zz; rm -rf /"}, check=None)
+    assert rc == 0 and "web: update: ok" in "".join(markers(out)) and "zz" not in out
+
+
+OTHER = """\
+SERVICE other
+    INIT true
+    UPDATE echo other
+"""
+
+
+def test_install_keeps_the_updates_of_initialised_services(tmp_path: Path,
+                                                           stub_root_lower: Path) -> None:
+    """Issue 18 item 12, in the runner: with AMIC_INSTALL_POLICY=keep, install refuses a
+    stage2 lacking services the installed one initialised; replace warns and replaces."""
+    root = make_root(tmp_path, stub_root_lower)
+    amic, env = runner("dash")
+    root.install_stage2(compile_stage2(tmp_path / "a", AMIFILE, FILES), "dash", env=env)
+    root.run(f"{amic} init web", env=env)           # base and web get init records
+    first = root.read("/var/lib/amic/stage2/manifest")
+    other = compile_stage2(tmp_path / "b", OTHER)
+    root.put("/tmp/other.tar", other)
+    install = "cd /tmp && rm -rf stage2 && tar -xf other.tar && dash stage2/amic install"
+    rc, out = root.run(install, env={"AMIC_INSTALL_POLICY": "keep"}, check=None)
+    assert rc == 1, out
+    assert "it has initialised services that this stage2 (Amifile) lacks: base web." in out
+    assert root.read("/var/lib/amic/stage2/manifest") == first
+    rc, out = root.run(install, env={"AMIC_INSTALL_POLICY": "bogus"}, check=None)
+    assert rc == 2 and root.read("/var/lib/amic/stage2/manifest") == first
+    # the same stage2 again, or one with every initialised service, installs quietly
+    rc, out = root.run("cd /tmp && rm -rf stage2 && tar -xf stage2.tar && dash stage2/amic install",
+                       env={"AMIC_INSTALL_POLICY": "keep"}, check=None)
+    assert rc == 0 and "warning" not in out, out
+    rc, out = root.run(install, env={"AMIC_INSTALL_POLICY": "replace"}, check=None)
+    assert rc == 0, out
+    assert "warning: replacing the stage2" in out and "no longer runs at boot: base web" in out
+    assert "AMIC_SERVICES='other'" in root.read("/var/lib/amic/stage2/manifest")

@@ -157,3 +157,59 @@ def test_cli_build_on_an_ssh_host(project, sshd_root, ssh_client_key, tmp_path, 
     assert proc.returncode == 1
     assert fingerprint(sshd_root.host_public) in proc.stderr
     assert "--ssh-accept-new" in proc.stderr
+
+
+OTHER_AMIFILE = """\
+FROM debian:12
+SERVICE other
+    INIT echo "other init" >> /var/log/other-init.log
+    UPDATE echo "other update" >> /var/log/other-update.log
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_second_amifile_on_a_host_refused_unless_forced(project, sshd_root, ssh_client_key,
+                                                        tmp_path, amic_cli):
+    """Issue 18 item 12: another project's Amifile built onto a host provisioned by the first
+    replaced its stage2 silently, and the first one's UPDATEs stopped running at boot."""
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd_root.known_hosts_line + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["TOKEN"] = "sekrit"
+    spec = f"ssh://root@127.0.0.1:{sshd_root.port}"
+    flags = ["--target", spec, "--ssh-key", str(ssh_client_key[1]), "--ssh-known-hosts",
+             str(known), "--progress", "plain"]
+    assert amic_cli("build", *flags, cwd=project, env=env).returncode == 0
+    manifest = sshd_root.path("/var/lib/amic/stage2/manifest")
+    first = manifest.read_text()
+    assert "AMIC_SERVICES='base web'" in first
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Amifile").write_text(OTHER_AMIFILE)
+    proc = amic_cli("build", *flags, cwd=other, env=env)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr
+    assert "amic: build failed: installing the stage2 on the machine failed" in err, err
+    assert "refusing to replace the stage2 installed on this host" in err
+    assert "it has initialised services that this stage2 (Amifile) lacks: base web." in err
+    assert "--ssh-replace-stage2" in err and "Traceback" not in err
+    # nothing changed on the host: the first stage2 and its UPDATEs stay
+    assert manifest.read_text() == first
+    assert not sshd_root.path("/var/log/other-init.log").exists()
+    assert sshd_root.path("/var/log/web-update.log").read_text() == "web update\n"
+
+    # the same project again (a service changed, none lost) is no conflict
+    (project / "Amifile").write_text(AMIFILE.replace('"web update"', '"web update 2"'))
+    assert amic_cli("build", *flags, cwd=project, env=env).returncode == 0, proc.stderr
+    assert sshd_root.path("/var/log/web-update.log").read_text() == "web update\nweb update 2\n"
+
+    # forced: replaced, and the build says whose UPDATE stops
+    proc = amic_cli("build", *flags, "--ssh-replace-stage2", cwd=other, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: replacing the stage2" in proc.stderr
+    assert "no longer runs at boot: base web" in proc.stderr
+    assert "AMIC_SERVICES='other'" in manifest.read_text()
+    assert sshd_root.path("/var/log/other-update.log").read_text() == "other update\n"
+    assert sshd_root.path("/var/lib/amic/init/web").exists()      # records are kept

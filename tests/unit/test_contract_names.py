@@ -50,3 +50,14 @@ def test_every_progress_marker_the_runner_prints_is_understood():
 def test_marker_rejects_other_output():
     assert contract.MARKER.match("amic: web: init: started") is None
     assert contract.MARKER.match("web: init: begin") is None
+
+
+def test_nonce_variable_and_mask_minimum():
+    assert re.search(rf"^MARK=\$\{{{contract.MARK_VAR}:-\}}$", RUNNER_TEXT, re.M)
+    assert re.search(rf"^unset {contract.MARK_VAR}$", RUNNER_TEXT, re.M)
+    assert re.search(r"^SAY_PREFIX=amic\$\{MARK:\+\[\$MARK\]\}$", RUNNER_TEXT, re.M)
+    assert contract.own_prefix("ab" * 8) == f"amic[{'ab' * 8}]: "
+    assert contract.own_prefix(None) == "amic: "
+    assert re.search(rf"^MASK_MIN={contract.MASK_MIN}$", RUNNER_TEXT, re.M)
+    # 16 to 64 hex digits: what the runner accepts
+    assert re.fullmatch(r"[0-9a-f]{16,64}", contract.new_mark())

@@ -4,11 +4,12 @@ test_build_local.py; the scenarios every target shares are in tests/targets/test
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 import pytest
-from amic.contract import TAG_KIND
+from amic.contract import MARK_VAR, TAG_KIND
 from amic.engine.build import BuildOptions, build, parse_checkpoint, should_checkpoint
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Target
@@ -102,7 +103,10 @@ def test_args_reach_init_in_env_only(amifile):
     t = FakeTarget()
     r1 = run(t, amifile, build_args={"TOKEN": "s3cret"})
     inits = [(c, env) for c, env in t.commands if "amic init" in c]
-    assert inits and all(env == {"TOKEN": "s3cret"} for _, env in inits)
+    assert inits and all(env == {"TOKEN": "s3cret", MARK_VAR: env[MARK_VAR]} for _, env in inits)
+    # one nonce for every runner command of a build, 128 random bits
+    marks = {env.get(MARK_VAR) for _, env in t.commands}
+    assert len(marks) == 1 and re.fullmatch(r"[0-9a-f]{32}", marks.pop())
     assert not any("s3cret" in c for c, _ in t.commands)
     r = run(t, amifile, build_args={"TOKEN": "other"})
     # The key changes with the value; the tags hold no digest of it (amic:in:args names the

@@ -89,6 +89,10 @@ CASES = {
                F + "SERVICE web\n    INIT <<EOF\n" + "true\n" * 100 + "EOF\n"),
     "AM3013": (F + "SERVICE web\n    COPY ../secret.conf /etc/web.conf\n",
                F + "SERVICE web\n    COPY nginx.conf /etc/nginx/nginx.conf\n"),
+    "AM3014": (F + "SECRET TOKEN\nSERVICE web\n    INIT echo \"$TOKEN\" | wc -c\n"
+               "    UPDATE curl -H \"X-Token: ${TOKEN}\" http://127.0.0.1/\n",
+               F + "SECRET TOKEN\nSERVICE web\n    INIT echo \"$TOKEN\" | wc -c\n"
+               "    UPDATE curl -H \"X-Token: $TOKEN_FILE\" http://127.0.0.1/\n"),
     "AM4001": (F + "SERVICE web\n    REQUIRES htpd\n",
                F + "SERVICE httpd\n    PACKAGES apache2\nSERVICE web\n    REQUIRES httpd\n"),
     "AM4002": (F + "SERVICE a\n    REQUIRES b\nSERVICE b\n    REQUIRES a\n",
@@ -470,3 +474,13 @@ _PIECES = st.sampled_from([
 def test_lint_never_crashes(tmp_path: Path, pieces: list[str]) -> None:
     for f in findings(tmp_path, "\n".join(pieces) + "\n"):
         assert f.severity in lint.SEVERITIES and f.pos.line >= 1 and f.pos.col >= 1
+
+
+def test_am3014_names_the_secret_and_where(tmp_path: Path) -> None:
+    text = F + ("SERVICE web\n    SECRET KEY\n    UPDATE <<~EOF\n        true\n"
+                "        echo ok; printf %s \"$KEY\"\n    EOF\n")
+    found = [f for f in findings(tmp_path, text) if f.code == "AM3014"]
+    assert len(found) == 1
+    line = text.splitlines().index('        echo ok; printf %s "$KEY"') + 1
+    assert (found[0].pos.line, found[0].pos.col) == (line, 29)
+    assert "UPDATE of 'web' reads $KEY, a SECRET: secrets reach INIT only" in found[0].message

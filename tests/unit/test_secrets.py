@@ -13,7 +13,8 @@ from amic.cli.common import build_args_from, secrets_from
 from amic.compile import artifact
 from amic.compile import plan as planmod
 from amic.engine import buildinputs
-from amic.engine.progress import OutputRouter, Redactor, Reporter
+from amic.contract import MASK_MIN, new_mark, own_prefix
+from amic.engine.progress import OutputRouter, Redactor, Reporter, mask_secrets
 from amic.errors import AmifileError, BuildError, Pos, UsageError
 
 RUNNER = Path(__file__).parents[2] / "runtime" / "amic"
@@ -128,23 +129,52 @@ def test_the_artifact_holds_no_secret_name(write_tree):
 
 
 def test_redactor_masks_every_value_and_every_line_of_one():
-    r = Redactor(["abc", "abcdef", "line one\nline two\n", "  "])
-    assert r("x abcdef y abc z") == "x *** y *** z"
+    r = Redactor(["abcd", "abcdefg", "line one\nline two\n", "  "])
+    assert r("x abcdefg y abcd z") == "x *** y *** z"
     assert r("line one") == "***" and r("and line two.") == "and ***."
     assert r("   plain   ") == "   plain   "   # blank values mask nothing
 
 
-def test_router_and_reporter_mask_output_tails_and_errors():
+def test_values_too_short_to_mask_are_left_alone_and_named():
+    """A 1-character secret masked the letter everywhere (issue 18, item 10): values under
+    MASK_MIN bytes are not masked, and the build warns naming the secret, not its value."""
+    assert MASK_MIN == 4
+    r = Redactor(["a", "ok", " ab ", "abc\nlong-enough"])
+    assert r("a bad ok abc, long-enough") == "a bad ok abc, ***"
     stream = io.StringIO()
     reporter = Reporter(stream, mode="plain")
-    reporter.redact.add(["s3cr3t"])
-    router = OutputRouter(reporter.output, default="init")
-    router("amic: web: init: begin")
-    router("echo s3cr3t")
-    reporter.note("note s3cr3t")
-    reporter.warn("warn s3cr3t")
-    assert "s3cr3t" not in stream.getvalue() and stream.getvalue().count("***") == 3
-    assert router.tail("web") == ["echo ***"]
+    mask_secrets(reporter, {"T": "a", "LONG": "s3cr3t", "MULTI": "s3cr3t\nok"})
+    assert stream.getvalue() == (f"amic: warning: secret MULTI, T: a value (or line) under "
+                                 f"{MASK_MIN} characters is not masked in the output (*** for "
+                                 "every such bit of text would garble it); use a longer secret\n")
+    assert reporter.redact("s3cr3t") == "***"
+
+
+def test_router_masks_payload_only_and_takes_markers_with_its_nonce_only():
+    """Markers carry the build's nonce; payload lines are masked, the runner's are not (a
+    secret FAILED, init or a service name cannot hide a marker or move a line)."""
+    stream = io.StringIO()
+    reporter = Reporter(stream, mode="plain")
+    mask_secrets(reporter, {"A": "FAILED", "B": "web: init", "C": "s3cr3t"})
+    mark = new_mark()
+    own = own_prefix(mark)
+    router = OutputRouter(reporter.output, default="init", mark=mark)
+    router(f"{own}web: init: begin")
+    router("echo s3cr3t web: init FAILED")
+    router("amic: web: init: ok 1s")                 # forged by a script: payload
+    router("amic[0123456789abcdef0123456789abcdef]: db: init: begin")   # another nonce
+    router(f"no newline at the end{own}web: init: FAILED exit 3 at Amifile:7")
+    reporter.note("built image sha256:FAILEDs3cr3t")   # amic's own lines are never masked
+    assert router.failures == {"web": ("3", "Amifile:7")}
+    assert router.finished == {"web": "FAILED"} and router.current is None
+    assert router.tail("web") == ["echo *** *** ***", "amic: ***: ok 1s",
+                                  "amic[0123456789abcdef0123456789abcdef]: db: init: begin",
+                                  "no newline at the end"]
+    out = stream.getvalue()
+    assert "s3cr3t" not in out.replace("sha256:FAILEDs3cr3t", "")
+    assert "web | amic: web: init: FAILED exit 3 at Amifile:7" in out
+    assert "amic: built image sha256:FAILEDs3cr3t" in out
+    assert mark not in out
     err = reporter.redact.error(BuildError("failed:\n    s3cr3t"))
     assert str(err) == "failed:\n    ***"
     err = reporter.redact.error(AmifileError("bad s3cr3t", Pos("A", 1), source_line="s3cr3t",
@@ -152,19 +182,47 @@ def test_router_and_reporter_mask_output_tails_and_errors():
     assert "s3cr3t" not in err.render()
 
 
-def runner_redact(text: str, env: dict[str, str]) -> str:
+def runner_lines(first: str, last: str) -> str:
+    """The runner's text from the line ``first`` to the line ``last`` (both kept)."""
     lines = RUNNER.read_text().splitlines(keepends=True)
-    start = lines.index("redact() {\n")
-    end = lines.index("}\n", start)
-    script = "".join(lines[start:end + 1]) + "redact\n"
-    return subprocess.run(["sh", "-c", script], input=text, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", **env}, check=True).stdout
+    start = lines.index(first + "\n")
+    return "".join(lines[start:lines.index(last + "\n", start) + 1])
 
 
-def test_the_runner_masks_secret_values_in_its_output():
-    env = {"AMIC_SECRET_NAMES": "A B C", "A": "ab", "B": "abc.*[x]", "C": "first\nsecond"}
-    text = "ab abc.*[x] abab\nfirst and second\nplain\n"
-    assert runner_redact(text, env) == "*** *** ******\n*** and ***\nplain\n"
+def runner_redact(text: str, env: dict[str, str], shell: str = "sh") -> str:
+    """The runner's own nonce parsing and ``redact``, over ``text``."""
+    script = (runner_lines("MARK=${AMIC_MARK:-}", "SAY_PREFIX=amic${MARK:+[$MARK]}")
+              + runner_lines("MASK_MIN=4", "}") + 'echo "$SAY_PREFIX" >&2; redact\n')
+    proc = subprocess.run([*shell.split(), "-c", script], input=text, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", **env}, check=True)
+    return proc.stdout
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox sh"])
+def test_the_runner_masks_secret_values_in_its_output(shell):
+    env = {"AMIC_SECRET_NAMES": "A B C D E", "A": "abcd", "B": "abc.*[x]",
+           "C": "first\nsecond", "D": "ok", "E": "\u00e9\u00e9"}
+    text = "abcd abc.*[x] abcdabcd\nfirst and second ok\nplain \u00e9\u00e9\n"
+    assert runner_redact(text, env, shell) == "*** *** ******\n*** and *** ok\nplain ***\n"
+    # both sides count bytes: a 2-character, 4-byte value is masked by the builder too
+    assert Redactor(["\u00e9\u00e9"])("\u00e9\u00e9") == "***"
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox sh"])
+def test_the_runner_leaves_its_own_lines_alone(shell):
+    """With the builder's nonce, the runner's own lines (and the part of a line from where one
+    starts) are not masked; other lines are. A nonce that is no nonce is ignored."""
+    mark = new_mark()
+    env = {"AMIC_SECRET_NAMES": "A", "A": "init", "AMIC_MARK": mark}
+    text = (f"amic[{mark}]: web: init: begin\nmy init\n"
+            f"no newline, init amic[{mark}]: web: init: FAILED exit 1 at Amifile:3\n"
+            "amic: web: init: ok 0s\n")
+    assert runner_redact(text, env, shell) == (
+        f"amic[{mark}]: web: init: begin\nmy ***\n"
+        f"no newline, *** amic[{mark}]: web: init: FAILED exit 1 at Amifile:3\n"
+        "amic: web: ***: ok 0s\n")
+    for bad in ("", "0123", "g" * 32, "A" * 32, "a" * 65, f"{mark}]: x"):
+        assert runner_redact("init\n", {**env, "AMIC_MARK": bad}, shell) == "***\n"
 
 
 @pytest.mark.parametrize("shell", ["dash", "busybox sh"])

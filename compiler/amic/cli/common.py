@@ -54,7 +54,8 @@ def add_secret_options(parser: argparse.ArgumentParser) -> None:
                              "dropped), the environment variable VAR, or NAME alone for the "
                              "environment variable NAME. The value reaches INIT scripts in their "
                              "environment only: it is in no cache key, file, image, tag or log, "
-                             "and every value is shown as *** in the build's output and errors.")
+                             "and every value is shown as *** in the build's output and errors "
+                             "(one under 4 characters is not masked: the build warns).")
     parser.add_argument("--allow-missing-args", action="store_true",
                         help="build even if an ARG has no value and no default (it is empty); "
                              "without this flag that is an error")
@@ -133,6 +134,24 @@ def _secret_file(name: str, path: str) -> str:
                          "hold (over 1 MiB, or a NUL byte)")
     data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
     return data.decode("utf-8", "surrogateescape")
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command as typed: ``prune``, ``run``, ``ami prune``."""
+    words = [getattr(args, "command", None) or "amic"]
+    if getattr(args, "ami_command", None):
+        words.append(args.ami_command)
+    return " ".join(words)
+
+
+def error_text(exc, args: argparse.Namespace) -> str:
+    """What the command line prints for an AmicError: a failure names the command that
+    failed (``amic: prune failed: ...``), never a build that did not run."""
+    from amic.errors import BuildError
+
+    if isinstance(exc, BuildError):
+        return exc.render(command_name(args))
+    return exc.render()
 
 
 def warn(message: str) -> None:

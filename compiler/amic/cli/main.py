@@ -15,6 +15,7 @@ import sys
 
 from amic import __version__
 from amic.cli import build, compile, ec2, images, lint  # the command modules, each import-light
+from amic.cli.common import error_text
 from amic.errors import AmicError
 
 # Every command group, in the order ``amic --help`` lists its commands; each
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AmicError as exc:
-        print(exc.render(), file=sys.stderr)
+        print(error_text(exc, args), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("amic: interrupted", file=sys.stderr)

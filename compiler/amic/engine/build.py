@@ -43,7 +43,7 @@ from amic.engine import buildinputs
 from amic.engine import tags as imagetags
 from amic.engine.checkpoint import parse_checkpoint, should_checkpoint
 from amic.engine.explain import indent, layer_failure, why_missed
-from amic.engine.progress import OutputRouter, Reporter, short
+from amic.engine.progress import OutputRouter, Reporter, mask_secrets, short
 from amic.errors import AmifileError, BaseRefError, BuildError, UsageError
 from amic.targets import base as tb
 
@@ -135,6 +135,8 @@ class BuildState:
     machine: tb.Machine | None = None
     leases: dict[str, contextlib.ExitStack] = attrs.Factory(dict)
     """The leases this build holds, by key, each closable on its own (see ``claim``)."""
+    mark: str = attrs.Factory(contract.new_mark)
+    """The nonce every runner command gets (``contract.MARK_VAR``): its markers carry it."""
 
     @contextlib.contextmanager
     def timed(self, name: str):
@@ -162,7 +164,7 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
     started_ns = time.time_ns()
     target.keep_on_error = options.on_error == "abort"
     target.log = reporter.note
-    reporter.redact.add(options.secrets.values())
+    mask_secrets(reporter, options.secrets)
     with contextlib.ExitStack() as stack:
         b = BuildState(target=target, options=options, reporter=reporter, stack=stack,
                        build_id=new_build_id(), started_ns=started_ns)
@@ -344,9 +346,10 @@ def launch(b: BuildState, image: tb.Image) -> tb.Machine:
 
 def _run(b: BuildState, command: str, what: str, *, env: Mapping[str, str] | None = None,
          service: str | None = None, stdin_path: Path | None = None) -> tuple[int, OutputRouter]:
-    router = OutputRouter(b.reporter.output, default=service or what)
+    router = OutputRouter(b.reporter.output, default=service or what, mark=b.mark)
     extra = {} if stdin_path is None else {"stdin_path": stdin_path}   # takes_stdin machines
-    rc = b.machine.run(command, env=env, on_output=router, **extra)
+    rc = b.machine.run(command, env={**(env or {}), contract.MARK_VAR: b.mark}, on_output=router,
+                       **extra)
     return rc, router
 
 

@@ -24,7 +24,7 @@ from amic.amifile import resolve
 from amic.engine import build as engine
 from amic.engine import buildinputs
 from amic.engine.explain import why_missed
-from amic.engine.progress import Reporter, short
+from amic.engine.progress import Reporter, mask_secrets, short
 from amic.errors import AmifileError, BaseRefError
 from amic.targets import base as tb
 
@@ -113,7 +113,7 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
     """What ``engine.build(target, options)`` would do now (see the module doc)."""
     reporter = reporter or Reporter(quiet=True)
     target.log = reporter.note
-    reporter.redact.add(options.secrets.values())
+    mask_secrets(reporter, options.secrets)
     resolved = resolved or engine.load_amifile(options.amifile)
     base = peek_base(target, resolved)
     with contextlib.ExitStack() as stack:

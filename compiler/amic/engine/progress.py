@@ -10,12 +10,18 @@ Two renderings of the same events:
 Remote output is attributed to services with the runner's progress markers
 (``amic: <svc>: <phase>: begin|ok <s>s|skipped (...)|FAILED exit <n> at <where>``,
 see docs/internals.md): an :class:`OutputRouter` follows them and keeps the
-tail of every service's output for the failure report. Everything goes to
-stderr; stdout is kept for the final image id.
+tail of every service's output for the failure report. The build gives every
+runner command a nonce (``contract.MARK_VAR``) and the router takes only the
+lines that carry it for the runner's own, so a script printing a marker, or a
+secret whose value is ``FAILED`` or a service name, cannot fake or hide one.
+Everything goes to stderr; stdout is kept for the final image id.
 
-Every value of every SECRET is replaced by ``***`` (:class:`Redactor`) in all
-of it: remote output as it arrives (so the tails in error messages too), the
-status line, notes, warnings, and the error a build ends with.
+Every value of every SECRET (:data:`amic.contract.MASK_MIN` bytes or longer)
+is replaced by ``***`` (:class:`Redactor`) in the payload: the output of the
+machine's commands, as it arrives (so the tails in error messages and the
+status line too), and the error a build ends with. amic's own lines (the
+runner's, the layer lines, notes, the image id) are never masked: they hold no
+secret, and a short or common value must not rewrite them.
 """
 
 from __future__ import annotations
@@ -26,14 +32,20 @@ import threading
 import time
 from typing import TextIO
 
-from amic.contract import FAILED_AT, MARKER
+from amic.contract import FAILED_AT, MARKER, MASK_MIN, own_prefix
 
 TAIL_LINES = 15
 MASK = "***"
 
 
+def maskable(value: str) -> bool:
+    """Whether a secret value (one line of it) is long enough to mask (runtime/amic agrees)."""
+    return len(value.strip(" \t\r").encode()) >= MASK_MIN
+
+
 class Redactor:
-    """Replaces every secret value (and each line of a multi-line one) with ``***``."""
+    """Replaces every secret value (and each line of a multi-line one) with ``***``; values
+    shorter than ``MASK_MIN`` bytes are left alone (:func:`too_short`)."""
 
     def __init__(self, values=()) -> None:
         self.pieces: list[str] = []
@@ -45,7 +57,7 @@ class Redactor:
             pieces.add(value)
             pieces.update(value.splitlines())
         # longest first, so a secret that contains another is masked whole
-        self.pieces = sorted((p for p in pieces if p.strip()), key=len, reverse=True)
+        self.pieces = sorted((p for p in pieces if maskable(p)), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for piece in self.pieces:
@@ -64,6 +76,22 @@ class Redactor:
         return exc
 
 
+def too_short(value: str) -> bool:
+    """A secret with a line that is not blank but too short to mask."""
+    return any(line.strip(" \t\r") and not maskable(line) for line in value.splitlines())
+
+
+def mask_secrets(reporter: Reporter, secrets) -> None:
+    """Give the reporter the SECRET values (a mapping name -> value) to mask; warn, by name,
+    about each one too short to mask."""
+    reporter.redact.add(secrets.values())
+    short_ones = sorted(name for name, value in secrets.items() if too_short(value))
+    if short_ones:
+        reporter.warn(f"secret {', '.join(short_ones)}: a value (or line) under {MASK_MIN} "
+                      "characters is not masked in the output (*** for every such bit of "
+                      "text would garble it); use a longer secret")
+
+
 def short(image_id: str) -> str:
     """Docker-style 12-character ids for content hashes; anything else (ami-…, ssh://…) whole."""
     digest = image_id.removeprefix("sha256:")
@@ -73,15 +101,21 @@ def short(image_id: str) -> str:
 
 
 class OutputRouter:
-    """Attributes runner output lines to services using the progress markers."""
+    """Attributes runner output lines to services using the progress markers.
 
-    def __init__(self, sink, default: str = "amic", redact: Redactor | None = None) -> None:
+    ``mark``: the nonce the runner was given (``contract.MARK_VAR``); only lines with it are
+    the runner's own. Without one (a runner not given a nonce) a line starting ``amic: `` is
+    taken at its word."""
+
+    def __init__(self, sink, default: str = "amic", redact: Redactor | None = None,
+                 mark: str | None = None) -> None:
         self.sink = sink
         """Called with (service label, line, is_marker)."""
         if redact is None:  # a Reporter's method as the sink: its redactor
             redact = getattr(getattr(sink, "__self__", None), "redact", None)
         self.redact = redact
-        """Masks secrets in each line before anything keeps or shows it."""
+        """Masks secrets in each payload line before anything keeps or shows it."""
+        self.prefix = own_prefix(mark) if mark else None
         self.default = default
         self.current: str | None = None
         self.tails: dict[str, collections.deque[str]] = {}
@@ -94,25 +128,46 @@ class OutputRouter:
         return list(self.tails.get(service, ()))
 
     def __call__(self, line: str) -> None:
-        if self.redact is not None:
-            line = self.redact(line)
-        m = MARKER.match(line)
-        if m:
-            svc, event = m["svc"], m["event"]
-            if event == "begin":
-                self.current = svc
+        if self.prefix is None:
+            line = self.redact(line) if self.redact is not None else line
+            if MARKER.match(line):
+                self._own(line)
             else:
-                self.finished[svc] = event
-                if event == "FAILED":
-                    f = FAILED_AT.search(m["rest"])
-                    self.failures[svc] = (f["code"], f["where"]) if f else ("?", None)
-                if self.current == svc:
-                    self.current = None
-            self.sink(svc, line, True)
+                self._payload(line, masked=True)
             return
-        label = self.current or self.default
+        at = line.find(self.prefix)
+        if at < 0:
+            self._payload(line)
+            return
+        if at > 0:      # a script's last output without a newline, then the runner's line
+            self._payload(line[:at])
+        self._own("amic: " + line[at + len(self.prefix):])
+
+    def _payload(self, line: str, *, masked: bool = False) -> None:
+        if self.redact is not None and not masked:
+            line = self.redact(line)
+        self._keep(self.current or self.default, line, False)
+
+    def _own(self, line: str) -> None:
+        m = MARKER.match(line)
+        if not m:
+            self._keep(self.current or self.default, line, False)
+            return
+        svc, event = m["svc"], m["event"]
+        if event == "begin":
+            self.current = svc
+        else:
+            self.finished[svc] = event
+            if event == "FAILED":
+                f = FAILED_AT.search(m["rest"])
+                self.failures[svc] = (f["code"], f["where"]) if f else ("?", None)
+            if self.current == svc:
+                self.current = None
+        self.sink(svc, line, True)
+
+    def _keep(self, label: str, line: str, marker: bool) -> None:
         self.tails.setdefault(label, collections.deque(maxlen=TAIL_LINES)).append(line)
-        self.sink(label, line, False)
+        self.sink(label, line, marker)
 
 
 class Reporter:
@@ -122,7 +177,7 @@ class Reporter:
                  quiet: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.redact = Redactor()
-        """Secret values to mask in everything written (the build adds them first)."""
+        """Secret values to mask in the payload (the build adds them first; routers use it)."""
         if mode == "auto":
             mode = "tty" if getattr(self.stream, "isatty", lambda: False)() else "plain"
         self.tty = mode == "tty"
@@ -147,7 +202,7 @@ class Reporter:
         with self.lock:
             if self.tty and self.status is not None:
                 self.stream.write("\r\x1b[2K")
-            self.stream.write(self.redact(text) + "\n")
+            self.stream.write(text + "\n")
             if self.tty and self.status is not None:
                 self._draw_status()
             self.stream.flush()
@@ -156,7 +211,7 @@ class Reporter:
         elapsed = time.monotonic() - self.status_since
         text = f"{self.status} {elapsed:6.1f}s"
         if self.last_output:
-            text += "  " + self.redact(self.last_output)
+            text += "  " + self.last_output
         self.stream.write("\r\x1b[2K\x1b[1m" + text[: max(self.width - 1, 20)] + "\x1b[0m")
 
     def _tick(self) -> None:

@@ -109,6 +109,28 @@ def check_script_secret(ctx: Context) -> Found:
                     "stored in the artifact and the image: use an ARG")
 
 
+_VARIABLE_RE = re.compile(r"\$\{?([A-Za-z_]\w*)")
+
+
+def check_update_secret(ctx: Context) -> Found:
+    """A SECRET named in an UPDATE body: secrets reach INIT only, at build time."""
+    af = ctx.amifile
+    declared = {s.name for s in af.secrets}
+    for svc in [*af.services, *ctx.external.values()]:
+        declared.update(s.name for s in svc.secrets)
+    if not declared:
+        return
+    for ref in scripts(ctx, "update"):
+        smap = ctx.script_map(ref.script)
+        for index, line in enumerate(smap.text_lines):
+            for match in _VARIABLE_RE.finditer(line):
+                if match[1] in declared:
+                    yield smap.pos(index, match.start() + 1), (
+                        f"UPDATE of {ref.service.name!r} reads ${match[1]}, a SECRET: secrets "
+                        "reach INIT only (at build time, never stored), so at every boot it is "
+                        "empty here; fetch what UPDATE needs at boot (e.g. from a secret store)")
+
+
 def check_sudo(ctx: Context) -> Found:
     for ref in ctx.scripts():
         for cmd, smap in script_commands(ctx, ref):

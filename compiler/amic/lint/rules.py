@@ -52,6 +52,8 @@ RULES: tuple[Rule, ...] = (
     _rule("AM3012", "warning", "Script too large for shellcheck (not checked)", None),
     _rule("AM3013", "error", "COPY source outside the build context",
           scripts.check_copy_outside_context),
+    _rule("AM3014", "warning", "SECRET read in UPDATE (secrets reach INIT only)",
+          scripts.check_update_secret),
     _rule("AM4001", "error", "REQUIRES or ENABLE names an unknown service",
           file_checks.check_unknown_service),
     _rule("AM4002", "error", "REQUIRES cycle", file_checks.check_cycle),

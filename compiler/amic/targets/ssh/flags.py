@@ -29,6 +29,10 @@ SSH_OPTIONS: tuple[Option, ...] = (
            action="store_true", field="insecure"),
     Option(["--ssh-jump"], "ssh_jump", TITLE, "reach the host through this bastion (like ssh -J)",
            metavar="[USER@]HOST[:PORT]", field="jump"),
+    Option(["--ssh-replace-stage2"], "ssh_replace_stage2", TITLE,
+           "replace the stage2 installed on the host even if it has initialised services this "
+           "Amifile lacks (their UPDATE then no longer runs at boot); without it the build "
+           "refuses", action="store_true", field="replace_stage2"),
 )
 """The ssh target's own flags (``amic build --target ssh://…``)."""
 

@@ -29,6 +29,9 @@ class SshOptions:
     """``[user@]host[:port]`` of a bastion (``--ssh-jump``, else ``--ssh-jump-host``)."""
     jump_key: str | None = None
     """Private key for the bastion (default: the login key)."""
+    replace_stage2: bool = False
+    """``--ssh-replace-stage2``: replace the host's stage2 even if that stops the UPDATE of
+    services it initialised (the runner refuses otherwise: ``contract.INSTALL_POLICY_VAR``)."""
 
 
 def options_from_values(values: Mapping[str, object]) -> SshOptions:

@@ -83,6 +83,9 @@ class SshConnection:
         """The key the host proved it holds (the ec2 target pins it after first use)."""
         transport.set_keepalive(30)
         self._sftp: paramiko.SFTPClient | None = None
+        self.base_env: dict[str, str] = {}
+        """Environment every command gets, under ``run(env=)`` (the ssh target's install
+        policy)."""
 
     # Machine protocol ---------------------------------------------------------------
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
@@ -93,7 +96,7 @@ class SshConnection:
         seconds (the channel is closed; the remote command gets SIGPIPE on its next
         output)."""
         token = secrets.token_hex(8)
-        stdin = env_script({**(env or {}), SESSION_VAR: token})
+        stdin = env_script({**self.base_env, **(env or {}), SESSION_VAR: token})
         try:
             return self._exec(self.remote_command(command), stdin, on_output, timeout)
         except (KeyboardInterrupt, TimeoutError):

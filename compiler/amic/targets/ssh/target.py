@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 
 import attrs
 
-from amic.contract import RUNNER, TAG_BASE
+from amic.contract import INSTALL_POLICY_VAR, MARK_VAR, RUNNER, TAG_BASE, new_mark, own_prefix
 from amic.errors import BuildError, UsageError
 from amic.targets import option_values
 from amic.targets.base import Image, Machine, Target
@@ -46,7 +46,7 @@ class SshTarget(Target):
                  known_hosts: str | None = None, accept_new: bool = False,
                  insecure: bool = False, jump: str | None = None, jump_key: str | None = None,
                  wait_timeout: float = 60.0, run_update: bool = True,
-                 connect_options: Mapping | None = None) -> None:
+                 replace_stage2: bool = False, connect_options: Mapping | None = None) -> None:
         if not spec:
             raise UsageError("--target ssh:// needs a host: --target ssh://user@host[:port]")
         self.endpoint = Endpoint.parse(spec, what="--target ssh://")
@@ -61,6 +61,8 @@ class SshTarget(Target):
         self.wait_timeout = wait_timeout
         """How long to retry while the host does not answer (a VM still booting)."""
         self.run_update = run_update
+        self.replace_stage2 = replace_stage2
+        """Replace the host's stage2 even if it has initialised services this one lacks."""
         self.connect_options = dict(connect_options or {})
         """Extra keyword arguments for :func:`amic.targets.ssh.conn.connect` (tests: no agent)."""
 
@@ -85,6 +87,9 @@ class SshTarget(Target):
     @contextlib.contextmanager
     def launch(self, image: Image, *, build_id: str) -> Iterator[Machine]:
         conn = self.connect()
+        # In place, a stage2 that lacks a service the host initialised would stop its UPDATE
+        # at boot: `amic install` refuses that unless --ssh-replace-stage2 (docs/ssh.md).
+        conn.base_env = {INSTALL_POLICY_VAR: "replace" if self.replace_stage2 else "keep"}
         try:
             yield conn
             if self.run_update:
@@ -109,14 +114,20 @@ class SshTarget(Target):
         naming ``amic status`` (the runtime keeps going for unrelated services)."""
         self.log("running UPDATE for every service (as at boot)")
         tail: list[str] = []
+        mark = new_mark()       # the runner's own lines carry it; a script's output cannot
+        own = own_prefix(mark)
 
         def show(line: str) -> None:
-            tail.append(line)
+            at = line.find(own)
+            for text in ([line] if at < 0 else [line[:at]] if at else []):
+                tail.append(text)
+                self.log(f"  {text}")
+            if at >= 0:     # the runner's own: "<svc>: update: ..."
+                tail.append("amic: " + line[at + len(own):])
+                self.log(line[at + len(own):])
             del tail[:-20]
-            # the runtime's own markers already say "amic: <svc>: update: ..."
-            self.log(line[6:] if line.startswith("amic: ") else f"  {line}")
 
-        rc = conn.run(f"{RUNNER} update", on_output=show)
+        rc = conn.run(f"{RUNNER} update", env={MARK_VAR: mark}, on_output=show)
         if rc != 0:
             raise BuildError(
                 f"amic update on {self.endpoint} failed (exit {rc}); see which service with: "

@@ -1,0 +1,68 @@
+"""What the command line says when a command other than ``build`` fails: the error names the
+command that ran (issue 18, item 11: a refused ``prune`` said "build failed"). Through the real
+``amic`` executable, on a local store made in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amic.cli.common import command_name, error_text
+from amic.errors import BuildError, UsageError
+
+
+def amic(store: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).with_name("amic"))
+    return subprocess.run([exe, *args], cwd=store.parent, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "AMIC_CACHE_DIR": str(store)})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A local store holding one image whose parent is missing (every use of it fails)."""
+    image = tmp_path / "cache" / "local" / "images" / ("a" * 12)
+    image.mkdir(parents=True)
+    (image / "meta.json").write_text(json.dumps({"id": "a" * 64, "key": "k" * 64,
+                                                 "parent": "b" * 64, "tags": {}, "created": 1}))
+    return tmp_path / "cache"
+
+
+def test_prune_refused_names_prune(store: Path) -> None:
+    with open(store / "local" / "builds.lock", "a") as held:   # a build running
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = amic(store, "prune")
+    assert proc.returncode == 1
+    assert "amic: prune failed: a build is running" in proc.stderr, proc.stderr
+    assert "build failed" not in proc.stderr
+    assert (store / "local" / "images" / ("a" * 12) / "meta.json").exists()
+    # the control: without the lock the same command goes through
+    assert amic(store, "prune", "--dry-run").returncode == 0
+
+
+@pytest.mark.parametrize("command", [["run"], ["export", "-o", "out.tar"]])
+def test_run_and_export_failures_name_their_command(store: Path, command: list[str]) -> None:
+    proc = amic(store, command[0], "a" * 12, *command[1:])
+    assert proc.returncode == 1
+    assert f"amic: {command[0]} failed: " in proc.stderr, proc.stderr
+    assert "build failed" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_error_text_per_command() -> None:
+    from amic.cli.main import build_parser
+
+    parser = build_parser()
+    err = BuildError("no")
+    assert error_text(err, parser.parse_args(["build", "--dry-run"])) == "amic: build failed: no"
+    args = parser.parse_args(["ami", "prune"])
+    assert command_name(args) == "ami prune"
+    assert error_text(err, args) == "amic: ami prune failed: no"
+    # other errors keep their own rendering
+    assert error_text(UsageError("bad"), args) == "amic: error: bad"
