@@ -160,17 +160,29 @@ class Machine:
         shutil.copy(GUARD, tmp / "guard")
         (tmp / "setup.sh").write_text(SETUP)
 
-    def run(self, script: str, shell: str = SHELLS["dash"], *, pid_namespace: bool = True,
-            timeout: float = 120) -> str:
+    def argv(self, script: str, shell: str = SHELLS["dash"], *,
+             pid_namespace: bool = True) -> list[str]:
+        """The command that runs ``script`` as PID 1 of the machine."""
         (self.tmp / "out" / "scenario.sh").write_text(f"SH='{shell}'\n" + script)
         unshare = ["unshare", "--mount", "--propagation", "private"]
         if pid_namespace:
             unshare += ["--pid", "--fork", "--kill-child"]
-        argv = [*unshare, "sh", str(self.tmp / "setup.sh"), str(self.tmp),
+        return [*unshare, "sh", str(self.tmp / "setup.sh"), str(self.tmp),
                 *shell.split(), "/outside/scenario.sh"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def run(self, script: str, shell: str = SHELLS["dash"], *, pid_namespace: bool = True,
+            timeout: float = 120) -> str:
+        proc = subprocess.run(self.argv(script, shell, pid_namespace=pid_namespace),
+                              capture_output=True, text=True, timeout=timeout, check=False)
         assert proc.returncode in (0, 143), proc.stdout + proc.stderr
         return proc.stdout
+
+    def progress(self) -> int:
+        """The writer's count (it writes the file outside the image, renamed into place)."""
+        try:
+            return int((self.tmp / "out" / "progress").read_text())
+        except (OSError, ValueError):
+            return 0
 
     def fsck(self, name: str) -> tuple[bool, str]:
         """Whether ``e2fsck -fn`` finds the copy clean: exit 0, no journal left to recover,
