@@ -1,10 +1,11 @@
 """Who owns a build's resources, and whether that owner still runs (when it can be known).
 
 Every resource a build creates carries ``amic:owner``: the process that made it,
-as ``machine=<machine-id> boot=<boot id> pidns=<pid namespace> pid=<pid>
-start=<start time> host=<hostname>``. The start time is field 22 of
-``/proc/<pid>/stat`` (clock ticks after boot), so a pid the kernel has given to
-another process since is not mistaken for the owner.
+as ``machine=<machine> boot=<boot id> pidns=<pid namespace> pid=<pid>
+start=<start time> host=<hostname>``, where ``machine`` is a keyed hash of
+``/etc/machine-id`` (which machine-id(5) asks not to expose as it is). The start
+time is field 22 of ``/proc/<pid>/stat`` (clock ticks after boot), so a pid the
+kernel has given to another process since is not mistaken for the owner.
 
 On the machine (and boot, and pid namespace) that made a resource, the owner's
 death is known at once: its pid is gone, a zombie, or another process now.
@@ -22,6 +23,8 @@ taken for leaked on a guess.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import os
 import socket
 from collections.abc import Mapping
@@ -125,7 +128,10 @@ def _kernel() -> tuple[str, str, str] | None:
         return None
     if not boot:
         return None
-    return _read(MACHINE_ID) or "-", boot, pidns
+    machine = _read(MACHINE_ID)
+    # machine-id(5): not to be shown as it is; an application-specific keyed hash instead
+    mark = hmac.new(machine.encode(), b"amic:owner", hashlib.sha256).hexdigest()[:32]
+    return (mark if machine else "-"), boot, pidns
 
 
 def current() -> Owner | None:
