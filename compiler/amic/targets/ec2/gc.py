@@ -3,8 +3,11 @@
 A build removes its temporary resources itself, on success, failure and
 Ctrl-C. Only a process killed outright (SIGKILL, a lost machine, a network
 cut during cleanup) leaves some behind; they carry ``amic:tool``,
-``amic:build-id`` and ``amic:expires``, and this module finds them by those
-tags. Nothing without amic's tags is ever touched.
+``amic:build-id``, ``amic:expires``, ``amic:heartbeat`` and ``amic:owner``, and
+this module finds them by those tags: a build whose owner on this host is gone
+is dead at once, one elsewhere once its heartbeat stopped
+(``resources.build_alive``); the builds still running are listed too
+(``survey``). Nothing without amic's tags is ever touched.
 """
 
 from __future__ import annotations
