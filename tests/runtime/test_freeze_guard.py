@@ -66,10 +66,13 @@ writer() {
     done
 }
 progress() { cat /outside/progress 2>/dev/null || echo 0; }
-# tenths of a second until the writer moves past $1 (at most $2 tenths)
+# tenths of a second (by the clock) until the writer moves past $1 (at most $2 tenths)
 moves_after() {
+    t0=$(date +%s%N)
     n=0
-    while [ "$(progress)" = "$1" ] && [ "$n" -lt "$2" ]; do sleep 0.1; n=$((n + 1)); done
+    while [ "$(progress)" = "$1" ] && [ "$n" -lt "$2" ]; do
+        sleep 0.05; n=$(( ($(date +%s%N) - t0) / 100000000 ))
+    done
     echo "$n"
 }
 writer &
@@ -91,12 +94,14 @@ cp /outside/fs.img /outside/frozen.img
 exec 3<&-                       # the builder closes its channel: thaw
 wait "$G"; echo "guard exit: $?"
 echo "moved after: $(moves_after "$b" 50)"
+fsfreeze --unfreeze / 2>/dev/null     # (a failed thaw fails the test, it must not hang it)
 kill "$W"
 """
 
 UNFROZEN_COPY = COMMON + r"""
 cp /outside/fs.img /outside/unfrozen.img
 echo "copied while writing: $(progress)"
+fsfreeze --unfreeze / 2>/dev/null     # (a failed thaw fails the test, it must not hang it)
 kill "$W"
 """
 
@@ -113,20 +118,27 @@ echo "while frozen: $a $b"
 kill -9 "$B"                    # the builder dies: its end of the channel closes
 echo "moved after: $(moves_after "$b" 100)"
 wait "$G"; echo "guard exit: $?"
+fsfreeze --unfreeze / 2>/dev/null     # (a failed thaw fails the test, it must not hang it)
 kill "$W"
 """
 
+# The guard's parent never reaps it (an exec'd sleep): killed, it stays a zombie, which
+# the watchdog must take for dead too.
 GUARD_KILLED = COMMON + r"""
-$SH $GUARD hold 30 > /outside/guard.out &
-G=$!
+( $SH $GUARD hold 30 > /outside/guard.out & echo $! > /outside/guard.pid; exec sleep 600 ) &
+P=$!
 exec 3< /outside/guard.out
 IFS= read -r first <&3
 echo "guard said: $first"
+G=$(cat /outside/guard.pid)
 sleep 0.5
 a=$(progress); sleep 1; b=$(progress)
 echo "while frozen: $a $b"
 kill -9 "$G"                    # the guard itself dies: the watchdog thaws
 echo "moved after: $(moves_after "$b" 100)"
+echo "guard state: $(cut -d')' -f2 /proc/$G/stat | cut -c2)"
+kill "$P"
+fsfreeze --unfreeze / 2>/dev/null     # (a failed thaw fails the test, it must not hang it)
 kill "$W"
 """
 
@@ -140,6 +152,7 @@ sleep 0.5
 b=$(progress)
 echo "moved after: $(moves_after "$b" 150)"     # the builder never lets go: the timeout
 kill "$G"
+fsfreeze --unfreeze / 2>/dev/null     # (a failed thaw fails the test, it must not hang it)
 kill "$W"
 """
 
@@ -212,7 +225,9 @@ def test_frozen_copy_is_clean_and_the_writer_resumes(machine, shell):
     a, b = number(r"while frozen: (\d+) (\d+)", out)
     assert a == b, out                      # the writer is held while / is frozen
     assert "guard exit: 0" in out
-    assert number(r"moved after: (\d+)", out)[0] < 10, out     # thawed at once (< 1 s)
+    tenths = number(r"moved after: (\d+)", out)[0]
+    assert tenths < 10, out                 # thawed at once (< 1 s)
+    print(f"\n{shell}: writer held at record {a} for 1 s; moved {tenths / 10:.1f}s after the thaw")
     clean, said = machine.fsck("frozen.img")
     assert clean, said
     # the writer really wrote into the image (the copy holds its records)
@@ -236,6 +251,7 @@ def test_builder_killed_thaws_at_once(machine, shell):
     assert a == b, out
     tenths = number(r"moved after: (\d+)", out)[0]
     assert tenths < 10, out                 # the next tick fails: thawed within ~0.2 s
+    print(f"\n{shell}: builder killed -9 while frozen; writer moved {tenths / 10:.1f}s later")
     assert "guard exit: 0" in out
 
 
@@ -243,13 +259,17 @@ def test_guard_killed_the_watchdog_thaws(machine):
     out = machine.run(GUARD_KILLED)
     a, b = number(r"while frozen: (\d+) (\d+)", out)
     assert a == b, out
-    assert number(r"moved after: (\d+)", out)[0] < 25, out     # within ~1 s of the kill
+    tenths = number(r"moved after: (\d+)", out)[0]
+    assert tenths < 25, out                 # within ~1 s of the kill
+    assert "guard state: Z" in out, out     # (it was a zombie all along)
+    print(f"\nguard killed -9 while frozen; the watchdog thawed, writer moved {tenths / 10:.1f}s later")
 
 
 def test_builder_hangs_the_timeout_thaws(machine):
     out = machine.run(BUILDER_HANGS)
     tenths = number(r"moved after: (\d+)", out)[0]
     assert 15 <= tenths < 50, out           # 3 s after the freeze (0.5 s of them gone)
+    print(f"\nbuilder never lets go; timeout 3 s: writer moved {0.5 + tenths / 10:.1f}s after the freeze")
 
 
 # -- refusals: nothing is frozen -----------------------------------------------------
