@@ -186,11 +186,14 @@ def add_ec2_parsers(sub) -> None:
         "whose image is gone; remove them. Builds still running are listed (owner, last "
         "heartbeat) and left alone. Use --dry-run first.")
     add_aws_options(p)
-    p.add_argument("--dry-run", "-n", action="store_true", help="only list what would go")
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="only list what would go (and the builds still running)")
     p.add_argument("--build-id", metavar="ID", help="only resources of this build")
     p.add_argument("--force", action="store_true",
-                   help="ignore amic:expires (with --build-id: remove a kept --on-error=abort build)")
-    p.add_argument("--json", action="store_true", help="print what was found as JSON on stdout")
+                   help="ignore amic:expires and whether the build runs (with --build-id: "
+                   "remove a kept --on-error=abort build)")
+    p.add_argument("--json", action="store_true",
+                   help="print what would go as JSON on stdout (running builds stay on stderr)")
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("ami", help="list and prune amic's AMIs on EC2 (cache layers and finals)")
