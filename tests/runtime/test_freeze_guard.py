@@ -309,6 +309,10 @@ def test_refuses_anywhere_but_its_install_path():
                               text=True, timeout=30, check=False)
         assert proc.returncode == 3, proc
         assert "not frozen: run as" in proc.stdout
+        for bad in ("0", "-1", "1x", "007"):
+            proc = subprocess.run([*shell.split(), str(GUARD), "hold", bad], capture_output=True,
+                                  text=True, timeout=30, check=False)
+            assert proc.returncode == 3 and "expected whole seconds" in proc.stdout, (bad, proc)
 
 
 def test_shellcheck_clean_and_parses_everywhere():
