@@ -195,7 +195,8 @@ def test_gc_after_killed_process(fake, amic_cli):
                                         "key-pair"))
     dry = amic_cli("gc", "--dry-run", env=fake.env, check=True)
     assert "would remove instance" in dry.stderr and "amic-b-killed" in dry.stderr
-    assert "b-live" not in dry.stderr
+    assert "would remove key-pair amic-b-live" not in dry.stderr
+    assert "live build b-live" in dry.stderr    # its owner (this process) runs
     assert len(fake.leftovers("b-killed")["instances"]) == 1
 
     amic_cli("gc", env=fake.env, check=True)
@@ -411,4 +412,4 @@ def test_a_waiting_build_reads_the_lease_with_growing_pauses(fake):
     # pauses 0.1, 0.15, 0.225, ... : about 8 reads in 3 s, not 30
     assert 4 <= fake.proxy.count("DescribeKeyPairs") <= 12, fake.proxy.calls
     assert waited == [f"waiting for build b-holder (lease {ec2_lease.lease_name('b' * 64)}, "
-                      f"layer key {'b' * 12})"]
+                      f"layer key {'b' * 12}; pid {os.getpid()} on this host)"]

@@ -41,9 +41,13 @@ def cmd_gc(args) -> int:
     from amic.targets.ec2 import gc as ec2_gc
 
     target = _target(args)
-    found = ec2_gc.find_leaks(target, build_id=args.build_id, ignore_expiry=args.force)
+    seen = ec2_gc.survey(target, build_id=args.build_id, ignore_expiry=args.force)
+    found = seen.leaks
     if args.json:
         print(json.dumps([leak.to_json() for leak in found], indent=2))
+    for live in seen.live:
+        print(f"live build {live.build_id} ({live.owner}; {live.how}; last heartbeat "
+              f"{live.heartbeat or '-'}): {', '.join(live.resources)}", file=sys.stderr)
     for leak in found:
         verb = "would remove" if args.dry_run else "removing"
         print(f"{verb} {leak.kind} {leak.id} (build {leak.build_id or '?'}, {leak.why})",
@@ -176,15 +180,20 @@ def cmd_launch(args) -> int:
 def add_ec2_parsers(sub) -> None:
     p = sub.add_parser(
         "gc", help="remove EC2 resources that crashed or killed builds left behind",
-        description="Find instances, key pairs, security groups and volumes tagged by amic "
-        "whose amic:expires time has passed (or of one --build-id), and snapshots whose image "
-        "is gone; remove them. Use --dry-run first.")
+        description="Find instances, key pairs, security groups, volumes and leases tagged by "
+        "amic whose build died (its owner process on this host is gone, or its heartbeat "
+        "stopped) or whose amic:expires time has passed (or of one --build-id), and snapshots "
+        "whose image is gone; remove them. Builds still running are listed (owner, last "
+        "heartbeat) and left alone. Use --dry-run first.")
     add_aws_options(p)
-    p.add_argument("--dry-run", "-n", action="store_true", help="only list what would go")
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="only list what would go (and the builds still running)")
     p.add_argument("--build-id", metavar="ID", help="only resources of this build")
     p.add_argument("--force", action="store_true",
-                   help="ignore amic:expires (with --build-id: remove a kept --on-error=abort build)")
-    p.add_argument("--json", action="store_true", help="print what was found as JSON on stdout")
+                   help="ignore amic:expires and whether the build runs (with --build-id: "
+                   "remove a kept --on-error=abort build)")
+    p.add_argument("--json", action="store_true",
+                   help="print what would go as JSON on stdout (running builds stay on stderr)")
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("ami", help="list and prune amic's AMIs on EC2 (cache layers and finals)")

@@ -3,8 +3,11 @@
 A build removes its temporary resources itself, on success, failure and
 Ctrl-C. Only a process killed outright (SIGKILL, a lost machine, a network
 cut during cleanup) leaves some behind; they carry ``amic:tool``,
-``amic:build-id`` and ``amic:expires``, and this module finds them by those
-tags. Nothing without amic's tags is ever touched.
+``amic:build-id``, ``amic:expires``, ``amic:heartbeat`` and ``amic:owner``, and
+this module finds them by those tags: a build whose owner on this host is gone
+is dead at once, one elsewhere once its heartbeat stopped
+(``resources.build_alive``); the builds still running are listed too
+(``survey``). Nothing without amic's tags is ever touched.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import attrs
 
 from amic import contract
 from amic.targets import base as tb
-from amic.targets.ec2 import resources
+from amic.targets.ec2 import owner, resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
 from amic.targets.ec2.images import TAG_IMAGE_ID
@@ -36,42 +39,83 @@ class Leak:
         return attrs.asdict(self)
 
 
-def _reason(tags: dict, build_id: str | None, ignore_expiry: bool, at: dt.datetime) -> str | None:
-    """Why a tagged resource may go, or None to keep it."""
-    if aws.TAG_TOOL not in tags or tags.get(aws.TAG_ROLE, "build") not in ("build", "launch",
-                                                                         "lease"):
-        return None
+TEMPORARY_ROLES = ("build", "launch", "lease")
+
+
+@attrs.frozen
+class LiveBuild:
+    """A build whose resources ``amic gc`` leaves alone because it still runs."""
+
+    build_id: str
+    owner: str
+    """Who runs it (``pid N on this host`` or ``pid N on HOST``)."""
+    how: str
+    """Why it counts as running (its owner runs here, or its heartbeat is fresh)."""
+    heartbeat: str | None
+    """The newest ``amic:heartbeat`` of its resources (UTC), None if none has one."""
+    resources: tuple[str, ...]
+    """``kind id`` of each of its resources."""
+
+    def to_json(self) -> dict:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class Survey:
+    leaks: list[Leak]
+    live: list[LiveBuild]
+
+
+def _judge(tags: dict, build_id: str | None, ignore_expiry: bool,
+           at: dt.datetime) -> tuple[bool | None, str]:
+    """(True, why) for a resource that may go, (False, how) for one of a running build,
+    (None, "") for one to leave alone silently (not amic's, not a build's, not expired)."""
+    if aws.TAG_TOOL not in tags or tags.get(aws.TAG_ROLE, "build") not in TEMPORARY_ROLES:
+        return None, ""
     if build_id is not None and tags.get(contract.TAG_BUILD) != build_id:
-        return None
+        return None, ""
     if ignore_expiry:
-        return "forced"
-    # A live build refreshes amic:heartbeat; one that stopped beating died (kill -9, a lost
-    # machine), whatever amic:expires says. While the heartbeat is fresh the build lives.
-    stopped = resources.heartbeat_stopped(tags, at)
-    if stopped:
-        return f"heartbeat stopped {stopped}"
-    if resources.TAG_HEARTBEAT in tags:
-        return None
+        return True, "forced"
+    # An owner on this host that no longer runs died (kill -9): at once. Elsewhere a live
+    # build refreshes amic:heartbeat, and one that stopped beating died, whatever
+    # amic:expires says. While it runs the build lives.
+    alive, how = resources.build_alive(tags, at)
+    if alive is not None:
+        return (False, how) if alive else (True, how)
     expires = aws.parse_iso(tags.get(aws.TAG_EXPIRES))
-    if expires is None:
-        return None
-    if expires <= at:
-        return f"expired {aws.iso(expires)}"
-    return None
+    if expires is not None and expires <= at:
+        return True, f"expired {aws.iso(expires)}"
+    return None, ""
 
 
-def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = False,
-               at: dt.datetime | None = None) -> list[Leak]:
-    """Temporary resources of amic builds that are past their expiry (or of ``build_id``)."""
+def _live_builds(seen: dict[str, list[tuple[str, dict, str]]]) -> list[LiveBuild]:
+    found = []
+    for build, items in sorted(seen.items()):
+        beats = sorted(t[resources.TAG_HEARTBEAT] for _, t, _ in items
+                       if t.get(resources.TAG_HEARTBEAT))
+        found.append(LiveBuild(build, owner.describe(items[0][1]), items[0][2],
+                               beats[-1] if beats else None,
+                               tuple(label for label, _, _ in items)))
+    return found
+
+
+def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
+           at: dt.datetime | None = None) -> Survey:
+    """Temporary resources of amic builds that died or expired (or of ``build_id``), and the
+    builds that still run."""
     ec2 = target.ec2
     at = at or aws.now()
     tagged = [{"Name": "tag-key", "Values": [aws.TAG_TOOL]}]
     found: list[Leak] = []
+    running: dict[str, list[tuple[str, dict, str]]] = {}
 
     def consider(kind: str, rid: str, tags: dict, name: str | None = None) -> None:
-        why = _reason(tags, build_id, ignore_expiry, at)
-        if why:
+        leaked, why = _judge(tags, build_id, ignore_expiry, at)
+        if leaked:
             found.append(Leak(kind, rid, tags.get(contract.TAG_BUILD), why, name))
+        elif leaked is False:
+            running.setdefault(tags.get(contract.TAG_BUILD, "?"), []).append(
+                (f"{kind} {name or rid}", tags, why))
 
     for page in ec2.get_paginator("describe_instances").paginate(
             Filters=[*tagged, {"Name": "instance-state-name", "Values": resources.LIVE_STATES}]):
@@ -92,15 +136,28 @@ def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = Fal
             consider("volume", vol["VolumeId"], aws.tag_dict(vol.get("Tags")))
     # Snapshots of deregistered images (a prune or gc interrupted between the two calls).
     if build_id is None:
-        images = {img["ImageId"] for img in ec2.describe_images(
-            Owners=["self"], Filters=[{"Name": "tag-key", "Values": [contract.TAG_KEY]}])["Images"]}
-        for page in ec2.get_paginator("describe_snapshots").paginate(
-                OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_IMAGE_ID]}]):
-            for snap in page["Snapshots"]:
-                tags = aws.tag_dict(snap.get("Tags"))
-                if tags.get(TAG_IMAGE_ID) not in images:
-                    found.append(Leak("snapshot", snap["SnapshotId"], tags.get(contract.TAG_BUILD),
-                                      f"image {tags.get(TAG_IMAGE_ID)} is gone"))
+        found += orphan_snapshots(ec2)
+    return Survey(found, _live_builds(running))
+
+
+def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = False,
+               at: dt.datetime | None = None) -> list[Leak]:
+    """Temporary resources of amic builds that died or expired (or of ``build_id``)."""
+    return survey(target, build_id=build_id, ignore_expiry=ignore_expiry, at=at).leaks
+
+
+def orphan_snapshots(ec2) -> list[Leak]:
+    """Snapshots tagged with an image that is gone."""
+    found = []
+    images = {img["ImageId"] for img in ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": "tag-key", "Values": [contract.TAG_KEY]}])["Images"]}
+    for page in ec2.get_paginator("describe_snapshots").paginate(
+            OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_IMAGE_ID]}]):
+        for snap in page["Snapshots"]:
+            tags = aws.tag_dict(snap.get("Tags"))
+            if tags.get(TAG_IMAGE_ID) not in images:
+                found.append(Leak("snapshot", snap["SnapshotId"], tags.get(contract.TAG_BUILD),
+                                  f"image {tags.get(TAG_IMAGE_ID)} is gone"))
     return found
 
 

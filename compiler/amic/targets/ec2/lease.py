@@ -5,18 +5,20 @@ unique per account and region and CreateKeyPair fails with
 ``InvalidKeyPair.Duplicate`` when the name exists: creating it is the atomic
 test-and-set. It is tagged at creation (``amic:tool``, ``amic:build-id``,
 ``amic:role=lease``, ``amic:key``, ``amic:expires`` = now + ``TTL``,
-``amic:heartbeat``); the holder refreshes the heartbeat (and the expiry) every
-``heartbeat_seconds()`` while it holds the lease and deletes the key pair when
-it lets go. Its private half is never kept: nobody logs in with it.
+``amic:heartbeat``, ``amic:owner``); the holder refreshes the heartbeat (and the
+expiry) every ``heartbeat_seconds()`` while it holds the lease and deletes the
+key pair when it lets go. Its private half is never kept: nobody logs in with it.
 
 A build that finds the lease taken waits (reading it, with pauses growing to
-``MAX_POLL``, bounded by ``WAIT_LIMIT``) while the holder's heartbeat is fresh, and
-reports whom it waits for. A lease
-whose heartbeat stopped (``STALE_BEATS`` intervals, the holder died) is taken
-over: deleted *by the KeyPairId that was seen stale* (so two waiters cannot
-delete each other's fresh lease) and created again; the winner is whoever's
-CreateKeyPair succeeded, confirmed by reading the lease back. ``amic gc``
-lists a dead build's lease like its other resources (role ``lease``).
+``MAX_POLL``, bounded by ``WAIT_LIMIT``) while the holder lives, and reports whom
+it waits for. A lease whose holder is dead is taken over: at once when the
+holder ran on this host (its ``amic:owner`` process is gone, see ``owner``; a
+waiter watches it between reads), once its heartbeat stopped (``STALE_BEATS``
+intervals) when it ran elsewhere. It is deleted *by the KeyPairId that was seen
+stale* (so two waiters cannot delete each other's fresh lease) and created
+again; the winner is whoever's CreateKeyPair succeeded, confirmed by reading the
+lease back. ``amic gc`` lists a dead build's lease like its other resources
+(role ``lease``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 
 from amic.contract import TAG_BUILD, TAG_KEY
 from amic.errors import BuildError
-from amic.targets.ec2 import resources
+from amic.targets.ec2 import owner, resources
 from amic.targets.ec2 import session as aws
 
 PREFIX = "amic-lease-"
@@ -37,6 +39,9 @@ TTL = dt.timedelta(minutes=10)
 """``amic:expires`` of a lease; the heartbeat pushes it forward while the holder lives."""
 WAIT_LIMIT = 6 * 3600.0
 """Seconds a build waits for another live build's lease before giving up."""
+LOCAL_POLL = 0.2
+"""How often a waiting build looks at a holder on this host (a ``kill(pid, 0)`` and one
+``/proc`` read: no API call)."""
 MAX_POLL = 10.0
 """The longest pause between two looks at a lease held by a live build (the pause grows
 from ``poll`` by half each time: a wait of hours costs a few hundred reads, not 20,000)."""
@@ -87,16 +92,30 @@ def try_create(ec2, name: str, key: str, build_id: str, interval: float) -> str 
 
 
 def stale(found: dict, at: dt.datetime) -> str | None:
-    """Why a lease may be taken over (its holder stopped beating, or it expired), or None."""
+    """Why a lease may be taken over (its holder on this host is gone, its holder elsewhere
+    stopped beating, or it expired), or None."""
     tags = found["tags"]
-    stopped = resources.heartbeat_stopped(tags, at)
-    if stopped:
-        return f"heartbeat stopped {stopped}"
-    if resources.TAG_HEARTBEAT not in tags:     # not one of ours, or a half-made one
+    alive, how = resources.build_alive(tags, at)
+    if alive is False:
+        return how
+    if alive is None:     # no heartbeat: not one of ours, or a half-made one
         expires = aws.parse_iso(tags.get(aws.TAG_EXPIRES))
         if expires is None or expires <= at:
             return "expired"
     return None
+
+
+def pause(seconds: float, tags: dict) -> None:
+    """Wait ``seconds`` before the next read of the lease; a holder on this host is watched
+    meanwhile (no API call) and its death ends the wait at once."""
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, LOCAL_POLL))
+        if owner.on_this_host(tags)[0] is False:
+            return
 
 
 def delete(ec2, key_pair_id: str) -> None:
@@ -152,12 +171,13 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
             held_by_other = False
             continue
         if told != holder:
-            log(f"waiting for build {holder} (lease {name}, layer key {key[:12]})")
+            log(f"waiting for build {holder} (lease {name}, layer key {key[:12]}; "
+                f"{owner.describe(found['tags'])})")
             told = holder
         if time.monotonic() > deadline:
             raise BuildError(f"gave up after {wait_limit:.0f}s waiting for build {holder} "
                              f"(lease {name}); if that build is dead, `amic gc` removes its lease")
-        time.sleep(poll)
+        pause(poll, found["tags"])
         poll = min(poll * 1.5, MAX_POLL)
     beat = resources.Heartbeat(ec2, log, interval=interval, ttl=TTL)
     beat.add(mine)

@@ -12,14 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from amic.contract import RUNNER
+from amic.contract import RUNNER, STATE_DIR
 from amic.errors import BuildError
 from amic.targets.ec2 import hostkeys, resources, waiters
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.options import Ec2Options
+
+T = TypeVar("T")
+FREEZE_GUARD = f"{STATE_DIR}/stage2/freeze"
+FREEZE_TIMEOUT = 60
+"""Seconds the guard keeps ``/`` frozen at most when the builder neither lets go nor dies
+(CreateSnapshot answers in well under a second; retries take longer)."""
+FROZEN = "amic-freeze: frozen"
+NOT_FROZEN = "amic-freeze: not frozen: "
+
+
+class _Thaw(Exception):
+    """Leaves the guard's output callback: closing its channel is the thaw request."""
 
 
 class Ec2Machine:
@@ -115,6 +129,41 @@ class Ec2Machine:
         if rc != 0:
             raise BuildError(f"{doing}: `amic build-key remove` failed on {self.instance_id} "
                              f"(exit {rc})")
+
+    def while_frozen(self, fn: Callable[[], T], *,
+                     timeout: int = FREEZE_TIMEOUT) -> tuple[T, str | None]:
+        """``fn()`` with the root filesystem frozen; (its result, None), or (its result, why
+        it ran unfrozen) where the machine's guard refused or failed (after ``sync`` only).
+
+        The guard (``runtime/freeze``, shipped in the stage2) freezes ``/``, says so and
+        holds; ``fn`` runs inside the output callback, and leaving it (returning or raising)
+        closes the guard's SSH channel: the guard's next write fails and it thaws at once.
+        If this process dies, the channel closes the same way; if the connection hangs,
+        the guard's watchdog thaws after ``timeout`` seconds. While ``/`` is frozen no new
+        SSH session or sudo is needed (both would log to the frozen disk).
+        """
+        said: list[str] = []
+        done: list[T] = []
+
+        def watch(line: str) -> None:
+            said.append(line)
+            if line == FROZEN and not done:
+                t0 = time.monotonic()
+                done.append(fn())
+                held = time.monotonic() - t0
+                if held > timeout:
+                    self.log(f"warning: / was frozen for {held:.0f}s, longer than the guard's "
+                             f"{timeout}s: the snapshot may be of the thawed disk")
+                raise _Thaw
+
+        try:
+            rc = self.run(f"sh {FREEZE_GUARD} hold {int(timeout)}", on_output=watch,
+                          timeout=timeout + 120)
+        except _Thaw:
+            return done[0], None
+        refused = [line[len(NOT_FROZEN):] for line in said if line.startswith(NOT_FROZEN)]
+        why = refused[0] if refused else f"the freeze guard exited {rc}: {' / '.join(said[-2:])}"
+        return fn(), why
 
     def restore_build_key(self, doing: str) -> None:
         """Authorise the builder's key again (the SSH session stayed open meanwhile)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from amic.contract import TAG_BUILD
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Image
+from amic.targets.ec2 import owner
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import waiters
 from amic.targets.ec2.options import Ec2Options
@@ -75,6 +76,24 @@ def heartbeat_stopped(tags: Mapping[str, str], at) -> str | None:
     return None
 
 
+def build_alive(tags: Mapping[str, str], at) -> tuple[bool | None, str]:
+    """Whether the build that owns a resource runs: (False, why) dead, (True, how) alive,
+    (None, "") without a heartbeat (a kept resource, or not a build's).
+
+    An owner on this host is asked directly (``owner.on_this_host``): dead at once when its
+    process is gone. Owners elsewhere are judged by their heartbeat (``STALE_BEATS``).
+    """
+    alive, how = owner.on_this_host(tags)
+    if alive is not None:
+        return alive, how
+    stopped = heartbeat_stopped(tags, at)
+    if stopped:
+        return False, f"heartbeat stopped {stopped}"
+    if TAG_HEARTBEAT in tags:
+        return True, f"heartbeat {tags[TAG_HEARTBEAT]}"
+    return None, ""
+
+
 class Heartbeat:
     """Refreshes ``amic:heartbeat`` (and, with ``ttl``, ``amic:expires``) on resources, in a
     daemon thread, every ``interval`` seconds until ``stop``. A failed refresh is logged;
@@ -117,11 +136,13 @@ class Heartbeat:
             self._thread.join(timeout=30)
 
     def forget(self) -> None:
-        """Stop, and remove the heartbeat tags: a kept resource then lives until it expires."""
+        """Stop, and remove the heartbeat and owner tags: a kept resource then lives until it
+        expires (not until this process exits)."""
         self.stop()
         if self.ids:
             self.ec2.delete_tags(Resources=list(self.ids),
-                                 Tags=[{"Key": TAG_HEARTBEAT}, {"Key": TAG_HEARTBEAT_EVERY}])
+                                 Tags=[{"Key": TAG_HEARTBEAT}, {"Key": TAG_HEARTBEAT_EVERY},
+                                       {"Key": owner.TAG_OWNER}])
 
 
 def cleanup_quietly(log: Log, what: str, name: str, fn: Callable, *args) -> None:

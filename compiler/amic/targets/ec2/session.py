@@ -20,6 +20,7 @@ import attrs
 from amic import __version__
 from amic.contract import TAG_BUILD
 from amic.errors import BuildError, UsageError
+from amic.targets.ec2 import owner
 from amic.targets.ec2.flags import RETRY_MODES
 
 TOOL = "amic"
@@ -198,9 +199,10 @@ def parse_iso(text: str | None) -> dt.datetime | None:
 
 def resource_tags(build_id: str, *, ttl: dt.timedelta | None, role: str = "build",
                   extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The tags every temporary resource of a build carries."""
+    """The tags every resource of a build carries (``amic:owner``: the process that made it,
+    so that its death is seen at once on this host)."""
     tags = {TAG_TOOL: f"{TOOL}/{__version__}", TAG_BUILD: build_id, TAG_ROLE: role,
-            "Name": f"amic-{role}-{build_id}"}
+            "Name": f"amic-{role}-{build_id}", **owner.tags()}
     if ttl is not None:
         tags[TAG_EXPIRES] = iso(now() + ttl)
     if extra:

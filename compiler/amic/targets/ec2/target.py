@@ -334,7 +334,8 @@ class Ec2Target(Target):
 
     def _layer_snapshot(self, machine: Ec2Machine, *, key: str, tags: Mapping[str, str]) -> Image:
         """A layer checkpoint in seconds: sync, build keys off the disk, CreateSnapshot of the
-        live root volume (tagged at creation), the builder's key back; not waited for."""
+        live root volume (tagged at creation) with / frozen around it where the machine
+        allows (``Ec2Machine.while_frozen``), the builder's key back; not waited for."""
         ec2 = self.ec2
         new = naming.new_image(self.opts, key=key, final=False, tags=tags,
                                build_id=machine.build_id, user=machine.user, log=self.log)
@@ -347,12 +348,14 @@ class Ec2Target(Target):
             new.tags, {**machine.source_facts, snapshots.TAG_ROOT_DEVICE: device}, self.log)
         doing = f"layer checkpoint {key[:12]}"
         machine.without_build_keys(doing)
-        try:
-            raw = snapshots.create_layer_snapshot(ec2, volume, stags, new.description)
+        try:    # / frozen around the call: EBS takes the point in time at CreateSnapshot
+            raw, unfrozen = machine.while_frozen(lambda: snapshots.create_layer_snapshot(
+                ec2, volume, stags, new.description))
         finally:
             machine.restore_build_key(doing)
-        self.log(f"layer snapshot {raw['SnapshotId']} of {volume} ({raw.get('State', 'pending')};"
-                 " completes in the background)")
+        how = f"not frozen: {unfrozen}; after sync" if unfrozen else "frozen"
+        self.log(f"layer snapshot {raw['SnapshotId']} of {volume} ({how}; "
+                 f"{raw.get('State', 'pending')}; completes in the background)")
         return snapshots.snapshot_image({**raw, "Tags": aws.tag_list(stags)})
 
     def _layer_ami(self, layer: Image) -> Image:
