@@ -30,8 +30,10 @@ def register(sub) -> None:
     add_amifile_argument(p)
     p.add_argument("--target", metavar="TARGET", help=TARGET_HELP)
     p.add_argument("--name", metavar="NAME",
-                   help="the project's image name, tag amic:name on every image (ami ls/prune, "
-                   "images/prune select by it); default: the name of the Amifile's directory")
+                   help="the project's image name (tag amic:name; default: NAME in the "
+                   "Amifile, else its directory's name); an explicit name is also part of "
+                   "the project's identity (tag amic:project, which ami ls/prune and "
+                   "images/prune select on; docs/build.md, \"Project identity\")")
     add_build_arg_option(p)
     add_secret_options(p)
     add_context_option(p)
@@ -147,9 +149,11 @@ def cmd_build(args) -> int:
 
 
 def _build_options(args, build_args, secrets):
+    from amic.cli.project import repo_origin
     from amic.engine.build import BuildOptions
 
-    return BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
+    return BuildOptions(amifile=args.amifile, name=args.name, origin=repo_origin(args.amifile),
+                        build_args=build_args,
                         context=args.context, secrets=secrets,
                         allow_missing_args=args.allow_missing_args, no_cache=args.no_cache,
                         checkpoint=args.checkpoint, on_error=args.on_error)
@@ -192,6 +196,6 @@ def _check_ami_name(target, options):
     p = planmod.make_plan(resolved, options.build_args, base_image_id=base.id,
                           context=options.context)
     # the tags the final image will get (its build id is no field of a fixed name)
-    tags = imagetags.final_tags(p, imagetags.common_tags(p, "", options.name))
+    tags = imagetags.final_tags(p, imagetags.common_tags(p, "", options.name, options.origin))
     naming.check_name_free(target.ec2, naming.fixed_name(opts.image_name, tags, p.final_key))
     return resolved

@@ -54,6 +54,9 @@ class BuildOptions:
     amifile: str = "Amifile"
     name: str | None = None
     """``--name``: the project's image name (``contract.TAG_NAME``); None = the Amifile's directory."""
+    origin: str | None = None
+    """Where the Amifile lives in its git repository (``amic.cli.project.repo_origin``), part
+    of the project's identity (``contract.TAG_PROJECT``); None = not in a clone."""
     build_args: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     """``--build-arg`` values (the environment and ARG defaults fill the rest)."""
     context: str | None = None
@@ -477,7 +480,7 @@ def snapshot_final(b: BuildState) -> tb.Image:
 
 
 def _common_tags(b: BuildState) -> dict[str, str]:
-    return imagetags.common_tags(b.plan, b.build_id, b.options.name)
+    return imagetags.common_tags(b.plan, b.build_id, b.options.name, b.options.origin)
 
 
 def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
