@@ -43,7 +43,9 @@ def register(sub) -> None:
                    help="which layers to keep as reusable images: none, last, all, auto (when "
                    "init time since the last checkpoint exceeds a snapshot's cost), or service "
                    "names separated by commas; the last layer is always kept unless none "
-                   "(default: the target's; local: all, ec2: last)")
+                   "(default: the target's; local: all, ec2: last). Given explicitly, it is "
+                   "honoured when the image is cached too: checkpoints it asks for that an "
+                   "earlier build skipped are made (the image stays)")
     p.add_argument("--on-error", choices=["cleanup", "abort"], default="cleanup",
                    help="abort: leave the failed machine for debugging and print how to reach it "
                    "(default: cleanup)")
@@ -107,7 +109,8 @@ def cmd_build(args) -> int:
         t0 = time.monotonic()
         from amic.engine import memo as buildmemo
 
-        found = buildmemo.lookup_with_facts(args.amifile, build_args, scheme)
+        found = buildmemo.lookup_with_facts(args.amifile, build_args, scheme,
+                                            checkpoint=args.checkpoint)
         memo = None if found is None else found[0]
         if memo is not None and MEMO[scheme]:
             # The target must confirm the hit (ec2: with AWS); if not, the full path runs.
