@@ -71,6 +71,7 @@ def test_checkpoint_all_after_auto_makes_the_missing_checkpoints(builds, tmp_pat
     made = {r["service"]: r for r in second["layers"]}
     assert made["base"]["status"] == made["web"]["status"] == "RUN"
     assert made["base"]["checkpoint"] and made["web"]["checkpoint"]
+    assert made["web"]["reason"] == "no checkpoint (--checkpoint all)"
     assert made["app"]["status"] == "CACHED"
     # now every checkpoint exists: the memo (or the engine) answers, nothing is made
     third, calls = build(builds, tmp_path, "all")

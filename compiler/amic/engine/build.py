@@ -39,7 +39,8 @@ from amic.amifile import resolve
 from amic.compile import plan as planmod
 from amic.engine import buildinputs, stage2file
 from amic.engine import tags as imagetags
-from amic.engine.checkpoint import missing_checkpoints, parse_checkpoint, should_checkpoint
+from amic.engine.checkpoint import (fill_reason, missing_checkpoints, parse_checkpoint,
+                                   should_checkpoint)
 from amic.engine.explain import indent, layer_failure, why_missed
 from amic.engine.progress import OutputRouter, Reporter, short
 from amic.errors import AmifileError, BaseRefError, BuildError, UsageError
@@ -398,8 +399,8 @@ def run_layers(b: BuildState, reports: list[LayerReport],
     since_checkpoint = 0.0
     for i in range(len(reports), n if not fill else fill[-1] + 1):
         layer = p.layers[i]
-        reason = "--no-cache" if b.options.no_cache else why_missed(b.target, layer,
-                                                                    earlier_miss=earlier_miss)
+        reason = ("--no-cache" if b.options.no_cache else fill_reason(i, fill, b.options.checkpoint)
+                  if fill else why_missed(b.target, layer, earlier_miss=earlier_miss))
         seconds, skipped = init_layer(b, i, reason)
         if skipped:
             # In place (ssh): the host already ran this init with the same hash.

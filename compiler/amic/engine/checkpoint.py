@@ -86,3 +86,10 @@ def missing_checkpoints(target: Target, plan, asked: str | None) -> tuple[list[i
             else:
                 present.add(layer.service)
     return missing, present
+
+
+def fill_reason(i: int, missing: list[int], asked: str | None) -> str:
+    """Why layer ``i`` of a cached image runs again: its checkpoint is missing, or one above."""
+    if i in missing:
+        return f"no checkpoint (--checkpoint {asked})"
+    return "below a missing checkpoint"
