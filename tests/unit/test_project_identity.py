@@ -143,3 +143,14 @@ def test_a_git_directory_someone_else_owns_gives_no_identity(tmp_path):
     amifile = clone(tmp_path, "planted", "git@github.com:Victim/app.git")
     os.chown(tmp_path / "planted" / ".git", 4242, 4242)
     assert proj.repo_origin(str(amifile)) is None
+
+
+def test_the_identity_tag_is_never_the_one_left_out_on_ec2():
+    from amic.targets.ec2 import naming
+    from amic.targets.ec2.options import Ec2Options
+
+    tags = {f"label{i}": "x" for i in range(60)}
+    tags.update({"amic:project": "p-" + "a" * 24, "amic:name": "app", "amic:kind": "final"})
+    new = naming.new_image(Ec2Options(), key="k" * 64, final=True, tags=tags, build_id="b",
+                           user="admin", log=lambda _: None)
+    assert len(new.tags) == 50 and new.tags["amic:project"] == "p-" + "a" * 24
