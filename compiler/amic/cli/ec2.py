@@ -76,7 +76,7 @@ def cmd_ami_ls(args) -> int:
     images = list(target.list_images())
     if not args.all:
         images = [i for i in images if i.tags.get(tb.TAG_KIND, "final") == "final"]
-    if args.name or args.project:
+    if args.name or args.project or args.file:
         project = _project(args)
         images = [i for i in images if i.tags.get(tb.TAG_PROJECT) == project.id]
     if args.json:
