@@ -153,7 +153,8 @@ def test_snapshots_tags_cache_and_image_options(fake):
     assert {img.id for img in t.list_images()} == {again.id, layer.id}
     doomed = ec2_gc.prune_plan(list(t.list_images()), keep=1, project="p-web")
     assert doomed == []
-    for img, _ in ec2_gc.prune_plan(list(t.list_images()), keep=1, project="p-web", everything=True):
+    for img, _ in ec2_gc.prune_plan(list(t.list_images()), keep=1, project="p-web",
+                                    everything=True):
         t.deregister(img.id)
     assert list(t.list_images()) == []
     assert layer.id not in {s["SnapshotId"] for s in ec2c.describe_snapshots(OwnerIds=["self"])["Snapshots"]}

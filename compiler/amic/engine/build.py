@@ -411,9 +411,9 @@ def run_layers(b: BuildState, reports: list[LayerReport],
             continue
         since_checkpoint += seconds
         checkpoint = None
-        if (i in fill) if fill else should_checkpoint(
-                policy, service=layer.service, last=i == n - 1,
-                uncheckpointed_seconds=since_checkpoint, snapshot_seconds=b.target.snapshot_seconds):
+        if (i in fill) if fill else should_checkpoint(policy, service=layer.service,
+                last=i == n - 1, uncheckpointed_seconds=since_checkpoint,
+                snapshot_seconds=b.target.snapshot_seconds):
             with b.timed("snapshot"):
                 checkpoint = b.target.snapshot(b.machine, key=layer.key, final=False,
                                                tags=imagetags.layer_tags(_common_tags(b),

@@ -154,7 +154,7 @@ def prune_plan(images: Iterable[tb.Image], *, keep: int, project: str, label: st
                legacy_name: str | None = None, older_than: dt.timedelta | None = None,
                everything: bool = False, at: dt.datetime | None = None
                ) -> list[tuple[tb.Image, str]]:
-    """Which AMIs of project ``project`` (tag ``amic:project``) ``amic ami prune`` removes, with why.
+    """Which AMIs of project ``project`` (``amic:project``) ``amic ami prune`` removes, and why.
 
     Only images tagged ``amic:project`` = ``project`` are ever in the plan, and with
     ``legacy_name`` (``--force``) images without ``amic:project`` (built before it, or

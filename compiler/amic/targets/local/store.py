@@ -371,14 +371,16 @@ class Selection:
             return tags[TAG_PROJECT]
         if not self.force:
             return None
-        return "legacy\0" + (tags.get(TAG_NAME) or tags.get(TAG_SOURCE) or tags.get(TAG_AMIFILE, ""))
+        return "legacy\0" + (tags.get(TAG_NAME) or tags.get(TAG_SOURCE)
+                              or tags.get(TAG_AMIFILE, ""))
 
     def selected(self, tags: dict) -> bool:
         if self.project is None:
             return False
         if TAG_PROJECT in tags:
             return tags[TAG_PROJECT] == self.project
-        return self.force and self.legacy_name is not None and tags.get(TAG_NAME) == self.legacy_name
+        return (self.force and self.legacy_name is not None
+                and tags.get(TAG_NAME) == self.legacy_name)
 
     def candidate(self, tags: dict) -> bool:
         if self.project is not None:
