@@ -156,6 +156,23 @@ def _satisfies(memo: dict, checkpoint: str) -> bool:
     return set(wanted) <= set(memo.get("checkpointed") or ())
 
 
+def _still_checkpointed(dest: str, result: dict) -> set[str]:
+    """The checkpoints the memo at ``dest`` knew, if it was of the same layer keys: a build
+    that started from the top checkpoint did not look at the ones below, which are there
+    as long as the image built on them is (prune keeps what a kept image sits on)."""
+    try:
+        with open(dest) as fh:
+            old = json.load(fh)
+        if old.get("format") != FORMAT:
+            return set()
+        keys = [(r["service"], r["key"]) for r in old["result"]["layers"]]
+        if keys != [(r["service"], r["key"]) for r in result["layers"]]:
+            return set()
+        return set(old.get("checkpointed") or ())
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def _input_paths(plan) -> list[str]:
     import amic
     from amic.compile import artifact, context, packages  # modules that compute keys
@@ -235,10 +252,10 @@ def save(target, options, plan, base, image, reports, *, started_ns: int,
                     "reason": "unchanged", "seconds": None, "checkpoint": None}
                    for r in reports],
     }
+    dest = memo_path(options.amifile, dict(options.build_args), target.name)
     memo = {"format": FORMAT, "stats": stats, "args": args, "result": result,
             "facts": target.memo_facts(plan.base_ref, base, image),
-            "checkpointed": sorted(checkpointed)}
-    dest = memo_path(options.amifile, dict(options.build_args), target.name)
+            "checkpointed": sorted(set(checkpointed) | _still_checkpointed(dest, result))}
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
