@@ -202,7 +202,7 @@ def add_ec2_parsers(sub) -> None:
         "Scaling launch configuration uses, or one shared with other accounts, stays unless "
         "--force. Removing final AMIs asks first (on a terminal) or needs --yes.")
     add_aws_options(q)
-    add_project_options(q, "the project to prune")
+    add_project_options(q, "the project to prune", default_file=True)
     q.add_argument("--keep", type=int, default=1, metavar="N",
                    help="final AMIs kept (default: 1)")
     q.add_argument("--older-than", metavar="AGE", help="only remove AMIs older than this (30d, 12h)")

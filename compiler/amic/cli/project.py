@@ -55,15 +55,19 @@ class Project(NamedTuple):
 PROJECT_ID = re.compile(r"^p-[0-9a-f]{%d}$" % contract.PROJECT_ID_HEX)
 
 
-def add_project_options(parser, what: str) -> None:
-    """``--name``, ``--project``, ``--file``: which project a listing or prune is about."""
+def add_project_options(parser, what: str, *, default_file: bool = False) -> None:
+    """``--name``, ``--project``, ``--file``: which project a listing or prune is about
+    (``default_file``: ./Amifile's when none is given, else every project)."""
     parser.add_argument("--name", metavar="NAME",
-                        help=f"{what}: the project of NAME (its Amifile's place in its git "
-                        "repository too, when ./Amifile or --file is one)")
+                        help=f"{what}: the one named NAME (over the Amifile's NAME; in a git "
+                        "clone the identity also holds the remote and ./Amifile's or --file's "
+                        "path: docs/build.md, \"Project identity\")")
     parser.add_argument("--project", metavar="ID",
-                        help=f"{what}: the project identity ID (tag amic:project, shown by ls)")
+                        help=f"{what}: the project identity ID (tag amic:project, as "
+                        "`amic ami ls` and `amic images --json` show it)")
     parser.add_argument("--file", "-f", metavar="AMIFILE",
-                        help="the project's Amifile (default: ./Amifile)")
+                        help=f"{what}: that of this Amifile"
+                        + (" (default: ./Amifile)" if default_file else ""))
 
 
 def project_to_prune(args) -> Project:
