@@ -138,6 +138,11 @@ def cmd_build(args) -> int:
     target = target or get_target(spec, args)
     options = _build_options(args, build_args, secrets)
     resolved = _check_ami_name(target, options) if scheme == "ec2" else None
+    if target.keeps_images:
+        from amic.engine.build import load_amifile
+
+        resolved = resolved or load_amifile(options.amifile)
+        _warn_without_identity(options, resolved)
     reporter = Reporter(mode=args.progress, quiet=args.quiet)
     from amic.errors import AmicError
 
@@ -149,6 +154,17 @@ def cmd_build(args) -> int:
         reporter.close()
     _emit(args, result.to_json())
     return 0
+
+
+def _warn_without_identity(options, resolved) -> None:
+    """Images without a project identity are never pruned without --force: say so, and how."""
+    from amic import contract
+    from amic.cli.project import NO_IDENTITY_HINT
+
+    if contract.project_id(options.origin, options.name or resolved.name) is None:
+        print("amic: warning: this project has no identity (tag amic:project), so `prune` and "
+              f"`ami prune` select its images only with --force: {NO_IDENTITY_HINT}",
+              file=sys.stderr)
 
 
 def _build_options(args, build_args, secrets):
