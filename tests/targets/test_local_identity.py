@@ -75,6 +75,7 @@ def test_projects_in_folders_called_app_prune_apart(amic, tmp_path):
         built[side] = [build(amic, folder, side, v, names.get(side, "")) for v in ("v1", "v2")]
     rows = images(amic, tmp_path)
     projects = {side: rows[ids[1]]["project"] for side, ids in built.items()}
+    assert "no identity" not in amic("build", cwd=folders["named-a"]).stderr
     assert len(set(projects.values())) == 4 and all(p.startswith("p-") for p in projects.values())
     assert rows[built["git-a"][1]]["name"] == rows[built["git-b"][1]]["name"] == "app"
     # `images` in a project's folder, --file: only that project's
@@ -107,7 +108,10 @@ def test_one_repository_in_two_folders_is_one_project(amic, tmp_path):
 def test_images_without_identity_stay_unless_forced(amic, local_store, tmp_path):
     bare = tmp_path / "bare" / "app"
     old = build(amic, bare, "bare", "v1")
-    new = build(amic, bare, "bare", "v2")
+    (bare / "Amifile").write_text(AMIFILE.format(who="bare", version="v2", name=""))
+    proc = amic("build", "--json", cwd=bare)
+    new = json.loads(proc.stdout)["image_id"]
+    assert "no identity" in proc.stderr and "set NAME in the Amifile" in proc.stderr
     rows = images(amic, tmp_path)
     assert rows[old]["project"] is None and rows[old]["name"] == "app"
     # a project with no identity cannot be pruned by itself: the message says how to name it
