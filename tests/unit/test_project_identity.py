@@ -154,3 +154,13 @@ def test_the_identity_tag_is_never_the_one_left_out_on_ec2():
     new = naming.new_image(Ec2Options(), key="k" * 64, final=True, tags=tags, build_id="b",
                            user="admin", log=lambda _: None)
     assert len(new.tags) == 50 and new.tags["amic:project"] == "p-" + "a" * 24
+
+
+def test_a_hostile_config_is_parsed_in_linear_time():
+    import time
+
+    text = ('[remote "origin"]\nurl = ' + "a\\\n" * 350000)[:proj.MAX_CONFIG]
+    t0 = time.monotonic()
+    url = proj.remote_url(text)
+    # joining continued lines one by one was quadratic: ~12 s for this MiB, ~0.7 s now
+    assert time.monotonic() - t0 < 5 and len(url) > 300000

@@ -204,9 +204,12 @@ def remote_url(config: str) -> str | None:
     urls: dict[str, str] = {}
     section: tuple[str, str | None] = ("", None)
     lines = iter(config.splitlines())
-    for line in lines:
-        while line.endswith("\\") and not line.endswith("\\\\"):   # a continued value
-            line = line[:-1] + next(lines, "")
+    for first in lines:
+        parts = [first]
+        while parts[-1].endswith("\\") and not parts[-1].endswith("\\\\"):   # continued
+            parts[-1] = parts[-1][:-1]
+            parts.append(next(lines, ""))
+        line = "".join(parts)      # joined once: linear in the config's size
         head = _SECTION.match(line)
         if head:
             sub = head.group(2)
