@@ -57,3 +57,21 @@ def test_what_each_policy_asks_for():
     assert asked_for("last", services) == ("c",)
     assert asked_for(frozenset({"c", "a"}), services) == ("a", "c")
     assert asked_for("auto", services) == asked_for("none", services) == ()
+
+
+def test_the_dry_run_says_what_the_fill_would_do(amifile):
+    from amic.engine.dryrun import dry_run
+
+    t = FakeTarget()
+    r1 = run(t, amifile, checkpoint="last")
+    plan = dry_run(t, BuildOptions(amifile=str(amifile), checkpoint="all"))
+    assert plan.final_image_id == r1.image_id and plan.would_run == ["a", "b"]
+    assert "to make the missing checkpoints (a, b)" in plan.text()
+    t.events.clear()
+    r2 = run(t, amifile, checkpoint="all")
+    ran = [r.service for r in r2.layers if r.status == "RUN"]
+    assert ran == plan.would_run
+    assert [(r.service, r.reason) for r in r2.layers] == [
+        (layer.service, layer.reason) for layer in plan.layers]
+    assert t.events[0] == f"launch {plan.launch_from}"
+    assert dry_run(t, BuildOptions(amifile=str(amifile), checkpoint="all")).would_run == []
