@@ -78,8 +78,13 @@ TAG_PARENT_KEY = "amic:parent-key"
 TAG_AMIFILE = "amic:amifile"
 """Base name of the Amifile the image was built from."""
 TAG_NAME = "amic:name"
-"""The project's image name (``amic build --name``; default: the Amifile's directory, see
-:func:`project_name`). ``ami ls``/``ami prune``/``amic images``/``amic prune`` select by it."""
+"""The project's readable image name (``amic build --name``, else ``NAME``, else the Amifile's
+directory, see :func:`project_name`): shown and used in AMI names, never selected on alone."""
+TAG_PROJECT = "amic:project"
+"""The project's identity (:func:`project_id`): ``ami ls``/``ami prune``/``amic images``/
+``amic prune`` select on it. Absent on images built before it existed, and on images of a
+build that had no identity (no NAME/--name, no git remote): prune selects those only with
+``--force``."""
 TAG_SOURCE = "amic:source"
 """Read only: images made before ``amic:name`` carried a digest of the Amifile's absolute
 path here, and local prune still groups those by it. No build writes it any more (a
@@ -113,10 +118,40 @@ def normal_name(text: str) -> str:
 
 
 def project_name(amifile_path: str, name: str | None = None) -> str:
-    """The explicit ``name`` (normalised), else that of the directory holding the Amifile:
-    the same for everyone who clones a repository, different for two projects."""
+    """The readable name: the explicit ``name`` (normalised), else that of the directory
+    holding the Amifile. Not an identity (``teamA/app`` and ``teamB/app`` are both ``app``):
+    images are selected by :func:`project_id`."""
     import os
 
     if name:
         return normal_name(name)
     return normal_name(os.path.basename(os.path.dirname(os.path.abspath(amifile_path))))
+
+
+# -- a project's identity ----------------------------------------------------------------
+
+PROJECT_ID_HEX = 24
+"""96 bits of SHA-256: no two projects meet by chance."""
+
+
+def project_id(origin: str | None, name: str | None) -> str | None:
+    """The identity of a project (tag ``amic:project``), or None when none can be derived.
+
+    ``origin`` is where the Amifile lives in its git repository (the normalised remote URL
+    and the Amifile's path inside the repository, ``amic.cli.project.repo_origin``): the
+    same in every clone, on every machine, under any folder name. ``name`` is an explicit
+    name (``--name``, else the Amifile's ``NAME``), normalised. With an origin the name is
+    part of the identity too (``--name prod`` and ``--name staging`` of one Amifile are two
+    image lines); without one, the explicit name alone is the identity: a name the user chose
+    is shared on purpose, by everyone who builds with it. Neither: None (not prunable).
+    """
+    name = normal_name(name) if name else ""
+    if origin:
+        text = f"amic-project\0git\0{origin}\0{name}"
+    elif name:
+        text = f"amic-project\0name\0{name}"
+    else:
+        return None
+    import hashlib
+
+    return "p-" + hashlib.sha256(text.encode()).hexdigest()[:PROJECT_ID_HEX]

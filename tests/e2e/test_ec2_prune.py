@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from amic.contract import project_id
 from tests.harness.ec2 import REGION, fake_ec2
 
 
@@ -42,8 +43,9 @@ def instance(fake, ec2):
 
 def make_ami(ec2, instance_id: str, *, name: str, key: str, kind: str = "final",
              service: str | None = None, layers: dict | None = None) -> str:
+    # the identity a build outside git with NAME (or --name) gives (contract.project_id)
     tags = {"amic:tool": "amic", "amic:name": name, "amic:key": key, "amic:kind": kind,
-            "amic:amifile": "Amifile",
+            "amic:amifile": "Amifile", "amic:project": project_id(None, name),
             **({"amic:service": service} if service else {}),
             **{f"amic:layer:{svc}": k for svc, k in (layers or {}).items()}}
     spec = [{"Key": k, "Value": v} for k, v in tags.items()]
@@ -80,7 +82,7 @@ def test_four_projects_named_amifile_are_pruned_independently(ec2, env, instance
     # In a checkout of alpha (its Amifile in the current directory): only alpha's go.
     checkout = tmp_path / "alpha"
     checkout.mkdir()
-    (checkout / "Amifile").write_text("SERVICE web\nINIT true\n")
+    (checkout / "Amifile").write_text("NAME alpha\nSERVICE web\nINIT true\n")
     dry = amic_cli("ami", "prune", "--dry-run", cwd=checkout, env=env, check=True)
     assert projects["alpha"]["old"] in dry.stderr and projects["beta"]["old"] not in dry.stderr
     out = amic_cli("ami", "prune", "--yes", cwd=checkout, env=env, check=True)

@@ -223,7 +223,10 @@ def test_images_and_prune(amic, store):
     listing = json.loads(amic("images", "--all", "--json").stdout)
     kinds = {row["kind"] for row in listing}
     assert {"final", "layer", "base"} <= kinds
+    # the module's project has no identity (no NAME, no git): only --force prunes its images
     amic("prune", "--keep", "1")
+    assert json.loads(amic("images", "--all", "--json").stdout) == listing
+    amic("prune", "--keep", "1", "--force")
     after = json.loads(amic("images", "--all", "--json").stdout)
     assert len(after) < len(listing)
     assert not (store / "local" / "machines").exists() or \

@@ -111,13 +111,15 @@ def test_snapshots_tags_cache_and_image_options(fake):
                image_tags={"team": "web"}, force_deregister=True, image_name="web-{key}")
     base = t.resolve_base(None)
     layer_tags = {TAG_KIND: "layer", TAG_SERVICE: "httpd", TAG_AMIFILE: "Amifile",
-                  "amic:build-id": "b-snap", "amic:name": "web"}
+                  "amic:build-id": "b-snap", "amic:name": "web",
+                  "amic:project": "p-web"}
     with t.launch(base, build_id="b-snap") as m:
         layer = t.snapshot(m, key="L" * 64, final=False, tags=layer_tags)
         assert not m.stopped                  # a layer is a live snapshot: no stop
         assert layer.id.startswith("snap-") and m.run("true") == 0
         final_tags = {TAG_KIND: "final", TAG_AMIFILE: "Amifile", TAG_LAYER_PREFIX + "httpd": "L" * 64,
-                      "amic:build-id": "b-snap", "team": "x", "amic:name": "web"}
+                      "amic:build-id": "b-snap", "team": "x", "amic:name": "web",
+                      "amic:project": "p-web"}
         final = t.snapshot(m, key="F" * 64, final=True, tags=final_tags)
         again = t.snapshot(m, key="F" * 64, final=True, tags=final_tags)   # same name: replaced
     assert_clean(fake)
@@ -149,9 +151,10 @@ def test_snapshots_tags_cache_and_image_options(fake):
     # The layer is listed (as its snapshot) with the final; pruning keeps the newest final and
     # the layer it names; --all removes everything, the snapshot-only layer included.
     assert {img.id for img in t.list_images()} == {again.id, layer.id}
-    doomed = ec2_gc.prune_plan(list(t.list_images()), keep=1, name="web")
+    doomed = ec2_gc.prune_plan(list(t.list_images()), keep=1, project="p-web")
     assert doomed == []
-    for img, _ in ec2_gc.prune_plan(list(t.list_images()), keep=1, name="web", everything=True):
+    for img, _ in ec2_gc.prune_plan(list(t.list_images()), keep=1, project="p-web",
+                                    everything=True):
         t.deregister(img.id)
     assert list(t.list_images()) == []
     assert layer.id not in {s["SnapshotId"] for s in ec2c.describe_snapshots(OwnerIds=["self"])["Snapshots"]}

@@ -156,7 +156,7 @@ def test_prune_skips_an_image_a_shell_uses(store, built, tmp_path):
         while not _held(lock) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _held(lock), "amic shell took no use-lock"
-        proc = amic(store, tmp_path, "prune", "--all")
+        proc = amic(store, tmp_path, "prune", "--all", "--force")
         no_traceback(proc)
         assert proc.returncode == 0, proc.stderr
         assert f"kept final {built[:12]}: in use" in proc.stderr
@@ -166,7 +166,7 @@ def test_prune_skips_an_image_a_shell_uses(store, built, tmp_path):
         out, err = shell.communicate(timeout=120)
     assert shell.returncode == 0, err
     # Once the shell is gone, prune removes it.
-    proc = amic(store, tmp_path, "prune", "--all")
+    proc = amic(store, tmp_path, "prune", "--all", "--force")
     assert proc.returncode == 0, proc.stderr
     assert f"final {built[:12]}" in proc.stdout
     assert not (store / "local" / "images" / built[:12]).exists()

@@ -124,7 +124,8 @@ def test_fit_tags_keeps_the_essential_ones():
 def _img(i, kind, name="web", key=None, days=0, **tags):
     created = aws.iso(aws.now() - dt.timedelta(days=days))
     return Image(id=f"ami-{i}", key=key or f"k{i}", created=created,
-                 tags={"amic:kind": kind, "amic:amifile": "Amifile", "amic:name": name, **tags})
+                 tags={"amic:kind": kind, "amic:amifile": "Amifile", "amic:name": name,
+                       "amic:project": f"p-{name}", **tags})
 
 
 def test_prune_keeps_newest_finals_and_their_layers_of_one_project_only():
@@ -137,13 +138,36 @@ def test_prune_keeps_newest_finals_and_their_layers_of_one_project_only():
         _img(6, "layer", key="LS", days=9, **{"amic:service": "web"}),   # other's final uses it
         _img(7, "layer", key="L1", days=2, **{"amic:service": "web"}),   # duplicate of ami-4
     ]
-    doomed = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1, name="web")}
+    doomed = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1, project="p-web")}
     assert doomed == {"ami-2", "ami-5", "ami-7"}
-    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=1, name="web",
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=1, project="p-web",
                                                older_than=dt.timedelta(days=6))} == set()
-    assert len(ec2_gc.prune_plan(images, keep=1, name="web", everything=True)) == 6
-    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=2, name="web")} == {"ami-7"}
-    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=0, name="other")} == {"ami-3"}
+    assert len(ec2_gc.prune_plan(images, keep=1, project="p-web", everything=True)) == 6
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=2, project="p-web")} == {"ami-7"}
+    assert {i.id for i, _ in ec2_gc.prune_plan(images, keep=0, project="p-other")} == {"ami-3"}
+
+
+def test_prune_selects_on_the_identity_not_the_name_and_legacy_images_only_when_forced():
+    legacy = {"amic:project": None}
+    images = [
+        _img(1, "final", days=1, **{"amic:layer:web": "L1"}),
+        _img(2, "final", days=5, **{"amic:layer:web": "L0"}),
+        # another team's project whose folder is also called web: same name, other identity
+        _img(3, "final", days=2, **{"amic:project": "p-theirs"}),
+        _img(4, "final", days=3, **{"amic:project": "p-theirs"}),
+        # built before amic:project existed
+        _img(5, "final", days=7, **legacy), _img(6, "final", days=8, **legacy),
+    ]
+    for img in images[4:]:
+        del img.tags["amic:project"]
+    doomed = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1, project="p-web")}
+    assert doomed == {"ami-2"}
+    theirs = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1, project="p-theirs")}
+    assert theirs == {"ami-4"}
+    forced = {img.id for img, _ in ec2_gc.prune_plan(images, keep=1, project="p-web",
+                                                     legacy_name="web")}
+    assert forced == {"ami-2", "ami-5", "ami-6"}
+    assert len(ec2_gc.prune_plan(images, keep=0, project="p-web", everything=True)) == 2
 
 
 # -- ec2query: the build memo's confirmation without boto3 -------------------------------

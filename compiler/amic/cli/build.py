@@ -30,8 +30,10 @@ def register(sub) -> None:
     add_amifile_argument(p)
     p.add_argument("--target", metavar="TARGET", help=TARGET_HELP)
     p.add_argument("--name", metavar="NAME",
-                   help="the project's image name, tag amic:name on every image (ami ls/prune, "
-                   "images/prune select by it); default: the name of the Amifile's directory")
+                   help="the project's image name (tag amic:name; default: NAME in the "
+                   "Amifile, else its directory's name); an explicit name is also part of "
+                   "the project's identity (tag amic:project, which ami ls/prune and "
+                   "images/prune select on; docs/build.md, \"Project identity\")")
     add_build_arg_option(p)
     add_secret_options(p)
     add_context_option(p)
@@ -41,7 +43,9 @@ def register(sub) -> None:
                    help="which layers to keep as reusable images: none, last, all, auto (when "
                    "init time since the last checkpoint exceeds a snapshot's cost), or service "
                    "names separated by commas; the last layer is always kept unless none "
-                   "(default: the target's; local: all, ec2: last)")
+                   "(default: the target's; local: all, ec2: last). Given explicitly, it is "
+                   "honoured when the image is cached too: checkpoints it asks for that an "
+                   "earlier build skipped are made (the image stays)")
     p.add_argument("--on-error", choices=["cleanup", "abort"], default="cleanup",
                    help="abort: leave the failed machine for debugging and print how to reach it "
                    "(default: cleanup)")
@@ -105,7 +109,8 @@ def cmd_build(args) -> int:
         t0 = time.monotonic()
         from amic.engine import memo as buildmemo
 
-        found = buildmemo.lookup_with_facts(args.amifile, build_args, scheme)
+        found = buildmemo.lookup_with_facts(args.amifile, build_args, scheme,
+                                            checkpoint=args.checkpoint)
         memo = None if found is None else found[0]
         if memo is not None and MEMO[scheme]:
             # The target must confirm the hit (ec2: with AWS); if not, the full path runs.
@@ -133,6 +138,11 @@ def cmd_build(args) -> int:
     target = target or get_target(spec, args)
     options = _build_options(args, build_args, secrets)
     resolved = _check_ami_name(target, options) if scheme == "ec2" else None
+    if target.keeps_images:
+        from amic.engine.build import load_amifile
+
+        resolved = resolved or load_amifile(options.amifile)
+        _warn_without_identity(options, resolved)
     reporter = Reporter(mode=args.progress, quiet=args.quiet)
     from amic.errors import AmicError
 
@@ -146,10 +156,23 @@ def cmd_build(args) -> int:
     return 0
 
 
+def _warn_without_identity(options, resolved) -> None:
+    """Images without a project identity are never pruned without --force: say so, and how."""
+    from amic import contract
+    from amic.cli.project import NO_IDENTITY_HINT
+
+    if contract.project_id(options.origin, options.name or resolved.name) is None:
+        print("amic: warning: this project has no identity (tag amic:project), so `prune` and "
+              f"`ami prune` select its images only with --force: {NO_IDENTITY_HINT}",
+              file=sys.stderr)
+
+
 def _build_options(args, build_args, secrets):
+    from amic.cli.project import repo_origin
     from amic.engine.build import BuildOptions
 
-    return BuildOptions(amifile=args.amifile, name=args.name, build_args=build_args,
+    return BuildOptions(amifile=args.amifile, name=args.name, origin=repo_origin(args.amifile),
+                        build_args=build_args,
                         context=args.context, secrets=secrets,
                         allow_missing_args=args.allow_missing_args, no_cache=args.no_cache,
                         checkpoint=args.checkpoint, on_error=args.on_error)
@@ -192,6 +215,6 @@ def _check_ami_name(target, options):
     p = planmod.make_plan(resolved, options.build_args, base_image_id=base.id,
                           context=options.context)
     # the tags the final image will get (its build id is no field of a fixed name)
-    tags = imagetags.final_tags(p, imagetags.common_tags(p, "", options.name))
+    tags = imagetags.final_tags(p, imagetags.common_tags(p, "", options.name, options.origin))
     naming.check_name_free(target.ec2, naming.fixed_name(opts.image_name, tags, p.final_key))
     return resolved

@@ -14,6 +14,7 @@ import json
 import sys
 
 from amic.cli.options import add_option_groups
+from amic.cli.project import add_project_options
 from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, parse_duration
 
 # -- options shared by build, launch, gc, ami -----------------------------------------
@@ -65,21 +66,11 @@ def cmd_gc(args) -> int:
 
 # -- ami ls / prune ---------------------------------------------------------------------
 
-def _project(args) -> str:
-    """``--name``, else the project of the Amifile in the current directory (its NAME, else
-    the directory's name)."""
-    import os
+def _project(args):
+    """The project ``ami prune`` works on (``amic.cli.project``)."""
+    from amic.cli.project import project_to_prune
 
-    from amic import contract
-    from amic.amifile import resolve
-    from amic.errors import UsageError
-
-    if args.name:
-        return contract.normal_name(args.name)
-    if not os.path.exists("Amifile"):
-        raise UsageError("which project? pass --name NAME (see `amic ami ls`), or run this "
-                         "where the project's Amifile is")
-    return contract.project_name("Amifile", resolve.load("Amifile").name)
+    return project_to_prune(args)
 
 
 def cmd_ami_ls(args) -> int:
@@ -89,22 +80,25 @@ def cmd_ami_ls(args) -> int:
     images = list(target.list_images())
     if not args.all:
         images = [i for i in images if i.tags.get(tb.TAG_KIND, "final") == "final"]
-    if args.name:
-        images = [i for i in images if i.tags.get(tb.TAG_NAME) == tb.normal_name(args.name)]
+    if args.name or args.project or args.file:
+        project = _project(args)
+        images = [i for i in images if i.tags.get(tb.TAG_PROJECT) == project.id]
     if args.json:
         print(json.dumps([{"id": i.id, "key": i.key, "kind": i.tags.get(tb.TAG_KIND),
                            "project": i.tags.get(tb.TAG_NAME),
+                           "project_id": i.tags.get(tb.TAG_PROJECT),
                            "service": i.tags.get(tb.TAG_SERVICE),
                            "amifile": i.tags.get(tb.TAG_AMIFILE), "created": i.created,
                            "name": i.tags.get("Name"), "tags": dict(i.tags)} for i in images],
                          indent=2))
         return 0
-    print(f"{'IMAGE':<22} {'PROJECT':<16} {'KIND':<6} {'SERVICE':<14} {'KEY':<13} "
-          f"{'CREATED':<25} NAME")
+    print(f"{'IMAGE':<22} {'PROJECT':<16} {'PROJECT ID':<27} {'KIND':<6} {'SERVICE':<14} "
+          f"{'KEY':<13} {'CREATED':<25} NAME")
     for i in images:
         kind = i.tags.get(tb.TAG_KIND, "?")
         svc = i.tags.get(tb.TAG_SERVICE) if kind == "layer" else "-"
-        print(f"{i.id:<22} {i.tags.get(tb.TAG_NAME) or '-':<16} {kind:<6} {svc or '-':<14} "
+        print(f"{i.id:<22} {i.tags.get(tb.TAG_NAME) or '-':<16} "
+              f"{i.tags.get(tb.TAG_PROJECT) or '- (none)':<27} {kind:<6} {svc or '-':<14} "
               f"{(i.key or '-')[:12]:<13} {i.created or '-':<25} {i.tags.get('Name', '')}")
     return 0
 
@@ -126,10 +120,12 @@ def cmd_ami_prune(args) -> int:
     from amic import contract
     from amic.targets.ec2 import gc as ec2_gc
 
-    name = _project(args)
+    project = _project(args)
+    name = project.label
     target = _target(args)
     older = parse_duration(args.older_than) if args.older_than else None
-    doomed = ec2_gc.prune_plan(list(target.list_images()), keep=args.keep, name=name,
+    doomed = ec2_gc.prune_plan(list(target.list_images()), keep=args.keep, project=project.id,
+                               label=name, legacy_name=project.name if args.force else None,
                                older_than=older, everything=args.all)
     if doomed and not args.force:
         used = _in_use(ec2_gc, target, [img.id for img, _ in doomed])
@@ -201,26 +197,28 @@ def add_ec2_parsers(sub) -> None:
     q = asub.add_parser("ls", help="list final AMIs (--all: layer checkpoints too)")
     add_aws_options(q)
     q.add_argument("--all", "-a", action="store_true", help="include layer checkpoints")
-    q.add_argument("--name", metavar="NAME", help="only this project's (tag amic:name)")
+    add_project_options(q, "only this project's")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_ami_ls)
     q = asub.add_parser(
         "prune", help="deregister a project's old AMIs and delete their snapshots",
-        description="Of one project's AMIs (tag amic:name: --name, else the project of the "
-        "Amifile in the current directory; never another project's): keep the newest --keep "
+        description="Of one project's AMIs (tag amic:project: the project of ./Amifile or "
+        "--file, named by its NAME or --name; or --project ID from `amic ami ls`; never "
+        "another project's, whatever its name): keep the newest --keep "
         "final keys and the layer checkpoints any kept image was built from, one image per "
         "key (the newest); remove the rest (only those older than --older-than, if given). "
         "An AMI an instance (pending to stopped), a launch template version or an Auto "
         "Scaling launch configuration uses, or one shared with other accounts, stays unless "
         "--force. Removing final AMIs asks first (on a terminal) or needs --yes.")
     add_aws_options(q)
-    q.add_argument("--name", metavar="NAME", help="the project (default: ./Amifile's directory)")
+    add_project_options(q, "the project to prune", default_file=True)
     q.add_argument("--keep", type=int, default=1, metavar="N",
                    help="final AMIs kept (default: 1)")
     q.add_argument("--older-than", metavar="AGE", help="only remove AMIs older than this (30d, 12h)")
     q.add_argument("--all", action="store_true", help="remove every AMI of the project")
     q.add_argument("--force", action="store_true",
-                   help="also remove AMIs in use or shared with other accounts")
+                   help="also remove AMIs in use or shared with other accounts, and select "
+                   "images without amic:project (built before it) by their amic:name alone")
     q.add_argument("--yes", "-y", action="store_true", help="remove final AMIs without asking")
     q.add_argument("--dry-run", "-n", action="store_true")
     q.set_defaults(func=cmd_ami_prune)

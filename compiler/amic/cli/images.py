@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from amic.cli.project import add_project_options
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -40,17 +42,21 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--all", "-a", action="store_true",
                    help="also list layer checkpoints and bases (default: final images only)")
-    p.add_argument("--name", metavar="NAME", help="only this project's images (tag amic:name)")
+    add_project_options(p, "only this project's images")
     p.set_defaults(func=cmd_images)
 
     p = sub.add_parser(
         "prune", help="remove old images, unused layer checkpoints and leftovers of crashed builds",
-        description="Keep the newest --keep final images per project (tag amic:name) and the "
-        "layers and base they are built on; remove everything else (and machine directories "
-        "of builds that crashed). With --name, only that project's images go (--all: all of "
-        "them that no other project's kept image is built on). Refuses while a build is "
-        "running.")
-    p.add_argument("--name", metavar="NAME", help="prune only this project's images")
+        description="Keep the newest --keep final images per project (tag amic:project) and "
+        "the layers and base they are built on; remove everything else (and machine "
+        "directories of builds that crashed). Images without amic:project (built before it, "
+        "or without a project identity) stay unless --force. With --name, --project or "
+        "--file, only that project's images go (--all: all of them that no other project's "
+        "kept image is built on). Refuses while a build is running.")
+    add_project_options(p, "prune only this project's images")
+    p.add_argument("--force", action="store_true",
+                   help="also prune images without amic:project, grouped (and, for one "
+                   "project, selected) by their amic:name alone")
     p.add_argument("--keep", type=int, default=1, metavar="N",
                    help="final images kept per project (default: 1)")
     p.add_argument("--all", action="store_true", help="remove every image (bases' roots stay)")
@@ -86,18 +92,20 @@ def _local():
 
 
 def cmd_images(args) -> int:
-    from amic.contract import TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME, TAG_SERVICE, normal_name
+    from amic.cli.project import project_to_prune
+    from amic.contract import TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME, TAG_PROJECT, TAG_SERVICE
 
+    project = project_to_prune(args) if args.name or args.project or args.file else None
     target = _local()
     rows = []
     for img in target.list_images():
         kind = img.tags.get(TAG_KIND, "?")
         if not args.all and kind != "final":
             continue
-        if args.name and img.tags.get(TAG_NAME) != normal_name(args.name):
+        if project is not None and img.tags.get(TAG_PROJECT) != project.id:
             continue
         rows.append({"id": img.id, "kind": kind, "key": img.key, "created": img.created,
-                     "name": img.tags.get(TAG_NAME),
+                     "name": img.tags.get(TAG_NAME), "project": img.tags.get(TAG_PROJECT),
                      "amifile": img.tags.get(TAG_AMIFILE), "service": img.tags.get(TAG_SERVICE),
                      "base": img.tags.get(TAG_BASE), "size": target.image_size(img),
                      "tags": dict(img.tags)})
@@ -122,14 +130,13 @@ def _size(n: int) -> str:
 
 
 def cmd_prune(args) -> int:
-    from amic.contract import normal_name
+    from amic.cli.project import project_to_prune
 
+    project = project_to_prune(args) if args.name or args.project or args.file else None
     target = _local()
-    if args.name:   # the store's own prune: the target's prune() has no name yet
-        removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
-                                     name=normal_name(args.name))
-    else:
-        removed = target.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run)
+    removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
+                                 project=project and project.id, force=args.force,
+                                 legacy_name=project and project.name)
     from amic.targets.local.store import IN_USE
 
     verb = "would remove" if args.dry_run else "removed"

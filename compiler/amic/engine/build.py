@@ -7,7 +7,7 @@ Ctrl-C/SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt)::
 
     resolve_base        FROM -> target image (local: cached debootstrap root)
     make_plan           layer keys chained on the base image id
-    find_final          the final key is cached: nothing to do, print the image id
+    find_final          cached: print its id (make checkpoints a --checkpoint asks for first)
     find_prefix         longest cached prefix of layers, and why the rest missed
     write_artifact      stage2 tarball in a temporary file          (cleanup: delete)
     launch              machine from the prefix image               (cleanup: release)
@@ -28,7 +28,6 @@ import contextlib
 import os
 import secrets
 import shlex
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,83 +36,16 @@ import attrs
 
 from amic import contract
 from amic.amifile import resolve
-from amic.compile import artifact
 from amic.compile import plan as planmod
-from amic.engine import buildinputs
+from amic.engine import buildinputs, stage2file
 from amic.engine import tags as imagetags
-from amic.engine.checkpoint import parse_checkpoint, should_checkpoint
+from amic.engine.checkpoint import (fill_reason, missing_checkpoints, parse_checkpoint,
+                                   should_checkpoint)
 from amic.engine.explain import indent, layer_failure, why_missed
 from amic.engine.progress import OutputRouter, Reporter, mask_secrets, short
+from amic.engine.values import BuildOptions, BuildResult, LayerReport
 from amic.errors import AmifileError, BaseRefError, BuildError, UsageError
 from amic.targets import base as tb
-
-@attrs.frozen
-class BuildOptions:
-    """What the user asked for (``amic build`` flags)."""
-
-    amifile: str = "Amifile"
-    name: str | None = None
-    """``--name``: the project's image name (``contract.TAG_NAME``); None = the Amifile's directory."""
-    build_args: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
-    """``--build-arg`` values (the environment and ARG defaults fill the rest)."""
-    context: str | None = None
-    """``--context``: the directory COPY reads from; None = the Amifile's directory."""
-    no_cache: bool = False
-    """Run every layer even if cached (the results are still recorded, as docker does)."""
-    checkpoint: str | None = None
-    """``none``, ``last``, ``all``, ``auto`` or ``svc1,svc2``; None = the target's default."""
-    on_error: str = attrs.field(default="cleanup",
-                                validator=attrs.validators.in_(("cleanup", "abort")))
-    """``abort`` leaves the failed machine for debugging and prints how to reach it."""
-    secrets: Mapping[str, str] = attrs.field(factory=dict, converter=dict, repr=False)
-    """``--secret`` values by name: INIT environments only (``amic.engine.buildinputs``)."""
-    allow_missing_args: bool = False
-
-
-@attrs.frozen
-class LayerReport:
-    """What happened to one layer."""
-
-    service: str
-    key: str
-    status: str
-    """``CACHED`` or ``RUN``."""
-    reason: str
-    """Why it ran (which inputs changed) or where the cached copy is."""
-    seconds: float | None = None
-    """Init time (RUN only)."""
-    checkpoint: str | None = None
-    """Id of the checkpoint image recorded after it, if one was."""
-
-
-@attrs.frozen
-class BuildResult:
-    """The outcome of a build, as ``--json`` and ``--manifest`` print it."""
-
-    image_id: str
-    final_key: str
-    target: str
-    base_image_id: str
-    amifile: str
-    layers: tuple[LayerReport, ...] = attrs.field(converter=tuple)
-    cached: bool
-    """True when the final image was already there (no machine was started)."""
-    timings: Mapping[str, float] = attrs.field(converter=dict)
-    """Seconds per step (resolve, base, lookup, artifact, launch, upload, layers, finalize,
-    snapshot, total)."""
-
-    def to_json(self) -> dict:
-        return {
-            "image_id": self.image_id,
-            "final_key": self.final_key,
-            "target": self.target,
-            "base_image_id": self.base_image_id,
-            "amifile": self.amifile,
-            "cached": self.cached,
-            "layers": [attrs.asdict(layer) for layer in self.layers],
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-        }
-
 
 # -- the build -------------------------------------------------------------------
 
@@ -137,6 +69,8 @@ class BuildState:
     """The leases this build holds, by key, each closable on its own (see ``claim``)."""
     mark: str = attrs.Factory(contract.new_mark)
     """The nonce every runner command gets (``contract.MARK_VAR``): its markers carry it."""
+    checkpointed: set[str] = attrs.Factory(set)
+    """Services whose layer checkpoint this build knows to exist (for the build memo)."""
 
     @contextlib.contextmanager
     def timed(self, name: str):
@@ -184,8 +118,11 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
                 final, start, reports = claim(b)
         elif final is None:
             start, reports = find_prefix(b)
-        if final is not None:
-            result = cached_result(b, final)
+        if final is not None:   # cached; a --checkpoint asked for may still miss checkpoints
+            with b.timed("lookup"):
+                missing, b.checkpointed = missing_checkpoints(target, b.plan, options.checkpoint)
+            result = (run_build(b, *find_prefix(b, below=missing[0]), fill=(final, missing))
+                      if missing else cached_result(b, final))
         else:
             result = run_build(b, start, reports)
     result.timings["total"] = time.monotonic() - t_start
@@ -229,16 +166,17 @@ def cached_result(b: BuildState, final: tb.Image) -> BuildResult:
     return _result(b, final, reports, cached=True)
 
 
-def find_prefix(b: BuildState) -> tuple[tb.Image, list[LayerReport]]:
-    """The image to start from (longest cached prefix) and reports for the cached layers."""
+def find_prefix(b: BuildState, below: int | None = None) -> tuple[tb.Image, list[LayerReport]]:
+    """The image to start from (longest cached prefix [below layer ``below``]), cached reports."""
     p = b.plan
     start, done = b.base, 0
     if not b.options.no_cache and b.target.keeps_images:
         with b.timed("lookup"):
-            for i in range(len(p.layers) - 1, -1, -1):
+            for i in range((len(p.layers) if below is None else below) - 1, -1, -1):
                 img = b.target.find_image(p.layers[i].key)
                 if img is not None:
                     start, done = img, i + 1
+                    b.checkpointed.add(p.layers[i].service)
                     break
     reports = []
     for i, layer in enumerate(p.layers[:done]):
@@ -286,7 +224,10 @@ def claim(b: BuildState) -> tuple[tb.Image | None, tb.Image, list[LayerReport]]:
             return final, start, reports
 
 
-def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport]) -> BuildResult:
+def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport],
+              fill: tuple[tb.Image, list[int]] | None = None) -> BuildResult:
+    """Run the layers above ``start`` and record the final image; ``fill`` = (cached final,
+    layers missing a checkpoint): run up to the last of those, snapshot only them."""
     p = b.plan
     n = len(p.layers)
     for i, r in enumerate(reports, 1):
@@ -303,41 +244,36 @@ def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport]) -> Bui
         with b.timed("upload"):
             upload_stage2(b, tarball)
             mark_build_key(b)
-        reports = run_layers(b, reports)
-        with b.timed("finalize"):
-            finalize(b)
-        if b.target.keeps_images:
-            with b.timed("snapshot"):
-                image = snapshot_final(b)
-        else:  # provisioned in place (ssh): the machine is the result
-            image = start
+        reports = run_layers(b, reports, fill=fill and fill[1])
+        if fill:   # the layers above the last missing checkpoint: in the final image as they are
+            reports += [LayerReport(layer.service, layer.key, "CACHED", "unchanged")
+                        for layer in p.layers[len(reports):]]
+        image = finish(b, start) if fill is None else fill[0]
     except BuildError as exc:
         if b.options.on_error == "abort" and b.machine is not None:
             raise BuildError(f"{exc}\n\nthe machine was left for debugging; reach it with:\n"
                              f"    {b.machine.describe()}") from exc
         raise
     ran = [r for r in reports if r.status == "RUN"]
-    b.reporter.note(f"built image {short(image.id)}: " + (
+    b.reporter.note((f"made the missing checkpoints of image {short(image.id)}: "
+                     if fill else f"built image {short(image.id)}: ") + (
         f"{len(ran)} of {len(reports)} layers ran, {sum(r.seconds or 0 for r in ran):.1f}s of init"
         if ran else "no init ran (new stage2 on cached layers)"))
     return _result(b, image, reports, cached=False)
 
 
+def finish(b: BuildState, start: tb.Image) -> tb.Image:
+    """The boot hook and prepare-image, then the final image (in place: the machine)."""
+    with b.timed("finalize"):
+        finalize(b)
+    if not b.target.keeps_images:   # provisioned in place (ssh): the machine is the result
+        return start
+    with b.timed("snapshot"):
+        return snapshot_final(b)
+
+
 def write_artifact(b: BuildState) -> Path:
-    """The stage2 tarball in a temporary file. Where ``/proc/self/fd`` exists the file is
-    unlinked at once and reached through its descriptor, so not even SIGKILL leaks it."""
-    fd, name = tempfile.mkstemp(prefix="amic-stage2-", suffix=".tar")
-    fh = os.fdopen(fd, "w+b")
-    b.stack.callback(fh.close)
-    path = Path(f"/proc/self/fd/{fd}")
-    if path.exists():
-        os.unlink(name)
-    else:
-        path = Path(name)
-        b.stack.callback(path.unlink, missing_ok=True)
-    artifact.write_artifact(b.plan, fh)
-    fh.flush()
-    return path
+    return stage2file.artifact_file(b.plan, b.stack)
 
 
 def launch(b: BuildState, image: tb.Image) -> tb.Machine:
@@ -384,8 +320,10 @@ def mark_build_key(b: BuildState) -> None:
                          + indent(router.tail("build-key")))
 
 
-def run_layers(b: BuildState, reports: list[LayerReport]) -> list[LayerReport]:
-    """``amic init`` for every layer above the cached prefix, checkpointing per policy."""
+def run_layers(b: BuildState, reports: list[LayerReport],
+               fill: list[int] | None = None) -> list[LayerReport]:
+    """``amic init`` for every layer above the cached prefix, checkpointing per policy
+    (``fill``: up to the last of these layers, checkpointing only them)."""
     p = b.plan
     n = len(p.layers)
     policy = parse_checkpoint(b.options.checkpoint or b.target.default_checkpoint, p.enabled)
@@ -393,10 +331,10 @@ def run_layers(b: BuildState, reports: list[LayerReport]) -> list[LayerReport]:
         policy = "none"
     earlier_miss: str | None = None
     since_checkpoint = 0.0
-    for i in range(len(reports), n):
+    for i in range(len(reports), n if not fill else fill[-1] + 1):
         layer = p.layers[i]
-        reason = "--no-cache" if b.options.no_cache else why_missed(b.target, layer,
-                                                                    earlier_miss=earlier_miss)
+        reason = ("--no-cache" if b.options.no_cache else fill_reason(i, fill, b.options.checkpoint)
+                  if fill else why_missed(b.target, layer, earlier_miss=earlier_miss))
         seconds, skipped = init_layer(b, i, reason)
         if skipped:
             # In place (ssh): the host already ran this init with the same hash.
@@ -407,14 +345,15 @@ def run_layers(b: BuildState, reports: list[LayerReport]) -> list[LayerReport]:
             continue
         since_checkpoint += seconds
         checkpoint = None
-        if should_checkpoint(policy, service=layer.service, last=i == n - 1,
-                             uncheckpointed_seconds=since_checkpoint,
-                             snapshot_seconds=b.target.snapshot_seconds):
+        if (i in fill) if fill else should_checkpoint(policy, service=layer.service,
+                last=i == n - 1, uncheckpointed_seconds=since_checkpoint,
+                snapshot_seconds=b.target.snapshot_seconds):
             with b.timed("snapshot"):
                 checkpoint = b.target.snapshot(b.machine, key=layer.key, final=False,
                                                tags=imagetags.layer_tags(_common_tags(b),
                                                                          layer)).id
             since_checkpoint = 0.0
+            b.checkpointed.add(layer.service)
             release_leases(b, [lay.key for lay in p.layers[:i + 1]])
         b.reporter.layer(i + 1, n, layer.service, "RUN", reason, seconds)
         reports.append(LayerReport(layer.service, layer.key, "RUN", reason, round(seconds, 3),
@@ -480,7 +419,7 @@ def snapshot_final(b: BuildState) -> tb.Image:
 
 
 def _common_tags(b: BuildState) -> dict[str, str]:
-    return imagetags.common_tags(b.plan, b.build_id, b.options.name)
+    return imagetags.common_tags(b.plan, b.build_id, b.options.name, b.options.origin)
 
 
 def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
@@ -489,7 +428,7 @@ def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cache
 
         with contextlib.suppress(OSError):
             buildmemo.save(b.target, b.options, b.plan, b.base, image, reports,
-                           started_ns=b.started_ns)
+                           started_ns=b.started_ns, checkpointed=b.checkpointed)
     return BuildResult(image_id=image.id, final_key=b.plan.final_key, target=b.target.name,
                        base_image_id=b.base.id, amifile=b.plan.amifile_path, layers=reports,
                        cached=cached, timings=b.timings)

@@ -23,6 +23,7 @@ import attrs
 from amic.amifile import resolve
 from amic.engine import build as engine
 from amic.engine import buildinputs
+from amic.engine.checkpoint import fill_reason, missing_checkpoints
 from amic.engine.explain import why_missed
 from amic.engine.progress import Reporter, mask_secrets, short
 from amic.errors import AmifileError, BaseRefError
@@ -55,7 +56,8 @@ class DryRun:
     """None: resolving the base would make it (local: debootstrap)."""
     final_key: str | None
     final_image_id: str | None
-    """The final image if it exists (then nothing would run)."""
+    """The final image if it exists (then nothing would run, but the checkpoints an explicit
+    ``--checkpoint`` asks for that are missing)."""
     launch_from: str | None
     """The image a build would start its machine from; None if nothing would run."""
     layers: tuple[PlannedLayer, ...] = attrs.field(converter=tuple)
@@ -85,7 +87,11 @@ class DryRun:
             lines.append(f"[{i}/{n}] {layer.service:<16} {layer.status:<6}  {layer.reason}"
                          f"  (from {shown})")
         key = self.final_key[:12] if self.final_key else "?"
-        if self.final_image_id:
+        if self.final_image_id and self.would_run:
+            lines.append(f"final image {short(self.final_image_id)} exists (final key {key}): "
+                         f"a build would launch from {short(self.launch_from or '?')} to make "
+                         f"the missing checkpoints ({', '.join(self.would_run)})")
+        elif self.final_image_id:
             lines.append(f"final image {short(self.final_image_id)} exists (final key {key}): "
                          "a build would change nothing")
         else:
@@ -95,6 +101,22 @@ class DryRun:
                          + (f"{len(ran)} of {n} layers ({', '.join(ran)})" if ran
                             else "no init (a new stage2 on the cached layers)"))
         return "\n".join(lines)
+
+
+def _fill(b: engine.BuildState, common: dict, final: tb.Image, missing: list[int]) -> DryRun:
+    """A cached final image whose asked checkpoints (``missing``) a build would make first."""
+    p = b.plan
+    start, reports = engine.find_prefix(b, below=missing[0])
+    layers = [PlannedLayer(r.service, r.key, r.status, r.reason, start.id) for r in reports]
+    for i in range(len(reports), missing[-1] + 1):
+        layers.append(PlannedLayer(p.layers[i].service, p.layers[i].key, "RUN",
+                                   fill_reason(i, missing, b.options.checkpoint),
+                                   start.id if i == len(reports)
+                                   else f"after {p.layers[i - 1].service}"))
+    layers += [PlannedLayer(layer.service, layer.key, "CACHED", "unchanged", final.id)
+               for layer in p.layers[missing[-1] + 1:]]
+    return DryRun(**common, final_key=p.final_key, final_image_id=final.id,
+                  launch_from=start.id, layers=layers)
 
 
 def peek_base(target: tb.Target, resolved: resolve.Resolved) -> tb.Image | None:
@@ -132,11 +154,14 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
                           layers=layers)
         final = (None if options.no_cache or not target.keeps_images
                  else target.find_image(p.final_key))
-        if final is not None:
+        missing = [] if final is None else missing_checkpoints(target, p, options.checkpoint)[0]
+        if final is not None and not missing:
             layers = [PlannedLayer(layer.service, layer.key, "CACHED", "unchanged", final.id)
                       for layer in p.layers]
             return DryRun(**common, final_key=p.final_key, final_image_id=final.id,
                           launch_from=None, layers=layers)
+        if missing:   # as build(): the checkpoints an explicit --checkpoint asks for are made
+            return _fill(b, common, final, missing)
         start, reports = engine.find_prefix(b)
         buildinputs.require_secrets(p, [layer.service for layer in p.layers[len(reports):]],
                                     options.secrets)

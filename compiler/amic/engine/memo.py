@@ -15,14 +15,19 @@ parsing alone take longer than that, so after each build on a target with
   environment, keyed with this user's secret (``secret_path()``, 0600, made on
   first use): values are never written, and no unsalted digest a dictionary
   could reverse either;
-- the build result, and the target's ``memo_facts`` (ec2: the ``FROM`` text).
+- the build result, and the target's ``memo_facts`` (ec2: the ``FROM`` text);
+- the services whose layer checkpoint the build knew to exist: a build that asks with
+  ``--checkpoint`` for a checkpoint not among them takes the full path, which makes it
+  (``amic.engine.checkpoint.missing_checkpoints``). A memo never answers for a policy it
+  did not see satisfied.
 
 ``lookup`` redoes the stats and digests and, when all match, returns the
 recorded result. Any difference (or any error) means "no memo": the full
 build then runs, finds the final key in the cache as usual, and refreshes
 the memo. A target whose answer can change remotely (ec2: ``FROM debian:12``
 is whatever AMI Debian published last) is asked to ``confirm_memo`` the hit
-first (``amic.cli.build``). This module imports only the standard library, on purpose.
+first (``amic.cli.build``). This module imports only the standard library, on purpose
+(and ``amic.engine.checkpoint`` when a lookup is asked for a ``--checkpoint`` to satisfy).
 Stat identity is (mtime_ns, ctime_ns, size, inode), as make and ninja trust it.
 """
 
@@ -35,7 +40,7 @@ import os
 
 from amic.contract import IGNORE_FILE
 
-FORMAT = 2
+FORMAT = 3
 
 
 def _cache_dir() -> str:
@@ -106,15 +111,16 @@ def _arg_digest(name: str, build_args: dict[str, str], environ, secret: bytes) -
 
 
 def lookup(amifile: str, build_args: dict[str, str], target: str,
-           environ=None) -> dict | None:
+           environ=None, checkpoint: str | None = None) -> dict | None:
     """The recorded result (``BuildResult.to_json()`` form) if nothing changed, else None."""
-    found = lookup_with_facts(amifile, build_args, target, environ)
+    found = lookup_with_facts(amifile, build_args, target, environ, checkpoint)
     return None if found is None else found[0]
 
 
 def lookup_with_facts(amifile: str, build_args: dict[str, str], target: str,
-                      environ=None) -> tuple[dict, dict] | None:
-    """``(result, facts)`` if nothing changed (facts: for ``Target.confirm_memo``), else None."""
+                      environ=None, checkpoint: str | None = None) -> tuple[dict, dict] | None:
+    """``(result, facts)`` if nothing changed (facts: for ``Target.confirm_memo``), else None.
+    ``checkpoint``: the policy asked for (``--checkpoint``); its checkpoints must be known."""
     environ = os.environ if environ is None else environ
     try:
         with open(memo_path(amifile, build_args, target)) as fh:
@@ -128,9 +134,43 @@ def lookup_with_facts(amifile: str, build_args: dict[str, str], target: str,
         for name, recorded in memo["args"].items():
             if _arg_digest(name, build_args, environ, secret) != recorded:
                 return None
+        if checkpoint is not None and not _satisfies(memo, checkpoint):
+            return None
         return memo["result"], memo.get("facts") or {}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _satisfies(memo: dict, checkpoint: str) -> bool:
+    """Whether every checkpoint ``checkpoint`` asks for was known to exist when recorded."""
+    if checkpoint in ("none", "auto"):     # ask for nothing a cached build could owe
+        return True
+    from amic.engine.checkpoint import asked_for, parse_checkpoint
+    from amic.errors import UsageError
+
+    services = [layer["service"] for layer in memo["result"]["layers"]]
+    try:
+        wanted = asked_for(parse_checkpoint(checkpoint, tuple(services)), services)
+    except UsageError:
+        return False       # the full path says what is wrong with it
+    return set(wanted) <= set(memo.get("checkpointed") or ())
+
+
+def _still_checkpointed(dest: str, result: dict) -> set[str]:
+    """The checkpoints the memo at ``dest`` knew, if it was of the same layer keys: a build
+    that started from the top checkpoint did not look at the ones below, which are there
+    as long as the image built on them is (prune keeps what a kept image sits on)."""
+    try:
+        with open(dest) as fh:
+            old = json.load(fh)
+        if old.get("format") != FORMAT:
+            return set()
+        keys = [(r["service"], r["key"]) for r in old["result"]["layers"]]
+        if keys != [(r["service"], r["key"]) for r in result["layers"]]:
+            return set()
+        return set(old.get("checkpointed") or ())
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def _input_paths(plan) -> list[str]:
@@ -171,7 +211,8 @@ def _input_paths(plan) -> list[str]:
 CLOCK_SLACK_NS = 50_000_000
 
 
-def save(target, options, plan, base, image, reports, *, started_ns: int) -> None:
+def save(target, options, plan, base, image, reports, *, started_ns: int,
+         checkpointed: set[str] | frozenset[str] = frozenset()) -> None:
     """Record a finished (or found) build; called by the engine.
 
     Not recorded when an input changed at or after ``started_ns`` (the build's
@@ -211,9 +252,10 @@ def save(target, options, plan, base, image, reports, *, started_ns: int) -> Non
                     "reason": "unchanged", "seconds": None, "checkpoint": None}
                    for r in reports],
     }
-    memo = {"format": FORMAT, "stats": stats, "args": args, "result": result,
-            "facts": target.memo_facts(plan.base_ref, base, image)}
     dest = memo_path(options.amifile, dict(options.build_args), target.name)
+    memo = {"format": FORMAT, "stats": stats, "args": args, "result": result,
+            "facts": target.memo_facts(plan.base_ref, base, image),
+            "checkpointed": sorted(set(checkpointed) | _still_checkpointed(dest, result))}
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:

@@ -12,13 +12,20 @@ from amic import contract
 from amic.compile import plan as planmod
 
 
-def common_tags(plan: planmod.Plan, build_id: str, name: str | None) -> dict[str, str]:
-    """Tags of every image of a build. No digest of the Amifile's path (the old
-    ``amic:source``): a path is guessable, and ``amic:name`` says the project."""
-    return {contract.TAG_AMIFILE: os.path.basename(plan.amifile_path),
+def common_tags(plan: planmod.Plan, build_id: str, name: str | None,
+                origin: str | None = None) -> dict[str, str]:
+    """Tags of every image of a build: the readable name, and the project's identity
+    (``contract.project_id`` of ``origin``, the Amifile's place in its git repository, and
+    the explicit name: ``--name``, else ``NAME``) when there is one. No digest of the
+    Amifile's path (the old ``amic:source``): a path is guessable."""
+    explicit = name or plan.resolved.name
+    tags = {contract.TAG_AMIFILE: os.path.basename(plan.amifile_path),
             contract.TAG_BUILD: build_id,
-            contract.TAG_NAME: contract.project_name(plan.amifile_path,
-                                                     name or plan.resolved.name)}
+            contract.TAG_NAME: contract.project_name(plan.amifile_path, explicit)}
+    project = contract.project_id(origin, explicit)
+    if project is not None:
+        tags[contract.TAG_PROJECT] = project
+    return tags
 
 
 def layer_tags(common: dict[str, str], layer: planmod.Layer) -> dict[str, str]:

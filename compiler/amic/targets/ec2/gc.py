@@ -207,18 +207,29 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
     return failures
 
 
-def prune_plan(images: Iterable[tb.Image], *, keep: int, name: str,
-               older_than: dt.timedelta | None = None, everything: bool = False,
-               at: dt.datetime | None = None) -> list[tuple[tb.Image, str]]:
-    """Which AMIs of project ``name`` (tag ``amic:name``) ``amic ami prune`` removes, with why.
+def prune_plan(images: Iterable[tb.Image], *, keep: int, project: str, label: str = "",
+               legacy_name: str | None = None, older_than: dt.timedelta | None = None,
+               everything: bool = False, at: dt.datetime | None = None
+               ) -> list[tuple[tb.Image, str]]:
+    """Which AMIs of project ``project`` (``amic:project``) ``amic ami prune`` removes, and why.
 
-    Only images tagged ``amic:name`` = ``name`` are ever in the plan. Of several images of
+    Only images tagged ``amic:project`` = ``project`` are ever in the plan, and with
+    ``legacy_name`` (``--force``) images without ``amic:project`` (built before it, or
+    without an identity) whose ``amic:name`` is ``legacy_name``. Of several images of
     one key the newest stays and the others go (duplicates of concurrent builds). Kept:
     the ``keep`` newest final keys, and every layer checkpoint that a kept final, or any
     final of another project, was built from (``amic:layer:*`` tags; layers are shared by
     key). With ``older_than``, nothing younger goes. Whether an image is in use is
-    :func:`in_use`'s question, asked of this plan.
+    :func:`in_use`'s question, asked of this plan. ``label`` names the project in reasons.
     """
+    name = label or project
+
+    def selected(img: tb.Image) -> bool:
+        tags = img.tags
+        if contract.TAG_PROJECT in tags:
+            return tags[contract.TAG_PROJECT] == project
+        return legacy_name is not None and tags.get(contract.TAG_NAME) == legacy_name
+
     at = at or aws.now()
     images = sorted(images, key=lambda i: i.created or "", reverse=True)
 
@@ -234,7 +245,7 @@ def prune_plan(images: Iterable[tb.Image], *, keep: int, name: str,
     def layer_keys(img: tb.Image) -> set[str]:
         return {v for k, v in img.tags.items() if k.startswith(contract.TAG_LAYER_PREFIX)}
 
-    mine = [i for i in images if i.tags.get(contract.TAG_NAME) == name]
+    mine = [i for i in images if selected(i)]
     if everything:
         return [(img, f"--all of {name}") for img in mine]
     doomed: list[tuple[tb.Image, str]] = []
@@ -246,7 +257,7 @@ def prune_plan(images: Iterable[tb.Image], *, keep: int, name: str,
             newest[img.key or img.id] = img
     kept_keys: set[str] = set()
     for img in images:
-        if img.tags.get(contract.TAG_NAME) != name and kind(img) == contract.KIND_FINAL:
+        if not selected(img) and kind(img) == contract.KIND_FINAL:
             kept_keys |= layer_keys(img)
     finals = [i for i in newest.values() if kind(i) == contract.KIND_FINAL]
     for n, img in enumerate(finals):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from amic.contract import (KIND_FINAL, KIND_LAYER, TAG_AMIFILE, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_NAME,
-                           TAG_SERVICE)
+                           TAG_PROJECT, TAG_SERVICE)
 from amic.errors import BuildError
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.options import Ec2Options
@@ -87,7 +87,8 @@ def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str
     if final:
         all_tags.update(opts.image_tags)
     all_tags, dropped = aws.fit_tags(all_tags, keep_prefixes=(
-        TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_SSH_USER, TAG_AMIFILE, TAG_NAME, "Name"))
+        TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_SSH_USER, TAG_AMIFILE, TAG_NAME,
+        TAG_PROJECT, "Name"))   # amic:project: what prune selects on, never left out
     if dropped:
         log(f"warning: EC2 allows {aws.MAX_TAGS} tags per image; left out: " + ", ".join(dropped))
     return NewImage(name, description, all_tags)

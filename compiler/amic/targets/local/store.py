@@ -32,10 +32,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from amic.contract import KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME, TAG_SOURCE
+import attrs
+
+from amic.contract import (KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME,
+                           TAG_PROJECT, TAG_SOURCE)
 from amic.errors import BuildError, UsageError
 from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image
@@ -276,14 +279,18 @@ class ImageStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False,
-              name: str | None = None) -> list[str]:
+              project: str | None = None, force: bool = False,
+              legacy_name: str | None = None) -> list[str]:
         """Remove leftovers of dead builds and images no kept image needs; return what went.
 
-        Kept: the ``keep`` newest final images per project (``amic:name``; older images
-        without it: per ``amic:source``) and every image below them (their layer
-        checkpoints and base). ``everything`` removes all images (bases' debootstrap roots
-        stay in ``cache_dir()/bases``). With ``name`` only that project's images go
-        (``everything``: all of them that no other project's kept image sits on).
+        Kept: the ``keep`` newest final images per project (``amic:project``) and every
+        image below them (their layer checkpoints and base). ``everything`` removes all
+        images (bases' debootstrap roots stay in ``cache_dir()/bases``). With ``project``
+        only that project's images go (``everything``: all of them that no other project's
+        image sits on). Images without ``amic:project`` (built before it, or without an
+        identity) are never removed unless ``force``: then they are grouped by
+        ``amic:name`` (older ones: ``amic:source``), and with ``project`` those named
+        ``legacy_name`` are that project's.
         """
         removed: list[str] = []
         with self.exclusive_builds():
@@ -294,15 +301,14 @@ class ImageStore:
                         shutil.rmtree(m, ignore_errors=True)
             with self.lock("store.lock"):
                 metas = self.sweep(removed, dry_run=dry_run)
-                if name is None:
-                    keep_ids = set() if everything else kept_ids(metas, keep)
-                else:
-                    keep_ids = kept_ids(metas, keep, only=name, only_keep=0 if everything else keep)
+                select = Selection(project=project, force=force, legacy_name=legacy_name)
+                keep_ids = kept_ids(metas, select.group,
+                                    lambda group: select.keep(group, keep, everything))
                 for image_id, meta in metas.items():
                     kind = meta["tags"].get(TAG_KIND, "?")
                     if image_id in keep_ids or (kind == KIND_BASE and not everything):
                         continue
-                    if name is not None and meta["tags"].get(TAG_NAME) != name:
+                    if not select.candidate(meta["tags"]):
                         continue
                     if not self.remove_unused(image_id, dry_run=dry_run):
                         removed.append(f"{IN_USE}{kind} {image_id[:SHORT]}")
@@ -341,24 +347,65 @@ class ImageStore:
                 from None
 
 
-def project_of(tags: dict) -> str:
-    return tags.get(TAG_NAME) or tags.get(TAG_SOURCE) or tags.get(TAG_AMIFILE, "")
+SELECTED = "\0selected"
+"""The group of the project a prune is about."""
+ALL = 1 << 30
+"""``keep`` of a group prune leaves alone."""
 
 
-def kept_ids(metas: dict[str, dict], keep: int, *, only: str | None = None,
-             only_keep: int = 0) -> set[str]:
-    """The ``keep`` newest finals per project (project ``only``: ``only_keep``) and every
-    image below them."""
-    finals: dict[str, list[dict]] = {}
+@attrs.frozen
+class Selection:
+    """Which images a prune may remove, and how their finals are grouped into projects."""
+
+    project: str | None = None
+    """Only this project's images (``amic:project``); None = every project's."""
+    force: bool = False
+    """Images without ``amic:project`` too (grouped by their readable name)."""
+    legacy_name: str | None = None
+    """With ``project`` and ``force``: the readable name that makes an older image its."""
+
+    def group(self, tags: dict) -> str | None:
+        if self.selected(tags):
+            return SELECTED
+        if TAG_PROJECT in tags:
+            return tags[TAG_PROJECT]
+        if not self.force:
+            return None
+        return "legacy\0" + (tags.get(TAG_NAME) or tags.get(TAG_SOURCE)
+                              or tags.get(TAG_AMIFILE, ""))
+
+    def selected(self, tags: dict) -> bool:
+        if self.project is None:
+            return False
+        if TAG_PROJECT in tags:
+            return tags[TAG_PROJECT] == self.project
+        return (self.force and self.legacy_name is not None
+                and tags.get(TAG_NAME) == self.legacy_name)
+
+    def candidate(self, tags: dict) -> bool:
+        if self.project is not None:
+            return self.selected(tags)
+        return self.force or TAG_PROJECT in tags or tags.get(TAG_KIND) == KIND_BASE
+
+    def keep(self, group: str | None, keep: int, everything: bool) -> int:
+        """How many finals of ``group`` stay (a group prune may not touch: all)."""
+        if group is None or (self.project is not None and group != SELECTED):
+            return ALL
+        return 0 if everything else keep
+
+
+def kept_ids(metas: dict[str, dict], group_of: Callable[[dict], str | None],
+             keep_of: Callable[[str | None], int]) -> set[str]:
+    """The ``keep_of(group)`` newest finals of each group and every image below them."""
+    finals: dict[str | None, list[dict]] = {}
     for meta in metas.values():
         tags = meta["tags"]
         if tags.get(TAG_KIND) == KIND_FINAL:
-            finals.setdefault(project_of(tags), []).append(meta)
+            finals.setdefault(group_of(tags), []).append(meta)
     keep_ids: set[str] = set()
-    for group in finals.values():
-        group.sort(key=lambda m: m.get("created") or "", reverse=True)
-        n = only_keep if only is not None and project_of(group[0]["tags"]) == only else keep
-        for meta in group[:max(n, 0)]:
+    for group, members in finals.items():
+        members.sort(key=lambda m: m.get("created") or "", reverse=True)
+        for meta in members[:max(keep_of(group), 0)]:
             current = meta["id"]
             while current and current not in keep_ids:
                 keep_ids.add(current)
