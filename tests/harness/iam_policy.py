@@ -218,7 +218,7 @@ def asks(action: str, params: Mapping[str, str], *, region: str, account: str,
     elif action == "ModifyInstanceAttribute":
         out.append(existing(params.get("InstanceId", ""), "instance"))
         out += [existing(g) for g in _numbered(params, "GroupId")]
-    else:
+    elif action not in _NEW_TAGGABLE:
         ids = [params[k] for k in sorted(params) if re.fullmatch(
             r"(InstanceId|VolumeId|SnapshotId|ImageId|GroupId|KeyPairId)(\.\d+)?", k)]
         if "KeyName" in params and "KeyPairId" not in params:
