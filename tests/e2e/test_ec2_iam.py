@@ -358,3 +358,17 @@ def test_gc_needs_its_statement(session):
     run = session.amic("gc", policy=DOC.policy(*FEATURES["gc"]))
     _no_denials(run)
     assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume]}])["Volumes"]
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.parametrize("command,action", [
+    (("gc",), "ec2:DescribeVolumes"),
+    (("ami", "ls"), "ec2:DescribeImages"),
+    (("ami", "prune", "--keep", "1", "--yes"), "ec2:DescribeSnapshots"),
+])
+def test_a_refused_read_is_a_clear_error(session, command, action):
+    """Wherever amic reads, a refusal is an error naming the permission, never a traceback."""
+    (session.root / "Amifile").write_text(AMIFILE.format(variant="read"))
+    run = session.amic(*command, policy=DOC.policy(*DOC.extras, drop_actions=[action]))
+    run.refused(action)
