@@ -45,7 +45,7 @@ AMIFILE = """\
 FROM debian:12
 
 SERVICE base
-    INIT echo base > /etc/iam-base
+    INIT echo {base} > /etc/iam-base
 
 SERVICE app
     REQUIRES base
@@ -201,9 +201,10 @@ class Session:
                               capture_output=True, text=True, timeout=600, check=False)
         return Run(proc, self.iam)
 
-    def build(self, variant: str, *extra: str, policy: dict | None = None) -> Run:
+    def build(self, variant: str, *extra: str, policy: dict | None = None,
+              base: str = "base") -> Run:
         amifile = self.root / "Amifile"
-        text = AMIFILE.format(variant=variant)
+        text = AMIFILE.format(variant=variant, base=base)
         if not amifile.exists() or amifile.read_text() != text:   # a new mtime misses the memo
             amifile.write_text(text)
         run = self.amic("build", "--target", "ec2", *self.common(), "--checkpoint", "all",
@@ -269,8 +270,10 @@ def test_a_policy_without_create_snapshot_fails_the_build(session, judge):
 @pytest.mark.slow
 @pytest.mark.root
 def test_a_policy_without_register_image_fails_a_build_from_a_layer(session):
-    _no_denials(session.build("reg-1"), SWAP)
-    run = session.build("reg-2", policy=DOC.policy(drop_actions=["ec2:RegisterImage"]))
+    # a base layer of its own: no AMI was registered from its snapshot yet
+    _no_denials(session.build("reg-1", base="reg"), SWAP)
+    run = session.build("reg-2", base="reg",
+                        policy=DOC.policy(drop_actions=["ec2:RegisterImage"]))
     run.refused("ec2:RegisterImage")
 
 
@@ -326,7 +329,7 @@ def test_ami_prune_needs_its_statements(session):
     new = session.build("prune-2")
     _no_denials(old, SWAP)
     _no_denials(new, SWAP)
-    (session.root / "Amifile").write_text(AMIFILE.format(variant="prune-2"))
+    (session.root / "Amifile").write_text(AMIFILE.format(variant="prune-2", base="base"))
     ec2 = session.fake.client()
 
     def images() -> set[str]:
@@ -369,6 +372,6 @@ def test_gc_needs_its_statement(session):
 ])
 def test_a_refused_read_is_a_clear_error(session, command, action):
     """Wherever amic reads, a refusal is an error naming the permission, never a traceback."""
-    (session.root / "Amifile").write_text(AMIFILE.format(variant="read"))
+    (session.root / "Amifile").write_text(AMIFILE.format(variant="read", base="base"))
     run = session.amic(*command, policy=DOC.policy(*DOC.extras, drop_actions=[action]))
     run.refused(action)
