@@ -170,8 +170,9 @@ class Run:
     def refused(self, action: str) -> None:
         """Exit 1, the missing action and the doc named, no traceback."""
         assert self.rc == 1, self
-        assert action in self.stderr and "docs/ec2.md" in self.stderr, self
+        assert f"the IAM policy lacks {action}: docs/ec2.md" in self.stderr, self
         assert "Traceback" not in self.stderr, self
+        print(self.stderr.strip().splitlines()[-1])     # shown with -s: what a user reads
 
     def __repr__(self) -> str:
         return (f"<rc={self.rc} denials={self.denials}>\n{self.stdout[-2000:]}\n"
@@ -251,6 +252,9 @@ def test_build_under_the_documented_policy(session):
     # answered by the memo: only amic's own signed DescribeImages, which moto verified
     assert memo.actions == ["DescribeImages"] * 2, memo.actions
     assert session.fake.proxy.boto3_calls() == [], memo
+    listed = session.amic("ami", "ls", "--all")
+    _no_denials(listed)
+    assert memo.ami in listed.stdout, listed
 
 
 @pytest.mark.slow
