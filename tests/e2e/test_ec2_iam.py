@@ -35,9 +35,9 @@ FEATURES = {
     "copy": ("CopyImages",),
     "share": ("ShareOwnImages",),
     "free-group": ("FreeBuildGroup", "ToDefaultGroup"),
+    "instance-profile": ("PassBuildRole",),
 }
-NOT_IN_THE_STAND_IN = {"PassBuildRole": "moto passes no role to an instance",
-                       "EncryptWithOwnKey": "moto's EC2 calls no KMS"}
+NOT_IN_THE_STAND_IN = {"EncryptWithOwnKey": "moto's EC2 calls no KMS"}
 OTHER = "us-west-2"
 SHARE_WITH = "210987654321"
 
@@ -379,3 +379,26 @@ def test_a_refused_read_is_a_clear_error(session, command, action):
     (session.root / "Amifile").write_text(AMIFILE.format(variant="read", base="base"))
     run = session.amic(*command, policy=DOC.policy(*DOC.extras, drop_actions=[action]))
     run.refused(action)
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_an_instance_profile_needs_its_statement(session):
+    iam = session.iam.iam
+    if not iam.list_instance_profiles()["InstanceProfiles"]:
+        iam.create_role(RoleName="amic-build-role", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole",
+                "Principal": {"Service": "ec2.amazonaws.com"}}]}))
+        iam.create_instance_profile(InstanceProfileName="amic-build")
+        iam.add_role_to_instance_profile(InstanceProfileName="amic-build",
+                                         RoleName="amic-build-role")
+    without = session.build("role-1", "--iam-instance-profile", "amic-build")
+    without.refused("iam:PassRole")
+    # the documented statement with its placeholders filled in, as a user would
+    policy = json.loads(json.dumps(DOC.policy(*FEATURES["instance-profile"])).replace(
+        "arn:aws:iam::ACCOUNT:role/ROLE",
+        f"arn:aws:iam::{session.fake.moto.account}:role/amic-build-role"))
+    run = session.build("role-2", "--iam-instance-profile", "amic-build", policy=policy)
+    _no_denials(run, SWAP)
+    assert session.fake.proxy.calls_of("RunInstances")[0]["IamInstanceProfile.Name"] == "amic-build"

@@ -164,7 +164,7 @@ class IamEnforcement:
         region = scope[2]
         denials = []
         for ask in iam_policy.asks(action, params, region=region, account=self.fake.moto.account,
-                                   tags_of=self._tags_of):
+                                   tags_of=self._tags_of, roles_of=self._roles_of):
             why = iam_policy.denied(self.policy, ask)
             if why:
                 denials.append(
@@ -207,6 +207,12 @@ class IamEnforcement:
             return {t["Key"]: t.get("Value", "") for t in (found[0].get("Tags") or [])} \
                 if found else {}
         return {}
+
+    def _roles_of(self, profile: str) -> list[str]:
+        with contextlib.suppress(Exception):
+            found = self.iam.get_instance_profile(InstanceProfileName=profile.rpartition("/")[2])
+            return [role["Arn"] for role in found["InstanceProfile"]["Roles"]]
+        return []
 
     def _resign(self, method: str, path: str, headers: dict, body: bytes) -> dict:
         """Sign again a body the proxy's ``forward`` hooks changed, with the caller's key."""

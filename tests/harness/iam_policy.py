@@ -163,11 +163,14 @@ class Arns:
 
 TagsOf = Callable[[str, str], Mapping[str, str]]
 """``tags_of(resource id, region)``: the tags the resource has now ({} if none or gone)."""
+RolesOf = Callable[[str], list[str]]
+"""``roles_of(instance profile name or ARN)``: the ARNs of the profile's roles."""
 
 
 def asks(action: str, params: Mapping[str, str], *, region: str, account: str,
-         tags_of: TagsOf) -> list[Ask]:
-    """Every authorization EC2 makes for the Query call ``action(params)``."""
+         tags_of: TagsOf, roles_of: RolesOf = lambda profile: []) -> list[Ask]:
+    """Every authorization EC2 makes for the Query call ``action(params)`` (an instance
+    profile given to RunInstances: ``iam:PassRole`` on its role, as IAM asks)."""
     arn = Arns(region, account)
     ec2 = f"ec2:{action}"
     if action.startswith("Describe"):      # no resource-level permissions
@@ -197,6 +200,10 @@ def asks(action: str, params: Mapping[str, str], *, region: str, account: str,
         out += [existing(g) for g in groups]
         out.append(Ask(ec2, arn("subnet", params.get("NetworkInterface.1.SubnetId")
                                 or params.get("SubnetId") or "*"), {}))
+        profile = params.get("IamInstanceProfile.Name") or params.get("IamInstanceProfile.Arn")
+        if profile:
+            out += [Ask("iam:PassRole", role, {"iam:PassedToService": "ec2.amazonaws.com"})
+                    for role in roles_of(profile) or [f"arn:aws:iam::{account}:role/?"]]
     elif action == "CreateSecurityGroup":
         out.append(Ask(ec2, arn("vpc", params.get("VpcId") or "*"), {}))
     elif action == "CreateImage":
