@@ -195,10 +195,10 @@ class Session:
         return [*self.fake.ssh_args(), "--ssh-user", "root", "--poll-interval", "0.05",
                 "--ssh-timeout", "60", "--console-timeout", "30"]
 
-    def amic(self, *argv: str, policy: dict | None = None) -> Run:
+    def amic(self, *argv: str, policy: dict | None = None, env: dict | None = None) -> Run:
         self.iam.use_policy(policy or DOC.policy())
         self.fake.proxy.reset()
-        proc = subprocess.run([amic_exe(), *argv], cwd=self.root, env=self.env(),
+        proc = subprocess.run([amic_exe(), *argv], cwd=self.root, env={**self.env(), **(env or {})},
                               capture_output=True, text=True, timeout=600, check=False)
         return Run(proc, self.iam)
 
@@ -252,6 +252,13 @@ def test_build_under_the_documented_policy(session):
     # answered by the memo: only amic's own signed DescribeImages, which moto verified
     assert memo.actions == ["DescribeImages"] * 2, memo.actions
     assert session.fake.proxy.boto3_calls() == [], memo
+    # moto checks the memo's signatures: signed with a wrong secret, the memo is not
+    # confirmed, and boto3's calls are refused too
+    forged = session.amic("build", "--target", "ec2", *session.common(), "Amifile",
+                          env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    assert forged.rc == 1 and "AuthFailure" in forged.stderr, forged
+    assert any("confirm-memo" in agent for _, agent in session.fake.proxy.agents)
+    assert "Traceback" not in forged.stderr, forged
     listed = session.amic("ami", "ls", "--all")
     _no_denials(listed)
     assert memo.ami in listed.stdout, listed
