@@ -350,6 +350,11 @@ def test_ami_prune_needs_its_statements(session):
     without = session.amic("ami", "prune", "--keep", "1", "--yes")
     without.refused("ec2:DescribeLaunchTemplates")
     assert images() == before                       # nothing removed
+    # Auto Scaling goes to moto directly: moto's own enforcement refuses it
+    no_asg = session.amic("ami", "prune", "--keep", "1", "--yes", policy=DOC.policy(
+        *FEATURES["prune"], drop_actions=["autoscaling:DescribeLaunchConfigurations"]))
+    no_asg.refused("autoscaling:DescribeLaunchConfigurations")
+    assert images() == before
     run = session.amic("ami", "prune", "--keep", "1", "--yes",
                        policy=DOC.policy(*FEATURES["prune"]))
     _no_denials(run)
