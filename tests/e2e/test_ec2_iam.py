@@ -155,6 +155,26 @@ def test_moto_gets_the_actions_of_every_statement():
             "ec2:DeregisterImage"} <= actions
 
 
+def test_the_hint_names_the_missing_permission():
+    from botocore.exceptions import ClientError
+
+    from amic.targets.ec2 import session as aws
+
+    def error(code, message, op="CreateSnapshot"):
+        return ClientError({"Error": {"Code": code, "Message": message}}, op)
+
+    ec2 = error("UnauthorizedOperation", "You are not authorized to perform this operation. "
+                "User: arn:aws:iam::1:user/u is not authorized to perform: ec2:CreateSnapshot "
+                "on resource: arn:aws:ec2:r::snapshot/* because no identity-based policy allows")
+    asg = error("AccessDenied", "User: arn:aws:iam::1:user/u is not authorized to perform: "
+                "autoscaling:DescribeLaunchConfigurations", "DescribeLaunchConfigurations")
+    bare = error("UnauthorizedOperation", "You are not authorized to perform this operation.")
+    assert "lacks ec2:CreateSnapshot: docs/ec2.md" in aws.explain(ec2, "snapshotting").render()
+    assert "lacks autoscaling:DescribeLaunchConfigurations: docs/ec2.md" in aws.hint(asg)
+    assert "lacks the permission for CreateSnapshot: docs/ec2.md" in aws.hint(bare)
+    assert aws.hint(error("InvalidAMIID.NotFound", "no")) == ""
+
+
 # -- through the CLI, against the stand-in with IAM enforced -------------------------------
 
 class Run:
