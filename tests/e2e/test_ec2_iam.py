@@ -43,6 +43,7 @@ SHARE_WITH = "210987654321"
 
 AMIFILE = """\
 FROM debian:12
+NAME iam-e2e
 
 SERVICE base
     INIT echo {base} > /etc/iam-base
