@@ -99,8 +99,9 @@ class FakeEc2:
         """A boto3 client for assertions (``direct``: straight to moto, not counted)."""
         import boto3
 
-        return boto3.client("ec2", region_name=REGION, aws_access_key_id="testing",
-                            aws_secret_access_key="testing",
+        key, secret = self.proxy.credentials
+        return boto3.client("ec2", region_name=REGION, aws_access_key_id=key,
+                            aws_secret_access_key=secret,
                             endpoint_url=self.moto.url if direct else self.proxy.url)
 
     def register_debian12(self) -> str:
@@ -155,8 +156,8 @@ class FakeEc2:
 
 
 @contextlib.contextmanager
-def fake_ec2(workdir: Path, base_root: Path | None = None):
-    moto = MotoServer().start()
+def fake_ec2(workdir: Path, base_root: Path | None = None, moto_env: dict | None = None):
+    moto = MotoServer(env=moto_env).start()
     proxy = Ec2Proxy(moto.port).start()
     fake = FakeEc2(moto, proxy, workdir, base_root)
     try:
@@ -168,7 +169,7 @@ def fake_ec2(workdir: Path, base_root: Path | None = None):
 
 
 @contextlib.contextmanager
-def standin_ec2(tmp_path_factory):
+def standin_ec2(tmp_path_factory, moto_env: dict | None = None):
     """moto + proxy + instance stand-in over the cached Debian base, keeping instance disks
     for inspection: what the end-to-end ec2 test modules share."""
     from amic.targets.local import rootfs
@@ -178,7 +179,7 @@ def standin_ec2(tmp_path_factory):
     require_sshd_root()
     base = rootfs.ensure_base()
     os.makedirs("/run/sshd", exist_ok=True)
-    with fake_ec2(tmp_path_factory.mktemp("ec2"), base) as fake:
+    with fake_ec2(tmp_path_factory.mktemp("ec2"), base, moto_env) as fake:
         fake.standin.keep_disks = True    # tests search and inspect the instances' disks
         yield fake
 

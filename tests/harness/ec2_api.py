@@ -42,14 +42,18 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 class MotoServer:
     """``moto_server`` as a subprocess on a random loopback port."""
 
-    def __init__(self, account: str = DEBIAN_OWNER) -> None:
+    def __init__(self, account: str = DEBIAN_OWNER, env: dict[str, str] | None = None) -> None:
+        self.extra_env = dict(env or {})
+        """More environment for the server (``INITIAL_NO_AUTH_ACTION_COUNT``: IAM enforced
+        after that many requests; ``tests/harness/ec2_iam.py``)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.account = account
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> MotoServer:
-        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_ACCOUNT_ID": self.account}
+        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_ACCOUNT_ID": self.account,
+               **self.extra_env}
         self.log = open(os.devnull, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -143,6 +147,11 @@ class Ec2Proxy:
         self._rewrites: list[list] = []  # [action, old, new, remaining]
         self._lock = threading.Lock()
         self.injected = 0
+        self.credentials = ("testing", "testing")
+        """The harness's own key for moto (an IAM admin's when IAM is enforced)."""
+        self.resign = None
+        """``resign(method, path, headers, body) -> headers`` signs a body a ``forward`` hook
+        changed (moto checks signatures when IAM is enforced)."""
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -228,8 +237,8 @@ class Ec2Proxy:
         """A boto3 client straight to moto (not counted, no hooks): for the hooks' own look-ups."""
         import boto3
 
-        return boto3.client("ec2", region_name=REGION, aws_access_key_id="testing",
-                            aws_secret_access_key="testing",
+        return boto3.client("ec2", region_name=REGION, aws_access_key_id=self.credentials[0],
+                            aws_secret_access_key=self.credentials[1],
                             endpoint_url=f"http://127.0.0.1:{self.upstream_port}")
 
     def _handle(self, method, path, headers, body):
@@ -251,6 +260,8 @@ class Ec2Proxy:
                     self.injected += 1
                     return 400, [("Content-Type", "text/xml")], _error_xml(armed[3], "eventual")
         try:
+            for hook in self.before.get("*", ()):   # every call, first (IAM: ec2_iam.py)
+                hook(action, params, headers)
             for hook in self.before.get(action, ()):
                 hook(params)
         except ApiError as exc:
@@ -259,10 +270,13 @@ class Ec2Proxy:
             sent = dict(params)
             for hook in self.forward[action]:
                 sent = hook(sent)
-            body = urllib.parse.urlencode(sent).encode()   # moto checks no signature
+            body = urllib.parse.urlencode(sent).encode()
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
+        # Host as signed: moto checks SigV4 signatures when IAM is enforced
         fwd = {k: v for k, v in headers.items()
-               if k.lower() not in ("host", "connection", "content-length")}
+               if k.lower() not in ("connection", "content-length")}
+        if self.forward.get(action) and self.resign:
+            fwd = self.resign(method, path, fwd, body)
         fwd["Content-Length"] = str(len(body))
         conn.request(method, path, body=body, headers=fwd)
         resp = conn.getresponse()

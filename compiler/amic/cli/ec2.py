@@ -40,6 +40,7 @@ def _target(args):
 
 def cmd_gc(args) -> int:
     from amic.targets.ec2 import gc as ec2_gc
+    from amic.targets.ec2 import session as aws
 
     target = _target(args)
     seen = ec2_gc.survey(target, build_id=args.build_id, ignore_expiry=args.force)
@@ -60,7 +61,8 @@ def cmd_gc(args) -> int:
         return 0
     failures = ec2_gc.remove(target, found)
     for leak, err in failures:
-        print(f"amic: warning: could not remove {leak.kind} {leak.id}: {err}", file=sys.stderr)
+        print(f"amic: warning: could not remove {leak.kind} {leak.id}: {err}{aws.hint(err)}",
+              file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -108,12 +110,13 @@ def _in_use(ec2_gc, target, ids: list[str]) -> dict[str, str]:
     import botocore.exceptions
 
     from amic.errors import BuildError
+    from amic.targets.ec2 import session as aws
 
     try:
         return ec2_gc.in_use(target, ids)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise BuildError(f"could not check whether the AMIs are in use ({exc}); nothing was "
-                         "removed (--force removes without checking)") from exc
+        raise BuildError(f"could not check whether the AMIs are in use ({exc}){aws.hint(exc)}; "
+                         "nothing was removed (--force removes without checking)") from exc
 
 
 def cmd_ami_prune(args) -> int:

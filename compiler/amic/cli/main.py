@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except RecursionError:  # a bug, but never a 1,000-frame traceback from a deep input
         print("amic: error: input nested too deeply (please report this Amifile)", file=sys.stderr)
         return 1
+    except Exception as exc:  # an AWS error no handler explained: its message, no traceback
+        if not type(exc).__module__.startswith("botocore."):
+            raise
+        from amic.targets.ec2.session import hint
+
+        print(f"amic: error: {exc}{hint(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -108,18 +109,33 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
+def permission_hint(exc: BaseException) -> str:
+    """Which permission is missing (AWS's message names it; else the operation's) and where
+    the policy that has it is."""
+    named = re.search(r"perform: ([\w-]+:[\w*]+)", str(exc))
+    action = named[1] if named else f"the permission for {getattr(exc, 'operation_name', '?')}"
+    return (f" (the IAM policy lacks {action}: docs/ec2.md, \"The IAM policy\", lists the "
+            "statement that has it)")
+
+
 def explain(exc: BaseException, doing: str) -> BuildError:
     """A BuildError saying what failed, with the AWS code and a hint for the common ones."""
+    return BuildError(f"{doing}: {exc}{hint(exc)}")
+
+
+def hint(exc: BaseException) -> str:
+    """What to do about a common AWS error (`` (…)``), or ``""``."""
     code = error_code(exc)
-    hint = {
-        "UnauthorizedOperation": " (the IAM policy in docs/ec2.md lists what amic needs)",
+    return {
+        "UnauthorizedOperation": permission_hint(exc),
+        "AccessDenied": permission_hint(exc),
+        "AccessDeniedException": permission_hint(exc),
         "AuthFailure": " (check the credentials: aws sts get-caller-identity)",
         "RequestLimitExceeded": " (throttled even after retries; raise AWS_MAX_ATTEMPTS or use "
                                 "--retry-mode adaptive)",
         "InsufficientInstanceCapacity": " (try another --instance-type or --subnet)",
         "VcpuLimitExceeded": " (raise the vCPU quota or use a smaller --instance-type)",
     }.get(code or "", "")
-    return BuildError(f"{doing}: {exc}{hint}")
 
 
 def call(doing: str, fn, **kwargs):
