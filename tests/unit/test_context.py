@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from amic.compile.context import copy_limit, parse_ignore
+from amic.compile.context import copy_limit
+from amic.compile.ignore import parse_ignore
 from amic.errors import UsageError
 
 

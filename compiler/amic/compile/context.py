@@ -12,6 +12,13 @@ A ``.amicignore`` at the top of a context (dockerignore syntax: ``*``, ``?``,
 wins; a pattern matches from the top of the context and everything below a
 matching directory) keeps files out of the artifact and so out of every key.
 
+Every file is read through a descriptor of the context's directory, with no symlink
+at any level below it (:func:`amic.safeopen.open_beneath`), and checked again on
+the open descriptor: a directory swapped for a symlink while amic reads cannot
+bring a file from outside into the artifact. The artifact re-opens each file the
+same way and refuses one that is no longer the file (device and inode) or the bytes
+(sha256) the plan hashed.
+
 Modes are the context's permission bits (``0600`` stays ``0600``; setuid,
 setgid and sticky are dropped unless ``--mode`` sets them). FIFOs, sockets
 and devices are refused, never opened. The regular files all COPYs of one
@@ -21,6 +28,7 @@ build read add up to at most :data:`DEFAULT_COPY_LIMIT` bytes
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -31,10 +39,14 @@ from collections.abc import Iterator
 
 import attrs
 
+from amic import safeopen
 from amic.amifile import ir
 from amic.amifile.resolve import source_line, stock_service_dirs
+from amic.amifile.source import MAX_AMIFILE_BYTES
+from amic.compile.ignore import IgnoreRules, parse_ignore
 from amic.contract import IGNORE_FILE
 from amic.errors import AmifileError, Pos, UsageError
+from amic.safeopen import kind_name
 
 DEFAULT_COPY_LIMIT = 2 * 1024 ** 3
 """Bytes of regular files all COPYs of one build may read (2 GiB)."""
@@ -57,6 +69,14 @@ class CopyFile:
     """``file``, ``dir`` or ``symlink``."""
     digest: str
     """sha256 of the content (or of the link target)."""
+    root: str = attrs.field(default="", eq=False)
+    """The context directory the file was read from (its real path)."""
+    below: str = attrs.field(default="", eq=False)
+    """The path below ``root``, with no symlink in it: how the artifact opens the file."""
+    identity: tuple[int, int, int] = attrs.field(default=(0, 0, 0), eq=False)
+    """(device, inode, size) of the file hashed: the artifact reads that file, that many bytes."""
+    target: str = attrs.field(default="", eq=False)
+    """A symlink's target, as read when the plan was made."""
 
 
 @attrs.frozen
@@ -74,106 +94,29 @@ class CopyPlan:
 # ---- .amicignore -------------------------------------------------------------------
 
 
-@attrs.frozen
-class IgnoreRules:
-    """The patterns of one ``.amicignore``, in file order: (compiled pattern, is ``!``)."""
-
-    rules: tuple[tuple[re.Pattern[str], bool], ...] = ()
-
-    @property
-    def negates(self) -> bool:
-        return any(neg for _, neg in self.rules)
-
-    def excluded(self, rel: str) -> bool:
-        """Whether ``rel`` (slash-separated, relative to the context) is left out."""
-        if not self.rules or rel in ("", "."):
-            return False
-        parts = rel.split("/")
-        candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        matched = False
-        for regex, negated in self.rules:
-            if negated != matched:
-                continue  # cannot change the answer
-            if any(regex.fullmatch(c) for c in candidates):
-                matched = not negated
-        return matched
-
-
-def ignore_regex(pattern: str) -> re.Pattern[str]:
-    """A dockerignore pattern as a regular expression over a slash path (Go's
-    ``filepath.Match`` syntax plus ``**``, as moby's patternmatcher reads it)."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if i + 1 < n and pattern[i + 1] == "*":
-                i += 1
-                if i + 1 < n and pattern[i + 1] == "/":
-                    i += 1
-                out.append(".*" if i + 1 == n else "(?:.*/)?")
-            else:
-                out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("^", "!") else i + 1)
-            if end < 0:
-                raise ValueError("unterminated '[' in the pattern")
-            body = pattern[i + 1:end]
-            negate = body[:1] in ("^", "!")
-            body = body[1:] if negate else body
-            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
-            i = end
-        elif c == "\\":
-            if i + 1 >= n:
-                raise ValueError("a pattern cannot end in '\\'")
-            i += 1
-            out.append(re.escape(pattern[i]))
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-def parse_ignore(text: str, path: str) -> IgnoreRules:
-    """The rules of an ``.amicignore`` text; a bad pattern is an error at its line."""
-    rules: list[tuple[re.Pattern[str], bool]] = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        if raw.startswith("#"):
-            continue
-        line = raw.strip()
-        negated = line.startswith("!")
-        if negated:
-            line = line[1:].strip()
-        if not line:
-            continue
-        line = os.path.normpath(line).lstrip("/") or "."
-        try:
-            rules.append((ignore_regex(line), negated))
-        except (ValueError, re.error) as e:
-            raise AmifileError(f"bad .amicignore pattern {raw.strip()!r}: {e}",
-                               Pos(path, number, 1), source_line=raw) from None
-    return IgnoreRules(tuple(rules))
-
-
-def load_ignore(root: str, shown: str | None = None) -> IgnoreRules:
-    """``root/.amicignore`` (none: nothing is ignored). A special file there is an error.
-
-    ``shown``: the directory as messages name it (default: ``root``)."""
-    path = os.path.join(root, IGNORE_FILE)
-    name = os.path.join(shown if shown is not None else root, IGNORE_FILE)
+def load_ignore(root_fd: int, shown: str) -> IgnoreRules:
+    """The ``.amicignore`` in directory ``root_fd`` (none: nothing is ignored). A special
+    file or a symlink there is an error. ``shown``: the directory as messages name it."""
+    name = os.path.join(shown, IGNORE_FILE)
     try:
-        st = os.lstat(path)
+        st = os.stat(IGNORE_FILE, dir_fd=root_fd, follow_symlinks=False)
     except FileNotFoundError:
         return IgnoreRules()
     if not stat.S_ISREG(st.st_mode):
         raise AmifileError(f"{name}: is {kind_name(st.st_mode)}, not an ignore file")
     if st.st_size > MAX_IGNORE_BYTES:
         raise AmifileError(f"{name}: larger than {MAX_IGNORE_BYTES} bytes")
-    with open_regular(path) as fh:
-        text = fh.read(MAX_IGNORE_BYTES + 1).decode("utf-8", errors="replace")
-    return parse_ignore(text.removeprefix("\ufeff"), name)
+    try:
+        fd = safeopen.open_beneath(root_fd, IGNORE_FILE)
+        try:
+            data = safeopen.read_at_most(fd, MAX_IGNORE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise AmifileError(f"{name}: cannot be read: {e.strerror or e}") from None
+    if len(data) > MAX_IGNORE_BYTES:
+        raise AmifileError(f"{name}: larger than {MAX_IGNORE_BYTES} bytes")
+    return parse_ignore(data.decode("utf-8", errors="replace").removeprefix("\ufeff"), name)
 
 
 # ---- contexts ------------------------------------------------------------------------
@@ -188,6 +131,8 @@ class BuildContext:
     label: str
     """How messages name the context: the directory and why it is the context."""
     ignore: IgnoreRules
+    identity: tuple[int, int] = (0, 0)
+    """(device, inode) of the directory when it was first opened: every COPY reads that one."""
 
 
 class Contexts:
@@ -215,7 +160,7 @@ class Contexts:
                 label = f"{shown} (the stock service's directory)"
                 break
         if root not in self.cache:
-            self.cache[root] = BuildContext(root, shown, label, load_ignore(root, shown))
+            self.cache[root] = first_look(root, shown, label)
         return self.cache[root]
 
     def charge(self, size: int, copy: ir.Copy, index: int) -> None:
@@ -264,8 +209,11 @@ def instructions(path: str) -> Iterator[tuple[Pos, list[tuple[str, str, Pos]]]]:
     from amic.amifile.lexer import tokenize
 
     try:
-        with open_regular(path, follow=True) as fh:
-            text = fh.read().decode("utf-8", errors="replace")
+        fd = safeopen.open_side_file(path)
+        try:
+            text = safeopen.read_at_most(fd, MAX_AMIFILE_BYTES).decode("utf-8", errors="replace")
+        finally:
+            os.close(fd)
         keyword: Pos | None = None
         words: list[tuple[str, str, Pos]] = []
         for tok in tokenize(text):
@@ -293,45 +241,61 @@ def source_pos(copy: ir.Copy, index: int) -> Pos:
 # ---- reading sources -----------------------------------------------------------------
 
 
-def open_regular(path: str, *, follow: bool = False):
-    """Open ``path`` for reading without blocking on a FIFO (nor following a final
-    symlink unless ``follow``); anything but a regular file is an ``OSError``."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
+def first_look(root: str, shown: str, label: str) -> BuildContext:
+    """Open the context directory ``root`` once: its identity and its ``.amicignore``."""
+    with open_context_dir(root, shown) as fd:
+        st = os.fstat(fd)
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            where = root   # no /proc: the identity still binds every later open
+        if where != root:
+            raise AmifileError(f"the build context {label} was replaced while amic read it "
+                               f"(it is now {where!r}); compile again")
+        return BuildContext(root, shown, label, load_ignore(fd, shown), (st.st_dev, st.st_ino))
+
+
+@contextlib.contextmanager
+def open_context_dir(root: str, shown: str, identity: tuple[int, int] | None = None
+                     ) -> Iterator[int]:
+    """A descriptor of the context directory (the same directory as ``identity``, if given)."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-    except BaseException:
+        fd = safeopen.open_dir(root)
+    except OSError as e:
+        raise AmifileError(f"the build context {shown}: cannot be opened: "
+                           f"{e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            raise AmifileError(f"the build context {shown} was replaced while amic read it; "
+                               "compile again")
+        yield fd
+    finally:
         os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
 
 
-def file_digest(path: str) -> str:
+def hash_fd(fd: int, size: int, name: str) -> str:
+    """sha256 of exactly ``size`` bytes of ``fd`` (the size ``fstat`` gave when it was opened)."""
     h = hashlib.sha256()
-    with open_regular(path) as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    left = size
+    while left > 0:
+        data = os.read(fd, min(left, 1 << 20))
+        if not data:
+            raise OSError(errno.EIO, "it shrank while it was read", name)
+        h.update(data)
+        left -= len(data)
     return h.hexdigest()
 
 
 def link_digest(target: str) -> str:
     # Same value as plan's digest of (target,), so keys of existing caches stay valid.
     blob = json.dumps([target], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def file_mode(st_mode: int, forced: str | None) -> int:
     """A file's mode in the artifact: ``--mode`` if given, else its permission bits."""
     return int(forced, 8) if forced is not None else stat.S_IMODE(st_mode) & PERMISSION_BITS
-
-
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def kind_name(st_mode: int) -> str:
-    return next((what for test, what in _SPECIAL if test(st_mode)), "not a regular file")
 
 
 # ---- expanding a COPY ----------------------------------------------------------------
@@ -340,9 +304,11 @@ def kind_name(st_mode: int) -> str:
 @attrs.frozen
 class _Entry:
     rel: str
-    path: str
+    below: str
+    """Path below the context root, no symlink in it."""
     st: os.stat_result
     excluded: bool = False
+    target: str = ""
 
 
 def expand_copy(index: int, copy: ir.Copy, contexts: Contexts) -> CopyPlan:
@@ -350,22 +316,26 @@ def expand_copy(index: int, copy: ir.Copy, contexts: Contexts) -> CopyPlan:
 
     Every check (confinement, ``.amicignore``, special files, the size limit) runs
     on names and ``lstat`` results before the first byte of any file is read.
+    Every read goes through a descriptor of the context directory, below which no
+    symlink is followed.
     """
     ctx = contexts.for_copy(copy)
     many = len(copy.sources) > 1
     single = False
     chosen: list[_Entry] = []
-    for i, src in enumerate(copy.sources):
-        real, st = resolve_source(copy, i, src, ctx)
-        if stat.S_ISDIR(st.st_mode):
-            entries = walk(copy, i, real, ctx)
-        else:
-            single = not many and not copy.dest.endswith("/")
-            name = "" if single else os.path.basename(os.path.normpath(src))
-            entries = [_Entry(name, real, st)]
-        contexts.charge(sum(e.st.st_size for e in entries if stat.S_ISREG(e.st.st_mode)), copy, i)
-        chosen.extend(entries)
-    files = [to_copy_file(e, copy.mode) for e in chosen]
+    with open_context_dir(ctx.root, ctx.shown, ctx.identity) as root_fd:
+        for i, src in enumerate(copy.sources):
+            below, st = resolve_source(copy, i, src, ctx, root_fd)
+            if stat.S_ISDIR(st.st_mode):
+                entries = walk(copy, i, below, ctx, root_fd)
+            else:
+                single = not many and not copy.dest.endswith("/")
+                name = "" if single else os.path.basename(os.path.normpath(src))
+                entries = [_Entry(name, below, st)]
+            contexts.charge(sum(e.st.st_size for e in entries if stat.S_ISREG(e.st.st_mode)),
+                            copy, i)
+            chosen.extend(entries)
+        files = [to_copy_file(e, copy.mode, ctx, root_fd) for e in chosen]
     seen: dict[str, CopyFile] = {}
     for f in files:
         seen[f.rel] = f  # a later source overwrites an earlier one, as cp would
@@ -375,24 +345,48 @@ def expand_copy(index: int, copy: ir.Copy, contexts: Contexts) -> CopyPlan:
                     files=sorted(seen.values(), key=lambda f: f.rel))
 
 
-def to_copy_file(e: _Entry, forced_mode: str | None) -> CopyFile:
+def changed(ctx: BuildContext, below: str, err: OSError | str) -> AmifileError:
+    """The error for a context file that is not what amic saw a moment before (a race)."""
+    why = err if isinstance(err, str) else (err.strerror or str(err))
+    return AmifileError(f"COPY: {os.path.join(ctx.root, below)} changed while amic read it "
+                        f"({why}); compile again",
+                        hint="nothing may rename or replace files of the build context "
+                             "while amic compiles")
+
+
+def to_copy_file(e: _Entry, forced_mode: str | None, ctx: BuildContext, root_fd: int) -> CopyFile:
+    source = os.path.join(ctx.root, e.below)
+    if stat.S_ISLNK(e.st.st_mode):
+        return CopyFile(e.rel, source, 0o777, "symlink", link_digest(e.target),
+                        root=ctx.root, below=e.below, target=e.target)
+    if stat.S_ISDIR(e.st.st_mode):
+        return CopyFile(e.rel, source, stat.S_IMODE(e.st.st_mode) & PERMISSION_BITS, "dir", "",
+                        root=ctx.root, below=e.below)
     try:
-        if stat.S_ISLNK(e.st.st_mode):
-            return CopyFile(e.rel, e.path, 0o777, "symlink", link_digest(os.readlink(e.path)))
-        if stat.S_ISDIR(e.st.st_mode):
-            return CopyFile(e.rel, e.path, stat.S_IMODE(e.st.st_mode) & PERMISSION_BITS, "dir", "")
-        return CopyFile(e.rel, e.path, file_mode(e.st.st_mode, forced_mode), "file",
-                        file_digest(e.path))
+        fd = safeopen.open_beneath(root_fd, e.below)
     except OSError as err:
-        raise AmifileError(f"COPY: cannot read {e.path}: {err.strerror or err}") from None
+        raise changed(ctx, e.below, err) from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (e.st.st_dev, e.st.st_ino):
+            raise changed(ctx, e.below, "another file took its place")
+        digest = hash_fd(fd, st.st_size, source)
+    except OSError as err:
+        raise changed(ctx, e.below, err) from None
+    finally:
+        os.close(fd)
+    return CopyFile(e.rel, source, file_mode(st.st_mode, forced_mode), "file", digest,
+                    root=ctx.root, below=e.below, identity=(st.st_dev, st.st_ino, st.st_size))
 
 
 def inside(path: str, root: str) -> bool:
     return root == "/" or path == root or path.startswith(root + "/")
 
 
-def resolve_source(copy: ir.Copy, i: int, src: str, ctx: BuildContext) -> tuple[str, os.stat_result]:
-    """The real path of a COPY source and its ``stat``, once it is known to be allowed."""
+def resolve_source(copy: ir.Copy, i: int, src: str, ctx: BuildContext,
+                   root_fd: int) -> tuple[str, os.stat_result]:
+    """Where a COPY source is below the context root (no symlink in that path) and its
+    ``stat``, once it is known to be allowed."""
     def fail(message: str, hint: str | None = None) -> AmifileError:
         return AmifileError(f"COPY source {src!r} {message}", source_pos(copy, i),
                             source_line=source_line(source_pos(copy, i)), hint=hint)
@@ -404,7 +398,6 @@ def resolve_source(copy: ir.Copy, i: int, src: str, ctx: BuildContext) -> tuple[
                         "resolved); move the file there or name a wider one with --context DIR")
     try:
         real = os.path.realpath(joined, strict=True)
-        st = os.stat(real)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise fail("is a symlink loop") from None
@@ -413,42 +406,43 @@ def resolve_source(copy: ir.Copy, i: int, src: str, ctx: BuildContext) -> tuple[
         raise fail(f"cannot be read: {e.strerror or e}") from None
     if not inside(real, ctx.root):  # changed between the two looks
         raise fail(f"is outside the build context {ctx.label}")
-    if ctx.ignore.excluded(os.path.relpath(real, ctx.root)):
+    below = os.path.relpath(real, ctx.root)
+    if ctx.ignore.excluded(below):
         raise fail(f"is excluded by {os.path.join(ctx.shown, IGNORE_FILE)}")
+    # From here on, only the context's descriptor: no symlink below it is followed.
+    try:
+        st = os.stat(below, dir_fd=root_fd, follow_symlinks=False) if below != "." \
+            else os.fstat(root_fd)
+    except OSError as e:
+        raise changed(ctx, below, e) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise changed(ctx, below, "it became a symlink")
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise fail(f"is {kind_name(st.st_mode)}; COPY takes regular files, directories "
                    "and symlinks to them")
-    return real, st
-
-
-def walk(copy: ir.Copy, i: int, top: str, ctx: BuildContext) -> list[_Entry]:
-    """Everything below directory ``top`` that the COPY takes, without reading contents."""
-    top_rel = os.path.relpath(top, ctx.root)
+    return below, st
+def walk(copy: ir.Copy, i: int, top: str, ctx: BuildContext, root_fd: int) -> list[_Entry]:
+    """Everything below directory ``top`` (a path below the context root) that the COPY
+    takes, without reading contents. Each directory is opened below the context's
+    descriptor with no symlink on the way, and listed through its own descriptor."""
     negates = ctx.ignore.negates
     out: list[_Entry] = []
     stack = [""]
     while stack:
         sub = stack.pop()
         here = os.path.join(top, sub) if sub else top
-        try:
-            names = sorted(os.listdir(here))
-        except OSError as e:
-            raise AmifileError(f"COPY source {copy.sources[i]!r}: cannot read {here}: "
-                               f"{e.strerror or e}", source_pos(copy, i),
-                               source_line=source_line(copy.pos)) from None
-        for name in names:
+        for name, st, target in listing(ctx, here, root_fd):
             rel = f"{sub}/{name}" if sub else name
-            full = os.path.join(here, name)
-            st = os.lstat(full)
-            excluded = ctx.ignore.excluded(rel if top_rel == "." else f"{top_rel}/{rel}")
+            below = os.path.normpath(os.path.join(here, name))
+            excluded = ctx.ignore.excluded(below)
             if stat.S_ISDIR(st.st_mode):
                 if not excluded or negates:
-                    out.append(_Entry(rel, full, st, excluded))
+                    out.append(_Entry(rel, below, st, excluded))
                     stack.append(rel)
             elif excluded:
                 continue
             elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                out.append(_Entry(rel, full, st))
+                out.append(_Entry(rel, below, st, target=target))
             else:
                 pos = source_pos(copy, i)
                 raise AmifileError(
@@ -462,3 +456,25 @@ def walk(copy: ir.Copy, i: int, top: str, ctx: BuildContext) -> list[_Entry]:
     needed = {"/".join(e.rel.split("/")[:k]) for e in out if not e.excluded
               for k in range(1, e.rel.count("/") + 1)}
     return [e for e in out if not e.excluded or e.rel in needed]
+
+
+def listing(ctx: BuildContext, here: str, root_fd: int) -> list[tuple[str, os.stat_result, str]]:
+    """(name, lstat, symlink target) of each entry of directory ``here`` (below the root),
+    sorted by name, all read through one descriptor of that directory."""
+    try:
+        fd = safeopen.open_beneath(root_fd, here, directory=True)
+    except OSError as e:
+        raise changed(ctx, here, e) from None
+    out: list[tuple[str, os.stat_result, str]] = []
+    try:
+        with os.scandir(fd) as it:
+            names = sorted(entry.name for entry in it)
+        for name in names:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else ""
+            out.append((name, st, target))
+    except OSError as e:
+        raise changed(ctx, here, e) from None
+    finally:
+        os.close(fd)
+    return out

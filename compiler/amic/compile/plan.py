@@ -39,7 +39,9 @@ KEY_SCHEME = "amic-key-v1"
 
 def _digest(*parts: object) -> str:
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    # surrogatepass: a file name that is not UTF-8 (os.fsdecode's lone surrogates) hashes
+    # as itself, distinct from every UTF-8 name, where strict UTF-8 raised
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @attrs.frozen
