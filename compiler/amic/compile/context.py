@@ -392,17 +392,21 @@ def resolve_source(copy: ir.Copy, i: int, src: str, ctx: BuildContext,
                             source_line=source_line(source_pos(copy, i)), hint=hint)
 
     joined = os.path.join(copy.context or ".", src)
-    if not inside(os.path.realpath(joined), ctx.root):
-        raise fail(f"is outside the build context {ctx.label}",
-                   hint="COPY reads only files inside the build context (symlinks and '..' "
-                        "resolved); move the file there or name a wider one with --context DIR")
     try:
+        if not inside(os.path.realpath(joined), ctx.root):
+            raise fail(f"is outside the build context {ctx.label}",
+                       hint="COPY reads only files inside the build context (symlinks and "
+                            "'..' resolved); move the file there or name a wider one with "
+                            "--context DIR")
         real = os.path.realpath(joined, strict=True)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise fail("is a symlink loop") from None
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             raise fail(f"does not exist (looked in {copy.context or '.'})") from None
+        if e.errno == errno.EINVAL:   # a symlink that was a directory when readlink ran
+            raise fail("changed while amic read it (a symlink and a directory swapped); "
+                       "compile again") from None
         raise fail(f"cannot be read: {e.strerror or e}") from None
     if not inside(real, ctx.root):  # changed between the two looks
         raise fail(f"is outside the build context {ctx.label}")

@@ -1,0 +1,141 @@
+"""A build context changing under amic: nothing from outside it reaches the artifact.
+
+Another process swaps a directory of the context with a symlink to a directory
+outside it (``renameat2(RENAME_EXCHANGE)``, atomic, as fast as it can) while amic
+compiles, hundreds of times. Every compile either gives an artifact made of the
+context's own files or fails with a message naming the path; the outside
+directory's canary is in no artifact. Run through the library in a loop (fast,
+both the ``openat2`` path and the ``O_NOFOLLOW`` walk) and through the real CLI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from amic import safeopen
+from amic.amifile import resolve
+from amic.compile import artifact, plan
+from amic.errors import AmicError
+
+CANARY = b"CANARY-outside-the-context-7f3a"
+INSIDE = b"inside the context\n"
+SWAPPER = textwrap.dedent("""\
+    import ctypes, os, signal, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    RENAME_EXCHANGE = 2
+    a, b = (os.fsencode(p) for p in sys.argv[1:3])
+    swaps = 0
+    def stop(*_):
+        # an even number of swaps leaves the directory where it was
+        if swaps % 2:
+            libc.renameat2(-100, a, -100, b, RENAME_EXCHANGE)
+        print(swaps, flush=True)
+        os._exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    print("ready", flush=True)
+    while True:
+        if libc.renameat2(-100, a, -100, b, RENAME_EXCHANGE) != 0:
+            sys.exit("renameat2: " + os.strerror(ctypes.get_errno()))
+        swaps += 1
+""")
+EXPECTED_ERRORS = ("is outside the build context", "changed while", "does not exist")
+
+
+def make_context(tmp_path: Path, copy: str) -> Path:
+    """ctx/data (a directory with a file) and ctx/link -> ../outside (with the canary)."""
+    ctx = tmp_path / "ctx"
+    (ctx / "data").mkdir(parents=True)
+    (ctx / "data/file.txt").write_bytes(INSIDE)
+    (ctx / "data/more.txt").write_bytes(INSIDE * 3)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/file.txt").write_bytes(CANARY)
+    (tmp_path / "outside/more.txt").write_bytes(CANARY)
+    (ctx / "link").symlink_to("../outside")
+    (ctx / "Amifile").write_text(f"SERVICE s\n    {copy}\n")
+    return ctx
+
+
+class Swapper:
+    """The racing process: swaps ``a`` and ``b`` until stopped; :meth:`stop` gives the count."""
+
+    def __init__(self, a: Path, b: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", SWAPPER, str(a), str(b)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline() == "ready\n"
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, out
+        return int(out.strip())
+
+
+def check_error(message: str) -> None:
+    """A failure under the race is one of the clear messages, naming the path."""
+    assert any(e in message for e in EXPECTED_ERRORS), message
+    assert "data" in message or "link" in message, message
+    assert message.strip() not in ("Invalid argument", "amic: error: Invalid argument"), message
+
+
+COPIES = {"directory": "COPY data /srv/data", "single file": "COPY data/file.txt /srv/file"}
+
+
+@pytest.mark.parametrize("walk", [False, True], ids=["openat2", "nofollow-walk"])
+@pytest.mark.parametrize("kind", list(COPIES))
+def test_a_swapped_directory_never_brings_outside_files_in(tmp_path, monkeypatch, kind, walk):
+    if walk:
+        monkeypatch.setattr(safeopen, "use_openat2", False)
+    ctx = make_context(tmp_path, COPIES[kind])
+    resolved = resolve.load(ctx / "Amifile")
+    clean = artifact.artifact_bytes(plan.make_plan(resolved))
+    assert INSIDE in clean and CANARY not in clean   # the control, before the race
+    runs, built, failures = 300, 0, []
+    swapper = Swapper(ctx / "data", ctx / "link")
+    try:
+        for _ in range(runs):
+            try:
+                data = artifact.artifact_bytes(plan.make_plan(resolved))
+            except AmicError as e:
+                failures.append(str(e))
+                continue
+            assert CANARY not in data
+            assert data == clean    # the context's own files, whole
+            built += 1
+    finally:
+        swaps = swapper.stop()
+    assert swaps >= 500, swaps
+    assert built + len(failures) == runs
+    for message in failures:
+        check_error(message)
+    # the race was real: some compiles were refused, and some got through whole
+    assert failures and built, (len(failures), built)
+
+
+@pytest.mark.parametrize("kind", list(COPIES))
+def test_the_cli_under_the_race(tmp_path, amic_cli, kind):
+    ctx = make_context(tmp_path, COPIES[kind])
+    out = tmp_path / "out.tar"
+    swapper = Swapper(ctx / "data", ctx / "link")
+    results = []
+    try:
+        for _ in range(12):
+            out.unlink(missing_ok=True)
+            proc = amic_cli("compile", "-o", str(out), cwd=ctx)
+            results.append((proc.returncode, proc.stderr, out.read_bytes() if out.exists()
+                            else b""))
+    finally:
+        swaps = swapper.stop()
+    assert swaps >= 500, swaps
+    for rc, stderr, data in results:
+        assert "Traceback" not in stderr
+        assert CANARY not in data
+        if rc == 0:
+            assert INSIDE in data
+        else:
+            assert rc == 1 and not data, stderr
+            check_error(stderr)
