@@ -33,13 +33,18 @@ class Pattern:
     """One compiled pattern: its steps (kind, argument)."""
 
     steps: tuple[tuple[int, object], ...]
+    regex: re.Pattern[str] | None = attrs.field(default=None, eq=False)
+    """The pattern or any leading directories of a path as a regular expression, when it
+    has at most one run (``*``, ``**``): then ``re`` cannot backtrack more than linearly,
+    and it is faster than the set of states in Python."""
+    moves: dict = attrs.field(factory=dict, eq=False, hash=False, repr=False)
 
     def _close(self, states: set[int]) -> set[int]:
         """Add every state reachable without reading a character."""
         todo = list(states)
         while todo:
             i = todo.pop()
-            if i < len(self.steps) and self.steps[i][0] in (STAR, ANY, DIRS):
+            if 0 <= i < len(self.steps) and self.steps[i][0] in (STAR, ANY, DIRS):
                 # these may match nothing: step over them (DIRS also enters its group)
                 for nxt in (i + 1,) + ((-(i + 1),) if self.steps[i][0] == DIRS else ()):
                     if nxt not in states:
@@ -74,26 +79,37 @@ class Pattern:
                 out.add(i)
         return self._close(out)
 
+    def _start(self) -> frozenset[int]:
+        return frozenset(self._close({0}))
+
+    def _next(self, states: frozenset[int], c: str) -> frozenset[int]:
+        # The sets met so far and their moves, kept (a DFA built lazily): a path costs one
+        # dictionary look-up per character once its sets have been seen.
+        key = (states, c)
+        nxt = self.moves.get(key)
+        if nxt is None:
+            if len(self.moves) > MAX_MOVES:
+                self.moves.clear()
+            nxt = self.moves[key] = frozenset(self._step(set(states), c))
+        return nxt
+
     def matches_prefix(self, path: str) -> bool:
         """Whether the pattern matches ``path`` or one of its leading directories."""
+        if self.regex is not None:
+            return self.regex.fullmatch(path) is not None
         end = len(self.steps)
-        states = self._close({0})
+        states = self._start()
         for c in path:
             if c == "/" and end in states:
                 return True
-            states = self._step(states, c)
+            states = self._next(states, c)
             if not states:
                 return False
         return end in states
 
-    def fullmatch(self, path: str) -> bool:
-        end = len(self.steps)
-        states = self._close({0})
-        for c in path:
-            states = self._step(states, c)
-            if not states:
-                return False
-        return end in states
+
+MAX_MOVES = 65536
+"""Cached moves per pattern before the cache starts over (bounded memory)."""
 
 
 def compile_pattern(pattern: str) -> Pattern:
@@ -133,7 +149,18 @@ def compile_pattern(pattern: str) -> Pattern:
         else:
             steps.append((LIT, c))
         i += 1
-    return Pattern(_merge(steps))
+    steps = _merge(steps)
+    runs = sum(kind in (STAR, ANY, DIRS) for kind, _ in steps)
+    return Pattern(steps, _regex(steps) if runs <= 1 else None)
+
+
+_REGEX = {ONE: "[^/]", STAR: "[^/]*", ANY: ".*", DIRS: "(?:.*/)?"}
+
+
+def _regex(steps: tuple[tuple[int, object], ...]) -> re.Pattern[str]:
+    # what follows the match is nothing, or '/' and anything (a directory's contents)
+    return re.compile("".join(re.escape(arg) if kind == LIT else arg.pattern if kind == CLASS
+                              else _REGEX[kind] for kind, arg in steps) + "(?:/.*)?", re.DOTALL)
 
 
 def _merge(steps: list[tuple[int, object]]) -> tuple[tuple[int, object], ...]:
