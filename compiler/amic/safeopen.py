@@ -37,7 +37,7 @@ class _OpenHow(ctypes.Structure):
 
 _libc = None
 use_openat2 = True
-"""False once the kernel (or a seccomp filter) has refused openat2; tests set it to force the walk."""
+"""False once the kernel (or a seccomp filter) has refused openat2 (tests set it: the walk)."""
 
 
 def _openat2(dir_fd: int, rel: str, flags: int) -> int:

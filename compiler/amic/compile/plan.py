@@ -258,7 +258,9 @@ def _args_digest(values: Mapping[str, str], missing: list[str]) -> str:
 
 def _arg_digest(name: str, value: str) -> str:
     # A keyed digest: the key shows that a value changed without storing it.
-    return hashlib.sha256(f"amic-arg\0{name}\0{value}".encode()).hexdigest()
+    # surrogatepass: a value from an environment that is not UTF-8 hashes, distinctly
+    data = f"amic-arg\0{name}\0{value}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 def _copies_digest(copies: tuple[CopyPlan, ...]) -> str:
