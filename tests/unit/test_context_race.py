@@ -139,3 +139,46 @@ def test_the_cli_under_the_race(tmp_path, amic_cli, kind):
         else:
             assert rc == 1 and not data, stderr
             check_error(stderr)
+
+
+# ---- the artifact writes the bytes the plan hashed, from the file it hashed -----------------
+
+
+def planned(tmp_path: Path, copy: str):
+    ctx = make_context(tmp_path, copy)
+    return ctx, plan.make_plan(resolve.load(ctx / "Amifile"))
+
+
+@pytest.mark.parametrize("kind", list(COPIES))
+def test_content_changed_after_the_plan_is_refused(tmp_path, kind):
+    ctx, p = planned(tmp_path, COPIES[kind])
+    (ctx / "data/file.txt").write_bytes(b"x" * len(INSIDE))   # same size, other bytes
+    with pytest.raises(AmicError, match=r"data/file.txt changed while compiling \(other content\)"):
+        artifact.artifact_bytes(p)
+
+
+@pytest.mark.parametrize("kind", list(COPIES))
+def test_a_file_replaced_after_the_plan_is_refused(tmp_path, kind):
+    ctx, p = planned(tmp_path, COPIES[kind])
+    (ctx / "data/new").write_bytes(INSIDE)
+    (ctx / "data/new").rename(ctx / "data/file.txt")     # same bytes, another file
+    with pytest.raises(AmicError, match="another file"):
+        artifact.artifact_bytes(p)
+
+
+@pytest.mark.parametrize("kind", list(COPIES))
+def test_a_fifo_swapped_in_after_the_plan_is_refused_without_waiting(tmp_path, kind):
+    import os
+    ctx, p = planned(tmp_path, COPIES[kind])
+    (ctx / "data/file.txt").unlink()
+    os.mkfifo(ctx / "data/file.txt")
+    with pytest.raises(AmicError, match="is a FIFO"):
+        artifact.artifact_bytes(p)
+
+
+def test_a_directory_swapped_after_the_plan_is_refused(tmp_path):
+    ctx, p = planned(tmp_path, COPIES["directory"])
+    (ctx / "data").rename(ctx / "data.old")
+    (ctx / "data").symlink_to("../outside")
+    with pytest.raises(AmicError, match="data/file.txt changed while compiling"):
+        artifact.artifact_bytes(p)
