@@ -138,3 +138,27 @@ def test_an_amifile_that_cannot_be_read_is_named(tmp_path, amic_cli, command):
     said = proc.stdout + proc.stderr     # lint reports on stdout
     assert "/proc/self/mem" in said and "Input/output error" in said, said
     assert "amic: error: Input/output error" not in said
+
+
+def test_a_file_name_with_escape_sequences_is_not_echoed_raw(tmp_path, amic_cli):
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "d" / "x\x1b[2J\x1b]0;owned\x07")
+    (tmp_path / "Amifile").write_text("SERVICE s\n    COPY d /d\n")
+    err = fails(amic_cli("compile", "-o", "out.tar", cwd=tmp_path), 1)
+    assert "\x1b" not in err and "\x07" not in err
+    assert "x\\x1b[2J\\x1b]0;owned\\x07 is a FIFO" in err, err
+
+
+def test_a_copy_too_deep_for_a_path_is_a_clear_error(tmp_path, amic_cli):
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.mkdir("d", dir_fd=fd)
+    for name in ["d"] + ["a"] * 2100:       # past PATH_MAX (4096) below the context
+        if name == "a":
+            os.mkdir(name, dir_fd=fd)
+        nfd = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    (tmp_path / "Amifile").write_text("SERVICE s\n    COPY d /d\n")
+    err = fails(amic_cli("compile", "-o", "out.tar", cwd=tmp_path), 1)
+    assert err.rstrip().endswith("/a: cannot be read: File name too long"), err[-300:]

@@ -345,13 +345,28 @@ def expand_copy(index: int, copy: ir.Copy, contexts: Contexts) -> CopyPlan:
                     files=sorted(seen.values(), key=lambda f: f.rel))
 
 
+_RACE_ERRNOS = (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EXDEV, errno.EINVAL,
+                errno.EISDIR, errno.EIO)
+"""What a file renamed, replaced or swapped for a symlink between two looks gives."""
+
+
 def changed(ctx: BuildContext, below: str, err: OSError | str) -> AmifileError:
-    """The error for a context file that is not what amic saw a moment before (a race)."""
+    """The error for a context file that is not what amic saw a moment before (a race),
+    or that cannot be read at all (a name too long, no permission)."""
+    where = printable(os.path.join(ctx.root, below))
+    if isinstance(err, OSError) and err.errno not in _RACE_ERRNOS:
+        return AmifileError(f"COPY: {where}: cannot be read: {err.strerror or err}")
     why = err if isinstance(err, str) else (err.strerror or str(err))
-    return AmifileError(f"COPY: {os.path.join(ctx.root, below)} changed while amic read it "
-                        f"({why}); compile again",
+    return AmifileError(f"COPY: {where} changed while amic read it ({why}); compile again",
                         hint="nothing may rename or replace files of the build context "
                              "while amic compiles")
+
+
+def printable(name: str) -> str:
+    """``name`` with control characters escaped, so a file name cannot drive the terminal."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def to_copy_file(e: _Entry, forced_mode: str | None, ctx: BuildContext, root_fd: int) -> CopyFile:
@@ -450,7 +465,8 @@ def walk(copy: ir.Copy, i: int, top: str, ctx: BuildContext, root_fd: int) -> li
             else:
                 pos = source_pos(copy, i)
                 raise AmifileError(
-                    f"COPY source {copy.sources[i]!r}: {rel} is {kind_name(st.st_mode)}; "
+                    f"COPY source {copy.sources[i]!r}: {printable(rel)} is "
+                    f"{kind_name(st.st_mode)}; "
                     "only regular files, directories and symlinks can be copied", pos,
                     source_line=source_line(pos),
                     hint=f"remove it, or leave it out with {IGNORE_FILE}")
