@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -159,6 +160,20 @@ def test_a_copy_too_deep_for_a_path_is_a_clear_error(tmp_path, amic_cli):
         os.close(fd)
         fd = nfd
     os.close(fd)
-    (tmp_path / "Amifile").write_text("SERVICE s\n    COPY d /d\n")
-    err = fails(amic_cli("compile", "-o", "out.tar", cwd=tmp_path), 1)
-    assert err.rstrip().endswith("/a: cannot be read: File name too long"), err[-300:]
+    try:
+        (tmp_path / "Amifile").write_text("SERVICE s\n    COPY d /d\n")
+        err = fails(amic_cli("compile", "-o", "out.tar", cwd=tmp_path), 1)
+        assert err.rstrip().endswith("/a: cannot be read: File name too long"), err[-300:]
+    finally:
+        remove_deep(tmp_path / "d")
+
+
+def remove_deep(top: Path) -> None:
+    """Remove a chain of single directories too deep for shutil.rmtree's recursion (and
+    for pytest's clean-up of old temporary directories): lift each child in its turn."""
+    lifted = top.with_name(top.name + ".next")
+    while (top / "a").is_dir():
+        (top / "a").rename(lifted)
+        shutil.rmtree(top)
+        lifted.rename(top)
+    shutil.rmtree(top)

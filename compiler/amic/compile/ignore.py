@@ -38,6 +38,9 @@ class Pattern:
     has at most one run (``*``, ``**``): then ``re`` cannot backtrack more than linearly,
     and it is faster than the set of states in Python."""
     moves: dict = attrs.field(factory=dict, eq=False, hash=False, repr=False)
+    literals: tuple[str, ...] = attrs.field(default=(), eq=False)
+    """The runs of literal characters, in order: a path holding them not in that order
+    cannot match (checked with ``str.find`` first, which is fast)."""
 
     def _close(self, states: set[int]) -> set[int]:
         """Add every state reachable without reading a character."""
@@ -93,8 +96,19 @@ class Pattern:
             nxt = self.moves[key] = frozenset(self._step(set(states), c))
         return nxt
 
+    def _may_match(self, path: str) -> bool:
+        at = 0
+        for text in self.literals:
+            at = path.find(text, at)
+            if at < 0:
+                return False
+            at += len(text)
+        return True
+
     def matches_prefix(self, path: str) -> bool:
         """Whether the pattern matches ``path`` or one of its leading directories."""
+        if not self._may_match(path):
+            return False
         if self.regex is not None:
             return self.regex.fullmatch(path) is not None
         end = len(self.steps)
@@ -151,7 +165,18 @@ def compile_pattern(pattern: str) -> Pattern:
         i += 1
     steps = _merge(steps)
     runs = sum(kind in (STAR, ANY, DIRS) for kind, _ in steps)
-    return Pattern(steps, _regex(steps) if runs <= 1 else None)
+    return Pattern(steps, _regex(steps) if runs <= 1 else None, literals=_literals(steps))
+
+
+def _literals(steps: tuple[tuple[int, object], ...]) -> tuple[str, ...]:
+    out, run = [], ""
+    for kind, arg in steps:
+        if kind == LIT:
+            run += arg
+        elif run:
+            out.append(run)
+            run = ""
+    return tuple(out + [run] if run else out)
 
 
 _REGEX = {ONE: "[^/]", STAR: "[^/]*", ANY: ".*", DIRS: "(?:.*/)?"}
@@ -201,7 +226,7 @@ class IgnoreRules:
 
 def parse_ignore(text: str, path: str) -> IgnoreRules:
     """The rules of an ``.amicignore`` text; a bad pattern is an error at its line."""
-    rules: list[tuple[Pattern, bool]] = []
+    rules: list[tuple[str, Pattern, bool]] = []
     for number, raw in enumerate(text.splitlines(), 1):
         if raw.startswith("#"):
             continue
@@ -213,8 +238,12 @@ def parse_ignore(text: str, path: str) -> IgnoreRules:
             continue
         line = os.path.normpath(line).lstrip("/") or "."
         try:
-            rules.append((compile_pattern(line), negated))
+            rules.append((line, compile_pattern(line), negated))
         except (ValueError, re.error) as e:
             raise AmifileError(f"bad .amicignore pattern {raw.strip()!r}: {e}",
                                Pos(path, number, 1), source_line=raw) from None
-    return IgnoreRules(tuple(rules))
+    # The last matching line wins, so of lines with the same pattern only the last counts:
+    # a file of one line repeated costs what that line costs.
+    last = {text: i for i, (text, _, _) in enumerate(rules)}
+    return IgnoreRules(tuple((pattern, negated) for i, (text, pattern, negated)
+                             in enumerate(rules) if last[text] == i))
