@@ -11,7 +11,9 @@ fail; it cannot make amic read the symlink's target. :func:`open_side_file` open
 file the user named (a secret's ``src=``): symlinks in that path are the user's, but
 it never blocks on a FIFO and refuses anything but a regular file.
 
-Every failure is an ``OSError`` whose ``filename`` is the path as given; callers turn
+Files are first opened ``O_PATH`` and checked with ``fstat``, then re-opened for reading
+through ``/proc/self/fd`` (the same inode), so a device is never opened. Every failure
+is an ``OSError`` whose ``filename`` is the path as given; callers turn
 it into their own message (never the file's content).
 """
 
@@ -87,11 +89,13 @@ def _walk_open(dir_fd: int, parts: list[str], flags: int, rel: str) -> int:
 def open_beneath(dir_fd: int, rel: str, *, directory: bool = False) -> int:
     """A descriptor for ``rel`` below directory ``dir_fd``: a regular file opened for
     reading, or (``directory``) a directory. No component may be a symlink, ``..`` or
-    absolute; the type is checked with ``fstat`` on the result. The caller closes it."""
+    absolute; the type is checked with ``fstat`` before the file is opened for reading
+    (a device is never opened) and on the result. The caller closes it."""
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if rel.startswith("/") or ".." in parts:
         raise OSError(errno.EXDEV, "not a path inside the directory", rel)
-    flags = READ_FLAGS | (os.O_DIRECTORY if directory else 0)
+    # a file is first opened O_PATH: no open of a device, no wait on a FIFO
+    flags = READ_FLAGS | os.O_DIRECTORY if directory else os.O_PATH | os.O_CLOEXEC
     if not parts:
         fd = os.open(".", flags, dir_fd=dir_fd)
     else:
@@ -100,6 +104,35 @@ def open_beneath(dir_fd: int, rel: str, *, directory: bool = False) -> int:
             fd = _walk_open(dir_fd, parts, flags, rel)
     try:
         check_kind(fd, rel, directory=directory)
+    except BaseException:
+        os.close(fd)
+        raise
+    if directory:
+        return fd
+    return _reopen(fd, rel, lambda: _walk_open(dir_fd, parts, READ_FLAGS, rel))
+
+
+def _reopen(path_fd: int, name: str, again) -> int:
+    """The regular file behind the ``O_PATH`` descriptor ``path_fd``, opened for reading
+    (through ``/proc/self/fd``: the same inode, whatever its name is now; without /proc,
+    ``again()`` opens it by name, non-blocking, and the inode must be the same); closes
+    ``path_fd``."""
+    try:
+        before = os.fstat(path_fd)
+        try:
+            fd = os.open(f"/proc/self/fd/{path_fd}", READ_FLAGS)
+        except FileNotFoundError:
+            if os.path.isdir("/proc/self/fd"):
+                raise
+            fd = again()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, name) from None
+    finally:
+        os.close(path_fd)
+    try:
+        st = check_kind(fd, name)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise OSError(errno.EXDEV, "another file took its place", name)
     except BaseException:
         os.close(fd)
         raise
@@ -123,15 +156,17 @@ def open_dir(path: str) -> int:
 
 
 def open_side_file(path: str, *, follow: bool = True) -> int:
-    """A regular file the user named, opened for reading without blocking on a FIFO
-    (nor following a final symlink unless ``follow``); anything else is ``OSError``."""
-    fd = os.open(path, READ_FLAGS if follow else READ_FLAGS | os.O_NOFOLLOW)
+    """A regular file the user named, opened for reading (nor following a final symlink
+    unless ``follow``); a FIFO, device, socket or directory is ``OSError``, refused from
+    its ``fstat`` before it is opened for reading (never waited on, never opened)."""
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
         check_kind(fd, path)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return _reopen(fd, path, lambda: os.open(path, READ_FLAGS | (0 if follow else os.O_NOFOLLOW)))
 
 
 def read_at_most(fd: int, limit: int) -> bytes:
