@@ -10,9 +10,12 @@ both the ``openat2`` path and the ``O_NOFOLLOW`` walk) and through the real CLI.
 
 from __future__ import annotations
 
+import mmap
+import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -25,10 +28,12 @@ from amic.errors import AmicError
 CANARY = b"CANARY-outside-the-context-7f3a"
 INSIDE = b"inside the context\n"
 SWAPPER = textwrap.dedent("""\
-    import ctypes, os, signal, sys
+    import ctypes, mmap, os, signal, struct, sys
     libc = ctypes.CDLL(None, use_errno=True)
     RENAME_EXCHANGE = 2
     a, b = (os.fsencode(p) for p in sys.argv[1:3])
+    with open(sys.argv[3], "r+b") as fh:
+        shared = mmap.mmap(fh.fileno(), 8)     # the count so far, for the test to read
     swaps = 0
     def stop(*_):
         # an even number of swaps leaves the directory where it was
@@ -42,6 +47,8 @@ SWAPPER = textwrap.dedent("""\
         if libc.renameat2(-100, a, -100, b, RENAME_EXCHANGE) != 0:
             sys.exit("renameat2: " + os.strerror(ctypes.get_errno()))
         swaps += 1
+        if swaps % 64 == 0:
+            struct.pack_into("q", shared, 0, swaps)
 """)
 EXPECTED_ERRORS = ("is outside the build context", "changed while", "does not exist")
 
@@ -64,9 +71,18 @@ class Swapper:
     """The racing process: swaps ``a`` and ``b`` until stopped; :meth:`stop` gives the count."""
 
     def __init__(self, a: Path, b: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", SWAPPER, str(a), str(b)],
+        count = a.parent.parent / "swaps"
+        count.write_bytes(bytes(8))
+        self.proc = subprocess.Popen([sys.executable, "-c", SWAPPER, str(a), str(b), str(count)],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline() == "ready\n"
+        with open(count, "rb") as fh:
+            self.shared = mmap.mmap(fh.fileno(), 8, access=mmap.ACCESS_READ)
+
+    @property
+    def swaps(self) -> int:
+        """Swaps so far (to the last 64)."""
+        return struct.unpack_from("q", self.shared, 0)[0]
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -94,10 +110,15 @@ def test_a_swapped_directory_never_brings_outside_files_in(tmp_path, monkeypatch
     resolved = resolve.load(ctx / "Amifile")
     clean = artifact.artifact_bytes(plan.make_plan(resolved))
     assert INSIDE in clean and CANARY not in clean   # the control, before the race
-    runs, built, failures = 300, 0, []
+    runs, built, failures = 0, 0, []
     swapper = Swapper(ctx / "data", ctx / "link")
+    started = time.monotonic()
     try:
-        for _ in range(runs):
+        # at least 300 compiles and 500 swaps, and both outcomes seen (a busy machine may
+        # starve the swapper for a while): bounded by 5000 compiles and 5 minutes
+        while runs < 5000 and time.monotonic() - started < 300 and not (
+                runs >= 300 and swapper.swaps >= 500 and failures and built):
+            runs += 1
             try:
                 data = artifact.artifact_bytes(plan.make_plan(resolved))
             except AmicError as e:
@@ -123,7 +144,7 @@ def test_the_cli_under_the_race(tmp_path, amic_cli, kind):
     swapper = Swapper(ctx / "data", ctx / "link")
     results = []
     try:
-        for _ in range(12):
+        while len(results) < 12 or (swapper.swaps < 500 and len(results) < 60):
             out.unlink(missing_ok=True)
             proc = amic_cli("compile", "-o", str(out), cwd=ctx)
             results.append((proc.returncode, proc.stderr, out.read_bytes() if out.exists()
