@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import stat
 
@@ -167,6 +168,20 @@ def open_side_file(path: str, *, follow: bool = True) -> int:
         os.close(fd)
         raise
     return _reopen(fd, path, lambda: os.open(path, READ_FLAGS | (0 if follow else os.O_NOFOLLOW)))
+
+
+def sha256_of(fd: int, size: int, name: str) -> str:
+    """sha256 of exactly ``size`` bytes of ``fd`` (the size ``fstat`` gave when it was
+    opened: a file that grows meanwhile is hashed as it was; one that shrinks is EIO)."""
+    h = hashlib.sha256()
+    left = size
+    while left > 0:
+        data = os.read(fd, min(left, 1 << 20))
+        if not data:
+            raise OSError(errno.EIO, "it shrank while it was read", name)
+        h.update(data)
+        left -= len(data)
+    return h.hexdigest()
 
 
 def read_at_most(fd: int, limit: int) -> bytes:

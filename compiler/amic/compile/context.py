@@ -102,6 +102,8 @@ def load_ignore(root_fd: int, shown: str) -> IgnoreRules:
         st = os.stat(IGNORE_FILE, dir_fd=root_fd, follow_symlinks=False)
     except FileNotFoundError:
         return IgnoreRules()
+    except OSError as e:
+        raise AmifileError(f"{name}: cannot be read: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
         raise AmifileError(f"{name}: is {kind_name(st.st_mode)}, not an ignore file")
     if st.st_size > MAX_IGNORE_BYTES:
@@ -274,19 +276,6 @@ def open_context_dir(root: str, shown: str, identity: tuple[int, int] | None = N
         os.close(fd)
 
 
-def hash_fd(fd: int, size: int, name: str) -> str:
-    """sha256 of exactly ``size`` bytes of ``fd`` (the size ``fstat`` gave when it was opened)."""
-    h = hashlib.sha256()
-    left = size
-    while left > 0:
-        data = os.read(fd, min(left, 1 << 20))
-        if not data:
-            raise OSError(errno.EIO, "it shrank while it was read", name)
-        h.update(data)
-        left -= len(data)
-    return h.hexdigest()
-
-
 def link_digest(target: str) -> str:
     # Same value as plan's digest of (target,), so keys of existing caches stay valid.
     blob = json.dumps([target], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -385,7 +374,7 @@ def to_copy_file(e: _Entry, forced_mode: str | None, ctx: BuildContext, root_fd:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (e.st.st_dev, e.st.st_ino):
             raise changed(ctx, e.below, "another file took its place")
-        digest = hash_fd(fd, st.st_size, source)
+        digest = safeopen.sha256_of(fd, st.st_size, source)
     except OSError as err:
         raise changed(ctx, e.below, err) from None
     finally:
