@@ -1,6 +1,7 @@
-"""Opening files others wrote without being redirected: below a directory handle, no
-symlink at any level, no FIFO or device opened by surprise, the type checked on the
-open descriptor.
+"""Reading files others wrote: below a directory descriptor, no symlink at any level, no FIFO wait.
+
+No FIFO or device is opened by surprise, and the type is checked on the open
+descriptor.
 
 :func:`open_beneath` is how every file of a build context is opened: relative to
 the context's directory descriptor, with ``openat2(RESOLVE_BENEATH |
