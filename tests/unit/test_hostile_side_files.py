@@ -177,3 +177,29 @@ def remove_deep(top: Path) -> None:
         shutil.rmtree(top)
         lifted.rename(top)
     shutil.rmtree(top)
+
+
+@pytest.mark.root
+def test_without_proc_the_reads_still_hold(tmp_path):
+    # No /proc (a chroot, a minimal container): files are re-opened by name with an inode
+    # check instead of through /proc/self/fd. A private mount namespace hides /proc from
+    # amic only; the host's /proc is not touched.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/f").write_text("hi\n")
+    (tmp_path / "d/l").symlink_to("f")
+    (tmp_path / "Amifile").write_text("SECRET T\nSERVICE s\n    COPY d /d\n    COPY d/f /f\n")
+    os.mkfifo(tmp_path / "p")
+    exe = str(Path(sys.executable).with_name("amic"))
+    out = tmp_path.parent / f"{tmp_path.name}.tar"
+    script = ('mount -t tmpfs none /proc && test ! -e /proc/self && '
+              '"$0" compile -o "$1" && "$0" build --dry-run --secret id=T,src=p; echo "rc=$?"')
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                           exe, str(out)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "rc=2", (proc.stdout, proc.stderr)
+    assert "--secret T: cannot read p: is a FIFO" in proc.stderr
+    with tarfile.open(out) as tar:
+        assert tar.extractfile("stage2/services/s/files/01/f").read() == b"hi\n"
+        assert tar.extractfile("stage2/services/s/files/02").read() == b"hi\n"
+        assert tar.getmember("stage2/services/s/files/01/l").linkname == "f"
