@@ -157,6 +157,63 @@ def open_dir(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
+MAX_SYMLINKS = 40
+"""Symlinks one path may go through (the kernel's limit)."""
+
+
+def resolve_dir(path: str) -> tuple[str, tuple[int, int]]:
+    """The real path of directory ``path`` and its (device, inode), resolved one component
+    at a time through ``O_PATH|O_NOFOLLOW`` descriptors, following only symlinks owned by
+    root or by this user: a symlink another user planted (or swapped in, mid-walk, for a
+    directory of theirs) is ``OSError(EPERM)``, never followed. What the path names is
+    bound as it is walked, so a later swap cannot change it."""
+    trusted = {0, os.geteuid()}
+    parts = path.split("/")
+    fd = os.open("/" if path.startswith("/") else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    real = [] if path.startswith("/") else [p for p in os.getcwd().split("/") if p]
+    links = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            nfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            st = os.fstat(nfd)
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    if st.st_uid not in trusted:
+                        raise OSError(errno.EPERM, f"goes through a symlink owned by uid "
+                                      f"{st.st_uid} ({'/'.join(['', *real, name])})", path)
+                    target = os.readlink("", dir_fd=nfd)   # the link fstat just saw
+                finally:
+                    os.close(nfd)
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd, real = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), []
+                parts[:0] = target.split("/")
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                os.close(nfd)
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            os.close(fd)
+            fd = nfd
+            if name == "..":
+                real = real[:-1]
+            else:
+                real.append(name)
+        st = os.fstat(fd)
+        return "/" + "/".join(real), (st.st_dev, st.st_ino)
+    except OSError as e:
+        if e.filename == path:
+            raise
+        raise OSError(e.errno, e.strerror, path) from None
+    finally:
+        os.close(fd)
+
+
 def open_side_file(path: str, *, follow: bool = True) -> int:
     """A regular file the user named, opened for reading (nor following a final symlink
     unless ``follow``); a FIFO, device, socket or directory is ``OSError``, refused from

@@ -11,6 +11,7 @@ both the ``openat2`` path and the ``O_NOFOLLOW`` walk) and through the real CLI.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 import subprocess
 import sys
@@ -203,3 +204,59 @@ def test_a_directory_swapped_after_the_plan_is_refused(tmp_path):
     (ctx / "data").symlink_to("../outside")
     with pytest.raises(AmicError, match="data/file.txt changed while compiling"):
         artifact.artifact_bytes(p)
+
+
+# ---- the context directory itself swapped ------------------------------------------------
+
+
+def test_the_context_directory_itself_swapped(tmp_path):
+    # --context CTX, and CTX itself swapped with a symlink (another user's) to a directory
+    # outside: the link is never followed, so no compile reads the outside directory
+    (tmp_path / "ctx/data").mkdir(parents=True)
+    (tmp_path / "ctx/data/file.txt").write_bytes(INSIDE)
+    (tmp_path / "outside/data").mkdir(parents=True)
+    (tmp_path / "outside/data/file.txt").write_bytes(CANARY)
+    (tmp_path / "link").symlink_to("outside")
+    os.lchown(tmp_path / "link", 1000, 1000)      # planted by someone else
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj/Amifile").write_text("SERVICE s\n    COPY ../ctx/data /d\n")
+    resolved = resolve.load(tmp_path / "proj/Amifile")
+    clean = artifact.artifact_bytes(plan.make_plan(resolved, context=str(tmp_path / "ctx")))
+    assert INSIDE in clean
+    runs, built, failures = 0, 0, []
+    swapper = Swapper(tmp_path / "ctx", tmp_path / "link")
+    started = time.monotonic()
+    try:
+        while runs < 5000 and time.monotonic() - started < 300 and not (
+                runs >= 300 and swapper.swaps >= 500 and failures and built):
+            runs += 1
+            try:
+                data = artifact.artifact_bytes(plan.make_plan(resolved,
+                                                              context=str(tmp_path / "ctx")))
+            except AmicError as e:
+                failures.append(str(e))
+                continue
+            assert CANARY not in data
+            assert data == clean
+            built += 1
+    finally:
+        swapper.stop()
+    for message in failures:
+        assert "Traceback" not in message and "ctx" in message, message
+        assert any(w in message for w in ("symlink owned by uid 1000", "changed while",
+                                          "outside the build context", "replaced")), message
+    assert failures and built, (len(failures), built)
+
+
+def test_a_context_through_another_users_symlink_is_refused(tmp_path, amic_cli):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real/f").write_text("f\n")
+    (tmp_path / "ctx").symlink_to("real")
+    (tmp_path / "Amifile").write_text("SERVICE s\n    COPY ctx/f /f\n")
+    ok = amic_cli("compile", "-o", "out.tar", "--context", "ctx", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr        # a symlink of root's (this user's) is followed
+    os.lchown(tmp_path / "ctx", 1000, 1000)
+    proc = amic_cli("compile", "-o", "out.tar", "--context", "ctx", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--context ctx: goes through a symlink owned by uid 1000" in proc.stderr, proc.stderr
+    assert "name the real directory" in proc.stderr

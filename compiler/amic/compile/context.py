@@ -43,7 +43,7 @@ from amic import safeopen
 from amic.amifile import ir
 from amic.amifile.resolve import source_line, stock_service_dirs
 from amic.amifile.source import MAX_AMIFILE_BYTES
-from amic.compile.ignore import IgnoreRules, parse_ignore
+from amic.compile.ignore import IgnoreRules, load_ignore
 from amic.contract import IGNORE_FILE
 from amic.errors import AmifileError, Pos, UsageError
 from amic.safeopen import kind_name
@@ -52,7 +52,6 @@ DEFAULT_COPY_LIMIT = 2 * 1024 ** 3
 """Bytes of regular files all COPYs of one build may read (2 GiB)."""
 LIMIT_ENV = "AMIC_COPY_LIMIT"
 """Overrides :data:`DEFAULT_COPY_LIMIT`: a byte count, or with a K, M, G or T suffix (binary)."""
-MAX_IGNORE_BYTES = 1024 * 1024
 PERMISSION_BITS = 0o777
 
 
@@ -91,36 +90,6 @@ class CopyPlan:
     files: tuple[CopyFile, ...] = attrs.field(converter=tuple)
 
 
-# ---- .amicignore -------------------------------------------------------------------
-
-
-def load_ignore(root_fd: int, shown: str) -> IgnoreRules:
-    """The ``.amicignore`` in directory ``root_fd`` (none: nothing is ignored). A special
-    file or a symlink there is an error. ``shown``: the directory as messages name it."""
-    name = os.path.join(shown, IGNORE_FILE)
-    try:
-        st = os.stat(IGNORE_FILE, dir_fd=root_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return IgnoreRules()
-    except OSError as e:
-        raise AmifileError(f"{name}: cannot be read: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise AmifileError(f"{name}: is {kind_name(st.st_mode)}, not an ignore file")
-    if st.st_size > MAX_IGNORE_BYTES:
-        raise AmifileError(f"{name}: larger than {MAX_IGNORE_BYTES} bytes")
-    try:
-        fd = safeopen.open_beneath(root_fd, IGNORE_FILE)
-        try:
-            data = safeopen.read_at_most(fd, MAX_IGNORE_BYTES)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise AmifileError(f"{name}: cannot be read: {e.strerror or e}") from None
-    if len(data) > MAX_IGNORE_BYTES:
-        raise AmifileError(f"{name}: larger than {MAX_IGNORE_BYTES} bytes")
-    return parse_ignore(data.decode("utf-8", errors="replace").removeprefix("\ufeff"), name)
-
-
 # ---- contexts ------------------------------------------------------------------------
 
 
@@ -143,7 +112,7 @@ class Contexts:
     def __init__(self, main: str, *, explicit: bool = False, limit: int | None = None) -> None:
         if explicit and not os.path.isdir(main):
             raise UsageError(f"--context {main}: not a directory")
-        self.main = os.path.realpath(main or ".")
+        self.explicit = explicit
         self.main_shown = main or "."
         self.main_label = (f"{self.main_shown} (--context)" if explicit
                            else f"{self.main_shown} (the Amifile's directory)")
@@ -151,18 +120,37 @@ class Contexts:
         self.used = 0
         self.stock = [os.path.realpath(d) for d in stock_service_dirs()]
         self.cache: dict[str, BuildContext] = {}
+        self._main: tuple[str, tuple[int, int]] | None = None
+
+    @property
+    def main(self) -> str:
+        """The real path of the build context, resolved once (when a COPY first needs it)
+        following only symlinks of root or this user (:func:`amic.safeopen.resolve_dir`):
+        a directory another user can swap for a symlink cannot make it another one."""
+        if self._main is None:
+            try:
+                self._main = safeopen.resolve_dir(self.main_shown)
+            except OSError as e:
+                what = f"--context {printable(self.main_shown)}" if self.explicit \
+                    else f"the build context {printable(self.main_shown)}"
+                hint = (" (name the real directory, or own the link)"
+                        if e.errno == errno.EPERM else "")
+                raise (UsageError if self.explicit else AmifileError)(
+                    f"{what}: {e.strerror or e}{hint}") from None
+        return self._main[0]
 
     def for_copy(self, copy: ir.Copy) -> BuildContext:
-        here = os.path.realpath(copy.context or ".")
+        here = real_dir(copy.context or ".")
         root, shown, label = self.main, self.main_shown, self.main_label
+        identity: tuple[int, int] | None = self._main[1] if self._main else None
         # A stock service outside the build context has its own directory as context.
         for d in ([] if inside(here, self.main) else self.stock):
             if here.startswith(d.rstrip("/") + "/"):
-                root, shown = here, copy.context
+                root, shown, identity = here, copy.context, None
                 label = f"{shown} (the stock service's directory)"
                 break
         if root not in self.cache:
-            self.cache[root] = first_look(root, shown, label)
+            self.cache[root] = first_look(root, shown, label, identity)
         return self.cache[root]
 
     def charge(self, size: int, copy: ir.Copy, index: int) -> None:
@@ -174,6 +162,16 @@ class Contexts:
                 source_line=source_line(copy.pos),
                 hint=f"leave large files out with {IGNORE_FILE}, or raise the limit with "
                      f"{LIMIT_ENV}=SIZE (e.g. 8G)")
+
+
+def real_dir(path: str) -> str:
+    """``os.path.realpath``, with a path that changes under it (a symlink swapped for a
+    directory while it is read: ``EINVAL``) an error naming it, not a bare errno."""
+    try:
+        return os.path.realpath(path)
+    except OSError as e:
+        raise AmifileError(f"{printable(path)}: changed while amic resolved it "
+                           f"({e.strerror or e}); compile again") from None
 
 
 def copy_limit(environ: dict[str, str] | None = None) -> int:
@@ -243,17 +241,20 @@ def source_pos(copy: ir.Copy, index: int) -> Pos:
 # ---- reading sources -----------------------------------------------------------------
 
 
-def first_look(root: str, shown: str, label: str) -> BuildContext:
-    """Open the context directory ``root`` once: its identity and its ``.amicignore``."""
-    with open_context_dir(root, shown) as fd:
+def first_look(root: str, shown: str, label: str,
+               identity: tuple[int, int] | None = None) -> BuildContext:
+    """Open the context directory ``root`` once: its identity and its ``.amicignore``.
+    ``identity``: the (device, inode) it had when it was resolved (it must still be that)."""
+    with open_context_dir(root, label, identity) as fd:
         st = os.fstat(fd)
-        try:
-            where = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            where = root   # no /proc: the identity still binds every later open
-        if where != root:
-            raise AmifileError(f"the build context {label} was replaced while amic read it "
-                               f"(it is now {where!r}); compile again")
+        if identity is None:
+            try:
+                where = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                where = root   # no /proc: the identity still binds every later open
+            if where != root:
+                raise AmifileError(f"the build context {label} was replaced while amic read "
+                                   f"it (it is now {printable(where)}); compile again")
         return BuildContext(root, shown, label, load_ignore(fd, shown), (st.st_dev, st.st_ino))
 
 
@@ -312,7 +313,7 @@ def expand_copy(index: int, copy: ir.Copy, contexts: Contexts) -> CopyPlan:
     many = len(copy.sources) > 1
     single = False
     chosen: list[_Entry] = []
-    with open_context_dir(ctx.root, ctx.shown, ctx.identity) as root_fd:
+    with open_context_dir(ctx.root, ctx.label, ctx.identity) as root_fd:
         for i, src in enumerate(copy.sources):
             below, st = resolve_source(copy, i, src, ctx, root_fd)
             if stat.S_ISDIR(st.st_mode):

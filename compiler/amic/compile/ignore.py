@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 import attrs
 
+from amic import safeopen
+from amic.contract import IGNORE_FILE
 from amic.errors import AmifileError, Pos
+from amic.safeopen import kind_name
+
+MAX_IGNORE_BYTES = 1024 * 1024
 
 # Step kinds. ``LIT``: one given character; ``ONE``: any character but '/';
 # ``CLASS``: one character of a bracket expression; ``STAR``: any run without '/';
@@ -247,3 +253,30 @@ def parse_ignore(text: str, path: str) -> IgnoreRules:
     last = {text: i for i, (text, _, _) in enumerate(rules)}
     return IgnoreRules(tuple((pattern, negated) for i, (text, pattern, negated)
                              in enumerate(rules) if last[text] == i))
+
+
+def load_ignore(root_fd: int, shown: str) -> IgnoreRules:
+    """The ``.amicignore`` in directory ``root_fd`` (none: nothing is ignored). A special
+    file or a symlink there is an error. ``shown``: the directory as messages name it."""
+    name = os.path.join(shown, IGNORE_FILE)
+    try:
+        st = os.stat(IGNORE_FILE, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return IgnoreRules()
+    except OSError as e:
+        raise AmifileError(f"{name}: cannot be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AmifileError(f"{name}: is {kind_name(st.st_mode)}, not an ignore file")
+    if st.st_size > MAX_IGNORE_BYTES:
+        raise AmifileError(f"{name}: larger than {MAX_IGNORE_BYTES} bytes")
+    try:
+        fd = safeopen.open_beneath(root_fd, IGNORE_FILE)
+        try:
+            data = safeopen.read_at_most(fd, MAX_IGNORE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise AmifileError(f"{name}: cannot be read: {e.strerror or e}") from None
+    if len(data) > MAX_IGNORE_BYTES:
+        raise AmifileError(f"{name}: larger than {MAX_IGNORE_BYTES} bytes")
+    return parse_ignore(data.decode("utf-8", errors="replace").removeprefix("\ufeff"), name)
