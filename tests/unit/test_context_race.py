@@ -260,3 +260,24 @@ def test_a_context_through_another_users_symlink_is_refused(tmp_path, amic_cli):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "--context ctx: goes through a symlink owned by uid 1000" in proc.stderr, proc.stderr
     assert "name the real directory" in proc.stderr
+
+
+def test_an_output_that_fails_is_not_blamed_on_the_source(tmp_path):
+    import errno
+    import io
+
+    class FullDisk(io.RawIOBase):
+        """An output with room for the headers only: the first payload write fails."""
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if INSIDE in bytes(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(data)
+
+    ctx, p = planned(tmp_path, COPIES["single file"])
+    with pytest.raises(OSError) as caught:
+        artifact.write_artifact(p, FullDisk())
+    assert caught.value.errno == errno.ENOSPC and "changed" not in str(caught.value)

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from amic import __version__
 from amic.compile import linemap
 from amic import safeopen
-from amic.compile.context import CopyFile
+from amic.compile.context import CopyFile, printable
 from amic.compile.plan import Plan, ServicePlan, runtime_files
 from amic.compile.tarwriter import TarWriter
 from amic.errors import AmicError
@@ -212,7 +212,8 @@ def _add_source(tar: TarWriter, path: str, mode: int, f: CopyFile, root_fd: int)
     # descriptor with no symlink on the way, and only the very file the plan hashed
     # (same device, inode and size, same sha256), or the compile fails.
     def changed(why: str) -> AmicError:
-        return AmicError(f"COPY source {f.source} changed while compiling ({why}); compile again")
+        return AmicError(f"COPY source {printable(f.source)} changed while compiling ({why}); "
+                         "compile again")
 
     try:
         fd = safeopen.open_beneath(root_fd, f.below)
@@ -222,23 +223,34 @@ def _add_source(tar: TarWriter, path: str, mode: int, f: CopyFile, root_fd: int)
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino, st.st_size) != f.identity:
             raise changed("another file, or another size")
-        reader = _Hashing(fh)
+        reader = _Hashing(fh, f.identity[2])
         try:
             tar.add(path, mode, fileobj=reader, size=f.identity[2])
-        except OSError as e:
-            raise changed(e.strerror or str(e)) from None
+        except _ReadFailed as e:   # the source's side; an error writing the output is not
+            raise changed(str(e)) from None
         if reader.hash.hexdigest() != f.digest:
             raise changed("other content")
 
 
-class _Hashing:
-    """A file read through, its sha256 kept: the bytes written are the bytes the key holds."""
+class _ReadFailed(Exception):
+    """Reading a COPY source failed (as opposed to writing the tarball)."""
 
-    def __init__(self, fh) -> None:
-        self.fh, self.hash = fh, hashlib.sha256()
+
+class _Hashing:
+    """``size`` bytes of a file read through, their sha256 kept: the bytes written are the
+    bytes the key holds."""
+
+    def __init__(self, fh, size: int) -> None:
+        self.fh, self.left, self.hash = fh, size, hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
+        try:
+            data = self.fh.read(self.left if n < 0 else min(n, self.left))
+        except OSError as e:
+            raise _ReadFailed(e.strerror or str(e)) from None
+        if not data and self.left:
+            raise _ReadFailed("it shrank while it was read")
+        self.left -= len(data)
         self.hash.update(data)
         return data
 
