@@ -40,8 +40,10 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = None
-use_openat2 = True
-"""False once the kernel (or a seccomp filter) has refused openat2 (tests set it: the walk)."""
+use_openat2 = os.uname().machine in ("x86_64", "aarch64", "arm64", "i686", "i386", "armv7l",
+                                     "armv8l", "ppc64le", "ppc64", "s390x", "riscv64")
+"""Whether to try openat2: number 437 on these (the unified syscall table; elsewhere, alpha
+or MIPS, the walk); False once the kernel or a seccomp filter refused it (tests set it too)."""
 
 
 def _openat2(dir_fd: int, rel: str, flags: int) -> int:
