@@ -15,9 +15,11 @@ import tarfile
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
-from amic.compile.context import copy_limit, parse_ignore
+from amic.compile.context import copy_limit
+from amic.compile.ignore import parse_ignore
 from amic.errors import UsageError
 
 
@@ -330,3 +332,90 @@ def test_destination_of_only_slashes(tmp_path, amic_cli):
     amic_cli("compile", "-o", "out.tar", cwd=tmp_path, check=True)
     copies = payload(tmp_path / "out.tar", "stage2/services/s/copies").decode()
     assert copies == "01\t-\t/\n"
+
+
+# ---- .amicignore: linear matching ------------------------------------------------------
+
+
+def _old_regex(pattern: str):
+    """The regular expression amic built from a pattern before the matcher was linear (the
+    reference for the semantics; it backtracks exponentially on repeated ``**/``)."""
+    import re
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if i + 1 < n and pattern[i + 1] == "*":
+                i += 1
+                if i + 1 < n and pattern[i + 1] == "/":
+                    i += 1
+                out.append(".*" if i + 1 == n else "(?:.*/)?")
+            else:
+                out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("^", "!") else i + 1)
+            body = pattern[i + 1:end]
+            negate = body[:1] in ("^", "!")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def test_ignore_matcher_agrees_with_the_regular_expressions_it_replaces():
+    import random
+    rng = random.Random(18)
+    atoms = ["a", "b", "/", "*", "?", "**/", "**", "[ab]", "[!a]", "a/", "*/"]
+    compared = 0
+    for _ in range(4000):
+        pattern = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 6)))
+        line = os.path.normpath(pattern).lstrip("/") or "."
+        regex = _old_regex(line)
+        rules = parse_ignore(pattern + "\n", ".amicignore")
+        for _ in range(5):
+            path = "/".join("".join(rng.choice("ab") for _ in range(rng.randint(1, 3)))
+                            for _ in range(rng.randint(1, 5)))
+            parts = path.split("/")
+            expected = any(regex.fullmatch("/".join(parts[:k])) for k in range(1, len(parts) + 1))
+            assert rules.excluded(path) is expected, (pattern, path)
+            # the set-of-states matcher too, where the regular expression answered
+            nfa = attrs.evolve(rules.rules[0][0], regex=None) if rules.rules else None
+            assert nfa is None or nfa.matches_prefix(path) is expected, (pattern, path)
+            compared += 1
+    assert compared == 20000
+
+
+@pytest.mark.parametrize("k", [8, 30])
+def test_repeated_double_star_is_linear(tmp_path, amic_cli, k):
+    # 40 directories deep, and a pattern of k '**/' that matches nothing: the regular
+    # expression took 46 s at k=8 and never finished at k=30
+    deep = Path(*[f"d{i}" for i in range(40)])
+    write(tmp_path, {"Amifile": "SERVICE s\n    COPY d0 /d\n", str(deep / "f.txt"): "f\n",
+                     ".amicignore": "**/" * k + "nomatch\n" + "**/" * k + "f.txt.x\n"})
+    started = time.monotonic()
+    rules = parse_ignore((tmp_path / ".amicignore").read_text(), ".amicignore")
+    assert not rules.excluded(str(deep / "f.txt"))
+    assert time.monotonic() - started < 5
+    started = time.monotonic()
+    amic_cli("compile", "-o", "out.tar", cwd=tmp_path, check=True)
+    assert time.monotonic() - started < 60   # generous: a shared CPU; the regex never ended
+    assert f"stage2/services/s/files/01/{Path(*deep.parts[1:])}/f.txt" in members(tmp_path / "out.tar")
+    # and a repeated '**/' that does match still leaves the file out
+    write(tmp_path, {".amicignore": "**/" * k + "f.txt\n"})
+    amic_cli("compile", "-o", "out.tar", cwd=tmp_path, check=True)
+    assert not any(n.endswith("/f.txt") for n in members(tmp_path / "out.tar"))
+
+
+@pytest.mark.parametrize("pattern", ["**/d1/" * 30 + "nomatch", "*d" * 30 + "x", "*/" * 39 + "*x",
+                                     "**/*d*" * 30 + "/x"])
+def test_patterns_that_backtrack_as_regular_expressions_are_linear(pattern):
+    path = "/".join(["d1"] * 40) + "/" + "d" * 2000
+    started = time.monotonic()
+    for _ in range(10):
+        assert not parse_ignore(pattern + "\n", ".amicignore").excluded(path)
+    assert time.monotonic() - started < 10   # about 0.2 s here; a backtracking regex: hours

@@ -59,7 +59,10 @@ def read_source(path: str | os.PathLike[str]) -> tuple[str, bytes]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _not_regular(name, st.st_mode)
-        data = f.read(MAX_AMIFILE_BYTES + 1)
+        try:
+            data = f.read(MAX_AMIFILE_BYTES + 1)
+        except OSError as e:   # a "regular" file that cannot be read (/proc/self/mem: EIO)
+            raise OSError(e.errno, e.strerror, name) from None
     if len(data) > MAX_AMIFILE_BYTES:
         raise AmifileError(f"the Amifile is larger than {MAX_AMIFILE_BYTES} bytes",
                            Pos(name, 1, 1), hint="split it with INCLUDE")

@@ -119,21 +119,45 @@ def secrets_from(values: list[str], environ=None) -> dict[str, str]:
         var = var or name
         if var not in environ:
             raise UsageError(f"--secret {name}: the environment variable {var} is not set")
-        out[name] = environ[var]
+        out[name] = _secret_text(name, os.fsencode(environ[var]),
+                                 f"the environment variable {var} is")
     return out
 
 
+MAX_SECRET_BYTES = 1024 * 1024
+
+
 def _secret_file(name: str, path: str) -> str:
+    """The value in ``path``: a regular file (opened without blocking: a FIFO, device or
+    directory is refused, never waited on), at most 1 MiB, UTF-8 text without NUL."""
+    from amic import safeopen
+
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(1024 * 1024 + 1)
+        fd = safeopen.open_side_file(path)
+        try:
+            data = safeopen.read_at_most(fd, MAX_SECRET_BYTES)
+        finally:
+            os.close(fd)
     except OSError as exc:
-        raise UsageError(f"--secret {name}: cannot read {path}: {exc.strerror}") from None
-    if len(data) > 1024 * 1024 or b"\0" in data:
+        raise UsageError(f"--secret {name}: cannot read {path}: {exc.strerror} (src= names a "
+                         "regular file; for a value from a pipe or a program use env=VAR)"
+                         ) from None
+    if len(data) > MAX_SECRET_BYTES or b"\0" in data:
         raise UsageError(f"--secret {name}: {path} is not a secret an environment variable can "
                          "hold (over 1 MiB, or a NUL byte)")
     data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
-    return data.decode("utf-8", "surrogateescape")
+    return _secret_text(name, data, f"{path} is")
+
+
+def _secret_text(name: str, data: bytes, what: str) -> str:
+    # Text only: the build's output is read as UTF-8 (bad bytes replaced) before values are
+    # masked, so bytes that are not UTF-8 could not be found there and hidden.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--secret {name}: {what} not UTF-8 text (a secret is masked in the "
+                         "build's text output, so it must be text: encode binary data, with "
+                         "base64 say, and decode it in the INIT)") from None
 
 
 def command_name(args: argparse.Namespace) -> str:

@@ -10,6 +10,8 @@ so a checkout made under another umask differs where its modes differ;
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 import tarfile
@@ -18,7 +20,8 @@ from typing import BinaryIO
 
 from amic import __version__
 from amic.compile import linemap
-from amic.compile.context import open_regular
+from amic import safeopen
+from amic.compile.context import CopyFile, printable
 from amic.compile.plan import Plan, ServicePlan, runtime_files
 from amic.compile.tarwriter import TarWriter
 from amic.errors import AmicError
@@ -131,11 +134,7 @@ def print_text(plan: Plan) -> str:
     return "".join(chunks)
 
 
-class SourceFile(str):
-    """Content that is a COPY source on the build machine: read while the tar is written."""
-
-
-def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | SourceFile | None, str | None]]:
+def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | CopyFile | None, str | None]]:
     """(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
     yield TOP, 0o755, None, None
     # The runtime's subdirectories get entries of their own, so what tar makes of them
@@ -165,7 +164,7 @@ def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | SourceFile | None, 
             payload = f"{base}/files/{copy.index:02d}"
             if copy.single:
                 f = copy.files[0]
-                yield payload, f.mode, SourceFile(f.source), None
+                yield payload, f.mode, f, None
                 continue
             yield payload, 0o755, None, None
             for f in copy.files:
@@ -173,36 +172,87 @@ def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | SourceFile | None, 
                 if f.kind == "dir":
                     yield path, f.mode, None, None
                 elif f.kind == "symlink":
-                    yield path, 0o777, b"", os.readlink(f.source)
+                    yield path, 0o777, b"", f.target
                 else:
-                    yield path, f.mode, SourceFile(f.source), None
+                    yield path, f.mode, f, None
 
 
 def write_artifact(plan: Plan, out: BinaryIO) -> None:
     """Write the stage2 tarball to ``out``."""
     entries = sorted(_entries(plan), key=lambda e: e[0])
     tar = TarWriter(out)
-    for path, mode, data, link in entries:
-        if link is not None:
-            tar.add(path, mode, kind=tarfile.SYMTYPE, linkname=link)
-        elif data is None:
-            tar.add(path, mode, kind=tarfile.DIRTYPE)
-        elif isinstance(data, SourceFile):
-            _add_source(tar, path, mode, data)
-        else:
-            tar.add(path, mode, data=data)
+    with contextlib.ExitStack() as stack:
+        roots: dict[str, int] = {}
+        for path, mode, data, link in entries:
+            if link is not None:
+                tar.add(path, mode, kind=tarfile.SYMTYPE, linkname=link)
+            elif data is None:
+                tar.add(path, mode, kind=tarfile.DIRTYPE)
+            elif isinstance(data, CopyFile):
+                _add_source(tar, path, mode, data, _root_fd(stack, roots, data.root))
+            else:
+                tar.add(path, mode, data=data)
     tar.close()
 
 
-def _add_source(tar: TarWriter, path: str, mode: int, source: SourceFile) -> None:
-    # Streamed, so a large COPY is not held in memory; opened without following a
-    # symlink or blocking on a FIFO that replaced the file since the plan hashed it.
+def _root_fd(stack: contextlib.ExitStack, roots: dict[str, int], root: str) -> int:
+    """One descriptor per context directory, for every file the artifact reads from it."""
+    if root not in roots:
+        try:
+            roots[root] = safeopen.open_dir(root)
+        except OSError as e:
+            raise AmicError(f"the build context {root} cannot be opened: "
+                            f"{e.strerror or e}; compile again") from None
+        stack.callback(os.close, roots[root])
+    return roots[root]
+
+
+def _add_source(tar: TarWriter, path: str, mode: int, f: CopyFile, root_fd: int) -> None:
+    # Streamed, so a large COPY is not held in memory; opened below the context's
+    # descriptor with no symlink on the way, and only the very file the plan hashed
+    # (same device, inode and size, same sha256), or the compile fails.
+    def changed(why: str) -> AmicError:
+        return AmicError(f"COPY source {printable(f.source)} changed while compiling ({why}); "
+                         "compile again")
+
     try:
-        with open_regular(source) as fh:
-            tar.add(path, mode, fileobj=fh, size=os.fstat(fh.fileno()).st_size)
+        fd = safeopen.open_beneath(root_fd, f.below)
     except OSError as e:
-        raise AmicError(f"COPY source {source} changed while compiling: "
-                        f"{e.strerror or e}; compile again") from None
+        raise changed(e.strerror or str(e)) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino, st.st_size) != f.identity:
+            raise changed("another file, or another size")
+        reader = _Hashing(fh, f.identity[2])
+        try:
+            tar.add(path, mode, fileobj=reader, size=f.identity[2])
+        except _ReadFailed as e:   # the source's side; an error writing the output is not
+            raise changed(str(e)) from None
+        if reader.hash.hexdigest() != f.digest:
+            raise changed("other content")
+
+
+class _ReadFailed(Exception):
+    """Reading a COPY source failed (as opposed to writing the tarball)."""
+
+
+class _Hashing:
+    """``size`` bytes of a file read through, their sha256 kept: the bytes written are the
+    bytes the key holds."""
+
+    def __init__(self, fh, size: int) -> None:
+        self.fh, self.left, self.hash = fh, size, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.fh.read(self.left if n < 0 else min(n, self.left))
+        except OSError as e:
+            raise _ReadFailed(e.strerror or str(e)) from None
+        if not data and self.left:
+            raise _ReadFailed("it shrank while it was read")
+        self.left -= len(data)
+        self.hash.update(data)
+        return data
 
 
 def artifact_bytes(plan: Plan) -> bytes:

@@ -39,7 +39,9 @@ KEY_SCHEME = "amic-key-v1"
 
 def _digest(*parts: object) -> str:
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    # surrogatepass: a file name that is not UTF-8 (os.fsdecode's lone surrogates) hashes
+    # as itself, distinct from every UTF-8 name, where strict UTF-8 raised
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @attrs.frozen
@@ -256,7 +258,9 @@ def _args_digest(values: Mapping[str, str], missing: list[str]) -> str:
 
 def _arg_digest(name: str, value: str) -> str:
     # A keyed digest: the key shows that a value changed without storing it.
-    return hashlib.sha256(f"amic-arg\0{name}\0{value}".encode()).hexdigest()
+    # surrogatepass: a value from an environment that is not UTF-8 hashes, distinctly
+    data = f"amic-arg\0{name}\0{value}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 def _copies_digest(copies: tuple[CopyPlan, ...]) -> str:

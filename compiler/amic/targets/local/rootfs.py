@@ -244,9 +244,16 @@ def env_file(env: Mapping[str, str]) -> int:
         if not _NAME_RE.fullmatch(name) or "\0" in value:
             raise BuildError(f"environment variable {name!r}: not a valid name or value")
         lines.append(f"export {name}={shlex.quote(value)}\n")
+    try:
+        # surrogateescape: an ARG value from an environment that is not UTF-8 reaches the
+        # commands as the same bytes (secrets are UTF-8: amic refuses others when reading them)
+        encoded = "".join(lines).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise BuildError("an environment value is not text amic can pass on (a lone "
+                         "surrogate that is no byte)") from None
     fd = os.memfd_create("amic-env", os.MFD_CLOEXEC)
     try:
-        data = memoryview("".join(lines).encode())
+        data = memoryview(encoded)
         while data:
             data = data[os.write(fd, data):]
     except BaseException:
