@@ -175,7 +175,8 @@ def _still_checkpointed(dest: str, result: dict) -> set[str]:
 
 def _input_paths(plan) -> list[str]:
     import amic
-    from amic.compile import artifact, context, packages  # modules that compute keys
+    from amic import safeopen
+    from amic.compile import artifact, context, ignore, packages  # modules that compute keys
     from amic.compile import plan as planmod
 
     paths: list[str] = []
@@ -192,7 +193,7 @@ def _input_paths(plan) -> list[str]:
                 paths.append(os.path.abspath(os.path.join(copy.context, src)))
         for cp in sp.copies:
             paths.extend(os.path.abspath(f.source) for f in cp.files)
-    for mod in (amic, artifact, planmod, context, packages):
+    for mod in (amic, artifact, planmod, context, ignore, packages, safeopen):
         paths.append(os.path.abspath(mod.__file__))
     try:
         from importlib import resources
