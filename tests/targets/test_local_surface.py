@@ -66,3 +66,59 @@ def test_apt_keeps_its_sandbox_and_plain_output_shows_stages(local_subject, amic
     assert stage and first and beats and done, proc.stderr
     assert stage[0] < first[0] < done[0], proc.stderr
     assert any(first[0] < i < done[0] for i in beats), proc.stderr     # the silent sleep
+
+
+NO_CACHE = """\
+FROM debian:12
+
+SERVICE one
+    INIT echo one > /etc/no-cache-one
+
+SERVICE two
+    REQUIRES one
+    INIT date +%s%N > /etc/no-cache-two
+"""
+
+
+def images_by_key(store: Path) -> dict[str, list[str]]:
+    import json
+
+    out: dict[str, list[str]] = {}
+    for meta_file in (store / "images").glob("*/meta.json"):
+        meta = json.loads(meta_file.read_text())
+        if meta.get("key"):
+            out.setdefault(meta["key"], []).append(meta["id"])
+    return out
+
+
+def test_no_cache_replaces_the_images_of_its_keys(local_subject, amic_cache):
+    import json
+
+    project = local_subject.workdir / "no-cache"
+    project.mkdir(exist_ok=True)
+    (project / "Amifile").write_text(NO_CACHE)
+    store = amic_cache / "local"
+    first = json.loads(amic_build(project, amic_cache, "--json").stdout)
+    assert [x["status"] for x in first["layers"]] == ["RUN", "RUN"]
+    keys = [x["key"] for x in first["layers"]] + [first["final_key"]]
+    first_two = local_subject.read(first["image_id"], "/etc/no-cache-two")
+
+    proc = amic_build(project, amic_cache, "--json", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout)
+    assert [(x["status"], x["reason"]) for x in again["layers"]] == [("RUN", "--no-cache")] * 2
+    assert again["final_key"] == first["final_key"]
+    assert [x["key"] for x in again["layers"]] == keys[:2]
+    # the layers really ran again: the second one wrote a new timestamp
+    assert local_subject.read(again["image_id"], "/etc/no-cache-two") != first_two
+    # one image per key, the new one; the old ones are gone from the store
+    by_key = images_by_key(store)
+    assert {k: by_key.get(k) for k in keys} == {
+        k: [(store / "keys" / k).read_text().strip()] for k in keys}
+    assert (store / "keys" / again["final_key"]).read_text().strip() == again["image_id"]
+    assert not (store / "images" / first["image_id"]).exists()
+    assert "replaced 3 image(s) under the same keys; removed the old ones" in proc.stderr
+
+    # an unchanged build afterwards is answered with the new image
+    proc = amic_build(project, amic_cache, "--json")
+    assert json.loads(proc.stdout)["image_id"] == again["image_id"] and "RUN" not in proc.stderr

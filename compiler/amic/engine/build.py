@@ -189,6 +189,9 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
             result = cached_result(b, final)
         else:
             result = run_build(b, start, reports)
+    if options.no_cache and not result.cached:  # out of the build lock: see the target's
+        for note in target.remove_superseded():
+            reporter.note(note)
     result.timings["total"] = time.monotonic() - t_start
     return result
 
