@@ -60,8 +60,8 @@ def test_apt_keeps_its_sandbox_and_plain_output_shows_stages(local_subject, amic
     stage = [i for i, line in enumerate(lines)
              if re.fullmatch(r"\d\d:\d\d:\d\d \[1/1\] web init", line)]
     first = [i for i, line in enumerate(lines) if line.endswith("| web-starts")]
-    beats = [i for i, line in enumerate(lines)
-             if re.fullmatch(r"\d\d:\d\d:\d\d \.\.\. still running \[1/1\] web init \(\d+s\)", line)]
+    beat = re.compile(r"\d\d:\d\d:\d\d \.\.\. still running \[1/1\] web init \(\d+s\)")
+    beats = [i for i, line in enumerate(lines) if beat.fullmatch(line)]
     done = [i for i, line in enumerate(lines) if re.match(r"\[1/1\] web +RUN ", line)]
     assert stage and first and beats and done, proc.stderr
     assert stage[0] < first[0] < done[0], proc.stderr
