@@ -87,7 +87,8 @@ class DryRun:
                           "image_id": self.final_image_id},
                 "launch_from": self.launch_from,
                 "layers": [attrs.asdict(layer) for layer in self.layers],
-                "secrets": [attrs.asdict(s) for s in self.secrets]}
+                "secrets": [{"name": s.name, "services": list(s.services), "given": s.given}
+                            for s in self.secrets]}
 
     def secret_lines(self) -> list[str]:
         """Which secrets the build would need, by name, and which this run was not given."""
