@@ -209,7 +209,7 @@ def lint_with(tmp_path: Path, binary: str | Path, *extra: str, **env: str):
 
 def test_the_venv_shellcheck_is_chosen_and_named(tmp_path: Path) -> None:
     (tmp_path / "Amifile").write_text(SCRIPTED)
-    proc, _ = amic("lint", "Amifile", cwd=tmp_path)
+    proc, _ = amic("lint", "-v", "Amifile", cwd=tmp_path)
     version = subprocess.run([str(REAL), "--version"], capture_output=True, text=True).stdout
     number = next(line.split()[1] for line in version.splitlines() if line.startswith("version:"))
     assert f"using shellcheck {number} ({REAL}, from venv)" in proc.stderr
@@ -219,6 +219,18 @@ def test_the_venv_shellcheck_is_chosen_and_named(tmp_path: Path) -> None:
     assert tool["driver"]["properties"]["shellcheck"] == {
         "path": str(REAL), "version": number, "source": "venv"}
     assert tool["extensions"][0]["name"] == "shellcheck"
+
+
+def test_the_pinned_shellcheck_is_not_noted_without_verbose(tmp_path: Path) -> None:
+    (tmp_path / "Amifile").write_text(SCRIPTED)
+    env = {k: v for k, v in os.environ.items() if k != "AMIC_SHELLCHECK"}
+    proc = subprocess.run([str(VENV_BIN / "amic"), "lint", "Amifile"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "SC2086" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stderr == ""
+    proc = subprocess.run([str(VENV_BIN / "amic"), "lint", "--no-shellcheck", "Amifile"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stderr == ""
 
 
 def test_amic_shellcheck_overrides(tmp_path: Path) -> None:
@@ -288,7 +300,8 @@ def test_missing_shellcheck_everywhere_is_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "shellcheck not found (looked for $AMIC_SHELLCHECK" in proc.stderr
     assert "--no-shellcheck" in proc.stderr
-    proc = subprocess.run([*argv, "lint", "--no-shellcheck", "Amifile"], cwd=tmp_path, env=env,
+    proc = subprocess.run([*argv, "lint", "--no-shellcheck", "-v", "Amifile"], cwd=tmp_path,
+                          env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "shellcheck not run (--no-shellcheck)" in proc.stderr

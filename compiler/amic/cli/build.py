@@ -38,7 +38,8 @@ def register(sub) -> None:
     add_secret_options(p)
     add_context_option(p)
     p.add_argument("--no-cache", action="store_true",
-                   help="run every layer even if it is cached (results are cached again)")
+                   help="run every layer even if it is cached (the results replace the cached "
+                   "images under the same keys)")
     p.add_argument("--checkpoint", metavar="POLICY",
                    help="which layers to keep as reusable images: none, last, all, auto (when "
                    "init time since the last checkpoint exceeds a snapshot's cost), or service "
@@ -50,14 +51,16 @@ def register(sub) -> None:
                    help="abort: leave the failed machine for debugging and print how to reach it "
                    "(default: cleanup)")
     p.add_argument("--progress", choices=["auto", "tty", "plain"], default="auto",
-                   help="live status line (tty) or one line per event (plain); default: tty "
-                   "when stderr is a terminal")
+                   help="live status line (tty) or one line per event (plain: a timestamped "
+                   "line when a step starts, and one every $AMIC_HEARTBEAT_SECONDS, default 30, "
+                   "while it is silent); default: tty when stderr is a terminal")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print only warnings, errors and the image id")
     p.add_argument("--dry-run", action="store_true",
                    help="resolve the base and say per layer CACHED or RUN (with the reason and "
                    "the image it would start from) and whether the final image exists; creates "
-                   "and changes nothing (ec2: Describe* calls only)")
+                   "and changes nothing (ec2: Describe* calls only); needs no SECRET value, "
+                   "it names the secrets the build would need")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout instead of the bare image id")
     p.add_argument("--manifest", metavar="FILE",

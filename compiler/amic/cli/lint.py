@@ -23,6 +23,9 @@ def register(sub) -> None:
                    help="skip shellcheck (otherwise a missing or broken shellcheck is an "
                    "error, exit 2); the shellcheck used is $AMIC_SHELLCHECK, else the one "
                    "installed with amic, else shellcheck on PATH")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr which shellcheck ran (said anyway when it is not the one "
+                   "installed with amic)")
     p.add_argument("--list-rules", action="store_true", help="list every rule and exit")
     p.set_defaults(func=lambda a: cmd_list_rules(a) if a.list_rules else cmd_lint(a))
 
@@ -33,7 +36,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
     paths = args.files or ["Amifile"]
     ignore = {code.strip() for item in args.ignore for code in item.split(",") if code.strip()}
     return lint.run(paths, fmt=args.format, threshold=args.failure_threshold, ignore=ignore,
-                    out=sys.stdout, err=sys.stderr, shellcheck=not args.no_shellcheck)
+                    out=sys.stdout, err=sys.stderr, shellcheck=not args.no_shellcheck,
+                    verbose=args.verbose)
 
 
 def cmd_list_rules(args: argparse.Namespace) -> int:  # noqa: ARG001

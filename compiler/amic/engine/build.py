@@ -106,7 +106,8 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
         stack.enter_context(target.build_lock())
         with b.timed("resolve"):
             resolved = resolved or load_amifile(options.amifile)
-        with b.timed("base"):
+        base_ref = resolved.base.ref if resolved.base else "(the target's default)"
+        with b.timed("base"), reporter.step(f"base {base_ref}"):
             b.base = resolve_base(b, resolved)
         with b.timed("plan"):
             b.plan = make_plan(b, resolved)
@@ -125,6 +126,9 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
                       if missing else cached_result(b, final))
         else:
             result = run_build(b, start, reports)
+    if options.no_cache and not result.cached:  # out of the build lock: see the target's
+        for note in target.remove_superseded():
+            reporter.note(note)
     result.timings["total"] = time.monotonic() - t_start
     return result
 
@@ -345,17 +349,17 @@ def run_layers(b: BuildState, reports: list[LayerReport],
             continue
         since_checkpoint += seconds
         checkpoint = None
+        b.reporter.layer(i + 1, n, layer.service, "RUN", reason, seconds)
         if (i in fill) if fill else should_checkpoint(policy, service=layer.service,
                 last=i == n - 1, uncheckpointed_seconds=since_checkpoint,
                 snapshot_seconds=b.target.snapshot_seconds):
-            with b.timed("snapshot"):
+            with b.timed("snapshot"), b.reporter.step(f"[{i + 1}/{n}] {layer.service} snapshot"):
                 checkpoint = b.target.snapshot(b.machine, key=layer.key, final=False,
                                                tags=imagetags.layer_tags(_common_tags(b),
                                                                          layer)).id
             since_checkpoint = 0.0
             b.checkpointed.add(layer.service)
             release_leases(b, [lay.key for lay in p.layers[:i + 1]])
-        b.reporter.layer(i + 1, n, layer.service, "RUN", reason, seconds)
         reports.append(LayerReport(layer.service, layer.key, "RUN", reason, round(seconds, 3),
                                    checkpoint))
         earlier_miss = earlier_miss or layer.service

@@ -7,7 +7,8 @@
   secret an INIT about to run needs (every global one, and the service's own)
   that has no value is an error, raised before any machine is launched; the
   layers found in the cache need none, so rotating or leaving out a secret
-  never re-runs (or fails) a cached build.
+  never re-runs (or fails) a cached build. A dry run needs no secret value:
+  it names the secrets the real build would need (:func:`secrets_needed`).
 - The environment of one layer's ``amic init``: the ARG values that service
   sees, its SECRET values, and ``AMIC_SECRET_NAMES`` (the names, so the runner
   masks those values in its log and output). It goes to ``Machine.run(env=)``,
@@ -45,14 +46,20 @@ def check(plan: planmod.Plan, build_args: Iterable[str], secrets: Iterable[str],
         warn(f"ARG without a value or default: {names} (built empty: --allow-missing-args)")
 
 
+def secrets_needed(plan: planmod.Plan, services: Iterable[str]) -> dict[str, list[str]]:
+    """The SECRET names the INITs of ``services`` read, each with the services that need it."""
+    needed: dict[str, list[str]] = {}
+    for service in services:
+        for name in plan.secret_names(service):
+            needed.setdefault(name, []).append(service)
+    return needed
+
+
 def require_secrets(plan: planmod.Plan, services: Iterable[str],
                     secrets: Mapping[str, str]) -> None:
     """Fail (before anything is launched) if an INIT of ``services`` needs a secret not given."""
-    missing: dict[str, list[str]] = {}
-    for service in services:
-        for name in plan.secret_names(service):
-            if name not in secrets:
-                missing.setdefault(name, []).append(service)
+    missing = {name: svcs for name, svcs in secrets_needed(plan, services).items()
+               if name not in secrets}
     if missing:
         what = "; ".join(f"{name} (needed by {', '.join(svcs)})" for name, svcs in missing.items())
         first = next(iter(missing))

@@ -12,6 +12,10 @@ is reported as such, and every layer then runs).
 What a dry run cannot know: whether a build of the same keys finishes first
 (the real build then reuses it), and, in place (ssh), whether the host already
 ran an init (the runner there skips it and the build says CACHED).
+
+No SECRET value is needed (secrets are in no key): the report names the secrets
+the layers that would run read, and which of them this run was not given (the
+real build refuses to start without those).
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ class PlannedLayer:
 
 
 @attrs.frozen
+class NeededSecret:
+    name: str
+    services: tuple[str, ...] = attrs.field(converter=tuple)
+    """The services whose INIT would run and read it."""
+    given: bool
+    """Whether this run was given a value (the real build refuses to start without one)."""
+
+
+@attrs.frozen
 class DryRun:
     target: str
     amifile: str
@@ -61,6 +74,8 @@ class DryRun:
     launch_from: str | None
     """The image a build would start its machine from; None if nothing would run."""
     layers: tuple[PlannedLayer, ...] = attrs.field(converter=tuple)
+    secrets: tuple[NeededSecret, ...] = attrs.field(default=(), converter=tuple)
+    """The SECRETs the layers that would run read (a dry run needs none of their values)."""
 
     @property
     def would_run(self) -> list[str]:
@@ -73,7 +88,22 @@ class DryRun:
                 "final": {"exists": self.final_image_id is not None,
                           "image_id": self.final_image_id},
                 "launch_from": self.launch_from,
-                "layers": [attrs.asdict(layer) for layer in self.layers]}
+                "layers": [attrs.asdict(layer) for layer in self.layers],
+                "secrets": [{"name": s.name, "services": list(s.services), "given": s.given}
+                            for s in self.secrets]}
+
+    def secret_lines(self) -> list[str]:
+        """Which secrets the build would need, by name, and which this run was not given."""
+        if not self.secrets:
+            return []
+        lines = ["secrets the build would need: " + "; ".join(
+            f"{s.name} (by {', '.join(s.services)})" for s in self.secrets)]
+        missing = [s.name for s in self.secrets if not s.given]
+        if missing:
+            lines.append(f"not given here (the build would refuse without them): "
+                         f"{', '.join(missing)}; give each with --secret id={missing[0]},src=FILE, "
+                         f"--secret id={missing[0]},env=VAR or --secret {missing[0]}")
+        return lines
 
     def text(self) -> str:
         """The report on stderr: a line per layer as a build prints them, then the final."""
@@ -86,6 +116,7 @@ class DryRun:
             shown = short(start) if not start.startswith("after ") else start
             lines.append(f"[{i}/{n}] {layer.service:<16} {layer.status:<6}  {layer.reason}"
                          f"  (from {shown})")
+        lines += self.secret_lines()
         key = self.final_key[:12] if self.final_key else "?"
         if self.final_image_id and self.would_run:
             lines.append(f"final image {short(self.final_image_id)} exists (final key {key}): "
@@ -151,7 +182,7 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
                                    NO_BASE_ID if i == 0 else f"after {p.layers[i - 1].service}")
                       for i, layer in enumerate(p.layers)]
             return DryRun(**common, final_key=None, final_image_id=None, launch_from=NO_BASE_ID,
-                          layers=layers)
+                          layers=layers, secrets=needed_secrets(p, layers, options.secrets))
         final = (None if options.no_cache or not target.keeps_images
                  else target.find_image(p.final_key))
         missing = [] if final is None else missing_checkpoints(target, p, options.checkpoint)[0]
@@ -163,8 +194,6 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
         if missing:   # as build(): the checkpoints an explicit --checkpoint asks for are made
             return _fill(b, common, final, missing)
         start, reports = engine.find_prefix(b)
-        buildinputs.require_secrets(p, [layer.service for layer in p.layers[len(reports):]],
-                                    options.secrets)
         layers = [PlannedLayer(r.service, r.key, r.status, r.reason, start.id) for r in reports]
         earlier_miss: str | None = None   # as run_layers keeps it: the first layer that ran
         for i in range(len(reports), len(p.layers)):
@@ -176,4 +205,11 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
                                        else f"after {p.layers[i - 1].service}"))
             earlier_miss = earlier_miss or layer.service
         return DryRun(**common, final_key=p.final_key, final_image_id=None, launch_from=start.id,
-                      layers=layers)
+                      layers=layers, secrets=needed_secrets(p, layers, options.secrets))
+
+
+def needed_secrets(p, layers: list[PlannedLayer], given) -> list[NeededSecret]:
+    """The secrets the layers that would run read, by name (their values are not needed)."""
+    running = [layer.service for layer in layers if layer.status == "RUN"]
+    return [NeededSecret(name, services, name in given)
+            for name, services in buildinputs.secrets_needed(p, running).items()]

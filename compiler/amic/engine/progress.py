@@ -3,7 +3,11 @@
 Two renderings of the same events:
 
 - plain (not a terminal, or ``--progress=plain``): one line per event, fit
-  for CI logs; remote output prefixed by the service that printed it;
+  for CI logs; remote output prefixed by the service that printed it. A step
+  (``begin``) gets a timestamped stage line before its first output, or once
+  it has run :data:`STAGE_AFTER` seconds (a quick silent step prints none), and
+  a ``... still running`` line each time it has been silent for
+  ``AMIC_HEARTBEAT_SECONDS`` (default 30), so a CI log always says what runs;
 - tty: the same lines, plus a status line at the bottom (current step,
   service, elapsed time, last output) redrawn in place.
 
@@ -27,6 +31,8 @@ secret, and a short or common value must not rewrite them.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import sys
 import threading
 import time
@@ -36,6 +42,25 @@ from amic.contract import FAILED_AT, MARKER, MASK_MIN, own_prefix
 
 TAIL_LINES = 15
 MASK = "***"
+STAGE_AFTER = 1.0
+"""Plain output: a step still running after this many seconds gets its stage line."""
+HEARTBEAT_VAR = "AMIC_HEARTBEAT_SECONDS"
+DEFAULT_HEARTBEAT = 30.0
+
+
+def heartbeat_seconds() -> float:
+    """``$AMIC_HEARTBEAT_SECONDS``: how long a step may be silent in plain output before a
+    ``still running`` line (default 30; a value that is no positive number means the default)."""
+    try:
+        value = float(os.environ.get(HEARTBEAT_VAR, DEFAULT_HEARTBEAT))
+    except ValueError:
+        return DEFAULT_HEARTBEAT
+    return value if 0 < value < float("inf") else DEFAULT_HEARTBEAT
+
+
+def clock(wall: float | None = None) -> str:
+    """``HH:MM:SS`` (local time) for the lines of plain output that mark time."""
+    return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
 def maskable(value: str) -> bool:
@@ -174,7 +199,8 @@ class Reporter:
     """Renders build events to a stream (stderr), plain or with a live status line."""
 
     def __init__(self, stream: TextIO | None = None, *, mode: str = "auto",
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, heartbeat: float | None = None,
+                 stage_after: float = STAGE_AFTER) -> None:
         self.stream = stream or sys.stderr
         self.redact = Redactor()
         """Secret values to mask in the payload (the build adds them first; routers use it)."""
@@ -185,6 +211,13 @@ class Reporter:
         self.lock = threading.Lock()
         self.status: str | None = None
         self.status_since = 0.0
+        self.status_wall = 0.0
+        self.heartbeat = heartbeat or heartbeat_seconds()
+        """Plain output: seconds of silence in a step before a ``still running`` line."""
+        self.stage_after = stage_after
+        self.stage_shown = False
+        """Plain output: whether the current step's stage line is out."""
+        self.last_write = 0.0
         self.last_output = ""
         self.width = 100
         self._ticker: threading.Thread | None = None
@@ -202,10 +235,31 @@ class Reporter:
         with self.lock:
             if self.tty and self.status is not None:
                 self.stream.write("\r\x1b[2K")
+            if not self.tty and self.status is not None and not self.stage_shown:
+                self._stage_line()   # what runs, before the first line it prints
             self.stream.write(text + "\n")
             if self.tty and self.status is not None:
                 self._draw_status()
             self.stream.flush()
+            self.last_write = time.monotonic()
+
+    def _stage_line(self) -> None:
+        """Plain: the step's timestamped start line (the lock is held)."""
+        self.stage_shown = True
+        self.stream.write(f"{clock(self.status_wall)} {self.status}\n")
+
+    def _plain_tick(self) -> None:
+        """Plain: the stage line of a step that runs long, a heartbeat when it is silent."""
+        now = time.monotonic()
+        if not self.stage_shown and now - self.status_since >= self.stage_after:
+            self._stage_line()
+        elif self.stage_shown and now - self.last_write >= self.heartbeat:
+            self.stream.write(f"{clock()} ... still running {self.status} "
+                              f"({now - self.status_since:.0f}s)\n")
+        else:
+            return
+        self.stream.flush()
+        self.last_write = now
 
     def _draw_status(self) -> None:
         elapsed = time.monotonic() - self.status_since
@@ -217,9 +271,14 @@ class Reporter:
     def _tick(self) -> None:
         while not self._stop.wait(0.2):
             with self.lock:
-                if self.status is not None:
+                if self.status is None:     # between steps: no thread left waking up
+                    self._ticker = None
+                    return
+                if self.tty:
                     self._draw_status()
                     self.stream.flush()
+                else:
+                    self._plain_tick()
 
     # -- events -------------------------------------------------------------
 
@@ -232,16 +291,28 @@ class Reporter:
         self._write(f"amic: warning: {message}")
 
     def begin(self, status: str) -> None:
-        """Start a long step; on a terminal its elapsed time is shown live."""
-        if not self.tty or self.quiet:
+        """Start a long step; on a terminal its elapsed time is shown live, in plain output
+        its stage line comes before its output (or after ``stage_after``), then heartbeats."""
+        if self.quiet:
             return
         with self.lock:
             self.status = status
             self.status_since = time.monotonic()
+            self.status_wall = time.time()
+            self.stage_shown = False
             self.last_output = ""
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, daemon=True)
                 self._ticker.start()
+
+    @contextlib.contextmanager
+    def step(self, status: str):
+        """``begin(status)`` for the ``with`` block; ``end()`` however it leaves."""
+        self.begin(status)
+        try:
+            yield
+        finally:
+            self.end()
 
     def end(self) -> None:
         with self.lock:

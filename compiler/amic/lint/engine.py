@@ -273,11 +273,12 @@ def exit_code(findings: Iterable[Finding], threshold: str) -> int:
 
 def run(paths: list[str], *, fmt: str = "text", threshold: str = DEFAULT_THRESHOLD,
         ignore: set[str] = frozenset(), out: TextIO, err: TextIO | None = None,
-        shellcheck: bool = True) -> int:
+        shellcheck: bool = True, verbose: bool = False) -> int:
     """``amic lint``: lint ``paths`` (default ``Amifile``), write ``fmt`` to ``out``, return the
     exit code (0 clean below ``threshold``, 1 otherwise). A missing or broken shellcheck
     raises :class:`~amic.lint.shellcheck.ShellcheckError` (exit 2) unless ``shellcheck`` is
-    false; the text format notes on ``err`` which shellcheck ran."""
+    false. The text format notes on ``err`` which shellcheck ran when it is not the one
+    installed with amic (results depend on the version), or when ``verbose``."""
     if fmt not in formats.FORMATS:
         raise UsageError(f"unknown lint format {fmt!r} (choose from {', '.join(formats.FORMATS)})")
     if threshold not in THRESHOLDS:
@@ -289,7 +290,8 @@ def run(paths: list[str], *, fmt: str = "text", threshold: str = DEFAULT_THRESHO
                          "(see amic lint --list-rules)")
     paths = list(paths) or ["Amifile"]
     checker = find_shellcheck() if shellcheck else None
-    if err is not None and fmt == "text":
+    unpinned = checker is not None and checker.source != "venv"
+    if err is not None and fmt == "text" and (verbose or unpinned):
         used = f"using {checker.describe()}" if checker else "shellcheck not run (--no-shellcheck)"
         err.write(f"amic lint: note: {used}\n")
     findings = lint_paths(paths, ignore=ignore, shellcheck=checker or False)

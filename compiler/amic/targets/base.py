@@ -161,6 +161,12 @@ class Target(abc.ABC):
         The default: no lease."""
         return contextlib.nullcontext()
 
+    def remove_superseded(self) -> list[str]:
+        """After a ``--no-cache`` build (its build lock let go): remove the images its
+        snapshots replaced under their keys, if that is safe now; return notes for the user.
+        The default: nothing (a target whose keys name one image each, or prune's job)."""
+        return []
+
     def remove_image(self, image: Image) -> None:
         """Delete an image and what only it uses (snapshots, layer dirs)."""
         raise NotImplementedError(f"the {self.name} target cannot remove images")

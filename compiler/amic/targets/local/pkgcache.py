@@ -9,7 +9,9 @@ upper directory never sees those files, so no image carries them. When the
 command ends, the ``.deb`` files it downloaded are linked into the shared
 directory (``link(2)``: atomic, and two builds adding the same file is
 harmless); its own directory goes with the command's scratch directory.
-Concurrent builds never share apt's lock or ``partial/`` directory.
+Concurrent builds never share apt's lock or ``partial/`` directory, and the
+directory has the modes apt's own has (``0755``, ``partial/`` ``0700``), so apt
+keeps its sandbox (downloads as ``_apt``) under any umask.
 
 The shared directory is ``$AMIC_CACHE_DIR/local/packages``; it only grows
 (``rm -rf`` it at will). ``AMIC_PACKAGE_CACHE=off`` turns the cache off.
@@ -51,6 +53,11 @@ def for_run(shared: Path, scratch: Path) -> Iterator[Path | None]:
     try:
         shared.mkdir(parents=True, exist_ok=True)
         (run_dir / "partial").mkdir(parents=True)
+        # The modes apt's own directories have, whatever amic's umask: apt downloads as the
+        # unprivileged _apt user into partial/ (which apt, as root, hands to _apt), and falls
+        # back to downloading unsandboxed as root, with a warning, when _apt cannot get there.
+        os.chmod(run_dir, 0o755)
+        os.chmod(run_dir / "partial", 0o700)
         link_debs(shared, run_dir)
     except OSError:     # another file system (no hard links), read-only cache: no cache
         yield None

@@ -141,6 +141,13 @@ def chroot_argv(lowers: Sequence[Path], upper: Path, scratch: Path, argv: Sequen
     merged.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     upper.mkdir(parents=True, exist_ok=True)
+    if lowers and not any(upper.iterdir()):
+        # overlayfs shows the upper directory's own mode and owner as the root's "/": a new
+        # layer's must be its parent's, not what amic's umask made (umask 077: "/" 0700,
+        # which locks out every non-root user, apt's _apt sandbox first, and is baked in)
+        top = os.stat(lowers[0])
+        os.chmod(upper, top.st_mode & 0o7777)
+        os.chown(upper, top.st_uid, top.st_gid)
     lowerdir = ":".join(str(p) for p in lowers)
     return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
             "sh", "-c", _ENTER, "amic-enter", str(merged), str(upper), str(work), lowerdir, *argv]

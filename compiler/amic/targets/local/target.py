@@ -82,6 +82,8 @@ class LocalTarget(Target):
         if spec:
             raise UsageError(f"the local target takes no argument (got {spec!r})")
         self.store = ImageStore(store or rootfs.cache_dir() / "local")
+        self.superseded: list[Image] = []
+        """Images a snapshot replaced under their key (``--no-cache``): see remove_superseded."""
 
     def build_lock(self):
         return self.store.lock("builds.lock", shared=True)
@@ -163,7 +165,10 @@ class LocalTarget(Target):
                  tags: Mapping[str, str]) -> Image:
         meta = {"key": key, "parent": machine.image_id, "created": now(),
                 "tags": dict(tags), "build": machine.dir.name}
+        old = self.store.find(key)
         image = self.store.commit(meta, machine.upper)
+        if old is not None and old.id != image.id:
+            self.superseded.append(old)
         machine.upper.mkdir()
         machine.lowers.insert(0, self.store.image_dir(image.id) / "upper")
         machine.image_id = image.id
@@ -178,6 +183,28 @@ class LocalTarget(Target):
 
     def remove_image(self, image: Image) -> None:
         self.store.remove(image.id)
+
+    def remove_superseded(self) -> list[str]:
+        """The images this target's snapshots replaced under their keys go, top-most first,
+        each one no other image sits on and nothing uses, and only while no build runs (a
+        running build's machine may have one as a lower); what stays, ``amic prune`` takes
+        (no key names it any more)."""
+        old, self.superseded = self.superseded, []
+        removed: list[str] = []
+        try:
+            with self.store.exclusive_builds(), self.store.lock("store.lock"):
+                for image in reversed(old):
+                    parents = {(self.store.meta(other.id) or {}).get("parent")
+                               for other in self.store.images()}
+                    if image.id not in parents and self.store.remove_unused(image.id):
+                        removed.append(image.id[:12])
+        except BuildError:      # another build is running
+            pass
+        if not old:
+            return []
+        return [f"--no-cache replaced {len(old)} image(s) under the same keys; removed the old "
+                f"ones: {', '.join(removed) or 'none'}"
+                + ("" if len(removed) == len(old) else " (the rest: amic prune)")]
 
     # -- the local target's own commands (amic images / run / export / shell / prune) ------
 
