@@ -121,7 +121,7 @@ def shell_env(userland: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]
 
 
 # Inside a PID namespace of its own: three sleeps, two of the session to stop (one ignores
-# TERM), one of another session; then the script, then how each ended (128+signal).
+# TERM), one of another session; the script; then which had ended and, once everything left is killed, how each ended (128 + signal).
 STOP_DRIVER = r"""
 AMIC_SESSION=mine sleep 60 & mine=$!
 AMIC_SESSION=mine sh -c 'trap "" TERM; exec sleep 60' & stubborn=$!
@@ -131,10 +131,11 @@ for _ in $(seq 200); do   # until all three are the sleep (the trap is set), not
     sleep 0.05
 done
 AMIC_STOP_TOKEN=mine $SHELL_CMD -c "$STOP_SCRIPT"; echo "script exit $?"
-wait $mine; echo "mine $?"
-wait $stubborn; echo "stubborn $?"
-kill -0 $other && echo "other alive"
-kill -s KILL $other
+for pid in $mine $stubborn $other; do   # ended: reaped already, or a zombie
+    case $(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null) in ''|Z) echo ended ;; *) echo running ;; esac
+done
+kill -s KILL $mine $stubborn $other 2>/dev/null
+for pid in $mine $stubborn $other; do wait $pid; echo $?; done
 """
 
 
@@ -143,10 +144,13 @@ kill -s KILL $other
 def test_stop_session_stops_its_session_and_nothing_else(userland: str, tmp_path: Path) -> None:
     shell, env = shell_env(userland, tmp_path)
     env.update(SHELL_CMD=shlex.join(shell), STOP_SCRIPT=script("amic.targets.ssh", "stop-session.sh"))
-    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *shell, "-c", STOP_DRIVER],
+    # util-linux's unshare (PATH may start with busybox's): --kill-child ends the namespace
+    proc = subprocess.run([tools.require("unshare"), "--pid", "--fork", "--kill-child", "--mount-proc",
+                           *shell, "-c", STOP_DRIVER],
                           env=env, capture_output=True, text=True, timeout=60)
-    assert proc.stdout.splitlines() == ["script exit 0", "mine 143", "stubborn 137",
-                                        "other alive"], proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["script", "exit", "0", "ended", "ended", "running",
+                                  "143", "137", "137"], \
+        proc.stdout + proc.stderr
 
 
 def run_install_upload(shell: list[str], env: dict[str, str], tmp_path: Path, dest: Path,
