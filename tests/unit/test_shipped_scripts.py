@@ -131,9 +131,14 @@ for _ in $(seq 200); do   # until all three are the sleep (the trap is set), not
     sleep 0.05
 done
 AMIC_STOP_TOKEN=mine $SHELL_CMD -c "$STOP_SCRIPT"; echo "script exit $?"
-for pid in $mine $stubborn $other; do   # ended: reaped already, or a zombie
-    case $(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null) in ''|Z) echo ended ;; *) echo running ;; esac
+state() {   # ended: reaped already, or a zombie
+    case $(cut -d' ' -f3 /proc/$1/stat 2>/dev/null) in ''|Z) echo ended ;; *) echo running ;; esac
+}
+for pid in $mine $stubborn; do   # a KILL sent as the script exits takes effect soon after
+    for _ in $(seq 100); do [ "$(state $pid)" = ended ] && break; sleep 0.05; done
+    state $pid
 done
+state $other
 kill -s KILL $mine $stubborn $other 2>/dev/null
 for pid in $mine $stubborn $other; do wait $pid; echo $?; done
 """
