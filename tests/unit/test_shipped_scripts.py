@@ -121,13 +121,14 @@ def shell_env(userland: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]
 
 
 # Inside a PID namespace of its own: three sleeps, two of the session to stop (one ignores
-# TERM), one of another session; the script; then which had ended and, once everything left is killed, how each ended (128 + signal).
+# TERM), one of another session; the script; then which had ended and, once everything
+# left is killed, how each ended (128 + signal).
 STOP_DRIVER = r"""
 AMIC_SESSION=mine sleep 60 & mine=$!
 AMIC_SESSION=mine sh -c 'trap "" TERM; exec sleep 60' & stubborn=$!
 AMIC_SESSION=other sleep 60 & other=$!
 for _ in $(seq 200); do   # until all three are the sleep (the trap is set), not a fork
-    [ "$(cat /proc/$mine/comm /proc/$stubborn/comm /proc/$other/comm)" = "$(printf 'sleep\nsleep\nsleep')" ] && break
+    [ "$(cat /proc/$mine/comm /proc/$stubborn/comm /proc/$other/comm | sort -u)" = sleep ] && break
     sleep 0.05
 done
 AMIC_STOP_TOKEN=mine $SHELL_CMD -c "$STOP_SCRIPT"; echo "script exit $?"
@@ -148,10 +149,11 @@ for pid in $mine $stubborn $other; do wait $pid; echo $?; done
 @pytest.mark.parametrize("userland", USERLANDS)
 def test_stop_session_stops_its_session_and_nothing_else(userland: str, tmp_path: Path) -> None:
     shell, env = shell_env(userland, tmp_path)
-    env.update(SHELL_CMD=shlex.join(shell), STOP_SCRIPT=script("amic.targets.ssh", "stop-session.sh"))
+    env.update(SHELL_CMD=shlex.join(shell),
+               STOP_SCRIPT=script("amic.targets.ssh", "stop-session.sh"))
     # util-linux's unshare (PATH may start with busybox's): --kill-child ends the namespace
-    proc = subprocess.run([tools.require("unshare"), "--pid", "--fork", "--kill-child", "--mount-proc",
-                           *shell, "-c", STOP_DRIVER],
+    proc = subprocess.run([tools.require("unshare"), "--pid", "--fork", "--kill-child",
+                           "--mount-proc", *shell, "-c", STOP_DRIVER],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["script", "exit", "0", "ended", "ended", "running",
                                   "143", "137", "137"], \
