@@ -24,6 +24,7 @@ from pathlib import Path
 from amic.errors import BaseRefError, BuildError
 from amic.fsutil import file_lock
 from amic.targets.local import pkgcache
+from amic.targets.scripts import script
 
 # Portable base names the local target can build itself. Values are
 # debootstrap suites; the mirror is debootstrap's default unless
@@ -96,45 +97,12 @@ def ensure_base(ref: str = DEFAULT_BASE, *, log=None) -> Path:
     return final
 
 
-# The namespace script: mount the overlay and the API filesystems, then chroot.
-# Runs as PID 1 of a fresh PID namespace (unshare --pid --fork), so every
-# process the command starts dies with it.
-_ENTER = r"""
-set -eu
-merged=$1; upper=$2; work=$3; lowers=$4; shift 4
-mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
-mount -t proc proc "$merged/proc"
-mount -t sysfs -o ro sysfs "$merged/sys" 2>/dev/null || true
-mount -t tmpfs -o mode=755 tmpfs "$merged/dev"
-# The six device nodes made anew in the root's own /dev (cp -a makes nodes, as runc's
-# mknod does): one process instead of six bind mounts; nothing else of the host's /dev.
-cp -a /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty "$merged/dev/"
-mkdir -p "$merged/dev/pts" "$merged/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666 devpts "$merged/dev/pts" 2>/dev/null || true
-ln -sf pts/ptmx "$merged/dev/ptmx"
-ln -sf /proc/self/fd "$merged/dev/fd"
-mount -t tmpfs tmpfs "$merged/dev/shm"
-mount -t tmpfs tmpfs "$merged/run"
-# Name resolution for package installs: the host's resolv.conf, bind-mounted
-# so nothing of the host is written into the image.
-if [ -f "$merged/etc/resolv.conf" ] && [ ! -L "$merged/etc/resolv.conf" ]; then
-    mount --bind -o ro /etc/resolv.conf "$merged/etc/resolv.conf" || true
-fi
-# The package cache (pkgcache.py): this command's archives directory, never in the upper.
-if [ -n "${AMIC_PKG_DIR:-}" ] && [ -d "$merged/var/cache/apt/archives" ]; then
-    mount --bind "$AMIC_PKG_DIR" "$merged/var/cache/apt/archives"
-fi
-unset AMIC_PKG_DIR
-exec chroot "$merged" "$@"
-"""
-
-
 def chroot_argv(lowers: Sequence[Path], upper: Path, scratch: Path, argv: Sequence[str]) -> list[str]:
     """The host command that runs ``argv`` as root inside overlay(lowers + upper).
 
     ``lowers`` go from top-most to bottom-most (overlayfs order). ``scratch``
     is an empty directory on the same filesystem as ``upper`` (mount point and
-    overlay workdir are made inside it).
+    overlay workdir are made inside it). The namespace script is ``scripts/enter.sh``.
     """
     merged = scratch / "merged"
     work = scratch / "work"
@@ -150,7 +118,8 @@ def chroot_argv(lowers: Sequence[Path], upper: Path, scratch: Path, argv: Sequen
         os.chown(upper, top.st_uid, top.st_gid)
     lowerdir = ":".join(str(p) for p in lowers)
     return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-            "sh", "-c", _ENTER, "amic-enter", str(merged), str(upper), str(work), lowerdir, *argv]
+            "sh", "-c", script(__package__, "enter.sh"), "amic-enter",
+            str(merged), str(upper), str(work), lowerdir, *argv]
 
 
 CLEAN_ENV = {

@@ -34,6 +34,7 @@ import paramiko
 
 from amic.errors import BuildError
 from amic.targets.base import OutputCallback
+from amic.targets.scripts import script
 from amic.targets.ssh.endpoint import Endpoint, Jump, ssh_command
 from amic.targets.ssh.errors import SshError, SudoError
 from amic.targets.ssh.hostkeys import HostKeyPolicy, KnownHosts
@@ -46,22 +47,6 @@ SESSION_VAR = "AMIC_SESSION"
 interrupted build can find and stop it: closing an SSH channel sends no signal to a
 command without a terminal, and an orphaned INIT would keep the host's runner lock."""
 
-# Stop every process that carries the token ($T): TERM, then KILL what is left. By process,
-# not by group: inside a PID namespace (containers, the tests' hosts) the group leader may be
-# outside it, and every child of the command inherits the environment anyway.
-_STOP = r"""
-pids() {
-    for p in /proc/[0-9]*; do
-        [ "${p#/proc/}" != "$$" ] || continue
-        if tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -qxF "AMIC_SESSION=$T"; then
-            echo "${p#/proc/}"
-        fi
-    done
-}
-for p in $(pids); do kill -s TERM "$p" 2>/dev/null; done
-for _ in 1 2 3 4 5 6 7 8 9 10; do [ -n "$(pids)" ] || exit 0; sleep 0.2; done
-for p in $(pids); do kill -s KILL "$p" 2>/dev/null; done
-"""
 
 
 class SshConnection:
@@ -108,7 +93,8 @@ class SshConnection:
         if not self.active:
             return
         with contextlib.suppress(Exception):
-            self._exec(self.remote_command(_STOP), env_script({"T": token}), None, 15)
+            self._exec(self.remote_command(script(__package__, "stop-session.sh")),
+                       env_script({"AMIC_STOP_TOKEN": token}), None, 15)
 
     def put(self, local: Path | str, remote: str, *, mode: int = 0o600) -> None:
         """Upload ``local`` to ``remote`` atomically (temporary name, then rename), with ``mode``.
@@ -144,12 +130,12 @@ class SshConnection:
         except OSError as exc:
             self._exec(f"rm -rf {tmpdir}", "", None, 60, sudo=False)
             raise SshError(f"uploading {local} to {self.endpoint}:{tmpdir}: {exc}") from None
-        q = shlex.quote
-        part = f"{remote}.amic-{token}"
-        script = (f"cp {q(tmp)} {q(part)} && chown 0:0 {q(part)} && chmod {mode:o} {q(part)} && "
-                  f"mv -f {q(part)} {q(remote)}; rc=$?; rm -rf {q(tmpdir)} {q(part)}; exit $rc")
         lines: list[str] = []
-        rc = self.run(script, on_output=lines.append, timeout=600)
+        rc = self.run(script(__package__, "install-upload.sh"),
+                      env={"AMIC_UPLOAD_FILE": tmp, "AMIC_UPLOAD_DIR": tmpdir,
+                           "AMIC_UPLOAD_PART": f"{remote}.amic-{token}",
+                           "AMIC_UPLOAD_DEST": remote, "AMIC_UPLOAD_MODE": f"{mode:o}"},
+                      on_output=lines.append, timeout=600)
         if rc != 0:
             raise SshError(f"moving the upload into place at {self.endpoint}:{remote} failed "
                            f"(exit {rc}): {' / '.join(lines[-3:])}")
