@@ -11,6 +11,8 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from amic.cli.common import count_argument, seconds_argument
+
     p = sub.add_parser(
         "run", help="boot a local image with systemd-nspawn (boot hook runs for real)",
         description="Boot an image of the local target with systemd-nspawn on a throwaway "
@@ -23,7 +25,7 @@ def register(sub) -> None:
                    help="request an extra service (written to /etc/amic/services.d/amic-run)")
     p.add_argument("--interactive", "-i", action="store_true",
                    help="stay in the booted machine's console (leave with Ctrl-] three times)")
-    p.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds_argument, default=600, metavar="SECONDS",
                    help="stop the machine after this long (default: 600)")
     p.add_argument("--vm", action="store_true",
                    help="boot the image's disk (export --format qcow2) under QEMU instead: KVM "
@@ -47,11 +49,12 @@ def register(sub) -> None:
         "prune", help="remove old images, unused layer checkpoints and leftovers of crashed builds",
         description="Keep the newest --keep final images per project (tag amic:name) and the "
         "layers and base they are built on; remove everything else (and machine directories "
-        "of builds that crashed). With --name, only that project's images go (--all: all of "
-        "them that no other project's kept image is built on). Refuses while a build is "
-        "running.")
+        "of builds that crashed, and scratch directories under tmp/ whose run, shell or export "
+        "is gone, say after a kill -9). With --name, only that project's images go (--all: all "
+        "of them that no other project's kept image is built on). Says how many bytes it "
+        "freed. Refuses while a build is running.")
     p.add_argument("--name", metavar="NAME", help="prune only this project's images")
-    p.add_argument("--keep", type=int, default=1, metavar="N",
+    p.add_argument("--keep", type=count_argument, default=1, metavar="N",
                    help="final images kept per project (default: 1)")
     p.add_argument("--all", action="store_true", help="remove every image (bases' roots stay)")
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
@@ -61,7 +64,8 @@ def register(sub) -> None:
     p.add_argument("image", help="image id (prefix), cache key, or 'latest'")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="file to write (a tar is mode 0600: it holds the whole root filesystem); "
-                   "a device or FIFO is written in place")
+                   "a device or FIFO is written in place (a FIFO's reader is waited for 10s); a "
+                   "symbolic link is followed only when root or you own it")
     p.add_argument("--format", "-f", choices=("tar", "raw", "qcow2", "oci"), default="tar",
                    help="tar: the root filesystem (default); raw/qcow2: a bootable disk (BIOS and "
                    "UEFI, see docs/devvm.md); oci: an image archive for podman/docker load")
@@ -125,12 +129,11 @@ def cmd_prune(args) -> int:
     from amic.contract import normal_name
 
     target = _local()
-    if args.name:   # the store's own prune: the target's prune() has no name yet
-        removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
-                                     name=normal_name(args.name))
-    else:
-        removed = target.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run)
-    from amic.targets.local.store import IN_USE
+    freed: list[int] = []   # the store's own prune: the target's has neither name nor freed
+    removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
+                                 name=normal_name(args.name) if args.name else None,
+                                 freed=freed)
+    from amic.targets.local.store import IN_USE, human
 
     verb = "would remove" if args.dry_run else "removed"
     busy = [item.removeprefix(IN_USE) for item in removed if item.startswith(IN_USE)]
@@ -139,8 +142,9 @@ def cmd_prune(args) -> int:
         print(f"{verb} {item}")
     for item in busy:
         print(f"kept {item}: in use by a running shell, run or export", file=sys.stderr)
-    print(f"amic: {verb} {len(removed)} item(s)"
-          + (f"; kept {len(busy)} in use" if busy else ""), file=sys.stderr)
+    print(f"amic: {verb} {len(removed)} item(s), {'would free' if args.dry_run else 'freed'} "
+          f"{human(sum(freed))}" + (f"; kept {len(busy)} in use" if busy else ""),
+          file=sys.stderr)
     return 0
 
 
