@@ -132,7 +132,8 @@ class _Staging:
     """A private directory (0700, random name) in the directory ``parent_fd``, held by a
     descriptor; the output is made in it as ``part`` (see the module docstring)."""
 
-    def __init__(self, parent_fd: int, base: str) -> None:
+    def __init__(self, parent_fd: int, base: str, *, parent: str = "",
+                 record_in: str | os.PathLike | None = None) -> None:
         self.parent_fd = parent_fd
         while True:
             self.name = f".{base[:80]}{STAGING_MARK}{secrets.token_hex(8)}"
@@ -146,6 +147,8 @@ class _Staging:
         if st.st_uid != os.geteuid() or st.st_mode & 0o077:   # swapped since the mkdir
             os.close(self.fd)
             raise OSError(errno.EPERM, "the staging directory was replaced")
+        if record_in is not None:
+            _record(record_in, os.path.join(parent, self.name), st)
 
     @property
     def path(self) -> str:
@@ -188,8 +191,55 @@ def _directory(path: str) -> Iterator[int]:
         os.close(fd)
 
 
+RECORD_PREFIX = "staging-"
+
+
+def _record(record_in: str | os.PathLike, staging: str, st: os.stat_result) -> None:
+    """Note where a staging directory is, in ``record_in`` (a scratch directory of amic's
+    own that outlives a ``kill -9``), for :func:`remove_recorded_staging`."""
+    import json
+
+    note = os.path.join(os.fspath(record_in), f"{RECORD_PREFIX}{secrets.token_hex(8)}.json")
+    with open(note, "x") as fh:
+        json.dump({"path": staging, "dev": st.st_dev, "ino": st.st_ino}, fh)
+
+
+def remove_recorded_staging(record_in: str | os.PathLike, *, dry_run: bool = False) -> int:
+    """Remove the staging directories noted in ``record_in`` whose writer died (the caller
+    knows it is dead: it holds the scratch's lock); return the bytes they held. Only the
+    very directory noted goes (same device and inode, reached without following a link)."""
+    import json
+
+    freed = 0
+    for note in sorted(os.listdir(record_in)):
+        if not note.startswith(RECORD_PREFIX):
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            with open(os.path.join(os.fspath(record_in), note)) as fh:
+                facts = json.load(fh)
+            parent, name = os.path.split(facts["path"])
+            if STAGING_MARK not in name:
+                continue
+            with _directory(parent) as parent_fd:
+                fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
+                try:
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != (facts["dev"], facts["ino"]):
+                        continue
+                    for entry in os.listdir(fd):
+                        freed += os.stat(entry, dir_fd=fd, follow_symlinks=False).st_blocks * 512
+                        if not dry_run:
+                            os.unlink(entry, dir_fd=fd)
+                finally:
+                    os.close(fd)
+                if not dry_run:
+                    os.rmdir(name, dir_fd=parent_fd)
+    return freed
+
+
 @contextlib.contextmanager
-def _output(path: str, mode: int) -> Iterator[BinaryIO]:
+def _output(path: str, mode: int, record_in: str | os.PathLike | None = None
+            ) -> Iterator[BinaryIO]:
     """A file object for the output ``path`` (module docstring); placed when the block ends
     without an exception, else an existing file is untouched and the staging removed."""
     parent, base = _split(path)
@@ -204,7 +254,7 @@ def _output(path: str, mode: int) -> Iterator[BinaryIO]:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
             return
-        staging = _Staging(dir_fd, base)
+        staging = _Staging(dir_fd, base, parent=parent, record_in=record_in)
         try:
             with os.fdopen(staging.create(), "wb") as fh:
                 yield fh
@@ -264,13 +314,16 @@ def write_output(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
 
 
 @contextlib.contextmanager
-def open_output(path: str | os.PathLike, mode: int = 0o644) -> Iterator[BinaryIO]:
+def open_output(path: str | os.PathLike, mode: int = 0o644, *,
+                record_in: str | os.PathLike | None = None) -> Iterator[BinaryIO]:
     """A binary file to stream output into; on success it replaces ``path`` atomically (or,
     for a device or FIFO, was written in place); on failure an existing file is untouched.
-    A failure to write (``ENOSPC``) is an error naming ``path``."""
+    A failure to write (``ENOSPC``) is an error naming ``path``. ``record_in``: a directory
+    where the staging directory's place is noted, for :func:`remove_recorded_staging`
+    after a ``kill -9``."""
     name = check_output(path)
     try:
-        cm = _output(name, mode)
+        cm = _output(name, mode, record_in)
         fh = cm.__enter__()
     except OSError as exc:
         raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
@@ -290,7 +343,8 @@ def staged_output(path: str | os.PathLike, *, scratch: str | os.PathLike,
     """A path for another program to make the output ``path`` at; when the block ends
     without an exception the file is put at ``path``: renamed over it, or copied into it when
     it is a device or FIFO (never replaced; then the file is made in ``scratch``, a directory
-    of amic's own). Nothing is left behind either way."""
+    of amic's own). Nothing is left behind either way; after a ``kill -9``, the staging
+    directory's place is noted in ``scratch`` (:func:`remove_recorded_staging`)."""
     name = check_output(path)
     parent, base = _split(name)
     with _directory(parent) as dir_fd:
@@ -298,7 +352,9 @@ def staged_output(path: str | os.PathLike, *, scratch: str | os.PathLike,
     special = kind in IN_PLACE
     try:
         with _directory(os.fspath(scratch) if special else parent) as home_fd:
-            staging = _Staging(home_fd, "output" if special else base)
+            staging = _Staging(home_fd, "output" if special else base,
+                               parent=os.fspath(scratch) if special else parent,
+                               record_in=None if special else scratch)
             try:
                 yield staging.path
                 staging.finish(mode)

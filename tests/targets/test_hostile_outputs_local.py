@@ -215,3 +215,36 @@ def test_build_manifest_into_a_fifo_without_reader_is_an_error(store, built, pro
     proc = amic(store, project, "build", "-q", "--manifest", str(fifo))
     clean(proc, 0)
     assert f'"image_id": "{built}"' in reader.communicate(timeout=60)[0].decode()
+
+
+def test_prune_removes_the_staging_beside_the_output_of_a_killed_export(store, built,
+                                                                        tmp_path):
+    """``export --format tar`` streams into its staging directory beside ``-o``; killed, that
+    directory is noted in its scratch, and prune removes both (nothing else beside it)."""
+    out = tmp_path / "outdir"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine\n")
+    export = subprocess.Popen([EXE, "export", built, "-o", str(out / "dev.tar")], cwd=tmp_path,
+                              env=env_for(store), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        def growing_part():
+            for d in out.glob(f".dev.tar{STAGING_MARK}*"):
+                part = d / "part"
+                if part.exists() and part.stat().st_size > 1 << 20:
+                    return d
+            return None
+        staging = wait_for(growing_part, step=0.02)
+        os.kill(export.pid, signal.SIGKILL)
+    finally:
+        export.kill()
+        export.communicate(timeout=60)
+    assert staging.is_dir()
+    # a planted look-alike (not the noted directory) stays
+    decoy = out / f".other{STAGING_MARK}0123456789abcdef"
+    decoy.mkdir()
+    proc = amic(store, tmp_path, "prune")
+    clean(proc, 0, "freed")
+    assert not staging.exists(), proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(["keep.txt", decoy.name])
+    assert scratch_dirs(store) == []

@@ -52,7 +52,7 @@ def export(store: ImageStore, image: Image, out: Path) -> None:
         argv = rootfs.chroot_argv(lowers, scratch / "upper", scratch / "s",
                                   ["tar", "--one-file-system", "--numeric-owner", "--xattrs",
                                    "-cpf", "-", "-C", "/", "."])
-        with open_output(out, mode=0o600) as fh:  # atomic, or in place for a device/FIFO
+        with open_output(out, mode=0o600, record_in=scratch) as fh:  # atomic, or in place
             proc = subprocess.run(argv, stdout=fh, stderr=subprocess.PIPE, text=False,
                                   env=rootfs.CLEAN_ENV, preexec_fn=rootfs.die_with_parent)
             if proc.returncode not in (0, 1):  # 1: a file changed while read (cannot here)

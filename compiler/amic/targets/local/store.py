@@ -40,7 +40,7 @@ from pathlib import Path
 
 from amic.contract import KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME, TAG_SOURCE
 from amic.errors import BuildError, UsageError
-from amic.fsutil import LockBusy, file_lock, write_atomic
+from amic.fsutil import LockBusy, file_lock, remove_recorded_staging, write_atomic
 from amic.targets.base import Image
 
 IN_USE = "in use: "
@@ -236,8 +236,9 @@ class ImageStore:
             os.close(fd)
 
     def sweep_tmp(self, removed: list[str], freed: list[int], *, dry_run: bool) -> None:
-        """Remove the scratch directories no live owner holds (``store.lock`` held), and those
-        older versions left in the store's root (``.export-*``, ``.oci-*``, ...)."""
+        """Remove the scratch directories no live owner holds (``store.lock`` held), the
+        staging directories beside outputs their owners noted in them, and the scratch
+        directories older versions left in the store's root (``.export-*``, ``.oci-*``)."""
         entries = sorted(self.tmp_dir.iterdir()) if self.tmp_dir.is_dir() else []
         entries += sorted(p for p in self.root.glob(".*-*") if p.name.startswith(LEGACY_TMP))
         for entry in entries:
@@ -251,8 +252,8 @@ class ImageStore:
                 removed.append(f"{IN_USE}temporary {entry.relative_to(self.root)}")
                 os.close(fd)
                 continue
-            try:
-                size = tree_size(entry)
+            try:        # and the staging directory of an output it was writing, if any
+                size = tree_size(entry) + remove_recorded_staging(entry, dry_run=dry_run)
                 removed.append(f"temporary {entry.relative_to(self.root)} ({human(size)})")
                 freed.append(size)
                 if not dry_run:
