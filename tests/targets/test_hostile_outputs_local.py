@@ -248,3 +248,18 @@ def test_prune_removes_the_staging_beside_the_output_of_a_killed_export(store, b
     assert not staging.exists(), proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(["keep.txt", decoy.name])
     assert scratch_dirs(store) == []
+
+
+def test_an_oci_export_streams_into_a_fifo(store, built, tmp_path):
+    """The archive is written as a stream (a FIFO cannot seek: ``Illegal seek`` before)."""
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    got = tmp_path / "got.tar"
+    reader = subprocess.Popen(f"cat {fifo} > {got}", shell=True)
+    proc = amic(store, tmp_path, "export", built, "--format", "oci", "-o", str(fifo))
+    assert reader.wait(timeout=120) == 0
+    clean(proc, 0)
+    assert fifo.is_fifo()
+    with tarfile.open(got) as tf:
+        assert "oci-layout" in tf.getnames()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["got.tar", "out.pipe"]

@@ -94,10 +94,10 @@ def write_oci(store, image: Image, out: Path) -> dict:
                             "io.containerd.image.name": ref}}]}).encode()
         docker = json.dumps([{"Config": f"blobs/sha256/{config_digest}", "RepoTags": [ref],
                               "Layers": [f"blobs/sha256/{layer_digest}"]}]).encode()
-        # atomic (or in place for a device/FIFO); a failed or interrupted export leaves
-        # nothing beside ``out``, a full disk is an error naming ``out``
+        # atomic (or in place for a device/FIFO: "w|" never seeks); a failed or interrupted
+        # export leaves nothing beside ``out``, a full disk is an error naming ``out``
         with open_output(out, mode=0o600, record_in=tmp) as fh, \
-                tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                tarfile.open(fileobj=fh, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             add_bytes(tf, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
             add_bytes(tf, "index.json", index)
             add_bytes(tf, "manifest.json", docker)
