@@ -267,6 +267,37 @@ def test_prune_during_a_disk_export_keeps_the_vm_layer_and_the_scratch(project: 
     amic("build", "--target", "local", "-q", cwd=project)   # what prune --all took, back
 
 
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_a_disk_export_never_writes_through_links_planted_beside_it(project: Path, qcow2: Path,
+                                                                     tmp_path: Path,
+                                                                     fmt: str) -> None:
+    """Links owned by another user at every predictable name beside ``-o`` in a sticky shared
+    directory (``.NAME.part`` was the staging name): the victims are untouched, the disk is
+    complete. ``mke2fs`` and ``qemu-img`` write only inside amic's private directory."""
+    from amic.fsutil import STAGING_MARK
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    out = f"dev.{fmt}"
+    names = [f".{out}.part", f"{out}.part", f".{out}.tmp", f".{out}{STAGING_MARK}part",
+             "output.part", "disk.raw", "part"]
+    victims = {}
+    for i, name in enumerate(names):
+        victim = tmp_path / f"victim{i}"
+        victim.write_text("precious\n")
+        os.symlink(victim, shared / name)
+        os.lchown(shared / name, 65534, 65534)
+        victims[name] = victim
+    amic("export", "latest", "--format", fmt, "-o", str(shared / out), cwd=project)
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious\n", f"written through {name}"
+    assert sorted(p.name for p in shared.iterdir()) == sorted([*names, out])
+    info = subprocess.run(["qemu-img", "info", str(shared / out)], text=True,
+                          capture_output=True).stdout
+    assert f"file format: {fmt}" in info, info
+
+
 def test_raw_export_is_sparse(project: Path) -> None:
     out = project / "devvm.raw"
     amic("export", "latest", "--format", "raw", "-o", str(out), cwd=project)
