@@ -4,15 +4,15 @@ Output to a path a user gave (``-o``, ``--manifest``): :func:`check_output` befo
 then :func:`write_output` / :func:`open_output` (amic writes the bytes) or
 :func:`staged_output` (another program, ``mke2fs`` or ``qemu-img``, makes the file):
 
-- **a new or regular file** is replaced atomically. The bytes go to ``part`` in a private
-  directory (mode 0700, random name ``.NAME.amic-XXXXXXXXXXXXXXXX``, made with ``mkdir``, so
-  it fails rather than reuse anything already there) in the output's directory. The output's
-  directory and the private one are held open; ``part`` is created
-  ``O_CREAT|O_EXCL|O_NOFOLLOW`` relative to the latter and renamed into place with
-  ``renameat`` between the two descriptors. No name amic opens there is predictable, so a
-  link planted beside the output is never written through (issue 18). Another program gets
-  the path ``/proc/PID/fd/N/part``, which reaches the private directory by its descriptor
-  whatever happens to its name.
+- **a new or regular file** is replaced atomically. The output's directory is held open;
+  amic's bytes go to a staging file with a random name, ``.NAME.amic-XXXXXXXXXXXXXXXX``,
+  created ``O_CREAT|O_EXCL|O_NOFOLLOW`` relative to that descriptor (so it fails rather than
+  open anything already there), and renamed into place with ``renameat`` on the same
+  descriptor. Another program (``mke2fs``, ``qemu-img``) writes ``part`` in a private
+  directory of that name instead (mode 0700, made with ``mkdir``), reached as
+  ``/proc/PID/fd/N/part``: through amic's descriptor of it, whatever happens to its name.
+  No name amic opens beside the output is predictable, so a link planted there is never
+  written through (issue 18).
 - **an existing special file** (``/dev/null``, a disk, a FIFO, a terminal) is opened
   ``O_NONBLOCK|O_NOFOLLOW``, its type checked on the open descriptor, and written in place,
   never replaced. A FIFO with no reader yet is waited for at most :data:`FIFO_WAIT` seconds,
@@ -155,10 +155,6 @@ class _Staging:
         """``part`` as another program reaches it: through this process's descriptor."""
         return f"/proc/{os.getpid()}/fd/{self.fd}/part"
 
-    def create(self) -> int:
-        return os.open("part", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                       | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
-
     def finish(self, mode: int) -> None:
         """``part`` (made by another program) given ``mode`` and flushed to disk."""
         fd = os.open("part", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
@@ -194,8 +190,19 @@ def _directory(path: str) -> Iterator[int]:
 RECORD_PREFIX = "staging-"
 
 
+def _staging_file(dir_fd: int, base: str) -> tuple[int, str]:
+    """A new file ``.BASE.amic-<random>`` in ``dir_fd``, opened for writing; its name."""
+    while True:
+        name = f".{base[:80]}{STAGING_MARK}{secrets.token_hex(8)}"
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o600, dir_fd=dir_fd), name
+        except FileExistsError:
+            continue
+
+
 def _record(record_in: str | os.PathLike, staging: str, st: os.stat_result) -> None:
-    """Note where a staging directory is, in ``record_in`` (a scratch directory of amic's
+    """Note where a staging file or directory is, in ``record_in`` (a scratch directory of amic's
     own that outlives a ``kill -9``), for :func:`remove_recorded_staging`."""
     import json
 
@@ -205,9 +212,9 @@ def _record(record_in: str | os.PathLike, staging: str, st: os.stat_result) -> N
 
 
 def remove_recorded_staging(record_in: str | os.PathLike, *, dry_run: bool = False) -> int:
-    """Remove the staging directories noted in ``record_in`` whose writer died (the caller
-    knows it is dead: it holds the scratch's lock); return the bytes they held. Only the
-    very directory noted goes (same device and inode, reached without following a link)."""
+    """Remove the staging files and directories noted in ``record_in`` whose writer died (the
+    caller knows it is dead: it holds the scratch's lock); return the bytes they held. Only
+    the very file or directory noted goes (same device and inode, not through a link)."""
     import json
 
     freed = 0
@@ -218,22 +225,34 @@ def remove_recorded_staging(record_in: str | os.PathLike, *, dry_run: bool = Fal
             with open(os.path.join(os.fspath(record_in), note)) as fh:
                 facts = json.load(fh)
             parent, name = os.path.split(facts["path"])
-            if STAGING_MARK not in name:
-                continue
-            with _directory(parent) as parent_fd:
-                fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
-                try:
-                    st = os.fstat(fd)
-                    if (st.st_dev, st.st_ino) != (facts["dev"], facts["ino"]):
-                        continue
-                    for entry in os.listdir(fd):
-                        freed += os.stat(entry, dir_fd=fd, follow_symlinks=False).st_blocks * 512
-                        if not dry_run:
-                            os.unlink(entry, dir_fd=fd)
-                finally:
-                    os.close(fd)
-                if not dry_run:
-                    os.rmdir(name, dir_fd=parent_fd)
+            if STAGING_MARK in name:
+                with _directory(parent) as parent_fd:
+                    freed += _remove_noted(parent_fd, name, (facts["dev"], facts["ino"]),
+                                           dry_run=dry_run)
+    return freed
+
+
+def _remove_noted(parent_fd: int, name: str, identity: tuple[int, int], *,
+                  dry_run: bool) -> int:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 dir_fd=parent_fd)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != identity:
+            return 0
+        if not stat.S_ISDIR(st.st_mode):
+            if not dry_run:
+                os.unlink(name, dir_fd=parent_fd)
+            return st.st_blocks * 512
+        freed = 0
+        for entry in os.listdir(fd):
+            freed += os.stat(entry, dir_fd=fd, follow_symlinks=False).st_blocks * 512
+            if not dry_run:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not dry_run:
+        os.rmdir(name, dir_fd=parent_fd)
     return freed
 
 
@@ -254,16 +273,20 @@ def _output(path: str, mode: int, record_in: str | os.PathLike | None = None
             with os.fdopen(fd, "wb") as fh:
                 yield fh
             return
-        staging = _Staging(dir_fd, base, parent=parent, record_in=record_in)
+        fd, name = _staging_file(dir_fd, base)
         try:
-            with os.fdopen(staging.create(), "wb") as fh:
+            if record_in is not None:
+                _record(record_in, os.path.join(parent, name), os.fstat(fd))
+            with os.fdopen(fd, "wb") as fh:
                 yield fh
                 fh.flush()
                 os.fchmod(fh.fileno(), mode)
                 os.fsync(fh.fileno())
-            staging.rename_to(dir_fd, base)
-        finally:
-            staging.remove()
+            os.rename(name, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
 
 
 def _ours(exc: OSError, path: str) -> bool:

@@ -219,8 +219,8 @@ def test_build_manifest_into_a_fifo_without_reader_is_an_error(store, built, pro
 
 def test_prune_removes_the_staging_beside_the_output_of_a_killed_export(store, built,
                                                                         tmp_path):
-    """``export --format tar`` streams into its staging directory beside ``-o``; killed, that
-    directory is noted in its scratch, and prune removes both (nothing else beside it)."""
+    """``export --format tar`` streams into its staging file beside ``-o``; killed, that file
+    is noted in its scratch, and prune removes both (nothing else beside it)."""
     out = tmp_path / "outdir"
     out.mkdir()
     (out / "keep.txt").write_text("mine\n")
@@ -229,18 +229,17 @@ def test_prune_removes_the_staging_beside_the_output_of_a_killed_export(store, b
                               stderr=subprocess.PIPE, text=True)
     try:
         def growing_part():
-            for d in out.glob(f".dev.tar{STAGING_MARK}*"):
-                part = d / "part"
-                if part.exists() and part.stat().st_size > 1 << 20:
-                    return d
+            for part in out.glob(f".dev.tar{STAGING_MARK}*"):
+                if part.stat().st_size > 1 << 20:
+                    return part
             return None
         staging = wait_for(growing_part, step=0.02)
         os.kill(export.pid, signal.SIGKILL)
     finally:
         export.kill()
         export.communicate(timeout=60)
-    assert staging.is_dir()
-    # a planted look-alike (not the noted directory) stays
+    assert staging.is_file()
+    # a planted look-alike (not the noted file) stays
     decoy = out / f".other{STAGING_MARK}0123456789abcdef"
     decoy.mkdir()
     proc = amic(store, tmp_path, "prune")
