@@ -48,17 +48,6 @@ def seconds_argument(value: str) -> float:
     return seconds
 
 
-def count_argument(value: str) -> int:
-    """argparse ``type``: a whole number, 0 or more."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: give 0 or more")
-    return n
-
-
 def path_argument(value: str) -> str:
     """argparse ``type``: a non-empty path (``--manifest ""`` would silently write nothing)."""
     if not value:

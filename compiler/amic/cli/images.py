@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from amic.cli.common import count_argument, seconds_argument
+    from amic.cli.common import seconds_argument
 
     p = sub.add_parser(
         "run", help="boot a local image with systemd-nspawn (boot hook runs for real)",
@@ -49,15 +49,17 @@ def register(sub) -> None:
         "prune", help="remove old images, unused layer checkpoints and leftovers of crashed builds",
         description="Keep the newest --keep final images per project (tag amic:name) and the "
         "layers and base they are built on; remove everything else (and machine directories "
-        "of builds that crashed, and scratch directories under tmp/ whose run, shell or export "
-        "is gone, say after a kill -9). With --name, only that project's images go (--all: all "
-        "of them that no other project's kept image is built on). Says how many bytes it "
-        "freed. Refuses while a build is running.")
+        "of builds that crashed). With --name, only that project's images go (--all: all of "
+        "them that no other project's kept image is built on). Refuses while a build is "
+        "running.")
     p.add_argument("--name", metavar="NAME", help="prune only this project's images")
-    p.add_argument("--keep", type=count_argument, default=1, metavar="N",
+    p.add_argument("--keep", type=int, default=1, metavar="N",
                    help="final images kept per project (default: 1)")
     p.add_argument("--all", action="store_true", help="remove every image (bases' roots stay)")
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
+    p.epilog = ("Also removed: scratch directories under tmp/ whose run, shell or export is gone "
+                "(after a kill -9, say), with the partial output such an export left beside -o. "
+                "Says how many bytes it freed.")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("export", help="write a local image as a tarball, a bootable raw/qcow2 disk or an OCI image")
@@ -129,11 +131,12 @@ def cmd_prune(args) -> int:
     from amic.contract import normal_name
 
     target = _local()
-    freed: list[int] = []   # the store's own prune: the target's has neither name nor freed
-    removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
-                                 name=normal_name(args.name) if args.name else None,
-                                 freed=freed)
-    from amic.targets.local.store import IN_USE, human
+    if args.name:   # the store's own prune: the target's prune() has no name yet
+        removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
+                                     name=normal_name(args.name))
+    else:
+        removed = target.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run)
+    from amic.targets.local.store import IN_USE
 
     verb = "would remove" if args.dry_run else "removed"
     busy = [item.removeprefix(IN_USE) for item in removed if item.startswith(IN_USE)]
@@ -142,8 +145,10 @@ def cmd_prune(args) -> int:
         print(f"{verb} {item}")
     for item in busy:
         print(f"kept {item}: in use by a running shell, run or export", file=sys.stderr)
+    from amic.targets.local.store import human
+
     print(f"amic: {verb} {len(removed)} item(s), {'would free' if args.dry_run else 'freed'} "
-          f"{human(sum(freed))}" + (f"; kept {len(busy)} in use" if busy else ""),
+          f"{human(target.store.freed)}" + (f"; kept {len(busy)} in use" if busy else ""),
           file=sys.stderr)
     return 0
 

@@ -62,11 +62,36 @@ def image_from_meta(meta: dict) -> Image:
                  created=meta.get("created"))
 
 
+LEGACY_TMP = (".export-", ".oci-", ".disk-", ".run-", ".shell-")
+"""Scratch directories amic made in the store's root before ``tmp/`` (swept by prune)."""
+
+
+def tree_size(path: Path) -> int:
+    """Bytes allocated to everything under the directory ``path`` (links not followed)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def human(n: float) -> str:
+    """``n`` bytes as ``12.3 MB`` (powers of 1000, as ``amic images`` prints sizes)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 class ImageStore:
     """The images of one store directory (see the module docstring for the layout)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.freed = 0
+        """Bytes the last :meth:`prune` freed (would free, with ``dry_run``)."""
 
     @property
     def images_dir(self) -> Path:
@@ -326,18 +351,19 @@ class ImageStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False,
-              name: str | None = None, freed: list[int] | None = None) -> list[str]:
+              name: str | None = None) -> list[str]:
         """Remove leftovers of dead builds and images no kept image needs; return what went.
 
         Kept: the ``keep`` newest final images per project (``amic:name``; older images
         without it: per ``amic:source``) and every image below them (their layer
         checkpoints and base). ``everything`` removes all images (bases' debootstrap roots
         stay in ``cache_dir()/bases``). With ``name`` only that project's images go
-        (``everything``: all of them that no other project's kept image sits on). The bytes
-        each removal frees are appended to ``freed``.
+        (``everything``: all of them that no other project's kept image sits on).
         """
+        if keep < 0:
+            raise UsageError(f"--keep {keep}: keep 0 or more final images per project")
+        freed: list[int] = []   # bytes each removal frees; their sum ends in ``self.freed``
         removed: list[str] = []
-        freed = [] if freed is None else freed
         with self.exclusive_builds():
             if self.machines_dir.is_dir():
                 for m in self.machines_dir.iterdir():
@@ -370,6 +396,7 @@ class ImageStore:
                         with contextlib.suppress(OSError):
                             if self.meta(keyfile.read_text().strip()) is None:
                                 keyfile.unlink()
+        self.freed = sum(freed)
         return removed
 
     def sweep(self, removed: list[str], *, dry_run: bool) -> dict[str, dict]:
@@ -396,29 +423,6 @@ class ImageStore:
         except LockBusy:
             raise BuildError("a build is running on the local target; prune after it ends") \
                 from None
-
-
-LEGACY_TMP = (".export-", ".oci-", ".disk-", ".run-", ".shell-")
-"""Scratch directories amic made in the store's root before ``tmp/`` (swept by prune)."""
-
-
-def tree_size(path: Path) -> int:
-    """Bytes allocated to everything under the directory ``path`` (links not followed)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
-
-
-def human(n: float) -> str:
-    """``n`` bytes as ``12.3 MB`` (powers of 1000, as ``amic images`` prints sizes)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def project_of(tags: dict) -> str:
