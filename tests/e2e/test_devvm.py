@@ -209,7 +209,8 @@ def test_amic_run_vm_requests_a_service(project: Path) -> None:
     assert "ssh -i" in proc.stderr and "127.0.0.1" in proc.stderr
     rows = {ln.split()[0]: ln for ln in proc.stdout.splitlines()[2:] if ln.strip()}
     assert rows["test"].split()[1] == "yes" and " ok " in rows["test"], proc.stdout
-    assert not list((STORE / "local" / "vm" / "runs").iterdir()), "the run's overlay was left"
+    tmp = STORE / "local" / "tmp"      # a run that is not --keep works in the store's tmp/
+    assert not (tmp.is_dir() and list(tmp.iterdir())), "the run's overlay was left"
 
 
 def test_a_failed_qcow2_conversion_leaves_no_partial_file(project: Path, qcow2: Path,
@@ -248,6 +249,65 @@ def test_an_export_into_a_fifo_writes_it_in_place(project: Path, qcow2: Path, tm
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced"
     assert got and len(got[0]) > 1 << 20 and got[0][:512].find(magic) >= 0, got[0][:64]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pipe"]
+
+
+def test_prune_during_a_disk_export_keeps_the_vm_layer_and_the_scratch(project: Path,
+                                                                        qcow2: Path) -> None:
+    """The VM layer is use-locked while the disk is written: ``prune --all`` keeps it and the
+    export's scratch, and the export completes (issue 18)."""
+    out = project / "during-prune.raw"
+    exe = Path(sys.executable).with_name("amic")
+    env = {**os.environ, "AMIC_CACHE_DIR": str(STORE)}
+    export = subprocess.Popen([str(exe), "export", "latest", "--format", "raw", "-o", str(out)],
+                              cwd=project, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        tmp = STORE / "local" / "tmp"
+        while not (tmp.is_dir() and list(tmp.glob("disk-*/upper"))):
+            assert export.poll() is None and time.monotonic() < deadline, export.stderr.read()
+            time.sleep(0.05)
+        proc = amic("prune", "--all", cwd=project)
+        assert "kept layer" in proc.stderr and "kept temporary tmp/disk-" in proc.stderr, \
+            proc.stderr
+    finally:
+        _, err = export.communicate(timeout=900)
+    assert export.returncode == 0, err[-3000:]
+    table = subprocess.run(["sgdisk", "-p", str(out)], text=True, capture_output=True).stdout
+    assert "8304" in table, table
+    out.unlink()
+    amic("build", "--target", "local", "-q", cwd=project)   # what prune --all took, back
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_a_disk_export_never_writes_through_links_planted_beside_it(project: Path, qcow2: Path,
+                                                                     tmp_path: Path,
+                                                                     fmt: str) -> None:
+    """Links owned by another user at every predictable name beside ``-o`` in a sticky shared
+    directory (``.NAME.part`` was the staging name): the victims are untouched, the disk is
+    complete. ``mke2fs`` and ``qemu-img`` write only inside amic's private directory."""
+    from amic.fsutil import STAGING_MARK
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    out = f"dev.{fmt}"
+    names = [f".{out}.part", f"{out}.part", f".{out}.tmp", f".{out}{STAGING_MARK}part",
+             "output.part", "disk.raw", "part"]
+    victims = {}
+    for i, name in enumerate(names):
+        victim = tmp_path / f"victim{i}"
+        victim.write_text("precious\n")
+        os.symlink(victim, shared / name)
+        os.lchown(shared / name, 65534, 65534)
+        victims[name] = victim
+    amic("export", "latest", "--format", fmt, "-o", str(shared / out), cwd=project)
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious\n", f"written through {name}"
+    assert sorted(p.name for p in shared.iterdir()) == sorted([*names, out])
+    info = subprocess.run(["qemu-img", "info", str(shared / out)], text=True,
+                          capture_output=True).stdout
+    assert f"file format: {fmt}" in info, info
 
 
 def test_raw_export_is_sparse(project: Path) -> None:

@@ -20,7 +20,7 @@ TARGET_HELP = ("where to build: local (root filesystems on this machine), ec2, o
 
 def register(sub) -> None:
     from amic.cli.common import (add_amifile_argument, add_build_arg_option, add_context_option,
-                                 add_secret_options)
+                                 add_secret_options, path_argument)
 
     p = sub.add_parser(
         "build", help="bake an image: run each service's init, reusing cached layers",
@@ -63,7 +63,7 @@ def register(sub) -> None:
                    "it names the secrets the build would need")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout instead of the bare image id")
-    p.add_argument("--manifest", metavar="FILE",
+    p.add_argument("--manifest", metavar="FILE", type=path_argument,
                    help="also write the JSON result (image id, keys, timings) to FILE")
     try:  # the ec2 target's options (region, subnet, AMI name, ...), when it is installed
         from amic.cli.ec2 import add_ec2_build_options

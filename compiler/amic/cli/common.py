@@ -35,6 +35,26 @@ def amifile_argument(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value}: {exc.strerror}") from None
 
 
+def seconds_argument(value: str) -> float:
+    """argparse ``type``: a finite number of seconds above zero (not ``inf``, ``nan``, ``-5``)."""
+    import math
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a finite number of seconds above 0")
+    return seconds
+
+
+def path_argument(value: str) -> str:
+    """argparse ``type``: a non-empty path (``--manifest ""`` would silently write nothing)."""
+    if not value:
+        raise argparse.ArgumentTypeError("the path is empty")
+    return value
+
+
 def add_build_arg_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-arg", action="append", default=[], metavar="NAME[=VALUE]",
                         help="value for an ARG (a build parameter: part of the cache keys of the "

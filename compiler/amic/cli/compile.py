@@ -17,7 +17,9 @@ def register(sub) -> None:
     add_amifile_argument(p)
     p.add_argument("-o", "--output", default="stage2.tar", metavar="FILE",
                    help="where to write the tarball ('-' for stdout; default: stage2.tar); a "
-                   "device or FIFO is written in place, a file replaced atomically")
+                   "device or FIFO is written in place (a FIFO's reader is waited for 10s), a "
+                   "file replaced atomically; a symbolic link is followed only when root or "
+                   "you own it")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--print", action="store_true",
                       help="print every generated script with a header naming service and phase")

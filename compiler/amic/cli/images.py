@@ -13,6 +13,8 @@ from amic.cli.project import add_project_options
 
 
 def register(sub) -> None:
+    from amic.cli.common import seconds_argument
+
     p = sub.add_parser(
         "run", help="boot a local image with systemd-nspawn (boot hook runs for real)",
         description="Boot an image of the local target with systemd-nspawn on a throwaway "
@@ -25,7 +27,7 @@ def register(sub) -> None:
                    help="request an extra service (written to /etc/amic/services.d/amic-run)")
     p.add_argument("--interactive", "-i", action="store_true",
                    help="stay in the booted machine's console (leave with Ctrl-] three times)")
-    p.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds_argument, default=600, metavar="SECONDS",
                    help="stop the machine after this long (default: 600)")
     p.add_argument("--vm", action="store_true",
                    help="boot the image's disk (export --format qcow2) under QEMU instead: KVM "
@@ -61,13 +63,17 @@ def register(sub) -> None:
                    help="final images kept per project (default: 1)")
     p.add_argument("--all", action="store_true", help="remove every image (bases' roots stay)")
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
+    p.epilog = ("Also removed: scratch directories under tmp/ whose run, shell or export is gone "
+                "(after a kill -9, say), with the partial output such an export left beside -o. "
+                "Says how many bytes it freed.")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("export", help="write a local image as a tarball, a bootable raw/qcow2 disk or an OCI image")
     p.add_argument("image", help="image id (prefix), cache key, or 'latest'")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="file to write (a tar is mode 0600: it holds the whole root filesystem); "
-                   "a device or FIFO is written in place")
+                   "a device or FIFO is written in place (a FIFO's reader is waited for 10s); a "
+                   "symbolic link is followed only when root or you own it")
     p.add_argument("--format", "-f", choices=("tar", "raw", "qcow2", "oci"), default="tar",
                    help="tar: the root filesystem (default); raw/qcow2: a bootable disk (BIOS and "
                    "UEFI, see docs/devvm.md); oci: an image archive for podman/docker load")
@@ -146,8 +152,11 @@ def cmd_prune(args) -> int:
         print(f"{verb} {item}")
     for item in busy:
         print(f"kept {item}: in use by a running shell, run or export", file=sys.stderr)
-    print(f"amic: {verb} {len(removed)} item(s)"
-          + (f"; kept {len(busy)} in use" if busy else ""), file=sys.stderr)
+    from amic.targets.local.store import human
+
+    print(f"amic: {verb} {len(removed)} item(s), {'would free' if args.dry_run else 'freed'} "
+          f"{human(target.store.freed)}" + (f"; kept {len(busy)} in use" if busy else ""),
+          file=sys.stderr)
     return 0
 
 

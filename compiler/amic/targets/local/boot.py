@@ -48,13 +48,11 @@ REPORT_PATH = "var/lib/amic-run-report"
 
 def export(store: ImageStore, image: Image, out: Path) -> None:
     """Write the image's whole root filesystem to ``out`` as a tarball (mode 0600)."""
-    with store.use(image.id) as lowers, \
-            tempfile.TemporaryDirectory(prefix=".export-", dir=store.root) as tmp:
-        scratch = Path(tmp)
+    with store.use(image.id) as lowers, store.scratch("export-") as scratch:
         argv = rootfs.chroot_argv(lowers, scratch / "upper", scratch / "s",
                                   ["tar", "--one-file-system", "--numeric-owner", "--xattrs",
                                    "-cpf", "-", "-C", "/", "."])
-        with open_output(out, mode=0o600) as fh:  # atomic, or in place for a device/FIFO
+        with open_output(out, mode=0o600, record_in=scratch) as fh:  # atomic, or in place
             proc = subprocess.run(argv, stdout=fh, stderr=subprocess.PIPE, text=False,
                                   env=rootfs.CLEAN_ENV, preexec_fn=rootfs.die_with_parent)
             if proc.returncode not in (0, 1):  # 1: a file changed while read (cannot here)
@@ -70,9 +68,8 @@ def shell(store: ImageStore, what: str, command: str | None = None) -> int:
         return rootfs.run_in_root([Path(p) for p in info["lowers"]], path / "upper",
                                   command or LOGIN_SHELL, interactive=True)
     image = store.lookup(what)
-    with store.use(image.id) as lowers, \
-            tempfile.TemporaryDirectory(prefix=".shell-", dir=store.root) as tmp:
-        return rootfs.run_in_root(lowers, Path(tmp) / "upper",
+    with store.use(image.id) as lowers, store.scratch("shell-") as scratch:
+        return rootfs.run_in_root(lowers, scratch / "upper",
                                   command or LOGIN_SHELL, interactive=True)
 
 
@@ -89,10 +86,8 @@ def boot(store: ImageStore, image: Image, *, interactive: bool, timeout: float,
         raise BuildError("systemd-nspawn is not installed (apt-get install systemd-container)")
     store.ensure_dirs()
     # Not under machines/ (prune removes those as dead builds'); the use-lock keeps the
-    # image and its chain from being pruned while it boots.
-    with store.use(image.id) as lowers, \
-            tempfile.TemporaryDirectory(prefix=".run-", dir=store.root) as tmp:
-        scratch = Path(tmp)
+    # image and its chain from being pruned while it boots, the scratch's lock its upper.
+    with store.use(image.id) as lowers, store.scratch("run-") as scratch:
         upper = scratch / "upper"
         upper.mkdir()
         if prepare:

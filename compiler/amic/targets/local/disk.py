@@ -24,18 +24,19 @@ Two steps:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import struct
 import subprocess
-import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from amic.contract import KIND_LAYER, TAG_BASE, TAG_KIND, TAG_PARENT_KEY, TAG_SERVICE
 from amic.errors import BuildError, UsageError
-from amic.fsutil import place_output, staging_path
+from amic.fsutil import staged_output
 from amic.targets.base import Image
 from amic.targets.local import rootfs
 
@@ -122,8 +123,21 @@ def vm_layer_key(image: Image) -> str:
     return hashlib.sha256(f"amic-vm-layer\0{parent}\0{VM_SCRIPT}".encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def vm_layer_in_use(target, image: Image, *, log=None) -> Iterator[Image]:
+    """The image plus the VM layer (:func:`vm_layer`), held with the store's use-lock for the
+    block. Found or built under the build lock, so ``amic prune`` neither removes the machine
+    that builds it nor the new layer before the use-lock holds it."""
+    with contextlib.ExitStack() as stack:
+        with target.build_lock():
+            vm_image = vm_layer(target, image, log=log)
+            stack.enter_context(target.store.use(vm_image.id))
+        yield vm_image
+
+
 def vm_layer(target, image: Image, *, log=None) -> Image:
-    """The image plus the VM layer (built once, then found in the store by its key)."""
+    """The image plus the VM layer (built once, then found in the store by its key); call it
+    under the build lock (:func:`vm_layer_in_use`)."""
     key = vm_layer_key(image)
     found = target.find_image(key)
     if found is not None:
@@ -259,10 +273,14 @@ def check_tools(fmt: str) -> None:
 
 def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
                authorized_key: Path | None = None, compress: bool = False) -> dict:
-    """Write a bootable disk of ``vm_image`` (an image with the VM layer) to ``out``.
+    """Write a bootable disk of ``vm_image`` (an image with the VM layer, use-locked by the
+    caller) to ``out``.
 
     ``compress`` (qcow2 only): zlib-compressed clusters (``qemu-img convert -c``), which
-    every qcow2 reader takes; written clusters are stored uncompressed, as usual.
+    every qcow2 reader takes; written clusters are stored uncompressed, as usual. The disk
+    is made in a staging file (:func:`amic.fsutil.staged_output`: a private directory
+    beside ``out``, nothing opened by a predictable name), the scratch in the store's
+    ``tmp/``, so a failed, interrupted or killed export leaves nothing prune cannot find.
 
     Returns facts about it: the root's UUID, the root size in MiB, used KiB.
     """
@@ -270,35 +288,38 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
     if authorized_key is not None and not authorized_key.is_file():
         raise UsageError(f"--authorized-key {authorized_key}: no such file")
     root_uuid = str(uuid.uuid4())
-    with tempfile.TemporaryDirectory(prefix=".disk-", dir=store.root) as tmp:
-        scratch = Path(tmp)
+    with store.scratch("disk-") as scratch, \
+            staged_output(out, scratch=scratch, mode=0o644) as part:
         for d in ("upper", "work", "merged", "out"):
             (scratch / d).mkdir()
-        part = Path(staging_path(out, scratch))     # placed at ``out`` when complete
-        raw = scratch / "disk.raw" if fmt != "raw" else part
-        raw.unlink(missing_ok=True)
-        script = (_ROOT_SCRIPT.replace("ROOT_START_MIB", str(ROOT_START // MIB))
-                  .replace("TAIL_BYTES", str(TAIL)))
-        lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-disk",
-                lowers, str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
-                str(raw), root_uuid, str(authorized_key.resolve()) if authorized_key else "",
-                str(scratch / "out")]
+        raw = str(scratch / "disk.raw") if fmt != "raw" else part
         try:
-            run(argv, env=rootfs.CLEAN_ENV)
-            o = scratch / "out"
-            root_mib = int((o / "root-mib").read_text())
-            partition(raw, root_mib)
-            install_bios(raw, (o / "boot.img").read_bytes(), (o / "core.img").read_bytes())
-            install_esp(raw, o / "BOOTX64.EFI")
+            make_raw(store, vm_image, scratch, raw, root_uuid, authorized_key)
             if fmt == "qcow2":
                 run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
-                     *(["-c"] if compress else []), str(raw), str(part)])
-            place_output(part, out)
-        finally:     # a failed or interrupted export leaves no partial file beside ``out``
-            part.unlink(missing_ok=True)
-        return {"uuid": root_uuid, "root_mib": root_mib,
-                "used_kib": int((scratch / "out" / "used-kib").read_text())}
+                     *(["-c"] if compress else []), raw, part])
+        except BuildError as exc:
+            raise BuildError(f"cannot write {out}: {exc}") from None
+        o = scratch / "out"
+        return {"uuid": root_uuid, "root_mib": int((o / "root-mib").read_text()),
+                "used_kib": int((o / "used-kib").read_text())}
+
+
+def make_raw(store, vm_image: Image, scratch: Path, raw: str, root_uuid: str,
+             authorized_key: Path | None) -> None:
+    """The raw disk at ``raw``: root file system, GPT, BIOS and UEFI boot loaders."""
+    script = (_ROOT_SCRIPT.replace("ROOT_START_MIB", str(ROOT_START // MIB))
+              .replace("TAIL_BYTES", str(TAIL)))
+    lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-disk",
+            lowers, str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
+            raw, root_uuid, str(authorized_key.resolve()) if authorized_key else "",
+            str(scratch / "out")]
+    run(argv, env=rootfs.CLEAN_ENV)
+    o = scratch / "out"
+    partition(Path(raw), int((o / "root-mib").read_text()))
+    install_bios(Path(raw), (o / "boot.img").read_bytes(), (o / "core.img").read_bytes())
+    install_esp(Path(raw), o / "BOOTX64.EFI")
 
 
 def export_image(target, image: Image, out: Path, *, fmt: str = "tar",
@@ -317,8 +338,9 @@ def export_image(target, image: Image, out: Path, *, fmt: str = "tar",
         return oci.write_oci(target.store, image, out)
     if fmt not in ("raw", "qcow2"):
         raise UsageError(f"unknown export format {fmt!r}")
-    facts = write_disk(target.store, vm_layer(target, image, log=log), out, fmt=fmt,
-                       authorized_key=authorized_key, compress=compress)
+    with vm_layer_in_use(target, image, log=log) as vm_image:
+        facts = write_disk(target.store, vm_image, out, fmt=fmt,
+                           authorized_key=authorized_key, compress=compress)
     if log:
         log(f"{fmt} disk: root {facts['root_mib']} MiB (used {facts['used_kib'] // 1024} MiB), "
             f"{out.stat().st_size // MIB} MiB apparent, "

@@ -16,11 +16,10 @@ import hashlib
 import io
 import json
 import tarfile
-import tempfile
 from pathlib import Path
 
 from amic.contract import TAG_NAME
-from amic.fsutil import place_output, staging_path
+from amic.fsutil import open_output
 from amic.targets.base import Image
 from amic.targets.local import boot
 
@@ -64,8 +63,8 @@ def add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_oci(store, image: Image, out: Path) -> dict:
     """Write the archive to ``out``; return its reference and digests."""
     ref = image_ref(image)
-    with tempfile.TemporaryDirectory(prefix=".oci-", dir=store.root) as tmp:
-        layer = Path(tmp) / "layer.tar"
+    with store.scratch("oci-") as tmp:
+        layer = tmp / "layer.tar"
         boot.export(store, image, layer)
         layer_digest = sha256_file(layer)
         labels = {k: v for k, v in image.tags.items() if isinstance(v, str)}
@@ -95,16 +94,14 @@ def write_oci(store, image: Image, out: Path) -> dict:
                             "io.containerd.image.name": ref}}]}).encode()
         docker = json.dumps([{"Config": f"blobs/sha256/{config_digest}", "RepoTags": [ref],
                               "Layers": [f"blobs/sha256/{layer_digest}"]}]).encode()
-        part = Path(staging_path(out, tmp))
-        try:     # a failed or interrupted export leaves no partial file beside ``out``
-            with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tf:
-                add_bytes(tf, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-                add_bytes(tf, "index.json", index)
-                add_bytes(tf, "manifest.json", docker)
-                add_bytes(tf, f"blobs/sha256/{config_digest}", config)
-                add_bytes(tf, f"blobs/sha256/{manifest_digest}", manifest)
-                tf.add(layer, arcname=f"blobs/sha256/{layer_digest}")
-            place_output(part, out, mode=0o600)
-        finally:
-            part.unlink(missing_ok=True)
+        # atomic (or in place for a device/FIFO: "w|" never seeks); a failed or interrupted
+        # export leaves nothing beside ``out``, a full disk is an error naming ``out``
+        with open_output(out, mode=0o600, record_in=tmp) as fh, \
+                tarfile.open(fileobj=fh, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+            add_bytes(tf, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+            add_bytes(tf, "index.json", index)
+            add_bytes(tf, "manifest.json", docker)
+            add_bytes(tf, f"blobs/sha256/{config_digest}", config)
+            add_bytes(tf, f"blobs/sha256/{manifest_digest}", manifest)
+            tf.add(layer, arcname=f"blobs/sha256/{layer_digest}")
     return {"ref": ref, "manifest": f"sha256:{manifest_digest}"}

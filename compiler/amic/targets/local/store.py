@@ -7,6 +7,8 @@ Layout under ``rootfs.cache_dir()/local`` (``$AMIC_CACHE_DIR``, default
     images/<id12>/upper/      the layer: an overlayfs upper directory (diff over its parent)
     keys/<key>                the full id of the image recorded under a cache key
     machines/<build-id>/      a running build: upper/ (its writes) + machine.json
+    tmp/<what>-XXXXXXXX/      scratch of a run, shell or export, flock'ed by its owner while it
+                              lives (:meth:`ImageStore.scratch`); prune removes unlocked ones
     store.lock                exclusive while an image is committed or pruned
     builds.lock               shared by every running build, exclusive for prune
     locks/<id12>.lock         shared while shell/run/export uses the image; prune skips it
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -40,7 +43,7 @@ import attrs
 from amic.contract import (KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME,
                            TAG_PROJECT, TAG_SOURCE)
 from amic.errors import BuildError, UsageError
-from amic.fsutil import LockBusy, file_lock, write_atomic
+from amic.fsutil import LockBusy, file_lock, remove_recorded_staging, write_atomic
 from amic.targets.base import Image
 
 IN_USE = "in use: "
@@ -62,11 +65,36 @@ def image_from_meta(meta: dict) -> Image:
                  created=meta.get("created"))
 
 
+LEGACY_TMP = (".export-", ".oci-", ".disk-", ".run-", ".shell-")
+"""Scratch directories amic made in the store's root before ``tmp/`` (swept by prune)."""
+
+
+def tree_size(path: Path) -> int:
+    """Bytes allocated to everything under the directory ``path`` (links not followed)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def human(n: float) -> str:
+    """``n`` bytes as ``12.3 MB`` (powers of 1000, as ``amic images`` prints sizes)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 class ImageStore:
     """The images of one store directory (see the module docstring for the layout)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.freed = 0
+        """Bytes the last :meth:`prune` freed (would free, with ``dry_run``)."""
 
     @property
     def images_dir(self) -> Path:
@@ -79,6 +107,10 @@ class ImageStore:
     @property
     def machines_dir(self) -> Path:
         return self.root / "machines"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
 
     def ensure_dirs(self) -> None:
         for d in (self.images_dir, self.keys_dir, self.machines_dir):
@@ -207,12 +239,55 @@ class ImageStore:
         meta = self.meta(image_id) or {}
         if meta.get("root"):
             return 0
-        total = 0
-        for dirpath, dirnames, filenames in os.walk(self.image_dir(image_id) / "upper"):
-            for name in dirnames + filenames:
-                with contextlib.suppress(OSError):
-                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-        return total
+        return tree_size(self.image_dir(image_id) / "upper")
+
+    # -- scratch directories: found by prune after a kill -9, never while in use ---------
+
+    @contextlib.contextmanager
+    def scratch(self, prefix: str) -> Iterator[Path]:
+        """A temporary directory ``tmp/<prefix>XXXXXXXX`` for the block, removed after it.
+
+        Its owner holds an ``flock`` on the directory itself, taken under ``store.lock``
+        (which prune holds while it sweeps ``tmp/``), so prune never sees a live one
+        unlocked; the kernel drops the lock of an owner killed with ``kill -9``, and the
+        next prune removes what it left (:meth:`sweep_tmp`).
+        """
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with self.lock("store.lock"):
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir))
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+
+    def sweep_tmp(self, removed: list[str], freed: list[int], *, dry_run: bool) -> None:
+        """Remove the scratch directories no live owner holds (``store.lock`` held), the
+        staging directories beside outputs their owners noted in them, and the scratch
+        directories older versions left in the store's root (``.export-*``, ``.oci-*``)."""
+        entries = sorted(self.tmp_dir.iterdir()) if self.tmp_dir.is_dir() else []
+        entries += sorted(p for p in self.root.glob(".*-*") if p.name.startswith(LEGACY_TMP))
+        for entry in entries:
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:       # not a directory (nothing amic makes there): left alone
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                removed.append(f"{IN_USE}temporary {entry.relative_to(self.root)}")
+                os.close(fd)
+                continue
+            try:        # and the staging directory of an output it was writing, if any
+                size = tree_size(entry) + remove_recorded_staging(entry, dry_run=dry_run)
+                removed.append(f"temporary {entry.relative_to(self.root)} ({human(size)})")
+                freed.append(size)
+                if not dry_run:
+                    shutil.rmtree(entry, ignore_errors=True)
+            finally:
+                os.close(fd)
 
     # -- removing ------------------------------------------------------------------
 
@@ -292,14 +367,20 @@ class ImageStore:
         ``amic:name`` (older ones: ``amic:source``), and with ``project`` those named
         ``legacy_name`` are that project's.
         """
+        if keep < 0:
+            raise UsageError(f"--keep {keep}: keep 0 or more final images per project")
+        freed: list[int] = []   # bytes each removal frees; their sum ends in ``self.freed``
         removed: list[str] = []
         with self.exclusive_builds():
             if self.machines_dir.is_dir():
                 for m in self.machines_dir.iterdir():
-                    removed.append(f"machine {m.name}")
+                    size = tree_size(m)
+                    removed.append(f"machine {m.name} ({human(size)})")
+                    freed.append(size)
                     if not dry_run:
                         shutil.rmtree(m, ignore_errors=True)
             with self.lock("store.lock"):
+                self.sweep_tmp(removed, freed, dry_run=dry_run)
                 metas = self.sweep(removed, dry_run=dry_run)
                 select = Selection(project=project, force=force, legacy_name=legacy_name)
                 keep_ids = kept_ids(metas, select.group,
@@ -310,15 +391,18 @@ class ImageStore:
                         continue
                     if not select.candidate(meta["tags"]):
                         continue
+                    size = self.size(image_id)
                     if not self.remove_unused(image_id, dry_run=dry_run):
                         removed.append(f"{IN_USE}{kind} {image_id[:SHORT]}")
                         continue
-                    removed.append(f"{kind} {image_id[:SHORT]}")
+                    removed.append(f"{kind} {image_id[:SHORT]} ({human(size)})")
+                    freed.append(size)
                 if not dry_run and self.keys_dir.is_dir():
                     for keyfile in self.keys_dir.iterdir():
                         with contextlib.suppress(OSError):
                             if self.meta(keyfile.read_text().strip()) is None:
                                 keyfile.unlink()
+        self.freed = sum(freed)
         return removed
 
     def sweep(self, removed: list[str], *, dry_run: bool) -> dict[str, dict]:

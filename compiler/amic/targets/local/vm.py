@@ -258,17 +258,22 @@ def vm_key(store) -> Path:
 
 
 def cached_disk(target, image, *, log=None) -> Path:
-    """A qcow2 of ``image`` (with the VM layer) authorised for :func:`vm_key`, made once."""
+    """A qcow2 of ``image`` (with the VM layer) authorised for :func:`vm_key`, made once.
+
+    Made in the store's ``tmp/`` (prune finds it after a kill -9) and renamed into ``vm/``
+    when complete; the VM layer is use-locked meanwhile (prune keeps it)."""
     from amic.fsutil import file_lock
     from amic.targets.local import disk
 
-    vm_image = disk.vm_layer(target, image, log=log)
-    out = target.store.root / "vm" / f"{vm_image.id[:12]}.qcow2"
     key = vm_key(target.store)
-    with file_lock(out.with_suffix(".lock")):
-        if not out.exists():
-            disk.write_disk(target.store, vm_image, out, fmt="qcow2",
-                            authorized_key=key.with_suffix(".pub"))
+    with disk.vm_layer_in_use(target, image, log=log) as vm_image:
+        out = target.store.root / "vm" / f"{vm_image.id[:12]}.qcow2"
+        with file_lock(out.with_suffix(".lock")):
+            if not out.exists():
+                with target.store.scratch("vm-disk-") as scratch:
+                    disk.write_disk(target.store, vm_image, scratch / "disk.qcow2", fmt="qcow2",
+                                    authorized_key=key.with_suffix(".pub"))
+                    os.rename(scratch / "disk.qcow2", out)
     return out
 
 
@@ -281,13 +286,26 @@ def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False
     ``keep``: then QEMU keeps running detached and how to reach and stop it is logged.
     Ctrl-C (or any error) powers the VM off and removes the overlay.
     """
+    import contextlib
     import tempfile
 
     base = cached_disk(target, image, log=log)
     key = vm_key(target.store)
-    runs = target.store.root / "vm" / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{image.id[:12]}-", dir=runs))
+    with contextlib.ExitStack() as stack:
+        if keep:     # outlives amic on purpose: not in tmp/, where prune would take it
+            runs = target.store.root / "vm" / "runs"
+            runs.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{image.id[:12]}-", dir=runs))
+        else:        # a kill -9 leaves it where prune finds it
+            workdir = stack.enter_context(target.store.scratch("vm-run-"))
+        return boot_vm(base, key, workdir, image, services=services, keep=keep, uefi=uefi,
+                       restrict=restrict, timeout=timeout, on_output=on_output, log=log)
+
+
+def boot_vm(base: Path, key: Path, workdir: Path, image, *, services: Sequence[str],
+            keep: bool, uefi: bool, restrict: bool, timeout: float, on_output,
+            log) -> tuple[int, str]:
+    """The body of :func:`run_image`: the overlay of ``base`` in ``workdir``, booted."""
     overlay = workdir / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
                     str(overlay)], check=True)
