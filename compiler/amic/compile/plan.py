@@ -94,6 +94,15 @@ class Plan:
     service_arg_values: Mapping[str, Mapping[str, str]] = attrs.field(
         converter=dict, repr=False, factory=dict)
     """Values of each baked service's own ARGs (only services that declare some)."""
+    _by_name: Mapping[str, tuple[ServicePlan, Layer | None]] = attrs.field(
+        init=False, repr=False, eq=False)
+    """Each service's plan and layer by name: :meth:`service` and :meth:`layer` are called
+    once per service (the artifact, the build), so a scan there made them quadratic."""
+
+    def __attrs_post_init__(self) -> None:
+        layers = {layer.service: layer for layer in self.layers}
+        object.__setattr__(self, "_by_name",
+                           {sp.name: (sp, layers.get(sp.name)) for sp in self.services})
 
     @property
     def declared_args(self) -> tuple[ir.Arg, ...]:
@@ -108,9 +117,10 @@ class Plan:
         """SECRET names given to ``service``'s INIT: the global ones and its own (None: all)."""
         # Global SECRETs of INCLUDEd files too, once resolve collects them (as it does ARGs)
         names = [s.name for s in self.resolved.secrets]
-        for sp in self.services:
-            if service is None or sp.name == service:
-                names.extend(s.name for s in sp.service.secrets)
+        chosen = self.services if service is None else \
+            [self._by_name[service][0]] if service in self._by_name else []
+        for sp in chosen:
+            names.extend(s.name for s in sp.service.secrets)
         return tuple(dict.fromkeys(names))
 
     @property
@@ -126,16 +136,11 @@ class Plan:
         return self.resolved.root.path
 
     def service(self, name: str) -> ServicePlan:
-        for sp in self.services:
-            if sp.name == name:
-                return sp
-        raise KeyError(name)
+        return self._by_name[name][0]
 
     def layer(self, service: str) -> Layer | None:
-        for layer in self.layers:
-            if layer.service == service:
-                return layer
-        return None
+        found = self._by_name.get(service)
+        return found[1] if found else None
 
     def to_json(self) -> dict:
         """The plan as printed by ``amic compile --json`` (stable field names)."""
