@@ -36,7 +36,7 @@ def register(sub) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     from amic.compile import artifact
 
-    from amic.fsutil import check_output, write_output
+    from amic.fsutil import check_output, open_output
 
     if not (args.json or args.print) and args.output != "-":
         check_output(args.output)  # before the work: a typo in -o costs nothing
@@ -52,11 +52,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.print:
         sys.stdout.write(artifact.print_text(plan))
         return 0
-    data = artifact.artifact_bytes(plan)
+    # Streamed: the tarball of a large Amifile is never held in memory whole.
     if args.output == "-":
-        sys.stdout.buffer.write(data)
+        artifact.write_artifact(plan, sys.stdout.buffer)
         return 0
-    write_output(args.output, data)
-    print(f"wrote {args.output} ({len(data)} bytes, final key {plan.final_key[:12]})",
+    with open_output(args.output) as out:
+        size = artifact.write_artifact(plan, out)
+    print(f"wrote {args.output} ({size} bytes, final key {plan.final_key[:12]})",
           file=sys.stderr)
     return 0
