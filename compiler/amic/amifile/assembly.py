@@ -122,7 +122,12 @@ class _Assembly:
         replace its value in the INIT's environment), and an ARG in a block does not redeclare
         a global one (two defaults, one name)."""
         name = self.var_name(tok, kind)
-        if kind == "SECRET" and (name.startswith("AMIC_") or name in _RESERVED):
+        if name.startswith(ir.RESERVED_PREFIX):
+            self.fail(f"{kind} name {name!r} is reserved: names starting with "
+                      f"{ir.RESERVED_PREFIX} are amic's own", tok,
+                      hint="the runner takes its state, log and stage2 directories from "
+                           f"{ir.RESERVED_PREFIX}* variables; choose another name")
+        if kind == "SECRET" and name in _RESERVED:
             self.fail(f"{kind} name {name!r} is reserved", tok,
                       hint="amic and the shell set it; choose another name")
         own = self.names if self.block is None else self.block.names

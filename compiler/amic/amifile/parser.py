@@ -152,7 +152,7 @@ MAX_LINE_CHARS = 64 * 1024
 
 
 def check_limits(text: str, path: str, lines: Sequence[str] | None = None) -> None:
-    """Size, line length and NUL bytes, checked in linear time before parsing.
+    """Size, line length, lone CR and NUL bytes, checked in linear time before parsing.
 
     ``lines``: ``split_lines(text)`` if the caller has it already.
     """
@@ -164,11 +164,19 @@ def check_limits(text: str, path: str, lines: Sequence[str] | None = None) -> No
         number = next(i for i, line in enumerate(lines, 1) if len(line) > MAX_LINE_CHARS)
         raise AmifileError(f"line longer than {MAX_LINE_CHARS} characters", Pos(path, number, 1),
                            hint="long data belongs in a file that COPY installs")
+    if "\r" in text and any("\r" in line for line in lines):   # CRLF ends are gone already
+        number = next(i for i, line in enumerate(lines, 1) if "\r" in line)
+        raise AmifileError("carriage return (CR) without a line feed",
+                           Pos(path, number, lines[number - 1].index("\r") + 1),
+                           hint="amic reads LF or CRLF line ends, not CR alone (classic Mac "
+                                "text): convert the file, e.g. with `dos2unix -c mac`; in a "
+                                "script write the character as \\r (printf '\\r')")
     if "\0" in text:
+        # The line is not shown: a file with NUL bytes is no text, and may be anything
+        # (``INCLUDE /proc/self/environ`` would print the environment).
         number = next(i for i, line in enumerate(lines, 1) if "\0" in line)
-        shown = lines[number - 1]
-        raise AmifileError("NUL byte in an Amifile", Pos(path, number, shown.index("\0") + 1),
-                           source_line=shown.replace("\0", "\u2400"),
+        raise AmifileError("NUL byte in an Amifile",
+                           Pos(path, number, lines[number - 1].index("\0") + 1),
                            hint="Amifiles are text; a shell would drop NUL bytes silently")
 
 
@@ -195,7 +203,8 @@ def _parse(text: str, path: str, lines: list[str]) -> ir.Amifile:
         tree = parser().parse(text)
     except LexError as e:
         raise AmifileError(e.message, Pos(path, e.line, e.col),
-                           source_line=line_text(lines, e.line), hint=e.hint) from None
+                           source_line=line_text(lines, e.line) if e.quote else None,
+                           hint=e.hint) from None
     except UnexpectedInput as e:
         raise _syntax_error(e, text, path, lines) from None
     try:
@@ -229,7 +238,8 @@ def parse_file(path: str | os.PathLike[str]) -> ir.Amifile:
         if len(raw_line) > MAX_LINE_CHARS:
             raise AmifileError(f"line longer than {MAX_LINE_CHARS} characters",
                                Pos(name, line, 1)) from None
+        # The line is not shown: a file that is not UTF-8 is not an Amifile (a binary, a
+        # key), and its bytes are nobody's business in an error.
         raise AmifileError(f"invalid UTF-8 (byte 0x{data[e.start]:02x})", Pos(name, line, col),
-                           source_line=raw_line.decode("utf-8", "replace").rstrip("\r"),
                            hint="Amifiles are UTF-8 text") from None
     return parse_text(text, name)
