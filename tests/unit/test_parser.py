@@ -222,7 +222,7 @@ def test_service_blocks_and_order() -> None:
           REQUIRES httpd db
           REQUIRES cache
           PACKAGES perl-DBI mod_ssl
-          PACKAGES nginx=1.24.0-1 'lib foo'
+          PACKAGES nginx=1.24.0-1 'g++'
         SERVICE empty_svc-2
     """)
     assert [s.name for s in a.services] == ["httpd", "web", "empty_svc-2"]
@@ -230,7 +230,7 @@ def test_service_blocks_and_order() -> None:
     assert httpd.packages == ("httpd",)
     assert [r.name for r in web.requires] == ["httpd", "db", "cache"]
     assert web.requires[1].pos == Pos("Amifile", 4, 18)
-    assert web.packages == ("perl-DBI", "mod_ssl", "nginx=1.24.0-1", "lib foo")
+    assert web.packages == ("perl-DBI", "mod_ssl", "nginx=1.24.0-1", "g++")
     assert empty == ir.Service("empty_svc-2", Pos("x", 0))
 
 

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, get_args
 import attrs
 from lark import Token
 
-from amic.amifile import ir
+from amic.amifile import ir, packages
 from amic.amifile import records as r
 from amic.amifile.instructions import INSTRUCTIONS
 from amic.amifile.lexer import line_text
@@ -244,8 +244,9 @@ class _Assembly:
     def packages(self, record: r.Packages) -> None:
         block = self.open_block()
         for tok in record.names:
-            if not tok:
-                self.fail("empty package name", tok)
+            why = packages.problem(str(tok))   # the empty word too
+            if why is not None:
+                self.fail(why, tok, hint=packages.HINT)
         block.packages.extend(str(t) for t in record.names)
         if block.packages_pos is None:
             block.packages_pos = self.pos(record.keyword)
