@@ -46,8 +46,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         warn(f"ARG without a value or default: {', '.join(plan.missing_args)} "
              "(pass --build-arg NAME=VALUE or set it in the environment)")
     if args.json:
-        json.dump(plan.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")   # one write, not 100k
         return 0
     if args.print:
         sys.stdout.write(artifact.print_text(plan))

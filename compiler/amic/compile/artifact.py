@@ -114,8 +114,9 @@ def script_file_text(script) -> str:
 def print_text(plan: Plan) -> str:
     """What ``amic compile --print`` shows: every script with a header naming service and phase."""
     chunks = []
+    enabled = set(plan.enabled)
     for sp in plan.services:
-        state = "enabled" if sp.name in plan.enabled else "on request"
+        state = "enabled" if sp.name in enabled else "on request"
         chunks.append(f"### service {sp.name} ({state}; requires: "
                       f"{' '.join(r.name for r in sp.service.requires) or '-'})\n")
         if sp.packages:
