@@ -59,8 +59,9 @@ def _names():
                 yield first + "".join(tail)
 
 
-def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one run; a failure stops the benchmark."""
+def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (bytes) of one run; a failure
+    stops the benchmark."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -70,7 +71,7 @@ def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, in
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {stderr.decode()[-2000:]}")
-    return secs, usage.ru_maxrss * 1024
+    return secs, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
 def main() -> None:
@@ -83,7 +84,7 @@ def main() -> None:
     from amic.amifile.source import MAX_AMIFILE_BYTES
 
     sizes = [None if s == "limit" else int(s) for s in opts.sizes.split(",")]
-    results: dict[str, dict[int, tuple[float, int]]] = {"compile": {}, "dry-run": {}}
+    results: dict[str, dict[int, tuple[float, float, int]]] = {"compile": {}, "dry-run": {}}
     with tempfile.TemporaryDirectory(prefix="amic-bench-scale-") as tmp:
         for size in sizes:
             text, count = generate(size, MAX_AMIFILE_BYTES)
@@ -98,20 +99,22 @@ def main() -> None:
                         "dry-run": [AMIC, "build", "--dry-run", "--target", "local"]}
             for name, argv in commands.items():
                 runs = [run_once(argv, work, env) for _ in range(opts.repeat)]
-                results[name][count] = (min(r[0] for r in runs), max(r[1] for r in runs))
-                secs, rss = results[name][count]
+                results[name][count] = (min(r[0] for r in runs), min(r[1] for r in runs),
+                                        max(r[2] for r in runs))
+                secs, cpu, rss = results[name][count]
                 print(f"{name:<8} {count:>7} services ({len(text) / 2**20:5.2f} MiB): "
-                      f"{secs:7.2f} s  peak RSS {rss / 2**20:6.0f} MiB", flush=True)
+                      f"{secs:7.2f} s wall {cpu:7.2f} s CPU  peak RSS {rss / 2**20:6.0f} MiB",
+                      flush=True)
             (work / "out.tar").unlink(missing_ok=True)
     print(f"\nratios to the smallest size (best of {opts.repeat}; linear: time ratio ~ "
-          "services ratio)")
+          "services ratio; CPU time is the steadier one on a shared machine)")
     for name, by_count in results.items():
         base_count = min(by_count)
-        base = by_count[base_count][0]
-        for count, (secs, _) in sorted(by_count.items()):
+        base_wall, base_cpu, _ = by_count[base_count]
+        for count, (secs, cpu, _) in sorted(by_count.items()):
             if count != base_count:
-                print(f"  {name:<8} t({count})/t({base_count}) = {secs / base:5.2f}  "
-                      f"(services x{count / base_count:.2f})")
+                print(f"  {name:<8} t({count})/t({base_count}) = {secs / base_wall:5.2f} wall, "
+                      f"{cpu / base_cpu:5.2f} CPU  (services x{count / base_count:.2f})")
 
 
 if __name__ == "__main__":
