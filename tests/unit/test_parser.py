@@ -20,7 +20,6 @@ from amic.amifile import ir, parser, records
 from amic.amifile.assembly import assemble
 from amic.amifile.instructions import INSTRUCTIONS
 from amic.amifile.lexer import split_lines
-from amic.amifile.records import ToRecords
 from amic.errors import AmifileError, Pos
 
 DATA = Path(__file__).parents[1] / "data" / "parser"
@@ -799,8 +798,8 @@ def test_grammar_cache_roundtrip_and_corrupt_cache(tmp_path: Path,
     assert cache.stat().st_size > 0
     assert build().parse(DESIGN_EXAMPLE) is not None  # loads it
     cache.write_bytes(cache.read_bytes()[:100])  # truncated: lark must rebuild, not fail
-    tree = build().parse(DESIGN_EXAMPLE)
-    assert assemble(ToRecords().transform(tree), "Amifile", split_lines(DESIGN_EXAMPLE)) == want
+    records = build().parse(DESIGN_EXAMPLE)   # the records: ToRecords runs as it parses
+    assert assemble(records, "Amifile", split_lines(DESIGN_EXAMPLE)) == want
 
 
 # ---------------------------------------------------------------- golden files
