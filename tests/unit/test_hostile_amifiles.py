@@ -86,7 +86,8 @@ def test_a_typo_in_the_first_line_still_shows_the_line(tmp_path):
 @pytest.mark.parametrize("text, where", [
     ("FROM debian:12\nSERVICE \x1b[2Jweb\n", "Amifile:2:9: | invalid service name '\\x1b[2Jweb'"),
     ("FROM debian:12\nSERVICE web\n  ENV \x1b]0;pwned\x07=1\n", "Amifile:3:7: | invalid ENV name"),
-    ("FROM debian:12\nSERVICE web\n  \x1b[31mINIT true\n", "Amifile:3:3: | expected an instruction"),
+    ("FROM debian:12\nSERVICE web\n  \x1b[31mINIT true\n",
+     "Amifile:3:3: | expected an instruction"),
     ("FROM debian:12\nSERVICE web\n  COPY \u202egpj.exe /x\n", "Amifile:3:| COPY"),
 ])
 @pytest.mark.parametrize("command", [("compile", "--json"), ("lint",)])
