@@ -18,8 +18,9 @@ instructions / dispatch split):
    "usage: COPY [--mode=0644] SRC... DEST". That is more precise than lark's
    ``match_examples`` and needs no example corpus.
 
-3. ``records.py``: a ``Transformer`` turns the tree into typed, positioned
-   instruction records, one frozen class per instruction.
+3. ``records.py``: a ``Transformer``, run by the LALR parser as it reduces each
+   rule (no tree is built), makes typed, positioned instruction records, one
+   frozen class per instruction.
 
 4. ``assembly.py`` dispatches on the record classes: it checks where each
    instruction may appear, validates names and options, and builds the
@@ -187,7 +188,7 @@ def parse_text(text: str, path: str) -> ir.Amifile:
     """Parse Amifile ``text``; ``path`` is used in positions and for COPY contexts.
 
     The cyclic garbage collector is paused meanwhile: parsing makes no cycles, and its
-    full passes over the growing trees would make a large file superlinear.
+    full passes over the growing records would make a large file superlinear.
     """
     path = os.fspath(path)
     lines = split_lines(text)
