@@ -10,7 +10,30 @@ The CLI catches :class:`AmicError` alone; anything else escaping is a bug.
 
 from __future__ import annotations
 
+import unicodedata
+
 import attrs
+
+_UNSAFE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+"""Unicode categories never written to a terminal as they are: controls (ESC starts a
+terminal escape sequence), format characters (bidi overrides reorder what is shown),
+surrogates, private use, unassigned, line and paragraph separators."""
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character a terminal would act on (not show) written as
+    ``\\xNN``/``\\uNNNN``, as ``repr`` does; everything printable stays as it is."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    if c == " " or unicodedata.category(c) not in _UNSAFE:
+        return c
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
+        else f"\\U{code:08x}"
 
 
 @attrs.frozen
@@ -48,15 +71,20 @@ class AmifileError(AmicError):
         self.hint = hint
 
     def render(self) -> str:
-        """``file:line:col: message``, then the line and a caret under the column."""
+        """``file:line:col: message``, then the line and a caret under the column.
+
+        Control characters are escaped everywhere (the line comes from a file someone
+        else wrote), and the caret stays under the column they shift.
+        """
         head = f"{self.pos}: {self.message}" if self.pos else self.message
-        parts = [head]
+        parts = [escape_controls(head)]
         if self.source_line is not None and self.pos is not None:
-            line = self.source_line.rstrip("\r\n").expandtabs(1)
-            parts.append(f"    {line}")
-            parts.append("    " + " " * max(self.pos.col - 1, 0) + "^")
+            line = self.source_line.rstrip("\r\n").replace("\t", " ")
+            before = escape_controls(line[:max(self.pos.col - 1, 0)])
+            parts.append(f"    {escape_controls(line)}")
+            parts.append("    " + " " * len(before) + "^")
         if self.hint:
-            parts.append(f"hint: {self.hint}")
+            parts.append(escape_controls(f"hint: {self.hint}"))
         return "\n".join(parts)
 
     def __str__(self) -> str:

@@ -440,6 +440,28 @@ def test_package_names_reach_the_manager_quoted(shell_id: str, tmp_path: Path,
         "[install]" not in root.read("/var/log/stub-apt-args.log")
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("shell_id", ["dash", "busybox-userland"])
+@pytest.mark.parametrize("name", ["ca-certificates-", "hello_"])
+def test_an_apt_action_suffix_never_reaches_the_manager(shell_id: str, name: str,
+                                                        tmp_path: Path,
+                                                        stub_root_lower: Path) -> None:
+    """`apt-get install NAME-` removes NAME, `NAME_` purges it (issue 18): the compiler refuses
+    such a word; a stage2 edited by hand is refused by the runner before apt-get runs."""
+    root = make_root(tmp_path, stub_root_lower)
+    root.put("/usr/local/sbin/apt-get", STUB_APT_ARGS, 0o755)
+    amic, env = runner(shell_id)
+    text = "SERVICE pk\n    PACKAGES hello\n"
+    root.install_stage2(compile_stage2(tmp_path / "ctx", text), SHELLS[shell_id], env=env)
+    root.put("/var/lib/amic/stage2/services/pk/packages", f"hello\n{name}\n")
+    rc, out = root.run(f"{amic} init", env=env, check=None)
+    assert rc != 0, out
+    assert f"refusing package name '{name}': apt-get would remove or purge" in out
+    assert "pk: init: FAILED" in out, out
+    assert not root.exists("/var/log/stub-apt-args.log") or \
+        "[install]" not in root.read("/var/log/stub-apt-args.log")
+
+
 FAILING_AT_7 = """\
 SERVICE app
     INIT echo first > /root/first

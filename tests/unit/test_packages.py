@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from amic.compile.packages import problem, split_prefix
+from amic.amifile.packages import problem, split_prefix
 
 
 @pytest.mark.parametrize("word", [
@@ -38,6 +38,13 @@ def test_accepted(word):
     ("'q'", "is not a package name"), ("foo=", "is not a package name"),
     ("libc6:i386:amd64", "is not a package name"), ("x" * 300, "longer than 256"),
     ("_private", "is not a package name"), (".hidden", "is not a package name"),
+    # apt-get's action suffixes: `install NAME-` removes, `install NAME_` purges (issue 18)
+    ("hello-", "ends with '-': apt-get would remove the package"),
+    ("ca-certificates-", "apt-get would remove"), ("hello_", "apt-get would purge"),
+    ("apt:hello-", "would remove"), ("foo=1.0-1-", "would remove"),
+    ("nginx/bookworm-", "would remove"), ("rpm:foo-", "rpm: 'foo-' ends with '-'"),
+    ("apk:musl_", "apk: 'musl_' ends with '_'"),
+    ("apt:apt:hello", "has two manager prefixes"), ("apt:rpm:x", "two manager prefixes"),
 ])
 def test_refused(word, needle):
     why = problem(word)
@@ -68,6 +75,9 @@ def test_bad_name_is_an_error_at_its_word(tmp_path, amic_cli):
     ("-s hello", 14, "'-s' starts with '-'"),
     ("hello 'a b'", 20, "'a b' contains whitespace"),
     ("apt:curl rpm:x:y", 23, "rpm: 'x:y' is not a package name"),
+    ("curl ca-certificates-", 19, "'ca-certificates-' ends with '-': apt-get would remove"),
+    ("hello_", 14, "'hello_' ends with '_': apt-get would purge"),
+    ("apt:apt:hello", 14, "'apt:apt:hello' has two manager prefixes"),
 ])
 def test_refused_through_compile(tmp_path, amic_cli, words, col, needle):
     (tmp_path / "Amifile").write_text(f"SERVICE s\n    PACKAGES {words}\n")

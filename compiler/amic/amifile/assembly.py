@@ -22,7 +22,7 @@ from typing import Any, NoReturn, get_args
 import attrs
 from lark import Token
 
-from amic.amifile import ir
+from amic.amifile import ir, packages
 from amic.amifile import records as r
 from amic.amifile.instructions import INSTRUCTIONS
 from amic.amifile.lexer import line_text
@@ -122,7 +122,12 @@ class _Assembly:
         replace its value in the INIT's environment), and an ARG in a block does not redeclare
         a global one (two defaults, one name)."""
         name = self.var_name(tok, kind)
-        if kind == "SECRET" and (name.startswith("AMIC_") or name in _RESERVED):
+        if name.startswith(ir.RESERVED_PREFIX):
+            self.fail(f"{kind} name {name!r} is reserved: names starting with "
+                      f"{ir.RESERVED_PREFIX} are amic's own", tok,
+                      hint="the runner takes its state, log and stage2 directories from "
+                           f"{ir.RESERVED_PREFIX}* variables; choose another name")
+        if kind == "SECRET" and name in _RESERVED:
             self.fail(f"{kind} name {name!r} is reserved", tok,
                       hint="amic and the shell set it; choose another name")
         own = self.names if self.block is None else self.block.names
@@ -239,8 +244,9 @@ class _Assembly:
     def packages(self, record: r.Packages) -> None:
         block = self.open_block()
         for tok in record.names:
-            if not tok:
-                self.fail("empty package name", tok)
+            why = packages.problem(str(tok))   # the empty word too
+            if why is not None:
+                self.fail(why, tok, hint=packages.HINT)
         block.packages.extend(str(t) for t in record.names)
         if block.packages_pos is None:
             block.packages_pos = self.pos(record.keyword)

@@ -18,10 +18,16 @@ import attrs
 
 from amic.errors import Pos
 
-SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-"""Service names are used as directory names, shell words and tag values."""
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
+"""Service names are used as directory names, shell words and tag values. (``\\Z``, not
+``$``: ``$`` also matches before a final newline.)"""
 
-VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+RESERVED_PREFIX = "AMIC_"
+"""ARG, ENV and SECRET names may not start with it: the runner's own variables
+(``AMIC_STATE_DIR``, ``AMIC_LOG_DIR``, ``AMIC_STAGE2``, ``AMIC_SECRET_NAMES``, ...) would
+take the value, and an image would be baked without its init records."""
 
 
 @attrs.frozen

@@ -35,11 +35,18 @@ __all__ = ["AmifileLexer", "HeredocToken", "LexError", "line_text", "split_lines
 
 
 class LexError(Exception):
-    """A lexing mistake at a 1-based (line, col); the parser adds the file."""
+    """A lexing mistake at a 1-based (line, col); the parser adds the file.
 
-    def __init__(self, message: str, line: int, col: int, hint: str | None = None) -> None:
+    ``quote``: whether the error may show the line. Not when the file is no Amifile at
+    all (its first word is no instruction): it may be any file (``INCLUDE /etc/shadow``),
+    and an error must not print it.
+    """
+
+    def __init__(self, message: str, line: int, col: int, hint: str | None = None, *,
+                 quote: bool = True) -> None:
         super().__init__(message)
         self.message, self.line, self.col, self.hint = message, line, col, hint
+        self.quote = quote
 
 
 class HeredocToken(Token):
@@ -129,6 +136,7 @@ def tokenize(text: str) -> Iterator[Token]:
     """Yield the tokens of ``text``; raise ``LexError`` at the first lexing mistake."""
     lines = split_lines(text)
     i, n = 0, len(lines)
+    first = True
     while i < n:
         raw = lines[i]
         body = raw.lstrip(_BLANKS)
@@ -152,20 +160,30 @@ def tokenize(text: str) -> Iterator[Token]:
             if i >= n or not lines[i].strip(_BLANKS):
                 break
             piece, line, col = lines[i], i + 1, 1
-        i = yield from _instruction_tokens(logical.seal(), lines, i)
+        i = yield from _instruction_tokens(logical.seal(), lines, i, first)
+        first = False
 
 
-def _instruction_tokens(logical: _Logical, lines: Sequence[str],
-                       i: int) -> Generator[Token, None, int]:
-    """Tokens of one logical line; returns the index of the next physical line."""
+def _instruction_tokens(logical: _Logical, lines: Sequence[str], i: int,
+                        first: bool = False) -> Generator[Token, None, int]:
+    """Tokens of one logical line; returns the index of the next physical line.
+
+    ``first``: this is the file's first instruction (which tells an Amifile from any file).
+    """
     text = logical.text
     m = _KEYWORD_RE.search(text)
     if m is None:  # only `\` and blanks: no instruction
         return i
     word = m.group()
     line, col = logical.where(m.start())
-    spec = INSTRUCTIONS.get(word.upper())
+    # ASCII only: str.upper() folds other letters too ('SERVıCE' -> 'SERVICE', dotless i)
+    spec = INSTRUCTIONS.get(word.upper()) if word.isascii() else None
     if spec is None:
+        if first and not _near_instruction(word):
+            raise LexError("not an Amifile: its first line is no instruction", line, col,
+                           "an Amifile starts with an instruction such as FROM or SERVICE "
+                           "(a line starting with '#' is a comment); the line is not shown",
+                           quote=False)
         message, hint = _unknown_instruction(word)
         raise LexError(message, line, col, hint)
     yield _token(spec.name, word, logical, m.start())
@@ -191,19 +209,39 @@ def _token(kind: str, value: str, logical: _Logical, index: int) -> Token:
                  end_column=col + max(len(value), 1))
 
 
+def _near_instruction(word: str) -> bool:
+    """``word`` is a misspelt instruction or a Dockerfile one (an Amifile with a typo)."""
+    import difflib  # only on this error path: keeps startup lean
+
+    if not word.isalpha():
+        return False
+    upper = word.upper()
+    return upper in DOCKERFILE_HINTS or bool(
+        difflib.get_close_matches(upper, INSTRUCTIONS, n=1, cutoff=0.6))
+
+
 def _unknown_instruction(word: str) -> tuple[str, str | None]:
     import difflib  # only on this error path: keeps startup lean
 
     upper = word.upper()
+    if not word.isascii() and upper in INSTRUCTIONS:
+        odd = next(c for c in word if not c.isascii())
+        return (f"unknown instruction {_shown(word)}: {odd!r} is not an ASCII letter",
+                f"instructions are ASCII words: write {upper}")
     if not re.fullmatch(r"[A-Za-z]+", word):
-        return (f"expected an instruction (such as SERVICE), found {word!r}",
+        return (f"expected an instruction (such as SERVICE), found {_shown(word)}",
                 "instructions start a line; '#' starts a comment")
     hint = DOCKERFILE_HINTS.get(upper)
     close = difflib.get_close_matches(upper, INSTRUCTIONS, n=1, cutoff=0.6)
     if close and upper != "SERVICES":
-        return f"unknown instruction {word!r}; did you mean {close[0]}?", hint
-    return f"unknown instruction {word!r}", hint or (
+        return f"unknown instruction {_shown(word)}; did you mean {close[0]}?", hint
+    return f"unknown instruction {_shown(word)}", hint or (
         "instructions are " + ", ".join(INSTRUCTIONS))
+
+
+def _shown(word: str, most: int = 40) -> str:
+    """``word`` quoted for a message, cut to ``most`` characters (a line may be 64 KiB)."""
+    return repr(word) if len(word) <= most else repr(word[:most]) + "..."
 
 
 def _words(spec: Instruction, logical: _Logical, p: int) -> Iterator[Token]:

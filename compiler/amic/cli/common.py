@@ -101,11 +101,16 @@ def _valid_name(name: str) -> bool:
 
 def build_args_from(values: list[str]) -> dict[str, str]:
     """``--build-arg`` values as a dict (``NAME`` alone reads the environment, like docker)."""
+    from amic.amifile.ir import RESERVED_PREFIX
+
     out: dict[str, str] = {}
     for item in values:
         name, eq, value = item.partition("=")
         if not _valid_name(name):
             raise UsageError(f"--build-arg {name!r}: expected NAME=VALUE or NAME")
+        if name.startswith(RESERVED_PREFIX):
+            raise UsageError(f"--build-arg {name}: names starting with {RESERVED_PREFIX} "
+                             "are amic's own (no ARG may have one)")
         if eq and CREDENTIAL_NAME.search(name):
             warn(f"--build-arg {name}=...: the value is on the command line (visible in `ps`) "
                  f"and in the cache keys; for a credential declare SECRET {name} and pass "

@@ -38,7 +38,7 @@ def register(sub) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     from amic.compile import artifact
 
-    from amic.fsutil import check_output, write_output
+    from amic.fsutil import check_output, open_output
 
     if not (args.json or args.print) and args.output != "-":
         check_output(args.output)  # before the work: a typo in -o costs nothing
@@ -48,17 +48,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
         warn(f"ARG without a value or default: {', '.join(plan.missing_args)} "
              "(pass --build-arg NAME=VALUE or set it in the environment)")
     if args.json:
-        json.dump(plan.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")   # one write, not 100k
         return 0
     if args.print:
         sys.stdout.write(artifact.print_text(plan))
         return 0
-    data = artifact.artifact_bytes(plan)
+    # Streamed: the tarball of a large Amifile is never held in memory whole.
     if args.output == "-":
-        sys.stdout.buffer.write(data)
+        artifact.write_artifact(plan, sys.stdout.buffer)
         return 0
-    write_output(args.output, data)
-    print(f"wrote {args.output} ({len(data)} bytes, final key {plan.final_key[:12]})",
+    with open_output(args.output) as out:
+        size = artifact.write_artifact(plan, out)
+    print(f"wrote {args.output} ({size} bytes, final key {plan.final_key[:12]})",
           file=sys.stderr)
     return 0

@@ -117,8 +117,9 @@ def script_file_text(script) -> str:
 def print_text(plan: Plan) -> str:
     """What ``amic compile --print`` shows: every script with a header naming service and phase."""
     chunks = []
+    enabled = set(plan.enabled)
     for sp in plan.services:
-        state = "enabled" if sp.name in plan.enabled else "on request"
+        state = "enabled" if sp.name in enabled else "on request"
         chunks.append(f"### service {sp.name} ({state}; requires: "
                       f"{' '.join(r.name for r in sp.service.requires) or '-'})\n")
         if sp.packages:
@@ -134,8 +135,34 @@ def print_text(plan: Plan) -> str:
     return "".join(chunks)
 
 
-def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | CopyFile | None, str | None]]:
-    """(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
+Entry = tuple[str, int, bytes | CopyFile | None, str | None]
+"""(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
+
+
+def _entries(plan: Plan) -> Iterator[Entry]:
+    """Every entry, sorted by path, made one service at a time (memory stays bounded by the
+    largest service, not the whole tarball).
+
+    All of a service's children share the prefix ``NAME/``, which no other path has (a name
+    holds no ``/``), so they sort as one block at the key ``NAME/``; the service's own
+    directory sorts at ``NAME``. Between them may come other services (``a-b`` sorts
+    between ``a`` and ``a/meta``), hence the two keys per service.
+    """
+    services = f"{TOP}/services/"
+    top = sorted(_top_entries(plan), key=lambda e: e[0])
+    yield from (e for e in top if e[0] < services)
+    order = sorted([(sp.name, i) for i, sp in enumerate(plan.services)]
+                   + [(sp.name + "/", i) for i, sp in enumerate(plan.services)])
+    for key, i in order:
+        sp = plan.services[i]
+        if key.endswith("/"):
+            yield from sorted(_service_children(plan, sp), key=lambda e: e[0])
+        else:
+            yield f"{services}{sp.name}", 0o755, None, None
+    yield from (e for e in top if e[0] > services)
+
+
+def _top_entries(plan: Plan) -> Iterator[Entry]:
     yield TOP, 0o755, None, None
     # The runtime's subdirectories get entries of their own, so what tar makes of them
     # does not depend on the umask where the stage2 is unpacked.
@@ -147,43 +174,43 @@ def _entries(plan: Plan) -> Iterator[tuple[str, int, bytes | CopyFile | None, st
         yield f"{TOP}/{rel}", mode, data, None
     yield f"{TOP}/manifest", 0o644, manifest_text(plan).encode(), None
     yield f"{TOP}/services", 0o755, None, None
-    for sp in plan.services:
-        base = f"{TOP}/services/{sp.name}"
-        yield base, 0o755, None, None
-        yield f"{base}/meta", 0o644, meta_text(plan, sp).encode(), None
-        yield f"{base}/packages", 0o644, "".join(p + "\n" for p in sp.packages).encode(), None
-        yield f"{base}/env", 0o644, env_text(sp).encode(), None
-        yield f"{base}/copies", 0o644, copies_text(sp).encode(), None
-        for phase, items in (("init", sp.service.inits), ("update", sp.service.updates)):
-            yield f"{base}/{phase}", 0o755, None, None
-            for i, script in enumerate(items, 1):
-                yield f"{base}/{phase}/{i:02d}.sh", 0o755, script_file_text(script).encode(), None
-        if sp.copies:
-            yield f"{base}/files", 0o755, None, None
-        for copy in sp.copies:
-            payload = f"{base}/files/{copy.index:02d}"
-            if copy.single:
-                f = copy.files[0]
-                yield payload, f.mode, f, None
-                continue
-            yield payload, 0o755, None, None
-            for f in copy.files:
-                path = f"{payload}/{f.rel}"
-                if f.kind == "dir":
-                    yield path, f.mode, None, None
-                elif f.kind == "symlink":
-                    yield path, 0o777, b"", f.target
-                else:
-                    yield path, f.mode, f, None
 
 
-def write_artifact(plan: Plan, out: BinaryIO) -> None:
-    """Write the stage2 tarball to ``out``."""
-    entries = sorted(_entries(plan), key=lambda e: e[0])
+def _service_children(plan: Plan, sp: ServicePlan) -> Iterator[Entry]:
+    base = f"{TOP}/services/{sp.name}"
+    yield f"{base}/meta", 0o644, meta_text(plan, sp).encode(), None
+    yield f"{base}/packages", 0o644, "".join(p + "\n" for p in sp.packages).encode(), None
+    yield f"{base}/env", 0o644, env_text(sp).encode(), None
+    yield f"{base}/copies", 0o644, copies_text(sp).encode(), None
+    for phase, items in (("init", sp.service.inits), ("update", sp.service.updates)):
+        yield f"{base}/{phase}", 0o755, None, None
+        for i, script in enumerate(items, 1):
+            yield f"{base}/{phase}/{i:02d}.sh", 0o755, script_file_text(script).encode(), None
+    if sp.copies:
+        yield f"{base}/files", 0o755, None, None
+    for copy in sp.copies:
+        payload = f"{base}/files/{copy.index:02d}"
+        if copy.single:
+            f = copy.files[0]
+            yield payload, f.mode, f, None
+            continue
+        yield payload, 0o755, None, None
+        for f in copy.files:
+            path = f"{payload}/{f.rel}"
+            if f.kind == "dir":
+                yield path, f.mode, None, None
+            elif f.kind == "symlink":
+                yield path, 0o777, b"", f.target
+            else:
+                yield path, f.mode, f, None
+
+
+def write_artifact(plan: Plan, out: BinaryIO) -> int:
+    """Write the stage2 tarball to ``out``; returns its size in bytes."""
     tar = TarWriter(out)
     with contextlib.ExitStack() as stack:
         roots: dict[str, int] = {}
-        for path, mode, data, link in entries:
+        for path, mode, data, link in _entries(plan):
             if link is not None:
                 tar.add(path, mode, kind=tarfile.SYMTYPE, linkname=link)
             elif data is None:
@@ -193,6 +220,7 @@ def write_artifact(plan: Plan, out: BinaryIO) -> None:
             else:
                 tar.add(path, mode, data=data)
     tar.close()
+    return tar.offset
 
 
 def _root_fd(stack: contextlib.ExitStack, roots: dict[str, int], root: str) -> int:

@@ -30,8 +30,16 @@ def _field(text: str, length: int) -> bytes | None:
     """``text`` as a NUL-padded ustar field, or None if it needs a pax header."""
     if len(text) > length or not text.isascii():
         return None
-    data = text.encode("ascii")
-    return data + b"\0" * (length - len(data))
+    return text.encode("ascii").ljust(length, b"\0")
+
+
+# Every header is root:root, mtime 0, ustar magic: those fields never change, so they
+# are joined once, and their share of the checksum is summed once.
+_OWNER = _octal(0, 8) + _octal(0, 8)        # uid, gid
+_MTIME_CHKSUM = _octal(0, 12) + b"        "  # mtime; the checksum counts as eight spaces
+_TAIL = (_MAGIC + b"root" + b"\0" * 28 + b"root" + b"\0" * 28 + _NUL8 + _NUL8 + b"\0" * 155
+         + b"\0" * 12)                        # magic..prefix, then the padding to 512
+_FIXED_SUM = sum(_OWNER) + sum(_MTIME_CHKSUM) + sum(_TAIL)
 
 
 def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> bytes | None:
@@ -39,16 +47,14 @@ def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> byte
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
     name_field = _field(name, 100)
-    link_field = _field(linkname, 100)
+    link_field = _field(linkname, 100) if linkname else b"\0" * 100
     if name_field is None or link_field is None or not 0 <= size < 8 ** 11:
         return None
-    head = b"".join((
-        name_field, _octal(mode & 0o7777, 8), _octal(0, 8), _octal(0, 8), _octal(size, 12),
-        _octal(0, 12), b"        ", kind, link_field, _MAGIC,
-        b"root" + b"\0" * 28, b"root" + b"\0" * 28, _NUL8, _NUL8, b"\0" * 155))
-    head += b"\0" * (BLOCK - len(head))
-    # the checksum counts its own field as eight spaces (already in place)
-    return head[:148] + b"%06o\0" % sum(head) + head[155:]
+    mode_field, size_field = _octal(mode & 0o7777, 8), _octal(size, 12)
+    checksum = (_FIXED_SUM + sum(name_field) + sum(mode_field) + sum(size_field) + kind[0]
+                + sum(link_field))
+    return b"".join((name_field, mode_field, _OWNER, size_field, _octal(0, 12),
+                     b"%06o\0 " % checksum, kind, link_field, _TAIL))
 
 
 class TarWriter:

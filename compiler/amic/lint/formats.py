@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import PurePath
 
 from amic import __version__ as _amic_version
+from amic.errors import escape_controls
 from amic.lint.model import DOCS_URL, SEVERITIES, Finding
 from amic.lint.rules import RULES, RULES_BY_ID
 from amic.lint.shellcheck import Shellcheck
@@ -32,8 +33,10 @@ def render(findings: Sequence[Finding], fmt: str, *, files: int,
 
 
 def _text(findings: Sequence[Finding], files: int) -> str:
-    lines = [f"{f.pos.file}:{f.pos.line}:{f.pos.col}: {f.code} {f.severity}: {f.message}"
-             for f in findings]
+    # escaped: a message may quote the Amifile, whose control characters must not reach
+    # the terminal (json and sarif escape them as JSON does)
+    lines = [escape_controls(f"{f.pos.file}:{f.pos.line}:{f.pos.col}: {f.code} {f.severity}: "
+                             f"{f.message}") for f in findings]
     where = f"{files} file{'s' if files != 1 else ''}"
     if not findings:
         lines.append(f"no problems found in {where}")
@@ -94,7 +97,8 @@ def _sarif(findings: Sequence[Finding], files: int, shellcheck: Shellcheck | Non
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return escape_controls(text)
 
 
 def _escape_property(text: str) -> str:

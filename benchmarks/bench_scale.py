@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Compile and dry-run time against the number of services: is it linear? (issue 18)
+
+Three generated Amifiles, one SERVICE a line (the shape of the issue's 4 MiB case):
+10,000 services, 40,000 services, and as many as fit in the size limit
+(``parser.MAX_AMIFILE_BYTES``, 4 MiB: about 325,000 short names). For each, best of
+``--repeat`` runs of the real CLI:
+
+  compile   ``amic compile -o out.tar`` (parse, resolve, plan, the tarball written out)
+  dry-run   ``amic build --dry-run --target local`` with ``AMIC_CACHE_DIR`` a fresh
+            temporary directory in which the base is marked bootstrapped (an empty
+            ``bases/bookworm-minbase/.amic-base-complete``): the dry run then looks every
+            layer up in the (empty) local store and explains it, the whole path a real
+            dry run takes, and no real base, store or cache is read or touched.
+
+Printed: wall seconds, peak RSS of the amic process (``wait4``), and the ratio of each
+size to the 10k run next to the ratio of service counts: linear means the two match
+(t(40k)/t(10k) ~ 4). The peer of every figure is the 10k run of the same command in
+the same invocation, so a busy machine shifts both.
+
+    .venv/bin/python benchmarks/bench_scale.py [--repeat 2] [--sizes 10000,40000,limit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+AMIC = shutil.which("amic", path=str(Path(sys.executable).parent)) or "amic"
+
+
+def generate(services: int | None, limit: int) -> tuple[str, int]:
+    """FROM, then ``services`` one-line SERVICE blocks (None: as many as fit in ``limit``)."""
+    out, size, count = ["FROM debian:12\n"], len("FROM debian:12\n"), 0
+    for name in _names():
+        line = f"SERVICE {name}\n"
+        if (services is not None and count == services) or size + len(line) > limit:
+            break
+        out.append(line)
+        size += len(line)
+        count += 1
+    return "".join(out), count
+
+
+def _names():
+    """Short distinct service names: a..z, a0..z9, aa0.., shortest first."""
+    rest = string.ascii_lowercase + string.digits
+    for n in itertools.count(0):
+        for first in string.ascii_lowercase:
+            for tail in itertools.product(rest, repeat=n):
+                yield first + "".join(tail)
+
+
+def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (bytes) of one run; a failure
+    stops the benchmark."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {stderr.decode()[-2000:]}")
+    return secs, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--sizes", default="10000,40000,limit",
+                    help="comma-separated service counts; 'limit' fills the size limit")
+    opts = ap.parse_args()
+    from amic.amifile.source import MAX_AMIFILE_BYTES
+
+    sizes = [None if s == "limit" else int(s) for s in opts.sizes.split(",")]
+    results: dict[str, dict[int, tuple[float, float, int]]] = {"compile": {}, "dry-run": {}}
+    with tempfile.TemporaryDirectory(prefix="amic-bench-scale-") as tmp:
+        for size in sizes:
+            text, count = generate(size, MAX_AMIFILE_BYTES)
+            work = Path(tmp) / f"s{count}"
+            work.mkdir()
+            (work / "Amifile").write_text(text)
+            cache = work / "cache"
+            (cache / "bases" / "bookworm-minbase").mkdir(parents=True)
+            (cache / "bases" / "bookworm-minbase" / ".amic-base-complete").touch()
+            env = {**os.environ, "AMIC_CACHE_DIR": str(cache)}
+            commands = {"compile": [AMIC, "compile", "-o", str(work / "out.tar")],
+                        "dry-run": [AMIC, "build", "--dry-run", "--target", "local"]}
+            for name, argv in commands.items():
+                runs = [run_once(argv, work, env) for _ in range(opts.repeat)]
+                results[name][count] = (min(r[0] for r in runs), min(r[1] for r in runs),
+                                        max(r[2] for r in runs))
+                secs, cpu, rss = results[name][count]
+                print(f"{name:<8} {count:>7} services ({len(text) / 2**20:5.2f} MiB): "
+                      f"{secs:7.2f} s wall {cpu:7.2f} s CPU  peak RSS {rss / 2**20:6.0f} MiB",
+                      flush=True)
+            (work / "out.tar").unlink(missing_ok=True)
+    print(f"\nratios to the smallest size (best of {opts.repeat}; linear: time ratio ~ "
+          "services ratio; CPU time is the steadier one on a shared machine)")
+    for name, by_count in results.items():
+        base_count = min(by_count)
+        base_wall, base_cpu, _ = by_count[base_count]
+        for count, (secs, cpu, _) in sorted(by_count.items()):
+            if count != base_count:
+                print(f"  {name:<8} t({count})/t({base_count}) = {secs / base_wall:5.2f} wall, "
+                      f"{cpu / base_cpu:5.2f} CPU  (services x{count / base_count:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Compile and dry-run grow linearly with the number of services (issue 18).
+
+Not a time budget: each case compares the CPU time of the same work at N and 10 N
+services, measured in the same test, and fails when the ratio is far above 10 (a
+quadratic step gives 100; the ones fixed in issue 18 gave 20 to 60 at these sizes).
+CPU time, not wall time, so other processes on a shared machine count little; the
+best of a few runs. benchmarks/bench_scale.py measures the same at 10k, 40k and the
+4 MiB limit.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+from tests.unit.test_hostile_inputs import AMIC
+
+SMALL, FACTOR = 2_000, 10
+LIMIT = FACTOR * 1.6
+"""The largest ratio accepted for FACTOR times the services."""
+
+
+def chain(n: int) -> str:
+    """Each service requires the one before and names a package of its own and a shared
+    one (what the inherited-packages sets grew quadratically on), with an INIT."""
+    parts = ["FROM debian:12\nARG RELEASE=1\nENV APP=/srv\n"]
+    for i in range(n):
+        requires = f"    REQUIRES s{i - 1}\n" if i else ""
+        parts.append(f"SERVICE s{i}\n{requires}    PACKAGES pkg{i} curl\n"
+                     f"    INIT echo {i}\n")
+    return "".join(parts)
+
+
+def best(runs: int, work) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.process_time()
+        work()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def test_compile_is_linear_in_services(tmp_path):
+    from amic.amifile import parser, resolve
+    from amic.compile import artifact, plan
+
+    parser.parser()   # the grammar tables, outside the measurement
+
+    def compile_at(n: int):
+        path = tmp_path / f"{n}.Amifile"
+        path.write_text(chain(n))
+
+        def work():
+            p = plan.make_plan(resolve.load(path), {})
+            artifact.write_artifact(p, io.BytesIO())
+            assert len(p.layers) == n and p.service(f"s{n - 1}").packages == (f"pkg{n - 1}",)
+        return work
+
+    small = best(3, compile_at(SMALL))
+    large = best(2, compile_at(SMALL * FACTOR))
+    assert large < small * LIMIT, (small, large, large / small)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_dry_run_is_linear_in_services(tmp_path):
+    """The real CLI; a private cache in which the base is marked bootstrapped, so every
+    layer is looked up and explained (no real base, store or cache is touched)."""
+    cache = tmp_path / "cache"
+    (cache / "bases" / "bookworm-minbase").mkdir(parents=True)
+    (cache / "bases" / "bookworm-minbase" / ".amic-base-complete").touch()
+    env = {**os.environ, "AMIC_CACHE_DIR": str(cache)}
+
+    def dry_run_at(n: int):
+        work = tmp_path / f"s{n}"
+        work.mkdir()
+        (work / "Amifile").write_text(chain(n))
+
+        def run():
+            proc = subprocess.run([AMIC, "build", "--dry-run", "--json", "--target", "local"],
+                                  cwd=work, env=env, capture_output=True, text=True,
+                                  timeout=600)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert proc.stdout.count('"status": "RUN"') == n
+        return run
+
+    def cpu(run, runs):
+        times = []
+        for _ in range(runs):
+            before = children_cpu()
+            run()
+            times.append(children_cpu() - before)
+        return min(times)
+
+    small = cpu(dry_run_at(SMALL), 2)
+    large = cpu(dry_run_at(SMALL * FACTOR), 1)
+    assert large < small * LIMIT, (small, large, large / small)
+    assert not any(Path(cache).glob("local/*/*")), "a dry run wrote into the store"
