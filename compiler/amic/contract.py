@@ -138,7 +138,7 @@ def project_id(origin: str | None, name: str | None) -> str | None:
     """The identity of a project (tag ``amic:project``), or None when none can be derived.
 
     ``origin`` is where the Amifile lives in its git repository (the normalised remote URL
-    and the Amifile's path inside the repository, ``amic.cli.project.repo_origin``): the
+    and the Amifile's path inside the repository, ``amic.project.repo_origin``): the
     same in every clone, on every machine, under any folder name. ``name`` is an explicit
     name (``--name``, else the Amifile's ``NAME``), normalised. With an origin the name is
     part of the identity too (``--name prod`` and ``--name staging`` of one Amifile are two

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from amic import contract
-from amic.cli import project as proj
+from amic import project as proj
 
 SAME = [
     "git@github.com:TeamA/app.git",

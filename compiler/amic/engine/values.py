@@ -19,7 +19,7 @@ class BuildOptions:
     name: str | None = None
     """``--name``: the project's image name (``contract.TAG_NAME``); None = the Amifile's directory."""
     origin: str | None = None
-    """The Amifile's place in its git repository (``amic.cli.project``), for ``amic:project``."""
+    """The Amifile's place in its git repository (``amic.project``), for ``amic:project``."""
     build_args: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     """``--build-arg`` values (the environment and ARG defaults fill the rest)."""
     context: str | None = None
