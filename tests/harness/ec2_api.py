@@ -141,6 +141,9 @@ class Ec2Proxy:
         self._faults: list[list] = []   # [action or "*", remaining, code, status]
         self._armed: list[list] = []    # [create action, describe action, times, code, pending]
         self._rewrites: list[list] = []  # [action, old, new, remaining]
+        self.gates: list = []
+        """``gate(action, params)`` for every call, after the injected faults: may raise
+        ``ApiError`` (the strict stand-in's throttle, ``ec2_strict.py``)."""
         self._lock = threading.Lock()
         self.injected = 0
         proxy = self
@@ -251,6 +254,8 @@ class Ec2Proxy:
                     self.injected += 1
                     return 400, [("Content-Type", "text/xml")], _error_xml(armed[3], "eventual")
         try:
+            for gate in self.gates:
+                gate(action, params)
             for hook in self.before.get(action, ()):
                 hook(params)
         except ApiError as exc:

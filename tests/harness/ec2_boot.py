@@ -45,6 +45,9 @@ class Relay:
             except OSError:
                 client.close()
                 continue
+            # The 5 s was for connecting only: an SSH session may stay silent for minutes
+            # (an INIT running `sleep 300`), as a real instance's TCP connection does.
+            upstream.settimeout(None)
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 

@@ -65,6 +65,11 @@ class StandIn:
         self._ready: dict[str, float] = {}
         self._moto_snap: dict[str, str] = {}
         """moto's own snapshot id of a registered AMI -> the snapshot it was registered from."""
+        self.dpkg_lock_seconds = 0.0
+        """At an instance's first boot a process holds dpkg's locks this long (what
+        unattended-upgrades and apt-daily do on a fresh EC2 instance); 0: none."""
+        self.dpkg_holders: list[str] = []
+        """Instance ids whose first boot started the dpkg lock holder."""
         self.problems: list[str] = []
         """What the stand-in could not do while booting an instance (tests expect none)."""
         self._lock = threading.RLock()
@@ -166,6 +171,8 @@ class StandIn:
         inst.sshd = server
         inst.port = server.port
         inst.started += 1
+        if inst.started == 1 and self.dpkg_lock_seconds > 0:
+            self._hold_dpkg_lock(inst, server)
         self.current = inst.id
         late = [u for u in inst.units if not u.early]
         if late:    # after network-online, i.e. once sshd (the network, as far as we go) is up
@@ -236,6 +243,26 @@ class StandIn:
             unit.result = proc.returncode
             if proc.returncode != 0 and not ignore:
                 return
+
+    def _hold_dpkg_lock(self, inst: Instance, server) -> None:
+        """A first-boot process holding dpkg's fcntl locks (``lock-frontend``, then ``lock``,
+        as apt takes them) for ``dpkg_lock_seconds``, in the background inside the root."""
+        script = (DPKG_LOCK_HOLDER % {"seconds": self.dpkg_lock_seconds}).replace("'", "")
+        proc = server.run(f"perl -e '{script}' </dev/null >/dev/null 2>&1 & echo started")
+        if "started" not in proc.stdout:
+            self.problems.append(f"{inst.id}: the dpkg lock holder did not start: {proc.stdout}")
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:     # held before anyone can log in
+            if server.run(f"perl -e '{DPKG_LOCK_PROBE}'").returncode == 0:
+                self.dpkg_holders.append(inst.id)
+                return
+            time.sleep(0.05)
+        self.problems.append(f"{inst.id}: the dpkg lock holder took no lock")
+
+    def real_snapshot(self, snap: str) -> str:
+        """The snapshot an image registered by RegisterImage really uses (moto invents one)."""
+        return self._moto_snap.get(snap, snap)
 
     @staticmethod
     def _install_key(inst: Instance) -> None:
@@ -469,6 +496,25 @@ class StandIn:
                 self._halt(inst)
             self.instances.clear()
         self.relay.close()
+
+
+DPKG_LOCK_HOLDER = """
+use Fcntl;
+$0 = "unattended-upgr";
+my @held;
+for my $path ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock") {
+    sysopen(my $fh, $path, O_RDWR | O_CREAT, 0640) or die "$path: $!";
+    fcntl($fh, F_SETLKW, pack("s s x4 q q l x4", F_WRLCK, 0, 0, 0, 0)) or die "$path: $!";
+    push @held, $fh;
+}
+sleep %(seconds)s;
+"""
+"""perl (Essential in Debian, so in every base) taking apt's locks as apt does: fcntl write
+locks on the whole file (struct flock of x86_64 and aarch64 Linux)."""
+DPKG_LOCK_PROBE = ("use Fcntl; sysopen(my $fh, q(/var/lib/dpkg/lock-frontend), O_RDWR) or exit 1;"
+                   " my $l = pack(q(s s x4 q q l x4), F_WRLCK, 0, 0, 0, 0);"
+                   " fcntl($fh, F_GETLK, $l) or exit 1; exit((unpack(q(s), $l))[0] == F_UNLCK)")
+"""Exit 0 when another process holds dpkg's frontend lock."""
 
 
 class PlainSshd:
