@@ -141,8 +141,9 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
                 break
         found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
         held_by_other = found is not None
-        if found is None:
-            continue       # let go of just now: try again at once
+        if found is None:      # let go of just now, or not readable yet (eventual
+            time.sleep(min(poll, 0.2))      # consistency): try again, not in a hot loop
+            continue
         holder = found["tags"].get(TAG_BUILD, "?")
         why = stale(found, aws.now())
         if why:
