@@ -504,7 +504,8 @@ $0 = "unattended-upgr";
 my @held;
 for my $path ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock") {
     sysopen(my $fh, $path, O_RDWR | O_CREAT, 0640) or die "$path: $!";
-    fcntl($fh, F_SETLKW, pack("s s x4 q q l x4", F_WRLCK, 0, 0, 0, 0)) or die "$path: $!";
+    my $lock = pack("s s x4 q q l x4", F_WRLCK, 0, 0, 0, 0);
+    fcntl($fh, F_SETLKW, $lock) or die "$path: $!";
     push @held, $fh;
 }
 sleep %(seconds)s;
