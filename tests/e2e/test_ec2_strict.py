@@ -96,3 +96,56 @@ def test_five_service_build_survives_and_counts_its_describes(strict):
     assert fake.standin.dpkg_holders, fake.standin.problems
     assert "Waiting for cache lock" in b.stderr or "lock-frontend" in b.stderr, b
     assert sum(describes(b.calls).values()) <= 40, describes(b.calls)
+
+
+PROJECT = """\
+FROM debian:12
+LABEL project={n}
+SERVICE base{n}
+    INIT echo base {n} > /etc/amic-base
+SERVICE app{n}
+    REQUIRES base{n}
+    INIT echo app {n} > /etc/amic-app
+"""
+CONCURRENT = int(os.environ.get("AMIC_TEST_CONCURRENT_BUILDS") or 20)
+
+
+def test_twenty_projects_build_at_once_through_the_throttle(strict, tmp_path):
+    """20 builds of different projects at once, one moto, the suite's default strictness:
+    every one succeeds, each on its own instance (reached at its own loopback address)."""
+    fake = strict.fake
+    fake.strict = None
+    fake.reset()
+    fake.make_strict(Strictness(dpkg_lock_seconds=0))   # no PACKAGES here: apt is not the point
+    fake.standin.own_addresses = True
+    fake.register_debian12()
+    procs = []
+    for n in range(CONCURRENT):
+        project = tmp_path / f"p{n}"
+        project.mkdir()
+        (project / "Amifile").write_text(PROJECT.format(n=n))
+        env = {**strict.env(), "XDG_CACHE_HOME": str(project / "xdg"),
+               "AMIC_CACHE_DIR": str(project / "cache")}
+        argv = [amic_exe(), "build", "--target", "ec2", "--ssh-port",
+                str(fake.standin.relay_port), "--ssh-cidr", "127.0.0.1/32", "--ssh-user", "root",
+                "--poll-interval", "0.2", "--ssh-timeout", "300", "--console-timeout", "120",
+                "Amifile"]
+        procs.append(subprocess.Popen(argv, cwd=project, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    t0 = time.monotonic()
+    results = [(p.communicate(timeout=900), p.returncode) for p in procs]
+    seconds = time.monotonic() - t0
+    failed = [(n, rc, err[-2000:]) for n, ((out, err), rc) in enumerate(results) if rc != 0]
+    seen = fake.strict.summary()
+    calls = describes(dict(fake.proxy.calls))
+    print(f"\n{CONCURRENT} concurrent builds: {seconds:.0f}s, {seen}, Describe* {calls} "
+          f"total {sum(calls.values())} ({sum(calls.values()) / CONCURRENT:.1f} a build)")
+    assert failed == [], failed
+    amis = {out.strip().splitlines()[-1] for (out, _), _ in results}
+    assert len(amis) == CONCURRENT
+    assert len(set(fake.standin.addresses.values())) == CONCURRENT    # each its own instance
+    assert seen["throttled"] > 0, seen          # the throttle bit, and every build rode it out
+    deadline = time.monotonic() + 30
+    while fake.leftovers()["instances"] and time.monotonic() < deadline:
+        time.sleep(0.5)                         # shutting-down for a second
+    assert_clean(fake)

@@ -19,7 +19,8 @@ from pathlib import Path
 from tests.harness.ec2_api import (ApiError, Ec2Proxy, free_port, numbered, tag_specs, wait_port,
                                    xml_values)
 from tests.harness.ec2_boot import (CONDITIONS, STAGE2_BOOT, WANTS, Imds, Instance, Relay, Unit,
-                                    snapshot_tags, without_snapshot_tags)
+                                    loopback_address, snapshot_tags, with_public_addresses,
+                                    without_snapshot_tags)
 from tests.harness.ec2_terminate import Termination
 
 class StandIn:
@@ -70,6 +71,13 @@ class StandIn:
         unattended-upgrades and apt-daily do on a fresh EC2 instance); 0: none."""
         self.dpkg_holders: list[str] = []
         """Instance ids whose first boot started the dpkg lock holder."""
+        self.own_addresses = False
+        """True: each instance answers SSH on its own loopback address (its DescribeInstances
+        ``PublicIpAddress``) at ``relay_port``, so concurrent builds each reach their own
+        instance (``--ssh-port`` without ``--ssh-host``); the shared relay still serves
+        the most recent one."""
+        self.addresses: dict[str, str] = {}
+        self._relays: dict[str, Relay] = {}
         self.problems: list[str] = []
         """What the stand-in could not do while booting an instance (tests expect none)."""
         self._lock = threading.RLock()
@@ -84,7 +92,8 @@ class StandIn:
                              ("DescribeImages", self._ebs_root),
                              ("CreateSnapshot", self._create_snapshot),
                              ("DescribeSnapshots", self._snapshot_states),
-                             ("RegisterImage", self._register_image)):
+                             ("RegisterImage", self._register_image),
+                             ("DescribeInstances", self._public_addresses)):
             proxy.after[action].append(hook)
         proxy.forward["CreateImage"].append(without_snapshot_tags)
         proxy.after["CreateImage"].append(self._tag_image_snapshots)
@@ -136,6 +145,8 @@ class StandIn:
                 upper.mkdir(parents=True)
                 inst = Instance(iid, image, list(self.images.get(image, [])), upper, pubkey)
                 self.instances[iid] = inst
+                if self.own_addresses:
+                    self._own_relay(inst, loopback_address(self._n))
                 self.launches.append((iid, image))
                 self._boot(inst)
 
@@ -243,6 +254,19 @@ class StandIn:
             unit.result = proc.returncode
             if proc.returncode != 0 and not ignore:
                 return
+
+    def _own_relay(self, inst: Instance, address: str) -> None:
+        def port():
+            with self._lock:
+                return inst.port if self.ssh_up else None
+
+        self.addresses[inst.id] = address
+        self._relays[inst.id] = Relay(port, address, self.relay_port)
+
+    def _public_addresses(self, params, text):
+        with self._lock:
+            addresses = dict(self.addresses)
+        return with_public_addresses(text, addresses) if addresses else None
 
     def _hold_dpkg_lock(self, inst: Instance, server) -> None:
         """A first-boot process holding dpkg's fcntl locks (``lock-frontend``, then ``lock``,
@@ -434,6 +458,9 @@ class StandIn:
         with self._lock:
             for iid in numbered(params, "InstanceId"):
                 inst = self.instances.pop(iid, None)
+                relay = self._relays.pop(iid, None)
+                if relay is not None:
+                    relay.close()
                 if inst is not None:
                     self._halt(inst)
                     self.terminated.append(inst)
@@ -495,6 +522,9 @@ class StandIn:
             for inst in list(self.instances.values()):
                 self._halt(inst)
             self.instances.clear()
+            for relay in self._relays.values():
+                relay.close()
+            self._relays.clear()
         self.relay.close()
 
 
