@@ -62,24 +62,25 @@ def drain(ec2, action: str, **kwargs) -> None:
 
 
 def test_raw_describe_images_retries_throttling_with_jitter(fake):
-    strict = fake.make_strict(Strictness(bucket_scale=0.03, refill_scale=0.2))  # 3 tokens, 4/s
     ami = fake.register_debian12()
-    before = strict.throttle.throttled["DescribeImages"]
-    access, raw = query.resolve(), raw_client(fake)
-    drain(raw, "describe_images", ImageIds=[ami])
+    access = query.resolve()
+    fake.proxy.fail("DescribeImages", 2)     # RequestLimitExceeded, HTTP 503: the throttle's answer
     found = query.describe_images(access, ImageIds=[ami], user_agent="amic-test")
     assert [i["ImageId"] for i in found] == [ami]
-    assert strict.throttle.throttled["DescribeImages"] > before      # it was refused first
-    ours = [a for a, agent in fake.proxy.agents if agent == "amic-test"]
-    assert len(ours) >= 2
+    assert [a for a, agent in fake.proxy.agents if agent == "amic-test"] == ["DescribeImages"] * 3
+    # past its attempts it hands over (QueryError: the caller's boto3 path takes it from there)
+    fake.proxy.fail("DescribeImages", query.THROTTLE_ATTEMPTS)
+    with pytest.raises(query.QueryError, match="RequestLimitExceeded"):
+        query.describe_images(access, ImageIds=[ami], user_agent="amic-test")
 
 
-def test_boto3_calls_ride_out_throttling(fake):
+def test_boto3_calls_ride_out_the_throttle(fake):
     strict = fake.make_strict(Strictness(bucket_scale=0.03, refill_scale=0.05))  # 3, 1/s
     ami = fake.register_debian12()
     raw, ours = raw_client(fake), amic_client()    # made first: a client takes a while
     drain(raw, "describe_images", ImageIds=[ami])
-    assert images.image_by_id(ours, ami).id == ami
+    for _ in range(6):      # twice the bucket, at once: botocore's backoff waits for refills
+        assert images.image_by_id(ours, ami).id == ami
     assert strict.throttle.throttled["DescribeImages"] >= 2
 
 
@@ -131,3 +132,27 @@ def test_cleanup_finds_a_new_instance_by_id_when_the_tag_filter_lags(fake):
     # several interfaces: the group swap was refused and the cleanup waited instead
     assert fake.strict.multi_eni.refused == 1
     assert any("InvalidInstanceID" in line for line in logged), logged
+
+
+def test_memo_confirmation_rides_out_a_throttled_call_without_boto3(fake):
+    """The memo's two raw DescribeImages: one throttled answer is retried (no boto3 fallback);
+    throttled past ``THROTTLE_ATTEMPTS`` the memo is declined (the full path, with botocore's
+    retries, runs instead)."""
+    from amic.targets.ec2 import target as ec2target
+
+    ami = fake.register_debian12()
+    ec2c = fake.client()
+    final = ec2c.register_image(Name="final-x", RootDeviceName="/dev/xvda",
+                                VirtualizationType="hvm", Architecture="x86_64")["ImageId"]
+    ec2c.create_tags(Resources=[final], Tags=[{"Key": "amic:key", "Value": "k" * 64}])
+    result = {"image_id": final, "base_image_id": ami, "final_key": "k" * 64}
+    target = ec2target.Ec2Target(options=Ec2Options(ssh_cidrs=("127.0.0.1/32",)),
+                                 log_fn=lambda m: None)
+    fake.proxy.reset()
+    fake.proxy.fail("DescribeImages", 1)                       # RequestLimitExceeded, 503
+    assert target.confirm_memo(result, {"base_ref": "debian:12"})
+    assert fake.proxy.injected == 1 and fake.proxy.count("DescribeImages") == 3
+    assert fake.proxy.boto3_calls() == []
+    fake.proxy.reset()
+    fake.proxy.fail("DescribeImages", 2 * query.THROTTLE_ATTEMPTS)
+    assert not target.confirm_memo(result, {"base_ref": "debian:12"})

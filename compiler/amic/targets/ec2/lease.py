@@ -119,8 +119,9 @@ def drop_if_ours(ec2, name: str, build_id: str, log) -> None:
 
 @contextlib.contextmanager
 def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
-          wait_limit: float = WAIT_LIMIT) -> Iterator[str]:
-    """Hold the lease of ``key`` for the ``with`` block (waiting or taking over as needed)."""
+          wait_limit: float = WAIT_LIMIT, on_contention=None) -> Iterator[str]:
+    """Hold the lease of ``key`` for the ``with`` block (waiting or taking over as needed);
+    ``on_contention()`` is called when another build was seen holding it."""
     name = lease_name(key)
     interval = resources.heartbeat_seconds()
     poll = max(0.1, min(poll, interval))
@@ -141,6 +142,8 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
                 break
         found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
         held_by_other = found is not None
+        if held_by_other and on_contention is not None:
+            on_contention()
         if found is None:      # let go of just now, or not readable yet (eventual
             time.sleep(min(poll, 0.2))      # consistency): try again, not in a hot loop
             continue

@@ -249,12 +249,14 @@ def add_security_group(stack: contextlib.ExitStack, ec2, name: str, build_id: st
                        opts: Ec2Options, log: Log) -> str:
     """A group open only to SSH from ``cidrs()``; its id."""
     vpc = group_vpc(ec2, opts)
+    made: list[str] = []        # its id once CreateSecurityGroup answered: deleted by id
     stack.callback(cleanup_quietly, log, "security group", name, delete_groups_named, ec2, name,
-                   vpc, opts.poll_interval, log)
+                   vpc, opts.poll_interval, log, made)
     gid = aws.call("creating the temporary security group", ec2.create_security_group,
                    GroupName=name, VpcId=vpc,
                    Description=f"amic build {build_id}: SSH from the builder only",
                    TagSpecifications=aws.tag_specs(tags, "security-group"))["GroupId"]
+    made.append(gid)
     allowed = cidrs()
     aws.call("opening SSH in the temporary security group",
              ec2.authorize_security_group_ingress, GroupId=gid,
@@ -280,13 +282,16 @@ def delete_security_group(ec2, group_id: str, *, poll_interval: float,
             time.sleep(max(poll_interval, 0.5))
 
 
-def delete_groups_named(ec2, name: str, vpc: str, poll_interval: float, log: Log) -> None:
-    """The build's group, found by name (its id may never have been seen)."""
-    groups = ec2.describe_security_groups(Filters=[
-        {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}])
-    for group in groups["SecurityGroups"]:
-        delete_security_group(ec2, group["GroupId"], poll_interval=poll_interval)
-        log(f"deleted security group {group['GroupId']}")
+def delete_groups_named(ec2, name: str, vpc: str, poll_interval: float, log: Log,
+                        known: Sequence[str] = ()) -> None:
+    """The build's group: by id when CreateSecurityGroup answered (``known``), else found by
+    name (an interrupt mid-call: its id was never seen)."""
+    ids = list(known) or [group["GroupId"] for group in ec2.describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": [name]},
+        {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]]
+    for gid in ids:
+        delete_security_group(ec2, gid, poll_interval=poll_interval)
+        log(f"deleted security group {gid}")
 
 
 # -- instance ------------------------------------------------------------------------------

@@ -50,10 +50,13 @@ def is_snapshot(image: Image) -> bool:
     return image.id.startswith("snap-")
 
 
-def image_facts(ec2, image_id: str) -> dict[str, str]:
-    """What an AMI registered from a snapshot of an instance of ``image_id`` must repeat."""
-    found = aws.call(f"describing {image_id}", ec2.describe_images, ImageIds=[image_id])["Images"]
-    raw = found[0] if found else {}
+def image_facts(ec2, image_id: str, raw: dict | None = None) -> dict[str, str]:
+    """What an AMI registered from a snapshot of an instance of ``image_id`` must repeat
+    (from ``raw``, its DescribeImages entry, when the build has it already)."""
+    if raw is None:
+        found = aws.call(f"describing {image_id}", ec2.describe_images,
+                         ImageIds=[image_id])["Images"]
+        raw = found[0] if found else {}
     facts = {TAG_SOURCE_IMAGE: image_id,
              TAG_ROOT_DEVICE: raw.get("RootDeviceName") or "/dev/xvda",
              TAG_ARCH: raw.get("Architecture") or "x86_64",
