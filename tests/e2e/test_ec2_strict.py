@@ -82,6 +82,7 @@ def strict(tmp_path_factory):
 
 def test_five_service_build_survives_and_counts_its_describes(strict):
     fake = strict.fake
+    fake.strict = None          # HARSH instead of the suite's strictness, not on top of it
     fake.reset()
     fake.make_strict(HARSH)
     strict.base_ami = fake.register_debian12()
@@ -154,4 +155,35 @@ def test_twenty_projects_build_at_once_through_the_throttle(strict, tmp_path):
     deadline = time.monotonic() + 30
     while fake.leftovers()["instances"] and time.monotonic() < deadline:
         time.sleep(0.5)                         # shutting-down for a second
+    assert_clean(fake)
+
+
+SILENT = """\
+FROM debian:12
+SERVICE quiet
+    INIT <<~EOF
+        sleep {seconds}
+        echo woke > /etc/amic-quiet
+    EOF
+"""
+SILENT_SECONDS = 300
+
+
+def test_an_init_silent_for_five_minutes_passes(strict, tmp_path):
+    """The SSH session of an INIT that prints nothing for 5 minutes stays open (the relay
+    once dropped it after 5 s of silence). The one long test of the suite (~5.5 min)."""
+    fake = strict.fake
+    fake.strict = None
+    fake.reset()
+    fake.make_strict()
+    fake.register_debian12()
+    project = tmp_path / "quiet"
+    project.mkdir()
+    (project / "Amifile").write_text(SILENT.format(seconds=SILENT_SECONDS))
+    t0 = time.monotonic()
+    proc = subprocess.run(strict.argv(), cwd=project, env=strict.env(), capture_output=True,
+                          text=True, timeout=SILENT_SECONDS + 300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - t0 >= SILENT_SECONDS
+    assert "connection lost" not in proc.stderr
     assert_clean(fake)

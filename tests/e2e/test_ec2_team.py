@@ -57,7 +57,7 @@ class Team(E2E):
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
-    with standin_ec2(tmp_path_factory) as fake:
+    with standin_ec2(tmp_path_factory, strict=True) as fake:
         yield Team(fake, tmp_path_factory.mktemp("project"), tmp_path_factory.mktemp("home"))
 
 

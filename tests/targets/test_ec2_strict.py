@@ -178,3 +178,31 @@ def test_relay_keeps_an_idle_connection_open():
     finally:
         relay.close()
         server.close()
+
+
+@pytest.mark.root
+def test_first_boot_holds_the_dpkg_lock_against_apt(tmp_path_factory):
+    """A fresh instance's first boot holds dpkg's lock (as unattended-upgrades does): apt
+    itself refuses to install meanwhile, and gets the lock once it is let go."""
+    from amic.targets.local import rootfs
+
+    from tests.harness.sshd import new_key, require_sshd_root
+
+    require_sshd_root()
+    with fake_ec2(tmp_path_factory.mktemp("ec2"), rootfs.ensure_base(), strict=True) as fake:
+        fake.standin.dpkg_lock_seconds = 8.0
+        ami = fake.register_debian12()
+        ec2 = client(fake)
+        key = new_key("ed25519")
+        ec2.import_key_pair(KeyName="k", PublicKeyMaterial=f"ssh-ed25519 {key.get_base64()}")
+        iid = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, KeyName="k")[
+            "Instances"][0]["InstanceId"]
+        server = fake.standin.instances[iid].sshd
+        assert fake.standin.dpkg_holders == [iid], fake.standin.problems
+        refused = server.run("apt-get -o DPkg::Lock::Timeout=0 -y install")
+        assert refused.returncode != 0
+        assert "Could not get lock /var/lib/dpkg/lock-frontend" in refused.stdout, refused.stdout
+        waited = server.run("apt-get -o DPkg::Lock::Timeout=60 -y install", timeout=90)
+        assert waited.returncode == 0, waited.stdout
+        assert "Waiting for cache lock" in waited.stdout, waited.stdout
+        ec2.terminate_instances(InstanceIds=[iid])
