@@ -156,3 +156,25 @@ def test_memo_confirmation_rides_out_a_throttled_call_without_boto3(fake):
     fake.proxy.reset()
     fake.proxy.fail("DescribeImages", 2 * query.THROTTLE_ATTEMPTS)
     assert not target.confirm_memo(result, {"base_ref": "debian:12"})
+
+
+def test_lease_is_read_back_through_the_delay(fake):
+    """DescribeKeyPairs does not show a new lease at once (InvalidKeyPair.NotFound, as EC2
+    answers for a while after CreateKeyPair): the holder still takes it, and a second build
+    finds it held and waits (polling, not spinning on CreateKeyPair)."""
+    from amic.errors import BuildError
+    from amic.targets.ec2 import lease
+
+    fake.make_strict()
+    ec2 = amic_client()
+    fake.proxy.not_found_after("CreateKeyPair", "DescribeKeyPairs", 3, "InvalidKeyPair.NotFound")
+    with lease.lease(ec2, "a" * 64, "b-one", log=lambda m: None, poll=0.1) as name:
+        assert fake.proxy.injected == 3            # read back through the lag
+        before = fake.proxy.count("CreateKeyPair")
+        with pytest.raises(BuildError, match="b-one"), \
+                lease.lease(ec2, "a" * 64, "b-two", log=lambda m: None, poll=0.1,
+                            wait_limit=1.5):
+            pass
+        assert fake.proxy.count("CreateKeyPair") - before <= 3      # polled, not spun
+        assert [k["KeyName"] for k in fake.client().describe_key_pairs()["KeyPairs"]] == [name]
+    assert fake.client().describe_key_pairs()["KeyPairs"] == []
