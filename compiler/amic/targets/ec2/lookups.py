@@ -14,13 +14,15 @@ them with ``Target.plan_lookups``) asks once:
 
 The answers are kept for the build. A key is asked again, alone, only after its
 lease was held by another build (``recheck``): that build may have made it
-meanwhile; when it did, everything is asked again (``forget``). Where that other
-build's image is still too new to show in a tag filter (eventual consistency), the
-layer is built twice: wasted work, never a wrong image.
+meanwhile; when it did, everything is asked again (``forget``). That other build
+let go of the lease moments after making the image, which a tag filter may not
+show yet (eventual consistency): a miss is asked again for ``SETTLE_SECONDS``
+before this build makes the image itself (a waiter whose holder failed pays that).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -31,6 +33,8 @@ from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
 
+SETTLE_SECONDS = 3.0
+"""How long a key whose lease another build just let go of is asked again while missing."""
 MAX_VALUES = 200
 """EC2's limit of values in one filter."""
 LIVE_SNAPSHOT = ("pending", "completed")
@@ -100,7 +104,7 @@ class Lookups:
     def find(self, ec2, key: str) -> Image | None:
         if key in self.rechecks:
             self.rechecks.discard(key)
-            found = self._one(ec2, key)
+            found = self._settled(ec2, key)
             if found is not None:
                 self.forget()       # made meanwhile: whatever comes next is asked afresh
             return found
@@ -145,6 +149,17 @@ class Lookups:
                     "looking up layer snapshots", ec2.describe_snapshots, OwnerIds=["self"],
                     Filters=[{"Name": f"tag:{snapshots.TAG_CHECKPOINT}", "Values": ["snapshot"]},
                              {"Name": f"tag:{TAG_SERVICE}", "Values": part}])["Snapshots"]
+
+    def _settled(self, ec2, key: str) -> Image | None:
+        deadline = time.monotonic() + SETTLE_SECONDS
+        attempt = 0
+        while True:
+            found = self._one(ec2, key)
+            left = deadline - time.monotonic()
+            if found is not None or left <= 0:
+                return found
+            attempt += 1
+            time.sleep(min(left, 0.5 * attempt))
 
     def _one(self, ec2, key: str) -> Image | None:
         """One key, asked now: the final key is an AMI; a layer key a snapshot (or an AMI
