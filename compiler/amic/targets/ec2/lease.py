@@ -121,7 +121,7 @@ def drop_if_ours(ec2, name: str, build_id: str, log) -> None:
 def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
           wait_limit: float = WAIT_LIMIT, on_contention=None) -> Iterator[str]:
     """Hold the lease of ``key`` for the ``with`` block (waiting or taking over as needed);
-    ``on_contention()`` is called when another build was seen holding it."""
+    ``on_contention()`` is called each time another build had it (CreateKeyPair: duplicate)."""
     name = lease_name(key)
     interval = resources.heartbeat_seconds()
     poll = max(0.1, min(poll, interval))
@@ -140,10 +140,10 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
                 raise
             if mine is not None:
                 break
+            if on_contention is not None:   # held by another build, or let go of just now
+                on_contention()
         found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
         held_by_other = found is not None
-        if held_by_other and on_contention is not None:
-            on_contention()
         if found is None:      # let go of just now, or not readable yet (eventual
             time.sleep(min(poll, 0.2))      # consistency): try again, not in a hot loop
             continue
