@@ -117,7 +117,7 @@ class Project:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    with standin_ec2(tmp_path_factory) as fake:   # the launched instances' disks are inspected
+    with standin_ec2(tmp_path_factory, strict=True) as fake:   # the launched instances' disks are inspected
         p = Project(fake, tmp_path_factory.mktemp("launch-project"))
         p.ami = p.build()
         yield p

@@ -19,7 +19,7 @@ from tests.harness.ec2 import REGION, fake_ec2
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    with fake_ec2(tmp_path_factory.mktemp("ec2")) as fake:
+    with fake_ec2(tmp_path_factory.mktemp("ec2"), strict=True) as fake:
         yield fake
 
 

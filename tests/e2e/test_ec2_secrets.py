@@ -43,7 +43,7 @@ SERVICE app
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    with standin_ec2(tmp_path_factory) as fake:
+    with standin_ec2(tmp_path_factory, strict=True) as fake:
         yield fake
 
 

@@ -57,7 +57,7 @@ class Team(E2E):
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
-    with standin_ec2(tmp_path_factory) as fake:
+    with standin_ec2(tmp_path_factory, strict=True) as fake:
         yield Team(fake, tmp_path_factory.mktemp("project"), tmp_path_factory.mktemp("home"))
 
 
@@ -146,9 +146,10 @@ def test_old_build_key_refused_on_final_ami_built_on_its_layers(team, tmp_path):
 
 def created_per_key(fake, action: str) -> dict[str, int]:
     """How many ``action`` calls created something of each layer key (once per call: a
-    CreateImage tags its image and its snapshots with the same key)."""
+    CreateImage tags its image and its snapshots with the same key; a refused call, e.g.
+    SnapshotCreationPerVolumeRateExceeded, made nothing)."""
     counts: dict[str, int] = {}
-    for params in fake.proxy.calls_of(action):
+    for params in fake.proxy.calls_of(action, answered=True):
         keys = {params[k[:-len(".Key")] + ".Value"] for k, v in params.items()
                 if k.startswith("TagSpecification.") and k.endswith(".Key") and v == "amic:key"}
         for key in keys:

@@ -68,6 +68,7 @@ from pathlib import Path
 from tests.harness.ec2_api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
                                     MotoServer, free_port, numbered, xml_values)
 from tests.harness.ec2_standin import PlainSshd, StandIn  # noqa: F401
+from tests.harness.ec2_strict import Strict, Strictness
 
 
 class FakeEc2:
@@ -80,6 +81,15 @@ class FakeEc2:
         self.workdir = workdir
         self.base_root = base_root
         self.standin = StandIn(proxy, workdir / "standin", base_root)
+        self.strict: Strict | None = None
+        """EC2's documented strictness (``ec2_strict.py``) when ``make_strict`` was called."""
+
+    def make_strict(self, settings: Strictness | None = None) -> Strict:
+        """Throttling, eventual consistency, snapshot and ENI refusals, the first-boot dpkg
+        lock: as EC2 does them (kept over ``reset``)."""
+        self.strict = Strict(self.proxy, self.standin, settings)
+        self.standin.dpkg_lock_seconds = self.strict.settings.dpkg_lock_seconds
+        return self.strict
 
     @property
     def env(self) -> dict[str, str]:
@@ -114,8 +124,11 @@ class FakeEc2:
         self.proxy.before.clear()
         self.proxy.after.clear()
         self.proxy.forward.clear()
+        self.proxy.gates.clear()
         shutil.rmtree(self.workdir / "standin", ignore_errors=True)
         self.standin = StandIn(self.proxy, self.workdir / "standin", self.base_root)
+        if self.strict is not None:
+            self.make_strict(self.strict.settings)
 
     # assertions ---------------------------------------------------------------
 
@@ -156,10 +169,13 @@ class FakeEc2:
 
 
 @contextlib.contextmanager
-def fake_ec2(workdir: Path, base_root: Path | None = None, moto_env: dict | None = None):
+def fake_ec2(workdir: Path, base_root: Path | None = None, moto_env: dict | None = None, *,
+             strict: bool = False):
     moto = MotoServer(env=moto_env).start()
     proxy = Ec2Proxy(moto.port).start()
     fake = FakeEc2(moto, proxy, workdir, base_root)
+    if strict:
+        fake.make_strict()
     try:
         yield fake
     finally:
@@ -169,9 +185,9 @@ def fake_ec2(workdir: Path, base_root: Path | None = None, moto_env: dict | None
 
 
 @contextlib.contextmanager
-def standin_ec2(tmp_path_factory, moto_env: dict | None = None):
+def standin_ec2(tmp_path_factory, moto_env: dict | None = None, *, strict: bool = True):
     """moto + proxy + instance stand-in over the cached Debian base, keeping instance disks
-    for inspection: what the end-to-end ec2 test modules share."""
+    for inspection: what the end-to-end ec2 test modules share (they pass ``strict=True``)."""
     from amic.targets.local import rootfs
 
     from tests.harness.sshd import require_sshd_root
@@ -179,7 +195,7 @@ def standin_ec2(tmp_path_factory, moto_env: dict | None = None):
     require_sshd_root()
     base = rootfs.ensure_base()
     os.makedirs("/run/sshd", exist_ok=True)
-    with fake_ec2(tmp_path_factory.mktemp("ec2"), base, moto_env) as fake:
+    with fake_ec2(tmp_path_factory.mktemp("ec2"), base, moto_env, strict=strict) as fake:
         fake.standin.keep_disks = True    # tests search and inspect the instances' disks
         yield fake
 

@@ -137,6 +137,8 @@ class Ec2Proxy:
         self.upstream_port = upstream_port
         self.calls: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[str, dict[str, str]]] = []
+        self.answered: list[tuple[str, dict[str, str]]] = []
+        """(action, params) of the calls answered with success (``log`` has every attempt)."""
         self.agents: list[tuple[str, str]] = []
         """(action, User-Agent) of every call: who asked (boto3 or amic's own Query calls)."""
         self.before: dict[str, list] = collections.defaultdict(list)
@@ -145,6 +147,9 @@ class Ec2Proxy:
         self._faults: list[list] = []   # [action or "*", remaining, code, status]
         self._armed: list[list] = []    # [create action, describe action, times, code, pending]
         self._rewrites: list[list] = []  # [action, old, new, remaining]
+        self.gates: list = []
+        """``gate(action, params)`` for every call, after the injected faults: may raise
+        ``ApiError`` (the strict stand-in's throttle, ``ec2_strict.py``)."""
         self._lock = threading.Lock()
         self.injected = 0
         self.credentials = ("testing", "testing")
@@ -195,6 +200,7 @@ class Ec2Proxy:
         with self._lock:
             self.calls.clear()
             self.log.clear()
+            self.answered.clear()
             self.agents.clear()
             self._faults.clear()
             self._armed.clear()
@@ -228,10 +234,10 @@ class Ec2Proxy:
         with self._lock:
             return [a for a, agent in self.agents if "Botocore/" in agent or "Boto3/" in agent]
 
-    def calls_of(self, action: str) -> list[dict[str, str]]:
-        """The parameters of every ``action`` call seen, in order."""
+    def calls_of(self, action: str, *, answered: bool = False) -> list[dict[str, str]]:
+        """The parameters of every ``action`` call seen (``answered``: that succeeded), in order."""
         with self._lock:
-            return [p for a, p in self.log if a == action]
+            return [p for a, p in (self.answered if answered else self.log) if a == action]
 
     def moto_client(self):
         """A boto3 client straight to moto (not counted, no hooks): for the hooks' own look-ups."""
@@ -262,6 +268,8 @@ class Ec2Proxy:
         try:
             for hook in self.before.get("*", ()):   # every call, first (IAM: ec2_iam.py)
                 hook(action, params, headers)
+            for gate in self.gates:                  # then EC2's throttle (ec2_strict.py)
+                gate(action, params)
             for hook in self.before.get(action, ()):
                 hook(params)
         except ApiError as exc:
@@ -290,6 +298,8 @@ class Ec2Proxy:
             data = text.encode()
         if resp.status == 200:
             data = self._after_faults(action, data)
+            with self._lock:
+                self.answered.append((action, params))
         return resp.status, out_headers, data
 
     def _after_faults(self, action: str, data: bytes) -> bytes:

@@ -20,11 +20,11 @@ from pathlib import Path
 class Relay:
     """A TCP listener on one fixed port forwarding each connection to ``target()``."""
 
-    def __init__(self, target) -> None:
+    def __init__(self, target, host: str = "127.0.0.1", port: int = 0) -> None:
         self.target = target
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self._stop = False
@@ -45,6 +45,9 @@ class Relay:
             except OSError:
                 client.close()
                 continue
+            # The 5 s was for connecting only: an SSH session may stay silent for minutes
+            # (an INIT running `sleep 300`), as a real instance's TCP connection does.
+            upstream.settimeout(None)
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -238,3 +241,31 @@ def without_snapshot_tags(params: dict[str, str]) -> dict[str, str]:
         out.update({f"TagSpecification.{new}.{k[len(prefix):]}": v
                     for k, v in params.items() if k.startswith(prefix)})
     return out
+
+
+def loopback_address(n: int) -> str:
+    """The ``n``-th instance's own address (``127.1.0.2`` on): all of 127/8 is loopback."""
+    return f"127.1.{n // 250}.{n % 250 + 2}"
+
+
+def with_public_addresses(text: str, addresses: dict[str, str]) -> str | None:
+    """A DescribeInstances answer with each known instance's ``ipAddress`` set to its own
+    loopback address (moto invents public addresses nobody can reach)."""
+    import xml.etree.ElementTree as ET
+
+    if not any(iid in text for iid in addresses):
+        return None
+    root = ET.fromstring(text)
+    ns = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
+    if ns:
+        ET.register_namespace("", ns)
+    for item in root.iter():
+        fields = {el.tag.rsplit("}", 1)[-1]: el for el in item}
+        iid = fields.get("instanceId")
+        if iid is None or iid.text not in addresses or "instanceState" not in fields:
+            continue
+        ip = fields.get("ipAddress")
+        if ip is None:
+            ip = ET.SubElement(item, f"{{{ns}}}ipAddress" if ns else "ipAddress")
+        ip.text = addresses[iid.text]
+    return ET.tostring(root, encoding="unicode")

@@ -19,7 +19,8 @@ from pathlib import Path
 from tests.harness.ec2_api import (ApiError, Ec2Proxy, free_port, numbered, tag_specs, wait_port,
                                    xml_values)
 from tests.harness.ec2_boot import (CONDITIONS, STAGE2_BOOT, WANTS, Imds, Instance, Relay, Unit,
-                                    snapshot_tags, without_snapshot_tags)
+                                    loopback_address, snapshot_tags, with_public_addresses,
+                                    without_snapshot_tags)
 from tests.harness.ec2_terminate import Termination
 
 class StandIn:
@@ -65,6 +66,18 @@ class StandIn:
         self._ready: dict[str, float] = {}
         self._moto_snap: dict[str, str] = {}
         """moto's own snapshot id of a registered AMI -> the snapshot it was registered from."""
+        self.dpkg_lock_seconds = 0.0
+        """At an instance's first boot a process holds dpkg's locks this long (what
+        unattended-upgrades and apt-daily do on a fresh EC2 instance); 0: none."""
+        self.dpkg_holders: list[str] = []
+        """Instance ids whose first boot started the dpkg lock holder."""
+        self.own_addresses = False
+        """True: each instance answers SSH on its own loopback address (its DescribeInstances
+        ``PublicIpAddress``) at ``relay_port``, so concurrent builds each reach their own
+        instance (``--ssh-port`` without ``--ssh-host``); the shared relay still serves
+        the most recent one."""
+        self.addresses: dict[str, str] = {}
+        self._relays: dict[str, Relay] = {}
         self.problems: list[str] = []
         """What the stand-in could not do while booting an instance (tests expect none)."""
         self._lock = threading.RLock()
@@ -79,7 +92,8 @@ class StandIn:
                              ("DescribeImages", self._ebs_root),
                              ("CreateSnapshot", self._create_snapshot),
                              ("DescribeSnapshots", self._snapshot_states),
-                             ("RegisterImage", self._register_image)):
+                             ("RegisterImage", self._register_image),
+                             ("DescribeInstances", self._public_addresses)):
             proxy.after[action].append(hook)
         proxy.forward["CreateImage"].append(without_snapshot_tags)
         proxy.after["CreateImage"].append(self._tag_image_snapshots)
@@ -131,6 +145,8 @@ class StandIn:
                 upper.mkdir(parents=True)
                 inst = Instance(iid, image, list(self.images.get(image, [])), upper, pubkey)
                 self.instances[iid] = inst
+                if self.own_addresses:
+                    self._own_relay(inst, loopback_address(self._n))
                 self.launches.append((iid, image))
                 self._boot(inst)
 
@@ -166,6 +182,8 @@ class StandIn:
         inst.sshd = server
         inst.port = server.port
         inst.started += 1
+        if inst.started == 1 and self.dpkg_lock_seconds > 0:
+            self._hold_dpkg_lock(inst, server)
         self.current = inst.id
         late = [u for u in inst.units if not u.early]
         if late:    # after network-online, i.e. once sshd (the network, as far as we go) is up
@@ -236,6 +254,39 @@ class StandIn:
             unit.result = proc.returncode
             if proc.returncode != 0 and not ignore:
                 return
+
+    def _own_relay(self, inst: Instance, address: str) -> None:
+        def port():
+            with self._lock:
+                return inst.port if self.ssh_up else None
+
+        self.addresses[inst.id] = address
+        self._relays[inst.id] = Relay(port, address, self.relay_port)
+
+    def _public_addresses(self, params, text):
+        with self._lock:
+            addresses = dict(self.addresses)
+        return with_public_addresses(text, addresses) if addresses else None
+
+    def _hold_dpkg_lock(self, inst: Instance, server) -> None:
+        """A first-boot process holding dpkg's fcntl locks (``lock-frontend``, then ``lock``,
+        as apt takes them) for ``dpkg_lock_seconds``, in the background inside the root."""
+        script = (DPKG_LOCK_HOLDER % {"seconds": self.dpkg_lock_seconds}).replace("'", "")
+        proc = server.run(f"perl -e '{script}' </dev/null >/dev/null 2>&1 & echo started")
+        if "started" not in proc.stdout:
+            self.problems.append(f"{inst.id}: the dpkg lock holder did not start: {proc.stdout}")
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:     # held before anyone can log in
+            if server.run(f"perl -e '{DPKG_LOCK_PROBE}'").returncode == 0:
+                self.dpkg_holders.append(inst.id)
+                return
+            time.sleep(0.05)
+        self.problems.append(f"{inst.id}: the dpkg lock holder took no lock")
+
+    def real_snapshot(self, snap: str) -> str:
+        """The snapshot an image registered by RegisterImage really uses (moto invents one)."""
+        return self._moto_snap.get(snap, snap)
 
     @staticmethod
     def _install_key(inst: Instance) -> None:
@@ -407,6 +458,9 @@ class StandIn:
         with self._lock:
             for iid in numbered(params, "InstanceId"):
                 inst = self.instances.pop(iid, None)
+                relay = self._relays.pop(iid, None)
+                if relay is not None:
+                    relay.close()
                 if inst is not None:
                     self._halt(inst)
                     self.terminated.append(inst)
@@ -468,7 +522,30 @@ class StandIn:
             for inst in list(self.instances.values()):
                 self._halt(inst)
             self.instances.clear()
+            for relay in self._relays.values():
+                relay.close()
+            self._relays.clear()
         self.relay.close()
+
+
+DPKG_LOCK_HOLDER = """
+use Fcntl;
+$0 = "unattended-upgr";
+my @held;
+for my $path ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock") {
+    sysopen(my $fh, $path, O_RDWR | O_CREAT, 0640) or die "$path: $!";
+    my $lock = pack("s s x4 q q l x4", F_WRLCK, 0, 0, 0, 0);
+    fcntl($fh, F_SETLKW, $lock) or die "$path: $!";
+    push @held, $fh;
+}
+sleep %(seconds)s;
+"""
+"""perl (Essential in Debian, so in every base) taking apt's locks as apt does: fcntl write
+locks on the whole file (struct flock of x86_64 and aarch64 Linux)."""
+DPKG_LOCK_PROBE = ("use Fcntl; sysopen(my $fh, q(/var/lib/dpkg/lock-frontend), O_RDWR) or exit 1;"
+                   " my $l = pack(q(s s x4 q q l x4), F_WRLCK, 0, 0, 0, 0);"
+                   " fcntl($fh, F_GETLK, $l) or exit 1; exit((unpack(q(s), $l))[0] == F_UNLCK)")
+"""Exit 0 when another process holds dpkg's frontend lock."""
 
 
 class PlainSshd:

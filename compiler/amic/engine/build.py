@@ -111,6 +111,8 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
             b.base = resolve_base(b, resolved)
         with b.timed("plan"):
             b.plan = make_plan(b, resolved)
+            target.plan_lookups([layer.key for layer in b.plan.layers] + [b.plan.final_key],
+                                [layer.service for layer in b.plan.layers])
         with b.timed("lookup"):
             final = (None if options.no_cache or not target.keeps_images
                      else target.find_image(b.plan.final_key))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -99,6 +99,10 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def find_image(self, key: str) -> Image | None:
         """The image recorded under a cache key, or None."""
+
+    def plan_lookups(self, keys: Sequence[str], services: Sequence[str]) -> None:
+        """The keys (layers in order, then the final key) and services the build will look
+        up: a target whose look-ups cost API calls may ask for all of them at once."""
 
     @abc.abstractmethod
     def launch(self, image: Image, *, build_id: str) -> contextlib.AbstractContextManager[Machine]:

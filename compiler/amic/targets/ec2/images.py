@@ -80,8 +80,19 @@ def deregister(ec2, image_id: str) -> list[str]:
     snaps = [snap for img in found for snap in snapshot_ids(img)]
     aws.call(f"deregistering {image_id}", ec2.deregister_image, ImageId=image_id)
     for snap in snaps:
-        aws.call(f"deleting snapshot {snap} of {image_id}", ec2.delete_snapshot, SnapshotId=snap)
+        delete_released_snapshot(ec2, snap, f"deleting snapshot {snap} of {image_id}")
     return snaps
+
+
+SNAPSHOT_RELEASE_PATIENCE = 300.0
+"""Seconds to wait for EC2 to release a deregistered AMI's snapshot: DeleteSnapshot answers
+``InvalidSnapshot.InUse`` for a while after DeregisterImage."""
+
+
+def delete_released_snapshot(ec2, snap: str, doing: str) -> None:
+    """DeleteSnapshot, waiting (with backoff) while the AMI just deregistered still holds it."""
+    aws.call_patiently(doing, ec2.delete_snapshot, codes=("InvalidSnapshot.InUse",),
+                       patience=SNAPSHOT_RELEASE_PATIENCE, SnapshotId=snap)
 
 
 def deregister_named(ec2, name: str, log: Log) -> None:

@@ -138,8 +138,9 @@ def drop_if_ours(ec2, name: str, build_id: str, log) -> None:
 
 @contextlib.contextmanager
 def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
-          wait_limit: float = WAIT_LIMIT) -> Iterator[str]:
-    """Hold the lease of ``key`` for the ``with`` block (waiting or taking over as needed)."""
+          wait_limit: float = WAIT_LIMIT, on_contention=None) -> Iterator[str]:
+    """Hold the lease of ``key`` for the ``with`` block (waiting or taking over as needed);
+    ``on_contention()`` is called each time another build had it (CreateKeyPair: duplicate)."""
     name = lease_name(key)
     interval = resources.heartbeat_seconds()
     poll = max(0.1, min(poll, interval))
@@ -158,10 +159,13 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
                 raise
             if mine is not None:
                 break
+            if on_contention is not None:   # held by another build, or let go of just now
+                on_contention()
         found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
         held_by_other = found is not None
-        if found is None:
-            continue       # let go of just now: try again at once
+        if found is None:      # let go of just now, or not readable yet (eventual
+            time.sleep(min(poll, 0.2))      # consistency): try again, not in a hot loop
+            continue
         holder = found["tags"].get(TAG_BUILD, "?")
         why = stale(found, aws.now())
         if why:

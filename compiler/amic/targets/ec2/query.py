@@ -10,9 +10,11 @@ checked against botocore's own signer in ``tests/unit/test_ec2_units.py``), sent
 with ``urllib`` (which honours ``HTTPS_PROXY``/``NO_PROXY``) and the small XML
 answer read with ``xml.etree``.
 
-Nothing here retries or guesses: any error, throttling included, raises
-:class:`QueryError` (or an ``OSError``), and the caller then runs the normal,
-boto3-based path, which has the retries. Where to ask and with which
+Nothing here guesses: throttling (HTTP 503, ``RequestLimitExceeded``) is retried
+with exponential backoff and full jitter within ``TIMEOUT`` (``THROTTLE_ATTEMPTS``
+tries); any other error, or throttling past that, raises :class:`QueryError` (or an
+``OSError``), and the caller then runs the normal, boto3-based path, which has
+botocore's retries. Where to ask and with which
 credentials follows boto3's rules:
 
 - credentials: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and
@@ -37,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import random
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -44,6 +47,9 @@ from collections.abc import Mapping, Sequence
 API_VERSION = "2016-11-15"
 TIMEOUT = 5.0
 """Seconds per call: a slow answer is no better than the full path's."""
+THROTTLE_ATTEMPTS = 4
+"""Tries of a throttled call (RequestLimitExceeded) before handing over to boto3."""
+THROTTLED = ("RequestLimitExceeded", "Throttling", "ThrottlingException")
 
 
 class QueryError(Exception):
@@ -210,20 +216,30 @@ def describe_images(access: Access, *, ImageIds: Sequence[str] = (),
     body = urllib.parse.urlencode(params).encode()
     url = access.endpoint.rstrip("/") + "/"
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
-    sign("POST", url, headers, body, region=access.region, credentials=access.credentials)
-    headers["Host"] = _host(urllib.parse.urlsplit(url))
-    headers["User-Agent"] = user_agent
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     context = None
     if url.startswith("https:") and os.environ.get("AWS_CA_BUNDLE"):
         import ssl
 
         context = ssl.create_default_context(cafile=os.environ["AWS_CA_BUNDLE"])
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as resp:
-            data = resp.read()
-    except urllib.error.HTTPError as exc:
-        raise QueryError(f"DescribeImages: HTTP {exc.code}") from None
+    deadline = time.monotonic() + TIMEOUT
+    for attempt in range(1, THROTTLE_ATTEMPTS + 1):
+        # signed afresh each time: the signature carries the time
+        sent = dict(headers)
+        sign("POST", url, sent, body, region=access.region, credentials=access.credentials)
+        sent["Host"] = _host(urllib.parse.urlsplit(url))
+        sent["User-Agent"] = user_agent
+        request = urllib.request.Request(url, data=body, headers=sent, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as resp:
+                data = resp.read()
+            break
+        except urllib.error.HTTPError as exc:
+            code = _error_code(exc)
+            pause = random.uniform(0, min(1.0, 0.1 * 2 ** attempt))     # full jitter
+            if (code not in THROTTLED or attempt == THROTTLE_ATTEMPTS
+                    or time.monotonic() + pause >= deadline):
+                raise QueryError(f"DescribeImages: HTTP {exc.code} {code or ''}".strip()) from None
+            time.sleep(pause)
     root = ET.fromstring(data)
     found = []
     for child in root:
@@ -238,3 +254,14 @@ def describe_images(access: Access, *, ImageIds: Sequence[str] = (),
                           "State": fields.get("imageState", ""),
                           "CreationDate": fields.get("creationDate", "")})
     return found
+
+
+def _error_code(exc) -> str | None:
+    """The ``<Code>`` of an EC2 error answer (small: read at most 64 KiB)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(exc.read(65536))
+    except (ET.ParseError, OSError, ValueError):
+        return None
+    return next((el.text for el in root.iter() if el.tag.rpartition("}")[2] == "Code"), None)

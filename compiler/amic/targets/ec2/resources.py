@@ -270,12 +270,14 @@ def add_security_group(stack: contextlib.ExitStack, ec2, name: str, build_id: st
                        opts: Ec2Options, log: Log) -> str:
     """A group open only to SSH from ``cidrs()``; its id."""
     vpc = group_vpc(ec2, opts)
+    made: list[str] = []        # its id once CreateSecurityGroup answered: deleted by id
     stack.callback(cleanup_quietly, log, "security group", name, delete_groups_named, ec2, name,
-                   vpc, opts.poll_interval, log)
+                   vpc, opts.poll_interval, log, made)
     gid = aws.call("creating the temporary security group", ec2.create_security_group,
                    GroupName=name, VpcId=vpc,
                    Description=f"amic build {build_id}: SSH from the builder only",
                    TagSpecifications=aws.tag_specs(tags, "security-group"))["GroupId"]
+    made.append(gid)
     allowed = cidrs()
     aws.call("opening SSH in the temporary security group",
              ec2.authorize_security_group_ingress, GroupId=gid,
@@ -301,13 +303,16 @@ def delete_security_group(ec2, group_id: str, *, poll_interval: float,
             time.sleep(max(poll_interval, 0.5))
 
 
-def delete_groups_named(ec2, name: str, vpc: str, poll_interval: float, log: Log) -> None:
-    """The build's group, found by name (its id may never have been seen)."""
-    groups = ec2.describe_security_groups(Filters=[
-        {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}])
-    for group in groups["SecurityGroups"]:
-        delete_security_group(ec2, group["GroupId"], poll_interval=poll_interval)
-        log(f"deleted security group {group['GroupId']}")
+def delete_groups_named(ec2, name: str, vpc: str, poll_interval: float, log: Log,
+                        known: Sequence[str] = ()) -> None:
+    """The build's group: by id when CreateSecurityGroup answered (``known``), else found by
+    name (an interrupt mid-call: its id was never seen)."""
+    ids = list(known) or [group["GroupId"] for group in ec2.describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": [name]},
+        {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]]
+    for gid in ids:
+        delete_security_group(ec2, gid, poll_interval=poll_interval)
+        log(f"deleted security group {gid}")
 
 
 # -- instance ------------------------------------------------------------------------------
@@ -360,13 +365,15 @@ def add_instance(stack: contextlib.ExitStack, ec2, image: Image, name: str,
                  group_ids: Sequence[str], tags: Mapping[str, str], build_id: str,
                  opts: Ec2Options, log: Log, *, metadata_tags: bool = False) -> str:
     """The build instance; its id."""
+    launched: list[str] = []    # filled once RunInstances answers: the cleanup's by-id look-up
     stack.callback(cleanup_quietly, log, "instance", build_id, retire_build, ec2, build_id,
-                   opts, log, not opts.security_group_ids)
+                   opts, log, not opts.security_group_ids, launched)
     args = run_instances_args(image, name, group_ids, tags, build_id, opts,
                               metadata_tags=metadata_tags,
                               root_device=lambda: root_device(ec2, image.id))
     reply = aws.call(f"launching a {opts.instance_type} from {image.id}", ec2.run_instances, **args)
     iid = reply["Instances"][0]["InstanceId"]
+    launched.append(iid)
     log(f"instance {iid} ({opts.instance_type}) from {image.id}")
     return iid
 
@@ -381,9 +388,27 @@ def terminate_instances(ec2, ids: Sequence[str], *, timeout: float, poll_interva
                            poll_interval=poll_interval, doing=doing)
 
 
+def build_instances(ec2, build_id: str, known: Sequence[str] = ()) -> list[dict]:
+    """The build's live instances: by id when RunInstances answered (``known``), else by tag.
+
+    A tag filter lags behind RunInstances on EC2 (eventual consistency): an instance a
+    second old may not match it yet, so the ids a build saw are asked for by id. Only an
+    instance whose RunInstances answer never came (an interrupt mid-call) is searched by
+    its build tag; if that still lags, it is tagged and ``amic gc`` finds it."""
+    if known:
+        reply = ec2.describe_instances(InstanceIds=list(known), Filters=[
+            {"Name": "instance-state-name", "Values": LIVE_STATES}])
+    else:
+        reply = ec2.describe_instances(Filters=[
+            {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
+            {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
+            {"Name": "instance-state-name", "Values": LIVE_STATES}])
+    return [i for r in reply["Reservations"] for i in r["Instances"]]
+
+
 def retire_build(ec2, build_id: str, opts: Ec2Options, log: Log,
-                 own_groups: bool = True) -> None:
-    """Terminate every instance of this build (found by tag: works after an interrupt).
+                 own_groups: bool = True, known: Sequence[str] = ()) -> None:
+    """Terminate every instance of this build (by id, or by tag after an interrupt).
 
     Waiting for ``terminated`` (~30 s on EC2, Packer waits) is only needed so that the
     build's own security group can be deleted after it. So each instance is moved to its
@@ -391,11 +416,7 @@ def retire_build(ec2, build_id: str, opts: Ec2Options, log: Log,
     group is free at once and TerminateInstances is not waited for: the instance is tagged,
     shutting down, and gone by itself. Where the swap fails, the old wait.
     """
-    reply = ec2.describe_instances(Filters=[
-        {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
-        {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
-        {"Name": "instance-state-name", "Values": LIVE_STATES}])
-    instances = [i for r in reply["Reservations"] for i in r["Instances"]]
+    instances = build_instances(ec2, build_id, known)
     if not instances:
         return
     ids = [i["InstanceId"] for i in instances]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import random
 import re
+import time
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -146,6 +148,38 @@ def call(doing: str, fn, **kwargs):
         return fn(**kwargs)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         raise explain(exc, doing) from None
+
+
+def backoff(attempt: int, *, base: float = 0.5, cap: float = 10.0) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): exponential with full jitter, as AWS
+    recommends ("Retries and exponential backoff", the EC2 throttling guide), so builds
+    that were refused together do not come back together."""
+    return random.uniform(0, min(cap, base * 2 ** attempt))
+
+
+def call_patiently(doing: str, fn, *, codes: tuple[str, ...], patience: float,
+                   log=None, **kwargs):
+    """``call`` that waits out the AWS errors ``codes`` (refusals EC2 lifts by itself, like
+    ``InvalidSnapshot.InUse`` just after DeregisterImage) with ``backoff`` for up to
+    ``patience`` seconds; any other error, or the same one after that, is a BuildError."""
+    import botocore.exceptions
+
+    deadline = time.monotonic() + patience
+    attempt = 0
+    while True:
+        try:
+            return fn(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            attempt += 1
+            code = error_code(exc)
+            if code not in codes or time.monotonic() >= deadline:
+                raise explain(exc, doing) from None
+            pause = min(backoff(attempt), max(0.0, deadline - time.monotonic()))
+            if log is not None and attempt == 1:
+                log(f"{doing}: {code}; retrying for up to {patience:.0f}s")
+            time.sleep(pause)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise explain(exc, doing) from None
 
 
 def wait(ec2, waiter_name: str, *, timeout: float, poll_interval: float, doing: str,

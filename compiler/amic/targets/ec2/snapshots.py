@@ -36,6 +36,11 @@ TAG_ENA = "amic:ena"
 TAG_BOOT_MODE = "amic:boot-mode"
 TAG_SOURCE_IMAGE = "amic:source-image"
 
+PER_VOLUME_PATIENCE = 120.0
+"""Seconds a layer checkpoint waits out SnapshotCreationPerVolumeRateExceeded."""
+RELEASE_PATIENCE = 300.0
+"""Seconds to wait for the AMIs just deregistered to release a layer snapshot."""
+
 Log = Callable[[str], None]
 _KEEP = (TAG_KEY, TAG_KIND, aws.TAG_TOOL, TAG_BUILD, TAG_CHECKPOINT, TAG_ROOT_DEVICE,
          TAG_ARCH, TAG_ENA, TAG_BOOT_MODE, TAG_SSH_USER, TAG_SERVICE, "Name")
@@ -45,10 +50,13 @@ def is_snapshot(image: Image) -> bool:
     return image.id.startswith("snap-")
 
 
-def image_facts(ec2, image_id: str) -> dict[str, str]:
-    """What an AMI registered from a snapshot of an instance of ``image_id`` must repeat."""
-    found = aws.call(f"describing {image_id}", ec2.describe_images, ImageIds=[image_id])["Images"]
-    raw = found[0] if found else {}
+def image_facts(ec2, image_id: str, raw: dict | None = None) -> dict[str, str]:
+    """What an AMI registered from a snapshot of an instance of ``image_id`` must repeat
+    (from ``raw``, its DescribeImages entry, when the build has it already)."""
+    if raw is None:
+        found = aws.call(f"describing {image_id}", ec2.describe_images,
+                         ImageIds=[image_id])["Images"]
+        raw = found[0] if found else {}
     facts = {TAG_SOURCE_IMAGE: image_id,
              TAG_ROOT_DEVICE: raw.get("RootDeviceName") or "/dev/xvda",
              TAG_ARCH: raw.get("Architecture") or "x86_64",
@@ -83,9 +91,13 @@ def snapshot_tags(tags: Mapping[str, str], facts: Mapping[str, str], log: Log) -
 def create_layer_snapshot(ec2, volume_id: str, tags: Mapping[str, str],
                           description: str) -> dict:
     """CreateSnapshot, tagged at creation; returns at once (the snapshot is ``pending``)."""
-    return aws.call(f"snapshotting {volume_id}", ec2.create_snapshot, VolumeId=volume_id,
-                    Description=description[:255],
-                    TagSpecifications=aws.tag_specs(tags, "snapshot"))
+    # EC2 refuses a snapshot of a volume whose last one was taken moments ago
+    # (SnapshotCreationPerVolumeRateExceeded: "wait at least 15 seconds"): two quick layers.
+    return aws.call_patiently(f"snapshotting {volume_id}", ec2.create_snapshot,
+                              codes=("SnapshotCreationPerVolumeRateExceeded",),
+                              patience=PER_VOLUME_PATIENCE, VolumeId=volume_id,
+                              Description=description[:255],
+                              TagSpecifications=aws.tag_specs(tags, "snapshot"))
 
 
 def snapshot_image(raw: dict) -> Image:
@@ -131,8 +143,9 @@ def remove_layer(ec2, snapshot_id: str) -> list[str]:
     for ami in amis_of_layer(ec2, snapshot_id):
         aws.call(f"deregistering {ami} (of layer {snapshot_id})", ec2.deregister_image,
                  ImageId=ami)
-    aws.call(f"deleting layer snapshot {snapshot_id}", ec2.delete_snapshot,
-             SnapshotId=snapshot_id)
+    aws.call_patiently(f"deleting layer snapshot {snapshot_id}", ec2.delete_snapshot,
+                       codes=("InvalidSnapshot.InUse",), patience=RELEASE_PATIENCE,
+                       SnapshotId=snapshot_id)
     return [snapshot_id]
 
 

@@ -41,6 +41,7 @@ from amic.errors import BuildError, UsageError
 from amic.targets import option_values
 from amic.targets.base import Image, Target
 from amic.targets.ec2 import images as amis
+from amic.targets.ec2 import lookups
 from amic.targets.ec2 import naming
 from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
@@ -78,6 +79,7 @@ class Ec2Target(Target):
         self.log = log_fn or _stderr_log
         self._clients: aws.Clients | None = None
         self._caller_cidrs: tuple[str, ...] | None = None
+        self._lookups = lookups.Lookups()
 
     @classmethod
     def from_values(cls, values: Mapping[str, object], **kwargs) -> Ec2Target:
@@ -132,15 +134,22 @@ class Ec2Target(Target):
             raise BuildError(f"base image {query.ref!r}: no image matches in {self.region} "
                              f"({query.call_args()})")
         best = amis.newest(images)
+        self._lookups.described[best["ImageId"]] = best
         tags = aws.tag_dict(best.get("Tags"))
         user = query.user or tags.get(amis.TAG_SSH_USER) or guess_user(best.get("Name", ""))
         tags.update({amis.TAG_SSH_USER: user, "Name": best.get("Name", "")})
         return Image(id=best["ImageId"], tags=tags, created=best.get("CreationDate"))
 
+    def plan_lookups(self, keys, services) -> None:
+        """One DescribeImages and one DescribeSnapshots for all of a build's keys (:mod:`.lookups`)."""
+        self._lookups.plan(keys, services)
+
     def find_image(self, key: str) -> Image | None:
         """A final AMI or a layer under ``key``. A layer's id is always its snapshot's
         (``snap-…``), registered as an AMI or not (``launch`` registers it once, then finds
         that AMI); an AMI without ``amic:from-snapshot`` (a final) is its own id."""
+        if self._lookups.knows(key):
+            return self._lookups.find(self.ec2, key)
         found = amis.find_image(self.ec2, key)
         snap = found.tags.get(snapshots.TAG_FROM_SNAPSHOT) if found else None
         if snap:
@@ -152,7 +161,8 @@ class Ec2Target(Target):
         from amic.targets.ec2 import lease as leases
 
         return leases.lease(self.ec2, key, build_id, log=self.log,
-                            poll=max(self.opts.poll_interval, 0.5))
+                            poll=max(self.opts.poll_interval, 0.5),
+                            on_contention=lambda: self._lookups.recheck(key))
 
     def image_by_id(self, image_id: str) -> Image | None:
         """The AMI ``image_id`` (any owner's), or None."""
@@ -170,6 +180,8 @@ class Ec2Target(Target):
     def images_for_service(self, service: str) -> list[Image]:
         """Layer checkpoints of ``service``, newest first: layer snapshots and older layer AMIs
         (one entry per layer: a registered snapshot is listed once, as the snapshot)."""
+        if service in self._lookups.services:
+            return self._lookups.history(self.ec2, service)
         found = snapshots.layers_of_service(self.ec2, service)
         seen = {img.id for img in found}
         found += [img for img in amis.layers_of_service(self.ec2, service)
@@ -340,7 +352,8 @@ class Ec2Target(Target):
         new = naming.new_image(self.opts, key=key, final=False, tags=tags,
                                build_id=machine.build_id, user=machine.user, log=self.log)
         if not machine.source_facts and machine.source_image:
-            machine.source_facts = snapshots.image_facts(ec2, machine.source_image)
+            machine.source_facts = snapshots.image_facts(
+                ec2, machine.source_image, self._lookups.described.get(machine.source_image))
         if machine.root_volume is None:     # the same volume for the instance's whole life
             machine.root_volume = snapshots.root_volume(ec2, machine.instance_id)
         volume, device = machine.root_volume
