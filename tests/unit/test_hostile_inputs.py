@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +20,9 @@ import pytest
 
 from amic.amifile.parser import MAX_AMIFILE_BYTES, MAX_LINE_CHARS
 
+from tests.harness.cli import AMIC, run_amic
+
 SIMPLE = "SERVICE web\n    INIT echo hi\n"
-AMIC = shutil.which("amic", path=os.path.dirname(sys.executable)) or "amic"
 
 
 def run(*args: str, cwd: Path, env: dict | None = None, timeout: float = 60,
@@ -34,8 +33,8 @@ def run(*args: str, cwd: Path, env: dict | None = None, timeout: float = 60,
         if memory:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
-    return subprocess.run([AMIC, *args], cwd=cwd, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
+    return run_amic(*args, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout,
+                    preexec_fn=limit)
 
 
 def clean(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
