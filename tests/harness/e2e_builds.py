@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.harness.ec2 import amic_exe, assert_clean
+from tests.harness.cli import AMIC, run_amic
+from tests.harness.ec2 import assert_clean
 
 TOKEN = "tok-5f1b0c2e9d-secret"   # the ARG value; must never land on an instance's disk
 
@@ -61,7 +62,7 @@ class E2E:
         (self.project / "Amifile").write_text(text)
 
     def argv(self, *extra: str) -> list[str]:
-        return [amic_exe(), "build", "--target", "ec2", *self.fake.ssh_args(), "--ssh-user", "root",
+        return [AMIC, "build", "--target", "ec2", *self.fake.ssh_args(), "--ssh-user", "root",
                 "--poll-interval", "0.05", "--checkpoint", "all", "--ssh-timeout", "60",
                 "--console-timeout", "30", *extra, "Amifile"]
 
@@ -142,8 +143,7 @@ class Builds:
                 "AMIC_CACHE_DIR": str(self.home / "cache")}
 
     def amic(self, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([amic_exe(), *args], cwd=cwd, env=self.env(), capture_output=True,
-                              text=True, timeout=600, check=False)
+        proc = run_amic(*args, cwd=cwd, env=self.env(), timeout=600)
         if check:
             assert proc.returncode == 0, f"amic {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc
