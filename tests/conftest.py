@@ -9,12 +9,12 @@ disappear.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.harness.cli import run_amic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,18 +32,13 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture
 def amic_cli():
-    """Run the real ``amic`` console script; returns CompletedProcess (text)."""
+    """Run the real ``amic`` console script; returns CompletedProcess (text). ``env`` adds
+    to this process's environment."""
 
     def run(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
             input: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
-        exe = shutil.which("amic", path=os.path.dirname(sys.executable)) or "amic"
-        full_env = {**os.environ, **(env or {})}
-        proc = subprocess.run([exe, *args], cwd=cwd, env=full_env, input=input,
-                              capture_output=True, text=True)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"amic {' '.join(args)} failed ({proc.returncode}):\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_amic(*args, cwd=cwd, env={**os.environ, **(env or {})}, input=input,
+                        check=check)
 
     return run
 

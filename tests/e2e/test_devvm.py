@@ -27,7 +27,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ import pytest
 from amic.targets.local import vm
 
 from tests.harness import dockerd
+from tests.harness.cli import run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -62,13 +62,11 @@ SERVICE test
 
 def amic(*args: str, cwd: Path, check: bool = True,
          path_first: Path | None = None) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("amic")
     env = {**os.environ, "AMIC_CACHE_DIR": str(STORE)}
     if path_first is not None:      # a directory of stand-in tools found before the real ones
         env["PATH"] = f"{path_first}:{env['PATH']}"
     env.pop("AMIC_TARGET", None)
-    proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = run_amic(*args, cwd=cwd, env=env, timeout=None)
     if check and proc.returncode != 0:
         raise AssertionError(f"amic {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-4000:]}")
     return proc

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_ec2_identity import Builds
+from tests.harness.e2e_builds import Builds
 from tests.harness.ec2 import standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]

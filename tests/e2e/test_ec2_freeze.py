@@ -49,5 +49,6 @@ def test_standin_root_is_refused_and_checkpoints_sync_only(tmp_path_factory):
         for how in lines:
             assert how.startswith("not frozen: ") and how.endswith("; after sync"), how
             assert re.search(r"/ is overlay|/ is not a mount point of its own", how), how
-        assert fake.proxy.count("CreateSnapshot") == 2
+        # snapshots made (the strict stand-in refuses quick ones per volume; amic retries)
+        assert len(fake.proxy.calls_of("CreateSnapshot", answered=True)) == 2
         assert_clean(fake)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.ec2 import amic_exe, standin_ec2
+from tests.harness.e2e_builds import Builds
+from tests.harness.ec2 import standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -30,42 +31,6 @@ SERVICE web
     INIT echo {who} > /etc/amic-web
     UPDATE echo {who}-{version}
 """
-
-
-class Builds:
-    def __init__(self, fake, home: Path) -> None:
-        self.fake = fake
-        self.home = home
-        fake.register_debian12()
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMIC_", "GIT_"))}
-        return {**env, **self.fake.env, "NO_COLOR": "1", "XDG_CACHE_HOME": str(self.home / "xdg"),
-                "AMIC_CACHE_DIR": str(self.home / "cache")}
-
-    def amic(self, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([amic_exe(), *args], cwd=cwd, env=self.env(), capture_output=True,
-                              text=True, timeout=600, check=False)
-        if check:
-            assert proc.returncode == 0, f"amic {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    def build(self, folder: Path, *extra: str) -> str:
-        proc = self.amic("build", "--target", "ec2", *self.fake.ssh_args(), "--ssh-user", "root",
-                         "--poll-interval", "0.05", "--ssh-timeout", "60", "--checkpoint", "all",
-                         "--console-timeout", "30", *extra, "Amifile", cwd=folder)
-        return proc.stdout.strip().splitlines()[-1]
-
-    def amis(self) -> dict[str, dict[str, str]]:
-        """Every amic AMI and layer snapshot: id -> tags."""
-        ec2 = self.fake.client()
-        found = {i["ImageId"]: {t["Key"]: t["Value"] for t in i.get("Tags", [])}
-                 for i in ec2.describe_images(Owners=["self"], Filters=[
-                     {"Name": "tag-key", "Values": ["amic:key"]}])["Images"]}
-        found.update({s["SnapshotId"]: {t["Key"]: t["Value"] for t in s.get("Tags", [])}
-                      for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=[
-                          {"Name": "tag:amic:checkpoint", "Values": ["snapshot"]}])["Snapshots"]})
-        return found
 
 
 @pytest.fixture(scope="module")

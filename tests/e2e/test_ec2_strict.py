@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_ec2_e2e import E2E, Build
+from tests.harness.e2e_builds import E2E, Build
 from tests.harness.ec2 import amic_exe, assert_clean, standin_ec2
 from tests.harness.ec2_strict import Strictness
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.e2e.test_ec2_e2e import AMIFILE, E2E, TOKEN
+from tests.harness.e2e_builds import AMIFILE, E2E, TOKEN
 from tests.harness.ec2 import amic_exe, assert_clean, image_file, standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]

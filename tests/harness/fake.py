@@ -27,6 +27,25 @@ from amic.contract import MARK_VAR, STATE_DIR, TAG_KIND, TAG_SERVICE, UPLOAD_PAT
 from amic.targets.base import Image, Target
 
 STAGE2 = f"{STATE_DIR}/stage2"
+# The chain a-b-c the engine's unit tests build on the fake (test_engine.py and
+# test_engine_checkpoint_fill.py): b has an UPDATE, c a heredoc INIT, and an ARG.
+AMIFILE = """\
+FROM debian:12
+ARG TOKEN=dflt
+SERVICE a
+    PACKAGES jq
+    INIT echo a
+SERVICE b
+    REQUIRES a
+    INIT echo b
+    UPDATE echo update-b
+SERVICE c
+    REQUIRES b
+    INIT <<~EOF
+        echo c
+    EOF
+"""
+
 _EXPAND = re.compile(r"\$\{(\w+)(?:#([^}]*))?\}|\$(\w+)")
 
 

@@ -13,12 +13,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.harness.cli import AMIC, run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -59,18 +60,11 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def amic(store, project):
-    exe = str(Path(sys.executable).with_name("amic"))
-
     def run(*args: str, check: bool = True, amifile_text: str | None = None):
         if amifile_text is not None:
             (project / "Amifile").write_text(amifile_text)
         env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
-        proc = subprocess.run([exe, *args], cwd=project, env=env, capture_output=True, text=True,
-                              timeout=900)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"amic {' '.join(args)}: exit {proc.returncode}\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_amic(*args, cwd=project, env=env, timeout=900, check=check)
 
     return run
 
@@ -190,7 +184,7 @@ SERVICE slow
 def test_kill_mid_layer_leaves_nothing_behind(amic, store, project, sig):
     (project / "Amifile").write_text(SLOW)
     env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("amic")), "build",
+    proc = subprocess.Popen([AMIC, "build",
                              "--progress", "plain"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
@@ -340,7 +334,6 @@ SERVICE {name}
 def test_a_build_sharing_a_prefix_goes_on_from_its_checkpoint(store, tmp_path):
     """Two projects share their first service. The second waits for that layer's lease,
     not for the first build's end: the lease goes when the layer's checkpoint exists."""
-    exe = str(Path(sys.executable).with_name("amic"))
     env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
     tag = f"{time.time_ns()}"      # a base layer no earlier test made
     dirs = {}
@@ -350,7 +343,7 @@ def test_a_build_sharing_a_prefix_goes_on_from_its_checkpoint(store, tmp_path):
         (d / "Amifile").write_text(SHARED_BASE.replace("echo shared", f"echo shared {tag}")
                                    .format(name=name, init=init))
         dirs[name] = d
-    slow = subprocess.Popen([exe, "build", "--progress", "plain", "--json"], cwd=dirs["slow"],
+    slow = subprocess.Popen([AMIC, "build", "--progress", "plain", "--json"], cwd=dirs["slow"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = ""
@@ -359,9 +352,8 @@ def test_a_build_sharing_a_prefix_goes_on_from_its_checkpoint(store, tmp_path):
             line = slow.stderr.readline()
             assert line, seen
             seen += line
-        quick = subprocess.run([exe, "build", "--progress", "plain", "--json"],
-                               cwd=dirs["quick"], env=env, capture_output=True, text=True,
-                               timeout=300)
+        quick = run_amic("build", "--progress", "plain", "--json", cwd=dirs["quick"], env=env,
+                         timeout=300)
         assert quick.returncode == 0, quick.stderr
         assert "waiting for another build" in quick.stderr, quick.stderr
         assert slow.poll() is None, "the second build waited for the whole first build"

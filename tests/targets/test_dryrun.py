@@ -21,6 +21,7 @@ from amic.engine.build import BuildOptions, build
 from amic.engine.dryrun import dry_run
 from amic.engine.progress import Reporter
 
+from tests.harness.stores import listing, watched_dirs
 from tests.harness.targets import SUBJECTS, counting_launches
 
 V1 = """\
@@ -53,27 +54,6 @@ STEPS = [
 @pytest.fixture(scope="module", params=[s for s in SUBJECTS if s.id != "ssh"])
 def subject(request, amic_cache):
     return request.getfixturevalue(f"{request.param}_subject")
-
-
-def listing(*dirs: Path) -> dict[str, tuple]:
-    """Every entry under ``dirs`` (not following symlinks) with its type, size and mtime."""
-    out: dict[str, tuple] = {}
-    for top in dirs:
-        if not os.path.lexists(top):
-            continue
-        for root, dirnames, files in os.walk(top):
-            for name in dirnames + files:
-                p = os.path.join(root, name)
-                st = os.lstat(p)
-                out[p] = (st.st_mode, 0 if name in dirnames else st.st_size, st.st_mtime_ns)
-    return out
-
-
-def watched_dirs(amic_cache: Path) -> list[Path]:
-    # the module's AMIC_CACHE_DIR (local store, memo, ec2 key files) and the shared bases'
-    # top level (walking a Debian root twice per step would be slow; its stamp is there)
-    bases = Path("/var/cache/amic/bases")
-    return [amic_cache] + ([p for p in bases.iterdir() if p.is_file()] if bases.is_dir() else [])
 
 
 def test_dry_run_matches_the_next_build_and_changes_nothing(subject, amic_cache):

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.targets.test_dryrun import listing, watched_dirs
+from tests.harness.stores import listing, watched_dirs
 
 WITH_SECRET = """\
 FROM debian:12

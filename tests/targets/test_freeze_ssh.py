@@ -1,6 +1,6 @@
 """``Ec2Machine.while_frozen`` over real SSH to a machine whose root is a loop-mounted ext4.
 
-The machine of ``tests/runtime/test_freeze_guard.py`` (an ext4 image made here, the root
+The machine of ``tests/harness/freeze_machine.py`` (an ext4 image made here, the root
 of PID 1 of private mount and PID namespaces) runs a real sshd on loopback and a writer.
 The builder's side is amic's own code: an ``SshConnection`` (paramiko) and
 ``Ec2Machine.while_frozen``, whose callback stands in for CreateSnapshot by copying the
@@ -23,7 +23,7 @@ import paramiko
 import pytest
 
 from tests.harness.ec2_api import free_port
-from tests.runtime.test_freeze_guard import COMMON, Machine
+from tests.harness.freeze_machine import COMMON, Machine
 
 pytestmark = pytest.mark.root
 

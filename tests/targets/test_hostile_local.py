@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.harness.cli import AMIC, run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -46,12 +47,10 @@ def evil(tmp_path_factory) -> tuple[Path, Path]:
     return d / "evil.so", marker
 
 
-def amic(store: Path, cwd: Path, *args: str, env: dict | None = None,
-         **kw) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).with_name("amic"))
+def amic(store: Path, cwd: Path, *args: str,
+         env: dict | None = None) -> subprocess.CompletedProcess:
     full = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local", **(env or {})}
-    return subprocess.run([exe, *args], cwd=cwd, env=full, capture_output=True, text=True,
-                          timeout=900, **kw)
+    return run_amic(*args, cwd=cwd, env=full, timeout=900)
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:
@@ -146,9 +145,8 @@ def test_export_to_a_missing_directory_or_a_fifo(store, built, tmp_path):
 
 
 def test_prune_skips_an_image_a_shell_uses(store, built, tmp_path):
-    exe = str(Path(sys.executable).with_name("amic"))
     env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
-    shell = subprocess.Popen([exe, "shell", built, "-c", "touch /tmp/x && sleep 5"],
+    shell = subprocess.Popen([AMIC, "shell", built, "-c", "touch /tmp/x && sleep 5"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = store / "local" / "locks" / f"{built[:12]}.lock"

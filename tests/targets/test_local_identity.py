@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.harness.cli import run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -32,13 +33,11 @@ SERVICE web
 
 @pytest.fixture(scope="module")
 def amic(local_store):
-    exe = str(Path(sys.executable).with_name("amic"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMIC_", "GIT_"))}
     env.update(AMIC_CACHE_DIR=str(local_store), AMIC_TARGET="local")
 
     def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=900)
+        proc = run_amic(*args, cwd=cwd, env=env, timeout=900)
         if check:
             assert proc.returncode == 0, f"amic {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.harness.cli import run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -36,11 +37,9 @@ SERVICE web
 
 def amic_build(project: Path, cache: Path, *args: str, umask: int = 0o022,
                **env: str) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).with_name("amic"))
-    return subprocess.run([exe, "build", "--target", "local", "--progress", "plain", *args],
-                          cwd=project, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "AMIC_CACHE_DIR": str(cache), **env},
-                          preexec_fn=lambda: os.umask(umask))
+    return run_amic("build", "--target", "local", "--progress", "plain", *args, cwd=project,
+                    timeout=900, env={**os.environ, "AMIC_CACHE_DIR": str(cache), **env},
+                    preexec_fn=lambda: os.umask(umask))
 
 
 def test_apt_keeps_its_sandbox_and_plain_output_shows_stages(local_subject, amic_cache):

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.harness.cli import run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -54,12 +54,11 @@ def project(tmp_path_factory) -> Path:
 
 
 def amic(store: Path, project: Path, *args: str, env: dict | None = None):
-    exe = str(Path(sys.executable).with_name("amic"))
     full = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local", **SECRETS,
             **(env or {})}
     flags = [f for name in SECRETS for f in ("--secret", name)]
-    return subprocess.run([exe, "build", "--progress=plain", *flags, *args], cwd=project,
-                          env=full, capture_output=True, text=True, timeout=900)
+    return run_amic("build", "--progress=plain", *flags, *args, cwd=project, env=full,
+                    timeout=900)
 
 
 def test_failing_line_is_reported_though_a_secret_is_FAILED(local_store, project):

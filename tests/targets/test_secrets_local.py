@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.harness.cli import run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -60,17 +60,10 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def amic(store, project):
-    exe = str(Path(sys.executable).with_name("amic"))
-
     def run(*args: str, check: bool = True, env: dict | None = None):
         full = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local",
                 **(env or {})}
-        proc = subprocess.run([exe, *args], cwd=project, env=full, capture_output=True,
-                              text=True, timeout=900)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"amic {' '.join(args)}: exit {proc.returncode}\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_amic(*args, cwd=project, env=full, timeout=900, check=check)
 
     return run
 

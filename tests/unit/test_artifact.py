@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,6 +16,8 @@ from amic.compile import artifact
 from amic.compile import plan
 
 from amic.amifile import resolve
+
+from tests.harness.cli import AMIC
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 UPDATE = bool(os.environ.get("AMIC_UPDATE_GOLDEN"))
@@ -152,8 +153,7 @@ def test_copy_modes_are_inputs_but_the_umask_is_not(tmp_path, amic_cli):
 def test_compile_to_stdout_matches_file(tmp_path, amic_cli):
     _copy_tree(tmp_path, 0o022)
     amic_cli("compile", "-o", "x.tar", "--build-arg", "TOKEN=1", cwd=tmp_path, check=True)
-    proc = subprocess.run([shutil.which("amic", path=os.path.dirname(os.sys.executable)),
-                           "compile", "-o", "-", "--build-arg", "TOKEN=1"],
+    proc = subprocess.run([AMIC, "compile", "-o", "-", "--build-arg", "TOKEN=1"],
                           cwd=tmp_path, capture_output=True, check=True)
     assert proc.stdout == (tmp_path / "x.tar").read_bytes()
 

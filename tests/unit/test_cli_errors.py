@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,12 @@ import pytest
 from amic.cli.common import command_name, error_text
 from amic.errors import BuildError, UsageError
 
+from tests.harness.cli import run_amic
+
 
 def amic(store: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).with_name("amic"))
-    return subprocess.run([exe, *args], cwd=store.parent, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "AMIC_CACHE_DIR": str(store)})
+    return run_amic(*args, cwd=store.parent, timeout=120,
+                    env={**os.environ, "AMIC_CACHE_DIR": str(store)})
 
 
 @pytest.fixture

@@ -14,24 +14,7 @@ from amic.engine.build import BuildOptions, build, parse_checkpoint, should_chec
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Target
 
-from tests.harness.fake import FakeTarget
-
-AMIFILE = """\
-FROM debian:12
-ARG TOKEN=dflt
-SERVICE a
-    PACKAGES jq
-    INIT echo a
-SERVICE b
-    REQUIRES a
-    INIT echo b
-    UPDATE echo update-b
-SERVICE c
-    REQUIRES b
-    INIT <<~EOF
-        echo c
-    EOF
-"""
+from tests.harness.fake import AMIFILE, FakeTarget
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pytest
 from amic.engine.build import BuildOptions, build
 from amic.engine.checkpoint import asked_for
 
-from tests.harness.fake import FakeTarget
-from tests.unit.test_engine import AMIFILE
+from tests.harness.fake import AMIFILE, FakeTarget
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_hostile_inputs import clean, listing, run
+from tests.harness.hostile import clean, listing, run
 
 SECRET = "hunter2-d0nt-print-me"
 

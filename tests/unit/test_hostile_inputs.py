@@ -10,11 +10,8 @@ directory it ran in holds nothing new. Special files are made in a temporary dir
 from __future__ import annotations
 
 import os
-import resource
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,31 +19,10 @@ import pytest
 
 from amic.amifile.parser import MAX_AMIFILE_BYTES, MAX_LINE_CHARS
 
+from tests.harness.cli import AMIC
+from tests.harness.hostile import clean, listing, run
+
 SIMPLE = "SERVICE web\n    INIT echo hi\n"
-AMIC = shutil.which("amic", path=os.path.dirname(sys.executable)) or "amic"
-
-
-def run(*args: str, cwd: Path, env: dict | None = None, timeout: float = 60,
-        memory: int | None = None) -> subprocess.CompletedProcess:
-    """``amic ARGS`` with a timeout (a hang fails the test) and optionally an address-space
-    limit in bytes."""
-    def limit() -> None:
-        if memory:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    return subprocess.run([AMIC, *args], cwd=cwd, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
-
-
-def clean(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
-
-
-def listing(d: Path) -> set[str]:
-    return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
 # ------------------------------------------------------------------ what AMIFILE names

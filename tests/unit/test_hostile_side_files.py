@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import pytest
 
 from amic.errors import BuildError
 from amic.targets.local.rootfs import env_file
+
+from tests.harness.cli import AMIC, run_amic
 
 SECRET_VALUE = "s3cr3t-value-9d1"
 
@@ -38,10 +39,9 @@ def build(amic_cli, where: Path, *args: str, env: dict | None = None):
 def test_a_secret_from_a_fifo_is_refused_without_waiting(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "Amifile").write_text("SECRET T\nSERVICE s\n    INIT true\n")
-    exe = str(Path(sys.executable).with_name("amic"))
     # it blocked forever: the timeout makes that a failure, not a hung test run
-    proc = subprocess.run([exe, "build", "--dry-run", "--secret", f"id=T,src={tmp_path / 'fifo'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = run_amic("build", "--dry-run", "--secret", f"id=T,src={tmp_path / 'fifo'}",
+                    cwd=tmp_path, timeout=60)
     err = fails(proc, 2)
     assert f"--secret T: cannot read {tmp_path / 'fifo'}: is a FIFO" in err, err
     assert "env=VAR" in err
@@ -189,12 +189,11 @@ def test_without_proc_the_reads_still_hold(tmp_path):
     (tmp_path / "d/l").symlink_to("f")
     (tmp_path / "Amifile").write_text("SECRET T\nSERVICE s\n    COPY d /d\n    COPY d/f /f\n")
     os.mkfifo(tmp_path / "p")
-    exe = str(Path(sys.executable).with_name("amic"))
     out = tmp_path.parent / f"{tmp_path.name}.tar"
     script = ('mount -t tmpfs none /proc && test ! -e /proc/self && '
               '"$0" compile -o "$1" && "$0" build --dry-run --secret id=T,src=p; echo "rc=$?"')
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                           exe, str(out)], cwd=tmp_path, capture_output=True, text=True,
+                           AMIC, str(out)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "rc=2", (proc.stdout, proc.stderr)

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.unit.test_hostile_inputs import AMIC
+from tests.harness.cli import AMIC
 
 SMALL, FACTOR = 2_000, 10
 LIMIT = FACTOR * 1.6

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 MODULES = sorted(TESTS.rglob("test_*.py"))
+BASENAMES = {m.stem for m in MODULES}
 
 
 def test_test_module_basenames_are_unique() -> None:
@@ -14,3 +16,30 @@ def test_test_module_basenames_are_unique() -> None:
     # a second module of the same name fails the whole collection.
     twice = [name for name, n in Counter(m.name for m in MODULES).items() if n > 1]
     assert len(MODULES) > 50 and not twice, twice
+
+
+def imported_test_modules(path: Path) -> list[str]:
+    """The test modules `path` imports: `tests.*` outside the harness, or a bare basename
+    (pytest's rootdir-relative sys.path makes `import test_engine` work too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if (parts[0] == "tests" and parts[1:2] != ["harness"]) or parts[0] in BASENAMES:
+                found.append(name)
+    return found
+
+
+def test_test_modules_do_not_import_each_other() -> None:
+    # Shared pieces live in tests/harness/: a test module importing another runs the
+    # other's module-level code, couples their edits, and hides where a helper lives.
+    offenders = {
+        str(m.relative_to(TESTS)): names for m in MODULES if (names := imported_test_modules(m))
+    }
+    assert not offenders, offenders
