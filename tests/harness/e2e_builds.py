@@ -142,6 +142,13 @@ def layer_amis(fake) -> dict[str, str]:
     return {svc: snap["SnapshotId"] for svc, snap in layer_snapshots(fake).items()}
 
 
+def after_tag_lag(fake, since: float) -> None:
+    """Wait out the strict stand-in's tag-filter lag since ``since`` (monotonic): as a user's
+    next command comes a moment after a build, and finds what it made by its tags."""
+    if fake.strict is not None:
+        time.sleep(max(0.0, fake.strict.settings.delay - (time.monotonic() - since)))
+
+
 class Builds:
     def __init__(self, fake, home: Path) -> None:
         self.fake = fake
@@ -154,7 +161,9 @@ class Builds:
                 "AMIC_CACHE_DIR": str(self.home / "cache")}
 
     def amic(self, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+        after_tag_lag(self.fake, getattr(self, "ended", 0.0))
         proc = run_amic(*args, cwd=cwd, env=self.env(), timeout=600)
+        self.ended = time.monotonic()
         if check:
             assert proc.returncode == 0, f"amic {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc
