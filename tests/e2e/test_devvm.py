@@ -27,6 +27,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,7 +266,9 @@ def test_prune_during_a_disk_export_keeps_the_vm_layer_and_the_scratch(project: 
         while not (tmp.is_dir() and list(tmp.glob("disk-*/upper"))):
             assert export.poll() is None and time.monotonic() < deadline, export.stderr.read()
             time.sleep(0.05)
-        proc = amic("prune", "--all", cwd=project)
+        # --force: the project has no identity (no git, no NAME), so its images are only
+        # candidates when forced; the layer under export must stay all the same
+        proc = amic("prune", "--all", "--force", cwd=project)
         assert "kept layer" in proc.stderr and "kept temporary tmp/disk-" in proc.stderr, \
             proc.stderr
     finally:

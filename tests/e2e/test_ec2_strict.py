@@ -167,12 +167,14 @@ SERVICE quiet
         echo woke > /etc/amic-quiet
     EOF
 """
-SILENT_SECONDS = 300
+SILENT_SECONDS = 100
+"""Over twice the strict relay's idle cut (``Strictness.relay_idle_timeout``, 40 s): only
+amic's SSH keepalives keep the session."""
 
 
-def test_an_init_silent_for_five_minutes_passes(strict, tmp_path):
-    """The SSH session of an INIT that prints nothing for 5 minutes stays open (the relay
-    once dropped it after 5 s of silence). The one long test of the suite (~5.5 min)."""
+def test_an_init_silent_past_the_idle_cut_passes(strict, tmp_path):
+    """The SSH session of an INIT that prints nothing for 100 s stays open through a relay
+    that cuts flows idle for 40 s (the relay once dropped it after 5 s of silence)."""
     fake = strict.fake
     fake.strict = None
     fake.reset()
@@ -187,4 +189,8 @@ def test_an_init_silent_for_five_minutes_passes(strict, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.monotonic() - t0 >= SILENT_SECONDS
     assert "connection lost" not in proc.stderr
+    assert 0 < fake.standin.relay_idle_timeout < SILENT_SECONDS / 2
+    relays = [fake.standin.relay, *fake.standin._relays.values()]
+    assert all(r.idle_timeout == fake.standin.relay_idle_timeout for r in relays)
+    assert sum(r.idle_cuts for r in relays) == 0
     assert_clean(fake)

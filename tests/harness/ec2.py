@@ -89,6 +89,8 @@ class FakeEc2:
         lock: as EC2 does them (kept over ``reset``)."""
         self.strict = Strict(self.proxy, self.standin, settings)
         self.standin.dpkg_lock_seconds = self.strict.settings.dpkg_lock_seconds
+        self.standin.relay_idle_timeout = self.strict.settings.relay_idle_timeout
+        self.standin.relay.idle_timeout = self.strict.settings.relay_idle_timeout
         return self.strict
 
     @property

@@ -13,15 +13,26 @@ import secrets
 import socket
 import socketserver
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
 
 class Relay:
-    """A TCP listener on one fixed port forwarding each connection to ``target()``."""
+    """A TCP listener on one fixed port forwarding each connection to ``target()``.
 
-    def __init__(self, target, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``idle_timeout``: a connection that carries no byte either way for this many seconds
+    is cut, as the stateful devices between a builder and an instance do to idle flows
+    (an AWS NAT gateway after 350 s, "Troubleshoot NAT gateways", Amazon VPC User Guide;
+    the strict stand-in scales it down). ``None`` never cuts, as the instance itself.
+    """
+
+    def __init__(self, target, host: str = "127.0.0.1", port: int = 0,
+                 idle_timeout: float | None = None) -> None:
         self.target = target
+        self.idle_timeout = idle_timeout
+        self.idle_cuts = 0
+        """Connections cut for silence so far."""
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
@@ -48,23 +59,41 @@ class Relay:
             # The 5 s was for connecting only: an SSH session may stay silent for minutes
             # (an INIT running `sleep 300`), as a real instance's TCP connection does.
             upstream.settimeout(None)
+            flow = {"last": time.monotonic(), "ended": False}
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b, flow), daemon=True).start()
+            if self.idle_timeout is not None:
+                threading.Thread(target=self._watch, args=(client, upstream, flow),
+                                 daemon=True).start()
+
+    def _watch(self, client, upstream, flow):
+        while not flow["ended"]:
+            left = flow["last"] + self.idle_timeout - time.monotonic()
+            if left <= 0:
+                self.idle_cuts += 1
+                self._cut(client, upstream)
+                return
+            time.sleep(min(left, 0.5))
 
     @staticmethod
-    def _pipe(src, dst):
+    def _cut(*socks):
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def _pipe(self, src, dst, flow):
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                flow["last"] = time.monotonic()
                 dst.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            flow["ended"] = True
+            self._cut(src, dst)
 
     def close(self):
         self._stop = True

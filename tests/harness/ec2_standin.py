@@ -70,6 +70,8 @@ class StandIn:
         """At an instance's first boot a process holds dpkg's locks this long (what
         unattended-upgrades and apt-daily do on a fresh EC2 instance); 0: none."""
         self.dpkg_holders: list[str] = []
+        self.relay_idle_timeout: float | None = None
+        """Relays made from now on cut a connection silent both ways this long (``Relay``)."""
         """Instance ids whose first boot started the dpkg lock holder."""
         self.own_addresses = False
         """True: each instance answers SSH on its own loopback address (its DescribeInstances
@@ -261,7 +263,8 @@ class StandIn:
                 return inst.port if self.ssh_up else None
 
         self.addresses[inst.id] = address
-        self._relays[inst.id] = Relay(port, address, self.relay_port)
+        self._relays[inst.id] = Relay(port, address, self.relay_port,
+                                      idle_timeout=self.relay_idle_timeout)
 
     def _public_addresses(self, params, text):
         with self._lock:

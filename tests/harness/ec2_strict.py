@@ -59,6 +59,9 @@ class Strictness:
     """Least seconds between two CreateSnapshot of one volume (EC2: 15)."""
     multi_eni: bool = False
     """Every instance counts as having several network interfaces."""
+    relay_idle_timeout: float = 40.0
+    """An SSH connection silent both ways this long is cut (an AWS NAT gateway: 350 s; amic
+    keeps sessions alive every 30 s)."""
     dpkg_lock_seconds: float = 4.0
     """At an instance's first boot a process holds dpkg's locks this long (the stand-in's
     ``dpkg_lock_seconds``)."""
@@ -116,6 +119,15 @@ class Consistency:
             return []
         return [b["Ebs"]["SnapshotId"] for i in images for b in i.get("BlockDeviceMappings", [])
                 if b.get("Ebs", {}).get("SnapshotId")]
+
+    def settle(self) -> float:
+        """Sleep until every resource made so far shows in tag-filtered answers (as a user's
+        next command, a moment after the last, finds it); return the seconds slept."""
+        with self._lock:
+            newest = max(self.born.values(), default=None)
+        wait = 0.0 if newest is None else max(0.0, newest + self.delay - time.monotonic())
+        time.sleep(wait)
+        return wait
 
     def fresh(self, rid: str) -> bool:
         with self._lock:

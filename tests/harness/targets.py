@@ -253,6 +253,9 @@ class Ec2Subject(Subject):
     def make(self):
         from amic.targets.ec2.target import Ec2Options, Ec2Target
 
+        # a target per command: the next command comes after the tag index caught up
+        if self.fake.strict is not None:
+            self.fake.strict.consistency.settle()
         return Ec2Target(options=Ec2Options(
             ssh_cidrs=("127.0.0.1/32",), ssh_user="root", ssh_host="127.0.0.1",
             ssh_port=self.fake.standin.relay_port, poll_interval=0.05, ssh_timeout=60,

@@ -180,6 +180,41 @@ def test_relay_keeps_an_idle_connection_open():
         server.close()
 
 
+def test_relay_cuts_a_connection_silent_both_ways_and_keeps_a_talking_one():
+    """The strict relay drops an idle flow as a NAT gateway does (the e2e silent INIT then
+    proves amic's keepalives), and only an idle one."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def echo():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [c.sendall(d) for d in iter(
+                lambda: c.recv(100), b"")], daemon=True).start()
+
+    threading.Thread(target=echo, daemon=True).start()
+    relay = Relay(lambda: port, idle_timeout=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", relay.port), 5) as talking, \
+                socket.create_connection(("127.0.0.1", relay.port), 5) as silent:
+            for conn in (talking, silent):
+                conn.settimeout(5)
+                conn.sendall(b"hi")
+                assert conn.recv(10) == b"hi"
+            for _ in range(6):              # 2.4 s of a byte each 0.4 s
+                time.sleep(0.4)
+                talking.sendall(b".")
+                assert talking.recv(10) == b"."
+            assert silent.recv(10) == b"", "the idle connection was not cut"
+            assert relay.idle_cuts == 1
+    finally:
+        relay.close()
+        server.close()
+
+
 @pytest.mark.root
 def test_first_boot_holds_the_dpkg_lock_against_apt(tmp_path_factory):
     """A fresh instance's first boot holds dpkg's lock (as unattended-upgrades does): apt
