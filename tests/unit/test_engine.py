@@ -288,6 +288,54 @@ def test_memo_keeps_the_targets_facts(tmp_path, monkeypatch):
     assert facts == {"base_ref": "debian:12", "base": r.base_image_id}
 
 
+def test_memo_answer_is_the_whole_fast_path(tmp_path, monkeypatch):
+    """``memo.answer``: the recorded result with its lines said through the reporter; a
+    target's refusal, --no-cache or --context mean the full build (None)."""
+    import io
+    import time
+
+    from amic.engine import memo as buildmemo
+    from amic.engine.progress import Reporter
+
+    (tmp_path / "proj").mkdir()
+    amifile = tmp_path / "proj" / "Amifile"
+    amifile.write_text(AMIFILE)
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TOKEN", raising=False)
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    time.sleep(0.06)
+    r = run(MemoTarget(marker), amifile)
+
+    def answer(stream, **kw):
+        reporter = Reporter(stream, mode="plain", quiet=kw.pop("quiet", False))
+        kw = {"checkpoint": None, "no_cache": False, "context": None, **kw}
+        return buildmemo.answer(str(amifile), {}, "fake", reporter=reporter, **kw)
+
+    out = io.StringIO()
+    result, made = answer(out)
+    assert result["image_id"] == r.image_id and made is None
+    assert set(result["timings"]) == {"total"}
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:3] for line in lines[:3]] == [
+        [f"[{i}/3]", svc, "CACHED"] for i, svc in enumerate("abc", 1)]
+    assert lines[3] == f"amic: unchanged: image {r.image_id[:12]} (final key {r.final_key[:12]})"
+    quiet = io.StringIO()
+    assert answer(quiet, quiet=True)[0] is not None and quiet.getvalue() == ""
+
+    class Refuses(MemoTarget):
+        def confirm_memo(self, result, facts):
+            return False
+
+    refuses = Refuses(marker)
+    silent = io.StringIO()
+    assert answer(silent, confirm=lambda: refuses) == (None, refuses)
+    assert silent.getvalue() == ""
+    assert answer(io.StringIO(), confirm=lambda: MemoTarget(marker))[0] is not None
+    assert answer(io.StringIO(), no_cache=True) == (None, None)
+    assert answer(io.StringIO(), context=str(tmp_path)) == (None, None)
+
+
 def test_memo_schemes_match_the_target_classes():
     """``amic.targets.MEMO`` lets the command line use the memo before importing a target."""
     import importlib

@@ -1,10 +1,10 @@
 """``amic build``: argument parsing and output.
 
 Import-light on purpose: the engine, the targets and the compiler are imported
-inside the handler, and an unchanged build is answered from the build memo
-(``amic.engine.memo``) before any of them is imported; on ec2, once the target
-confirmed it with two DescribeImages calls (``Ec2Target.confirm_memo``, without
-boto3). Each target adds its own options (``add_ec2_build_options``,
+inside the handler, and an unchanged build is answered by the build memo
+(``amic.engine.memo.answer``) before any of them is imported; on ec2, once the
+target confirmed it with two DescribeImages calls (``Ec2Target.confirm_memo``,
+without boto3). Each target adds its own options (``add_ec2_build_options``,
 ``add_ssh_build_options``).
 """
 
@@ -91,8 +91,8 @@ def _emit(args, result: dict) -> None:
 
 def cmd_build(args) -> int:
     from amic.cli.common import build_args_from, secrets_from
-    from amic.engine.progress import short
-    from amic.targets import MEMO, default_target_spec, split_spec
+    from amic.engine.progress import Reporter
+    from amic.targets import MEMO, default_target_spec, get_target, split_spec
 
     build_args = build_args_from(args.build_arg)
     secrets = secrets_from(args.secret)
@@ -104,40 +104,18 @@ def cmd_build(args) -> int:
     scheme, rest = split_spec(spec)
     if args.dry_run:
         return _dry_run(args, spec, build_args, secrets)
+    reporter = Reporter(mode=args.progress, quiet=args.quiet)
     target = None
-    # the memo is keyed by the Amifile alone: a build with --context takes the full path
-    if not args.no_cache and scheme in MEMO and not rest and args.context is None:
-        import time
-
-        t0 = time.monotonic()
+    if scheme in MEMO and not rest:     # a target with a build memo
         from amic.engine import memo as buildmemo
 
-        found = buildmemo.lookup_with_facts(args.amifile, build_args, scheme,
-                                            checkpoint=args.checkpoint)
-        memo = None if found is None else found[0]
-        if memo is not None and MEMO[scheme]:
-            # The target must confirm the hit (ec2: with AWS); if not, the full path runs.
-            from amic.targets import get_target
-
-            target = get_target(spec, args)
-            if not target.confirm_memo(memo, found[1]):
-                memo = None
-        if memo is not None:
-            if not args.quiet:
-                n = len(memo["layers"])
-                lines = [f"[{i}/{n}] {r['service']:<16} CACHED            unchanged"
-                         for i, r in enumerate(memo["layers"], 1)]
-                lines.append(f"amic: unchanged: image {short(memo['image_id'])} "
-                             f"(final key {memo['final_key'][:12]})")
-                sys.stderr.write("\n".join(lines) + "\n")
-            memo["timings"] = {"total": round(time.monotonic() - t0, 3)}
-            _emit(args, memo)
+        result, target = buildmemo.answer(
+            args.amifile, build_args, scheme, checkpoint=args.checkpoint,
+            no_cache=args.no_cache, context=args.context, reporter=reporter,
+            confirm=(lambda: get_target(spec, args)) if MEMO[scheme] else None)
+        if result is not None:
+            _emit(args, result)
             return 0
-
-    from amic.engine.build import build
-    from amic.engine.progress import Reporter
-    from amic.targets import get_target
-
     target = target or get_target(spec, args)
     options = _build_options(args, build_args, secrets)
     resolved = _check_ami_name(target, options) if scheme == "ec2" else None
@@ -146,17 +124,20 @@ def cmd_build(args) -> int:
 
         resolved = resolved or load_amifile(options.amifile)
         _warn_without_identity(options, resolved)
-    reporter = Reporter(mode=args.progress, quiet=args.quiet)
+    _emit(args, _full_build(target, options, reporter, resolved).to_json())
+    return 0
+
+
+def _full_build(target, options, reporter, resolved):
+    from amic.engine.build import build
     from amic.errors import AmicError
 
     try:                       # build() gives the reporter the secret values first thing
-        result = build(target, options, reporter, resolved=resolved)
+        return build(target, options, reporter, resolved=resolved)
     except AmicError as exc:   # the message (a failed layer's last lines too) without secrets
         raise reporter.redact.error(exc) from None
     finally:
         reporter.close()
-    _emit(args, result.to_json())
-    return 0
 
 
 def _warn_without_identity(options, resolved) -> None:
