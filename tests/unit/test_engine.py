@@ -215,6 +215,46 @@ def _age(path: Path, seconds: float = 10) -> None:
     os.utime(path, (t, t))
 
 
+def test_check_final_refuses_before_any_lookup_lease_or_launch(amifile):
+    """The target's ``check_final`` hook gets the final key and the final image's tags once
+    the plan is made; raising there stops the build before anything else, cached or not."""
+
+    class Picky(FakeTarget):
+        refuse = True
+
+        def __init__(self):
+            super().__init__()
+            self.checked = []
+
+        def check_final(self, key, tags):
+            self.checked.append((key, dict(tags)))
+            if self.refuse:
+                raise BuildError("that name is taken")
+
+        def find_image(self, key):
+            self.events.append(f"find {key[:8]}")
+            return super().find_image(key)
+
+        def lease(self, key, *, build_id="?"):
+            self.events.append(f"lease {key[:8]}")
+            return super().lease(key, build_id=build_id)
+
+    t = Picky()
+    with pytest.raises(BuildError, match="that name is taken"):
+        run(t, amifile, name="shop")
+    assert t.events == [] and len(t.checked) == 1
+    t.refuse = False
+    r = run(t, amifile, name="shop")
+    key, tags = t.checked[-1]
+    assert key == r.final_key
+    assert tags == dict(t.images[r.final_key].tags)   # the tags the final image got
+    assert tags[TAG_KIND] == "final" and tags["amic:name"] == "shop"
+    t.refuse, t.events[:] = True, []
+    with pytest.raises(BuildError):          # a cached final is refused all the same
+        run(t, amifile, name="shop")
+    assert t.events == []
+
+
 def test_memo_answers_unchanged_and_notices_changes(tmp_path, monkeypatch):
     import time
 

@@ -118,11 +118,11 @@ def cmd_build(args) -> int:
             return 0
     target = target or get_target(spec, args)
     options = _build_options(args, build_args, secrets)
-    resolved = _check_ami_name(target, options) if scheme == "ec2" else None
+    resolved = None
     if target.keeps_images:
         from amic.engine.build import load_amifile
 
-        resolved = resolved or load_amifile(options.amifile)
+        resolved = load_amifile(options.amifile)
         _warn_without_identity(options, resolved)
     _emit(args, _full_build(target, options, reporter, resolved).to_json())
     return 0
@@ -181,24 +181,3 @@ def _dry_run(args, spec: str, build_args, secrets) -> int:
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.text())
     return 0
 
-
-def _check_ami_name(target, options):
-    """ec2, an ``--ami-name`` without a per-build field: the name the final AMI will get is
-    known now, so an AMI that has it already fails the build before anything is launched.
-    Returns the Amifile read (the build does not read it again)."""
-    from amic.compile import plan as planmod
-    from amic.engine import tags as imagetags
-    from amic.engine.build import load_amifile
-    from amic.targets.ec2 import naming
-
-    resolved = load_amifile(options.amifile)
-    opts = target.opts
-    if opts.force_deregister or naming.fixed_name(opts.image_name, {}, "0" * 12) is None:
-        return resolved         # replacing on purpose, or unique by construction
-    base = target.resolve_base(resolved.base.ref if resolved.base else None)
-    p = planmod.make_plan(resolved, options.build_args, base_image_id=base.id,
-                          context=options.context)
-    # the tags the final image will get (its build id is no field of a fixed name)
-    tags = imagetags.final_tags(p, imagetags.common_tags(p, "", options.name, options.origin))
-    naming.check_name_free(target.ec2, naming.fixed_name(opts.image_name, tags, p.final_key))
-    return resolved
