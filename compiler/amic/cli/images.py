@@ -13,6 +13,11 @@ from amic.cli.project import add_project_options
 
 
 def register(sub) -> None:
+    _add_run(sub)
+    _add_store_commands(sub)
+
+
+def _add_run(sub) -> None:
     from amic.cli.common import seconds_argument
 
     p = sub.add_parser(
@@ -40,6 +45,9 @@ def register(sub) -> None:
                    help="leave the machine running after the boot hook (prints how to reach it)")
     p.set_defaults(func=cmd_run)
 
+
+def _add_store_commands(sub) -> None:
+    """``images``, ``prune``, ``export``, ``shell``: the image store's commands."""
     p = sub.add_parser("images", help="list images and cache entries of the local target")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--all", "-a", action="store_true",
