@@ -24,6 +24,14 @@ services the new one lacks (their UPDATE would stop running at boot); ``replace`
 default): it replaces it. The ssh target, which provisions hosts in place, asks for ``keep``
 unless ``--ssh-replace-stage2``."""
 
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
+"""Service names are used as directory names, shell words and tag values: an Amifile's
+SERVICE and ``amic run --service`` take this rule alike. (``\\Z``, not ``$``: ``$`` also
+matches before a final newline.)"""
+SERVICE_NAME_RULE = ("service names are 1-63 characters: lowercase letters, digits, '-' and "
+                     "'_', starting with a letter")
+"""The rule in words: the hint given with every refused service name."""
+
 IGNORE_FILE = ".amicignore"
 """At the top of a build context: what COPY leaves out (read by compile, watched by the memo)."""
 

@@ -66,3 +66,28 @@ def test_error_text_per_command() -> None:
     assert error_text(err, args) == "amic: ami prune failed: no"
     # other errors keep their own rendering
     assert error_text(UsageError("bad"), args) == "amic: error: bad"
+
+
+@pytest.mark.parametrize("name", ["aB", "aé", "1a", "a" * 64, "web;x"])
+def test_run_refuses_a_service_name_an_amifile_refuses(store: Path, tmp_path: Path,
+                                                       name: str) -> None:
+    """``amic run --service`` takes the Amifile's rule and its words (it took ``aB`` and
+    ``aé`` before), as a usage error before anything boots."""
+    (tmp_path / "Amifile").write_text(f"SERVICE {name}\n    INIT true\n")
+    compiled = amic(store, "compile", "--print", "Amifile")
+    assert compiled.returncode == 1
+    said = [line for line in compiled.stderr.splitlines()
+            if "invalid service name" in line or line.startswith("hint: ")]
+    assert len(said) == 2, compiled.stderr
+    proc = amic(store, "run", "a" * 12, "--service", "ok", "--service", name)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"amic: error: --service: {said[0].split(': ', 1)[1]}",
+                                        said[1]]
+
+
+def test_run_takes_every_name_an_amifile_takes(store: Path) -> None:
+    """The control: valid names (the longest too) pass the check and the run fails later,
+    on the image this store cannot boot."""
+    proc = amic(store, "run", "a" * 12, "--service", "a" * 63, "--service", "b-2_c")
+    assert proc.returncode == 1
+    assert "amic: run failed: " in proc.stderr and "invalid service name" not in proc.stderr

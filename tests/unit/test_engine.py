@@ -215,6 +215,46 @@ def _age(path: Path, seconds: float = 10) -> None:
     os.utime(path, (t, t))
 
 
+def test_check_final_refuses_before_any_lookup_lease_or_launch(amifile):
+    """The target's ``check_final`` hook gets the final key and the final image's tags once
+    the plan is made; raising there stops the build before anything else, cached or not."""
+
+    class Picky(FakeTarget):
+        refuse = True
+
+        def __init__(self):
+            super().__init__()
+            self.checked = []
+
+        def check_final(self, key, tags):
+            self.checked.append((key, dict(tags)))
+            if self.refuse:
+                raise BuildError("that name is taken")
+
+        def find_image(self, key):
+            self.events.append(f"find {key[:8]}")
+            return super().find_image(key)
+
+        def lease(self, key, *, build_id="?"):
+            self.events.append(f"lease {key[:8]}")
+            return super().lease(key, build_id=build_id)
+
+    t = Picky()
+    with pytest.raises(BuildError, match="that name is taken"):
+        run(t, amifile, name="shop")
+    assert t.events == [] and len(t.checked) == 1
+    t.refuse = False
+    r = run(t, amifile, name="shop")
+    key, tags = t.checked[-1]
+    assert key == r.final_key
+    assert tags == dict(t.images[r.final_key].tags)   # the tags the final image got
+    assert tags[TAG_KIND] == "final" and tags["amic:name"] == "shop"
+    t.refuse, t.events[:] = True, []
+    with pytest.raises(BuildError):          # a cached final is refused all the same
+        run(t, amifile, name="shop")
+    assert t.events == []
+
+
 def test_memo_answers_unchanged_and_notices_changes(tmp_path, monkeypatch):
     import time
 
@@ -286,6 +326,54 @@ def test_memo_keeps_the_targets_facts(tmp_path, monkeypatch):
     result, facts = buildmemo.lookup_with_facts(str(amifile), {}, "fake")
     assert result["image_id"] == r.image_id
     assert facts == {"base_ref": "debian:12", "base": r.base_image_id}
+
+
+def test_memo_answer_is_the_whole_fast_path(tmp_path, monkeypatch):
+    """``memo.answer``: the recorded result with its lines said through the reporter; a
+    target's refusal, --no-cache or --context mean the full build (None)."""
+    import io
+    import time
+
+    from amic.engine import memo as buildmemo
+    from amic.engine.progress import Reporter
+
+    (tmp_path / "proj").mkdir()
+    amifile = tmp_path / "proj" / "Amifile"
+    amifile.write_text(AMIFILE)
+    monkeypatch.setenv("AMIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TOKEN", raising=False)
+    marker = tmp_path / "image-meta"
+    marker.write_text("x")
+    time.sleep(0.06)
+    r = run(MemoTarget(marker), amifile)
+
+    def answer(stream, **kw):
+        reporter = Reporter(stream, mode="plain", quiet=kw.pop("quiet", False))
+        kw = {"checkpoint": None, "no_cache": False, "context": None, **kw}
+        return buildmemo.answer(str(amifile), {}, "fake", reporter=reporter, **kw)
+
+    out = io.StringIO()
+    result, made = answer(out)
+    assert result["image_id"] == r.image_id and made is None
+    assert set(result["timings"]) == {"total"}
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:3] for line in lines[:3]] == [
+        [f"[{i}/3]", svc, "CACHED"] for i, svc in enumerate("abc", 1)]
+    assert lines[3] == f"amic: unchanged: image {r.image_id[:12]} (final key {r.final_key[:12]})"
+    quiet = io.StringIO()
+    assert answer(quiet, quiet=True)[0] is not None and quiet.getvalue() == ""
+
+    class Refuses(MemoTarget):
+        def confirm_memo(self, result, facts):
+            return False
+
+    refuses = Refuses(marker)
+    silent = io.StringIO()
+    assert answer(silent, confirm=lambda: refuses) == (None, refuses)
+    assert silent.getvalue() == ""
+    assert answer(io.StringIO(), confirm=lambda: MemoTarget(marker))[0] is not None
+    assert answer(io.StringIO(), no_cache=True) == (None, None)
+    assert answer(io.StringIO(), context=str(tmp_path)) == (None, None)
 
 
 def test_memo_schemes_match_the_target_classes():

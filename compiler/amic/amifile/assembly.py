@@ -26,6 +26,7 @@ from amic.amifile import ir, packages
 from amic.amifile import records as r
 from amic.amifile.instructions import INSTRUCTIONS
 from amic.amifile.lexer import line_text
+from amic.contract import SERVICE_NAME_RULE
 from amic.errors import AmifileError, Pos
 
 __all__ = ["assemble"]
@@ -105,9 +106,7 @@ class _Assembly:
 
     def service_name(self, tok: Token) -> str:
         if not ir.SERVICE_NAME_RE.match(tok):
-            self.fail(f"invalid service name {str(tok)!r}", tok, hint=(
-                "service names are 1-63 characters: lowercase letters, digits, '-' and '_', "
-                "starting with a letter"))
+            self.fail(f"invalid service name {str(tok)!r}", tok, hint=SERVICE_NAME_RULE)
         return str(tok)
 
     def var_name(self, tok: Token, what: str) -> str:

@@ -16,11 +16,11 @@ import re
 
 import attrs
 
+from amic import contract
 from amic.errors import Pos
 
-SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
-"""Service names are used as directory names, shell words and tag values. (``\\Z``, not
-``$``: ``$`` also matches before a final newline.)"""
+SERVICE_NAME_RE = contract.SERVICE_NAME_RE
+"""The rule of :data:`amic.contract.SERVICE_NAME_RE` (``amic run --service`` takes it too)."""
 
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 

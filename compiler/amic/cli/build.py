@@ -1,10 +1,10 @@
 """``amic build``: argument parsing and output.
 
 Import-light on purpose: the engine, the targets and the compiler are imported
-inside the handler, and an unchanged build is answered from the build memo
-(``amic.engine.memo``) before any of them is imported; on ec2, once the target
-confirmed it with two DescribeImages calls (``Ec2Target.confirm_memo``, without
-boto3). Each target adds its own options (``add_ec2_build_options``,
+inside the handler, and an unchanged build is answered by the build memo
+(``amic.engine.memo.answer``) before any of them is imported; on ec2, once the
+target confirmed it with two DescribeImages calls (``Ec2Target.confirm_memo``,
+without boto3). Each target adds its own options (``add_ec2_build_options``,
 ``add_ssh_build_options``).
 """
 
@@ -91,8 +91,8 @@ def _emit(args, result: dict) -> None:
 
 def cmd_build(args) -> int:
     from amic.cli.common import build_args_from, secrets_from
-    from amic.engine.progress import short
-    from amic.targets import MEMO, default_target_spec, split_spec
+    from amic.engine.progress import Reporter
+    from amic.targets import MEMO, default_target_spec, get_target, split_spec
 
     build_args = build_args_from(args.build_arg)
     secrets = secrets_from(args.secret)
@@ -104,59 +104,40 @@ def cmd_build(args) -> int:
     scheme, rest = split_spec(spec)
     if args.dry_run:
         return _dry_run(args, spec, build_args, secrets)
+    reporter = Reporter(mode=args.progress, quiet=args.quiet)
     target = None
-    # the memo is keyed by the Amifile alone: a build with --context takes the full path
-    if not args.no_cache and scheme in MEMO and not rest and args.context is None:
-        import time
-
-        t0 = time.monotonic()
+    if scheme in MEMO and not rest:     # a target with a build memo
         from amic.engine import memo as buildmemo
 
-        found = buildmemo.lookup_with_facts(args.amifile, build_args, scheme,
-                                            checkpoint=args.checkpoint)
-        memo = None if found is None else found[0]
-        if memo is not None and MEMO[scheme]:
-            # The target must confirm the hit (ec2: with AWS); if not, the full path runs.
-            from amic.targets import get_target
-
-            target = get_target(spec, args)
-            if not target.confirm_memo(memo, found[1]):
-                memo = None
-        if memo is not None:
-            if not args.quiet:
-                n = len(memo["layers"])
-                lines = [f"[{i}/{n}] {r['service']:<16} CACHED            unchanged"
-                         for i, r in enumerate(memo["layers"], 1)]
-                lines.append(f"amic: unchanged: image {short(memo['image_id'])} "
-                             f"(final key {memo['final_key'][:12]})")
-                sys.stderr.write("\n".join(lines) + "\n")
-            memo["timings"] = {"total": round(time.monotonic() - t0, 3)}
-            _emit(args, memo)
+        result, target = buildmemo.answer(
+            args.amifile, build_args, scheme, checkpoint=args.checkpoint,
+            no_cache=args.no_cache, context=args.context, reporter=reporter,
+            confirm=(lambda: get_target(spec, args)) if MEMO[scheme] else None)
+        if result is not None:
+            _emit(args, result)
             return 0
-
-    from amic.engine.build import build
-    from amic.engine.progress import Reporter
-    from amic.targets import get_target
-
     target = target or get_target(spec, args)
     options = _build_options(args, build_args, secrets)
-    resolved = _check_ami_name(target, options) if scheme == "ec2" else None
+    resolved = None
     if target.keeps_images:
         from amic.engine.build import load_amifile
 
-        resolved = resolved or load_amifile(options.amifile)
+        resolved = load_amifile(options.amifile)
         _warn_without_identity(options, resolved)
-    reporter = Reporter(mode=args.progress, quiet=args.quiet)
+    _emit(args, _full_build(target, options, reporter, resolved).to_json())
+    return 0
+
+
+def _full_build(target, options, reporter, resolved):
+    from amic.engine.build import build
     from amic.errors import AmicError
 
     try:                       # build() gives the reporter the secret values first thing
-        result = build(target, options, reporter, resolved=resolved)
+        return build(target, options, reporter, resolved=resolved)
     except AmicError as exc:   # the message (a failed layer's last lines too) without secrets
         raise reporter.redact.error(exc) from None
     finally:
         reporter.close()
-    _emit(args, result.to_json())
-    return 0
 
 
 def _warn_without_identity(options, resolved) -> None:
@@ -200,24 +181,3 @@ def _dry_run(args, spec: str, build_args, secrets) -> int:
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.text())
     return 0
 
-
-def _check_ami_name(target, options):
-    """ec2, an ``--ami-name`` without a per-build field: the name the final AMI will get is
-    known now, so an AMI that has it already fails the build before anything is launched.
-    Returns the Amifile read (the build does not read it again)."""
-    from amic.compile import plan as planmod
-    from amic.engine import tags as imagetags
-    from amic.engine.build import load_amifile
-    from amic.targets.ec2 import naming
-
-    resolved = load_amifile(options.amifile)
-    opts = target.opts
-    if opts.force_deregister or naming.fixed_name(opts.image_name, {}, "0" * 12) is None:
-        return resolved         # replacing on purpose, or unique by construction
-    base = target.resolve_base(resolved.base.ref if resolved.base else None)
-    p = planmod.make_plan(resolved, options.build_args, base_image_id=base.id,
-                          context=options.context)
-    # the tags the final image will get (its build id is no field of a fixed name)
-    tags = imagetags.final_tags(p, imagetags.common_tags(p, "", options.name, options.origin))
-    naming.check_name_free(target.ec2, naming.fixed_name(opts.image_name, tags, p.final_key))
-    return resolved

@@ -13,6 +13,11 @@ from amic.cli.project import add_project_options
 
 
 def register(sub) -> None:
+    _add_run(sub)
+    _add_store_commands(sub)
+
+
+def _add_run(sub) -> None:
     from amic.cli.common import seconds_argument
 
     p = sub.add_parser(
@@ -40,6 +45,9 @@ def register(sub) -> None:
                    help="leave the machine running after the boot hook (prints how to reach it)")
     p.set_defaults(func=cmd_run)
 
+
+def _add_store_commands(sub) -> None:
+    """``images``, ``prune``, ``export``, ``shell``: the image store's commands."""
     p = sub.add_parser("images", help="list images and cache entries of the local target")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--all", "-a", action="store_true",
@@ -181,62 +189,29 @@ def cmd_shell(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pathlib import Path
-
     from amic.engine.progress import Reporter
-    from amic.targets.local import rootfs
+    from amic.targets.local.boot import check_services
 
+    services = check_services(args.service)   # a mistyped name costs nothing
     target = _local()
     image = target.lookup(args.image)
     reporter = Reporter(mode="plain")
-    for name in args.service:
-        if not name.replace("-", "a").replace("_", "a").isalnum() or not name[:1].islower():
-            from amic.errors import UsageError
-
-            raise UsageError(f"--service {name!r}: not a service name")
-
     if args.vm:
         from amic.targets.local import vm
 
-        rc, status = vm.run_image(target, image, services=args.service, keep=args.keep,
+        rc, status = vm.run_image(target, image, services=services, keep=args.keep,
                                   uefi=args.uefi, restrict=not args.network, timeout=args.timeout,
                                   on_output=lambda line: reporter.output("vm", line, False),
                                   log=reporter.note)
         print(status.rstrip("\n"))
         return rc
-
-    def prepare(lowers, upper):
-        if not args.service:
-            return
-        src = Path(upper.parent, "services")
-        src.write_text("\n".join(args.service) + "\n")
-        rc = rootfs.run_in_root(lowers, upper, "mkdir -p /etc/amic/services.d && "
-                                "cat > /etc/amic/services.d/amic-run", stdin_path=src)
-        if rc != 0:
-            from amic.errors import BuildError
-
-            raise BuildError("could not write /etc/amic/services.d/amic-run")
-
-    reporter.note(f"booting {image.id[:12]} with systemd-nspawn"
-                  + (f"; requested: {' '.join(args.service)}" if args.service else ""))
-    if args.keep and not args.interactive:
-        from amic.targets.local import boot as booting
-
-        rc, report = booting.boot_kept(target.store, image, timeout=args.timeout,
-                                       prepare=prepare, log=reporter.note)
-    else:
-        rc, report = target.boot(image, interactive=args.interactive, timeout=args.timeout,
-                                 on_output=lambda line: line.strip()
-                                 and reporter.output("boot", line, False), prepare=prepare)
-    if args.interactive:
-        return rc
-    if not report:
+    outcome = target.run_image(image, services, interactive=args.interactive, keep=args.keep,
+                               timeout=args.timeout, log=reporter.note,
+                               on_output=lambda line: line.strip()
+                               and reporter.output("boot", line, False))
+    if outcome.status is not None:
+        print(outcome.status)
+    elif not args.interactive:
         print("amic: the machine stopped before the boot hook reported (see the output above)",
               file=sys.stderr)
-        return 1
-    lines = report.rstrip("\n").splitlines()
-    status_rc = 1
-    if lines and lines[-1].startswith("exit "):
-        status_rc = int(lines.pop()[5:] or 1)
-    print("\n".join(lines))
-    return 0 if status_rc == 0 else 1
+    return outcome.exit_code

@@ -6,7 +6,7 @@ the thing exists, so cleanup runs in reverse order on success, on error and on
 Ctrl-C/SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt)::
 
     resolve_base        FROM -> target image (local: cached debootstrap root)
-    make_plan           layer keys chained on the base image id
+    make_plan           layer keys chained on the base image id; the target's check_final
     find_final          cached: print its id (make checkpoints a --checkpoint asks for first)
     find_prefix         longest cached prefix of layers, and why the rest missed
     write_artifact      stage2 tarball in a temporary file          (cleanup: delete)
@@ -111,6 +111,7 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
             b.base = resolve_base(b, resolved)
         with b.timed("plan"):
             b.plan = make_plan(b, resolved)
+            target.check_final(b.plan.final_key, imagetags.final_tags(b.plan, _common_tags(b)))
             target.plan_lookups([layer.key for layer in b.plan.layers] + [b.plan.final_key],
                                 [layer.service for layer in b.plan.layers])
         with b.timed("lookup"):

@@ -26,8 +26,10 @@ recorded result. Any difference (or any error) means "no memo": the full
 build then runs, finds the final key in the cache as usual, and refreshes
 the memo. A target whose answer can change remotely (ec2: ``FROM debian:12``
 is whatever AMI Debian published last) is asked to ``confirm_memo`` the hit
-first (``amic.cli.build``). This module imports only the standard library, on purpose
-(and ``amic.engine.checkpoint`` when a lookup is asked for a ``--checkpoint`` to satisfy).
+first. :func:`answer` is the whole fast path the command line calls: lookup,
+confirmation, the CACHED lines. This module imports only the standard library, on
+purpose (and, when it answers, ``amic.engine.progress`` for its lines, and
+``amic.engine.checkpoint`` when a lookup is asked for a ``--checkpoint`` to satisfy).
 Stat identity is (mtime_ns, ctime_ns, size, inode), as make and ninja trust it.
 """
 
@@ -37,6 +39,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 
 from amic.contract import IGNORE_FILE
 
@@ -141,6 +144,42 @@ def lookup_with_facts(amifile: str, build_args: dict[str, str], target: str,
         return None
 
 
+def answer(amifile: str, build_args: dict[str, str], target: str, *, checkpoint: str | None,
+           no_cache: bool, context: str | None, reporter,
+           confirm=None) -> tuple[dict | None, object]:
+    """The fast path of ``amic build``: an unchanged rebuild answered from the memo.
+
+    Returns ``(result, made)``. ``result``: the recorded ``BuildResult.to_json()`` with this
+    answer's timing, its lines said through ``reporter`` (an
+    :class:`amic.engine.progress.Reporter`); None when the full build must run. ``confirm``:
+    for a target whose hit must be confirmed (``amic.targets.MEMO``), makes that target, whose
+    ``confirm_memo`` is asked; ``made`` is it (None if none was made), for the full build.
+    """
+    if no_cache or context is not None:   # keyed by the Amifile alone (see save)
+        return None, None
+    t0 = time.monotonic()
+    found = lookup_with_facts(amifile, build_args, target, checkpoint=checkpoint)
+    if found is None:
+        return None, None
+    result, facts = found
+    made = None
+    if confirm is not None:     # ec2: the base may be another AMI today (two DescribeImages)
+        made = confirm()
+        if not made.confirm_memo(result, facts):
+            return None, made
+    from amic.engine.progress import short
+
+    # The lines as they always were (one space wider than reporter.layer's: kept byte for
+    # byte, output that scripts may match).
+    n = len(result["layers"])
+    for i, layer in enumerate(result["layers"], 1):
+        reporter.say(f"[{i}/{n}] {layer['service']:<16} CACHED            unchanged")
+    reporter.note(f"unchanged: image {short(result['image_id'])} "
+                  f"(final key {result['final_key'][:12]})")
+    result["timings"] = {"total": round(time.monotonic() - t0, 3)}
+    return result, made
+
+
 def _satisfies(memo: dict, checkpoint: str) -> bool:
     """Whether every checkpoint ``checkpoint`` asks for was known to exist when recorded."""
     if checkpoint in ("none", "auto"):     # ask for nothing a cached build could owe
@@ -221,7 +260,7 @@ def save(target, options, plan, base, image, reports, *, started_ns: int,
     the newer stat to the older result.
     """
     if options.context is not None:
-        return   # lookups are keyed by the Amifile alone (cli.build skips the memo too)
+        return   # lookups are keyed by the Amifile alone (answer skips the memo too)
     inputs = _input_paths(plan)
     if not inputs:
         return

@@ -287,6 +287,11 @@ class Reporter:
         if not self.quiet:
             self._write(f"amic: {message}")
 
+    def say(self, text: str) -> None:
+        """One of amic's own lines as it is (the build memo's CACHED lines)."""
+        if not self.quiet:
+            self._write(text)
+
     def warn(self, message: str) -> None:
         self._write(f"amic: warning: {message}")
 

@@ -104,6 +104,12 @@ class Target(abc.ABC):
         """The keys (layers in order, then the final key) and services the build will look
         up: a target whose look-ups cost API calls may ask for all of them at once."""
 
+    def check_final(self, key: str, tags: Mapping[str, str]) -> None:
+        """Called by the engine once the plan is made, before anything is looked up, leased
+        or launched, with the final key and the tags the final image would get: a target
+        raises here to refuse a build that would fail at its end (ec2: an ``--ami-name``
+        another AMI has). The default: nothing to refuse."""
+
     @abc.abstractmethod
     def launch(self, image: Image, *, build_id: str) -> contextlib.AbstractContextManager[Machine]:
         """Start a machine from ``image``; leaving the context releases everything it created.

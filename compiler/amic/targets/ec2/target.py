@@ -140,6 +140,16 @@ class Ec2Target(Target):
         tags.update({amis.TAG_SSH_USER: user, "Name": best.get("Name", "")})
         return Image(id=best["ImageId"], tags=tags, created=best.get("CreationDate"))
 
+    def check_final(self, key: str, tags: Mapping[str, str]) -> None:
+        """An ``--ami-name`` without a per-build field names one AMI per key: one that has it
+        already fails the build now, not at CreateImage after the whole build."""
+        opts = self.opts
+        if opts.force_deregister:
+            return          # replacing it on purpose
+        name = naming.fixed_name(opts.image_name, tags, key)
+        if name is not None:    # None: unique by construction
+            naming.check_name_free(self.ec2, name)
+
     def plan_lookups(self, keys, services) -> None:
         """One DescribeImages and one DescribeSnapshots for all of a build's keys (:mod:`.lookups`)."""
         self._lookups.plan(keys, services)

@@ -1,9 +1,10 @@
 """Using a local image outside a build: ``amic run`` (boot), ``amic shell``, ``amic export``.
 
 Each works on a throwaway upper directory over the image's chain, so the
-image itself never changes. ``amic run`` boots for real with
-``systemd-nspawn -b`` (the boot hook runs as systemd starts it); shell and
-export run in the same overlay + chroot as a build (:mod:`rootfs`).
+image itself never changes. ``amic run`` (:func:`run`) boots for real with
+``systemd-nspawn -b`` (the boot hook runs as systemd starts it), with the
+services it was asked for in ``services.d``, and reads the boot hook's report;
+shell and export run in the same overlay + chroot as a build (:mod:`rootfs`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
-from amic.errors import BuildError
+import attrs
+
+from amic.contract import SERVICE_NAME_RE, SERVICE_NAME_RULE
+from amic.errors import BuildError, UsageError
 from amic.fsutil import open_output
 from amic.targets.base import Image
 from amic.targets.local import rootfs
@@ -44,6 +49,75 @@ WantedBy=multi-user.target
 """Written into a non-interactive boot: ``amic status`` into the report, then power off."""
 
 REPORT_PATH = "var/lib/amic-run-report"
+SERVICES_DIR = "/etc/amic/services.d"
+SERVICES_FILE = f"{SERVICES_DIR}/amic-run"
+"""Where ``amic run --service`` requests go: the boot hook inits what is listed there."""
+
+
+@attrs.frozen
+class RunOutcome:
+    """What ``amic run`` ends with."""
+
+    exit_code: int
+    status: str | None = None
+    """``amic status`` as the boot hook reported it (its ``exit`` line taken off); None when
+    the boot was interactive, or the machine stopped before the hook reported."""
+
+
+def check_services(names: Sequence[str]) -> tuple[str, ...]:
+    """``amic run --service`` names, by the rule an Amifile's SERVICE follows: UsageError on
+    the first other one (before anything boots)."""
+    for name in names:
+        if not SERVICE_NAME_RE.match(name):
+            raise UsageError(f"--service: invalid service name {name!r}\nhint: {SERVICE_NAME_RULE}")
+    return tuple(names)
+
+
+def run(store: ImageStore, image: Image, services: Sequence[str] = (), *,
+        interactive: bool = False, keep: bool = False, timeout: float = 600.0,
+        on_output=None, log=print) -> RunOutcome:
+    """``amic run``: boot ``image`` requesting ``services`` (detached with ``keep``, unless
+    ``interactive``), and what its boot hook reported."""
+    services = check_services(services)
+    prepare = request_services(services)
+    log(f"booting {image.id[:SHORT]} with systemd-nspawn"
+        + (f"; requested: {' '.join(services)}" if services else ""))
+    if keep and not interactive:
+        rc, report = boot_kept(store, image, timeout=timeout, prepare=prepare, log=log)
+    else:
+        rc, report = boot(store, image, interactive=interactive, timeout=timeout,
+                          on_output=on_output, prepare=prepare)
+    return RunOutcome(rc) if interactive else read_report(report)
+
+
+def request_services(services: Sequence[str]):
+    """The ``prepare`` of a boot that requests ``services`` (None: nothing to request)."""
+    if not services:
+        return None
+
+    def prepare(lowers: list[Path], upper: Path) -> None:
+        src = upper.parent / "services"
+        src.write_text("\n".join(services) + "\n")
+        rc = rootfs.run_in_root(lowers, upper, f"mkdir -p {SERVICES_DIR} && cat > {SERVICES_FILE}",
+                                stdin_path=src)
+        if rc != 0:
+            raise BuildError(f"could not write {SERVICES_FILE}")
+
+    return prepare
+
+
+def read_report(report: str) -> RunOutcome:
+    """The report of a non-interactive boot: ``amic status``'s output, then ``exit N`` (its
+    status). Exit 0 only when it says 0; an empty report means the hook never reported."""
+    if not report:
+        return RunOutcome(1)
+    lines = report.rstrip("\n").splitlines()
+    status_rc = 1
+    if lines and lines[-1].startswith("exit "):
+        code = lines.pop()[5:]
+        # written inside the image: anything but ASCII digits is a failure, not a traceback
+        status_rc = int(code) if code.isascii() and code.isdigit() else 1
+    return RunOutcome(0 if status_rc == 0 else 1, "\n".join(lines))
 
 
 def export(store: ImageStore, image: Image, out: Path) -> None:

@@ -225,8 +225,9 @@ class LocalTarget(Target):
     def shell(self, what: str, command: str | None = None) -> int:
         return booting.shell(self.store, what, command)
 
-    def boot(self, image: Image, *, interactive: bool, timeout: float, on_output=None,
-             prepare=None) -> tuple[int, str]:
-        """See :func:`amic.targets.local.boot.boot`."""
-        return booting.boot(self.store, image, interactive=interactive, timeout=timeout,
-                            on_output=on_output, prepare=prepare)
+    def run_image(self, image: Image, services=(), *, interactive: bool = False,
+                  keep: bool = False, timeout: float = 600.0, on_output=None,
+                  log=print) -> booting.RunOutcome:
+        """``amic run``: see :func:`amic.targets.local.boot.run`."""
+        return booting.run(self.store, image, services, interactive=interactive, keep=keep,
+                           timeout=timeout, on_output=on_output, log=log)
