@@ -364,8 +364,20 @@ def test_text_format() -> None:
     code, text = _run("text")
     lines = text.splitlines()
     assert code == 1
-    assert all(re.fullmatch(r".+:\d+:\d+: (AM|SC)\d{4} (error|warning|info|style): .+", line)
-               for line in lines[:-1])
+    head = re.compile(r".+:(\d+):(\d+): (AM|SC)\d{4} (error|warning|info|style): .+")
+    # each finding: its head, then (as compile shows an error) the source line and a caret
+    # under the column, then an optional hint
+    source = BAD.read_text().splitlines()
+    k, heads = 0, 0
+    while k < len(lines) - 1:
+        m = head.fullmatch(lines[k])
+        assert m, lines[k]
+        line, col = int(m.group(1)), int(m.group(2))
+        assert lines[k + 1] == "    " + source[line - 1].replace("\t", " ")
+        assert lines[k + 2] == "    " + " " * (col - 1) + "^"
+        k += 3 + lines[k + 3].startswith("hint: ")
+        heads += 1
+    assert heads == int(lines[-1].split()[0])
     assert re.fullmatch(r"\d+ problems in 1 file \(\d+ error, \d+ warning, \d+ info, \d+ style\)",
                         lines[-1])
 
