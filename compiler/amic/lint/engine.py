@@ -207,8 +207,10 @@ def _shellcheck(units: Sequence[_Unit], checker: Shellcheck) -> dict[int, list[F
             env = given[id(ref.service)] = _environment(unit.context.amifile, ref.service)
         for c in comments:
             unassigned = _UNASSIGNED_RE.match(c.message)
-            if c.code == "SC2154" and unassigned and unassigned.group(1) in env:
-                continue  # ENV and ARG values are in the script's environment
+            if c.code == "SC2154" and unassigned and (
+                    unassigned.group(1) in env or not unit.context.amifile.includes):
+                continue  # ENV and ARG values are in the script's environment; AM3015
+                #           (which knows SECRETs too) decides in a file without INCLUDE
             level = c.level if c.level in SEVERITIES else "warning"
             found.setdefault(u, []).append(Finding(c.code, level, c.message,
                                                    smap.pos(c.index, c.col)))
