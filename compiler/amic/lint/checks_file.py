@@ -19,7 +19,7 @@ def check_unknown_service(ctx: Context) -> Found:
         return  # an unresolved INCLUDE may declare it; the resolver error says why
     known = ctx.services()
     names: list[str] = []   # sorted once, on the first unknown name
-    unknown = [(req, f"{svc.name!r} requires unknown service {req.name!r}")
+    unknown = [(req, f"service {svc.name!r} requires unknown service {req.name!r}")
                for svc in ctx.amifile.services for req in svc.requires if req.name not in known]
     unknown += [(req, f"ENABLE names unknown service {req.name!r}")
                 for req in ctx.amifile.enables if req.name not in known]
