@@ -100,3 +100,37 @@ def test_ten_thousand_errors_cost_about_what_one_does(kind: str, tmp_path: Path)
                                              f"... and {n - 20} more errors (only the first "
                                              "20 are shown)")
             assert len(text) < 5000
+
+
+def _errors(text: str) -> list[tuple[int, int, str]]:
+    from amic.amifile import parser
+    from amic.errors import AmifileError
+
+    with pytest.raises(AmifileError) as raised:
+        parser.parse_text(text, "Amifile")
+    return [(e.pos.line, e.pos.col, e.message) for e in raised.value.all()]
+
+
+def test_a_heredoc_that_never_ends_ends_the_search() -> None:
+    # the rest of the file is the heredoc's body: its lines are no instructions to report
+    found = _errors("SERVICE a\n    REQUIRES\n    INIT <<EOF\n    RUN x\n    FROM y z\n")
+    assert [(line, msg.split(":")[0]) for line, _, msg in found] == [
+        (2, "REQUIRES needs at least one service name"), (3, "unterminated heredoc")]
+
+
+def test_a_file_that_is_no_amifile_gives_one_error_and_no_line() -> None:
+    from amic.amifile import parser
+    from amic.errors import AmifileError
+
+    with pytest.raises(AmifileError) as raised:
+        parser.parse_text("root:x:0:0:root\nSERVICE a\n    REQUIRES\nsecret=hunter2\n", "f")
+    assert len(raised.value.all()) == 1 and "hunter2" not in raised.value.render()
+    assert "root:x" not in raised.value.render()
+
+
+def test_script_lines_after_a_broken_opener_are_not_instructions() -> None:
+    # the body of a heredoc whose opener is broken is skipped up to the next line that
+    # starts with an instruction in capitals (lower-case `env` is shell, not ENV)
+    found = _errors("SERVICE a\n    INIT <<EOF | tee\n    env X=1 make\n    EOF\n"
+                    "    COPY x\n")
+    assert [(line, col) for line, col, _ in found] == [(2, 10), (5, 11)]

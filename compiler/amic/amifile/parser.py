@@ -231,7 +231,7 @@ def _syntax_errors(first: LexError | UnexpectedInput, text: str, path: str,
     errors = [_error_from(first, text, path, lines)]
     e: LexError | UnexpectedInput = first
     while len(errors) <= MAX_SHOWN:
-        if isinstance(e, LexError) and (not e.quote or e.message.startswith("unterminated heredoc")):
+        if isinstance(e, LexError) and not e.resumable:
             break   # not an Amifile, or a heredoc that swallowed the rest: nothing to resume
         resume = _resume_line(lines, _error_line(e))
         if resume is None:

@@ -1,6 +1,6 @@
 """The lint pipeline: read, parse, resolve, run the rules and shellcheck, apply ignores, render.
 
-Files are independent: a parse error in one becomes an AM1000 finding and the others are
+Files are independent: each parse error in one becomes an AM1000 finding and the others are
 still linted. shellcheck runs once over the scripts of every file (batched, one process per
 CPU, cached by body: amic.lint.shellcheck) while the rules run. Every step is linear in the
 input (tests/unit/test_lint_scale.py holds it to that).
