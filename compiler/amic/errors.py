@@ -10,30 +10,14 @@ The CLI catches :class:`AmicError` alone; anything else escaping is a bug.
 
 from __future__ import annotations
 
-import unicodedata
+from collections.abc import Sequence
 
 import attrs
 
-_UNSAFE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
-"""Unicode categories never written to a terminal as they are: controls (ESC starts a
-terminal escape sequence), format characters (bidi overrides reorder what is shown),
-surrogates, private use, unassigned, line and paragraph separators."""
+from amic.diagnostics import Diagnostic, escape_controls, render_all
 
-
-def escape_controls(text: str) -> str:
-    """``text`` with every character a terminal would act on (not show) written as
-    ``\\xNN``/``\\uNNNN``, as ``repr`` does; everything printable stays as it is."""
-    if text.isprintable():
-        return text
-    return "".join(_escaped(c) for c in text)
-
-
-def _escaped(c: str) -> str:
-    if c == " " or unicodedata.category(c) not in _UNSAFE:
-        return c
-    code = ord(c)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
-        else f"\\U{code:08x}"
+__all__ = ["AmicError", "AmifileError", "BaseRefError", "BuildError", "Pos", "UsageError",
+           "escape_controls"]
 
 
 @attrs.frozen
@@ -69,23 +53,34 @@ class AmifileError(AmicError):
         self.pos = pos
         self.source_line = source_line
         self.hint = hint
+        self.more: tuple[AmifileError, ...] = ()
+        """Further independent errors of the same run (the parser and the resolver report
+        every one they find, this one first); :meth:`render` shows them all, capped."""
+        self.complete = True
+        """False when the search stopped at the cap: there may be more errors than these."""
+
+    @classmethod
+    def collected(cls, errors: Sequence[AmifileError], *, complete: bool = True) -> AmifileError:
+        """The first of ``errors``, carrying the others in :attr:`more`."""
+        first = errors[0]
+        first.more = tuple(errors[1:])
+        first.complete = complete
+        return first
+
+    def all(self) -> tuple[AmifileError, ...]:
+        """This error and the others found with it, in the order found."""
+        return (self, *self.more)
+
+    def diagnostic(self) -> Diagnostic:
+        pos = self.pos
+        return Diagnostic(pos.file if pos else None, pos.line if pos else 0,
+                          pos.col if pos else 0, self.message,
+                          source_line=self.source_line, hint=self.hint)
 
     def render(self) -> str:
-        """``file:line:col: message``, then the line and a caret under the column.
-
-        Control characters are escaped everywhere (the line comes from a file someone
-        else wrote), and the caret stays under the column they shift.
-        """
-        head = f"{self.pos}: {self.message}" if self.pos else self.message
-        parts = [escape_controls(head)]
-        if self.source_line is not None and self.pos is not None:
-            line = self.source_line.rstrip("\r\n").replace("\t", " ")
-            before = escape_controls(line[:max(self.pos.col - 1, 0)])
-            parts.append(f"    {escape_controls(line)}")
-            parts.append("    " + " " * len(before) + "^")
-        if self.hint:
-            parts.append(escape_controls(f"hint: {self.hint}"))
-        return "\n".join(parts)
+        """``file:line:col: message``, then the line and a caret under the column, for this
+        error and each one in :attr:`more` (at most :data:`amic.diagnostics.MAX_SHOWN`)."""
+        return render_all([e.diagnostic() for e in self.all()], complete=self.complete)
 
     def __str__(self) -> str:
         return self.render()

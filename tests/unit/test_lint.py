@@ -93,6 +93,8 @@ CASES = {
                "    UPDATE curl -H \"X-Token: ${TOKEN}\" http://127.0.0.1/\n",
                F + "SECRET TOKEN\nSERVICE web\n    INIT echo \"$TOKEN\" | wc -c\n"
                "    UPDATE curl -H \"X-Token: $TOKEN_FILE\" http://127.0.0.1/\n"),
+    "AM3015": (F + "SERVICE web\n    INIT echo \"$UNDEFINED_THING\"\n",
+               F + "ARG THING=1\nSERVICE web\n    INIT echo \"$THING\"\n"),
     "AM4001": (F + "SERVICE web\n    REQUIRES htpd\n",
                F + "SERVICE httpd\n    PACKAGES apache2\nSERVICE web\n    REQUIRES httpd\n"),
     "AM4002": (F + "SERVICE a\n    REQUIRES b\nSERVICE b\n    REQUIRES a\n",
@@ -364,8 +366,20 @@ def test_text_format() -> None:
     code, text = _run("text")
     lines = text.splitlines()
     assert code == 1
-    assert all(re.fullmatch(r".+:\d+:\d+: (AM|SC)\d{4} (error|warning|info|style): .+", line)
-               for line in lines[:-1])
+    head = re.compile(r".+:(\d+):(\d+): (AM|SC)\d{4} (error|warning|info|style): .+")
+    # each finding: its head, then (as compile shows an error) the source line and a caret
+    # under the column, then an optional hint
+    source = BAD.read_text().splitlines()
+    k, heads = 0, 0
+    while k < len(lines) - 1:
+        m = head.fullmatch(lines[k])
+        assert m, lines[k]
+        line, col = int(m.group(1)), int(m.group(2))
+        assert lines[k + 1] == "    " + source[line - 1].replace("\t", " ")
+        assert lines[k + 2] == "    " + " " * (col - 1) + "^"
+        k += 3 + lines[k + 3].startswith("hint: ")
+        heads += 1
+    assert heads == int(lines[-1].split()[0])
     assert re.fullmatch(r"\d+ problems in 1 file \(\d+ error, \d+ warning, \d+ info, \d+ style\)",
                         lines[-1])
 
@@ -438,7 +452,18 @@ def test_example_and_stock_services_are_clean_at_warning() -> None:
 def test_env_and_arg_names_are_assigned_for_shellcheck(tmp_path: Path) -> None:
     text = F + ("ARG release\nENV app_home=/srv/app\nSERVICE web\n"
                 "    ENV port=80\n    INIT echo \"$app_home\" \"$release\" \"$port\" \"$other\"\n")
-    found = [f.message for f in findings(tmp_path, text, shellcheck=True) if f.code == "SC2154"]
+    found = findings(tmp_path, text, shellcheck=True)
+    # AM3015 says it (once), not shellcheck's SC2154 too
+    assert [f.code for f in found if f.code in ("SC2154", "AM3015")] == ["AM3015"]
+    assert [f.message.split()[0] for f in found if f.code == "AM3015"] == ["$other"]
+
+
+def test_shellcheck_says_unassigned_where_am3015_cannot_know(tmp_path: Path) -> None:
+    (tmp_path / "other.amifile").write_text("SERVICE other\n    INIT true\n")
+    text = F + ("INCLUDE ./other.amifile\nARG release\nSERVICE web\n"
+                "    INIT echo \"$release\" \"$other\"\n")
+    found = [f.message for f in findings(tmp_path, text, shellcheck=True)
+             if f.code in ("SC2154", "AM3015")]
     assert found == ["other is referenced but not assigned."]
 
 

@@ -180,6 +180,11 @@ def test_router_masks_payload_only_and_takes_markers_with_its_nonce_only():
     err = reporter.redact.error(AmifileError("bad s3cr3t", Pos("A", 1), source_line="s3cr3t",
                                              hint="s3cr3t"))
     assert "s3cr3t" not in err.render()
+    several = AmifileError.collected([
+        AmifileError("first", Pos("A", 1), source_line="x"),
+        AmifileError("bad s3cr3t", Pos("A", 2), source_line="s3cr3t", hint="s3cr3t")])
+    text = reporter.redact.error(several).render()
+    assert "s3cr3t" not in text and "A:2:1: bad ***" in text   # the second error too
 
 
 def runner_lines(first: str, last: str) -> str:

@@ -41,9 +41,17 @@ def assemble(records: Sequence[r.Record], path: str, lines: Sequence[str]) -> ir
     """Check placement, names and options; build the IR. ``lines`` are for error carets."""
     state = _Assembly(path, lines)
     steps = _STEPS
+    errors: list[AmifileError] = []
     for record in records:
-        state.place(record.keyword)
-        steps[type(record)](state, record)
+        try:   # free in the loop (zero-cost exceptions); a mistake skips its instruction
+            state.place(record.keyword)
+            steps[type(record)](state, record)
+        except AmifileError as exc:
+            errors.append(exc)
+            if type(record) is r.Service:
+                state.stand_in(record)
+    if errors:
+        raise AmifileError.collected(errors)
     return state.finish()
 
 
@@ -148,6 +156,13 @@ class _Assembly:
     def open_block(self) -> _Block:
         assert self.block is not None  # place() let only a SERVICE-scoped record through
         return self.block
+
+    def stand_in(self, record: r.Service) -> None:
+        """Open a block for a SERVICE line that was refused, so that its instructions are
+        still checked and none is reported again as outside a SERVICE block."""
+        if self.block is not None:
+            self.services.append(self.block.service())
+        self.block = _Block(str(record.name), self.pos(record.keyword))
 
     # ---------------------------------------------------------------- steps
 

@@ -43,10 +43,13 @@ class LexError(Exception):
     """
 
     def __init__(self, message: str, line: int, col: int, hint: str | None = None, *,
-                 quote: bool = True) -> None:
+                 quote: bool = True, resumable: bool = True) -> None:
         super().__init__(message)
         self.message, self.line, self.col, self.hint = message, line, col, hint
         self.quote = quote
+        self.resumable = resumable and quote
+        """Whether the lines after this mistake can still be read as instructions (not
+        after a heredoc that never ends: the rest of the file is its body)."""
 
 
 class HeredocToken(Token):
@@ -362,7 +365,7 @@ def _heredoc(spec: Instruction, logical: _Logical, start: int, lines: Sequence[s
                         f"indented terminator (<<-{delimiter} allows tabs)")
                 break
         raise LexError(f"unterminated heredoc: no line {delimiter!r} after {spec.name} <<",
-                       line, col, hint=hint)
+                       line, col, hint=hint, resumable=False)
     body = list(lines[body_start:i])
     if flavour == "-":
         body = [b.lstrip("\t") for b in body]

@@ -52,10 +52,11 @@ from lark.exceptions import UnexpectedInput
 
 from amic.amifile import ir
 from amic.amifile.assembly import assemble
-from amic.amifile.instructions import INSTRUCTIONS
+from amic.amifile.instructions import DOCKERFILE_HINTS, INSTRUCTIONS
 from amic.amifile.lexer import AmifileLexer, LexError, line_text, split_lines, tokenize
 from amic.amifile.records import ToRecords
 from amic.amifile.source import MAX_AMIFILE_BYTES, amifile_path, read_source
+from amic.diagnostics import MAX_SHOWN
 from amic.errors import AmifileError, Pos
 
 __all__ = ["MAX_AMIFILE_BYTES", "MAX_LINE_CHARS", "amifile_path", "check_limits",
@@ -205,13 +206,77 @@ def parse_text(text: str, path: str) -> ir.Amifile:
 def _parse(text: str, path: str, lines: list[str]) -> ir.Amifile:
     try:
         records = parser().parse(text)
-    except LexError as e:
-        raise AmifileError(e.message, Pos(path, e.line, e.col),
-                           source_line=line_text(lines, e.line) if e.quote else None,
-                           hint=e.hint) from None
-    except UnexpectedInput as e:
-        raise _syntax_error(e, text, path, lines) from None
+    except (LexError, UnexpectedInput) as e:
+        errors = _syntax_errors(e, text, path, lines)
+        raise AmifileError.collected(errors[:MAX_SHOWN],
+                                     complete=len(errors) <= MAX_SHOWN) from None
     return assemble(records, path, lines)
+
+
+def _error_from(e: LexError | UnexpectedInput, text: str, path: str,
+                lines: Sequence[str]) -> AmifileError:
+    if isinstance(e, LexError):
+        return AmifileError(e.message, Pos(path, e.line, e.col),
+                            source_line=line_text(lines, e.line) if e.quote else None,
+                            hint=e.hint)
+    return _syntax_error(e, text, path, lines)
+
+
+def _syntax_errors(first: LexError | UnexpectedInput, text: str, path: str,
+                   lines: list[str]) -> list[AmifileError]:
+    """The first syntax error, then every later one, each found by parsing again from the
+    next instruction after the last error (the grammar is a flat list of instructions, so
+    any instruction can start a parse). Only this error path pays for it, at most
+    :data:`MAX_SHOWN` parses of the file's tail: still linear in the file."""
+    errors = [_error_from(first, text, path, lines)]
+    e: LexError | UnexpectedInput = first
+    while len(errors) <= MAX_SHOWN:
+        if isinstance(e, LexError) and not e.resumable:
+            break   # not an Amifile, or a heredoc that swallowed the rest: nothing to resume
+        resume = _resume_line(lines, _error_line(e))
+        if resume is None:
+            break
+        # Blank lines keep the numbering; a parse of the tail alone sees the same tokens.
+        tail = "\n" * (resume - 1) + "\n".join(lines[resume - 1:]) + "\n"
+        try:
+            parser().parse(tail)
+            break
+        except (LexError, UnexpectedInput) as again:
+            e = again
+            errors.append(_error_from(e, tail, path, lines))
+    return errors
+
+
+def _error_line(e: LexError | UnexpectedInput) -> int:
+    if isinstance(e, LexError):
+        return e.line
+    tok = getattr(e, "token", None)
+    return tok.line if isinstance(tok, Token) else getattr(e, "line", 1)
+
+
+def _resume_line(lines: Sequence[str], after: int) -> int | None:
+    """The first line after line ``after`` that starts an instruction, or ``None``.
+
+    It starts one when the line before does not continue onto it and its first word is an
+    instruction in capitals, a Dockerfile one or a near miss (those are errors worth
+    reporting too). Lower case is not enough: a script body line such as ``env X=1 cmd``
+    would start a bogus instruction.
+    """
+    for k in range(after, len(lines)):
+        word = lines[k].lstrip(" \t").split(maxsplit=1)[:1]
+        if word and _looks_like_instruction(word[0]) \
+                and not lines[k - 1].rstrip(" \t").endswith("\\"):
+            return k + 1
+    return None
+
+
+def _looks_like_instruction(word: str) -> bool:
+    import difflib  # only on this error path: keeps startup lean
+
+    if not (word.isascii() and word.isalpha() and word.isupper()):
+        return False
+    return word in INSTRUCTIONS or word in DOCKERFILE_HINTS or bool(
+        difflib.get_close_matches(word, INSTRUCTIONS, n=1, cutoff=0.8))
 
 
 def parse_file(path: str | os.PathLike[str]) -> ir.Amifile:

@@ -20,6 +20,7 @@ from pathlib import Path
 import attrs
 
 from amic.amifile import ir
+from amic.diagnostics import MAX_SHOWN
 from amic.errors import AmifileError, Pos
 
 STOCK_FILE = "Amifile"
@@ -101,9 +102,16 @@ def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolv
     secrets: list[ir.Secret] = []
     _collect(root, loader, files=files, services=services, args=args, envs=envs,
              secrets=secrets)
-    _check_duplicates(services)
+    # Every independent mistake of the service graph at once, in file order per kind.
+    problems = [*_duplicates(services), *_graph_errors(services),
+                *_enable_errors(root, services)]
+    if problems:   # in file order, as lint lists them
+        problems.sort(key=lambda p: (p.pos.file, p.pos.line, p.pos.col))
+        known = sorted({s.name for s in services})
+        raise AmifileError.collected([p.error(known, full=k < MAX_SHOWN)
+                                      for k, p in enumerate(problems)])
     ordered = _topological(services)
-    enabled = _enabled(root, ordered)
+    enabled = [r.name for r in root.enables] if root.enables else [s.name for s in root.services]
     unique_secrets: list[ir.Secret] = []
     named: set[str] = set()
     for secret in secrets:   # the first declaration of a name stands
@@ -234,28 +242,54 @@ def find_include(inc: ir.Include, including_file: str) -> str:
     return os.path.normpath(str(target))
 
 
-def _check_duplicates(services: list[ir.Service]) -> None:
+@attrs.frozen
+class _Problem:
+    """A mistake in the service graph, made into an error only when it is reported: the
+    source line (a read of the file) and the suggestion (a search of every name) are found
+    for the errors that are shown, so ten thousand mistakes cost no more than twenty."""
+
+    pos: Pos
+    message: str
+    unknown: str | None = None
+    """A name that is no service: the error suggests a close one."""
+
+    def error(self, known: list[str], *, full: bool) -> AmifileError:
+        if not full:
+            return AmifileError(self.message, self.pos)
+        message = self.message
+        if self.unknown is not None:
+            close = difflib.get_close_matches(self.unknown, known, n=1)
+            message += f"; did you mean {close[0]!r}?" if close else ""
+        return AmifileError(message, self.pos, source_line=source_line(self.pos))
+
+
+def _duplicates(services: list[ir.Service]) -> Iterator[_Problem]:
     first: dict[str, ir.Service] = {}
     for svc in services:
         if svc.name in first:
-            raise AmifileError(f"service {svc.name!r} is defined twice (first at {first[svc.name].pos})",
-                               svc.pos, source_line=source_line(svc.pos))
-        first[svc.name] = svc
+            yield _Problem(svc.pos, f"service {svc.name!r} is defined twice (first at "
+                           f"{first[svc.name].pos})")
+        else:
+            first[svc.name] = svc
+
+
+def _graph_errors(services: list[ir.Service]) -> Iterator[_Problem]:
+    """Unknown and self requirements, then every REQUIRES cycle."""
+    known = {s.name for s in services}
+    for svc in services:
+        for req in svc.requires:
+            if req.name not in known:
+                yield _Problem(req.pos, f"service {svc.name!r} requires unknown service "
+                               f"{req.name!r}", unknown=req.name)
+            elif req.name == svc.name:
+                yield _Problem(req.pos, f"service {svc.name!r} requires itself: {svc.name} -> "
+                               f"{svc.name}")
+    yield from _cycles(services)
 
 
 def _topological(services: list[ir.Service]) -> list[ir.Service]:
+    """Dependency order of a graph :func:`_graph_errors` found nothing wrong with."""
     index = {s.name: i for i, s in enumerate(services)}
-    for svc in services:
-        for req in svc.requires:
-            if req.name not in index:
-                close = difflib.get_close_matches(req.name, list(index), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise AmifileError(f"service {svc.name!r} requires unknown service {req.name!r}{hint}",
-                                   req.pos, source_line=source_line(req.pos))
-            if req.name == svc.name:
-                raise AmifileError(f"service {svc.name!r} requires itself: {svc.name} -> {svc.name}",
-                                   req.pos, source_line=source_line(req.pos))
-    _find_cycle(services, index)
     # Kahn's algorithm; the heap hands out the earliest-declared ready service.
     waiting = {s.name: {r.name for r in s.requires} for s in services}
     dependents: dict[str, list[str]] = {s.name: [] for s in services}
@@ -275,8 +309,12 @@ def _topological(services: list[ir.Service]) -> list[ir.Service]:
     return order
 
 
-def _find_cycle(services: list[ir.Service], index: dict[str, int]) -> None:
-    """Raise at the first REQUIRES cycle (depth first, iterative: any chain length works)."""
+def _cycles(services: list[ir.Service]) -> Iterator[_Problem]:
+    """One error per REQUIRES cycle (depth first, iterative: any chain length works).
+
+    Placed where ``amic lint`` places AM4002: at the requirement by which the cycle's first
+    service (in the search) enters it, not at the one that closes it.
+    """
     by_name = {s.name: s for s in services}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     for svc in services:
@@ -284,35 +322,39 @@ def _find_cycle(services: list[ir.Service], index: dict[str, int]) -> None:
             continue
         state[svc.name] = 1
         path = [svc.name]
-        pending = [iter(svc.requires)]
-        while pending:
-            req = next(pending[-1], None)
-            if req is None:
-                pending.pop()
-                state[path.pop()] = 2
+        on_path = {svc.name: 0}
+        stack: list[tuple[str, int]] = [(svc.name, 0)]   # (service, next requirement)
+        while stack:
+            name, i = stack[-1]
+            reqs = by_name[name].requires
+            if i >= len(reqs):
+                stack.pop()
+                del on_path[path.pop()]
+                state[name] = 2
                 continue
+            stack[-1] = (name, i + 1)
+            req = reqs[i]
+            if req.name not in by_name or req.name == name:
+                continue   # reported as unknown, or as requiring itself
             seen = state.get(req.name)
             if seen == 1:
-                chain = _chain([*path[path.index(req.name):], req.name])
-                raise AmifileError(f"REQUIRES cycle: {chain}", req.pos,
-                                   source_line=source_line(req.pos))
-            if seen is None:
+                start = on_path[req.name]
+                entered = by_name[req.name].requires[stack[start][1] - 1]
+                chain = _chain([*path[start:], req.name])
+                yield _Problem(entered.pos, f"REQUIRES cycle: {chain}")
+            elif seen is None:
                 state[req.name] = 1
+                on_path[req.name] = len(path)
                 path.append(req.name)
-                pending.append(iter(by_name[req.name].requires))
+                stack.append((req.name, 0))
 
 
-def _enabled(root: ir.Amifile, ordered: list[ir.Service]) -> list[str]:
-    known = {s.name for s in ordered}
-    if root.enables:
-        for req in root.enables:
-            if req.name not in known:
-                close = difflib.get_close_matches(req.name, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise AmifileError(f"ENABLE names unknown service {req.name!r}{hint}", req.pos,
-                                   source_line=source_line(req.pos))
-        return [r.name for r in root.enables]
-    return [s.name for s in root.services]
+def _enable_errors(root: ir.Amifile, services: list[ir.Service]) -> Iterator[_Problem]:
+    known = {s.name for s in services}
+    for req in root.enables:
+        if req.name not in known:
+            yield _Problem(req.pos, f"ENABLE names unknown service {req.name!r}",
+                           unknown=req.name)
 
 
 def _dedupe_args(args: list[ir.Arg]) -> list[ir.Arg]:

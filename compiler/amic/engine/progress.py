@@ -91,13 +91,15 @@ class Redactor:
         return text
 
     def error(self, exc: BaseException) -> BaseException:
-        """``exc`` with every secret value masked in its message (and hint and source line)."""
+        """``exc`` with every secret value masked in its message (and hint and source line),
+        and in those of the errors reported with it (``AmifileError.more``)."""
         if self.pieces:
-            exc.args = tuple(self(a) if isinstance(a, str) else a for a in exc.args)
-            for name in ("message", "hint", "source_line"):
-                value = getattr(exc, name, None)
-                if isinstance(value, str):
-                    setattr(exc, name, self(value))
+            for one in (exc, *getattr(exc, "more", ())):
+                one.args = tuple(self(a) if isinstance(a, str) else a for a in one.args)
+                for name in ("message", "hint", "source_line"):
+                    value = getattr(one, name, None)
+                    if isinstance(value, str):
+                        setattr(one, name, self(value))
         return exc
 
 

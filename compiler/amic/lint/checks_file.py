@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from amic.amifile import ir
+from amic.diagnostics import MAX_SHOWN
 from amic.lint.facts import PACKAGE_MANAGERS, Found, is_install
 from amic.lint.model import Context
 
@@ -17,13 +18,24 @@ def check_unknown_service(ctx: Context) -> Found:
     if not ctx.includes_resolved:
         return  # an unresolved INCLUDE may declare it; the resolver error says why
     known = ctx.services()
-    for svc in ctx.amifile.services:
-        for req in svc.requires:
-            if req.name not in known:
-                yield req.pos, f"{svc.name!r} requires unknown service {req.name!r}"
-    for req in ctx.amifile.enables:
-        if req.name not in known:
-            yield req.pos, f"ENABLE names unknown service {req.name!r}"
+    names: list[str] = []   # sorted once, on the first unknown name
+    unknown = [(req, f"service {svc.name!r} requires unknown service {req.name!r}")
+               for svc in ctx.amifile.services for req in svc.requires if req.name not in known]
+    unknown += [(req, f"ENABLE names unknown service {req.name!r}")
+                for req in ctx.amifile.enables if req.name not in known]
+    for k, (req, message) in enumerate(unknown):
+        if k < MAX_SHOWN:   # what compile suggests for the errors it shows; a search of
+            names = names or sorted(known)   # every name each is no cost to pay 10,000 times
+            message += _did_you_mean(req.name, names)
+        yield req.pos, message
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """The suggestion ``amic compile`` makes for the same mistake (resolve.py), word for word."""
+    import difflib  # only for a finding: keeps a clean lint fast
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_cycle(ctx: Context) -> Found:

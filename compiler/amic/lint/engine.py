@@ -1,6 +1,6 @@
 """The lint pipeline: read, parse, resolve, run the rules and shellcheck, apply ignores, render.
 
-Files are independent: a parse error in one becomes an AM1000 finding and the others are
+Files are independent: each parse error in one becomes an AM1000 finding and the others are
 still linted. shellcheck runs once over the scripts of every file (batched, one process per
 CPU, cached by body: amic.lint.shellcheck) while the rules run. Every step is linear in the
 input (tests/unit/test_lint_scale.py holds it to that).
@@ -17,6 +17,7 @@ from typing import TextIO
 import attrs
 
 from amic.amifile import ir
+from amic.amifile.lexer import split_lines
 from amic.errors import AmifileError, Pos, UsageError
 from amic.lint import formats
 from amic.lint.model import SEVERITIES, Context, Finding, severity_rank
@@ -54,33 +55,40 @@ def _included(amifile: ir.Amifile) -> tuple[dict[str, ir.Service], Finding | Non
         included = resolve.resolve_amifile(ir.Amifile(path=amifile.path,
                                                       includes=amifile.includes))
     except AmifileError as exc:
-        return {}, _from_error("AM1001", exc, amifile.path)
+        return {}, _from_error("AM1001", exc, amifile.path)[0]
     return {s.name: s for s in included.services if s.name not in own}, None
 
 
-def _resolver_error(amifile: ir.Amifile, found: list[Finding]) -> Finding | None:
-    """What the resolver rejects, unless a finding on the same line already says it."""
+def _resolver_errors(amifile: ir.Amifile, found: list[Finding]) -> list[Finding]:
+    """What the resolver rejects, but for what a finding on the same line already says."""
     from amic.amifile import resolve
 
     try:
         resolve.resolve_amifile(amifile)
     except AmifileError as exc:
-        error = _from_error("AM1001", exc, amifile.path)
-        same = {code for code, words in _RESOLVER_SAYS.items() if words in exc.message}
-        if any(f.code in same or (f.pos.file, f.pos.line) == (error.pos.file, error.pos.line)
-               for f in found):
-            return None
-        return error
-    return None
+        lines = {(f.pos.file, f.pos.line) for f in found}
+        codes = {f.code for f in found}
+        return [error for one, error in zip(exc.all(), _from_error("AM1001", exc, amifile.path))
+                if (error.pos.file, error.pos.line) not in lines
+                and not any(code in codes and words in one.message
+                            for code, words in _RESOLVER_SAYS.items())]
+    return []
 
 
 _RESOLVER_SAYS = {"AM4001": "unknown service", "AM4002": "cycle", "AM3008": "COPY"}
 """Resolver messages that a rule already reports (at a position of its own choosing)."""
 
 
-def _from_error(code: str, exc: AmifileError, path: str) -> Finding:
-    message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-    return _finding(code, message, exc.pos or Pos(path, 1, 1))
+def _from_error(code: str, exc: AmifileError, path: str) -> list[Finding]:
+    """One finding per error ``exc`` carries, each with its hint and the source line it may
+    show (none when the parser would not quote the file)."""
+    found = [Finding(code, RULES_BY_ID[code].severity, e.message, e.pos or Pos(path, 1, 1),
+                     hint=e.hint, source_line=e.source_line) for e in exc.all()]
+    if not exc.complete:
+        last = found[-1].pos
+        found.append(_finding(code, f"more errors after line {last.line} not checked "
+                              f"(amic stops looking after {len(found)}; fix these first)", last))
+    return found
 
 
 def check(amifile: ir.Amifile, text: str, path: str | None = None, *,
@@ -133,7 +141,7 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
         return _Unit(path, "", None, [_finding("AM1000", f"cannot read {path}: "
                                                f"{exc.strerror or exc}", Pos(path, 1, 1))])
     except AmifileError as exc:
-        return _Unit(path, text or "", None, [_from_error("AM1000", exc, path)])
+        return _Unit(path, text or "", None, _from_error("AM1000", exc, path))
     unit = _Unit(path, text, amifile)
     ctx = Context(amifile, text, path,
                   includes_resolved=not amifile.includes, fragment=_is_fragment(path))
@@ -152,8 +160,7 @@ def _analyse(unit: _Unit, *, resolve: bool) -> None:
     if unit.include_error is not None:
         findings.append(unit.include_error)
     elif resolve:
-        error = _resolver_error(unit.context.amifile, findings)
-        findings += [error] if error else []
+        findings += _resolver_errors(unit.context.amifile, findings)
     unit.findings.extend(findings)
 
 
@@ -200,8 +207,10 @@ def _shellcheck(units: Sequence[_Unit], checker: Shellcheck) -> dict[int, list[F
             env = given[id(ref.service)] = _environment(unit.context.amifile, ref.service)
         for c in comments:
             unassigned = _UNASSIGNED_RE.match(c.message)
-            if c.code == "SC2154" and unassigned and unassigned.group(1) in env:
-                continue  # ENV and ARG values are in the script's environment
+            if c.code == "SC2154" and unassigned and (
+                    unassigned.group(1) in env or not unit.context.amifile.includes):
+                continue  # ENV and ARG values are in the script's environment; AM3015
+                #           (which knows SECRETs too) decides in a file without INCLUDE
             level = c.level if c.level in SEVERITIES else "warning"
             found.setdefault(u, []).append(Finding(c.code, level, c.message,
                                                    smap.pos(c.index, c.col)))
@@ -235,6 +244,11 @@ def _finish(unit: _Unit, ignore: set[str]) -> list[Finding]:
     kept = {f for f in unit.findings
             if f.code not in ignore
             and not (f.pos.file == unit.path and pragmas.suppresses(f.code, f.pos.line))}
+    if unit.amifile is not None:   # it parsed: an Amifile, whose lines may be shown
+        lines = split_lines(unit.text)
+        kept = {f if f.source_line is not None or f.pos.file != unit.path
+                or not 0 < f.pos.line <= len(lines)
+                else attrs.evolve(f, source_line=lines[f.pos.line - 1]) for f in kept}
     return sorted(kept, key=lambda f: (f.pos.file != unit.path, f.pos.file, f.pos.line,
                                        f.pos.col, f.code, f.message))
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import PurePath
 
 from amic import __version__ as _amic_version
-from amic.errors import escape_controls
+from amic import diagnostics
+from amic.diagnostics import Diagnostic, escape_controls
 from amic.lint.model import DOCS_URL, SEVERITIES, Finding
 from amic.lint.rules import RULES, RULES_BY_ID
 from amic.lint.shellcheck import Shellcheck
@@ -33,10 +34,11 @@ def render(findings: Sequence[Finding], fmt: str, *, files: int,
 
 
 def _text(findings: Sequence[Finding], files: int) -> str:
-    # escaped: a message may quote the Amifile, whose control characters must not reach
-    # the terminal (json and sarif escape them as JSON does)
-    lines = [escape_controls(f"{f.pos.file}:{f.pos.line}:{f.pos.col}: {f.code} {f.severity}: "
-                             f"{f.message}") for f in findings]
+    # the renderer compile uses: same position, source line, caret and hint, escaped (a
+    # message may quote the Amifile, whose control characters must not reach the terminal)
+    lines = [diagnostics.render(Diagnostic(f.pos.file, f.pos.line, f.pos.col, f.message,
+                               label=f"{f.code} {f.severity}", source_line=f.source_line,
+                               hint=f.hint)) for f in findings]
     where = f"{files} file{'s' if files != 1 else ''}"
     if not findings:
         lines.append(f"no problems found in {where}")
@@ -49,7 +51,7 @@ def _text(findings: Sequence[Finding], files: int) -> str:
 
 def _json(findings: Sequence[Finding], files: int) -> str:
     rows = [{"code": f.code, "column": f.pos.col, "file": f.pos.file, "level": f.severity,
-             "line": f.pos.line, "message": f.message} for f in findings]
+             "line": f.pos.line, "message": f.full_message()} for f in findings]
     return json.dumps(rows, indent=2) + "\n"
 
 
@@ -72,7 +74,7 @@ def _sarif(findings: Sequence[Finding], files: int, shellcheck: Shellcheck | Non
         "ruleId": f.code,
         "ruleIndex": index[f.code],
         "level": _SARIF_LEVEL[f.severity],
-        "message": {"text": f.message},
+        "message": {"text": f.full_message()},
         "locations": [{"physicalLocation": {
             "artifactLocation": {"uri": PurePath(f.pos.file).as_posix()},
             "region": {"startLine": f.pos.line, "startColumn": f.pos.col},
@@ -107,6 +109,6 @@ def _escape_property(text: str) -> str:
 
 def _github(findings: Sequence[Finding], files: int) -> str:
     lines = [f"::{_GITHUB_LEVEL[f.severity]} file={_escape_property(f.pos.file)},"
-             f"line={f.pos.line},col={f.pos.col},title={f.code}::{_escape_data(f.message)}"
+             f"line={f.pos.line},col={f.pos.col},title={f.code}::{_escape_data(f.full_message())}"
              for f in findings]
     return "".join(line + "\n" for line in lines)

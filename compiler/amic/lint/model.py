@@ -36,6 +36,15 @@ class Finding:
     """One of :data:`SEVERITIES`."""
     message: str
     pos: Pos
+    hint: str | None = None
+    source_line: str | None = None
+    """The line at ``pos`` for the caret display, when it may be shown (the engine fills it
+    in from a file that parsed; a file that did not parse shows only what its parse error
+    allows)."""
+
+    def full_message(self) -> str:
+        """The message with its hint, for the formats that have no hint line."""
+        return self.message + (f" (hint: {self.hint})" if self.hint else "")
 
 
 @attrs.frozen

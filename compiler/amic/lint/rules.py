@@ -12,6 +12,7 @@ from __future__ import annotations
 from amic.lint import checks_file as file_checks
 from amic.lint import checks_instructions as instructions
 from amic.lint import checks_scripts as scripts
+from amic.lint import checks_variables as variables
 from amic.lint.model import Rule
 
 # --------------------------------------------------------------------------- the table
@@ -54,6 +55,8 @@ RULES: tuple[Rule, ...] = (
           scripts.check_copy_outside_context),
     _rule("AM3014", "warning", "SECRET read in UPDATE (secrets reach INIT only)",
           scripts.check_update_secret),
+    _rule("AM3015", "warning", "Variable in INIT/UPDATE that nothing sets",
+          variables.check_undefined_variable),
     _rule("AM4001", "error", "REQUIRES or ENABLE names an unknown service",
           file_checks.check_unknown_service),
     _rule("AM4002", "error", "REQUIRES cycle", file_checks.check_cycle),
