@@ -11,11 +11,13 @@ so a checkout made under another umask differs where its modes differ;
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
 import tarfile
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import BinaryIO
 
 from amic import __version__
@@ -56,6 +58,7 @@ def manifest_text(plan: Plan) -> str:
     return "".join(lines)
 
 
+@functools.lru_cache(maxsize=256)   # asked once per script and service, of a few files
 def _display_path(path: str) -> str:
     # The Amifile's name without the build machine's directories, so the
     # artifact (and error messages on the machine) do not depend on where
@@ -137,6 +140,7 @@ def print_text(plan: Plan) -> str:
 
 Entry = tuple[str, int, bytes | CopyFile | None, str | None]
 """(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
+_PATH = itemgetter(0)
 
 
 def _entries(plan: Plan) -> Iterator[Entry]:
@@ -149,14 +153,14 @@ def _entries(plan: Plan) -> Iterator[Entry]:
     between ``a`` and ``a/meta``), hence the two keys per service.
     """
     services = f"{TOP}/services/"
-    top = sorted(_top_entries(plan), key=lambda e: e[0])
+    top = sorted(_top_entries(plan), key=_PATH)
     yield from (e for e in top if e[0] < services)
     order = sorted([(sp.name, i) for i, sp in enumerate(plan.services)]
                    + [(sp.name + "/", i) for i, sp in enumerate(plan.services)])
     for key, i in order:
         sp = plan.services[i]
         if key.endswith("/"):
-            yield from sorted(_service_children(plan, sp), key=lambda e: e[0])
+            yield from sorted(_service_children(plan, sp), key=_PATH)
         else:
             yield f"{services}{sp.name}", 0o755, None, None
     yield from (e for e in top if e[0] > services)

@@ -12,6 +12,7 @@ byte-for-byte what ``tarfile.open(format=PAX_FORMAT)`` writes
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tarfile
 from typing import BinaryIO
@@ -27,19 +28,33 @@ def _octal(value: int, digits: int) -> bytes:
 
 
 def _field(text: str, length: int) -> bytes | None:
-    """``text`` as a NUL-padded ustar field, or None if it needs a pax header."""
+    """``text`` as ustar field bytes (unpadded: NULs add nothing to the checksum), or None
+    if it needs a pax header."""
     if len(text) > length or not text.isascii():
         return None
-    return text.encode("ascii").ljust(length, b"\0")
+    return text.encode("ascii")
 
 
 # Every header is root:root, mtime 0, ustar magic: those fields never change, so they
 # are joined once, and their share of the checksum is summed once.
 _OWNER = _octal(0, 8) + _octal(0, 8)        # uid, gid
-_MTIME_CHKSUM = _octal(0, 12) + b"        "  # mtime; the checksum counts as eight spaces
+_MTIME = _octal(0, 12)
+_MTIME_CHKSUM = _MTIME + b"        "  # mtime; the checksum counts as eight spaces
 _TAIL = (_MAGIC + b"root" + b"\0" * 28 + b"root" + b"\0" * 28 + _NUL8 + _NUL8 + b"\0" * 155
          + b"\0" * 12)                        # magic..prefix, then the padding to 512
 _FIXED_SUM = sum(_OWNER) + sum(_MTIME_CHKSUM) + sum(_TAIL)
+_NO_LINK = b"\0" * 100
+_ZEROS = bytes(RECORD)
+
+
+@functools.lru_cache(maxsize=4096)
+def _middle(mode: int, size: int, kind: bytes) -> tuple[bytes, int]:
+    """Mode, owner, size and mtime fields, and the checksum of all but name and link.
+
+    Cached: a large stage2 repeats a few modes and sizes over millions of entries.
+    """
+    middle = _octal(mode, 8) + _OWNER + _octal(size, 12) + _MTIME
+    return middle, _FIXED_SUM - sum(_OWNER) - sum(_MTIME) + sum(middle) + kind[0]
 
 
 def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> bytes | None:
@@ -47,26 +62,40 @@ def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> byte
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
     name_field = _field(name, 100)
-    link_field = _field(linkname, 100) if linkname else b"\0" * 100
+    link_field = _field(linkname, 100) if linkname else b""
     if name_field is None or link_field is None or not 0 <= size < 8 ** 11:
         return None
-    mode_field, size_field = _octal(mode & 0o7777, 8), _octal(size, 12)
-    checksum = (_FIXED_SUM + sum(name_field) + sum(mode_field) + sum(size_field) + kind[0]
-                + sum(link_field))
-    return b"".join((name_field, mode_field, _OWNER, size_field, _octal(0, 12),
-                     b"%06o\0 " % checksum, kind, link_field, _TAIL))
+    middle, checksum = _middle(mode & 0o7777, size, kind)
+    checksum += sum(name_field) + sum(link_field)
+    return b"".join((name_field.ljust(100, b"\0"), middle, b"%06o\0 " % checksum, kind,
+                     link_field.ljust(100, b"\0") if link_field else _NO_LINK, _TAIL))
 
 
 class TarWriter:
-    """Entries appended in order, then :meth:`close` (the end blocks, padded to a record)."""
+    """Entries appended in order, then :meth:`close` (the end blocks, padded to a record).
+
+    Small entries are gathered in a buffer and written a megabyte at a time: a large
+    stage2 has millions of 512-byte headers, and a call to ``out.write`` each cost more
+    than making them.
+    """
+
+    FLUSH_AT = 1 << 20
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.offset = 0
+        self._buf = bytearray()
 
     def _write(self, data: bytes) -> None:
-        self.out.write(data)
+        self._buf += data
         self.offset += len(data)
+        if len(self._buf) >= self.FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self.out.write(self._buf)
+            self._buf = bytearray()
 
     @staticmethod
     def _info(name: str, mode: int, size: int, kind: bytes, linkname: str) -> tarfile.TarInfo:
@@ -82,24 +111,27 @@ class TarWriter:
             size = len(data)
         head = _header(name, mode, size, kind, linkname)
         if head is None:
-            self._write(self._info(name, mode, size, kind, linkname).tobuf(
-                tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
-        else:
-            self._write(head)
+            head = self._info(name, mode, size, kind, linkname).tobuf(
+                tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
         if kind != tarfile.REGTYPE:
+            self._write(head)
             return
         if data is not None:
-            self._write(data)
-        elif size:
+            self._write(head + data + _ZEROS[:BLOCK - size % BLOCK] if size % BLOCK else head + data)
+            return
+        self._write(head)
+        if size:
+            self._flush()
             shutil.copyfileobj(_Exactly(fileobj, size), self.out)
             self.offset += size
         if size % BLOCK:
-            self._write(b"\0" * (BLOCK - size % BLOCK))
+            self._write(_ZEROS[:BLOCK - size % BLOCK])
 
     def close(self) -> None:
-        self._write(b"\0" * (2 * BLOCK))
+        self._write(_ZEROS[:2 * BLOCK])
         if self.offset % RECORD:
-            self._write(b"\0" * (RECORD - self.offset % RECORD))
+            self._write(_ZEROS[:RECORD - self.offset % RECORD])
+        self._flush()
 
 
 class _Exactly:
