@@ -63,6 +63,8 @@ _HEREDOC_RE = re.compile(
     r"[ \t]*$"
 )
 _DELIMITER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPECIAL_RE = re.compile(r"""['"\\#]""")
+"""What makes a word more than its characters: quotes, escapes, a comment."""
 _BLANKS = " \t"
 
 
@@ -146,7 +148,7 @@ def tokenize(text: str) -> Iterator[Token]:
         logical = _Logical()
         piece, line, col = body, i + 1, len(raw) - len(body) + 1
         while True:
-            m = _CONTINUATION_RE.search(piece)
+            m = _CONTINUATION_RE.search(piece) if "\\" in piece else None
             if m is None:
                 logical.add(piece, line, col)
                 i += 1
@@ -188,7 +190,16 @@ def _instruction_tokens(logical: _Logical, lines: Sequence[str], i: int,
         raise LexError(message, line, col, hint)
     yield _token(spec.name, word, logical, m.start())
     p = m.end()
-    if spec.mode == "script":
+    if spec.mode == "words" and len(logical.starts) == 1 and _SPECIAL_RE.search(text, p) is None:
+        # The common line (``SERVICE web``, ``REQUIRES db cache``): one physical line of
+        # plain words, which :func:`_words` would copy out a character at a time.
+        first_line, first_col = logical.origins[0]
+        for w in _KEYWORD_RE.finditer(text, p):
+            value, start = w.group(), w.start()
+            yield Token("WORD", value, start_pos=start, line=first_line,
+                        column=first_col + start, end_line=first_line,
+                        end_column=first_col + start + len(value))
+    elif spec.mode == "script":
         rest = text[p:].strip(_BLANKS)
         start = len(text) - len(text[p:].lstrip(_BLANKS))
         if rest.startswith("<<"):

@@ -73,21 +73,28 @@ def _source(pos) -> str:
 def meta_text(plan: Plan, sp: ServicePlan) -> str:
     layer = plan.layer(sp.name)
     svc = sp.service
-    lines = [
-        _assign("SERVICE_NAME", sp.name),
-        _assign("SERVICE_REQUIRES", " ".join(r.name for r in svc.requires)),
-        _assign("SERVICE_HASH", sp.own_hash),
-        _assign("SERVICE_LAYER_KEY", layer.key if layer else ""),
-        _assign("SERVICE_SOURCE", _source(svc.pos)),
-        _assign("SERVICE_PACKAGES_SOURCE", _source(svc.packages_pos or svc.pos)),
-        _assign("SERVICE_COPY_SOURCE", _source(svc.copies[0].pos if svc.copies else svc.pos)),
-        _assign("SERVICE_INIT_SCRIPTS", " ".join(f"{i:02d}" for i in range(1, len(svc.inits) + 1))),
-        _assign("SERVICE_UPDATE_SCRIPTS", " ".join(f"{i:02d}" for i in range(1, len(svc.updates) + 1))),
-    ]
+    q = sh_quote
+    # One template, not one call per line: this runs once per service of the Amifile.
+    text = (f"SERVICE_NAME={q(sp.name)}\n"
+            f"SERVICE_REQUIRES={q(' '.join([r.name for r in svc.requires]))}\n"
+            f"SERVICE_HASH={q(sp.own_hash)}\n"
+            f"SERVICE_LAYER_KEY={q(layer.key if layer else '')}\n"
+            f"SERVICE_SOURCE={q(_source(svc.pos))}\n"
+            f"SERVICE_PACKAGES_SOURCE={q(_source(svc.packages_pos or svc.pos))}\n"
+            f"SERVICE_COPY_SOURCE={q(_source(svc.copies[0].pos if svc.copies else svc.pos))}\n"
+            f"SERVICE_INIT_SCRIPTS={q(_numbers(len(svc.inits)))}\n"
+            f"SERVICE_UPDATE_SCRIPTS={q(_numbers(len(svc.updates)))}\n")
+    if not (svc.inits or svc.updates):
+        return text
+    lines = [text]
     for phase, scripts in (("INIT", svc.inits), ("UPDATE", svc.updates)):
         for i, script in enumerate(scripts, 1):
             lines.append(_assign(f"SERVICE_{phase}_{i:02d}_SOURCE", _source(script.pos)))
     return "".join(lines)
+
+
+def _numbers(count: int) -> str:
+    return " ".join(f"{i:02d}" for i in range(1, count + 1))
 
 
 def env_text(sp: ServicePlan) -> str:

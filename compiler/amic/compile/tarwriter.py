@@ -27,14 +27,6 @@ def _octal(value: int, digits: int) -> bytes:
     return b"%0*o\0" % (digits - 1, value)
 
 
-def _field(text: str, length: int) -> bytes | None:
-    """``text`` as ustar field bytes (unpadded: NULs add nothing to the checksum), or None
-    if it needs a pax header."""
-    if len(text) > length or not text.isascii():
-        return None
-    return text.encode("ascii")
-
-
 # Every header is root:root, mtime 0, ustar magic: those fields never change, so they
 # are joined once, and their share of the checksum is summed once.
 _OWNER = _octal(0, 8) + _octal(0, 8)        # uid, gid
@@ -58,17 +50,25 @@ def _middle(mode: int, size: int, kind: bytes) -> tuple[bytes, int]:
 
 
 def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> bytes | None:
-    """The 512-byte ustar header root:root, mtime 0, or None where pax is needed."""
+    """The 512-byte ustar header root:root, mtime 0, or None where pax is needed (a name
+    or link that is not ASCII or longer than its 100-byte field, a size over 11 octal
+    digits). NULs pad the fields and add nothing to the checksum."""
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
-    name_field = _field(name, 100)
-    link_field = _field(linkname, 100) if linkname else b""
-    if name_field is None or link_field is None or not 0 <= size < 8 ** 11:
+    if len(name) > 100 or not name.isascii() or not 0 <= size < 8 ** 11:
         return None
     middle, checksum = _middle(mode & 0o7777, size, kind)
-    checksum += sum(name_field) + sum(link_field)
-    return b"".join((name_field.ljust(100, b"\0"), middle, b"%06o\0 " % checksum, kind,
-                     link_field.ljust(100, b"\0") if link_field else _NO_LINK, _TAIL))
+    if linkname:
+        if len(linkname) > 100 or not linkname.isascii():
+            return None
+        link = linkname.encode("ascii")
+        checksum += sum(link)
+        link = link.ljust(100, b"\0")
+    else:
+        link = _NO_LINK
+    field = name.encode("ascii")
+    return b"".join((field.ljust(100, b"\0"), middle, b"%06o\0 " % (checksum + sum(field)),
+                     kind, link, _TAIL))
 
 
 class TarWriter:
