@@ -222,7 +222,9 @@ def write_artifact(plan: Plan, out: BinaryIO) -> int:
     with contextlib.ExitStack() as stack:
         roots: dict[str, int] = {}
         for path, mode, data, link in _entries(plan):
-            if link is not None:
+            if data.__class__ is bytes and link is None:   # most entries: generated text
+                tar.add_data(path, mode, data)
+            elif link is not None:
                 tar.add(path, mode, kind=tarfile.SYMTYPE, linkname=link)
             elif data is None:
                 tar.add(path, mode, kind=tarfile.DIRTYPE)

@@ -231,7 +231,8 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
     copies_digests: dict[str, str] = {}
     memo: dict[object, str] = {}
     for svc, own in zip(resolved.services, _own_packages(resolved.services)):
-        copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1))
+        copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1)) \
+            if svc.copies else ()
         copies_digests[svc.name] = _copies_digest(copies) if copies else \
             _memo_digest(memo, ("copies", ()), lambda: _copies_digest(()))
         envs = (*resolved.envs, *svc.envs)
@@ -306,6 +307,10 @@ def _own_packages(services: Sequence[ir.Service]) -> Iterator[tuple[str, ...]]:
     empty: frozenset[str] = frozenset()
     below: dict[str, frozenset[str]] = {}   # the shared packages a service and its deps install
     for svc in services:
+        if not (svc.packages or svc.requires):   # most services: nothing to inherit or add
+            below[svc.name] = empty
+            yield ()
+            continue
         check_packages(svc)
         sets = sorted({id(below[r.name]): below[r.name] for r in svc.requires}.values(),
                       key=len, reverse=True)

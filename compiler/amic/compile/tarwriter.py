@@ -74,28 +74,17 @@ def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> byte
 class TarWriter:
     """Entries appended in order, then :meth:`close` (the end blocks, padded to a record).
 
-    Small entries are gathered in a buffer and written a megabyte at a time: a large
-    stage2 has millions of 512-byte headers, and a call to ``out.write`` each cost more
-    than making them.
+    Every header and small file is one ``out.write``: give it a buffered file (a large
+    stage2 has millions of entries; the callers open theirs with a 1 MiB buffer).
     """
-
-    FLUSH_AT = 1 << 20
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.offset = 0
-        self._buf = bytearray()
 
     def _write(self, data: bytes) -> None:
-        self._buf += data
+        self.out.write(data)
         self.offset += len(data)
-        if len(self._buf) >= self.FLUSH_AT:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._buf:
-            self.out.write(self._buf)
-            self._buf = bytearray()
 
     @staticmethod
     def _info(name: str, mode: int, size: int, kind: bytes, linkname: str) -> tarfile.TarInfo:
@@ -121,17 +110,27 @@ class TarWriter:
             return
         self._write(head)
         if size:
-            self._flush()
             shutil.copyfileobj(_Exactly(fileobj, size), self.out)
             self.offset += size
         if size % BLOCK:
             self._write(_ZEROS[:BLOCK - size % BLOCK])
 
+    def add_data(self, name: str, mode: int, data: bytes) -> None:
+        """A regular file holding ``data``: :meth:`add` without its choices, for the
+        millions of small generated files of a large stage2."""
+        size = len(data)
+        head = _header(name, mode, size, tarfile.REGTYPE, "")
+        if head is None:
+            self.add(name, mode, data=data)
+        elif size % BLOCK:
+            self._write(head + data + _ZEROS[:BLOCK - size % BLOCK])
+        else:
+            self._write(head + data)
+
     def close(self) -> None:
         self._write(_ZEROS[:2 * BLOCK])
         if self.offset % RECORD:
             self._write(_ZEROS[:RECORD - self.offset % RECORD])
-        self._flush()
 
 
 class _Exactly:
