@@ -256,6 +256,11 @@ def _remove_noted(parent_fd: int, name: str, identity: tuple[int, int], *,
     return freed
 
 
+OUTPUT_BUFFER = 1 << 20
+"""Bytes gathered before a write to a staged output file: a stage2 is millions of 512-byte
+headers. (A device or FIFO keeps the default buffer: its writes stay as they were.)"""
+
+
 @contextlib.contextmanager
 def _output(path: str, mode: int, record_in: str | os.PathLike | None = None
             ) -> Iterator[BinaryIO]:
@@ -277,7 +282,7 @@ def _output(path: str, mode: int, record_in: str | os.PathLike | None = None
         try:
             if record_in is not None:
                 _record(record_in, os.path.join(parent, name), os.fstat(fd))
-            with os.fdopen(fd, "wb") as fh:
+            with os.fdopen(fd, "wb", buffering=OUTPUT_BUFFER) as fh:
                 yield fh
                 fh.flush()
                 os.fchmod(fh.fileno(), mode)

@@ -36,7 +36,7 @@ def with_tarfile(entries) -> bytes:
     return buf.getvalue()
 
 
-def with_writer(entries, *, stream: bool) -> bytes:
+def with_writer(entries, *, stream: bool, fast: bool = False) -> bytes:
     buf = io.BytesIO()
     tar = TarWriter(buf)
     for name, mode, kind, data, link in entries:
@@ -46,6 +46,8 @@ def with_writer(entries, *, stream: bool) -> bytes:
             tar.add(name, mode, kind=kind)
         elif stream:
             tar.add(name, mode, fileobj=io.BytesIO(data), size=len(data))
+        elif fast:
+            tar.add_data(name, mode, data)
         else:
             tar.add(name, mode, data=data)
     tar.close()
@@ -56,6 +58,12 @@ def with_writer(entries, *, stream: bool) -> bytes:
 @given(st.lists(ENTRY, max_size=8), st.booleans())
 def test_same_bytes_as_tarfile_pax(entries, stream):
     assert with_writer(entries, stream=stream) == with_tarfile(entries)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ENTRY, max_size=8))
+def test_add_data_writes_what_add_writes(entries):
+    assert with_writer(entries, stream=False, fast=True) == with_tarfile(entries)
 
 
 def test_the_cases_that_need_pax_headers():

@@ -11,6 +11,7 @@ chain (``web -> httpd -> web``).
 from __future__ import annotations
 
 import difflib
+import gc
 import heapq
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -90,7 +91,21 @@ def load(path: str | os.PathLike[str]) -> Resolved:
 
 
 def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolved:
-    """Resolve an already parsed Amifile (``loader`` parses included files)."""
+    """Resolve an already parsed Amifile (``loader`` parses included files).
+
+    The cyclic garbage collector is paused meanwhile, as while parsing: the graph's
+    dicts and sets make no cycles, and the full passes they set off walk the whole IR.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _resolve(root, loader)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _resolve(root: ir.Amifile, loader: Loader | None) -> Resolved:
     if loader is None:
         from amic.amifile import parser
 

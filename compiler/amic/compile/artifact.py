@@ -11,11 +11,13 @@ so a checkout made under another umask differs where its modes differ;
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
 import tarfile
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import BinaryIO
 
 from amic import __version__
@@ -56,6 +58,7 @@ def manifest_text(plan: Plan) -> str:
     return "".join(lines)
 
 
+@functools.lru_cache(maxsize=256)   # asked once per script and service, of a few files
 def _display_path(path: str) -> str:
     # The Amifile's name without the build machine's directories, so the
     # artifact (and error messages on the machine) do not depend on where
@@ -70,21 +73,28 @@ def _source(pos) -> str:
 def meta_text(plan: Plan, sp: ServicePlan) -> str:
     layer = plan.layer(sp.name)
     svc = sp.service
-    lines = [
-        _assign("SERVICE_NAME", sp.name),
-        _assign("SERVICE_REQUIRES", " ".join(r.name for r in svc.requires)),
-        _assign("SERVICE_HASH", sp.own_hash),
-        _assign("SERVICE_LAYER_KEY", layer.key if layer else ""),
-        _assign("SERVICE_SOURCE", _source(svc.pos)),
-        _assign("SERVICE_PACKAGES_SOURCE", _source(svc.packages_pos or svc.pos)),
-        _assign("SERVICE_COPY_SOURCE", _source(svc.copies[0].pos if svc.copies else svc.pos)),
-        _assign("SERVICE_INIT_SCRIPTS", " ".join(f"{i:02d}" for i in range(1, len(svc.inits) + 1))),
-        _assign("SERVICE_UPDATE_SCRIPTS", " ".join(f"{i:02d}" for i in range(1, len(svc.updates) + 1))),
-    ]
+    q = sh_quote
+    # One template, not one call per line: this runs once per service of the Amifile.
+    text = (f"SERVICE_NAME={q(sp.name)}\n"
+            f"SERVICE_REQUIRES={q(' '.join([r.name for r in svc.requires]))}\n"
+            f"SERVICE_HASH={q(sp.own_hash)}\n"
+            f"SERVICE_LAYER_KEY={q(layer.key if layer else '')}\n"
+            f"SERVICE_SOURCE={q(_source(svc.pos))}\n"
+            f"SERVICE_PACKAGES_SOURCE={q(_source(svc.packages_pos or svc.pos))}\n"
+            f"SERVICE_COPY_SOURCE={q(_source(svc.copies[0].pos if svc.copies else svc.pos))}\n"
+            f"SERVICE_INIT_SCRIPTS={q(_numbers(len(svc.inits)))}\n"
+            f"SERVICE_UPDATE_SCRIPTS={q(_numbers(len(svc.updates)))}\n")
+    if not (svc.inits or svc.updates):
+        return text
+    lines = [text]
     for phase, scripts in (("INIT", svc.inits), ("UPDATE", svc.updates)):
         for i, script in enumerate(scripts, 1):
             lines.append(_assign(f"SERVICE_{phase}_{i:02d}_SOURCE", _source(script.pos)))
     return "".join(lines)
+
+
+def _numbers(count: int) -> str:
+    return " ".join(f"{i:02d}" for i in range(1, count + 1))
 
 
 def env_text(sp: ServicePlan) -> str:
@@ -137,6 +147,7 @@ def print_text(plan: Plan) -> str:
 
 Entry = tuple[str, int, bytes | CopyFile | None, str | None]
 """(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
+_PATH = itemgetter(0)
 
 
 def _entries(plan: Plan) -> Iterator[Entry]:
@@ -149,14 +160,14 @@ def _entries(plan: Plan) -> Iterator[Entry]:
     between ``a`` and ``a/meta``), hence the two keys per service.
     """
     services = f"{TOP}/services/"
-    top = sorted(_top_entries(plan), key=lambda e: e[0])
+    top = sorted(_top_entries(plan), key=_PATH)
     yield from (e for e in top if e[0] < services)
     order = sorted([(sp.name, i) for i, sp in enumerate(plan.services)]
                    + [(sp.name + "/", i) for i, sp in enumerate(plan.services)])
     for key, i in order:
         sp = plan.services[i]
         if key.endswith("/"):
-            yield from sorted(_service_children(plan, sp), key=lambda e: e[0])
+            yield from sorted(_service_children(plan, sp), key=_PATH)
         else:
             yield f"{services}{sp.name}", 0o755, None, None
     yield from (e for e in top if e[0] > services)
@@ -211,7 +222,9 @@ def write_artifact(plan: Plan, out: BinaryIO) -> int:
     with contextlib.ExitStack() as stack:
         roots: dict[str, int] = {}
         for path, mode, data, link in _entries(plan):
-            if link is not None:
+            if data.__class__ is bytes and link is None:   # most entries: generated text
+                tar.add_data(path, mode, data)
+            elif link is not None:
                 tar.add(path, mode, kind=tarfile.SYMTYPE, linkname=link)
             elif data is None:
                 tar.add(path, mode, kind=tarfile.DIRTYPE)

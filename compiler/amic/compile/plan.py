@@ -18,6 +18,7 @@ Each layer also keeps the digest of every input by name, so a build can say
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -37,8 +38,12 @@ KEY_SCHEME = "amic-key-v1"
 """Bumped whenever what goes into a key changes, so old caches are not misread."""
 
 
+_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+"""``json.dumps`` with these options, made once: a plan hashes twice per service."""
+
+
 def _digest(*parts: object) -> str:
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = _JSON.encode(parts)
     # surrogatepass: a file name that is not UTF-8 (os.fsdecode's lone surrogates) hashes
     # as itself, distinct from every UTF-8 name, where strict UTF-8 raised
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
@@ -194,7 +199,24 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
 
     ``context``: the build context COPY reads from (default: the root Amifile's directory);
     ``copy_limit``: bytes all COPYs may read (default: ``$AMIC_COPY_LIMIT`` or 2 GiB).
+
+    The cyclic garbage collector is paused meanwhile, as while parsing: a plan makes no
+    cycles, and the full passes the new objects set off walk every service of the IR
+    again (40% of a 325,000-service plan's time).
     """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _make_plan(resolved, build_args, base_image_id=base_image_id, environ=environ,
+                          context=context, copy_limit=copy_limit)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
+               base_image_id: str | None, environ: Mapping[str, str] | None,
+               context: str | None, copy_limit: int | None) -> Plan:
     contexts = Contexts(context if context is not None else os.path.dirname(resolved.root.path),
                         explicit=context is not None, limit=copy_limit)
     environ = os.environ if environ is None else environ
@@ -209,7 +231,8 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
     copies_digests: dict[str, str] = {}
     memo: dict[object, str] = {}
     for svc, own in zip(resolved.services, _own_packages(resolved.services)):
-        copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1))
+        copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1)) \
+            if svc.copies else ()
         copies_digests[svc.name] = _copies_digest(copies) if copies else \
             _memo_digest(memo, ("copies", ()), lambda: _copies_digest(()))
         envs = (*resolved.envs, *svc.envs)
@@ -284,6 +307,10 @@ def _own_packages(services: Sequence[ir.Service]) -> Iterator[tuple[str, ...]]:
     empty: frozenset[str] = frozenset()
     below: dict[str, frozenset[str]] = {}   # the shared packages a service and its deps install
     for svc in services:
+        if not (svc.packages or svc.requires):   # most services: nothing to inherit or add
+            below[svc.name] = empty
+            yield ()
+            continue
         check_packages(svc)
         sets = sorted({id(below[r.name]): below[r.name] for r in svc.requires}.values(),
                       key=len, reverse=True)

@@ -12,6 +12,7 @@ byte-for-byte what ``tarfile.open(format=PAX_FORMAT)`` writes
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tarfile
 from typing import BinaryIO
@@ -26,39 +27,56 @@ def _octal(value: int, digits: int) -> bytes:
     return b"%0*o\0" % (digits - 1, value)
 
 
-def _field(text: str, length: int) -> bytes | None:
-    """``text`` as a NUL-padded ustar field, or None if it needs a pax header."""
-    if len(text) > length or not text.isascii():
-        return None
-    return text.encode("ascii").ljust(length, b"\0")
-
-
 # Every header is root:root, mtime 0, ustar magic: those fields never change, so they
 # are joined once, and their share of the checksum is summed once.
 _OWNER = _octal(0, 8) + _octal(0, 8)        # uid, gid
-_MTIME_CHKSUM = _octal(0, 12) + b"        "  # mtime; the checksum counts as eight spaces
+_MTIME = _octal(0, 12)
+_MTIME_CHKSUM = _MTIME + b"        "  # mtime; the checksum counts as eight spaces
 _TAIL = (_MAGIC + b"root" + b"\0" * 28 + b"root" + b"\0" * 28 + _NUL8 + _NUL8 + b"\0" * 155
          + b"\0" * 12)                        # magic..prefix, then the padding to 512
 _FIXED_SUM = sum(_OWNER) + sum(_MTIME_CHKSUM) + sum(_TAIL)
+_NO_LINK = b"\0" * 100
+_ZEROS = bytes(RECORD)
+
+
+@functools.lru_cache(maxsize=4096)
+def _middle(mode: int, size: int, kind: bytes) -> tuple[bytes, int]:
+    """Mode, owner, size and mtime fields, and the checksum of all but name and link.
+
+    Cached: a large stage2 repeats a few modes and sizes over millions of entries.
+    """
+    middle = _octal(mode, 8) + _OWNER + _octal(size, 12) + _MTIME
+    return middle, _FIXED_SUM - sum(_OWNER) - sum(_MTIME) + sum(middle) + kind[0]
 
 
 def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> bytes | None:
-    """The 512-byte ustar header root:root, mtime 0, or None where pax is needed."""
+    """The 512-byte ustar header root:root, mtime 0, or None where pax is needed (a name
+    or link that is not ASCII or longer than its 100-byte field, a size over 11 octal
+    digits). NULs pad the fields and add nothing to the checksum."""
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
-    name_field = _field(name, 100)
-    link_field = _field(linkname, 100) if linkname else b"\0" * 100
-    if name_field is None or link_field is None or not 0 <= size < 8 ** 11:
+    if len(name) > 100 or not name.isascii() or not 0 <= size < 8 ** 11:
         return None
-    mode_field, size_field = _octal(mode & 0o7777, 8), _octal(size, 12)
-    checksum = (_FIXED_SUM + sum(name_field) + sum(mode_field) + sum(size_field) + kind[0]
-                + sum(link_field))
-    return b"".join((name_field, mode_field, _OWNER, size_field, _octal(0, 12),
-                     b"%06o\0 " % checksum, kind, link_field, _TAIL))
+    middle, checksum = _middle(mode & 0o7777, size, kind)
+    if linkname:
+        if len(linkname) > 100 or not linkname.isascii():
+            return None
+        link = linkname.encode("ascii")
+        checksum += sum(link)
+        link = link.ljust(100, b"\0")
+    else:
+        link = _NO_LINK
+    field = name.encode("ascii")
+    return b"".join((field.ljust(100, b"\0"), middle, b"%06o\0 " % (checksum + sum(field)),
+                     kind, link, _TAIL))
 
 
 class TarWriter:
-    """Entries appended in order, then :meth:`close` (the end blocks, padded to a record)."""
+    """Entries appended in order, then :meth:`close` (the end blocks, padded to a record).
+
+    Every header and small file is one ``out.write``: give it a buffered file (a large
+    stage2 has millions of entries; the callers open theirs with a 1 MiB buffer).
+    """
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
@@ -82,24 +100,37 @@ class TarWriter:
             size = len(data)
         head = _header(name, mode, size, kind, linkname)
         if head is None:
-            self._write(self._info(name, mode, size, kind, linkname).tobuf(
-                tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
-        else:
-            self._write(head)
+            head = self._info(name, mode, size, kind, linkname).tobuf(
+                tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
         if kind != tarfile.REGTYPE:
+            self._write(head)
             return
         if data is not None:
-            self._write(data)
-        elif size:
+            self._write(head + data + _ZEROS[:BLOCK - size % BLOCK] if size % BLOCK else head + data)
+            return
+        self._write(head)
+        if size:
             shutil.copyfileobj(_Exactly(fileobj, size), self.out)
             self.offset += size
         if size % BLOCK:
-            self._write(b"\0" * (BLOCK - size % BLOCK))
+            self._write(_ZEROS[:BLOCK - size % BLOCK])
+
+    def add_data(self, name: str, mode: int, data: bytes) -> None:
+        """A regular file holding ``data``: :meth:`add` without its choices, for the
+        millions of small generated files of a large stage2."""
+        size = len(data)
+        head = _header(name, mode, size, tarfile.REGTYPE, "")
+        if head is None:
+            self.add(name, mode, data=data)
+        elif size % BLOCK:
+            self._write(head + data + _ZEROS[:BLOCK - size % BLOCK])
+        else:
+            self._write(head + data)
 
     def close(self) -> None:
-        self._write(b"\0" * (2 * BLOCK))
+        self._write(_ZEROS[:2 * BLOCK])
         if self.offset % RECORD:
-            self._write(b"\0" * (RECORD - self.offset % RECORD))
+            self._write(_ZEROS[:RECORD - self.offset % RECORD])
 
 
 class _Exactly:

@@ -16,7 +16,7 @@ def artifact_file(plan: planmod.Plan, stack: contextlib.ExitStack) -> Path:
     ``/proc/self/fd`` exists the file is unlinked at once and reached through its
     descriptor, so not even SIGKILL leaks it."""
     fd, name = tempfile.mkstemp(prefix="amic-stage2-", suffix=".tar")
-    fh = os.fdopen(fd, "w+b")
+    fh = os.fdopen(fd, "w+b", buffering=1 << 20)   # a stage2 is millions of small writes
     stack.callback(fh.close)
     path = Path(f"/proc/self/fd/{fd}")
     if path.exists():

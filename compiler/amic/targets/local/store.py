@@ -198,15 +198,18 @@ class ImageStore:
         return chain
 
     def find(self, key: str) -> Image | None:
+        # Plain string paths here and in images(): a dry run asks once per layer, and
+        # pathlib's joins cost more than the lookups themselves.
         try:
-            image_id = (self.keys_dir / key).read_text().strip()
+            with open(os.path.join(self.root, "keys", key)) as fh:
+                image_id = fh.read().strip()
         except OSError:
             return None
         meta = self.meta(image_id)
         return image_from_meta(meta) if meta else None
 
     def images(self) -> Iterator[Image]:
-        if not self.images_dir.is_dir():
+        if not os.path.isdir(os.path.join(self.root, "images")):
             return
         for entry in sorted(self.images_dir.iterdir()):
             if entry.name.startswith("."):
