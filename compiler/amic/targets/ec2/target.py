@@ -355,7 +355,8 @@ class Ec2Target(Target):
             machine.source_facts = snapshots.image_facts(
                 ec2, machine.source_image, self._lookups.described.get(machine.source_image))
         if machine.root_volume is None:     # the same volume for the instance's whole life
-            machine.root_volume = snapshots.root_volume(ec2, machine.instance_id)
+            machine.root_volume = snapshots.root_volume(ec2, machine.instance_id,
+                                                          machine.described)
         volume, device = machine.root_volume
         stags = snapshots.snapshot_tags(
             new.tags, {**machine.source_facts, snapshots.TAG_ROOT_DEVICE: device}, self.log)
