@@ -347,7 +347,9 @@ def test_cleanup_frees_the_group_and_does_not_wait_for_terminated(fake):
     assert_clean(fake)
 
 
-def test_cleanup_waits_for_terminated_when_the_group_cannot_be_swapped(fake):
+def test_cleanup_retries_the_groups_deletion_when_the_group_cannot_be_swapped(fake):
+    """No swap: the instance is not polled for ``terminated``; the group's deletion is
+    refused while it shuts down (the stand-in's DependencyViolation) and retried until free."""
     fake.proxy.fail("ModifyInstanceAttribute", code="UnauthorizedOperation", status=403)
     t = target()
     with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
@@ -355,8 +357,10 @@ def test_cleanup_waits_for_terminated_when_the_group_cannot_be_swapped(fake):
         pass
     assert fake.proxy.injected == 1
     after = [a for a, _ in _after(list(fake.proxy.log), "TerminateInstances")]
-    assert "DescribeInstances" in after                 # the old wait, through shutting-down
-    assert fake.proxy.count("DeleteSecurityGroup") == 1  # after terminated: not refused
+    assert "DescribeInstances" not in after, after      # no polls for `terminated`
+    assert fake.standin.termination.refused >= 1        # refused while shutting down...
+    assert fake.proxy.count("DeleteSecurityGroup") == fake.standin.termination.refused + 1
+    assert fake.proxy.count("DeleteSecurityGroup") <= 5  # ...retried with growing pauses
     assert_clean(fake)
 
 
