@@ -19,9 +19,9 @@ stale* (so two waiters cannot delete each other's fresh lease) and created
 again; the winner is whoever's CreateKeyPair succeeded, confirmed by reading the
 lease back. A lease created at the first try (no holder seen) may have its read-back
 deferred (``pending``): the build reads all of those back in one DescribeKeyPairs
-(``confirm``, a ``key-name`` filter with every name) before it relies on them, and starts
-over when one turns out another build's. ``amic gc`` lists a dead build's lease like its other resources
-(role ``lease``).
+(``confirm``, a ``key-name`` filter with every name) before it relies on them, and
+starts over when one turns out another build's. ``amic gc`` lists a dead build's lease
+like its other resources (role ``lease``).
 """
 
 from __future__ import annotations

@@ -396,21 +396,15 @@ def terminate_instances(ec2, ids: Sequence[str], *, timeout: float, poll_interva
                            poll_interval=poll_interval, doing=doing)
 
 
-def build_instances(ec2, build_id: str, known: Sequence[str] = ()) -> list[dict]:
-    """The build's live instances: by id when RunInstances answered (``known``), else by tag.
-
-    A tag filter lags behind RunInstances on EC2 (eventual consistency): an instance a
-    second old may not match it yet, so the ids a build saw are asked for by id. Only an
-    instance whose RunInstances answer never came (an interrupt mid-call) is searched by
-    its build tag; if that still lags, it is tagged and ``amic gc`` finds it."""
-    if known:
-        reply = ec2.describe_instances(InstanceIds=list(known), Filters=[
-            {"Name": "instance-state-name", "Values": LIVE_STATES}])
-    else:
-        reply = ec2.describe_instances(Filters=[
-            {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
-            {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
-            {"Name": "instance-state-name", "Values": LIVE_STATES}])
+def build_instances(ec2, build_id: str) -> list[dict]:
+    """The build's live instances, found by its build tag: only for an instance whose
+    RunInstances answer never came (an interrupt mid-call; ``retire_build`` has the
+    answer otherwise). A tag filter lags behind RunInstances on EC2 (eventual
+    consistency); if it still lags, the instance is tagged and ``amic gc`` finds it."""
+    reply = ec2.describe_instances(Filters=[
+        {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
+        {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
+        {"Name": "instance-state-name", "Values": LIVE_STATES}])
     return [i for r in reply["Reservations"] for i in r["Instances"]]
 
 

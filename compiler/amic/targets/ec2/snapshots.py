@@ -79,6 +79,8 @@ def root_volume(ec2, instance_id: str, described: Mapping | None = None) -> tupl
     for bdm in mappings:
         if bdm.get("DeviceName") == device and bdm.get("Ebs", {}).get("VolumeId"):
             return bdm["Ebs"]["VolumeId"], device
+    if described is not None:   # an entry without its volumes yet: EC2's own answer decides
+        return root_volume(ec2, instance_id)
     raise BuildError(f"instance {instance_id}: no EBS volume on its root device {device} "
                      f"({[b.get('DeviceName') for b in mappings]})")
 

@@ -83,7 +83,7 @@ class Ec2Target(Target):
         self._unconfirmed: dict[str, str] = {}
         """Leases taken at the first try and not read back yet: name -> KeyPairId."""
         self._lease_keys: dict[str, str] = {}
-        """Lease name -> its key (to recheck the key of a lease another build turned out to hold)."""
+        """Lease name -> its key (asked again when another build turned out to hold it)."""
 
     @classmethod
     def from_values(cls, values: Mapping[str, object], **kwargs) -> Ec2Target:
