@@ -347,7 +347,9 @@ def test_cleanup_frees_the_group_and_does_not_wait_for_terminated(fake):
     assert_clean(fake)
 
 
-def test_cleanup_waits_for_terminated_when_the_group_cannot_be_swapped(fake):
+def test_cleanup_retries_the_groups_deletion_when_the_group_cannot_be_swapped(fake):
+    """No swap: the instance is not polled for ``terminated``; the group's deletion is
+    refused while it shuts down (the stand-in's DependencyViolation) and retried until free."""
     fake.proxy.fail("ModifyInstanceAttribute", code="UnauthorizedOperation", status=403)
     t = target()
     with pytest.raises(BuildError, match="fingerprints"), t.launch(t.resolve_base(None),
@@ -355,8 +357,10 @@ def test_cleanup_waits_for_terminated_when_the_group_cannot_be_swapped(fake):
         pass
     assert fake.proxy.injected == 1
     after = [a for a, _ in _after(list(fake.proxy.log), "TerminateInstances")]
-    assert "DescribeInstances" in after                 # the old wait, through shutting-down
-    assert fake.proxy.count("DeleteSecurityGroup") == 1  # after terminated: not refused
+    assert "DescribeInstances" not in after, after      # no polls for `terminated`
+    assert fake.standin.termination.refused >= 1        # refused while shutting down...
+    assert fake.proxy.count("DeleteSecurityGroup") == fake.standin.termination.refused + 1
+    assert fake.proxy.count("DeleteSecurityGroup") <= 5  # ...retried with growing pauses
     assert_clean(fake)
 
 
@@ -412,3 +416,51 @@ def test_a_waiting_build_reads_the_lease_with_growing_pauses(fake):
     assert 4 <= fake.proxy.count("DescribeKeyPairs") <= 12, fake.proxy.calls
     assert waited == [f"waiting for build b-holder (lease {ec2_lease.lease_name('b' * 64)}, "
                       f"layer key {'b' * 12}; pid {os.getpid()} on this host)"]
+
+
+def test_leases_taken_at_the_first_try_are_read_back_together(fake):
+    """A build's uncontended leases cost one DescribeKeyPairs in all (``confirm_leases``),
+    and a lease whose name turns out to hold another build's key pair is reported lost."""
+    import contextlib
+
+    from amic.targets.ec2 import lease as ec2_lease
+
+    t = target()
+    keys = [c * 64 for c in "cde"]
+    names = [ec2_lease.lease_name(k) for k in keys]
+    notes: list[str] = []
+    t.log = notes.append
+    with contextlib.ExitStack() as stack:
+        fake.proxy.reset()
+        for key in keys:
+            stack.enter_context(t.lease(key, build_id="b-batch"))
+        assert fake.proxy.count("CreateKeyPair") == 3, fake.proxy.calls
+        assert fake.proxy.count("DescribeKeyPairs") == 0, fake.proxy.calls   # not yet
+        assert t.confirm_leases() == []
+        assert fake.proxy.count("DescribeKeyPairs") == 1, fake.proxy.calls   # all three
+        assert t.confirm_leases() == []                                     # nothing new
+        assert fake.proxy.count("DescribeKeyPairs") == 1, fake.proxy.calls
+        # the next lease: its key pair replaced by another build's before the read-back
+        stack.enter_context(t.lease("f" * 64, build_id="b-batch"))
+        ec2c = fake.client()
+        other = ec2_lease.lease_name("f" * 64)
+        ec2c.delete_key_pair(KeyName=other)
+        ec2c.create_key_pair(KeyName=other, KeyType="ed25519")
+        assert t.confirm_leases() == ["f" * 64]
+        assert fake.proxy.count("DescribeKeyPairs") == 2, fake.proxy.calls
+        assert any("another build holds it" in n for n in notes), notes
+        assert t._lookups.rechecks == {"f" * 64}        # asked afresh at its next look-up
+    left = [p["KeyName"] for p in fake.client().describe_key_pairs()["KeyPairs"]]
+    assert left == [other], left        # ours deleted on leaving; the other build's kept
+    fake.client().delete_key_pair(KeyName=other)
+
+
+def test_a_lease_read_back_waits_for_a_name_not_visible_yet(fake):
+    """A name missing from the filtered answer (not visible yet) is asked again, then taken
+    as ours, as a single lease's read-back does; a filter, so no NotFound error."""
+    from amic.targets.ec2 import lease as ec2_lease
+
+    ec2c = fake.client(direct=False)
+    fake.proxy.reset()
+    assert ec2_lease.confirm(ec2c, {"amic-lease-nothere": "key-0"}, tries=3, pause=0.01) == set()
+    assert fake.proxy.count("DescribeKeyPairs") == 3, fake.proxy.calls

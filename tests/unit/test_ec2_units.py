@@ -480,3 +480,26 @@ def test_layer_snapshot_is_pending_then_registered_once(moto_ec2):
                                    poll_interval=0.05, log=print) == ami
     assert fake.proxy.count("RegisterImage") == 1              # reused, not registered again
     assert fake.created_untagged() == []
+
+
+def test_the_running_answer_gives_address_and_root_volume_without_another_describe(moto_ec2):
+    """``wait_running``'s last DescribeInstances answers the address and the root volume;
+    an entry without its volumes (as a ``pending`` one may be) makes root_volume ask EC2."""
+    from amic.targets.ec2 import resources, snapshots
+    from amic.targets.ec2.options import Ec2Options
+
+    fake = moto_ec2
+    ec2 = _client(fake)
+    iid = _instance(fake, ec2)
+    fake.proxy.reset()
+    opts = Ec2Options(poll_interval=0.05, instance_timeout=30, ssh_interface="private-ip")
+    host, inst = resources.wait_running(ec2, iid, opts)
+    polls = fake.proxy.count("DescribeInstances")
+    assert polls >= 1, fake.proxy.calls
+    assert host == inst["PrivateIpAddress"] and inst["State"]["Name"] == "running"
+    volume, device = snapshots.root_volume(ec2, iid, inst)
+    assert volume.startswith("vol-") and device == inst["RootDeviceName"]
+    assert fake.proxy.count("DescribeInstances") == polls       # no Describe for either
+    bare = {k: v for k, v in inst.items() if k != "BlockDeviceMappings"}
+    assert snapshots.root_volume(ec2, iid, bare) == (volume, device)
+    assert fake.proxy.count("DescribeInstances") == polls + 1

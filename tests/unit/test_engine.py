@@ -455,3 +455,34 @@ def test_lease_of_the_final_key_finds_the_other_builds_image(amifile):
     r = run(t, amifile, checkpoint="all")
     assert r.cached and r.image_id == r0.image_id
     assert not any(e.startswith("launch") for e in t.events)
+
+
+class _LostLeaseTarget(_RacingTarget):
+    """Its leases are confirmed together; the first confirmation finds one of them another
+    build's, and that build made the key's image meanwhile."""
+
+    def __init__(self, lost: str, made) -> None:
+        super().__init__({})
+        self.lost, self.made = lost, made
+        self.confirmed: list[set[str]] = []
+
+    def confirm_leases(self):
+        self.confirmed.append(set(self.held))   # the leases held when confirmed
+        if len(self.confirmed) > 1:
+            return []
+        self.images[self.lost] = self.made     # the build that really held it made it
+        return [self.lost]
+
+
+def test_a_lease_found_anothers_when_confirmed_makes_the_build_start_over(amifile):
+    other = FakeTarget()
+    r0 = run(other, amifile, checkpoint="all")
+    keys = [layer.key for layer in r0.layers]
+    t = _LostLeaseTarget(keys[1], other.images[keys[1]])
+    r = run(t, amifile, checkpoint="all")
+    # nothing was launched on the lost lease: the build started over from b's image
+    assert statuses(r) == [("a", "CACHED"), ("b", "CACHED"), ("c", "RUN")]
+    assert t.leases == [keys[0], keys[1], keys[2], r0.final_key, keys[2], r0.final_key]
+    assert t.confirmed == [set(t.leases[:4]), {keys[2], r0.final_key}]
+    assert [e for e in t.events if e.startswith("launch")] == ["launch img-2"]
+    assert t.events.index("launch img-2") > t.events.index(f"unlease {keys[0][:6]}")

@@ -203,7 +203,9 @@ def claim(b: BuildState) -> tuple[tb.Image | None, tb.Image, list[LayerReport]]:
     Chains that share a key share every key below it, so two builds take their shared
     leases first and in the same order: they never wait on each other in a cycle. The
     leases are held until the build ends (on ``b.stack``, let go after the machine), or
-    until a checkpoint covers them (``release_leases``).
+    until a checkpoint covers them (``release_leases``). Before anything relies on them
+    they are confirmed together (``Target.confirm_leases``: one read-back on ec2); one
+    that turned out another build's means starting over, which waits for that build.
     """
     p = b.plan
     while True:
@@ -219,13 +221,16 @@ def claim(b: BuildState) -> tuple[tb.Image | None, tb.Image, list[LayerReport]]:
                 if not b.options.no_cache and b.target.find_image(key) is not None:
                     made = True
                     break
+            lost = [] if made else b.target.confirm_leases()
         except BaseException:
             held.close()
             raise
-        if not made:
+        if not made and not lost:
             b.stack.enter_context(held)
             return None, start, reports
         held.close()
+        if lost:
+            continue
         final = b.target.find_image(p.final_key)
         if final is not None:
             return final, start, reports

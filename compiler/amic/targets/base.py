@@ -171,6 +171,12 @@ class Target(abc.ABC):
         The default: no lease."""
         return contextlib.nullcontext()
 
+    def confirm_leases(self) -> list[str]:
+        """Confirm the leases taken since the last call (ec2 reads them back in one call
+        instead of one each); the keys whose lease turned out to be another build's (the
+        engine lets go of its leases and starts over). The default: every lease is sure."""
+        return []
+
     def remove_superseded(self) -> list[str]:
         """After a ``--no-cache`` build (its build lock let go): remove the images its
         snapshots replaced under their keys, if that is safe now; return notes for the user.

@@ -115,16 +115,16 @@ def create_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Lo
                         # image is pending leaves nothing `amic gc` cannot attribute
                         TagSpecifications=aws.tag_specs(new.tags, "image", "snapshot"))["ImageId"]
     try:
-        waiters.image_available(ec2, [image_id], timeout=opts.image_timeout,
-                                poll_interval=opts.poll_interval,
-                                doing=f"waiting for image {image_id}")
+        found = waiters.image_available(ec2, [image_id], timeout=opts.image_timeout,
+                                        poll_interval=opts.poll_interval,
+                                        doing=f"waiting for image {image_id}")
     except BuildError:
         # A failed image is no cache entry; one still pending is (it will finish).
         if image_state(ec2, image_id) in ("failed", "error", "invalid"):
             with contextlib.suppress(BuildError):
                 deregister(ec2, image_id)
         raise
-    return ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    return found[image_id]     # the answer that said "available" (no second Describe)
 
 
 def image_state(ec2, image_id: str) -> str | None:

@@ -17,8 +17,11 @@ waiter watches it between reads), once its heartbeat stopped (``STALE_BEATS``
 intervals) when it ran elsewhere. It is deleted *by the KeyPairId that was seen
 stale* (so two waiters cannot delete each other's fresh lease) and created
 again; the winner is whoever's CreateKeyPair succeeded, confirmed by reading the
-lease back. ``amic gc`` lists a dead build's lease like its other resources
-(role ``lease``).
+lease back. A lease created at the first try (no holder seen) may have its read-back
+deferred (``pending``): the build reads all of those back in one DescribeKeyPairs
+(``confirm``, a ``key-name`` filter with every name) before it relies on them, and
+starts over when one turns out another build's. ``amic gc`` lists a dead build's lease
+like its other resources (role ``lease``).
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ def describe(ec2, name: str) -> dict | None:
     return {**pairs[0], "tags": aws.tag_dict(pairs[0].get("Tags"))}
 
 
-def try_create(ec2, name: str, key: str, build_id: str, interval: float) -> str | None:
-    """Create the lease; its KeyPairId if this build holds it now, None if another does."""
+def try_create(ec2, name: str, key: str, build_id: str, interval: float, *,
+               read_back: bool = True) -> str | None:
+    """Create the lease; its KeyPairId if this build holds it now, None if another does
+    (without ``read_back``: if CreateKeyPair succeeded; ``confirm`` reads it back later)."""
     tags = aws.resource_tags(build_id, ttl=TTL, role=ROLE,
                              extra={TAG_KEY: key, **resources.heartbeat_tags(interval)})
     tags["Name"] = name
@@ -83,12 +88,40 @@ def try_create(ec2, name: str, key: str, build_id: str, interval: float) -> str 
             return None
         raise
     mine = reply["KeyPairId"]
+    if not read_back:
+        return mine
     for _ in range(20):     # read back (eventual consistency: it may not show at once)
         seen = describe(ec2, name)
         if seen is not None:
             return mine if seen["KeyPairId"] == mine else None
         time.sleep(0.2)
     return mine
+
+
+def confirm(ec2, held: dict[str, str], *, tries: int = 20, pause: float = 0.2) -> set[str]:
+    """Read back the leases ``held`` (name -> the KeyPairId this build's CreateKeyPair
+    answered) in one DescribeKeyPairs; the names whose lease is another KeyPairId.
+
+    A ``key-name`` filter, not ``KeyNames``: a name not visible yet (eventual consistency)
+    is left out of the answer instead of failing the call; those are asked again, and
+    after ``tries`` taken as ours (as ``try_create`` does)."""
+    lost: set[str] = set()
+    left = dict(held)
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(pause)
+        names = sorted(left)
+        seen: dict[str, str] = {}
+        for i in range(0, len(names), 200):    # EC2's limit of values in one filter
+            reply = aws.call("reading back the leases", ec2.describe_key_pairs,
+                             Filters=[{"Name": "key-name", "Values": names[i:i + 200]}])
+            seen.update({p["KeyName"]: p["KeyPairId"] for p in reply["KeyPairs"]})
+        for name in [n for n in left if n in seen]:
+            if seen[name] != left.pop(name):
+                lost.add(name)
+        if not left:
+            break
+    return lost
 
 
 def stale(found: dict, at: dt.datetime) -> str | None:
@@ -138,20 +171,28 @@ def drop_if_ours(ec2, name: str, build_id: str, log) -> None:
 
 @contextlib.contextmanager
 def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
-          wait_limit: float = WAIT_LIMIT, on_contention=None) -> Iterator[str]:
+          wait_limit: float = WAIT_LIMIT, on_contention=None,
+          pending: dict[str, str] | None = None) -> Iterator[str]:
     """Hold the lease of ``key`` for the ``with`` block (waiting or taking over as needed);
-    ``on_contention()`` is called each time another build had it (CreateKeyPair: duplicate)."""
+    ``on_contention()`` is called each time another build had it (CreateKeyPair: duplicate).
+
+    With ``pending``, a lease created at the first try is not read back here: its name and
+    KeyPairId go into ``pending`` (until the block ends) for the caller's ``confirm``. One
+    created after a holder was seen (waited for, taken over) is read back at once: that is
+    when two builds race for it."""
     name = lease_name(key)
     interval = resources.heartbeat_seconds()
     poll = max(0.1, min(poll, interval))
     deadline = time.monotonic() + wait_limit
     told: str | None = None
     held_by_other = False       # seen held by a live build: only read until it is gone
+    first = pending is not None     # no holder seen yet: the read-back may be deferred
     while True:
         if not held_by_other:
             try:
                 mine = aws.call(f"taking the lease {name}",
-                                lambda: try_create(ec2, name, key, build_id, interval))
+                                lambda: try_create(ec2, name, key, build_id, interval,
+                                                   read_back=not first))
             except BaseException:
                 # Ctrl-C (or an error) while CreateKeyPair was on the wire: the lease may
                 # exist without this build knowing its id; it is ours if it has our build id.
@@ -159,6 +200,7 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
                 raise
             if mine is not None:
                 break
+            first = False
             if on_contention is not None:   # held by another build, or let go of just now
                 on_contention()
         found = aws.call(f"reading the lease {name}", lambda: describe(ec2, name))
@@ -183,11 +225,15 @@ def lease(ec2, key: str, build_id: str, *, log, poll: float = 1.0,
                              f"(lease {name}); if that build is dead, `amic gc` removes its lease")
         pause(poll, found["tags"])
         poll = min(poll * 1.5, MAX_POLL)
+    if first:
+        pending[name] = mine
     beat = resources.Heartbeat(ec2, log, interval=interval, ttl=TTL)
     beat.add(mine)
     beat.start()
     try:
         yield name
     finally:
+        if pending is not None and pending.get(name) == mine:
+            del pending[name]
         beat.stop()
         resources.cleanup_quietly(log, "lease", name, delete, ec2, mine)

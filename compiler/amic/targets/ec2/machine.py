@@ -50,6 +50,8 @@ class Ec2Machine:
         self.key_name = key_name
         self.build_id = build_id
         self.host: str | None = None
+        self.described: dict | None = None
+        """Its DescribeInstances entry when it last started running (root volume, VPC)."""
         self.port: int = opts.ssh_port
         self.expected_keys: set[str] = set()
         self.keys_source = "expected"
@@ -108,7 +110,8 @@ class Ec2Machine:
 
     # lifecycle -------------------------------------------------------------------
     def wait_running(self) -> None:
-        self.host = resources.wait_running(self.ec2, self.instance_id, self.opts)
+        self.host, self.described = resources.wait_running(self.ec2, self.instance_id,
+                                                           self.opts)
 
     def stop(self) -> None:
         """Stop the instance (for a consistent image); the next command starts it again."""

@@ -33,8 +33,11 @@ Log = Callable[[str], None]
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 """Instance states that still cost money (and hold a security group)."""
-GROUP_PATIENCE = 120.0
-"""Seconds a security group may stay in use after its instance terminated."""
+GROUP_PATIENCE = 300.0
+"""Seconds a security group may stay in use after TerminateInstances of its instance (EC2:
+``shutting-down`` for about half a minute, the interface a little longer)."""
+GROUP_MAX_PAUSE = 5.0
+"""The longest pause between two DeleteSecurityGroup attempts while an instance holds it."""
 CHECKIP_URL = "https://checkip.amazonaws.com"
 
 TAG_HEARTBEAT = "amic:heartbeat"
@@ -288,19 +291,24 @@ def add_security_group(stack: contextlib.ExitStack, ec2, name: str, build_id: st
 
 def delete_security_group(ec2, group_id: str, *, poll_interval: float,
                           patience: float = GROUP_PATIENCE) -> None:
-    """Delete a group, waiting while a just-terminated instance's interface still holds it."""
+    """Delete a group, retried while a terminating instance (or its interface) holds it.
+
+    DependencyViolation is the wait: no DescribeInstances polls for ``terminated`` (the
+    interface can outlive that state anyway). Pauses grow to ``GROUP_MAX_PAUSE``: half a
+    minute of shutting-down costs about ten attempts on the mutating bucket."""
     import botocore.exceptions
 
     deadline = time.monotonic() + patience
+    pause = max(poll_interval, 0.5)
     while True:
         try:
             ec2.delete_security_group(GroupId=group_id)
             return
         except botocore.exceptions.ClientError as exc:
-            # The instance's network interface can outlive "terminated" briefly.
             if aws.error_code(exc) != "DependencyViolation" or time.monotonic() > deadline:
                 raise
-            time.sleep(max(poll_interval, 0.5))
+            time.sleep(pause)
+            pause = min(pause * 1.5, GROUP_MAX_PAUSE)
 
 
 def delete_groups_named(ec2, name: str, vpc: str, poll_interval: float, log: Log,
@@ -365,7 +373,7 @@ def add_instance(stack: contextlib.ExitStack, ec2, image: Image, name: str,
                  group_ids: Sequence[str], tags: Mapping[str, str], build_id: str,
                  opts: Ec2Options, log: Log, *, metadata_tags: bool = False) -> str:
     """The build instance; its id."""
-    launched: list[str] = []    # filled once RunInstances answers: the cleanup's by-id look-up
+    launched: list[dict] = []   # RunInstances' answer, once it came: the cleanup needs no Describe
     stack.callback(cleanup_quietly, log, "instance", build_id, retire_build, ec2, build_id,
                    opts, log, not opts.security_group_ids, launched)
     args = run_instances_args(image, name, group_ids, tags, build_id, opts,
@@ -373,7 +381,7 @@ def add_instance(stack: contextlib.ExitStack, ec2, image: Image, name: str,
                               root_device=lambda: root_device(ec2, image.id))
     reply = aws.call(f"launching a {opts.instance_type} from {image.id}", ec2.run_instances, **args)
     iid = reply["Instances"][0]["InstanceId"]
-    launched.append(iid)
+    launched.append(reply["Instances"][0])
     log(f"instance {iid} ({opts.instance_type}) from {image.id}")
     return iid
 
@@ -388,45 +396,39 @@ def terminate_instances(ec2, ids: Sequence[str], *, timeout: float, poll_interva
                            poll_interval=poll_interval, doing=doing)
 
 
-def build_instances(ec2, build_id: str, known: Sequence[str] = ()) -> list[dict]:
-    """The build's live instances: by id when RunInstances answered (``known``), else by tag.
-
-    A tag filter lags behind RunInstances on EC2 (eventual consistency): an instance a
-    second old may not match it yet, so the ids a build saw are asked for by id. Only an
-    instance whose RunInstances answer never came (an interrupt mid-call) is searched by
-    its build tag; if that still lags, it is tagged and ``amic gc`` finds it."""
-    if known:
-        reply = ec2.describe_instances(InstanceIds=list(known), Filters=[
-            {"Name": "instance-state-name", "Values": LIVE_STATES}])
-    else:
-        reply = ec2.describe_instances(Filters=[
-            {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
-            {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
-            {"Name": "instance-state-name", "Values": LIVE_STATES}])
+def build_instances(ec2, build_id: str) -> list[dict]:
+    """The build's live instances, found by its build tag: only for an instance whose
+    RunInstances answer never came (an interrupt mid-call; ``retire_build`` has the
+    answer otherwise). A tag filter lags behind RunInstances on EC2 (eventual
+    consistency); if it still lags, the instance is tagged and ``amic gc`` finds it."""
+    reply = ec2.describe_instances(Filters=[
+        {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
+        {"Name": f"tag:{aws.TAG_ROLE}", "Values": ["build", "launch"]},
+        {"Name": "instance-state-name", "Values": LIVE_STATES}])
     return [i for r in reply["Reservations"] for i in r["Instances"]]
 
 
 def retire_build(ec2, build_id: str, opts: Ec2Options, log: Log,
-                 own_groups: bool = True, known: Sequence[str] = ()) -> None:
-    """Terminate every instance of this build (by id, or by tag after an interrupt).
+                 own_groups: bool = True, known: Sequence[Mapping] = ()) -> None:
+    """Terminate every instance of this build: ``known``, RunInstances' answer (its ids and
+    VPC: no Describe), or found by tag after an interrupt.
 
-    Waiting for ``terminated`` (~30 s on EC2, Packer waits) is only needed so that the
-    build's own security group can be deleted after it. So each instance is moved to its
-    VPC's ``default`` group first (ModifyInstanceAttribute ``Groups``); then the build's
-    group is free at once and TerminateInstances is not waited for: the instance is tagged,
-    shutting down, and gone by itself. Where the swap fails, the old wait.
+    TerminateInstances is never waited for (``terminated`` is ~30 s on EC2; Packer
+    waits): the instance is tagged, shutting down, and gone by itself. Only the build's
+    own security group needs it gone, so each instance is moved to its VPC's ``default``
+    group first (ModifyInstanceAttribute ``Groups``) and the group is free at once. Where
+    the swap fails (several network interfaces), the group's deletion, which comes next,
+    is retried until EC2 lets go of it (``delete_security_group``).
     """
-    instances = build_instances(ec2, build_id, known)
+    instances = list(known) or build_instances(ec2, build_id)
     if not instances:
         return
     ids = [i["InstanceId"] for i in instances]
     freed = not own_groups or all(release_groups(ec2, inst, log) for inst in instances)
-    if freed:
-        ec2.terminate_instances(InstanceIds=ids)
-        log(f"terminating {', '.join(ids)} (not waited for: nothing of the build depends on it)")
-        return
-    terminate_instances(ec2, ids, timeout=opts.instance_timeout, poll_interval=opts.poll_interval,
-                        doing=f"waiting for {', '.join(ids)} to terminate", log=log)
+    ec2.terminate_instances(InstanceIds=ids)
+    log(f"terminating {', '.join(ids)} (not waited for: "
+        + ("nothing of the build depends on it)" if freed
+           else "the security group is deleted once EC2 lets go of it)"))
 
 
 def release_groups(ec2, instance: Mapping, log: Log) -> bool:
@@ -446,17 +448,22 @@ def release_groups(ec2, instance: Mapping, log: Log) -> bool:
         ec2.modify_instance_attribute(InstanceId=iid, Groups=[groups[0]["GroupId"]])
     except botocore.exceptions.ClientError as exc:
         log(f"could not move {iid} off the build's security group "
-            f"({aws.error_code(exc)}): waiting for it to terminate")
+            f"({aws.error_code(exc)}): the group goes once the instance is gone")
         return False
     return True
 
 
-def instance_address(ec2, instance_id: str, opts: Ec2Options) -> str:
-    """Where to reach the instance: ``--ssh-host``, else its ``--ssh-interface`` address."""
+def instance_address(ec2, instance_id: str, opts: Ec2Options,
+                     described: Mapping | None = None) -> str:
+    """Where to reach the instance: ``--ssh-host``, else its ``--ssh-interface`` address
+    (from ``described``, its DescribeInstances entry, when the caller has it)."""
     if opts.ssh_host:
         return opts.ssh_host
-    reply = aws.call("describing the instance", ec2.describe_instances, InstanceIds=[instance_id])
-    inst = reply["Reservations"][0]["Instances"][0]
+    inst = described
+    if inst is None:
+        reply = aws.call("describing the instance", ec2.describe_instances,
+                         InstanceIds=[instance_id])
+        inst = reply["Reservations"][0]["Instances"][0]
     field = {"public-ip": "PublicIpAddress", "private-ip": "PrivateIpAddress",
              "public-dns": "PublicDnsName", "private-dns": "PrivateDnsName"}[opts.ssh_interface]
     value = inst.get(field) or (inst.get("PrivateIpAddress") if opts.jump_host else None)
@@ -467,9 +474,12 @@ def instance_address(ec2, instance_id: str, opts: Ec2Options) -> str:
     return value
 
 
-def wait_running(ec2, instance_id: str, opts: Ec2Options) -> str:
-    """Wait until the instance runs; its address."""
-    waiters.instance_state(ec2, [instance_id], "running", timeout=opts.instance_timeout,
-                           poll_interval=opts.poll_interval,
-                           doing=f"waiting for {instance_id} to run")
-    return instance_address(ec2, instance_id, opts)
+def wait_running(ec2, instance_id: str, opts: Ec2Options) -> tuple[str, dict]:
+    """Wait until the instance runs; its address and its DescribeInstances entry (the
+    answer that said ``running``: address, root volume and VPC without another call)."""
+    found = waiters.instance_state(ec2, [instance_id], "running",
+                                   timeout=opts.instance_timeout,
+                                   poll_interval=opts.poll_interval,
+                                   doing=f"waiting for {instance_id} to run")
+    inst = found[instance_id]
+    return instance_address(ec2, instance_id, opts, inst), inst

@@ -66,16 +66,21 @@ def image_facts(ec2, image_id: str, raw: dict | None = None) -> dict[str, str]:
     return facts
 
 
-def root_volume(ec2, instance_id: str) -> tuple[str, str]:
-    """(volume id, device name) of the instance's root volume."""
-    reply = aws.call(f"describing {instance_id}", ec2.describe_instances,
-                     InstanceIds=[instance_id])
-    inst = reply["Reservations"][0]["Instances"][0]
+def root_volume(ec2, instance_id: str, described: Mapping | None = None) -> tuple[str, str]:
+    """(volume id, device name) of the instance's root volume (from ``described``, its
+    DescribeInstances entry, when the caller has it: the root volume never changes)."""
+    inst = described
+    if inst is None:
+        reply = aws.call(f"describing {instance_id}", ec2.describe_instances,
+                         InstanceIds=[instance_id])
+        inst = reply["Reservations"][0]["Instances"][0]
     device = inst.get("RootDeviceName") or "/dev/xvda"
     mappings = inst.get("BlockDeviceMappings", [])
     for bdm in mappings:
         if bdm.get("DeviceName") == device and bdm.get("Ebs", {}).get("VolumeId"):
             return bdm["Ebs"]["VolumeId"], device
+    if described is not None:   # an entry without its volumes yet: EC2's own answer decides
+        return root_volume(ec2, instance_id)
     raise BuildError(f"instance {instance_id}: no EBS volume on its root device {device} "
                      f"({[b.get('DeviceName') for b in mappings]})")
 

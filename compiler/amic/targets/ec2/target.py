@@ -80,6 +80,10 @@ class Ec2Target(Target):
         self._clients: aws.Clients | None = None
         self._caller_cidrs: tuple[str, ...] | None = None
         self._lookups = lookups.Lookups()
+        self._unconfirmed: dict[str, str] = {}
+        """Leases taken at the first try and not read back yet: name -> KeyPairId."""
+        self._lease_keys: dict[str, str] = {}
+        """Lease name -> its key (asked again when another build turned out to hold it)."""
 
     @classmethod
     def from_values(cls, values: Mapping[str, object], **kwargs) -> Ec2Target:
@@ -170,9 +174,28 @@ class Ec2Target(Target):
         """One build per key at a time, across machines: a key pair lease (:mod:`.lease`)."""
         from amic.targets.ec2 import lease as leases
 
+        self._lease_keys[leases.lease_name(key)] = key
         return leases.lease(self.ec2, key, build_id, log=self.log,
                             poll=max(self.opts.poll_interval, 0.5),
-                            on_contention=lambda: self._lookups.recheck(key))
+                            on_contention=lambda: self._lookups.recheck(key),
+                            pending=self._unconfirmed)
+
+    def confirm_leases(self) -> list[str]:
+        """Read back every lease taken since the last call, in one DescribeKeyPairs; the keys
+        whose lease another build turned out to hold (asked again at their next look-up)."""
+        from amic.targets.ec2 import lease as leases
+
+        if not self._unconfirmed:
+            return []
+        held = dict(self._unconfirmed)
+        lost = leases.confirm(self.ec2, held)
+        for name in held:
+            self._unconfirmed.pop(name, None)
+        keys = [self._lease_keys[name] for name in sorted(lost)]
+        for key in keys:
+            self.log(f"lease {leases.lease_name(key)}: another build holds it (read back)")
+            self._lookups.recheck(key)
+        return keys
 
     def image_by_id(self, image_id: str) -> Image | None:
         """The AMI ``image_id`` (any owner's), or None."""
@@ -365,7 +388,8 @@ class Ec2Target(Target):
             machine.source_facts = snapshots.image_facts(
                 ec2, machine.source_image, self._lookups.described.get(machine.source_image))
         if machine.root_volume is None:     # the same volume for the instance's whole life
-            machine.root_volume = snapshots.root_volume(ec2, machine.instance_id)
+            machine.root_volume = snapshots.root_volume(ec2, machine.instance_id,
+                                                          machine.described)
         volume, device = machine.root_volume
         stags = snapshots.snapshot_tags(
             new.tags, {**machine.source_facts, snapshots.TAG_ROOT_DEVICE: device}, self.log)

@@ -85,13 +85,20 @@ def _keyed(found: dict[str, str], ids: list[str]) -> list[str | None]:
 
 
 def image_available(ec2, image_ids: list[str], *, timeout: float, poll_interval: float,
-                    doing: str) -> None:
+                    doing: str) -> dict[str, dict]:
+    """Wait until the images are available; their DescribeImages entries, by id (the last
+    answer: the caller need not ask again)."""
+    last: dict[str, dict] = {}
+
     def read():
         reply = ec2.describe_images(ImageIds=list(image_ids))["Images"]
+        last.clear()
+        last.update({i["ImageId"]: i for i in reply})
         return _keyed({i["ImageId"]: i.get("State") for i in reply}, image_ids)
 
     poll(read, want="available", fail=("failed", "error", "invalid", "deregistered"),
          timeout=timeout, poll_interval=poll_interval, doing=doing)
+    return dict(last)
 
 
 def snapshot_completed(ec2, snapshot_ids: list[str], *, timeout: float, poll_interval: float,
@@ -104,18 +111,22 @@ def snapshot_completed(ec2, snapshot_ids: list[str], *, timeout: float, poll_int
          poll_interval=poll_interval, doing=doing)
 
 
-def _instance_states(ec2, ids: list[str]) -> list[str | None]:
-    reply = ec2.describe_instances(InstanceIds=list(ids))["Reservations"]
-    return _keyed({i["InstanceId"]: i["State"]["Name"] for r in reply for i in r["Instances"]},
-                  ids)
-
-
 def instance_state(ec2, ids: list[str], want: str, *, timeout: float, poll_interval: float,
-                   doing: str) -> None:
+                   doing: str) -> dict[str, dict]:
     """``running``, ``stopped`` or ``terminated``; ``stopping``/``shutting-down`` are waited
-    through; an instance that ends up terminated fails every other wait."""
+    through; an instance that ends up terminated fails every other wait. Returns the
+    instances' DescribeInstances entries, by id, from the answer that ended the wait (its
+    addresses and volumes: no second Describe for them)."""
     fail = {"running": ("terminated", "shutting-down"),   # "stopped": just after StartInstances
             "stopped": ("terminated", "shutting-down"),
             "terminated": ()}[want]
-    poll(lambda: _instance_states(ec2, ids), want=want, fail=fail, timeout=timeout,
-         poll_interval=poll_interval, doing=doing)
+    last: dict[str, dict] = {}
+
+    def read():
+        reply = ec2.describe_instances(InstanceIds=list(ids))["Reservations"]
+        last.clear()
+        last.update({i["InstanceId"]: i for r in reply for i in r["Instances"]})
+        return _keyed({iid: i["State"]["Name"] for iid, i in last.items()}, ids)
+
+    poll(read, want=want, fail=fail, timeout=timeout, poll_interval=poll_interval, doing=doing)
+    return dict(last)
