@@ -1,8 +1,9 @@
 """A target's option table (``amic.targets.Option`` rows) as argparse flags.
 
 The rows are the target's; this module only knows argparse. Every flag's
-default is None (repeatable ones too): an option not given stays unset, and the
-target's options class supplies its default, so no default is written twice.
+argparse default is None (repeatable ones too): an option not given stays
+unset, and the target's options class supplies its default, which it takes from
+the row; --help shows the row's (:attr:`amic.targets.Option.help_text`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ def add_option_table(parser: argparse.ArgumentParser, title: str,
     group = parser.add_argument_group(title)
     for row in rows:
         kwargs: dict = {"dest": row.dest, "action": row.action, "default": None}
-        if row.help is not None:
-            kwargs["help"] = row.help
+        if row.help_text is not None:
+            kwargs["help"] = help_string(row)
         if row.action in ("store", "append"):
             for key in ("metavar", "type", "choices"):
                 value = getattr(row, key)
                 if value is not None:
                     kwargs[key] = list(value) if key == "choices" else value
         group.add_argument(*row.flags, **kwargs)
+
+
+def help_string(row: Option) -> str | None:
+    """The row's --help line for argparse, which reads ``%`` as a format."""
+    text = row.help_text
+    return None if text is None else text.replace("%", "%%")
 
 
 def add_option_groups(parser: argparse.ArgumentParser, rows: Iterable[Option]) -> None:
