@@ -125,3 +125,19 @@ def test_doc_default_parser_catches_a_wrong_default() -> None:
     known = _parser_defaults()
     assert "5h" not in known["--expire-after"] and "4h" in known["--expire-after"]
     assert "t3.nano" not in known["--instance-type"]
+
+
+def test_build_help_names_each_targets_checkpoint_default() -> None:
+    # --checkpoint is the build command's, its default each target's attribute.
+    import importlib
+
+    from amic.targets import REGISTRY
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices["build"]._actions if "--checkpoint" in a.option_strings)
+    said = dict(re.findall(r"(\w+): (\w+)", action.help.split("(default: the target's;")[1]))
+    for scheme, entry in REGISTRY.items():
+        module, _, cls = entry.partition(":")
+        default = getattr(importlib.import_module(module), cls).default_checkpoint
+        assert said.get(scheme) == default, (scheme, said, default)
