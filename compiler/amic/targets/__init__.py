@@ -70,7 +70,7 @@ class Option(NamedTuple):
 
     @property
     def default_text(self) -> str | None:
-        """The default as ``--help`` and the docs show it; None for a flag that is off unless given."""
+        """The default as ``--help`` shows it; None for a flag that is off unless given."""
         value = None if self.default is None else _spell(self.default)
         if self.unset and value is not None:
             return f"{self.unset} or {value}"

@@ -137,7 +137,8 @@ EC2_OPTIONS: tuple[Option, ...] = (
            "accept the host key the instance first presents, unverified", action="store_true"),
 
     Option(["--ami-name"], "image_name", _AMI,
-           "name template: {name} {amifile} {key} {build_id} {stamp} {timestamp} {date} {label[NAME]}",
+           "name template: {name} {amifile} {key} {build_id} {stamp} {timestamp} {date} "
+           "{label[NAME]}",
            metavar="TEMPLATE", default="{name}-{key}-{stamp}-{build_id}"),
     Option(["--ami-description"], "image_description", _AMI, metavar="TEMPLATE",
            default="built by amic from {amifile} (key {key})"),
