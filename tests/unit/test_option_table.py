@@ -141,3 +141,45 @@ def test_build_help_names_each_targets_checkpoint_default() -> None:
         module, _, cls = entry.partition(":")
         default = getattr(importlib.import_module(module), cls).default_checkpoint
         assert said.get(scheme) == default, (scheme, said, default)
+
+
+def _subparser(*path: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def _listed(parser: argparse.ArgumentParser) -> set[str]:
+    return {flag for a in parser._actions if a.help != argparse.SUPPRESS for flag in a.option_strings}
+
+
+def test_launch_lists_only_the_rows_a_launch_uses() -> None:
+    launch, build = _subparser("launch"), _subparser("build")
+    rows = ec2_flags.AWS_OPTIONS + ec2_flags.EC2_OPTIONS
+    table = {flag for row in rows for flag in row.flags}
+    used = {flag for row in rows if row.taken_by("launch") for flag in row.flags}
+    assert _listed(launch) & table == used
+    assert _listed(build) & table == table
+    assert {"--ami-name", "--arch", "--share-with"} <= table - used
+    # Not listed, still accepted: a command line that worked before still parses.
+    args = launch.parse_args(["ami-1", "--ami-name", "x", "--arch", "arm64"])
+    assert (args.image_name, args.arch) == ("x", "arm64")
+
+
+def test_what_launch_does_not_list_its_code_does_not_read() -> None:
+    # The launch path: amic launch's module, the machine, the instance's resources, and the
+    # target's launch methods. None of them may read an option launch does not list.
+    import inspect
+
+    from amic.targets.ec2 import launch, machine, resources, target
+
+    cls = target.Ec2Target
+    source = "".join(inspect.getsource(o) for o in (
+        launch, machine, resources, cls.launch, cls._new_machine, cls._layer_ami, cls._keep,
+        cls.find_image, cls.image_by_id, cls.ssh_cidrs))
+    read = set(re.findall(r"opts\.(\w+)", source))
+    assert {"instance_type", "ssh_port", "key_type", "ttl"} <= read   # the scan sees reads
+    unlisted = {row.attribute for row in ec2_flags.EC2_OPTIONS if not row.taken_by("launch")}
+    assert not read & unlisted

@@ -63,6 +63,12 @@ class Option(NamedTuple):
     unset: str | None = None
     """What not giving the flag means, when that is more than ``default`` (``the subnet's
     setting``; with a default, what comes before it: ``AWS_RETRY_MODE`` or standard)."""
+    commands: Sequence[str] | None = None
+    """The commands that use it (``build``); None: every command its table is added to.
+    Another command still accepts it, unlisted, so no command line that worked stops working."""
+
+    def taken_by(self, command: str | None) -> bool:
+        return command is None or self.commands is None or command in self.commands
 
     @property
     def attribute(self) -> str:

@@ -54,6 +54,10 @@ _INSTANCE = "ec2 target: the build instance"
 _SSH = "ec2 target: SSH"
 _AMI = "ec2 target: the final AMI"
 
+BUILD = ("build",)
+"""Rows only ``amic build`` uses: ``amic launch`` makes no AMI and resolves no base, so
+it reads neither the AMI's name, tags, copies and shares nor ``--arch``."""
+
 AWS_OPTIONS: tuple[Option, ...] = (
     Option(["--region"], "region", _AWS, "AWS region", unset="AWS_REGION / the profile's"),
     Option(["--profile"], "profile", _AWS,
@@ -74,7 +78,7 @@ EC2_OPTIONS: tuple[Option, ...] = (
     Option(["--instance-type"], "instance_type", _INSTANCE, default="t3.micro"),
     Option(["--arch"], "arch", _INSTANCE,
            "architecture of the base image",
-           choices=("x86_64", "arm64"), unset="from the instance type"),
+           choices=("x86_64", "arm64"), unset="from the instance type", commands=BUILD),
     Option(["--volume-size"], "volume_size", _INSTANCE, "root volume size",
            metavar="GIB", type=int, unset="the image's"),
     Option(["--volume-type"], "volume_type", _INSTANCE, "root volume type", default="gp3"),
@@ -139,24 +143,25 @@ EC2_OPTIONS: tuple[Option, ...] = (
     Option(["--ami-name"], "image_name", _AMI,
            "name template: {name} {amifile} {key} {build_id} {stamp} {timestamp} {date} "
            "{label[NAME]}",
-           metavar="TEMPLATE", default="{name}-{key}-{stamp}-{build_id}"),
+           metavar="TEMPLATE", default="{name}-{key}-{stamp}-{build_id}", commands=BUILD),
     Option(["--ami-description"], "image_description", _AMI, metavar="TEMPLATE",
-           default="built by amic from {amifile} (key {key})"),
+           default="built by amic from {amifile} (key {key})", commands=BUILD),
     Option(["--ami-tag"], "image_tags", _AMI,
            "extra tag on the final AMI and its snapshots (repeatable)", metavar="KEY=VALUE",
-           action="append", convert=functools.partial(key_values, flag="--ami-tag")),
+           action="append", convert=functools.partial(key_values, flag="--ami-tag"),
+           commands=BUILD),
     Option(["--copy-to-region"], "copy_regions", _AMI, "copy the final AMI there (repeatable)",
-           metavar="REGION", action="append"),
+           metavar="REGION", action="append", commands=BUILD),
     Option(["--encrypt"], "encrypt", _AMI, "encrypt the root volume (and so the AMIs)",
            action="store_true"),
     Option(["--kms-key-id"], "kms_key_id", _AMI, "KMS key for --encrypt",
            metavar="KEY", unset="aws/ebs"),
     Option(["--share-with"], "share_accounts", _AMI,
            "grant launch permission to this account (repeatable)", metavar="ACCOUNT",
-           action="append"),
+           action="append", commands=BUILD),
     Option(["--force-deregister"], "force_deregister", _AMI,
            "deregister an existing AMI of the same name (and its snapshots) first",
-           action="store_true"),
+           action="store_true", commands=BUILD),
 )
 """The ec2 target's own flags (``amic build --target ec2``, ``amic launch``)."""
 
