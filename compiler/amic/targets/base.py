@@ -13,7 +13,6 @@ import abc
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import attrs
 
@@ -36,8 +35,20 @@ class Image:
     """ISO-8601 creation time, when the target knows it."""
 
 
-class Machine(Protocol):
-    """A running machine (or chroot, or existing host) commands can be run on."""
+class Machine:
+    """A running machine (or chroot, or existing host) commands can be run on.
+
+    Every target's machine derives from it: the optional capabilities are attributes
+    here, with the value a machine without them has, so the engine reads them plainly.
+    """
+
+    takes_stdin: bool = False
+    """True when ``run`` also takes ``stdin_path`` (a local file fed to the command's standard
+    input); the engine then pipes the stage2 into its install command instead of a ``put``
+    and a second command."""
+    build_public_key: str | None = None
+    """The authorized_keys line a build logged in with, if the target installed one; the
+    engine has prepare-image remove it before the snapshot."""
 
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
             on_output: OutputCallback | None = None, timeout: float | None = None) -> int:
@@ -47,18 +58,15 @@ class Machine(Protocol):
         being written to the machine's disk or shown on its command line.
         Output (stdout and stderr, merged) is passed to ``on_output`` line by line.
         """
+        raise NotImplementedError
 
     def put(self, local: Path, remote: str, *, mode: int = 0o600) -> None:
         """Upload one file."""
+        raise NotImplementedError
 
     def describe(self) -> str:
         """How a human reaches this machine (printed with --on-error=abort)."""
-
-    # Optional: ``build_public_key`` (str), the authorized_keys line a build
-    # logged in with; the engine has prepare-image remove it before the snapshot.
-    # Optional: ``takes_stdin = True`` when ``run`` also takes ``stdin_path`` (a local
-    # file fed to the command's standard input); the engine then pipes the stage2
-    # into its install command instead of a ``put`` and a second command.
+        raise NotImplementedError
 
 
 CHECKPOINT_POLICIES = ("none", "last", "all", "auto")

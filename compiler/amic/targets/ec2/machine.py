@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from amic.contract import RUNNER, STATE_DIR
 from amic.errors import BuildError
+from amic.targets.base import Machine
 from amic.targets.ec2 import hostkeys, resources, waiters
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.options import Ec2Options
@@ -36,7 +37,7 @@ class _Thaw(Exception):
     """Leaves the guard's output callback: closing its channel is the thaw request."""
 
 
-class Ec2Machine:
+class Ec2Machine(Machine):
     """An instance reached over SSH; reconnects (and starts it again) after a snapshot."""
 
     def __init__(self, ec2, opts: Ec2Options, log: Callable[[str], None], instance_id: str,
@@ -61,6 +62,8 @@ class Ec2Machine:
         self.key_file: Path | None = None
         self.build_public_key: str | None = None
         """The key pair's public line (cloud-init installs it; the engine has it removed)."""
+        self.heartbeat: resources.Heartbeat | None = None
+        """Keeps the build's resources marked alive for ``amic gc``; a kept machine's is let go."""
         self.source_image: str | None = None
         """The AMI this instance was launched from."""
         self.root_volume: tuple[str, str] | None = None
