@@ -19,7 +19,18 @@ import attrs
 from amic.contract import KIND_LAYER, TAG_KIND, TAG_SERVICE
 
 OutputCallback = Callable[[str], None]
-"""Receives remote output one line at a time (without the newline)."""
+"""Receives remote output one line at a time (without the newline), as the machine wrote it:
+a progress bar redrawn with carriage returns (apt, dpkg) arrives whole."""
+
+
+def terminal_line(raw: str) -> str:
+    """A line as a terminal shows it: progress redrawn with carriage returns keeps its last state.
+
+    The one rule for every target: the engine's ``OutputRouter`` applies it to each line a
+    build's machine writes, so no machine does (and ssh and ec2 show the same line alike).
+    """
+    line = raw.rstrip("\n").rstrip("\r")
+    return line.rsplit("\r", 1)[-1] if "\r" in line else line
 
 
 @attrs.frozen
@@ -56,7 +67,8 @@ class Machine:
 
         ``env`` values (ARG values among them) must reach the command without
         being written to the machine's disk or shown on its command line.
-        Output (stdout and stderr, merged) is passed to ``on_output`` line by line.
+        Output (stdout and stderr, merged) is passed to ``on_output`` line by line, carriage
+        returns and all (the engine's router shows it as a terminal would: ``terminal_line``).
         """
         raise NotImplementedError
 

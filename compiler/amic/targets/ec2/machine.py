@@ -74,12 +74,8 @@ class Ec2Machine(Machine):
 
     # Machine protocol ------------------------------------------------------------
     def run(self, command, *, env=None, on_output=None, timeout=None) -> int:
-        from amic.targets.local.rootfs import terminal_line
-
-        # progress redrawn with carriage returns (apt, dpkg) shows as its last state
-        out = (lambda line: on_output(terminal_line(line))) if on_output else None
         with self._ssh_errors(f"running a command on {self.instance_id}"):
-            return self.connection().run(command, env=env, on_output=out, timeout=timeout)
+            return self.connection().run(command, env=env, on_output=on_output, timeout=timeout)
 
     def put(self, local, remote, *, mode=0o600) -> None:
         with self._ssh_errors(f"uploading {remote} to {self.instance_id}"):
