@@ -183,3 +183,22 @@ def test_what_launch_does_not_list_its_code_does_not_read() -> None:
     assert {"instance_type", "ssh_port", "key_type", "ttl"} <= read   # the scan sees reads
     unlisted = {row.attribute for row in ec2_flags.EC2_OPTIONS if not row.taken_by("launch")}
     assert not read & unlisted
+
+
+def test_the_docs_option_tables_are_the_rows() -> None:
+    import runpy
+    import subprocess
+    import sys
+
+    tool = REPO / "tools" / "option-table"
+    proc = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ns = runpy.run_path(str(tool), run_name="option_table")
+    doc = (REPO / "docs" / "ec2.md").read_text()
+    assert "| `--instance-type INSTANCE_TYPE` | t3.micro | `amic build`, `amic launch` |" in doc
+    assert "| `--arch {x86_64,arm64}` | from the instance type | `amic build` |" in doc
+    # Positive control: a row whose default changed gives another table than the doc's.
+    rows = tuple(row._replace(default="t3.nano") if row.dest == "instance_type" else row
+                 for row in ec2_flags.AWS_OPTIONS + ec2_flags.EC2_OPTIONS)
+    assert ns["current"](doc) == ns["table"](ec2_flags.AWS_OPTIONS + ec2_flags.EC2_OPTIONS)
+    assert ns["current"](doc) != ns["table"](rows)

@@ -6,7 +6,8 @@ These rows are the only list of the ec2 flags: ``amic.cli.ec2`` adds them to
 turns what was given back into options; the value parsers the rows name
 (:func:`parse_duration`, :func:`key_values`) are here too. Defaults are written
 here alone, one per row; the options classes take theirs from the rows
-(:func:`amic.targets.defaults`). Every ``amic`` start reads this module, so it
+(:func:`amic.targets.defaults`), and so does the table in docs/ec2.md
+(``tools/option-table``). Every ``amic`` start reads this module, so it
 imports nothing heavy (the options classes are attrs classes, whose creation
 and imports cost tens of milliseconds).
 """
