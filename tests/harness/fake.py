@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from amic.contract import MARK_VAR, STATE_DIR, TAG_KIND, TAG_SERVICE, UPLOAD_PATH, own_prefix
-from amic.targets.base import Image, Target
+from amic.targets.base import Image, Machine, Target
 
 STAGE2 = f"{STATE_DIR}/stage2"
 # The chain a-b-c the engine's unit tests build on the fake (test_engine.py and
@@ -49,7 +49,7 @@ SERVICE c
 _EXPAND = re.compile(r"\$\{(\w+)(?:#([^}]*))?\}|\$(\w+)")
 
 
-class FakeMachine:
+class FakeMachine(Machine):
     def __init__(self, target: FakeTarget, image: Image) -> None:
         self.target = target
         self.image = image

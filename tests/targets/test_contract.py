@@ -243,3 +243,22 @@ def test_arg_value_never_on_a_disk(subject):
     assert subject.read(run.result.image_id, "/etc/contract-b") == "b-v1\n"   # the INIT saw it
     assert subject.disk_holding(b"b-v1"), "the search finds what the INITs wrote"
     assert subject.disk_holding(TOKEN.encode()) == []
+
+
+# c's INIT redraws a progress line (the same services: an ssh host keeps its stage2's)
+PROGRESS = AMIFILE.replace("    INIT echo c-v1 > /etc/contract-c", r"""    INIT <<~EOF
+        printf 'fetch 10%%\rfetch 55%%\rfetch done\n'
+        echo c-v1 > /etc/contract-c
+    EOF""")
+
+
+def test_a_redrawn_progress_line_shows_its_last_state_on_every_target(subject):
+    # Each machine hands the line over as written; the engine's router alone makes it
+    # what a terminal shows, so every target prints (and keeps) the same line.
+    if subject.name == "fake":
+        pytest.skip("the fake interprets echo only; the router's rule: tests/unit")
+    run = ok(subject, PROGRESS)
+    text = run.log.getvalue()
+    assert PROGRESS != AMIFILE
+    assert re.search(r"\bc \| fetch done$", text, re.MULTILINE), run
+    assert "fetch 10%" not in text and "fetch 55%" not in text and "\r" not in text, run

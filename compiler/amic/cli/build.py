@@ -44,8 +44,8 @@ def register(sub) -> None:
                    help="which layers to keep as reusable images: none, last, all, auto (when "
                    "init time since the last checkpoint exceeds a snapshot's cost), or service "
                    "names separated by commas; the last layer is always kept unless none "
-                   "(default: the target's; local: all, ec2: last). Given explicitly, it is "
-                   "honoured when the image is cached too: checkpoints it asks for that an "
+                   "(default: the target's; local: all, ec2: auto, ssh: none). Given explicitly, "
+                   "it is honoured when the image is cached too: checkpoints it asks for that an "
                    "earlier build skipped are made (the image stays)")
     p.add_argument("--on-error", choices=["cleanup", "abort"], default="cleanup",
                    help="abort: leave the failed machine for debugging and print how to reach it "

@@ -23,11 +23,12 @@ def add_aws_options(parser: argparse.ArgumentParser) -> None:
     add_option_groups(parser, AWS_OPTIONS)
 
 
-def add_ec2_build_options(parser: argparse.ArgumentParser, *, aws_options: bool = True) -> None:
-    """Options of ``--target ec2`` (for ``amic build`` and ``amic launch``)."""
+def add_ec2_build_options(parser: argparse.ArgumentParser, *, aws_options: bool = True,
+                          command: str = "build") -> None:
+    """Options of ``--target ec2`` for ``command`` (``build`` or ``launch``: the rows it uses)."""
     if aws_options:
         add_aws_options(parser)
-    add_option_groups(parser, EC2_OPTIONS)
+    add_option_groups(parser, EC2_OPTIONS, command)
 
 
 def _target(args):
@@ -242,6 +243,6 @@ def add_ec2_parsers(sub) -> None:
                    help="also run COMMAND on the instance after boot (its exit status counts)")
     p.add_argument("--on-error", choices=["cleanup", "abort"], default="cleanup",
                    help=argparse.SUPPRESS)
-    add_ec2_build_options(p)
+    add_ec2_build_options(p, command="launch")
     p.set_defaults(func=cmd_launch)
 

@@ -1,8 +1,9 @@
 """A target's option table (``amic.targets.Option`` rows) as argparse flags.
 
 The rows are the target's; this module only knows argparse. Every flag's
-default is None (repeatable ones too): an option not given stays unset, and the
-target's options class supplies its default, so no default is written twice.
+argparse default is None (repeatable ones too): an option not given stays
+unset, and the target's options class supplies its default, which it takes from
+the row; --help shows the row's (:attr:`amic.targets.Option.help_text`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from amic.targets import Option
 
 
 def add_option_table(parser: argparse.ArgumentParser, title: str,
-                     rows: Iterable[Option]) -> None:
-    """One --help section ``title`` with a flag per row."""
+                     rows: Iterable[Option], command: str | None = None) -> None:
+    """One --help section ``title`` with a flag per row; rows ``command`` does not use
+    (:meth:`Option.taken_by`) are accepted but not listed."""
     group = parser.add_argument_group(title)
     for row in rows:
         kwargs: dict = {"dest": row.dest, "action": row.action, "default": None}
-        if row.help is not None:
-            kwargs["help"] = row.help
+        if not row.taken_by(command):
+            kwargs["help"] = argparse.SUPPRESS
+        elif row.help_text is not None:
+            kwargs["help"] = help_string(row)
         if row.action in ("store", "append"):
             for key in ("metavar", "type", "choices"):
                 value = getattr(row, key)
@@ -29,10 +33,18 @@ def add_option_table(parser: argparse.ArgumentParser, title: str,
         group.add_argument(*row.flags, **kwargs)
 
 
-def add_option_groups(parser: argparse.ArgumentParser, rows: Iterable[Option]) -> None:
-    """A section per ``group`` of ``rows``, in the order the groups first appear."""
+def help_string(row: Option) -> str | None:
+    """The row's --help line for argparse, which reads ``%`` as a format."""
+    text = row.help_text
+    return None if text is None else text.replace("%", "%%")
+
+
+def add_option_groups(parser: argparse.ArgumentParser, rows: Iterable[Option],
+                      command: str | None = None) -> None:
+    """A section per ``group`` of ``rows``, in the order the groups first appear; for
+    ``command``, the rows it takes listed (the others accepted, unlisted)."""
     groups: dict[str, list[Option]] = {}
     for row in rows:
         groups.setdefault(row.group, []).append(row)
     for title, members in groups.items():
-        add_option_table(parser, title, members)
+        add_option_table(parser, title, members, command)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from amic.cli.options import help_string
 from amic.targets.ssh.flags import EXCLUSIVE, SSH_OPTIONS, TITLE
 
 
@@ -20,7 +21,7 @@ def add_ssh_build_options(parser: argparse.ArgumentParser) -> None:
     exclusive = section.add_mutually_exclusive_group()
     for row in SSH_OPTIONS:
         kwargs: dict = {"dest": row.dest, "action": row.action, "default": None,
-                        "help": row.help}
+                        "help": help_string(row)}
         if row.metavar is not None:
             kwargs["metavar"] = row.metavar
         (exclusive if row.dest in EXCLUSIVE else section).add_argument(*row.flags, **kwargs)

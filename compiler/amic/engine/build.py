@@ -304,7 +304,7 @@ def _run(b: BuildState, command: str, what: str, *, env: Mapping[str, str] | Non
 def upload_stage2(b: BuildState, tarball: Path) -> None:
     b.reporter.begin("uploading stage2")
     install = 'd=$(mktemp -d) && cd "$d" && tar -xf {src} && sh stage2/amic install; rc=$?; cd /; '
-    if getattr(b.machine, "takes_stdin", False):    # one command instead of a copy and a command
+    if b.machine.takes_stdin:    # one command instead of a copy and a command
         rc, router = _run(b, install.format(src="-") + 'rm -rf "$d"; exit $rc', "install",
                           stdin_path=tarball)
     else:
@@ -321,7 +321,7 @@ def mark_build_key(b: BuildState) -> None:
     """Mark the key this build logs in with (cloud-init installed it): prepare-image and
     every checkpoint remove all marked lines, so no image, this one or one built on its
     layers, authorises it."""
-    public = getattr(b.machine, "build_public_key", None)
+    public = b.machine.build_public_key
     if not public:
         return
     fields = public.split()
@@ -410,7 +410,7 @@ def finalize(b: BuildState) -> None:
     if b.target.keeps_images:
         command += f" && {contract.RUNNER} prepare-image"
         # The key this build logged in with must not be baked into the image.
-        build_key = getattr(b.machine, "build_public_key", None)
+        build_key = b.machine.build_public_key
         if build_key:
             command += f" --remove-authorized-key {shlex.quote(build_key)}"
     b.reporter.begin("install-boot-hook" + (", prepare-image" if b.target.keeps_images else ""))

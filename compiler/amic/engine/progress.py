@@ -39,6 +39,7 @@ import time
 from typing import TextIO
 
 from amic.contract import FAILED_AT, MARKER, MASK_MIN, own_prefix
+from amic.targets.base import terminal_line
 
 TAIL_LINES = 15
 MASK = "***"
@@ -155,6 +156,8 @@ class OutputRouter:
         return list(self.tails.get(service, ()))
 
     def __call__(self, line: str) -> None:
+        # Here and only here, for every target: a machine hands lines over as written.
+        line = terminal_line(line)
         if self.prefix is None:
             line = self.redact(line) if self.redact is not None else line
             if MARKER.match(line):

@@ -56,10 +56,53 @@ class Option(NamedTuple):
     """The options attribute it sets, when not ``dest`` (``--expire-after`` sets ``ttl``)."""
     convert: Callable[[object], object] | None = None
     """Turns the parsed value into the attribute's (a duration text into a timedelta)."""
+    default: object = None
+    """The value when the flag is not given, as the flag would spell it (``4h``), converted
+    like a given one: the options class takes its field's default from here
+    (:func:`defaults`), so it is written once. None: no value (see ``unset``)."""
+    unset: str | None = None
+    """What not giving the flag means, when that is more than ``default`` (``the subnet's
+    setting``; with a default, what comes before it: ``AWS_RETRY_MODE`` or standard)."""
+    commands: Sequence[str] | None = None
+    """The commands that use it (``build``); None: every command its table is added to.
+    Another command still accepts it, unlisted, so no command line that worked stops working."""
+
+    def taken_by(self, command: str | None) -> bool:
+        return command is None or self.commands is None or command in self.commands
 
     @property
     def attribute(self) -> str:
         return self.field or self.dest
+
+    @property
+    def default_text(self) -> str | None:
+        """The default as ``--help`` shows it; None for a flag that is off unless given."""
+        value = None if self.default is None else _spell(self.default)
+        if self.unset and value is not None:
+            return f"{self.unset} or {value}"
+        return self.unset or value
+
+    @property
+    def help_text(self) -> str | None:
+        """The --help line: ``help`` and the default, which no help string repeats."""
+        shown = self.default_text
+        if shown is None or self.help is None and self.action != "store":
+            return self.help
+        return f"{self.help} (default: {shown})" if self.help else f"default: {shown}"
+
+
+def _spell(value: object) -> str:
+    """A default as a user types it: ``600`` for 600.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def defaults(rows: Iterable[Option]) -> dict[str, object]:
+    """``{attribute: default}`` of the rows that have one, converted like a given value: the
+    options class's field defaults (the one place they are written is the table)."""
+    return {row.attribute: row.convert(row.default) if row.convert else row.default
+            for row in rows if row.default is not None}
 
 
 def option_values(args, rows: Iterable[Option], *names: str) -> dict[str, object]:

@@ -13,14 +13,24 @@ import abc
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import attrs
 
 from amic.contract import KIND_LAYER, TAG_KIND, TAG_SERVICE
 
 OutputCallback = Callable[[str], None]
-"""Receives remote output one line at a time (without the newline)."""
+"""Receives remote output one line at a time (without the newline), as the machine wrote it:
+a progress bar redrawn with carriage returns (apt, dpkg) arrives whole."""
+
+
+def terminal_line(raw: str) -> str:
+    """A line as a terminal shows it: progress redrawn with carriage returns keeps its last state.
+
+    The one rule for every target: the engine's ``OutputRouter`` applies it to each line a
+    build's machine writes, so no machine does (and ssh and ec2 show the same line alike).
+    """
+    line = raw.rstrip("\n").rstrip("\r")
+    return line.rsplit("\r", 1)[-1] if "\r" in line else line
 
 
 @attrs.frozen
@@ -36,8 +46,20 @@ class Image:
     """ISO-8601 creation time, when the target knows it."""
 
 
-class Machine(Protocol):
-    """A running machine (or chroot, or existing host) commands can be run on."""
+class Machine:
+    """A running machine (or chroot, or existing host) commands can be run on.
+
+    Every target's machine derives from it: the optional capabilities are attributes
+    here, with the value a machine without them has, so the engine reads them plainly.
+    """
+
+    takes_stdin: bool = False
+    """True when ``run`` also takes ``stdin_path`` (a local file fed to the command's standard
+    input); the engine then pipes the stage2 into its install command instead of a ``put``
+    and a second command."""
+    build_public_key: str | None = None
+    """The authorized_keys line a build logged in with, if the target installed one; the
+    engine has prepare-image remove it before the snapshot."""
 
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
             on_output: OutputCallback | None = None, timeout: float | None = None) -> int:
@@ -45,20 +67,18 @@ class Machine(Protocol):
 
         ``env`` values (ARG values among them) must reach the command without
         being written to the machine's disk or shown on its command line.
-        Output (stdout and stderr, merged) is passed to ``on_output`` line by line.
+        Output (stdout and stderr, merged) is passed to ``on_output`` line by line, carriage
+        returns and all (the engine's router shows it as a terminal would: ``terminal_line``).
         """
+        raise NotImplementedError
 
     def put(self, local: Path, remote: str, *, mode: int = 0o600) -> None:
         """Upload one file."""
+        raise NotImplementedError
 
     def describe(self) -> str:
         """How a human reaches this machine (printed with --on-error=abort)."""
-
-    # Optional: ``build_public_key`` (str), the authorized_keys line a build
-    # logged in with; the engine has prepare-image remove it before the snapshot.
-    # Optional: ``takes_stdin = True`` when ``run`` also takes ``stdin_path`` (a local
-    # file fed to the command's standard input); the engine then pipes the stage2
-    # into its install command instead of a ``put`` and a second command.
+        raise NotImplementedError
 
 
 CHECKPOINT_POLICIES = ("none", "last", "all", "auto")

@@ -4,9 +4,12 @@ These rows are the only list of the ec2 flags: ``amic.cli.ec2`` adds them to
 ``amic build``, ``amic launch``, ``amic gc`` and ``amic ami`` (through
 ``amic.cli.options``), and :func:`amic.targets.ec2.options.options_from_values`
 turns what was given back into options; the value parsers the rows name
-(:func:`parse_duration`, :func:`key_values`) are here too. Defaults live in the
-options classes alone. Every ``amic`` start reads this module, so it imports nothing heavy
-(the options classes are attrs classes, whose creation costs milliseconds).
+(:func:`parse_duration`, :func:`key_values`) are here too. Defaults are written
+here alone, one per row; the options classes take theirs from the rows
+(:func:`amic.targets.defaults`), and so does the table in docs/ec2.md
+(``tools/option-table``). Every ``amic`` start reads this module, so it
+imports nothing heavy (the options classes are attrs classes, whose creation
+and imports cost tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -52,79 +55,86 @@ _INSTANCE = "ec2 target: the build instance"
 _SSH = "ec2 target: SSH"
 _AMI = "ec2 target: the final AMI"
 
+BUILD = ("build",)
+"""Rows only ``amic build`` uses: ``amic launch`` makes no AMI and resolves no base, so
+it reads neither the AMI's name, tags, copies and shares nor ``--arch``."""
+
 AWS_OPTIONS: tuple[Option, ...] = (
-    Option(["--region"], "region", _AWS, "AWS region (default: AWS_REGION / the profile's)"),
+    Option(["--region"], "region", _AWS, "AWS region", unset="AWS_REGION / the profile's"),
     Option(["--profile"], "profile", _AWS,
-           "named profile from ~/.aws/config (default: AWS_PROFILE)"),
+           "named profile from ~/.aws/config", unset="AWS_PROFILE"),
     Option(["--endpoint-url"], "endpoint_url", _AWS,
            "EC2 endpoint (normally set with AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL)",
            metavar="URL"),
     Option(["--retry-mode"], "retry_mode", _AWS,
-           "botocore retry mode (default: AWS_RETRY_MODE or standard)", choices=RETRY_MODES),
+           "botocore retry mode", choices=RETRY_MODES, default="standard",
+           unset="AWS_RETRY_MODE"),
     Option(["--max-attempts"], "max_attempts", _AWS,
-           "attempts per API call, throttling included (default: AWS_MAX_ATTEMPTS or 10)",
-           metavar="N", type=int),
+           "attempts per API call, throttling included", metavar="N", type=int, default=10,
+           unset="AWS_MAX_ATTEMPTS"),
 )
 """How to reach AWS (:class:`~amic.targets.ec2.session.AwsOptions`): every ec2 command has them."""
 
 EC2_OPTIONS: tuple[Option, ...] = (
-    Option(["--instance-type"], "instance_type", _INSTANCE, "default: t3.micro"),
+    Option(["--instance-type"], "instance_type", _INSTANCE, default="t3.micro"),
     Option(["--arch"], "arch", _INSTANCE,
-           "architecture of the base image (default: from the instance type)",
-           choices=("x86_64", "arm64")),
-    Option(["--volume-size"], "volume_size", _INSTANCE, "root volume size (default: the image's)",
-           metavar="GIB", type=int),
-    Option(["--volume-type"], "volume_type", _INSTANCE, "root volume type (default: gp3)"),
+           "architecture of the base image",
+           choices=("x86_64", "arm64"), unset="from the instance type", commands=BUILD),
+    Option(["--volume-size"], "volume_size", _INSTANCE, "root volume size",
+           metavar="GIB", type=int, unset="the image's"),
+    Option(["--volume-type"], "volume_type", _INSTANCE, "root volume type", default="gp3"),
     Option(["--subnet"], "subnet_id", _INSTANCE, "launch into this subnet", metavar="SUBNET_ID"),
     Option(["--vpc"], "vpc_id", _INSTANCE,
-           "VPC of the temporary security group (default: the subnet's or the default VPC)",
-           metavar="VPC_ID"),
+           "VPC of the temporary security group",
+           metavar="VPC_ID", unset="the subnet's or the default VPC"),
     Option(["--security-group"], "security_group_ids", _INSTANCE,
            "use this security group instead of a temporary one (repeatable)",
            metavar="SG_ID", action="append"),
     Option(["--ssh-cidr"], "ssh_cidrs", _INSTANCE,
-           "who may reach port 22 through the temporary group (repeatable; default: "
-           "this machine's public address, from checkip.amazonaws.com)",
-           metavar="CIDR", action="append"),
+           "who may reach port 22 through the temporary group (repeatable)",
+           metavar="CIDR", action="append",
+           unset="this machine's public address, from checkip.amazonaws.com"),
     Option(["--public-ip"], "associate_public_ip", _INSTANCE,
-           "give the instance a public address (default: the subnet's setting)",
-           action="store_true"),
+           "give the instance a public address",
+           action="store_true", unset="the subnet's setting"),
     Option(["--no-public-ip"], "associate_public_ip", _INSTANCE, action="store_false"),
     Option(["--iam-instance-profile"], "iam_instance_profile", _INSTANCE,
            "instance profile for INIT scripts", metavar="NAME|ARN"),
     Option(["--key-type"], "key_type", _INSTANCE,
            "temporary key pair type (rsa for images without ed25519 support)",
-           choices=("ed25519", "rsa")),
+           choices=("ed25519", "rsa"), default="ed25519"),
     Option(["--expire-after"], "expire_after", _INSTANCE,
            "temporary resources carry amic:expires = now + this; `amic gc` removes "
-           "them afterwards if a build could not (default: 4h)",
-           metavar="DURATION", field="ttl", convert=parse_duration),
+           "them afterwards if a build could not",
+           metavar="DURATION", field="ttl", convert=parse_duration, default="4h"),
     Option(["--poll-interval"], "poll_interval", _INSTANCE,
-           "waiter delay between checks (default: 5)", metavar="SECONDS", type=float),
+           "waiter delay between checks", metavar="SECONDS", type=float, default=5.0),
     Option(["--instance-timeout"], "instance_timeout", _INSTANCE,
-           "wait this long for an instance to run/stop/terminate (default: 900)",
-           metavar="SECONDS", type=float),
+           "wait this long for an instance to run/stop/terminate",
+           metavar="SECONDS", type=float, default=900.0),
     Option(["--image-timeout"], "image_timeout", _INSTANCE,
-           "wait this long for an image to become available (default: 3600)",
-           metavar="SECONDS", type=float),
+           "wait this long for an image to become available",
+           metavar="SECONDS", type=float, default=3600.0),
 
     Option(["--ssh-user"], "ssh_user", _SSH,
-           "login user (default: the base image's: admin, ubuntu, ec2-user)"),
+           "login user",
+           unset="the base image's: admin, ubuntu, ec2-user"),
     Option(["--ssh-host"], "ssh_host", _SSH,
            "connect here instead of the instance's address (port forwarding, private setups)"),
-    Option(["--ssh-port"], "ssh_port", _SSH, "default: 22", type=int),
+    Option(["--ssh-port"], "ssh_port", _SSH, type=int, default=22),
     Option(["--ssh-interface"], "ssh_interface", _SSH,
-           "which address of the instance to use (default: public-ip)",
-           choices=("public-ip", "private-ip", "public-dns", "private-dns")),
+           "which address of the instance to use",
+           choices=("public-ip", "private-ip", "public-dns", "private-dns"), default="public-ip"),
     Option(["--ssh-jump-host"], "jump_host", _SSH, "reach the instance through this bastion",
            metavar="[USER@]HOST[:PORT]"),
     Option(["--ssh-jump-key"], "jump_key", _SSH,
-           "private key for the bastion (default: the SSH agent / ~/.ssh)", metavar="FILE"),
-    Option(["--ssh-timeout"], "ssh_timeout", _SSH, "wait this long for SSH (default: 600)",
-           metavar="SECONDS", type=float),
+           "private key for the bastion", metavar="FILE",
+           unset="the SSH agent / ~/.ssh"),
+    Option(["--ssh-timeout"], "ssh_timeout", _SSH, "wait this long for SSH",
+           metavar="SECONDS", type=float, default=600.0),
     Option(["--console-timeout"], "console_timeout", _SSH,
-           "wait this long for host key fingerprints on the console (default: 600)",
-           metavar="SECONDS", type=float),
+           "wait this long for host key fingerprints on the console",
+           metavar="SECONDS", type=float, default=600.0),
     Option(["--ssh-host-key-fingerprint"], "host_key_fingerprints", _SSH,
            "accept only this host key (repeatable); skips the console",
            metavar="SHA256:…", action="append"),
@@ -132,24 +142,27 @@ EC2_OPTIONS: tuple[Option, ...] = (
            "accept the host key the instance first presents, unverified", action="store_true"),
 
     Option(["--ami-name"], "image_name", _AMI,
-           "name template: {name} {amifile} {key} {build_id} {stamp} {timestamp} {date} {label[NAME]} "
-           "(default: {name}-{key}-{stamp}-{build_id})", metavar="TEMPLATE"),
-    Option(["--ami-description"], "image_description", _AMI, metavar="TEMPLATE"),
+           "name template: {name} {amifile} {key} {build_id} {stamp} {timestamp} {date} "
+           "{label[NAME]}",
+           metavar="TEMPLATE", default="{name}-{key}-{stamp}-{build_id}", commands=BUILD),
+    Option(["--ami-description"], "image_description", _AMI, metavar="TEMPLATE",
+           default="built by amic from {amifile} (key {key})", commands=BUILD),
     Option(["--ami-tag"], "image_tags", _AMI,
            "extra tag on the final AMI and its snapshots (repeatable)", metavar="KEY=VALUE",
-           action="append", convert=functools.partial(key_values, flag="--ami-tag")),
+           action="append", convert=functools.partial(key_values, flag="--ami-tag"),
+           commands=BUILD),
     Option(["--copy-to-region"], "copy_regions", _AMI, "copy the final AMI there (repeatable)",
-           metavar="REGION", action="append"),
+           metavar="REGION", action="append", commands=BUILD),
     Option(["--encrypt"], "encrypt", _AMI, "encrypt the root volume (and so the AMIs)",
            action="store_true"),
-    Option(["--kms-key-id"], "kms_key_id", _AMI, "KMS key for --encrypt (default: aws/ebs)",
-           metavar="KEY"),
+    Option(["--kms-key-id"], "kms_key_id", _AMI, "KMS key for --encrypt",
+           metavar="KEY", unset="aws/ebs"),
     Option(["--share-with"], "share_accounts", _AMI,
            "grant launch permission to this account (repeatable)", metavar="ACCOUNT",
-           action="append"),
+           action="append", commands=BUILD),
     Option(["--force-deregister"], "force_deregister", _AMI,
            "deregister an existing AMI of the same name (and its snapshots) first",
-           action="store_true"),
+           action="store_true", commands=BUILD),
 )
 """The ec2 target's own flags (``amic build --target ec2``, ``amic launch``)."""
 

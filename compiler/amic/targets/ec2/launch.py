@@ -15,7 +15,7 @@ import time
 
 from amic.contract import RUNNER
 from amic.errors import BuildError, UsageError
-from amic.targets.base import Image
+from amic.targets.base import Image, terminal_line
 
 
 
@@ -89,7 +89,11 @@ def launch_and_check(target, image_ref: str, *, services: list[str], keep: bool 
                    + (f" (requested: {', '.join(services)})" if services else ""))
         status = wait_for_boot(machine, boot_timeout, poll=max(target.opts.poll_interval, 0.2))
         target.log(f"boot: {status.get('last_boot_result')}")
-        rc = machine.run(f"{RUNNER} status", on_output=lambda line: print(line, file=out))
+
+        def show(line: str) -> None:    # not a build's router: shown as a terminal would
+            print(terminal_line(line), file=out)
+
+        rc = machine.run(f"{RUNNER} status", on_output=show)
         for problem in failures(status):
             target.log(f"service failed at boot: {problem}")
         missing = [s for s in services
@@ -98,6 +102,6 @@ def launch_and_check(target, image_ref: str, *, services: list[str], keep: bool 
             target.log(f"requested services not enabled at boot: {', '.join(missing)}")
             rc = rc or 1
         if command:
-            crc = machine.run(command, on_output=lambda line: print(line, file=out))
+            crc = machine.run(command, on_output=show)
             rc = rc or crc
     return rc

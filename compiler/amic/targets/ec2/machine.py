@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from amic.contract import RUNNER, STATE_DIR
 from amic.errors import BuildError
+from amic.targets.base import Machine
 from amic.targets.ec2 import hostkeys, resources, waiters
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.options import Ec2Options
@@ -36,7 +37,7 @@ class _Thaw(Exception):
     """Leaves the guard's output callback: closing its channel is the thaw request."""
 
 
-class Ec2Machine:
+class Ec2Machine(Machine):
     """An instance reached over SSH; reconnects (and starts it again) after a snapshot."""
 
     def __init__(self, ec2, opts: Ec2Options, log: Callable[[str], None], instance_id: str,
@@ -63,6 +64,8 @@ class Ec2Machine:
         self.key_file: Path | None = None
         self.build_public_key: str | None = None
         """The key pair's public line (cloud-init installs it; the engine has it removed)."""
+        self.heartbeat: resources.Heartbeat | None = None
+        """Keeps the build's resources marked alive for ``amic gc``; a kept machine's is let go."""
         self.source_image: str | None = None
         """The AMI this instance was launched from."""
         self.root_volume: tuple[str, str] | None = None
@@ -73,12 +76,8 @@ class Ec2Machine:
 
     # Machine protocol ------------------------------------------------------------
     def run(self, command, *, env=None, on_output=None, timeout=None) -> int:
-        from amic.targets.local.rootfs import terminal_line
-
-        # progress redrawn with carriage returns (apt, dpkg) shows as its last state
-        out = (lambda line: on_output(terminal_line(line))) if on_output else None
         with self._ssh_errors(f"running a command on {self.instance_id}"):
-            return self.connection().run(command, env=env, on_output=out, timeout=timeout)
+            return self.connection().run(command, env=env, on_output=on_output, timeout=timeout)
 
     def put(self, local, remote, *, mode=0o600) -> None:
         with self._ssh_errors(f"uploading {remote} to {self.instance_id}"):

@@ -2,7 +2,7 @@
 
 The flags are the table in :mod:`amic.targets.ec2.flags`; :func:`options_from_values`
 turns the values given through it (``{dest: value}``, None for not given) into
-options, with the defaults written here only.
+options. The defaults are the table's (:data:`DEFAULTS`), written there once.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from collections.abc import Mapping
 import attrs
 
 from amic.errors import UsageError
-from amic.targets import given
+from amic.targets import defaults, given
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS
 
 ON_ERROR = ("cleanup", "abort")
+
+DEFAULTS = defaults(EC2_OPTIONS)
+"""``{attribute: default}`` of the flags that have one (``--instance-type``: t3.micro)."""
 
 
 @attrs.define
@@ -26,12 +29,12 @@ class Ec2Options:
     """Everything ``--target ec2`` can be told (flags: ``amic.targets.ec2.flags``)."""
 
     aws: aws.AwsOptions = attrs.field(factory=aws.AwsOptions)
-    instance_type: str = "t3.micro"
+    instance_type: str = DEFAULTS["instance_type"]
     arch: str | None = None
     """``x86_64`` or ``arm64``; by default from the instance type."""
     volume_size: int | None = None
     """Root volume GiB (default: the image's)."""
-    volume_type: str = "gp3"
+    volume_type: str = DEFAULTS["volume_type"]
     subnet_id: str | None = None
     vpc_id: str | None = None
     security_group_ids: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -41,11 +44,11 @@ class Ec2Options:
     iam_instance_profile: str | None = None
     ssh_user: str | None = None
     ssh_host: str | None = None
-    ssh_port: int = 22
-    ssh_interface: str = "public-ip"
+    ssh_port: int = DEFAULTS["ssh_port"]
+    ssh_interface: str = DEFAULTS["ssh_interface"]
     """Address used without ``ssh_host``: public-ip, private-ip, public-dns, private-dns."""
-    ssh_timeout: float = 600.0
-    console_timeout: float = 600.0
+    ssh_timeout: float = DEFAULTS["ssh_timeout"]
+    console_timeout: float = DEFAULTS["console_timeout"]
     """How long to wait for the host key fingerprints on the console."""
     trust_on_first_use: bool = False
     host_key_fingerprints: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -53,21 +56,21 @@ class Ec2Options:
     jump_host: str | None = None
     """``[user@]host[:port]`` of a bastion, reached with the SSH agent / ``jump_key``."""
     jump_key: str | None = None
-    key_type: str = "ed25519"
-    ttl: dt.timedelta = dt.timedelta(hours=4)
+    key_type: str = DEFAULTS["key_type"]
+    ttl: dt.timedelta = DEFAULTS["ttl"]
     """How long temporary resources live before ``amic gc`` may remove them."""
-    image_name: str = "{name}-{key}-{stamp}-{build_id}"
+    image_name: str = DEFAULTS["image_name"]
     """Final AMI name template: {amifile} {key} {build_id} {timestamp} {date} and labels {label[x]}."""
-    image_description: str = "built by amic from {amifile} (key {key})"
+    image_description: str = DEFAULTS["image_description"]
     image_tags: Mapping[str, str] = attrs.field(factory=dict)
     copy_regions: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     encrypt: bool = False
     kms_key_id: str | None = None
     share_accounts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     force_deregister: bool = False
-    poll_interval: float = 5.0
-    instance_timeout: float = 900.0
-    image_timeout: float = 3600.0
+    poll_interval: float = DEFAULTS["poll_interval"]
+    instance_timeout: float = DEFAULTS["instance_timeout"]
+    image_timeout: float = DEFAULTS["image_timeout"]
     on_error: str = "cleanup"
 
 

@@ -23,8 +23,9 @@ import attrs
 from amic import __version__
 from amic.contract import TAG_BUILD
 from amic.errors import BuildError, UsageError
+from amic.targets import defaults
 from amic.targets.ec2 import owner
-from amic.targets.ec2.flags import RETRY_MODES
+from amic.targets.ec2.flags import AWS_OPTIONS, RETRY_MODES
 
 TOOL = "amic"
 TAG_TOOL = "amic:tool"
@@ -37,6 +38,8 @@ TAG_ROLE = "amic:role"
 MAX_TAGS = 50
 """EC2's limit of tags per resource."""
 
+_DEFAULTS = defaults(AWS_OPTIONS)
+"""The defaults of the AWS flags (``--retry-mode``, ``--max-attempts``), written in the table."""
 
 
 @attrs.frozen
@@ -47,9 +50,9 @@ class AwsOptions:
     region: str | None = None
     endpoint_url: str | None = None
     """Explicit endpoint; normally unset (``AWS_ENDPOINT_URL_EC2`` is honoured by botocore)."""
-    retry_mode: str = "standard"
+    retry_mode: str = _DEFAULTS["retry_mode"]
     """botocore retry mode; ``AWS_RETRY_MODE`` overrides the default."""
-    max_attempts: int = 10
+    max_attempts: int = _DEFAULTS["max_attempts"]
     """Attempts per API call including the first (throttling is retried with backoff)."""
     connect_timeout: float = 10.0
     read_timeout: float = 60.0

@@ -347,7 +347,7 @@ class Ec2Target(Target):
 
     def _keep(self, stack: contextlib.ExitStack, machine: Ec2Machine, why: str) -> bool:
         machine.key_file = resources.save_private_key(machine.pkey, machine.key_name)
-        beat = getattr(machine, "heartbeat", None)
+        beat = machine.heartbeat
         if beat is not None:     # kept on purpose: it lives until it expires, not 3 beats
             resources.cleanup_quietly(self.log, "heartbeat tags", machine.build_id, beat.forget)
         machine.disconnect()

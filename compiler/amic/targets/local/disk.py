@@ -37,7 +37,7 @@ from pathlib import Path
 from amic.contract import KIND_LAYER, TAG_BASE, TAG_KIND, TAG_PARENT_KEY, TAG_SERVICE
 from amic.errors import BuildError, UsageError
 from amic.fsutil import staged_output
-from amic.targets.base import Image
+from amic.targets.base import Image, terminal_line
 from amic.targets.local import rootfs
 
 ROOT_LABEL = "amic-root"
@@ -149,6 +149,7 @@ def vm_layer(target, image: Image, *, log=None) -> Image:
     tail: list[str] = []
 
     def out(line: str) -> None:
+        line = terminal_line(line)   # not the engine's router: shown as a terminal would
         tail.append(line)
         del tail[:-30]
         if log:

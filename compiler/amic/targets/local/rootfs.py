@@ -130,12 +130,6 @@ CLEAN_ENV = {
 """The whole environment a command in a root starts with (plus the caller's ``env``)."""
 
 
-def terminal_line(raw: str) -> str:
-    """A line as a terminal shows it: progress redrawn with carriage returns keeps its last state."""
-    line = raw.rstrip("\n").rstrip("\r")
-    return line.rsplit("\r", 1)[-1] if "\r" in line else line
-
-
 def die_with_parent() -> None:
     """``preexec_fn``: SIGKILL the child when the process that started it dies.
 
@@ -201,8 +195,8 @@ def _follow(proc: subprocess.Popen, on_output, timeout: float | None) -> int:
     try:
         assert proc.stdout is not None
         for line in io.TextIOWrapper(proc.stdout, errors="replace", newline="\n"):
-            if on_output:
-                on_output(terminal_line(line))
+            if on_output:   # as written: carriage returns are the reader's (base.terminal_line)
+                on_output(line.removesuffix("\n"))
         return proc.wait(timeout=timeout)
     except BaseException:
         proc.kill()

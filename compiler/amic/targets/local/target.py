@@ -25,14 +25,14 @@ import attrs
 from amic.contract import KIND_BASE, TAG_BASE, TAG_KIND
 from amic.errors import BuildError, UsageError
 from amic.fsutil import LockBusy, file_lock, write_atomic
-from amic.targets.base import Image, Target
+from amic.targets.base import Image, Machine, Target
 from amic.targets.local import boot as booting
 from amic.targets.local import rootfs
 from amic.targets.local.store import ImageStore, image_from_meta, now
 
 
 @attrs.define
-class LocalMachine:
+class LocalMachine(Machine):
     """A writable upper directory over an image's lower chain."""
 
     target: LocalTarget

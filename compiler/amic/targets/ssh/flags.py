@@ -15,11 +15,11 @@ TITLE = "ssh target (--target ssh://user@host[:port]; docs/ssh.md)"
 
 SSH_OPTIONS: tuple[Option, ...] = (
     Option(["--ssh-key"], "ssh_key", TITLE,
-           "private key to log in with (default: the SSH agent, then ~/.ssh/id_*)",
-           metavar="FILE", field="key_file"),
+           "private key to log in with",
+           metavar="FILE", field="key_file", unset="the SSH agent, then ~/.ssh/id_*"),
     Option(["--ssh-known-hosts"], "ssh_known_hosts", TITLE,
            "known_hosts file to check the host key against (and where --ssh-accept-new "
-           "records it; default: ~/.ssh/known_hosts)", metavar="FILE", field="known_hosts"),
+           "records it)", metavar="FILE", field="known_hosts", unset="~/.ssh/known_hosts"),
     Option(["--ssh-accept-new"], "ssh_accept_new", TITLE,
            "accept and record the key of a host never seen before; a changed key is still "
            "refused (like StrictHostKeyChecking=accept-new)",

@@ -1,4 +1,4 @@
-"""An open SSH connection to a host: :class:`SshConnection`, the ``Machine`` protocol.
+"""An open SSH connection to a host: :class:`SshConnection`, a ``Machine``.
 
 **Environment values** (ARG values, which are secrets) never appear on a
 command line and are never written to a file. The remote command is always::
@@ -33,7 +33,7 @@ from typing import Self
 import paramiko
 
 from amic.errors import BuildError
-from amic.targets.base import OutputCallback
+from amic.targets.base import Machine, OutputCallback
 from amic.targets.scripts import script
 from amic.targets.ssh.endpoint import Endpoint, Jump, ssh_command
 from amic.targets.ssh.errors import SshError, SudoError
@@ -49,7 +49,7 @@ command without a terminal, and an orphaned INIT would keep the host's runner lo
 
 
 
-class SshConnection:
+class SshConnection(Machine):
     """A connected host: the ``Machine`` protocol over one SSH transport."""
 
     def __init__(self, *, endpoint: Endpoint, client: paramiko.SSHClient,
