@@ -1,6 +1,6 @@
 """Layer checkpoints and the freeze guard through the real CLI against the EC2 stand-in.
 
-The stand-in's instances are overlay roots on the host's disk (``tests/harness/ec2.py``):
+The stand-in's instances are overlay roots on the host's disk (``tests/harness/ec2/__init__.py``):
 the guard the build runs before each CreateSnapshot must refuse to freeze them (it only
 freezes a whole ext3/ext4/xfs mounted on ``/`` that is PID 1's root), and the build goes
 on with ``sync`` only, saying why. The freezing itself is tested on a loop-mounted ext4

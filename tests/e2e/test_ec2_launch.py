@@ -4,7 +4,7 @@ One small Amifile is built once with ``amic build --target ec2`` (two enabled
 services and two on request: ``test``, whose INIT and UPDATE leave marker
 files, and ``broken``, whose UPDATE fails). Then ``amic launch`` starts
 instances from the final AMI. The stand-in boots them as far as amic is
-concerned (``tests/harness/ec2.py``): it runs the root's own enabled boot units
+concerned (``tests/harness/ec2/__init__.py``): it runs the root's own enabled boot units
 from their unit files after its sshd is up, with ``AMIC_EC2=1`` and
 ``AMIC_IMDS_URL`` pointing at a loopback IMDSv2 that serves the instance's
 tags from moto, only when ``InstanceMetadataTags`` was enabled at launch. So

@@ -1,7 +1,7 @@
 """Crash leftovers found at once (issue 17, item 5): the owner tag on every resource.
 
 The real ``amic build --target ec2`` as a subprocess against moto and the
-instance stand-in (``tests/harness/ec2.py``), with the default 30 s heartbeat:
+instance stand-in (``tests/harness/ec2/__init__.py``), with the default 30 s heartbeat:
 a build killed with -9 on this host is dead for ``amic gc`` and for a build
 waiting on its lease at once, not after three missed beats (90 s). A live
 build is listed as live with its last heartbeat; a tag whose pid now belongs

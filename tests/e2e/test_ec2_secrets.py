@@ -1,7 +1,7 @@
 """A SECRET on the ec2 target, end to end: the INIT sees it, nothing keeps it.
 
 The real CLI builds against moto in server mode and the instance stand-in
-(``tests/harness/ec2.py``). The INIT echoes the secret (so the build output and
+(``tests/harness/ec2/__init__.py``). The INIT echoes the secret (so the build output and
 the runner's log would hold it if nothing masked it) and writes a digest of it
 (proving it saw the value). Then every place a value could land is searched:
 every disk the stand-in's instances wrote (live, terminated, layer snapshots,

@@ -1,7 +1,7 @@
 """A layer cache a team shares: build keys, leases, crash leftovers, digests (issue 10: 5, 6, 7, 9).
 
 The real ``amic`` CLI as a subprocess against moto in server mode, the counting
-proxy and the instance stand-in (``tests/harness/ec2.py``), as in
+proxy and the instance stand-in (``tests/harness/ec2/__init__.py``), as in
 ``test_ec2_e2e.py``. Each build runs with its own ``XDG_CACHE_HOME`` (kept
 private keys, the memo secret) and ``AMIC_CACHE_DIR`` (the memo), and a short
 heartbeat (``AMIC_EC2_HEARTBEAT``) so a killed build's leftovers show within
