@@ -67,6 +67,7 @@ def test_the_targets_scripts_are_found() -> None:
     names = {p.relative_to(REPO / "compiler/amic/targets").as_posix() for p in SHELL_SCRIPTS
              if p.is_relative_to(REPO / "compiler")}
     assert {"local/scripts/enter.sh", "local/scripts/vm-layer.sh", "local/scripts/make-root.sh",
+            "local/scripts/nspawn-boot.sh",
             "ssh/scripts/stop-session.sh", "ssh/scripts/install-upload.sh"} <= names, names
 
 
