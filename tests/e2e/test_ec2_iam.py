@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.ec2 import amic_exe, assert_clean, iam_policy, standin_ec2
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import assert_clean, iam_policy, standin_ec2
 from tests.harness.ec2.iam import MOTO_ENV, IamEnforcement, moto_projection
 
 DOC = iam_policy.documented()
@@ -218,8 +219,7 @@ class Session:
     def amic(self, *argv: str, policy: dict | None = None, env: dict | None = None) -> Run:
         self.iam.use_policy(policy or DOC.policy())
         self.fake.proxy.reset()
-        proc = subprocess.run([amic_exe(), *argv], cwd=self.root, env={**self.env(), **(env or {})},
-                              capture_output=True, text=True, timeout=600, check=False)
+        proc = run_amic(*argv, cwd=self.root, env={**self.env(), **(env or {})}, timeout=600)
         return Run(proc, self.iam)
 
     def build(self, variant: str, *extra: str, policy: dict | None = None,

@@ -68,9 +68,9 @@ import contextlib
 import os
 import shutil
 import stat
-import sys
 from pathlib import Path
 
+from tests.harness.cli import AMIC
 from tests.harness.ec2.api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
                                     MotoServer, free_port, numbered, xml_values)
 from tests.harness.ec2.plain_sshd import PlainSshd  # noqa: F401
@@ -212,7 +212,9 @@ def standin_ec2(tmp_path_factory, moto_env: dict | None = None, *, strict: bool 
 # -- helpers the end-to-end modules share ----------------------------------------------------
 
 def amic_exe() -> str:
-    return shutil.which("amic", path=os.path.dirname(sys.executable)) or "amic"
+    """The ``amic`` the tests run (``tests/harness/cli.py``), for a test that must hold the
+    process itself (``Popen``); otherwise ``run_amic``."""
+    return AMIC
 
 
 def assert_clean(fake) -> None:
