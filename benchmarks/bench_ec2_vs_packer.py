@@ -1,6 +1,6 @@
 """``amic build --target ec2`` vs Packer's ``amazon-ebs``, side by side, against the same fake EC2.
 
-One moto server (``tests/harness/ec2.py``: moto in server mode behind a loopback
+One moto server (``tests/harness/ec2/__init__.py``: moto in server mode behind a loopback
 proxy that counts every EC2 call) and one instance stand-in (a real sshd over an
 overlay root made from the AMI each instance was launched from) serve both
 tools. Both build the same image: three steps with real package installs

@@ -27,7 +27,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ import pytest
 from amic.targets.local import vm
 
 from tests.harness import dockerd
-from tests.harness.cli import run_amic
+from tests.harness.cli import AMIC, run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -255,9 +254,8 @@ def test_prune_during_a_disk_export_keeps_the_vm_layer_and_the_scratch(project: 
     """The VM layer is use-locked while the disk is written: ``prune --all`` keeps it and the
     export's scratch, and the export completes (issue 18)."""
     out = project / "during-prune.raw"
-    exe = Path(sys.executable).with_name("amic")
     env = {**os.environ, "AMIC_CACHE_DIR": str(STORE)}
-    export = subprocess.Popen([str(exe), "export", "latest", "--format", "raw", "-o", str(out)],
+    export = subprocess.Popen([AMIC, "export", "latest", "--format", "raw", "-o", str(out)],
                               cwd=project, env=env, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     try:

@@ -1,7 +1,7 @@
 """``amic build --target ec2`` end to end: the real CLI against moto and a faithful stand-in.
 
 Each build is the ``amic`` console script run as a subprocess, reaching moto
-through ``AWS_ENDPOINT_URL_EC2`` (the counting proxy of ``tests/harness/ec2.py``;
+through ``AWS_ENDPOINT_URL_EC2`` (the counting proxy of ``tests/harness/ec2/__init__.py``;
 nothing patched) and the instance's SSH side through ``--ssh-host``/``--ssh-port``.
 Every instance is a real sshd over an overlay root made from the image it was
 launched from (the debootstrap base for the registered Debian AMI, frozen

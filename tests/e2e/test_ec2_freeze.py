@@ -1,6 +1,6 @@
 """Layer checkpoints and the freeze guard through the real CLI against the EC2 stand-in.
 
-The stand-in's instances are overlay roots on the host's disk (``tests/harness/ec2.py``):
+The stand-in's instances are overlay roots on the host's disk (``tests/harness/ec2/__init__.py``):
 the guard the build runs before each CreateSnapshot must refuse to freeze them (it only
 freezes a whole ext3/ext4/xfs mounted on ``/`` that is PID 1's root), and the build goes
 on with ``sync`` only, saying why. The freezing itself is tested on a loop-mounted ext4
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 import pytest
 
-from tests.harness.ec2 import amic_exe, assert_clean, standin_ec2
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import assert_clean, standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -37,11 +37,9 @@ def test_standin_root_is_refused_and_checkpoints_sync_only(tmp_path_factory):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMIC_"))}
         env.update(fake.env, NO_COLOR="1", XDG_CACHE_HOME=str(project / "xdg"),
                    AMIC_CACHE_DIR=str(project / "cache"))
-        proc = subprocess.run(
-            [amic_exe(), "build", "--target", "ec2", *fake.ssh_args(), "--ssh-user", "root",
-             "--poll-interval", "0.05", "--checkpoint", "all", "--ssh-timeout", "60",
-             "--console-timeout", "30", "Amifile"],
-            cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
+        proc = run_amic("build", "--target", "ec2", *fake.ssh_args(), "--ssh-user", "root",
+                        "--poll-interval", "0.05", "--checkpoint", "all", "--ssh-timeout", "60",
+                        "--console-timeout", "30", "Amifile", cwd=project, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr
         lines = re.findall(r"layer snapshot snap-\S+ of vol-\S+ \((.*?); (?:pending|completed)",
                            proc.stderr)

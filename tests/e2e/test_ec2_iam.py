@@ -1,8 +1,8 @@
 """docs/ec2.md's IAM policy, enforced: amic through the real CLI as an IAM user of moto.
 
-The policy is read out of docs/ec2.md (``tests/harness/iam_policy.py``): the base
+The policy is read out of docs/ec2.md (``tests/harness/ec2/iam_policy.py``): the base
 document, and one block of statements per optional feature. moto's server runs
-with IAM enforced (``INITIAL_NO_AUTH_ACTION_COUNT``, ``tests/harness/ec2_iam.py``):
+with IAM enforced (``INITIAL_NO_AUTH_ACTION_COUNT``, ``tests/harness/ec2/iam.py``):
 every call must be signed by a known key (amic's own hand-signed DescribeImages of
 the build memo too) and its action allowed; every EC2 call is also evaluated
 against the documented statements as written (resources, ``aws:RequestTag``,
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import iam_policy
-from tests.harness.ec2 import amic_exe, assert_clean, standin_ec2
-from tests.harness.ec2_iam import MOTO_ENV, IamEnforcement, moto_projection
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import assert_clean, iam_policy, standin_ec2
+from tests.harness.ec2.iam import MOTO_ENV, IamEnforcement, moto_projection
 
 DOC = iam_policy.documented()
 
@@ -219,8 +219,7 @@ class Session:
     def amic(self, *argv: str, policy: dict | None = None, env: dict | None = None) -> Run:
         self.iam.use_policy(policy or DOC.policy())
         self.fake.proxy.reset()
-        proc = subprocess.run([amic_exe(), *argv], cwd=self.root, env={**self.env(), **(env or {})},
-                              capture_output=True, text=True, timeout=600, check=False)
+        proc = run_amic(*argv, cwd=self.root, env={**self.env(), **(env or {})}, timeout=600)
         return Run(proc, self.iam)
 
     def build(self, variant: str, *extra: str, policy: dict | None = None,

@@ -4,7 +4,7 @@ One small Amifile is built once with ``amic build --target ec2`` (two enabled
 services and two on request: ``test``, whose INIT and UPDATE leave marker
 files, and ``broken``, whose UPDATE fails). Then ``amic launch`` starts
 instances from the final AMI. The stand-in boots them as far as amic is
-concerned (``tests/harness/ec2.py``): it runs the root's own enabled boot units
+concerned (``tests/harness/ec2/__init__.py``): it runs the root's own enabled boot units
 from their unit files after its sshd is up, with ``AMIC_EC2=1`` and
 ``AMIC_IMDS_URL`` pointing at a loopback IMDSv2 that serves the instance's
 tags from moto, only when ``InstanceMetadataTags`` was enabled at launch. So
@@ -25,7 +25,8 @@ import paramiko
 import pytest
 
 from tests.harness.ec2 import standin_ec2
-from tests.harness.ec2 import amic_exe, assert_clean, image_file
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import assert_clean, image_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -96,23 +97,21 @@ class Project:
         return [*self.fake.ssh_args(), "--ssh-user", "root", "--poll-interval", "0.05",
                 "--ssh-timeout", "60", "--console-timeout", "30"]
 
-    def run(self, argv: list[str]) -> Launch:
+    def run(self, *args: str) -> Launch:
         t0 = time.monotonic()
-        proc = subprocess.run(argv, cwd=self.root, env=self.env(), capture_output=True, text=True,
-                              timeout=300, check=False)
+        proc = run_amic(*args, cwd=self.root, env=self.env(), timeout=300)
         return Launch(proc, time.monotonic() - t0)
 
     def build(self) -> str:
-        b = self.run([amic_exe(), "build", "--target", "ec2", *self.common(),
-                      "--checkpoint", "none", "Amifile"])
+        b = self.run("build", "--target", "ec2", *self.common(), "--checkpoint", "none",
+                     "Amifile")
         assert b.rc == 0, b
         assert_clean(self.fake)
         return b.stdout.strip().splitlines()[-1]
 
     def launch(self, ami: str, *extra: str) -> Launch:
         self.fake.proxy.reset()
-        return self.run([amic_exe(), "launch", ami, *self.common(), "--boot-timeout", "60",
-                         *extra])
+        return self.run("launch", ami, *self.common(), "--boot-timeout", "60", *extra)
 
 
 @pytest.fixture(scope="module")

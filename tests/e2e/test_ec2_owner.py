@@ -1,7 +1,7 @@
 """Crash leftovers found at once (issue 17, item 5): the owner tag on every resource.
 
 The real ``amic build --target ec2`` as a subprocess against moto and the
-instance stand-in (``tests/harness/ec2.py``), with the default 30 s heartbeat:
+instance stand-in (``tests/harness/ec2/__init__.py``), with the default 30 s heartbeat:
 a build killed with -9 on this host is dead for ``amic gc`` and for a build
 waiting on its lease at once, not after three missed beats (90 s). A live
 build is listed as live with its last heartbeat; a tag whose pid now belongs
@@ -24,7 +24,8 @@ import pytest
 from amic.targets.ec2 import owner
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2.resources import DEFAULT_HEARTBEAT, STALE_BEATS, generate_key
-from tests.harness.ec2 import amic_exe, assert_clean, standin_ec2
+from tests.harness.cli import AMIC, run_amic
+from tests.harness.ec2 import assert_clean, standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -53,7 +54,7 @@ class Builds:
                 "AMIC_CACHE_DIR": str(self.home / "cache")}
 
     def start(self) -> tuple[subprocess.Popen, list[str]]:
-        argv = [amic_exe(), "build", "--target", "ec2", *self.fake.ssh_args(), "--ssh-user",
+        argv = [AMIC, "build", "--target", "ec2", *self.fake.ssh_args(), "--ssh-user",
                 "root", "--poll-interval", "0.05", "--checkpoint", "all", "--ssh-timeout", "60",
                 "--console-timeout", "30", "Amifile"]
         proc = subprocess.Popen(argv, cwd=self.project, env=self.env(), text=True,
@@ -74,8 +75,7 @@ class Builds:
                     if re.search(pattern, line))
 
     def gc(self, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([amic_exe(), "gc", *extra], cwd=self.project, env=self.env(),
-                              capture_output=True, text=True, timeout=300, check=False)
+        return run_amic("gc", *extra, cwd=self.project, env=self.env(), timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """A SECRET on the ec2 target, end to end: the INIT sees it, nothing keeps it.
 
 The real CLI builds against moto in server mode and the instance stand-in
-(``tests/harness/ec2.py``). The INIT echoes the secret (so the build output and
+(``tests/harness/ec2/__init__.py``). The INIT echoes the secret (so the build output and
 the runner's log would hold it if nothing masked it) and writes a digest of it
 (proving it saw the value). Then every place a value could land is searched:
 every disk the stand-in's instances wrote (live, terminated, layer snapshots,
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.ec2 import amic_exe, assert_clean, standin_ec2
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import assert_clean, standin_ec2
 from tests.harness.targets import grep
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -52,11 +53,10 @@ def build(fake, project: Path, cache: Path, *extra: str,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMIC_"))}
     env.update(fake.env, AMIC_CACHE_DIR=str(cache), DEPLOY_TOKEN=secret, NO_COLOR="1",
                XDG_CACHE_HOME=str(cache / "xdg"))
-    argv = [amic_exe(), "build", "--target", "ec2", *fake.ssh_args(), "--ssh-user", "root",
-            "--poll-interval", "0.05", "--checkpoint", "all", "--ssh-timeout", "60",
-            "--console-timeout", "30", "--secret", "DEPLOY_TOKEN", *extra, "Amifile"]
-    return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    return run_amic("build", "--target", "ec2", *fake.ssh_args(), "--ssh-user", "root",
+                    "--poll-interval", "0.05", "--checkpoint", "all", "--ssh-timeout", "60",
+                    "--console-timeout", "30", "--secret", "DEPLOY_TOKEN", *extra, "Amifile",
+                    cwd=project, env=env, timeout=600)
 
 
 def everything_ec2_knows(fake) -> str:
@@ -105,8 +105,8 @@ def test_a_secret_reaches_the_init_and_nothing_keeps_it(fake, tmp_path):
 
     # the artifact a compile writes holds no value either (only the name, in no file)
     out = tmp_path / "stage2.tar"
-    subprocess.run([amic_exe(), "compile", "-o", str(out)], cwd=project, check=True,
-                   env={**os.environ, "DEPLOY_TOKEN": SECRET}, capture_output=True)
+    run_amic("compile", "-o", out, cwd=project, check=True,
+             env={**os.environ, "DEPLOY_TOKEN": SECRET})
     assert SECRET.encode() not in out.read_bytes()
 
     # rotating the secret re-runs nothing: the final image is found, no instance starts

@@ -22,7 +22,7 @@ import pytest
 
 from tests.harness.e2e_builds import E2E, Build
 from tests.harness.ec2 import amic_exe, assert_clean, standin_ec2
-from tests.harness.ec2_strict import Strictness
+from tests.harness.ec2.strict import Strictness
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

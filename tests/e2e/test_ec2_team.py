@@ -1,7 +1,7 @@
 """A layer cache a team shares: build keys, leases, crash leftovers, digests (issue 10: 5, 6, 7, 9).
 
 The real ``amic`` CLI as a subprocess against moto in server mode, the counting
-proxy and the instance stand-in (``tests/harness/ec2.py``), as in
+proxy and the instance stand-in (``tests/harness/ec2/__init__.py``), as in
 ``test_ec2_e2e.py``. Each build runs with its own ``XDG_CACHE_HOME`` (kept
 private keys, the memo secret) and ``AMIC_CACHE_DIR`` (the memo), and a short
 heartbeat (``AMIC_EC2_HEARTBEAT``) so a killed build's leftovers show within
@@ -25,7 +25,8 @@ import paramiko
 import pytest
 
 from tests.harness.e2e_builds import AMIFILE, E2E, TOKEN
-from tests.harness.ec2 import amic_exe, assert_clean, image_file, standin_ec2
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import assert_clean, image_file, standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -51,8 +52,7 @@ class Team(E2E):
         return proc, seen
 
     def gc(self, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([amic_exe(), "gc", *extra], cwd=self.project, env=self.env(),
-                              capture_output=True, text=True, timeout=300, check=False)
+        return run_amic("gc", *extra, cwd=self.project, env=self.env(), timeout=300)
 
 
 @pytest.fixture(scope="module")

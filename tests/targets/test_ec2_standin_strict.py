@@ -1,6 +1,6 @@
 """The strict stand-in refuses what EC2 refuses, checked with boto3 (a client nobody here wrote).
 
-One test per strictness of ``tests/harness/ec2_strict.py`` (and the relay's idle sessions
+One test per strictness of ``tests/harness/ec2/strict.py`` (and the relay's idle sessions
 and the first-boot dpkg lock of the instance stand-in). Each shows the refusal, then that
 the same call passes once EC2 would let it (so the strictness is a delay, not a wall).
 The tests that show amic surviving the same strictness are in ``tests/e2e/test_ec2_strict.py``
@@ -19,8 +19,8 @@ import botocore.exceptions
 import pytest
 
 from tests.harness.ec2 import REGION, fake_ec2
-from tests.harness.ec2_boot import Relay
-from tests.harness.ec2_strict import Strictness
+from tests.harness.ec2.boot import Relay
+from tests.harness.ec2.strict import Strictness
 
 pytestmark = pytest.mark.slow
 

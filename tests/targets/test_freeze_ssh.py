@@ -22,7 +22,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.harness.ec2_api import free_port
+from tests.harness.ec2.api import free_port
 from tests.harness.freeze_machine import COMMON, Machine
 
 pytestmark = pytest.mark.root

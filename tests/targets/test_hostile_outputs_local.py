@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from amic.fsutil import FIFO_WAIT, STAGING_MARK
+
+from tests.harness.cli import AMIC, run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -34,7 +35,6 @@ SERVICE web
     INIT echo hi > /etc/web-seen
 """
 NOBODY = 65534
-EXE = str(Path(sys.executable).with_name("amic"))
 
 
 def env_for(store: Path) -> dict:
@@ -42,8 +42,7 @@ def env_for(store: Path) -> dict:
 
 
 def amic(store: Path, cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *args], cwd=cwd, env=env_for(store), capture_output=True,
-                          text=True, timeout=timeout)
+    return run_amic(*args, cwd=cwd, env=env_for(store), timeout=timeout)
 
 
 def clean(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
@@ -128,7 +127,7 @@ def test_an_oci_export_onto_a_full_disk_names_the_output(store, built, tmp_path)
     small.mkdir()
     script = f"""
 mount -t tmpfs -o size=8m tmpfs {small} || exit 99
-{EXE} export {built} --format oci -o {small}/dev.oci.tar
+{AMIC} export {built} --format oci -o {small}/dev.oci.tar
 echo "rc=$?"
 echo "left=$(ls -A {small} | tr '\\n' ' ')"
 """
@@ -147,7 +146,7 @@ def test_prune_keeps_a_live_export_scratch_and_frees_a_killed_one(store, built, 
     legacy = store / "local" / ".oci-leftover"       # where amic put scratch before tmp/
     legacy.mkdir(parents=True)
     (legacy / "layer.tar").write_bytes(b"x" * 100_000)
-    export = subprocess.Popen([EXE, "export", built, "--format", "oci", "-o",
+    export = subprocess.Popen([AMIC, "export", built, "--format", "oci", "-o",
                                str(tmp_path / "dev.oci.tar")], cwd=tmp_path, env=env_for(store),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -182,7 +181,7 @@ def test_prune_keeps_a_live_export_scratch_and_frees_a_killed_one(store, built, 
 
 def test_prune_refuses_while_the_vm_layer_is_being_built(store, built, tmp_path):
     machines = store / "local" / "machines"
-    export = subprocess.Popen([EXE, "export", built, "--format", "raw", "-o",
+    export = subprocess.Popen([AMIC, "export", built, "--format", "raw", "-o",
                                str(tmp_path / "dev.raw")], cwd=tmp_path, env=env_for(store),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -224,7 +223,7 @@ def test_prune_removes_the_staging_beside_the_output_of_a_killed_export(store, b
     out = tmp_path / "outdir"
     out.mkdir()
     (out / "keep.txt").write_text("mine\n")
-    export = subprocess.Popen([EXE, "export", built, "-o", str(out / "dev.tar")], cwd=tmp_path,
+    export = subprocess.Popen([AMIC, "export", built, "-o", str(out / "dev.tar")], cwd=tmp_path,
                               env=env_for(store), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:

@@ -1,7 +1,7 @@
 """The SSH layer (amic.targets.ssh) against a real sshd whose sessions land in a throwaway root.
 
 Units (parsing, quoting, the ssh command shown to humans) run anywhere; the
-rest start ``/usr/sbin/sshd`` through ``tests/sshd.py`` and need root.
+rest start ``/usr/sbin/sshd`` through ``tests/harness/sshd.py`` and need root.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``--target ssh://``: provision a real sshd's throwaway root in place, twice.
 
-The host is ``tests/sshd.py``'s server over a fresh overlay of the Debian base;
+The host is ``tests/harness/sshd.py``'s server over a fresh overlay of the Debian base;
 the whole chain runs for real (compiler, engine, runtime on the "host").
 """
 

@@ -1,8 +1,8 @@
-"""amic's EC2 calls survive the strict stand-in (``tests/harness/ec2_strict.py``).
+"""amic's EC2 calls survive the strict stand-in (``tests/harness/ec2/strict.py``).
 
 Each test first shows the strictness biting (a plain boto3 call without retries, or the
 look-up amic used before, is refused or misses), then that amic's own function gets
-through it. The refusals themselves are checked in ``tests/targets/test_ec2_strict.py``.
+through it. The refusals themselves are checked in ``tests/targets/test_ec2_standin_strict.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from amic.targets.ec2 import session as aws
 from amic.targets.ec2.options import Ec2Options
 
 from tests.harness.ec2 import REGION, fake_ec2
-from tests.harness.ec2_strict import Strictness
+from tests.harness.ec2.strict import Strictness
 
 pytestmark = pytest.mark.slow
 

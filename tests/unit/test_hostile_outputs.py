@@ -13,32 +13,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from amic.fsutil import FIFO_WAIT, STAGING_MARK
 
+from tests.harness.cli import AMIC
+from tests.harness.hostile import clean, run
+
 SIMPLE = "SERVICE web\n    INIT echo hi\n"
-AMIC = shutil.which("amic", path=os.path.dirname(sys.executable)) or "amic"
 NOBODY = 65534
-
-
-def run(*args: str, cwd: Path, timeout: float = 60, env: dict | None = None
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run([AMIC, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def clean(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
 
 
 def predictable_names(out: str) -> list[str]:

@@ -22,7 +22,10 @@ from amic import lint
 from amic.lint.shellcheck import (BATCH_SCRIPTS, Stats, batch_count, cache_dir, check_scripts,
                                   find_shellcheck, usable_cpus)
 
+from tests.harness.cli import run_amic
+
 REPO = Path(__file__).parents[2]
+
 VENV_BIN = Path(sys.executable).parent
 REAL = VENV_BIN / "shellcheck"
 
@@ -71,9 +74,8 @@ def amic(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300,
             resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([str(VENV_BIN / "amic"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          preexec_fn=limits)
+    proc = run_amic(*args, cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})},
+                    preexec_fn=limits)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return proc, cpu
@@ -224,12 +226,10 @@ def test_the_venv_shellcheck_is_chosen_and_named(tmp_path: Path) -> None:
 def test_the_pinned_shellcheck_is_not_noted_without_verbose(tmp_path: Path) -> None:
     (tmp_path / "Amifile").write_text(SCRIPTED)
     env = {k: v for k, v in os.environ.items() if k != "AMIC_SHELLCHECK"}
-    proc = subprocess.run([str(VENV_BIN / "amic"), "lint", "Amifile"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = run_amic("lint", "Amifile", cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0 and "SC2086" in proc.stdout, proc.stdout + proc.stderr
     assert proc.stderr == ""
-    proc = subprocess.run([str(VENV_BIN / "amic"), "lint", "--no-shellcheck", "Amifile"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_amic("lint", "--no-shellcheck", "Amifile", cwd=tmp_path, env=env, timeout=120)
     assert proc.stderr == ""
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import io
 import os
 import resource
-import subprocess
 import time
 from pathlib import Path
 
-from tests.harness.cli import AMIC
+from tests.harness.cli import run_amic
 
 SMALL, FACTOR = 2_000, 10
 LIMIT = FACTOR * 1.6
@@ -84,9 +83,8 @@ def test_dry_run_is_linear_in_services(tmp_path):
         (work / "Amifile").write_text(chain(n))
 
         def run():
-            proc = subprocess.run([AMIC, "build", "--dry-run", "--json", "--target", "local"],
-                                  cwd=work, env=env, capture_output=True, text=True,
-                                  timeout=600)
+            proc = run_amic("build", "--dry-run", "--json", "--target", "local", cwd=work,
+                            env=env, timeout=600)
             assert proc.returncode == 0, proc.stderr[-2000:]
             assert proc.stdout.count('"status": "RUN"') == n
         return run

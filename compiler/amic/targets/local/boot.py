@@ -27,6 +27,7 @@ from amic.fsutil import open_output
 from amic.targets.base import Image
 from amic.targets.local import rootfs
 from amic.targets.local.store import SHORT, ImageStore
+from amic.targets.scripts import script
 
 LOGIN_SHELL = "exec /bin/bash -l || exec /bin/sh"
 
@@ -251,13 +252,8 @@ def nspawn_argv(image: Image, lowers: list[Path], scratch: Path, *,
               "--machine", f"amic-{image.id[:SHORT]}", "-b"]
     if not interactive:
         nspawn.insert(-1, "--console=pipe")
-    # nspawn's propagation directory on a tmpfs of this namespace: on a host whose /run is
-    # not a tmpfs, nspawn refuses to remove it at exit and warns ("Attempted to remove disk
-    # file system under /run/systemd/nspawn/propagate/...").
-    script = ('mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" '
-              '&& mkdir -p /run/systemd/nspawn && mount -t tmpfs -o mode=0755 tmpfs '
-              '/run/systemd/nspawn && shift 4 && exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-boot",
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            script(__package__, "nspawn-boot.sh"), "amic-boot",
             lowerdir, str(upper), str(work), str(merged), *nspawn]
 
 

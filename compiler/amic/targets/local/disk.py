@@ -39,6 +39,7 @@ from amic.errors import BuildError, UsageError
 from amic.fsutil import staged_output
 from amic.targets.base import Image, terminal_line
 from amic.targets.local import rootfs
+from amic.targets.scripts import script
 
 ROOT_LABEL = "amic-root"
 VM_SERVICE = "vm-kernel"
@@ -51,71 +52,12 @@ TAIL = 1 * MIB
 """Room after the root partition for the backup GPT."""
 """Root file system size = used * 1.25 + 256 MiB (grown to the disk at first boot)."""
 
-GRUB_MODULES_COMMON = ("part_gpt part_msdos ext2 search search_label search_fs_uuid normal "
-                       "configfile linux echo serial terminal test gzio boot sleep").split()
-GRUB_MODULES = {"i386-pc": ["biosdisk", *GRUB_MODULES_COMMON],
-                "x86_64-efi": [*GRUB_MODULES_COMMON, "efi_gop", "all_video"]}
-
-EARLY_CFG = f"search --no-floppy --label {ROOT_LABEL} --set=root\nset prefix=($root)/boot/grub\n"
-
-NETWORK = """\
-[Match]
-Name=en* eth*
-
-[Network]
-DHCP=yes
-"""
-
-GROW_SCRIPT = """\
-src=$(findmnt -no SOURCE /)
-dev=${src#/dev/}
-n=$(cat "/sys/class/block/$dev/partition")
-disk=/dev/$(basename "$(readlink -f "/sys/class/block/$dev/..")")
-growpart "$disk" "$n" || true    # exit 1: NOCHANGE (already grown)
-resize2fs "$src"
-"""
-
-GROW_UNIT = """\
-[Unit]
-Description=amic: grow the root partition and file system to the disk
-After=systemd-remount-fs.service
-Before=amic.service
-
-[Service]
-Type=oneshot
-ExecStart=/bin/sh /usr/lib/amic-vm/growroot
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-VM_SCRIPT = f"""\
-set -eu
-export DEBIAN_FRONTEND=noninteractive
-apt-get -q -o DPkg::Lock::Timeout=300 -o Dir::Cache::pkgcache= update
-apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dir::Cache::pkgcache= install --no-install-recommends \\
-    linux-image-cloud-amd64 initramfs-tools grub-pc-bin grub-efi-amd64-bin \\
-    openssh-server cloud-guest-utils e2fsprogs fdisk udev kmod
-rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
-rm -f /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin   # tens of MB apt remakes
-mkdir -p /etc/systemd/network /usr/lib/amic-vm
-cat > /etc/systemd/network/80-amic-dhcp.network <<'EOF'
-{NETWORK}EOF
-cat > /usr/lib/amic-vm/growroot <<'EOF'
-{GROW_SCRIPT}EOF
-cat > /etc/systemd/system/amic-growroot.service <<'EOF'
-{GROW_UNIT}EOF
-systemctl enable systemd-networkd.service amic-growroot.service
-cat > /usr/lib/amic-vm/early.cfg <<'EOF'
-{EARLY_CFG}EOF
-grub-mkimage -O i386-pc -o /usr/lib/amic-vm/core.img -c /usr/lib/amic-vm/early.cfg \\
-    -p /boot/grub {' '.join(GRUB_MODULES['i386-pc'])}
-grub-mkimage -O x86_64-efi -o /usr/lib/amic-vm/BOOTX64.EFI -c /usr/lib/amic-vm/early.cfg \\
-    -p /boot/grub {' '.join(GRUB_MODULES['x86_64-efi'])}
-cp /usr/lib/grub/i386-pc/boot.img /usr/lib/amic-vm/boot.img
-ls /boot/vmlinuz-* /boot/initrd.img-* >/dev/null
-"""
-"""What the VM layer runs (as root, in the image's chroot)."""
+VM_SCRIPT = script(__package__, "vm-layer.sh")
+"""What the VM layer runs (as root, in the image's chroot): the kernel, GRUB, sshd, and the
+files it installs (DHCP network, the growroot script and unit, GRUB's early config that
+finds the root by ``ROOT_LABEL``). Its text is part of the VM layer's key, so the file has
+no header comment: any change to it, a comment included, makes every image's VM layer anew
+(tests/unit/test_shipped_scripts.py pins it)."""
 
 
 def vm_layer_key(image: Image) -> str:
@@ -162,47 +104,6 @@ def vm_layer(target, image: Image, *, log=None) -> Image:
         tags = {TAG_KIND: KIND_LAYER, TAG_SERVICE: VM_SERVICE,
                 TAG_BASE: image.tags.get(TAG_BASE, ""), TAG_PARENT_KEY: image.key or ""}
         return target.snapshot(machine, key=key, final=False, tags=tags)
-
-
-# Runs in a private mount namespace: the overlay of the VM layer's chain with a
-# throwaway upper, the per-disk files written into it, then the root file
-# system made from it at its partition's offset.
-_ROOT_SCRIPT = r"""
-set -eu
-lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 key=$7 out=$8
-mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
-kernel=$(cd "$merged/boot" && ls vmlinuz-* | sort -V | tail -n 1)
-initrd=initrd.img-${kernel#vmlinuz-}
-cat > "$merged/etc/fstab" <<EOF
-UUID=$uuid / ext4 defaults,errors=remount-ro 0 1
-EOF
-mkdir -p "$merged/boot/grub"
-cat > "$merged/boot/grub/grub.cfg" <<EOF
-serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
-set timeout=0
-menuentry 'amic' {
-    search --no-floppy --fs-uuid --set=root $uuid
-    linux /boot/$kernel root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8
-    initrd /boot/$initrd
-}
-EOF
-if [ -n "$key" ]; then
-    mkdir -p "$merged/root/.ssh" && chmod 700 "$merged/root/.ssh"
-    cat "$key" >> "$merged/root/.ssh/authorized_keys"
-    chmod 600 "$merged/root/.ssh/authorized_keys"
-fi
-rm -rf "$merged/var/cache/apt/archives/"*.deb
-for f in boot.img core.img BOOTX64.EFI; do cp "$merged/usr/lib/amic-vm/$f" "$out/$f"; done
-du -sxk "$merged" | cut -f1 > "$out/used-kib"
-used=$(cat "$out/used-kib")
-size=$(( (used * 5 / 4 + 256 * 1024) / 1024 + 1 ))
-echo "$size" > "$out/root-mib"
-truncate -s $(( (ROOT_START_MIB + size) * 1048576 + TAIL_BYTES )) "$disk"
-mke2fs -q -F -t ext4 -L amic-root -U "$uuid" -O ^metadata_csum_seed,^orphan_file \
-    -E "offset=$(( ROOT_START_MIB * 1048576 )),root_owner=0:0" -d "$merged" "$disk" "${size}M"
-"""
 
 
 def partition(disk: Path, root_mib: int) -> None:
@@ -309,13 +210,12 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
 def make_raw(store, vm_image: Image, scratch: Path, raw: str, root_uuid: str,
              authorized_key: Path | None) -> None:
     """The raw disk at ``raw``: root file system, GPT, BIOS and UEFI boot loaders."""
-    script = (_ROOT_SCRIPT.replace("ROOT_START_MIB", str(ROOT_START // MIB))
-              .replace("TAIL_BYTES", str(TAIL)))
     lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
-    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "amic-disk",
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            script(__package__, "make-root.sh"), "amic-disk",
             lowers, str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
             raw, root_uuid, str(authorized_key.resolve()) if authorized_key else "",
-            str(scratch / "out")]
+            str(scratch / "out"), str(ROOT_START // MIB), str(TAIL)]
     run(argv, env=rootfs.CLEAN_ENV)
     o = scratch / "out"
     partition(Path(raw), int((o / "root-mib").read_text()))

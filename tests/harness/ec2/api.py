@@ -1,6 +1,6 @@
 """moto in server mode and the loopback proxy in front of it (counts, faults, hooks).
 
-Part of the fake EC2 of ``tests/harness/ec2.py`` (the module doc there is the whole picture)."""
+Part of the fake EC2 ``tests/harness/ec2/`` (the package doc is the whole picture)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class MotoServer:
     def __init__(self, account: str = DEBIAN_OWNER, env: dict[str, str] | None = None) -> None:
         self.extra_env = dict(env or {})
         """More environment for the server (``INITIAL_NO_AUTH_ACTION_COUNT``: IAM enforced
-        after that many requests; ``tests/harness/ec2_iam.py``)."""
+        after that many requests; ``tests/harness/ec2/iam.py``)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.account = account
@@ -149,7 +149,7 @@ class Ec2Proxy:
         self._rewrites: list[list] = []  # [action, old, new, remaining]
         self.gates: list = []
         """``gate(action, params)`` for every call, after the injected faults: may raise
-        ``ApiError`` (the strict stand-in's throttle, ``ec2_strict.py``)."""
+        ``ApiError`` (the strict stand-in's throttle, ``strict.py``)."""
         self._lock = threading.Lock()
         self.injected = 0
         self.credentials = ("testing", "testing")
@@ -266,9 +266,9 @@ class Ec2Proxy:
                     self.injected += 1
                     return 400, [("Content-Type", "text/xml")], _error_xml(armed[3], "eventual")
         try:
-            for hook in self.before.get("*", ()):   # every call, first (IAM: ec2_iam.py)
+            for hook in self.before.get("*", ()):   # every call, first (IAM: iam.py)
                 hook(action, params, headers)
-            for gate in self.gates:                  # then EC2's throttle (ec2_strict.py)
+            for gate in self.gates:                  # then EC2's throttle (strict.py)
                 gate(action, params)
             for hook in self.before.get(action, ()):
                 hook(params)

@@ -10,7 +10,7 @@ instance's life to drive a *stand-in*:
   of the AMI it was launched from (a registered base AMI: the debootstrap
   base; an AMI made by CreateImage: the layers of its instance), served by a
   real sshd on loopback whose sessions run inside that overlay root
-  (``tests/sshd.py``), authorizing the public key moto stored for the key
+  (``tests/harness/sshd.py``), authorizing the public key moto stored for the key
   pair, with its own host key;
 - StopInstances / StartInstances: the sshd goes away / comes back (same
   files, same host key, like a real stop/start);
@@ -20,7 +20,7 @@ instance's life to drive a *stand-in*:
   launched from a layer AMI has the earlier layers' files and packages;
 - TerminateInstances: the sshd stops and the root is deleted; the instance shows
   ``shutting-down`` for a second, and its security groups cannot be deleted until
-  then (``ec2_terminate.py``: EC2's behaviour, which moto skips);
+  then (``terminate.py``: EC2's behaviour, which moto skips);
 - GetConsoleOutput: cloud-init's ``SSH HOST KEY FINGERPRINTS`` block with the
   stand-in's real host key is added (moto prints none), then what the boot
   units wrote (``StandardOutput=journal+console``).
@@ -54,6 +54,12 @@ the sshd of the most recently started instance; builds pass it as
 
 moto's account id is set to Debian's image owner, so ``FROM debian:12``
 resolves through the same owner + name filter as on real AWS.
+
+One module per concern: ``api`` (moto and the proxy), ``standin`` (the hooks above),
+``boot`` (relay, IMDSv2, unit files), ``units`` (running them; the dpkg lock holder),
+``plain_sshd``, ``terminate``, ``strict`` (EC2's documented strictness), ``iam`` and
+``iam_policy`` (IAM enforced with docs/ec2.md's policy). This module puts them together
+(``FakeEc2``, ``fake_ec2``, ``standin_ec2``) with the helpers the tests share.
 """
 
 from __future__ import annotations
@@ -62,13 +68,14 @@ import contextlib
 import os
 import shutil
 import stat
-import sys
 from pathlib import Path
 
-from tests.harness.ec2_api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
+from tests.harness.cli import AMIC
+from tests.harness.ec2.api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
                                     MotoServer, free_port, numbered, xml_values)
-from tests.harness.ec2_standin import PlainSshd, StandIn  # noqa: F401
-from tests.harness.ec2_strict import Strict, Strictness
+from tests.harness.ec2.plain_sshd import PlainSshd  # noqa: F401
+from tests.harness.ec2.standin import StandIn
+from tests.harness.ec2.strict import Strict, Strictness
 
 
 class FakeEc2:
@@ -82,7 +89,7 @@ class FakeEc2:
         self.base_root = base_root
         self.standin = StandIn(proxy, workdir / "standin", base_root)
         self.strict: Strict | None = None
-        """EC2's documented strictness (``ec2_strict.py``) when ``make_strict`` was called."""
+        """EC2's documented strictness (``strict.py``) when ``make_strict`` was called."""
 
     def make_strict(self, settings: Strictness | None = None) -> Strict:
         """Throttling, eventual consistency, snapshot and ENI refusals, the first-boot dpkg
@@ -205,7 +212,9 @@ def standin_ec2(tmp_path_factory, moto_env: dict | None = None, *, strict: bool 
 # -- helpers the end-to-end modules share ----------------------------------------------------
 
 def amic_exe() -> str:
-    return shutil.which("amic", path=os.path.dirname(sys.executable)) or "amic"
+    """The ``amic`` the tests run (``tests/harness/cli.py``), for a test that must hold the
+    process itself (``Popen``); otherwise ``run_amic``."""
+    return AMIC
 
 
 def assert_clean(fake) -> None:

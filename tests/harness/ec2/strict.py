@@ -1,6 +1,6 @@
 """EC2 as strict as EC2 documents it: what moto (and so the plain stand-in) is kinder about.
 
-Part of the fake EC2 of ``tests/harness/ec2.py``. Opt-in per test (``FakeEc2.make_strict``,
+Part of the fake EC2 ``tests/harness/ec2/``. Opt-in per test (``FakeEc2.make_strict``,
 ``fake_ec2(..., strict=True)``), on by default in the end-to-end suite. Each behaviour is
 one small class hooked on the proxy, each with its own knob (a ``Strictness`` field):
 
@@ -28,7 +28,7 @@ one small class hooked on the proxy, each with its own knob (a ``Strictness`` fi
   having several network interfaces (moto models one; ``mark(iid)`` or ``every=True``).
 
 The first-boot dpkg lock holder (unattended-upgrades) is the instance stand-in's
-(``StandIn.dpkg_lock_seconds``); the relay keeps idle sessions open (``ec2_boot.Relay``).
+(``StandIn.dpkg_lock_seconds``); the relay keeps idle sessions open (``boot.Relay``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import xml.etree.ElementTree as ET
 
 import attrs
 
-from tests.harness.ec2_api import ApiError, numbered, xml_values
+from tests.harness.ec2.api import ApiError, numbered, xml_values
 
 
 @attrs.frozen

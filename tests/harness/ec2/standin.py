@@ -1,14 +1,12 @@
 """The instance stand-in: overlay roots served by a real sshd, driven by the proxy's hooks.
 
-Part of the fake EC2 of ``tests/harness/ec2.py`` (the module doc there is the whole picture)."""
+Part of the fake EC2 ``tests/harness/ec2/`` (the package doc is the whole picture)."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import os
-import shlex
 import shutil
 import subprocess
 import threading
@@ -16,15 +14,16 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tests.harness.ec2_api import (ApiError, Ec2Proxy, free_port, numbered, tag_specs, wait_port,
-                                   xml_values)
-from tests.harness.ec2_boot import (CONDITIONS, STAGE2_BOOT, WANTS, Imds, Instance, Relay, Unit,
-                                    loopback_address, snapshot_tags, with_public_addresses,
-                                    without_snapshot_tags)
-from tests.harness.ec2_terminate import Termination
+from tests.harness.ec2.api import ApiError, Ec2Proxy, numbered, tag_specs, xml_values
+from tests.harness.ec2.boot import (Imds, Instance, Relay, loopback_address, snapshot_tags,
+                                    with_public_addresses, without_snapshot_tags)
+from tests.harness.ec2.plain_sshd import PlainSshd
+from tests.harness.ec2.terminate import Termination
+from tests.harness.ec2.units import early_boot, hold_dpkg_lock, late_boot
+
 
 class StandIn:
-    """Instances as overlay roots served by a real sshd (``tests/sshd.py``).
+    """Instances as overlay roots served by a real sshd (``tests/harness/sshd.py``).
 
     ``images`` maps an AMI id to its layers (top first); base AMIs registered
     with ``register_base`` map to a read-only base root (a debootstrap tree).
@@ -174,7 +173,7 @@ class StandIn:
         inst.imds = Imds(inst.id, self.proxy.moto_client(), inst.imds_requests)
         server = SshdRoot(inst.lowers, inst.upper / "root", [inst.pubkey],
                           host_key=inst.host_key, workdir=inst.upper,
-                          on_root_ready=lambda srv: self._early_boot(inst, srv))
+                          on_root_ready=lambda srv: early_boot(inst, srv, self.problems))
         try:
             server.start()
         except BaseException:
@@ -185,77 +184,9 @@ class StandIn:
         inst.port = server.port
         inst.started += 1
         if inst.started == 1 and self.dpkg_lock_seconds > 0:
-            self._hold_dpkg_lock(inst, server)
+            hold_dpkg_lock(inst, server, self.dpkg_lock_seconds, self.problems, self.dpkg_holders)
         self.current = inst.id
-        late = [u for u in inst.units if not u.early]
-        if late:    # after network-online, i.e. once sshd (the network, as far as we go) is up
-            threading.Thread(target=self._run_units, args=(inst, server, late), daemon=True).start()
-        else:
-            inst.booted.set()
-
-    # boot: amic's units, as systemd would run them ------------------------------------
-
-    def _early_boot(self, inst: Instance, server) -> None:
-        """The root is up, sshd not yet: find amic's enabled units, run those ordered before
-        sshd, and serve the root's own host key if it has one now."""
-        inst.units = self._enabled_units(server)
-        self._run_units(inst, server, [u for u in inst.units if u.early], last=False)
-        found = server.run("cat /etc/ssh/ssh_host_ed25519_key 2>/dev/null")
-        if found.returncode == 0 and "PRIVATE KEY" in found.stdout:
-            import paramiko
-
-            inst.host_key = server.host_key = paramiko.Ed25519Key.from_private_key(
-                io.StringIO(found.stdout))
-
-    @staticmethod
-    def _enabled_units(server) -> list[Unit]:
-        """The units the stage2 ships that are enabled (linked into multi-user.target.wants),
-        read from the root's own unit files."""
-        listing = server.run(f"for u in {STAGE2_BOOT}/*.service; do n=${{u##*/}}; "
-                             f"[ -e {WANTS}/\"$n\" ] && echo \"$n\"; done; :").stdout.split()
-        units = []
-        for name in listing:
-            text = server.run(f"cat {WANTS}/{shlex.quote(name)}")
-            if text.returncode == 0:
-                units.append(Unit(name, text.stdout))
-        return units
-
-    def _run_units(self, inst: Instance, server, units: list[Unit], last: bool = True) -> None:
-        try:
-            for unit in units:
-                self._run_unit(inst, server, unit)
-        except Exception as exc:  # noqa: BLE001 - e.g. the instance was stopped under the unit
-            inst.console.append(f"stand-in: {exc}")
-            self.problems.append(f"{inst.id}: {exc}")
-        finally:
-            if last:
-                inst.booted.set()
-
-    def _run_unit(self, inst: Instance, server, unit: Unit) -> None:
-        unknown = [k for k in unit.conf if k.startswith(("Unit.Condition", "Unit.Assert"))
-                   and k.split(".", 1)[1] not in CONDITIONS]
-        if unknown:
-            raise RuntimeError(f"{unit.name}: the stand-in cannot evaluate {', '.join(unknown)}")
-        for kind, shell in CONDITIONS.items():
-            for cond in unit.conf.get(f"Unit.{kind}", []):
-                negate, path = cond.startswith("!"), cond.lstrip("!")
-                ok = server.run(shell.format(p=shlex.quote(path))).returncode == 0
-                if ok == negate:
-                    inst.console.append(f"stand-in: {unit.name}: skipped ({kind}={cond})")
-                    return
-        env = {"AMIC_EC2": "1", "AMIC_IMDS_URL": inst.imds.url if inst.imds else ""}
-        for line in unit.conf.get("Service.Environment", []):
-            for word in shlex.split(line):
-                key, _, value = word.partition("=")
-                env[key] = value
-        for command in unit.conf.get("Service.ExecStart", []):
-            ignore = command.startswith("-")
-            argv = shlex.split(command.lstrip("-@:+!"))
-            proc = server.run("cd / && exec " + shlex.join(argv), env=env, timeout=None)
-            inst.console.extend(proc.stdout.splitlines())
-            unit.result = proc.returncode
-            if proc.returncode != 0 and not ignore:
-                return
+        late_boot(inst, server, self.problems)
 
     def _own_relay(self, inst: Instance, address: str) -> None:
         def port():
@@ -270,22 +201,6 @@ class StandIn:
         with self._lock:
             addresses = dict(self.addresses)
         return with_public_addresses(text, addresses) if addresses else None
-
-    def _hold_dpkg_lock(self, inst: Instance, server) -> None:
-        """A first-boot process holding dpkg's fcntl locks (``lock-frontend``, then ``lock``,
-        as apt takes them) for ``dpkg_lock_seconds``, in the background inside the root."""
-        script = (DPKG_LOCK_HOLDER % {"seconds": self.dpkg_lock_seconds}).replace("'", "")
-        proc = server.run(f"perl -e '{script}' </dev/null >/dev/null 2>&1 & echo started")
-        if "started" not in proc.stdout:
-            self.problems.append(f"{inst.id}: the dpkg lock holder did not start: {proc.stdout}")
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:     # held before anyone can log in
-            if server.run(f"perl -e '{DPKG_LOCK_PROBE}'").returncode == 0:
-                self.dpkg_holders.append(inst.id)
-                return
-            time.sleep(0.05)
-        self.problems.append(f"{inst.id}: the dpkg lock holder took no lock")
 
     def real_snapshot(self, snap: str) -> str:
         """The snapshot an image registered by RegisterImage really uses (moto invents one)."""
@@ -529,69 +444,3 @@ class StandIn:
                 relay.close()
             self._relays.clear()
         self.relay.close()
-
-
-DPKG_LOCK_HOLDER = """
-use Fcntl;
-$0 = "unattended-upgr";
-my @held;
-for my $path ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock") {
-    sysopen(my $fh, $path, O_RDWR | O_CREAT, 0640) or die "$path: $!";
-    my $lock = pack("s s x4 q q l x4", F_WRLCK, 0, 0, 0, 0);
-    fcntl($fh, F_SETLKW, $lock) or die "$path: $!";
-    push @held, $fh;
-}
-sleep %(seconds)s;
-"""
-"""perl (Essential in Debian, so in every base) taking apt's locks as apt does: fcntl write
-locks on the whole file (struct flock of x86_64 and aarch64 Linux)."""
-DPKG_LOCK_PROBE = ("use Fcntl; sysopen(my $fh, q(/var/lib/dpkg/lock-frontend), O_RDWR) or exit 1;"
-                   " my $l = pack(q(s s x4 q q l x4), F_WRLCK, 0, 0, 0, 0);"
-                   " fcntl($fh, F_GETLK, $l) or exit 1; exit((unpack(q(s), $l))[0] == F_UNLCK)")
-"""Exit 0 when another process holds dpkg's frontend lock."""
-
-
-class PlainSshd:
-    """A real sshd on loopback whose every session runs a fixed harmless command.
-
-    Enough for what happens before a build runs anything: host key checks,
-    authentication with the build's key, backoff. Sessions never touch the
-    test machine's files (``ForceCommand`` prints a word and exits).
-    """
-
-    def __init__(self, workdir: Path) -> None:
-        import paramiko
-
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        key = self.dir / "host_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(key))
-        self.auth = self.dir / "authorized_keys"
-        self.auth.write_text("")
-        self.port = free_port()
-        cfg = self.dir / "sshd_config"
-        cfg.write_text(f"""Port {self.port}
-ListenAddress 127.0.0.1
-HostKey {key}
-PidFile {self.dir}/sshd.pid
-AuthorizedKeysFile {self.auth}
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-ForceCommand echo stand-in
-""")
-        os.chmod(key, 0o600)
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def authorize(self, pubkey: str) -> None:
-        with open(self.auth, "a") as fh:
-            fh.write(pubkey + "\n")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)

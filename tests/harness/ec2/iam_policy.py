@@ -1,6 +1,6 @@
 """The IAM policy docs/ec2.md documents, and a small evaluator of it for EC2 Query calls.
 
-moto's IAM enforcement (``tests/harness/ec2_iam.py``) checks who signed a call and
+moto's IAM enforcement (``tests/harness/ec2/iam.py``) checks who signed a call and
 whether some statement names its action; it evaluates no ``Resource`` and no
 ``Condition``. This module does the rest, as EC2 authorizes a call: each resource the
 call touches (the instance a CreateImage reads, the ``image/*`` it creates, ...) must be
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import attrs
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "ec2.md"
 SECTION = "### The IAM policy"
 

@@ -33,8 +33,8 @@ from collections.abc import Mapping
 
 import attrs
 
-from tests.harness import iam_policy
-from tests.harness.ec2_api import REGION, ApiError
+from tests.harness.ec2 import iam_policy
+from tests.harness.ec2.api import REGION, ApiError
 
 BOOTSTRAP_CALLS = 3
 """Unauthenticated requests moto answers: CreateUser, PutUserPolicy, CreateAccessKey of

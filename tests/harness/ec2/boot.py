@@ -1,7 +1,7 @@
 """What an instance of the fake EC2 boots with (the SSH relay, IMDSv2, systemd units), and
 the helpers that read and strip a call's snapshot TagSpecifications.
 
-Part of the fake EC2 of ``tests/harness/ec2.py`` (the module doc there is the whole picture)."""
+Part of the fake EC2 ``tests/harness/ec2/`` (the package doc is the whole picture)."""
 
 from __future__ import annotations
 

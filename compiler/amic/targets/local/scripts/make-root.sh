@@ -1,0 +1,47 @@
+# shellcheck shell=sh
+# The root file system of a bootable disk (disk.make_raw). Runs in a private mount
+# namespace (unshare --mount): the overlay of the VM layer's chain with a throwaway
+# upper, the per-disk files written into it, then the root file system made from it
+# at its partition's offset; what the Python side needs next goes to $out.
+#   $1 lowers  the overlay's lowerdir (colon-separated)  $6 uuid  the root's file system UUID
+#   $2 upper   the throwaway upperdir                    $7 key   authorized_keys to add, or ''
+#   $3 work    the overlay's workdir                     $8 out   boot.img, core.img,
+#   $4 merged  the mount point                                    BOOTX64.EFI, used-kib, root-mib
+#   $5 disk    the raw disk file
+#   $9 root_start_mib  where the root partition starts; $10 tail_bytes  room for the backup GPT
+set -eu
+lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 key=$7 out=$8 root_start_mib=$9
+tail_bytes=${10}
+mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
+# shellcheck disable=SC2012  # Debian's kernels are vmlinuz-VERSION: nothing for ls to mangle
+kernel=$(cd "$merged/boot" && ls vmlinuz-* | sort -V | tail -n 1)
+initrd=initrd.img-${kernel#vmlinuz-}
+cat > "$merged/etc/fstab" <<EOF
+UUID=$uuid / ext4 defaults,errors=remount-ro 0 1
+EOF
+mkdir -p "$merged/boot/grub"
+cat > "$merged/boot/grub/grub.cfg" <<EOF
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=0
+menuentry 'amic' {
+    search --no-floppy --fs-uuid --set=root $uuid
+    linux /boot/$kernel root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8
+    initrd /boot/$initrd
+}
+EOF
+if [ -n "$key" ]; then
+    mkdir -p "$merged/root/.ssh" && chmod 700 "$merged/root/.ssh"
+    cat "$key" >> "$merged/root/.ssh/authorized_keys"
+    chmod 600 "$merged/root/.ssh/authorized_keys"
+fi
+rm -rf "$merged/var/cache/apt/archives/"*.deb
+for f in boot.img core.img BOOTX64.EFI; do cp "$merged/usr/lib/amic-vm/$f" "$out/$f"; done
+du -sxk "$merged" | cut -f1 > "$out/used-kib"
+used=$(cat "$out/used-kib")
+size=$(( (used * 5 / 4 + 256 * 1024) / 1024 + 1 ))
+echo "$size" > "$out/root-mib"
+truncate -s $(( (root_start_mib + size) * 1048576 + tail_bytes )) "$disk"
+mke2fs -q -F -t ext4 -L amic-root -U "$uuid" -O ^metadata_csum_seed,^orphan_file \
+    -E "offset=$(( root_start_mib * 1048576 )),root_owner=0:0" -d "$merged" "$disk" "${size}M"

@@ -1,0 +1,48 @@
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get -q -o DPkg::Lock::Timeout=300 -o Dir::Cache::pkgcache= update
+apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dir::Cache::pkgcache= install --no-install-recommends \
+    linux-image-cloud-amd64 initramfs-tools grub-pc-bin grub-efi-amd64-bin \
+    openssh-server cloud-guest-utils e2fsprogs fdisk udev kmod
+rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+rm -f /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin   # tens of MB apt remakes
+mkdir -p /etc/systemd/network /usr/lib/amic-vm
+cat > /etc/systemd/network/80-amic-dhcp.network <<'EOF'
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+EOF
+cat > /usr/lib/amic-vm/growroot <<'EOF'
+src=$(findmnt -no SOURCE /)
+dev=${src#/dev/}
+n=$(cat "/sys/class/block/$dev/partition")
+disk=/dev/$(basename "$(readlink -f "/sys/class/block/$dev/..")")
+growpart "$disk" "$n" || true    # exit 1: NOCHANGE (already grown)
+resize2fs "$src"
+EOF
+cat > /etc/systemd/system/amic-growroot.service <<'EOF'
+[Unit]
+Description=amic: grow the root partition and file system to the disk
+After=systemd-remount-fs.service
+Before=amic.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /usr/lib/amic-vm/growroot
+
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl enable systemd-networkd.service amic-growroot.service
+cat > /usr/lib/amic-vm/early.cfg <<'EOF'
+search --no-floppy --label amic-root --set=root
+set prefix=($root)/boot/grub
+EOF
+grub-mkimage -O i386-pc -o /usr/lib/amic-vm/core.img -c /usr/lib/amic-vm/early.cfg \
+    -p /boot/grub biosdisk part_gpt part_msdos ext2 search search_label search_fs_uuid normal configfile linux echo serial terminal test gzio boot sleep
+grub-mkimage -O x86_64-efi -o /usr/lib/amic-vm/BOOTX64.EFI -c /usr/lib/amic-vm/early.cfg \
+    -p /boot/grub part_gpt part_msdos ext2 search search_label search_fs_uuid normal configfile linux echo serial terminal test gzio boot sleep efi_gop all_video
+cp /usr/lib/grub/i386-pc/boot.img /usr/lib/amic-vm/boot.img
+ls /boot/vmlinuz-* /boot/initrd.img-* >/dev/null
