@@ -94,8 +94,7 @@ def test_cold_build(amic, store):
     proc = amic("build", "--json")
     doc = json.loads(proc.stdout)
     assert HEX64.match(doc["image_id"])
-    assert layers(proc) == {"base": ("RUN", "no earlier build"),
-                            "web": ("RUN", "parent changed (base re-ran)")}
+    assert layers(proc) == {"base": ("RUN", "first build"), "web": ("RUN", "first build")}
     assert all(x["checkpoint"] for x in doc["layers"])  # local default: every layer
     assert "amic: base: init: begin" in proc.stderr or "base |" in proc.stderr
     # plain output (not a TTY): one line per layer with status and time

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import attrs
 
-from amic.contract import KIND_LAYER, TAG_KIND, TAG_SERVICE
+from amic.contract import KIND_FINAL, KIND_LAYER, TAG_KIND, TAG_SERVICE
 
 OutputCallback = Callable[[str], None]
 """Receives remote output one line at a time (without the newline)."""
@@ -143,6 +143,15 @@ class Target(abc.ABC):
                  if img.tags.get(TAG_KIND) == KIND_LAYER and img.tags.get(TAG_SERVICE) == service]
         found.sort(key=lambda img: img.created or "", reverse=True)
         return found
+
+    def has_final(self, match: Mapping[str, str | None]) -> bool:
+        """Whether a final image with the tags ``match`` exists (None: the tag is absent);
+        asked once by a build whose project kept no checkpoint, to tell a first build from
+        one whose earlier builds kept only their final image. The default filters
+        ``list_images``; targets with a cheaper query may override it."""
+        return any(img.tags.get(TAG_KIND) == KIND_FINAL
+                   and all(img.tags.get(name) == value for name, value in match.items())
+                   for img in self.list_images())
 
     def memo_paths(self, base: Image, image: Image) -> list[str]:
         """For ``fast_rebuild``: files whose change or removal means ``resolve_base`` may give

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
 
-from amic.contract import KIND_LAYER, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
+from amic.contract import KIND_FINAL, KIND_LAYER, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
 from amic.errors import BuildError
 from amic.targets.base import Image
 from amic.targets.ec2 import session as aws
@@ -59,6 +59,18 @@ def list_images(ec2) -> list[Image]:
                       Filters=[{"Name": "tag-key", "Values": [TAG_KEY]}])["Images"]
     images.sort(key=lambda i: i.get("CreationDate", ""), reverse=True)
     return [image_from_raw(i) for i in images]
+
+
+def has_final(ec2, match: Mapping[str, str | None]) -> bool:
+    """Whether one of our final AMIs carries the tags ``match`` (None: the tag is absent,
+    which no filter says: checked here). One DescribeImages, filtered by the tags given."""
+    filters = [{"Name": f"tag:{TAG_KIND}", "Values": [KIND_FINAL]}]
+    filters += [{"Name": f"tag:{name}", "Values": [value]} for name, value in match.items()
+                if value is not None]
+    images = aws.call("looking for an earlier build", ec2.describe_images, Owners=["self"],
+                      Filters=filters)["Images"]
+    return any(all(aws.tag_dict(i.get("Tags")).get(name) == value
+                   for name, value in match.items()) for i in images)
 
 
 def layers_of_service(ec2, service: str) -> list[Image]:

@@ -199,6 +199,9 @@ class Ec2Target(Target):
         found.sort(key=lambda img: img.created or "", reverse=True)
         return found
 
+    def has_final(self, match) -> bool:
+        return amis.has_final(self.ec2, match)
+
     def remove_image(self, image: Image) -> None:
         self.deregister(image.id)
 
