@@ -89,7 +89,8 @@ def snapshot_ids(raw: dict) -> list[str]:
 def deregister(ec2, image_id: str) -> list[str]:
     """Deregister an AMI and delete its EBS snapshots; returns the snapshot ids."""
     found = aws.call(f"describing {image_id}", ec2.describe_images, ImageIds=[image_id])["Images"]
-    snaps = [snap for img in found for snap in snapshot_ids(img)]
+    # one snapshot may back several of the image's devices: delete (and name) it once
+    snaps = list(dict.fromkeys(snap for img in found for snap in snapshot_ids(img)))
     aws.call(f"deregistering {image_id}", ec2.deregister_image, ImageId=image_id)
     for snap in snaps:
         delete_released_snapshot(ec2, snap, f"deleting snapshot {snap} of {image_id}")

@@ -58,7 +58,7 @@ class Ec2Options:
     """How long temporary resources live before ``amic gc`` may remove them."""
     image_name: str = "{name}-{key}-{stamp}-{build_id}"
     """Final AMI name template: {amifile} {key} {build_id} {timestamp} {date} and labels {label[x]}."""
-    image_description: str = "built by amic from {amifile} (key {key})"
+    image_description: str = "{name}: built by amic from {file} (key {key})"
     image_tags: Mapping[str, str] = attrs.field(factory=dict)
     copy_regions: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     encrypt: bool = False

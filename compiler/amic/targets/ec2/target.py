@@ -207,7 +207,8 @@ class Ec2Target(Target):
 
     def deregister(self, image_id: str, *, region: str | None = None) -> list[str]:
         """Deregister an AMI and delete its EBS snapshots, or remove a layer snapshot and the
-        AMIs registered from it; returns the snapshot ids."""
+        AMIs registered from it; returns the ids of what went with ``image_id`` (each once,
+        never ``image_id`` itself)."""
         ec2 = self.client_for(region or self.region)
         if image_id.startswith("snap-"):
             return snapshots.remove_layer(ec2, image_id)
