@@ -216,6 +216,9 @@ def test_images_and_prune(amic, store):
     listing = json.loads(amic("images", "--all", "--json").stdout)
     kinds = {row["kind"] for row in listing}
     assert {"final", "layer", "base"} <= kinds
+    # a base's debootstrap root lives under bases/, not in the store: its size, not 0
+    bases = [row for row in listing if row["kind"] == "base"]
+    assert all(row["size"] > 20_000_000 for row in bases), bases
     # the module's project has no identity (no NAME, no git): only --force prunes its images
     amic("prune", "--keep", "1")
     assert json.loads(amic("images", "--all", "--json").stdout) == listing
