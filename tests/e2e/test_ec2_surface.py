@@ -6,6 +6,8 @@
   "removed snap-X and snap-X".
 - In plain output, a layer's ``[i/n] service RUN`` line comes before the line of
   the snapshot that checkpoints it.
+- ``--no-cache`` of an unchanged Amifile replaces the final AMI of its key: one final
+  AMI per key afterwards, the old one deregistered and its snapshots deleted.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ def builds(tmp_path_factory):
         yield Builds(fake, tmp_path_factory.mktemp("home"))
 
 
-def build(builds: Builds, folder: Path, version: str):
+def build(builds: Builds, folder: Path, version: str, *extra: str):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Amifile").write_text(AMIFILE.format(v=version))
     return builds.amic("build", "--target", "ec2", *builds.fake.ssh_args(), "--ssh-user", "root",
                        "--poll-interval", "0.05", "--ssh-timeout", "60", "--checkpoint", "all",
-                       "--console-timeout", "30", "--progress", "plain", "Amifile", cwd=folder)
+                       "--console-timeout", "30", "--progress", "plain", *extra, "Amifile",
+                       cwd=folder)
 
 
 def test_descriptions_output_order_and_prune_lines(builds, tmp_path):
@@ -78,3 +81,31 @@ def test_descriptions_output_order_and_prune_lines(builds, tmp_path):
         ids = [w.strip(",") for w in words[1:] if w != "and"]
         assert len(ids) == len(set(ids)), out.stdout
     assert any(words[1].startswith("snap-") for words in removed), out.stdout
+
+
+def finals_of_key(builds: Builds, key: str) -> list[str]:
+    return [i["ImageId"] for i in builds.fake.client().describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:amic:key", "Values": [key]}, {"Name": "tag:amic:kind", "Values": ["final"]},
+        {"Name": "state", "Values": ["available"]}])["Images"]]
+
+
+def test_no_cache_replaces_the_final_ami_of_its_key(builds, tmp_path):
+    folder = tmp_path / "again"
+    first = build(builds, folder, "nc1").stdout.strip().splitlines()[-1]
+    tags = {t["Key"]: t["Value"] for t in builds.fake.client().describe_images(
+        ImageIds=[first])["Images"][0]["Tags"]}
+    key = tags["amic:key"]
+    first_snaps = [m["Ebs"]["SnapshotId"] for m in builds.fake.client().describe_images(
+        ImageIds=[first])["Images"][0]["BlockDeviceMappings"] if "Ebs" in m]
+    proc = build(builds, folder, "nc1", "--no-cache")
+    again = proc.stdout.strip().splitlines()[-1]
+    assert again != first
+    assert f"--no-cache replaced the final AMI of key {key[:12]}: deregistered {first}" \
+        in proc.stderr, proc.stderr
+    assert finals_of_key(builds, key) == [again]
+    assert builds.fake.client().describe_images(ImageIds=[first])["Images"] == [] or \
+        builds.fake.client().describe_images(ImageIds=[first])["Images"][0]["State"] != "available"
+    left = builds.fake.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert not {s["SnapshotId"] for s in left} & set(first_snaps)
+    # an unchanged build afterwards is answered with the new AMI
+    assert build(builds, folder, "nc1").stdout.strip().splitlines()[-1] == again

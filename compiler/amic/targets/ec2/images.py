@@ -97,6 +97,25 @@ def deregister(ec2, image_id: str) -> list[str]:
     return snaps
 
 
+def remove_older_finals(ec2, key: str, *, keep: str) -> tuple[list[str], list[str]]:
+    """Deregister the final AMIs under ``key`` other than ``keep`` (their snapshots deleted):
+    the ids removed, and those that could not be (left for ``amic ami prune``)."""
+    found = aws.call("looking up older images of the key", ec2.describe_images,
+                     **final_image_query(key))["Images"]
+    removed: list[str] = []
+    failed: list[str] = []
+    for raw in found:
+        tags = aws.tag_dict(raw.get("Tags"))
+        if raw["ImageId"] == keep or tags.get(TAG_KIND, KIND_FINAL) != KIND_FINAL:
+            continue
+        try:
+            deregister(ec2, raw["ImageId"])
+            removed.append(raw["ImageId"])
+        except BuildError:
+            failed.append(raw["ImageId"])
+    return removed, failed
+
+
 SNAPSHOT_RELEASE_PATIENCE = 300.0
 """Seconds to wait for EC2 to release a deregistered AMI's snapshot: DeleteSnapshot answers
 ``InvalidSnapshot.InUse`` for a while after DeregisterImage."""

@@ -80,6 +80,8 @@ class Ec2Target(Target):
         self._clients: aws.Clients | None = None
         self._caller_cidrs: tuple[str, ...] | None = None
         self._lookups = lookups.Lookups()
+        self._final: tuple[str, str] | None = None
+        """(key, AMI id) of the final AMI this target made: see remove_superseded."""
 
     @classmethod
     def from_values(cls, values: Mapping[str, object], **kwargs) -> Ec2Target:
@@ -201,6 +203,25 @@ class Ec2Target(Target):
 
     def has_final(self, match) -> bool:
         return amis.has_final(self.ec2, match)
+
+    def remove_superseded(self) -> list[str]:
+        """After a ``--no-cache`` build: the older final AMIs of its key are deregistered (and
+        their snapshots deleted), so one key names one final AMI, as on the local target.
+        Older layer snapshots stay for ``ami prune``: a build elsewhere may be launching
+        from one right now, and ``find_image`` takes the newest."""
+        made, self._final = self._final, None
+        if made is None:
+            return []
+        key, image_id = made
+        try:
+            removed, failed = amis.remove_older_finals(self.ec2, key, keep=image_id)
+        except BuildError as exc:   # the build succeeded: say so, leave the rest to prune
+            return [f"--no-cache: could not look for older final AMIs of key {key[:12]}: {exc}"]
+        if not removed and not failed:
+            return []
+        return [f"--no-cache replaced the final AMI of key {key[:12]}: deregistered "
+                f"{', '.join(removed) or 'none'}"
+                + (f" (could not: {', '.join(failed)}; amic ami prune)" if failed else "")]
 
     def remove_image(self, image: Image) -> None:
         self.deregister(image.id)
@@ -349,6 +370,7 @@ class Ec2Target(Target):
             amis.deregister_named(ec2, new.name, self.log)
         raw = amis.create_image(ec2, machine.instance_id, new, opts, self.log)
         image_id = raw["ImageId"]
+        self._final = (key, image_id)
         snaps = amis.tag_snapshots(ec2, raw, new.tags)
         self.log(f"image {image_id} available ({'final' if final else 'layer'}; "
                  f"snapshots {', '.join(snaps) or '-'})")
