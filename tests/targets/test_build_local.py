@@ -94,8 +94,7 @@ def test_cold_build(amic, store):
     proc = amic("build", "--json")
     doc = json.loads(proc.stdout)
     assert HEX64.match(doc["image_id"])
-    assert layers(proc) == {"base": ("RUN", "no earlier build"),
-                            "web": ("RUN", "parent changed (base re-ran)")}
+    assert layers(proc) == {"base": ("RUN", "first build"), "web": ("RUN", "first build")}
     assert all(x["checkpoint"] for x in doc["layers"])  # local default: every layer
     assert "amic: base: init: begin" in proc.stderr or "base |" in proc.stderr
     # plain output (not a TTY): one line per layer with status and time
@@ -217,6 +216,9 @@ def test_images_and_prune(amic, store):
     listing = json.loads(amic("images", "--all", "--json").stdout)
     kinds = {row["kind"] for row in listing}
     assert {"final", "layer", "base"} <= kinds
+    # a base's debootstrap root lives under bases/, not in the store: its size, not 0
+    bases = [row for row in listing if row["kind"] == "base"]
+    assert all(row["size"] > 20_000_000 for row in bases), bases
     # the module's project has no identity (no NAME, no git): only --force prunes its images
     amic("prune", "--keep", "1")
     assert json.loads(amic("images", "--all", "--json").stdout) == listing

@@ -41,7 +41,7 @@ from amic.engine import buildinputs, stage2file
 from amic.engine import tags as imagetags
 from amic.engine.checkpoint import (fill_reason, missing_checkpoints, parse_checkpoint,
                                    should_checkpoint)
-from amic.engine.explain import indent, layer_failure, why_missed
+from amic.engine.explain import first_build, indent, layer_failure, project_match, why_missed
 from amic.engine.progress import OutputRouter, Reporter, mask_secrets, short
 from amic.engine.values import BuildOptions, BuildResult, LayerReport
 from amic.errors import AmifileError, BaseRefError, BuildError, UsageError
@@ -113,7 +113,8 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
             b.plan = make_plan(b, resolved)
             target.check_final(b.plan.final_key, imagetags.final_tags(b.plan, _common_tags(b)))
             target.plan_lookups([layer.key for layer in b.plan.layers] + [b.plan.final_key],
-                                [layer.service for layer in b.plan.layers])
+                                [layer.service for layer in b.plan.layers],
+                                project=_common_tags(b).get(contract.TAG_PROJECT))
         with b.timed("lookup"):
             final = (None if options.no_cache or not target.keeps_images
                      else target.find_image(b.plan.final_key))
@@ -342,11 +343,19 @@ def run_layers(b: BuildState, reports: list[LayerReport],
     if not b.target.keeps_images:
         policy = "none"
     earlier_miss: str | None = None
+    match = project_match(_common_tags(b))
+    first: bool | None = None       # asked at the first layer that runs, once
     since_checkpoint = 0.0
     for i in range(len(reports), n if not fill else fill[-1] + 1):
         layer = p.layers[i]
-        reason = ("--no-cache" if b.options.no_cache else fill_reason(i, fill, b.options.checkpoint)
-                  if fill else why_missed(b.target, layer, earlier_miss=earlier_miss))
+        if b.options.no_cache:
+            reason = "--no-cache"
+        elif fill:
+            reason = fill_reason(i, fill, b.options.checkpoint)
+        else:
+            first = first_build(b.target, p, match) if first is None else first
+            reason = why_missed(b.target, layer, earlier_miss=earlier_miss, match=match,
+                                first=first)
         seconds, skipped = init_layer(b, i, reason)
         if skipped:
             # In place (ssh): the host already ran this init with the same hash.

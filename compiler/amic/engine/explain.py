@@ -1,13 +1,15 @@
 """What the engine tells the user about a layer: why it ran, and where it failed.
 
 Both point back at the Amifile: a miss names the inputs that changed (from
-the ``amic:in:*`` tags of earlier checkpoints), a failure names the
+the ``amic:in:*`` tags of this project's earlier checkpoints), or says it is the
+project's first build, or that no checkpoint of the layer was kept; a failure names the
 service, its Amifile line and the tail of its output.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from amic import contract
 from amic.amifile import resolve
@@ -20,11 +22,45 @@ INPUT_ORDER = ("packages", "copy", "init", "env", "args", "runtime", "parent")
 """The layer inputs in the order a miss names them."""
 
 
-def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | None) -> str:
-    """Name the inputs that differ from the nearest earlier checkpoint of the same service."""
-    history = target.images_for_service(layer.service)
+def project_match(common: Mapping[str, str]) -> dict[str, str | None]:
+    """The tags an image of this project carries (``common``: the build's ``common_tags``):
+    its identity ``amic:project``; without one (no NAME, no git remote) the readable name on
+    images that have no identity either, the nearest there is."""
+    project = common.get(contract.TAG_PROJECT)
+    if project:
+        return {contract.TAG_PROJECT: project}
+    return {contract.TAG_PROJECT: None, contract.TAG_NAME: common.get(contract.TAG_NAME)}
+
+
+def ours(img: tb.Image, match: Mapping[str, str | None]) -> bool:
+    return all(img.tags.get(name) == value for name, value in match.items())
+
+
+def first_build(target: tb.Target, plan: planmod.Plan, match: Mapping[str, str | None]) -> bool:
+    """True when nothing of this project was kept: no checkpoint of any of its services, no
+    final image (asked only then: an earlier ``--checkpoint none`` build kept just that).
+    Never for a target that keeps no images (ssh): it has no history to say so from."""
+    if not target.keeps_images:
+        return False
+    for service in dict.fromkeys(layer.service for layer in plan.layers):
+        if any(ours(img, match) for img in target.images_for_service(service)):
+            return False
+    return not target.has_final(match)
+
+
+def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | None,
+               match: Mapping[str, str | None], first: bool) -> str:
+    """Why ``layer`` runs, from this project's own history only (``match``, see
+    :func:`project_match`): another project's layer of the same service name says nothing
+    about this one. ``first``: :func:`first_build`."""
+    if first:
+        return "first build"
+    history = [img for img in target.images_for_service(layer.service) if ours(img, match)]
     if not history:
-        return f"parent changed ({earlier_miss} re-ran)" if earlier_miss else "no earlier build"
+        # an earlier build ran this layer but kept no checkpoint of it to compare with
+        if earlier_miss:
+            return f"parent changed ({earlier_miss} re-ran)"
+        return "no checkpoint kept" if target.keeps_images else "no earlier build"
 
     def changed(img: tb.Image) -> list[str]:
         return [name for name in INPUT_ORDER if name in layer.inputs and

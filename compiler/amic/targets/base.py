@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from amic.contract import KIND_LAYER, TAG_KIND, TAG_SERVICE
+from amic.contract import KIND_FINAL, KIND_LAYER, TAG_KIND, TAG_SERVICE
 
 OutputCallback = Callable[[str], None]
 """Receives remote output one line at a time (without the newline), as the machine wrote it:
@@ -120,9 +120,11 @@ class Target(abc.ABC):
     def find_image(self, key: str) -> Image | None:
         """The image recorded under a cache key, or None."""
 
-    def plan_lookups(self, keys: Sequence[str], services: Sequence[str]) -> None:
-        """The keys (layers in order, then the final key) and services the build will look
-        up: a target whose look-ups cost API calls may ask for all of them at once."""
+    def plan_lookups(self, keys: Sequence[str], services: Sequence[str], *,
+                     project: str | None = None) -> None:
+        """The keys (layers in order, then the final key), services and project identity
+        (``amic:project``) the build will look up: a target whose look-ups cost API calls
+        may ask for all of them at once."""
 
     def check_final(self, key: str, tags: Mapping[str, str]) -> None:
         """Called by the engine once the plan is made, before anything is looked up, leased
@@ -163,6 +165,15 @@ class Target(abc.ABC):
                  if img.tags.get(TAG_KIND) == KIND_LAYER and img.tags.get(TAG_SERVICE) == service]
         found.sort(key=lambda img: img.created or "", reverse=True)
         return found
+
+    def has_final(self, match: Mapping[str, str | None]) -> bool:
+        """Whether a final image with the tags ``match`` exists (None: the tag is absent);
+        asked once by a build whose project kept no checkpoint, to tell a first build from
+        one whose earlier builds kept only their final image. The default filters
+        ``list_images``; targets with a cheaper query may override it."""
+        return any(img.tags.get(TAG_KIND) == KIND_FINAL
+                   and all(img.tags.get(name) == value for name, value in match.items())
+                   for img in self.list_images())
 
     def memo_paths(self, base: Image, image: Image) -> list[str]:
         """For ``fast_rebuild``: files whose change or removal means ``resolve_base`` may give

@@ -146,7 +146,7 @@ EC2_OPTIONS: tuple[Option, ...] = (
            "{label[NAME]}",
            metavar="TEMPLATE", default="{name}-{key}-{stamp}-{build_id}", commands=BUILD),
     Option(["--ami-description"], "image_description", _AMI, metavar="TEMPLATE",
-           default="built by amic from {amifile} (key {key})", commands=BUILD),
+           default="{name}: built by amic from {file} (key {key})", commands=BUILD),
     Option(["--ami-tag"], "image_tags", _AMI,
            "extra tag on the final AMI and its snapshots (repeatable)", metavar="KEY=VALUE",
            action="append", convert=functools.partial(key_values, flag="--ami-tag"),

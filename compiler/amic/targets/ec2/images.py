@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
 
-from amic.contract import KIND_LAYER, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
+from amic.contract import KIND_FINAL, KIND_LAYER, TAG_BUILD, TAG_KEY, TAG_KIND, TAG_SERVICE
 from amic.errors import BuildError
 from amic.targets.base import Image
 from amic.targets.ec2 import session as aws
@@ -61,6 +61,18 @@ def list_images(ec2) -> list[Image]:
     return [image_from_raw(i) for i in images]
 
 
+def has_final(ec2, match: Mapping[str, str | None]) -> bool:
+    """Whether one of our final AMIs carries the tags ``match`` (None: the tag is absent,
+    which no filter says: checked here). One DescribeImages, filtered by the tags given."""
+    filters = [{"Name": f"tag:{TAG_KIND}", "Values": [KIND_FINAL]}]
+    filters += [{"Name": f"tag:{name}", "Values": [value]} for name, value in match.items()
+                if value is not None]
+    images = aws.call("looking for an earlier build", ec2.describe_images, Owners=["self"],
+                      Filters=filters)["Images"]
+    return any(all(aws.tag_dict(i.get("Tags")).get(name) == value
+                   for name, value in match.items()) for i in images)
+
+
 def layers_of_service(ec2, service: str) -> list[Image]:
     images = aws.call("listing layer checkpoints", ec2.describe_images, Owners=["self"],
                       Filters=[{"Name": f"tag:{TAG_KIND}", "Values": [KIND_LAYER]},
@@ -77,11 +89,31 @@ def snapshot_ids(raw: dict) -> list[str]:
 def deregister(ec2, image_id: str) -> list[str]:
     """Deregister an AMI and delete its EBS snapshots; returns the snapshot ids."""
     found = aws.call(f"describing {image_id}", ec2.describe_images, ImageIds=[image_id])["Images"]
-    snaps = [snap for img in found for snap in snapshot_ids(img)]
+    # one snapshot may back several of the image's devices: delete (and name) it once
+    snaps = list(dict.fromkeys(snap for img in found for snap in snapshot_ids(img)))
     aws.call(f"deregistering {image_id}", ec2.deregister_image, ImageId=image_id)
     for snap in snaps:
         delete_released_snapshot(ec2, snap, f"deleting snapshot {snap} of {image_id}")
     return snaps
+
+
+def remove_older_finals(ec2, key: str, *, keep: str) -> tuple[list[str], list[str]]:
+    """Deregister the final AMIs under ``key`` other than ``keep`` (their snapshots deleted):
+    the ids removed, and those that could not be (left for ``amic ami prune``)."""
+    found = aws.call("looking up older images of the key", ec2.describe_images,
+                     **final_image_query(key))["Images"]
+    removed: list[str] = []
+    failed: list[str] = []
+    for raw in found:
+        tags = aws.tag_dict(raw.get("Tags"))
+        if raw["ImageId"] == keep or tags.get(TAG_KIND, KIND_FINAL) != KIND_FINAL:
+            continue
+        try:
+            deregister(ec2, raw["ImageId"])
+            removed.append(raw["ImageId"])
+        except BuildError:
+            failed.append(raw["ImageId"])
+    return removed, failed
 
 
 SNAPSHOT_RELEASE_PATIENCE = 300.0

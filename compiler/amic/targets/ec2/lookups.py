@@ -10,7 +10,11 @@ them with ``Target.plan_lookups``) asks once:
 - DescribeSnapshots ``tag:amic:service`` = every service of the build (with
   ``amic:checkpoint=snapshot``): the layer snapshots of these keys *and* the
   earlier checkpoints a missed layer is compared with (``images_for_service``);
-- once, only when a layer misses, DescribeImages of older layer AMIs of these services.
+- once, only when a layer misses, DescribeImages of older layer AMIs of these services;
+  with the build's project identity known (``amic:project``), of this project's layer
+  *and final* AMIs instead, so a build that finds no checkpoint of its project learns
+  from the same answer whether the project ever kept a final image (``has_final``: how a
+  first build is told from one that kept no checkpoint) without another call.
 
 The answers are kept for the build. A key is asked again, alone, only after its
 lease was held by another build (``recheck``): that build may have made it
@@ -27,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-from amic.contract import KIND_LAYER, TAG_KEY, TAG_KIND, TAG_SERVICE
+from amic.contract import KIND_FINAL, KIND_LAYER, TAG_KEY, TAG_KIND, TAG_PROJECT, TAG_SERVICE
 from amic.targets.base import Image
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import session as aws
@@ -79,19 +83,26 @@ class Lookups:
     """key -> available AMIs tagged with it (None: not asked yet)."""
     layer_snaps: list[dict] | None = None
     """Layer snapshots of ``services``."""
+    project: str | None = None
+    """The build's ``amic:project`` (None: no identity, or not said)."""
     layer_amis: list[Image] | None = None
-    """Older layer AMIs of ``services`` (asked only when a layer misses)."""
+    """Older layer AMIs of ``services`` (asked only when a layer misses); with ``project``,
+    only this project's."""
+    finals: list[Image] | None = None
+    """This project's final AMIs, asked with ``layer_amis`` when ``project`` is known."""
     rechecks: set[str] = attrs.field(factory=set)
     """Keys to ask again, alone, at their next look-up."""
     described: dict[str, dict] = attrs.field(factory=dict)
     """DescribeImages entries the build already has, by id (the base's: its facts)."""
 
-    def plan(self, keys: Sequence[str], services: Sequence[str]) -> None:
+    def plan(self, keys: Sequence[str], services: Sequence[str],
+             project: str | None = None) -> None:
         self.keys, self.services = tuple(dict.fromkeys(keys)), tuple(dict.fromkeys(services))
+        self.project = project
         self.forget()
 
     def forget(self) -> None:
-        self.images = self.layer_snaps = self.layer_amis = None
+        self.images = self.layer_snaps = self.layer_amis = self.finals = None
         self.rechecks.clear()
 
     def recheck(self, key: str) -> None:
@@ -117,6 +128,16 @@ class Lookups:
         """Layer checkpoints of ``service``, newest first (snapshots, then older layer AMIs
         not registered from one of them)."""
         self._fetch(ec2)
+        if self.layer_amis is None and self.project:
+            reply = aws.call("listing this project's images", ec2.describe_images,
+                             Owners=["self"],
+                             Filters=[{"Name": f"tag:{TAG_KIND}",
+                                       "Values": [KIND_LAYER, KIND_FINAL]},
+                                      {"Name": f"tag:{TAG_PROJECT}", "Values": [self.project]}])
+            found = [amis.image_from_raw(i) for i in reply["Images"]]
+            self.finals = [img for img in found if img.tags.get(TAG_KIND) == KIND_FINAL]
+            self.layer_amis = [img for img in found if img.tags.get(TAG_KIND) == KIND_LAYER
+                               and img.tags.get(TAG_SERVICE) in self.services]
         if self.layer_amis is None:
             self.layer_amis = []
             for part in chunks(self.services):
@@ -132,6 +153,14 @@ class Lookups:
                   and img.tags.get(snapshots.TAG_FROM_SNAPSHOT) not in seen]
         found.sort(key=lambda img: img.created or "", reverse=True)
         return found
+
+    def has_final(self, match) -> bool | None:
+        """Whether this project kept a final AMI, from ``history``'s answer; None when that
+        answer cannot tell (no project identity, another project asked, not asked yet)."""
+        if self.finals is None or not self.project or match.get(TAG_PROJECT) != self.project:
+            return None
+        return any(all(img.tags.get(name) == value for name, value in match.items())
+                   for img in self.finals)
 
     def _fetch(self, ec2) -> None:
         if self.images is None:

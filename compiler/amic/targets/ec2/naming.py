@@ -46,7 +46,9 @@ def name_fields(tags: Mapping[str, str], key: str, build_id: str, when: dt.datet
     amifile = tags.get(TAG_AMIFILE) or "amic"
     stem = re.sub(r"(?i)^amifile[._-]?|[._-]?amifile$", "", amifile) or "amic"
     when = when.astimezone(dt.UTC)
-    return NameFields(amifile=stem, name=tags.get(TAG_NAME) or stem, key=key[:12],
+    # {amifile} is the stem ("amic" for a plain "Amifile": fit for names); {file} the file
+    # name as it is, for descriptions
+    return NameFields(amifile=stem, file=amifile, name=tags.get(TAG_NAME) or stem, key=key[:12],
                       build_id=build_id, timestamp=when.strftime("%Y%m%d-%H%M%S"),
                       stamp=when.strftime("%Y%m%dT%H%M%S.") + f"{when.microsecond // 1000:03d}Z",
                       date=when.strftime("%Y-%m-%d"),
@@ -80,7 +82,8 @@ def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str
         # at most 32 + 7 + 24 + 1 + 12 + 1 + 19 + 1 + 22 = 119: the unique tail is never cut
         name = ami_name(f"{fields['name'][:32]}-layer-{svc[:24]}-{key[:12]}-{fields['stamp']}"
                         f"-{build_id}")
-        description = f"amic cache layer {svc} (key {key[:12]}) from {fields['amifile']}"
+        description = (f"amic cache layer {svc} of {fields['name']} (key {key[:12]}) "
+                       f"from {fields['file']}")[:255]
     all_tags = {**aws.resource_tags(build_id, ttl=None, role="image"), "Name": name,
                 TAG_SSH_USER: user, **tags, TAG_KEY: key,
                 TAG_KIND: tags.get(TAG_KIND, KIND_FINAL if final else KIND_LAYER)}

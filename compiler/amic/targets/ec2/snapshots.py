@@ -144,14 +144,16 @@ def amis_of_layer(ec2, snapshot_id: str) -> list[str]:
 
 
 def remove_layer(ec2, snapshot_id: str) -> list[str]:
-    """Deregister the AMIs registered from a layer snapshot, then delete the snapshot."""
-    for ami in amis_of_layer(ec2, snapshot_id):
+    """Deregister the AMIs registered from a layer snapshot, then delete the snapshot;
+    returns those AMIs' ids (what went with it: the snapshot itself is the caller's id)."""
+    amis = amis_of_layer(ec2, snapshot_id)
+    for ami in amis:
         aws.call(f"deregistering {ami} (of layer {snapshot_id})", ec2.deregister_image,
                  ImageId=ami)
     aws.call_patiently(f"deleting layer snapshot {snapshot_id}", ec2.delete_snapshot,
                        codes=("InvalidSnapshot.InUse",), patience=RELEASE_PATIENCE,
                        SnapshotId=snapshot_id)
-    return [snapshot_id]
+    return list(amis)
 
 
 def registered_ami(ec2, snapshot_id: str) -> str | None:

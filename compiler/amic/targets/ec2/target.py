@@ -84,6 +84,8 @@ class Ec2Target(Target):
         """Leases taken at the first try and not read back yet: name -> KeyPairId."""
         self._lease_keys: dict[str, str] = {}
         """Lease name -> its key (asked again when another build turned out to hold it)."""
+        self._final: tuple[str, str] | None = None
+        """(key, AMI id) of the final AMI this target made: see remove_superseded."""
 
     @classmethod
     def from_values(cls, values: Mapping[str, object], **kwargs) -> Ec2Target:
@@ -154,9 +156,9 @@ class Ec2Target(Target):
         if name is not None:    # None: unique by construction
             naming.check_name_free(self.ec2, name)
 
-    def plan_lookups(self, keys, services) -> None:
+    def plan_lookups(self, keys, services, *, project: str | None = None) -> None:
         """One DescribeImages and one DescribeSnapshots for all of a build's keys (:mod:`.lookups`)."""
-        self._lookups.plan(keys, services)
+        self._lookups.plan(keys, services, project)
 
     def find_image(self, key: str) -> Image | None:
         """A final AMI or a layer under ``key``. A layer's id is always its snapshot's
@@ -222,12 +224,36 @@ class Ec2Target(Target):
         found.sort(key=lambda img: img.created or "", reverse=True)
         return found
 
+    def has_final(self, match) -> bool:
+        known = self._lookups.has_final(match)
+        return amis.has_final(self.ec2, match) if known is None else known
+
+    def remove_superseded(self) -> list[str]:
+        """After a ``--no-cache`` build: the older final AMIs of its key are deregistered (and
+        their snapshots deleted), so one key names one final AMI, as on the local target.
+        Older layer snapshots stay for ``ami prune``: a build elsewhere may be launching
+        from one right now, and ``find_image`` takes the newest."""
+        made, self._final = self._final, None
+        if made is None:
+            return []
+        key, image_id = made
+        try:
+            removed, failed = amis.remove_older_finals(self.ec2, key, keep=image_id)
+        except BuildError as exc:   # the build succeeded: say so, leave the rest to prune
+            return [f"--no-cache: could not look for older final AMIs of key {key[:12]}: {exc}"]
+        if not removed and not failed:
+            return []
+        return [f"--no-cache replaced the final AMI of key {key[:12]}: deregistered "
+                f"{', '.join(removed) or 'none'}"
+                + (f" (could not: {', '.join(failed)}; amic ami prune)" if failed else "")]
+
     def remove_image(self, image: Image) -> None:
         self.deregister(image.id)
 
     def deregister(self, image_id: str, *, region: str | None = None) -> list[str]:
         """Deregister an AMI and delete its EBS snapshots, or remove a layer snapshot and the
-        AMIs registered from it; returns the snapshot ids."""
+        AMIs registered from it; returns the ids of what went with ``image_id`` (each once,
+        never ``image_id`` itself)."""
         ec2 = self.client_for(region or self.region)
         if image_id.startswith("snap-"):
             return snapshots.remove_layer(ec2, image_id)
@@ -368,6 +394,7 @@ class Ec2Target(Target):
             amis.deregister_named(ec2, new.name, self.log)
         raw = amis.create_image(ec2, machine.instance_id, new, opts, self.log)
         image_id = raw["ImageId"]
+        self._final = (key, image_id)
         snaps = amis.tag_snapshots(ec2, raw, new.tags)
         self.log(f"image {image_id} available ({'final' if final else 'layer'}; "
                  f"snapshots {', '.join(snaps) or '-'})")

@@ -238,10 +238,11 @@ class ImageStore:
         raise UsageError(f"image id {ref!r} is ambiguous ({len(matches)} images)")
 
     def size(self, image_id: str) -> int:
-        """Bytes the image's own layer takes (0 for a base: its root is shared)."""
+        """Bytes the image's own layer takes; for a base, its debootstrap root (kept under
+        ``cache_dir()/bases`` and shared by every store there, not under ``images/``)."""
         meta = self.meta(image_id) or {}
         if meta.get("root"):
-            return 0
+            return tree_size(Path(meta["root"]))
         return tree_size(self.image_dir(image_id) / "upper")
 
     # -- scratch directories: found by prune after a kill -9, never while in use ---------
