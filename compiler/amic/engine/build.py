@@ -114,7 +114,7 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
             target.check_final(b.plan.final_key, imagetags.final_tags(b.plan, _common_tags(b)))
             target.plan_lookups([layer.key for layer in b.plan.layers] + [b.plan.final_key],
                                 [layer.service for layer in b.plan.layers],
-                                project=_common_tags(b).get(contract.TAG_PROJECT))
+                                project=project_match(_common_tags(b)))
         with b.timed("lookup"):
             final = (None if options.no_cache or not target.keeps_images
                      else target.find_image(b.plan.final_key))

@@ -121,10 +121,11 @@ class Target(abc.ABC):
         """The image recorded under a cache key, or None."""
 
     def plan_lookups(self, keys: Sequence[str], services: Sequence[str], *,
-                     project: str | None = None) -> None:
-        """The keys (layers in order, then the final key), services and project identity
-        (``amic:project``) the build will look up: a target whose look-ups cost API calls
-        may ask for all of them at once."""
+                     project: Mapping[str, str | None] | None = None) -> None:
+        """The keys (layers in order, then the final key), services and project (the tags
+        its images carry, None for a tag they lack: ``engine.explain.project_match``) the
+        build will look up: a target whose look-ups cost API calls may ask for all of them
+        at once."""
 
     def check_final(self, key: str, tags: Mapping[str, str]) -> None:
         """Called by the engine once the plan is made, before anything is looked up, leased

@@ -11,8 +11,8 @@ them with ``Target.plan_lookups``) asks once:
   ``amic:checkpoint=snapshot``): the layer snapshots of these keys *and* the
   earlier checkpoints a missed layer is compared with (``images_for_service``);
 - once, only when a layer misses, DescribeImages of older layer AMIs of these services;
-  with the build's project identity known (``amic:project``), of this project's layer
-  *and final* AMIs instead, so a build that finds no checkpoint of its project learns
+  with the tags that name the build's project known (``amic:project``, or for a project
+  without identity its ``amic:name``), of this project's layer *and final* AMIs instead, so a build that finds no checkpoint of its project learns
   from the same answer whether the project ever kept a final image (``has_final``: how a
   first build is told from one that kept no checkpoint) without another call.
 
@@ -27,11 +27,11 @@ before this build makes the image itself (a waiter whose holder failed pays that
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from amic.contract import KIND_FINAL, KIND_LAYER, TAG_KEY, TAG_KIND, TAG_PROJECT, TAG_SERVICE
+from amic.contract import KIND_FINAL, KIND_LAYER, TAG_KEY, TAG_KIND, TAG_SERVICE
 from amic.targets.base import Image
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import session as aws
@@ -83,8 +83,9 @@ class Lookups:
     """key -> available AMIs tagged with it (None: not asked yet)."""
     layer_snaps: list[dict] | None = None
     """Layer snapshots of ``services``."""
-    project: str | None = None
-    """The build's ``amic:project`` (None: no identity, or not said)."""
+    project: Mapping[str, str | None] | None = None
+    """The tags this project's images carry (None: a tag they lack): ``engine.explain``'s
+    ``project_match``; None: not said."""
     layer_amis: list[Image] | None = None
     """Older layer AMIs of ``services`` (asked only when a layer misses); with ``project``,
     only this project's."""
@@ -96,9 +97,9 @@ class Lookups:
     """DescribeImages entries the build already has, by id (the base's: its facts)."""
 
     def plan(self, keys: Sequence[str], services: Sequence[str],
-             project: str | None = None) -> None:
+             project: Mapping[str, str | None] | None = None) -> None:
         self.keys, self.services = tuple(dict.fromkeys(keys)), tuple(dict.fromkeys(services))
-        self.project = project
+        self.project = dict(project) if project else None
         self.forget()
 
     def forget(self) -> None:
@@ -128,13 +129,15 @@ class Lookups:
         """Layer checkpoints of ``service``, newest first (snapshots, then older layer AMIs
         not registered from one of them)."""
         self._fetch(ec2)
-        if self.layer_amis is None and self.project:
+        named = {k: v for k, v in (self.project or {}).items() if v is not None}
+        if self.layer_amis is None and named:
             reply = aws.call("listing this project's images", ec2.describe_images,
                              Owners=["self"],
                              Filters=[{"Name": f"tag:{TAG_KIND}",
-                                       "Values": [KIND_LAYER, KIND_FINAL]},
-                                      {"Name": f"tag:{TAG_PROJECT}", "Values": [self.project]}])
-            found = [amis.image_from_raw(i) for i in reply["Images"]]
+                                       "Values": [KIND_LAYER, KIND_FINAL]}]
+                             + [{"Name": f"tag:{k}", "Values": [v]} for k, v in named.items()])
+            found = [img for img in map(amis.image_from_raw, reply["Images"])
+                     if all(img.tags.get(k) == v for k, v in self.project.items())]
             self.finals = [img for img in found if img.tags.get(TAG_KIND) == KIND_FINAL]
             self.layer_amis = [img for img in found if img.tags.get(TAG_KIND) == KIND_LAYER
                                and img.tags.get(TAG_SERVICE) in self.services]
@@ -156,11 +159,10 @@ class Lookups:
 
     def has_final(self, match) -> bool | None:
         """Whether this project kept a final AMI, from ``history``'s answer; None when that
-        answer cannot tell (no project identity, another project asked, not asked yet)."""
-        if self.finals is None or not self.project or match.get(TAG_PROJECT) != self.project:
+        answer cannot tell (another match asked, not asked yet)."""
+        if self.finals is None or dict(match) != self.project:
             return None
-        return any(all(img.tags.get(name) == value for name, value in match.items())
-                   for img in self.finals)
+        return bool(self.finals)
 
     def _fetch(self, ec2) -> None:
         if self.images is None:

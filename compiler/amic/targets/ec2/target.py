@@ -156,7 +156,7 @@ class Ec2Target(Target):
         if name is not None:    # None: unique by construction
             naming.check_name_free(self.ec2, name)
 
-    def plan_lookups(self, keys, services, *, project: str | None = None) -> None:
+    def plan_lookups(self, keys, services, *, project=None) -> None:
         """One DescribeImages and one DescribeSnapshots for all of a build's keys (:mod:`.lookups`)."""
         self._lookups.plan(keys, services, project)
 
