@@ -58,6 +58,10 @@ class AmifileError(AmicError):
         every one they find, this one first); :meth:`render` shows them all, capped."""
         self.complete = True
         """False when the search stopped at the cap: there may be more errors than these."""
+        self.recovered: object | None = None
+        """The Amifile's IR (``ir.Amifile``) parsed without the lines these errors are on,
+        when dropping them cannot make errors of its own (no SERVICE or INCLUDE among
+        them): the next stage (the resolver) checks it, so its errors come in the same run."""
 
     @classmethod
     def collected(cls, errors: Sequence[AmifileError], *, complete: bool = True) -> AmifileError:
@@ -66,6 +70,18 @@ class AmifileError(AmicError):
         first.more = tuple(errors[1:])
         first.complete = complete
         return first
+
+    def joined(self, later: AmifileError) -> AmifileError:
+        """These errors and ``later``'s (a later stage's, on :attr:`recovered`), in file
+        order, capped as one report."""
+        from amic.diagnostics import MAX_SHOWN
+
+        every = sorted((*self.all(), *later.all()),
+                       key=lambda e: (e.pos.line, e.pos.col) if e.pos else (0, 0))
+        for e in every:
+            e.more = ()
+        return AmifileError.collected(every[:MAX_SHOWN], complete=self.complete
+                                      and later.complete and len(every) <= MAX_SHOWN)
 
     def all(self) -> tuple[AmifileError, ...]:
         """This error and the others found with it, in the order found."""

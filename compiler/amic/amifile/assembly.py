@@ -42,6 +42,7 @@ def assemble(records: Sequence[r.Record], path: str, lines: Sequence[str]) -> ir
     state = _Assembly(path, lines)
     steps = _STEPS
     errors: list[AmifileError] = []
+    graph_safe = True   # no SERVICE or INCLUDE refused: the services stand as written
     for record in records:
         try:   # free in the loop (zero-cost exceptions); a mistake skips its instruction
             state.place(record.keyword)
@@ -50,8 +51,12 @@ def assemble(records: Sequence[r.Record], path: str, lines: Sequence[str]) -> ir
             errors.append(exc)
             if type(record) is r.Service:
                 state.stand_in(record)
+            graph_safe = graph_safe and type(record) not in (r.Service, r.Include)
     if errors:
-        raise AmifileError.collected(errors)
+        error = AmifileError.collected(errors)
+        if graph_safe:   # the resolver checks the rest: its errors come in the same run
+            error.recovered = state.finish()
+        raise error
     return state.finish()
 
 

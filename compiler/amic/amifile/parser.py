@@ -207,10 +207,46 @@ def _parse(text: str, path: str, lines: list[str]) -> ir.Amifile:
     try:
         records = parser().parse(text)
     except (LexError, UnexpectedInput) as e:
-        errors = _syntax_errors(e, text, path, lines)
-        raise AmifileError.collected(errors[:MAX_SHOWN],
-                                     complete=len(errors) <= MAX_SHOWN) from None
+        errors, dropped = _syntax_errors(e, text, path, lines)
+        error = AmifileError.collected(errors[:MAX_SHOWN], complete=len(errors) <= MAX_SHOWN)
+        if dropped is not None and error.complete:
+            error = _next_stage(error, path, lines, dropped)
+        raise error from None
     return assemble(records, path, lines)
+
+
+_OPENERS = ("SERVICE", "INCLUDE")
+"""Instructions whose loss changes what the lines after them mean."""
+
+
+def _next_stage(error: AmifileError, path: str, lines: list[str],
+                dropped: list[tuple[int, int]]) -> AmifileError:
+    """``error`` (the syntax errors) with the placement errors of the file parsed without
+    the instructions they are in, or carrying that file's IR for the resolver to check
+    (``AmifileError.recovered``). Only when no dropped instruction is a SERVICE or an
+    INCLUDE (or a word that may be one mistyped): without one of those, what follows
+    would be misplaced or missing for no fault of its own. One more parse, on this
+    error path only."""
+    import difflib  # only on this error path
+
+    for first, _ in dropped:
+        word = lines[first - 1].lstrip(" \t").split(maxsplit=1)[:1]
+        if not word or difflib.get_close_matches(word[0], _OPENERS, n=1, cutoff=0.7):
+            return error
+    kept = list(lines)
+    for first, last in dropped:
+        kept[first - 1:last] = [""] * (last - first + 1)
+    try:
+        records = parser().parse("\n".join(kept) + "\n")
+        amifile = assemble(records, path, lines)
+    except (LexError, UnexpectedInput):
+        return error
+    except AmifileError as placement:
+        joined = error.joined(placement)
+        joined.recovered = placement.recovered
+        return joined
+    error.recovered = amifile
+    return error
 
 
 def _error_from(e: LexError | UnexpectedInput, text: str, path: str,
@@ -223,17 +259,27 @@ def _error_from(e: LexError | UnexpectedInput, text: str, path: str,
 
 
 def _syntax_errors(first: LexError | UnexpectedInput, text: str, path: str,
-                   lines: list[str]) -> list[AmifileError]:
+                   lines: list[str]) -> tuple[list[AmifileError], list[tuple[int, int]] | None]:
     """The first syntax error, then every later one, each found by parsing again from the
     next instruction after the last error (the grammar is a flat list of instructions, so
     any instruction can start a parse). Only this error path pays for it, at most
-    :data:`MAX_SHOWN` parses of the file's tail: still linear in the file."""
+    :data:`MAX_SHOWN` parses of the file's tail: still linear in the file.
+
+    Also the line ranges (first, last) of the instructions the errors are in, or None when
+    the search could not resume past one (the rest of the file is then unknown)."""
     errors = [_error_from(first, text, path, lines)]
+    dropped: list[tuple[int, int]] | None = []
     e: LexError | UnexpectedInput = first
     while len(errors) <= MAX_SHOWN:
         if isinstance(e, LexError) and not e.resumable:
-            break   # not an Amifile, or a heredoc that swallowed the rest: nothing to resume
-        resume = _resume_line(lines, _error_line(e))
+            return errors, None   # not an Amifile, or a heredoc that swallowed the rest
+        line = _error_line(e)
+        resume = _resume_line(lines, line)
+        start = _instruction_start(lines, line)
+        if start is None:
+            dropped = None
+        elif dropped is not None:
+            dropped.append((start, (resume - 1) if resume else len(lines)))
         if resume is None:
             break
         # Blank lines keep the numbering; a parse of the tail alone sees the same tokens.
@@ -244,7 +290,19 @@ def _syntax_errors(first: LexError | UnexpectedInput, text: str, path: str,
         except (LexError, UnexpectedInput) as again:
             e = again
             errors.append(_error_from(e, tail, path, lines))
-    return errors
+    return errors, dropped
+
+
+def _instruction_start(lines: Sequence[str], line: int) -> int | None:
+    """The line that starts the instruction line ``line`` is in (not a continuation of the
+    line before), or None when it is not an instruction's first word that starts it."""
+    k = min(line, len(lines))
+    while k > 1 and lines[k - 2].rstrip(" \t").endswith("\\"):
+        k -= 1
+    if k < 1:
+        return None
+    word = lines[k - 1].lstrip(" \t").split(maxsplit=1)[:1]
+    return k if word and _looks_like_instruction(word[0]) else None
 
 
 def _error_line(e: LexError | UnexpectedInput) -> int:

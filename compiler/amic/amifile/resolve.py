@@ -87,7 +87,17 @@ def load(path: str | os.PathLike[str]) -> Resolved:
     resolve the service graph."""
     from amic.amifile import parser
 
-    return resolve_amifile(parser.parse_file(parser.amifile_path(path)), loader=parser.parse_file)
+    try:
+        root = parser.parse_file(parser.amifile_path(path))
+    except AmifileError as exc:
+        if exc.recovered is None:
+            raise
+        try:   # the graph of what parsed: its errors in the same run
+            resolve_amifile(exc.recovered, loader=parser.parse_file)
+        except AmifileError as graph:
+            raise exc.joined(graph) from None
+        raise
+    return resolve_amifile(root, loader=parser.parse_file)
 
 
 def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolved:

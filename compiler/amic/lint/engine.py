@@ -40,6 +40,10 @@ class _Unit:
     context: Context | None = None
     include_error: Finding | None = None
     """Why an INCLUDE could not be followed (reported instead of the resolver's verdict)."""
+    partial: bool = False
+    """``amifile`` is what parsed without broken instructions (``AmifileError.recovered``):
+    only the resolver's errors are asked of it, as compile asks; the rules would report
+    what the missing instructions leave out."""
 
 
 def _finding(code: str, message: str, pos: Pos) -> Finding:
@@ -141,8 +145,14 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
         return _Unit(path, "", None, [_finding("AM1000", f"cannot read {path}: "
                                                f"{exc.strerror or exc}", Pos(path, 1, 1))])
     except AmifileError as exc:
-        return _Unit(path, text or "", None, _from_error("AM1000", exc, path))
-    unit = _Unit(path, text, amifile)
+        if exc.recovered is None:
+            return _Unit(path, text or "", None, _from_error("AM1000", exc, path))
+        # what parsed without the broken instructions is checked too, as compile does
+        unit = _Unit(path, text or "", exc.recovered, _from_error("AM1000", exc, path),
+                     partial=True)
+        amifile = exc.recovered
+    else:
+        unit = _Unit(path, text, amifile)
     ctx = Context(amifile, text, path,
                   includes_resolved=not amifile.includes, fragment=_is_fragment(path))
     if resolve and amifile.includes:
@@ -155,6 +165,10 @@ def _load(path: str, text: str | None = None, *, resolve: bool) -> _Unit:
 def _analyse(unit: _Unit, *, resolve: bool) -> None:
     """Run the AM rules (and the resolver) on a loaded unit."""
     if unit.context is None:
+        return
+    if unit.partial:
+        if resolve and not unit.amifile.includes:
+            unit.findings.extend(_resolver_errors(unit.amifile, unit.findings))
         return
     findings = _rule_findings(unit.context)
     if unit.include_error is not None:

@@ -18,10 +18,9 @@ A base image (``FROM debian:12``) is a debootstrap root made once by
 Every other image is an upper directory over its parent's chain, so an image
 costs only what its layer changed.
 
-Writes are atomic: an image directory is complete under a temporary name
-before it is renamed into place, and a key file is written last, so a
-crashed build leaves at worst an orphan machine directory (``amic prune``
-removes those), never a half image under a key.
+Writes are atomic: an image directory is complete under a temporary name before it is
+renamed into place, and a key file is written last, so a crashed build leaves at worst an
+orphan machine directory (``amic prune`` removes those), never a half image under a key.
 """
 
 from __future__ import annotations
