@@ -69,7 +69,10 @@ def check_cycle(ctx: Context) -> Found:
                 # its stack entry followed last (no search through its REQUIRES).
                 entered = stack[start][1] - 1 if start + 1 < len(path) else None
                 first = known[req.name].requires[entered] if entered is not None else req
-                yield first.pos, "REQUIRES cycle: " + _chain(path, start)
+                if start + 1 == len(path) and req.name == name:   # compile's own words
+                    yield req.pos, f"service {name!r} requires itself: {name} -> {name}"
+                else:
+                    yield first.pos, "REQUIRES cycle: " + _chain(path, start)
             elif req.name not in state:
                 state[req.name] = 1
                 on_path[req.name] = len(path)
