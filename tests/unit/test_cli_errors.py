@@ -91,3 +91,25 @@ def test_run_takes_every_name_an_amifile_takes(store: Path) -> None:
     proc = amic(store, "run", "a" * 12, "--service", "a" * 63, "--service", "b-2_c")
     assert proc.returncode == 1
     assert "amic: run failed: " in proc.stderr and "invalid service name" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["prune", "--keep", "-1"], "'-1': give 0 or more"),
+    (["prune", "--keep", "two"], "'two' is not a whole number"),
+    (["ami", "prune", "--keep", "-3"], "'-3': give 0 or more"),
+    (["launch", "ami-0123456789abcdef0", "--boot-timeout", "inf"],
+     "'inf': give a finite number of seconds above 0"),
+    (["launch", "ami-0123456789abcdef0", "--boot-timeout", "-5"],
+     "'-5': give a finite number of seconds above 0"),
+])
+def test_counts_and_timeouts_are_refused_before_anything_runs(store: Path, argv: list[str],
+                                                              words: str) -> None:
+    proc = amic(store, *argv)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert (store / "local" / "images" / ("a" * 12) / "meta.json").exists()
+
+
+def test_a_valid_keep_still_runs(store: Path) -> None:
+    proc = amic(store, "prune", "--keep", "0", "--dry-run")
+    assert proc.returncode == 0, proc.stderr

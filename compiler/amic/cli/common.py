@@ -48,6 +48,17 @@ def seconds_argument(value: str) -> float:
     return seconds
 
 
+def count_argument(value: str) -> int:
+    """argparse ``type``: a whole number, 0 or more (``--keep -1`` would keep nothing)."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give 0 or more")
+    return count
+
+
 def path_argument(value: str) -> str:
     """argparse ``type``: a non-empty path (``--manifest ""`` would silently write nothing)."""
     if not value:

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from amic.cli.common import count_argument, seconds_argument
 from amic.cli.options import add_option_groups
 from amic.cli.project import add_project_options
 from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, parse_duration
@@ -216,7 +217,7 @@ def add_ec2_parsers(sub) -> None:
         "--force. Removing final AMIs asks first (on a terminal) or needs --yes.")
     add_aws_options(q)
     add_project_options(q, "the project to prune", default_file=True)
-    q.add_argument("--keep", type=int, default=1, metavar="N",
+    q.add_argument("--keep", type=count_argument, default=1, metavar="N",
                    help="final AMIs kept (default: 1)")
     q.add_argument("--older-than", metavar="AGE", help="only remove AMIs older than this (30d, 12h)")
     q.add_argument("--all", action="store_true", help="remove every AMI of the project")
@@ -237,7 +238,7 @@ def add_ec2_parsers(sub) -> None:
     p.add_argument("--service", "-s", action="append", default=[], metavar="SVC",
                    help="request an extra service at boot (repeatable), e.g. test")
     p.add_argument("--keep", action="store_true", help="leave the instance running; print how to reach it")
-    p.add_argument("--boot-timeout", type=float, default=900, metavar="SECONDS",
+    p.add_argument("--boot-timeout", type=seconds_argument, default=900, metavar="SECONDS",
                    help="wait this long for the boot hook (default: 900)")
     p.add_argument("--command", "-c", metavar="COMMAND",
                    help="also run COMMAND on the instance after boot (its exit status counts)")

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from amic.cli.common import count_argument
 from amic.cli.project import add_project_options
 
 
@@ -67,7 +68,7 @@ def _add_store_commands(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="also prune images without amic:project, grouped (and, for one "
                    "project, selected) by their amic:name alone")
-    p.add_argument("--keep", type=int, default=1, metavar="N",
+    p.add_argument("--keep", type=count_argument, default=1, metavar="N",
                    help="final images kept per project (default: 1)")
     p.add_argument("--all", action="store_true", help="remove every image (bases' roots stay)")
     p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
