@@ -107,6 +107,10 @@ def test_kill_9_is_seen_at_once_by_gc_and_by_a_build_of_the_same_key(builds):
     two = three = None
     try:
         wait_for(seen1, r"slow: init: begin", one)
+        # a user's gc comes a moment later: the instance is past the strict stand-in's
+        # tag-filter lag (an INIT can begin within 1.5 s of RunInstances)
+        if builds.fake.strict is not None:
+            builds.fake.strict.consistency.settle()
         # alive: listed as live (owner, last heartbeat), nothing of it to collect
         t0 = time.monotonic()
         alive = builds.gc("--dry-run", "--json")

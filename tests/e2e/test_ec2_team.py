@@ -174,7 +174,7 @@ def test_two_concurrent_builds_make_each_layer_once(team):
     assert rc1 == 0, "".join(seen1)
     assert rc2 == 0, "".join(seen2)
     ami1, ami2 = out1.strip().splitlines()[-1], out2.strip().splitlines()[-1]
-    assert ami1 == ami2 and ami1.startswith("ami-")
+    assert ami1 == ami2 and ami1.startswith("ami-"), "".join(seen1) + "\n----\n" + "".join(seen2)
     assert "unchanged" in "".join(seen2)
     snaps = created_per_key(fake, "CreateSnapshot")
     images = created_per_key(fake, "CreateImage")

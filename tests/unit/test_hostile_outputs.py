@@ -150,7 +150,7 @@ def test_run_timeout_must_be_finite_and_positive(tmp_path, value):
 def test_prune_keep_must_not_be_negative(tmp_path):
     proc = run("prune", "--keep", "-1", cwd=tmp_path,
                env={"AMIC_CACHE_DIR": str(tmp_path / "cache")})
-    clean(proc, 2, "--keep -1: keep 0 or more final images per project")
+    clean(proc, 2, "argument --keep: '-1': give 0 or more")
     assert not (tmp_path / "cache").exists()
 
 

@@ -107,8 +107,13 @@ class Lookups:
         self.rechecks.clear()
 
     def recheck(self, key: str) -> None:
-        """Another build held ``key``'s lease: ask for it again before trusting the answer."""
+        """Another build held ``key``'s lease: ask for it again before trusting the answer,
+        and the final key too (the last one): that build is on the same chain and may go on
+        to make the final image moments before this build looks, which a tag filter may not
+        show yet."""
         self.rechecks.add(key)
+        if self.keys:
+            self.rechecks.add(self.keys[-1])
 
     def knows(self, key: str) -> bool:
         return key in self.keys
@@ -117,8 +122,10 @@ class Lookups:
         if key in self.rechecks:
             self.rechecks.discard(key)
             found = self._settled(ec2, key)
-            if found is not None:
-                self.forget()       # made meanwhile: whatever comes next is asked afresh
+            if found is not None:   # made meanwhile: whatever comes next is asked afresh
+                pending = set(self.rechecks)
+                self.forget()
+                self.rechecks |= pending
             return found
         self._fetch(ec2)
         snaps = [s for s in self.layer_snaps or ()
