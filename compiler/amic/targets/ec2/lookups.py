@@ -91,6 +91,10 @@ class Lookups:
     only this project's."""
     finals: list[Image] | None = None
     """This project's final AMIs, asked with ``layer_amis`` when ``project`` is known."""
+    contended: bool = False
+    """Another build held one of this build's leases: it is on the same chain and may make
+    the final image moments before this build looks (while a tag filter does not show it
+    yet), so every look-up of the final key from then on is asked through the lag."""
     rechecks: set[str] = attrs.field(factory=set)
     """Keys to ask again, alone, at their next look-up."""
     described: dict[str, dict] = attrs.field(factory=dict)
@@ -100,6 +104,7 @@ class Lookups:
              project: Mapping[str, str | None] | None = None) -> None:
         self.keys, self.services = tuple(dict.fromkeys(keys)), tuple(dict.fromkeys(services))
         self.project = dict(project) if project else None
+        self.contended = False
         self.forget()
 
     def forget(self) -> None:
@@ -112,14 +117,13 @@ class Lookups:
         to make the final image moments before this build looks, which a tag filter may not
         show yet."""
         self.rechecks.add(key)
-        if self.keys:
-            self.rechecks.add(self.keys[-1])
+        self.contended = True
 
     def knows(self, key: str) -> bool:
         return key in self.keys
 
     def find(self, ec2, key: str) -> Image | None:
-        if key in self.rechecks:
+        if key in self.rechecks or (self.contended and self.keys and key == self.keys[-1]):
             self.rechecks.discard(key)
             found = self._settled(ec2, key)
             if found is not None:   # made meanwhile: whatever comes next is asked afresh
