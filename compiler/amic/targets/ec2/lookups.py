@@ -112,10 +112,8 @@ class Lookups:
         self.rechecks.clear()
 
     def recheck(self, key: str) -> None:
-        """Another build held ``key``'s lease: ask for it again before trusting the answer,
-        and the final key too (the last one): that build is on the same chain and may go on
-        to make the final image moments before this build looks, which a tag filter may not
-        show yet."""
+        """Another build held ``key``'s lease: ask for it again before trusting the answer
+        (and the final key from now on: see ``contended``)."""
         self.rechecks.add(key)
         self.contended = True
 
@@ -126,10 +124,8 @@ class Lookups:
         if key in self.rechecks or (self.contended and self.keys and key == self.keys[-1]):
             self.rechecks.discard(key)
             found = self._settled(ec2, key)
-            if found is not None:   # made meanwhile: whatever comes next is asked afresh
-                pending = set(self.rechecks)
-                self.forget()
-                self.rechecks |= pending
+            if found is not None:
+                self.forget()       # made meanwhile: whatever comes next is asked afresh
             return found
         self._fetch(ec2)
         snaps = [s for s in self.layer_snaps or ()
