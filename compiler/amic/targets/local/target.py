@@ -109,6 +109,7 @@ class LocalTarget(Target):
     # -- Target ----------------------------------------------------------
 
     def resolve_base(self, base_ref: str | None) -> Image:
+        rootfs.require_layerable(self.store.root)    # before a debootstrap that would be in vain
         ref = base_ref or rootfs.DEFAULT_BASE
         return self.store.record_base(ref, rootfs.ensure_base(ref, log=self.log))
 
@@ -145,6 +146,7 @@ class LocalTarget(Target):
 
     @contextlib.contextmanager
     def launch(self, image: Image, *, build_id: str) -> Iterator[LocalMachine]:
+        rootfs.require_layerable(self.store.root)
         self.store.ensure_dirs()
         mdir = self.store.machines_dir / build_id
         mdir.mkdir(parents=True)
