@@ -30,7 +30,7 @@ import pytest
 
 from amic.targets.local import disk, ec2disk, vm
 
-from tests.harness import imds
+from tests.harness import ec2vm, imds
 from tests.harness.cli import run_amic
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -109,29 +109,9 @@ def key_pair(project: Path, ec2_raw: Path) -> Path:
     return key
 
 
-class Ec2LikeVm(vm.QemuVm):
-    """``vm.QemuVm`` with what a Nitro instance shows its guest: the disk on NVMe, DMI's
-    ``Amazon EC2``, the instance metadata at 169.254.169.254 (the stand-in)."""
-
-    def __init__(self, disk_path: Path, workdir: Path, imds_port: int, **kw) -> None:
-        super().__init__(disk_path, workdir, **kw)
-        self.imds_port = imds_port
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        i = next(n for n, a in enumerate(argv) if a.startswith("file=") and "if=virtio" in a)
-        argv[i] = argv[i].replace("if=virtio", "if=none,id=root")
-        argv[i + 1:i + 1] = ["-device", "nvme,drive=root,serial=vol0a1b2c3d4e5f60718"]
-        n = argv.index("-netdev") + 1
-        # the guest's network holds the IMDS address, as an EC2 VPC's link-local does
-        argv[n] += f",net=169.254.169.0/24,guestfwd={imds.guestfwd(self.imds_port)}"
-        argv += ["-smbios", "type=1,manufacturer=Amazon EC2,product=m5.large"]
-        return argv
-
-
 def boot_as_instance(disk_path: Path, workdir: Path, server: imds.Imds, label: str,
-                     **kw) -> Ec2LikeVm:
-    machine = Ec2LikeVm(disk_path, workdir, server.port, **kw)
+                     **kw) -> ec2vm.Ec2LikeVm:
+    machine = ec2vm.Ec2LikeVm(disk_path, workdir, server.port, **kw)
     argv = machine.argv()
     netdev = argv[argv.index("-netdev") + 1]
     assert "restrict=on" in netdev and netdev.count("fwd=") == 2, netdev
@@ -170,7 +150,7 @@ def test_ec2_disk_boots_as_an_instance(project: Path, ec2_raw: Path, key_pair: P
                                  "cat /etc/ec2disk-base /etc/ec2disk-tagged /run/ec2disk-booted "
                                  ">/dev/null && df -B1M --output=size / | tail -n 1 && "
                                  "modinfo -F filename nvme ena && findmnt -no SOURCE / && "
-                                 "ls /sys/firmware/efi >/dev/null 2>&1 && echo efi || echo bios")
+                                 "ls /sys/firmware/efi >/dev/null 2>&1 && echo uefi || echo bios")
             assert rc == 0, out
             lines = out.splitlines()
             assert lines[0] == "ip-10-1-2-3", out                    # hostname from IMDS
