@@ -57,7 +57,8 @@ def amic(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
     env.pop("AMIC_TARGET", None)
     proc = run_amic(*args, cwd=cwd, env=env, timeout=None)
     if check and proc.returncode != 0:
-        raise AssertionError(f"amic {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"amic {' '.join(args)}: exit {proc.returncode}\n"
+                             f"{proc.stderr[-4000:]}")
     return proc
 
 

@@ -141,7 +141,8 @@ def write_ec2_disk(target, image: Image, out: Path, *, fmt: str = "raw", log=Non
         raise UsageError(f"--for ec2 writes a raw or qcow2 disk, not {fmt!r}")
     with ec2_layer_in_use(target, image, log=log) as ec2_image:
         facts = disk.write_disk(target.store, ec2_image, out, fmt=fmt)
-    return Ec2Disk(path=out, size=disk_size(facts), root_uuid=facts["uuid"], root_mib=facts["root_mib"],
+    return Ec2Disk(path=out, size=disk_size(facts), root_uuid=facts["uuid"],
+                   root_mib=facts["root_mib"],
                    used_kib=facts["used_kib"])
 
 
