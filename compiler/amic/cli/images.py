@@ -91,6 +91,9 @@ def _add_store_commands(sub) -> None:
     p.add_argument("--compress", action="store_true",
                    help="qcow2: compress the disk (zlib, any QEMU/libvirt/UTM reads it; about a "
                    "third of the size, slower to write) for handing it to someone")
+    p.add_argument("--for", dest="platform", metavar="PLATFORM",
+                   help="raw/qcow2: make the disk fit to boot there; ec2: NVMe/ENA kernel, DHCP "
+                   "on any NIC, the SSH key and hostname from IMDSv2 at boot (docs/ec2.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("shell", help="a root shell in a local image (changes are discarded) or "
@@ -180,7 +183,8 @@ def cmd_export(args) -> int:
     from amic.targets.local.disk import export_image
 
     export_image(target, image, Path(args.output), fmt=args.format,
-                 authorized_key=args.authorized_key, compress=args.compress, log=lambda m: print(f"amic: {m}", file=sys.stderr))
+                 authorized_key=args.authorized_key, compress=args.compress,
+                 platform=args.platform, log=lambda m: print(f"amic: {m}", file=sys.stderr))
     print(f"amic: exported {image.id[:12]} to {args.output}", file=sys.stderr)
     return 0
 
