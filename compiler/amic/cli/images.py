@@ -13,9 +13,24 @@ from amic.cli.common import count_argument
 from amic.cli.project import add_project_options
 
 
+REF_HELP = ("NAME:latest, NAME@ID, an image id (prefix) or cache key, or 'latest' (default): "
+            "this project's newest image (docs/devvm.md, \"Image references\")")
+
+
 def register(sub) -> None:
     _add_run(sub)
     _add_store_commands(sub)
+
+
+def add_file_option(p) -> None:
+    p.add_argument("--file", metavar="AMIFILE", dest="amifile",
+                   help="the project whose image 'latest' is (default: ./Amifile)")
+
+
+def lookup(target, ref: str, amifile: str | None):
+    from amic.targets.local import refs
+
+    return refs.lookup(target.store, ref, amifile)
 
 
 def _add_run(sub) -> None:
@@ -27,8 +42,8 @@ def _add_run(sub) -> None:
         "layer. The boot hook (amic.service) runs: init for services requested with --service "
         "that the image lacks, then UPDATE for all. Then `amic status` is printed and the "
         "machine powers off (unless --interactive). Exit status: that of `amic status`.")
-    p.add_argument("image", nargs="?", default="latest",
-                   help="image id (prefix), cache key, or 'latest' (default)")
+    p.add_argument("image", nargs="?", default="latest", help=REF_HELP)
+    add_file_option(p)
     p.add_argument("--service", "-s", action="append", default=[], metavar="SVC",
                    help="request an extra service (written to /etc/amic/services.d/amic-run)")
     p.add_argument("--interactive", "-i", action="store_true",
@@ -78,7 +93,8 @@ def _add_store_commands(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("export", help="write a local image as a tarball, a bootable raw/qcow2 disk or an OCI image")
-    p.add_argument("image", help="image id (prefix), cache key, or 'latest'")
+    p.add_argument("image", help=REF_HELP.replace(" (default)", ""))
+    add_file_option(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="file to write (a tar is mode 0600: it holds the whole root filesystem); "
                    "a device or FIFO is written in place (a FIFO's reader is waited for 10s); a "
@@ -95,9 +111,25 @@ def _add_store_commands(sub) -> None:
 
     p = sub.add_parser("shell", help="a root shell in a local image (changes are discarded) or "
                        "in a machine kept by --on-error=abort")
-    p.add_argument("image", help="image id (prefix), 'latest', or a kept machine directory")
+    p.add_argument("image", help=REF_HELP.replace(" (default)", "") + "; or a kept "
+                   "machine directory")
+    add_file_option(p)
     p.add_argument("-c", dest="command", metavar="COMMAND", help="run COMMAND instead of a shell")
     p.set_defaults(func=cmd_shell)
+
+    p = sub.add_parser(
+        "rmi", help="remove one local image (with its VM layer and cached VM disk)",
+        description="Remove one image of the local target, with the VM layer and cached VM "
+        "disk made from it (`amic export --format qcow2`, `amic run --vm`). Refuses while a "
+        "shell, run, export, kept machine, build or running VM uses it (unless --force), and "
+        "while other images are built on it. The layers below it stay as build cache: "
+        "`amic prune` removes those no image needs. Prints what it freed.")
+    p.add_argument("image", metavar="IMAGE", help=REF_HELP.replace(" (default)", ""))
+    add_file_option(p)
+    p.add_argument("--force", action="store_true",
+                   help="remove it even while something uses it")
+    p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
+    p.set_defaults(func=cmd_rmi)
 
 
 def _local():
@@ -164,8 +196,23 @@ def cmd_prune(args) -> int:
     from amic.targets.local.store import human
 
     print(f"amic: {verb} {len(removed)} item(s), {'would free' if args.dry_run else 'freed'} "
-          f"{human(target.store.freed)}" + (f"; kept {len(busy)} in use" if busy else ""),
-          file=sys.stderr)
+          f"{human(target.store.freed)} ({target.store.freed} bytes)"
+          + (f"; kept {len(busy)} in use" if busy else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_rmi(args) -> int:
+    from amic.targets.local import prune
+    from amic.targets.local.store import human
+
+    target = _local()
+    image = lookup(target, args.image, args.amifile)
+    result = prune.remove(target.store, image.id, force=args.force, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for item in result.removed:
+        print(f"{verb} {item}")
+    print(f"amic: {verb} {image.id[:12]}, {'would free' if args.dry_run else 'freed'} "
+          f"{human(result.freed)} ({result.freed} bytes)", file=sys.stderr)
     return 0
 
 
@@ -176,7 +223,7 @@ def cmd_export(args) -> int:
 
     check_output(args.output)  # a missing directory is a usage error before any work
     target = _local()
-    image = target.lookup(args.image)
+    image = lookup(target, args.image, args.amifile)
     from amic.targets.local.disk import export_image
 
     export_image(target, image, Path(args.output), fmt=args.format,
@@ -186,7 +233,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_shell(args) -> int:
-    return _local().shell(args.image, args.command)
+    from pathlib import Path
+
+    target = _local()
+    if (Path(args.image) / "machine.json").exists():
+        return target.shell(args.image, args.command)
+    return target.shell(lookup(target, args.image, args.amifile).id, args.command)
 
 
 def cmd_run(args) -> int:
@@ -195,7 +247,7 @@ def cmd_run(args) -> int:
 
     services = check_services(args.service)   # a mistyped name costs nothing
     target = _local()
-    image = target.lookup(args.image)
+    image = lookup(target, args.image, args.amifile)
     reporter = Reporter(mode="plain")
     if args.vm:
         from amic.targets.local import vm

@@ -134,7 +134,7 @@ def export(store: ImageStore, image: Image, out: Path) -> None:
                 raise BuildError(f"export failed: {proc.stderr.decode(errors='replace')[-500:]}")
 
 
-def shell(store: ImageStore, what: str, command: str | None = None) -> int:
+def shell(store: ImageStore, what: str, command: str | None = None, project=None) -> int:
     """Interactive shell in a kept machine directory (``--on-error=abort``) or a throwaway copy
     of an image."""
     path = Path(what)
@@ -142,7 +142,7 @@ def shell(store: ImageStore, what: str, command: str | None = None) -> int:
         info = json.loads((path / "machine.json").read_text())
         return rootfs.run_in_root([Path(p) for p in info["lowers"]], path / "upper",
                                   command or LOGIN_SHELL, interactive=True)
-    image = store.lookup(what)
+    image = store.lookup(what, project)
     with store.use(image.id) as lowers, store.scratch("shell-") as scratch:
         return rootfs.run_in_root(lowers, scratch / "upper",
                                   command or LOGIN_SHELL, interactive=True)
@@ -193,7 +193,10 @@ def boot_kept(store: ImageStore, image: Image, *, timeout: float, prepare=None,
 
     kept = store.root / "kept"
     kept.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{image.id[:SHORT]}-", dir=kept))
+    with store.lock("store.lock"):      # locked before prune can see it (as scratch dirs)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{image.id[:SHORT]}-", dir=kept))
+        alive = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(alive, fcntl.LOCK_EX)
     upper = scratch / "upper"
     upper.mkdir()
     with store.use(image.id) as lowers:
@@ -210,9 +213,10 @@ def boot_kept(store: ImageStore, image: Image, *, timeout: float, prepare=None,
         with open(scratch / "console.log", "wb") as console:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    pass_fds=[fh.fileno() for fh in locks])
+                                    pass_fds=[alive, *(fh.fileno() for fh in locks)])
         for fh in locks:
             fh.close()          # the child's copies keep the locks
+        os.close(alive)         # held by the machine until it stops: then prune takes it
     report_file = upper / REPORT_PATH
     deadline = time.monotonic() + timeout
     while not report_file.exists() and proc.poll() is None and time.monotonic() < deadline:
