@@ -104,6 +104,9 @@ def _add_store_commands(sub) -> None:
                    "UEFI, see docs/devvm.md); oci: an image archive for podman/docker load")
     p.add_argument("--authorized-key", metavar="FILE", type=Path,
                    help="raw/qcow2: an SSH public key file authorised for root on the disk")
+    p.add_argument("--no-authorized-key", action="store_true",
+                   help="raw/qcow2: write the disk without any key on purpose (no warning); "
+                   "nobody can log in over SSH unless the image itself authorises a key")
     p.add_argument("--compress", action="store_true",
                    help="qcow2: compress the disk (zlib, any QEMU/libvirt/UTM reads it; about a "
                    "third of the size, slower to write) for handing it to someone")
@@ -192,7 +195,9 @@ def cmd_prune(args) -> int:
     for item in removed:
         print(f"{verb} {item}")
     for item in busy:
-        print(f"kept {item}: in use by a running shell, run or export", file=sys.stderr)
+        print(f"kept {item}" + ("" if ": in use by " in item
+                                else ": in use by a running shell, run or export"),
+              file=sys.stderr)
     from amic.targets.local.store import human
 
     print(f"amic: {verb} {len(removed)} item(s), {'would free' if args.dry_run else 'freed'} "
@@ -222,9 +227,21 @@ def cmd_export(args) -> int:
     from amic.fsutil import check_output
 
     check_output(args.output)  # a missing directory is a usage error before any work
+    if args.authorized_key is not None and args.no_authorized_key:
+        from amic.errors import UsageError
+
+        raise UsageError("--authorized-key and --no-authorized-key exclude each other")
+    if args.no_authorized_key and args.format not in ("raw", "qcow2"):
+        from amic.errors import UsageError
+
+        raise UsageError("--no-authorized-key goes with --format raw or qcow2")
     target = _local()
     image = lookup(target, args.image, args.amifile)
-    from amic.targets.local.disk import export_image
+    from amic.targets.local.disk import NO_KEY_WARNING, export_image
+
+    if args.format in ("raw", "qcow2") and args.authorized_key is None \
+            and not args.no_authorized_key:
+        print(f"amic: warning: {NO_KEY_WARNING}", file=sys.stderr)
 
     export_image(target, image, Path(args.output), fmt=args.format,
                  authorized_key=args.authorized_key, compress=args.compress, log=lambda m: print(f"amic: {m}", file=sys.stderr))

@@ -14,27 +14,31 @@ import signal
 import sys
 
 from amic import __version__
-from amic.cli import build, compile, ec2, images, lint  # the command modules, each import-light
+from amic.cli import (build, compile, completion, ec2, images, lint,  # the command modules,
+                      starter)                                        # each import-light
 from amic.cli.common import error_text
 from amic.errors import AmicError
 
 # Every command group, in the order ``amic --help`` lists its commands; each
 # function adds the group's subcommands. A new group is one module and one row.
 COMMAND_GROUPS = (
+    starter.register,      # init
     compile.register,      # compile
     lint.register,         # lint
     build.register,        # build
-    images.register,       # run, images, prune, export, shell (the local target)
+    images.register,       # run, images, prune, export, shell, rmi (the local target)
     ec2.add_ec2_parsers,   # gc, ami ls|prune, launch
+    completion.register,   # completion
 )
 
 EPILOG = """\
 commands by task:
-  write and check     amic lint, amic compile --print
+  start and check     amic init, amic lint, amic compile --print
   bake an image       amic build [--target local|ec2|ssh://user@host] [--dry-run]
   a developer VM      amic export IMAGE --format qcow2, amic run IMAGE --vm
-  inspect the cache   amic images, amic prune; amic ami ls, amic ami prune, amic gc
-docs: docs/language.md (Amifile), docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
+  inspect the cache   amic images, amic rmi, amic prune; amic ami ls, amic ami prune, amic gc
+  shell completion    source <(amic completion bash)   (also zsh, fish)
+docs: docs/language.md (Amifile), docs/services.md, docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
 """
 
 

@@ -55,8 +55,8 @@ class Tally:
         self.removed.append(f"{what} ({human(size)})")
         self.freed.append(size)
 
-    def busy(self, what: str) -> None:
-        self.removed.append(f"{IN_USE}{what}")
+    def busy(self, what: str, by: str = "a running shell, run or export") -> None:
+        self.removed.append(f"{IN_USE}{what}: in use by {by}")
 
     def tree(self, path: Path, what: str) -> None:
         """Remove the directory ``path`` (counted first)."""
@@ -122,7 +122,7 @@ def remove_disk(store: ImageStore, tally: Tally, disk: Path) -> None:
                 disk.unlink(missing_ok=True)
                 disk.with_suffix(".lock").unlink(missing_ok=True)
     except LockBusy:
-        tally.busy(f"VM disk {disk.name}")
+        tally.busy(f"VM disk {disk.name}", "amic run --vm writing it")
         return
     except FileNotFoundError:
         return
@@ -187,14 +187,14 @@ def prune(store: ImageStore, *, keep: int = 1, everything: bool = False, dry_run
                 if (kind == KIND_BASE and not everything) or not select.candidate(meta["tags"]):
                     continue
                 if image_id in busy:
-                    tally.busy(f"{kind} {image_id[:SHORT]} by {busy[image_id]}")
+                    tally.busy(f"{kind} {image_id[:SHORT]}", busy[image_id])
                 elif remove_image(store, tally, image_id, kind):
                     gone.add(image_id)
             for image_id, meta in metas.items():
                 parent = meta.get("parent")
                 if is_vm_layer(meta) and (parent not in metas or parent in gone):
                     if image_id in busy:
-                        tally.busy(f"VM layer {image_id[:SHORT]} by {busy[image_id]}")
+                        tally.busy(f"VM layer {image_id[:SHORT]}", busy[image_id])
                     elif remove_image(store, tally, image_id, "VM layer"):
                         gone.add(image_id)
             left = {i[:SHORT] for i in metas if i not in gone}
