@@ -6,7 +6,7 @@ amic's wrapper (a developer's amic on an SSH host) is left alone."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -14,6 +14,7 @@ from tests.harness.roots import RUNNER, SHELLS, Root, compile_stage2
 
 pytestmark = pytest.mark.root
 
+WRAPPER = str(PurePosixPath("/usr/local/bin") / "amic")   # in the root, not the tests' amic
 AMIFILE = """
 SERVICE app
     INIT echo init >> /root/app-log
@@ -26,9 +27,9 @@ def test_install_puts_amic_on_path(tmp_path: Path, shell: str) -> None:
     if shell.startswith("busybox"):
         root.put("/usr/bin/busybox", Path(shutil.which("busybox")).read_bytes(), 0o755)
     root.install_stage2(compile_stage2(tmp_path / "ctx", AMIFILE), shell)
-    wrapper = root.read("/usr/local/bin/amic")
+    wrapper = root.read(WRAPPER)
     assert "# amic runtime wrapper" in wrapper and RUNNER in wrapper, wrapper
-    assert root.file("/usr/local/bin/amic").stat().st_mode & 0o777 == 0o755
+    assert root.file(WRAPPER).stat().st_mode & 0o777 == 0o755
     rc, out = root.run("cd / && amic init && amic status", check=None)
     assert rc == 0, out
     assert "app" in out and "stage2" in out, out
@@ -39,7 +40,7 @@ def test_install_puts_amic_on_path(tmp_path: Path, shell: str) -> None:
 
 def test_someone_elses_amic_is_left_alone(tmp_path: Path) -> None:
     root = Root(tmp_path)
-    root.put("/usr/local/bin/amic", "#!/bin/sh\necho the developer's compiler\n", 0o755)
+    root.put(WRAPPER, "#!/bin/sh\necho the developer's compiler\n", 0o755)
     out = root.install_stage2(compile_stage2(tmp_path / "ctx", AMIFILE), "dash")
     assert "/usr/local/bin/amic is not amic's wrapper, left as it is" in out, out
-    assert root.read("/usr/local/bin/amic") == "#!/bin/sh\necho the developer's compiler\n"
+    assert root.read(WRAPPER) == "#!/bin/sh\necho the developer's compiler\n"

@@ -27,9 +27,7 @@ def register(sub) -> None:
 
 
 def cmd_completion(args) -> int:
-    from amic.cli.main import build_parser
-
-    table = commands(build_parser())
+    table = commands(args.root_parser)
     sys.stdout.write({"bash": bash, "zsh": zsh, "fish": fish}[args.shell](table))
     return 0
 
@@ -46,19 +44,19 @@ class Command:
         self.subcommands: list[str] = []
 
 
-def commands(parser: argparse.ArgumentParser) -> list[Command]:
-    """Every command of ``parser``, nested ones as ``group sub``; the top level is ``""``."""
+def commands(parser) -> list[Command]:
+    """Every command of ``parser`` (an :class:`amic.cli.options.Parser`), nested ones as
+    ``group sub``; the top level is ``""``."""
     out: list[Command] = []
 
-    def walk(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    def walk(p, name: str, help_text: str) -> None:
         cmd = Command(name, help_text)
         out.append(cmd)
-        for action in p._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                helps = {c.dest: c.help or "" for c in action._choices_actions}
+        for action in p.actions:
+            if isinstance(action.choices, dict):        # the subcommands
                 for sub, child in action.choices.items():
                     cmd.subcommands.append(sub)
-                    walk(child, f"{name} {sub}".strip(), helps.get(sub, ""))
+                    walk(child, f"{name} {sub}".strip(), child.description or "")
             elif action.option_strings:
                 if action.help == argparse.SUPPRESS:
                     continue

@@ -28,9 +28,10 @@ def add_file_option(p) -> None:
 
 
 def lookup(target, ref: str, amifile: str | None):
+    from amic.cli.project import project_here
     from amic.targets.local import refs
 
-    return refs.lookup(target.store, ref, amifile)
+    return refs.lookup(target.store, ref, lambda: project_here(amifile))
 
 
 def _add_run(sub) -> None:
@@ -184,10 +185,13 @@ def cmd_prune(args) -> int:
 
     project = project_to_prune(args) if args.name or args.project or args.file else None
     target = _local()
-    removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
-                                 project=project and project.id, force=args.force,
-                                 legacy_name=project and project.name)
+    from amic.targets.local import prune
     from amic.targets.local.store import IN_USE
+
+    result = prune.prune(target.store, keep=args.keep, everything=args.all,
+                         dry_run=args.dry_run, project=project and project.id,
+                         force=args.force, legacy_name=project and project.name)
+    removed = list(result.removed)
 
     verb = "would remove" if args.dry_run else "removed"
     busy = [item.removeprefix(IN_USE) for item in removed if item.startswith(IN_USE)]
@@ -201,7 +205,7 @@ def cmd_prune(args) -> int:
     from amic.targets.local.store import human
 
     print(f"amic: {verb} {len(removed)} item(s), {'would free' if args.dry_run else 'freed'} "
-          f"{human(target.store.freed)} ({target.store.freed} bytes)"
+          f"{human(result.freed)} ({result.freed} bytes)"
           + (f"; kept {len(busy)} in use" if busy else ""), file=sys.stderr)
     return 0
 

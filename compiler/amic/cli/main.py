@@ -17,6 +17,7 @@ from amic import __version__
 from amic.cli import (build, compile, completion, ec2, images, lint,  # the command modules,
                       starter)                                        # each import-light
 from amic.cli.common import error_text
+from amic.cli.options import Parser
 from amic.errors import AmicError
 
 # Every command group, in the order ``amic --help`` lists its commands; each
@@ -43,7 +44,7 @@ docs: docs/language.md (Amifile), docs/services.md, docs/lint-rules.md, docs/bui
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="amic", description="Compile an Amifile into a stage2 artifact and bake machine "
         "images from it (AMIs, local images, or any SSH host).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMAND_GROUPS:
         register(sub)
+    parser.set_defaults(root_parser=parser)    # what `amic completion` walks
     return parser
 
 

@@ -23,8 +23,8 @@ Every failure is a :class:`UsageError` naming the candidates (``amic images`` sh
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Callable
 
 from amic.contract import KIND_FINAL, TAG_KIND, TAG_NAME, TAG_PROJECT
 from amic.errors import UsageError
@@ -39,37 +39,20 @@ SHOWN = 8
 """Candidates an error lists before ``...``."""
 
 
-def project_here(amifile: str | None = None) -> Project | None:
-    """The project of ``amifile`` (a file or a directory holding ``Amifile``; default
-    ``./Amifile``), or None when none was named and there is no ``./Amifile``."""
-    from amic import contract
-    from amic.amifile import resolve as amifile_resolve
-    from amic.project import derive
-
-    path = amifile or "Amifile"
-    if os.path.isdir(path):
-        path = os.path.join(path, "Amifile")
-    if amifile is None and not os.path.isfile(path):
-        return None
-    if not os.path.isfile(path):
-        raise UsageError(f"--file {amifile}: no Amifile there")
-    project = derive(path, amifile_resolve.load(path).name)
-    # no identity: its images are found by the readable name (the Project's id stays None)
-    return project if project.id else Project(None, contract.project_name(path, project.name))
-
-
-def lookup(store, ref: str, amifile: str | None = None) -> Image:
-    """The image ``ref`` names in ``store`` (an :class:`ImageStore`), ``latest`` being the
-    project of ``amifile`` (default ./Amifile). The Amifile is read only when ``ref`` needs
-    it, so a broken ./Amifile never stands in the way of an id."""
+def lookup(store, ref: str, project_of: Callable[[], Project | None]) -> Image:
+    """The image ``ref`` names in ``store`` (an :class:`ImageStore`). ``project_of()`` gives
+    the project ``latest`` means (the command line's: the Amifile it runs next to, or
+    ``--file``); called only when ``ref`` needs it, so a broken ./Amifile never stands in
+    the way of an id. For ``NAME:latest`` it only breaks a tie, and an error from it is
+    ignored."""
     from amic.errors import AmicError
 
     project = None
-    if ref.strip() == LATEST or amifile:
-        project = project_here(amifile)
+    if ref.strip() == LATEST:
+        project = project_of()
     elif ":" in ref and not ref.startswith("sha256:"):
-        try:           # NAME:latest prefers this project's image of that name, if any
-            project = project_here(None)
+        try:
+            project = project_of()
         except AmicError:
             project = None
     return store.lookup(ref, project)

@@ -99,8 +99,6 @@ class ImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.freed = 0
-        """Bytes the last :meth:`prune` freed (would free, with ``dry_run``)."""
 
     @property
     def images_dir(self) -> Path:
@@ -350,14 +348,6 @@ class ImageStore:
             trash = self.images_dir / f".trash-{d.name}-{uuid.uuid4().hex[:8]}"
             os.rename(d, trash)  # gone from the store at once; deleting may take a while
             shutil.rmtree(trash, ignore_errors=True)
-
-    def prune(self, **kw) -> list[str]:
-        """See :func:`amic.targets.local.prune.prune` (sets :attr:`freed`)."""
-        from amic.targets.local import prune
-
-        result = prune.prune(self, **kw)
-        self.freed = result.freed
-        return list(result.removed)
 
     @contextlib.contextmanager
     def exclusive_builds(self) -> Iterator[None]:

@@ -216,8 +216,11 @@ class LocalTarget(Target):
         return self.store.size(image.id)
 
     def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False) -> list[str]:
-        """See :meth:`ImageStore.prune`."""
-        return self.store.prune(keep=keep, everything=everything, dry_run=dry_run)
+        """See :func:`amic.targets.local.prune.prune`."""
+        from amic.targets.local import prune
+
+        return list(prune.prune(self.store, keep=keep, everything=everything,
+                                dry_run=dry_run).removed)
 
     def export(self, image: Image, out: Path) -> None:
         booting.export(self.store, image, out)
