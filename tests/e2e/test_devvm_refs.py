@@ -123,7 +123,8 @@ def test_run_keep_boots_this_projects_image_with_its_console_log(amic, projects,
         assert "app of stack updated" in text, text[-3000:]      # the boot hook's UPDATE
         assert "amic: boot: ok" in text, text[-3000:]
         # a kept machine uses the image: rmi refuses it
-        proc = amic("rmi", stack[:12], cwd=top, code=2)
+        proc = amic("rmi", stack[:12], cwd=top, code=1)
+        assert "amic: rmi failed: image" in proc.stderr
         assert "in use by a running shell, run, export or kept machine" in proc.stderr
     finally:
         os.killpg(pid, signal.SIGTERM)
@@ -141,7 +142,7 @@ def test_rmi_refuses_an_image_in_use_then_removes_it(amic, projects, env):
                              stderr=subprocess.DEVNULL)
     try:
         time.sleep(3)
-        proc = amic("rmi", "stack:latest", cwd=top, code=2)
+        proc = amic("rmi", "stack:latest", cwd=top, code=1)
         assert f"image {v2[:12]} is in use by a running shell" in proc.stderr, proc.stderr
         assert "--force" in proc.stderr
     finally:
@@ -194,7 +195,8 @@ def test_prune_removes_vm_disks_with_their_images_and_counts_every_byte(amic, pr
     assert "exclude each other" in proc.stderr
     new = build(amic, top / "stack", "stack", "v3")
     new_disk = make_vm_disk(env, new)
-    assert old_disk != new_disk and old_disk.stat().st_blocks * 512 > 100_000_000
+    old_size = old_disk.stat().st_blocks * 512
+    assert old_disk != new_disk and old_size > 100_000_000
     layers = {row["id"]: row for row in json.loads(amic("images", "--all", "--json",
                                                         cwd=top).stdout)}
     vm_layers = {row["id"][:12] for row in layers.values() if row["service"] == "vm-kernel"}
@@ -241,5 +243,8 @@ def test_prune_removes_vm_disks_with_their_images_and_counts_every_byte(amic, pr
     assert {new, projects["pyweb"]} <= listed and old not in listed
     assert any(i.startswith(new_disk.stem) for i in listed)
     # every byte: what prune printed is what the store's file system got back
+    print(f"FIGURE prune: du -sB1 store {before} -> {after} (dropped {before - after}); "
+          f"prune printed {freed(proc.stderr)} bytes; VM disk {old_disk.name} was "
+          f"{old_size} bytes on disk")
     assert before - after == freed(proc.stderr), (before, after, proc.stderr)
     assert freed(proc.stderr) > 100_000_000

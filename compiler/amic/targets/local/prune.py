@@ -25,7 +25,7 @@ import attrs
 
 from amic.contract import (KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_KIND, TAG_NAME, TAG_PROJECT,
                            TAG_SERVICE, TAG_SOURCE)
-from amic.errors import UsageError
+from amic.errors import BuildError, UsageError
 from amic.fsutil import LockBusy, file_lock
 from amic.targets.local import vmdisks
 from amic.targets.local.store import IN_USE, SHORT, ImageStore, human, tree_size
@@ -259,8 +259,8 @@ def users(store: ImageStore, image_id: str, metas: dict[str, dict]) -> list[str]
 def remove(store: ImageStore, image_id: str, *, force: bool = False,
            dry_run: bool = False) -> Removal:
     """``amic rmi``: remove one image with its VM layers and their cached disks. Refuses
-    (UsageError) while something uses it unless ``force``, and always while other images
-    are built on it (remove those first)."""
+    (BuildError, as prune during a build) while something uses it unless ``force``, and
+    always (UsageError) while other images are built on it (remove those first)."""
     tally = Tally(store, dry_run)
     with store.lock("store.lock"):
         metas = sweep(store, Tally(store, dry_run=True))
@@ -274,7 +274,7 @@ def remove(store: ImageStore, image_id: str, *, force: bool = False,
                              "or let `amic prune` decide")
         using = users(store, image_id, metas)
         if using and not force:
-            raise UsageError(f"image {image_id[:SHORT]} is in use by {'; '.join(using)}: stop "
+            raise BuildError(f"image {image_id[:SHORT]} is in use by {'; '.join(using)}: stop "
                              "that first, or pass --force")
         for vm_layer in [i for i, m in metas.items()
                          if m.get("parent") == image_id and is_vm_layer(m)]:
