@@ -14,6 +14,15 @@ from collections.abc import Iterable
 from amic.targets import Option
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose flags can be walked (``amic completion``), its
+    subcommands' parsers being of this class too (argparse makes them ``type(self)``)."""
+
+    @property
+    def actions(self) -> list[argparse.Action]:
+        return list(self._actions)
+
+
 def add_option_table(parser: argparse.ArgumentParser, title: str,
                      rows: Iterable[Option], command: str | None = None) -> None:
     """One --help section ``title`` with a flag per row; rows ``command`` does not use

@@ -52,6 +52,12 @@ TAIL = 1 * MIB
 """Room after the root partition for the backup GPT."""
 """Root file system size = used * 1.25 + 256 MiB (grown to the disk at first boot)."""
 
+NO_KEY_WARNING = ("no --authorized-key: nobody can log in to this disk over SSH (amic authorises "
+                  "no key of its own, and root has no password for the console) unless the image "
+                  "itself authorises one; pass --authorized-key ~/.ssh/id_ed25519.pub, or "
+                  "--no-authorized-key to say this is meant")
+"""``amic export --format raw|qcow2`` without a key: said before the disk is written."""
+
 VM_SCRIPT = script(__package__, "vm-layer.sh")
 """What the VM layer runs (as root, in the image's chroot): the kernel, GRUB, sshd, and the
 files it installs (DHCP network, the growroot script and unit, GRUB's early config that
