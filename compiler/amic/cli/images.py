@@ -244,10 +244,11 @@ def cmd_export(args) -> int:
         raise UsageError("--no-authorized-key goes with --format raw or qcow2")
     target = _local()
     image = lookup(target, args.image, args.amifile)
-    from amic.targets.local.disk import NO_KEY_WARNING, export_image
+    from amic.targets.local.disk import NO_KEY_WARNING
+    from amic.targets.local.export import export_image
 
     if args.format in ("raw", "qcow2") and args.authorized_key is None \
-            and not args.no_authorized_key:
+            and not args.no_authorized_key and args.platform is None:
         print(f"amic: warning: {NO_KEY_WARNING}", file=sys.stderr)
 
     export_image(target, image, Path(args.output), fmt=args.format,
