@@ -143,8 +143,7 @@ class FakeEc2:
         self.proxy.gates.clear()
         shutil.rmtree(self.workdir / "standin", ignore_errors=True)
         self.standin = StandIn(self.proxy, self.workdir / "standin", self.base_root)
-        self.ebs.snaps.clear()
-        self.ebs.hook(self.proxy)
+        self.ebs.reset(self.proxy)
         if self.strict is not None:
             self.make_strict(self.strict.settings)
 

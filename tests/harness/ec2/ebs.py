@@ -160,6 +160,19 @@ class EbsStandIn:
         proxy.before["RegisterImage"].append(self._register_needs_completed)
         proxy.after["DeleteSnapshot"].append(self._deleted)
 
+    def reset(self, proxy) -> None:
+        """Forget every snapshot, count and fault; hook a fresh proxy (``FakeEc2.reset``)."""
+        with self._lock:
+            for seq in (self.snaps, self.calls, self.refused, self._buckets, self._tokens,
+                        self._pages, self._client_tokens):
+                seq.clear()
+            self.puts.clear()
+            self._faults.clear()
+            self.put_rate, self.put_burst = 1000.0, 1000.0
+            self.api_rate, self.api_burst = 50.0, 50.0
+            self.timeout_scale = 1.0
+        self.hook(proxy)
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
