@@ -10,8 +10,10 @@ uploaded), to show what changing the disk in place saves.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import boto3
@@ -45,9 +47,10 @@ def test_one_init_line_uploads_under_5_percent(tmp_path, monkeypatch):
     shutil.copy(REPO / "Amifile.example", project / "Amifile.example")
     shutil.copytree(REPO / "examples", project / "examples")
     target = LocalTarget()
-    name = f"test-{tmp_path.name}"
+    name = f"test-{uuid.uuid4().hex}"
     disks = []
-    with fake_ec2(tmp_path / "ec2") as fake:
+    with fake_ec2(tmp_path / "ec2") as fake, contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, disk_reuse.kept_dir(name), ignore_errors=True)
         ebs = boto3.client("ebs", region_name=REGION, aws_access_key_id="testing",
                            aws_secret_access_key="testing", endpoint_url=fake.ebs.url,
                            config=botocore.config.Config(retries={"total_max_attempts": 1},
