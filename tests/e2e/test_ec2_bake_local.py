@@ -1,6 +1,6 @@
 """``amic build --target ec2 --bake local`` through the CLI against the EC2 and EBS stand-ins.
 
-The image is built on the local target, uploaded block by block to the strict EBS
+EC2 is the strict stand-in (throttling, the tag-filter lag). The image is built on the local target, uploaded block by block to the strict EBS
 stand-in and registered; a second build finds the AMI by its final key without uploading;
 ``amic ami ls`` lists it like an SSH-baked AMI; ``amic gc`` finds nothing to collect.
 What cannot be baked locally is refused with exit 2 before anything is created.
@@ -35,7 +35,7 @@ def test_bake_local_uploads_registers_and_is_cached(tmp_path):
     (tmp_path / "Amifile").write_text(AMIFILE.format(base="debian:12", name=name))
     (tmp_path / "Amifile.ami").write_text(AMIFILE.format(base="ami-0123456789abcdef0",
                                                          name=name))
-    with fake_ec2(tmp_path / "ec2") as fake, contextlib.ExitStack() as stack:
+    with fake_ec2(tmp_path / "ec2", strict=True) as fake, contextlib.ExitStack() as stack:
         env = {**fake.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                "XDG_CACHE_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
 
