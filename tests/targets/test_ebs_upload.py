@@ -84,8 +84,9 @@ def read_back(fake, snap: str, size: int) -> bytes:
 
 def publish(fake, path: Path, **kw) -> ebs_image.Published:
     lines: list = []
-    done = ebs_image.publish(ebs(fake), fake.client(direct=False), path, name=kw.pop("name", "demo-1"),
-                             description="test", arch="x86_64", tags=TAGS, build_id="b-1",
+    done = ebs_image.publish(ebs(fake), fake.client(direct=False), path,
+                             name=kw.pop("name", "demo-1"), description="test",
+                             arch="x86_64", tags=TAGS, build_id="b-1",
                              progress=lines.append, **kw)
     assert lines and lines[-1].sent_bytes == done.upload.blocks_sent * B
     return done
@@ -140,7 +141,8 @@ def test_throttling_and_server_errors_are_retried(fake, tmp_path):
 
 
 def upload_snapshots(fake) -> list[str]:
-    return [s["SnapshotId"] for s in fake.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]]
+    found = fake.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    return [s["SnapshotId"] for s in found]
 
 
 def test_a_failed_or_interrupted_upload_deletes_its_snapshot(fake, tmp_path):

@@ -329,7 +329,8 @@ class EbsStandIn:
                 raise invalid("The aggregated checksum does not match the blocks written.")
         with self._lock:
             s.status = "completed"
-        return 202, {"Content-Type": "application/json"}, json.dumps({"Status": "completed"}).encode()
+        return 202, {"Content-Type": "application/json"}, \
+            json.dumps({"Status": "completed"}).encode()
 
     def _chain(self, s: Snap) -> list[Snap]:
         chain = [s]

@@ -23,6 +23,7 @@ from amic.targets import base as tb
 from amic.targets.ec2 import block_manifest, owner, resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
+from amic.targets.ec2.ebs_upload import ROLE_UPLOAD
 from amic.targets.ec2.images import TAG_IMAGE_ID
 
 
@@ -39,7 +40,7 @@ class Leak:
         return attrs.asdict(self)
 
 
-TEMPORARY_ROLES = ("build", "launch", "lease", "upload")
+TEMPORARY_ROLES = ("build", "launch", "lease", ROLE_UPLOAD)
 """``upload``: a snapshot written with the EBS direct APIs, until its AMI is registered."""
 
 
@@ -137,7 +138,8 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
             consider("volume", vol["VolumeId"], aws.tag_dict(vol.get("Tags")))
     # Snapshots an upload started and never registered (pending, error or completed).
     for page in ec2.get_paginator("describe_snapshots").paginate(
-            OwnerIds=["self"], Filters=[{"Name": f"tag:{aws.TAG_ROLE}", "Values": ["upload"]}]):
+            OwnerIds=["self"],
+            Filters=[{"Name": f"tag:{aws.TAG_ROLE}", "Values": [ROLE_UPLOAD]}]):
         for snap in page["Snapshots"]:
             consider("snapshot", snap["SnapshotId"], aws.tag_dict(snap.get("Tags")))
     # Snapshots of deregistered images (a prune or gc interrupted between the two calls).
