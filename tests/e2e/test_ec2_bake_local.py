@@ -3,7 +3,8 @@
 EC2 is the strict stand-in (throttling, the tag-filter lag). The image is built on the
 local target, uploaded block by block to the strict EBS stand-in and registered; a
 second build finds the AMI by its final key without uploading; ``amic ami ls`` lists
-it like an SSH-baked AMI; ``amic gc`` finds nothing to collect. What cannot be baked locally is refused with exit 2 before anything is created.
+it like an SSH-baked AMI; ``amic gc`` finds nothing to collect. What cannot be baked
+locally is refused with exit 2 before anything is created.
 """
 
 from __future__ import annotations
