@@ -73,9 +73,9 @@ import time
 from pathlib import Path
 
 from tests.harness.cli import AMIC
-from tests.harness.ec2.ebs import EbsStandIn
 from tests.harness.ec2.api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
                                     MotoServer, free_port, numbered, xml_values)
+from tests.harness.ec2.ebs import EbsStandIn
 from tests.harness.ec2.plain_sshd import PlainSshd  # noqa: F401
 from tests.harness.ec2.standin import StandIn
 from tests.harness.ec2.strict import Strict, Strictness

@@ -50,7 +50,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from tests.harness.ec2.api import ApiError
-
 from tests.harness.ec2.ebs_model import (BLOCK_SIZE, BLOCKS_PER_GIB, Bucket, EbsError, Snap,
                                          invalid, not_found)
 
