@@ -76,6 +76,10 @@ AWS_OPTIONS: tuple[Option, ...] = (
 """How to reach AWS (:class:`~amic.targets.ec2.session.AwsOptions`): every ec2 command has them."""
 
 EC2_OPTIONS: tuple[Option, ...] = (
+    Option(["--bake"], "bake", _INSTANCE,
+           "where the image is made: on a build instance over SSH, or on this machine's "
+           "local target, its disk uploaded with the EBS direct APIs (docs/ec2.md)",
+           choices=("instance", "local"), default="instance", commands=BUILD),
     Option(["--instance-type"], "instance_type", _INSTANCE, default="t3.micro"),
     Option(["--arch"], "arch", _INSTANCE,
            "architecture of the base image",

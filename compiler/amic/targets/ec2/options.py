@@ -29,6 +29,8 @@ class Ec2Options:
     """Everything ``--target ec2`` can be told (flags: ``amic.targets.ec2.flags``)."""
 
     aws: aws.AwsOptions = attrs.field(factory=aws.AwsOptions)
+    bake: str = DEFAULTS["bake"]
+    """``instance`` (over SSH) or ``local`` (``local_bake``: no instance, EBS direct APIs)."""
     instance_type: str = DEFAULTS["instance_type"]
     arch: str | None = None
     """``x86_64`` or ``arm64``; by default from the instance type."""

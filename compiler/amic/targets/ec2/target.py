@@ -92,6 +92,10 @@ class Ec2Target(Target):
         """From ``{dest: value}`` of the option table (``amic.targets.ec2.options``)."""
         target = cls(options=options_from_values(values), **kwargs)
         target.keep_on_error = target.opts.on_error == "abort"
+        if target.opts.bake == "local":     # no instance: the local target and EBS uploads
+            from amic.targets.ec2.local_bake import LocalBake
+
+            return LocalBake(target)
         return target
 
     @classmethod
