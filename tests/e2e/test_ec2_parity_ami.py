@@ -114,7 +114,7 @@ def test_launch_volume_tag_ami_share_copy_options_reach_ec2(builds, tmp_path):
 
     deprecations = proxy.calls_of("EnableImageDeprecation", answered=True)
     assert ami in {c["ImageId"] for c in deprecations}
-    assert fake.standin.deprecations[ami].startswith(("2027-", "2028-"))
+    assert fake.standin.ami_rules.deprecations[ami].startswith(("2027-", "2028-"))
 
     copies = proxy.calls_of("CopyImage", answered=True)
     keys = {c.get("KmsKeyId") for c in copies}
@@ -148,10 +148,48 @@ def test_boot_mode_and_tpm_register_the_image_again(builds, tmp_path):
     assert (register["BootMode"], register["TpmSupport"]) == ("uefi", "v2.0")
     first = one(fake.proxy, "CreateImage")
     assert register["Name"] == first["Name"]
-    ec2 = fake.client()
+    ec2 = fake.client(direct=False)     # as EC2 shows it: the snapshot registered from
     raw = ec2.describe_images(ImageIds=[ami])["Images"][0]
     snap = raw["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     stags = {t["Key"]: t["Value"] for t in
              ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0].get("Tags", [])}
     assert stags["amic:image-id"] == ami
+    assert_clean(fake)
+
+
+def test_an_init_that_powers_off_is_reported(builds, tmp_path):
+    """--shutdown-behavior stop: the instance stops under a running INIT (the stand-in stops it
+    as EC2 does when the guest powers off); the build fails saying so, and cleans up."""
+    import threading
+    import time
+
+    fake = builds.fake
+    fake.proxy.reset()
+    folder = tmp_path / "off"
+    folder.mkdir()
+    (folder / "Amifile").write_text("FROM debian:12\nNAME parity-off\nSERVICE base\n"
+                                    "    INIT touch /var/tmp/powering-off && sleep 300\n")
+    stopped: list[str] = []
+
+    def power_off() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not stopped:
+            for inst in list(fake.standin.instances.values()):
+                if (inst.upper / "root" / "var/tmp/powering-off").exists():
+                    fake.client(direct=False).stop_instances(InstanceIds=[inst.id])
+                    stopped.append(inst.id)
+                    return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=power_off, daemon=True)
+    watcher.start()
+    proc = builds.amic("build", "--target", "ec2", *fake.ssh_args(), "--ssh-user", "root",
+                       "--poll-interval", "0.05", "--ssh-timeout", "60", "--checkpoint", "none",
+                       "--console-timeout", "30", "--shutdown-behavior", "stop", "Amifile",
+                       cwd=folder, check=False)
+    watcher.join(timeout=10)
+    assert stopped and proc.returncode == 1, proc.stderr
+    assert "something on it powered it off" in proc.stderr, proc.stderr
+    assert "--shutdown-behavior stop stopped it" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
     assert_clean(fake)

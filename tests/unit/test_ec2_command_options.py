@@ -77,3 +77,41 @@ def test_copies_each_take_their_own_kms_key():
         "region_kms_keys": ["eu-west-1=alias/eu"]})
     assert opts.copies("us-east-1") == {"us-west-2": "arn:aws:kms:us-west-2:1:key/k",
                                         "eu-west-1": "alias/eu"}
+
+
+def _target_from(argv):
+    from amic.targets.ec2.target import Ec2Target
+
+    return Ec2Target.from_args(build_parser().parse_args(argv))
+
+
+def test_amic_toml_next_to_the_amifile_feeds_the_same_table_and_the_command_line_wins(tmp_path):
+    (tmp_path / "Amifile").write_text("FROM debian:12\n")
+    (tmp_path / "amic.toml").write_text(
+        '[ec2]\ninstance-type = "t3.small"\nami-tag = ["team=web", "env=prod"]\n'
+        'ena-support = true\niops = 4000\ncopy-to-region = ["us-west-2:alias/k"]\n'
+        'no-public-ip = true\n')
+    opts = _target_from(["build", "--target", "ec2", "--instance-type", "t3.large",
+                         str(tmp_path / "Amifile")]).opts
+    assert opts.instance_type == "t3.large"                 # the command line wins
+    assert opts.image_tags == {"team": "web", "env": "prod"} and opts.ena_support
+    assert opts.iops == 4000 and opts.copies("us-east-1") == {"us-west-2": "alias/k"}
+    assert opts.associate_public_ip is False
+    # launch reads no amic.toml (it has no Amifile): the defaults
+    assert _target_from(["launch", "ami-1"]).opts.instance_type == "t3.micro"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[ec2]\ncolour = "red"\n', r"\[ec2\] colour: no such option of `amic build`"),
+    ('[ec2]\nboot-mode = "bios"\n', r"boot-mode: 'bios': expected one of"),
+    ('[ec2]\nena-support = "yes"\n', r"ena-support: expected true or false"),
+    ('[ec2]\ninstance-type = ["a", "b"]\n', r"instance-type: expected one value"),
+    ('[ec2]\niops = "many"\n', r"iops: 'many': not a valid value"),
+    ('[ec2\n', r"amic.toml: "),
+    ('[ec2]\niops = 10\n', r"iops 10: gp3 takes 3000 to 80000"),
+])
+def test_amic_toml_mistakes_are_usage_errors_naming_the_file(tmp_path, text, message):
+    (tmp_path / "Amifile").write_text("FROM debian:12\n")
+    (tmp_path / "amic.toml").write_text(text)
+    with pytest.raises(UsageError, match=message):
+        _target_from(["build", "--target", "ec2", str(tmp_path / "Amifile")])
