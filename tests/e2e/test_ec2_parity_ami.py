@@ -193,3 +193,30 @@ def test_an_init_that_powers_off_is_reported(builds, tmp_path):
     assert "--shutdown-behavior stop stopped it" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert_clean(fake)
+
+
+def test_force_deregister_keeps_snapshots_unless_force_delete_snapshot(builds, tmp_path):
+    """Packer's force_deregister / force_delete_snapshot: the replaced AMI's snapshots stay
+    (for `amic gc`) unless --force-delete-snapshot deletes them at once."""
+    fake = builds.fake
+    ec2 = fake.client(direct=False)
+
+    def snapshots_of(ami: str) -> list[str]:
+        raw = ec2.describe_images(ImageIds=[ami])["Images"][0]
+        return [b["Ebs"]["SnapshotId"] for b in raw["BlockDeviceMappings"] if "Ebs" in b]
+
+    def alive(snaps: list[str]) -> set[str]:
+        found = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        return {s["SnapshotId"] for s in found} & set(snaps)
+
+    fixed = ("--ami-name", "parity-fixed-{key}")
+    first = builds.build(folder_with(tmp_path, "fixed"), *fixed)
+    first_snaps = snapshots_of(first)
+    second = builds.build(folder_with(tmp_path, "fixed"), *fixed, "--no-cache",
+                          "--force-deregister")
+    assert second != first and alive(first_snaps) == set(first_snaps)
+    second_snaps = snapshots_of(second)
+    third = builds.build(folder_with(tmp_path, "fixed"), *fixed, "--no-cache",
+                         "--force-deregister", "--force-delete-snapshot")
+    assert third != second and alive(second_snaps) == set()
+    assert_clean(fake)
