@@ -70,19 +70,24 @@ class AmiRules:
 
     def _root_mapping_from_image(self, params):
         """A mapping of the image's root device without size or snapshot (``--volume-type``
-        alone) takes the image's root snapshot, as on EC2 (moto wants one of the two)."""
-        n = 1
-        while f"BlockDeviceMapping.{n}.DeviceName" in params:
-            pre = f"BlockDeviceMapping.{n}"
-            if (f"{pre}.Ebs.VolumeType" in params and f"{pre}.Ebs.VolumeSize" not in params
-                    and f"{pre}.Ebs.SnapshotId" not in params):
-                image = self.proxy.moto_client().describe_images(
-                    ImageIds=[params.get("ImageId", "")])["Images"][0]
-                for bdm in image.get("BlockDeviceMappings", []):
-                    if (bdm["DeviceName"] == params[f"{pre}.DeviceName"]
-                            and bdm.get("Ebs", {}).get("VolumeSize")):
-                        params = {**params, f"{pre}.Ebs.VolumeSize": str(bdm["Ebs"]["VolumeSize"])}
-            n += 1
+        alone) takes the image's root volume size, as on EC2 (moto wants one of the two; its
+        RegisterImage keeps no mappings of its own, so the root is found by name or is the
+        image's first EBS mapping)."""
+        for pre in _mappings(params):
+            if (f"{pre}.Ebs.VolumeSize" in params or f"{pre}.Ebs.SnapshotId" in params
+                    or f"{pre}.VirtualName" in params or f"{pre}.NoDevice" in params):
+                continue
+            image = self.proxy.moto_client().describe_images(
+                ImageIds=[params.get("ImageId", "")])["Images"][0]
+            if params[f"{pre}.DeviceName"] != image.get("RootDeviceName"):
+                continue       # not the root: EC2 refuses it too (moto's MissingParameter)
+            sizes = [b["Ebs"]["VolumeSize"] for b in image.get("BlockDeviceMappings", [])
+                     if b.get("Ebs", {}).get("VolumeSize")]
+            named = [b["Ebs"]["VolumeSize"] for b in image.get("BlockDeviceMappings", [])
+                     if b["DeviceName"] == image.get("RootDeviceName")
+                     and b.get("Ebs", {}).get("VolumeSize")]
+            size = (named or sizes or [8])[0]
+            params = {**params, f"{pre}.Ebs.VolumeSize": str(size)}
         return params
 
     def _deprecate(self, params, region: str) -> str:
