@@ -11,6 +11,7 @@ from pathlib import Path
 
 from amic.cli.common import count_argument
 from amic.cli.project import add_project_options
+from amic.errors import UsageError
 
 
 def register(sub) -> None:
@@ -28,7 +29,8 @@ def _add_run(sub) -> None:
         "that the image lacks, then UPDATE for all. Then `amic status` is printed and the "
         "machine powers off (unless --interactive). Exit status: that of `amic status`.")
     p.add_argument("image", nargs="?", default="latest",
-                   help="image id (prefix), cache key, or 'latest' (default)")
+                   help="image id (prefix), cache key, or 'latest' (default); with --vm also "
+                   "an exported .qcow2 file (booted on an overlay: the file is not changed)")
     p.add_argument("--service", "-s", action="append", default=[], metavar="SVC",
                    help="request an extra service (written to /etc/amic/services.d/amic-run)")
     p.add_argument("--interactive", "-i", action="store_true",
@@ -195,12 +197,15 @@ def cmd_run(args) -> int:
 
     services = check_services(args.service)   # a mistyped name costs nothing
     target = _local()
-    image = target.lookup(args.image)
+    disk = Path(args.image) if args.vm and args.image.endswith(".qcow2") else None
+    if disk is not None and not disk.is_file():
+        raise UsageError(f"{disk}: no such disk (an exported .qcow2, or an image id)")
+    image = None if disk is not None else target.lookup(args.image)
     reporter = Reporter(mode="plain")
     if args.vm:
         from amic.targets.local import vm
 
-        rc, status = vm.run_image(target, image, services=services, keep=args.keep,
+        rc, status = vm.run_image(target, image, disk=disk, services=services, keep=args.keep,
                                   uefi=args.uefi, restrict=not args.network, timeout=args.timeout,
                                   on_output=lambda line: reporter.output("vm", line, False),
                                   log=reporter.note)

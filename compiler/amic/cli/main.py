@@ -14,7 +14,7 @@ import signal
 import sys
 
 from amic import __version__
-from amic.cli import build, compile, ec2, images, lint  # the command modules, each import-light
+from amic.cli import build, compile, devvm, ec2, images, lint  # the command modules, each import-light
 from amic.cli.common import error_text
 from amic.errors import AmicError
 
@@ -25,6 +25,7 @@ COMMAND_GROUPS = (
     lint.register,         # lint
     build.register,        # build
     images.register,       # run, images, prune, export, shell (the local target)
+    devvm.register,        # up, ssh, ps, stop, rm, logs (dev VMs)
     ec2.add_ec2_parsers,   # gc, ami ls|prune, launch
 )
 
@@ -32,7 +33,8 @@ EPILOG = """\
 commands by task:
   write and check     amic lint, amic compile --print
   bake an image       amic build [--target local|ec2|ssh://user@host] [--dry-run]
-  a developer VM      amic export IMAGE --format qcow2, amic run IMAGE --vm
+  a developer VM      amic up [-p 8080:80] [--mount .], amic ssh, amic ps, amic stop, amic rm
+  a disk to hand out  amic export IMAGE --format qcow2, amic run IMAGE --vm
   inspect the cache   amic images, amic prune; amic ami ls, amic ami prune, amic gc
 docs: docs/language.md (Amifile), docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
 """
