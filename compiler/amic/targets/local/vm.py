@@ -109,6 +109,7 @@ class QemuVm:
         self.started = 0.0
         self.boot_seconds: float | None = None
         self.changed = threading.Condition()
+        self.reader_done = False
 
     def argv(self) -> list[str]:
         fmt = "qcow2" if self.disk.suffix == ".qcow2" else "raw"
@@ -184,6 +185,7 @@ class QemuVm:
             buf = b""
             self.note(line, on_output)
         with self.changed:
+            self.reader_done = True
             self.changed.notify_all()
 
     def note(self, line: str, on_output) -> None:
@@ -203,6 +205,11 @@ class QemuVm:
         with self.changed:
             while self.boot_result is None:
                 if self.proc is None or self.proc.poll() is not None:
+                    settle = time.monotonic() + 3       # the reader's last lines: QEMU's error
+                    while not self.reader_done and time.monotonic() < settle:
+                        self.changed.wait(0.2)
+                    if self.boot_result is not None:
+                        break
                     raise self.boot_error("QEMU stopped before the boot hook reported")
                 left = deadline - time.monotonic()
                 if left <= 0:
