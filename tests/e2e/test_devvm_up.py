@@ -6,7 +6,8 @@ and the package download cache are shared, as in ``test_devvm.py``); its Amifile
 the whole module (each boot costs ~45 s of CPU under TCG): ``amic up -p HOST:80 --mount
 www:/srv/www``, then, through the real CLI, HTTP from the host through the forwarded
 port, the shared folder edited on both sides, ``ssh``, ``ps`` (table and JSON),
-``logs``, ``stop`` (ACPI power-off), ``ps`` showing it exited and ``rm``. The network is
+``logs``, ``stop`` (ACPI power-off), ``ps`` showing it exited and ``rm``. An ``amic run
+--keep`` machine (nspawn) is listed by ``ps`` too, running, then exited. The network is
 QEMU user networking with ``restrict=on`` and every forward bound to 127.0.0.1.
 
 Without a boot: the command line's refusals, a registry entry whose pid is alive but
@@ -311,3 +312,23 @@ def test_ctrl_c_during_a_vm_boot_says_it_powers_off_and_a_second_forces_it(
     assert "powering the VM off" in err and "Ctrl-C again to force" in err, err
     assert not second or "forced off" in err, err
     assert not list(tmp.glob("vm-run-*")), "the overlay was left"
+
+
+def test_ps_lists_a_machine_amic_run_keep_left(project: Path) -> None:
+    run = amic("run", "--keep", cwd=project, timeout=900)
+    pid = int(run.stderr.split("left running (pid ")[1].split(")")[0])
+    try:
+        rows = [r for r in json.loads(amic("ps", "--json", cwd=project).stdout)
+                if r["kind"] == "machine"]
+        assert len(rows) == 1 and rows[0]["state"] == "running", rows
+        assert rows[0]["project"] == "webdev" and rows[0]["uptime"] > 0, rows
+        assert "machine" in amic("ps", cwd=project).stdout
+    finally:
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rows = [r for r in json.loads(amic("ps", "--json", cwd=project).stdout)
+            if r["kind"] == "machine"]
+    assert [r["state"] for r in rows] == ["exited"], rows
+    shutil.rmtree(rows[0]["dir"])

@@ -40,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     p.set_defaults(func=cmd_ssh)
 
-    p = sub.add_parser("ps", help="list dev VMs: project, image, state, ports, uptime")
+    p = sub.add_parser("ps", help="list dev VMs (and machines amic run --keep left): project, "
+                       "image, state, ports, uptime")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_ps)
 
@@ -174,17 +175,36 @@ def cmd_ps(args) -> int:
                      "mounts": [{"host": h, "guest": g} for h, g in record.mounts],
                      "uptime": (time.time() - record.started
                                 if state != "exited" and record.started else None)})
+    for kept in machines.kept_machines(store):     # amic run --keep: nspawn machines
+        rows.append({"name": kept["name"], "kind": "machine", "project": _image_name(kept),
+                     "project_id": None, "image": kept["image"],
+                     "state": "running" if kept["pid"] else "exited", "pid": kept["pid"],
+                     "ssh_port": None, "accel": None, "ports": [], "mounts": [],
+                     "uptime": kept["uptime"], "dir": kept["dir"]})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'NAME':<16} {'PROJECT':<14} {'IMAGE':<13} {'STATE':<8} {'UPTIME':<8} PORTS")
+    print(f"{'NAME':<16} {'KIND':<8} {'PROJECT':<14} {'IMAGE':<13} {'STATE':<8} {'UPTIME':<8} "
+          "PORTS")
     for r in rows:
-        ports = ", ".join([f"127.0.0.1:{r['ssh_port']}->22"] * (r["state"] != "exited")
+        ports = ", ".join([f"127.0.0.1:{r['ssh_port']}->22"] * (r["state"] != "exited"
+                                                                and r["kind"] == "vm")
                           + [f"127.0.0.1:{p['host']}->{p['guest']}" for p in r["ports"]])
         uptime = _uptime(r["uptime"]) if r["uptime"] is not None else "-"
-        print(f"{r['name']:<16} {(r['project'] or '-'):<14} {r['image'][:12]:<13} "
+        print(f"{r['name']:<16} {r['kind']:<8} {(r['project'] or '-'):<14} {r['image'][:12]:<13} "
               f"{r['state']:<8} {uptime:<8} {ports or '-'}")
     return 0
+
+
+def _image_name(kept: dict) -> str | None:
+    """The readable project name of a kept machine's image (None: not found)."""
+    from amic.contract import TAG_NAME
+    from amic.errors import AmicError
+
+    try:
+        return _store().lookup(kept["image"]).tags.get(TAG_NAME)
+    except AmicError:
+        return None
 
 
 def cmd_stop(args) -> int:

@@ -160,3 +160,37 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def kept_machines(store) -> list[dict]:
+    """The nspawn machines ``amic run --keep`` left (``<store>/kept/<image12>-XXXXXXXX``): a
+    machine runs while a process's command line names its directory (the boot's shell,
+    which nspawn runs under); its uptime is that process's."""
+    top = store.root / "kept"
+    if not top.is_dir():
+        return []
+    commands: dict[int, bytes] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                commands[int(entry.name)] = Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                pass
+    out = []
+    for path in sorted(p for p in top.iterdir() if p.is_dir()):
+        needle = str(path).encode() + b"/"
+        pids = sorted(pid for pid, cmd in commands.items() if needle in cmd)
+        out.append({"name": path.name, "image": path.name.rsplit("-", 1)[0],
+                    "pid": pids[0] if pids else None,
+                    "uptime": process_age(pids[0]) if pids else None, "dir": str(path)})
+    return out
+
+
+def process_age(pid: int) -> float | None:
+    """Seconds since process ``pid`` started (None: gone)."""
+    try:
+        start = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start / os.sysconf("SC_CLK_TCK")
