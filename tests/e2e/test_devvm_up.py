@@ -290,7 +290,13 @@ def test_run_vm_with_kvm_forced_where_it_cannot_boot_says_so(project: Path) -> N
 
 def test_ctrl_c_during_a_vm_boot_says_it_powers_off_and_a_second_forces_it(
         project: Path) -> None:
-    child = subprocess.Popen([AMIC, "run", "--vm", "--timeout", "600"], cwd=project,
+    """On an exported .qcow2 a colleague sent, which ``run --vm`` boots on an overlay."""
+    missing = amic("run", "--vm", "nowhere.qcow2", cwd=project, check=False)
+    assert missing.returncode == 2 and "no such disk" in missing.stderr, missing.stderr
+    disk = project / "colleague.qcow2"
+    amic("export", "latest", "--format", "qcow2", "-o", str(disk), cwd=project)
+    before = disk.stat()
+    child = subprocess.Popen([AMIC, "run", "--vm", str(disk), "--timeout", "600"], cwd=project,
                              env={**env(), "AMIC_QEMU_ACCEL": "tcg"}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     tmp = STORE / "local" / "tmp"
@@ -312,6 +318,10 @@ def test_ctrl_c_during_a_vm_boot_says_it_powers_off_and_a_second_forces_it(
     assert "powering the VM off" in err and "Ctrl-C again to force" in err, err
     assert not second or "forced off" in err, err
     assert not list(tmp.glob("vm-run-*")), "the overlay was left"
+    assert "booting colleague.qcow2" in err, err
+    after = disk.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    disk.unlink()
 
 
 def test_ps_lists_a_machine_amic_run_keep_left(project: Path) -> None:

@@ -383,8 +383,7 @@ def boot_vm(base: Path, key: Path, workdir: Path, label: str, *, services: Seque
             raise
         log(f"boot hook {result} after {vm.boot_seconds:.1f}s")
         try:
-            rc, status = ssh_run(vm.ssh_port, key, "/var/lib/amic/stage2/amic status",
-                                 timeout=60)
+            rc, status = ssh_run(vm.ssh_port, key, "/var/lib/amic/stage2/amic status")
         except Exception as exc:    # paramiko's errors: a disk that does not authorise our key
             rc, status = 1, f"amic status not read: could not log in over SSH ({exc})\n"
         if keep:
