@@ -216,10 +216,15 @@ def test_stop_powers_off_then_ps_shows_exited_and_rm_cleans(web) -> None:
     project, _ = web
     refused = amic("rm", "webdev", cwd=project, check=False)
     assert refused.returncode == 2 and "amic stop webdev" in refused.stderr, refused.stderr
+    follower = subprocess.Popen([AMIC, "logs", "--follow", "webdev"], cwd=project, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     stop = amic("stop", "webdev", cwd=project)
     assert "webdev: powered off" in stop.stdout, stop.stdout + stop.stderr
     figure("amic stop (ACPI power-off)", f"{time.monotonic() - t0:.1f}s")
+    followed, _ = follower.communicate(timeout=60)      # it ends with the VM
+    assert follower.returncode == 0 and "amic: boot: ok" in followed, followed[-2000:]
+    assert "Power down" in followed or "Powering off" in followed, followed[-2000:]
     (row,) = json.loads(amic("ps", "--json", cwd=project).stdout)
     assert row["state"] == "exited" and row["uptime"] is None, row
     ssh = amic("ssh", "webdev", cwd=project, check=False)

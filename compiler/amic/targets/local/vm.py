@@ -272,6 +272,8 @@ def ssh_run(port: int, key: Path, command: str, *, timeout: float = 120) -> tupl
                            timeout=15, banner_timeout=30, auth_timeout=30,
                            allow_agent=False, look_for_keys=False)
             break
+        except paramiko.AuthenticationException:
+            raise           # sshd answered and refused the key: waiting would not change that
         except (OSError, paramiko.SSHException):
             if time.monotonic() > deadline:
                 raise
