@@ -11,6 +11,7 @@ from pathlib import Path
 
 from amic.cli.common import count_argument
 from amic.cli.project import add_project_options
+from amic.errors import UsageError
 
 
 REF_HELP = ("NAME:latest, NAME@ID, an image id (prefix) or cache key, or 'latest' (default): "
@@ -43,7 +44,9 @@ def _add_run(sub) -> None:
         "layer. The boot hook (amic.service) runs: init for services requested with --service "
         "that the image lacks, then UPDATE for all. Then `amic status` is printed and the "
         "machine powers off (unless --interactive). Exit status: that of `amic status`.")
-    p.add_argument("image", nargs="?", default="latest", help=REF_HELP)
+    p.add_argument("image", nargs="?", default="latest",
+                   help=REF_HELP + "; with --vm also an exported .qcow2 file (booted on an "
+                   "overlay: the file is not changed)")
     add_file_option(p)
     p.add_argument("--service", "-s", action="append", default=[], metavar="SVC",
                    help="request an extra service (written to /etc/amic/services.d/amic-run)")
@@ -273,12 +276,15 @@ def cmd_run(args) -> int:
 
     services = check_services(args.service)   # a mistyped name costs nothing
     target = _local()
-    image = lookup(target, args.image, args.amifile)
+    disk = Path(args.image) if args.vm and args.image.endswith(".qcow2") else None
+    if disk is not None and not disk.is_file():
+        raise UsageError(f"{disk}: no such disk (an exported .qcow2, or an image reference)")
+    image = None if disk is not None else lookup(target, args.image, args.amifile)
     reporter = Reporter(mode="plain")
     if args.vm:
         from amic.targets.local import vm
 
-        rc, status = vm.run_image(target, image, services=services, keep=args.keep,
+        rc, status = vm.run_image(target, image, disk=disk, services=services, keep=args.keep,
                                   uefi=args.uefi, restrict=not args.network, timeout=args.timeout,
                                   on_output=lambda line: reporter.output("vm", line, False),
                                   log=reporter.note)

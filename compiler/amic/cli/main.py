@@ -14,8 +14,8 @@ import signal
 import sys
 
 from amic import __version__
-from amic.cli import (build, compile, completion, ec2, images, lint,  # the command modules,
-                      starter)                                        # each import-light
+from amic.cli import (build, compile, completion, devvm, ec2, images,  # the command modules,
+                      lint, starter)                                  # each import-light
 from amic.cli.common import error_text
 from amic.cli.options import Parser
 from amic.errors import AmicError
@@ -28,6 +28,7 @@ COMMAND_GROUPS = (
     lint.register,         # lint
     build.register,        # build
     images.register,       # run, images, prune, export, shell, rmi (the local target)
+    devvm.register,        # up, ssh, ps, stop, rm, logs (dev VMs)
     ec2.add_ec2_parsers,   # gc, ami ls|prune, launch
     completion.register,   # completion
 )
@@ -36,7 +37,8 @@ EPILOG = """\
 commands by task:
   start and check     amic init, amic lint, amic compile --print
   bake an image       amic build [--target local|ec2|ssh://user@host] [--dry-run]
-  a developer VM      amic export IMAGE --format qcow2, amic run IMAGE --vm
+  a developer VM      amic up [-p 8080:80] [--mount .], amic ssh, amic ps, amic stop, amic rm
+  a disk to hand out  amic export IMAGE --format qcow2, amic run IMAGE --vm
   inspect the cache   amic images, amic rmi, amic prune; amic ami ls, amic ami prune, amic gc
   shell completion    source <(amic completion bash)   (also zsh, fish)
 docs: docs/language.md (Amifile), docs/services.md, docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
