@@ -94,7 +94,8 @@ def vm_busy(store: ImageStore, metas: dict[str, dict]) -> dict[str, str]:
             dirs = users.get(vmdisks.disk_path(store, image_id), [])
             if dirs:
                 for below in store.chain_ids(image_id):
-                    busy.setdefault(below, f"a running VM ({dirs[0]})")
+                    what = "a dev VM" if dirs[0].parent.name == "vms" else "a running VM"
+                    busy.setdefault(below, f"{what} ({dirs[0]})")
     return busy
 
 

@@ -11,7 +11,9 @@
 A VM is running when the pid in a ``qemu.pid`` anywhere under ``vm/`` is alive and its
 command line names that directory (a reused pid is not taken for it); the cached disks
 behind the overlays in its directory are then in use. A directory whose QEMU is gone is
-left over (after ``kill``, a crash or a reboot) and prune removes it.
+left over (after ``kill``, a crash or a reboot) and prune removes it. A dev VM of ``amic
+up`` (``vms/NAME/``, :mod:`amic.targets.local.machines`) holds the disk under its overlay
+until ``amic rm``, running or stopped: its own disk would be lost with it.
 """
 
 from __future__ import annotations
@@ -74,8 +76,15 @@ def run_dirs(store) -> list[Path]:
 
 
 def disk_users(store) -> dict[Path, list[Path]]:
-    """Cached disk -> the directories of the running VMs booted from it."""
+    """Cached disk -> the directories of the running VMs booted from it, and of the dev VMs
+    (``amic up``) whose overlay sits on it."""
+    from amic.targets.local import machines
+
     users: dict[Path, list[Path]] = {}
+    for name in machines.names(store):
+        record = machines.load(store, name)
+        if record is not None and record.base:
+            users.setdefault(Path(record.base), []).append(machines.vm_dir(store, name))
     for workdir in run_dirs(store):
         if not alive(workdir):
             continue
