@@ -73,10 +73,11 @@ def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> byte
                      kind, link, _TAIL))
 
 
-def _template(width: int, shape: Shape, sizes: tuple[int, ...]) -> _Template | None:
+def _template(width: int, slash: bool, shape: Shape, sizes: tuple[int, ...]) -> _Template | None:
     """The bytes of a block of entries (see :meth:`TarWriter.add_block`) as a %-format, and
     what to pick for it from ``(prefix, checksum of each entry..., data of each file...)``;
-    None where an entry needs more than a plain ustar header (see :func:`_header`)."""
+    None where an entry needs more than a plain ustar header (see :func:`_header`).
+    ``slash``: the prefix ends with ``/`` (a directory named by it alone needs no other)."""
     parts: list[bytes] = []
     sums: list[int] = []
     pick: list[int] = []
@@ -85,7 +86,7 @@ def _template(width: int, shape: Shape, sizes: tuple[int, ...]) -> _Template | N
     for k, (suffix, mode, is_dir) in enumerate(shape, 1):
         kind = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
         size = 0 if is_dir else next(size_of)
-        if is_dir and not suffix.endswith("/"):
+        if is_dir and not suffix.endswith("/") and (suffix or not slash):
             suffix += "/"
         if width + len(suffix) > 100 or not suffix.isascii() or size >= 8 ** 11:
             return None
@@ -174,12 +175,12 @@ class TarWriter:
         bytes :meth:`add` writes, made by one %-format per block. A large stage2 has six
         or seven entries per service in the same few shapes, and one header at a time was
         most of a compile's time."""
-        key = (len(prefix), shape, *map(len, datas))
+        key = (len(prefix), prefix.endswith("/"), shape, *map(len, datas))
         template = _TEMPLATES.get(key, False)
         if template is False:
             if len(_TEMPLATES) > 4096:
                 _TEMPLATES.clear()
-            template = _TEMPLATES[key] = _template(len(prefix), shape, key[2:])
+            template = _TEMPLATES[key] = _template(len(prefix), key[1], shape, key[3:])
         if template is None or not prefix.isascii():
             files = iter(datas)
             for suffix, mode, is_dir in shape:
