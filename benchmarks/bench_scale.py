@@ -20,25 +20,30 @@ the same invocation, so a busy machine shifts both.
 
     .venv/bin/python benchmarks/bench_scale.py [--repeat 2] [--sizes 10000,40000,limit]
 
-Figures (``--repeat 1``, the 2-CPU dev box shared with other work, so CPU seconds are
-the ones to compare; "before" is the code as issue 18 left it, run just before "after"
-in the same session, ``PYTHONPATH`` pointing at an export of it):
+Figures (``--repeat 1``, the 2-CPU dev box shared with other work (load 11 to 16 during
+these runs), so CPU seconds are the ones to compare; "before" is main's checkout with its
+own venv, ``/work/main/.venv/bin/python benchmarks/bench_scale.py --repeat 1``, run just
+before "after", ``.venv/bin/python benchmarks/bench_scale.py --repeat 1``):
 
   ======== ========= ======================= =======================
   run      services  before: CPU, peak RSS   after: CPU, peak RSS
   ======== ========= ======================= =======================
-  compile     10,000  1.48 s,  44 MiB          0.94 s,  44 MiB
-  compile     40,000  4.66 s,  90 MiB          3.33 s,  92 MiB
-  compile    325,379  36.8 s, 549 MiB          26.3 s, 550 MiB
-  dry-run     10,000  1.37 s,  45 MiB          1.11 s,  45 MiB
-  dry-run     40,000  3.87 s,  91 MiB          2.55 s,  95 MiB
-  dry-run    325,379  32.0 s, 552 MiB          24.1 s, 550 MiB
+  compile     10,000  1.26 s,  44 MiB          0.69 s,  45 MiB
+  compile     40,000  4.14 s,  93 MiB          1.87 s,  94 MiB
+  compile    325,379  33.4 s, 549 MiB          15.4 s, 552 MiB
+  dry-run     10,000  1.21 s,  45 MiB          0.65 s,  45 MiB
+  dry-run     40,000  3.45 s,  95 MiB          2.21 s,  95 MiB
+  dry-run    325,379  23.8 s, 552 MiB          16.9 s, 553 MiB
   ======== ========= ======================= =======================
 
-(Issue 18's own run had compile 38.5 s and dry-run 33.9 s at the limit.) The 4 MiB
-case is linear (CPU ratio to 10k: compile 28.1, dry-run 21.7, for 32.5 times the
-services) but not "seconds": a 1.3 GB tarball of 2.3 million entries, two SHA-256
-keys per service and one to two microseconds of lark per token remain.
+What "after" changed (issue 18, second pass): a service with no COPY or script is one
+block of the tarball written by a cached %-format template; the own-hash and layer-key
+blobs are built by hand (not the JSON encoder twice per service); plain-line tokens skip
+lark's keyword-handling constructor and the grammar's loop has one reduction fewer per
+line; resolve skips the services that require nothing. Still not "seconds" at the limit:
+the 1.3 GB tarball of 2.3 million entries costs 0.4 to 3 s of system time to write alone,
+lark's LALR loop about 1.5 us per token (three a line), and the dry run looks every layer
+up in the store (engine/build.py ``find_prefix``, targets/local: a file open per layer).
 """
 
 from __future__ import annotations

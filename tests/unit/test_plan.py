@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from amic.compile import plan
 
 from amic.amifile import resolve
@@ -184,3 +187,18 @@ def test_missing_service_args_are_reported(write_tree):
     assert p.missing_args == ("APP_VERSION",)
     assert [a.name for a in p.declared_args] == ["TOKEN", "APP_VERSION"]
     assert p.to_json()["args"] == ["TOKEN", "APP_VERSION"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.lists(st.text(), max_size=3), st.lists(st.text(), max_size=3))
+def test_hand_built_key_blobs_are_the_json_ones(name, inits, packages):
+    """The own-hash and layer-key blobs a plan builds by hand (once per service, where the
+    JSON encoder was most of its time) are byte for byte what ``_digest`` hashes."""
+    p = plan
+    rest = p._JSON.encode([packages, "c" * 64, inits, [["APP", "/srv"]]])
+    assert p._own_blob(name, rest) == p._JSON.encode(
+        (p.KEY_SCHEME, name, packages, "c" * 64, inits, [["APP", "/srv"]]))
+    inputs = {k: f"{i:x}" * 64 for i, k in enumerate(
+        ["runtime", "parent", "packages", "init", "env", "copy", "args"], 1)}
+    assert p._layer_blob(name, inputs, "d" * 64) == p._JSON.encode(
+        (p.KEY_SCHEME, "layer", name, inputs, "d" * 64))

@@ -86,3 +86,26 @@ def test_a_file_that_shrank_is_an_error():
         assert "unexpected end of file" in str(exc)
     else:
         raise AssertionError("a short file was padded silently")
+
+
+SHAPES = st.lists(st.tuples(st.sampled_from(["", "/a", "/meta", "/x%d", "/é", "/" + "d" * 90]),
+                            st.integers(0, 0o7777), st.booleans(), st.binary(max_size=1100)),
+                  min_size=1, max_size=7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(NAMES, SHAPES)
+def test_add_block_writes_what_tarfile_writes(prefix, block):
+    """A block (one %-format of a cached template) is the bytes of its entries one by one,
+    with the fallback for what does not fit a ustar header; twice, the second time from the
+    template cache."""
+    entries = [(prefix + suffix, mode, tarfile.DIRTYPE if is_dir else tarfile.REGTYPE,
+                b"" if is_dir else data, "") for suffix, mode, is_dir, data in block]
+    shape = tuple((suffix, mode, is_dir) for suffix, mode, is_dir, _ in block)
+    datas = tuple(data for _, _, is_dir, data in block if not is_dir)
+    for _ in range(2):
+        buf = io.BytesIO()
+        tar = TarWriter(buf)
+        tar.add_block(prefix, shape, datas)
+        tar.close()
+        assert buf.getvalue() == with_tarfile(entries)

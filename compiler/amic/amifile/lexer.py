@@ -191,15 +191,27 @@ def _plain_line(body: str, line: int, col: int) -> list[Token] | None:
     spec = INSTRUCTIONS.get(word.upper()) if word.isascii() else None
     if spec is None or spec.mode != "words" or _SPECIAL_RE.search(body, m.end()) is not None:
         return None
-    tokens = [Token(spec.name, word, start_pos=0, line=line, column=col, end_line=line,
-                    end_column=col + len(word))]
+    tokens = [_new(spec.name, word, 0, line, col, col + len(word))]
     for w in _KEYWORD_RE.finditer(body, m.end()):
         value, start = w.group(), w.start()
-        tokens.append(Token("WORD", value, start_pos=start, line=line, column=col + start,
-                            end_line=line, end_column=col + start + len(value)))
+        tokens.append(_new("WORD", value, start, line, col + start, col + start + len(value)))
     end = col + len(body)
-    tokens.append(Token("_NL", "\n", line=line, column=end, end_line=line, end_column=end))
+    tokens.append(_new("_NL", "\n", None, line, end, end))
     return tokens
+
+
+def _new(kind: str, value: str, start_pos: int | None, line: int, col: int,
+         end_col: int) -> Token:
+    """``Token(kind, value, start_pos, line, col, line, end_col)`` without the keyword
+    handling of lark's constructor (two Python frames of the three a token cost on the
+    lines :func:`_plain_line` reads)."""
+    tok = _str_new(Token, value)
+    tok.type, tok.value, tok.start_pos, tok.end_pos = kind, value, start_pos, None
+    tok.line, tok.column, tok.end_line, tok.end_column = line, col, line, end_col
+    return tok
+
+
+_str_new = str.__new__
 
 
 def _instruction_tokens(logical: _Logical, lines: Sequence[str], i: int,

@@ -315,19 +315,20 @@ def _graph_errors(services: list[ir.Service]) -> Iterator[_Problem]:
 def _topological(services: list[ir.Service]) -> list[ir.Service]:
     """Dependency order of a graph :func:`_graph_errors` found nothing wrong with."""
     index = {s.name: i for i, s in enumerate(services)}
-    # Kahn's algorithm; the heap hands out the earliest-declared ready service.
-    waiting = {s.name: {r.name for r in s.requires} for s in services}
-    dependents: dict[str, list[str]] = {s.name: [] for s in services}
+    # Kahn's algorithm; the heap hands out the earliest-declared ready service. Only the
+    # services that require something wait, and only those required have dependents (in a
+    # large Amifile most services are neither).
+    waiting = {s.name: {r.name for r in s.requires} for s in services if s.requires}
+    dependents: dict[str, list[str]] = {}
     for s in services:
         for r in s.requires:
-            dependents[r.name].append(s.name)
-    ready = [index[n] for n, deps in waiting.items() if not deps]
-    heapq.heapify(ready)
+            dependents.setdefault(r.name, []).append(s.name)
+    ready = [i for i, s in enumerate(services) if not s.requires]   # ascending: a heap
     order: list[ir.Service] = []
     while ready:
         svc = services[heapq.heappop(ready)]
         order.append(svc)
-        for dep in dependents[svc.name]:
+        for dep in dependents.get(svc.name, ()):
             waiting[dep].discard(svc.name)
             if not waiting[dep]:
                 heapq.heappush(ready, index[dep])
@@ -344,6 +345,9 @@ def _cycles(services: list[ir.Service]) -> Iterator[_Problem]:
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     for svc in services:
         if svc.name in state:
+            continue
+        if not svc.requires:   # on no cycle, and no search to start from it
+            state[svc.name] = 2
             continue
         state[svc.name] = 1
         path = [svc.name]

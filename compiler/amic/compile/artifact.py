@@ -25,7 +25,7 @@ from amic.compile import linemap
 from amic import safeopen
 from amic.compile.context import CopyFile, printable
 from amic.compile.plan import Plan, ServicePlan, runtime_files
-from amic.compile.tarwriter import TarWriter
+from amic.compile.tarwriter import Shape, TarWriter
 from amic.errors import AmicError
 
 TOP = "stage2"
@@ -74,19 +74,22 @@ def meta_text(plan: Plan, sp: ServicePlan) -> str:
     layer = plan.layer(sp.name)
     svc = sp.service
     q = sh_quote
-    # One template, not one call per line: this runs once per service of the Amifile.
+    # One template, not one call per line: this runs once per service of the Amifile. The
+    # three sources are most often the SERVICE line itself: quoted once.
+    source = q(_source(svc.pos))
+    packages = source if svc.packages_pos is None else q(_source(svc.packages_pos))
+    copy = q(_source(svc.copies[0].pos)) if svc.copies else source
     text = (f"SERVICE_NAME={q(sp.name)}\n"
             f"SERVICE_REQUIRES={q(' '.join([r.name for r in svc.requires]))}\n"
-            f"SERVICE_HASH={q(sp.own_hash)}\n"
-            f"SERVICE_LAYER_KEY={q(layer.key if layer else '')}\n"
-            f"SERVICE_SOURCE={q(_source(svc.pos))}\n"
-            f"SERVICE_PACKAGES_SOURCE={q(_source(svc.packages_pos or svc.pos))}\n"
-            f"SERVICE_COPY_SOURCE={q(_source(svc.copies[0].pos if svc.copies else svc.pos))}\n"
-            f"SERVICE_INIT_SCRIPTS={q(_numbers(len(svc.inits)))}\n"
-            f"SERVICE_UPDATE_SCRIPTS={q(_numbers(len(svc.updates)))}\n")
+            f"SERVICE_HASH='{sp.own_hash}'\n"      # hex digests: nothing to quote
+            f"SERVICE_LAYER_KEY='{layer.key if layer else ''}'\n"
+            f"SERVICE_SOURCE={source}\n"
+            f"SERVICE_PACKAGES_SOURCE={packages}\n"
+            f"SERVICE_COPY_SOURCE={copy}\n")
     if not (svc.inits or svc.updates):
-        return text
-    lines = [text]
+        return text + "SERVICE_INIT_SCRIPTS=''\nSERVICE_UPDATE_SCRIPTS=''\n"
+    lines = [text, f"SERVICE_INIT_SCRIPTS={q(_numbers(len(svc.inits)))}\n"
+                   f"SERVICE_UPDATE_SCRIPTS={q(_numbers(len(svc.updates)))}\n"]
     for phase, scripts in (("INIT", svc.inits), ("UPDATE", svc.updates)):
         for i, script in enumerate(scripts, 1):
             lines.append(_assign(f"SERVICE_{phase}_{i:02d}_SOURCE", _source(script.pos)))
@@ -148,28 +151,50 @@ def print_text(plan: Plan) -> str:
 Entry = tuple[str, int, bytes | CopyFile | None, str | None]
 """(path, mode, content (bytes, or a file to read) or None for a directory, symlink target)."""
 _PATH = itemgetter(0)
+Block = tuple[str, Shape, tuple[bytes, ...]]
+"""Entries that share a prefix, sorted by path: the arguments of :meth:`TarWriter.add_block`."""
+_DIR: Shape = (("", 0o755, True),)
+_PLAIN: Shape = (("/copies", 0o644, False), ("/env", 0o644, False), ("/init", 0o755, True),
+                 ("/meta", 0o644, False), ("/packages", 0o644, False),
+                 ("/update", 0o755, True))
+"""The children of a service with no COPY or script, in path order."""
+_PLAIN_WITH_DIR: Shape = _DIR + _PLAIN
 
 
-def _entries(plan: Plan) -> Iterator[Entry]:
+def _entries(plan: Plan) -> Iterator[Entry | Block]:
     """Every entry, sorted by path, made one service at a time (memory stays bounded by the
     largest service, not the whole tarball).
 
     All of a service's children share the prefix ``NAME/``, which no other path has (a name
     holds no ``/``), so they sort as one block at the key ``NAME/``; the service's own
     directory sorts at ``NAME``. Between them may come other services (``a-b`` sorts
-    between ``a`` and ``a/meta``), hence the two keys per service.
+    between ``a`` and ``a/meta``), hence the two keys per service. Where the two are
+    next to each other (nearly always), the directory waits and comes with the children.
+    A service with no COPY or script (most of a large Amifile) is one :data:`Block`.
     """
     services = f"{TOP}/services/"
     top = sorted(_top_entries(plan), key=_PATH)
     yield from (e for e in top if e[0] < services)
     order = sorted([(sp.name, i) for i, sp in enumerate(plan.services)]
                    + [(sp.name + "/", i) for i, sp in enumerate(plan.services)])
-    for key, i in order:
-        sp = plan.services[i]
-        if key.endswith("/"):
+    services_list = plan.services
+    for k, (key, i) in enumerate(order):
+        sp = services_list[i]
+        if not key.endswith("/"):
+            if k + 1 < len(order) and order[k + 1][1] == i:
+                continue   # its children come next: one block with them (below)
+            yield f"{services}{sp.name}", _DIR, ()
+        elif sp.copies or sp.service.inits or sp.service.updates:
+            if k and order[k - 1][1] == i:   # its own directory, held back above
+                yield f"{services}{sp.name}", 0o755, None, None
             yield from sorted(_service_children(plan, sp), key=_PATH)
-        else:
-            yield f"{services}{sp.name}", 0o755, None, None
+        else:   # most services of a large Amifile: six entries in this (sorted) order
+            datas = (b"", env_text(sp).encode() if sp.envs else b"",
+                     meta_text(plan, sp).encode(),
+                     "".join([p + "\n" for p in sp.packages]).encode() if sp.packages else b"")
+            # with the service's own directory first, or that came before (see above)
+            yield (f"{services}{sp.name}", _PLAIN_WITH_DIR if k and order[k - 1][1] == i
+                   else _PLAIN, datas)
     yield from (e for e in top if e[0] > services)
 
 
@@ -221,7 +246,11 @@ def write_artifact(plan: Plan, out: BinaryIO) -> int:
     tar = TarWriter(out)
     with contextlib.ExitStack() as stack:
         roots: dict[str, int] = {}
-        for path, mode, data, link in _entries(plan):
+        for entry in _entries(plan):
+            if len(entry) == 3:   # a Block
+                tar.add_block(*entry)
+                continue
+            path, mode, data, link = entry
             if data.__class__ is bytes and link is None:   # most entries: generated text
                 tar.add_data(path, mode, data)
             elif link is not None:

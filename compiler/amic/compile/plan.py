@@ -43,10 +43,35 @@ _JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":
 
 
 def _digest(*parts: object) -> str:
-    blob = _JSON.encode(parts)
+    return _hash(_JSON.encode(parts))
+
+
+def _hash(blob: str) -> str:
     # surrogatepass: a file name that is not UTF-8 (os.fsdecode's lone surrogates) hashes
     # as itself, distinct from every UTF-8 name, where strict UTF-8 raised
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_STRING = json.encoder.encode_basestring
+"""A str as ``_JSON`` writes it (``ensure_ascii=False``): for the blobs built by hand below."""
+
+
+def _own_blob(name: str, rest: str) -> str:
+    """``_JSON.encode((KEY_SCHEME, name, *others))`` where ``rest`` is
+    ``_JSON.encode(others)`` with its ``[``: the blob of a service's own hash. The part after
+    the name is the same for most services (and made once); the test suite checks the two
+    agree."""
+    return f'["{KEY_SCHEME}",{_STRING(name)},{rest[1:]}'
+
+
+def _layer_blob(name: str, inputs: Mapping[str, str], args_digest: str) -> str:
+    """``_JSON.encode((KEY_SCHEME, "layer", name, inputs, args_digest))`` for a service with
+    no ARG of its own, ``inputs`` holding hex digests under the seven names (sorted here, as
+    ``sort_keys`` does)."""
+    return (f'["{KEY_SCHEME}","layer",{_STRING(name)},{{"args":"{inputs["args"]}",'
+            f'"copy":"{inputs["copy"]}","env":"{inputs["env"]}","init":"{inputs["init"]}",'
+            f'"packages":"{inputs["packages"]}","parent":"{inputs["parent"]}",'
+            f'"runtime":"{inputs["runtime"]}"}},"{args_digest}"]')
 
 
 @attrs.frozen
@@ -109,7 +134,8 @@ class Plan:
     def __attrs_post_init__(self) -> None:
         layers = {layer.service: layer for layer in self.layers}
         object.__setattr__(self, "_by_name",
-                           {sp.name: (sp, layers.get(sp.name)) for sp in self.services})
+                           {sp.service.name: (sp, layers.get(sp.service.name))
+                            for sp in self.services})
 
     @property
     def declared_args(self) -> tuple[ir.Arg, ...]:
@@ -227,61 +253,83 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
     # there would be a dictionary attack away from the value (docs/ec2.md "Tags").
     args_digest = _args_digest(values, missing)
     global_missing = sorted(missing)
-    services: list[ServicePlan] = []
-    copies_digests: dict[str, str] = {}
+    services, copies_digests = _service_plans(resolved, contexts)
     memo: dict[object, str] = {}
-    for svc, own in zip(resolved.services, _own_packages(resolved.services)):
-        copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1)) \
-            if svc.copies else ()
-        copies_digests[svc.name] = _copies_digest(copies) if copies else \
-            _memo_digest(memo, ("copies", ()), lambda: _copies_digest(()))
-        envs = (*resolved.envs, *svc.envs)
-        own_hash = _digest(KEY_SCHEME, svc.name, own, copies_digests[svc.name],
-                           [s.text for s in svc.inits], [(e.name, e.value) for e in envs])
-        services.append(ServicePlan(service=svc, packages=own, copies=copies, envs=envs,
-                                    own_hash=own_hash))
     base_key = _digest(KEY_SCHEME, "base", resolved.base.ref if resolved.base else None, base_image_id)
     layers: list[Layer] = []
     parent = base_key
     enabled = set(resolved.enabled)   # a set: one lookup per service, not a scan
     service_values: dict[str, dict[str, str]] = {}
+    no_args = {}   # _values of a service with no ARG of its own
+    names_digest = _digest("arg-names", sorted(values), global_missing)
     for sp in services:
-        if sp.name not in enabled:
+        svc = sp.service
+        name = svc.name   # not the property: this loop runs once per service
+        if name not in enabled:
             continue
         # A service's own ARGs: in this key (and so in every key chained after it) only.
-        own, own_missing = _values(sp.service.args, build_args or {}, environ)
-        own_args = [sorted(own), sorted(own_missing)] if sp.service.args else []
-        if sp.service.args:
-            service_values[sp.name] = own
+        if svc.args:
+            own, own_missing = _values(svc.args, build_args or {}, environ)
+            own_args = [sorted(own), sorted(own_missing)]
+            service_values[name] = own
             missing.extend(own_missing)
+        else:
+            own, own_missing, own_args = no_args, [], None
         # Most services share most inputs (no packages, the global ENV only): each
         # distinct value is hashed once (``memo``), the digests are the same.
-        inits = tuple(s.text for s in sp.service.inits)
-        envs = tuple((e.name, e.value) for e in sp.envs)
+        inits = ("init", tuple(s.text for s in svc.inits) if svc.inits else ())
+        envs = ("env", tuple((e.name, e.value) for e in sp.envs))
+        packages = ("packages", sp.packages)
         inputs = {
             "parent": parent,
             "runtime": runtime,
-            "packages": _memo_digest(memo, ("packages", sp.packages),
-                                     lambda: _digest(sp.packages)),
-            "copy": copies_digests[sp.name],
-            "init": _memo_digest(memo, ("init", inits), lambda: _digest(inits)),
-            "env": _memo_digest(memo, ("env", envs), lambda: _digest(envs)),
+            "packages": memo.get(packages)
+            or _memo_digest(memo, packages, lambda: _digest(sp.packages)),
+            "copy": copies_digests[name],
+            "init": memo.get(inits) or _memo_digest(memo, inits, lambda: _digest(inits[1])),
+            "env": memo.get(envs) or _memo_digest(memo, envs, lambda: _digest(envs[1])),
             "args": _digest("arg-names", sorted(values), global_missing, *own_args)
-            if own_args else _memo_digest(memo, ("args",), lambda: _digest(
-                "arg-names", sorted(values), global_missing)),
+            if own_args else names_digest,
         }
-        key = _digest(KEY_SCHEME, "layer", sp.name, inputs, args_digest,
-                      *([_args_digest(own, own_missing)] if own_args else []))
-        layers.append(Layer(service=sp.name, key=key, parent_key=parent, inputs=inputs))
+        key = _digest(KEY_SCHEME, "layer", name, inputs, args_digest,
+                      _args_digest(own, own_missing)) if own_args else \
+            _hash(_layer_blob(name, inputs, args_digest))
+        layers.append(Layer(service=name, key=key, parent_key=parent, inputs=inputs))
         parent = key
     final_key = _digest(KEY_SCHEME, "final", parent, runtime, list(resolved.enabled),
-                        [(sp.name, [s.text for s in sp.service.updates]) for sp in services],
-                        [(sp.name, sp.own_hash, [r.name for r in sp.service.requires])
+                        [(sp.service.name, [s.text for s in sp.service.updates])
+                         for sp in services],
+                        [(sp.service.name, sp.own_hash, [r.name for r in sp.service.requires])
                          for sp in services],
                         sorted((label.key, label.value) for label in resolved.labels), args_digest)
     return Plan(resolved=resolved, services=services, enabled=resolved.enabled, layers=layers,
                 final_key=final_key, runtime_hash=runtime, base_key=base_key, arg_values=values,
                 missing_args=missing, service_arg_values=service_values)
+
+
+def _service_plans(resolved: Resolved, contexts: Contexts
+                   ) -> tuple[list[ServicePlan], dict[str, str]]:
+    """Each service's plan, and the digest of its COPYs by name."""
+    services: list[ServicePlan] = []
+    copies_digests: dict[str, str] = {}
+    no_copies = _copies_digest(())
+    global_envs = tuple((e.name, e.value) for e in resolved.envs)
+    rests: dict[object, str] = {}   # the blob of an own hash after the name, by its parts
+    for svc, own in zip(resolved.services, _own_packages(resolved.services)):
+        copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1)) \
+            if svc.copies else ()
+        copies_digests[svc.name] = copy_digest = _copies_digest(copies) if copies else no_copies
+        envs = (*resolved.envs, *svc.envs) if svc.envs else resolved.envs
+        parts = (own, copy_digest, tuple(s.text for s in svc.inits) if svc.inits else (),
+                 global_envs + tuple((e.name, e.value) for e in svc.envs) if svc.envs
+                 else global_envs)
+        rest = rests.get(parts)
+        if rest is None:
+            rest = rests[parts] = _JSON.encode([own, copy_digest, list(parts[2]),
+                                                [list(e) for e in parts[3]]])
+        services.append(ServicePlan(service=svc, packages=own, copies=copies, envs=envs,
+                                    own_hash=_hash(_own_blob(svc.name, rest))))
+    return services, copies_digests
 
 
 def _memo_digest(memo: dict[object, str], key: object, make: Callable[[], str]) -> str:

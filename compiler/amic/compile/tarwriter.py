@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import shutil
 import tarfile
+from collections.abc import Callable
+from operator import itemgetter
 from typing import BinaryIO
 
 BLOCK = tarfile.BLOCKSIZE
@@ -69,6 +71,46 @@ def _header(name: str, mode: int, size: int, kind: bytes, linkname: str) -> byte
     field = name.encode("ascii")
     return b"".join((field.ljust(100, b"\0"), middle, b"%06o\0 " % (checksum + sum(field)),
                      kind, link, _TAIL))
+
+
+def _template(width: int, slash: bool, shape: Shape, sizes: tuple[int, ...]) -> _Template | None:
+    """The bytes of a block of entries (see :meth:`TarWriter.add_block`) as a %-format, and
+    what to pick for it from ``(prefix, checksum of each entry..., data of each file...)``;
+    None where an entry needs more than a plain ustar header (see :func:`_header`).
+    ``slash``: the prefix ends with ``/`` (a directory named by it alone needs no other)."""
+    parts: list[bytes] = []
+    sums: list[int] = []
+    pick: list[int] = []
+    files = iter(range(1 + len(shape), 1 + len(shape) + len(sizes)))
+    size_of = iter(sizes)
+    for k, (suffix, mode, is_dir) in enumerate(shape, 1):
+        kind = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+        size = 0 if is_dir else next(size_of)
+        if is_dir and not suffix.endswith("/") and (suffix or not slash):
+            suffix += "/"
+        if width + len(suffix) > 100 or not suffix.isascii() or size >= 8 ** 11:
+            return None
+        middle, checksum = _middle(mode & 0o7777, size, kind)
+        field = suffix.encode("ascii")
+        fixed = field + b"\0" * (100 - width - len(field)) + middle
+        parts.append(b"%s" + fixed.replace(b"%", b"%%") + b"%06o\0 " + kind + _NO_LINK + _TAIL)
+        pick += (0, k)
+        if not is_dir:
+            data_at = next(files)
+            if size:
+                parts.append(b"%s" + _ZEROS[:-size % BLOCK])
+                pick.append(data_at)
+        sums.append(checksum + sum(field))
+    return b"".join(parts), tuple(sums), itemgetter(*pick)
+
+
+Shape = tuple[tuple[str, int, bool], ...]
+"""(suffix, mode, is a directory) of each entry of a block."""
+_Template = tuple[bytes, tuple[int, ...], Callable[[tuple], tuple]]
+_TEMPLATES: dict[tuple, _Template | None] = {}
+"""Templates by prefix width, shape and file sizes: a large stage2 has millions of services'
+entries in a few dozen shapes (cleared when it grows past a few thousand: memory stays
+bounded)."""
 
 
 class TarWriter:
@@ -126,6 +168,32 @@ class TarWriter:
             self._write(head + data + _ZEROS[:BLOCK - size % BLOCK])
         else:
             self._write(head + data)
+
+    def add_block(self, prefix: str, shape: Shape, datas: tuple[bytes, ...]) -> None:
+        """Entries named ``prefix + suffix``, in the order of ``shape`` ((suffix, mode, is a
+        directory) of each), ``datas`` the contents of its regular files in order: the
+        bytes :meth:`add` writes, made by one %-format per block. A large stage2 has six
+        or seven entries per service in the same few shapes, and one header at a time was
+        most of a compile's time."""
+        key = (len(prefix), prefix.endswith("/"), shape, *map(len, datas))
+        template = _TEMPLATES.get(key, False)
+        if template is False:
+            if len(_TEMPLATES) > 4096:
+                _TEMPLATES.clear()
+            template = _TEMPLATES[key] = _template(len(prefix), key[1], shape, key[3:])
+        if template is None or not prefix.isascii():
+            files = iter(datas)
+            for suffix, mode, is_dir in shape:
+                if is_dir:
+                    self.add(prefix + suffix, mode, kind=tarfile.DIRTYPE)
+                else:
+                    self.add_data(prefix + suffix, mode, next(files))
+            return
+        fmt, sums, pick = template
+        field = prefix.encode("ascii")
+        base = sum(field)
+        args = pick((field, *[checksum + base for checksum in sums], *datas))
+        self._write(fmt % args)   # two or more picked per entry: always a tuple
 
     def close(self) -> None:
         self._write(_ZEROS[:2 * BLOCK])

@@ -29,7 +29,7 @@ from amic.engine import build as engine
 from amic.engine import buildinputs
 from amic.engine import tags as imagetags
 from amic.engine.checkpoint import fill_reason, missing_checkpoints
-from amic.engine.explain import first_build, project_match, why_missed
+from amic.engine.explain import first_build, history_of, project_match, why_missed
 from amic.engine.progress import Reporter, mask_secrets, short
 from amic.errors import AmifileError, BaseRefError
 from amic.targets import base as tb
@@ -198,13 +198,14 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
         layers = [PlannedLayer(r.service, r.key, r.status, r.reason, start.id) for r in reports]
         earlier_miss: str | None = None   # as run_layers keeps it: the first layer that ran
         match = project_match(imagetags.common_tags(p, "", options.name, options.origin))
+        history = history_of(target)   # the store does not change in a dry run
         first = (not options.no_cache and len(reports) < len(p.layers)
-                 and first_build(target, p, match))
+                 and first_build(target, p, match, history))
         for i in range(len(reports), len(p.layers)):
             layer = p.layers[i]
             reason = ("--no-cache" if options.no_cache
                       else why_missed(target, layer, earlier_miss=earlier_miss, match=match,
-                                      first=first))
+                                      first=first, history=history))
             layers.append(PlannedLayer(layer.service, layer.key, "RUN", reason,
                                        start.id if i == len(reports)
                                        else f"after {p.layers[i - 1].service}"))

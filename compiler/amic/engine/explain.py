@@ -9,7 +9,7 @@ service, its Amifile line and the tail of its output.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from amic import contract
 from amic.amifile import resolve
@@ -36,26 +36,50 @@ def ours(img: tb.Image, match: Mapping[str, str | None]) -> bool:
     return all(img.tags.get(name) == value for name, value in match.items())
 
 
-def first_build(target: tb.Target, plan: planmod.Plan, match: Mapping[str, str | None]) -> bool:
+History = Callable[[str], "list[tb.Image]"]
+"""A service's layer checkpoints, newest first: ``Target.images_for_service``."""
+
+
+def history_of(target: tb.Target) -> History:
+    """``target.images_for_service``, or, where that is the default (a scan of every image
+    per call), one scan grouped by service: the same lists, for a dry run that asks once per
+    layer (per service: the store's size times the services). Only while the store does not
+    change (not during a build)."""
+    if type(target).images_for_service is not tb.Target.images_for_service:
+        return target.images_for_service
+    by_service: dict[str | None, list[tb.Image]] = {}
+    for img in target.list_images():
+        if img.tags.get(contract.TAG_KIND) == contract.KIND_LAYER:
+            by_service.setdefault(img.tags.get(contract.TAG_SERVICE), []).append(img)
+    for found in by_service.values():   # stable, as the default's sort of the same list
+        found.sort(key=lambda img: img.created or "", reverse=True)
+    return lambda service: list(by_service.get(service, ()))
+
+
+def first_build(target: tb.Target, plan: planmod.Plan, match: Mapping[str, str | None],
+                history: History | None = None) -> bool:
     """True when nothing of this project was kept: no checkpoint of any of its services, no
     final image (asked only then: an earlier ``--checkpoint none`` build kept just that).
     Never for a target that keeps no images (ssh): it has no history to say so from."""
     if not target.keeps_images:
         return False
+    history = history or target.images_for_service
     for service in dict.fromkeys(layer.service for layer in plan.layers):
-        if any(ours(img, match) for img in target.images_for_service(service)):
+        if any(ours(img, match) for img in history(service)):
             return False
     return not target.has_final(match)
 
 
 def why_missed(target: tb.Target, layer: planmod.Layer, *, earlier_miss: str | None,
-               match: Mapping[str, str | None], first: bool) -> str:
+               match: Mapping[str, str | None], first: bool,
+               history: History | None = None) -> str:
     """Why ``layer`` runs, from this project's own history only (``match``, see
     :func:`project_match`): another project's layer of the same service name says nothing
     about this one. ``first``: :func:`first_build`."""
     if first:
         return "first build"
-    history = [img for img in target.images_for_service(layer.service) if ours(img, match)]
+    history = [img for img in (history or target.images_for_service)(layer.service)
+               if ours(img, match)]
     if not history:
         # an earlier build ran this layer but kept no checkpoint of it to compare with
         if earlier_miss:
