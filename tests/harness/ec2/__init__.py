@@ -57,8 +57,8 @@ resolves through the same owner + name filter as on real AWS.
 
 One module per concern: ``api`` (moto and the proxy), ``standin`` (the hooks above),
 ``boot`` (relay, IMDSv2, unit files), ``units`` (running them; the dpkg lock holder),
-``plain_sshd``, ``terminate``, ``strict`` (EC2's documented strictness), ``iam`` and
-``iam_policy`` (IAM enforced with docs/ec2.md's policy). This module puts them together
+``plain_sshd``, ``terminate``, ``capacity`` (capacity refusals, spot prices and
+interruptions), ``strict`` (EC2's documented strictness), ``iam`` and ``iam_policy`` (IAM enforced with docs/ec2.md's policy). This module puts them together
 (``FakeEc2``, ``fake_ec2``, ``standin_ec2``) with the helpers the tests share.
 """
 
@@ -73,6 +73,7 @@ from pathlib import Path
 from tests.harness.cli import AMIC
 from tests.harness.ec2.api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
                                     MotoServer, free_port, numbered, xml_values)
+from tests.harness.ec2.capacity import Capacity
 from tests.harness.ec2.plain_sshd import PlainSshd  # noqa: F401
 from tests.harness.ec2.standin import StandIn
 from tests.harness.ec2.strict import Strict, Strictness
@@ -88,6 +89,8 @@ class FakeEc2:
         self.workdir = workdir
         self.base_root = base_root
         self.standin = StandIn(proxy, workdir / "standin", base_root)
+        self.capacity = Capacity(proxy)
+        """Capacity refusals (off until a test asks), spot prices and interruptions."""
         self.strict: Strict | None = None
         """EC2's documented strictness (``strict.py``) when ``make_strict`` was called."""
 
@@ -136,6 +139,7 @@ class FakeEc2:
         self.proxy.gates.clear()
         shutil.rmtree(self.workdir / "standin", ignore_errors=True)
         self.standin = StandIn(self.proxy, self.workdir / "standin", self.base_root)
+        self.capacity = Capacity(self.proxy)
         if self.strict is not None:
             self.make_strict(self.strict.settings)
 

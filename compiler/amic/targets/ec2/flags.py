@@ -48,6 +48,28 @@ def key_values(items: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
+def type_list(values: Sequence[str] | str, flag: str = "--spot-instance-type") -> tuple[str, ...]:
+    """Instance types given as ``T,T`` (and, repeatable flags, several times) as one tuple."""
+    out: list[str] = []
+    for text in [values] if isinstance(values, str) else values:
+        types = [t.strip() for t in text.split(",")]
+        if not all(types):
+            raise UsageError(f"{flag} {text!r}: expected TYPE[,TYPE...]")
+        out += types
+    return tuple(out)
+
+
+def spot_price(text: str) -> str:
+    """``auto`` (EC2's cap: the on-demand price) or a positive price in USD per hour."""
+    try:
+        ok = text == "auto" or float(text) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"--spot-price {text!r}: expected auto or a price per hour (0.05)")
+    return text
+
+
 # -- the option table -------------------------------------------------------------------
 
 _AWS = "AWS access (default: the standard boto3 chain)"
@@ -76,7 +98,17 @@ AWS_OPTIONS: tuple[Option, ...] = (
 """How to reach AWS (:class:`~amic.targets.ec2.session.AwsOptions`): every ec2 command has them."""
 
 EC2_OPTIONS: tuple[Option, ...] = (
-    Option(["--instance-type"], "instance_type", _INSTANCE, default="t3.micro"),
+    Option(["--instance-type"], "instance_type", _INSTANCE,
+           "instance type, or a comma list tried in order while EC2 lacks capacity",
+           metavar="TYPE[,TYPE...]", default="t3.micro"),
+    Option(["--spot-price"], "spot_price", _INSTANCE,
+           "run on spot (Packer spot_price): auto caps at the on-demand price; falls back "
+           "to on-demand when no spot capacity is there", metavar="auto|PRICE",
+           convert=spot_price, unset="on-demand"),
+    Option(["--spot-instance-type"], "spot_instance_types", _INSTANCE,
+           "spot types to try, in order (Packer spot_instance_types; repeatable)",
+           metavar="TYPE[,TYPE...]", action="append", convert=type_list,
+           unset="the --instance-type list"),
     Option(["--arch"], "arch", _INSTANCE,
            "architecture of the base image",
            choices=("x86_64", "arm64"), unset="from the instance type", commands=BUILD),
@@ -84,6 +116,13 @@ EC2_OPTIONS: tuple[Option, ...] = (
            metavar="GIB", type=int, unset="the image's"),
     Option(["--volume-type"], "volume_type", _INSTANCE, "root volume type", default="gp3"),
     Option(["--subnet"], "subnet_id", _INSTANCE, "launch into this subnet", metavar="SUBNET_ID"),
+    Option(["--subnet-filter"], "subnet_filter", _INSTANCE,
+           "launch into the subnet with the most free addresses among those tagged so "
+           "(Packer subnet_filter; repeatable: all must match)", metavar="TAG=VALUE",
+           action="append", convert=functools.partial(key_values, flag="--subnet-filter")),
+    Option(["--availability-zone"], "availability_zone", _INSTANCE,
+           "launch in this zone (Packer availability_zone)", metavar="ZONE",
+           unset="EC2's choice or the subnet's"),
     Option(["--vpc"], "vpc_id", _INSTANCE,
            "VPC of the temporary security group",
            metavar="VPC_ID", unset="the subnet's or the default VPC"),

@@ -35,6 +35,8 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 
+import attrs
+
 from amic import __version__
 from amic.contract import TAG_NAME, TAG_SERVICE
 from amic.errors import BuildError, UsageError
@@ -43,6 +45,7 @@ from amic.targets.base import Image, Target
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import lookups
 from amic.targets.ec2 import naming
+from amic.targets.ec2 import placement
 from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
@@ -331,11 +334,15 @@ class Ec2Target(Target):
             if machine.keep:
                 kept = self._keep(stack, machine, "keeping the instance")
         except BaseException as exc:
+            taken = (placement.interrupted_error(self.ec2, machine.instance_id, exc)
+                     if machine and self.opts.spot_price and isinstance(exc, BuildError) else None)
             if (self.keep_on_error and machine is not None
                     and not isinstance(exc, (KeyboardInterrupt, SystemExit))):
                 # keep everything; it still expires and `amic gc` finds it
                 kept = self._keep(stack, machine,
                                   "--on-error=abort: keeping the build instance for debugging")
+            if taken is not None:   # EC2 took the spot instance back: say that, not "SSH failed"
+                raise taken from None
             raise
         finally:
             if not kept:
@@ -347,7 +354,9 @@ class Ec2Target(Target):
     def _new_machine(self, stack: contextlib.ExitStack, image: Image, build_id: str,
                      role: str, instance_tags: Mapping[str, str] | None) -> Ec2Machine:
         """The resources in order, each with its cleanup on ``stack``; the (launched) machine."""
-        opts, ec2 = self.opts, self.ec2
+        ec2 = self.ec2
+        subnet = placement.choose_subnet(ec2, self.opts, self.log)   # --subnet-filter, once
+        opts = self.opts = attrs.evolve(self.opts, subnet_id=subnet, subnet_filter={})
         beat = resources.Heartbeat(ec2, self.log)   # so `amic gc` sees at once if we die
         tags = aws.resource_tags(build_id, ttl=opts.ttl, role=role,
                                  extra=resources.heartbeat_tags(beat.interval))

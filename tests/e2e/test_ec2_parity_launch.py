@@ -1,0 +1,189 @@
+"""Packer amazon-ebs launch options through the real CLI against the stand-in: spot with its
+fallbacks and interruptions, instance type lists, ``--subnet-filter``, ``--availability-zone``.
+
+Each option is checked where EC2 sees it: the RunInstances calls the proxy recorded
+(``tests/harness/ec2/api.py``). Capacity refusals and spot interruptions are the
+stand-in's (``tests/harness/ec2/capacity.py``): moto launches anything anywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.harness.cli import run_amic
+from tests.harness.e2e_builds import E2E
+from tests.harness.ec2 import assert_clean, image_file, standin_ec2
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+QUICK = """\
+FROM debian:12
+
+SERVICE base
+    INIT echo {base} > /etc/amic-base
+
+SERVICE app
+    REQUIRES base
+    INIT echo app > /etc/amic-app
+"""
+
+SLOW = """\
+FROM debian:12
+
+SERVICE base
+    INIT echo {base} > /etc/amic-base
+
+SERVICE app
+    REQUIRES base
+    INIT <<~EOF
+        echo started > /etc/amic-app-started
+        sleep 120
+    EOF
+"""
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    with standin_ec2(tmp_path_factory, strict=True) as fake:
+        yield E2E(fake, tmp_path_factory.mktemp("parity-launch"))
+
+
+def runs(fake) -> list[dict[str, str]]:
+    """Every RunInstances the build made (refused ones too), as the proxy recorded them."""
+    return fake.proxy.calls_of("RunInstances")
+
+
+def market(params: dict[str, str]) -> tuple[str, str]:
+    return (params.get("InstanceMarketOptions.MarketType", "on-demand"), params["InstanceType"])
+
+
+def test_spot_refused_falls_back_through_types_to_on_demand(e2e):
+    fake = e2e.fake
+    ec2 = fake.client()
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    made = {}
+    for cidr, zone, tagged in (("172.31.96.0/24", "us-east-1b", True),    # 251 free: chosen
+                               ("172.31.97.0/26", "us-east-1b", True),    # fewer free
+                               ("172.31.100.0/22", "us-east-1c", True),   # most, wrong zone
+                               ("172.31.104.0/22", "us-east-1b", False)):  # untagged
+        tags = [{"Key": "amic-test", "Value": "build" if tagged else "other"}]
+        made[cidr] = ec2.create_subnet(
+            VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone,
+            TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}])["Subnet"]["SubnetId"]
+    e2e.write(QUICK.format(base="base-v1"))
+    fake.capacity.reset()
+    fake.capacity.refuse(market="spot")                                  # no spot at all
+    fake.capacity.refuse(market="on-demand", instance_type="t3.micro")   # nor the first type
+    b = e2e.build("--spot-price", "0.05", "--spot-instance-type", "t3.small,t3a.small",
+                  "--instance-type", "t3.micro,t3a.micro", "--subnet-filter", "amic-test=build",
+                  "--availability-zone", "us-east-1b")
+    assert b.rc == 0, b
+    calls = runs(fake)
+    assert [market(p) for p in calls] == [("spot", "t3.small"), ("spot", "t3a.small"),
+                                          ("on-demand", "t3.micro"),
+                                          ("on-demand", "t3a.micro")], calls
+    for p in calls[:2]:
+        assert p["InstanceMarketOptions.SpotOptions.MaxPrice"] == "0.05", p
+        assert p["InstanceMarketOptions.SpotOptions.SpotInstanceType"] == "one-time", p
+        assert p["InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior"] == "terminate"
+    # every try its own idempotency token (EC2 refuses one token with other arguments)
+    assert len({p["ClientToken"] for p in calls}) == 4, calls
+    for p in calls:
+        assert p["Placement.AvailabilityZone"] == "us-east-1b", p
+        assert p["NetworkInterface.1.SubnetId"] == made["172.31.96.0/24"], p
+    assert fake.capacity.refused == [("spot", "t3.small", "InsufficientInstanceCapacity"),
+                                     ("spot", "t3a.small", "InsufficientInstanceCapacity"),
+                                     ("on-demand", "t3.micro", "InsufficientInstanceCapacity")]
+    assert "no spot t3.small instance (InsufficientInstanceCapacity); trying spot t3a.small" \
+        in b.stderr, b
+    assert "(on-demand t3a.micro)" in b.stderr, b
+    launched = fake.client().describe_instances(
+        InstanceIds=[fake.standin.launches[-1][0]])["Reservations"][0]["Instances"][0]
+    assert launched["InstanceType"] == "t3a.micro" and launched["SubnetId"] == made["172.31.96.0/24"]
+    assert "InstanceLifecycle" not in launched, launched     # on-demand
+    assert image_file(fake, b.ami, "/etc/amic-app").read_text() == "app\n"
+
+
+def test_every_try_refused_fails_clearly(e2e):
+    fake = e2e.fake
+    e2e.write(QUICK.format(base="base-v2"))
+    fake.capacity.reset()
+    fake.capacity.refuse()
+    b = e2e.build("--spot-price", "auto", "--instance-type", "t3.micro,t3a.micro")
+    assert b.rc == 1, b
+    assert [market(p) for p in runs(fake)] == [("spot", "t3.micro"), ("spot", "t3a.micro"),
+                                               ("on-demand", "t3.micro"),
+                                               ("on-demand", "t3a.micro")]
+    assert "InstanceMarketOptions.SpotOptions.MaxPrice" not in runs(fake)[0]   # auto: EC2's cap
+    assert "no instance could be launched, every try was refused" in b.stderr, b
+    assert "Traceback" not in b.stderr
+    fake.capacity.reset()
+
+
+def test_spot_interruption_fails_cleanly_and_keeps_checkpoints(e2e):
+    """EC2 reclaims the spot instance during a later layer's INIT: the build fails saying so,
+    everything is cleaned up, and the layer checkpointed before is what the next build
+    starts from."""
+    fake = e2e.fake
+    e2e.write(SLOW.format(base="base-v3"))
+    fake.capacity.reset()
+    done = threading.Event()
+    taken: list[str] = []
+
+    def reclaim() -> None:     # once base's checkpoint is taken and app's INIT runs
+        while not done.is_set():
+            if fake.proxy.calls_of("CreateSnapshot", answered=True) and fake.standin.launches:
+                iid = fake.standin.launches[-1][0]
+                inst = fake.standin.instances.get(iid)
+                if inst is not None and (inst.upper / "etc/amic-app-started").exists():
+                    fake.capacity.interrupt(iid)
+                    taken.append(iid)
+                    return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=reclaim, daemon=True)
+    watcher.start()
+    try:
+        b = e2e.build("--spot-price", "auto")
+    finally:
+        done.set()
+        watcher.join(10)
+    assert taken, b
+    assert b.rc == 1, b
+    assert [market(p) for p in runs(fake)] == [("spot", "t3.micro")]
+    assert f"spot instance {taken[0]} was interrupted (Server.SpotInstanceTermination" in b.stderr, b
+    assert "the layers checkpointed before it stay cached" in b.stderr, b
+    assert "Traceback" not in b.stderr
+    assert b.layers().get("base") == "RUN", b
+    # the next build (on-demand: a spot price below the market's is refused) starts from base
+    e2e.write(QUICK.format(base="base-v3"))
+    again = e2e.build("--spot-price", "0.001")
+    assert again.rc == 0, again
+    assert again.layers() == {"base": "CACHED", "app": "RUN"}, again
+    assert fake.capacity.refused == [("spot", "t3.micro", "SpotMaxPriceTooLow")]
+    assert [market(p) for p in runs(fake)] == [("spot", "t3.micro"), ("on-demand", "t3.micro")]
+    assert "no spot t3.micro instance (SpotMaxPriceTooLow); trying on-demand t3.micro" \
+        in again.stderr
+    assert_clean(fake)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--spot-price", "cheap"], "--spot-price 'cheap': expected auto or a price"),
+    (["--spot-instance-type", "t3.small"], "--spot-instance-type needs --spot-price"),
+    (["--instance-type", "t3.micro,t4g.micro"], "t4g.micro are not x86_64 like t3.micro"),
+    (["--instance-type", "t3.micro,"], "--instance-type 't3.micro,': expected TYPE[,TYPE...]"),
+    (["--subnet", "subnet-1", "--subnet-filter", "a=b"], "--subnet and --subnet-filter exclude"),
+    (["--subnet-filter", "novalue"], "--subnet-filter 'novalue': expected KEY=VALUE"),
+])
+def test_launch_options_refused_before_any_call(tmp_path, args, message):
+    (tmp_path / "Amifile").write_text(QUICK.format(base="x"))
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1", "NO_COLOR": "1"}
+    proc = run_amic("build", "--target", "ec2", *args, "Amifile", cwd=tmp_path, env=env,
+                    timeout=60)
+    assert proc.returncode == 2, proc
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
