@@ -138,7 +138,7 @@ def test_spot_interruption_fails_cleanly_and_keeps_checkpoints(e2e):
             if fake.proxy.calls_of("CreateSnapshot", answered=True) and fake.standin.launches:
                 iid = fake.standin.launches[-1][0]
                 inst = fake.standin.instances.get(iid)
-                if inst is not None and (inst.upper / "etc/amic-app-started").exists():
+                if inst is not None and (inst.upper / "root/etc/amic-app-started").exists():
                     fake.capacity.interrupt(iid)
                     taken.append(iid)
                     return

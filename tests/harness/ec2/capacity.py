@@ -15,8 +15,8 @@ price. EC2 does not:
 
 from __future__ import annotations
 
-import re
 import threading
+import xml.etree.ElementTree as ET
 
 from tests.harness.ec2.api import ApiError
 
@@ -86,11 +86,21 @@ class Capacity:
 
     def _describe(self, params, text):
         with self._lock:
-            ids = [i for i in self.interrupted if i in text]
-        for iid in ids:   # the stateReason of that instance's item (ids are unique in a reply)
-            text = re.sub(
-                rf"(<instanceId>{iid}</instanceId>.*?<stateReason>\s*<code>)[^<]*(</code>\s*"
-                r"<message>)[^<]*(</message>)",
-                rf"\g<1>{SPOT_INTERRUPTION[0]}\g<2>{SPOT_INTERRUPTION[1]}\g<3>", text,
-                count=1, flags=re.DOTALL)
-        return text
+            ids = {i for i in self.interrupted if i in text}
+        if not ids:
+            return None
+        root = ET.fromstring(text)
+        if root.tag.startswith("{"):
+            ET.register_namespace("", root.tag[1:].split("}", 1)[0])
+        for item in root.iter():
+            fields = {_local(c.tag): c for c in item}
+            if fields.get("instanceId") is None or fields["instanceId"].text not in ids:
+                continue
+            for part in fields.get("stateReason", ()):
+                if _local(part.tag) in ("code", "message"):
+                    part.text = SPOT_INTERRUPTION[_local(part.tag) == "message"]
+        return ET.tostring(root, encoding="unicode")
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
