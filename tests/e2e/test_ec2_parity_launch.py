@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness.cli import run_amic
 from tests.harness.e2e_builds import E2E
-from tests.harness.ec2 import assert_clean, image_file, standin_ec2
+from tests.harness.ec2 import assert_clean, iam_policy, image_file, standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -105,6 +105,16 @@ def test_spot_refused_falls_back_through_types_to_on_demand(e2e):
     assert launched["InstanceType"] == "t3a.micro" and launched["SubnetId"] == made["172.31.96.0/24"]
     assert "InstanceLifecycle" not in launched, launched     # on-demand
     assert image_file(fake, b.ami, "/etc/amic-app").read_text() == "app\n"
+    # the spot tries tagged their spot requests, and docs/ec2.md's policy allows them
+    policy = iam_policy.documented().policy()
+    for p in calls:
+        spec = iam_policy.tag_specs(p)
+        assert spec["instance"]["amic:tool"].startswith("amic/"), spec
+        assert ("spot-instances-request" in spec) == (market(p)[0] == "spot"), spec
+        asks = iam_policy.asks("RunInstances", p, region="us-east-1", account=fake.moto.account,
+                               tags_of=lambda rid, region: {})
+        refused = [f"{a.action} {a.resource}" for a in asks if iam_policy.denied(policy, a)]
+        assert refused == [], refused
 
 
 def test_every_try_refused_fails_clearly(e2e):

@@ -81,8 +81,12 @@ def run_instance(ec2, args: Mapping, opts, log: Log) -> tuple[dict, Attempt]:
     for n, attempt in enumerate(tries):
         call = {**args, "InstanceType": attempt.instance_type}
         call.pop("InstanceMarketOptions", None)
-        if attempt.market == "spot":
+        if attempt.market == "spot":   # the spot request is a resource too: tagged at creation
             call["InstanceMarketOptions"] = market_options(opts)
+            instance_tags = next(s["Tags"] for s in args["TagSpecifications"]
+                                 if s["ResourceType"] == "instance")
+            call["TagSpecifications"] = [*args["TagSpecifications"], {
+                "ResourceType": "spot-instances-request", "Tags": instance_tags}]
         if n:
             call["ClientToken"] = f"{args['ClientToken'][:60]}-{n}"
         try:
