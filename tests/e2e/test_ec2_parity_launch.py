@@ -187,9 +187,19 @@ def test_spot_interruption_fails_cleanly_and_keeps_checkpoints(e2e):
     (["--instance-type", "t3.micro,"], "--instance-type 't3.micro,': expected TYPE[,TYPE...]"),
     (["--subnet", "subnet-1", "--subnet-filter", "a=b"], "--subnet and --subnet-filter exclude"),
     (["--subnet-filter", "novalue"], "--subnet-filter 'novalue': expected KEY=VALUE"),
+    (["--temporary-iam-instance-profile", "missing.json"],
+     "--temporary-iam-instance-profile missing.json: No such file"),
+    (["--temporary-iam-instance-profile", "Amifile"],
+     "--temporary-iam-instance-profile Amifile: not JSON"),
+    (["--temporary-iam-instance-profile", "empty.json"], "expected a policy document or a list"),
+    (["--temporary-iam-instance-profile", "policy.json", "--iam-instance-profile", "p"],
+     "--iam-instance-profile and --temporary-iam-instance-profile exclude each other"),
 ])
 def test_launch_options_refused_before_any_call(tmp_path, args, message):
     (tmp_path / "Amifile").write_text(QUICK.format(base="x"))
+    (tmp_path / "empty.json").write_text("[]")
+    (tmp_path / "policy.json").write_text('[{"Effect": "Allow", "Action": "s3:ListBucket", '
+                                          '"Resource": "*"}]')
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
            "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1", "NO_COLOR": "1"}
     proc = run_amic("build", "--target", "ec2", *args, "Amifile", cwd=tmp_path, env=env,

@@ -70,6 +70,27 @@ def spot_price(text: str) -> str:
     return text
 
 
+def policy_file(path: str) -> str:
+    """``--temporary-iam-instance-profile FILE``: a policy document, or a list of statements
+    (Packer's ``Statement`` blocks), as the JSON text of a document; UsageError otherwise."""
+    import json
+    from pathlib import Path
+
+    flag = "--temporary-iam-instance-profile"
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{flag} {path}: not JSON: {exc}") from None
+    if isinstance(data, list):
+        data = {"Version": "2012-10-17", "Statement": data}
+    if not isinstance(data, dict) or not isinstance(data.get("Statement"), list) \
+            or not data["Statement"]:
+        raise UsageError(f"{flag} {path}: expected a policy document or a list of statements")
+    return json.dumps(data)
+
+
 # -- the option table -------------------------------------------------------------------
 
 _AWS = "AWS access (default: the standard boto3 chain)"
@@ -139,6 +160,11 @@ EC2_OPTIONS: tuple[Option, ...] = (
     Option(["--no-public-ip"], "associate_public_ip", _INSTANCE, action="store_false"),
     Option(["--iam-instance-profile"], "iam_instance_profile", _INSTANCE,
            "instance profile for INIT scripts", metavar="NAME|ARN"),
+    Option(["--temporary-iam-instance-profile"], "temporary_iam_policy", _INSTANCE,
+           "give the instance a role made for the build, with this policy (a JSON document "
+           "or list of statements), deleted after it (Packer "
+           "temporary_iam_instance_profile_policy_document)", metavar="POLICY_FILE",
+           convert=policy_file),
     Option(["--key-type"], "key_type", _INSTANCE,
            "temporary key pair type (rsa for images without ed25519 support)",
            choices=("ed25519", "rsa"), default="ed25519"),

@@ -20,7 +20,7 @@ import attrs
 
 from amic import contract
 from amic.targets import base as tb
-from amic.targets.ec2 import owner, resources
+from amic.targets.ec2 import iamprofile, owner, resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
 from amic.targets.ec2.images import TAG_IMAGE_ID
@@ -134,10 +134,23 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
             Filters=[*tagged, {"Name": "status", "Values": ["available"]}]):
         for vol in page["Volumes"]:
             consider("volume", vol["VolumeId"], aws.tag_dict(vol.get("Tags")))
+    for name, tags in _temporary_roles(target):
+        consider("iam-role", name, tags, name)
     # Snapshots of deregistered images (a prune or gc interrupted between the two calls).
     if build_id is None:
         found += orphan_snapshots(ec2)
     return Survey(found, _live_builds(running))
+
+
+def _temporary_roles(target) -> list[tuple[str, dict]]:
+    """``--temporary-iam-instance-profile`` roles (and their profiles): none where the caller
+    may not list IAM roles (the policy's optional ``TemporaryInstanceProfile``)."""
+    import botocore.exceptions
+
+    try:
+        return iamprofile.leftovers(target.clients.iam)
+    except botocore.exceptions.ClientError:
+        return []
 
 
 def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = False,
@@ -183,7 +196,7 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
     failures: list[tuple[Leak, Exception]] = []
     by_kind = {kind: [leak for leak in leaks if leak.kind == kind]
                for kind in ("instance", "security-group", "key-pair", "volume", "snapshot",
-                            "key-file")}
+                            "key-file", "iam-role")}
     instances = [leak.id for leak in by_kind["instance"]]
     if instances:
         try:
@@ -198,7 +211,8 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
             ("key-pair", lambda i: resources.delete_key_pair(ec2, i)),
             ("volume", lambda i: ec2.delete_volume(VolumeId=i)),
             ("snapshot", lambda i: ec2.delete_snapshot(SnapshotId=i)),
-            ("key-file", lambda i: os.unlink(i))):
+            ("key-file", lambda i: os.unlink(i)),
+            ("iam-role", lambda i: iamprofile.delete(target.clients.iam, i))):
         for leak in by_kind[kind]:
             try:
                 call(leak.id)

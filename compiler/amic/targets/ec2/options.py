@@ -48,6 +48,8 @@ class Ec2Options:
     """Who may reach port 22; empty: the caller's public address, looked up once."""
     associate_public_ip: bool | None = None
     iam_instance_profile: str | None = None
+    temporary_iam_policy: str | None = None
+    """A policy document (JSON text): the build's own role and profile (:mod:`.iamprofile`)."""
     ssh_user: str | None = None
     ssh_host: str | None = None
     ssh_port: int = DEFAULTS["ssh_port"]
@@ -104,6 +106,9 @@ def options_from_values(values: Mapping[str, object]) -> Ec2Options:
     check_types(opts)
     if opts.spot_instance_types and not opts.spot_price:
         raise UsageError("--spot-instance-type needs --spot-price (auto or a price)")
+    if opts.iam_instance_profile and opts.temporary_iam_policy:
+        raise UsageError("--iam-instance-profile and --temporary-iam-instance-profile "
+                         "exclude each other")
     if opts.subnet_id and opts.subnet_filter:
         raise UsageError("--subnet and --subnet-filter exclude each other")
     for cidr in opts.ssh_cidrs:

@@ -90,7 +90,12 @@ def run_instance(ec2, args: Mapping, opts, log: Log) -> tuple[dict, Attempt]:
         if n:
             call["ClientToken"] = f"{args['ClientToken'][:60]}-{n}"
         try:
-            reply = ec2.run_instances(**call)
+            if opts.temporary_iam_policy:   # a profile made a moment ago: IAM propagates
+                from amic.targets.ec2 import iamprofile
+
+                reply = iamprofile.launching(lambda: ec2.run_instances(**call), log)
+            else:
+                reply = ec2.run_instances(**call)
         except botocore.exceptions.ClientError as exc:
             code = aws.error_code(exc)
             if code not in CAPACITY_CODES:

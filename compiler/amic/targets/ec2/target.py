@@ -42,6 +42,7 @@ from amic.contract import TAG_NAME, TAG_SERVICE
 from amic.errors import BuildError, UsageError
 from amic.targets import option_values
 from amic.targets.base import Image, Target
+from amic.targets.ec2 import iamprofile
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import lookups
 from amic.targets.ec2 import naming
@@ -367,6 +368,10 @@ class Ec2Target(Target):
             stack, ec2, name, build_id, tags, self.ssh_cidrs, opts, self.log)]
         if not opts.security_group_ids:
             beat.add(*group_ids)
+        if opts.temporary_iam_policy:   # IAM tags get no heartbeat: gc judges them by owner/expiry
+            opts = attrs.evolve(opts, iam_instance_profile=iamprofile.add_profile(
+                stack, self.clients.iam, name, iamprofile.lasting(tags), opts.temporary_iam_policy,
+                self.log))
         iid = resources.add_instance(stack, ec2, image, name, group_ids,
                                      {**tags, **(instance_tags or {})}, build_id, opts, self.log,
                                      metadata_tags=bool(instance_tags))
