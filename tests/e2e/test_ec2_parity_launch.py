@@ -8,6 +8,10 @@ stand-in's (``tests/harness/ec2/capacity.py``): moto launches anything anywhere.
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+import subprocess
 import threading
 import time
 
@@ -15,7 +19,7 @@ import pytest
 
 from tests.harness.cli import run_amic
 from tests.harness.e2e_builds import E2E
-from tests.harness.ec2 import assert_clean, iam_policy, image_file, standin_ec2
+from tests.harness.ec2 import amic_exe, assert_clean, iam_policy, image_file, standin_ec2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -207,3 +211,128 @@ def test_launch_options_refused_before_any_call(tmp_path, args, message):
     assert proc.returncode == 2, proc
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_temporary_instance_profile_made_used_removed_and_gc_finds_a_killed_builds(e2e, tmp_path):
+    """``--temporary-iam-instance-profile``: a role and profile under /amic/, given to the
+    instance, deleted after the build; a build killed with -9 leaves them, tagged, and
+    ``amic gc`` removes them with the rest."""
+    import boto3
+
+    fake = e2e.fake
+    policy = tmp_path / "instance-policy.json"
+    policy.write_text('[{"Effect": "Allow", "Action": "s3:GetObject", '
+                      '"Resource": "arn:aws:s3:::some-bucket/*"}]')
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=fake.moto.url,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    e2e.write(QUICK.format(base="base-v4"))
+    b = e2e.build("--temporary-iam-instance-profile", str(policy))
+    assert b.rc == 0, b
+    name = runs(fake)[-1]["IamInstanceProfile.Name"]
+    assert name.startswith("amic-") and f"instance profile {name} (temporary role" in b.stderr, b
+    assert f"deleted instance profile and role {name}" in b.stderr, b
+    assert iam.list_roles(PathPrefix="/amic/")["Roles"] == []
+    assert iam.list_instance_profiles(PathPrefix="/amic/")["InstanceProfiles"] == []
+
+    e2e.write(SLOW.format(base="base-v5"))
+    fake.proxy.reset()
+    launched = len(fake.standin.launches)
+    with open(tmp_path / "killed.err", "w") as err:
+        proc = subprocess.Popen(e2e.argv("--temporary-iam-instance-profile", str(policy)),
+                                cwd=e2e.project, env=e2e.env(), stdout=subprocess.DEVNULL,
+                                stderr=err)
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                inst = (fake.standin.instances.get(fake.standin.launches[-1][0])
+                        if len(fake.standin.launches) > launched else None)
+                if inst is not None and (inst.upper / "root/etc/amic-app-started").exists():
+                    break
+                assert proc.poll() is None, (tmp_path / "killed.err").read_text()
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    roles = iam.list_roles(PathPrefix="/amic/")["Roles"]
+    assert len(roles) == 1, roles
+    tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=roles[0]["RoleName"])["Tags"]}
+    assert tags["amic:tool"].startswith("amic/") and tags["amic:build-id"] and tags["amic:expires"]
+    assert not any(k.startswith("amic:heartbeat") for k in tags), tags   # nothing refreshes them
+    gc = run_amic("gc", cwd=e2e.project, env=e2e.env(), timeout=300)
+    assert gc.returncode == 0, gc
+    assert roles[0]["RoleName"] in gc.stdout + gc.stderr, gc
+    assert iam.list_roles(PathPrefix="/amic/")["Roles"] == []
+    assert iam.list_instance_profiles(PathPrefix="/amic/")["InstanceProfiles"] == []
+    assert_clean(fake)
+
+
+FLAKY = """\
+FROM debian:12
+
+SERVICE base
+    INIT echo base-v6 > /etc/amic-base
+
+SERVICE flaky
+    REQUIRES base
+    INIT <<~EOF
+        echo run >> /etc/amic-flaky-runs
+        [ -e /etc/amic-flaky-fixed ] || { touch /etc/amic-flaky-fixed; echo "not yet" >&2; exit 3; }
+    EOF
+"""
+
+
+def test_on_error_ask_retries_the_step_and_debug_pauses_through_a_terminal(e2e):
+    """The real CLI on a pseudo-terminal: ``--debug`` waits for Enter after each layer, and
+    ``--on-error ask`` answered ``r`` runs the failed INIT again on the same instance."""
+    fake = e2e.fake
+    e2e.write(FLAKY)
+    fake.proxy.reset()
+    master, slave = os.openpty()
+    proc = subprocess.Popen(e2e.argv("--on-error", "ask", "--debug", "--progress", "plain"),
+                            cwd=e2e.project, env=e2e.env(), stdin=slave, stderr=slave,
+                            stdout=subprocess.PIPE, text=True)
+    os.close(slave)
+    answers = [("--debug: [1/2] base done; press Enter", "\n"),
+               ("[r]etry the step? [c]", "r\n"),
+               ("--debug: [2/2] flaky done; press Enter", "\n")]
+    seen, pos = "", 0
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:      # the child closed the terminal: it ended
+                    chunk = b""
+                if not chunk and proc.poll() is not None:
+                    break
+                seen += chunk.decode(errors="replace")
+            if answers and answers[0][0] in seen[pos:]:
+                pos = seen.index(answers[0][0], pos) + len(answers[0][0])
+                os.write(master, answers.pop(0)[1].encode())
+            if proc.poll() is not None and not ready:
+                break
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, seen
+    assert answers == [], seen
+    assert "[2/2] flaky init failed" in seen and "--on-error ask: retrying [2/2] flaky init" in seen
+    assert len(fake.proxy.calls_of("RunInstances")) == 1      # the same instance, step re-run
+    ami = out.strip().splitlines()[-1]
+    assert image_file(fake, ami, "/etc/amic-flaky-runs").read_text() == "run\nrun\n"
+    assert_clean(fake)
+
+
+def test_on_error_ask_and_debug_refused_without_a_terminal(tmp_path):
+    (tmp_path / "Amifile").write_text(QUICK.format(base="x"))
+    for args, message in ((["--on-error", "ask"], "--on-error ask asks on the terminal"),
+                          (["--debug"], "--debug asks on the terminal")):
+        proc = subprocess.run([amic_exe(), "build", "--target", "ec2", *args, "Amifile"],
+                              cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+        assert proc.returncode == 2 and message in proc.stderr, proc
+        assert "stdin is not one" in proc.stderr and "Traceback" not in proc.stderr
