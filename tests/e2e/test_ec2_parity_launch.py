@@ -8,6 +8,7 @@ stand-in's (``tests/harness/ec2/capacity.py``): moto launches anything anywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -336,3 +337,99 @@ def test_on_error_ask_and_debug_refused_without_a_terminal(tmp_path):
                               text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
         assert proc.returncode == 2 and message in proc.stderr, proc
         assert "stdin is not one" in proc.stderr and "Traceback" not in proc.stderr
+
+
+MULTI = """\
+FROM debian:12
+
+SERVICE base
+    INIT <<~EOF
+        echo {variant} > /etc/amic-multi
+        sleep {seconds}
+    EOF
+"""
+
+
+def multi_argv(fake, *extra: str) -> list[str]:
+    """Concurrent builds: each reaches its own instance at its own address (``own_addresses``)."""
+    return [amic_exe(), "build", "--target", "ec2", "--ssh-port", str(fake.standin.relay_port),
+            "--ssh-cidr", "127.0.0.1/32", "--ssh-user", "root", "--poll-interval", "0.05",
+            "--checkpoint", "all", "--ssh-timeout", "120", "--console-timeout", "60",
+            "--arch", "x86_64,arm64", *extra, "Amifile"]
+
+
+@pytest.fixture
+def two_arches(e2e):
+    fake = e2e.fake
+    if not fake.client().describe_images(Filters=[{"Name": "name",
+                                                   "Values": ["debian-12-arm64-*"]}])["Images"]:
+        fake.standin.register_base(fake.client(), "debian-12-arm64-20240717-1811", arch="arm64")
+    fake.standin.own_addresses = True
+    try:
+        yield e2e
+    finally:
+        fake.standin.own_addresses = False
+
+
+def test_two_arches_build_in_parallel_each_its_own_ami(two_arches, tmp_path):
+    e2e = two_arches
+    fake = e2e.fake
+    e2e.write(MULTI.format(variant="multi-1", seconds=3))
+    fake.proxy.reset()
+    manifest = tmp_path / "manifest.json"
+    proc = subprocess.run(multi_argv(fake, "--manifest", str(manifest)), cwd=e2e.project,
+                          env=e2e.env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    launched = fake.proxy.calls_of("RunInstances", answered=True)
+    bases = {i["Name"].split("-")[2]: i["ImageId"] for i in fake.client().describe_images(
+        Filters=[{"Name": "name", "Values": ["debian-12-*"]}])["Images"]}
+    assert sorted((p["ImageId"], p["InstanceType"]) for p in launched) == sorted(
+        [(bases["amd64"], "t3.micro"), (bases["arm64"], "t4g.micro")]), launched
+    # in parallel: both instances ran before either build made its final image
+    order = [a for a, _ in fake.proxy.answered if a in ("RunInstances", "CreateImage")]
+    assert order[:2] == ["RunInstances", "RunInstances"], order
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("[x86_64] ") for line in lines), proc.stderr
+    assert any(line.startswith("[arm64] ") for line in lines), proc.stderr
+    builds = json.loads(manifest.read_text())["builds"]
+    assert sorted(b["arch"] for b in builds) == ["arm64", "x86_64"]
+    amis = {b["arch"]: b["image_id"] for b in builds}
+    assert amis["x86_64"] != amis["arm64"]
+    for arch, ami in amis.items():   # each made from an instance of its own arch's base
+        source = dict(fake.standin.launches)[fake.standin.image_of[ami]]
+        assert source == bases["amd64" if arch == "x86_64" else "arm64"], (arch, source)
+        assert image_file(fake, ami, "/etc/amic-multi").read_text() == "multi-1\n"
+    assert proc.stdout.strip() == f"{amis['x86_64']},{amis['arm64']}"
+    assert_clean(fake)
+
+
+def test_sigint_cleans_up_both_arches(two_arches):
+    e2e = two_arches
+    fake = e2e.fake
+    e2e.write(MULTI.format(variant="multi-2", seconds=120))
+    fake.proxy.reset()
+    before = len(fake.standin.launches)
+    proc = subprocess.Popen(multi_argv(fake), cwd=e2e.project, env=e2e.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            running = [fake.standin.instances.get(iid)
+                       for iid, _ in fake.standin.launches[before:]]
+            if len(running) == 2 and all(
+                    i is not None and (i.upper / "root/etc/amic-multi").exists() for i in running):
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the two builds never both ran their INIT")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "stopping the x86_64 build" in err and "stopping the arm64 build" in err, err
+    assert "Traceback" not in err
+    assert len(fake.proxy.calls_of("TerminateInstances", answered=True)) == 2, err
+    assert_clean(fake)

@@ -51,6 +51,8 @@ def register(sub) -> None:
                    help="abort: leave the failed machine for debugging and print how to reach it; "
                    "ask: on the terminal, clean up, abort or retry the failed step "
                    "(default: cleanup)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="with several --arch: a failed build does not stop the others")
     p.add_argument("--debug", action="store_true",
                    help="pause after every step until Enter (needs a terminal)")
     p.add_argument("--progress", choices=["auto", "tty", "plain"], default="auto",
@@ -98,6 +100,11 @@ def cmd_build(args) -> int:
     from amic.targets import MEMO, default_target_spec, get_target, split_spec
 
     _terminal_prompt(args)      # --on-error ask / --debug without a terminal: refused first
+    if "," in (getattr(args, "arch", None) or ""):     # --arch x86_64,arm64: a build each
+        from amic.cli import multiarch
+
+        return multiarch.run(args, sys.argv[sys.argv.index("build") + 1:],
+                             lambda result: _emit(args, result))
     build_args = build_args_from(args.build_arg)
     secrets = secrets_from(args.secret)
     if args.manifest:   # a typo in the path must cost nothing: checked before the build

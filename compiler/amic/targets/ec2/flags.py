@@ -59,6 +59,16 @@ def type_list(values: Sequence[str] | str, flag: str = "--spot-instance-type") -
     return tuple(out)
 
 
+def arch_list(text: str) -> str:
+    """``x86_64``, ``arm64`` or both comma-separated (argparse ``type``: a bad one exits 2)."""
+    import argparse
+
+    words = [w.strip() for w in text.split(",")]
+    if not all(w in ("x86_64", "amd64", "arm64", "aarch64") for w in words):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x86_64, arm64 or x86_64,arm64")
+    return text
+
+
 def spot_price(text: str) -> str:
     """``auto`` (EC2's cap: the on-demand price) or a positive price in USD per hour."""
     try:
@@ -131,8 +141,9 @@ EC2_OPTIONS: tuple[Option, ...] = (
            metavar="TYPE[,TYPE...]", action="append", convert=type_list,
            unset="the --instance-type list"),
     Option(["--arch"], "arch", _INSTANCE,
-           "architecture of the base image",
-           choices=("x86_64", "arm64"), unset="from the instance type", commands=BUILD),
+           "architecture of the base image; several (x86_64,arm64): a build each, in parallel",
+           metavar="ARCH[,ARCH]", type=arch_list, unset="from the instance type",
+           commands=BUILD),
     Option(["--volume-size"], "volume_size", _INSTANCE, "root volume size",
            metavar="GIB", type=int, unset="the image's"),
     Option(["--volume-type"], "volume_type", _INSTANCE, "root volume type", default="gp3"),
