@@ -433,3 +433,32 @@ def test_sigint_cleans_up_both_arches(two_arches):
     assert "Traceback" not in err
     assert len(fake.proxy.calls_of("TerminateInstances", answered=True)) == 2, err
     assert_clean(fake)
+
+
+def test_one_arch_failing_stops_the_other_unless_keep_going(two_arches):
+    e2e = two_arches
+    fake = e2e.fake
+    e2e.write(MULTI.format(variant="multi-3", seconds=2))
+    fake.capacity.reset()
+    fake.capacity.refuse(instance_type="t4g.micro")        # no arm64 capacity at all
+    try:
+        fake.proxy.reset()
+        proc = subprocess.run(multi_argv(fake), cwd=e2e.project, env=e2e.env(),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 1, proc.stderr
+        assert "--arch x86_64,arm64: failed: " in proc.stderr and "arm64 (exit 1)" in proc.stderr
+        assert "[arm64] amic: build failed: no instance could be launched" in proc.stderr, proc.stderr
+        assert "stopping the x86_64 build (the arm64 build failed)" in proc.stderr, proc.stderr
+        assert proc.stdout.strip() == ""
+        assert_clean(fake)
+        fake.proxy.reset()
+        kept = subprocess.run(multi_argv(fake, "--keep-going"), cwd=e2e.project, env=e2e.env(),
+                              capture_output=True, text=True, timeout=600)
+        assert kept.returncode == 1, kept.stderr
+        assert "amic: stopping the" not in kept.stderr, kept.stderr
+        ami = kept.stdout.strip()
+        assert ami.startswith("ami-") and "," not in ami, kept
+        assert image_file(fake, ami, "/etc/amic-multi").read_text() == "multi-3\n"
+        assert_clean(fake)
+    finally:
+        fake.capacity.reset()
