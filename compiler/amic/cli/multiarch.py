@@ -70,10 +70,14 @@ def run(args, argv: list[str], emit) -> int:
     """Build every ``--arch`` at once; ``emit(result)`` with all the results when all made
     theirs; 1 when any failed (after every build ended), 130 on interrupt."""
     wanted = arches(args.arch)
+    for given, flag in ((args.dry_run, "--dry-run"), (args.debug, "--debug"),
+                        (args.on_error == "ask", "--on-error ask")):
+        if given:   # one terminal cannot answer two builds; plans are per architecture
+            raise UsageError(f"{flag} takes one --arch at a time")
     cmd = [sys.executable, "-m", "amic.cli.main", "build"]
-    procs = {arch: subprocess.Popen([*cmd, *child_argv(argv, arch, args.instance_type)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)   # our signals reach them: by us
+    argvs = {arch: [*cmd, *child_argv(argv, arch, args.instance_type)] for arch in wanted}
+    procs = {arch: subprocess.Popen(argvs[arch], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)   # signals: from us only
              for arch in wanted}
     outputs: dict[str, list[str]] = {arch: [] for arch in wanted}
     ended = threading.Condition()
