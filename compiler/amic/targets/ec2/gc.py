@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -105,6 +106,11 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
     builds that still run."""
     ec2 = target.ec2
     at = at or aws.now()
+    found_roles: list[tuple[str, dict]] = []   # IAM (another endpoint) asked meanwhile
+    iam = target.clients.iam    # made here: a boto3 session makes clients in one thread
+    roles = threading.Thread(target=lambda: found_roles.extend(_temporary_roles(iam)),
+                             daemon=True)
+    roles.start()
     tagged = [{"Name": "tag-key", "Values": [aws.TAG_TOOL]}]
     found: list[Leak] = []
     running: dict[str, list[tuple[str, dict, str]]] = {}
@@ -134,7 +140,8 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
             Filters=[*tagged, {"Name": "status", "Values": ["available"]}]):
         for vol in page["Volumes"]:
             consider("volume", vol["VolumeId"], aws.tag_dict(vol.get("Tags")))
-    for name, tags in _temporary_roles(target):
+    roles.join()
+    for name, tags in found_roles:
         consider("iam-role", name, tags, name)
     # Snapshots of deregistered images (a prune or gc interrupted between the two calls).
     if build_id is None:
@@ -142,14 +149,14 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
     return Survey(found, _live_builds(running))
 
 
-def _temporary_roles(target) -> list[tuple[str, dict]]:
+def _temporary_roles(iam) -> list[tuple[str, dict]]:
     """``--temporary-iam-instance-profile`` roles (and their profiles): none where the caller
     may not list IAM roles (the policy's optional ``TemporaryInstanceProfile``)."""
     import botocore.exceptions
 
     try:
-        return iamprofile.leftovers(target.clients.iam)
-    except botocore.exceptions.ClientError:
+        return iamprofile.leftovers(iam)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
         return []
 
 
