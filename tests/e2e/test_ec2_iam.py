@@ -37,6 +37,7 @@ FEATURES = {
     "free-group": ("FreeBuildGroup", "ToDefaultGroup"),
     "instance-profile": ("PassBuildRole",),
     "temporary-profile": ("TemporaryInstanceProfile", "ListTemporaryRoles"),
+    "attributes": ("AmiAttributes",),
 }
 NOT_IN_THE_STAND_IN = {"EncryptWithOwnKey": "moto's EC2 calls no KMS"}
 OTHER = "us-west-2"
@@ -344,6 +345,23 @@ def test_share_with_needs_its_statement(session):
     perms = session.fake.client().describe_image_attribute(
         ImageId=run.ami, Attribute="launchPermission")["LaunchPermissions"]
     assert perms == [{"UserId": SHARE_WITH}]
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_ami_attributes_need_their_statement(session):
+    """--imds-support, --deprecate-at, --ena-support (issue 21): AmiAttributes is enough;
+    the volume, tag and snapshot-sharing options need nothing beyond the base policy."""
+    without = session.build("attr-1", "--imds-support", "v2.0", "--deprecate-at", "30d")
+    without.refused("ec2:ModifyImageAttribute")
+    run = session.build("attr-2", "--imds-support", "v2.0", "--deprecate-at", "30d",
+                        "--ena-support", "--run-tag", "team=web", "--run-volume-tag", "c=1",
+                        "--snapshot-tag", "backup=no", "--volume-type", "gp3", "--iops", "4000",
+                        "--launch-volume", "device=/dev/sdf,size=1",
+                        policy=DOC.policy(*FEATURES["attributes"]))
+    _no_denials(run, SWAP)
+    assert {"EnableImageDeprecation", "ModifyImageAttribute"} <= set(run.actions), run.actions
+    assert session.fake.standin.ami_rules.deprecations.get(run.ami), run
 
 
 @pytest.mark.slow

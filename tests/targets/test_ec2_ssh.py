@@ -108,7 +108,8 @@ def test_ssh_never_up_times_out_and_cleans(fake):
 def test_snapshots_tags_cache_and_image_options(fake):
     ec2c = fake.client()
     t = target(fake, share_accounts=("111122223333",), copy_regions=("eu-west-1",),
-               image_tags={"team": "web"}, force_deregister=True, image_name="web-{key}")
+               image_tags={"team": "web"}, force_deregister=True, force_delete_snapshot=True,
+               image_name="web-{key}")
     base = t.resolve_base(None)
     layer_tags = {TAG_KIND: "layer", TAG_SERVICE: "httpd", TAG_AMIFILE: "Amifile",
                   "amic:build-id": "b-snap", "amic:name": "web",

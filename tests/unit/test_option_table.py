@@ -163,9 +163,9 @@ def test_launch_lists_only_the_rows_a_launch_uses() -> None:
     assert _listed(launch) & table == used
     assert _listed(build) & table == table
     assert {"--ami-name", "--arch", "--share-with"} <= table - used
-    # Not listed, still accepted: a command line that worked before still parses.
-    args = launch.parse_args(["ami-1", "--ami-name", "x", "--arch", "arm64"])
-    assert (args.image_name, args.arch) == ("x", "arm64")
+    # Not listed, and refused (issue 21): a launch never ignores an AMI option it was given.
+    with pytest.raises(SystemExit):
+        launch.parse_args(["ami-1", "--ami-name", "x", "--arch", "arm64"])
 
 
 def test_what_launch_does_not_list_its_code_does_not_read() -> None:

@@ -11,11 +11,28 @@ from pathlib import Path
 
 from amic.cli.common import count_argument
 from amic.cli.project import add_project_options
+from amic.errors import UsageError
+
+
+REF_HELP = ("NAME:latest, NAME@ID, an image id (prefix) or cache key, or 'latest' (default): "
+            "this project's newest image (docs/devvm.md, \"Image references\")")
 
 
 def register(sub) -> None:
     _add_run(sub)
     _add_store_commands(sub)
+
+
+def add_file_option(p) -> None:
+    p.add_argument("--file", metavar="AMIFILE", dest="amifile",
+                   help="the project whose image 'latest' is (default: ./Amifile)")
+
+
+def lookup(target, ref: str, amifile: str | None):
+    from amic.cli.project import project_here
+    from amic.targets.local import refs
+
+    return refs.lookup(target.store, ref, lambda: project_here(amifile))
 
 
 def _add_run(sub) -> None:
@@ -28,7 +45,9 @@ def _add_run(sub) -> None:
         "that the image lacks, then UPDATE for all. Then `amic status` is printed and the "
         "machine powers off (unless --interactive). Exit status: that of `amic status`.")
     p.add_argument("image", nargs="?", default="latest",
-                   help="image id (prefix), cache key, or 'latest' (default)")
+                   help=REF_HELP + "; with --vm also an exported .qcow2 file (booted on an "
+                   "overlay: the file is not changed)")
+    add_file_option(p)
     p.add_argument("--service", "-s", action="append", default=[], metavar="SVC",
                    help="request an extra service (written to /etc/amic/services.d/amic-run)")
     p.add_argument("--interactive", "-i", action="store_true",
@@ -78,7 +97,8 @@ def _add_store_commands(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("export", help="write a local image as a tarball, a bootable raw/qcow2 disk or an OCI image")
-    p.add_argument("image", help="image id (prefix), cache key, or 'latest'")
+    p.add_argument("image", help=REF_HELP.replace(" (default)", ""))
+    add_file_option(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="file to write (a tar is mode 0600: it holds the whole root filesystem); "
                    "a device or FIFO is written in place (a FIFO's reader is waited for 10s); a "
@@ -88,16 +108,38 @@ def _add_store_commands(sub) -> None:
                    "UEFI, see docs/devvm.md); oci: an image archive for podman/docker load")
     p.add_argument("--authorized-key", metavar="FILE", type=Path,
                    help="raw/qcow2: an SSH public key file authorised for root on the disk")
+    p.add_argument("--no-authorized-key", action="store_true",
+                   help="raw/qcow2: write the disk without any key on purpose (no warning); "
+                   "nobody can log in over SSH unless the image itself authorises a key")
     p.add_argument("--compress", action="store_true",
                    help="qcow2: compress the disk (zlib, any QEMU/libvirt/UTM reads it; about a "
                    "third of the size, slower to write) for handing it to someone")
+    p.add_argument("--for", dest="platform", metavar="PLATFORM",
+                   help="raw/qcow2: make the disk fit to boot there; ec2: NVMe/ENA kernel, DHCP "
+                   "on any NIC, the SSH key and hostname from IMDSv2 at boot (docs/ec2.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("shell", help="a root shell in a local image (changes are discarded) or "
                        "in a machine kept by --on-error=abort")
-    p.add_argument("image", help="image id (prefix), 'latest', or a kept machine directory")
+    p.add_argument("image", help=REF_HELP.replace(" (default)", "") + "; or a kept "
+                   "machine directory")
+    add_file_option(p)
     p.add_argument("-c", dest="command", metavar="COMMAND", help="run COMMAND instead of a shell")
     p.set_defaults(func=cmd_shell)
+
+    p = sub.add_parser(
+        "rmi", help="remove one local image (with its VM layer and cached VM disk)",
+        description="Remove one image of the local target, with the VM layer and cached VM "
+        "disk made from it (`amic export --format qcow2`, `amic run --vm`). Refuses while a "
+        "shell, run, export, kept machine, build or running VM uses it (unless --force), and "
+        "while other images are built on it. The layers below it stay as build cache: "
+        "`amic prune` removes those no image needs. Prints what it freed.")
+    p.add_argument("image", metavar="IMAGE", help=REF_HELP.replace(" (default)", ""))
+    add_file_option(p)
+    p.add_argument("--force", action="store_true",
+                   help="remove it even while something uses it")
+    p.add_argument("--dry-run", "-n", action="store_true", help="only say what would go")
+    p.set_defaults(func=cmd_rmi)
 
 
 def _local():
@@ -149,10 +191,13 @@ def cmd_prune(args) -> int:
 
     project = project_to_prune(args) if args.name or args.project or args.file else None
     target = _local()
-    removed = target.store.prune(keep=args.keep, everything=args.all, dry_run=args.dry_run,
-                                 project=project and project.id, force=args.force,
-                                 legacy_name=project and project.name)
+    from amic.targets.local import prune
     from amic.targets.local.store import IN_USE
+
+    result = prune.prune(target.store, keep=args.keep, everything=args.all,
+                         dry_run=args.dry_run, project=project and project.id,
+                         force=args.force, legacy_name=project and project.name)
+    removed = list(result.removed)
 
     verb = "would remove" if args.dry_run else "removed"
     busy = [item.removeprefix(IN_USE) for item in removed if item.startswith(IN_USE)]
@@ -160,12 +205,29 @@ def cmd_prune(args) -> int:
     for item in removed:
         print(f"{verb} {item}")
     for item in busy:
-        print(f"kept {item}: in use by a running shell, run or export", file=sys.stderr)
+        print(f"kept {item}" + ("" if ": in use by " in item
+                                else ": in use by a running shell, run or export"),
+              file=sys.stderr)
     from amic.targets.local.store import human
 
     print(f"amic: {verb} {len(removed)} item(s), {'would free' if args.dry_run else 'freed'} "
-          f"{human(target.store.freed)}" + (f"; kept {len(busy)} in use" if busy else ""),
-          file=sys.stderr)
+          f"{human(result.freed)} ({result.freed} bytes)"
+          + (f"; kept {len(busy)} in use" if busy else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_rmi(args) -> int:
+    from amic.targets.local import prune
+    from amic.targets.local.store import human
+
+    target = _local()
+    image = lookup(target, args.image, args.amifile)
+    result = prune.remove(target.store, image.id, force=args.force, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for item in result.removed:
+        print(f"{verb} {item}")
+    print(f"amic: {verb} {image.id[:12]}, {'would free' if args.dry_run else 'freed'} "
+          f"{human(result.freed)} ({result.freed} bytes)", file=sys.stderr)
     return 0
 
 
@@ -175,18 +237,37 @@ def cmd_export(args) -> int:
     from amic.fsutil import check_output
 
     check_output(args.output)  # a missing directory is a usage error before any work
+    if args.authorized_key is not None and args.no_authorized_key:
+        from amic.errors import UsageError
+
+        raise UsageError("--authorized-key and --no-authorized-key exclude each other")
+    if args.no_authorized_key and args.format not in ("raw", "qcow2"):
+        from amic.errors import UsageError
+
+        raise UsageError("--no-authorized-key goes with --format raw or qcow2")
     target = _local()
-    image = target.lookup(args.image)
-    from amic.targets.local.disk import export_image
+    image = lookup(target, args.image, args.amifile)
+    from amic.targets.local.disk import NO_KEY_WARNING
+    from amic.targets.local.export import export_image
+
+    if args.format in ("raw", "qcow2") and args.authorized_key is None \
+            and not args.no_authorized_key and args.platform is None:
+        print(f"amic: warning: {NO_KEY_WARNING}", file=sys.stderr)
 
     export_image(target, image, Path(args.output), fmt=args.format,
-                 authorized_key=args.authorized_key, compress=args.compress, log=lambda m: print(f"amic: {m}", file=sys.stderr))
+                 authorized_key=args.authorized_key, compress=args.compress,
+                 platform=args.platform, log=lambda m: print(f"amic: {m}", file=sys.stderr))
     print(f"amic: exported {image.id[:12]} to {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_shell(args) -> int:
-    return _local().shell(args.image, args.command)
+    from pathlib import Path
+
+    target = _local()
+    if (Path(args.image) / "machine.json").exists():
+        return target.shell(args.image, args.command)
+    return target.shell(lookup(target, args.image, args.amifile).id, args.command)
 
 
 def cmd_run(args) -> int:
@@ -195,12 +276,15 @@ def cmd_run(args) -> int:
 
     services = check_services(args.service)   # a mistyped name costs nothing
     target = _local()
-    image = target.lookup(args.image)
+    disk = Path(args.image) if args.vm and args.image.endswith(".qcow2") else None
+    if disk is not None and not disk.is_file():
+        raise UsageError(f"{disk}: no such disk (an exported .qcow2, or an image reference)")
+    image = None if disk is not None else lookup(target, args.image, args.amifile)
     reporter = Reporter(mode="plain")
     if args.vm:
         from amic.targets.local import vm
 
-        rc, status = vm.run_image(target, image, services=services, keep=args.keep,
+        rc, status = vm.run_image(target, image, disk=disk, services=services, keep=args.keep,
                                   uefi=args.uefi, restrict=not args.network, timeout=args.timeout,
                                   on_output=lambda line: reporter.output("vm", line, False),
                                   log=reporter.note)

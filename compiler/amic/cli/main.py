@@ -14,32 +14,39 @@ import signal
 import sys
 
 from amic import __version__
-from amic.cli import build, compile, ec2, images, lint  # the command modules, each import-light
+from amic.cli import (build, compile, completion, devvm, ec2, images,  # the command modules,
+                      lint, starter)                                  # each import-light
 from amic.cli.common import error_text
+from amic.cli.options import Parser
 from amic.errors import AmicError
 
 # Every command group, in the order ``amic --help`` lists its commands; each
 # function adds the group's subcommands. A new group is one module and one row.
 COMMAND_GROUPS = (
+    starter.register,      # init
     compile.register,      # compile
     lint.register,         # lint
     build.register,        # build
-    images.register,       # run, images, prune, export, shell (the local target)
+    images.register,       # run, images, prune, export, shell, rmi (the local target)
+    devvm.register,        # up, ssh, ps, stop, rm, logs (dev VMs)
     ec2.add_ec2_parsers,   # gc, ami ls|prune, launch
+    completion.register,   # completion
 )
 
 EPILOG = """\
 commands by task:
-  write and check     amic lint, amic compile --print
+  start and check     amic init, amic lint, amic compile --print
   bake an image       amic build [--target local|ec2|ssh://user@host] [--dry-run]
-  a developer VM      amic export IMAGE --format qcow2, amic run IMAGE --vm
-  inspect the cache   amic images, amic prune; amic ami ls, amic ami prune, amic gc
-docs: docs/language.md (Amifile), docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
+  a developer VM      amic up [-p 8080:80] [--mount .], amic ssh, amic ps, amic stop, amic rm
+  a disk to hand out  amic export IMAGE --format qcow2, amic run IMAGE --vm
+  inspect the cache   amic images, amic rmi, amic prune; amic ami ls, amic ami prune, amic gc
+  shell completion    source <(amic completion bash)   (also zsh, fish)
+docs: docs/language.md (Amifile), docs/services.md, docs/lint-rules.md, docs/build.md, docs/ec2.md, docs/devvm.md
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="amic", description="Compile an Amifile into a stage2 artifact and bake machine "
         "images from it (AMIs, local images, or any SSH host).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMAND_GROUPS:
         register(sub)
+    parser.set_defaults(root_parser=parser)    # what `amic completion` walks
     return parser
 
 

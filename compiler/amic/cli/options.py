@@ -14,16 +14,26 @@ from collections.abc import Iterable
 from amic.targets import Option
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose flags can be walked (``amic completion``), its
+    subcommands' parsers being of this class too (argparse makes them ``type(self)``)."""
+
+    @property
+    def actions(self) -> list[argparse.Action]:
+        return list(self._actions)
+
+
 def add_option_table(parser: argparse.ArgumentParser, title: str,
                      rows: Iterable[Option], command: str | None = None) -> None:
-    """One --help section ``title`` with a flag per row; rows ``command`` does not use
-    (:meth:`Option.taken_by`) are accepted but not listed."""
+    """One --help section ``title`` with a flag per row ``command`` uses
+    (:meth:`Option.taken_by`); the others it refuses, as argparse refuses any unknown flag."""
+    rows = [row for row in rows if row.taken_by(command)]
+    if not rows:
+        return
     group = parser.add_argument_group(title)
     for row in rows:
         kwargs: dict = {"dest": row.dest, "action": row.action, "default": None}
-        if not row.taken_by(command):
-            kwargs["help"] = argparse.SUPPRESS
-        elif row.help_text is not None:
+        if row.help_text is not None:
             kwargs["help"] = help_string(row)
         if row.action in ("store", "append"):
             for key in ("metavar", "type", "choices"):
@@ -42,7 +52,7 @@ def help_string(row: Option) -> str | None:
 def add_option_groups(parser: argparse.ArgumentParser, rows: Iterable[Option],
                       command: str | None = None) -> None:
     """A section per ``group`` of ``rows``, in the order the groups first appear; for
-    ``command``, the rows it takes listed (the others accepted, unlisted)."""
+    ``command``, only the rows it takes."""
     groups: dict[str, list[Option]] = {}
     for row in rows:
         groups.setdefault(row.group, []).append(row)

@@ -11,7 +11,8 @@ import os
 from amic import contract
 from amic.project import NO_IDENTITY_HINT, PROJECT_ID, Project, derive, repo_origin
 
-__all__ = ["NO_IDENTITY_HINT", "add_project_options", "project_to_prune", "repo_origin"]
+__all__ = ["NO_IDENTITY_HINT", "add_project_options", "project_here", "project_to_prune",
+           "repo_origin"]
 
 
 def add_project_options(parser, what: str, *, default_file: bool = False) -> None:
@@ -57,3 +58,22 @@ def project_to_prune(args) -> Project:
     raise UsageError("which project? run this where the project's Amifile is, or pass "
                      "--file AMIFILE, --name NAME (a project named by NAME outside git) or "
                      "--project ID (see `amic ami ls` / `amic images`)")
+
+
+def project_here(amifile: str | None = None) -> Project | None:
+    """The project whose image ``latest`` is: that of ``amifile`` (``--file``: a file, or a
+    directory holding ``Amifile``), else of ./Amifile; None when none was named and there is
+    no ./Amifile. A project without an identity is its readable name alone (id None)."""
+    from amic.errors import UsageError
+
+    path = amifile or "Amifile"
+    if os.path.isdir(path):
+        path = os.path.join(path, "Amifile")
+    if not os.path.isfile(path):
+        if amifile is None:
+            return None
+        raise UsageError(f"--file {amifile}: no Amifile there")
+    from amic.amifile import resolve
+
+    project = derive(path, resolve.load(path).name)
+    return project if project.id else Project(None, contract.project_name(path, project.name))

@@ -454,4 +454,10 @@ def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cache
                            started_ns=b.started_ns, checkpointed=b.checkpointed)
     return BuildResult(image_id=image.id, final_key=b.plan.final_key, target=b.target.name,
                        base_image_id=b.base.id, amifile=b.plan.amifile_path, layers=reports,
-                       cached=cached, timings=b.timings)
+                       cached=cached, timings=b.timings, regions=_regions(b.target, image))
+
+
+def _regions(target, image: tb.Image) -> dict[str, str]:
+    """Every region's id of the final image (a target's copies: ec2 ``--copy-to-region``)."""
+    copies = getattr(target, "copies", None)
+    return {target.region: image.id, **copies} if copies else {}

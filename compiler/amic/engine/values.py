@@ -72,9 +72,11 @@ class BuildResult:
     timings: Mapping[str, float] = attrs.field(converter=dict)
     """Seconds per step (resolve, base, lookup, artifact, launch, upload, layers, finalize,
     snapshot, total)."""
+    regions: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    """``{region: AMI id}`` when the image was copied to other regions (ec2), its own first."""
 
     def to_json(self) -> dict:
-        return {
+        return {**({"regions": dict(self.regions)} if self.regions else {}),
             "image_id": self.image_id,
             "final_key": self.final_key,
             "target": self.target,

@@ -65,7 +65,7 @@ class Option(NamedTuple):
     setting``; with a default, what comes before it: ``AWS_RETRY_MODE`` or standard)."""
     commands: Sequence[str] | None = None
     """The commands that use it (``build``); None: every command its table is added to.
-    Another command still accepts it, unlisted, so no command line that worked stops working."""
+    Another command refuses it (``amic launch --ami-name`` is a usage error, not ignored)."""
 
     def taken_by(self, command: str | None) -> bool:
         return command is None or self.commands is None or command in self.commands
@@ -120,6 +120,67 @@ def given(values: Mapping[str, object], rows: Iterable[Option]) -> dict[str, obj
         if value is not None:
             out[row.attribute] = row.convert(value) if row.convert else value
     return out
+
+
+CONFIG_FILE = "amic.toml"
+"""Option values a team keeps versioned next to its Amifile: a ``[TABLE]`` per target."""
+
+
+def config_values(amifile: str | os.PathLike | None, table: str, rows: Iterable[Option],
+                  command: str = "build") -> dict[str, object]:
+    """``{dest: value}`` from ``[table]`` of the ``amic.toml`` next to ``amifile`` (none there:
+    empty). Keys are the flags without ``--`` (``ami-tag = ["team=web"]``), read by the same
+    rows as the command line, so they parse and convert alike; the command line wins."""
+    import tomllib
+
+    from amic.errors import UsageError
+
+    if amifile is None or str(amifile) == "-":
+        return {}
+    path = os.path.join(os.path.dirname(os.path.abspath(amifile)), CONFIG_FILE)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    section = data.get(table, {})
+    if not isinstance(section, dict):
+        raise UsageError(f"{path}: [{table}] must be a table")
+    by_key = {flag[2:]: row for row in rows if row.taken_by(command) for flag in row.flags}
+    out: dict[str, object] = {}
+    for key, value in section.items():
+        row = by_key.get(key)
+        if row is None:
+            raise UsageError(f"{path}: [{table}] {key}: no such option of `amic {command}` "
+                             f"(keys are the flags without --)")
+        out[row.dest] = _config_value(row, value, f"{path}: [{table}] {key}")
+    return out
+
+
+def _config_value(row: Option, value: object, where: str) -> object:
+    from amic.errors import UsageError
+
+    if row.action in ("store_true", "store_false"):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: expected true or false")
+        return (value if row.action == "store_true" else not value) if value else None
+    items = value if isinstance(value, list) else [value]
+    if row.action != "append" and len(items) != 1:
+        raise UsageError(f"{where}: expected one value")
+    parsed = []
+    for item in items:
+        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+            raise UsageError(f"{where}: expected a string or a number, got {item!r}")
+        text = str(item)
+        if row.choices is not None and text not in row.choices:
+            raise UsageError(f"{where}: {text!r}: expected one of {', '.join(row.choices)}")
+        try:
+            parsed.append(row.type(text) if row.type else text)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: {text!r}: not a valid value") from None
+    return parsed if row.action == "append" else parsed[0]
 
 
 _AWS_ENV = ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION",

@@ -58,7 +58,10 @@ resolves through the same owner + name filter as on real AWS.
 One module per concern: ``api`` (moto and the proxy), ``standin`` (the hooks above),
 ``boot`` (relay, IMDSv2, unit files), ``units`` (running them; the dpkg lock holder),
 ``plain_sshd``, ``terminate``, ``capacity`` (capacity refusals, spot prices and
-interruptions), ``strict`` (EC2's documented strictness), ``iam`` and ``iam_policy`` (IAM enforced with docs/ec2.md's policy). This module puts them together
+interruptions), ``ebs`` and ``ebs_model`` (the EBS direct APIs, at
+``AWS_ENDPOINT_URL_EBS``), ``strict`` (EC2's documented strictness), ``iam`` and
+``iam_policy`` (IAM enforced with docs/ec2.md's policy), ``amis`` (block devices and AMI
+attributes where moto differs from EC2). This module puts them together
 (``FakeEc2``, ``fake_ec2``, ``standin_ec2``) with the helpers the tests share.
 """
 
@@ -68,12 +71,14 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from tests.harness.cli import AMIC
 from tests.harness.ec2.api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
                                     MotoServer, free_port, numbered, xml_values)
 from tests.harness.ec2.capacity import Capacity
+from tests.harness.ec2.ebs import EbsStandIn
 from tests.harness.ec2.plain_sshd import PlainSshd  # noqa: F401
 from tests.harness.ec2.standin import StandIn
 from tests.harness.ec2.strict import Strict, Strictness
@@ -91,6 +96,8 @@ class FakeEc2:
         self.standin = StandIn(proxy, workdir / "standin", base_root)
         self.capacity = Capacity(proxy)
         """Capacity refusals (off until a test asks), spot prices and interruptions."""
+        self.ebs = EbsStandIn(proxy, workdir / "ebs")
+        """The EBS direct APIs (``ebs.py``), at ``AWS_ENDPOINT_URL_EBS``."""
         self.strict: Strict | None = None
         """EC2's documented strictness (``strict.py``) when ``make_strict`` was called."""
 
@@ -98,6 +105,8 @@ class FakeEc2:
         """Throttling, eventual consistency, snapshot and ENI refusals, the first-boot dpkg
         lock: as EC2 does them (kept over ``reset``)."""
         self.strict = Strict(self.proxy, self.standin, settings)
+        born = self.strict.consistency.born
+        self.ebs.on_created[:] = [lambda snap: born.__setitem__(snap, time.monotonic())]
         self.standin.dpkg_lock_seconds = self.strict.settings.dpkg_lock_seconds
         self.standin.relay_idle_timeout = self.strict.settings.relay_idle_timeout
         self.standin.relay.idle_timeout = self.strict.settings.relay_idle_timeout
@@ -108,6 +117,7 @@ class FakeEc2:
         # AWS_ENDPOINT_URL sends every other service (autoscaling, sts, ...) to moto too: no
         # test can reach real AWS, whatever it calls.
         return {"AWS_ENDPOINT_URL_EC2": self.proxy.url, "AWS_ENDPOINT_URL": self.moto.url,
+                "AWS_ENDPOINT_URL_EBS": self.ebs.url,
                 "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
                 "AWS_REGION": REGION, "AWS_CONFIG_FILE": os.devnull,
@@ -140,6 +150,7 @@ class FakeEc2:
         shutil.rmtree(self.workdir / "standin", ignore_errors=True)
         self.standin = StandIn(self.proxy, self.workdir / "standin", self.base_root)
         self.capacity = Capacity(self.proxy)
+        self.ebs.reset(self.proxy)
         if self.strict is not None:
             self.make_strict(self.strict.settings)
 
@@ -193,6 +204,7 @@ def fake_ec2(workdir: Path, base_root: Path | None = None, moto_env: dict | None
         yield fake
     finally:
         fake.standin.close()
+        fake.ebs.close()
         proxy.stop()
         moto.stop()
 

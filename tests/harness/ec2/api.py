@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import http.server
 import os
+import re
 import socket
 import socketserver
 import subprocess
@@ -103,6 +104,13 @@ class ApiError(Exception):
         self.code, self.message, self.status = code, message, status
 
 
+def signed_region(headers: dict[str, str]) -> str:
+    """The region a SigV4 request was signed for (its credential scope), else ``REGION``."""
+    auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+    match = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/", auth)
+    return match.group(1) if match else REGION
+
+
 def tag_specs(params: dict[str, str], resource_type: str) -> dict[str, str]:
     """The tags a call's ``TagSpecification.N`` gives ``resource_type``."""
     tags = {}
@@ -144,6 +152,9 @@ class Ec2Proxy:
         self.before: dict[str, list] = collections.defaultdict(list)
         self.after: dict[str, list] = collections.defaultdict(list)
         self.forward: dict[str, list] = collections.defaultdict(list)
+        self.answer: dict[str, object] = {}
+        """``answer[action](params, region) -> xml body``: EC2 calls moto lacks, answered here (after
+        the ``before`` hooks, which refuse what EC2 refuses)."""
         self._faults: list[list] = []   # [action or "*", remaining, code, status]
         self._armed: list[list] = []    # [create action, describe action, times, code, pending]
         self._rewrites: list[list] = []  # [action, old, new, remaining]
@@ -274,6 +285,14 @@ class Ec2Proxy:
                 hook(params)
         except ApiError as exc:
             return exc.status, [("Content-Type", "text/xml")], _error_xml(exc.code, exc.message)
+        if action in self.answer:
+            try:
+                data = self.answer[action](params, signed_region(headers)).encode()
+            except ApiError as exc:
+                return exc.status, [("Content-Type", "text/xml")], _error_xml(exc.code, exc.message)
+            with self._lock:
+                self.answered.append((action, params))
+            return 200, [("Content-Type", "text/xml")], data
         if self.forward.get(action):
             sent = dict(params)
             for hook in self.forward[action]:

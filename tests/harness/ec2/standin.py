@@ -14,6 +14,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from tests.harness.ec2.amis import AmiRules
 from tests.harness.ec2.api import ApiError, Ec2Proxy, numbered, tag_specs, xml_values
 from tests.harness.ec2.boot import (Imds, Instance, Relay, loopback_address, snapshot_tags,
                                     with_public_addresses, without_snapshot_tags)
@@ -102,6 +103,8 @@ class StandIn:
         """``shutting-down`` for a while, and no group deleted while an instance holds it."""
         proxy.before["RegisterImage"].append(self._register_needs_completed)
         proxy.before["DeleteKeyPair"].append(self._delete_key_pair_by_id)
+        self.ami_rules = AmiRules(proxy)
+        """Volume and AMI-attribute calls as EC2 takes them (``amis.py``)."""
 
     def _current_port(self):
         with self._lock:

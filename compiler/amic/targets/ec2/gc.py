@@ -21,9 +21,10 @@ import attrs
 
 from amic import contract
 from amic.targets import base as tb
-from amic.targets.ec2 import iamprofile, owner, resources
+from amic.targets.ec2 import block_manifest, iamprofile, owner, resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
+from amic.targets.ec2.ebs_upload import ROLE_UPLOAD
 from amic.targets.ec2.images import TAG_IMAGE_ID
 
 
@@ -40,7 +41,8 @@ class Leak:
         return attrs.asdict(self)
 
 
-TEMPORARY_ROLES = ("build", "launch", "lease")
+TEMPORARY_ROLES = ("build", "launch", "lease", ROLE_UPLOAD)
+"""``upload``: a snapshot written with the EBS direct APIs, until its AMI is registered."""
 
 
 @attrs.frozen
@@ -140,6 +142,12 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
             Filters=[*tagged, {"Name": "status", "Values": ["available"]}]):
         for vol in page["Volumes"]:
             consider("volume", vol["VolumeId"], aws.tag_dict(vol.get("Tags")))
+    # Snapshots an upload started and never registered (pending, error or completed).
+    for page in ec2.get_paginator("describe_snapshots").paginate(
+            OwnerIds=["self"],
+            Filters=[{"Name": f"tag:{aws.TAG_ROLE}", "Values": [ROLE_UPLOAD]}]):
+        for snap in page["Snapshots"]:
+            consider("snapshot", snap["SnapshotId"], aws.tag_dict(snap.get("Tags")))
     roles.join()
     for name, tags in found_roles:
         consider("iam-role", name, tags, name)
@@ -217,7 +225,7 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
                 ec2, i, poll_interval=opts.poll_interval)),
             ("key-pair", lambda i: resources.delete_key_pair(ec2, i)),
             ("volume", lambda i: ec2.delete_volume(VolumeId=i)),
-            ("snapshot", lambda i: ec2.delete_snapshot(SnapshotId=i)),
+            ("snapshot", lambda i: (ec2.delete_snapshot(SnapshotId=i), block_manifest.forget(i))),
             ("key-file", lambda i: os.unlink(i)),
             ("iam-role", lambda i: iamprofile.delete(target.clients.iam, i))):
         for leak in by_kind[kind]:

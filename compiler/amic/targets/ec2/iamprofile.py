@@ -33,6 +33,19 @@ ASSUME_EC2 = {"Version": "2012-10-17", "Statement": [{
     "Action": "sts:AssumeRole"}]}
 
 
+def with_profile(stack: contextlib.ExitStack, clients, opts, name: str,
+                 tags: Mapping[str, str], log: Log):
+    """``opts`` with the build's own profile when ``--temporary-iam-instance-profile`` asks
+    for one (made here, its cleanup on ``stack``); ``opts`` as they are otherwise. IAM tags
+    get no heartbeat: ``amic gc`` judges them by owner and expiry."""
+    if not opts.temporary_iam_policy:
+        return opts
+    import attrs
+
+    profile = add_profile(stack, clients.iam, name, lasting(tags), opts.temporary_iam_policy, log)
+    return attrs.evolve(opts, iam_instance_profile=profile)
+
+
 def lasting(tags: Mapping[str, str]) -> dict[str, str]:
     """A build's resource tags without the heartbeat, which nothing refreshes on IAM."""
     return {k: v for k, v in tags.items() if not k.startswith("amic:heartbeat")}

@@ -86,13 +86,15 @@ def snapshot_ids(raw: dict) -> list[str]:
             if bdm.get("Ebs", {}).get("SnapshotId")]
 
 
-def deregister(ec2, image_id: str) -> list[str]:
-    """Deregister an AMI and delete its EBS snapshots; returns the snapshot ids."""
+def deregister(ec2, image_id: str, *, delete_snapshots: bool = True) -> list[str]:
+    """Deregister an AMI and (``delete_snapshots``) delete its EBS snapshots; the snapshot ids.
+
+    Snapshots kept carry ``amic:image-id`` of an image that is gone: ``amic gc`` takes them."""
     found = aws.call(f"describing {image_id}", ec2.describe_images, ImageIds=[image_id])["Images"]
     # one snapshot may back several of the image's devices: delete (and name) it once
     snaps = list(dict.fromkeys(snap for img in found for snap in snapshot_ids(img)))
     aws.call(f"deregistering {image_id}", ec2.deregister_image, ImageId=image_id)
-    for snap in snaps:
+    for snap in snaps if delete_snapshots else ():
         delete_released_snapshot(ec2, snap, f"deleting snapshot {snap} of {image_id}")
     return snaps
 
@@ -127,13 +129,16 @@ def delete_released_snapshot(ec2, snap: str, doing: str) -> None:
                        patience=SNAPSHOT_RELEASE_PATIENCE, SnapshotId=snap)
 
 
-def deregister_named(ec2, name: str, log: Log) -> None:
-    """``--force-deregister``: remove our images that already carry ``name``."""
+def deregister_named(ec2, name: str, log: Log, *, delete_snapshots: bool = True) -> None:
+    """``--force-deregister``: remove our images that already carry ``name`` (their snapshots
+    too with ``delete_snapshots``, ``--force-delete-snapshot``)."""
     old = aws.call("looking for an image of the same name", ec2.describe_images,
                    Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
     for img in old:
-        log(f"--force-deregister: removing {img['ImageId']} ({name})")
-        deregister(ec2, img["ImageId"])
+        snaps = deregister(ec2, img["ImageId"], delete_snapshots=delete_snapshots)
+        kept = "" if delete_snapshots or not snaps else (
+            f"; snapshots {', '.join(snaps)} kept until `amic gc`")
+        log(f"--force-deregister: removed {img['ImageId']} ({name}){kept}")
 
 
 # -- making one ---------------------------------------------------------------------------
@@ -141,11 +146,15 @@ def deregister_named(ec2, name: str, log: Log) -> None:
 def create_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Log) -> dict:
     """CreateImage of a stopped instance, waited for; its DescribeImages entry."""
     log(f"creating image {new.name}")
+    extra = {"BlockDeviceMappings": [v.mapping() for v in opts.ami_volumes]} \
+        if opts.ami_volumes and new.final else {}
     image_id = aws.call(f"creating an image of {instance_id}", ec2.create_image,
                         InstanceId=instance_id, Name=new.name, Description=new.description,
                         # the snapshots tagged at creation too: an interrupt while the
                         # image is pending leaves nothing `amic gc` cannot attribute
-                        TagSpecifications=aws.tag_specs(new.tags, "image", "snapshot"))["ImageId"]
+                        TagSpecifications=(aws.tag_specs(new.tags, "image")
+                                           + aws.tag_specs(new.snapshot_tags, "snapshot")),
+                        **extra)["ImageId"]
     try:
         found = waiters.image_available(ec2, [image_id], timeout=opts.image_timeout,
                                         poll_interval=opts.poll_interval,
@@ -176,38 +185,125 @@ def tag_snapshots(ec2, raw: dict, tags: Mapping[str, str]) -> list[str]:
     return snaps
 
 
-def share(ec2, image_id: str, snaps: list[str], accounts: tuple[str, ...], log: Log) -> None:
-    """Launch permission on the image and volume permission on its snapshots, per account."""
-    if not accounts:
-        return
-    perms = [{"UserId": a} for a in accounts]
-    aws.call(f"sharing {image_id}", ec2.modify_image_attribute, ImageId=image_id,
-             LaunchPermission={"Add": perms})
-    for snap in snaps:
+def share(ec2, image_id: str, snaps: list[str], opts: Ec2Options, log: Log) -> None:
+    """Launch permission on the image (``--ami-user``, ``--ami-group``, ``--ami-org-arn``,
+    ``--ami-ou-arn``), create-volume permission on its snapshots (``--snapshot-user``);
+    ``--share-with`` is both."""
+    perms, users = opts.launch_permission, opts.volume_users
+    if perms:
+        aws.call(f"sharing {image_id}", ec2.modify_image_attribute, ImageId=image_id,
+                 LaunchPermission={"Add": perms})
+        log(f"shared {image_id} with " + ", ".join(next(iter(p.values())) for p in perms))
+    for snap in snaps if users else ():
         aws.call(f"sharing snapshot {snap}", ec2.modify_snapshot_attribute, SnapshotId=snap,
-                 Attribute="createVolumePermission", OperationType="add", UserIds=list(accounts))
-    log(f"shared {image_id} with {', '.join(accounts)}")
+                 Attribute="createVolumePermission", OperationType="add", UserIds=users)
+    if users and snaps:
+        log(f"shared snapshots {', '.join(snaps)} with {', '.join(users)}")
 
 
 def copy_to_regions(clients: aws.Clients, image_id: str, new: NewImage, opts: Ec2Options,
-                    log: Log) -> None:
-    """``--copy-to-region``: each copy waited for, tagged, its snapshots tagged and shared."""
+                    log: Log) -> dict[str, str]:
+    """``--copy-to-region``: all copies at once, each with its region's KMS key, waited for,
+    tagged, given the image's attributes, its snapshots tagged and shared;
+    ``{region: copy id}``. A failed copy fails the build once the others finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
     source = clients.region
-    for region in opts.copy_regions:
-        if region == source:
-            continue
-        dest = clients.for_region(region)
-        args = {"SourceImageId": image_id, "SourceRegion": source, "Name": new.name,
-                "Description": new.description}
-        if opts.encrypt or opts.kms_key_id:
-            args["Encrypted"] = True
-        copy_id = aws.call(f"copying {image_id} to {region}", dest.copy_image, **args)["ImageId"]
-        waiters.image_available(dest, [copy_id], timeout=opts.image_timeout,
-                                poll_interval=opts.poll_interval,
-                                doing=f"waiting for the copy {copy_id} in {region}")
-        aws.call(f"tagging {copy_id} in {region}", dest.create_tags, Resources=[copy_id],
-                 Tags=aws.tag_list({**new.tags, "amic:source-image": f"{source}/{image_id}"}))
-        raw = dest.describe_images(ImageIds=[copy_id])["Images"][0]
-        snaps = tag_snapshots(dest, raw, new.tags)
-        share(dest, copy_id, snaps, opts.share_accounts, log)
-        log(f"copied {image_id} to {region}: {copy_id}")
+    wanted = opts.copies(source)
+    dests = {region: clients.for_region(region) for region in wanted}   # clients made here,
+    # in one thread: a boto3 session is not thread-safe, its clients are
+    with ThreadPoolExecutor(max_workers=max(len(wanted), 1)) as pool:
+        futures = {region: pool.submit(_copy_one, dests[region], source, region, key, image_id,
+                                       new, opts, log)
+                   for region, key in wanted.items()}
+    errors = [f"{region}: {f.exception()}" for region, f in futures.items() if f.exception()]
+    if errors:
+        raise BuildError("copying the image failed in " + "; ".join(errors))
+    return {region: f.result() for region, f in futures.items()}
+
+
+def _copy_one(dest, source: str, region: str, kms_key: str | None, image_id: str,
+              new: NewImage, opts: Ec2Options, log: Log) -> str:
+    args = {"SourceImageId": image_id, "SourceRegion": source, "Name": new.name,
+            "Description": new.description}
+    if opts.encrypt or opts.kms_key_id or kms_key:
+        args["Encrypted"] = True
+        if kms_key:
+            args["KmsKeyId"] = kms_key
+    copy_id = aws.call(f"copying {image_id} to {region}", dest.copy_image, **args)["ImageId"]
+    waiters.image_available(dest, [copy_id], timeout=opts.image_timeout,
+                            poll_interval=opts.poll_interval,
+                            doing=f"waiting for the copy {copy_id} in {region}")
+    aws.call(f"tagging {copy_id} in {region}", dest.create_tags, Resources=[copy_id],
+             Tags=aws.tag_list({**new.tags, "amic:source-image": f"{source}/{image_id}"}))
+    raw = dest.describe_images(ImageIds=[copy_id])["Images"][0]
+    snaps = tag_snapshots(dest, raw, new.snapshot_tags)
+    set_attributes(dest, copy_id, opts, log)
+    share(dest, copy_id, snaps, opts, log)
+    log(f"copied {image_id} to {region}: {copy_id}" + (f" (KMS {kms_key})" if kms_key else ""))
+    return copy_id
+
+
+# -- attributes ----------------------------------------------------------------------------
+
+def mark_instance(ec2, instance_id: str, opts: Ec2Options, log: Log) -> None:
+    """``--ena-support``, ``--sriov-support`` on the stopped instance: CreateImage carries them
+    (EC2 changes neither on an AMI afterwards)."""
+    if opts.ena_support:
+        aws.call(f"enabling ENA on {instance_id}", ec2.modify_instance_attribute,
+                 InstanceId=instance_id, EnaSupport={"Value": True})
+    if opts.sriov_support:
+        aws.call(f"enabling SR-IOV on {instance_id}", ec2.modify_instance_attribute,
+                 InstanceId=instance_id, SriovNetSupport={"Value": "simple"})
+    if opts.ena_support or opts.sriov_support:
+        log(f"{instance_id}: " + ", ".join(n for n, on in (("ENA", opts.ena_support),
+                                                          ("SR-IOV", opts.sriov_support)) if on))
+
+
+def set_attributes(ec2, image_id: str, opts: Ec2Options, log: Log) -> None:
+    """What EC2 sets on an existing AMI: ``--imds-support`` (ModifyImageAttribute) and
+    ``--deprecate-at`` (EnableImageDeprecation)."""
+    if opts.imds_support:
+        aws.call(f"setting IMDS support of {image_id}", ec2.modify_image_attribute,
+                 ImageId=image_id, ImdsSupport={"Value": opts.imds_support})
+        log(f"{image_id}: IMDS {opts.imds_support} only")
+    if opts.deprecate_at:
+        aws.call(f"deprecating {image_id}", ec2.enable_image_deprecation, ImageId=image_id,
+                 DeprecateAt=opts.deprecate_at)
+        log(f"{image_id}: deprecated from {opts.deprecate_at}")
+
+
+def reregister(ec2, raw: dict, new: NewImage, opts: Ec2Options, log: Log) -> dict:
+    """``--boot-mode``, ``--tpm-support``: EC2 takes them only at RegisterImage, so the image
+    CreateImage made is registered again from its snapshots with them (same name: the first
+    is deregistered before, its snapshots kept and retagged for the new one). Its entry."""
+    old = raw["ImageId"]
+    mappings = []
+    for bdm in raw.get("BlockDeviceMappings", []):
+        entry = {k: v for k, v in bdm.items() if k in ("DeviceName", "VirtualName", "NoDevice")}
+        if "Ebs" in bdm:
+            entry["Ebs"] = {k: v for k, v in bdm["Ebs"].items() if k in (
+                "SnapshotId", "VolumeSize", "VolumeType", "DeleteOnTermination", "Iops",
+                "Throughput")}
+        mappings.append(entry)
+    args: dict = {"Name": new.name, "Description": new.description,
+                  "Architecture": raw.get("Architecture") or "x86_64",
+                  "RootDeviceName": raw.get("RootDeviceName") or "/dev/xvda",
+                  "VirtualizationType": "hvm", "BlockDeviceMappings": mappings,
+                  "EnaSupport": bool(raw.get("EnaSupport") or opts.ena_support),
+                  "TagSpecifications": aws.tag_specs(new.tags, "image")}
+    if opts.sriov_support or raw.get("SriovNetSupport"):
+        args["SriovNetSupport"] = "simple"
+    for key, value in (("BootMode", opts.boot_mode or raw.get("BootMode")),
+                       ("TpmSupport", opts.tpm_support or raw.get("TpmSupport"))):
+        if value:
+            args[key] = value
+    deregister(ec2, old, delete_snapshots=False)
+    image_id = aws.call("registering the image with its boot mode", ec2.register_image,
+                        **args)["ImageId"]
+    found = waiters.image_available(ec2, [image_id], timeout=opts.image_timeout,
+                                    poll_interval=opts.poll_interval,
+                                    doing=f"waiting for image {image_id}")
+    log(f"image {image_id} replaces {old}: boot mode {args.get('BootMode', '-')}, "
+        f"TPM {args.get('TpmSupport', '-')}")
+    return found[image_id]

@@ -76,8 +76,15 @@ class Ec2Machine(Machine):
 
     # Machine protocol ------------------------------------------------------------
     def run(self, command, *, env=None, on_output=None, timeout=None) -> int:
-        with self._ssh_errors(f"running a command on {self.instance_id}"):
-            return self.connection().run(command, env=env, on_output=on_output, timeout=timeout)
+        doing = f"running a command on {self.instance_id}"
+        with self._ssh_errors(doing):
+            rc = self.connection().run(command, env=env, on_output=on_output, timeout=timeout)
+        if rc == 255:       # killed, or the machine went away under it: say which
+            down = self._went_down()
+            if down:
+                self.disconnect()
+                raise BuildError(f"{doing}: the command was cut off{down}")
+        return rc
 
     def put(self, local, remote, *, mode=0o600) -> None:
         with self._ssh_errors(f"uploading {remote} to {self.instance_id}"):
@@ -93,10 +100,30 @@ class Ec2Machine(Machine):
             yield
         except SshError as exc:
             self.disconnect()
-            raise BuildError(f"{doing}: {exc}") from None
+            raise BuildError(f"{doing}: {exc}{self._went_down()}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.disconnect()
-            raise BuildError(f"{doing}: SSH failed: {exc or type(exc).__name__}") from None
+            raise BuildError(f"{doing}: SSH failed: {exc or type(exc).__name__}"
+                             + self._went_down()) from None
+
+    def _went_down(self) -> str:
+        """Why SSH went away when the instance itself did (a command powered it off); ""
+        when it still runs or nobody can tell."""
+        if self.stopped:
+            return ""
+        try:
+            reply = self.ec2.describe_instances(InstanceIds=[self.instance_id])
+            state = reply["Reservations"][0]["Instances"][0]["State"]["Name"]
+        except Exception:  # noqa: BLE001 - the SSH error is the one to report
+            return ""
+        if state in ("running", "pending"):
+            return ""
+        return (f"\n  the instance is {state}: something on it powered it off (an INIT or "
+                f"UPDATE running poweroff, halt or shutdown), and --shutdown-behavior "
+                f"{self.opts.shutdown_behavior} " + ("stopped it; a build cannot go on on a "
+                                                     "stopped instance" if
+                                                     self.opts.shutdown_behavior == "stop"
+                                                     else "terminated it"))
 
     def describe(self) -> str:
         where = f"{self.user}@{self.host or '?'}"

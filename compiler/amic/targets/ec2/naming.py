@@ -68,6 +68,13 @@ class NewImage:
     name: str
     description: str
     tags: Mapping[str, str]
+    final: bool = False
+    snapshot_tags: Mapping[str, str] = attrs.field(default=None)
+    """Tags of its snapshots: ``tags`` and ``--snapshot-tag`` (Packer's ``snapshot_tags``)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.snapshot_tags is None:
+            object.__setattr__(self, "snapshot_tags", dict(self.tags))
 
 
 def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str], build_id: str,
@@ -94,7 +101,12 @@ def new_image(opts: Ec2Options, *, key: str, final: bool, tags: Mapping[str, str
         TAG_PROJECT, "Name"))   # amic:project: what prune selects on, never left out
     if dropped:
         log(f"warning: EC2 allows {aws.MAX_TAGS} tags per image; left out: " + ", ".join(dropped))
-    return NewImage(name, description, all_tags)
+    snap_tags = dict(all_tags)
+    if final:   # amic's own tags stay what they are: gc and the cache read them
+        snap_tags.update({k: v for k, v in opts.snapshot_tags.items() if not k.startswith("amic:")})
+        snap_tags, _ = aws.fit_tags(snap_tags, keep_prefixes=(TAG_KEY, TAG_KIND, aws.TAG_TOOL,
+                                                              TAG_BUILD, "Name"))
+    return NewImage(name, description, all_tags, final, snap_tags)
 
 
 def fixed_name(template: str, tags: Mapping[str, str], key: str) -> str | None:

@@ -16,6 +16,7 @@ import attrs
 from amic.errors import UsageError
 from amic.targets import defaults, given
 from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import volumes
 from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, type_list
 
 ON_ERROR = ("cleanup", "abort")
@@ -29,6 +30,8 @@ class Ec2Options:
     """Everything ``--target ec2`` can be told (flags: ``amic.targets.ec2.flags``)."""
 
     aws: aws.AwsOptions = attrs.field(factory=aws.AwsOptions)
+    bake: str = DEFAULTS["bake"]
+    """``instance`` (over SSH) or ``local`` (``local_bake``: no instance, EBS direct APIs)."""
     instance_type: str = DEFAULTS["instance_type"]
     """One type or a comma list tried in order (:attr:`instance_types`)."""
     spot_price: str | None = None
@@ -40,7 +43,17 @@ class Ec2Options:
     """``x86_64`` or ``arm64``; by default from the instance type."""
     volume_size: int | None = None
     """Root volume GiB (default: the image's)."""
-    volume_type: str = DEFAULTS["volume_type"]
+    volume_type: str | None = None
+    """Root volume type; None: the image's (``volumes.DEFAULT_TYPE`` once the root is changed)."""
+    iops: int | None = None
+    throughput: int | None = None
+    launch_volumes: tuple[volumes.Volume, ...] = attrs.field(default=(), converter=tuple)
+    """``--launch-volume``: extra volumes of the build instance (CreateImage keeps them)."""
+    ami_volumes: tuple[volumes.Volume, ...] = attrs.field(default=(), converter=tuple)
+    """``--ami-volume``: CreateImage's BlockDeviceMappings."""
+    run_tags: Mapping[str, str] = attrs.field(factory=dict)
+    run_volume_tags: Mapping[str, str] = attrs.field(factory=dict)
+    shutdown_behavior: str = DEFAULTS["shutdown_behavior"]
     subnet_id: str | None = None
     vpc_id: str | None = None
     security_group_ids: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -71,15 +84,60 @@ class Ec2Options:
     """Final AMI name template: {amifile} {key} {build_id} {timestamp} {date} and labels {label[x]}."""
     image_description: str = DEFAULTS["image_description"]
     image_tags: Mapping[str, str] = attrs.field(factory=dict)
+    snapshot_tags: Mapping[str, str] = attrs.field(factory=dict)
+    """On the final AMI's snapshots, over ``image_tags`` (Packer's ``snapshot_tags``)."""
+    ena_support: bool = False
+    sriov_support: bool = False
+    boot_mode: str | None = None
+    tpm_support: str | None = None
+    imds_support: str | None = None
+    deprecate_at: str | None = None
+    """ISO UTC time (``--deprecate-at``, a duration already added to now)."""
     copy_regions: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """``REGION`` or ``REGION:KMS`` words as given; ``copies`` reads them."""
+    region_kms_keys: Mapping[str, str] = attrs.field(factory=dict)
     encrypt: bool = False
     kms_key_id: str | None = None
     share_accounts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    ami_users: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    snapshot_users: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    ami_groups: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    ami_org_arns: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    ami_ou_arns: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     force_deregister: bool = False
+    force_delete_snapshot: bool = False
+    skip_create_ami: bool = False
     poll_interval: float = DEFAULTS["poll_interval"]
     instance_timeout: float = DEFAULTS["instance_timeout"]
     image_timeout: float = DEFAULTS["image_timeout"]
     on_error: str = "cleanup"
+
+    @property
+    def root_volume(self) -> volumes.Volume | None:
+        """The root volume the flags ask for (its device is the image's); None: the image's."""
+        return volumes.root(attrs.asdict(self, recurse=False))
+
+    @property
+    def launch_permission(self) -> list[dict]:
+        """ModifyImageAttribute LaunchPermission.Add: users, groups, organizations, OUs."""
+        return ([{"UserId": a} for a in dict.fromkeys(self.share_accounts + self.ami_users)]
+                + [{"Group": g} for g in dict.fromkeys(self.ami_groups)]
+                + [{"OrganizationArn": a} for a in self.ami_org_arns]
+                + [{"OrganizationalUnitArn": a} for a in self.ami_ou_arns])
+
+    @property
+    def volume_users(self) -> list[str]:
+        """Accounts given create-volume permission on the snapshots."""
+        return list(dict.fromkeys(self.share_accounts + self.snapshot_users))
+
+    def copies(self, source: str) -> dict[str, str | None]:
+        """``{region: KMS key or None}`` of ``--copy-to-region`` (the source region left out)."""
+        out: dict[str, str | None] = {}
+        for word in self.copy_regions:
+            region, _, key = word.partition(":")
+            if region != source:
+                out[region] = key or self.region_kms_keys.get(region) or out.get(region)
+        return out
 
 
     @property
@@ -100,7 +158,17 @@ def options_from_values(values: Mapping[str, object]) -> Ec2Options:
     fields = given(values, EC2_OPTIONS)
     if values.get("on_error") is not None:
         fields["on_error"] = values["on_error"]
+    for name, flag in (("launch_volumes", "--launch-volume"), ("ami_volumes", "--ami-volume")):
+        if name in fields:
+            fields[name] = tuple(volumes.parse(str(text), flag) for text in fields[name])
+    if "deprecate_at" in fields:
+        fields["deprecate_at"] = deprecation_time(str(fields["deprecate_at"]))
     opts = Ec2Options(aws=aws_options_from_values(values), **fields)
+    opts.root_volume        # noqa: B018 - checked now, not at RunInstances
+    check_sharing(opts)
+    for region in opts.region_kms_keys:
+        if region not in {w.partition(":")[0] for w in opts.copy_regions}:
+            raise UsageError(f"--region-kms-key {region}=…: {region} is no --copy-to-region")
     if opts.trust_on_first_use and opts.host_key_fingerprints:
         raise UsageError("--ssh-trust-on-first-use and --ssh-host-key-fingerprint exclude each other")
     check_types(opts)
@@ -130,3 +198,38 @@ def check_types(opts: Ec2Options) -> None:
     if other:
         raise UsageError(f"instance types {', '.join(other)} are not {want} like "
                          f"{'--arch' if opts.arch else types[0]}: every type tried must be")
+
+
+def deprecation_time(text: str) -> str:
+    """``--deprecate-at``: an ISO time or a duration from now, as EC2's UTC ``DeprecateAt``."""
+    from amic.targets.ec2.flags import parse_duration
+
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        when = now + parse_duration(text)
+    except UsageError:
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"--deprecate-at {text!r}: expected a UTC time "
+                             "(2027-01-31T00:00:00Z) or a duration (90d)") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+    if when <= now:
+        raise UsageError(f"--deprecate-at {text!r}: in the past (EC2 refuses it)")
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_sharing(opts: Ec2Options) -> None:
+    """Account ids and organization ARNs as EC2 takes them."""
+    for flag, accounts in (("--share-with", opts.share_accounts), ("--ami-user", opts.ami_users),
+                           ("--snapshot-user", opts.snapshot_users)):
+        for account in accounts:
+            if not (len(account) == 12 and account.isdigit()):
+                raise UsageError(f"{flag} {account!r}: expected a 12-digit AWS account id")
+    for flag, arns, kind in (("--ami-org-arn", opts.ami_org_arns, ":organization/o-"),
+                             ("--ami-ou-arn", opts.ami_ou_arns, ":ou/o-")):
+        for arn in arns:
+            if not arn.startswith("arn:") or kind not in arn:
+                raise UsageError(f"{flag} {arn!r}: expected arn:aws:organizations::ACCOUNT"
+                                 f"{kind}…")

@@ -133,6 +133,11 @@ def choose_subnet(ec2, opts, log: Log) -> str | None:
     return best["SubnetId"]
 
 
+def placed(ec2, opts, log: Log):
+    """``opts`` with ``--subnet-filter`` resolved to a subnet (:func:`choose_subnet`)."""
+    return attrs.evolve(opts, subnet_id=choose_subnet(ec2, opts, log), subnet_filter={})
+
+
 def placement_args(opts) -> dict:
     """RunInstances ``Placement`` for ``--availability-zone`` (nothing without it)."""
     return {"Placement": {"AvailabilityZone": opts.availability_zone}} \

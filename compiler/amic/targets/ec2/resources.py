@@ -27,7 +27,7 @@ from amic.targets.base import Image
 from amic.targets.ec2 import owner
 from amic.targets.ec2 import placement
 from amic.targets.ec2 import session as aws
-from amic.targets.ec2 import waiters
+from amic.targets.ec2 import volumes, waiters
 from amic.targets.ec2.options import Ec2Options
 
 Log = Callable[[str], None]
@@ -336,8 +336,10 @@ def run_instances_args(image: Image, name: str, group_ids: Sequence[str],
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
                             "HttpPutResponseHopLimit": 1,
                             "InstanceMetadataTags": "enabled" if metadata_tags else "disabled"},
-        "InstanceInitiatedShutdownBehavior": "terminate",
-        "TagSpecifications": aws.tag_specs(tags, "instance", "volume"),
+        "InstanceInitiatedShutdownBehavior": opts.shutdown_behavior,
+        # --run-tag / --run-volume-tag beside amic's own (which win: gc finds by them)
+        "TagSpecifications": (aws.tag_specs({**opts.run_tags, **tags}, "instance")
+                              + aws.tag_specs({**opts.run_volume_tags, **tags}, "volume")),
         # Idempotent: botocore may retry a RunInstances whose answer it never saw.
         "ClientToken": f"amic-{build_id}"[:64],
         **placement.placement_args(opts),
@@ -354,15 +356,12 @@ def run_instances_args(image: Image, name: str, group_ids: Sequence[str],
     if opts.iam_instance_profile:
         key = "Arn" if opts.iam_instance_profile.startswith("arn:") else "Name"
         args["IamInstanceProfile"] = {key: opts.iam_instance_profile}
-    if opts.volume_size or opts.encrypt or opts.kms_key_id:
-        ebs: dict = {"VolumeType": opts.volume_type, "DeleteOnTermination": True}
-        if opts.volume_size:
-            ebs["VolumeSize"] = opts.volume_size
-        if opts.encrypt or opts.kms_key_id:
-            ebs["Encrypted"] = True
-            if opts.kms_key_id:
-                ebs["KmsKeyId"] = opts.kms_key_id
-        args["BlockDeviceMappings"] = [{"DeviceName": root_device(), "Ebs": ebs}]
+    mappings = [vol.mapping() for vol in opts.launch_volumes]
+    root = opts.root_volume
+    if root is not None:
+        mappings.insert(0, {"DeviceName": root_device(), "Ebs": volumes.ebs(root)})
+    if mappings:
+        args["BlockDeviceMappings"] = mappings
     return args
 
 

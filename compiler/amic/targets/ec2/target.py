@@ -35,18 +35,16 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 
-import attrs
 
 from amic import __version__
 from amic.contract import TAG_NAME, TAG_SERVICE
 from amic.errors import BuildError, UsageError
-from amic.targets import option_values
+from amic.targets import config_values, option_values
 from amic.targets.base import Image, Target
-from amic.targets.ec2 import iamprofile
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import lookups
 from amic.targets.ec2 import naming
-from amic.targets.ec2 import placement
+from amic.targets.ec2 import iamprofile, placement
 from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
@@ -56,6 +54,10 @@ from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, VALUE_NAMES
 from amic.targets.ec2.options import Ec2Options, options_from_values
 
 log = logging.getLogger("amic.ec2")
+
+
+SKIPPED = "none (--skip-create-ami)"
+"""The final image id of a build that made none."""
 
 
 class Ec2Target(Target):
@@ -90,18 +92,28 @@ class Ec2Target(Target):
         """Lease name -> its key (asked again when another build turned out to hold it)."""
         self._final: tuple[str, str] | None = None
         """(key, AMI id) of the final AMI this target made: see remove_superseded."""
+        self.copies: dict[str, str] = {}
+        """``{region: AMI id}`` of the final image's ``--copy-to-region`` copies."""
+        if self.opts.skip_create_ami:
+            self.fast_rebuild = False   # no image: nothing for the build memo to answer with
 
     @classmethod
     def from_values(cls, values: Mapping[str, object], **kwargs) -> Ec2Target:
         """From ``{dest: value}`` of the option table (``amic.targets.ec2.options``)."""
         target = cls(options=options_from_values(values), **kwargs)
         target.keep_on_error = target.opts.on_error == "abort"
+        if target.opts.bake == "local":     # no instance: the local target and EBS uploads
+            from amic.targets.ec2.local_bake import LocalBake
+
+            return LocalBake(target)
         return target
 
     @classmethod
     def from_args(cls, args, **kwargs) -> Ec2Target:
         """From parsed arguments carrying the table's options (missing ones: the defaults)."""
-        return cls.from_values(option_values(args, AWS_OPTIONS + EC2_OPTIONS, *VALUE_NAMES),
+        given = option_values(args, AWS_OPTIONS + EC2_OPTIONS, *VALUE_NAMES)
+        kept = config_values(getattr(args, "amifile", None), "ec2", EC2_OPTIONS)  # amic.toml
+        return cls.from_values({**given, **{k: v for k, v in kept.items() if given.get(k) is None}},
                                **kwargs)
 
     # clients -------------------------------------------------------------------
@@ -356,8 +368,7 @@ class Ec2Target(Target):
                      role: str, instance_tags: Mapping[str, str] | None) -> Ec2Machine:
         """The resources in order, each with its cleanup on ``stack``; the (launched) machine."""
         ec2 = self.ec2
-        subnet = placement.choose_subnet(ec2, self.opts, self.log)   # --subnet-filter, once
-        opts = self.opts = attrs.evolve(self.opts, subnet_id=subnet, subnet_filter={})
+        opts = self.opts = placement.placed(ec2, self.opts, self.log)   # --subnet-filter, once
         beat = resources.Heartbeat(ec2, self.log)   # so `amic gc` sees at once if we die
         tags = aws.resource_tags(build_id, ttl=opts.ttl, role=role,
                                  extra=resources.heartbeat_tags(beat.interval))
@@ -368,10 +379,7 @@ class Ec2Target(Target):
             stack, ec2, name, build_id, tags, self.ssh_cidrs, opts, self.log)]
         if not opts.security_group_ids:
             beat.add(*group_ids)
-        if opts.temporary_iam_policy:   # IAM tags get no heartbeat: gc judges them by owner/expiry
-            opts = attrs.evolve(opts, iam_instance_profile=iamprofile.add_profile(
-                stack, self.clients.iam, name, iamprofile.lasting(tags), opts.temporary_iam_policy,
-                self.log))
+        opts = iamprofile.with_profile(stack, self.clients, opts, name, tags, self.log)
         iid = resources.add_instance(stack, ec2, image, name, group_ids,
                                      {**tags, **(instance_tags or {})}, build_id, opts, self.log,
                                      metadata_tags=bool(instance_tags))
@@ -401,20 +409,27 @@ class Ec2Target(Target):
         opts, ec2 = self.opts, self.ec2
         if not final:
             return self._layer_snapshot(machine, key=key, tags=tags)
+        if opts.skip_create_ami:    # Packer's skip_create_ami: provisioned and tested only
+            self.log("--skip-create-ami: no image made")
+            return Image(id=SKIPPED, key=key, tags=tags)
         machine.stop()
         new = naming.new_image(opts, key=key, final=final, tags=tags, build_id=machine.build_id,
                                user=machine.user, log=self.log)
-        if final and opts.force_deregister:
-            amis.deregister_named(ec2, new.name, self.log)
+        if opts.force_deregister:
+            amis.deregister_named(ec2, new.name, self.log,
+                                  delete_snapshots=opts.force_delete_snapshot)
+        amis.mark_instance(ec2, machine.instance_id, opts, self.log)
         raw = amis.create_image(ec2, machine.instance_id, new, opts, self.log)
+        self._final = (key, raw["ImageId"])
+        if opts.boot_mode or opts.tpm_support:
+            raw = amis.reregister(ec2, raw, new, opts, self.log)
         image_id = raw["ImageId"]
         self._final = (key, image_id)
-        snaps = amis.tag_snapshots(ec2, raw, new.tags)
-        self.log(f"image {image_id} available ({'final' if final else 'layer'}; "
-                 f"snapshots {', '.join(snaps) or '-'})")
-        if final:
-            amis.share(ec2, image_id, snaps, opts.share_accounts, self.log)
-            amis.copy_to_regions(self.clients, image_id, new, opts, self.log)
+        snaps = amis.tag_snapshots(ec2, raw, new.snapshot_tags)
+        self.log(f"image {image_id} available (final; snapshots {', '.join(snaps) or '-'})")
+        amis.set_attributes(ec2, image_id, opts, self.log)
+        amis.share(ec2, image_id, snaps, opts, self.log)
+        self.copies = amis.copy_to_regions(self.clients, image_id, new, opts, self.log)
         return amis.image_from_raw(raw)
 
 

@@ -49,6 +49,16 @@ WantedBy=multi-user.target
 """
 """Written into a non-interactive boot: ``amic status`` into the report, then power off."""
 
+CONSOLE_FORWARD = """\
+[Journal]
+ForwardToConsole=yes
+TTYPath=/dev/console
+MaxLevelConsole=info
+"""
+"""A kept machine's console (``console.log``, nspawn's read-only console: a terminal in the
+container, copied to the file) gets the whole journal, the boot hook's lines too."""
+JOURNALD_DROPIN = "/etc/systemd/journald.conf.d/amic-run-console.conf"
+
 REPORT_PATH = "var/lib/amic-run-report"
 SERVICES_DIR = "/etc/amic/services.d"
 SERVICES_FILE = f"{SERVICES_DIR}/amic-run"
@@ -134,7 +144,7 @@ def export(store: ImageStore, image: Image, out: Path) -> None:
                 raise BuildError(f"export failed: {proc.stderr.decode(errors='replace')[-500:]}")
 
 
-def shell(store: ImageStore, what: str, command: str | None = None) -> int:
+def shell(store: ImageStore, what: str, command: str | None = None, project=None) -> int:
     """Interactive shell in a kept machine directory (``--on-error=abort``) or a throwaway copy
     of an image."""
     path = Path(what)
@@ -142,7 +152,7 @@ def shell(store: ImageStore, what: str, command: str | None = None) -> int:
         info = json.loads((path / "machine.json").read_text())
         return rootfs.run_in_root([Path(p) for p in info["lowers"]], path / "upper",
                                   command or LOGIN_SHELL, interactive=True)
-    image = store.lookup(what)
+    image = store.lookup(what, project)
     with store.use(image.id) as lowers, store.scratch("shell-") as scratch:
         return rootfs.run_in_root(lowers, scratch / "upper",
                                   command or LOGIN_SHELL, interactive=True)
@@ -193,7 +203,10 @@ def boot_kept(store: ImageStore, image: Image, *, timeout: float, prepare=None,
 
     kept = store.root / "kept"
     kept.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{image.id[:SHORT]}-", dir=kept))
+    with store.lock("store.lock"):      # locked before prune can see it (as scratch dirs)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{image.id[:SHORT]}-", dir=kept))
+        alive = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(alive, fcntl.LOCK_EX)
     upper = scratch / "upper"
     upper.mkdir()
     with store.use(image.id) as lowers:
@@ -205,14 +218,19 @@ def boot_kept(store: ImageStore, image: Image, *, timeout: float, prepare=None,
         if prepare:
             prepare(lowers, upper)
         install_report_unit(lowers, upper, scratch, poweroff=False)
+        write_in_root(lowers, upper, scratch, CONSOLE_FORWARD, JOURNALD_DROPIN)
         argv = nspawn_argv(image, lowers, scratch, interactive=False)
+        # A console the machine can write to without anyone reading it: --console=pipe
+        # gives a container no /dev/console at all, and its output went nowhere.
+        argv[argv.index("--console=pipe")] = "--console=read-only"
         argv[argv.index("-c") + 1] = argv[argv.index("-c") + 1].replace('exec "$@"', '"$@"')
         with open(scratch / "console.log", "wb") as console:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    pass_fds=[fh.fileno() for fh in locks])
+                                    pass_fds=[alive, *(fh.fileno() for fh in locks)])
         for fh in locks:
             fh.close()          # the child's copies keep the locks
+        os.close(alive)         # held by the machine until it stops: then prune takes it
     report_file = upper / REPORT_PATH
     deadline = time.monotonic() + timeout
     while not report_file.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -220,8 +238,18 @@ def boot_kept(store: ImageStore, image: Image, *, timeout: float, prepare=None,
     time.sleep(0.5)             # the report's last line
     report = report_file.read_text(errors="replace") if report_file.exists() else ""
     log(f"left running (pid {proc.pid}); console: {scratch}/console.log; stop it with "
-        f"`kill -- -{proc.pid}`, then rm -rf {scratch}")
+        f"`kill -- -{proc.pid}` (then `amic prune` removes {scratch})")
     return (0 if report else 1), report
+
+
+def write_in_root(lowers: list[Path], upper: Path, scratch: Path, text: str, path: str) -> None:
+    """Write ``text`` to ``path`` in the boot's root (its throwaway upper, never a layer)."""
+    src = scratch / f"in-{uuid.uuid4().hex[:8]}"
+    src.write_text(text)
+    rc = rootfs.run_in_root(lowers, upper, f'mkdir -p "$(dirname {path})" && cat > {path}',
+                            stdin_path=src)
+    if rc != 0:
+        raise BuildError(f"could not write {path} for `amic run`")
 
 
 def install_report_unit(lowers: list[Path], upper: Path, scratch: Path, *,

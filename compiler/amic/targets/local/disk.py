@@ -52,6 +52,12 @@ TAIL = 1 * MIB
 """Room after the root partition for the backup GPT."""
 """Root file system size = used * 1.25 + 256 MiB (grown to the disk at first boot)."""
 
+NO_KEY_WARNING = ("no --authorized-key: nobody can log in to this disk over SSH (amic authorises "
+                  "no key of its own, and root has no password for the console) unless the image "
+                  "itself authorises one; pass --authorized-key ~/.ssh/id_ed25519.pub, or "
+                  "--no-authorized-key to say this is meant")
+"""``amic export --format raw|qcow2`` without a key: said before the disk is written."""
+
 VM_SCRIPT = script(__package__, "vm-layer.sh")
 """What the VM layer runs (as root, in the image's chroot): the kernel, GRUB, sshd, and the
 files it installs (DHCP network, the growroot script and unit, GRUB's early config that
@@ -221,29 +227,3 @@ def make_raw(store, vm_image: Image, scratch: Path, raw: str, root_uuid: str,
     partition(Path(raw), int((o / "root-mib").read_text()))
     install_bios(Path(raw), (o / "boot.img").read_bytes(), (o / "core.img").read_bytes())
     install_esp(Path(raw), o / "BOOTX64.EFI")
-
-
-def export_image(target, image: Image, out: Path, *, fmt: str = "tar",
-                 authorized_key: Path | None = None, compress: bool = False, log=None) -> dict:
-    """``amic export --format``: tar (the root filesystem), raw/qcow2 (a bootable disk), oci."""
-    if authorized_key is not None and fmt not in ("raw", "qcow2"):
-        raise UsageError("--authorized-key goes with --format raw or qcow2")
-    if compress and fmt != "qcow2":
-        raise UsageError("--compress goes with --format qcow2")
-    if fmt == "tar":
-        target.export(image, out)
-        return {}
-    if fmt == "oci":
-        from amic.targets.local import oci
-
-        return oci.write_oci(target.store, image, out)
-    if fmt not in ("raw", "qcow2"):
-        raise UsageError(f"unknown export format {fmt!r}")
-    with vm_layer_in_use(target, image, log=log) as vm_image:
-        facts = write_disk(target.store, vm_image, out, fmt=fmt,
-                           authorized_key=authorized_key, compress=compress)
-    if log:
-        log(f"{fmt} disk: root {facts['root_mib']} MiB (used {facts['used_kib'] // 1024} MiB), "
-            f"{out.stat().st_size // MIB} MiB apparent, "
-            f"{out.stat().st_blocks * 512 // MIB} MiB on disk")
-    return facts

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from amic.errors import BaseRefError, BuildError
+from amic.errors import BaseRefError, BuildError, UsageError
 from amic.fsutil import file_lock
 from amic.targets.local import pkgcache
 from amic.targets.scripts import script
@@ -95,6 +95,39 @@ def ensure_base(ref: str = DEFAULT_BASE, *, log=None) -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem ``path`` (or its nearest existing parent) is on, as
+    ``/proc/self/mountinfo`` names it ("ext4", "overlay", "tmpfs"; "" when unknown)."""
+    target = Path(os.path.realpath(path))
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    best, kind = "", ""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    for line in lines.splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = parts[4].replace("\\040", " ")
+        inside = str(target) == point or str(target).startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, rest.split()[0]
+    return kind
+
+
+def require_layerable(store: Path) -> None:
+    """Refuse a store on overlayfs (a container's own root, say): overlayfs cannot put its
+    upper and work directories there, and every build would end in mount's "wrong fs type"."""
+    if filesystem_type(store) == "overlay":
+        raise UsageError(
+            f"the local store {store} is on overlayfs (a container's root filesystem?), where "
+            "the local target cannot stack its layers: set AMIC_CACHE_DIR to a directory on "
+            "a volume or a disk (ext4, xfs, btrfs or tmpfs)")
 
 
 def chroot_argv(lowers: Sequence[Path], upper: Path, scratch: Path, argv: Sequence[str]) -> list[str]:

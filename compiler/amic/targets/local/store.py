@@ -1,4 +1,5 @@
-"""The local target's image store: metadata, cache keys, lookup and prune.
+"""The local target's image store: metadata, cache keys, lookup (:mod:`.refs`) and prune
+(:mod:`.prune`).
 
 Layout under ``rootfs.cache_dir()/local`` (``$AMIC_CACHE_DIR``, default
 ``/var/cache/amic``)::
@@ -12,6 +13,8 @@ Layout under ``rootfs.cache_dir()/local`` (``$AMIC_CACHE_DIR``, default
     store.lock                exclusive while an image is committed or pruned
     builds.lock               shared by every running build, exclusive for prune
     locks/<id12>.lock         shared while shell/run/export uses the image; prune skips it
+    kept/<id12>-XXXX/         a machine of ``amic run --keep``, flock'ed while it runs
+    vm/                       ``amic run --vm``'s cached disks and kept VMs (:mod:`.vmdisks`)
 
 A base image (``FROM debian:12``) is a debootstrap root made once by
 :func:`rootfs.ensure_base`; its meta.json names that directory as ``root``.
@@ -34,14 +37,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
-
-from amic.contract import (KIND_BASE, KIND_FINAL, TAG_AMIFILE, TAG_BASE, TAG_KIND, TAG_NAME,
-                           TAG_PROJECT, TAG_SOURCE)
-from amic.errors import BuildError, UsageError
+from amic.contract import KIND_BASE, TAG_BASE, TAG_KIND
+from amic.errors import BuildError
 from amic.fsutil import LockBusy, file_lock, remove_recorded_staging, write_atomic
 from amic.targets.base import Image
 
@@ -69,12 +69,19 @@ LEGACY_TMP = (".export-", ".oci-", ".disk-", ".run-", ".shell-")
 
 
 def tree_size(path: Path) -> int:
-    """Bytes allocated to everything under the directory ``path`` (links not followed)."""
+    """Bytes allocated to the directory ``path`` and everything under it, each inode once
+    and links not followed: what ``du -sB1`` counts, so what prune says it freed is what
+    the disk gets back."""
+    seen: set[tuple[int, int]] = set()
     total = 0
     for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
+        names = dirnames + filenames if dirpath != os.fspath(path) else ["", *dirnames, *filenames]
+        for name in names:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                st = os.lstat(os.path.join(dirpath, name))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
     return total
 
 
@@ -92,8 +99,6 @@ class ImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.freed = 0
-        """Bytes the last :meth:`prune` freed (would free, with ``dry_run``)."""
 
     @property
     def images_dir(self) -> Path:
@@ -217,24 +222,12 @@ class ImageStore:
             if meta is not None:
                 yield image_from_meta(meta)
 
-    def lookup(self, ref: str) -> Image:
-        """An image by id prefix (at least 4 hex), full cache key, or ``latest``."""
-        images = list(self.images())
-        if ref == "latest":
-            finals = [i for i in images if i.tags.get(TAG_KIND) == KIND_FINAL]
-            if not finals:
-                raise UsageError("no local images yet; run `amic build` first")
-            return max(finals, key=lambda i: i.created or "")
-        by_key = self.find(ref) if len(ref) == 64 else None
-        if by_key:
-            return by_key
-        ref = ref.removeprefix("sha256:")
-        matches = [i for i in images if len(ref) >= 4 and i.id.startswith(ref)]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise UsageError(f"no local image {ref!r} (see `amic images`)")
-        raise UsageError(f"image id {ref!r} is ambiguous ({len(matches)} images)")
+    def lookup(self, ref: str, project=None) -> Image:
+        """The image ``ref`` names (:func:`amic.targets.local.refs.resolve`: ``latest`` is
+        ``project``'s newest, ``NAME:latest``, ``NAME@ID``, an id prefix or a cache key)."""
+        from amic.targets.local import refs
+
+        return refs.resolve(list(self.images()), ref, project=project, find_key=self.find)
 
     def size(self, image_id: str) -> int:
         """Bytes the image's own layer takes; for a base, its debootstrap root (kept under
@@ -356,73 +349,6 @@ class ImageStore:
             os.rename(d, trash)  # gone from the store at once; deleting may take a while
             shutil.rmtree(trash, ignore_errors=True)
 
-    def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False,
-              project: str | None = None, force: bool = False,
-              legacy_name: str | None = None) -> list[str]:
-        """Remove leftovers of dead builds and images no kept image needs; return what went.
-
-        Kept: the ``keep`` newest final images per project (``amic:project``) and every
-        image below them (their layer checkpoints and base). ``everything`` removes all
-        images (bases' debootstrap roots stay in ``cache_dir()/bases``). With ``project``
-        only that project's images go (``everything``: all of them that no other project's
-        image sits on). Images without ``amic:project`` (built before it, or without an
-        identity) are never removed unless ``force``: then they are grouped by
-        ``amic:name`` (older ones: ``amic:source``), and with ``project`` those named
-        ``legacy_name`` are that project's.
-        """
-        if keep < 0:
-            raise UsageError(f"--keep {keep}: keep 0 or more final images per project")
-        freed: list[int] = []   # bytes each removal frees; their sum ends in ``self.freed``
-        removed: list[str] = []
-        with self.exclusive_builds():
-            if self.machines_dir.is_dir():
-                for m in self.machines_dir.iterdir():
-                    size = tree_size(m)
-                    removed.append(f"machine {m.name} ({human(size)})")
-                    freed.append(size)
-                    if not dry_run:
-                        shutil.rmtree(m, ignore_errors=True)
-            with self.lock("store.lock"):
-                self.sweep_tmp(removed, freed, dry_run=dry_run)
-                metas = self.sweep(removed, dry_run=dry_run)
-                select = Selection(project=project, force=force, legacy_name=legacy_name)
-                keep_ids = kept_ids(metas, select.group,
-                                    lambda group: select.keep(group, keep, everything))
-                for image_id, meta in metas.items():
-                    kind = meta["tags"].get(TAG_KIND, "?")
-                    if image_id in keep_ids or (kind == KIND_BASE and not everything):
-                        continue
-                    if not select.candidate(meta["tags"]):
-                        continue
-                    size = self.size(image_id)
-                    if not self.remove_unused(image_id, dry_run=dry_run):
-                        removed.append(f"{IN_USE}{kind} {image_id[:SHORT]}")
-                        continue
-                    removed.append(f"{kind} {image_id[:SHORT]} ({human(size)})")
-                    freed.append(size)
-                if not dry_run and self.keys_dir.is_dir():
-                    for keyfile in self.keys_dir.iterdir():
-                        with contextlib.suppress(OSError):
-                            if self.meta(keyfile.read_text().strip()) is None:
-                                keyfile.unlink()
-        self.freed = sum(freed)
-        return removed
-
-    def sweep(self, removed: list[str], *, dry_run: bool) -> dict[str, dict]:
-        """Remove temporary and broken image directories (noting them in ``removed``);
-        return the metadata of every sound image by id."""
-        metas = {}
-        for entry in self.images_dir.iterdir() if self.images_dir.is_dir() else ():
-            meta = None if entry.name.startswith(".") else self.meta(entry.name)
-            if meta is None:
-                removed.append(f"{'temporary' if entry.name.startswith('.') else 'broken'} "
-                               f"{entry.name}")
-                if not dry_run:
-                    shutil.rmtree(entry, ignore_errors=True)
-                continue
-            metas[meta["id"]] = meta
-        return metas
-
     @contextlib.contextmanager
     def exclusive_builds(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -432,69 +358,3 @@ class ImageStore:
         except LockBusy:
             raise BuildError("a build is running on the local target; prune after it ends") \
                 from None
-
-
-SELECTED = "\0selected"
-"""The group of the project a prune is about."""
-ALL = 1 << 30
-"""``keep`` of a group prune leaves alone."""
-
-
-@attrs.frozen
-class Selection:
-    """Which images a prune may remove, and how their finals are grouped into projects."""
-
-    project: str | None = None
-    """Only this project's images (``amic:project``); None = every project's."""
-    force: bool = False
-    """Images without ``amic:project`` too (grouped by their readable name)."""
-    legacy_name: str | None = None
-    """With ``project`` and ``force``: the readable name that makes an older image its."""
-
-    def group(self, tags: dict) -> str | None:
-        if self.selected(tags):
-            return SELECTED
-        if TAG_PROJECT in tags:
-            return tags[TAG_PROJECT]
-        if not self.force:
-            return None
-        return "legacy\0" + (tags.get(TAG_NAME) or tags.get(TAG_SOURCE)
-                              or tags.get(TAG_AMIFILE, ""))
-
-    def selected(self, tags: dict) -> bool:
-        if self.project is None:
-            return False
-        if TAG_PROJECT in tags:
-            return tags[TAG_PROJECT] == self.project
-        return (self.force and self.legacy_name is not None
-                and tags.get(TAG_NAME) == self.legacy_name)
-
-    def candidate(self, tags: dict) -> bool:
-        if self.project is not None:
-            return self.selected(tags)
-        return self.force or TAG_PROJECT in tags or tags.get(TAG_KIND) == KIND_BASE
-
-    def keep(self, group: str | None, keep: int, everything: bool) -> int:
-        """How many finals of ``group`` stay (a group prune may not touch: all)."""
-        if group is None or (self.project is not None and group != SELECTED):
-            return ALL
-        return 0 if everything else keep
-
-
-def kept_ids(metas: dict[str, dict], group_of: Callable[[dict], str | None],
-             keep_of: Callable[[str | None], int]) -> set[str]:
-    """The ``keep_of(group)`` newest finals of each group and every image below them."""
-    finals: dict[str | None, list[dict]] = {}
-    for meta in metas.values():
-        tags = meta["tags"]
-        if tags.get(TAG_KIND) == KIND_FINAL:
-            finals.setdefault(group_of(tags), []).append(meta)
-    keep_ids: set[str] = set()
-    for group, members in finals.items():
-        members.sort(key=lambda m: m.get("created") or "", reverse=True)
-        for meta in members[:max(keep_of(group), 0)]:
-            current = meta["id"]
-            while current and current not in keep_ids:
-                keep_ids.add(current)
-                current = (metas.get(current) or {}).get("parent")
-    return keep_ids

@@ -109,6 +109,7 @@ class LocalTarget(Target):
     # -- Target ----------------------------------------------------------
 
     def resolve_base(self, base_ref: str | None) -> Image:
+        rootfs.require_layerable(self.store.root)    # before a debootstrap that would be in vain
         ref = base_ref or rootfs.DEFAULT_BASE
         return self.store.record_base(ref, rootfs.ensure_base(ref, log=self.log))
 
@@ -145,6 +146,7 @@ class LocalTarget(Target):
 
     @contextlib.contextmanager
     def launch(self, image: Image, *, build_id: str) -> Iterator[LocalMachine]:
+        rootfs.require_layerable(self.store.root)
         self.store.ensure_dirs()
         mdir = self.store.machines_dir / build_id
         mdir.mkdir(parents=True)
@@ -208,22 +210,25 @@ class LocalTarget(Target):
 
     # -- the local target's own commands (amic images / run / export / shell / prune) ------
 
-    def lookup(self, ref: str) -> Image:
-        """An image by id prefix (at least 4 hex), full cache key, or ``latest``."""
-        return self.store.lookup(ref)
+    def lookup(self, ref: str, project=None) -> Image:
+        """The image ``ref`` names; ``latest`` is ``project``'s newest (:mod:`.refs`)."""
+        return self.store.lookup(ref, project)
 
     def image_size(self, image: Image) -> int:
         return self.store.size(image.id)
 
     def prune(self, *, keep: int = 1, everything: bool = False, dry_run: bool = False) -> list[str]:
-        """See :meth:`ImageStore.prune`."""
-        return self.store.prune(keep=keep, everything=everything, dry_run=dry_run)
+        """See :func:`amic.targets.local.prune.prune`."""
+        from amic.targets.local import prune
+
+        return list(prune.prune(self.store, keep=keep, everything=everything,
+                                dry_run=dry_run).removed)
 
     def export(self, image: Image, out: Path) -> None:
         booting.export(self.store, image, out)
 
-    def shell(self, what: str, command: str | None = None) -> int:
-        return booting.shell(self.store, what, command)
+    def shell(self, what: str, command: str | None = None, project=None) -> int:
+        return booting.shell(self.store, what, command, project)
 
     def run_image(self, image: Image, services=(), *, interactive: bool = False,
                   keep: bool = False, timeout: float = 600.0, on_output=None,

@@ -15,7 +15,6 @@ power-off through QMP, then a kill if the guest does not stop in time.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from amic.errors import BuildError
+
+KVM_SILENCE = 60.0
+"""Seconds of an empty console under KVM after which the guest is taken as not booting:
+SeaBIOS and GRUB write to the serial port within a second or two where KVM works."""
+
+
+class VmBootError(BuildError):
+    """The VM did not get to the boot hook's report (not a failed build: nothing was built)."""
+
+    def render(self, command: str = "run") -> str:
+        return f"amic: {command} failed: the VM did not boot: {self}"
 
 BOOT_DONE = re.compile(r"amic: boot: (ok|failed)\s*$")
 """The boot hook's last line on the console (``runtime/amic``: ``do_boot``)."""
@@ -77,7 +87,9 @@ class QemuVm:
     def __init__(self, disk: Path, workdir: Path, *, uefi: bool = False,
                  services: Sequence[str] = (), restrict: bool = True, memory: int = 1024,
                  cpus: int | None = None, kvm: bool | None = None,
-                 snapshot: bool = False) -> None:
+                 snapshot: bool = False, forwards: Sequence[tuple[int, int]] = (),
+                 shares: Sequence[tuple[str, Path]] = (),
+                 credentials: Sequence[tuple[str, str]] = ()) -> None:
         self.disk, self.workdir, self.uefi = disk, workdir, uefi
         self.services, self.restrict = list(services), restrict
         self.kvm = kvm_usable() if kvm is None else kvm
@@ -87,6 +99,9 @@ class QemuVm:
         self.memory, self.snapshot = memory, snapshot
         self.cpus = cpus or (2 if self.kvm else 1)
         self.ssh_port = free_port()
+        self.forwards, self.credentials = list(forwards), list(credentials)
+        self.shares = list(shares)
+        """(virtiofs tag, virtiofsd's vhost-user socket) per shared folder."""
         self.qmp_path = workdir / "qmp.sock"
         self.proc: subprocess.Popen | None = None
         self.console: list[str] = []
@@ -94,10 +109,13 @@ class QemuVm:
         self.started = 0.0
         self.boot_seconds: float | None = None
         self.changed = threading.Condition()
+        self.reader_done = False
 
     def argv(self) -> list[str]:
         fmt = "qcow2" if self.disk.suffix == ".qcow2" else "raw"
         net = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+        for host, guest in self.forwards:       # loopback only, as the SSH port
+            net += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
         if self.restrict:
             net += ",restrict=on"
         argv = ["qemu-system-x86_64", *accel_args(self.kvm), "-m", str(self.memory),
@@ -114,9 +132,17 @@ class QemuVm:
                 shutil.copyfile(vars_, local_vars)
             argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
                      "-drive", f"if=pflash,format=raw,file={local_vars}"]
+        if self.shares:     # vhost-user needs the guest's RAM shared with virtiofsd
+            argv += ["-object", f"memory-backend-memfd,id=mem,size={self.memory}M,share=on",
+                     "-numa", "node,memdev=mem"]
+            for n, (tag, sock) in enumerate(self.shares):
+                argv += ["-chardev", f"socket,id=fs{n},path={sock}",
+                         "-device", f"vhost-user-fs-pci,chardev=fs{n},tag={tag}"]
+        credentials = list(self.credentials)
         if self.services:
-            argv += ["-smbios",
-                     f"type=11,value=io.systemd.credential:amic.services={' '.join(self.services)}"]
+            credentials.insert(0, ("amic.services", " ".join(self.services)))
+        for name, value in credentials:
+            argv += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
         return argv
 
     def start(self, on_output: Callable[[str], None] | None = None, *,
@@ -159,6 +185,7 @@ class QemuVm:
             buf = b""
             self.note(line, on_output)
         with self.changed:
+            self.reader_done = True
             self.changed.notify_all()
 
     def note(self, line: str, on_output) -> None:
@@ -178,25 +205,35 @@ class QemuVm:
         with self.changed:
             while self.boot_result is None:
                 if self.proc is None or self.proc.poll() is not None:
-                    raise BuildError("QEMU stopped before the boot hook reported:\n"
-                                     + "\n".join(self.console[-25:]))
+                    settle = time.monotonic() + 3       # the reader's last lines: QEMU's error
+                    while not self.reader_done and time.monotonic() < settle:
+                        self.changed.wait(0.2)
+                    if self.boot_result is not None:
+                        break
+                    raise self.boot_error("QEMU stopped before the boot hook reported")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise BuildError(f"the boot hook did not report within {timeout:.0f}s:\n"
-                                     + "\n".join(self.console[-25:]))
+                    raise self.boot_error(f"the boot hook did not report within {timeout:.0f}s")
+                if (self.kvm and not any(self.console)
+                        and time.monotonic() - self.started > KVM_SILENCE):
+                    raise self.boot_error(f"nothing on the serial console for {KVM_SILENCE:.0f}s "
+                                          "under KVM")
                 self.changed.wait(min(left, 1.0))
             return self.boot_result
 
+    def boot_error(self, what: str) -> VmBootError:
+        """``what`` happened, with the console's tail and, under KVM, the hint to use TCG."""
+        tail = [line for line in self.console if line.strip()][-25:]
+        text = what + (":\n" + "\n".join(tail) if tail else " (the console stayed empty)")
+        if self.kvm:
+            text += ("\nhint: this host's KVM may not run a stock kernel (a PVM-only kvm, or "
+                     "nested virtualisation off); boot with emulation: AMIC_QEMU_ACCEL=tcg")
+        return VmBootError(text)
+
     def qmp(self, command: str) -> None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(self.qmp_path))
-            f = s.makefile("rw")
-            f.readline()
-            for cmd in ("qmp_capabilities", command):
-                f.write(json.dumps({"execute": cmd}) + "\n")
-                f.flush()
-                f.readline()
+        from amic.targets.local import qmp
+
+        qmp.execute(self.qmp_path, command)
 
     def stop(self, timeout: float = 60) -> int | None:
         """ACPI power-off, then SIGKILL after ``timeout``; return QEMU's exit status."""
@@ -206,7 +243,7 @@ class QemuVm:
             try:
                 self.qmp("system_powerdown")
                 self.proc.wait(timeout=timeout)
-            except (OSError, subprocess.TimeoutExpired):
+            except (OSError, BuildError, subprocess.TimeoutExpired):
                 self.kill()
             except BaseException:       # a second Ctrl-C: do not wait for the guest
                 self.kill()
@@ -235,6 +272,8 @@ def ssh_run(port: int, key: Path, command: str, *, timeout: float = 120) -> tupl
                            timeout=15, banner_timeout=30, auth_timeout=30,
                            allow_agent=False, look_for_keys=False)
             break
+        except paramiko.AuthenticationException:
+            raise           # sshd answered and refused the key: waiting would not change that
         except (OSError, paramiko.SSHException):
             if time.monotonic() > deadline:
                 raise
@@ -279,52 +318,89 @@ def cached_disk(target, image, *, log=None) -> Path:
 
 def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False,
               uefi: bool = False, restrict: bool = True, timeout: float = 900,
-              on_output=None, log=print) -> tuple[int, str]:
+              on_output=None, log=print, disk: Path | None = None) -> tuple[int, str]:
     """``amic run --vm``: boot ``image`` on a throwaway qcow2 overlay; return (exit, status).
 
     Waits for the boot hook, runs ``amic status`` over SSH, then powers off, unless
     ``keep``: then QEMU keeps running detached and how to reach and stop it is logged.
-    Ctrl-C (or any error) powers the VM off and removes the overlay.
+    Ctrl-C (or any error) powers the VM off and removes the overlay. ``disk``: an exported
+    qcow2 to boot instead of ``image`` (None then), under an overlay that leaves it as it
+    was; its ``amic status`` is read when the disk authorises amic's key.
     """
     import contextlib
     import tempfile
 
-    base = cached_disk(target, image, log=log)
+    base = disk.resolve() if disk is not None else cached_disk(target, image, log=log)
     key = vm_key(target.store)
+    label = disk.name if disk is not None else image.id[:12]
     with contextlib.ExitStack() as stack:
         if keep:     # outlives amic on purpose: not in tmp/, where prune would take it
             runs = target.store.root / "vm" / "runs"
             runs.mkdir(parents=True, exist_ok=True)
-            workdir = Path(tempfile.mkdtemp(prefix=f"{image.id[:12]}-", dir=runs))
+            workdir = Path(tempfile.mkdtemp(prefix=f"{label[:12]}-", dir=runs))
         else:        # a kill -9 leaves it where prune finds it
             workdir = stack.enter_context(target.store.scratch("vm-run-"))
-        return boot_vm(base, key, workdir, image, services=services, keep=keep, uefi=uefi,
+        return boot_vm(base, key, workdir, label, services=services, keep=keep, uefi=uefi,
                        restrict=restrict, timeout=timeout, on_output=on_output, log=log)
 
 
-def boot_vm(base: Path, key: Path, workdir: Path, image, *, services: Sequence[str],
+def overlay_of(base: Path, overlay: Path) -> None:
+    """A qcow2 ``overlay`` whose reads fall through to ``base`` (never written)."""
+    fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base),
+                    str(overlay)], check=True)
+
+
+def powering_off(vm: QemuVm, log, timeout: float = 60) -> None:
+    """Ctrl-C while a VM runs: say so, power it off (ACPI); a second Ctrl-C kills it."""
+    log("interrupted: powering the VM off (ACPI; press Ctrl-C again to force it off)")
+    try:
+        vm.stop(timeout)
+    except KeyboardInterrupt:
+        log("forced off")
+        raise
+
+
+def boot_vm(base: Path, key: Path, workdir: Path, label: str, *, services: Sequence[str],
             keep: bool, uefi: bool, restrict: bool, timeout: float, on_output,
             log) -> tuple[int, str]:
     """The body of :func:`run_image`: the overlay of ``base`` in ``workdir``, booted."""
     overlay = workdir / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
-                    str(overlay)], check=True)
+    overlay_of(base, overlay)
     vm = QemuVm(overlay, workdir, uefi=uefi, services=services, restrict=restrict)
-    kept = False
+    kept = stopped = False
     try:
-        log(f"booting {image.id[:12]} under QEMU ({'KVM' if vm.kvm else 'TCG emulation'}, "
+        log(f"booting {label} under QEMU ({'KVM' if vm.kvm else 'TCG emulation'}, "
             f"{'UEFI' if uefi else 'BIOS'}); ssh -i {key} -p {vm.ssh_port} root@127.0.0.1")
         vm.start(on_output, detach=keep)
-        result = vm.wait_boot(timeout)
+        try:
+            result = vm.wait_boot(timeout)
+        except VmBootError:
+            vm.kill()           # it never got to the boot hook: no ACPI handler to wait for
+            stopped = True
+            raise
+        except KeyboardInterrupt:
+            stopped = True
+            powering_off(vm, log)
+            raise
         log(f"boot hook {result} after {vm.boot_seconds:.1f}s")
-        rc, status = ssh_run(vm.ssh_port, key, "/var/lib/amic/stage2/amic status")
+        try:
+            rc, status = ssh_run(vm.ssh_port, key, "/var/lib/amic/stage2/amic status")
+        except Exception as exc:    # paramiko's errors: a disk that does not authorise our key
+            rc, status = 1, f"amic status not read: could not log in over SSH ({exc})\n"
         if keep:
             kept = True
             log(f"left running (pid {vm.proc.pid}): ssh -i {key} -o StrictHostKeyChecking=no "
                 f"-p {vm.ssh_port} root@127.0.0.1; stop it with `kill {vm.proc.pid}` and "
-                f"remove {workdir}")
+                f"remove {workdir} (a VM to live in, stopped cleanly: `amic up`, `amic stop`)")
         return (0 if rc == 0 and result == "ok" else 1), status
+    except KeyboardInterrupt:
+        if not stopped:
+            stopped = True
+            powering_off(vm, log)
+        raise
     finally:
         if not kept:
-            vm.stop()
+            if not stopped:
+                vm.stop()
             shutil.rmtree(workdir, ignore_errors=True)

@@ -35,7 +35,41 @@ ExecStart=/bin/sh /usr/lib/amic-vm/growroot
 [Install]
 WantedBy=multi-user.target
 EOF
-systemctl enable systemd-networkd.service amic-growroot.service
+# amic up --mount: the folders shared over virtiofs, as the SMBIOS credential amic.mounts
+# ("TAG=/guest/dir ..."), mounted before the boot hook so the services it starts see them.
+cat > /usr/lib/amic-vm/mounts <<'EOF'
+m=
+if [ -f /run/credentials/@system/amic.mounts ]; then
+    m=$(cat /run/credentials/@system/amic.mounts)
+else
+    for f in /sys/firmware/dmi/entries/11-*/raw; do
+        [ -f "$f" ] || continue
+        m="$m $(tr '\000' '\n' <"$f" | sed -n 's/^.*io\.systemd\.credential:amic\.mounts=//p')"
+    done
+fi
+rc=0
+for pair in $m; do
+    tag=${pair%%=*}
+    dir=${pair#*=}
+    mkdir -p "$dir" && mount -t virtiofs "$tag" "$dir" || rc=1
+done
+exit "$rc"
+EOF
+cat > /etc/systemd/system/amic-mounts.service <<'EOF'
+[Unit]
+Description=amic: mount the folders shared by amic up
+After=systemd-remount-fs.service local-fs.target
+Before=amic.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh /usr/lib/amic-vm/mounts
+
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl enable systemd-networkd.service amic-growroot.service amic-mounts.service
 cat > /usr/lib/amic-vm/early.cfg <<'EOF'
 search --no-floppy --label amic-root --set=root
 set prefix=($root)/boot/grub

@@ -1,0 +1,131 @@
+"""An AMI from a raw disk with no instance: upload (``ebs_upload``), then RegisterImage.
+
+:func:`publish` finds the project's previous uploaded snapshot whose block manifest is
+kept here (the parent: only changed blocks go), uploads, and registers the completed
+snapshot as an HVM image: architecture, ENA, boot mode (``uefi-preferred``: the disk
+boots by BIOS and UEFI), root device ``/dev/xvda``, ``ImdsSupport v2.0`` (the boot units
+speak IMDSv2 only), tagged at creation with the same identity tags an SSH-baked AMI has
+(``engine.tags.final_tags``), so cache look-ups, ``ami ls``, prune and ``launch`` treat
+both alike. Once registered, the snapshot loses its temporary tags (``amic:role=upload``,
+owner, expiry, heartbeat) and gets ``amic:image-id`` like any AMI's snapshot (``amic gc``
+removes it with its AMI); until then it is a temporary resource of the build, deleted on
+any failure or Ctrl-C, found by ``amic gc`` after a kill.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+
+from amic.contract import TAG_PROJECT
+from amic.errors import BuildError
+from amic.targets.ec2 import block_manifest as bm
+from amic.targets.ec2 import ebs_upload as up
+from amic.targets.ec2 import owner, resources
+from amic.targets.ec2 import session as aws
+from amic.targets.ec2.images import TAG_IMAGE_ID
+
+ROOT_DEVICE = "/dev/xvda"
+BOOT_MODE = "uefi-preferred"
+ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+"""``uname -m`` or Debian's name -> EC2's ``Architecture``."""
+UPLOAD_TTL = dt.timedelta(hours=6)
+TEMPORARY_TAGS = (aws.TAG_ROLE, aws.TAG_EXPIRES, owner.TAG_OWNER, resources.TAG_HEARTBEAT,
+                  resources.TAG_HEARTBEAT_EVERY)
+"""What a snapshot carries only while it is being uploaded."""
+
+Log = Callable[[str], None]
+
+
+@attrs.frozen
+class Published:
+    image_id: str
+    upload: up.Uploaded
+
+
+def ec2_arch(arch: str) -> str:
+    try:
+        return ARCHES[arch]
+    except KeyError:
+        raise BuildError(f"EC2 has no architecture {arch!r} (x86_64 or arm64)") from None
+
+
+def previous(ec2, project: str | None, volume_gib: int) -> bm.Manifest | None:
+    """The newest completed snapshot of ``project`` registered as an AMI whose manifest is
+    kept here and which fits the new disk: the parent of the next upload."""
+    if not project:
+        return None
+    found = []
+    for page in ec2.get_paginator("describe_snapshots").paginate(
+            OwnerIds=["self"], Filters=[{"Name": f"tag:{TAG_PROJECT}", "Values": [project]},
+                                        {"Name": "tag-key", "Values": [TAG_IMAGE_ID]},
+                                        {"Name": "status", "Values": ["completed"]}]):
+        found += page["Snapshots"]
+    for snap in sorted(found, key=lambda s: s["StartTime"], reverse=True):
+        manifest = bm.load(snap["SnapshotId"])
+        if manifest is not None and manifest.volume_gib <= max(volume_gib, 1):
+            return manifest
+    return None
+
+
+def upload_tags(tags: Mapping[str, str], build_id: str) -> dict[str, str]:
+    """The image's tags plus what makes the snapshot a temporary resource of the build."""
+    return {**tags, **aws.resource_tags(build_id, ttl=UPLOAD_TTL, role=up.ROLE_UPLOAD),
+            "Name": tags.get("Name") or f"amic-upload-{build_id}"}
+
+
+def register(ec2, snapshot_id: str, *, name: str, description: str, arch: str,
+             volume_gib: int, tags: Mapping[str, str]) -> str:
+    kept, _ = aws.fit_tags(tags, keep_prefixes=("amic:",))
+    return aws.call(f"registering an image of {snapshot_id}", ec2.register_image,
+                    Name=name, Description=description, Architecture=ec2_arch(arch),
+                    RootDeviceName=ROOT_DEVICE, VirtualizationType="hvm", EnaSupport=True,
+                    BootMode=BOOT_MODE, ImdsSupport="v2.0",
+                    BlockDeviceMappings=[{"DeviceName": ROOT_DEVICE, "Ebs": {
+                        "SnapshotId": snapshot_id, "VolumeSize": volume_gib,
+                        "VolumeType": "gp3", "DeleteOnTermination": True}}],
+                    TagSpecifications=aws.tag_specs(kept, "image"))["ImageId"]
+
+
+def adopt(ec2, snapshot_id: str, image_id: str, tags: Mapping[str, str]) -> None:
+    """The registered image's snapshot: its tags as any AMI's snapshot, no temporary ones."""
+    aws.call("untagging the uploaded snapshot", ec2.delete_tags, Resources=[snapshot_id],
+             Tags=[{"Key": k} for k in TEMPORARY_TAGS])
+    kept, _ = aws.fit_tags({**tags, TAG_IMAGE_ID: image_id}, keep_prefixes=("amic:",))
+    aws.call("tagging the uploaded snapshot", ec2.create_tags, Resources=[snapshot_id],
+             Tags=aws.tag_list(kept))
+
+
+def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
+            tags: Mapping[str, str], build_id: str, incremental: bool = True,
+            workers: int = up.WORKERS, progress: up.Progress | None = None,
+            log: Log | None = None, on_started: Callable[[str], None] | None = None) -> Published:
+    """Upload ``disk`` and register it as the AMI ``name`` tagged ``tags``."""
+    ec2_arch(arch)
+    gib = bm.volume_gib(disk.stat().st_size)
+    parent = previous(ec2, tags.get(TAG_PROJECT), gib) if incremental else None
+    if log is not None:
+        log(f"uploading {disk.name} ({gib} GiB volume)"
+            + (f" over {parent.snapshot_id}" if parent else ""))
+    done = up.upload(ebs, ec2, disk, tags=upload_tags(tags, build_id), description=description,
+                     parent=parent, workers=workers, progress=progress, log=log,
+                     on_started=on_started)
+    image_id = None
+    try:
+        image_id = register(ec2, done.snapshot_id, name=name, description=description,
+                            arch=arch, volume_gib=done.manifest.volume_gib, tags=tags)
+        adopt(ec2, done.snapshot_id, image_id, tags)
+    except BaseException:
+        if image_id is not None:
+            resources.cleanup_quietly(log or (lambda _: None), "image", image_id,
+                                      lambda i: ec2.deregister_image(ImageId=i), image_id)
+        up.delete_quietly(ec2, done.snapshot_id, log)
+        bm.forget(done.snapshot_id)
+        raise
+    if log is not None:
+        log(f"registered {image_id}: {done.blocks_sent} of {done.blocks_total} blocks sent "
+            f"in {done.seconds:.1f}s")
+    return Published(image_id, done)

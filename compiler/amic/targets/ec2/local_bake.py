@@ -1,0 +1,102 @@
+"""``amic build --target ec2 --bake local``: layers built and cached on this machine, the final
+image uploaded as an EBS snapshot (EBS direct APIs) and registered: no instance, key pair,
+security group or SSH.
+
+The local target does the layers (its store, its layer cache, its leases); the final
+image's look-up and its making are EC2's: an AMI with the final key, made either way,
+answers the build (so an SSH-baked AMI and a locally baked one are one cache entry), and
+a new final image is the local image plus the VM layer (``local.disk``), written as a raw
+disk over the project's previous one (``disk_reuse``), uploaded and registered
+(``ebs_image``) with the names and tags the SSH path gives (``naming.new_image``).
+
+What cannot work this way is refused before anything runs, pointing at the SSH path
+(``--bake instance``): a ``FROM`` the local target cannot bootstrap (an AMI id or
+filter), an ``--arch`` other than this machine's.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+
+from amic.contract import TAG_BUILD, TAG_NAME, TAG_PROJECT
+from amic.errors import UsageError
+from amic.targets.base import Image
+from amic.targets.ec2 import disk_reuse, ebs_image, ebs_upload, naming
+from amic.targets.ec2 import images as amis
+from amic.targets.local import disk
+from amic.targets.local.target import LocalTarget
+
+SSH_PATH = "build it on an instance instead (--bake instance, the default)"
+
+
+def host_arch() -> str:
+    """This machine's architecture as EC2 names it (x86_64, arm64)."""
+    try:
+        return ebs_image.ec2_arch(platform.machine())
+    except Exception:
+        raise UsageError(f"--bake local: EC2 has no image for this machine's architecture "
+                         f"{platform.machine()!r}; {SSH_PATH}") from None
+
+
+class LocalBake(LocalTarget):
+    name = "ec2"
+    fast_rebuild = False
+
+    def __init__(self, ec2_target) -> None:
+        super().__init__()
+        self.ec2t = ec2_target
+        self.arch = host_arch()
+        wanted = ec2_target.opts.arch
+        if wanted and wanted != self.arch:
+            raise UsageError(f"--bake local builds on this machine ({self.arch}) and cannot "
+                             f"make an {wanted} image; {SSH_PATH}")
+        self.final_key: str | None = None
+        self.log = ec2_target.log
+
+    def resolve_base(self, base_ref: str | None) -> Image:
+        try:
+            return super().resolve_base(base_ref)
+        except UsageError as exc:
+            raise UsageError(f"--bake local: {exc}; {SSH_PATH}") from None
+
+    def peek_base(self, base_ref: str | None) -> Image | None:
+        try:
+            return super().peek_base(base_ref)
+        except UsageError as exc:
+            raise UsageError(f"--bake local: {exc}; {SSH_PATH}") from None
+
+    def check_final(self, key: str, tags: Mapping[str, str]) -> None:
+        self.final_key = key
+        self.ec2t.check_final(key, tags)
+
+    def find_image(self, key: str) -> Image | None:
+        if key == self.final_key:        # the AMI, however it was baked
+            return amis.find_image(self.ec2t.ec2, key)
+        return super().find_image(key)
+
+    def snapshot(self, machine, *, key: str, final: bool, tags: Mapping[str, str]) -> Image:
+        image = super().snapshot(machine, key=key, final=final, tags=tags)
+        return self.publish(image, key, tags) if final else image
+
+    def publish(self, image: Image, key: str, tags: Mapping[str, str]) -> Image:
+        """The local final image as a registered AMI (its id is the build's result)."""
+        opts, ec2 = self.ec2t.opts, self.ec2t.ec2
+        build_id = tags.get(TAG_BUILD) or "local"
+        new = naming.new_image(opts, key=key, final=True, tags=tags, build_id=build_id,
+                               user="root", log=self.log)
+        if opts.force_deregister:
+            amis.deregister_named(ec2, new.name, self.log)
+        project = tags.get(TAG_PROJECT) or tags.get(TAG_NAME) or key
+        with self.store.scratch("ec2-disk-") as scratch, \
+                disk.vm_layer_in_use(self, image, log=self.log) as vm_image:
+            raw = scratch / "disk.raw"
+            _, reused = disk_reuse.make_disk(self, vm_image, project, raw, log=self.log)
+            if reused:
+                self.log("disk: the previous disk of this project, changed in place")
+            done = ebs_image.publish(
+                ebs_upload.ebs_client(opts.aws), ec2, raw, name=new.name,
+                description=new.description, arch=self.arch, tags=new.tags, build_id=build_id,
+                progress=lambda p: self.log(p.line()), log=self.log)
+        found = amis.image_by_id(ec2, done.image_id)
+        return found or Image(id=done.image_id, key=key, tags=dict(new.tags))

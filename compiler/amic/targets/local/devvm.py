@@ -1,0 +1,278 @@
+"""``amic up``, ``stop``, ``rm``, ``logs``, ``ssh``: a named, per-project dev VM that stays up.
+
+``up`` boots the image's cached disk (:func:`amic.targets.local.vm.cached_disk`) under a
+qcow2 overlay of the VM's own, in the background (QEMU in a session of its own, the
+console into ``console.log``), and returns once the boot hook reported. A stopped VM
+booted again keeps its overlay: what was installed or written inside is still there
+(``amic rm`` starts afresh). The registry is :mod:`amic.targets.local.machines`.
+
+Port forwards are QEMU user networking ``hostfwd`` rules bound to 127.0.0.1, with
+``restrict=on`` kept: the guest reaches nothing outside. Shared folders are virtiofs
+(``virtiofsd``, one per folder, and a vhost-user-fs device): the VM layer's kernel
+(Debian's cloud kernel) has virtiofs but not 9p, and virtiofs gives the guest the host's
+permission semantics with no per-file metadata of its own (9p's ``mapped-xattr`` would
+store the guest's owners in xattrs). The guest mounts them before the boot hook
+(``amic-mounts.service`` in ``scripts/vm-layer.sh``), from the SMBIOS credential
+``amic.mounts``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+from amic.errors import BuildError, UsageError
+from amic.targets.local import machines
+from amic.targets.local.machines import VmRecord
+
+GUEST_PATH = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
+VIRTIOFSD = ("virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
+
+
+def parse_forward(text: str) -> tuple[int, int]:
+    """``HOST:GUEST`` (or ``PORT`` for both) as two TCP ports."""
+    parts = text.split(":")
+    try:
+        ports = [int(p) for p in parts]
+    except ValueError:
+        ports = []
+    if len(ports) not in (1, 2) or not all(0 < p < 65536 for p in ports):
+        raise UsageError(f"-p {text!r}: expected HOST:GUEST, two TCP ports (e.g. 8080:80)")
+    return ports[0], ports[-1]
+
+
+def parse_mount(text: str) -> tuple[Path, str]:
+    """``DIR[:GUEST]``: an existing host directory and an absolute guest path (default
+    ``/mnt/<DIR's name>``)."""
+    host, _, guest = text.partition(":")
+    path = Path(host).expanduser().resolve()
+    if not path.is_dir():
+        raise UsageError(f"--mount {text!r}: {host} is not a directory")
+    guest = guest or f"/mnt/{path.name or 'host'}"
+    if not GUEST_PATH.match(guest) or ".." in guest.split("/"):
+        raise UsageError(f"--mount {text!r}: the guest path must be absolute, of letters, "
+                         "digits and . _ + - (no spaces)")
+    return path, guest
+
+
+def check_forwards(forwards: Sequence[tuple[int, int]]) -> None:
+    """Each host port once, and free on 127.0.0.1 now (QEMU's own error would be vaguer)."""
+    hosts = [h for h, _ in forwards]
+    for port in set(hosts):
+        if hosts.count(port) > 1:
+            raise UsageError(f"-p: host port {port} given twice")
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise UsageError(f"-p: host port {port} on 127.0.0.1 is taken ({exc.strerror})")
+
+
+def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]] = (),
+       mounts: Sequence[tuple[Path, str]] = (), memory: int = 1024, cpus: int | None = None,
+       services: Sequence[str] = (), timeout: float = 900, log=print,
+       on_output=None) -> tuple[VmRecord, float]:
+    """Boot VM ``name`` of ``project`` from ``image`` (or its existing overlay, when it was
+    stopped); return its record and power-on → boot hook seconds once the hook reported.
+    Ctrl-C powers the VM off (a second one kills it); a VM that does not boot is killed
+    and stays registered as exited (``amic logs``/``amic rm``)."""
+    from amic.targets.local import vm as qemu
+
+    store = target.store
+    check_forwards(forwards)
+    with machines.locked(store, name) as vdir:
+        old = machines.load(store, name)
+        if old is not None and machines.running(store, old):
+            raise UsageError(f"VM {name!r} is already running (amic ssh {name}; amic stop {name})")
+        if old is not None and old.project_id != project.id:
+            raise UsageError(f"VM {name!r} belongs to project {old.project or old.project_id}: "
+                             f"choose another --name, or `amic rm {name}` first")
+        overlay = vdir / "disk.qcow2"
+        if old is not None and overlay.exists() and Path(old.base).exists():
+            base, image_id = Path(old.base), old.image
+            log(f"starting {name} again on its own disk (image {image_id[:12]}; "
+                f"`amic rm {name}` to start from a newer image)")
+        else:
+            base, image_id = qemu.cached_disk(target, image, log=log), image.id
+            vdir.mkdir(parents=True, exist_ok=True)
+            overlay.unlink(missing_ok=True)
+            qemu.overlay_of(base, overlay)
+        (vdir / "qmp.sock").unlink(missing_ok=True)
+        key = qemu.vm_key(store)
+        helpers, shares = start_virtiofsd(vdir, [host for host, _ in mounts])
+        tags = " ".join(f"{tag}={guest}" for (tag, _), (_, guest) in zip(shares, mounts))
+        vm = qemu.QemuVm(overlay, vdir, memory=memory, cpus=cpus, services=services,
+                         forwards=forwards, shares=shares,
+                         credentials=[("amic.mounts", tags)] if tags else [])
+        record = VmRecord(name=name, project=project.name, project_id=project.id,
+                          image=image_id, base=str(base), ssh_port=vm.ssh_port, key=str(key),
+                          forwards=tuple(forwards),
+                          mounts=tuple((str(h), g) for h, g in mounts), memory=memory,
+                          cpus=vm.cpus, accel="kvm" if vm.kvm else "tcg",
+                          helpers=tuple(helpers))
+        machines.save(store, record)
+        say = stage_logger(store, name, log)
+        say(f"booting {name} ({image_id[:12]}) under QEMU "
+            f"({'KVM' if vm.kvm else 'TCG emulation'}, {memory} MiB, {vm.cpus} vCPU)")
+        try:
+            vm.start(on_output, detach=True)
+            record = attrs.evolve(record, pid=vm.proc.pid, started=time.time())
+            machines.save(store, record)
+            result = vm.wait_boot(timeout)
+        except qemu.VmBootError as exc:
+            vm.kill()
+            end_helpers(store, record)
+            machines.append_log(store, name, f"did not boot: {exc}")
+            raise qemu.VmBootError(f"{exc}\n(amic logs {name}: the whole console; "
+                                   f"amic rm {name} removes it)") from None
+        except KeyboardInterrupt:
+            machines.append_log(store, name, "interrupted: powering off")
+            qemu.powering_off(vm, log)
+            end_helpers(store, record)
+            raise
+        except BaseException:
+            vm.kill()
+            end_helpers(store, record)
+            raise
+        record = attrs.evolve(record, booted=time.time(), boot_result=result)
+        machines.save(store, record)
+        say(f"boot hook {result} after {vm.boot_seconds:.1f}s")
+        return record, vm.boot_seconds
+
+
+def stage_logger(store, name: str, log):
+    def say(line: str) -> None:
+        machines.append_log(store, name, line)
+        log(line)
+    return say
+
+
+def start_virtiofsd(vdir: Path, folders: Sequence[Path]) -> tuple[list[int], list[tuple[str, Path]]]:
+    """A virtiofsd per folder, serving it on ``vdir/fsN.sock``; (pids, (tag, socket))."""
+    if not folders:
+        return [], []
+    exe = next((p for p in map(shutil.which, VIRTIOFSD) if p), None)
+    if exe is None:
+        raise BuildError("--mount needs virtiofsd (apt-get install qemu-system-common, or the "
+                         "virtiofsd package)")
+    pids, shares = [], []
+    for n, folder in enumerate(folders):
+        sock = vdir / f"fs{n}.sock"
+        sock.unlink(missing_ok=True)
+        with open(vdir / f"virtiofsd{n}.log", "wb") as out:
+            proc = subprocess.Popen([exe, f"--socket-path={sock}", "-o", f"source={folder}",
+                                     "-o", "cache=auto"], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        pids.append(proc.pid)
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                text = (vdir / f"virtiofsd{n}.log").read_text(errors="replace")[-2000:]
+                raise BuildError(f"virtiofsd for {folder} did not start:\n{text}")
+            time.sleep(0.05)
+        shares.append((f"amic{n}", sock))
+    return pids, shares
+
+
+def end_helpers(store, record: VmRecord) -> None:
+    """virtiofsd ends when QEMU does; a helper left over (QEMU killed early) is ended here
+    (only a process that is still the VM's: its command line names the VM's directory)."""
+    for pid in record.helpers:
+        if machines.pid_of(store, record.name, pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def find(store, name: str) -> VmRecord:
+    record = machines.load(store, name)
+    if record is None:
+        known = ", ".join(machines.names(store)) or "none"
+        raise UsageError(f"no VM named {name!r} (VMs: {known}; `amic ps` lists them)")
+    return record
+
+
+def stop(store, name: str, *, timeout: float = 60, log=print) -> str:
+    """ACPI power-off through QMP; SIGKILL when the guest is not off after ``timeout``.
+    Returns what happened (``powered off``, ``forced off``, ``was not running``)."""
+    from amic.targets.local import qmp
+
+    with machines.locked(store, name):
+        record = find(store, name)
+        if not machines.running(store, record):
+            end_helpers(store, record)
+            return "was not running"
+        machines.append_log(store, name, "stop: ACPI power-off (system_powerdown)")
+        log(f"powering {name} off (ACPI; forced after {timeout:.0f}s)")
+        try:
+            qmp.execute(machines.vm_dir(store, name) / "qmp.sock", "system_powerdown")
+        except (OSError, BuildError) as exc:
+            log(f"QMP did not answer ({exc}): forcing it off")
+        else:
+            if wait_gone(store, record, timeout):
+                end_helpers(store, record)
+                machines.append_log(store, name, "stop: powered off")
+                return "powered off"
+        try:
+            os.killpg(record.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_gone(store, record, 10)
+        end_helpers(store, record)
+        machines.append_log(store, name, f"stop: forced off after {timeout:.0f}s")
+        return "forced off"
+
+
+def wait_gone(store, record: VmRecord, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while machines.running(store, record):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def remove(store, name: str, *, force: bool = False, log=print) -> None:
+    """Remove a stopped VM's directory (its overlay and logs); ``force``: stop it first."""
+    record = find(store, name)
+    if machines.running(store, record):
+        if not force:
+            raise UsageError(f"VM {name!r} is running: `amic stop {name}` first (or rm --force)")
+        stop(store, name, timeout=0.1, log=log)
+    with machines.locked(store, name) as vdir:
+        shutil.rmtree(vdir)
+
+
+def ssh_argv(record: VmRecord, command: Sequence[str] = ()) -> list[str]:
+    """The ``ssh`` command line into the VM as root (host key not kept: every VM makes its own
+    at first boot, on a port another VM may have had)."""
+    return ["ssh", "-i", record.key, "-p", str(record.ssh_port), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "root@127.0.0.1", *command]
+
+
+def follow(path: Path, alive, *, poll: float = 0.3) -> Iterator[str]:
+    """The text appended to ``path`` while ``alive()``; then the rest, and the end."""
+    with open(path, errors="replace") as fh:
+        while True:
+            chunk = fh.read()
+            if chunk:
+                yield chunk
+            elif not alive():
+                rest = fh.read()
+                if rest:
+                    yield rest
+                return
+            else:
+                time.sleep(poll)

@@ -1,0 +1,56 @@
+"""The EBS direct API stand-in's data: snapshots, errors as the API names them, rate buckets.
+
+Part of the fake EC2 ``tests/harness/ec2/`` (``ebs.py`` serves the calls)."""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+BLOCK_SIZE = 524288
+BLOCKS_PER_GIB = 1024 ** 3 // BLOCK_SIZE
+
+
+class EbsError(Exception):
+    def __init__(self, kind: str, status: int, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.status, self.message, self.reason = kind, status, message, reason
+
+
+def invalid(message: str, reason: str = "INVALID_PARAMETER_VALUE") -> EbsError:
+    return EbsError("ValidationException", 400, message, reason)
+
+
+def not_found(snap: str) -> EbsError:
+    return EbsError("ResourceNotFoundException", 404, f"The snapshot '{snap}' does not exist.",
+                    "SNAPSHOT_NOT_FOUND")
+
+
+@attrs.define
+class Snap:
+    id: str
+    volume_size: int
+    parent: str | None
+    tags: list[dict]
+    description: str
+    start: float
+    deadline: float
+    status: str = "pending"
+    blocks: dict[int, str] = attrs.Factory(dict)
+    """Index -> SHA-256 hex of the blocks written to this snapshot (not its parents')."""
+
+
+class Bucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

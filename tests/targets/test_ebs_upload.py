@@ -1,0 +1,223 @@
+"""The EBS direct API uploader (``amic.targets.ec2.ebs_upload``, ``ebs_image``) against the
+strict EBS stand-in (``tests/harness/ec2/ebs.py``): what it sends, what it skips, what it
+leaves behind when it fails, is interrupted or killed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import boto3
+import botocore.config
+import pytest
+from amic.errors import BuildError
+from amic.targets.ec2 import block_manifest as bm
+from amic.targets.ec2 import ebs_image, ebs_upload
+
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import REGION, fake_ec2
+
+pytestmark = pytest.mark.slow
+B = bm.BLOCK_SIZE
+TAGS = {"amic:tool": "amic/test", "amic:key": "k" * 64, "amic:kind": "final",
+        "amic:project": "p-test", "amic:name": "demo", "amic:build-id": "b-1"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with fake_ec2(tmp_path_factory.mktemp("ec2")) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server, tmp_path, monkeypatch):
+    server.reset()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return server
+
+
+def ebs(fake):
+    return boto3.client("ebs", region_name=REGION, aws_access_key_id="testing",
+                        aws_secret_access_key="testing", endpoint_url=fake.ebs.url,
+                        config=botocore.config.Config(retries={"total_max_attempts": 1,
+                                                               "mode": "standard"},
+                                                      max_pool_connections=16))
+
+
+def disk(path: Path, blocks: dict[int, bytes], size: int = 64 * 1024 * 1024) -> Path:
+    """A sparse raw disk with ``blocks`` written (each filled with its byte pattern)."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for index, fill in blocks.items():
+            fh.seek(index * B)
+            fh.write((fill * B)[:B])
+    return path
+
+
+def read_back(fake, snap: str, size: int) -> bytes:
+    """The whole volume as GetSnapshotBlock gives it (unlisted blocks read as zeros)."""
+    client = ebs(fake)
+    out = bytearray(size)
+    token = None
+    while True:
+        page = client.list_snapshot_blocks(SnapshotId=snap, **({"NextToken": token} if token
+                                                               else {}))
+        for blk in page["Blocks"]:
+            got = client.get_snapshot_block(SnapshotId=snap, BlockIndex=blk["BlockIndex"],
+                                            BlockToken=blk["BlockToken"])
+            data = got["BlockData"].read()
+            assert base64.b64encode(hashlib.sha256(data).digest()).decode() == got["Checksum"]
+            start = blk["BlockIndex"] * B
+            if start < size:
+                out[start:start + B] = data[:size - start]
+        token = page.get("NextToken")
+        if not token:
+            return bytes(out)
+
+
+def publish(fake, path: Path, **kw) -> ebs_image.Published:
+    lines: list = []
+    done = ebs_image.publish(ebs(fake), fake.client(direct=False), path,
+                             name=kw.pop("name", "demo-1"), description="test",
+                             arch="x86_64", tags=TAGS, build_id="b-1",
+                             progress=lines.append, **kw)
+    assert lines and lines[-1].sent_bytes == done.upload.blocks_sent * B
+    return done
+
+
+def test_upload_skips_zeros_then_sends_only_changed_blocks(fake, tmp_path):
+    first = disk(tmp_path / "a.raw", {0: b"a", 1: b"b", 5: b"\0", 40: b"c", 127: b"d"})
+    one = publish(fake, first)
+    assert one.upload.blocks_sent == 4 and one.upload.parent is None
+    assert sorted(i for _, i in fake.ebs.puts) == [0, 1, 40, 127]
+    snap = one.upload.snapshot_id
+    assert read_back(fake, snap, first.stat().st_size) == first.read_bytes()
+
+    ec2 = fake.client(direct=False)
+    image = ec2.describe_images(ImageIds=[one.image_id])["Images"][0]
+    assert {t["Key"]: t["Value"] for t in image["Tags"]} == TAGS
+    assert image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snap
+    # what EC2 was asked (moto's RegisterImage keeps only the name)
+    asked = fake.proxy.calls_of("RegisterImage", answered=True)[-1]
+    assert {k: asked[k] for k in ("Architecture", "EnaSupport", "RootDeviceName", "BootMode",
+                                  "ImdsSupport", "VirtualizationType",
+                                  "BlockDeviceMapping.1.DeviceName",
+                                  "BlockDeviceMapping.1.Ebs.SnapshotId")} == {
+        "Architecture": "x86_64", "EnaSupport": "true", "RootDeviceName": "/dev/xvda",
+        "BootMode": "uefi-preferred", "ImdsSupport": "v2.0", "VirtualizationType": "hvm",
+        "BlockDeviceMapping.1.DeviceName": "/dev/xvda", "BlockDeviceMapping.1.Ebs.SnapshotId": snap}
+    snap_tags = {t["Key"]: t["Value"] for t in
+                 ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]["Tags"]}
+    assert snap_tags["amic:image-id"] == one.image_id and "amic:role" not in snap_tags
+    assert bm.load(snap).blocks == bm.scan(first)
+
+    # block 1 changed, block 40 zeroed, block 60 new: three blocks go, over the parent
+    fake.ebs.puts.clear()
+    second = disk(tmp_path / "b.raw", {0: b"a", 1: b"B", 60: b"e", 127: b"d"})
+    two = publish(fake, second, name="demo-2")
+    assert two.upload.parent == snap
+    assert sorted(i for _, i in fake.ebs.puts) == [1, 40, 60]
+    assert read_back(fake, two.upload.snapshot_id, second.stat().st_size) == second.read_bytes()
+
+
+def test_throttling_and_server_errors_are_retried(fake, tmp_path):
+    fake.ebs.put_rate, fake.ebs.put_burst = 40.0, 4.0
+    fake.ebs.fail("PutSnapshotBlock", 3)
+    fake.ebs.fail("CompleteSnapshot", 1)
+    try:
+        done = publish(fake, disk(tmp_path / "t.raw", {i: bytes([i + 1]) for i in range(40)}))
+    finally:
+        fake.ebs.put_rate, fake.ebs.put_burst = 1000.0, 1000.0
+    assert done.upload.blocks_sent == 40 and done.upload.retries >= 3
+    assert fake.ebs.refused["RequestThrottledException"] > 0
+    assert fake.ebs.refused["InternalServerException"] == 4
+
+
+def upload_snapshots(fake) -> list[str]:
+    found = fake.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    return [s["SnapshotId"] for s in found]
+
+
+def test_a_failed_or_interrupted_upload_deletes_its_snapshot(fake, tmp_path):
+    path = disk(tmp_path / "f.raw", {i: bytes([i + 1]) for i in range(20)})
+    fake.ebs.fail("CompleteSnapshot", 100)
+    with pytest.raises(BuildError, match="InternalServerException"):
+        publish(fake, path)
+    assert fake.ebs.calls["StartSnapshot"] == 1 and upload_snapshots(fake) == []
+
+    def interrupt(progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ebs_image.publish(ebs(fake), fake.client(direct=False), path, name="x", description="",
+                          arch="x86_64", tags=TAGS, build_id="b-1", progress=interrupt)
+    assert fake.ebs.calls["StartSnapshot"] == 2 and upload_snapshots(fake) == []
+    assert not list(bm.manifests_dir().glob("*.json")) if bm.manifests_dir().exists() else True
+
+
+def test_arch_ec2_does_not_have_is_refused(fake, tmp_path):
+    with pytest.raises(BuildError, match="no architecture 'riscv64'"):
+        ebs_image.publish(ebs(fake), fake.client(direct=False), tmp_path, name="x",
+                          description="", arch="riscv64", tags=TAGS, build_id="b-1")
+    assert fake.ebs.calls["StartSnapshot"] == 0
+
+
+KILLED = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import boto3, botocore.config
+    from amic.targets.ec2 import ebs_image
+    ebs = boto3.client("ebs", endpoint_url=sys.argv[1],
+                       config=botocore.config.Config(retries={"total_max_attempts": 1}))
+    ec2 = boto3.client("ec2")
+    ebs_image.publish(ebs, ec2, Path(sys.argv[2]), name="killed", description="", arch="x86_64",
+                      tags={"amic:project": "p-killed"}, build_id="b-killed", workers=2,
+                      progress=lambda p: print(p.line(), flush=True))
+""")
+
+
+def test_kill_9_mid_upload_then_gc_leaves_nothing(fake, tmp_path):
+    path = disk(tmp_path / "k.raw", {i: bytes([i % 250 + 1]) for i in range(100)})
+    fake.ebs.put_rate, fake.ebs.put_burst = 5.0, 5.0      # ~20 s of upload
+    env = {**os.environ, **fake.env, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, fake.ebs.url, str(path)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert "upload:" in proc.stdout.readline()      # blocks are going
+        snaps = upload_snapshots(fake)
+        assert len(snaps) == 1 and fake.ebs.state(snaps[0]) == "pending"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        fake.ebs.put_rate, fake.ebs.put_burst = 1000.0, 1000.0
+    time.sleep(0.2)
+    gc = run_amic("gc", env=env, check=True)
+    assert f"snapshot {snaps[0]}" in gc.stderr, gc.stderr
+    assert upload_snapshots(fake) == []
+    assert "nothing to collect" in run_amic("gc", env=env, check=True).stderr
+
+
+def test_manifest_scan_and_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = disk(tmp_path / "m.raw", {2: b"x", 3: b"\0", 9: b"y"}, size=10 * B + 100)
+    with open(path, "r+b") as fh:     # a short last block with data
+        fh.seek(10 * B)
+        fh.write(b"z" * 100)
+    found = bm.scan(path)
+    assert sorted(found) == [2, 9, 10]
+    assert found[10] == hashlib.sha256(b"z" * 100 + bytes(B - 100)).hexdigest()
+    old = bm.Manifest("snap-0123456789abcdef0", 1, {2: found[2], 4: "0" * 64, 9: "1" * 64})
+    assert bm.changed(found, old) == [4, 9, 10]
+    assert bm.changed(found, None) == [2, 9, 10]
+    bm.save(old)
+    assert bm.load(old.snapshot_id) == old
+    assert bm.load("../../etc/passwd") is None
+    (bm.manifests_dir() / "snap-0123456789abcdef1.json").write_text("{not json")
+    assert bm.load("snap-0123456789abcdef1") is None
