@@ -36,6 +36,7 @@ FEATURES = {
     "share": ("ShareOwnImages",),
     "free-group": ("FreeBuildGroup", "ToDefaultGroup"),
     "instance-profile": ("PassBuildRole",),
+    "temporary-profile": ("TemporaryInstanceProfile", "ListTemporaryRoles"),
     "attributes": ("AmiAttributes",),
 }
 NOT_IN_THE_STAND_IN = {"EncryptWithOwnKey": "moto's EC2 calls no KMS"}
@@ -452,3 +453,17 @@ def test_an_instance_profile_needs_its_statement(session):
     run = session.build("role-2", "--iam-instance-profile", "amic-build", policy=policy)
     _no_denials(run, SWAP)
     assert session.fake.proxy.calls_of("RunInstances")[0]["IamInstanceProfile.Name"] == "amic-build"
+
+
+def test_a_temporary_profile_needs_its_statements(session, tmp_path):
+    policy_file = tmp_path / "instance-policy.json"
+    policy_file.write_text(json.dumps([{"Effect": "Allow", "Action": "s3:GetObject",
+                                        "Resource": "arn:aws:s3:::some-bucket/*"}]))
+    run = session.build("role-3", "--temporary-iam-instance-profile", str(policy_file),
+                        policy=DOC.policy(*FEATURES["temporary-profile"]))
+    _no_denials(run, SWAP)
+    launched = session.fake.proxy.calls_of("RunInstances")[-1]
+    assert launched["IamInstanceProfile.Name"].startswith("amic-"), launched
+    iam = session.iam.iam
+    assert iam.list_roles(PathPrefix="/amic/")["Roles"] == []     # deleted after the build
+    assert iam.list_instance_profiles(PathPrefix="/amic/")["InstanceProfiles"] == []

@@ -173,14 +173,14 @@ def test_what_launch_does_not_list_its_code_does_not_read() -> None:
     # target's launch methods. None of them may read an option launch does not list.
     import inspect
 
-    from amic.targets.ec2 import launch, machine, resources, target
+    from amic.targets.ec2 import launch, machine, placement, resources, target
 
     cls = target.Ec2Target
     source = "".join(inspect.getsource(o) for o in (
-        launch, machine, resources, cls.launch, cls._new_machine, cls._layer_ami, cls._keep,
+        launch, machine, placement, resources, cls.launch, cls._new_machine, cls._layer_ami, cls._keep,
         cls.find_image, cls.image_by_id, cls.ssh_cidrs))
     read = set(re.findall(r"opts\.(\w+)", source))
-    assert {"instance_type", "ssh_port", "key_type", "ttl"} <= read   # the scan sees reads
+    assert {"instance_types", "spot_price", "ssh_port", "key_type", "ttl"} <= read   # it sees reads
     unlisted = {row.attribute for row in ec2_flags.EC2_OPTIONS if not row.taken_by("launch")}
     assert not read & unlisted
 
@@ -195,8 +195,8 @@ def test_the_docs_option_tables_are_the_rows() -> None:
     assert proc.returncode == 0, proc.stderr
     ns = runpy.run_path(str(tool), run_name="option_table")
     doc = (REPO / "docs" / "ec2.md").read_text()
-    assert "| `--instance-type INSTANCE_TYPE` | t3.micro | `amic build`, `amic launch` |" in doc
-    assert "| `--arch {x86_64,arm64}` | from the instance type | `amic build` |" in doc
+    assert "| `--instance-type TYPE[,TYPE...]` | t3.micro | `amic build`, `amic launch` |" in doc
+    assert "| `--arch ARCH[,ARCH]` | from the instance type | `amic build` |" in doc
     # Positive control: a row whose default changed gives another table than the doc's.
     rows = tuple(row._replace(default="t3.nano") if row.dest == "instance_type" else row
                  for row in ec2_flags.AWS_OPTIONS + ec2_flags.EC2_OPTIONS)

@@ -47,9 +47,14 @@ def register(sub) -> None:
                    "(default: the target's; local: all, ec2: auto, ssh: none). Given explicitly, "
                    "it is honoured when the image is cached too: checkpoints it asks for that an "
                    "earlier build skipped are made (the image stays)")
-    p.add_argument("--on-error", choices=["cleanup", "abort"], default="cleanup",
-                   help="abort: leave the failed machine for debugging and print how to reach it "
+    p.add_argument("--on-error", choices=["cleanup", "abort", "ask"], default="cleanup",
+                   help="abort: leave the failed machine for debugging and print how to reach it; "
+                   "ask: on the terminal, clean up, abort or retry the failed step "
                    "(default: cleanup)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="with several --arch: a failed build does not stop the others")
+    p.add_argument("--debug", action="store_true",
+                   help="pause after every step until Enter (needs a terminal)")
     p.add_argument("--progress", choices=["auto", "tty", "plain"], default="auto",
                    help="live status line (tty) or one line per event (plain: a timestamped "
                    "line when a step starts, and one every $AMIC_HEARTBEAT_SECONDS, default 30, "
@@ -94,6 +99,12 @@ def cmd_build(args) -> int:
     from amic.engine.progress import Reporter
     from amic.targets import MEMO, default_target_spec, get_target, split_spec
 
+    _terminal_prompt(args)      # --on-error ask / --debug without a terminal: refused first
+    if "," in (getattr(args, "arch", None) or ""):     # --arch x86_64,arm64: a build each
+        from amic.cli import multiarch
+
+        return multiarch.run(args, sys.argv[sys.argv.index("build") + 1:],
+                             lambda result: _emit(args, result))
     build_args = build_args_from(args.build_arg)
     secrets = secrets_from(args.secret)
     if args.manifest:   # a typo in the path must cost nothing: checked before the build
@@ -159,7 +170,30 @@ def _build_options(args, build_args, secrets):
                         build_args=build_args,
                         context=args.context, secrets=secrets,
                         allow_missing_args=args.allow_missing_args, no_cache=args.no_cache,
-                        checkpoint=args.checkpoint, on_error=args.on_error)
+                        checkpoint=args.checkpoint, on_error=args.on_error,
+                        debug=args.debug, prompt=_terminal_prompt(args))
+
+
+def _terminal_prompt(args):
+    """What asks the user for ``--on-error ask`` and ``--debug``: the terminal on stdin, or
+    a usage error (nobody to answer; Packer would wait forever)."""
+    from amic.errors import UsageError
+
+    if args.on_error != "ask" and not args.debug:
+        return None
+    if not sys.stdin.isatty():
+        flag, instead = (("--on-error ask", "--on-error cleanup or abort") if args.on_error == "ask"
+                         else ("--debug", "no --debug"))
+        raise UsageError(f"{flag} asks on the terminal, and stdin is not one "
+                         f"(use {instead} in scripts and CI)")
+
+    def prompt(text: str) -> str:
+        print(text, end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:        # end of input: nobody answers, so the safe default
+            return ""
+        return line
+    return prompt
 
 
 def _dry_run(args, spec: str, build_args, secrets) -> int:

@@ -37,7 +37,7 @@ import attrs
 from amic import contract
 from amic.amifile import resolve
 from amic.compile import plan as planmod
-from amic.engine import buildinputs, stage2file
+from amic.engine import buildinputs, onerror, stage2file
 from amic.engine import tags as imagetags
 from amic.engine.checkpoint import (fill_reason, missing_checkpoints, parse_checkpoint,
                                    should_checkpoint)
@@ -356,7 +356,8 @@ def run_layers(b: BuildState, reports: list[LayerReport],
             first = first_build(b.target, p, match) if first is None else first
             reason = why_missed(b.target, layer, earlier_miss=earlier_miss, match=match,
                                 first=first)
-        seconds, skipped = init_layer(b, i, reason)
+        seconds, skipped = onerror.run_step(b, f"[{i + 1}/{n}] {layer.service} init",
+                                            lambda: init_layer(b, i, reason))  # noqa: B023
         if skipped:
             # In place (ssh): the host already ran this init with the same hash.
             reason = "already initialised on the host"
@@ -379,6 +380,7 @@ def run_layers(b: BuildState, reports: list[LayerReport],
             release_leases(b, [lay.key for lay in p.layers[:i + 1]])
         reports.append(LayerReport(layer.service, layer.key, "RUN", reason, round(seconds, 3),
                                    checkpoint))
+        onerror.pause(b, f"[{i + 1}/{n}] {layer.service}")
         earlier_miss = earlier_miss or layer.service
     return reports
 

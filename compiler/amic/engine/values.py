@@ -6,7 +6,7 @@ so ``from amic.engine.build import BuildOptions`` keeps working).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -29,8 +29,13 @@ class BuildOptions:
     checkpoint: str | None = None
     """``none``, ``last``, ``all``, ``auto`` or ``svc1,svc2``; None = the target's default."""
     on_error: str = attrs.field(default="cleanup",
-                                validator=attrs.validators.in_(("cleanup", "abort")))
-    """``abort`` leaves the failed machine for debugging and prints how to reach it."""
+                                validator=attrs.validators.in_(("cleanup", "abort", "ask")))
+    """``abort`` leaves the failed machine for debugging and prints how to reach it; ``ask``
+    asks through ``prompt`` (:mod:`amic.engine.onerror`)."""
+    debug: bool = False
+    """``--debug``: pause after every step until ``prompt`` answers."""
+    prompt: Callable[[str], str] | None = attrs.field(default=None, eq=False, repr=False)
+    """Asks the user (the command line's terminal) and returns the answer."""
     secrets: Mapping[str, str] = attrs.field(factory=dict, converter=dict, repr=False)
     """``--secret`` values by name: INIT environments only (``amic.engine.buildinputs``)."""
     allow_missing_args: bool = False

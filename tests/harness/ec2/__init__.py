@@ -57,7 +57,8 @@ resolves through the same owner + name filter as on real AWS.
 
 One module per concern: ``api`` (moto and the proxy), ``standin`` (the hooks above),
 ``boot`` (relay, IMDSv2, unit files), ``units`` (running them; the dpkg lock holder),
-``plain_sshd``, ``terminate``, ``ebs`` and ``ebs_model`` (the EBS direct APIs, at
+``plain_sshd``, ``terminate``, ``capacity`` (capacity refusals, spot prices and
+interruptions), ``ebs`` and ``ebs_model`` (the EBS direct APIs, at
 ``AWS_ENDPOINT_URL_EBS``), ``strict`` (EC2's documented strictness), ``iam`` and
 ``iam_policy`` (IAM enforced with docs/ec2.md's policy), ``amis`` (block devices and AMI
 attributes where moto differs from EC2). This module puts them together
@@ -76,6 +77,7 @@ from pathlib import Path
 from tests.harness.cli import AMIC
 from tests.harness.ec2.api import (DEBIAN_OWNER, REGION, ApiError, Ec2Proxy,  # noqa: F401
                                     MotoServer, free_port, numbered, xml_values)
+from tests.harness.ec2.capacity import Capacity
 from tests.harness.ec2.ebs import EbsStandIn
 from tests.harness.ec2.plain_sshd import PlainSshd  # noqa: F401
 from tests.harness.ec2.standin import StandIn
@@ -92,6 +94,8 @@ class FakeEc2:
         self.workdir = workdir
         self.base_root = base_root
         self.standin = StandIn(proxy, workdir / "standin", base_root)
+        self.capacity = Capacity(proxy)
+        """Capacity refusals (off until a test asks), spot prices and interruptions."""
         self.ebs = EbsStandIn(proxy, workdir / "ebs")
         """The EBS direct APIs (``ebs.py``), at ``AWS_ENDPOINT_URL_EBS``."""
         self.strict: Strict | None = None
@@ -145,6 +149,7 @@ class FakeEc2:
         self.proxy.gates.clear()
         shutil.rmtree(self.workdir / "standin", ignore_errors=True)
         self.standin = StandIn(self.proxy, self.workdir / "standin", self.base_root)
+        self.capacity = Capacity(self.proxy)
         self.ebs.reset(self.proxy)
         if self.strict is not None:
             self.make_strict(self.strict.settings)

@@ -200,6 +200,10 @@ def asks(action: str, params: Mapping[str, str], *, region: str, account: str,
         out += [existing(g) for g in groups]
         out.append(Ask(ec2, arn("subnet", params.get("NetworkInterface.1.SubnetId")
                                 or params.get("SubnetId") or "*"), {}))
+        if params.get("InstanceMarketOptions.MarketType") == "spot":
+            # a spot launch creates a spot-instances-request ("Spot Instance permissions")
+            out.append(Ask(ec2, arn("spot-instances-request"),
+                           request_tags(specs.get("spot-instances-request", {}))))
         profile = params.get("IamInstanceProfile.Name") or params.get("IamInstanceProfile.Arn")
         if profile:
             out += [Ask("iam:PassRole", role, {"iam:PassedToService": "ec2.amazonaws.com"})

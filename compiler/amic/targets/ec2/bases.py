@@ -153,4 +153,4 @@ def build_arch(arch: str | None, instance_type: str) -> str:
     """The architecture to build for: ``arch`` if given (any spelling), else the instance type's."""
     if arch:
         return ARCH_ALIASES.get(arch, arch)
-    return arch_for_instance_type(instance_type)
+    return arch_for_instance_type(instance_type.split(",")[0].strip())

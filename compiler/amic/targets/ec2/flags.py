@@ -48,6 +48,59 @@ def key_values(items: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
+def type_list(values: Sequence[str] | str, flag: str = "--spot-instance-type") -> tuple[str, ...]:
+    """Instance types given as ``T,T`` (and, repeatable flags, several times) as one tuple."""
+    out: list[str] = []
+    for text in [values] if isinstance(values, str) else values:
+        types = [t.strip() for t in text.split(",")]
+        if not all(types):
+            raise UsageError(f"{flag} {text!r}: expected TYPE[,TYPE...]")
+        out += types
+    return tuple(out)
+
+
+def arch_list(text: str) -> str:
+    """``x86_64``, ``arm64`` or both comma-separated (argparse ``type``: a bad one exits 2)."""
+    import argparse
+
+    words = [w.strip() for w in text.split(",")]
+    if not all(w in ("x86_64", "amd64", "arm64", "aarch64") for w in words):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x86_64, arm64 or x86_64,arm64")
+    return text
+
+
+def spot_price(text: str) -> str:
+    """``auto`` (EC2's cap: the on-demand price) or a positive price in USD per hour."""
+    try:
+        ok = text == "auto" or float(text) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"--spot-price {text!r}: expected auto or a price per hour (0.05)")
+    return text
+
+
+def policy_file(path: str) -> str:
+    """``--temporary-iam-instance-profile FILE``: a policy document, or a list of statements
+    (Packer's ``Statement`` blocks), as the JSON text of a document; UsageError otherwise."""
+    import json
+    from pathlib import Path
+
+    flag = "--temporary-iam-instance-profile"
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{flag} {path}: not JSON: {exc}") from None
+    if isinstance(data, list):
+        data = {"Version": "2012-10-17", "Statement": data}
+    if not isinstance(data, dict) or not isinstance(data.get("Statement"), list) \
+            or not data["Statement"]:
+        raise UsageError(f"{flag} {path}: expected a policy document or a list of statements")
+    return json.dumps(data)
+
+
 # -- the option table -------------------------------------------------------------------
 
 _AWS = "AWS access (default: the standard boto3 chain)"
@@ -80,10 +133,21 @@ EC2_OPTIONS: tuple[Option, ...] = (
            "where the image is made: on a build instance over SSH, or on this machine's "
            "local target, its disk uploaded with the EBS direct APIs (docs/ec2.md)",
            choices=("instance", "local"), default="instance", commands=BUILD),
-    Option(["--instance-type"], "instance_type", _INSTANCE, default="t3.micro"),
+    Option(["--instance-type"], "instance_type", _INSTANCE,
+           "instance type, or a comma list tried in order while EC2 lacks capacity",
+           metavar="TYPE[,TYPE...]", default="t3.micro"),
+    Option(["--spot-price"], "spot_price", _INSTANCE,
+           "run on spot (Packer spot_price): auto caps at the on-demand price; falls back "
+           "to on-demand when no spot capacity is there", metavar="auto|PRICE",
+           convert=spot_price, unset="on-demand"),
+    Option(["--spot-instance-type"], "spot_instance_types", _INSTANCE,
+           "spot types to try, in order (Packer spot_instance_types; repeatable)",
+           metavar="TYPE[,TYPE...]", action="append", convert=type_list,
+           unset="the --instance-type list"),
     Option(["--arch"], "arch", _INSTANCE,
-           "architecture of the base image",
-           choices=("x86_64", "arm64"), unset="from the instance type", commands=BUILD),
+           "architecture of the base image; several (x86_64,arm64): a build each, in parallel",
+           metavar="ARCH[,ARCH]", type=arch_list, unset="from the instance type",
+           commands=BUILD),
     Option(["--volume-size"], "volume_size", _INSTANCE, "root volume size",
            metavar="GIB", type=int, unset="the image's"),
     Option(["--volume-type"], "volume_type", _INSTANCE, "root volume type",
@@ -108,6 +172,13 @@ EC2_OPTIONS: tuple[Option, ...] = (
            "what a shutdown from inside the instance does", choices=("terminate", "stop"),
            default="terminate"),
     Option(["--subnet"], "subnet_id", _INSTANCE, "launch into this subnet", metavar="SUBNET_ID"),
+    Option(["--subnet-filter"], "subnet_filter", _INSTANCE,
+           "launch into the subnet with the most free addresses among those tagged so "
+           "(Packer subnet_filter; repeatable: all must match)", metavar="TAG=VALUE",
+           action="append", convert=functools.partial(key_values, flag="--subnet-filter")),
+    Option(["--availability-zone"], "availability_zone", _INSTANCE,
+           "launch in this zone (Packer availability_zone)", metavar="ZONE",
+           unset="EC2's choice or the subnet's"),
     Option(["--vpc"], "vpc_id", _INSTANCE,
            "VPC of the temporary security group",
            metavar="VPC_ID", unset="the subnet's or the default VPC"),
@@ -124,6 +195,11 @@ EC2_OPTIONS: tuple[Option, ...] = (
     Option(["--no-public-ip"], "associate_public_ip", _INSTANCE, action="store_false"),
     Option(["--iam-instance-profile"], "iam_instance_profile", _INSTANCE,
            "instance profile for INIT scripts", metavar="NAME|ARN"),
+    Option(["--temporary-iam-instance-profile"], "temporary_iam_policy", _INSTANCE,
+           "give the instance a role made for the build, with this policy (a JSON document "
+           "or list of statements), deleted after it (Packer "
+           "temporary_iam_instance_profile_policy_document)", metavar="POLICY_FILE",
+           convert=policy_file),
     Option(["--key-type"], "key_type", _INSTANCE,
            "temporary key pair type (rsa for images without ed25519 support)",
            choices=("ed25519", "rsa"), default="ed25519"),

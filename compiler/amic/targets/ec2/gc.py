@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from collections.abc import Iterable, Sequence
 
 import attrs
 
 from amic import contract
 from amic.targets import base as tb
-from amic.targets.ec2 import block_manifest, owner, resources
+from amic.targets.ec2 import block_manifest, iamprofile, owner, resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
 from amic.targets.ec2.ebs_upload import ROLE_UPLOAD
@@ -107,6 +108,11 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
     builds that still run."""
     ec2 = target.ec2
     at = at or aws.now()
+    found_roles: list[tuple[str, dict]] = []   # IAM (another endpoint) asked meanwhile
+    iam = target.clients.iam    # made here: a boto3 session makes clients in one thread
+    roles = threading.Thread(target=lambda: found_roles.extend(_temporary_roles(iam)),
+                             daemon=True)
+    roles.start()
     tagged = [{"Name": "tag-key", "Values": [aws.TAG_TOOL]}]
     found: list[Leak] = []
     running: dict[str, list[tuple[str, dict, str]]] = {}
@@ -142,10 +148,24 @@ def survey(target, *, build_id: str | None = None, ignore_expiry: bool = False,
             Filters=[{"Name": f"tag:{aws.TAG_ROLE}", "Values": [ROLE_UPLOAD]}]):
         for snap in page["Snapshots"]:
             consider("snapshot", snap["SnapshotId"], aws.tag_dict(snap.get("Tags")))
+    roles.join()
+    for name, tags in found_roles:
+        consider("iam-role", name, tags, name)
     # Snapshots of deregistered images (a prune or gc interrupted between the two calls).
     if build_id is None:
         found += orphan_snapshots(ec2)
     return Survey(found, _live_builds(running))
+
+
+def _temporary_roles(iam) -> list[tuple[str, dict]]:
+    """``--temporary-iam-instance-profile`` roles (and their profiles): none where the caller
+    may not list IAM roles (the policy's optional ``TemporaryInstanceProfile``)."""
+    import botocore.exceptions
+
+    try:
+        return iamprofile.leftovers(iam)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        return []
 
 
 def find_leaks(target, *, build_id: str | None = None, ignore_expiry: bool = False,
@@ -191,7 +211,7 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
     failures: list[tuple[Leak, Exception]] = []
     by_kind = {kind: [leak for leak in leaks if leak.kind == kind]
                for kind in ("instance", "security-group", "key-pair", "volume", "snapshot",
-                            "key-file")}
+                            "key-file", "iam-role")}
     instances = [leak.id for leak in by_kind["instance"]]
     if instances:
         try:
@@ -206,7 +226,8 @@ def remove(target, leaks: Sequence[Leak]) -> list[tuple[Leak, Exception]]:
             ("key-pair", lambda i: resources.delete_key_pair(ec2, i)),
             ("volume", lambda i: ec2.delete_volume(VolumeId=i)),
             ("snapshot", lambda i: (ec2.delete_snapshot(SnapshotId=i), block_manifest.forget(i))),
-            ("key-file", lambda i: os.unlink(i))):
+            ("key-file", lambda i: os.unlink(i)),
+            ("iam-role", lambda i: iamprofile.delete(target.clients.iam, i))):
         for leak in by_kind[kind]:
             try:
                 call(leak.id)

@@ -17,7 +17,7 @@ from amic.errors import UsageError
 from amic.targets import defaults, given
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import volumes
-from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS
+from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, type_list
 
 ON_ERROR = ("cleanup", "abort")
 
@@ -33,6 +33,12 @@ class Ec2Options:
     bake: str = DEFAULTS["bake"]
     """``instance`` (over SSH) or ``local`` (``local_bake``: no instance, EBS direct APIs)."""
     instance_type: str = DEFAULTS["instance_type"]
+    """One type or a comma list tried in order (:attr:`instance_types`)."""
+    spot_price: str | None = None
+    """``auto`` or a price: spot first (:mod:`amic.targets.ec2.placement`); None: on-demand."""
+    spot_instance_types: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    subnet_filter: Mapping[str, str] = attrs.field(factory=dict)
+    availability_zone: str | None = None
     arch: str | None = None
     """``x86_64`` or ``arm64``; by default from the instance type."""
     volume_size: int | None = None
@@ -55,6 +61,8 @@ class Ec2Options:
     """Who may reach port 22; empty: the caller's public address, looked up once."""
     associate_public_ip: bool | None = None
     iam_instance_profile: str | None = None
+    temporary_iam_policy: str | None = None
+    """A policy document (JSON text): the build's own role and profile (:mod:`.iamprofile`)."""
     ssh_user: str | None = None
     ssh_host: str | None = None
     ssh_port: int = DEFAULTS["ssh_port"]
@@ -132,6 +140,11 @@ class Ec2Options:
         return out
 
 
+    @property
+    def instance_types(self) -> tuple[str, ...]:
+        return type_list(self.instance_type, "--instance-type")
+
+
 def aws_options_from_values(values: Mapping[str, object]) -> aws.AwsOptions:
     return aws.options_from_env(**given(values, AWS_OPTIONS))
 
@@ -158,12 +171,33 @@ def options_from_values(values: Mapping[str, object]) -> Ec2Options:
             raise UsageError(f"--region-kms-key {region}=…: {region} is no --copy-to-region")
     if opts.trust_on_first_use and opts.host_key_fingerprints:
         raise UsageError("--ssh-trust-on-first-use and --ssh-host-key-fingerprint exclude each other")
+    check_types(opts)
+    if opts.spot_instance_types and not opts.spot_price:
+        raise UsageError("--spot-instance-type needs --spot-price (auto or a price)")
+    if opts.iam_instance_profile and opts.temporary_iam_policy:
+        raise UsageError("--iam-instance-profile and --temporary-iam-instance-profile "
+                         "exclude each other")
+    if opts.subnet_id and opts.subnet_filter:
+        raise UsageError("--subnet and --subnet-filter exclude each other")
     for cidr in opts.ssh_cidrs:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise UsageError(f"--ssh-cidr {cidr!r}: not a CIDR") from None
     return opts
+
+
+def check_types(opts: Ec2Options) -> None:
+    """Every type tried must run the image built for one architecture (``--arch``, else the
+    first type's): a fallback to another architecture would boot nothing."""
+    from amic.targets.ec2.bases import arch_for_instance_type, build_arch
+
+    types = opts.instance_types + opts.spot_instance_types
+    want = build_arch(opts.arch, types[0])
+    other = [t for t in types if arch_for_instance_type(t) != want]
+    if other:
+        raise UsageError(f"instance types {', '.join(other)} are not {want} like "
+                         f"{'--arch' if opts.arch else types[0]}: every type tried must be")
 
 
 def deprecation_time(text: str) -> str:

@@ -25,6 +25,7 @@ from amic.contract import TAG_BUILD
 from amic.errors import BuildError, UsageError
 from amic.targets.base import Image
 from amic.targets.ec2 import owner
+from amic.targets.ec2 import placement
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import volumes, waiters
 from amic.targets.ec2.options import Ec2Options
@@ -330,7 +331,7 @@ def run_instances_args(image: Image, name: str, group_ids: Sequence[str],
                        metadata_tags: bool, root_device: Callable[[], str]) -> dict:
     """RunInstances arguments: IMDSv2 only, tagged at launch, idempotent under retries."""
     args: dict = {
-        "ImageId": image.id, "InstanceType": opts.instance_type, "MinCount": 1, "MaxCount": 1,
+        "ImageId": image.id, "InstanceType": opts.instance_types[0], "MinCount": 1, "MaxCount": 1,
         "KeyName": name,
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
                             "HttpPutResponseHopLimit": 1,
@@ -341,6 +342,7 @@ def run_instances_args(image: Image, name: str, group_ids: Sequence[str],
                               + aws.tag_specs({**opts.run_volume_tags, **tags}, "volume")),
         # Idempotent: botocore may retry a RunInstances whose answer it never saw.
         "ClientToken": f"amic-{build_id}"[:64],
+        **placement.placement_args(opts),
     }
     if opts.subnet_id or opts.associate_public_ip is not None:
         nic: dict = {"DeviceIndex": 0, "Groups": list(group_ids), "DeleteOnTermination": True}
@@ -378,10 +380,10 @@ def add_instance(stack: contextlib.ExitStack, ec2, image: Image, name: str,
     args = run_instances_args(image, name, group_ids, tags, build_id, opts,
                               metadata_tags=metadata_tags,
                               root_device=lambda: root_device(ec2, image.id))
-    reply = aws.call(f"launching a {opts.instance_type} from {image.id}", ec2.run_instances, **args)
-    iid = reply["Instances"][0]["InstanceId"]
-    launched.append(reply["Instances"][0])
-    log(f"instance {iid} ({opts.instance_type}) from {image.id}")
+    instance, attempt = placement.run_instance(ec2, args, opts, log)
+    iid = instance["InstanceId"]
+    launched.append(instance)
+    log(f"instance {iid} ({attempt}) from {image.id}")
     return iid
 
 

@@ -220,6 +220,12 @@ class Clients:
     def region(self) -> str:
         return self.ec2.meta.region_name
 
+    @property
+    def iam(self):
+        """IAM of the same session (``--endpoint-url`` is EC2's: not used for IAM)."""
+        self.ec2    # noqa: B018 - makes the session
+        return client(attrs.evolve(self.opts, endpoint_url=None), "iam", sess=self._session)
+
     def for_region(self, region: str):
         if region == self.region:
             return self.ec2

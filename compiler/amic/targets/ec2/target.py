@@ -35,6 +35,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 
+
 from amic import __version__
 from amic.contract import TAG_NAME, TAG_SERVICE
 from amic.errors import BuildError, UsageError
@@ -43,6 +44,7 @@ from amic.targets.base import Image, Target
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import lookups
 from amic.targets.ec2 import naming
+from amic.targets.ec2 import iamprofile, placement
 from amic.targets.ec2 import resources
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
@@ -345,11 +347,15 @@ class Ec2Target(Target):
             if machine.keep:
                 kept = self._keep(stack, machine, "keeping the instance")
         except BaseException as exc:
+            taken = (placement.interrupted_error(self.ec2, machine.instance_id, exc)
+                     if machine and self.opts.spot_price and isinstance(exc, BuildError) else None)
             if (self.keep_on_error and machine is not None
                     and not isinstance(exc, (KeyboardInterrupt, SystemExit))):
                 # keep everything; it still expires and `amic gc` finds it
                 kept = self._keep(stack, machine,
                                   "--on-error=abort: keeping the build instance for debugging")
+            if taken is not None:   # EC2 took the spot instance back: say that, not "SSH failed"
+                raise taken from None
             raise
         finally:
             if not kept:
@@ -361,7 +367,8 @@ class Ec2Target(Target):
     def _new_machine(self, stack: contextlib.ExitStack, image: Image, build_id: str,
                      role: str, instance_tags: Mapping[str, str] | None) -> Ec2Machine:
         """The resources in order, each with its cleanup on ``stack``; the (launched) machine."""
-        opts, ec2 = self.opts, self.ec2
+        ec2 = self.ec2
+        opts = self.opts = placement.placed(ec2, self.opts, self.log)   # --subnet-filter, once
         beat = resources.Heartbeat(ec2, self.log)   # so `amic gc` sees at once if we die
         tags = aws.resource_tags(build_id, ttl=opts.ttl, role=role,
                                  extra=resources.heartbeat_tags(beat.interval))
@@ -372,6 +379,7 @@ class Ec2Target(Target):
             stack, ec2, name, build_id, tags, self.ssh_cidrs, opts, self.log)]
         if not opts.security_group_ids:
             beat.add(*group_ids)
+        opts = iamprofile.with_profile(stack, self.clients, opts, name, tags, self.log)
         iid = resources.add_instance(stack, ec2, image, name, group_ids,
                                      {**tags, **(instance_tags or {})}, build_id, opts, self.log,
                                      metadata_tags=bool(instance_tags))
