@@ -25,6 +25,8 @@ def sample(row) -> list[str]:
         return [flag, list(row.choices)[0]]
     if row.type in (int, float):
         return [flag, "5"]
+    if row.metavar and row.metavar.startswith("ARCH"):
+        return [flag, "arm64"]
     return [flag, "a=b" if "=" in (row.metavar or "") else "x"]
 
 
