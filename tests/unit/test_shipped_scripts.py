@@ -224,7 +224,7 @@ def test_enter_runs_a_command_in_the_overlay_under_each_shell(shell: str, tmp_pa
 
 # The VM layer's key hashes VM_SCRIPT: a change to vm-layer.sh makes every user's VM layer
 # again (minutes of apt and GRUB per image). When that is meant, update this pin with it.
-VM_SCRIPT_SHA256 = "3cd32318ea066a8d9317afe77f52b686d6b44fa6394d396d620157a3a4487207"
+VM_SCRIPT_SHA256 = "68b1bc9079b0688150e39f61b86fb5b0c0f63b2172fe220466e059b7647a617a"
 
 
 def test_the_vm_layer_script_is_the_text_its_key_was_made_from() -> None:
