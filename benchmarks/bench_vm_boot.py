@@ -15,7 +15,7 @@ start, to the first serial-console line of each stage:
   systemd   "Welcome to" (PID 1 is up)       hook     amic.service starting
   done      the boot hook's "amic: boot: ok"  cpu      QEMU's CPU seconds until done
 
-and prints the medians and the new/old ratio. ``--analyze`` logs into the last
+and prints the medians and the new/old ratio. ``--analyze`` logs into the first
 boot of each over SSH and prints ``systemd-analyze``, ``blame`` and the
 critical chain of amic.service. Needs root, qemu-system-x86_64 and each
 checkout's .venv.
@@ -147,7 +147,7 @@ def main() -> int:
                     help="the benchmark's store (kept between runs: the image and VM layers)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--analyze", action="store_true",
-                    help="systemd-analyze over SSH in the last boot of each")
+                    help="systemd-analyze over SSH in the first boot of each (printed at once)")
     args = ap.parse_args()
     from amic.targets.local import rootfs
 
@@ -183,12 +183,14 @@ def main() -> int:
             for side, checkout in sides.items():
                 marks = boot_once(checkout, disks[side], key, Path(tmp) / f"run-{side}",
                                   timeout=args.timeout,
-                                  analyze=args.analyze and i == args.runs - 1)
+                                  analyze=args.analyze and i == 0)
                 results[side].append(marks)
                 print(f"{i + 1:>4} {side:>4} "
                       + " ".join(f"{marks[c]:8.1f}" if c in marks else f"{'-':>8}"
                                  for c in cols)
                       + ("" if marks.get("ok") else "  (boot: failed)"), flush=True)
+                if "analysis" in marks:
+                    print(f"--- {side}: inside the guest ---\n{marks['analysis']}", flush=True)
         print("median (seconds from power-on; cpu: QEMU CPU seconds until done)")
         med = {side: {c: statistics.median(m[c] for m in results[side] if c in m)
                       for c in cols if any(c in m for m in results[side])}
@@ -199,10 +201,6 @@ def main() -> int:
         print(f"{'':>4} {'new/old':>4} "
               + " ".join(f"{med['new'][c] / med['old'][c]:8.2f}" for c in cols
                          if c in med['new'] and c in med['old']))
-        if args.analyze:
-            for side in sides:
-                print(f"--- {side}: inside the guest, last boot ---\n"
-                      f"{results[side][-1].get('analysis', '')}")
     return 0
 
 
