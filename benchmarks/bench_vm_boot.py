@@ -58,7 +58,7 @@ ANALYZE = ("systemd-analyze; systemd-analyze blame --no-pager | head -n 15; "
            "systemd-analyze critical-chain --no-pager amic.service")
 
 
-def amic(checkout: Path, store: Path, project: Path, *args: str) -> None:
+def amic(checkout: Path, store: Path, project: Path, *args: str) -> str:
     env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
     env.pop("AMIC_TARGET", None)
     proc = subprocess.run([str(checkout / ".venv/bin/amic"), *args], cwd=project, env=env,
@@ -66,6 +66,7 @@ def amic(checkout: Path, store: Path, project: Path, *args: str) -> None:
     if proc.returncode != 0:
         sys.exit(f"{checkout}: amic {' '.join(args)}: exit {proc.returncode}\n"
                  f"{proc.stderr[-3000:]}")
+    return proc.stdout
 
 
 def qemu_argv(checkout: Path, disk: Path, workdir: Path) -> tuple[list[str], int]:
@@ -170,11 +171,14 @@ def main() -> int:
                        check=True)
         print(f"building the image (store {store})", file=sys.stderr)
         amic(HERE, store, project, "build", "--target", "local", "-q")
+        # by id: checkouts may differ in what `latest` means (any project's, or this one's)
+        image = max(json.loads(amic(HERE, store, project, "images", "--json")),
+                    key=lambda i: i["created"])["id"]
         disks = {}
         for side, checkout in sides.items():
             print(f"{side}: exporting with {checkout}", file=sys.stderr)
             disks[side] = project / f"{side}.qcow2"
-            amic(checkout, store, project, "export", "latest", "--format", "qcow2",
+            amic(checkout, store, project, "export", image, "--format", "qcow2",
                  "--authorized-key", str(key) + ".pub", "-o", str(disks[side]))
         results: dict[str, list[dict]] = {side: [] for side in sides}
         cols = ["grub", "kernel", "systemd", "hook", "done", "cpu"]
