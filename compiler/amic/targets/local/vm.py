@@ -118,13 +118,15 @@ class QemuVm:
             net += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
         if self.restrict:
             net += ",restrict=on"
+        # romfile= (empty): no iPXE option ROM for the firmware to load and run; the disk
+        # is what boots.
         argv = ["qemu-system-x86_64", *accel_args(self.kvm), "-m", str(self.memory),
                 "-smp", str(self.cpus), "-display", "none", "-monitor", "none",
                 "-serial", "stdio", "-no-reboot",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-drive", f"file={self.disk},format={fmt},if=virtio"
                 + (",snapshot=on" if self.snapshot else ""),
-                "-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="]
         if self.uefi:
             code, vars_ = ovmf()
             local_vars = self.workdir / "OVMF_VARS.fd"

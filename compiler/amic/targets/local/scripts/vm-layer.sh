@@ -5,6 +5,11 @@ apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dir::Cache::pkgcache= install --no-i
     linux-image-cloud-amd64 initramfs-tools grub-pc-bin grub-efi-amd64-bin \
     openssh-server cloud-guest-utils e2fsprogs fdisk udev kmod
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+mkdir -p /etc/initramfs-tools/conf.d
+echo MODULES=list > /etc/initramfs-tools/conf.d/amic-vm.conf
+printf '%s\n' virtio_pci virtio_blk virtio_scsi sd_mod nvme xen_blkfront ahci ata_piix \
+    > /etc/initramfs-tools/modules
+update-initramfs -u -k all
 rm -f /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin   # tens of MB apt remakes
 mkdir -p /etc/systemd/network /usr/lib/amic-vm
 cat > /etc/systemd/network/80-amic-dhcp.network <<'EOF'
@@ -18,8 +23,14 @@ cat > /usr/lib/amic-vm/growroot <<'EOF'
 src=$(findmnt -no SOURCE /)
 dev=${src#/dev/}
 n=$(cat "/sys/class/block/$dev/partition")
-disk=/dev/$(basename "$(readlink -f "/sys/class/block/$dev/..")")
-growpart "$disk" "$n" || true    # exit 1: NOCHANGE (already grown)
+sys=$(readlink -f "/sys/class/block/$dev/..")
+disk=/dev/${sys##*/}
+read -r start <"/sys/class/block/$dev/start"
+read -r size <"/sys/class/block/$dev/size"
+read -r total <"$sys/size"
+if [ $((total - start - size)) -gt 8192 ]; then
+    growpart "$disk" "$n" || true    # exit 1: NOCHANGE (already grown)
+fi
 resize2fs "$src"
 EOF
 cat > /etc/systemd/system/amic-growroot.service <<'EOF'
@@ -69,7 +80,15 @@ ExecStart=/bin/sh /usr/lib/amic-vm/mounts
 [Install]
 WantedBy=multi-user.target
 EOF
+mkdir -p /etc/systemd/system/amic-ssh-keygen.service.d
+cat > /etc/systemd/system/amic-ssh-keygen.service.d/amic-vm.conf <<'UNIT'
+[Service]
+ExecStart=
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
+UNIT
 systemctl enable systemd-networkd.service amic-growroot.service amic-mounts.service
+systemctl mask e2scrub_reap.service
 cat > /usr/lib/amic-vm/early.cfg <<'EOF'
 search --no-floppy --label amic-root --set=root
 set prefix=($root)/boot/grub

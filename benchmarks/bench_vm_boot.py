@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Power-on to boot hook done of an exported qcow2 under QEMU: this checkout against a peer.
+
+One image is built on the local target in a store of the benchmark's own
+(the debootstrap base and the package cache are shared with the other
+stores, as the e2e tests do), then each checkout (``--old``, default
+/work/main, and this one) exports it with ``amic export --format qcow2`` (its
+own VM layer and its own disk files) and boots it with its own QEMU command
+line (``amic.targets.local.vm.QemuVm.argv`` of that checkout). The boots are
+interleaved, old then new, ``--runs`` times, each on a fresh qcow2 overlay (a
+first boot, as every ``amic run --vm`` is). Times are host-side, from QEMU's
+start, to the first serial-console line of each stage:
+
+  grub      GRUB's "Booting `amic'"           kernel   "Linux version"
+  systemd   "Welcome to" (PID 1 is up)       hook     amic.service starting
+  done      the boot hook's "amic: boot: ok"  cpu      QEMU's CPU seconds until done
+
+and prints the medians and the new/old ratio. ``--analyze`` logs into the first
+boot of each over SSH and prints ``systemd-analyze``, ``blame`` and the
+critical chain of amic.service. Needs root, qemu-system-x86_64 and each
+checkout's .venv.
+
+    sudo .venv/bin/python benchmarks/bench_vm_boot.py [--old /work/main] [--runs 5] [--analyze]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+AMIFILE = """\
+FROM debian:12
+ENABLE base
+SERVICE base
+    PACKAGES jq
+    INIT echo base > /etc/bench-base
+    UPDATE date > /run/bench-booted
+"""
+STAGES = [("grub", re.compile(r"Booting `amic'")),
+          ("kernel", re.compile(r"Linux version ")),
+          ("systemd", re.compile(r"Welcome to ")),
+          ("hook", re.compile(r"Starting amic\.service|amic: boot: instance")),
+          ("done", re.compile(r"amic: boot: (ok|failed)\s*$"))]
+ANSI = re.compile(r"\x1b(\[[0-9;?=]*[A-Za-z]|[()][A-Z0-9]|[A-Za-z=>])")
+ANALYZE = ("systemd-analyze; systemd-analyze blame --no-pager | head -n 15; "
+           "systemd-analyze critical-chain --no-pager amic.service")
+
+
+def amic(checkout: Path, store: Path, project: Path, *args: str) -> str:
+    env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
+    env.pop("AMIC_TARGET", None)
+    proc = subprocess.run([str(checkout / ".venv/bin/amic"), *args], cwd=project, env=env,
+                          text=True, capture_output=True)
+    if proc.returncode != 0:
+        sys.exit(f"{checkout}: amic {' '.join(args)}: exit {proc.returncode}\n"
+                 f"{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def qemu_argv(checkout: Path, disk: Path, workdir: Path) -> tuple[list[str], int]:
+    """That checkout's QEMU command line for ``disk`` and its SSH port."""
+    code = ("import json, sys; from pathlib import Path; from amic.targets.local import vm; "
+            "m = vm.QemuVm(Path(sys.argv[1]), Path(sys.argv[2])); "
+            "print(json.dumps([m.argv(), m.ssh_port]))")
+    out = subprocess.run([str(checkout / ".venv/bin/python"), "-c", code, str(disk),
+                          str(workdir)], check=True, text=True, capture_output=True).stdout
+    argv, port = json.loads(out)
+    return argv, port
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, timeout: float,
+              analyze: bool) -> dict:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    disk = work / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
+                    str(disk)], check=True)
+    argv, port = qemu_argv(checkout, disk, work)
+    marks: dict[str, float] = {}
+    done = threading.Event()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    tail: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            now = time.monotonic() - t0
+            line = ANSI.sub("", raw.decode(errors="replace")).replace("\r", "").rstrip()
+            tail.append(line)
+            del tail[:-30]
+            for name, rx in STAGES:
+                if name not in marks and rx.search(line):
+                    marks[name] = now
+                    if name == "done":
+                        marks["cpu"] = cpu_seconds(proc.pid)
+                        marks["ok"] = float(line.rstrip().endswith("ok"))
+                        done.set()
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        done.wait(timeout)
+        if "done" not in marks:
+            sys.exit(f"{checkout}: no boot hook report in {timeout:.0f}s:\n" + "\n".join(tail))
+        if analyze:
+            ssh = ["ssh", "-q", "-i", str(key), "-o", "StrictHostKeyChecking=no",
+                   "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30",
+                   "-p", str(port), "root@127.0.0.1"]
+            for _ in range(30):
+                got = subprocess.run([*ssh, ANALYZE], text=True, capture_output=True)
+                if got.returncode != 255:
+                    break
+                time.sleep(2)
+            marks["analysis"] = got.stdout + got.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    return marks
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", type=Path, default=Path("/work/main"),
+                    help="the peer checkout (with its .venv)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--store", type=Path, default=Path("/var/cache/amic/bench-vm-boot"),
+                    help="the benchmark's store (kept between runs: the image and VM layers)")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--analyze", action="store_true",
+                    help="systemd-analyze over SSH in the first boot of each (printed at once)")
+    args = ap.parse_args()
+    from amic.targets.local import rootfs
+
+    base = rootfs.ensure_base("debian:12")
+    store = args.store
+    (store / "local").mkdir(parents=True, exist_ok=True)
+    if not (store / "bases").exists():
+        (store / "bases").symlink_to(base.parent)
+    packages = rootfs.cache_dir() / "local" / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    if not (store / "local" / "packages").exists():
+        (store / "local" / "packages").symlink_to(packages)
+    sides = {"old": args.old.resolve(), "new": HERE}
+    with tempfile.TemporaryDirectory(prefix="amic-bench-boot-") as tmp:
+        project = Path(tmp) / "bench"
+        project.mkdir()
+        (project / "Amifile").write_text(AMIFILE)
+        key = project / "key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        print(f"building the image (store {store})", file=sys.stderr)
+        amic(HERE, store, project, "build", "--target", "local", "-q")
+        # by id: checkouts may differ in what `latest` means (any project's, or this one's)
+        image = max(json.loads(amic(HERE, store, project, "images", "--json")),
+                    key=lambda i: i["created"])["id"]
+        disks = {}
+        for side, checkout in sides.items():
+            print(f"{side}: exporting with {checkout}", file=sys.stderr)
+            disks[side] = project / f"{side}.qcow2"
+            amic(checkout, store, project, "export", image, "--format", "qcow2",
+                 "--authorized-key", str(key) + ".pub", "-o", str(disks[side]))
+        results: dict[str, list[dict]] = {side: [] for side in sides}
+        cols = ["grub", "kernel", "systemd", "hook", "done", "cpu"]
+        print(f"{'run':>4} {'side':>4} " + " ".join(f"{c:>8}" for c in cols))
+        for i in range(args.runs):
+            for side, checkout in sides.items():
+                marks = boot_once(checkout, disks[side], key, Path(tmp) / f"run-{side}",
+                                  timeout=args.timeout,
+                                  analyze=args.analyze and i == 0)
+                results[side].append(marks)
+                print(f"{i + 1:>4} {side:>4} "
+                      + " ".join(f"{marks[c]:8.1f}" if c in marks else f"{'-':>8}"
+                                 for c in cols)
+                      + ("" if marks.get("ok") else "  (boot: failed)"), flush=True)
+                if "analysis" in marks:
+                    print(f"--- {side}: inside the guest ---\n{marks['analysis']}", flush=True)
+        print("median (seconds from power-on; cpu: QEMU CPU seconds until done)")
+        med = {side: {c: statistics.median(m[c] for m in results[side] if c in m)
+                      for c in cols if any(c in m for m in results[side])}
+               for side in sides}
+        for side in sides:
+            print(f"{'':>4} {side:>4} " + " ".join(f"{med[side].get(c, float('nan')):8.1f}"
+                                                   for c in cols))
+        print(f"{'':>4} {'new/old':>4} "
+              + " ".join(f"{med['new'][c] / med['old'][c]:8.2f}" for c in cols
+                         if c in med['new'] and c in med['old']))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What the boot hook waits for: the shipped units, and what the VM layer adds on top of them.
+
+The disk's boot was made faster (issue 22) by what runs beside the hook, never by what
+the hook waits for: on EC2 it must still start once the network is online (instance
+metadata, package mirrors) and after the SSH host keys exist. These read the unit
+files as systemd does (``Key=`` lines, an empty value resetting a list) and the
+drop-ins the VM layer writes, so any loosening of that ordering fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from amic.targets.local import disk
+
+REPO = Path(__file__).resolve().parents[2]
+BOOT = REPO / "runtime" / "boot"
+
+
+def unit(text: str) -> dict[str, list[str]]:
+    """``Section.Key`` -> values, as systemd merges them (an empty assignment resets)."""
+    conf: dict[str, list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        values = conf.setdefault(f"{section}.{key.strip()}", [])
+        if value.strip():
+            values.extend(value.split()) if key.strip() in LISTS else values.append(value.strip())
+        else:
+            values.clear()
+    return conf
+
+
+LISTS = {"After", "Before", "Wants", "Requires", "WantedBy"}
+
+
+def heredocs(script: str) -> dict[str, str]:
+    """Files a shell script writes with ``cat > PATH <<'TAG'`` here-documents."""
+    found = {}
+    for m in re.finditer(r"^cat > (\S+) <<'(\w+)'\n(.*?)^\2$", script, re.M | re.S):
+        found[m.group(1)] = m.group(3)
+    return found
+
+
+def test_the_boot_hook_waits_for_network_online_and_the_host_keys() -> None:
+    conf = unit((BOOT / "amic.service").read_text())
+    assert "network-online.target" in conf["Unit.Wants"]
+    assert {"network-online.target", "amic-ssh-keygen.service"} <= set(conf["Unit.After"])
+    assert "Unit.DefaultDependencies" not in conf      # after sysinit and basic.target too
+    assert conf["Service.Type"] == ["oneshot"] and conf["Service.TimeoutStartSec"] == ["0"]
+    assert conf["Install.WantedBy"] == ["multi-user.target"]
+    keygen = unit((BOOT / "amic-ssh-keygen.service").read_text())
+    assert {"ssh.service", "sshd.service"} <= set(keygen["Unit.Before"])
+
+
+def test_the_runtime_reads_instance_data_on_ec2_before_it_inits_anything() -> None:
+    # do_boot: the instance id from IMDS (then DMI), then the EC2 requests (tag, user
+    # data), and only then inits and updates; nothing skips that on EC2.
+    runtime = (REPO / "runtime" / "amic").read_text()
+    body = runtime.split("\ndo_boot() {\n", 1)[1].split("\n}\n", 1)[0]
+    order = ["instance_id", "if is_ec2; then ec2_requests; else vm_requests; fi",
+             "run_inits", "run_updates"]
+    at = [body.index(step) for step in order]
+    assert at == sorted(at), body
+    ident = runtime.split("\ninstance_id() {\n", 1)[1].split("\n}\n", 1)[0]
+    assert "if is_ec2; then\n        IID=$(imds meta-data/instance-id)" in ident
+
+
+def test_the_vm_layer_loosens_nothing_the_boot_hook_waits_for() -> None:
+    files = heredocs(disk.VM_SCRIPT)
+    assert "/usr/lib/amic-vm/growroot" in files           # the parser sees its files
+    for path, text in files.items():
+        # no drop-in or replacement of the hook's unit, nothing about network-online
+        assert not path.startswith("/etc/systemd/system/amic.service"), path
+        assert "network-online" not in text and "wait-online" not in text, path
+    for word in ("network-online", "wait-online", "amic.service.d", "DefaultDependencies"):
+        assert word not in disk.VM_SCRIPT.replace("Before=amic.service", ""), word
+    masked = re.findall(r"systemctl mask (.+)", disk.VM_SCRIPT)
+    assert masked == ["e2scrub_reap.service"], masked   # LVM snapshot cleanup: no LVM here
+    # the growroot unit still runs before the hook (INIT may need the space)
+    grow = unit(files["/etc/systemd/system/amic-growroot.service"])
+    assert "amic.service" in grow["Unit.Before"]
+
+
+def test_the_vm_layers_host_key_drop_in_keeps_what_the_hook_relies_on() -> None:
+    # The keygen unit still runs (same unit, same ordering before sshd and the hook); on
+    # VMs it makes the ed25519 and ECDSA keys (milliseconds) instead of ssh-keygen -A,
+    # whose 3072-bit RSA key took 13 s of emulated CPU on the boot's critical path.
+    files = heredocs(disk.VM_SCRIPT)
+    drop = unit(files["/etc/systemd/system/amic-ssh-keygen.service.d/amic-vm.conf"])
+    assert drop["Service.ExecStart"] == [
+        '/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key',
+        '/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key']
+    assert set(drop) == {"Service.ExecStart"}
+    base = unit((BOOT / "amic-ssh-keygen.service").read_text())
+    # the condition that skips it once keys exist names the key the drop-in makes first
+    assert "!/etc/ssh/ssh_host_ed25519_key" in base["Unit.ConditionPathExists"]
