@@ -5,7 +5,8 @@ security group or SSH.
 The local target does the layers (its store, its layer cache, its leases); the final
 image's look-up and its making are EC2's: an AMI with the final key, made either way,
 answers the build (so an SSH-baked AMI and a locally baked one are one cache entry), and
-a new final image is the local image plus the VM layer (``local.disk``), written as a raw
+a new final image is the local image plus the VM and EC2 layers (``local.ec2disk``: what
+``amic export --for ec2`` writes, booting as an instance with its key pair), written as a raw
 disk over the project's previous one (``disk_reuse``), uploaded and registered
 (``ebs_image``) with the names and tags the SSH path gives (``naming.new_image``).
 
@@ -24,7 +25,7 @@ from amic.errors import UsageError
 from amic.targets.base import Image
 from amic.targets.ec2 import disk_reuse, ebs_image, ebs_upload, naming
 from amic.targets.ec2 import images as amis
-from amic.targets.local import disk
+from amic.targets.local import ec2disk
 from amic.targets.local.target import LocalTarget
 
 SSH_PATH = "build it on an instance instead (--bake instance, the default)"
@@ -89,9 +90,11 @@ class LocalBake(LocalTarget):
             amis.deregister_named(ec2, new.name, self.log)
         project = tags.get(TAG_PROJECT) or tags.get(TAG_NAME) or key
         with self.store.scratch("ec2-disk-") as scratch, \
-                disk.vm_layer_in_use(self, image, log=self.log) as vm_image:
+                ec2disk.ec2_layer_in_use(self, image, log=self.log) as ec2_image:
             raw = scratch / "disk.raw"
-            _, reused = disk_reuse.make_disk(self, vm_image, project, raw, log=self.log)
+            # the EC2-fit image (cloud kernel, IMDSv2 key and hostname unit, DHCP on any
+            # NIC): what boots as an instance, as `amic export --for ec2` writes it
+            _, reused = disk_reuse.make_disk(self, ec2_image, project, raw, log=self.log)
             if reused:
                 self.log("disk: the previous disk of this project, changed in place")
             done = ebs_image.publish(
