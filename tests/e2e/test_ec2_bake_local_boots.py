@@ -1,0 +1,114 @@
+"""An AMI baked with ``--bake local`` boots as an instance: its snapshot, read back block by
+block with GetSnapshotBlock, is the disk of a QEMU VM that looks like a Nitro instance.
+
+EC2 and EBS are the strict stand-ins; the VM has the disk on NVMe, DMI saying ``Amazon
+EC2``, QEMU user networking with ``restrict=on`` and a ``guestfwd`` of 169.254.169.254:80
+to the loopback IMDSv2 stand-in, which serves the instance id, the tags and the key pair's
+public key (made after the upload: the only way it reaches the guest is IMDS). Checked:
+amic's IMDS unit authorised the key (SSH works), the boot hook ran and reported, the
+Amifile's service is initialised, the root grew to the instance's bigger volume.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from amic.targets.ec2 import disk_reuse
+from amic.targets.local import vm
+
+from tests.harness import ec2vm, imds
+from tests.harness.cli import run_amic
+from tests.harness.ec2 import REGION, fake_ec2
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+BLOCK = 512 * 1024
+INSTANCE_ID = "i-0b1a2c3d4e5f60719"
+AMIFILE = """\
+FROM debian:12
+NAME {name}
+ENABLE hello
+SERVICE hello
+    INIT echo hello > /etc/bake-hello
+    UPDATE date > /run/bake-booted
+"""
+
+
+def read_snapshot(endpoint: str, snap: str, out: Path) -> int:
+    """Write the snapshot's volume to ``out`` (sparse) as GetSnapshotBlock gives it; return
+    the number of blocks read. Every block's checksum is checked."""
+    client = boto3.client("ebs", region_name=REGION, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", endpoint_url=endpoint)
+    token, blocks = None, 0
+    with open(out, "wb") as fh:
+        while True:
+            page = client.list_snapshot_blocks(SnapshotId=snap,
+                                               **({"NextToken": token} if token else {}))
+            fh.truncate(page["VolumeSize"] * 1024 ** 3)
+            for blk in page["Blocks"]:
+                got = client.get_snapshot_block(SnapshotId=snap, BlockIndex=blk["BlockIndex"],
+                                                BlockToken=blk["BlockToken"])
+                data = got["BlockData"].read()
+                assert base64.b64encode(hashlib.sha256(data).digest()).decode() == \
+                    got["Checksum"]
+                fh.seek(blk["BlockIndex"] * BLOCK)
+                fh.write(data)
+                blocks += 1
+            token = page.get("NextToken")
+            if not token:
+                return blocks
+
+
+def test_a_locally_baked_ami_boots_as_an_instance(tmp_path):
+    name = f"bakeboot-{uuid.uuid4().hex[:12]}"
+    (tmp_path / "Amifile").write_text(AMIFILE.format(name=name))
+    with fake_ec2(tmp_path / "ec2", strict=True) as fake, contextlib.ExitStack() as stack:
+        env = {**fake.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+               "XDG_CACHE_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
+        built = run_amic("build", "Amifile", "--target", "ec2", "--bake", "local",
+                         cwd=tmp_path, env=env, timeout=3600)
+        assert built.returncode == 0, built.stderr[-4000:]
+        ami = built.stdout.split()[-1]
+        image = fake.client(direct=False).describe_images(ImageIds=[ami])["Images"][0]
+        project = {t["Key"]: t["Value"] for t in image["Tags"]}.get("amic:project") or name
+        stack.callback(shutil.rmtree, disk_reuse.kept_dir(project), ignore_errors=True)
+        snap = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+
+        raw = tmp_path / "snapshot.raw"
+        blocks = read_snapshot(fake.ebs.url, snap, raw)
+        assert 0 < blocks <= fake.ebs.calls["PutSnapshotBlock"], fake.ebs.calls   # all sent
+        key = tmp_path / "key_pair"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        volume = tmp_path / "volume.qcow2"          # the instance's volume, bigger
+        size_gib = raw.stat().st_size // 1024 ** 3 + 2
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(raw),
+                        str(volume), f"{size_gib}G"], check=True)
+        with imds.Imds(instance_id=INSTANCE_ID, hostname="ip-10-9-8-7.ec2.internal",
+                       public_key=key.with_suffix(".pub").read_text(),
+                       tags={"Name": name}) as server:
+            machine = ec2vm.Ec2LikeVm(volume, tmp_path, server.port)
+            machine.start()
+            try:
+                assert machine.wait_boot(900) == "ok", "\n".join(machine.console[-60:])
+                rc, out = vm.ssh_run(machine.ssh_port, key,
+                                     "/var/lib/amic/stage2/amic status; cat /etc/bake-hello "
+                                     "/run/bake-booted >/dev/null && df -B1G --output=size / "
+                                     "| tail -n 1")
+                assert rc == 0, out
+                assert f"instance {INSTANCE_ID}" in out, out
+                row = next(ln for ln in out.splitlines() if ln.split()[:1] == ["hello"])
+                assert " ok " in row, out
+                assert int(out.splitlines()[-1]) >= size_gib - 1, out       # root grew
+            finally:
+                machine.stop(timeout=180)
+        assert server.served("meta-data/public-keys/0/openssh-key")
+        assert not [r for r in server.requests if r[2] == 401], server.requests
