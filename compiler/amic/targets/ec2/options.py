@@ -171,7 +171,8 @@ def options_from_values(values: Mapping[str, object]) -> Ec2Options:
             raise UsageError(f"--region-kms-key {region}=…: {region} is no --copy-to-region")
     if opts.trust_on_first_use and opts.host_key_fingerprints:
         raise UsageError("--ssh-trust-on-first-use and --ssh-host-key-fingerprint exclude each other")
-    check_types(opts)
+    if opts.bake == "instance":     # a local bake launches nothing (local_bake checks --arch)
+        check_types(opts)
     if opts.spot_instance_types and not opts.spot_price:
         raise UsageError("--spot-instance-type needs --spot-price (auto or a price)")
     if opts.iam_instance_profile and opts.temporary_iam_policy:
@@ -196,8 +197,9 @@ def check_types(opts: Ec2Options) -> None:
     want = build_arch(opts.arch, types[0])
     other = [t for t in types if arch_for_instance_type(t) != want]
     if other:
-        raise UsageError(f"instance types {', '.join(other)} are not {want} like "
-                         f"{'--arch' if opts.arch else types[0]}: every type tried must be")
+        raise UsageError(f"instance types {', '.join(other)} are not {want} (the architecture "
+                         f"of {'--arch' if opts.arch else types[0]}): every instance type tried "
+                         "must boot the same image")
 
 
 def deprecation_time(text: str) -> str:
