@@ -53,6 +53,7 @@ def test_bake_local_uploads_registers_and_is_cached(tmp_path):
 
         built = amic("build", "Amifile", "--target", "ec2", "--bake", "local")
         assert built.returncode == 0, built.stderr
+        fake.strict.consistency.settle()   # the tag-filter lag, as a user's next command
         stack.callback(shutil.rmtree, disk_reuse.kept_dir(
             next(line.split()[2] for line in amic("ami", "ls").stdout.splitlines()
                  if name in line)), ignore_errors=True)
