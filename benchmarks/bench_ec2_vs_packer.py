@@ -291,6 +291,7 @@ class Bench:
         print("".join(f"      {line.strip()}\n" for line in proc.stderr.splitlines()
                       if re.search(r"uploading |disk: |registered ami-", line)), end="")
         row.update(wall_measured_s=round(wall, 2), standin_upload_s=round(upload_s, 2),
+                   timings=result.get("timings", {}),
                    blocks_sent_of=[int(reg.group(1)), int(reg.group(2))] if reg else [])
         return row
 
