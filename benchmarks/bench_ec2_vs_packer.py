@@ -36,9 +36,23 @@ time have passed since its CreateSnapshot (builds follow each other with no gap)
 amic runs with ``--checkpoint all`` (every layer a snapshot) and with its default
 ``--checkpoint auto`` (a checkpoint once ``snapshot_seconds`` of init accumulated).
 
+A third contender, ``amic build --target ec2 --bake local``, builds the layers on the local
+target (a store of its own under the run's directory: nothing cached at the start, the
+debootstrap base shared, as the SSH path starts from a registered base AMI), uploads the
+final disk to the strict EBS direct API stand-in (``tests/harness/ec2/ebs.py``) and
+registers it. Its model: the measured wall, less the seconds the uploader spent sending
+blocks to the loopback stand-in (its last progress line), plus the EBS direct API time:
+
+    StartSnapshot                          0.5 s
+    PutSnapshotBlock (N counted)           ceil(N / 16 connections) x 0.1 s
+    CompleteSnapshot until completed      30 s   (an assumption: no AWS figure found;
+                                                  the ratio at 275 s is printed too)
+    RegisterImage                          5 s   (MODEL above, via the proxy's log)
+
 Run as root:  .venv/bin/python benchmarks/bench_ec2_vs_packer.py [--repeat-unchanged N] [--json FILE]
 Targets (issue 10): full <= 1.02x Packer; one-layer <= Packer - the init time skipped;
 update-only <= Packer - all init time; unchanged: zero launches (issue 6: >= 20x faster).
+Issue 20 (bake local): full <= 0.3x Packer, one-layer <= 0.1x Packer.
 """
 
 from __future__ import annotations
@@ -66,6 +80,26 @@ MODEL = {"RunInstances": 60.0, "StartInstances": 45.0, "StopInstances": 25.0,
 SNAPSHOT_COMPLETES = 275.0
 """Seconds from CreateSnapshot until the snapshot is ``completed`` (charged only when waited for)."""
 COUNTED = tuple(MODEL)
+PUT_S = 0.1
+"""Seconds one PutSnapshotBlock takes on one connection: "Assuming PutSnapshotBlock latency is
+100ms, then a thread can process 10 requests in one second" (EBS User Guide, "Optimize
+performance for EBS direct APIs", ebsapi-performance.html)."""
+START_S = 0.5
+"""StartSnapshot: one call (the same estimate as CreateSnapshot's call)."""
+COMPLETE_S = 30.0
+"""CompleteSnapshot until ``completed``: an assumption, no AWS figure found (the ratio with
+``SNAPSHOT_COMPLETES`` instead is printed too)."""
+UPLOAD_DONE = re.compile(r"upload: (\d+)/(\d+) MiB, ([0-9.]+) MiB/s")
+REGISTERED = re.compile(r"registered ami-[0-9a-f]+: (\d+) of (\d+) blocks sent")
+
+
+def ebs_seconds(calls: dict[str, int], complete_s: float = COMPLETE_S) -> float:
+    """Modelled EBS direct API seconds of one build from the stand-in's counted calls."""
+    from amic.targets.ec2.ebs_upload import WORKERS    # the uploader's connections
+
+    rounds = -(-calls.get("PutSnapshotBlock", 0) // WORKERS)
+    return (calls.get("StartSnapshot", 0) * START_S + rounds * PUT_S
+            + calls.get("CompleteSnapshot", 0) * complete_s)
 
 
 def waited_for(log: list, n: int) -> bool:
@@ -122,6 +156,7 @@ class Bench:
         self.clock = Clock()
         self.wall = 0.0
         self.copy_s = 0.0
+        self.extra_env: dict[str, str] = {}
 
     def fresh(self) -> None:
         """A fresh moto and stand-in for each series: no tool starts with the other's cache."""
@@ -135,7 +170,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AWS_", "AMIC_")) and k != "PYTHONDONTWRITEBYTECODE"}
         return {**env, **self.fake.env, "NO_COLOR": "1", "CHECKPOINT_DISABLE": "1",
-                "PACKER_NO_COLOR": "1"}
+                "PACKER_NO_COLOR": "1", **self.extra_env}
 
     def _run(self, argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
         self.fake.proxy.reset()
@@ -153,10 +188,15 @@ class Bench:
         return wall, proc
 
     def record(self, tool: str, scenario: str, wall: float, steps: int, image: str,
-               launched_from: list[str], init_s: dict | None = None) -> dict:
+               launched_from: list[str], init_s: dict | None = None,
+               ebs: dict | None = None) -> dict:
         calls = {a: self.fake.proxy.count(a) for a in COUNTED}
         model_s, waited = self.clock.run(wall, list(self.fake.proxy.log),
                                          list(self.fake.standin.snapshots))
+        ebs = ebs or {}
+        ebs_s = ebs_seconds(ebs)
+        model_s += ebs_s
+        self.clock.now += ebs_s
         left = {k: v for k, v in self.fake.all_leftovers().items() if v}
         if left:
             sys.exit(f"{tool} {scenario} left resources behind: {left}")
@@ -164,12 +204,16 @@ class Bench:
                "standin_copy_s": round(self.copy_s, 2), "init_steps": steps,
                **calls, "modelled_s": round(model_s, 1), "snapshot_wait_s": round(waited, 1),
                "init_s": init_s or {}, "image": image,
-               "launched_from": [self.describe_image(i) for i in launched_from]}
+               "launched_from": [self.describe_image(i) for i in launched_from],
+               "ebs_calls": ebs, "ebs_s": round(ebs_s, 1),
+               "modelled_s_complete_275": round(
+                   model_s - ebs_s + ebs_seconds(ebs, SNAPSHOT_COMPLETES), 1)}
         self.rows.append(row)
         print(f"  {tool:<22} {scenario:<12} {wall:7.2f}s  steps {steps}  "
               f"run {calls['RunInstances']} image {calls['CreateImage']} "
               f"snap {calls['CreateSnapshot']} reg {calls['RegisterImage']} "
-              f"stop {calls['StopInstances']} start {calls['StartInstances']}  "
+              f"stop {calls['StopInstances']} start {calls['StartInstances']} "
+              f"put {ebs.get('PutSnapshotBlock', 0)}  "
               f"~{row['modelled_s']:.0f}s on AWS  -> {image}"
               + (f"  (launched from {', '.join(row['launched_from'])})" if launched_from else ""),
               flush=True)
@@ -222,6 +266,59 @@ class Bench:
         (project / "Amifile").write_text(text.replace("web-update-v1", "web-update-v2"))
         self.amic_build(project, "update-only", checkpoint, label)
 
+    # amic --bake local ---------------------------------------------------------------
+    def bake_build(self, project: Path, scenario: str, label: str) -> dict:
+        manifest = project / "result.json"
+        before = dict(self.fake.ebs.calls)
+        # a named project (NAME, --name or a git repository gives one): the upload starts
+        # from the project's previous snapshot and sends only the changed blocks
+        argv = [self.amic, "build", "--target", "ec2", "--bake", "local", "--name", "bench-bake",
+                "--manifest", str(manifest), "Amifile"]
+        wall, proc = self._run(argv, project)
+        ebs = {a: self.fake.ebs.calls[a] - before.get(a, 0)
+               for a in ("StartSnapshot", "PutSnapshotBlock", "CompleteSnapshot")}
+        # the blocks went to a Python stand-in on loopback: those seconds are replaced by
+        # the modelled EBS time (the sender's own figure: MiB sent / its rate)
+        sent = UPLOAD_DONE.findall(proc.stderr) if REGISTERED.search(proc.stderr) else []
+        upload_s = float(sent[-1][0]) / float(sent[-1][2]) if sent and float(sent[-1][2]) else 0.0
+        result = json.loads(manifest.read_text())
+        steps = sum(1 for layer in result["layers"] if layer["status"] == "RUN")
+        init_s = {layer["service"]: layer.get("seconds") or 0.0 for layer in result["layers"]
+                  if layer["status"] == "RUN"}
+        row = self.record(label, scenario, wall - upload_s, steps, proc.stdout.strip(),
+                          self.launches(), init_s, ebs)
+        reg = REGISTERED.search(proc.stderr)
+        print("".join(f"      {line.strip()}\n" for line in proc.stderr.splitlines()
+                      if re.search(r"uploading |disk: |registered ami-", line)), end="")
+        row.update(wall_measured_s=round(wall, 2), standin_upload_s=round(upload_s, 2),
+                   timings=result.get("timings", {}),
+                   blocks_sent_of=[int(reg.group(1)), int(reg.group(2))] if reg else [])
+        return row
+
+    def bake_series(self, base: Path, repeat_unchanged: int) -> None:
+        self.fresh()
+        project = self.work / "amic-bake"
+        project.mkdir()
+        # its own store: nothing cached but the debootstrap base (as the SSH path's base AMI)
+        cache = self.work / "bake-cache"
+        (cache / "bases").mkdir(parents=True)
+        (cache / "bases" / base.name).symlink_to(base)
+        self.extra_env = {"AMIC_CACHE_DIR": str(cache),
+                          "XDG_CACHE_HOME": str(self.work / "bake-xdg")}
+        try:
+            text = (HERE / "Amifile").read_text()
+            (project / "Amifile").write_text(text)
+            label = "amic --bake local"
+            self.bake_build(project, "full", label)
+            self._median([self.bake_build(project, "unchanged", label)
+                          for _ in range(max(1, repeat_unchanged // 5))])
+            (project / "Amifile").write_text(text.replace("echo web-v1", "echo web-v2"))
+            self.bake_build(project, "one-layer", label)
+            (project / "Amifile").write_text(text.replace("web-update-v1", "web-update-v2"))
+            self.bake_build(project, "update-only", label)
+        finally:
+            self.extra_env = {}
+
     # packer -------------------------------------------------------------------------
     def packer_build(self, scenario: str, web_version: str) -> dict:
         argv = [self.packer, "build", "-color=false",
@@ -254,12 +351,14 @@ class Bench:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'tool':<24}{'scenario':<12}{'wall':>8}{'steps':>6}{'Run':>4}{'Stop':>5}"
-            f"{'Image':>6}{'Snap':>5}{'Reg':>4}{'Start':>6}{'snap wait':>10}{'modelled AWS':>13}")
+            f"{'Image':>6}{'Snap':>5}{'Reg':>4}{'Start':>6}{'Put':>6}{'snap wait':>10}"
+            f"{'modelled AWS':>13}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['tool']:<24}{r['scenario']:<12}{r['wall_s']:>7.2f}s{r['init_steps']:>6}"
                      f"{r['RunInstances']:>4}{r['StopInstances']:>5}{r['CreateImage']:>6}"
                      f"{r['CreateSnapshot']:>5}{r['RegisterImage']:>4}{r['StartInstances']:>6}"
+                     f"{r['ebs_calls'].get('PutSnapshotBlock', 0):>6}"
                      f"{r['snapshot_wait_s']:>9.0f}s{r['modelled_s']:>12.0f}s")
     return "\n".join(lines)
 
@@ -295,16 +394,46 @@ def targets(rows: list[dict], tool: str) -> list[str]:
     return out
 
 
+def bake_targets(rows: list[dict]) -> list[str]:
+    """Issue 20's targets for ``--bake local``, and its ratios against amic's SSH path."""
+    def pick(t: str, scenario: str) -> dict | None:
+        return next((r for r in rows if r["tool"] == t and r["scenario"] == scenario), None)
+
+    out = []
+    limits = {"full": 0.3, "one-layer": 0.1}
+    for scenario in ("full", "unchanged", "one-layer", "update-only"):
+        bake = pick("amic --bake local", scenario)
+        if bake is None:
+            continue
+        for peer in ("packer amazon-ebs", "amic (checkpoint auto)"):
+            other = pick(peer, scenario)
+            if other is None:
+                continue
+            ratio = bake["modelled_s"] / max(other["modelled_s"], 1e-6)
+            worst = bake["modelled_s_complete_275"] / max(other["modelled_s"], 1e-6)
+            line = (f"bake local {scenario}: {bake['modelled_s']:.0f}s = {ratio:.3f}x {peer} "
+                    f"{other['modelled_s']:.0f}s ({worst:.3f}x if CompleteSnapshot took "
+                    f"{SNAPSHOT_COMPLETES:g}s)")
+            if peer.startswith("packer") and scenario in limits:
+                line += (f"; target <= {limits[scenario]}x: "
+                         + ("MET" if ratio <= limits[scenario] else "MISSED"))
+            out.append(line)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat-unchanged", type=int, default=5,
                     help="unchanged amic rebuilds (median reported; Packer gets a fifth as many)")
     ap.add_argument("--no-packer", action="store_true", help="amic only")
+    ap.add_argument("--no-ssh", action="store_true", help="no amic series over SSH")
+    ap.add_argument("--no-bake", action="store_true", help="no amic --bake local series")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (the instance stand-in uses mount namespaces and sshd)")
 
+    from amic.targets.ec2.ebs_upload import WORKERS
     from amic.targets.local import rootfs
 
     from tests.harness.ec2 import fake_ec2
@@ -316,8 +445,11 @@ def main() -> int:
         with fake_ec2(work / "ec2", base) as fake:
             bench = Bench(fake, work)
             print(f"moto behind {fake.proxy.url}; instances via 127.0.0.1:{fake.standin.relay_port}")
-            bench.amic_series("all", args.repeat_unchanged)
-            bench.amic_series("auto", args.repeat_unchanged)
+            if not args.no_ssh:
+                bench.amic_series("all", args.repeat_unchanged)
+                bench.amic_series("auto", args.repeat_unchanged)
+            if not args.no_bake:
+                bench.bake_series(base, args.repeat_unchanged)
             if not args.no_packer:
                 bench.packer_series(args.repeat_unchanged)
             rows = bench.rows
@@ -328,9 +460,11 @@ def main() -> int:
     print(table(rows))
     print("\nmodel: measured wall + " + ", ".join(f"{a} {s:g}s" for a, s in MODEL.items())
           + f"; a snapshot completes {SNAPSHOT_COMPLETES:g}s after CreateSnapshot (charged "
-          "where RegisterImage waits for it)")
+          "where RegisterImage waits for it); bake local: wall less the stand-in upload + "
+          f"StartSnapshot {START_S:g}s, PutSnapshotBlock {PUT_S:g}s per round of "
+          f"{WORKERS} connections, CompleteSnapshot {COMPLETE_S:g}s (assumed)")
     checks = [line for tool in ("amic (checkpoint all)", "amic (checkpoint auto)")
-              for line in targets(rows, tool)]
+              for line in targets(rows, tool)] + bake_targets(rows)
     for line in checks:
         print(line)
 
@@ -340,6 +474,9 @@ def main() -> int:
 
     amic_u, packer_u = pick("amic (checkpoint all)", "unchanged"), pick("packer", "unchanged")
     summary: dict = {"model_seconds": MODEL, "snapshot_completes_s": SNAPSHOT_COMPLETES,
+                     "ebs_model": {"StartSnapshot": START_S, "PutSnapshotBlock": PUT_S,
+                                   "connections": WORKERS,
+                                   "CompleteSnapshot_assumed": COMPLETE_S},
                      "rows": rows, "targets": checks}
     if amic_u and packer_u:
         wall_x = packer_u["wall_s"] / max(amic_u["wall_s"], 1e-6)
