@@ -129,7 +129,7 @@ def make_disk() -> None:
     os.environ["AMIC_CACHE_DIR"] = str(STORE)       # as the CLI's environment has it
     try:
         target = LocalTarget(store=STORE / "local")
-        vm.cached_disk(target, target.lookup("latest"), log=lambda line: None)
+        vm.cached_disk(target, target.lookup("webdev:latest"), log=lambda line: None)
     finally:
         if saved is None:
             os.environ.pop("AMIC_CACHE_DIR")
