@@ -188,7 +188,7 @@ def test_spot_interruption_fails_cleanly_and_keeps_checkpoints(e2e):
 @pytest.mark.parametrize("args, message", [
     (["--spot-price", "cheap"], "--spot-price 'cheap': expected auto or a price"),
     (["--spot-instance-type", "t3.small"], "--spot-instance-type needs --spot-price"),
-    (["--instance-type", "t3.micro,t4g.micro"], "t4g.micro are not x86_64 like t3.micro"),
+    (["--instance-type", "t3.micro,t4g.micro"], "t4g.micro are not x86_64 (the architecture of t3.micro)"),
     (["--instance-type", "t3.micro,"], "--instance-type 't3.micro,': expected TYPE[,TYPE...]"),
     (["--subnet", "subnet-1", "--subnet-filter", "a=b"], "--subnet and --subnet-filter exclude"),
     (["--subnet-filter", "novalue"], "--subnet-filter 'novalue': expected KEY=VALUE"),
