@@ -77,7 +77,8 @@ def run(args, argv: list[str], emit) -> int:
     cmd = [sys.executable, "-m", "amic.cli.main", "build"]
     argvs = {arch: [*cmd, *child_argv(argv, arch, args.instance_type)] for arch in wanted}
     procs = {arch: subprocess.Popen(argvs[arch], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, start_new_session=True)   # signals: from us only
+                                    text=True, start_new_session=True,   # signals: from us only
+                                    preexec_fn=_interrupt_when_parent_dies)
              for arch in wanted}
     outputs: dict[str, list[str]] = {arch: [] for arch in wanted}
     ended = threading.Condition()
@@ -140,3 +141,14 @@ def run(args, argv: list[str], emit) -> int:
                             " (a failure stops the other builds, which clean up; "
                             "--keep-going lets them finish)"))
     return 0
+
+
+def _interrupt_when_parent_dies() -> None:
+    """``preexec_fn``: an arch build gets SIGINT (and cleans up as on Ctrl-C) when this
+    process dies, even by SIGKILL: in its own session nothing else would reach it, and it
+    would go on building as an orphan."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT, 0, 0, 0)
+
