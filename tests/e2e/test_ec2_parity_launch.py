@@ -439,6 +439,40 @@ def test_sigint_cleans_up_both_arches(two_arches):
     assert_clean(fake)
 
 
+def test_kill_9_of_the_parent_interrupts_both_arch_builds(two_arches):
+    """The arch builds run in their own session: when the parent dies by SIGKILL they get
+    SIGINT (PR_SET_PDEATHSIG) and clean up as on Ctrl-C, instead of building on as orphans."""
+    e2e = two_arches
+    fake = e2e.fake
+    e2e.write(MULTI.format(variant="multi-9", seconds=120))
+    fake.proxy.reset()
+    before = len(fake.standin.launches)
+    proc = subprocess.Popen(multi_argv(fake), cwd=e2e.project, env=e2e.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            running = [fake.standin.instances.get(iid)
+                       for iid, _ in fake.standin.launches[before:]]
+            if len(running) == 2 and all(
+                    i is not None and (i.upper / "root/etc/amic-multi").exists() for i in running):
+                break
+            assert proc.poll() is None
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the two builds never both ran their INIT")
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and \
+            len(fake.proxy.calls_of("TerminateInstances", answered=True)) < 2:
+        time.sleep(0.5)
+    assert len(fake.proxy.calls_of("TerminateInstances", answered=True)) == 2
+    time.sleep(2)                       # each build's last clean-up calls after terminate
+    assert_clean(fake)
+
+
 def test_one_arch_failing_stops_the_other_unless_keep_going(two_arches):
     e2e = two_arches
     fake = e2e.fake
