@@ -9,7 +9,9 @@ disappear.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,20 @@ REPO = Path(__file__).resolve().parent.parent
 # A real sshd whose sessions land in a throwaway root (fixtures sshd_root, sshd_factory, ...),
 # and every target behind one interface for the contract suite (fixtures <target>_subject).
 pytest_plugins = ["tests.harness.sshd", "tests.harness.targets"]
+
+
+def pytest_configure(config):
+    # Tests assert that amic leaves no temporary file behind (``amic-stage2-*`` in the temp
+    # directory). Each pytest process gets a temp directory of its own, so that check sees
+    # only this process's builds: not another xdist worker's, nor another run on the host.
+    if os.environ.get("AMIC_TEST_TMPDIR_OF") == str(os.getpid()):
+        return
+    private = tempfile.mkdtemp(prefix="amt", dir=os.environ.get("TMPDIR", "/tmp"))
+    os.chmod(private, 0o755)   # unprivileged helpers (sshd users, QEMU's user) read beneath it
+    os.environ["TMPDIR"] = private
+    os.environ["AMIC_TEST_TMPDIR_OF"] = str(os.getpid())
+    tempfile.tempdir = None
+    config.add_cleanup(lambda: shutil.rmtree(private, ignore_errors=True))
 
 
 def pytest_runtest_setup(item):
