@@ -33,6 +33,7 @@ FEATURES = {
     "instance-profile": ("PassBuildRole",),
     "temporary-profile": ("TemporaryInstanceProfile", "ListTemporaryRoles"),
     "attributes": ("AmiAttributes",),
+    "bake-local": ("UploadTaggedSnapshots", "WriteOwnSnapshots"),   # test_ec2_iam_bake_local.py
 }
 NOT_IN_THE_STAND_IN = {"EncryptWithOwnKey": "moto's EC2 calls no KMS"}
 OTHER = "us-west-2"
@@ -119,6 +120,52 @@ def test_evaluator_allows_what_the_policy_allows_and_nothing_more():
     assert _refused(policy, "DeleteVolume", {"VolumeId": "vol-1"}, OWN)
     assert _refused(DOC.policy("CollectLeftovers"), "DeleteVolume", {"VolumeId": "vol-1"},
                     OWN) == []
+
+
+def _ebs_refused(policy, action, snaps=(), request=None, tags=None) -> list[str]:
+    return [f"{a.action} {a.resource}" for a in iam_policy.ebs_asks(
+        action, list(snaps), request or {}, region="us-east-1",
+        tags_of=lambda rid, region: (tags or {}).get(rid, {})) if iam_policy.denied(policy, a)]
+
+
+def test_evaluator_judges_the_ebs_direct_apis():
+    """--bake local's statements: StartSnapshot only with amic's tag (its tags are
+    ec2:CreateTags too), blocks and completion only on amic's snapshots, DeleteTags only of
+    amic's keys; the reads amic never makes are allowed by nothing."""
+    policy = DOC.policy(*FEATURES["bake-local"])
+    arn = "arn:aws:ec2:us-east-1::snapshot/"
+    tagged = {"VolumeSize": 2, "Tags": [{"Key": "amic:tool", "Value": "amic/0.1"}]}
+    own = {"snap-1": {"amic:tool": "amic/0.1"}, "snap-2": {"amic:tool": "amic/0.1"}}
+    assert _ebs_refused(policy, "StartSnapshot", request=tagged) == []
+    assert _ebs_refused(policy, "StartSnapshot", request={"VolumeSize": 2}) == [
+        f"ebs:StartSnapshot {arn}*"]
+    assert _ebs_refused(DOC.policy(), "StartSnapshot", request=tagged) == [
+        f"ebs:StartSnapshot {arn}*"]
+    assert _ebs_refused(DOC.policy(*FEATURES["bake-local"], drop_actions=["ec2:CreateTags"]),
+                        "StartSnapshot", request=tagged) == [f"ec2:CreateTags {arn}*"]
+    for action in ("PutSnapshotBlock", "CompleteSnapshot"):
+        assert _ebs_refused(policy, action, ["snap-1"], tags=own) == []
+        assert _ebs_refused(policy, action, ["snap-9"], tags=own) == [f"ebs:{action} {arn}snap-9"]
+        assert _ebs_refused(DOC.policy(*FEATURES["bake-local"], drop_actions=[f"ebs:{action}"]),
+                            action, ["snap-1"], tags=own) == [f"ebs:{action} {arn}snap-1"]
+    # ListChangedBlocks needs both snapshots; ListSnapshotBlocks, GetSnapshotBlock: not granted
+    reads = {"Effect": "Allow", "Action": "ebs:List*", "Resource": f"{arn}snap-2"}
+    assert _ebs_refused({"Statement": [reads]}, "ListChangedBlocks", ["snap-2", "snap-1"]) == [
+        f"ebs:ListChangedBlocks {arn}snap-1"]
+    for action in ("ListSnapshotBlocks", "GetSnapshotBlock"):
+        assert _ebs_refused(policy, action, ["snap-1"], tags=own) == [f"ebs:{action} {arn}snap-1"]
+    # the request's facts are condition keys: a parent named in a Deny is refused
+    deny = {"Effect": "Deny", "Action": "ebs:StartSnapshot", "Resource": "*",
+            "Condition": {"StringLike": {"ebs:ParentSnapshot": f"{arn}snap-1"}}}
+    child = {**tagged, "ParentSnapshotId": "snap-1"}
+    assert _ebs_refused(policy, "StartSnapshot", request=child) == []
+    assert _ebs_refused({**policy, "Statement": [*policy["Statement"], deny]}, "StartSnapshot",
+                        request=child) == [f"ebs:StartSnapshot {arn}*"]
+    # DeleteTags of the upload's temporary amic: tags only
+    untag = {"ResourceId.1": "snap-1", "Tag.1.Key": "amic:role", "Tag.2.Key": "amic:expires"}
+    assert _refused(policy, "DeleteTags", untag, own) == []
+    assert _refused(policy, "DeleteTags", {**untag, "Tag.3.Key": "Name"}, own) == [
+        f"ec2:DeleteTags {arn}snap-1"]
 
 
 def test_evaluator_operators_and_explicit_deny():

@@ -79,9 +79,12 @@ class Verdict:
 
 def _client(service: str, url: str, key: tuple[str, str], region: str = REGION):
     import boto3
+    from botocore.config import Config
 
+    # a pool as big as amic's upload (16 PutSnapshotBlock at once, each judged here)
     return boto3.client(service, region_name=region, endpoint_url=url,
-                        aws_access_key_id=key[0], aws_secret_access_key=key[1])
+                        aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                        config=Config(max_pool_connections=32))
 
 
 class IamEnforcement:
