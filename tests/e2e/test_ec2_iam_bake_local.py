@@ -16,11 +16,13 @@ from __future__ import annotations
 import shutil
 import uuid
 
+import boto3
 import pytest
 from amic import contract
+from botocore.exceptions import ClientError
 from amic.targets.ec2 import disk_reuse
 
-from tests.harness.ec2 import assert_clean, standin_ec2
+from tests.harness.ec2 import REGION, assert_clean, standin_ec2
 from tests.harness.ec2.iam import MOTO_ENV
 from tests.harness.ec2.iam_cli import DOC, Session, no_denials
 from tests.harness.tools import require
@@ -100,3 +102,19 @@ def test_bake_local_needs_its_statements_and_passes_with_them(session):
     assert fake.ebs.snaps[second].parent == first, (first, fake.ebs.snaps[second])
     assert 0 < len(fake.ebs.puts) < sent_first, (len(fake.ebs.puts), sent_first)
     assert {snap for snap, _ in fake.ebs.puts} == {second}
+
+    # what amic never does, read a snapshot back, the policy does not allow; the harness's
+    # admin may; a key IAM does not know is refused
+    def listing(key: tuple[str, str]) -> str:
+        ebs = boto3.client("ebs", region_name=REGION, endpoint_url=fake.ebs.url,
+                           aws_access_key_id=key[0], aws_secret_access_key=key[1])
+        try:
+            return "ok" if ebs.list_snapshot_blocks(SnapshotId=second)["Blocks"] else "empty"
+        except ClientError as exc:
+            return exc.response["Error"]["Code"]
+
+    assert [listing(key) for key in (session.iam.user, session.iam.admin, ("testing", "t"))] \
+        == ["AccessDeniedException", "ok", "UnrecognizedClientException"]
+    assert session.iam.denials()[-1].startswith(
+        f"User: {session.iam.user_arn} is not authorized to perform: ebs:ListSnapshotBlocks "
+        f"on resource: arn:aws:ec2:{REGION}::snapshot/{second} because"), session.iam.denials()
