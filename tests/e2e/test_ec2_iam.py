@@ -15,19 +15,14 @@ them (it works, and no call was refused).
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.harness.cli import run_amic
 from tests.harness.ec2 import assert_clean, iam_policy, standin_ec2
-from tests.harness.ec2.iam import MOTO_ENV, IamEnforcement, moto_projection
-
-DOC = iam_policy.documented()
+from tests.harness.ec2.iam import MOTO_ENV, moto_projection
+from tests.harness.ec2.iam_cli import DOC, Session, no_denials
 
 FEATURES = {
     "prune": ("RemoveOwnImages", "CheckImagesInUse"),
@@ -38,6 +33,7 @@ FEATURES = {
     "instance-profile": ("PassBuildRole",),
     "temporary-profile": ("TemporaryInstanceProfile", "ListTemporaryRoles"),
     "attributes": ("AmiAttributes",),
+    "bake-local": ("UploadTaggedSnapshots", "WriteOwnSnapshots"),   # test_ec2_iam_bake_local.py
 }
 NOT_IN_THE_STAND_IN = {"EncryptWithOwnKey": "moto's EC2 calls no KMS"}
 OTHER = "us-west-2"
@@ -126,6 +122,52 @@ def test_evaluator_allows_what_the_policy_allows_and_nothing_more():
                     OWN) == []
 
 
+def _ebs_refused(policy, action, snaps=(), request=None, tags=None) -> list[str]:
+    return [f"{a.action} {a.resource}" for a in iam_policy.ebs_asks(
+        action, list(snaps), request or {}, region="us-east-1",
+        tags_of=lambda rid, region: (tags or {}).get(rid, {})) if iam_policy.denied(policy, a)]
+
+
+def test_evaluator_judges_the_ebs_direct_apis():
+    """--bake local's statements: StartSnapshot only with amic's tag (its tags are
+    ec2:CreateTags too), blocks and completion only on amic's snapshots, DeleteTags only of
+    amic's keys; the reads amic never makes are allowed by nothing."""
+    policy = DOC.policy(*FEATURES["bake-local"])
+    arn = "arn:aws:ec2:us-east-1::snapshot/"
+    tagged = {"VolumeSize": 2, "Tags": [{"Key": "amic:tool", "Value": "amic/0.1"}]}
+    own = {"snap-1": {"amic:tool": "amic/0.1"}, "snap-2": {"amic:tool": "amic/0.1"}}
+    assert _ebs_refused(policy, "StartSnapshot", request=tagged) == []
+    assert _ebs_refused(policy, "StartSnapshot", request={"VolumeSize": 2}) == [
+        f"ebs:StartSnapshot {arn}*"]
+    assert _ebs_refused(DOC.policy(), "StartSnapshot", request=tagged) == [
+        f"ebs:StartSnapshot {arn}*"]
+    assert _ebs_refused(DOC.policy(*FEATURES["bake-local"], drop_actions=["ec2:CreateTags"]),
+                        "StartSnapshot", request=tagged) == [f"ec2:CreateTags {arn}*"]
+    for action in ("PutSnapshotBlock", "CompleteSnapshot"):
+        assert _ebs_refused(policy, action, ["snap-1"], tags=own) == []
+        assert _ebs_refused(policy, action, ["snap-9"], tags=own) == [f"ebs:{action} {arn}snap-9"]
+        assert _ebs_refused(DOC.policy(*FEATURES["bake-local"], drop_actions=[f"ebs:{action}"]),
+                            action, ["snap-1"], tags=own) == [f"ebs:{action} {arn}snap-1"]
+    # ListChangedBlocks needs both snapshots; ListSnapshotBlocks, GetSnapshotBlock: not granted
+    reads = {"Effect": "Allow", "Action": "ebs:List*", "Resource": f"{arn}snap-2"}
+    assert _ebs_refused({"Statement": [reads]}, "ListChangedBlocks", ["snap-2", "snap-1"]) == [
+        f"ebs:ListChangedBlocks {arn}snap-1"]
+    for action in ("ListSnapshotBlocks", "GetSnapshotBlock"):
+        assert _ebs_refused(policy, action, ["snap-1"], tags=own) == [f"ebs:{action} {arn}snap-1"]
+    # the request's facts are condition keys: a parent named in a Deny is refused
+    deny = {"Effect": "Deny", "Action": "ebs:StartSnapshot", "Resource": "*",
+            "Condition": {"StringLike": {"ebs:ParentSnapshot": f"{arn}snap-1"}}}
+    child = {**tagged, "ParentSnapshotId": "snap-1"}
+    assert _ebs_refused(policy, "StartSnapshot", request=child) == []
+    assert _ebs_refused({**policy, "Statement": [*policy["Statement"], deny]}, "StartSnapshot",
+                        request=child) == [f"ebs:StartSnapshot {arn}*"]
+    # DeleteTags of the upload's temporary amic: tags only
+    untag = {"ResourceId.1": "snap-1", "Tag.1.Key": "amic:role", "Tag.2.Key": "amic:expires"}
+    assert _refused(policy, "DeleteTags", untag, own) == []
+    assert _refused(policy, "DeleteTags", {**untag, "Tag.3.Key": "Name"}, own) == [
+        f"ec2:DeleteTags {arn}snap-1"]
+
+
 def test_evaluator_operators_and_explicit_deny():
     ask = iam_policy.Ask("ec2:CreateTags", "arn:aws:ec2:r:a:instance/i-1",
                          {"aws:TagKeys": ["amic:a", "amic:b"], "aws:RequestTag/amic:a": "x"})
@@ -180,76 +222,14 @@ def test_the_hint_names_the_missing_permission():
 
 # -- through the CLI, against the stand-in with IAM enforced -------------------------------
 
-class Run:
-    def __init__(self, proc: subprocess.CompletedProcess, iam: IamEnforcement) -> None:
-        self.rc, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
-        self.actions = iam.actions()
-        self.denials = iam.denials()
-
-    @property
-    def ami(self) -> str:
-        return self.stdout.strip().splitlines()[-1]
-
-    def refused(self, action: str) -> None:
-        """Exit 1, the missing action and the doc named, no traceback."""
-        assert self.rc == 1, self
-        assert f"the IAM policy lacks {action}: docs/ec2.md" in self.stderr, self
-        assert "Traceback" not in self.stderr, self
-        print(self.stderr.strip().splitlines()[-1])     # shown with -s: what a user reads
-
-    def __repr__(self) -> str:
-        return (f"<rc={self.rc} denials={self.denials}>\n{self.stdout[-2000:]}\n"
-                f"{self.stderr[-4000:]}")
-
-
-class Session:
-    def __init__(self, fake, root: Path) -> None:
-        self.fake = fake
-        self.iam = IamEnforcement(fake)
-        self.root = root
-        self.base_ami = fake.register_debian12()
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMIC_"))}
-        return {**env, **self.iam.env, "NO_COLOR": "1",
-                "XDG_CACHE_HOME": str(self.root / "xdg-cache")}
-
-    def common(self) -> list[str]:
-        return [*self.fake.ssh_args(), "--ssh-user", "root", "--poll-interval", "0.05",
-                "--ssh-timeout", "60", "--console-timeout", "30"]
-
-    def amic(self, *argv: str, policy: dict | None = None, env: dict | None = None) -> Run:
-        self.iam.use_policy(policy or DOC.policy())
-        self.fake.proxy.reset()
-        proc = run_amic(*argv, cwd=self.root, env={**self.env(), **(env or {})}, timeout=600)
-        return Run(proc, self.iam)
-
-    def build(self, variant: str, *extra: str, policy: dict | None = None,
-              base: str = "base") -> Run:
-        amifile = self.root / "Amifile"
-        text = AMIFILE.format(variant=variant, base=base)
-        if not amifile.exists() or amifile.read_text() != text:   # a new mtime misses the memo
-            amifile.write_text(text)
-        run = self.amic("build", "--target", "ec2", *self.common(), "--checkpoint", "all",
-                        *extra, "Amifile", policy=policy)
-        assert_clean(self.fake)
-        return run
-
-
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     with standin_ec2(tmp_path_factory, MOTO_ENV) as fake:
-        yield Session(fake, tmp_path_factory.mktemp("iam-project"))
+        yield Session(fake, tmp_path_factory.mktemp("iam-project"), AMIFILE)
 
 
 SWAP = "perform: ec2:ModifyInstanceAttribute "
 """What a build without FreeBuildGroup/ToDefaultGroup is refused (and does without)."""
-
-
-def _no_denials(run: Run, *expected: str) -> None:
-    """Exit 0, and nothing refused but the ``expected`` (optional) permissions."""
-    assert run.rc == 0, run
-    assert [d for d in run.denials if not any(e in d for e in expected)] == [], run
 
 
 @pytest.mark.slow
@@ -258,18 +238,18 @@ def test_build_under_the_documented_policy(session):
     """Full build with checkpoints, a build from a layer snapshot, an unchanged rebuild
     answered by the memo's own signed calls: the base policy is enough for all three."""
     full = session.build("v1")
-    _no_denials(full, SWAP)
+    no_denials(full, SWAP)
     assert {"RunInstances", "CreateSnapshot", "CreateImage", "TerminateInstances"} <= set(
         full.actions), full.actions
     # every EC2 call of the build was judged (amic's user signed them all)
     assert len(full.actions) == sum(session.fake.proxy.calls.values())
     assert "could not move" in full.stderr      # no FreeBuildGroup: cleanup waited instead
     from_layer = session.build("v2")
-    _no_denials(from_layer, SWAP)
+    no_denials(from_layer, SWAP)
     assert "RegisterImage" in from_layer.actions, from_layer.actions
-    _no_denials(session.build("v2"))   # unchanged: the full path (the memo is written now;
+    no_denials(session.build("v2"))   # unchanged: the full path (the memo is written now;
     memo = session.build("v2")           # the Amifile was too new for it before)
-    _no_denials(memo)
+    no_denials(memo)
     assert memo.ami == from_layer.ami
     # answered by the memo: only amic's own signed DescribeImages, which moto verified
     assert memo.actions == ["DescribeImages"] * 2, memo.actions
@@ -282,7 +262,7 @@ def test_build_under_the_documented_policy(session):
     assert any("confirm-memo" in agent for _, agent in session.fake.proxy.agents)
     assert "Traceback" not in forged.stderr, forged
     listed = session.amic("ami", "ls", "--all")
-    _no_denials(listed)
+    no_denials(listed)
     assert memo.ami in listed.stdout, listed
 
 
@@ -304,7 +284,7 @@ def test_a_policy_without_create_snapshot_fails_the_build(session, judge):
 @pytest.mark.root
 def test_a_policy_without_register_image_fails_a_build_from_a_layer(session):
     # a base layer of its own: no AMI was registered from its snapshot yet
-    _no_denials(session.build("reg-1", base="reg"), SWAP)
+    no_denials(session.build("reg-1", base="reg"), SWAP)
     run = session.build("reg-2", base="reg",
                         policy=DOC.policy(drop_actions=["ec2:RegisterImage"]))
     run.refused("ec2:RegisterImage")
@@ -314,9 +294,9 @@ def test_a_policy_without_register_image_fails_a_build_from_a_layer(session):
 @pytest.mark.root
 def test_launch_needs_only_the_base_policy(session):
     built = session.build("launch")
-    _no_denials(built, SWAP)
+    no_denials(built, SWAP)
     run = session.amic("launch", built.ami, *session.common(), "--boot-timeout", "60")
-    _no_denials(run, SWAP)
+    no_denials(run, SWAP)
     assert "RunInstances" in run.actions
     assert_clean(session.fake)
 
@@ -327,7 +307,7 @@ def test_copy_to_region_needs_its_statement(session):
     without = session.build("copy-1", "--copy-to-region", OTHER)
     without.refused("ec2:CopyImage")
     run = session.build("copy-2", "--copy-to-region", OTHER, policy=DOC.policy(*FEATURES["copy"]))
-    _no_denials(run, SWAP)
+    no_denials(run, SWAP)
     other = session.iam._ec2(OTHER)
     copies = other.describe_images(Owners=["self"], Filters=[
         {"Name": "tag:amic:source-image", "Values": [f"us-east-1/{run.ami}"]}])["Images"]
@@ -341,7 +321,7 @@ def test_share_with_needs_its_statement(session):
     without.refused("ec2:ModifyImageAttribute")
     run = session.build("share-2", "--share-with", SHARE_WITH,
                         policy=DOC.policy(*FEATURES["share"]))
-    _no_denials(run, SWAP)
+    no_denials(run, SWAP)
     perms = session.fake.client().describe_image_attribute(
         ImageId=run.ami, Attribute="launchPermission")["LaunchPermissions"]
     assert perms == [{"UserId": SHARE_WITH}]
@@ -359,7 +339,7 @@ def test_ami_attributes_need_their_statement(session):
                         "--snapshot-tag", "backup=no", "--volume-type", "gp3", "--iops", "4000",
                         "--launch-volume", "device=/dev/sdf,size=1",
                         policy=DOC.policy(*FEATURES["attributes"]))
-    _no_denials(run, SWAP)
+    no_denials(run, SWAP)
     assert {"EnableImageDeprecation", "ModifyImageAttribute"} <= set(run.actions), run.actions
     assert session.fake.standin.ami_rules.deprecations.get(run.ami), run
 
@@ -368,7 +348,7 @@ def test_ami_attributes_need_their_statement(session):
 @pytest.mark.root
 def test_the_default_group_swap_needs_its_statements(session):
     run = session.build("swap", policy=DOC.policy(*FEATURES["free-group"]))
-    _no_denials(run)
+    no_denials(run)
     assert "ModifyInstanceAttribute" in run.actions and "could not move" not in run.stderr, run
 
 
@@ -377,8 +357,8 @@ def test_the_default_group_swap_needs_its_statements(session):
 def test_ami_prune_needs_its_statements(session):
     old = session.build("prune-1")
     new = session.build("prune-2")
-    _no_denials(old, SWAP)
-    _no_denials(new, SWAP)
+    no_denials(old, SWAP)
+    no_denials(new, SWAP)
     (session.root / "Amifile").write_text(AMIFILE.format(variant="prune-2", base="base"))
     ec2 = session.fake.client()
 
@@ -396,7 +376,7 @@ def test_ami_prune_needs_its_statements(session):
     assert images() == before
     run = session.amic("ami", "prune", "--keep", "1", "--yes",
                        policy=DOC.policy(*FEATURES["prune"]))
-    _no_denials(run)
+    no_denials(run)
     left = images()
     assert old.ami not in left and new.ami in left, run
 
@@ -414,7 +394,7 @@ def test_gc_needs_its_statement(session):
     without.refused("ec2:DeleteVolume")
     assert ec2.describe_volumes(VolumeIds=[volume])["Volumes"]
     run = session.amic("gc", policy=DOC.policy(*FEATURES["gc"]))
-    _no_denials(run)
+    no_denials(run)
     assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume]}])["Volumes"]
 
 
@@ -451,7 +431,7 @@ def test_an_instance_profile_needs_its_statement(session):
         "arn:aws:iam::ACCOUNT:role/ROLE",
         f"arn:aws:iam::{session.fake.moto.account}:role/amic-build-role"))
     run = session.build("role-2", "--iam-instance-profile", "amic-build", policy=policy)
-    _no_denials(run, SWAP)
+    no_denials(run, SWAP)
     assert session.fake.proxy.calls_of("RunInstances")[0]["IamInstanceProfile.Name"] == "amic-build"
 
 
@@ -461,7 +441,7 @@ def test_a_temporary_profile_needs_its_statements(session, tmp_path):
                                         "Resource": "arn:aws:s3:::some-bucket/*"}]))
     run = session.build("role-3", "--temporary-iam-instance-profile", str(policy_file),
                         policy=DOC.policy(*FEATURES["temporary-profile"]))
-    _no_denials(run, SWAP)
+    no_denials(run, SWAP)
     launched = session.fake.proxy.calls_of("RunInstances")[-1]
     assert launched["IamInstanceProfile.Name"].startswith("amic-"), launched
     iam = session.iam.iam

@@ -60,8 +60,9 @@ One module per concern: ``api`` (moto and the proxy), ``standin`` (the hooks abo
 ``plain_sshd``, ``terminate``, ``capacity`` (capacity refusals, spot prices and
 interruptions), ``ebs`` and ``ebs_model`` (the EBS direct APIs, at
 ``AWS_ENDPOINT_URL_EBS``), ``strict`` (EC2's documented strictness), ``iam`` and
-``iam_policy`` (IAM enforced with docs/ec2.md's policy), ``amis`` (block devices and AMI
-attributes where moto differs from EC2). This module puts them together
+``iam_policy`` (IAM enforced with docs/ec2.md's policy, on EC2 and on EBS), ``iam_cli``
+(amic run as that IAM user), ``amis`` (block devices and AMI attributes where moto
+differs from EC2). This module puts them together
 (``FakeEc2``, ``fake_ec2``, ``standin_ec2``) with the helpers the tests share.
 """
 

@@ -28,6 +28,8 @@ what botocore and the AWS CLI send to ``AWS_ENDPOINT_URL_EBS``):
 - RequestThrottledException: a token bucket per snapshot for the block calls and one per
   account for the others (``put_rate``/``put_burst``, ``api_rate``/``api_burst``).
 - ``fail(action, times)``: the next calls answer HTTP 500 InternalServerException.
+- ``authorizers``: ``f(action, snapshots, request, headers)`` for every signed call, before it
+  is served (``iam.py`` judges it by docs/ec2.md's policy and raises AccessDeniedException).
 
 Block data lives in ``workdir`` by content hash (a disk is mostly repeated blocks).
 """
@@ -70,6 +72,8 @@ class EbsStandIn:
         self.timeout_scale = 1.0
         self.on_created: list = []
         """``f(snapshot_id)`` for each snapshot started (the strict proxy's consistency lag)."""
+        self.authorizers: list = []
+        """``f(action, snapshots, request, headers)``: may refuse a call (raise EbsError)."""
         self._buckets: dict[str, Bucket] = {}
         self._tokens: dict[str, tuple[str, int, float]] = {}
         self._pages: dict[str, tuple[str, str, int, float]] = {}
@@ -121,6 +125,7 @@ class EbsStandIn:
                 seq.clear()
             self.puts.clear()
             self._faults.clear()
+            self.authorizers.clear()
             self.put_rate, self.put_burst = 1000.0, 1000.0
             self.api_rate, self.api_burst = 50.0, 50.0
             self.timeout_scale = 1.0
@@ -163,7 +168,12 @@ class EbsStandIn:
             if action == "?":
                 raise EbsError("ValidationException", 400, f"no such operation {method} {url.path}")
             self.calls[action] += 1
-            self._gate(action, args[0] if args and action.endswith("Block") else None, headers)
+            self._signed(headers)
+            snaps = [*args[:1], *([query["firstSnapshotId"]] if query.get("firstSnapshotId")
+                                  else [])]
+            for authorize in self.authorizers:
+                authorize(action, snaps, self._request(action, body), headers)
+            self._gate(action, args[0] if args and action.endswith("Block") else None)
             return getattr(self, "_" + action)(*args, query=query, headers=headers, body=body)
         except EbsError as exc:
             self.refused[exc.kind] += 1
@@ -171,11 +181,25 @@ class EbsStandIn:
             return exc.status, {"Content-Type": "application/json",
                                 "x-amzn-ErrorType": exc.kind}, json.dumps(out).encode()
 
-    def _gate(self, action: str, snap: str | None, headers) -> None:
+    @staticmethod
+    def _signed(headers) -> None:
         auth = headers.get("Authorization", "")
         if not re.search(r"Credential=[^/]+/\d{8}/[^/]+/ebs/aws4_request", auth):
             raise EbsError("AccessDeniedException", 403, "Request not signed for ebs",
                            "UNAUTHORIZED_ACCOUNT")
+
+    @staticmethod
+    def _request(action: str, body: bytes) -> dict:
+        """StartSnapshot's JSON body (what its condition keys come from); {} otherwise."""
+        if action != "StartSnapshot":
+            return {}
+        try:
+            req = json.loads(body or b"{}")
+        except ValueError:
+            raise invalid("request body is not JSON") from None
+        return req if isinstance(req, dict) else {}
+
+    def _gate(self, action: str, snap: str | None) -> None:
         with self._lock:
             for fault in self._faults:
                 if fault[1] > 0 and fault[0] in ("*", action):
@@ -203,10 +227,7 @@ class EbsStandIn:
     # -- the calls -------------------------------------------------------------------------
 
     def _StartSnapshot(self, *, query, headers, body):
-        try:
-            req = json.loads(body or b"{}")
-        except ValueError:
-            raise invalid("request body is not JSON") from None
+        req = self._request("StartSnapshot", body)
         size = req.get("VolumeSize")
         if not isinstance(size, int) or not 1 <= size <= 65536:
             raise invalid(f"VolumeSize {size!r} must be 1 to 65536 GiB", "INVALID_VOLUME_SIZE")

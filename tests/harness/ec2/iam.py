@@ -20,6 +20,14 @@ against the documented policy as written (``iam_policy``: resources, tag
 conditions, ``ec2:CreateAction``) before it reaches moto. A call that policy does
 not allow is answered ``UnauthorizedOperation`` with EC2's message (``enforce``),
 and recorded either way (``verdicts``), so a test can also let moto alone refuse.
+
+The EBS direct APIs never reach moto: the EBS stand-in (``ebs.py``) asks this module
+(``_check_ebs``) about every call. A key neither user has is refused
+(``UnrecognizedClientException``; the signature itself is not checked there); amic's
+user's calls are evaluated against the documented policy (``iam_policy.ebs_asks``: the
+snapshot ARN, ``aws:RequestTag``/``aws:ResourceTag``, ``ebs:ParentSnapshot``, ...) and
+refused as EBS does (``AccessDeniedException``, 403, IAM's message), recorded in
+``verdicts`` like the EC2 calls (with ``enforce`` off, only recorded: moto never sees them).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import attrs
 
 from tests.harness.ec2 import iam_policy
 from tests.harness.ec2.api import REGION, ApiError
+from tests.harness.ec2.ebs_model import EbsError
 
 BOOTSTRAP_CALLS = 3
 """Unauthenticated requests moto answers: CreateUser, PutUserPolicy, CreateAccessKey of
@@ -70,9 +79,12 @@ class Verdict:
 
 def _client(service: str, url: str, key: tuple[str, str], region: str = REGION):
     import boto3
+    from botocore.config import Config
 
+    # a pool as big as amic's upload (16 PutSnapshotBlock at once, each judged here)
     return boto3.client(service, region_name=region, endpoint_url=url,
-                        aws_access_key_id=key[0], aws_secret_access_key=key[1])
+                        aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                        config=Config(max_pool_connections=32))
 
 
 class IamEnforcement:
@@ -111,6 +123,7 @@ class IamEnforcement:
         self.fake.proxy.credentials = self.admin
         self.fake.proxy.resign = self._resign
         self.fake.proxy.before["*"].append(self._check)
+        self.fake.ebs.authorizers.append(self._check_ebs)
 
     def reset(self) -> None:
         """The fake's reset (moto's state, IAM users included, goes), then the users again."""
@@ -150,7 +163,8 @@ class IamEnforcement:
             return [d for v in self.verdicts for d in v.denials]
 
     def actions(self) -> list[str]:
-        """Every EC2 action amic called (through the proxy), in order."""
+        """Every EC2 action amic called (through the proxy) and EBS direct API call it made,
+        in order."""
         with self._lock:
             return [v.action for v in self.verdicts]
 
@@ -175,6 +189,30 @@ class IamEnforcement:
             self.verdicts.append(Verdict(action, dict(params), tuple(denials)))
         if denials and self.enforce:
             raise ApiError("UnauthorizedOperation", denials[0], 403)
+
+    def _check_ebs(self, action: str, snapshots: list[str], request: Mapping,
+                   headers: Mapping[str, str]) -> None:
+        """The EBS stand-in's hook: an EBS direct API call judged as EBS would (IAM's message,
+        ``AccessDeniedException``). With IAM enforced, a key IAM does not know is refused."""
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        scope = re.search(r"Credential=([^/]+)/\d+/([^/]+)/", auth)
+        if not scope or scope[1] not in (self.admin[0], self.user[0]):
+            raise EbsError("UnrecognizedClientException", 403,
+                           "The security token included in the request is invalid.")
+        if self.policy is None or scope[1] != self.user[0]:
+            return
+        denials = []
+        for ask in iam_policy.ebs_asks(action, snapshots, request, region=scope[2],
+                                       tags_of=self._tags_of, snapshot_of=self.fake.ebs.snaps.get):
+            why = iam_policy.denied(self.policy, ask)
+            if why:
+                denials.append(f"User: {self.user_arn} is not authorized to perform: "
+                               f"{ask.action} on resource: {ask.resource} {why}")
+        with self._lock:
+            self.verdicts.append(Verdict(action, {"snapshots": ",".join(snapshots)},
+                                         tuple(denials)))
+        if denials and self.enforce:
+            raise EbsError("AccessDeniedException", 403, denials[0], "UNAUTHORIZED_ACCOUNT")
 
     def _ec2(self, region: str):
         with self._lock:

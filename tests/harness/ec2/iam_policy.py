@@ -1,4 +1,5 @@
-"""The IAM policy docs/ec2.md documents, and a small evaluator of it for EC2 Query calls.
+"""The IAM policy docs/ec2.md documents, and a small evaluator of it for EC2 Query calls and
+the EBS direct APIs (``ebs_asks``).
 
 moto's IAM enforcement (``tests/harness/ec2/iam.py``) checks who signed a call and
 whether some statement names its action; it evaluates no ``Resource`` and no
@@ -236,6 +237,52 @@ def asks(action: str, params: Mapping[str, str], *, region: str, account: str,
             ids.append(params["KeyName"])
         out += [existing(rid, "key-pair" if action.endswith("KeyPair") else None) for rid in ids]
     return out or [Ask(ec2, "*", {})]
+
+
+SnapshotOf = Callable[[str], object]
+"""``snapshot_of(snapshot id)``: the EBS stand-in's record (``ebs_model.Snap``) or None."""
+
+
+def ebs_asks(action: str, snapshots: list[str], request: Mapping, *, region: str,
+             tags_of: TagsOf, snapshot_of: SnapshotOf = lambda snap: None) -> list[Ask]:
+    """Every authorization EBS makes for a direct API call (Service Authorization Reference,
+    "Actions, resources, and condition keys for Amazon Elastic Block Store"): the snapshot
+    ``arn:aws:ec2:REGION::snapshot/ID``, with ``aws:ResourceTag/K`` (only: the ``ec2:``
+    keys are EC2's), and ``ebs:VolumeSize``, ``ebs:Description``, ``ebs:ParentSnapshot``
+    (the parent's ARN). StartSnapshot: the new ``snapshot/*`` with the request's values and
+    ``aws:RequestTag/K``, ``aws:TagKeys``; its tags are also ``ec2:CreateTags`` on it (the
+    reference's operations table), with no ``ec2:CreateAction`` (none is listed for it).
+    ListChangedBlocks: both snapshots (``snapshots``: the second, then the first)."""
+    arn = Arns(region, "")
+    ebs = f"ebs:{action}"
+
+    def facts(size, description, parent) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if size is not None:
+            out["ebs:VolumeSize"] = str(size)
+        if description:
+            out["ebs:Description"] = description
+        if parent:
+            out["ebs:ParentSnapshot"] = arn("snapshot", parent)
+        return out
+
+    if action == "StartSnapshot":
+        tags = {t.get("Key", ""): t.get("Value", "") for t in request.get("Tags") or []}
+        ctx = {**request_tags(tags), **facts(request.get("VolumeSize"),
+                                            request.get("Description"),
+                                            request.get("ParentSnapshotId"))}
+        out = [Ask(ebs, arn("snapshot"), ctx)]
+        if tags:
+            out.append(Ask("ec2:CreateTags", arn("snapshot"), request_tags(tags)))
+        return out
+    out = []
+    for snap in snapshots:
+        record = snapshot_of(snap)
+        ctx = {f"aws:ResourceTag/{k}": v for k, v in tags_of(snap, region).items()}
+        if record is not None:
+            ctx.update(facts(record.volume_size, record.description, record.parent))
+        out.append(Ask(ebs, arn("snapshot", snap), ctx))
+    return out or [Ask(ebs, arn("snapshot"), {})]
 
 
 def request_tags(tags: Mapping[str, str]) -> dict[str, object]:
