@@ -65,9 +65,12 @@ def linear(*checksums: str) -> str:
         b"".join(base64.b64decode(c) for c in checksums)).digest()).decode()
 
 
-def start(fake, size: int = 1, *extra: str) -> dict:
-    return aws(fake, "ebs", "start-snapshot", "--volume-size", str(size),
-               "--tags", "Key=amic:tool,Value=test", "--timeout", "60", *extra)
+def start(fake, size: int = 1, *extra: str, writable: bool = True) -> dict:
+    started = aws(fake, "ebs", "start-snapshot", "--volume-size", str(size),
+                  "--tags", "Key=amic:tool,Value=test", "--timeout", "60", *extra)
+    if writable:
+        fake.ebs.writable_now(started["SnapshotId"])
+    return started
 
 
 def ec2_status(fake, snap: str) -> tuple[str, dict]:
@@ -76,13 +79,20 @@ def ec2_status(fake, snap: str) -> tuple[str, dict]:
 
 
 def test_write_complete_read_with_the_aws_cli(fake, tmp_path):
-    started = start(fake)
+    fake.ebs.write_lag = 600.0
+    try:
+        started = start(fake, writable=False)
+    finally:
+        fake.ebs.write_lag = 0.5
     snap = started["SnapshotId"]
     assert started["BlockSize"] == BLOCK and started["Status"] == "pending"
     assert started["VolumeSize"] == 1
     assert ec2_status(fake, snap) == ("pending", {"amic:tool": "test"})
 
     a, a_sum = block(tmp_path, b"a")
+    # just started: EBS may not know it yet for writes (awslabs/coldsnap#43)
+    assert "ResourceNotFoundException" in put(fake, snap, 0, a, a_sum, ok=False)
+    fake.ebs.writable_now(snap)
     assert put(fake, snap, 0, a, a_sum)["Checksum"] == a_sum
     # a wrong checksum, a short block, an index past the 1 GiB volume: refused
     b, b_sum = block(tmp_path, b"b")
@@ -192,6 +202,7 @@ def test_pagination_tokens_and_throttling(fake, tmp_path):
     data = b"p" * BLOCK
     checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
     snap = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    fake.ebs.writable_now(snap)
     for i in range(150):
         ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=i, BlockData=data, DataLength=BLOCK,
                                Checksum=checksum, ChecksumAlgorithm="SHA256")
@@ -208,6 +219,7 @@ def test_pagination_tokens_and_throttling(fake, tmp_path):
     fake.ebs.put_rate, fake.ebs.put_burst = 0.01, 2.0
     try:
         snap2 = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+        fake.ebs.writable_now(snap2)
         codes = []
         for i in range(4):
             path, _ = block(tmp_path, b"t")

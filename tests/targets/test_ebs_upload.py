@@ -140,6 +140,31 @@ def test_throttling_and_server_errors_are_retried(fake, tmp_path):
     assert fake.ebs.refused["InternalServerException"] == 4
 
 
+def test_a_new_snapshot_unknown_for_a_while_is_waited_out(fake, tmp_path):
+    # EBS may answer "does not exist" to blocks for a snapshot it just started
+    # (awslabs/coldsnap#43): the upload waits that out instead of failing.
+    fake.ebs.write_lag = 3.0
+    path = disk(tmp_path / "w.raw", {i: bytes([i + 1]) for i in range(8)})
+    t0 = time.monotonic()
+    done = ebs_upload.upload(ebs(fake), fake.client(direct=False), path, tags=TAGS,
+                             description="test")
+    assert time.monotonic() - t0 >= 3.0
+    assert fake.ebs.refused["ResourceNotFoundException"] >= 1 and done.retries >= 1
+    assert done.blocks_sent == 8
+    assert read_back(fake, done.snapshot_id, path.stat().st_size) == path.read_bytes()
+
+
+def test_a_snapshot_unknown_past_the_patience_fails_clearly_and_is_deleted(fake, tmp_path):
+    fake.ebs.write_lag = 60.0
+    path = disk(tmp_path / "u.raw", {0: b"x"})
+    t0 = time.monotonic()
+    with pytest.raises(BuildError, match=r"writing block 0 of snap-\w+: .*does not exist"):
+        ebs_upload.upload(ebs(fake), fake.client(direct=False), path, tags=TAGS,
+                          description="test", new_snapshot_patience=2.0)
+    assert time.monotonic() - t0 < 20
+    assert upload_snapshots(fake) == []
+
+
 def upload_snapshots(fake) -> list[str]:
     found = fake.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]
     return [s["SnapshotId"] for s in found]

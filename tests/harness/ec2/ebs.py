@@ -14,6 +14,10 @@ what botocore and the AWS CLI send to ``AWS_ENDPOINT_URL_EBS``):
   snapshotted with the tags at creation and deleted), so DescribeSnapshots, DeleteSnapshot
   and RegisterImage see it; this server keeps its blocks and its state, and rewrites its
   ``status`` in DescribeSnapshots (``pending`` until CompleteSnapshot).
+- A new snapshot is not writable at once: for ``write_lag`` seconds after StartSnapshot,
+  PutSnapshotBlock and CompleteSnapshot answer ResourceNotFoundException ("The snapshot
+  ... does not exist"), as EBS does (awslabs/coldsnap#43; the EBS team's advice relayed
+  in coldsnap#56: wait and retry, for up to ~2 minutes).
 - PutSnapshotBlock: only to a ``pending`` snapshot; ``BlockSize`` 524288 exactly (a short
   block is refused), index below ``VolumeSize * 2048``, SHA256 checksum (base64) checked.
 - CompleteSnapshot: ``ChangedBlocksCount`` must be the number of blocks written; a
@@ -55,6 +59,10 @@ from tests.harness.ec2.api import ApiError
 from tests.harness.ec2.ebs_model import (BLOCK_SIZE, BLOCKS_PER_GIB, Bucket, EbsError, Snap,
                                          invalid, not_found)
 
+WRITE_LAG = 0.5
+"""Seconds a new snapshot refuses writes as unknown. Short, so every upload in the suite
+meets the refusal and must wait it out; a test sets it longer (AWS: up to ~2 minutes)."""
+
 
 class EbsStandIn:
     def __init__(self, proxy, workdir: Path) -> None:
@@ -70,6 +78,8 @@ class EbsStandIn:
         self.put_rate, self.put_burst = 1000.0, 1000.0
         self.api_rate, self.api_burst = 50.0, 50.0
         self.timeout_scale = 1.0
+        self.write_lag = WRITE_LAG
+        self._writable_at: dict[str, float] = {}
         self.on_created: list = []
         """``f(snapshot_id)`` for each snapshot started (the strict proxy's consistency lag)."""
         self.authorizers: list = []
@@ -129,6 +139,8 @@ class EbsStandIn:
             self.put_rate, self.put_burst = 1000.0, 1000.0
             self.api_rate, self.api_burst = 50.0, 50.0
             self.timeout_scale = 1.0
+            self.write_lag = WRITE_LAG
+            self._writable_at.clear()
         self.hook(proxy)
 
     def close(self) -> None:
@@ -261,6 +273,7 @@ class EbsStandIn:
                  now + timeout * 60 * self.timeout_scale)
         with self._lock:
             self.snaps[snap_id] = s
+            self._writable_at[snap_id] = now + self.write_lag
             if token:
                 self._client_tokens[token] = (snap_id, fingerprint)
         for f in self.on_created:
@@ -290,8 +303,18 @@ class EbsStandIn:
         finally:
             moto.delete_volume(VolumeId=vol)
 
+    def writable_now(self, snap: str) -> None:
+        """End ``snap``'s write lag (a test that has shown the refusal goes on at once)."""
+        with self._lock:
+            self._writable_at.pop(snap, None)
+
+    def _not_yet_writable(self, snap: str) -> None:
+        if time.monotonic() < self._writable_at.get(snap, 0.0):
+            raise not_found(snap)
+
     def _PutSnapshotBlock(self, snap, index, *, query, headers, body):
         s = self._snap(snap, "pending")
+        self._not_yet_writable(snap)
         try:
             idx = int(index)
         except ValueError:
@@ -332,6 +355,7 @@ class EbsStandIn:
 
     def _CompleteSnapshot(self, snap, *, query, headers, body):
         s = self._snap(snap, "pending")
+        self._not_yet_writable(snap)
         count = headers.get("x-amz-ChangedBlocksCount")
         if count is None or not count.isdigit():
             raise invalid("ChangedBlocksCount is required")

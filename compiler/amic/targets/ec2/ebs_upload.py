@@ -48,6 +48,10 @@ ATTEMPTS = 8
 """Tries of one call before the upload fails (with backoff between them)."""
 TIMEOUT_MINUTES = 60
 """StartSnapshot ``Timeout``: EBS turns a snapshot not completed by then to ``error``."""
+NEW_SNAPSHOT_PATIENCE = 150.0
+"""Seconds after StartSnapshot during which "the snapshot does not exist" is waited out:
+a new snapshot may refuse blocks as unknown for a while (awslabs/coldsnap#43, where the
+EBS team advised waiting and retrying for up to about two minutes, coldsnap#56)."""
 RETRIED = ("RequestThrottledException", "ThrottlingException", "InternalServerException",
            "ServiceUnavailable", "ServiceUnavailableException", "RequestTimeout")
 
@@ -100,27 +104,36 @@ def ebs_client(opts: aws.AwsOptions, workers: int = WORKERS):
 
 
 def retrying(doing: str, fn, *, stop: threading.Event | None = None,
-             on_retry: Callable[[], None] | None = None, **kwargs):
-    """``fn(**kwargs)``, retried on throttling and server errors; a BuildError at the end."""
+             on_retry: Callable[[], None] | None = None, unknown_until: float = 0.0,
+             **kwargs):
+    """``fn(**kwargs)``, retried on throttling and server errors; a BuildError at the end.
+    Until ``unknown_until`` (``time.monotonic``), ResourceNotFoundException is waited out
+    too, without using up the attempts: the snapshot was just started."""
     import botocore.exceptions
 
-    for attempt in range(1, ATTEMPTS + 1):
+    attempt = waits = 0
+    while True:
+        attempt += 1
         try:
             return fn(**kwargs)
         except botocore.exceptions.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if not (aws.error_code(exc) in RETRIED or status >= 500) or attempt == ATTEMPTS:
+            code = aws.error_code(exc)
+            if code == "ResourceNotFoundException" and time.monotonic() < unknown_until:
+                attempt -= 1                 # not a failure of this call: waited out
+                waits += 1
+            elif not (code in RETRIED or status >= 500) or attempt == ATTEMPTS:
                 raise aws.explain(exc, doing) from None
         except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
             if attempt == ATTEMPTS:
                 raise aws.explain(exc, doing) from None
         if on_retry is not None:
             on_retry()
-        if stop is not None and stop.wait(aws.backoff(attempt)):
+        pause = aws.backoff(max(attempt, min(waits, 3)))   # at most ~4 s while waiting it out
+        if stop is not None and stop.wait(pause):
             raise BuildError(f"{doing}: stopped")
         if stop is None:
-            time.sleep(aws.backoff(attempt))
-    raise AssertionError("unreachable")
+            time.sleep(pause)
 
 
 def delete_quietly(ec2, snapshot_id: str, log: Callable[[str], None] | None) -> None:
@@ -158,8 +171,10 @@ def started_snapshot(ebs, ec2, *, volume_gib: int, tags: Mapping[str, str], desc
 class _Sender:
     """The pool's shared state: counts, the stop flag, progress reports."""
 
-    def __init__(self, ebs, snap: str, fd: int, total: int, progress: Progress | None) -> None:
+    def __init__(self, ebs, snap: str, fd: int, total: int, progress: Progress | None,
+                 unknown_until: float) -> None:
         self.ebs, self.snap, self.fd, self.total = ebs, snap, fd, total
+        self.unknown_until = unknown_until
         self.progress = progress
         self.stop = threading.Event()
         self.sent = self.retries = 0
@@ -179,7 +194,8 @@ class _Sender:
         if hashlib.sha256(data).hexdigest() != digest:
             raise BuildError(f"block {index} of the disk changed during the upload")
         retrying(f"writing block {index} of {self.snap}", self.ebs.put_snapshot_block,
-                 stop=self.stop, on_retry=self.retried, SnapshotId=self.snap, BlockIndex=index,
+                 stop=self.stop, on_retry=self.retried, unknown_until=self.unknown_until,
+                 SnapshotId=self.snap, BlockIndex=index,
                  BlockData=data, DataLength=bm.BLOCK_SIZE, Checksum=checksum,
                  ChecksumAlgorithm="SHA256",
                  Progress=min(100, (self.sent + 1) * 100 // max(1, self.total)))
@@ -208,7 +224,8 @@ def aggregate_checksum(digests: list[str]) -> str:
 def upload(ebs, ec2, disk: Path, *, tags: Mapping[str, str], description: str,
            parent: bm.Manifest | None = None, workers: int = WORKERS,
            progress: Progress | None = None, log: Callable[[str], None] | None = None,
-           on_started: Callable[[str], None] | None = None) -> Uploaded:
+           on_started: Callable[[str], None] | None = None,
+           new_snapshot_patience: float = NEW_SNAPSHOT_PATIENCE) -> Uploaded:
     """Write ``disk`` (a raw disk image) to a new completed snapshot; its manifest is saved.
 
     ``parent``: the manifest of an earlier snapshot of the same project; the new one starts
@@ -224,9 +241,10 @@ def upload(ebs, ec2, disk: Path, *, tags: Mapping[str, str], description: str,
     try:
         with started_snapshot(ebs, ec2, volume_gib=gib, tags=tags, description=description,
                               parent=parent.snapshot_id if parent else None, log=log) as snap:
+            unknown_until = time.monotonic() + new_snapshot_patience
             if on_started is not None:
                 on_started(snap)
-            sender = _Sender(ebs, snap, fd, len(todo), progress)
+            sender = _Sender(ebs, snap, fd, len(todo), progress, unknown_until)
             zero_digest = hashlib.sha256(bm.ZERO).hexdigest()
             digests = {i: blocks.get(i, zero_digest) for i in todo}
             pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ebs-put")
@@ -241,6 +259,7 @@ def upload(ebs, ec2, disk: Path, *, tags: Mapping[str, str], description: str,
                 pool.shutdown(wait=True, cancel_futures=True)
             sender.report()
             retrying(f"completing {snap}", ebs.complete_snapshot, SnapshotId=snap,
+                     unknown_until=unknown_until,
                      ChangedBlocksCount=len(todo),
                      Checksum=aggregate_checksum([digests[i] for i in todo]),
                      ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
