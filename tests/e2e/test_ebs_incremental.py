@@ -50,7 +50,7 @@ def test_one_init_line_uploads_under_5_percent(tmp_path, monkeypatch):
     name = f"test-{uuid.uuid4().hex}"
     disks = []
     with fake_ec2(tmp_path / "ec2") as fake, contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, disk_reuse.kept_dir(name), ignore_errors=True)
+        stack.callback(shutil.rmtree, disk_reuse.kept_dir(target.store, name), ignore_errors=True)
         ebs = boto3.client("ebs", region_name=REGION, aws_access_key_id="testing",
                            aws_secret_access_key="testing", endpoint_url=fake.ebs.url,
                            config=botocore.config.Config(retries={"total_max_attempts": 1},

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 from amic.targets.ec2 import disk_reuse
+from amic.targets.local.target import default_store
 
 from tests.harness.cli import run_amic
 from tests.harness.ec2 import fake_ec2
@@ -54,7 +55,7 @@ def test_bake_local_uploads_registers_and_is_cached(tmp_path):
         built = amic("build", "Amifile", "--target", "ec2", "--bake", "local")
         assert built.returncode == 0, built.stderr
         fake.strict.consistency.settle()   # the tag-filter lag, as a user's next command
-        stack.callback(shutil.rmtree, disk_reuse.kept_dir(
+        stack.callback(shutil.rmtree, disk_reuse.kept_dir(default_store(),
             next(line.split()[2] for line in amic("ami", "ls").stdout.splitlines()
                  if name in line)), ignore_errors=True)
         ami = built.stdout.split()[-1]

@@ -23,6 +23,7 @@ import boto3
 import pytest
 from amic.targets.ec2 import disk_reuse
 from amic.targets.local import vm
+from amic.targets.local.target import default_store
 
 from tests.harness import ec2vm, imds
 from tests.harness.cli import run_amic
@@ -79,7 +80,7 @@ def test_a_locally_baked_ami_boots_as_an_instance(tmp_path):
         ami = built.stdout.split()[-1]
         image = fake.client(direct=False).describe_images(ImageIds=[ami])["Images"][0]
         project = {t["Key"]: t["Value"] for t in image["Tags"]}.get("amic:project") or name
-        stack.callback(shutil.rmtree, disk_reuse.kept_dir(project), ignore_errors=True)
+        stack.callback(shutil.rmtree, disk_reuse.kept_dir(default_store(), project), ignore_errors=True)
         snap = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
 
         raw = tmp_path / "snapshot.raw"

@@ -21,6 +21,7 @@ import pytest
 from amic import contract
 from botocore.exceptions import ClientError
 from amic.targets.ec2 import disk_reuse
+from amic.targets.local.target import default_store
 
 from tests.harness.ec2 import REGION, assert_clean, standin_ec2
 from tests.harness.ec2.iam import MOTO_ENV
@@ -49,7 +50,7 @@ def session(tmp_path_factory):
         try:
             yield session
         finally:       # the project's kept disk (/var/cache/amic/ec2-disks)
-            shutil.rmtree(disk_reuse.kept_dir(contract.project_id(None, name)),
+            shutil.rmtree(disk_reuse.kept_dir(default_store(), contract.project_id(None, name)),
                           ignore_errors=True)
 
 

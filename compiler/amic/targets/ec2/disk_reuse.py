@@ -3,7 +3,8 @@
 ``disk.write_disk`` makes a root file system afresh (``mke2fs -d``): every build lays out
 its files anew, so nearly every 512 KiB block differs from the last build's even when one
 file changed, and an upload over the previous snapshot would send the whole disk again.
-Here the previous disk of the same project is kept (``<cache>/ec2-disks/<project>/``); the
+Here the previous disk of the same project is kept (in the local store, ``vmdisks.ec2_disk_dir``;
+``amic prune --all`` removes it); the
 next disk is a copy of it (reflinked where the file system can) whose root file system is
 loop-mounted in a private mount namespace and brought to the new image with ``rsync
 --inplace --delete`` (``local/scripts/reuse-root.sh``): unchanged files keep their blocks,
@@ -16,7 +17,6 @@ no previous disk, or anything fails) the disk is made afresh, and kept for next 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -28,7 +28,7 @@ from pathlib import Path
 from amic.errors import BuildError
 from amic.fsutil import write_atomic
 from amic.targets.base import Image
-from amic.targets.local import disk, rootfs
+from amic.targets.local import disk, rootfs, vmdisks
 from amic.targets.scripts import script
 
 Log = Callable[[str], None]
@@ -36,9 +36,8 @@ FILL_LIMIT = 0.85
 """Above this share of the root file system used, the disk is made afresh (bigger)."""
 
 
-def kept_dir(project: str) -> Path:
-    name = hashlib.sha256(project.encode()).hexdigest()[:32]
-    return rootfs.cache_dir() / "ec2-disks" / name
+def kept_dir(store, project: str) -> Path:
+    return vmdisks.ec2_disk_dir(store, project)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -87,7 +86,7 @@ def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | No
     """The raw disk of ``vm_image`` (an image with the VM layer, use-locked by the caller) at
     ``out``; (its facts, whether it was made over the previous disk). The result is kept
     as the project's previous disk."""
-    kept = kept_dir(project)
+    kept = kept_dir(target.store, project)
     facts = _facts(kept)
     reused = False
     if facts is not None:

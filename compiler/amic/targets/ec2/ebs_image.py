@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from amic.contract import TAG_PROJECT
+from amic.contract import TAG_NAME, TAG_PROJECT
 from amic.errors import BuildError
 from amic.targets.ec2 import block_manifest as bm
 from amic.targets.ec2 import ebs_upload as up
@@ -53,14 +53,27 @@ def ec2_arch(arch: str) -> str:
         raise BuildError(f"EC2 has no architecture {arch!r} (x86_64 or arm64)") from None
 
 
-def previous(ec2, project: str | None, volume_gib: int) -> bm.Manifest | None:
-    """The newest completed snapshot of ``project`` registered as an AMI whose manifest is
-    kept here and which fits the new disk: the parent of the next upload."""
-    if not project:
+def lineage(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """The tag whose value makes images one line of succession: the project identity, or
+    for a project without one (warned about at build time) its name. The parent snapshot of
+    an upload and the kept previous disk are both found by it, so they always agree."""
+    for tag in (TAG_PROJECT, TAG_NAME):
+        if tags.get(tag):
+            return tag, tags[tag]
+    return None
+
+
+def previous(ec2, line: tuple[str, str] | None, volume_gib: int) -> bm.Manifest | None:
+    """The newest completed snapshot of the ``line`` (see :func:`lineage`) registered as an
+    AMI whose manifest is kept here and which fits the new disk: the parent of the next
+    upload. Any parent is correct (only blocks whose hash differs from the parent's
+    manifest are sent); the closest one sends the fewest."""
+    if line is None:
         return None
+    tag, value = line
     found = []
     for page in ec2.get_paginator("describe_snapshots").paginate(
-            OwnerIds=["self"], Filters=[{"Name": f"tag:{TAG_PROJECT}", "Values": [project]},
+            OwnerIds=["self"], Filters=[{"Name": f"tag:{tag}", "Values": [value]},
                                         {"Name": "tag-key", "Values": [TAG_IMAGE_ID]},
                                         {"Name": "status", "Values": ["completed"]}]):
         found += page["Snapshots"]
@@ -106,7 +119,7 @@ def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
     """Upload ``disk`` and register it as the AMI ``name`` tagged ``tags``."""
     ec2_arch(arch)
     gib = bm.volume_gib(disk.stat().st_size)
-    parent = previous(ec2, tags.get(TAG_PROJECT), gib) if incremental else None
+    parent = previous(ec2, lineage(tags), gib) if incremental else None
     if log is not None:
         log(f"uploading {disk.name} ({gib} GiB volume)"
             + (f" over {parent.snapshot_id}" if parent else ""))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Mapping
 
-from amic.contract import TAG_BUILD, TAG_NAME, TAG_PROJECT
+from amic.contract import TAG_BUILD
 from amic.errors import UsageError
 from amic.targets.base import Image
 from amic.targets.ec2 import disk_reuse, ebs_image, ebs_upload, naming
@@ -88,7 +88,8 @@ class LocalBake(LocalTarget):
                                user="root", log=self.log)
         if opts.force_deregister:
             amis.deregister_named(ec2, new.name, self.log)
-        project = tags.get(TAG_PROJECT) or tags.get(TAG_NAME) or key
+        line = ebs_image.lineage(tags)
+        project = line[1] if line else key
         with self.store.scratch("ec2-disk-") as scratch, \
                 ec2disk.ec2_layer_in_use(self, image, log=self.log) as ec2_image:
             raw = scratch / "disk.raw"

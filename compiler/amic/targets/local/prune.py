@@ -159,7 +159,7 @@ def prune(store: ImageStore, *, keep: int = 1, everything: bool = False, dry_run
     Kept: the ``keep`` newest final images per project (``amic:project``), every image below
     them (their layer checkpoints and base) and above them (their VM layer, and its cached
     disk). ``everything`` removes all images (bases' debootstrap roots stay in
-    ``cache_dir()/bases``). With ``project`` only that project's images go (``everything``:
+    ``cache_dir()/bases``) and the previous EC2 disks of ``--bake local``. With ``project`` only that project's images go (``everything``:
     all of them that no other project's image sits on). Images without ``amic:project``
     (built before it, or without an identity) are never removed unless ``force``: then they
     are grouped by ``amic:name`` (older ones: ``amic:source``), and with ``project`` those
@@ -203,7 +203,22 @@ def prune(store: ImageStore, *, keep: int = 1, everything: bool = False, dry_run
                 if disk.name[:SHORT] not in left:
                     remove_disk(store, tally, disk)
             stale_keys(store, tally)
+            if everything:
+                previous_ec2_disks(store, tally, select)
     return tally.result()
+
+
+def previous_ec2_disks(store: ImageStore, tally: Tally, select: Selection) -> None:
+    """``--all``: the previous EC2 disks ``--bake local`` keeps per project (the next bake
+    then writes its disk afresh; the upload stays incremental, by the block manifest)."""
+    if select.project is None:
+        dirs = vmdisks.ec2_disk_dirs(store)
+    else:
+        names = [select.project] + ([select.legacy_name] if select.force and select.legacy_name
+                                     else [])
+        dirs = [d for d in (vmdisks.ec2_disk_dir(store, n) for n in names) if d.is_dir()]
+    for d in dirs:
+        tally.tree(d, f"previous EC2 disk {d.name[:SHORT]}")
 
 
 def stale_keys(store: ImageStore, tally: Tally) -> None:

@@ -72,6 +72,11 @@ class LocalMachine(Machine):
             "lowers": [str(p) for p in self.lowers]}, indent=1))
 
 
+def default_store() -> ImageStore:
+    """The local store when none is named: ``local/`` under the cache directory."""
+    return ImageStore(rootfs.cache_dir() / "local")
+
+
 class LocalTarget(Target):
     name = "local"
     default_checkpoint = "all"
@@ -81,7 +86,7 @@ class LocalTarget(Target):
     def __init__(self, spec: str = "", *, store: Path | None = None) -> None:
         if spec:
             raise UsageError(f"the local target takes no argument (got {spec!r})")
-        self.store = ImageStore(store or rootfs.cache_dir() / "local")
+        self.store = ImageStore(store) if store else default_store()
         self.superseded: list[Image] = []
         """Images a snapshot replaced under their key (``--no-cache``): see remove_superseded."""
 

@@ -18,6 +18,7 @@ until ``amic rm``, running or stopped: its own disk would be lost with it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import struct
@@ -25,6 +26,21 @@ from pathlib import Path
 
 QCOW2_MAGIC = b"QFI\xfb"
 CACHED = re.compile(r"^[0-9a-f]{12}\.qcow2$")
+
+
+EC2_DISKS = "ec2-disks"
+"""Under the store: each project's previous EC2 disk, which ``--bake local`` changes in
+place (``amic.targets.ec2.disk_reuse``) so an upload sends only the blocks that changed."""
+
+
+def ec2_disk_dir(store, lineage: str) -> Path:
+    """The directory of ``lineage``'s (a project identity or name) previous EC2 disk."""
+    return store.root / EC2_DISKS / hashlib.sha256(lineage.encode()).hexdigest()[:32]
+
+
+def ec2_disk_dirs(store) -> list[Path]:
+    root = store.root / EC2_DISKS
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
 def vm_dir(store) -> Path:
