@@ -93,6 +93,8 @@ class Ec2Target(Target):
         """Lease name -> its key (asked again when another build turned out to hold it)."""
         self.made_final: tuple[str, str] | None = None
         """(key, AMI id) of the final AMI this target made: see remove_superseded."""
+        self._launches = 0
+        """Launches so far (a retried one gets its own RunInstances client token)."""
         self.pending_image: str | None = None
         """The final AMI CreateImage made and not yet seen available (a retry waits for it)."""
         self.copies: dict[str, str] = {}
@@ -383,9 +385,10 @@ class Ec2Target(Target):
         if not opts.security_group_ids:
             beat.add(*group_ids)
         opts = iamprofile.with_profile(stack, self.clients, opts, name, tags, self.log)
+        self._launches += 1
         iid = resources.add_instance(stack, ec2, image, name, group_ids,
                                      {**tags, **(instance_tags or {})}, build_id, opts, self.log,
-                                     metadata_tags=bool(instance_tags))
+                                     metadata_tags=bool(instance_tags), launch=self._launches)
         beat.add(iid)
         beat.start()
         stack.callback(beat.stop)       # first thing on the way out: no beat on a deleted group
