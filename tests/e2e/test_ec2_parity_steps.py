@@ -45,14 +45,21 @@ def e2e(tmp_path_factory):
         yield E2E(fake, tmp_path_factory.mktemp("parity-steps"))
 
 
-def copies_in(fake, region: str, build_id: str | None = None) -> list[dict]:
+def moto_in(fake, region: str):
     import boto3
 
     key, secret = fake.proxy.credentials
-    ec2 = boto3.client("ec2", region_name=region, endpoint_url=fake.moto.url,
-                       aws_access_key_id=key, aws_secret_access_key=secret)
-    filters = [{"Name": "tag:amic:build-id", "Values": [build_id]}] if build_id else []
-    return ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
+    return boto3.client("ec2", region_name=region, endpoint_url=fake.moto.url,
+                        aws_access_key_id=key, aws_secret_access_key=secret)
+
+
+def copies_in(fake, region: str) -> list[dict]:
+    return moto_in(fake, region).describe_images(Owners=["self"])["Images"]
+
+
+def snapshots_of(image: dict) -> set[str]:
+    return {b["Ebs"]["SnapshotId"] for b in image.get("BlockDeviceMappings", [])
+            if b.get("Ebs", {}).get("SnapshotId")}
 
 
 def test_on_error_ask_retries_launch_ssh_upload_image_and_copy(e2e):
@@ -268,6 +275,8 @@ def test_ctrl_c_while_copying_cancels_the_copies_at_once(e2e):
             time.sleep(0.1)
         time.sleep(1.0)                               # amic is waiting for the copies now
         made = list(fake.standin.image_copies.made[-2:])
+        snaps = {copy_id: snapshots_of(moto_in(fake, region).describe_images(
+            ImageIds=[copy_id])["Images"][0]) for region, copy_id in made}
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -284,4 +293,7 @@ def test_ctrl_c_while_copying_cancels_the_copies_at_once(e2e):
         assert copy_id in deregistered, (copy_id, err)
         assert f"cancelled the copy {copy_id} in {region}" in err, err
         assert copy_id not in {c["ImageId"] for c in copies_in(fake, region)}
+        left = {s["SnapshotId"] for s in moto_in(fake, region).describe_snapshots(
+            OwnerIds=["self"])["Snapshots"]}
+        assert snaps[copy_id] and not snaps[copy_id] & left, (snaps[copy_id], left)
     assert_clean(fake)
