@@ -120,12 +120,14 @@ def test_launch_volume_tag_ami_share_copy_options_reach_ec2(builds, tmp_path):
     keys = {c.get("KmsKeyId") for c in copies}
     assert keys == {WEST_KEY, EU_KEY} and all(c["Encrypted"] == "true" for c in copies)
     assert len(deprecations) == 3 and len(imds) == 3      # the copies got them too
-    # in parallel: both copies were asked for before either was tagged (waited for)
-    order = [(a, p) for a, p in proxy.answered if a in ("CopyImage", "CreateTags")]
+    # tagged at creation, and in parallel: both asked for before either was waited for
+    assert all(tag_specs(c, "image")["amic:source-image"] == f"{REGION}/{ami}" for c in copies)
+    made = {copy_id for _, copy_id in fake.standin.image_copies.made[-2:]}
+    order = [(a, p) for a, p in proxy.answered if a in ("CopyImage", "DescribeImages")]
     last_copy = max(i for i, (a, _) in enumerate(order) if a == "CopyImage")
-    first_copy_tagged = min(i for i, (a, p) in enumerate(order) if a == "CreateTags"
-                            and "amic:source-image" in p.values())
-    assert last_copy < first_copy_tagged, [a for a, _ in order]
+    first_wait = min(i for i, (a, p) in enumerate(order) if a == "DescribeImages"
+                     and p.get("ImageId.1") in made)
+    assert last_copy < first_wait, [a for a, _ in order]
     regions = json.loads(manifest.read_text())["regions"]
     assert set(regions) == {REGION, "us-west-2", "eu-west-1"} and regions[REGION] == ami
     assert len(set(regions.values())) == 3

@@ -297,9 +297,11 @@ def test_on_error_ask_retries_the_step_and_debug_pauses_through_a_terminal(e2e):
                             cwd=e2e.project, env=e2e.env(), stdin=slave, stderr=slave,
                             stdout=subprocess.PIPE, text=True)
     os.close(slave)
-    answers = [("--debug: [1/2] base done; press Enter", "\n"),
+    answers = [("--debug: stage2 artifact done; press Enter", "\n"),
+               ("--debug: [1/2] base done; press Enter", "\n"),
                ("[r]etry the step? [c]", "r\n"),
-               ("--debug: [2/2] flaky done; press Enter", "\n")]
+               ("--debug: [2/2] flaky done; press Enter", "\n"),
+               ("--debug: install-boot-hook, prepare-image done; press Enter", "\n")]
     seen, pos = "", 0
     deadline = time.monotonic() + 300
     try:

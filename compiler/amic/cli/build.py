@@ -49,12 +49,15 @@ def register(sub) -> None:
                    "earlier build skipped are made (the image stays)")
     p.add_argument("--on-error", choices=["cleanup", "abort", "ask"], default="cleanup",
                    help="abort: leave the failed machine for debugging and print how to reach it; "
-                   "ask: on the terminal, clean up, abort or retry the failed step "
-                   "(default: cleanup)")
+                   "ask (Packer's -on-error=ask): on the terminal, clean up, abort or retry the "
+                   "failed step (launching, waiting for SSH, uploading the stage2, an INIT, "
+                   "prepare-image; ec2: creating the image, its attributes, a region copy; "
+                   "no retry where a step cannot run again) (default: cleanup)")
     p.add_argument("--keep-going", action="store_true",
                    help="with several --arch: a failed build does not stop the others")
     p.add_argument("--debug", action="store_true",
-                   help="pause after every step until Enter (needs a terminal)")
+                   help="Packer's -debug: pause until Enter before the launch, after every "
+                   "layer and before the final image (needs a terminal)")
     p.add_argument("--progress", choices=["auto", "tty", "plain"], default="auto",
                    help="live status line (tty) or one line per event (plain: a timestamped "
                    "line when a step starts, and one every $AMIC_HEARTBEAT_SECONDS, default 30, "

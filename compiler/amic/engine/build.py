@@ -16,6 +16,11 @@ Ctrl-C/SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt)::
     finalize            `amic install-boot-hook`, `amic prepare-image`
     snapshot_final      record the image under the final key
 
+Under ``--on-error ask`` every step from the launch on can be retried (``amic.engine.onerror``;
+a target's own steps through ``Target.step``); ``--debug`` pauses before the launch, after
+each layer and before the final image. A target that makes no image (``provision_only``:
+ec2 ``--skip-create-ami``) gets every INIT run from the base, nothing looked up or kept.
+
 Nothing here knows which cloud it talks to: everything target-specific is
 behind :class:`amic.targets.base.Target`. The checkpoint policy is in
 ``amic.engine.checkpoint``; why a layer ran and where it failed, in
@@ -94,6 +99,9 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
     UsageError for bad options, AmifileError for a bad Amifile.
     """
     reporter = reporter or Reporter(quiet=True)
+    if target.provision_only and options.checkpoint not in (None, "none"):
+        raise UsageError(f"--skip-create-ami makes no image and no snapshot: --checkpoint "
+                         f"{options.checkpoint} would make layer snapshots (drop one of the two)")
     t_start = time.monotonic()
     started_ns = time.time_ns()
     target.keep_on_error = options.on_error == "abort"
@@ -103,6 +111,7 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
         b = BuildState(target=target, options=options, reporter=reporter, stack=stack,
                        build_id=new_build_id(), started_ns=started_ns)
         stack.callback(reporter.end)
+        target.step = lambda what, fn, retry=True: onerror.run_step(b, what, fn, retry=retry)
         stack.enter_context(target.build_lock())
         with b.timed("resolve"):
             resolved = resolved or load_amifile(options.amifile)
@@ -111,14 +120,15 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
             b.base = resolve_base(b, resolved)
         with b.timed("plan"):
             b.plan = make_plan(b, resolved)
-            target.check_final(b.plan.final_key, imagetags.final_tags(b.plan, _common_tags(b)))
+            if not target.provision_only:   # no image: no name to check
+                target.check_final(b.plan.final_key, imagetags.final_tags(b.plan, _common_tags(b)))
             target.plan_lookups([layer.key for layer in b.plan.layers] + [b.plan.final_key],
                                 [layer.service for layer in b.plan.layers],
                                 project=project_match(_common_tags(b)))
         with b.timed("lookup"):
-            final = (None if options.no_cache or not target.keeps_images
+            final = (None if options.no_cache or not looks_up(target)
                      else target.find_image(b.plan.final_key))
-        if final is None and target.keeps_images:
+        if final is None and looks_up(target):
             with b.timed("lease"):
                 final, start, reports = claim(b)
         elif final is None:
@@ -178,7 +188,7 @@ def find_prefix(b: BuildState, below: int | None = None) -> tuple[tb.Image, list
     """The image to start from (longest cached prefix [below layer ``below``]), cached reports."""
     p = b.plan
     start, done = b.base, 0
-    if not b.options.no_cache and b.target.keeps_images:
+    if not b.options.no_cache and looks_up(b.target):
         with b.timed("lookup"):
             for i in range((len(p.layers) if below is None else below) - 1, -1, -1):
                 img = b.target.find_image(p.layers[i].key)
@@ -192,6 +202,16 @@ def find_prefix(b: BuildState, below: int | None = None) -> tuple[tb.Image, list
                  else f"below checkpoint {short(start.id)}")
         reports.append(LayerReport(layer.service, layer.key, "CACHED", where))
     return start, reports
+
+
+PROVISION_ONLY = "--skip-create-ami (every INIT runs)"
+"""Why every layer runs on a target that makes no image (``Target.provision_only``)."""
+
+
+def looks_up(target: tb.Target) -> bool:
+    """Whether a build asks ``target`` for cached images: not where it keeps none (ssh), nor
+    where it makes none (``provision_only``: Packer's skip_create_ami always provisions)."""
+    return target.keeps_images and not target.provision_only
 
 
 def claim(b: BuildState) -> tuple[tb.Image | None, tb.Image, list[LayerReport]]:
@@ -249,14 +269,12 @@ def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport],
                                 b.options.secrets)
     with b.timed("artifact"):
         tarball = write_artifact(b)
+    onerror.pause(b, "stage2 artifact", then=f"launch an instance from {short(start.id)}")
     with b.timed("launch"):
-        b.reporter.begin(f"launching from {short(start.id)}")
-        b.machine = launch(b, start)
-        b.reporter.end()
+        b.machine = onerror.run_step(b, "launching", lambda: launch(b, start))
     try:
         with b.timed("upload"):
-            upload_stage2(b, tarball)
-            mark_build_key(b)
+            onerror.run_step(b, "uploading stage2", lambda: upload(b, tarball))
         reports = run_layers(b, reports, fill=fill and fill[1])
         if fill:   # the layers above the last missing checkpoint: in the final image as they are
             reports += [LayerReport(layer.service, layer.key, "CACHED", "unchanged")
@@ -278,9 +296,12 @@ def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport],
 def finish(b: BuildState, start: tb.Image) -> tb.Image:
     """The boot hook and prepare-image, then the final image (in place: the machine)."""
     with b.timed("finalize"):
-        finalize(b)
+        onerror.run_step(b, "install-boot-hook, prepare-image", lambda: finalize(b))
     if not b.target.keeps_images:   # provisioned in place (ssh): the machine is the result
         return start
+    onerror.pause(b, "install-boot-hook, prepare-image", then=(
+        "the end of the build (--skip-create-ami: no image)" if b.target.provision_only
+        else "stop the machine and make the final image"))
     with b.timed("snapshot"):
         return snapshot_final(b)
 
@@ -290,7 +311,15 @@ def write_artifact(b: BuildState) -> Path:
 
 
 def launch(b: BuildState, image: tb.Image) -> tb.Machine:
-    return b.stack.enter_context(b.target.launch(image, build_id=b.build_id))
+    b.reporter.begin(f"launching from {short(image.id)}")
+    machine = b.stack.enter_context(b.target.launch(image, build_id=b.build_id))
+    b.reporter.end()
+    return machine
+
+
+def upload(b: BuildState, tarball: Path) -> None:
+    upload_stage2(b, tarball)
+    mark_build_key(b)
 
 
 def _run(b: BuildState, command: str, what: str, *, env: Mapping[str, str] | None = None,
@@ -340,7 +369,7 @@ def run_layers(b: BuildState, reports: list[LayerReport],
     p = b.plan
     n = len(p.layers)
     policy = parse_checkpoint(b.options.checkpoint or b.target.default_checkpoint, p.enabled)
-    if not b.target.keeps_images:
+    if not b.target.keeps_images or b.target.provision_only:
         policy = "none"
     earlier_miss: str | None = None
     match = project_match(_common_tags(b))
@@ -348,7 +377,9 @@ def run_layers(b: BuildState, reports: list[LayerReport],
     since_checkpoint = 0.0
     for i in range(len(reports), n if not fill else fill[-1] + 1):
         layer = p.layers[i]
-        if b.options.no_cache:
+        if b.target.provision_only:
+            reason = PROVISION_ONLY
+        elif b.options.no_cache:
             reason = "--no-cache"
         elif fill:
             reason = fill_reason(i, fill, b.options.checkpoint)

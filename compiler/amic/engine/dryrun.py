@@ -184,7 +184,7 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
                       for i, layer in enumerate(p.layers)]
             return DryRun(**common, final_key=None, final_image_id=None, launch_from=NO_BASE_ID,
                           layers=layers, secrets=needed_secrets(p, layers, options.secrets))
-        final = (None if options.no_cache or not target.keeps_images
+        final = (None if options.no_cache or not engine.looks_up(target)
                  else target.find_image(p.final_key))
         missing = [] if final is None else missing_checkpoints(target, p, options.checkpoint)[0]
         if final is not None and not missing:
@@ -199,11 +199,13 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
         earlier_miss: str | None = None   # as run_layers keeps it: the first layer that ran
         match = project_match(imagetags.common_tags(p, "", options.name, options.origin))
         history = history_of(target)   # the store does not change in a dry run
-        first = (not options.no_cache and len(reports) < len(p.layers)
+        every = "--no-cache" if options.no_cache else (
+            engine.PROVISION_ONLY if target.provision_only else None)
+        first = (every is None and len(reports) < len(p.layers)
                  and first_build(target, p, match, history))
         for i in range(len(reports), len(p.layers)):
             layer = p.layers[i]
-            reason = ("--no-cache" if options.no_cache
+            reason = (every if every is not None
                       else why_missed(target, layer, earlier_miss=earlier_miss, match=match,
                                       first=first, history=history))
             layers.append(PlannedLayer(layer.service, layer.key, "RUN", reason,

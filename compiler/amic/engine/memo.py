@@ -165,7 +165,8 @@ def answer(amifile: str, build_args: dict[str, str], target: str, *, checkpoint:
     made = None
     if confirm is not None:     # ec2: the base may be another AMI today (two DescribeImages)
         made = confirm()
-        if not made.confirm_memo(result, facts):
+        # a target that must not answer with an image (ec2 --skip-create-ami) asks nothing
+        if not made.fast_rebuild or not made.confirm_memo(result, facts):
             return None, made
     from amic.engine.progress import short
 

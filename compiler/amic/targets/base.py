@@ -13,10 +13,13 @@ import abc
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
 from amic.contract import KIND_FINAL, KIND_LAYER, TAG_KIND, TAG_SERVICE
+
+T = TypeVar("T")
 
 OutputCallback = Callable[[str], None]
 """Receives remote output one line at a time (without the newline), as the machine wrote it:
@@ -99,12 +102,23 @@ class Target(abc.ABC):
     snapshot_seconds: float = 60.0
     """Rough cost of one snapshot; the ``auto`` policy checkpoints once that much init time
     has accumulated since the previous checkpoint."""
+    provision_only: bool = False
+    """True when the target makes no image (ec2 ``--skip-create-ami``, Packer's
+    ``skip_create_ami``): the engine looks nothing up and keeps nothing, runs every INIT
+    from the base, and ``snapshot`` of the final image makes none."""
     fast_rebuild: bool = False
     """True if an unchanged rebuild may be answered from the build memo (``amic.engine.memo``):
     the base reference resolves to the same image until a file in ``memo_paths`` changes, or
     ``confirm_memo`` checks with the target that it still does (ec2: the base is an AMI
     filter that AWS may answer differently tomorrow). The command line must know such a
     target's scheme too: ``amic.targets.MEMO``."""
+
+    def step(self, what: str, fn: Callable[[], T], *, retry: bool | str = True) -> T:
+        """Run ``fn``, one step of a target's own (waiting for SSH, creating an image, a
+        region copy). The engine replaces it on the target with its ``--on-error ask``
+        question (``amic.engine.onerror.run_step``: retry, or why not, clean up, abort);
+        by default the step just runs."""
+        return fn()
 
     @abc.abstractmethod
     def resolve_base(self, base_ref: str | None) -> Image:

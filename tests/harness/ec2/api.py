@@ -287,7 +287,10 @@ class Ec2Proxy:
             return exc.status, [("Content-Type", "text/xml")], _error_xml(exc.code, exc.message)
         if action in self.answer:
             try:
-                data = self.answer[action](params, signed_region(headers)).encode()
+                text = self.answer[action](params, signed_region(headers))
+                for hook in self.after.get(action, ()):     # as for moto's answers
+                    text = hook(params, text) or text
+                data = text.encode()
             except ApiError as exc:
                 return exc.status, [("Content-Type", "text/xml")], _error_xml(exc.code, exc.message)
             with self._lock:

@@ -18,6 +18,7 @@ from tests.harness.ec2.amis import AmiRules
 from tests.harness.ec2.api import ApiError, Ec2Proxy, numbered, tag_specs, xml_values
 from tests.harness.ec2.boot import (Imds, Instance, Relay, loopback_address, snapshot_tags,
                                     with_public_addresses, without_snapshot_tags)
+from tests.harness.ec2.copies import ImageCopies
 from tests.harness.ec2.plain_sshd import PlainSshd
 from tests.harness.ec2.terminate import Termination
 from tests.harness.ec2.units import early_boot, hold_dpkg_lock, late_boot
@@ -105,6 +106,8 @@ class StandIn:
         proxy.before["DeleteKeyPair"].append(self._delete_key_pair_by_id)
         self.ami_rules = AmiRules(proxy)
         """Volume and AMI-attribute calls as EC2 takes them (``amis.py``)."""
+        self.image_copies = ImageCopies(proxy)
+        """CopyImage tagged at creation, and slow on request (``copies.py``)."""
 
     def _current_port(self):
         with self._lock:

@@ -311,8 +311,10 @@ EC2_OPTIONS: tuple[Option, ...] = (
            "with --force-deregister: delete its snapshots at once (else `amic gc` collects "
            "them)", action="store_true", commands=BUILD),
     Option(["--skip-create-ami"], "skip_create_ami", _AMI,
-           "provision and test only: make no final AMI (layer checkpoints follow "
-           "--checkpoint)", action="store_true", commands=BUILD),
+           "Packer's skip_create_ami: provision and test only. Launches from the base, "
+           "runs every INIT and makes no AMI and no snapshot; nothing cached is looked up, "
+           "so an existing AMI is never the answer (a --checkpoint other than none is "
+           "refused)", action="store_true", commands=BUILD),
 )
 """The ec2 target's own flags (``amic build --target ec2``, ``amic launch``)."""
 

@@ -143,8 +143,8 @@ def deregister_named(ec2, name: str, log: Log, *, delete_snapshots: bool = True)
 
 # -- making one ---------------------------------------------------------------------------
 
-def create_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Log) -> dict:
-    """CreateImage of a stopped instance, waited for; its DescribeImages entry."""
+def request_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Log) -> str:
+    """CreateImage of a stopped instance, not waited for (``wait_image``): the new AMI's id."""
     log(f"creating image {new.name}")
     extra = {"BlockDeviceMappings": [v.mapping() for v in opts.ami_volumes]} \
         if opts.ami_volumes and new.final else {}
@@ -155,6 +155,12 @@ def create_image(ec2, instance_id: str, new: NewImage, opts: Ec2Options, log: Lo
                         TagSpecifications=(aws.tag_specs(new.tags, "image")
                                            + aws.tag_specs(new.snapshot_tags, "snapshot")),
                         **extra)["ImageId"]
+    return image_id
+
+
+def wait_image(ec2, image_id: str, opts: Ec2Options) -> dict:
+    """The DescribeImages entry of ``image_id`` once it is available; a failed one is
+    deregistered (no cache entry), one still pending is left (it will finish)."""
     try:
         found = waiters.image_available(ec2, [image_id], timeout=opts.image_timeout,
                                         poll_interval=opts.poll_interval,
@@ -199,49 +205,6 @@ def share(ec2, image_id: str, snaps: list[str], opts: Ec2Options, log: Log) -> N
                  Attribute="createVolumePermission", OperationType="add", UserIds=users)
     if users and snaps:
         log(f"shared snapshots {', '.join(snaps)} with {', '.join(users)}")
-
-
-def copy_to_regions(clients: aws.Clients, image_id: str, new: NewImage, opts: Ec2Options,
-                    log: Log) -> dict[str, str]:
-    """``--copy-to-region``: all copies at once, each with its region's KMS key, waited for,
-    tagged, given the image's attributes, its snapshots tagged and shared;
-    ``{region: copy id}``. A failed copy fails the build once the others finished."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    source = clients.region
-    wanted = opts.copies(source)
-    dests = {region: clients.for_region(region) for region in wanted}   # clients made here,
-    # in one thread: a boto3 session is not thread-safe, its clients are
-    with ThreadPoolExecutor(max_workers=max(len(wanted), 1)) as pool:
-        futures = {region: pool.submit(_copy_one, dests[region], source, region, key, image_id,
-                                       new, opts, log)
-                   for region, key in wanted.items()}
-    errors = [f"{region}: {f.exception()}" for region, f in futures.items() if f.exception()]
-    if errors:
-        raise BuildError("copying the image failed in " + "; ".join(errors))
-    return {region: f.result() for region, f in futures.items()}
-
-
-def _copy_one(dest, source: str, region: str, kms_key: str | None, image_id: str,
-              new: NewImage, opts: Ec2Options, log: Log) -> str:
-    args = {"SourceImageId": image_id, "SourceRegion": source, "Name": new.name,
-            "Description": new.description}
-    if opts.encrypt or opts.kms_key_id or kms_key:
-        args["Encrypted"] = True
-        if kms_key:
-            args["KmsKeyId"] = kms_key
-    copy_id = aws.call(f"copying {image_id} to {region}", dest.copy_image, **args)["ImageId"]
-    waiters.image_available(dest, [copy_id], timeout=opts.image_timeout,
-                            poll_interval=opts.poll_interval,
-                            doing=f"waiting for the copy {copy_id} in {region}")
-    aws.call(f"tagging {copy_id} in {region}", dest.create_tags, Resources=[copy_id],
-             Tags=aws.tag_list({**new.tags, "amic:source-image": f"{source}/{image_id}"}))
-    raw = dest.describe_images(ImageIds=[copy_id])["Images"][0]
-    snaps = tag_snapshots(dest, raw, new.snapshot_tags)
-    set_attributes(dest, copy_id, opts, log)
-    share(dest, copy_id, snaps, opts, log)
-    log(f"copied {image_id} to {region}: {copy_id}" + (f" (KMS {kms_key})" if kms_key else ""))
-    return copy_id
 
 
 # -- attributes ----------------------------------------------------------------------------

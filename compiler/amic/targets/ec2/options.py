@@ -173,6 +173,9 @@ def options_from_values(values: Mapping[str, object]) -> Ec2Options:
         raise UsageError("--ssh-trust-on-first-use and --ssh-host-key-fingerprint exclude each other")
     if opts.bake == "instance":     # a local bake launches nothing (local_bake checks --arch)
         check_types(opts)
+    if opts.skip_create_ami and opts.bake == "local":
+        raise UsageError("--skip-create-ami provisions an instance and makes no image; "
+                         "--bake local makes an image without an instance: drop one of them")
     if opts.spot_instance_types and not opts.spot_price:
         raise UsageError("--spot-instance-type needs --spot-price (auto or a price)")
     if opts.iam_instance_profile and opts.temporary_iam_policy:

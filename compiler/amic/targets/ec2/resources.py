@@ -372,14 +372,19 @@ def root_device(ec2, image_id: str) -> str:
 
 def add_instance(stack: contextlib.ExitStack, ec2, image: Image, name: str,
                  group_ids: Sequence[str], tags: Mapping[str, str], build_id: str,
-                 opts: Ec2Options, log: Log, *, metadata_tags: bool = False) -> str:
-    """The build instance; its id."""
+                 opts: Ec2Options, log: Log, *, metadata_tags: bool = False,
+                 launch: int = 1) -> str:
+    """The build instance; its id. ``launch``: the how-manieth launch of the build (a launch
+    retried under ``--on-error ask`` needs its own client token, or EC2 would answer with
+    the instance the first one made)."""
     launched: list[dict] = []   # RunInstances' answer, once it came: the cleanup needs no Describe
     stack.callback(cleanup_quietly, log, "instance", build_id, retire_build, ec2, build_id,
                    opts, log, not opts.security_group_ids, launched)
     args = run_instances_args(image, name, group_ids, tags, build_id, opts,
                               metadata_tags=metadata_tags,
                               root_device=lambda: root_device(ec2, image.id))
+    if launch > 1:
+        args["ClientToken"] = f"{args['ClientToken'][:56]}-l{launch}"
     instance, attempt = placement.run_instance(ec2, args, opts, log)
     iid = instance["InstanceId"]
     launched.append(instance)

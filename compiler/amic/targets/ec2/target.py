@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -41,6 +40,7 @@ from amic.contract import TAG_NAME, TAG_SERVICE
 from amic.errors import BuildError, UsageError
 from amic.targets import config_values, option_values
 from amic.targets.base import Image, Target
+from amic.targets.ec2 import final as finals
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import lookups
 from amic.targets.ec2 import naming
@@ -50,6 +50,7 @@ from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import snapshots
 from amic.targets.ec2.bases import build_arch, guess_user, parse_base
 from amic.targets.ec2.machine import Ec2Machine
+from amic.targets.ec2.interrupts import shielded
 from amic.targets.ec2.flags import AWS_OPTIONS, EC2_OPTIONS, VALUE_NAMES
 from amic.targets.ec2.options import Ec2Options, options_from_values
 
@@ -90,12 +91,17 @@ class Ec2Target(Target):
         """Leases taken at the first try and not read back yet: name -> KeyPairId."""
         self._lease_keys: dict[str, str] = {}
         """Lease name -> its key (asked again when another build turned out to hold it)."""
-        self._final: tuple[str, str] | None = None
+        self.made_final: tuple[str, str] | None = None
         """(key, AMI id) of the final AMI this target made: see remove_superseded."""
+        self._launches = 0
+        """Launches so far (a retried one gets its own RunInstances client token)."""
+        self.pending_image: str | None = None
+        """The final AMI CreateImage made and not yet seen available (a retry waits for it)."""
         self.copies: dict[str, str] = {}
         """``{region: AMI id}`` of the final image's ``--copy-to-region`` copies."""
-        if self.opts.skip_create_ami:
+        if self.opts.skip_create_ami:   # Packer's skip_create_ami: always provisions
             self.fast_rebuild = False   # no image: nothing for the build memo to answer with
+            self.provision_only = True
 
     @classmethod
     def from_values(cls, values: Mapping[str, object], **kwargs) -> Ec2Target:
@@ -249,7 +255,7 @@ class Ec2Target(Target):
         their snapshots deleted), so one key names one final AMI, as on the local target.
         Older layer snapshots stay for ``ami prune``: a build elsewhere may be launching
         from one right now, and ``find_image`` takes the newest."""
-        made, self._final = self._final, None
+        made, self.made_final = self.made_final, None
         if made is None:
             return []
         key, image_id = made
@@ -340,9 +346,8 @@ class Ec2Target(Target):
         kept = False
         try:
             machine = self._new_machine(stack, image, build_id, role, instance_tags)
-            machine.wait_running()
-            machine.prepare_host_keys()
-            machine.connection()
+            self.step(f"waiting for {machine.instance_id} and SSH",
+                      lambda: _reach(machine))  # noqa: B023
             yield machine
             if machine.keep:
                 kept = self._keep(stack, machine, "keeping the instance")
@@ -361,7 +366,7 @@ class Ec2Target(Target):
             if not kept:
                 if machine is not None:
                     machine.disconnect()
-                with _shielded(self.log):
+                with shielded(self.log):
                     stack.close()
 
     def _new_machine(self, stack: contextlib.ExitStack, image: Image, build_id: str,
@@ -380,9 +385,10 @@ class Ec2Target(Target):
         if not opts.security_group_ids:
             beat.add(*group_ids)
         opts = iamprofile.with_profile(stack, self.clients, opts, name, tags, self.log)
+        self._launches += 1
         iid = resources.add_instance(stack, ec2, image, name, group_ids,
                                      {**tags, **(instance_tags or {})}, build_id, opts, self.log,
-                                     metadata_tags=bool(instance_tags))
+                                     metadata_tags=bool(instance_tags), launch=self._launches)
         beat.add(iid)
         beat.start()
         stack.callback(beat.stop)       # first thing on the way out: no beat on a deleted group
@@ -406,32 +412,13 @@ class Ec2Target(Target):
     # snapshot --------------------------------------------------------------------
     def snapshot(self, machine, *, key: str, final: bool, tags: Mapping[str, str]) -> Image:
         assert isinstance(machine, Ec2Machine)
-        opts, ec2 = self.opts, self.ec2
+        opts = self.opts
         if not final:
             return self._layer_snapshot(machine, key=key, tags=tags)
         if opts.skip_create_ami:    # Packer's skip_create_ami: provisioned and tested only
             self.log("--skip-create-ami: no image made")
             return Image(id=SKIPPED, key=key, tags=tags)
-        machine.stop()
-        new = naming.new_image(opts, key=key, final=final, tags=tags, build_id=machine.build_id,
-                               user=machine.user, log=self.log)
-        if opts.force_deregister:
-            amis.deregister_named(ec2, new.name, self.log,
-                                  delete_snapshots=opts.force_delete_snapshot)
-        amis.mark_instance(ec2, machine.instance_id, opts, self.log)
-        raw = amis.create_image(ec2, machine.instance_id, new, opts, self.log)
-        self._final = (key, raw["ImageId"])
-        if opts.boot_mode or opts.tpm_support:
-            raw = amis.reregister(ec2, raw, new, opts, self.log)
-        image_id = raw["ImageId"]
-        self._final = (key, image_id)
-        snaps = amis.tag_snapshots(ec2, raw, new.snapshot_tags)
-        self.log(f"image {image_id} available (final; snapshots {', '.join(snaps) or '-'})")
-        amis.set_attributes(ec2, image_id, opts, self.log)
-        amis.share(ec2, image_id, snaps, opts, self.log)
-        self.copies = amis.copy_to_regions(self.clients, image_id, new, opts, self.log)
-        return amis.image_from_raw(raw)
-
+        return finals.make_final(self, machine, key=key, tags=tags)
 
     def _layer_snapshot(self, machine: Ec2Machine, *, key: str, tags: Mapping[str, str]) -> Image:
         """A layer checkpoint in seconds: sync, build keys off the disk, CreateSnapshot of the
@@ -472,29 +459,12 @@ class Ec2Target(Target):
         return Image(id=ami, key=layer.key, tags=layer.tags, created=layer.created)
 
 
+def _reach(machine: Ec2Machine) -> None:
+    """The instance running, its host keys known, an SSH session open (again, on a retry)."""
+    machine.wait_running()
+    machine.prepare_host_keys()
+    machine.connection()
+
+
 def _stderr_log(message: str) -> None:
     print(f"amic: ec2: {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _shielded(log_fn):
-    """Run cleanup with one Ctrl-C ignored (a second one abandons it)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hits = []
-
-    def handler(signum, frame):
-        hits.append(signum)
-        if len(hits) == 1:
-            log_fn("cleaning up; interrupt again to abandon (then run `amic gc`)")
-            return
-        raise KeyboardInterrupt
-
-    old_int = signal.signal(signal.SIGINT, handler)
-    old_term = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)

@@ -1,0 +1,93 @@
+"""The final AMI of an ec2 build: stop, CreateImage, wait, attributes, sharing, region copies.
+
+Each part is one step the user may retry under ``--on-error ask`` (``Target.step``):
+
+- creating the image: the instance stopped, CreateImage, waited for. A retry after
+  CreateImage failed makes it again; after the wait failed, it waits again for the same
+  image while EC2 still has it pending (a second CreateImage would have its name), or
+  makes a new one where EC2 failed the first (deregistered);
+- registering it again (``--boot-mode``, ``--tpm-support``): no retry is offered, as the
+  image CreateImage made is deregistered by then;
+- its snapshots' tags, its attributes and sharing: all may be set again;
+- the region copies (:mod:`.copies`): a retry copies only the regions not done yet. An
+  interrupt while copying stops the wait at once and cancels every copy the build made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from amic.errors import BuildError
+from amic.targets.base import Image
+from amic.targets.ec2 import copies
+from amic.targets.ec2 import images as amis
+from amic.targets.ec2 import naming
+from amic.targets.ec2.interrupts import shielded
+
+
+def make_final(target, machine, *, key: str, tags: Mapping[str, str]) -> Image:
+    """The final AMI of ``machine`` under ``key`` (``target``: the ``Ec2Target``)."""
+    opts, ec2, log = target.opts, target.ec2, target.log
+    new = naming.new_image(opts, key=key, final=True, tags=tags, build_id=machine.build_id,
+                           user=machine.user, log=log)
+    raw = target.step("creating the image", lambda: _create(target, machine, new, key))
+    if opts.boot_mode or opts.tpm_support:
+        raw = target.step("registering the image again with its boot mode",
+                          lambda made=raw: amis.reregister(ec2, made, new, opts, log),
+                          retry="the image CreateImage made is deregistered already")
+    image_id = raw["ImageId"]
+    target.made_final = (key, image_id)
+    snaps = target.step(f"tagging, setting attributes of and sharing {image_id}",
+                        lambda: _publish(target, raw, new))
+    log(f"image {image_id} available (final; snapshots {', '.join(snaps) or '-'})")
+    if opts.copies(target.region):
+        _copy(target, image_id, new, machine.build_id)
+    return amis.image_from_raw(raw)
+
+
+def _create(target, machine, new: naming.NewImage, key: str) -> dict:
+    """Stop, CreateImage, wait (see the module doc for a retry)."""
+    ec2, opts = target.ec2, target.opts
+    if target.pending_image is None:
+        machine.stop()
+        if opts.force_deregister:
+            amis.deregister_named(ec2, new.name, target.log,
+                                  delete_snapshots=opts.force_delete_snapshot)
+        amis.mark_instance(ec2, machine.instance_id, opts, target.log)
+        target.pending_image = amis.request_image(ec2, machine.instance_id, new, opts,
+                                                  target.log)
+        target.made_final = (key, target.pending_image)
+    try:
+        raw = amis.wait_image(ec2, target.pending_image, opts)
+    except BuildError:
+        if amis.image_state(ec2, target.pending_image) is None:   # failed, deregistered
+            target.pending_image = None
+        raise
+    target.pending_image = None
+    return raw
+
+
+def _publish(target, raw: dict, new: naming.NewImage) -> list[str]:
+    """The snapshots' tags, the image's attributes and sharing; the snapshot ids."""
+    ec2, opts = target.ec2, target.opts
+    snaps = amis.tag_snapshots(ec2, raw, new.snapshot_tags)
+    amis.set_attributes(ec2, raw["ImageId"], opts, target.log)
+    amis.share(ec2, raw["ImageId"], snaps, opts, target.log)
+    return snaps
+
+
+def _copy(target, image_id: str, new: naming.NewImage, build_id: str) -> None:
+    """``--copy-to-region`` into ``target.copies``; an interrupt cancels the copies made."""
+    opts, log = target.opts, target.log
+    regions = list(opts.copies(target.region))
+    made: dict[str, str] = {}
+    try:
+        target.step(f"copying {image_id} to {', '.join(regions)}",
+                    lambda: copies.copy_to_regions(target.clients, image_id, new, opts, log,
+                                                   made=made, done=target.copies))
+    except (KeyboardInterrupt, SystemExit):
+        log("interrupted while copying: cancelling the copies")
+        with shielded(log):
+            copies.cancel(target.clients, made, regions, build_id, log)
+        target.copies = {}
+        raise
