@@ -12,6 +12,7 @@ Ctrl-C while they are pending stops the wait at once and cancels them.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -20,7 +21,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.harness.e2e_builds import E2E
-from tests.harness.ec2 import assert_clean, image_file, standin_ec2
+from tests.harness.ec2 import REGION, assert_clean, image_file, standin_ec2
 from tests.harness.ec2.api import tag_specs
 from tests.harness.pty_drive import Answer, drive, say
 
@@ -297,3 +298,32 @@ def test_ctrl_c_while_copying_cancels_the_copies_at_once(e2e):
             OwnerIds=["self"])["Snapshots"]}
         assert snaps[copy_id] and not snaps[copy_id] & left, (snaps[copy_id], left)
     assert_clean(fake)
+
+
+def test_a_cached_image_gets_the_copies_it_is_missing(e2e):
+    """A cached final image still answers ``--copy-to-region``: a region the earlier build
+    did not copy to (it asked for none, or was interrupted while copying) gets its copy,
+    neither the build memo nor the cached path answering without it; a region that has its
+    copy gets no second one."""
+    fake = e2e.fake
+    e2e.write(QUICK.format(v="late-copy"))
+    first = e2e.build("--checkpoint", "none")
+    assert first.rc == 0, first.stderr
+    assert "CopyImage" not in first.calls
+    ami = first.stdout.split()[-1]
+
+    second = e2e.build("--checkpoint", "none", "--copy-to-region", OTHER, "--json")
+    assert second.rc == 0, second.stderr
+    assert "RunInstances" not in second.calls           # cached: no instance
+    assert second.made["CopyImage"] == 1, second.calls
+    assert f"copying the cached image to the regions it is missing from: {OTHER}" in second.stderr
+    regions = json.loads(second.stdout)["regions"]
+    assert regions[REGION] == ami and regions[OTHER].startswith("ami-")
+    copy = [c for c in copies_in(fake, OTHER) if c["ImageId"] == regions[OTHER]]
+    assert copy and {t["Key"]: t["Value"] for t in copy[0]["Tags"]}["amic:source-image"] == (
+        f"{REGION}/{ami}")
+
+    third = e2e.build("--checkpoint", "none", "--copy-to-region", OTHER, "--json")
+    assert third.rc == 0, third.stderr
+    assert "CopyImage" not in third.calls and "RunInstances" not in third.calls
+    assert json.loads(third.stdout)["regions"] == regions

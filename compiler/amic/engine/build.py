@@ -181,6 +181,8 @@ def cached_result(b: BuildState, final: tb.Image) -> BuildResult:
         reports.append(LayerReport(layer.service, layer.key, "CACHED", "unchanged"))
         b.reporter.layer(i, n, layer.service, "CACHED", "unchanged", None)
     b.reporter.note(f"unchanged: image {short(final.id)} (final key {p.final_key[:12]})")
+    with b.timed("publish"):
+        b.target.publish_cached(final, b.build_id)
     return _result(b, final, reports, cached=True)
 
 
@@ -280,6 +282,8 @@ def run_build(b: BuildState, start: tb.Image, reports: list[LayerReport],
             reports += [LayerReport(layer.service, layer.key, "CACHED", "unchanged")
                         for layer in p.layers[len(reports):]]
         image = finish(b, start) if fill is None else fill[0]
+        if fill:
+            b.target.publish_cached(image, b.build_id)
     except BuildError as exc:
         if b.options.on_error == "abort" and b.machine is not None:
             raise BuildError(f"{exc}\n\nthe machine was left for debugging; reach it with:\n"

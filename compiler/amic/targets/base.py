@@ -120,6 +120,11 @@ class Target(abc.ABC):
         by default the step just runs."""
         return fn()
 
+    def publish_cached(self, image: Image, build_id: str) -> None:
+        """A cached final image answers this build: make sure it is published as this build
+        asks (ec2: a ``--copy-to-region`` copy an earlier, interrupted build never finished).
+        By default there is nothing to publish."""
+
     @abc.abstractmethod
     def resolve_base(self, base_ref: str | None) -> Image:
         """Turn ``FROM`` (``debian:12``, ``ami-…``, a filter; None = target default) into an image."""

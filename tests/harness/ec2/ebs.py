@@ -57,7 +57,7 @@ from pathlib import Path
 
 from tests.harness.ec2.api import ApiError
 from tests.harness.ec2.ebs_model import (BLOCK_SIZE, BLOCKS_PER_GIB, Bucket, EbsError, Snap,
-                                         invalid, not_found)
+                                         check_signed, invalid, not_found, start_request)
 
 WRITE_LAG = 0.5
 """Seconds a new snapshot refuses writes as unknown. Short, so every upload in the suite
@@ -180,11 +180,11 @@ class EbsStandIn:
             if action == "?":
                 raise EbsError("ValidationException", 400, f"no such operation {method} {url.path}")
             self.calls[action] += 1
-            self._signed(headers)
+            check_signed(headers)
             snaps = [*args[:1], *([query["firstSnapshotId"]] if query.get("firstSnapshotId")
                                   else [])]
             for authorize in self.authorizers:
-                authorize(action, snaps, self._request(action, body), headers)
+                authorize(action, snaps, start_request(action, body), headers)
             self._gate(action, args[0] if args and action.endswith("Block") else None)
             return getattr(self, "_" + action)(*args, query=query, headers=headers, body=body)
         except EbsError as exc:
@@ -192,24 +192,6 @@ class EbsStandIn:
             out = {"Message": exc.message, **({"Reason": exc.reason} if exc.reason else {})}
             return exc.status, {"Content-Type": "application/json",
                                 "x-amzn-ErrorType": exc.kind}, json.dumps(out).encode()
-
-    @staticmethod
-    def _signed(headers) -> None:
-        auth = headers.get("Authorization", "")
-        if not re.search(r"Credential=[^/]+/\d{8}/[^/]+/ebs/aws4_request", auth):
-            raise EbsError("AccessDeniedException", 403, "Request not signed for ebs",
-                           "UNAUTHORIZED_ACCOUNT")
-
-    @staticmethod
-    def _request(action: str, body: bytes) -> dict:
-        """StartSnapshot's JSON body (what its condition keys come from); {} otherwise."""
-        if action != "StartSnapshot":
-            return {}
-        try:
-            req = json.loads(body or b"{}")
-        except ValueError:
-            raise invalid("request body is not JSON") from None
-        return req if isinstance(req, dict) else {}
 
     def _gate(self, action: str, snap: str | None) -> None:
         with self._lock:
@@ -239,7 +221,7 @@ class EbsStandIn:
     # -- the calls -------------------------------------------------------------------------
 
     def _StartSnapshot(self, *, query, headers, body):
-        req = self._request("StartSnapshot", body)
+        req = start_request("StartSnapshot", body)
         size = req.get("VolumeSize")
         if not isinstance(size, int) or not 1 <= size <= 65536:
             raise invalid(f"VolumeSize {size!r} must be 1 to 65536 GiB", "INVALID_VOLUME_SIZE")

@@ -4,6 +4,8 @@ Part of the fake EC2 ``tests/harness/ec2/`` (``ebs.py`` serves the calls)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import attrs
@@ -54,3 +56,22 @@ class Bucket:
             self.tokens -= 1.0
             return True
         return False
+
+
+def check_signed(headers) -> None:
+    """A SigV4 signature for the ``ebs`` service, or AccessDeniedException."""
+    auth = headers.get("Authorization", "")
+    if not re.search(r"Credential=[^/]+/\d{8}/[^/]+/ebs/aws4_request", auth):
+        raise EbsError("AccessDeniedException", 403, "Request not signed for ebs",
+                       "UNAUTHORIZED_ACCOUNT")
+
+
+def start_request(action: str, body: bytes) -> dict:
+    """StartSnapshot's JSON body (what its condition keys come from); {} otherwise."""
+    if action != "StartSnapshot":
+        return {}
+    try:
+        req = json.loads(body or b"{}")
+    except ValueError:
+        raise invalid("request body is not JSON") from None
+    return req if isinstance(req, dict) else {}

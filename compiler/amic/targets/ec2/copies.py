@@ -70,6 +70,24 @@ def copy_to_regions(clients: aws.Clients, image_id: str, new: NewImage, opts: Ec
     return dict(done)
 
 
+def existing(clients: aws.Clients, image_id: str, regions) -> dict[str, tuple[str, str]]:
+    """``{region: (copy id, state)}`` of the copies of ``image_id`` (by ``amic:source-image``)
+    that are available or still pending in ``regions``: what an earlier build of the same
+    image made, or left copying when it was killed."""
+    source = f"{clients.region}/{image_id}"
+    found: dict[str, tuple[str, str]] = {}
+    for region in regions:
+        images = aws.call(f"looking for the copy of {image_id} in {region}",
+                          clients.for_region(region).describe_images, Owners=["self"],
+                          Filters=[{"Name": f"tag:{TAG_SOURCE_IMAGE}", "Values": [source]},
+                                   {"Name": "state", "Values": ["available", "pending"]}]
+                          )["Images"]
+        if images:
+            best = max(images, key=lambda i: (i["State"] == "available", i["CreationDate"]))
+            found[region] = (best["ImageId"], best["State"])
+    return found
+
+
 def _start(dest, source: str, region: str, kms_key: str | None, image_id: str,
            new: NewImage, opts: Ec2Options) -> str:
     """CopyImage, tagged at creation; the copy's id (it is pending)."""

@@ -22,6 +22,7 @@ from amic.targets.base import Image
 from amic.targets.ec2 import copies
 from amic.targets.ec2 import images as amis
 from amic.targets.ec2 import naming
+from amic.targets.ec2 import session as aws
 from amic.targets.ec2.interrupts import shielded
 
 
@@ -76,11 +77,38 @@ def _publish(target, raw: dict, new: naming.NewImage) -> list[str]:
     return snaps
 
 
-def _copy(target, image_id: str, new: naming.NewImage, build_id: str) -> None:
-    """``--copy-to-region`` into ``target.copies``; an interrupt cancels the copies made."""
+def publish_cached(target, image: Image, build_id: str) -> None:
+    """A cached final image: its ``--copy-to-region`` copies found, and the missing ones
+    made (an earlier build was interrupted while copying, or asked for fewer regions); a
+    copy still pending (its build was killed) is waited for instead of copied again."""
+    regions = list(target.opts.copies(target.region))
+    if not regions:
+        return
+    found = copies.existing(target.clients, image.id, regions)
+    target.copies = {r: i for r, (i, state) in found.items() if state == "available"}
+    if len(target.copies) == len(regions):
+        return
+    found_raw = aws.call(f"describing {image.id}", target.ec2.describe_images,
+                         ImageIds=[image.id])["Images"]
+    if not found_raw:
+        raise BuildError(f"the cached image {image.id} is gone: build again")
+    raw = found_raw[0]
+    tags = aws.tag_dict(raw.get("Tags"))
+    new = naming.NewImage(name=raw["Name"], description=raw.get("Description", ""),
+                          tags=tags, final=True)
+    pending = {r: i for r, (i, state) in found.items() if state == "pending"}
+    target.log("copying the cached image to the regions it is missing from: "
+               + ", ".join(r for r in regions if r not in target.copies))
+    _copy(target, image.id, new, build_id, made=pending)
+
+
+def _copy(target, image_id: str, new: naming.NewImage, build_id: str,
+          made: dict[str, str] | None = None) -> None:
+    """``--copy-to-region`` into ``target.copies``; an interrupt cancels the copies made
+    (``made``: copies already asked for, waited for instead of asked again)."""
     opts, log = target.opts, target.log
     regions = list(opts.copies(target.region))
-    made: dict[str, str] = {}
+    made = {} if made is None else made
     try:
         target.step(f"copying {image_id} to {', '.join(regions)}",
                     lambda: copies.copy_to_regions(target.clients, image_id, new, opts, log,

@@ -182,6 +182,9 @@ class Ec2Target(Target):
         """One DescribeImages and one DescribeSnapshots for all of a build's keys (:mod:`.lookups`)."""
         self._lookups.plan(keys, services, project)
 
+    def publish_cached(self, image: Image, build_id: str) -> None:
+        finals.publish_cached(self, image, build_id)
+
     def find_image(self, key: str) -> Image | None:
         """A final AMI or a layer under ``key``. A layer's id is always its snapshot's
         (``snap-…``), registered as an AMI or not (``launch`` registers it once, then finds
@@ -301,6 +304,8 @@ class Ec2Target(Target):
         try:
             if "base_ref" not in facts:
                 return False
+            if set(self.opts.copies(self.region)) - set(result.get("regions") or {}):
+                return False    # a region asked for now that the recorded build had no copy in
             base_args = parse_base(facts["base_ref"], arch=self.arch).call_args()
             o = self.opts.aws
             access = ec2query.resolve(profile=o.profile, region=o.region,
