@@ -74,21 +74,17 @@ def check(vol: Volume, flag: str) -> Volume:
         raise UsageError(f"{flag}: volume type {kind!r}: expected one of {', '.join(TYPES)}")
     if vol.size is not None and vol.size < 1:
         raise UsageError(f"{flag}: size {vol.size}: expected GiB, at least 1")
-    if vol.iops is not None:
-        if kind not in IOPS:
-            raise UsageError(f"{flag}: iops is for {', '.join(IOPS)} volumes, not {kind}")
-        low, high = IOPS[kind]
-        if not low <= vol.iops <= high:
-            raise UsageError(f"{flag}: iops {vol.iops}: {kind} takes {low} to {high}")
-    elif kind in ("io1", "io2"):
+    for field, ranges, unit in (("iops", IOPS, ""), ("throughput", THROUGHPUT, " MiB/s")):
+        value = getattr(vol, field)
+        if value is None:
+            continue
+        if kind not in ranges:
+            raise UsageError(f"{flag}: {field} is for {', '.join(ranges)} volumes, not {kind}")
+        low, high = ranges[kind]
+        if not low <= value <= high:
+            raise UsageError(f"{flag}: {field} {value}{unit}: {kind} takes {low} to {high}")
+    if vol.iops is None and kind in ("io1", "io2"):
         raise UsageError(f"{flag}: a {kind} volume needs iops ({IOPS[kind][0]} to {IOPS[kind][1]})")
-    if vol.throughput is not None:
-        if kind not in THROUGHPUT:
-            raise UsageError(f"{flag}: throughput is for gp3 volumes, not {kind}")
-        low, high = THROUGHPUT[kind]
-        if not low <= vol.throughput <= high:
-            raise UsageError(f"{flag}: throughput {vol.throughput} MiB/s: {kind} takes "
-                             f"{low} to {high}")
     return vol
 
 
