@@ -65,6 +65,21 @@ def market(params: dict[str, str]) -> tuple[str, str]:
     return (params.get("InstanceMarketOptions.MarketType", "on-demand"), params["InstanceType"])
 
 
+def wait_for_inits(fake, proc, *, since: int, count: int, marker: str,
+                   timeout: float = 300) -> None:
+    """Until the ``count`` instances launched after ``since`` all have ``marker`` (a file
+    their INIT writes) in their root; fails if ``proc`` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [fake.standin.instances.get(iid) for iid, _ in fake.standin.launches[since:]]
+        if len(running) == count and all(
+                i is not None and (i.upper / "root" / marker).exists() for i in running):
+            return
+        assert proc.poll() is None, proc.communicate() if proc.stdout else proc.returncode
+        time.sleep(0.2)
+    raise AssertionError(f"the {count} builds never all ran their INIT")
+
+
 def test_spot_refused_falls_back_through_types_to_on_demand(e2e):
     fake = e2e.fake
     ec2 = fake.client()
@@ -247,14 +262,8 @@ def test_temporary_instance_profile_made_used_removed_and_gc_finds_a_killed_buil
                                 cwd=e2e.project, env=e2e.env(), stdout=subprocess.DEVNULL,
                                 stderr=err)
         try:
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
-                inst = (fake.standin.instances.get(fake.standin.launches[-1][0])
-                        if len(fake.standin.launches) > launched else None)
-                if inst is not None and (inst.upper / "root/etc/amic-app-started").exists():
-                    break
-                assert proc.poll() is None, (tmp_path / "killed.err").read_text()
-                time.sleep(0.2)
+            wait_for_inits(fake, proc, since=launched, count=1, marker="etc/amic-app-started",
+                           timeout=240)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -418,17 +427,7 @@ def test_sigint_cleans_up_both_arches(two_arches):
     proc = subprocess.Popen(multi_argv(fake), cwd=e2e.project, env=e2e.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            running = [fake.standin.instances.get(iid)
-                       for iid, _ in fake.standin.launches[before:]]
-            if len(running) == 2 and all(
-                    i is not None and (i.upper / "root/etc/amic-multi").exists() for i in running):
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the two builds never both ran their INIT")
+        wait_for_inits(fake, proc, since=before, count=2, marker="etc/amic-multi")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -452,17 +451,7 @@ def test_kill_9_of_the_parent_interrupts_both_arch_builds(two_arches):
     proc = subprocess.Popen(multi_argv(fake), cwd=e2e.project, env=e2e.env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            running = [fake.standin.instances.get(iid)
-                       for iid, _ in fake.standin.launches[before:]]
-            if len(running) == 2 and all(
-                    i is not None and (i.upper / "root/etc/amic-multi").exists() for i in running):
-                break
-            assert proc.poll() is None
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the two builds never both ran their INIT")
+        wait_for_inits(fake, proc, since=before, count=2, marker="etc/amic-multi")
     finally:
         proc.kill()
         proc.wait()
