@@ -7,6 +7,7 @@ One module-scoped store (the debootstrap base shared with every test run on this
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import tarfile
 import time
@@ -72,7 +73,7 @@ def fake_bin(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("fakebin")
     marker = d / "ran"
     for tool in ("unshare", "mount", "chroot", "tar", "sh", "systemd-nspawn"):
-        (d / tool).write_text(f"#!/bin/sh\necho {tool} >> {marker}\nexit 0\n")
+        (d / tool).write_text(f"#!/bin/sh\necho {tool} >> {shlex.quote(str(marker))}\nexit 0\n")
         (d / tool).chmod(0o755)
     return d, marker
 

@@ -5,6 +5,7 @@ the boot unit's shell runs against the stand-in (in a throwaway directory)."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -109,9 +110,9 @@ def test_imds_unit_script_sets_key_and_hostname(server: imds.Imds, tmp_path: Pat
     (root / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAAearlier earlier\n")
     (sysk / "hostname").write_text("")
     script = Path(ec2disk.__file__).parent / "scripts" / "ec2-imds.sh"
-    inner = (f"mount --bind {root} /root && mount --bind {etc} /etc && "
-             f"mount --bind {sysk} /proc/sys/kernel && "
-             f"AMIC_IMDS_URL={server.url} dash {script}")
+    inner = (f"mount --bind {shlex.quote(str(root))} /root && mount --bind {shlex.quote(str(etc))} /etc && "
+             f"mount --bind {shlex.quote(str(sysk))} /proc/sys/kernel && "
+             f"AMIC_IMDS_URL={server.url} dash {shlex.quote(str(script))}")
     for _ in range(2):          # every boot: the key is added once
         proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                                inner], capture_output=True, text=True, timeout=60)
@@ -129,8 +130,8 @@ def test_imds_unit_script_fails_on_a_bad_hostname(server: imds.Imds, tmp_path: P
     etc = tmp_path / "etc"
     etc.mkdir()
     script = Path(ec2disk.__file__).parent / "scripts" / "ec2-imds.sh"
-    inner = (f"mount --bind {tmp_path} /root && mount --bind {etc} /etc && "
-             f"AMIC_IMDS_URL={server.url} dash {script}")
+    inner = (f"mount --bind {shlex.quote(str(tmp_path))} /root && mount --bind {shlex.quote(str(etc))} /etc && "
+             f"AMIC_IMDS_URL={server.url} dash {shlex.quote(str(script))}")
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "no usable hostname" in proc.stderr, proc.stderr

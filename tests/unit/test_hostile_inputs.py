@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -278,7 +279,7 @@ set -e
 mount -t tmpfs -o mode=755 tmpfs /dev
 mknod -m 666 /dev/null c 1 3
 before=$(stat -c '%F %t:%T %i' /dev/null)
-{AMIC} compile {tmp_path}/Amifile -o /dev/null
+{shlex.quote(str(AMIC))} compile {shlex.quote(str(tmp_path))}/Amifile -o /dev/null
 echo "rc=$?"
 after=$(stat -c '%F %t:%T %i' /dev/null)
 echo "before=$before"

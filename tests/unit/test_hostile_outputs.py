@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 
@@ -123,11 +124,11 @@ def test_a_full_disk_is_an_error_naming_the_output(tmp_path):
     small = tmp_path / "small"
     small.mkdir()
     script = f"""
-mount -t tmpfs -o size=4k tmpfs {small} || exit 99
-head -c 4096 /dev/zero > {small}/filler 2>/dev/null
-cd {tmp_path} && {AMIC} compile -o {small}/out.tar
+mount -t tmpfs -o size=4k tmpfs {shlex.quote(str(small))} || exit 99
+head -c 4096 /dev/zero > {shlex.quote(str(small))}/filler 2>/dev/null
+cd {shlex.quote(str(tmp_path))} && {shlex.quote(str(AMIC))} compile -o {shlex.quote(str(small))}/out.tar
 echo "rc=$?"
-echo "left=$(ls -A {small} | tr '\\n' ' ')"
+echo "left=$(ls -A {shlex.quote(str(small))} | tr '\\n' ' ')"
 """
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, timeout=60)

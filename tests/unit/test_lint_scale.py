@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -331,7 +332,8 @@ def counting(tmp_path: Path) -> tuple[Path, Path]:
     log = tmp_path / "starts.log"
     path = tmp_path / "bin" / "shellcheck"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(f'#!/bin/sh\necho "$#" >> {log}\nexec {REAL} "$@"\n')
+    path.write_text(f'#!/bin/sh\necho "$#" >> {shlex.quote(str(log))}\n'
+                    f'exec {shlex.quote(str(REAL))} "$@"\n')
     path.chmod(0o755)
     return path, log
 
