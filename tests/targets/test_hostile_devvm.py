@@ -1,0 +1,314 @@
+"""Hostile inputs for the dev VM commands (``up``, ``ssh``, ``ps``, ``stop``, ``rm``, ``logs``,
+``init``, ``completion``, ``run --vm FILE``), through the real CLI and without booting a VM.
+
+The registry (``<store>/vms/NAME/``) is written by hand, as someone with a hand in it might:
+a planted pid, a damaged ``vm.json``, links and FIFOs where logs, sockets and locks go. A
+"running" VM is a fake QEMU: a Python process whose argv[0] is ``qemu-system-x86_64`` and
+whose ``-qmp`` names the VM's socket, answering QMP as QEMU does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness.cli import run_amic
+
+SECRET = "SECRET-LINE-never-printed"
+
+FAKE_QEMU = r"""
+import json, socket, sys
+path = sys.argv[sys.argv.index("-qmp") + 1][len("unix:"):].split(",")[0]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(1)
+while True:
+    conn, _ = srv.accept()
+    f = conn.makefile("rw")
+    f.write(json.dumps({"QMP": {"version": {}}}) + "\n"); f.flush()
+    for line in f:
+        cmd = json.loads(line)["execute"]
+        f.write(json.dumps({"return": {}}) + "\n"); f.flush()
+        if cmd == "system_powerdown":
+            sys.exit(0)
+"""
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def amic(store: Path, *args: str, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AMIC_CACHE_DIR": str(store), "AMIC_TARGET": "local"}
+    proc = run_amic(*args, cwd=cwd, env=env, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    return proc
+
+
+def vdir(store: Path, name: str) -> Path:
+    return store / "local" / "vms" / name
+
+
+def plant(store: Path, vm: str, **fields) -> Path:
+    """A VM record as ``amic up`` writes one (``fields`` replace its values)."""
+    d = vdir(store, vm)
+    d.mkdir(parents=True, exist_ok=True)
+    record = {"name": vm, "project": "p", "project_id": None, "image": "ab" * 32,
+              "base": "/nonexistent.qcow2", "ssh_port": 2222, "key": "/nonexistent",
+              "pid": None, **fields}
+    (d / "vm.json").write_text(json.dumps(record))
+    return d
+
+
+def spawn(argv: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def fake_qemu(store: Path, name: str, procs, *, qmp: Path | None = None) -> subprocess.Popen:
+    """A process amic takes for VM ``name``'s QEMU; it serves QMP on ``qmp`` (default the
+    VM's own qmp.sock) and exits at system_powerdown."""
+    sock = vdir(store, name) / "qmp.sock"
+    serve = qmp or sock
+    exe = store.parent / "bin" / "qemu-system-x86_64"     # argv[0] as QEMU's, Python's code
+    if not exe.exists():
+        exe.parent.mkdir(exist_ok=True)
+        exe.symlink_to(os.path.realpath(sys.executable))
+    argv = [str(exe), "-c", FAKE_QEMU, "-qmp", f"unix:{serve},server=on,wait=off"]
+    if qmp:
+        argv += ["-qmp", f"unix:{sock},server=on,wait=off"]
+    proc = spawn(argv)
+    procs.append(proc)
+    deadline = time.monotonic() + 10
+    while not serve.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    return proc
+
+
+# -- names ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["ok\n", "../x", "a/b", "a\x1bb", "x" * 64, "\uff41bc", ".",
+                                  "..", "-x", "Abc"])
+@pytest.mark.parametrize("command", ["stop", "rm", "logs"])
+def test_bad_vm_names_refused_and_nothing_made(store, name, command):
+    proc = amic(store, command, "--", name)
+    assert proc.returncode == 2
+    assert "use lowercase letters" in proc.stderr and "\x1b" not in proc.stderr
+    vms = store / "local" / "vms"
+    assert not vms.exists() or os.listdir(vms) == []     # no lock file for 'ok\n'
+
+
+# -- the record -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields", [{"forwards": 5}, {"forwards": [[1]]}, {"mounts": "x"},
+                                    {"pid": "1"}, {"ssh_port": "22 -oProxyCommand=x"},
+                                    {"helpers": [0]}, {"started": "x"}, {"image": None}])
+def test_damaged_record_listed_refused_and_removable(store, fields):
+    d = plant(store, "v1", **fields)
+    ps = amic(store, "ps")
+    assert ps.returncode == 0 and "damaged" in ps.stdout
+    stop = amic(store, "stop", "v1")
+    assert stop.returncode == 2 and "damaged" in stop.stderr
+    assert amic(store, "rm", "v1").returncode == 0
+    assert not d.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "huge", "list"])
+def test_vm_json_special_never_read(store, tmp_path, kind):
+    d = plant(store, "v1")
+    record = d / "vm.json"
+    record.unlink()
+    secret = tmp_path / "secret"
+    secret.write_text(json.dumps({"x": SECRET}))
+    if kind == "fifo":
+        os.mkfifo(record)
+    elif kind == "link":
+        record.symlink_to(secret)
+    elif kind == "huge":
+        record.write_text(" " * (2 << 20) + "{}")
+    else:
+        record.write_text("[]")
+    ps = amic(store, "ps", "--json", timeout=20)
+    assert ps.returncode == 0 and json.loads(ps.stdout)[0]["state"] == "damaged"
+    assert amic(store, "logs", "v1", timeout=20).returncode == 2
+    assert amic(store, "rm", "v1", timeout=20).returncode == 0
+    assert not d.exists() and SECRET in secret.read_text()
+
+
+def test_control_characters_in_a_record_escaped_by_ps(store):
+    plant(store, "v1", project="\x1b]0;owned\x07p")
+    ps = amic(store, "ps")
+    assert ps.returncode == 0 and "\x1b" not in ps.stdout and "\\x1b" in ps.stdout
+
+
+# -- processes: a planted pid is never signalled ----------------------------------------------
+
+def test_stop_never_kills_a_process_that_only_names_the_vm_dir(store, procs):
+    """The old identity check: the pid's command line contains ``vms/v1`` (here as a prefix
+    of ``vms/v10``). Not QEMU, not this VM's: stop leaves it alone."""
+    plant(store, "v1")
+    decoy = spawn(["bash", "-c", "sleep 600; true", str(vdir(store, "v10")) + "/console.log"])
+    procs.append(decoy)
+    plant(store, "v1", pid=decoy.pid, helpers=[decoy.pid])
+    assert "exited" in amic(store, "ps").stdout
+    proc = amic(store, "stop", "v1", "--timeout", "1")
+    assert proc.returncode == 0 and "was not running" in proc.stdout
+    rm = amic(store, "rm", "--force", "v1")
+    assert rm.returncode == 0
+    time.sleep(0.3)
+    assert decoy.poll() is None
+
+
+def test_stop_never_kills_another_vms_qemu_named_in_a_record(store, procs):
+    """vms/v1/vm.json claims name 'v2' and v2's QEMU pid: the record's name is its
+    directory's, so v2's QEMU is not v1's."""
+    plant(store, "v2")
+    other = fake_qemu(store, "v2", procs)
+    plant(store, "v1", name="v2", pid=other.pid)
+    proc = amic(store, "stop", "v1", "--timeout", "1")
+    assert proc.returncode == 0 and "was not running" in proc.stdout
+    assert other.poll() is None
+
+
+def test_stop_powers_off_a_vm_it_recognises(store, procs):
+    """The control: a process that is the VM's QEMU is stopped through its own QMP."""
+    plant(store, "v1")
+    qemu = fake_qemu(store, "v1", procs)
+    plant(store, "v1", pid=qemu.pid)
+    assert "running" in amic(store, "ps").stdout or "booting" in amic(store, "ps").stdout
+    proc = amic(store, "stop", "v1", "--timeout", "10")
+    assert proc.returncode == 0 and "powered off" in proc.stdout, proc.stderr
+
+
+def test_stop_never_speaks_qmp_through_a_planted_link(store, tmp_path, procs):
+    """qmp.sock is a link to another QEMU's monitor: stop never connects through it (it
+    forces the VM's own QEMU off instead)."""
+    plant(store, "v1")
+    victim_sock = tmp_path / "victim.sock"
+    victim = fake_qemu(store, "v1", procs, qmp=victim_sock)     # serves victim.sock only
+    (vdir(store, "v1") / "qmp.sock").symlink_to(victim_sock)
+    plant(store, "v1", pid=victim.pid)
+    proc = amic(store, "stop", "v1", "--timeout", "1")
+    assert proc.returncode == 0 and "forced off" in proc.stdout, proc.stdout + proc.stderr
+    assert "symbolic link" in proc.stderr
+    victim.wait(10)
+    assert victim.returncode == -signal.SIGKILL      # not system_powerdown over the link
+
+
+def test_boot_log_appends_never_land_in_a_linked_file(store, tmp_path, procs):
+    plant(store, "v1")
+    qemu = fake_qemu(store, "v1", procs)
+    plant(store, "v1", pid=qemu.pid)
+    victim = tmp_path / "victim"
+    victim.write_text(SECRET)
+    (vdir(store, "v1") / "boot.log").symlink_to(victim)
+    proc = amic(store, "stop", "v1", "--timeout", "5")
+    assert proc.returncode == 2 and "symbolic link" in proc.stderr
+    assert victim.read_text() == SECRET
+    assert qemu.poll() is None      # nothing was done to it
+
+
+# -- files in the registry ------------------------------------------------------------------
+
+@pytest.mark.parametrize("log", ["console.log", "boot.log"])
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+@pytest.mark.parametrize("follow", [False, True])
+def test_logs_never_print_a_link_nor_block_on_a_fifo(store, tmp_path, log, kind, follow):
+    d = plant(store, "v1")
+    secret = tmp_path / "shadow"
+    secret.write_text(SECRET + "\n")
+    if kind == "link":
+        (d / log).symlink_to(secret)
+    else:
+        os.mkfifo(d / log)
+    proc = amic(store, "logs", "v1", *(["--follow"] if follow else []), timeout=20)
+    assert proc.returncode == 2
+    assert ("symbolic link" if kind == "link" else "not a regular file") in proc.stderr
+
+
+def test_rm_of_a_linked_vm_directory_keeps_what_it_names(store, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious").write_text("keep")
+    plant(store, "v2")
+    (vdir(store, "v2") / "vm.json").rename(other / "vm.json")
+    vdir(store, "v2").rmdir()
+    vdir(store, "v2").symlink_to(other)
+    assert "v2" not in amic(store, "ps").stdout
+    assert amic(store, "logs", "v2").returncode == 2
+    proc = amic(store, "rm", "v2")
+    assert proc.returncode == 0
+    assert not os.path.lexists(vdir(store, "v2"))
+    assert sorted(os.listdir(other)) == ["precious", "vm.json"]
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_a_planted_lock_file_is_never_followed_nor_blocked_on(store, tmp_path, kind):
+    plant(store, "v1")
+    lock = vdir(store, "v1").parent / "v1.lock"
+    target = tmp_path / "created-through-link"
+    if kind == "link":
+        lock.symlink_to(target)
+    else:
+        os.mkfifo(lock)
+    proc = amic(store, "stop", "v1", timeout=20)
+    assert proc.returncode == 2 and "lock file" in proc.stderr
+    assert not target.exists()
+
+
+# -- amic up's mounts and ports (refused before anything is looked up) ---------------------
+
+def test_up_refuses_a_host_port_given_twice(store, tmp_path):
+    proc = amic(store, "up", "-p", "18080:80", "-p", "18080:81", cwd=tmp_path)
+    assert proc.returncode == 2 and "given twice" in proc.stderr
+
+
+def _mount_sources(tmp_path: Path) -> dict[str, str]:
+    comma = tmp_path / "a,source=" / "etc"
+    comma.mkdir(parents=True)
+    newline = tmp_path / "new\nline"
+    newline.mkdir()
+    (tmp_path / "etc-link").symlink_to("/etc")
+    os.mkfifo(tmp_path / "fifo")
+    return {"comma": str(tmp_path / "a,source=/etc"), "newline": str(newline),
+            "link": str(tmp_path / "etc-link"), "fifo": str(tmp_path / "fifo"),
+            "device": "/dev/null", "missing": str(tmp_path / "missing"), "empty": ":/srv",
+            "guest-newline": f"{tmp_path}:/srv/x\n", "guest-dots": f"{tmp_path}:/srv/../etc",
+            "guest-relative": f"{tmp_path}:srv", "guest-comma": f"{tmp_path}:/srv,x=y",
+            "proc": "/proc/self/fd/0"}
+
+
+@pytest.mark.parametrize("case", ["comma", "newline", "link", "fifo", "device", "missing",
+                                  "empty", "guest-newline", "guest-dots", "guest-relative",
+                                  "guest-comma", "proc"])
+def test_up_refuses_hostile_mounts(store, tmp_path, case):
+    """A comma in the host path would split virtiofsd's ``-o source=`` (``a,source=/etc``
+    shares /etc); a link would share what it names."""
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = _mount_sources(work)[case]
+    proc = amic(store, "up", "--mount", spec, cwd=work)
+    assert proc.returncode == 2 and "--mount" in proc.stderr, proc.stderr
+    assert "\n" not in proc.stderr.strip()
+
+
