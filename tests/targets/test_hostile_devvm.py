@@ -312,3 +312,32 @@ def test_up_refuses_hostile_mounts(store, tmp_path, case):
     assert "\n" not in proc.stderr.strip()
 
 
+# -- run --vm FILE.qcow2 --------------------------------------------------------------------
+
+def _qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("case", ["backing", "data-file", "raw", "fifo", "empty"])
+def test_run_vm_refuses_a_disk_that_reads_host_files(store, tmp_path, case):
+    """A qcow2 whose backing file (or external data file) is a host file would hand it to
+    the guest; a raw file named .qcow2 is not a qcow2. Refused before anything boots."""
+    secret = tmp_path / "shadow"
+    secret.write_bytes(SECRET.encode() * 4096)
+    disk = tmp_path / "colleague.qcow2"
+    if case == "backing":
+        _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(disk))
+    elif case == "data-file":
+        _qemu_img("create", "-q", "-f", "qcow2", "-o",
+                  f"data_file={secret},data_file_raw=on", str(disk), "1M")
+    elif case == "raw":
+        disk.write_bytes(b"\0" * (1 << 20))
+    elif case == "fifo":
+        os.mkfifo(disk)
+    else:
+        disk.write_bytes(b"")
+    start = time.monotonic()
+    proc = amic(store, "run", "--vm", str(disk), "--timeout", "5", timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "booting" not in proc.stderr
+    assert time.monotonic() - start < 30

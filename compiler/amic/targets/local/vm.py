@@ -343,7 +343,9 @@ def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False
     import contextlib
     import tempfile
 
-    base = disk.resolve() if disk is not None else cached_disk(target, image, log=log)
+    from amic.targets.local.vmdisks import self_contained
+
+    base = self_contained(disk) if disk is not None else cached_disk(target, image, log=log)
     key = vm_key(target.store)
     label = disk.name if disk is not None else image.id[:12]
     with contextlib.ExitStack() as stack:
@@ -357,9 +359,10 @@ def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False
                        restrict=restrict, timeout=timeout, on_output=on_output, log=log)
 
 
-def overlay_of(base: Path, overlay: Path) -> None:
-    """A qcow2 ``overlay`` whose reads fall through to ``base`` (never written)."""
-    fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
+def overlay_of(base: Path | str, overlay: Path) -> None:
+    """A qcow2 ``overlay`` whose reads fall through to ``base`` (never written; a ``json:``
+    name from :func:`amic.targets.local.vmdisks.self_contained` is a qcow2)."""
+    fmt = "qcow2" if str(base).endswith(".qcow2") or str(base).startswith("json:") else "raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base),
                     str(overlay)], check=True)
 

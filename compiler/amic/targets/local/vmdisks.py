@@ -18,10 +18,16 @@ until ``amic rm``, running or stopped: its own disk would be lost with it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 import struct
+import subprocess
 from pathlib import Path
+
+from amic.diagnostics import escape_controls
+from amic.errors import UsageError
 
 QCOW2_MAGIC = b"QFI\xfb"
 CACHED = re.compile(r"^[0-9a-f]{12}\.qcow2$")
@@ -56,6 +62,52 @@ def backing_file(path: Path) -> Path | None:
     except OSError:
         return None
     return Path(os.path.normpath(os.path.join(path.parent, name)))
+
+
+def self_contained(path: Path) -> str:
+    """``amic run --vm FILE.qcow2``: ``path`` checked to be a regular file holding a qcow2
+    that needs no other file (no backing file, no external data file: either could name
+    /etc/shadow or a host disk, which the guest would then read); returns the ``json:``
+    name an overlay's backing is given, which opens it with its backing forbidden even if
+    the file changes after this check. UsageError otherwise (no byte of the file shown)."""
+    shown = escape_controls(str(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{shown}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{shown}: not a regular file (a disk image file is booted, "
+                             "never a device, FIFO or directory)")
+    finally:
+        os.close(fd)
+    full = os.path.realpath(path)
+    try:
+        proc = subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", "-U", full],
+                              capture_output=True, text=True, errors="replace", timeout=60)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"{shown}: qemu-img info did not answer within 60 s") from None
+    info = None
+    if proc.returncode == 0:
+        try:
+            info = json.loads(proc.stdout)
+        except ValueError:
+            pass
+    if not isinstance(info, dict) or info.get("format") != "qcow2":
+        raise UsageError(f"{shown}: not a qcow2 disk (`amic export --format qcow2` makes one; "
+                         "a raw disk: `qemu-img convert -O qcow2` it first)")
+    data = (info.get("format-specific") or {}).get("data") or {}
+    if "backing-filename" in info or "full-backing-filename" in info:
+        raise UsageError(f"{shown}: the qcow2 names a backing file, which the VM would read "
+                         "from this host; amic boots only a self-contained disk "
+                         "(`qemu-img convert -O qcow2` makes one)")
+    if isinstance(data, dict) and "data-file" in data:
+        raise UsageError(f"{shown}: the qcow2 keeps its data in an external file, which the VM "
+                         "would read from this host; amic boots only a self-contained disk "
+                         "(`qemu-img convert -O qcow2` makes one)")
+    return "json:" + json.dumps({"driver": "qcow2", "file": {"driver": "file",
+                                                            "filename": full},
+                                 "backing": None})
 
 
 def alive(workdir: Path) -> bool:
