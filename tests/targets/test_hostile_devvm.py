@@ -341,3 +341,49 @@ def test_run_vm_refuses_a_disk_that_reads_host_files(store, tmp_path, case):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "booting" not in proc.stderr
     assert time.monotonic() - start < 30
+
+
+# -- amic init, completion -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "link"])
+@pytest.mark.parametrize("force", [False, True])
+def test_init_never_replaces_nor_blocks_on_a_special_amifile(store, tmp_path, kind, force):
+    target = tmp_path / "Amifile"
+    outside = tmp_path / "outside"
+    outside.write_text(SECRET)
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dir":
+        target.mkdir()
+        (target / "Amifile").mkdir()
+    else:
+        target.symlink_to(outside)
+    start = time.monotonic()
+    proc = amic(store, "init", *(["--force"] if force else []), cwd=tmp_path, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert time.monotonic() - start < 8
+    assert outside.read_text() == SECRET
+    assert os.path.lexists(target) and not target.is_file() or target.is_symlink()
+
+
+def test_init_into_a_device_is_refused(store, tmp_path):
+    proc = amic(store, "init", "--force", "/dev/null")
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+
+
+def test_init_keeps_an_existing_amifile_and_escapes_its_path(store, tmp_path):
+    (tmp_path / "Amifile").write_text("mine")
+    assert amic(store, "init", cwd=tmp_path).returncode == 2
+    assert (tmp_path / "Amifile").read_text() == "mine"
+    odd = tmp_path / "\x1b[31mred"
+    odd.mkdir()
+    proc = amic(store, "init", str(odd))
+    assert proc.returncode == 0 and "\x1b" not in proc.stderr and "\\x1b" in proc.stderr
+
+
+@pytest.mark.parametrize("shell", ["tcsh", "", "b\x1bash", "bash\n"])
+def test_completion_unknown_shell(store, shell):
+    proc = amic(store, "completion", shell)
+    assert proc.returncode == 2 and "\x1b" not in proc.stderr
+
+
