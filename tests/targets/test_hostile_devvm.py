@@ -387,3 +387,18 @@ def test_completion_unknown_shell(store, shell):
     assert proc.returncode == 2 and "\x1b" not in proc.stderr
 
 
+# -- amic up's flags (refused before anything is looked up) ---------------------------------
+
+@pytest.mark.parametrize("flag", [["-p", "0:80"], ["-p", "65536:80"], ["-p", "80:0"],
+                                  ["-p", "abc"], ["-p", "1:2:3"], ["-p", ""],
+                                  ["--memory", "0"], ["--memory", "-1"], ["--memory", "nan"],
+                                  ["--memory", str(1 << 40)], ["--cpus", "0"],
+                                  ["--cpus", "100000"], ["--cpus", "1.5"],
+                                  ["--cpus", "\u0661"], ["--timeout", "nan"],
+                                  ["--name", "ok\n"], ["--name", "../etc"]])
+def test_up_refuses_bad_flags_early(store, tmp_path, flag):
+    proc = amic(store, "up", *flag, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no local image" not in proc.stderr and "Amifile" not in proc.stderr
+
+
