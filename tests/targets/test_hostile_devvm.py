@@ -402,3 +402,13 @@ def test_up_refuses_bad_flags_early(store, tmp_path, flag):
     assert "no local image" not in proc.stderr and "Amifile" not in proc.stderr
 
 
+
+
+@pytest.mark.parametrize("command", [["rmi"], ["up"], ["run", "--vm"], ["export", "--format",
+                                                                       "raw", "--for", "ec2",
+                                                                       "-o", "x.raw"]])
+def test_a_very_long_image_reference_is_refused_briefly(store, tmp_path, command):
+    ref = "a" * 100_000
+    proc = amic(store, *command[:1], ref, *command[1:], cwd=tmp_path)
+    assert proc.returncode == 2 and "too long" in proc.stderr
+    assert len(proc.stderr) < 500
