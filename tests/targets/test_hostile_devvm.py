@@ -289,16 +289,19 @@ def _mount_sources(tmp_path: Path) -> dict[str, str]:
     newline = tmp_path / "new\nline"
     newline.mkdir()
     (tmp_path / "etc-link").symlink_to("/etc")
+    (tmp_path / "data").symlink_to("/usr")
     os.mkfifo(tmp_path / "fifo")
     return {"comma": str(tmp_path / "a,source=/etc"), "newline": str(newline),
-            "link": str(tmp_path / "etc-link"), "fifo": str(tmp_path / "fifo"),
+            "link": str(tmp_path / "etc-link"), "link-inside": str(tmp_path / "data" / "lib"),
+            "link-dotdot": str(tmp_path / "data" / ".." / "etc-link" / ".."), "fifo": str(tmp_path / "fifo"),
             "device": "/dev/null", "missing": str(tmp_path / "missing"), "empty": ":/srv",
             "guest-newline": f"{tmp_path}:/srv/x\n", "guest-dots": f"{tmp_path}:/srv/../etc",
             "guest-relative": f"{tmp_path}:srv", "guest-comma": f"{tmp_path}:/srv,x=y",
             "proc": "/proc/self/fd/0"}
 
 
-@pytest.mark.parametrize("case", ["comma", "newline", "link", "fifo", "device", "missing",
+@pytest.mark.parametrize("case", ["comma", "newline", "link", "link-inside", "link-dotdot",
+                                  "fifo", "device", "missing",
                                   "empty", "guest-newline", "guest-dots", "guest-relative",
                                   "guest-comma", "proc"])
 def test_up_refuses_hostile_mounts(store, tmp_path, case):
@@ -412,3 +415,13 @@ def test_a_very_long_image_reference_is_refused_briefly(store, tmp_path, command
     proc = amic(store, *command[:1], ref, *command[1:], cwd=tmp_path)
     assert proc.returncode == 2 and "too long" in proc.stderr
     assert len(proc.stderr) < 500
+
+
+def test_up_takes_a_plain_directory_to_share(store, tmp_path):
+    """The control for the refusals above: a real directory passes --mount, and up goes on
+    to look the image up."""
+    (tmp_path / "src").mkdir()
+    proc = amic(store, "up", "--mount", f"{tmp_path / 'src'}:/srv/app", "--mount", ".",
+                cwd=tmp_path)
+    assert proc.returncode == 2 and "--mount" not in proc.stderr
+    assert "latest" in proc.stderr

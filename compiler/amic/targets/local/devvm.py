@@ -18,6 +18,7 @@ store the guest's owners in xattrs). The guest mounts them before the boot hook
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -68,6 +69,10 @@ def parse_mount(text: str) -> tuple[Path, str]:
     path = named.resolve()
     if not path.is_dir():
         raise UsageError(f"--mount {text!r}: {escape_controls(host)} is not a directory")
+    if path != Path(os.path.abspath(named)):     # a link in between (./data -> /etc)
+        raise UsageError(f"--mount {text!r}: {escape_controls(host)} reaches "
+                         f"{escape_controls(str(path))} through a symbolic link; name that "
+                         "directory itself if it is the one to share")
     if not str(path).isprintable() or "," in str(path) or "\\" in str(path):
         raise UsageError(f"--mount {text!r}: its real path {str(path)!r} has control "
                          "characters, ',' or '\\', which virtiofsd cannot be given")
