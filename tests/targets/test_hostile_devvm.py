@@ -425,3 +425,16 @@ def test_up_takes_a_plain_directory_to_share(store, tmp_path):
                 cwd=tmp_path)
     assert proc.returncode == 2 and "--mount" not in proc.stderr
     assert "latest" in proc.stderr
+
+
+@pytest.mark.parametrize("disk", ["none", "fifo", "link"])
+def test_prune_and_rmi_go_on_past_a_damaged_vm(store, tmp_path, disk):
+    """A damaged record (or a FIFO or link as its overlay) neither stops prune nor hangs it."""
+    d = plant(store, "v1", forwards=5)
+    if disk == "fifo":
+        os.mkfifo(d / "disk.qcow2")
+    elif disk == "link":
+        (d / "disk.qcow2").symlink_to(tmp_path)
+    proc = amic(store, "prune", "--dry-run", timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert amic(store, "rmi", "abcd", timeout=30).returncode == 2

@@ -49,8 +49,12 @@ def cached_disks(store) -> list[Path]:
 
 def backing_file(path: Path) -> Path | None:
     """The backing file a qcow2's header names (absolute), or None (read, never run)."""
-    try:
-        with open(path, "rb") as fh:
+    try:        # never through a link, never blocked on a FIFO (a run dir is writable by QEMU)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        with os.fdopen(fd, "rb") as fh:
             head = fh.read(20)
             if len(head) < 20 or head[:4] != QCOW2_MAGIC:
                 return None
@@ -134,9 +138,14 @@ def disk_users(store) -> dict[Path, list[Path]]:
 
     users: dict[Path, list[Path]] = {}
     for name in machines.names(store):
-        record = machines.load(store, name)
-        if record is not None and record.base:
-            users.setdefault(Path(record.base), []).append(machines.vm_dir(store, name))
+        vdir = machines.vm_dir(store, name)
+        try:
+            record = machines.load(store, name)
+            base = Path(record.base) if record is not None and record.base else None
+        except UsageError:      # a damaged record: its overlay's own header names the disk
+            base = backing_file(vdir / "disk.qcow2")
+        if base is not None:
+            users.setdefault(base, []).append(vdir)
     for workdir in run_dirs(store):
         if not alive(workdir):
             continue
