@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -321,6 +322,7 @@ def _qemu_img(*args: str) -> None:
     subprocess.run(["qemu-img", *args], check=True, capture_output=True)
 
 
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-utils")
 @pytest.mark.parametrize("case", ["backing", "data-file", "raw", "fifo", "empty"])
 def test_run_vm_refuses_a_disk_that_reads_host_files(store, tmp_path, case):
     """A qcow2 whose backing file (or external data file) is a host file would hand it to
