@@ -79,10 +79,12 @@ def spawn(argv: list[str], **kw) -> subprocess.Popen:
 def procs():
     started: list[subprocess.Popen] = []
     yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    for p in started:       # each leads a session of its own: the group goes (bash's sleep)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
 
 
 def fake_qemu(store: Path, name: str, procs, *, qmp: Path | None = None) -> subprocess.Popen:

@@ -57,7 +57,8 @@ def test_qmp_answers_are_bounded_and_checked():
 def test_a_process_is_a_vms_only_by_its_exact_qmp_socket(tmp_path):
     store = Store(tmp_path)
     sleeper = subprocess.Popen(["bash", "-c", "sleep 60; true",
-                                f"unix:{machines.vm_dir(store, 'v10')}/qmp.sock"])
+                                f"unix:{machines.vm_dir(store, 'v10')}/qmp.sock"],
+                               start_new_session=True)
     try:
         assert not machines.is_vm_process(store, "v1", sleeper.pid)
         assert not machines.signal_vm(store, "v1", sleeper.pid, signal.SIGKILL)
@@ -65,7 +66,7 @@ def test_a_process_is_a_vms_only_by_its_exact_qmp_socket(tmp_path):
         assert not machines.is_vm_process(store, "v1", 0)
         assert sleeper.poll() is None
     finally:
-        sleeper.kill()
+        os.killpg(sleeper.pid, signal.SIGKILL)
         sleeper.wait()
 
 
