@@ -423,7 +423,19 @@ def file_lock(path: str | os.PathLike, *, shared: bool = False, wait: bool = Tru
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     if not wait:
         mode |= fcntl.LOCK_NB
-    with open(path, "a") as fh:
+    try:        # never a link's target (created if missing), never blocked on a FIFO
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        raise UsageError(f"lock file {os.fspath(path)!r} is a symbolic link or not a regular "
+                         "file; amic neither follows nor replaces it (remove it)")
+    with open(fd, "a") as fh:
         try:
             fcntl.flock(fh, mode)
         except BlockingIOError:

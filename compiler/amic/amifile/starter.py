@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from amic import contract
+from amic.diagnostics import escape_controls
 from amic.errors import UsageError
 from amic.fsutil import write_atomic
 
@@ -57,10 +58,14 @@ def write_starter(path: str, *, force: bool = False) -> str:
     ``force``); return its text. Written atomically; never through a symbolic link."""
     if os.path.isdir(path):
         path = os.path.join(path, "Amifile")
+    shown = escape_controls(path)
     if os.path.islink(path):        # a starter never goes where a link points
-        raise UsageError(f"{path} is a symbolic link; not writing through it")
+        raise UsageError(f"{shown} is a symbolic link; not writing through it")
+    if os.path.lexists(path) and not os.path.isfile(path):   # a FIFO, a device, a directory
+        raise UsageError(f"{shown} exists and is not a regular file; amic init writes a new "
+                         "Amifile or replaces one, never anything else")
     if os.path.lexists(path) and not force:
-        raise UsageError(f"{path} exists; pass --force to overwrite it")
+        raise UsageError(f"{shown} exists; pass --force to overwrite it")
     text = starter(os.path.dirname(os.path.abspath(path)))
     write_atomic(path, text)
     return text

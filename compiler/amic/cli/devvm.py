@@ -16,6 +16,7 @@ import time
 
 from amic.cli.images import REF_HELP, lookup
 from amic.cli.options import add_option_groups
+from amic.diagnostics import escape_controls
 from amic.errors import UsageError
 from amic.targets.local.flags import STOP_OPTIONS, UP_OPTIONS, option, value
 
@@ -113,6 +114,7 @@ def cmd_up(args) -> int:
 
     services = check_services(value(args, option(UP_OPTIONS, "service")) or [])
     forwards = [devvm.parse_forward(p) for p in args.publish or []]
+    devvm.check_forwards(forwards)      # before the image is looked up (and again in up)
     mounts = [devvm.parse_mount(m) for m in args.mount or []]
     project = _project(args.file)
     name = machines.check_name(args.vm_name or machines.default_name(project.name))
@@ -163,7 +165,14 @@ def cmd_ps(args) -> int:
     store = _store()
     rows = []
     for name in machines.names(store):
-        record = machines.load(store, name)
+        try:
+            record = machines.load(store, name)
+        except UsageError as exc:       # damaged, or a link where a file was: listed as such
+            _note(str(exc))
+            rows.append({"name": name, "kind": "vm", "project": None, "project_id": None,
+                         "image": "", "state": "damaged", "pid": None, "ssh_port": None,
+                         "accel": None, "ports": [], "mounts": [], "uptime": None})
+            continue
         if record is None:
             continue
         state = machines.state(store, record)
@@ -187,12 +196,13 @@ def cmd_ps(args) -> int:
     print(f"{'NAME':<16} {'KIND':<8} {'PROJECT':<14} {'IMAGE':<13} {'STATE':<8} {'UPTIME':<8} "
           "PORTS")
     for r in rows:
-        ports = ", ".join([f"127.0.0.1:{r['ssh_port']}->22"] * (r["state"] != "exited"
+        ports = ", ".join([f"127.0.0.1:{r['ssh_port']}->22"] * (r["state"] in ("running", "booting")
                                                                 and r["kind"] == "vm")
                           + [f"127.0.0.1:{p['host']}->{p['guest']}" for p in r["ports"]])
         uptime = _uptime(r["uptime"]) if r["uptime"] is not None else "-"
-        print(f"{r['name']:<16} {r['kind']:<8} {(r['project'] or '-'):<14} {r['image'][:12]:<13} "
-              f"{r['state']:<8} {uptime:<8} {ports or '-'}")
+        print(escape_controls(
+            f"{r['name']:<16} {r['kind']:<8} {(r['project'] or '-'):<14} {r['image'][:12]:<13} "
+            f"{r['state']:<8} {uptime:<8} {ports or '-'}"))
     return 0
 
 
@@ -227,22 +237,24 @@ def cmd_rm(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from amic.targets.local import devvm, machines
+    from amic.targets.local import devvm, machines, vmfiles
 
     store = _store()
     name = _which(args.name)
     record = devvm.find(store, name)
     vdir = machines.vm_dir(store, name)
     boot_log = vdir / "boot.log"
-    if boot_log.exists():
-        print("==> amic boot log <==")
-        print(boot_log.read_text(errors="replace"), end="")
+    if os.path.lexists(boot_log):      # never through a link, never blocked on a FIFO
+        print("==> amic boot log <==", flush=True)
+        for chunk in vmfiles.chunks(boot_log):
+            sys.stdout.write(chunk)
     console = vdir / "console.log"
-    if not console.exists():
+    if not os.path.lexists(console):
         return 0
-    print("==> serial console <==")
+    print("==> serial console <==", flush=True)
     if not args.follow:
-        sys.stdout.write(console.read_text(errors="replace"))
+        for chunk in vmfiles.chunks(console):
+            sys.stdout.write(chunk)
         return 0
     for chunk in devvm.follow(console, lambda: machines.running(store, record)):
         sys.stdout.write(chunk)

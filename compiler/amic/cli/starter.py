@@ -20,7 +20,9 @@ def register(sub) -> None:
 def cmd_init(args) -> int:
     from amic.amifile.starter import write_starter
 
+    from amic.diagnostics import escape_controls
+
     write_starter(args.path, force=args.force)
-    print(f"amic: wrote {args.path}; next: amic lint, then amic build --target local",
+    print(f"amic: wrote {escape_controls(args.path)}; next: amic lint, then amic build --target local",
           file=sys.stderr)
     return 0

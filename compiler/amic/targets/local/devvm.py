@@ -30,11 +30,13 @@ from pathlib import Path
 
 import attrs
 
-from amic.errors import BuildError, UsageError
-from amic.targets.local import machines
+from amic.errors import AmicError, BuildError, UsageError
+from amic.diagnostics import escape_controls
+from amic.targets.local import machines, vmfiles
 from amic.targets.local.machines import VmRecord
 
-GUEST_PATH = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
+GUEST_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+")
+"""Matched whole (``fullmatch``: a trailing newline is not a path character)."""
 VIRTIOFSD = ("virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 
 
@@ -54,11 +56,28 @@ def parse_mount(text: str) -> tuple[Path, str]:
     """``DIR[:GUEST]``: an existing host directory and an absolute guest path (default
     ``/mnt/<DIR's name>``)."""
     host, _, guest = text.partition(":")
-    path = Path(host).expanduser().resolve()
+    if not host:
+        raise UsageError(f"--mount {text!r}: name the host directory (e.g. --mount .:/srv)")
+    if not host.isprintable() or "," in host or "\\" in host:
+        # virtiofsd's -o source= splits on commas: "a,source=/etc" would share /etc
+        raise UsageError(f"--mount {text!r}: a host path with control characters, ',' or "
+                         "'\\' cannot be shared (virtiofsd's options split on ','): rename it")
+    named = Path(host).expanduser()
+    if named.is_symlink():
+        raise UsageError(f"--mount {text!r}: {escape_controls(host)} is a symbolic link; amic "
+                         "shares only a directory named as itself (name what it points to)")
+    path = named.resolve()
     if not path.is_dir():
-        raise UsageError(f"--mount {text!r}: {host} is not a directory")
+        raise UsageError(f"--mount {text!r}: {escape_controls(host)} is not a directory")
+    if path != Path(os.path.abspath(named)):     # a link in between (./data -> /etc)
+        raise UsageError(f"--mount {text!r}: {escape_controls(host)} reaches "
+                         f"{escape_controls(str(path))} through a symbolic link; name that "
+                         "directory itself if it is the one to share")
+    if not str(path).isprintable() or "," in str(path) or "\\" in str(path):
+        raise UsageError(f"--mount {text!r}: its real path {str(path)!r} has control "
+                         "characters, ',' or '\\', which virtiofsd cannot be given")
     guest = guest or f"/mnt/{path.name or 'host'}"
-    if not GUEST_PATH.match(guest) or ".." in guest.split("/"):
+    if not GUEST_PATH.fullmatch(guest) or ".." in guest.split("/"):
         raise UsageError(f"--mount {text!r}: the guest path must be absolute, of letters, "
                          "digits and . _ + - (no spaces)")
     return path, guest
@@ -97,6 +116,8 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
             raise UsageError(f"VM {name!r} belongs to project {old.project or old.project_id}: "
                              f"choose another --name, or `amic rm {name}` first")
         overlay = vdir / "disk.qcow2"
+        if overlay.is_symlink() or (overlay.exists() and not overlay.is_file()):
+            raise vmfiles.refused(overlay, "not a regular file")
         if old is not None and overlay.exists() and Path(old.base).exists():
             base, image_id = Path(old.base), old.image
             log(f"starting {name} again on its own disk (image {image_id[:12]}; "
@@ -168,7 +189,7 @@ def start_virtiofsd(vdir: Path, folders: Sequence[Path]) -> tuple[list[int], lis
     for n, folder in enumerate(folders):
         sock = vdir / f"fs{n}.sock"
         sock.unlink(missing_ok=True)
-        with open(vdir / f"virtiofsd{n}.log", "wb") as out:
+        with open(vmfiles.create_fresh(vdir / f"virtiofsd{n}.log"), "wb") as out:
             proc = subprocess.Popen([exe, f"--socket-path={sock}", "-o", f"source={folder}",
                                      "-o", "cache=auto"], stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -177,7 +198,7 @@ def start_virtiofsd(vdir: Path, folders: Sequence[Path]) -> tuple[list[int], lis
         while not sock.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                text = (vdir / f"virtiofsd{n}.log").read_text(errors="replace")[-2000:]
+                text = "".join(vmfiles.chunks(vdir / f"virtiofsd{n}.log"))[-2000:]
                 raise BuildError(f"virtiofsd for {folder} did not start:\n{text}")
             time.sleep(0.05)
         shares.append((f"amic{n}", sock))
@@ -188,11 +209,7 @@ def end_helpers(store, record: VmRecord) -> None:
     """virtiofsd ends when QEMU does; a helper left over (QEMU killed early) is ended here
     (only a process that is still the VM's: its command line names the VM's directory)."""
     for pid in record.helpers:
-        if machines.pid_of(store, record.name, pid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        machines.signal_vm(store, record.name, pid, signal.SIGTERM, helper=True)
 
 
 def find(store, name: str) -> VmRecord:
@@ -217,17 +234,14 @@ def stop(store, name: str, *, timeout: float = 60, log=print) -> str:
         log(f"powering {name} off (ACPI; forced after {timeout:.0f}s)")
         try:
             qmp.execute(machines.vm_dir(store, name) / "qmp.sock", "system_powerdown")
-        except (OSError, BuildError) as exc:
+        except (OSError, AmicError) as exc:    # gone, or a link/file planted as qmp.sock
             log(f"QMP did not answer ({exc}): forcing it off")
         else:
             if wait_gone(store, record, timeout):
                 end_helpers(store, record)
                 machines.append_log(store, name, "stop: powered off")
                 return "powered off"
-        try:
-            os.killpg(record.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        machines.signal_vm(store, name, record.pid, signal.SIGKILL)
         wait_gone(store, record, 10)
         end_helpers(store, record)
         machines.append_log(store, name, f"stop: forced off after {timeout:.0f}s")
@@ -245,13 +259,28 @@ def wait_gone(store, record: VmRecord, timeout: float) -> bool:
 
 def remove(store, name: str, *, force: bool = False, log=print) -> None:
     """Remove a stopped VM's directory (its overlay and logs); ``force``: stop it first."""
-    record = find(store, name)
+    vdir = machines.vm_dir(store, name)
+    if vdir.is_symlink():       # a link planted as the VM's directory: it goes, its target stays
+        with machines.lock_only(store, name):
+            if vdir.is_symlink():
+                vdir.unlink()
+        return
+    try:
+        record = find(store, name)
+    except machines.DamagedRecord:      # no pid to trust: is any process its QEMU?
+        with machines.locked(store, name) as vdir:
+            if machines.qemu_pids(store, name):
+                raise UsageError(f"VM {name!r} has a damaged record and its QEMU still runs "
+                                 f"(pids {machines.qemu_pids(store, name)}): end it first")
+            shutil.rmtree(vdir)
+        return
     if machines.running(store, record):
         if not force:
             raise UsageError(f"VM {name!r} is running: `amic stop {name}` first (or rm --force)")
         stop(store, name, timeout=0.1, log=log)
     with machines.locked(store, name) as vdir:
-        shutil.rmtree(vdir)
+        if vmfiles.real_dir(vdir):
+            shutil.rmtree(vdir)
 
 
 def ssh_argv(record: VmRecord, command: Sequence[str] = ()) -> list[str]:
@@ -263,15 +292,15 @@ def ssh_argv(record: VmRecord, command: Sequence[str] = ()) -> list[str]:
 
 
 def follow(path: Path, alive, *, poll: float = 0.3) -> Iterator[str]:
-    """The text appended to ``path`` while ``alive()``; then the rest, and the end."""
-    with open(path, errors="replace") as fh:
+    """The text appended to ``path`` while ``alive()``; then the rest, and the end (a link or
+    special file there is refused: :mod:`.vmfiles`)."""
+    with vmfiles.open_log(path) as fh:
         while True:
-            chunk = fh.read()
+            chunk = fh.read(vmfiles.CHUNK)
             if chunk:
                 yield chunk
             elif not alive():
-                rest = fh.read()
-                if rest:
+                while rest := fh.read(vmfiles.CHUNK):
                     yield rest
                 return
             else:

@@ -17,15 +17,27 @@ _VM = "the VM"
 _BOOT = "boot"
 
 
-def whole(text: str) -> int:
-    """A whole number above zero (``--cpus``, ``--memory``)."""
+def whole(text: str, most: int = 1 << 20) -> int:
+    """A whole number above zero, at most ``most`` (``--cpus``, ``--memory``)."""
     try:
-        number = int(text)
+        number = int(text) if text.strip().isascii() else 0
     except ValueError:
         number = 0
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number above 0")
+    if number > most:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {most}")
     return number
+
+
+def mebibytes(text: str) -> int:
+    """``--memory``: MiB, up to 1 TiB (QEMU would refuse more only once the disk is made)."""
+    return whole(text, 1 << 20)
+
+
+def vcpus(text: str) -> int:
+    """``--cpus``: up to 255, the most QEMU's pc machine takes."""
+    return whole(text, 255)
 
 
 def seconds(text: str) -> float:
@@ -43,8 +55,8 @@ UP_OPTIONS: tuple[Option, ...] = (
     Option(["--name"], "vm_name", _VM, "the VM's name, which ssh, stop, rm and logs take",
            metavar="NAME", unset="the project's name"),
     Option(["--memory", "-m"], "memory", _VM, "guest memory in MiB", metavar="MIB",
-           type=whole, default=1024),
-    Option(["--cpus"], "cpus", _VM, "virtual CPUs", metavar="N", type=whole,
+           type=mebibytes, default=1024),
+    Option(["--cpus"], "cpus", _VM, "virtual CPUs", metavar="N", type=vcpus,
            unset="2 with KVM, 1 with TCG"),
     Option(["-p", "--publish"], "publish", _VM,
            "forward 127.0.0.1:HOST to the guest's TCP port GUEST (repeatable; loopback only)",

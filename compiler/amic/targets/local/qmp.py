@@ -14,16 +14,21 @@ from pathlib import Path
 
 from amic.errors import BuildError
 
+MAX_LINE = 1 << 20
+"""Characters a QMP message may have (QEMU's answers here are short)."""
+
 
 def execute(path: Path, command: str, arguments: dict | None = None, *,
             timeout: float = 5.0) -> object:
     """Run ``command`` on the QMP socket ``path``; its ``return`` value. OSError when
     nothing listens there (a QEMU that is gone); BuildError when QEMU refuses it."""
+    from amic.targets.local.vmfiles import connect_unix
+
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(timeout)
-        sock.connect(str(path))
-        stream = sock.makefile("rw")
-        greeting = json.loads(stream.readline() or "{}")
+        connect_unix(path, sock)        # the socket itself, never what a link there names
+        stream = sock.makefile("rw", errors="replace")
+        greeting = _read(stream, "the greeting")
         if "QMP" not in greeting:
             raise BuildError(f"{path}: not a QMP socket")
         _call(stream, "qmp_capabilities", None)
@@ -37,11 +42,24 @@ def _call(stream, command: str, arguments: dict | None) -> object:
     stream.write(json.dumps(message) + "\n")
     stream.flush()
     while True:
-        line = stream.readline()
-        if not line:
-            raise OSError(f"QMP: the connection closed during {command}")
-        answer = json.loads(line)
+        answer = _read(stream, command)
         if "return" in answer:
             return answer["return"]
         if "error" in answer:
-            raise BuildError(f"QMP {command}: {answer['error'].get('desc', answer['error'])}")
+            error = answer["error"]
+            desc = error.get("desc") if isinstance(error, dict) else None
+            raise BuildError(f"QMP {command}: {str(desc or error)[:500]!r}")
+
+
+def _read(stream, what: str) -> dict:
+    """One QMP message (a JSON object on a line of at most :data:`MAX_LINE` characters)."""
+    line = stream.readline(MAX_LINE)
+    if not line:
+        raise OSError(f"QMP: the connection closed during {what}")
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise BuildError(f"QMP: {what}: the answer is not a QMP message")
+    return answer

@@ -37,6 +37,8 @@ HEX = re.compile(r"^(sha256:)?[0-9a-f]{4,64}$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SHOWN = 8
 """Candidates an error lists before ``...``."""
+LONGEST = 200
+"""Characters a reference may have (NAME@ID with a 64-digit id is under 140)."""
 
 
 def lookup(store, ref: str, project_of: Callable[[], Project | None]) -> Image:
@@ -63,6 +65,9 @@ def resolve(images: list[Image], ref: str, *, project: Project | None = None,
     """The image ``ref`` names among ``images`` (see the module docstring); ``project`` is
     the one ``latest`` means, ``find_key(key)`` looks a full cache key up."""
     ref = ref.strip()
+    if len(ref) > LONGEST:
+        raise UsageError(f"image reference {ref[:40]!r}... ({len(ref)} characters): too long "
+                         f"for one (at most {LONGEST})")
     if ref == LATEST:
         return latest(images, project)
     if "@" in ref:

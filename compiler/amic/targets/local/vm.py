@@ -47,6 +47,10 @@ OVMF_CANDIDATES = [("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VAR
                    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd")]
 
 
+LINE_MAX = 1 << 16
+"""Bytes of console line amic keeps before it cuts the line (the guest writes what it wants)."""
+
+
 def kvm_usable() -> bool:
     """True when QEMU can run a stock kernel with KVM here (see the module docstring)."""
     forced = os.environ.get("AMIC_QEMU_ACCEL", "")
@@ -155,11 +159,16 @@ class QemuVm:
             raise BuildError("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
         self.started = time.monotonic()
         if detach:
-            log = open(self.workdir / "console.log", "wb")
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()
-            (self.workdir / "qemu.pid").write_text(f"{self.proc.pid}\n")
+            from amic.targets.local.vmfiles import create_fresh
+
+            log = create_fresh(self.workdir / "console.log")     # never through a link
+            try:
+                self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            finally:
+                os.close(log)
+            with open(create_fresh(self.workdir / "qemu.pid"), "w") as fh:
+                fh.write(f"{self.proc.pid}\n")
             threading.Thread(target=self.follow_log, args=(on_output,), daemon=True).start()
             return
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -168,21 +177,23 @@ class QemuVm:
                          daemon=True).start()
 
     def follow_log(self, on_output) -> None:
-        with open(self.workdir / "console.log", "rb") as fh:
+        from amic.targets.local.vmfiles import open_regular
+
+        with open(open_regular(self.workdir / "console.log", os.O_RDONLY), "rb") as fh:
             self.read_console(fh, on_output, follow=True)
 
     def read_console(self, stream, on_output, *, follow: bool = False) -> None:
         buf = b""
         while True:
-            chunk = stream.readline()
+            chunk = stream.readline(LINE_MAX)
             if not chunk:
                 if follow and self.proc and self.proc.poll() is None:
                     time.sleep(0.2)
                     continue
                 break
             buf += chunk
-            if not buf.endswith(b"\n"):
-                continue
+            if not buf.endswith(b"\n") and len(buf) < LINE_MAX:   # a guest's endless line
+                continue                                         # is cut, never hoarded
             line = clean(buf.decode(errors="replace"))
             buf = b""
             self.note(line, on_output)
@@ -332,7 +343,9 @@ def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False
     import contextlib
     import tempfile
 
-    base = disk.resolve() if disk is not None else cached_disk(target, image, log=log)
+    from amic.targets.local.vmdisks import self_contained
+
+    base = self_contained(disk) if disk is not None else cached_disk(target, image, log=log)
     key = vm_key(target.store)
     label = disk.name if disk is not None else image.id[:12]
     with contextlib.ExitStack() as stack:
@@ -346,9 +359,10 @@ def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False
                        restrict=restrict, timeout=timeout, on_output=on_output, log=log)
 
 
-def overlay_of(base: Path, overlay: Path) -> None:
-    """A qcow2 ``overlay`` whose reads fall through to ``base`` (never written)."""
-    fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
+def overlay_of(base: Path | str, overlay: Path) -> None:
+    """A qcow2 ``overlay`` whose reads fall through to ``base`` (never written; a ``json:``
+    name from :func:`amic.targets.local.vmdisks.self_contained` is a qcow2)."""
+    fmt = "qcow2" if str(base).endswith(".qcow2") or str(base).startswith("json:") else "raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base),
                     str(overlay)], check=True)
 

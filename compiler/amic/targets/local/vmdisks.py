@@ -19,10 +19,16 @@ until ``amic rm``, running or stopped: its own disk would be lost with it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import stat
 import struct
+import subprocess
 from pathlib import Path
+
+from amic.diagnostics import escape_controls
+from amic.errors import UsageError
 
 QCOW2_MAGIC = b"QFI\xfb"
 CACHED = re.compile(r"^[0-9a-f]{12}\.qcow2$")
@@ -59,8 +65,12 @@ def cached_disks(store) -> list[Path]:
 
 def backing_file(path: Path) -> Path | None:
     """The backing file a qcow2's header names (absolute), or None (read, never run)."""
-    try:
-        with open(path, "rb") as fh:
+    try:        # never through a link, never blocked on a FIFO (a run dir is writable by QEMU)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        with os.fdopen(fd, "rb") as fh:
             head = fh.read(20)
             if len(head) < 20 or head[:4] != QCOW2_MAGIC:
                 return None
@@ -72,6 +82,52 @@ def backing_file(path: Path) -> Path | None:
     except OSError:
         return None
     return Path(os.path.normpath(os.path.join(path.parent, name)))
+
+
+def self_contained(path: Path) -> str:
+    """``amic run --vm FILE.qcow2``: ``path`` checked to be a regular file holding a qcow2
+    that needs no other file (no backing file, no external data file: either could name
+    /etc/shadow or a host disk, which the guest would then read); returns the ``json:``
+    name an overlay's backing is given, which opens it with its backing forbidden even if
+    the file changes after this check. UsageError otherwise (no byte of the file shown)."""
+    shown = escape_controls(str(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{shown}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{shown}: not a regular file (a disk image file is booted, "
+                             "never a device, FIFO or directory)")
+    finally:
+        os.close(fd)
+    full = os.path.realpath(path)
+    try:
+        proc = subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", "-U", full],
+                              capture_output=True, text=True, errors="replace", timeout=60)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"{shown}: qemu-img info did not answer within 60 s") from None
+    info = None
+    if proc.returncode == 0:
+        try:
+            info = json.loads(proc.stdout)
+        except ValueError:
+            pass
+    if not isinstance(info, dict) or info.get("format") != "qcow2":
+        raise UsageError(f"{shown}: not a qcow2 disk (`amic export --format qcow2` makes one; "
+                         "a raw disk: `qemu-img convert -O qcow2` it first)")
+    data = (info.get("format-specific") or {}).get("data") or {}
+    if "backing-filename" in info or "full-backing-filename" in info:
+        raise UsageError(f"{shown}: the qcow2 names a backing file, which the VM would read "
+                         "from this host; amic boots only a self-contained disk "
+                         "(`qemu-img convert -O qcow2` makes one)")
+    if isinstance(data, dict) and "data-file" in data:
+        raise UsageError(f"{shown}: the qcow2 keeps its data in an external file, which the VM "
+                         "would read from this host; amic boots only a self-contained disk "
+                         "(`qemu-img convert -O qcow2` makes one)")
+    return "json:" + json.dumps({"driver": "qcow2", "file": {"driver": "file",
+                                                            "filename": full},
+                                 "backing": None})
 
 
 def alive(workdir: Path) -> bool:
@@ -98,9 +154,14 @@ def disk_users(store) -> dict[Path, list[Path]]:
 
     users: dict[Path, list[Path]] = {}
     for name in machines.names(store):
-        record = machines.load(store, name)
-        if record is not None and record.base:
-            users.setdefault(Path(record.base), []).append(machines.vm_dir(store, name))
+        vdir = machines.vm_dir(store, name)
+        try:
+            record = machines.load(store, name)
+            base = Path(record.base) if record is not None and record.base else None
+        except UsageError:      # a damaged record: its overlay's own header names the disk
+            base = backing_file(vdir / "disk.qcow2")
+        if base is not None:
+            users.setdefault(base, []).append(vdir)
     for workdir in run_dirs(store):
         if not alive(workdir):
             continue
