@@ -46,7 +46,8 @@ def ec2_disk_dir(store, lineage: str) -> Path:
 
 def ec2_disk_dirs(store) -> list[Path]:
     root = store.root / EC2_DISKS
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()) \
+        if root.is_dir() and not root.is_symlink() else []
 
 
 def vm_dir(store) -> Path:
