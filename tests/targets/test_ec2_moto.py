@@ -19,7 +19,7 @@ import pytest
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import gc as ec2_gc
 from amic.errors import BuildError
-from amic.targets.ec2 import bases, images, resources
+from amic.targets.ec2 import bases, images, naming, resources
 from amic.targets.ec2 import target as ec2
 from amic.targets.ec2.options import Ec2Options
 
@@ -61,7 +61,7 @@ def test_resolve_base_newest_wins_and_find_image(fake):
     t = target()
     base = t.resolve_base("debian:12")
     assert base.id in (older, fake.standin.images and base.id)
-    assert base.tags[images.TAG_SSH_USER] == "admin"
+    assert base.tags[naming.TAG_SSH_USER] == "admin"
     assert t.resolve_base(older).id == older
     with pytest.raises(BuildError, match="no image matches"):
         t.resolve_base("ubuntu:24.04")

@@ -16,7 +16,7 @@ from amic.errors import BuildError
 from amic.targets.base import Image
 from amic.targets.ec2 import session as aws
 from amic.targets.ec2 import waiters
-from amic.targets.ec2.naming import TAG_SSH_USER, NewImage  # noqa: F401  (TAG_SSH_USER: re-exported)
+from amic.targets.ec2.naming import NewImage
 from amic.targets.ec2.options import Ec2Options
 
 TAG_IMAGE_ID = "amic:image-id"

@@ -164,8 +164,8 @@ class Ec2Target(Target):
         best = amis.newest(images)
         self._lookups.described[best["ImageId"]] = best
         tags = aws.tag_dict(best.get("Tags"))
-        user = query.user or tags.get(amis.TAG_SSH_USER) or guess_user(best.get("Name", ""))
-        tags.update({amis.TAG_SSH_USER: user, "Name": best.get("Name", "")})
+        user = query.user or tags.get(naming.TAG_SSH_USER) or guess_user(best.get("Name", ""))
+        tags.update({naming.TAG_SSH_USER: user, "Name": best.get("Name", "")})
         return Image(id=best["ImageId"], tags=tags, created=best.get("CreationDate"))
 
     def check_final(self, key: str, tags: Mapping[str, str]) -> None:
@@ -397,7 +397,7 @@ class Ec2Target(Target):
         beat.add(iid)
         beat.start()
         stack.callback(beat.stop)       # first thing on the way out: no beat on a deleted group
-        user = opts.ssh_user or image.tags.get(amis.TAG_SSH_USER) or "ec2-user"
+        user = opts.ssh_user or image.tags.get(naming.TAG_SSH_USER) or "ec2-user"
         machine = Ec2Machine(ec2, opts, self.log, iid, user, pkey, name, build_id)
         machine.build_public_key = public   # prepare-image removes it before the final AMI
         machine.heartbeat = beat
