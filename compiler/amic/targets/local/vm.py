@@ -313,7 +313,7 @@ def cached_disk(target, image, *, log=None) -> Path:
             if not out.exists():
                 with target.store.scratch("vm-disk-") as scratch:
                     disk.write_disk(target.store, vm_image, scratch / "disk.qcow2", fmt="qcow2",
-                                    authorized_key=key.with_suffix(".pub"))
+                                    authorized_key=key.with_suffix(".pub"), devvm=True)
                     os.rename(scratch / "disk.qcow2", out)
     return out
 
