@@ -33,6 +33,16 @@ Figures (this machine, 2 CPUs shared with other work, TCG; median of 3):
   load average 2.1-2.4 during the run:
       .venv/bin/python benchmarks/bench_vm_boot.py --runs 3 --analyze
 
+Tried on one disk through -kernel/-append (two boots each, load 2-4: CPU seconds
+to the hook), not kept: mitigations=off (no gain: an AMD vendor string gets no
+page-table isolation, the costly one under TCG); norandmaps (44 -> 35, -cpu max: TCG's
+translations are per virtual address, ASLR makes each process translate its
+libraries anew; but it turns ASLR off in a disk that may run under KVM);
+clocksource=tsc tsc=reliable (35.5 -> 33.1, within the noise: the guest reads
+the HPET under TCG, the TSC being marked unsynchronised with two vCPUs; it
+would force the TSC on any host); masking logind (it handles the ACPI power
+button: amic stop) and fsck.mode=skip (about a second).
+
     sudo .venv/bin/python benchmarks/bench_vm_boot.py [--old /work/main] [--runs 5] [--analyze]
 """
 
