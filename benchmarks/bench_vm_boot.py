@@ -32,6 +32,9 @@ Figures (this machine, 2 CPUs shared with other work, TCG; median of 3):
       6.1 s kernel + 11.9 s userspace, amic.service starting at 10.5 s
   load average 2.1-2.4 during the run:
       .venv/bin/python benchmarks/bench_vm_boot.py --runs 3 --analyze
+  the same at load 2.5-3.9 (both host CPUs busy with other work, so the second
+  vCPU helps less): 51.0 -> 43.3 s, 46.5 -> 39.2 CPU s (0.85 and 0.84)
+      .venv/bin/python benchmarks/bench_vm_boot.py --runs 3
 
 Tried on one disk through -kernel/-append (two boots each, load 2-4: CPU seconds
 to the hook), not kept: mitigations=off (no gain: an AMD vendor string gets no
