@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from amic.targets.local import disk
+from amic.targets.scripts import script
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT = REPO / "runtime" / "boot"
@@ -102,3 +103,44 @@ def test_the_vm_layers_host_key_drop_in_keeps_what_the_hook_relies_on() -> None:
     base = unit((BOOT / "amic-ssh-keygen.service").read_text())
     # the condition that skips it once keys exist names the key the drop-in makes first
     assert "!/etc/ssh/ssh_host_ed25519_key" in base["Unit.ConditionPathExists"]
+
+
+def test_the_vm_boots_with_two_vcpus_and_an_emulated_cpu_without_svm(tmp_path: Path) -> None:
+    # Under TCG: two vCPUs (multi-threaded TCG), and a CPU model without SVM/VMX, so the
+    # guest loads no kvm module whose power-off step (a call on every vCPU) hung with two;
+    # AMD's vendor string (no page-table isolation), no AVX or 5-level paging to emulate.
+    from amic.targets.local import vm
+
+    machine = vm.QemuVm(tmp_path / "disk.qcow2", tmp_path, kvm=False)
+    argv = machine.argv()
+    assert argv[argv.index("-smp") + 1] == "2"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    cpu = argv[argv.index("-cpu") + 1].split(",")
+    assert cpu[0] == "qemu64" and "-svm" in cpu and "+sse4.2" in cpu, cpu
+    kvm = vm.QemuVm(tmp_path / "disk.qcow2", tmp_path, kvm=True).argv()
+    assert kvm[kvm.index("-cpu") + 1] == "host" and kvm[kvm.index("-smp") + 1] == "2"
+    assert vm.QemuVm(tmp_path / "d.qcow2", tmp_path, kvm=False, cpus=1).argv()[
+        argv.index("-smp") + 1] == "1"
+
+
+def test_only_dev_vm_disks_get_the_dev_vm_profile() -> None:
+    # The quiet serial-only kernel and the masked units (make-root.sh's devvm profile) are
+    # for amic run --vm / amic up / a plain export; an EC2 disk (export --for ec2, the
+    # local bake's disk and its in-place reuse) is written without them.
+    import ast
+
+    pkg = REPO / "compiler" / "amic" / "targets"
+    callers: dict[str, list[bool]] = {}
+    for path in pkg.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr",
+                                                      getattr(node.func, "id", "")) == "write_disk":
+                dev = [k for k in node.keywords if k.arg == "devvm"]
+                callers.setdefault(str(path.relative_to(pkg)), []).append(
+                    bool(dev) and isinstance(dev[0].value, ast.Constant) and dev[0].value.value)
+    assert callers["local/export.py"] == [True] and callers["local/vm.py"] == [True], callers
+    assert callers["local/ec2disk.py"] == [False], callers
+    assert callers["ec2/disk_reuse.py"] == [False], callers
+    # the bake's in-place reuse writes the EC2 disk's kernel command line
+    assert " ro console=tty0 console=ttyS0,115200n8\n" in script("amic.targets.local",
+                                                                  "reuse-root.sh")

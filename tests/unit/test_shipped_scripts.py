@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -254,16 +255,15 @@ def test_the_growroot_script_the_vm_layer_installs_is_clean(tmp_path: Path) -> N
         assert proc.returncode == 0, f"{shell}: {proc.stderr}"
 
 
-@pytest.mark.root
-@pytest.mark.parametrize("shell", SHELLS)
-def test_make_root_writes_the_root_file_system_of_a_disk(shell: str, tmp_path: Path) -> None:
-    # A stand-in VM layer (two kernels, the boot loaders' files); the key and the disk under
-    # a hostile name (overlay's options cannot take one); the script as disk.make_raw runs
-    # it, in a mount namespace of its own.
+def run_make_root(shell: str, tmp_path: Path, *profile: str) -> tuple[Path, Path, str]:
+    """make-root.sh as disk.make_raw runs it, over a stand-in VM layer (two kernels, the boot
+    loaders' files), the key and the disk under a hostile name (overlay's options cannot
+    take one), in a mount namespace of its own; (scratch, raw disk, root UUID)."""
     tools.require(SHELLS[shell][0])
     lower = tmp_path / "lower"
     for name in ("boot/vmlinuz-6.1.0-9-cloud-amd64", "boot/vmlinuz-6.1.0-28-cloud-amd64",
-                 "etc/hostname", "usr/lib/amic-vm/boot.img", "usr/lib/amic-vm/core.img",
+                 "etc/hostname", "etc/systemd/system/multi-user.target.wants/ssh.service",
+                 "usr/lib/amic-vm/boot.img", "usr/lib/amic-vm/core.img",
                  "usr/lib/amic-vm/BOOTX64.EFI", "var/cache/apt/archives/jq.deb"):
         (lower / name).parent.mkdir(parents=True, exist_ok=True)
         (lower / name).write_text(name + "\n")
@@ -279,9 +279,31 @@ def test_make_root_writes_the_root_file_system_of_a_disk(shell: str, tmp_path: P
         [tools.require("unshare"), "--mount", "--propagation", "private", *SHELLS[shell], "-c",
          script("amic.targets.local", "make-root.sh"), "amic-disk", str(lower),
          *(str(scratch / d) for d in ("upper", "work", "merged")), str(raw), root_uuid,
-         str(key), str(scratch / "out"), str(disk.ROOT_START // disk.MIB), str(disk.TAIL)],
+         str(key), str(scratch / "out"), str(disk.ROOT_START // disk.MIB), str(disk.TAIL),
+         *profile],
         env=rootfs.CLEAN_ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return scratch, raw, root_uuid
+
+
+def debugfs(raw: Path, request: str) -> str:
+    return subprocess.run(["debugfs", "-R", request, f"{raw}?offset={disk.ROOT_START}"],
+                          capture_output=True, text=True).stdout
+
+
+def masked_units(raw: Path) -> set[str]:
+    """Units masked in the disk's /etc/systemd/system (symbolic links to /dev/null)."""
+    listing = debugfs(raw, "ls -l /etc/systemd/system")
+    names = {line.split()[-1] for line in listing.splitlines() if line.strip()}
+    return {name for name in names - {".", ".."}
+            if debugfs(raw, f"stat /etc/systemd/system/{name}").find('Fast link dest: "/dev/null"')
+            >= 0}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("shell", SHELLS)
+def test_make_root_writes_the_root_file_system_of_a_disk(shell: str, tmp_path: Path) -> None:
+    scratch, raw, root_uuid = run_make_root(shell, tmp_path)
     out = scratch / "out"
     assert (out / "core.img").read_text() == "usr/lib/amic-vm/core.img\n"
     root_mib = int((out / "root-mib").read_text())
@@ -293,16 +315,40 @@ def test_make_root_writes_the_root_file_system_of_a_disk(shell: str, tmp_path: P
     assert f"Filesystem UUID:          {root_uuid}" in listing, listing
 
     def cat(path: str) -> str:
-        return subprocess.run(["debugfs", "-R", f"cat {path}", fs], capture_output=True,
-                              text=True).stdout
+        return debugfs(raw, f"cat {path}")
 
     grub = cat("/boot/grub/grub.cfg")
-    assert f"linux /boot/vmlinuz-6.1.0-28-cloud-amd64 root=UUID={root_uuid} ro" in grub, grub
+    # EC2 (no profile): the console on the screen and the serial port, everything printed
+    assert (f"linux /boot/vmlinuz-6.1.0-28-cloud-amd64 root=UUID={root_uuid} ro "
+            "console=tty0 console=ttyS0,115200n8\n") in grub, grub
     assert "initrd /boot/initrd.img-6.1.0-28-cloud-amd64" in grub, grub
     assert cat("/etc/fstab") == f"UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n"
     assert cat("/root/.ssh/authorized_keys") == "ssh-ed25519 AAAA test\n"
     assert cat("/etc/hostname") == "etc/hostname\n"
-    assert "jq.deb" not in subprocess.run(["debugfs", "-R", "ls /var/cache/apt/archives", fs],
-                                          capture_output=True, text=True).stdout
+    assert "jq.deb" not in debugfs(raw, "ls /var/cache/apt/archives")
+    assert masked_units(raw) == set()
     assert not list((scratch / "merged").iterdir())     # unmounted with its namespace
+    assert not (tmp_path / "pwned").exists()
+
+
+# Units a dev VM's disk must never mask: what the boot hook waits for (the network, the host
+# keys, the hook itself), sshd, the serial console's getty, journald, and logind (it turns
+# the ACPI power button into a clean power-off: `amic stop`).
+KEEP_UNITS = re.compile(r"^(amic.*|systemd-network.*|systemd-resolved.*|ssh.*|serial-getty@.*"
+                        r"|systemd-journald.*|systemd-logind.*|systemd-udev.*|dbus.*"
+                        r"|.*\.target)$")
+
+
+@pytest.mark.root
+def test_make_root_makes_a_dev_vm_disk_quiet_and_trimmed(tmp_path: Path) -> None:
+    scratch, raw, root_uuid = run_make_root("dash", tmp_path, "devvm")
+    grub = debugfs(raw, "cat /boot/grub/grub.cfg")
+    # serial only (no VGA console to draw under emulation), warnings and worse
+    assert (f"linux /boot/vmlinuz-6.1.0-28-cloud-amd64 root=UUID={root_uuid} ro "
+            "console=ttyS0,115200n8 quiet\n") in grub, grub
+    masked = masked_units(raw)
+    assert {"getty@tty1.service", "apt-daily.timer", "systemd-update-utmp.service"} <= masked
+    assert not {u for u in masked if KEEP_UNITS.match(u)}, masked
+    assert debugfs(raw, "cat /etc/systemd/system/multi-user.target.wants/ssh.service") \
+        == "etc/systemd/system/multi-user.target.wants/ssh.service\n"
     assert not (tmp_path / "pwned").exists()

@@ -180,12 +180,16 @@ def check_tools(fmt: str) -> None:
 
 
 def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
-               authorized_key: Path | None = None, compress: bool = False) -> dict:
+               authorized_key: Path | None = None, compress: bool = False,
+               devvm: bool = False) -> dict:
     """Write a bootable disk of ``vm_image`` (an image with the VM layer, use-locked by the
     caller) to ``out``.
 
     ``compress`` (qcow2 only): zlib-compressed clusters (``qemu-img convert -c``), which
-    every qcow2 reader takes; written clusters are stored uncompressed, as usual. The disk
+    every qcow2 reader takes; written clusters are stored uncompressed, as usual. ``devvm``:
+    a dev VM's disk (``amic run --vm``, ``amic up``, an export without ``--for``): a quiet
+    kernel on the serial console only and the units a dev VM has no use for masked
+    (``scripts/make-root.sh``); without it (EC2) the disk boots as the image says. The disk
     is made in a staging file (:func:`amic.fsutil.staged_output`: a private directory
     beside ``out``, nothing opened by a predictable name), the scratch in the store's
     ``tmp/``, so a failed, interrupted or killed export leaves nothing prune cannot find.
@@ -202,7 +206,7 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
             (scratch / d).mkdir()
         raw = str(scratch / "disk.raw") if fmt != "raw" else part
         try:
-            make_raw(store, vm_image, scratch, raw, root_uuid, authorized_key)
+            make_raw(store, vm_image, scratch, raw, root_uuid, authorized_key, devvm=devvm)
             if fmt == "qcow2":
                 run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
                      *(["-c"] if compress else []), raw, part])
@@ -214,14 +218,14 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
 
 
 def make_raw(store, vm_image: Image, scratch: Path, raw: str, root_uuid: str,
-             authorized_key: Path | None) -> None:
+             authorized_key: Path | None, *, devvm: bool = False) -> None:
     """The raw disk at ``raw``: root file system, GPT, BIOS and UEFI boot loaders."""
     lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             script(__package__, "make-root.sh"), "amic-disk",
             lowers, str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
             raw, root_uuid, str(authorized_key.resolve()) if authorized_key else "",
-            str(scratch / "out"), str(ROOT_START // MIB), str(TAIL)]
+            str(scratch / "out"), str(ROOT_START // MIB), str(TAIL), "devvm" if devvm else ""]
     run(argv, env=rootfs.CLEAN_ENV)
     o = scratch / "out"
     partition(Path(raw), int((o / "root-mib").read_text()))

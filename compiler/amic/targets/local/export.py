@@ -38,7 +38,7 @@ def export_image(target, image: Image, out: Path, *, fmt: str = "tar",
         raise UsageError(f"unknown export format {fmt!r}")
     with vm_layer_in_use(target, image, log=log) as vm_image:
         facts = write_disk(target.store, vm_image, out, fmt=fmt,
-                           authorized_key=authorized_key, compress=compress)
+                           authorized_key=authorized_key, compress=compress, devvm=True)
     if log:
         log(f"{fmt} disk: root {facts['root_mib']} MiB (used {facts['used_kib'] // 1024} MiB), "
             f"{out.stat().st_size // MIB} MiB apparent, "

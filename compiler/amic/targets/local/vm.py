@@ -61,10 +61,22 @@ def kvm_usable() -> bool:
     return any(Path("/sys/module", m).is_dir() for m in ("kvm_intel", "kvm_amd"))
 
 
+TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,-svm"
+"""The emulated CPU: x86-64-v2 (what RHEL 9-class binaries need) without what costs the
+emulation and gains a dev VM nothing. ``max`` offered AVX2 (glibc's string functions
+then run as emulated 256-bit vector code), 5-level paging (a longer page walk on every
+TLB miss) and SVM: the guest loaded kvm_amd at boot and at power-off made every vCPU
+leave "hardware virtualisation" through a cross-CPU call, the step where a guest with two
+vCPUs hung now and then ("No irq handler for vector" on CPU 1). Measured on one disk,
+two vCPUs: 34 instead of 44 CPU seconds to the boot hook (``benchmarks/bench_vm_boot.py``).
+AMD's vendor string (qemu64's) keeps the guest kernel from page-table isolation, which
+a Meltdown-affected Intel model would get (a TLB flush per system call under TCG)."""
+
+
 def accel_args(kvm: bool | None = None) -> list[str]:
     if kvm if kvm is not None else kvm_usable():
         return ["-accel", "kvm", "-cpu", "host"]
-    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    return ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]
 
 
 def ovmf() -> tuple[Path, Path]:
@@ -97,11 +109,10 @@ class QemuVm:
         self.disk, self.workdir, self.uefi = disk, workdir, uefi
         self.services, self.restrict = list(services), restrict
         self.kvm = kvm_usable() if kvm is None else kvm
-        # One vCPU under TCG: with two, the guest now and then hung in its power-off
-        # ("No irq handler for vector" on CPU 1, an interrupt for a vector already torn
-        # down), and emulation gains little from a second vCPU on a busy host.
+        # Two vCPUs under TCG too: multi-threaded TCG runs them on two host threads, and
+        # the boot's parallel units (udev, networkd, the host keys, growroot) then overlap.
         self.memory, self.snapshot = memory, snapshot
-        self.cpus = cpus or (2 if self.kvm else 1)
+        self.cpus = cpus or 2
         self.ssh_port = free_port()
         self.forwards, self.credentials = list(forwards), list(credentials)
         self.shares = list(shares)
@@ -324,7 +335,7 @@ def cached_disk(target, image, *, log=None) -> Path:
             if not out.exists():
                 with target.store.scratch("vm-disk-") as scratch:
                     disk.write_disk(target.store, vm_image, scratch / "disk.qcow2", fmt="qcow2",
-                                    authorized_key=key.with_suffix(".pub"))
+                                    authorized_key=key.with_suffix(".pub"), devvm=True)
                     os.rename(scratch / "disk.qcow2", out)
     return out
 

@@ -9,9 +9,12 @@
 #   $4 merged  the mount point                                    BOOTX64.EFI, used-kib, root-mib
 #   $5 disk    the raw disk file
 #   $9 root_start_mib  where the root partition starts; $10 tail_bytes  room for the backup GPT
+#   $11 profile  'devvm': a dev VM's disk (amic run --vm, amic up, a plain export): a quiet
+#       kernel on the serial console only, and the units a dev VM has no use for masked (each
+#       costs seconds of emulated CPU at boot under TCG); '' (EC2): as reuse-root.sh writes it
 set -eu
 lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 key=$7 out=$8 root_start_mib=$9
-tail_bytes=${10}
+tail_bytes=${10} profile=${11:-}
 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
 # shellcheck disable=SC2012  # Debian's kernels are vmlinuz-VERSION: nothing for ls to mangle
 kernel=$(cd "$merged/boot" && ls vmlinuz-* | sort -V | tail -n 1)
@@ -19,6 +22,24 @@ initrd=initrd.img-${kernel#vmlinuz-}
 cat > "$merged/etc/fstab" <<EOF
 UUID=$uuid / ext4 defaults,errors=remount-ro 0 1
 EOF
+console="console=tty0 console=ttyS0,115200n8"
+if [ "$profile" = devvm ]; then
+    # Kernel and systemd messages over an emulated UART (and VGA) cost CPU under TCG: only
+    # warnings and worse (and systemd's status when a unit fails or is slow).
+    console="console=ttyS0,115200n8 quiet"
+    # No use on a dev VM: a getty on the VGA console (logins are by SSH key; the serial
+    # getty stays), utmp records, debugfs/tracefs/hugetlbfs, DRM, device-mapper and EFI
+    # pstore modules, and the daily/weekly timers (apt, man-db, fstrim, e2scrub) that
+    # would compete with the first minutes of work. `systemctl unmask` undoes one.
+    mkdir -p "$merged/etc/systemd/system"
+    for unit in getty@tty1.service systemd-update-utmp.service \
+        systemd-update-utmp-runlevel.service sys-kernel-debug.mount sys-kernel-tracing.mount \
+        dev-hugepages.mount modprobe@drm.service modprobe@dm_mod.service \
+        modprobe@efi_pstore.service apt-daily.timer apt-daily-upgrade.timer man-db.timer \
+        fstrim.timer e2scrub_all.timer; do
+        ln -sfn /dev/null "$merged/etc/systemd/system/$unit"
+    done
+fi
 mkdir -p "$merged/boot/grub"
 cat > "$merged/boot/grub/grub.cfg" <<EOF
 serial --unit=0 --speed=115200
@@ -27,7 +48,7 @@ terminal_output serial console
 set timeout=0
 menuentry 'amic' {
     search --no-floppy --fs-uuid --set=root $uuid
-    linux /boot/$kernel root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8
+    linux /boot/$kernel root=UUID=$uuid ro $console
     initrd /boot/$initrd
 }
 EOF

@@ -8,7 +8,8 @@
 #   $4 merged  the overlay's mount point                 $9 mnt     the root file system's
 #   $5 disk    the copy of the earlier disk                         mount point
 #   $10 out    boot.img, core.img, BOOTX64.EFI, used-kib
-# The per-disk files are those make-root.sh writes (keep the two equal).
+# The per-disk files are those make-root.sh writes without a profile (keep the two equal;
+# its devvm profile is for dev VM disks, never an EC2 one).
 set -eu
 lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 offset=$7 size=$8 mnt=$9 out=${10}
 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
