@@ -31,6 +31,9 @@ def pytest_configure(config):
     # only this process's builds: not another xdist worker's, nor another run on the host.
     if os.environ.get("AMIC_TEST_TMPDIR_OF") == str(os.getpid()):
         return
+    # pytest's own tmp_path tree stays where it was (PYTEST_DEBUG_TEMPROOT), not under the
+    # private directory: unix socket paths in it (QMP, sshd) must stay under 108 bytes.
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
     private = tempfile.mkdtemp(prefix="amt", dir=os.environ.get("TMPDIR", "/tmp"))
     os.chmod(private, 0o755)   # unprivileged helpers (sshd users, QEMU's user) read beneath it
     os.environ["TMPDIR"] = private

@@ -42,6 +42,7 @@ def make_final(target, machine, *, key: str, tags: Mapping[str, str]) -> Image:
                         lambda: _publish(target, raw, new))
     log(f"image {image_id} available (final; snapshots {', '.join(snaps) or '-'})")
     if opts.copies(target.region):
+        target.copies = {}      # a new image: none of its copies exists yet
         _copy(target, image_id, new, machine.build_id)
     return amis.image_from_raw(raw)
 
