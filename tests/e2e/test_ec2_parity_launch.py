@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import threading
@@ -21,6 +20,7 @@ import pytest
 from tests.harness.cli import run_amic
 from tests.harness.e2e_builds import E2E
 from tests.harness.ec2 import amic_exe, assert_clean, iam_policy, image_file, standin_ec2
+from tests.harness.pty_drive import Answer, drive, say
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -301,41 +301,17 @@ def test_on_error_ask_retries_the_step_and_debug_pauses_through_a_terminal(e2e):
     fake = e2e.fake
     e2e.write(FLAKY)
     fake.proxy.reset()
-    master, slave = os.openpty()
-    proc = subprocess.Popen(e2e.argv("--on-error", "ask", "--debug", "--progress", "plain"),
-                            cwd=e2e.project, env=e2e.env(), stdin=slave, stderr=slave,
-                            stdout=subprocess.PIPE, text=True)
-    os.close(slave)
-    answers = [("--debug: stage2 artifact done; press Enter", "\n"),
-               ("--debug: [1/2] base done; press Enter", "\n"),
-               ("[r]etry the step? [c]", "r\n"),
-               ("--debug: [2/2] flaky done; press Enter", "\n"),
-               ("--debug: install-boot-hook, prepare-image done; press Enter", "\n")]
-    seen, pos = "", 0
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:      # the child closed the terminal: it ended
-                    chunk = b""
-                if not chunk and proc.poll() is not None:
-                    break
-                seen += chunk.decode(errors="replace")
-            if answers and answers[0][0] in seen[pos:]:
-                pos = seen.index(answers[0][0], pos) + len(answers[0][0])
-                os.write(master, answers.pop(0)[1].encode())
-            if proc.poll() is not None and not ready:
-                break
-        out = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    assert proc.returncode == 0, seen
-    assert answers == [], seen
+    run = drive(e2e.argv("--on-error", "ask", "--debug", "--progress", "plain"),
+                cwd=e2e.project, env=e2e.env(), answers=[
+                    Answer("--debug: stage2 artifact done; press Enter", say("\n")),
+                    Answer("--debug: [1/2] base done; press Enter", say("\n")),
+                    Answer("[r]etry the step? [c]", say("r\n")),
+                    Answer("--debug: [2/2] flaky done; press Enter", say("\n")),
+                    Answer("--debug: install-boot-hook, prepare-image done; press Enter",
+                           say("\n"))])
+    seen, out = run.terminal, run.stdout
+    assert run.returncode == 0, seen
+    assert run.unanswered == (), seen
     assert "[2/2] flaky init failed" in seen and "--on-error ask: retrying [2/2] flaky init" in seen
     assert len(fake.proxy.calls_of("RunInstances")) == 1      # the same instance, step re-run
     ami = out.strip().splitlines()[-1]
