@@ -157,6 +157,8 @@ class Bench:
         self.wall = 0.0
         self.copy_s = 0.0
         self.extra_env: dict[str, str] = {}
+        self.logs: Path | None = None
+        """--logs: where each bake's own output is written (its step timings)."""
 
     def fresh(self) -> None:
         """A fresh moto and stand-in for each series: no tool starts with the other's cache."""
@@ -275,6 +277,8 @@ class Bench:
         argv = [self.amic, "build", "--target", "ec2", "--bake", "local", "--name", "bench-bake",
                 "--manifest", str(manifest), "Amifile"]
         wall, proc = self._run(argv, project)
+        if self.logs is not None:
+            (self.logs / f"bake-{scenario}.log").write_text(proc.stderr)
         ebs = {a: self.fake.ebs.calls[a] - before.get(a, 0)
                for a in ("StartSnapshot", "PutSnapshotBlock", "CompleteSnapshot")}
         # the blocks went to a Python stand-in on loopback: those seconds are replaced by
@@ -429,6 +433,7 @@ def main() -> int:
     ap.add_argument("--no-ssh", action="store_true", help="no amic series over SSH")
     ap.add_argument("--no-bake", action="store_true", help="no amic --bake local series")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON too")
+    ap.add_argument("--logs", metavar="DIR", help="write each bake's output to DIR/bake-SCENARIO.log")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (the instance stand-in uses mount namespaces and sshd)")
@@ -444,6 +449,9 @@ def main() -> int:
     try:
         with fake_ec2(work / "ec2", base) as fake:
             bench = Bench(fake, work)
+            if args.logs:
+                bench.logs = Path(args.logs)
+                bench.logs.mkdir(parents=True, exist_ok=True)
             print(f"moto behind {fake.proxy.url}; instances via 127.0.0.1:{fake.standin.relay_port}")
             if not args.no_ssh:
                 bench.amic_series("all", args.repeat_unchanged)

@@ -6,7 +6,9 @@ EC2``, QEMU user networking with ``restrict=on`` and a ``guestfwd`` of 169.254.1
 to the loopback IMDSv2 stand-in, which serves the instance id, the tags and the key pair's
 public key (made after the upload: the only way it reaches the guest is IMDS). Checked:
 amic's IMDS unit authorised the key (SSH works), the boot hook ran and reported, the
-Amifile's service is initialised, the root grew to the instance's bigger volume.
+Amifile's service is initialised, the root grew to the instance's bigger volume. The AMI
+booted is a second build's, after a changed INIT line: its disk is the first one's changed
+in place, uploaded over the first snapshot.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ FROM debian:12
 NAME {name}
 ENABLE hello
 SERVICE hello
-    INIT echo hello > /etc/bake-hello
+    INIT echo {greeting} > /etc/bake-hello
     UPDATE date > /run/bake-booted
 """
 
@@ -70,22 +72,32 @@ def read_snapshot(endpoint: str, snap: str, out: Path) -> int:
 
 def test_a_locally_baked_ami_boots_as_an_instance(tmp_path):
     name = f"bakeboot-{uuid.uuid4().hex[:12]}"
-    (tmp_path / "Amifile").write_text(AMIFILE.format(name=name))
     with fake_ec2(tmp_path / "ec2", strict=True) as fake, contextlib.ExitStack() as stack:
         env = {**fake.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                "XDG_CACHE_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
-        built = run_amic("build", "Amifile", "--target", "ec2", "--bake", "local",
-                         cwd=tmp_path, env=env, timeout=3600)
-        assert built.returncode == 0, built.stderr[-4000:]
-        ami = built.stdout.split()[-1]
-        image = fake.client(direct=False).describe_images(ImageIds=[ami])["Images"][0]
-        project = {t["Key"]: t["Value"] for t in image["Tags"]}.get("amic:project") or name
-        stack.callback(shutil.rmtree, disk_reuse.kept_dir(default_store(), project), ignore_errors=True)
+        # the AMI booted is the second one: its disk is the first one's changed in place
+        # (disk_reuse) and its snapshot holds only the changed blocks over the first's
+        for greeting in ("hello", "hello-2"):
+            (tmp_path / "Amifile").write_text(AMIFILE.format(name=name, greeting=greeting))
+            sent = fake.ebs.calls["PutSnapshotBlock"]
+            built = run_amic("build", "Amifile", "--target", "ec2", "--bake", "local",
+                             cwd=tmp_path, env=env, timeout=3600)
+            assert built.returncode == 0, built.stderr[-4000:]
+            ami = built.stdout.split()[-1]
+            image = fake.client(direct=False).describe_images(ImageIds=[ami])["Images"][0]
+            project = {t["Key"]: t["Value"] for t in image["Tags"]}.get("amic:project") or name
+            stack.callback(shutil.rmtree, disk_reuse.kept_dir(default_store(), project),
+                           ignore_errors=True)
+            if greeting == "hello":
+                first = fake.ebs.calls["PutSnapshotBlock"] - sent
+        assert "changed in place" in built.stderr, built.stderr[-4000:]
+        second = fake.ebs.calls["PutSnapshotBlock"] - sent
+        assert second < first / 10, (first, second)
         snap = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
 
         raw = tmp_path / "snapshot.raw"
         blocks = read_snapshot(fake.ebs.url, snap, raw)
-        assert 0 < blocks <= fake.ebs.calls["PutSnapshotBlock"], fake.ebs.calls   # all sent
+        assert 0 < blocks <= first + second, (blocks, first, second)   # parent's and new ones
         key = tmp_path / "key_pair"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
                        check=True)
@@ -102,9 +114,10 @@ def test_a_locally_baked_ami_boots_as_an_instance(tmp_path):
                 assert machine.wait_boot(900) == "ok", "\n".join(machine.console[-60:])
                 rc, out = vm.ssh_run(machine.ssh_port, key,
                                      "/var/lib/amic/stage2/amic status; cat /etc/bake-hello "
-                                     "/run/bake-booted >/dev/null && df -B1G --output=size / "
+                                     "&& test -f /run/bake-booted && df -B1G --output=size / "
                                      "| tail -n 1")
                 assert rc == 0, out
+                assert "hello-2" in out.splitlines(), out         # the second build's file
                 assert f"instance {INSTANCE_ID}" in out, out
                 row = next(ln for ln in out.splitlines() if ln.split()[:1] == ["hello"])
                 assert " ok " in row, out

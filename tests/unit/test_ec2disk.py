@@ -97,6 +97,31 @@ def test_ec2_layer_key_follows_its_files_and_leaves_the_vm_layer_alone(monkeypat
     assert disk.vm_layer_key(image) == vm_key
 
 
+class Store:
+    """The two look-ups ``peek_cloud_base`` makes, over what a store holds by key."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, Image] = {}
+
+    def find_image(self, key: str) -> Image | None:
+        return self.by_key.get(key)
+
+
+def test_the_cloud_base_is_found_by_its_base_and_both_layers_keys() -> None:
+    # --bake local's services sit on it: its id (in every key above it) is new whenever the
+    # debootstrap base or the VM or EC2 layer's scripts are
+    base = Image(id="b" * 64, key=None, tags={})
+    store = Store()
+    assert ec2disk.peek_cloud_base(store, base) is None            # not built yet
+    vm_image = Image(id="v" * 64, key=disk.vm_layer_key(base), tags={})
+    store.by_key[vm_image.key] = vm_image
+    assert ec2disk.peek_cloud_base(store, base) is None            # the EC2 layer missing
+    cloud = Image(id="c" * 64, key=ec2disk.ec2_layer_key(vm_image), tags={})
+    store.by_key[cloud.key] = cloud
+    assert ec2disk.peek_cloud_base(store, base) == cloud
+    assert ec2disk.peek_cloud_base(store, Image(id="r" * 64, key=None, tags={})) is None
+
+
 @pytest.mark.root
 def test_imds_unit_script_sets_key_and_hostname(server: imds.Imds, tmp_path: Path) -> None:
     """The unit's shell, run by dash against the stand-in in a private mount namespace

@@ -4,14 +4,19 @@
 its files anew, so nearly every 512 KiB block differs from the last build's even when one
 file changed, and an upload over the previous snapshot would send the whole disk again.
 Here the previous disk of the same project is kept (in the local store, ``vmdisks.ec2_disk_dir``;
-``amic prune --all`` removes it); the
-next disk is a copy of it (reflinked where the file system can) whose root file system is
+``amic prune --all`` removes it); the next disk is that disk, whose root file system is
 loop-mounted in a private mount namespace and brought to the new image with ``rsync
 --inplace --delete`` (``local/scripts/reuse-root.sh``): unchanged files keep their blocks,
 a changed file is rewritten in its own, so the blocks that differ are those of the files
 that changed and a little ext4 metadata. The partition layout, the root's UUID and size
 stay those of the first disk; when the new image does not fit in it any more (or there is
 no previous disk, or anything fails) the disk is made afresh, and kept for next time.
+
+No copy of the ~1 GB disk is made on the way: the build that holds the project's disk lock
+(:func:`project_disk`, for its disk's making and upload) moves the kept disk into its
+scratch, changes it there and keeps it again as a hard link. A build killed meanwhile
+leaves the disk in its scratch (prune's), and the next one makes the disk afresh. A
+second build of the project at the same time changes a copy, and keeps nothing.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from amic.errors import BuildError
-from amic.fsutil import write_atomic
+from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image
 from amic.targets.local import disk, rootfs, vmdisks
 from amic.targets.scripts import script
@@ -57,12 +62,23 @@ def _facts(kept: Path) -> dict | None:
     return facts if (kept / "disk.raw").is_file() else None
 
 
-def reuse(store, vm_image: Image, previous: Path, facts: dict, out: Path) -> dict:
-    """``out``: a copy of ``previous`` whose root file system now holds ``vm_image``."""
+def _take(src: Path, dst: Path) -> None:
+    """``src`` moved to ``dst`` (copied where they are on two file systems)."""
+    try:
+        os.replace(src, dst)
+    except OSError:
+        _copy(src, dst)
+        src.unlink()
+
+
+def reuse(store, vm_image: Image, previous: Path, facts: dict, out: Path, *,
+          move: bool = False) -> dict:
+    """``out``: ``previous`` (moved there, or a copy of it) whose root file system now holds
+    ``vm_image``."""
     disk.check_tools("raw")
     if shutil.which("rsync") is None:
         raise BuildError("rsync is missing (apt-get install rsync)")
-    _copy(previous, out)
+    (_take if move else _copy)(previous, out)
     with store.scratch("disk-reuse-") as scratch:
         for d in ("upper", "work", "merged", "mnt", "out"):
             (scratch / d).mkdir()
@@ -81,11 +97,32 @@ def reuse(store, vm_image: Image, previous: Path, facts: dict, out: Path) -> dic
     return {**facts, "used_kib": used}
 
 
-def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | None = None
-              ) -> tuple[dict, bool]:
+@contextlib.contextmanager
+def project_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | None = None
+                 ) -> Iterator[tuple[dict, bool]]:
+    """:func:`make_disk` under the project's disk lock, held for the block (the upload of
+    ``out``: the kept disk is ``out``'s inode until the next build of the project)."""
+    kept = kept_dir(target.store, project)
+    kept.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(kept / "lock", wait=False))
+            owned = True
+        except LockBusy:
+            owned = False
+            if log is not None:
+                log("another build of this project holds its previous disk: this one changes "
+                    "a copy of it and keeps nothing")
+        yield make_disk(target, vm_image, project, out, log=log, owned=owned)
+
+
+def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | None = None,
+              owned: bool = True) -> tuple[dict, bool]:
     """The raw disk of ``vm_image`` (an image with the VM layer, use-locked by the caller) at
-    ``out``; (its facts, whether it was made over the previous disk). The result is kept
-    as the project's previous disk."""
+    ``out``; (its facts, whether it was made over the previous disk). ``owned``: no other
+    build uses the project's disk (:func:`project_disk`), which is then moved to ``out``,
+    changed there, and ``out`` kept (linked) as the project's previous disk; else the disk
+    is made from a copy and not kept."""
     kept = kept_dir(target.store, project)
     facts = _facts(kept)
     reused = False
@@ -95,7 +132,8 @@ def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | No
             fits = int(facts["used_kib"]) < FILL_LIMIT * int(facts["root_mib"]) * 1024
         if fits:
             try:
-                facts = reuse(target.store, vm_image, kept / "disk.raw", facts, out)
+                facts = reuse(target.store, vm_image, kept / "disk.raw", facts, out,
+                              move=owned)
                 reused = facts["used_kib"] < FILL_LIMIT * int(facts["root_mib"]) * 1024
             except BuildError as exc:
                 if log is not None:
@@ -104,16 +142,21 @@ def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | No
         with contextlib.suppress(FileNotFoundError):
             out.unlink()
         facts = disk.write_disk(target.store, vm_image, out, fmt="raw")
-    keep(kept, out, facts)
+    if owned:
+        keep(kept, out, facts)
     return facts, reused
 
 
 def keep(kept: Path, raw: Path, facts: dict) -> None:
-    """``raw`` as the project's previous disk (replaced whole: a reader sees one or the other)."""
+    """``raw`` as the project's previous disk (replaced whole: a reader sees one or the other),
+    a hard link where it can be (``raw`` is not written after this)."""
     kept.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = kept / f".disk-{uuid.uuid4().hex}.raw"
     try:
-        _copy(raw, tmp)
+        try:
+            os.link(raw, tmp)
+        except OSError:
+            _copy(raw, tmp)
         os.replace(tmp, kept / "disk.raw")
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -2,13 +2,16 @@
 image uploaded as an EBS snapshot (EBS direct APIs) and registered: no instance, key pair,
 security group or SSH.
 
-The local target does the layers (its store, its layer cache, its leases); the final
-image's look-up and its making are EC2's: an AMI with the final key, made either way,
-answers the build (so an SSH-baked AMI and a locally baked one are one cache entry), and
-a new final image is the local image plus the VM and EC2 layers (``local.ec2disk``: what
-``amic export --for ec2`` writes, booting as an instance with its key pair), written as a raw
-disk over the project's previous one (``disk_reuse``), uploaded and registered
-(``ebs_image``) with the names and tags the SSH path gives (``naming.new_image``).
+The local target does the layers (its store, its layer cache, its leases), over a cloud-like
+base: the debootstrap base plus the VM and EC2 layers (``local.ec2disk.cloud_base``: the
+cloud kernel, GRUB, the IMDSv2 key and hostname unit, DHCP on any NIC; what ``amic export
+--for ec2`` adds), made once per base, as the SSH path starts from an AMI that has its
+kernel. The final image's look-up and its making are EC2's: an AMI with the final key,
+made either way, answers the build (so an SSH-baked AMI and a locally baked one are one
+cache entry), and a new final image, booting as an instance with its key pair as it is,
+is written as a raw disk over the project's previous one (``disk_reuse``: an rsync of the
+changed files), uploaded and registered (``ebs_image``) with the names and tags the SSH
+path gives (``naming.new_image``).
 
 What cannot work this way is refused before anything runs, pointing at the SSH path
 (``--bake instance``): a ``FROM`` the local target cannot bootstrap (an AMI id or
@@ -17,7 +20,9 @@ filter), an ``--arch`` other than this machine's.
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import time
 from collections.abc import Mapping
 
 from amic.contract import TAG_BUILD
@@ -56,16 +61,22 @@ class LocalBake(LocalTarget):
         self.log = ec2_target.log
 
     def resolve_base(self, base_ref: str | None) -> Image:
+        """The debootstrap base plus the VM and EC2 layers (``ec2disk.cloud_base``), made once
+        per base: the services' layers sit on a kernel as on a cloud AMI, their packages'
+        kernel hooks (initramfs, modules) run as they install, and a new final image is
+        a disk at once, with no kernel layer made over each one."""
         try:
-            return super().resolve_base(base_ref)
+            base = super().resolve_base(base_ref)
+            return ec2disk.cloud_base(self, base, log=self.log)
         except UsageError as exc:
             raise UsageError(f"--bake local: {exc}; {SSH_PATH}") from None
 
     def peek_base(self, base_ref: str | None) -> Image | None:
         try:
-            return super().peek_base(base_ref)
+            base = super().peek_base(base_ref)
         except UsageError as exc:
             raise UsageError(f"--bake local: {exc}; {SSH_PATH}") from None
+        return None if base is None else ec2disk.peek_cloud_base(self, base)
 
     def check_final(self, key: str, tags: Mapping[str, str]) -> None:
         self.final_key = key
@@ -90,14 +101,16 @@ class LocalBake(LocalTarget):
             amis.deregister_named(ec2, new.name, self.log)
         line = ebs_image.lineage(tags)
         project = line[1] if line else key
-        with self.store.scratch("ec2-disk-") as scratch, \
-                ec2disk.ec2_layer_in_use(self, image, log=self.log) as ec2_image:
-            raw = scratch / "disk.raw"
-            # the EC2-fit image (cloud kernel, IMDSv2 key and hostname unit, DHCP on any
-            # NIC): what boots as an instance, as `amic export --for ec2` writes it
-            _, reused = disk_reuse.make_disk(self, ec2_image, project, raw, log=self.log)
-            if reused:
-                self.log("disk: the previous disk of this project, changed in place")
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(self.store.scratch("ec2-disk-")) / "disk.raw"
+            stack.enter_context(self.store.use(image.id))
+            # the image is EC2-fit already (its base has the cloud kernel, the IMDSv2 key
+            # and hostname unit, DHCP on any NIC): its disk boots as an instance
+            t0 = time.monotonic()
+            _, reused = stack.enter_context(
+                disk_reuse.project_disk(self, image, project, raw, log=self.log))
+            self.log(("disk: the previous disk of this project, changed in place"
+                      if reused else "disk: made afresh") + f" ({time.monotonic() - t0:.1f}s)")
             done = ebs_image.publish(
                 ebs_upload.ebs_client(opts.aws), ec2, raw, name=new.name,
                 description=new.description, arch=self.arch, tags=new.tags, build_id=build_id,

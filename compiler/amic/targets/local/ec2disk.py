@@ -119,6 +119,21 @@ def ec2_layer(target, vm_image: Image, *, log=None) -> Image:
         return target.snapshot(machine, key=key, final=False, tags=tags)
 
 
+def cloud_base(target, base: Image, *, log=None) -> Image:
+    """``base`` plus the VM and EC2 layers: the base ``--bake local`` builds services on
+    (``amic.targets.ec2.local_bake``), as the SSH path starts from a cloud AMI that already
+    has its kernel. Built once per base and found by the layers' keys (the base's id and
+    the layers' scripts), so its image id, which every layer key above it is made of,
+    changes when any of them does. Call it under the build lock."""
+    return ec2_layer(target, disk.vm_layer(target, base, log=log), log=log)
+
+
+def peek_cloud_base(target, base: Image) -> Image | None:
+    """The :func:`cloud_base` of ``base`` if it is built (nothing is made)."""
+    vm_image = target.find_image(disk.vm_layer_key(base))
+    return None if vm_image is None else target.find_image(ec2_layer_key(vm_image))
+
+
 @contextlib.contextmanager
 def ec2_layer_in_use(target, image: Image, *, log=None) -> Iterator[Image]:
     """``image`` plus the VM and EC2 layers, use-locked for the block (prune keeps them)."""
