@@ -261,3 +261,31 @@ def test_an_oci_export_streams_into_a_fifo(store, built, tmp_path):
     with tarfile.open(got) as tf:
         assert "oci-layout" in tf.getnames()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["got.tar", "out.pipe"]
+
+
+def test_an_export_writes_no_host_file_through_links_the_image_planted(store, tmp_path):
+    # The disk's own files (fstab, grub.cfg, the key) are written into the image's root
+    # from the host's mount namespace: an INIT's absolute link would name the host's file.
+    host = tmp_path / "host"
+    host.mkdir()
+    fstab, keys = host / "fstab", host / "authorized_keys"
+    for victim in (fstab, keys):
+        victim.write_text("the host's own\n")
+    project = tmp_path / "planted"
+    project.mkdir()
+    (project / "Amifile").write_text(
+        "FROM debian:12\nSERVICE planted\n"
+        f"    INIT ln -sf {fstab} /etc/fstab && mkdir -p /root/.ssh && "
+        f"ln -sf {keys} /root/.ssh/authorized_keys\n")
+    proc = amic(store, project, "build", "-q")
+    clean(proc, 0)
+    image = proc.stdout.strip()
+    proc = amic(store, project, "export", image, "--format", "raw", "-o", str(tmp_path / "a.raw"))
+    clean(proc, 0)
+    key = tmp_path / "key.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5MDAwMDAwMDAwMDAwMDAwMDAwMDAw t\n")
+    proc = amic(store, project, "export", image, "--format", "raw", "--authorized-key", str(key),
+                "-o", str(tmp_path / "b.raw"))
+    clean(proc, 1, "the image's /root/.ssh/authorized_keys is not a regular file")
+    assert not (tmp_path / "b.raw").exists()
+    assert fstab.read_text() == keys.read_text() == "the host's own\n"

@@ -23,14 +23,13 @@ import pytest
 from amic.targets.local import disk, rootfs
 from amic.targets.scripts import script
 from tests.harness import tools
+from tests.harness.diskroot import HOSTILE_NAME, SHELLS, debugfs, run_make_root
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_TREES = ("compiler", "runtime", "services")
 SHELL_SCRIPTS = sorted(p for tree in SHIPPED_TREES for p in (REPO / tree).rglob("*.sh"))
-SHELLS = {"dash": ["dash"], "busybox": ["busybox", "sh"]}
 # Stand-in for a host whose userland is busybox (Alpine): its applets first in PATH.
 USERLANDS = ["dash", "busybox", "busybox-userland"]
-HOSTILE_NAME = "a b'c\"$(touch pwned)`x`;\n*"
 
 
 def setuptools_config() -> dict:
@@ -253,42 +252,6 @@ def test_the_growroot_script_the_vm_layer_installs_is_clean(tmp_path: Path) -> N
         tools.require(shell[0])
         proc = subprocess.run([*shell, "-n", str(grow)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{shell}: {proc.stderr}"
-
-
-def run_make_root(shell: str, tmp_path: Path, *profile: str) -> tuple[Path, Path, str]:
-    """make-root.sh as disk.make_raw runs it, over a stand-in VM layer (two kernels, the boot
-    loaders' files), the key and the disk under a hostile name (overlay's options cannot
-    take one), in a mount namespace of its own; (scratch, raw disk, root UUID)."""
-    tools.require(SHELLS[shell][0])
-    lower = tmp_path / "lower"
-    for name in ("boot/vmlinuz-6.1.0-9-cloud-amd64", "boot/vmlinuz-6.1.0-28-cloud-amd64",
-                 "etc/hostname", "etc/systemd/system/multi-user.target.wants/ssh.service",
-                 "usr/lib/amic-vm/boot.img", "usr/lib/amic-vm/core.img",
-                 "usr/lib/amic-vm/BOOTX64.EFI", "var/cache/apt/archives/jq.deb"):
-        (lower / name).parent.mkdir(parents=True, exist_ok=True)
-        (lower / name).write_text(name + "\n")
-    scratch = tmp_path / "scratch"
-    for d in ("upper", "work", "merged", "out"):
-        (scratch / d).mkdir(parents=True)
-    hostile = tmp_path / HOSTILE_NAME
-    hostile.mkdir()
-    key = hostile / HOSTILE_NAME
-    key.write_text("ssh-ed25519 AAAA test\n")
-    raw, root_uuid = hostile / "disk.raw", "0b6f3f9e-5b5c-4a43-9d3e-2f1f6a0c1d2e"
-    proc = subprocess.run(
-        [tools.require("unshare"), "--mount", "--propagation", "private", *SHELLS[shell], "-c",
-         script("amic.targets.local", "make-root.sh"), "amic-disk", str(lower),
-         *(str(scratch / d) for d in ("upper", "work", "merged")), str(raw), root_uuid,
-         str(key), str(scratch / "out"), str(disk.ROOT_START // disk.MIB), str(disk.TAIL),
-         *profile],
-        env=rootfs.CLEAN_ENV, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return scratch, raw, root_uuid
-
-
-def debugfs(raw: Path, request: str) -> str:
-    return subprocess.run(["debugfs", "-R", request, f"{raw}?offset={disk.ROOT_START}"],
-                          capture_output=True, text=True).stdout
 
 
 def masked_units(raw: Path) -> set[str]:

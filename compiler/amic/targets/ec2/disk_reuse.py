@@ -34,7 +34,6 @@ from amic.errors import BuildError
 from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image
 from amic.targets.local import disk, rootfs, vmdisks
-from amic.targets.scripts import script
 
 Log = Callable[[str], None]
 FILL_LIMIT = 0.85
@@ -85,7 +84,7 @@ def reuse(store, vm_image: Image, previous: Path, facts: dict, out: Path, *,
         lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
         root_bytes = int(facts["root_mib"]) * disk.MIB
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                script("amic.targets.local", "reuse-root.sh"), "amic-disk-reuse", lowers,
+                disk.root_script("reuse-root.sh"), "amic-disk-reuse", lowers,
                 str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
                 str(out), facts["uuid"], str(disk.ROOT_START), str(root_bytes),
                 str(scratch / "mnt"), str(scratch / "out")]

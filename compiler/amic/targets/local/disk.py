@@ -217,12 +217,19 @@ def write_disk(store, vm_image: Image, out: Path, *, fmt: str = "raw",
                 "used_kib": int((o / "used-kib").read_text())}
 
 
+def root_script(name: str) -> str:
+    """``scripts/<name>`` (make-root.sh, reuse-root.sh) after ``scripts/beneath.sh``: the
+    checks with which they write into an image's root from the host's mount namespace, where
+    a link in the image would resolve against the host's ``/``."""
+    return script(__package__, "beneath.sh") + script(__package__, name)
+
+
 def make_raw(store, vm_image: Image, scratch: Path, raw: str, root_uuid: str,
              authorized_key: Path | None, *, devvm: bool = False) -> None:
     """The raw disk at ``raw``: root file system, GPT, BIOS and UEFI boot loaders."""
     lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            script(__package__, "make-root.sh"), "amic-disk",
+            root_script("make-root.sh"), "amic-disk",
             lowers, str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
             raw, root_uuid, str(authorized_key.resolve()) if authorized_key else "",
             str(scratch / "out"), str(ROOT_START // MIB), str(TAIL), "devvm" if devvm else ""]

@@ -16,9 +16,11 @@ set -eu
 lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 key=$7 out=$8 root_start_mib=$9
 tail_bytes=${10} profile=${11:-}
 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
+beneath boot || refuse "/boot is missing"
 # shellcheck disable=SC2012  # Debian's kernels are vmlinuz-VERSION: nothing for ls to mangle
 kernel=$(cd "$merged/boot" && ls vmlinuz-* | sort -V | tail -n 1)
 initrd=initrd.img-${kernel#vmlinuz-}
+new_file etc/fstab
 cat > "$merged/etc/fstab" <<EOF
 UUID=$uuid / ext4 defaults,errors=remount-ro 0 1
 EOF
@@ -31,7 +33,7 @@ if [ "$profile" = devvm ]; then
     # getty stays), utmp records, debugfs/tracefs/hugetlbfs, DRM, device-mapper and EFI
     # pstore modules, and the daily/weekly timers (apt, man-db, fstrim, e2scrub) that
     # would compete with the first minutes of work. `systemctl unmask` undoes one.
-    mkdir -p "$merged/etc/systemd/system"
+    beneath etc/systemd/system make
     for unit in getty@tty1.service systemd-update-utmp.service \
         systemd-update-utmp-runlevel.service sys-kernel-debug.mount sys-kernel-tracing.mount \
         dev-hugepages.mount modprobe@drm.service modprobe@dm_mod.service \
@@ -40,7 +42,7 @@ if [ "$profile" = devvm ]; then
         ln -sfn /dev/null "$merged/etc/systemd/system/$unit"
     done
 fi
-mkdir -p "$merged/boot/grub"
+new_file boot/grub/grub.cfg
 cat > "$merged/boot/grub/grub.cfg" <<EOF
 serial --unit=0 --speed=115200
 terminal_input serial console
@@ -53,12 +55,18 @@ menuentry 'amic' {
 }
 EOF
 if [ -n "$key" ]; then
-    mkdir -p "$merged/root/.ssh" && chmod 700 "$merged/root/.ssh"
+    beneath root/.ssh make && chmod 700 "$merged/root/.ssh"
+    if [ -e "$merged/root/.ssh/authorized_keys" ] || [ -L "$merged/root/.ssh/authorized_keys" ]
+    then
+        regular_file root/.ssh/authorized_keys
+    fi
     cat "$key" >> "$merged/root/.ssh/authorized_keys"
     chmod 600 "$merged/root/.ssh/authorized_keys"
 fi
-rm -rf "$merged/var/cache/apt/archives/"*.deb
-for f in boot.img core.img BOOTX64.EFI; do cp "$merged/usr/lib/amic-vm/$f" "$out/$f"; done
+if beneath var/cache/apt/archives; then rm -rf "$merged/var/cache/apt/archives/"*.deb; fi
+for f in boot.img core.img BOOTX64.EFI; do
+    regular_file "usr/lib/amic-vm/$f" && cp "$merged/usr/lib/amic-vm/$f" "$out/$f"
+done
 du -sxk "$merged" | cut -f1 > "$out/used-kib"
 used=$(cat "$out/used-kib")
 size=$(( (used * 5 / 4 + 256 * 1024) / 1024 + 1 ))

@@ -13,13 +13,15 @@
 set -eu
 lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 offset=$7 size=$8 mnt=$9 out=${10}
 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
+beneath boot || refuse "/boot is missing"
 # shellcheck disable=SC2012  # Debian's kernels are vmlinuz-VERSION: nothing for ls to mangle
 kernel=$(cd "$merged/boot" && ls vmlinuz-* | sort -V | tail -n 1)
 initrd=initrd.img-${kernel#vmlinuz-}
+new_file etc/fstab
 cat > "$merged/etc/fstab" <<EOT
 UUID=$uuid / ext4 defaults,errors=remount-ro 0 1
 EOT
-mkdir -p "$merged/boot/grub"
+new_file boot/grub/grub.cfg
 cat > "$merged/boot/grub/grub.cfg" <<EOT
 serial --unit=0 --speed=115200
 terminal_input serial console
@@ -31,8 +33,10 @@ menuentry 'amic' {
     initrd /boot/$initrd
 }
 EOT
-rm -rf "$merged/var/cache/apt/archives/"*.deb
-for f in boot.img core.img BOOTX64.EFI; do cp "$merged/usr/lib/amic-vm/$f" "$out/$f"; done
+if beneath var/cache/apt/archives; then rm -rf "$merged/var/cache/apt/archives/"*.deb; fi
+for f in boot.img core.img BOOTX64.EFI; do
+    regular_file "usr/lib/amic-vm/$f" && cp "$merged/usr/lib/amic-vm/$f" "$out/$f"
+done
 du -sxk "$merged" | cut -f1 > "$out/used-kib"
 mount -t ext4 -o "loop,offset=$offset,sizelimit=$size" "$disk" "$mnt"
 # --inplace: a changed file is rewritten in its own blocks; an unchanged one (same size
