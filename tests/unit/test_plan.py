@@ -200,5 +200,6 @@ def test_hand_built_key_blobs_are_the_json_ones(name, inits, packages):
         (p.KEY_SCHEME, name, packages, "c" * 64, inits, [["APP", "/srv"]]))
     inputs = {k: f"{i:x}" * 64 for i, k in enumerate(
         ["runtime", "parent", "packages", "init", "env", "copy", "args"], 1)}
-    assert p._layer_blob(name, inputs, "d" * 64) == p._JSON.encode(
-        (p.KEY_SCHEME, "layer", name, inputs, "d" * 64))
+    others = {k: v for k, v in inputs.items() if k != "parent"}
+    assert p._layer_blob(name, inputs["parent"], p._layer_parts(others, "d" * 64)) == \
+        p._JSON.encode((p.KEY_SCHEME, "layer", name, inputs, "d" * 64))

@@ -54,13 +54,14 @@ from amic.amifile import ir
 from amic.amifile.assembly import assemble
 from amic.amifile.instructions import DOCKERFILE_HINTS, INSTRUCTIONS
 from amic.amifile.lexer import AmifileLexer, LexError, line_text, split_lines, tokenize
-from amic.amifile.records import ToRecords
+from amic.amifile.records import PLAIN, Record, ToRecords
 from amic.amifile.source import MAX_AMIFILE_BYTES, amifile_path, read_source
 from amic.diagnostics import MAX_SHOWN
 from amic.errors import AmifileError, Pos
 
 __all__ = ["MAX_AMIFILE_BYTES", "MAX_LINE_CHARS", "amifile_path", "check_limits",
-           "grammar_cache_file", "parse_file", "parse_text", "parser", "read_source"]
+           "grammar_cache_file", "parse_file", "parse_records", "parse_text", "parser",
+           "read_source"]
 
 
 # --------------------------------------------------------------------------
@@ -203,9 +204,29 @@ def parse_text(text: str, path: str) -> ir.Amifile:
             gc.enable()
 
 
+def parse_records(text: str) -> list[Record]:
+    """The records of ``text``, as ``parser().parse(text)`` makes them, but the lines of
+    plain words (most of a large Amifile) skip lark's LALR loop: the lexer makes their
+    records (``records.PLAIN``), lark parses the rest, and the two lists are merged back
+    in file order. Errors are lark's on the same tokens."""
+    fast: list[tuple[int, Record]] = []
+    slow = parser().parse(tokenize(text, fast, PLAIN))
+    if not fast:
+        return slow
+    merged: list[Record] = []
+    done = 0
+    for before, record in fast:   # ``before``: the slow instructions that come first
+        if before > done:
+            merged.extend(slow[done:before])
+            done = before
+        merged.append(record)
+    merged.extend(slow[done:])
+    return merged
+
+
 def _parse(text: str, path: str, lines: list[str]) -> ir.Amifile:
     try:
-        records = parser().parse(text)
+        records = parse_records(text)
     except (LexError, UnexpectedInput) as e:
         errors, dropped = _syntax_errors(e, text, path, lines)
         error = AmifileError.collected(errors[:MAX_SHOWN], complete=len(errors) <= MAX_SHOWN)

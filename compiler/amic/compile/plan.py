@@ -64,14 +64,20 @@ def _own_blob(name: str, rest: str) -> str:
     return f'["{KEY_SCHEME}",{_STRING(name)},{rest[1:]}'
 
 
-def _layer_blob(name: str, inputs: Mapping[str, str], args_digest: str) -> str:
+def _layer_parts(own_inputs: Mapping[str, str], args_digest: str) -> tuple[str, str]:
+    """What comes before and after the parent key in the blob :func:`_layer_blob` makes;
+    the same for every service with the same other inputs (made once for them)."""
+    i = own_inputs
+    return (f'{{"args":"{i["args"]}","copy":"{i["copy"]}","env":"{i["env"]}",'
+            f'"init":"{i["init"]}","packages":"{i["packages"]}","parent":"',
+            f'","runtime":"{i["runtime"]}"}},"{args_digest}"]')
+
+
+def _layer_blob(name: str, parent: str, parts: tuple[str, str]) -> str:
     """``_JSON.encode((KEY_SCHEME, "layer", name, inputs, args_digest))`` for a service with
-    no ARG of its own, ``inputs`` holding hex digests under the seven names (sorted here, as
-    ``sort_keys`` does)."""
-    return (f'["{KEY_SCHEME}","layer",{_STRING(name)},{{"args":"{inputs["args"]}",'
-            f'"copy":"{inputs["copy"]}","env":"{inputs["env"]}","init":"{inputs["init"]}",'
-            f'"packages":"{inputs["packages"]}","parent":"{inputs["parent"]}",'
-            f'"runtime":"{inputs["runtime"]}"}},"{args_digest}"]')
+    no ARG of its own, ``inputs`` holding hex digests under the seven names (sorted, as
+    ``sort_keys`` does; ``parts`` from :func:`_layer_parts`)."""
+    return f'["{KEY_SCHEME}","layer",{_STRING(name)},{parts[0]}{parent}{parts[1]}'
 
 
 @attrs.frozen
@@ -81,9 +87,15 @@ class Layer:
     service: str
     key: str
     parent_key: str
-    inputs: Mapping[str, str] = attrs.field(converter=dict)
-    """Digest per input name: parent, runtime, packages, copy, init, env, args (the ARG
-    names and which are missing; their values enter ``key`` only, never an input)."""
+    own_inputs: Mapping[str, str] = attrs.field(repr=False)
+    """:attr:`inputs` but the parent: one mapping shared by every layer with the same
+    digests (most of a large Amifile's), not a dict of seven per layer."""
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Digest per input name: parent, runtime, packages, copy, init, env, args (the ARG
+        names and which are missing; their values enter ``key`` only, never an input)."""
+        return {"parent": self.parent_key, **self.own_inputs}
 
 
 @attrs.frozen
@@ -255,6 +267,7 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
     global_missing = sorted(missing)
     services, copies_digests = _service_plans(resolved, contexts)
     memo: dict[object, str] = {}
+    no_copies = _copies_digest(())
     base_key = _digest(KEY_SCHEME, "base", resolved.base.ref if resolved.base else None, base_image_id)
     layers: list[Layer] = []
     parent = base_key
@@ -262,10 +275,25 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
     service_values: dict[str, dict[str, str]] = {}
     no_args = {}   # _values of a service with no ARG of its own
     names_digest = _digest("arg-names", sorted(values), global_missing)
+    # Most services share every input but the parent (no packages, COPY, INIT or ARG of
+    # their own, the global ENV only): their mapping and the blob around the parent key
+    # are made once (``shared``), a service costs one hash.
+    shared: dict[tuple, tuple[dict[str, str], tuple[str, str]]] = {}
+    global_envs = resolved.envs
     for sp in services:
         svc = sp.service
         name = svc.name   # not the property: this loop runs once per service
         if name not in enabled:
+            continue
+        copy = copies_digests.get(name, no_copies)
+        if not (svc.args or svc.inits or sp.packages or svc.copies) and sp.envs is global_envs:
+            common = shared.get(())
+            if common is None:
+                common = shared[()] = _shared(memo, runtime, (), no_copies, (), sp.envs,
+                                              names_digest, args_digest)
+            key = _hash(_layer_blob(name, parent, common[1]))
+            layers.append(Layer(service=name, key=key, parent_key=parent, own_inputs=common[0]))
+            parent = key
             continue
         # A service's own ARGs: in this key (and so in every key chained after it) only.
         if svc.args:
@@ -273,28 +301,18 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
             own_args = [sorted(own), sorted(own_missing)]
             service_values[name] = own
             missing.extend(own_missing)
+            args_names = _digest("arg-names", sorted(values), global_missing, *own_args)
         else:
-            own, own_missing, own_args = no_args, [], None
-        # Most services share most inputs (no packages, the global ENV only): each
-        # distinct value is hashed once (``memo``), the digests are the same.
-        inits = ("init", tuple(s.text for s in svc.inits) if svc.inits else ())
-        envs = ("env", tuple((e.name, e.value) for e in sp.envs))
-        packages = ("packages", sp.packages)
-        inputs = {
-            "parent": parent,
-            "runtime": runtime,
-            "packages": memo.get(packages)
-            or _memo_digest(memo, packages, lambda: _digest(sp.packages)),
-            "copy": copies_digests[name],
-            "init": memo.get(inits) or _memo_digest(memo, inits, lambda: _digest(inits[1])),
-            "env": memo.get(envs) or _memo_digest(memo, envs, lambda: _digest(envs[1])),
-            "args": _digest("arg-names", sorted(values), global_missing, *own_args)
-            if own_args else names_digest,
-        }
-        key = _digest(KEY_SCHEME, "layer", name, inputs, args_digest,
-                      _args_digest(own, own_missing)) if own_args else \
-            _hash(_layer_blob(name, inputs, args_digest))
-        layers.append(Layer(service=name, key=key, parent_key=parent, inputs=inputs))
+            own, own_missing, own_args, args_names = no_args, [], None, names_digest
+        texts = tuple(s.text for s in svc.inits) if svc.inits else ()
+        common = _shared(memo, runtime, sp.packages, copy, texts, sp.envs, args_names,
+                         args_digest)
+        if own_args:
+            key = _digest(KEY_SCHEME, "layer", name, {"parent": parent, **common[0]},
+                          args_digest, _args_digest(own, own_missing))
+        else:
+            key = _hash(_layer_blob(name, parent, common[1]))
+        layers.append(Layer(service=name, key=key, parent_key=parent, own_inputs=common[0]))
         parent = key
     final_key = _digest(KEY_SCHEME, "final", parent, runtime, list(resolved.enabled),
                         [(sp.service.name, [s.text for s in sp.service.updates])
@@ -309,16 +327,24 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
 
 def _service_plans(resolved: Resolved, contexts: Contexts
                    ) -> tuple[list[ServicePlan], dict[str, str]]:
-    """Each service's plan, and the digest of its COPYs by name."""
+    """Each service's plan, and the digest of its COPYs by name (those that have any)."""
     services: list[ServicePlan] = []
     copies_digests: dict[str, str] = {}
     no_copies = _copies_digest(())
     global_envs = tuple((e.name, e.value) for e in resolved.envs)
     rests: dict[object, str] = {}   # the blob of an own hash after the name, by its parts
+    plain_rest = _JSON.encode([(), no_copies, [], [list(e) for e in global_envs]])
     for svc, own in zip(resolved.services, _own_packages(resolved.services)):
+        if not (own or svc.copies or svc.inits or svc.envs):   # most of a large Amifile
+            services.append(ServicePlan(service=svc, packages=own, copies=(),
+                                        envs=resolved.envs,
+                                        own_hash=_hash(_own_blob(svc.name, plain_rest))))
+            continue
         copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1)) \
             if svc.copies else ()
-        copies_digests[svc.name] = copy_digest = _copies_digest(copies) if copies else no_copies
+        copy_digest = no_copies
+        if copies:
+            copies_digests[svc.name] = copy_digest = _copies_digest(copies)
         envs = (*resolved.envs, *svc.envs) if svc.envs else resolved.envs
         parts = (own, copy_digest, tuple(s.text for s in svc.inits) if svc.inits else (),
                  global_envs + tuple((e.name, e.value) for e in svc.envs) if svc.envs
@@ -330,6 +356,23 @@ def _service_plans(resolved: Resolved, contexts: Contexts
         services.append(ServicePlan(service=svc, packages=own, copies=copies, envs=envs,
                                     own_hash=_hash(_own_blob(svc.name, rest))))
     return services, copies_digests
+
+
+def _shared(memo: dict[object, str], runtime: str, packages: tuple[str, ...], copy: str,
+            inits: tuple[str, ...], envs: tuple[ir.Env, ...], args_names: str,
+            args_digest: str) -> tuple[dict[str, str], tuple[str, str]]:
+    """A layer's inputs but its parent, and :func:`_layer_parts` of them: each distinct
+    value is hashed once (``memo``)."""
+    pairs = tuple((e.name, e.value) for e in envs)
+    inputs = {
+        "runtime": runtime,
+        "packages": _memo_digest(memo, ("packages", packages), lambda: _digest(packages)),
+        "copy": copy,
+        "init": _memo_digest(memo, ("init", inits), lambda: _digest(inits)),
+        "env": _memo_digest(memo, ("env", pairs), lambda: _digest(pairs)),
+        "args": args_names,
+    }
+    return inputs, _layer_parts(inputs, args_digest)
 
 
 def _memo_digest(memo: dict[object, str], key: object, make: Callable[[], str]) -> str:
