@@ -248,7 +248,7 @@ def test_the_index_is_split_into_functions_a_shell_can_parse(monkeypatch, tmp_pa
     monkeypatch.setattr(artifact, "INDEX_CHUNK", 2)
     (tmp_path / "Amifile").write_text("".join(f"SERVICE s{i}\n" for i in range(5)))
     p = plan.make_plan(resolve.load(tmp_path / "Amifile"), {}, environ={})
-    text = artifact.index_text(p)
+    text = artifact.index_bytes(p).decode()
     assert "amic_index() {\n    for ai_f in _amic_x0 _amic_x1 _amic_x2; do" in text
     (tmp_path / "index").write_text(text)
     out = subprocess.run(["dash", "-c", ". ./index; for s in s0 s3 s4 s5; do "

@@ -143,11 +143,15 @@ class Plan:
     """Each service's plan and layer by name: :meth:`service` and :meth:`layer` are called
     once per service (the artifact, the build), so a scan there made them quadratic."""
 
+    _global_secrets: tuple[str, ...] = attrs.field(init=False, repr=False, eq=False)
+
     def __attrs_post_init__(self) -> None:
         layers = {layer.service: layer for layer in self.layers}
         object.__setattr__(self, "_by_name",
                            {sp.service.name: (sp, layers.get(sp.service.name))
                             for sp in self.services})
+        object.__setattr__(self, "_global_secrets",
+                           tuple(dict.fromkeys(s.name for s in self.resolved.secrets)))
 
     @property
     def declared_args(self) -> tuple[ir.Arg, ...]:
@@ -161,6 +165,9 @@ class Plan:
     def secret_names(self, service: str | None = None) -> tuple[str, ...]:
         """SECRET names given to ``service``'s INIT: the global ones and its own (None: all)."""
         # Global SECRETs of INCLUDEd files too, once resolve collects them (as it does ARGs)
+        found = self._by_name.get(service) if service is not None else None
+        if found is not None and not found[0].service.secrets:   # asked once per layer
+            return self._global_secrets
         names = [s.name for s in self.resolved.secrets]
         chosen = self.services if service is None else \
             [self._by_name[service][0]] if service in self._by_name else []
@@ -314,15 +321,44 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
             key = _hash(_layer_blob(name, parent, common[1]))
         layers.append(Layer(service=name, key=key, parent_key=parent, own_inputs=common[0]))
         parent = key
-    final_key = _digest(KEY_SCHEME, "final", parent, runtime, list(resolved.enabled),
-                        [(sp.service.name, [s.text for s in sp.service.updates])
-                         for sp in services],
-                        [(sp.service.name, sp.own_hash, [r.name for r in sp.service.requires])
-                         for sp in services],
-                        sorted((label.key, label.value) for label in resolved.labels), args_digest)
+    final_key = _final_key(resolved, services, parent, runtime, args_digest)
     return Plan(resolved=resolved, services=services, enabled=resolved.enabled, layers=layers,
                 final_key=final_key, runtime_hash=runtime, base_key=base_key, arg_values=values,
                 missing_args=missing, service_arg_values=service_values)
+
+
+def _final_key(resolved: Resolved, services: Sequence[ServicePlan], parent: str, runtime: str,
+               args_digest: str) -> str:
+    """``_digest(KEY_SCHEME, "final", parent, runtime, enabled, [(name, UPDATE texts)...],
+    [(name, own hash, requires)...], labels, args_digest)``, the JSON hashed as it is made,
+    a few thousand services at a time: the lists of a 325,000-service plan and their JSON
+    text took a hundred MB at once. The test suite checks it against ``_digest``."""
+    h = hashlib.sha256()
+    pieces = [f'["{KEY_SCHEME}","final",{_STRING(parent)},{_STRING(runtime)},'
+              f'{_JSON.encode(list(resolved.enabled))},[']
+
+    def flush() -> None:
+        h.update("".join(pieces).encode("utf-8", "surrogatepass"))
+        pieces.clear()
+
+    for part in ("updates", "requires"):
+        sep = ""
+        for sp in services:
+            svc = sp.service
+            if part == "updates":
+                rest = _JSON.encode([s.text for s in svc.updates]) if svc.updates else "[]"
+            else:
+                rest = (f'"{sp.own_hash}",'
+                        + (_JSON.encode([r.name for r in svc.requires]) if svc.requires else "[]"))
+            pieces.append(f"{sep}[{_STRING(svc.name)},{rest}]")
+            sep = ","
+            if len(pieces) >= 4096:
+                flush()
+        pieces.append("],[" if part == "updates" else "],")
+    labels = sorted((label.key, label.value) for label in resolved.labels)
+    pieces.append(f"{_JSON.encode(labels)},{_STRING(args_digest)}]")
+    flush()
+    return h.hexdigest()
 
 
 def _service_plans(resolved: Resolved, contexts: Contexts
