@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, get_args
 
 import attrs
@@ -29,7 +29,7 @@ from amic.amifile.lexer import line_text
 from amic.contract import SERVICE_NAME_RULE
 from amic.errors import AmifileError, Pos
 
-__all__ = ["assemble"]
+__all__ = ["Assembler", "assemble"]
 
 _MODE_RE = re.compile(r"[0-7]{3,4}")
 _RESERVED = frozenset({"PATH", "HOME", "SHELL", "IFS", "PWD", "OLDPWD", "ENV", "PS1", "PS4",
@@ -37,27 +37,41 @@ _RESERVED = frozenset({"PATH", "HOME", "SHELL", "IFS", "PWD", "OLDPWD", "ENV", "
 """Names a SECRET may not take: the INIT's shell and its commands need their own values."""
 
 
-def assemble(records: Sequence[r.Record], path: str, lines: Sequence[str]) -> ir.Amifile:
+def assemble(records: Iterable[r.Record], path: str, lines: Sequence[str]) -> ir.Amifile:
     """Check placement, names and options; build the IR. ``lines`` are for error carets."""
-    state = _Assembly(path, lines)
-    steps = _STEPS
-    errors: list[AmifileError] = []
-    graph_safe = True   # no SERVICE or INCLUDE refused: the services stand as written
+    assembler = Assembler(path, lines)
     for record in records:
-        try:   # free in the loop (zero-cost exceptions); a mistake skips its instruction
-            state.place(record.keyword)
-            steps[type(record)](state, record)
+        assembler.feed(record)
+    return assembler.finish()
+
+
+class Assembler:
+    """:func:`assemble` one record at a time (the parser feeds records as they are made:
+    a large file's records and tokens are not all held at once)."""
+
+    def __init__(self, path: str, lines: Sequence[str]) -> None:
+        self.state = _Assembly(path, lines)
+        self.errors: list[AmifileError] = []
+        self.graph_safe = True   # no SERVICE or INCLUDE refused: the services stand as written
+
+    def feed(self, record: r.Record) -> r.Record:
+        try:   # free when nothing is raised (zero-cost exceptions); a mistake skips its instruction
+            self.state.place(record.keyword)
+            _STEPS[type(record)](self.state, record)
         except AmifileError as exc:
-            errors.append(exc)
+            self.errors.append(exc)
             if type(record) is r.Service:
-                state.stand_in(record)
-            graph_safe = graph_safe and type(record) not in (r.Service, r.Include)
-    if errors:
-        error = AmifileError.collected(errors)
-        if graph_safe:   # the resolver checks the rest: its errors come in the same run
-            error.recovered = state.finish()
-        raise error
-    return state.finish()
+                self.state.stand_in(record)
+            self.graph_safe = self.graph_safe and type(record) not in (r.Service, r.Include)
+        return record
+
+    def finish(self) -> ir.Amifile:
+        if self.errors:
+            error = AmifileError.collected(self.errors)
+            if self.graph_safe:   # the resolver checks the rest: its errors come in the same run
+                error.recovered = self.state.finish()
+            raise error
+        return self.state.finish()
 
 
 @attrs.define

@@ -143,21 +143,20 @@ PlainRule = tuple[int, int, Callable[[list[Token]], Any]]
 record of its tokens (the keyword, then the words): the parser's (``records.PLAIN``)."""
 
 
-def tokenize(text: str, records: list[tuple[int, Any]] | None = None,
+def tokenize(text: str, emit: Callable[[Any], object] | None = None,
              rules: Mapping[str, PlainRule] | None = None) -> Iterator[Token]:
     """Yield the tokens of ``text``; raise ``LexError`` at the first lexing mistake.
 
-    With ``records`` and ``rules``: a plain line (:func:`_plain_line`) whose instruction
-    has a rule and whose words it takes yields no token; its record goes to ``records``
-    with the number of instructions yielded before it (where it goes among the records of
-    the rest). The parser's LALR loop costs about 1.5 us a token, and a large Amifile is
-    mostly such lines (``SERVICE web``): they are records at once, made by the method the
-    parser would call on the same tokens.
+    With ``emit`` and ``rules``: a plain line (:func:`_plain_line`) whose instruction has a
+    rule and whose words it takes yields no token; its record goes to ``emit`` when the
+    lexer reaches it (after every record before it: see ``parser.feed_records``). The
+    parser's LALR loop costs about 1.5 us a token, and a large Amifile is mostly such lines
+    (``SERVICE web``): they are records at once, made by the method the parser would call
+    on the same tokens.
     """
     lines = split_lines(text)
     i, n = 0, len(lines)
     first = True
-    yielded = 0   # instructions whose tokens were yielded (when ``records`` is given)
     while i < n:
         raw = lines[i]
         body = raw.lstrip(_BLANKS)
@@ -173,15 +172,12 @@ def tokenize(text: str, records: list[tuple[int, Any]] | None = None,
                 if rules is not None:
                     rule = rules.get(plain[0].type)
                     if rule is not None and rule[0] <= len(plain) - 1 <= rule[1]:
-                        records.append((yielded, rule[2](plain)))
+                        emit(rule[2](plain))
                         continue
-                    yielded += 1
                 yield from plain
                 end = col + len(body)
                 yield _new("_NL", "\n", None, i, end, end)   # (i: this line's number now)
                 continue
-        if rules is not None:
-            yielded += 1
         logical = _Logical()
         piece, line, col = body, i + 1, len(raw) - len(body) + 1
         while True:

@@ -192,14 +192,21 @@ def index_bytes(plan: Plan) -> bytearray:
         svc = sp.service
         layer = layers(sp.name)
         requires = q(" ".join([r.name for r in svc.requires])) if svc.requires else "''"
-        # names are [a-z][a-z0-9_-]*, quoted all the same: `esac` is a name too; hashes are hex
+        # names are [a-z][a-z0-9_-]*, quoted all the same: `esac` is a name too; hashes are
+        # hex; the source is sh_quote(_source(pos)), its file part quoted once per file
         out += (f"    '{sp.name}') _amic_i {sp.own_hash} '{layer.key if layer else ''}' "
-                f"{q(_source(svc.pos))} {requires} ;;\n").encode()
+                f"{_quoted_file(svc.pos.file)}{svc.pos.line}' {requires} ;;\n").encode()
     if functions:
         out += _CASE_END
     out += (f"amic_index() {{\n    for ai_f in {' '.join(functions)}; do\n"
             "        \"$ai_f\" \"$1\" && return 0\n    done\n    return 1\n}\n").encode()
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted_file(path: str) -> str:
+    """``sh_quote(f"{_display_path(path)}:{line}")`` up to the line (and its closing quote)."""
+    return sh_quote(f"{_display_path(path)}:")[:-1]
 
 
 _CASE_END = b"    *) return 1 ;;\n    esac\n}\n"

@@ -178,6 +178,11 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
         p = b.plan
         common = dict(target=target.name, amifile=p.amifile_path, base=p.base_ref,
                       base_image_id=base.id if base else None)
+        if base is not None:   # the look-ups a build would make, asked as it asks them
+            target.plan_lookups([layer.key for layer in p.layers] + [p.final_key],
+                                [layer.service for layer in p.layers],
+                                project=project_match(imagetags.common_tags(
+                                    p, "", options.name, options.origin)))
         if base is None:
             layers = [PlannedLayer(layer.service, None, "RUN", "no base image yet",
                                    NO_BASE_ID if i == 0 else f"after {p.layers[i - 1].service}")
