@@ -103,10 +103,10 @@ class ServicePlan:
     """Everything the artifact needs to hold for one service."""
 
     service: ir.Service
-    packages: tuple[str, ...] = attrs.field(converter=tuple)
+    packages: tuple[str, ...]
     """Sorted, duplicates and packages already installed by a requirement removed."""
-    copies: tuple[CopyPlan, ...] = attrs.field(converter=tuple)
-    envs: tuple[ir.Env, ...] = attrs.field(converter=tuple)
+    copies: tuple[CopyPlan, ...]
+    envs: tuple[ir.Env, ...]
     """Global ENV then the service's own (later wins in the shell)."""
     own_hash: str
     """Digest of this service's own init inputs (what the runtime records on a machine)."""
@@ -435,12 +435,11 @@ def _own_packages(services: Sequence[ir.Service]) -> Iterator[tuple[str, ...]]:
     below: dict[str, frozenset[str]] = {}   # the shared packages a service and its deps install
     for svc in services:
         if not (svc.packages or svc.requires):   # most services: nothing to inherit or add
-            below[svc.name] = empty
-            yield ()
+            yield ()   # (and nothing in ``below``: absent is empty)
             continue
         check_packages(svc)
-        sets = sorted({id(below[r.name]): below[r.name] for r in svc.requires}.values(),
-                      key=len, reverse=True)
+        sets = sorted({id(s): s for s in (below.get(r.name, empty) for r in svc.requires)}
+                      .values(), key=len, reverse=True)
         inherited = sets[0] if sets else empty
         for other in sets[1:]:
             if not other <= inherited:
