@@ -46,7 +46,6 @@ recorded, resolve.py follows it.
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from collections.abc import Callable, Sequence
 from lark import Lark, Token
 from lark.exceptions import UnexpectedInput
 
+from amic import gcpause
 from amic.amifile import ir
 from amic.amifile.assembly import Assembler, assemble
 from amic.amifile.instructions import DOCKERFILE_HINTS, INSTRUCTIONS
@@ -205,13 +205,8 @@ def parse_text(text: str, path: str) -> ir.Amifile:
     path = os.fspath(path)
     lines = split_lines(text)
     check_limits(text, path, lines)
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         return _parse(text, path, lines)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def feed_records(text: str, feed: Callable[[Record], object]) -> None:

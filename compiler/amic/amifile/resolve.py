@@ -11,7 +11,6 @@ chain (``web -> httpd -> web``).
 from __future__ import annotations
 
 import difflib
-import gc
 import heapq
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import attrs
 
+from amic import gcpause
 from amic.amifile import ir
 from amic.diagnostics import MAX_SHOWN
 from amic.errors import AmifileError, Pos
@@ -110,13 +110,8 @@ def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolv
     The cyclic garbage collector is paused meanwhile, as while parsing: the graph's
     dicts and sets make no cycles, and the full passes they set off walk the whole IR.
     """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         return _resolve(root, loader)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _resolve(root: ir.Amifile, loader: Loader | None) -> Resolved:

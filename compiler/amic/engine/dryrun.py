@@ -24,6 +24,7 @@ import contextlib
 
 import attrs
 
+from amic import gcpause
 from amic.amifile import resolve
 from amic.engine import build as engine
 from amic.engine import buildinputs
@@ -164,7 +165,17 @@ def peek_base(target: tb.Target, resolved: resolve.Resolved) -> tb.Image | None:
 
 def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter | None = None, *,
             resolved: resolve.Resolved | None = None) -> DryRun:
-    """What ``engine.build(target, options)`` would do now (see the module doc)."""
+    """What ``engine.build(target, options)`` would do now (see the module doc).
+
+    The cyclic garbage collector is paused meanwhile, as while parsing and planning: the
+    report's objects (one per layer) set off full passes that walked every object of a
+    large plan again (2 s of a 325,000-service dry run)."""
+    with gcpause.paused():
+        return _dry_run(target, options, reporter, resolved=resolved)
+
+
+def _dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter | None, *,
+             resolved: resolve.Resolved | None) -> DryRun:
     reporter = reporter or Reporter(quiet=True)
     target.log = reporter.note
     mask_secrets(reporter, options.secrets)
