@@ -118,8 +118,9 @@ class _Assembly:
     includes: list[ir.Include] = attrs.Factory(list)
     enables: list[ir.Requirement] = attrs.Factory(list)
     services: list[ir.Service] = attrs.Factory(list)
-    service_toks: dict[str, Token] = attrs.Factory(dict)
-    """SERVICE keyword of each block so far, by name (the first one is where globals end)."""
+    service_lines: dict[str, int] = attrs.Factory(dict)
+    """The SERVICE line of each block so far, by name (the first one is where globals end);
+    a line, not the keyword's token: a large file's tokens are not all kept."""
     block: _Block | None = None
 
     # ---------------------------------------------------------------- helpers
@@ -188,10 +189,10 @@ class _Assembly:
     def place(self, kw: Token) -> None:
         """Fail if the instruction at ``kw`` is not allowed where it is."""
         spec = INSTRUCTIONS[kw.type]
-        if spec.scope == "global" and self.service_toks:
-            name, tok = next(iter(self.service_toks.items()))
+        if spec.scope == "global" and self.service_lines:
+            name, line = next(iter(self.service_lines.items()))
             self.fail(f"{spec.name} must come before the first SERVICE "
-                      f"(service {name!r} starts at {self.path}:{tok.line})", kw)
+                      f"(service {name!r} starts at {self.path}:{line})", kw)
         if spec.scope == "service" and self.block is None:
             self.fail(f"{spec.name} must be inside a SERVICE block", kw,
                       hint=f"start a block with SERVICE NAME before this {spec.name}")
@@ -261,11 +262,11 @@ class _Assembly:
 
     def service(self, record: r.Service) -> None:
         name = self.service_name(record.name)
-        first = self.service_toks.get(name)
+        first = self.service_lines.get(name)
         if first is not None:
-            self.fail(f"service {name!r} is declared twice (first at {self.path}:{first.line})",
+            self.fail(f"service {name!r} is declared twice (first at {self.path}:{first})",
                       record.name, hint="merge the two blocks, or rename one")
-        self.service_toks[name] = record.keyword
+        self.service_lines[name] = record.keyword.line
         if self.block is not None:
             self.services.append(self.block.service())
         self.block = _Block(name, self.pos(record.keyword))
