@@ -322,15 +322,24 @@ def _topological(services: list[ir.Service]) -> list[ir.Service]:
     for s in services:
         for r in s.requires:
             dependents.setdefault(r.name, []).append(s.name)
-    ready = [i for i, s in enumerate(services) if not s.requires]   # ascending: a heap
+    # Those ready from the start are in declaration order already: they are taken in turn
+    # and only the ones that become ready later go through the heap (most services of a
+    # large Amifile never do).
+    ready = [i for i, s in enumerate(services) if not s.requires]
+    later: list[int] = []   # a heap
     order: list[ir.Service] = []
-    while ready:
-        svc = services[heapq.heappop(ready)]
+    k, n = 0, len(ready)
+    while k < n or later:
+        if later and (k >= n or later[0] < ready[k]):
+            svc = services[heapq.heappop(later)]
+        else:
+            svc = services[ready[k]]
+            k += 1
         order.append(svc)
         for dep in dependents.get(svc.name, ()):
             waiting[dep].discard(svc.name)
             if not waiting[dep]:
-                heapq.heappush(ready, index[dep])
+                heapq.heappush(later, index[dep])
     return order
 
 
@@ -343,10 +352,7 @@ def _cycles(services: list[ir.Service]) -> Iterator[_Problem]:
     by_name = {s.name: s for s in services}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     for svc in services:
-        if svc.name in state:
-            continue
-        if not svc.requires:   # on no cycle, and no search to start from it
-            state[svc.name] = 2
+        if not svc.requires or svc.name in state:   # on no cycle, or searched already
             continue
         state[svc.name] = 1
         path = [svc.name]
