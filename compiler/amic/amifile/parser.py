@@ -216,7 +216,7 @@ def feed_records(text: str, feed: Callable[[Record], object]) -> None:
     each instruction (``ToRecords.emit``), before the lexer reads on. Errors are lark's on
     the same tokens, raised before any later record is fed."""
     transformer = _transformer()
-    transformer.emit = feed
+    transformer.emit = feed   # one parse at a time: amic parses in one thread, none nested
     try:
         parser().parse(tokenize(text, feed, PLAIN))
     finally:
