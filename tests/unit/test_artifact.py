@@ -200,3 +200,58 @@ def test_missing_copy_source_is_an_amifile_error(tmp_path, amic_cli):
     assert proc.returncode == 1
     # the position is the source's own column, not the COPY keyword's
     assert proc.stderr.startswith("Amifile:2:10: COPY source 'nothere/' does not exist")
+
+
+BARE = """\
+FROM debian:12
+ENV APP=/srv
+SERVICE lib
+    PACKAGES curl
+SERVICE esac
+SERVICE glue
+    REQUIRES lib esac
+    PACKAGES curl
+SERVICE app
+    REQUIRES glue
+    INIT echo app
+"""
+
+
+def test_bare_services_have_no_directory_but_a_line_in_the_index(tmp_path):
+    """Issue 18: a service with nothing for the runner to do but record its init (no own
+    packages, COPY, INIT or UPDATE) costs no entry of its own; another one has no empty
+    file or directory. The index, sourced by each shell, gives the values a meta would."""
+    (tmp_path / "Amifile").write_text(BARE)
+    p = plan.make_plan(resolve.load(tmp_path / "Amifile"), {}, environ={})
+    data = artifact.artifact_bytes(p)
+    names = [n for n in members(data) if n.startswith("stage2/services/")]
+    assert names == ["stage2/services/app", "stage2/services/app/env",
+                     "stage2/services/app/init", "stage2/services/app/init/01.sh",
+                     "stage2/services/app/meta", "stage2/services/lib",
+                     "stage2/services/lib/env", "stage2/services/lib/meta",
+                     "stage2/services/lib/packages"]
+    assert "AMIC_FORMAT=2\n" in read(data, "stage2/manifest")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "index").write_text(read(data, "stage2/index"))
+    show = ('for s in esac glue app; do amic_index "$s" || { echo "$s: none"; continue; }; '
+            'echo "$s|$SERVICE_HASH|$SERVICE_LAYER_KEY|$SERVICE_SOURCE|$SERVICE_REQUIRES"; done')
+    want = [f"{s}|{p.service(s).own_hash}|{p.layer(s).key}|Amifile:{line}|{req}"
+            for s, line, req in (("esac", 5, ""), ("glue", 6, "lib esac"))] + ["app: none"]
+    for shell in (["dash"], ["busybox", "sh"], ["bash", "--posix"]):
+        out = subprocess.run([*shell, "-c", f". ./index; {show}"], cwd=tmp_path / "x",
+                             capture_output=True, text=True, check=True).stdout
+        assert out.splitlines() == want, shell
+
+
+def test_the_index_is_split_into_functions_a_shell_can_parse(monkeypatch, tmp_path):
+    """dash parses a ``case`` by recursion: the index holds lookups of INDEX_CHUNK names."""
+    monkeypatch.setattr(artifact, "INDEX_CHUNK", 2)
+    (tmp_path / "Amifile").write_text("".join(f"SERVICE s{i}\n" for i in range(5)))
+    p = plan.make_plan(resolve.load(tmp_path / "Amifile"), {}, environ={})
+    text = artifact.index_bytes(p).decode()
+    assert "amic_index() {\n    for ai_f in _amic_x0 _amic_x1 _amic_x2; do" in text
+    (tmp_path / "index").write_text(text)
+    out = subprocess.run(["dash", "-c", ". ./index; for s in s0 s3 s4 s5; do "
+                          'amic_index $s && echo "$SERVICE_SOURCE" || echo no; done'],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["Amifile:1", "Amifile:4", "Amifile:5", "no"]

@@ -16,8 +16,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "compiler" / "amic"
 
-BASE = {"amic", "amic.diagnostics", "amic.errors", "amic.contract", "amic.fsutil", "amic.safeopen",
-        "amic.project"}
+BASE = {"amic", "amic.diagnostics", "amic.errors", "amic.contract", "amic.fsutil", "amic.gcpause",
+        "amic.safeopen", "amic.project"}
 ALLOWED: dict[str, set[str]] = {
     "base": BASE,
     "amifile": BASE | {"amifile"},

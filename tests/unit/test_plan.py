@@ -200,5 +200,23 @@ def test_hand_built_key_blobs_are_the_json_ones(name, inits, packages):
         (p.KEY_SCHEME, name, packages, "c" * 64, inits, [["APP", "/srv"]]))
     inputs = {k: f"{i:x}" * 64 for i, k in enumerate(
         ["runtime", "parent", "packages", "init", "env", "copy", "args"], 1)}
-    assert p._layer_blob(name, inputs, "d" * 64) == p._JSON.encode(
-        (p.KEY_SCHEME, "layer", name, inputs, "d" * 64))
+    others = {k: v for k, v in inputs.items() if k != "parent"}
+    assert p._layer_blob(name, inputs["parent"], p._layer_parts(others, "d" * 64)) == \
+        p._JSON.encode((p.KEY_SCHEME, "layer", name, inputs, "d" * 64))
+
+
+def test_the_final_key_hashes_the_json_of_its_inputs(write_tree):
+    """The final key is hashed as its JSON is made (a large plan's lists took 100 MB at
+    once): the same digest as ``_digest`` of the lists."""
+    for text in (SCOPED, "FROM debian:12\nLABEL a=b c=d\nSERVICE a\nSERVICE b\n    REQUIRES a\n"
+                 "    UPDATE echo 'é'\n    UPDATE <<EOF\nx \\ \"y\"\nEOF\nSERVICE c\n"
+                 "    REQUIRES a b\n"):
+        p = make(write_tree, text)
+        r = p.resolved
+        assert p.final_key == plan._digest(
+            plan.KEY_SCHEME, "final", p.layers[-1].key, p.runtime_hash, list(r.enabled),
+            [(sp.service.name, [s.text for s in sp.service.updates]) for sp in p.services],
+            [(sp.service.name, sp.own_hash, [q.name for q in sp.service.requires])
+             for sp in p.services],
+            sorted((label.key, label.value) for label in r.labels),
+            plan._args_digest(*plan.arg_values(r, {"TOKEN": "t1"}, {})))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, get_args
 
 import attrs
@@ -29,7 +29,7 @@ from amic.amifile.lexer import line_text
 from amic.contract import SERVICE_NAME_RULE
 from amic.errors import AmifileError, Pos
 
-__all__ = ["assemble"]
+__all__ = ["Assembler", "assemble"]
 
 _MODE_RE = re.compile(r"[0-7]{3,4}")
 _RESERVED = frozenset({"PATH", "HOME", "SHELL", "IFS", "PWD", "OLDPWD", "ENV", "PS1", "PS4",
@@ -37,27 +37,41 @@ _RESERVED = frozenset({"PATH", "HOME", "SHELL", "IFS", "PWD", "OLDPWD", "ENV", "
 """Names a SECRET may not take: the INIT's shell and its commands need their own values."""
 
 
-def assemble(records: Sequence[r.Record], path: str, lines: Sequence[str]) -> ir.Amifile:
+def assemble(records: Iterable[r.Record], path: str, lines: Sequence[str]) -> ir.Amifile:
     """Check placement, names and options; build the IR. ``lines`` are for error carets."""
-    state = _Assembly(path, lines)
-    steps = _STEPS
-    errors: list[AmifileError] = []
-    graph_safe = True   # no SERVICE or INCLUDE refused: the services stand as written
+    assembler = Assembler(path, lines)
     for record in records:
-        try:   # free in the loop (zero-cost exceptions); a mistake skips its instruction
-            state.place(record.keyword)
-            steps[type(record)](state, record)
+        assembler.feed(record)
+    return assembler.finish()
+
+
+class Assembler:
+    """:func:`assemble` one record at a time (the parser feeds records as they are made:
+    a large file's records and tokens are not all held at once)."""
+
+    def __init__(self, path: str, lines: Sequence[str]) -> None:
+        self.state = _Assembly(path, lines)
+        self.errors: list[AmifileError] = []
+        self.graph_safe = True   # no SERVICE or INCLUDE refused: the services stand as written
+
+    def feed(self, record: r.Record) -> r.Record:
+        try:   # free when nothing is raised (zero-cost exceptions); a mistake skips its instruction
+            self.state.place(record.keyword)
+            _STEPS[type(record)](self.state, record)
         except AmifileError as exc:
-            errors.append(exc)
+            self.errors.append(exc)
             if type(record) is r.Service:
-                state.stand_in(record)
-            graph_safe = graph_safe and type(record) not in (r.Service, r.Include)
-    if errors:
-        error = AmifileError.collected(errors)
-        if graph_safe:   # the resolver checks the rest: its errors come in the same run
-            error.recovered = state.finish()
-        raise error
-    return state.finish()
+                self.state.stand_in(record)
+            self.graph_safe = self.graph_safe and type(record) not in (r.Service, r.Include)
+        return record
+
+    def finish(self) -> ir.Amifile:
+        if self.errors:
+            error = AmifileError.collected(self.errors)
+            if self.graph_safe:   # the resolver checks the rest: its errors come in the same run
+                error.recovered = self.state.finish()
+            raise error
+        return self.state.finish()
 
 
 @attrs.define
@@ -104,8 +118,9 @@ class _Assembly:
     includes: list[ir.Include] = attrs.Factory(list)
     enables: list[ir.Requirement] = attrs.Factory(list)
     services: list[ir.Service] = attrs.Factory(list)
-    service_toks: dict[str, Token] = attrs.Factory(dict)
-    """SERVICE keyword of each block so far, by name (the first one is where globals end)."""
+    service_lines: dict[str, int] = attrs.Factory(dict)
+    """The SERVICE line of each block so far, by name (the first one is where globals end);
+    a line, not the keyword's token: a large file's tokens are not all kept."""
     block: _Block | None = None
 
     # ---------------------------------------------------------------- helpers
@@ -174,10 +189,10 @@ class _Assembly:
     def place(self, kw: Token) -> None:
         """Fail if the instruction at ``kw`` is not allowed where it is."""
         spec = INSTRUCTIONS[kw.type]
-        if spec.scope == "global" and self.service_toks:
-            name, tok = next(iter(self.service_toks.items()))
+        if spec.scope == "global" and self.service_lines:
+            name, line = next(iter(self.service_lines.items()))
             self.fail(f"{spec.name} must come before the first SERVICE "
-                      f"(service {name!r} starts at {self.path}:{tok.line})", kw)
+                      f"(service {name!r} starts at {self.path}:{line})", kw)
         if spec.scope == "service" and self.block is None:
             self.fail(f"{spec.name} must be inside a SERVICE block", kw,
                       hint=f"start a block with SERVICE NAME before this {spec.name}")
@@ -247,11 +262,11 @@ class _Assembly:
 
     def service(self, record: r.Service) -> None:
         name = self.service_name(record.name)
-        first = self.service_toks.get(name)
+        first = self.service_lines.get(name)
         if first is not None:
-            self.fail(f"service {name!r} is declared twice (first at {self.path}:{first.line})",
+            self.fail(f"service {name!r} is declared twice (first at {self.path}:{first})",
                       record.name, hint="merge the two blocks, or rename one")
-        self.service_toks[name] = record.keyword
+        self.service_lines[name] = record.keyword.line
         if self.block is not None:
             self.services.append(self.block.service())
         self.block = _Block(name, self.pos(record.keyword))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -133,12 +133,27 @@ class AmifileLexer(Lexer):
     # Lark's original custom-lexer interface (``__future_interface__`` 0) passes
     # the whole text as the only argument; the base class declares the newer
     # (state, parser_state) one, hence the loose signature.
+    # Or the tokens themselves: the parser's fast path hands lark ``tokenize``'s generator.
     def lex(self, data: Any, *_: Any) -> Iterator[Token]:
-        return tokenize(data)
+        return tokenize(data) if isinstance(data, str) else data
 
 
-def tokenize(text: str) -> Iterator[Token]:
-    """Yield the tokens of ``text``; raise ``LexError`` at the first lexing mistake."""
+PlainRule = tuple[int, int, Callable[[list[Token]], Any]]
+"""How many words an instruction of plain words takes (fewest, most) and what makes its
+record of its tokens (the keyword, then the words): the parser's (``records.PLAIN``)."""
+
+
+def tokenize(text: str, emit: Callable[[Any], object] | None = None,
+             rules: Mapping[str, PlainRule] | None = None) -> Iterator[Token]:
+    """Yield the tokens of ``text``; raise ``LexError`` at the first lexing mistake.
+
+    With ``emit`` and ``rules``: a plain line (:func:`_plain_line`) whose instruction has a
+    rule and whose words it takes yields no token; its record goes to ``emit`` when the
+    lexer reaches it (after every record before it: see ``parser.feed_records``). The
+    parser's LALR loop costs about 1.5 us a token, and a large Amifile is mostly such lines
+    (``SERVICE web``): they are records at once, made by the method the parser would call
+    on the same tokens.
+    """
     lines = split_lines(text)
     i, n = 0, len(lines)
     first = True
@@ -149,11 +164,19 @@ def tokenize(text: str) -> Iterator[Token]:
             i += 1
             continue
         if "\\" not in body:
-            plain = _plain_line(body, i + 1, len(raw) - len(body) + 1)
+            col = len(raw) - len(body) + 1
+            plain = _plain_line(body, i + 1, col)
             if plain is not None:
-                yield from plain
                 i += 1
                 first = False
+                if rules is not None:
+                    rule = rules.get(plain[0].type)
+                    if rule is not None and rule[0] <= len(plain) - 1 <= rule[1]:
+                        emit(rule[2](plain))
+                        continue
+                yield from plain
+                end = col + len(body)
+                yield _new("_NL", "\n", None, i, end, end)   # (i: this line's number now)
                 continue
         logical = _Logical()
         piece, line, col = body, i + 1, len(raw) - len(body) + 1
@@ -177,7 +200,7 @@ def tokenize(text: str) -> Iterator[Token]:
 
 
 def _plain_line(body: str, line: int, col: int) -> list[Token] | None:
-    """The tokens of the most common line, or None to take the general path.
+    """The tokens of the most common line but its ``_NL``, or None to take the general path.
 
     That line (``SERVICE web``, ``REQUIRES db cache``) is one physical line (no ``\\``)
     of an instruction that takes plain words, with no quote or comment: every token
@@ -195,8 +218,6 @@ def _plain_line(body: str, line: int, col: int) -> list[Token] | None:
     for w in _KEYWORD_RE.finditer(body, m.end()):
         value, start = w.group(), w.start()
         tokens.append(_new("WORD", value, start, line, col + start, col + start + len(value)))
-    end = col + len(body)
-    tokens.append(_new("_NL", "\n", None, line, end, end))
     return tokens
 
 

@@ -20,11 +20,15 @@ instructions / dispatch split):
 
 3. ``records.py``: a ``Transformer``, run by the LALR parser as it reduces each
    rule (no tree is built), makes typed, positioned instruction records, one
-   frozen class per instruction.
+   frozen class per instruction. A line of plain words (``SERVICE web``,
+   ``REQUIRES a b``: most of a large Amifile) skips the LALR loop: the lexer makes
+   its record with the same method (``records.PLAIN``; :func:`feed_records`), and
+   a test parses the same inputs both ways.
 
 4. ``assembly.py`` dispatches on the record classes: it checks where each
    instruction may appear, validates names and options, and builds the
-   frozen IR.
+   frozen IR. It takes each record as it is made, so a large file's records and
+   tokens are never all held at once (a 4 MiB file peaked at 344 MB, now 255).
 
 Startup (measured on the dev box, Python 3.11): importing lark costs about
 20 ms, building the LALR tables about 11 ms, parsing a typical Amifile under
@@ -42,25 +46,26 @@ recorded, resolve.py follows it.
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lark import Lark, Token
 from lark.exceptions import UnexpectedInput
 
+from amic import gcpause
 from amic.amifile import ir
-from amic.amifile.assembly import assemble
+from amic.amifile.assembly import Assembler, assemble
 from amic.amifile.instructions import DOCKERFILE_HINTS, INSTRUCTIONS
 from amic.amifile.lexer import AmifileLexer, LexError, line_text, split_lines, tokenize
-from amic.amifile.records import ToRecords
+from amic.amifile.records import PLAIN, Record, ToRecords
 from amic.amifile.source import MAX_AMIFILE_BYTES, amifile_path, read_source
 from amic.diagnostics import MAX_SHOWN
 from amic.errors import AmifileError, Pos
 
 __all__ = ["MAX_AMIFILE_BYTES", "MAX_LINE_CHARS", "amifile_path", "check_limits",
-           "grammar_cache_file", "parse_file", "parse_text", "parser", "read_source"]
+           "feed_records", "grammar_cache_file", "parse_file", "parse_records", "parse_text",
+           "parser", "read_source"]
 
 
 # --------------------------------------------------------------------------
@@ -80,8 +85,14 @@ def parser() -> Lark:
     # built and walked again, and no tree positions are kept (records take theirs from
     # tokens): a third less parse time on a large file.
     return Lark.open("grammar.lark", rel_to=__file__, parser="lalr", lexer=AmifileLexer,
-                     transformer=ToRecords(), propagate_positions=False,
+                     transformer=_transformer(), propagate_positions=False,
                      maybe_placeholders=False, cache=grammar_cache_file() or False)
+
+
+@functools.cache
+def _transformer() -> ToRecords:
+    """The parser's transformer (:func:`feed_records` points its ``emit`` at a sink)."""
+    return ToRecords()
 
 
 def grammar_cache_file() -> str | None:
@@ -194,25 +205,42 @@ def parse_text(text: str, path: str) -> ir.Amifile:
     path = os.fspath(path)
     lines = split_lines(text)
     check_limits(text, path, lines)
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         return _parse(text, path, lines)
+
+
+def feed_records(text: str, feed: Callable[[Record], object]) -> None:
+    """Give ``feed`` the records of ``text`` in file order, as they are made: those of the
+    lines of plain words (most of a large Amifile) skip lark's LALR loop, the lexer makes
+    them (``records.PLAIN``) when it reaches them; lark makes the others as it reduces
+    each instruction (``ToRecords.emit``), before the lexer reads on. Errors are lark's on
+    the same tokens, raised before any later record is fed."""
+    transformer = _transformer()
+    transformer.emit = feed   # one parse at a time: amic parses in one thread, none nested
+    try:
+        parser().parse(tokenize(text, feed, PLAIN))
     finally:
-        if paused:
-            gc.enable()
+        del transformer.emit   # the class's: records pass through
+
+
+def parse_records(text: str) -> list[Record]:
+    """The records of ``text``, as ``parser().parse(text)`` makes them (by :func:`feed_records`)."""
+    records: list[Record] = []
+    feed_records(text, records.append)
+    return records
 
 
 def _parse(text: str, path: str, lines: list[str]) -> ir.Amifile:
+    assembler = Assembler(path, lines)
     try:
-        records = parser().parse(text)
+        feed_records(text, assembler.feed)
     except (LexError, UnexpectedInput) as e:
         errors, dropped = _syntax_errors(e, text, path, lines)
         error = AmifileError.collected(errors[:MAX_SHOWN], complete=len(errors) <= MAX_SHOWN)
         if dropped is not None and error.complete:
             error = _next_stage(error, path, lines, dropped)
         raise error from None
-    return assemble(records, path, lines)
+    return assembler.finish()
 
 
 _OPENERS = ("SERVICE", "INCLUDE")

@@ -11,7 +11,6 @@ chain (``web -> httpd -> web``).
 from __future__ import annotations
 
 import difflib
-import gc
 import heapq
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import attrs
 
+from amic import gcpause
 from amic.amifile import ir
 from amic.diagnostics import MAX_SHOWN
 from amic.errors import AmifileError, Pos
@@ -75,7 +75,11 @@ class Resolved:
             if name in wanted:
                 continue
             wanted.add(name)
-            stack.extend(r.name for r in by_name[name].requires)
+            requires = by_name[name].requires
+            if requires:   # most services require nothing: no generator made for them
+                stack.extend([r.name for r in requires])
+        if len(wanted) == len(by_name):   # every service (no ENABLE): no test per name
+            return tuple(by_name)
         return tuple(s.name for s in self.services if s.name in wanted)
 
 
@@ -106,13 +110,8 @@ def resolve_amifile(root: ir.Amifile, *, loader: Loader | None = None) -> Resolv
     The cyclic garbage collector is paused meanwhile, as while parsing: the graph's
     dicts and sets make no cycles, and the full passes they set off walk the whole IR.
     """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         return _resolve(root, loader)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _resolve(root: ir.Amifile, loader: Loader | None) -> Resolved:
@@ -323,15 +322,24 @@ def _topological(services: list[ir.Service]) -> list[ir.Service]:
     for s in services:
         for r in s.requires:
             dependents.setdefault(r.name, []).append(s.name)
-    ready = [i for i, s in enumerate(services) if not s.requires]   # ascending: a heap
+    # Those ready from the start are in declaration order already: they are taken in turn
+    # and only the ones that become ready later go through the heap (most services of a
+    # large Amifile never do).
+    ready = [i for i, s in enumerate(services) if not s.requires]
+    later: list[int] = []   # a heap
     order: list[ir.Service] = []
-    while ready:
-        svc = services[heapq.heappop(ready)]
+    k, n = 0, len(ready)
+    while k < n or later:
+        if later and (k >= n or later[0] < ready[k]):
+            svc = services[heapq.heappop(later)]
+        else:
+            svc = services[ready[k]]
+            k += 1
         order.append(svc)
         for dep in dependents.get(svc.name, ()):
             waiting[dep].discard(svc.name)
             if not waiting[dep]:
-                heapq.heappush(ready, index[dep])
+                heapq.heappush(later, index[dep])
     return order
 
 
@@ -344,10 +352,7 @@ def _cycles(services: list[ir.Service]) -> Iterator[_Problem]:
     by_name = {s.name: s for s in services}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     for svc in services:
-        if svc.name in state:
-            continue
-        if not svc.requires:   # on no cycle, and no search to start from it
-            state[svc.name] = 2
+        if not svc.requires or svc.name in state:   # on no cycle, or searched already
             continue
         state[svc.name] = 1
         path = [svc.name]

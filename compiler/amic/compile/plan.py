@@ -18,7 +18,6 @@ Each layer also keeps the digest of every input by name, so a build can say
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from importlib import resources
 
 import attrs
 
+from amic import gcpause
 from amic import __version__
 
 from amic.amifile import ir
@@ -64,14 +64,20 @@ def _own_blob(name: str, rest: str) -> str:
     return f'["{KEY_SCHEME}",{_STRING(name)},{rest[1:]}'
 
 
-def _layer_blob(name: str, inputs: Mapping[str, str], args_digest: str) -> str:
+def _layer_parts(own_inputs: Mapping[str, str], args_digest: str) -> tuple[str, str]:
+    """What comes before and after the parent key in the blob :func:`_layer_blob` makes;
+    the same for every service with the same other inputs (made once for them)."""
+    i = own_inputs
+    return (f'{{"args":"{i["args"]}","copy":"{i["copy"]}","env":"{i["env"]}",'
+            f'"init":"{i["init"]}","packages":"{i["packages"]}","parent":"',
+            f'","runtime":"{i["runtime"]}"}},"{args_digest}"]')
+
+
+def _layer_blob(name: str, parent: str, parts: tuple[str, str]) -> str:
     """``_JSON.encode((KEY_SCHEME, "layer", name, inputs, args_digest))`` for a service with
-    no ARG of its own, ``inputs`` holding hex digests under the seven names (sorted here, as
-    ``sort_keys`` does)."""
-    return (f'["{KEY_SCHEME}","layer",{_STRING(name)},{{"args":"{inputs["args"]}",'
-            f'"copy":"{inputs["copy"]}","env":"{inputs["env"]}","init":"{inputs["init"]}",'
-            f'"packages":"{inputs["packages"]}","parent":"{inputs["parent"]}",'
-            f'"runtime":"{inputs["runtime"]}"}},"{args_digest}"]')
+    no ARG of its own, ``inputs`` holding hex digests under the seven names (sorted, as
+    ``sort_keys`` does; ``parts`` from :func:`_layer_parts`)."""
+    return f'["{KEY_SCHEME}","layer",{_STRING(name)},{parts[0]}{parent}{parts[1]}'
 
 
 @attrs.frozen
@@ -81,9 +87,15 @@ class Layer:
     service: str
     key: str
     parent_key: str
-    inputs: Mapping[str, str] = attrs.field(converter=dict)
-    """Digest per input name: parent, runtime, packages, copy, init, env, args (the ARG
-    names and which are missing; their values enter ``key`` only, never an input)."""
+    own_inputs: Mapping[str, str] = attrs.field(repr=False)
+    """:attr:`inputs` but the parent: one mapping shared by every layer with the same
+    digests (most of a large Amifile's), not a dict of seven per layer."""
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Digest per input name: parent, runtime, packages, copy, init, env, args (the ARG
+        names and which are missing; their values enter ``key`` only, never an input)."""
+        return {"parent": self.parent_key, **self.own_inputs}
 
 
 @attrs.frozen
@@ -91,10 +103,10 @@ class ServicePlan:
     """Everything the artifact needs to hold for one service."""
 
     service: ir.Service
-    packages: tuple[str, ...] = attrs.field(converter=tuple)
+    packages: tuple[str, ...]
     """Sorted, duplicates and packages already installed by a requirement removed."""
-    copies: tuple[CopyPlan, ...] = attrs.field(converter=tuple)
-    envs: tuple[ir.Env, ...] = attrs.field(converter=tuple)
+    copies: tuple[CopyPlan, ...]
+    envs: tuple[ir.Env, ...]
     """Global ENV then the service's own (later wins in the shell)."""
     own_hash: str
     """Digest of this service's own init inputs (what the runtime records on a machine)."""
@@ -131,11 +143,15 @@ class Plan:
     """Each service's plan and layer by name: :meth:`service` and :meth:`layer` are called
     once per service (the artifact, the build), so a scan there made them quadratic."""
 
+    _global_secrets: tuple[str, ...] = attrs.field(init=False, repr=False, eq=False)
+
     def __attrs_post_init__(self) -> None:
         layers = {layer.service: layer for layer in self.layers}
         object.__setattr__(self, "_by_name",
                            {sp.service.name: (sp, layers.get(sp.service.name))
                             for sp in self.services})
+        object.__setattr__(self, "_global_secrets",
+                           tuple(dict.fromkeys(s.name for s in self.resolved.secrets)))
 
     @property
     def declared_args(self) -> tuple[ir.Arg, ...]:
@@ -149,6 +165,9 @@ class Plan:
     def secret_names(self, service: str | None = None) -> tuple[str, ...]:
         """SECRET names given to ``service``'s INIT: the global ones and its own (None: all)."""
         # Global SECRETs of INCLUDEd files too, once resolve collects them (as it does ARGs)
+        found = self._by_name.get(service) if service is not None else None
+        if found is not None and not found[0].service.secrets:   # asked once per layer
+            return self._global_secrets
         names = [s.name for s in self.resolved.secrets]
         chosen = self.services if service is None else \
             [self._by_name[service][0]] if service in self._by_name else []
@@ -230,14 +249,9 @@ def make_plan(resolved: Resolved, build_args: Mapping[str, str] | None = None, *
     cycles, and the full passes the new objects set off walk every service of the IR
     again (40% of a 325,000-service plan's time).
     """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         return _make_plan(resolved, build_args, base_image_id=base_image_id, environ=environ,
                           context=context, copy_limit=copy_limit)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
@@ -255,6 +269,7 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
     global_missing = sorted(missing)
     services, copies_digests = _service_plans(resolved, contexts)
     memo: dict[object, str] = {}
+    no_copies = _copies_digest(())
     base_key = _digest(KEY_SCHEME, "base", resolved.base.ref if resolved.base else None, base_image_id)
     layers: list[Layer] = []
     parent = base_key
@@ -262,10 +277,25 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
     service_values: dict[str, dict[str, str]] = {}
     no_args = {}   # _values of a service with no ARG of its own
     names_digest = _digest("arg-names", sorted(values), global_missing)
+    # Most services share every input but the parent (no packages, COPY, INIT or ARG of
+    # their own, the global ENV only): their mapping and the blob around the parent key
+    # are made once (``shared``), a service costs one hash.
+    shared: dict[tuple, tuple[dict[str, str], tuple[str, str]]] = {}
+    global_envs = resolved.envs
     for sp in services:
         svc = sp.service
         name = svc.name   # not the property: this loop runs once per service
         if name not in enabled:
+            continue
+        copy = copies_digests.get(name, no_copies)
+        if not (svc.args or svc.inits or sp.packages or svc.copies) and sp.envs is global_envs:
+            common = shared.get(())
+            if common is None:
+                common = shared[()] = _shared(memo, runtime, (), no_copies, (), sp.envs,
+                                              names_digest, args_digest)
+            key = _hash(_layer_blob(name, parent, common[1]))
+            layers.append(Layer(service=name, key=key, parent_key=parent, own_inputs=common[0]))
+            parent = key
             continue
         # A service's own ARGs: in this key (and so in every key chained after it) only.
         if svc.args:
@@ -273,52 +303,79 @@ def _make_plan(resolved: Resolved, build_args: Mapping[str, str] | None, *,
             own_args = [sorted(own), sorted(own_missing)]
             service_values[name] = own
             missing.extend(own_missing)
+            args_names = _digest("arg-names", sorted(values), global_missing, *own_args)
         else:
-            own, own_missing, own_args = no_args, [], None
-        # Most services share most inputs (no packages, the global ENV only): each
-        # distinct value is hashed once (``memo``), the digests are the same.
-        inits = ("init", tuple(s.text for s in svc.inits) if svc.inits else ())
-        envs = ("env", tuple((e.name, e.value) for e in sp.envs))
-        packages = ("packages", sp.packages)
-        inputs = {
-            "parent": parent,
-            "runtime": runtime,
-            "packages": memo.get(packages)
-            or _memo_digest(memo, packages, lambda: _digest(sp.packages)),
-            "copy": copies_digests[name],
-            "init": memo.get(inits) or _memo_digest(memo, inits, lambda: _digest(inits[1])),
-            "env": memo.get(envs) or _memo_digest(memo, envs, lambda: _digest(envs[1])),
-            "args": _digest("arg-names", sorted(values), global_missing, *own_args)
-            if own_args else names_digest,
-        }
-        key = _digest(KEY_SCHEME, "layer", name, inputs, args_digest,
-                      _args_digest(own, own_missing)) if own_args else \
-            _hash(_layer_blob(name, inputs, args_digest))
-        layers.append(Layer(service=name, key=key, parent_key=parent, inputs=inputs))
+            own, own_missing, own_args, args_names = no_args, [], None, names_digest
+        texts = tuple(s.text for s in svc.inits) if svc.inits else ()
+        common = _shared(memo, runtime, sp.packages, copy, texts, sp.envs, args_names,
+                         args_digest)
+        if own_args:
+            key = _digest(KEY_SCHEME, "layer", name, {"parent": parent, **common[0]},
+                          args_digest, _args_digest(own, own_missing))
+        else:
+            key = _hash(_layer_blob(name, parent, common[1]))
+        layers.append(Layer(service=name, key=key, parent_key=parent, own_inputs=common[0]))
         parent = key
-    final_key = _digest(KEY_SCHEME, "final", parent, runtime, list(resolved.enabled),
-                        [(sp.service.name, [s.text for s in sp.service.updates])
-                         for sp in services],
-                        [(sp.service.name, sp.own_hash, [r.name for r in sp.service.requires])
-                         for sp in services],
-                        sorted((label.key, label.value) for label in resolved.labels), args_digest)
+    final_key = _final_key(resolved, services, parent, runtime, args_digest)
     return Plan(resolved=resolved, services=services, enabled=resolved.enabled, layers=layers,
                 final_key=final_key, runtime_hash=runtime, base_key=base_key, arg_values=values,
                 missing_args=missing, service_arg_values=service_values)
 
 
+def _final_key(resolved: Resolved, services: Sequence[ServicePlan], parent: str, runtime: str,
+               args_digest: str) -> str:
+    """``_digest(KEY_SCHEME, "final", parent, runtime, enabled, [(name, UPDATE texts)...],
+    [(name, own hash, requires)...], labels, args_digest)``, the JSON hashed as it is made,
+    a few thousand services at a time: the lists of a 325,000-service plan and their JSON
+    text took a hundred MB at once. The test suite checks it against ``_digest``."""
+    h = hashlib.sha256()
+    pieces = [f'["{KEY_SCHEME}","final",{_STRING(parent)},{_STRING(runtime)},'
+              f'{_JSON.encode(list(resolved.enabled))},[']
+
+    def flush() -> None:
+        h.update("".join(pieces).encode("utf-8", "surrogatepass"))
+        pieces.clear()
+
+    for part in ("updates", "requires"):
+        sep = ""
+        for sp in services:
+            svc = sp.service
+            if part == "updates":
+                rest = _JSON.encode([s.text for s in svc.updates]) if svc.updates else "[]"
+            else:
+                rest = (f'"{sp.own_hash}",'
+                        + (_JSON.encode([r.name for r in svc.requires]) if svc.requires else "[]"))
+            pieces.append(f"{sep}[{_STRING(svc.name)},{rest}]")
+            sep = ","
+            if len(pieces) >= 4096:
+                flush()
+        pieces.append("],[" if part == "updates" else "],")
+    labels = sorted((label.key, label.value) for label in resolved.labels)
+    pieces.append(f"{_JSON.encode(labels)},{_STRING(args_digest)}]")
+    flush()
+    return h.hexdigest()
+
+
 def _service_plans(resolved: Resolved, contexts: Contexts
                    ) -> tuple[list[ServicePlan], dict[str, str]]:
-    """Each service's plan, and the digest of its COPYs by name."""
+    """Each service's plan, and the digest of its COPYs by name (those that have any)."""
     services: list[ServicePlan] = []
     copies_digests: dict[str, str] = {}
     no_copies = _copies_digest(())
     global_envs = tuple((e.name, e.value) for e in resolved.envs)
     rests: dict[object, str] = {}   # the blob of an own hash after the name, by its parts
+    plain_rest = _JSON.encode([(), no_copies, [], [list(e) for e in global_envs]])
     for svc, own in zip(resolved.services, _own_packages(resolved.services)):
+        if not (own or svc.copies or svc.inits or svc.envs):   # most of a large Amifile
+            services.append(ServicePlan(service=svc, packages=own, copies=(),
+                                        envs=resolved.envs,
+                                        own_hash=_hash(_own_blob(svc.name, plain_rest))))
+            continue
         copies = tuple(expand_copy(i, c, contexts) for i, c in enumerate(svc.copies, 1)) \
             if svc.copies else ()
-        copies_digests[svc.name] = copy_digest = _copies_digest(copies) if copies else no_copies
+        copy_digest = no_copies
+        if copies:
+            copies_digests[svc.name] = copy_digest = _copies_digest(copies)
         envs = (*resolved.envs, *svc.envs) if svc.envs else resolved.envs
         parts = (own, copy_digest, tuple(s.text for s in svc.inits) if svc.inits else (),
                  global_envs + tuple((e.name, e.value) for e in svc.envs) if svc.envs
@@ -330,6 +387,23 @@ def _service_plans(resolved: Resolved, contexts: Contexts
         services.append(ServicePlan(service=svc, packages=own, copies=copies, envs=envs,
                                     own_hash=_hash(_own_blob(svc.name, rest))))
     return services, copies_digests
+
+
+def _shared(memo: dict[object, str], runtime: str, packages: tuple[str, ...], copy: str,
+            inits: tuple[str, ...], envs: tuple[ir.Env, ...], args_names: str,
+            args_digest: str) -> tuple[dict[str, str], tuple[str, str]]:
+    """A layer's inputs but its parent, and :func:`_layer_parts` of them: each distinct
+    value is hashed once (``memo``)."""
+    pairs = tuple((e.name, e.value) for e in envs)
+    inputs = {
+        "runtime": runtime,
+        "packages": _memo_digest(memo, ("packages", packages), lambda: _digest(packages)),
+        "copy": copy,
+        "init": _memo_digest(memo, ("init", inits), lambda: _digest(inits)),
+        "env": _memo_digest(memo, ("env", pairs), lambda: _digest(pairs)),
+        "args": args_names,
+    }
+    return inputs, _layer_parts(inputs, args_digest)
 
 
 def _memo_digest(memo: dict[object, str], key: object, make: Callable[[], str]) -> str:
@@ -356,12 +430,11 @@ def _own_packages(services: Sequence[ir.Service]) -> Iterator[tuple[str, ...]]:
     below: dict[str, frozenset[str]] = {}   # the shared packages a service and its deps install
     for svc in services:
         if not (svc.packages or svc.requires):   # most services: nothing to inherit or add
-            below[svc.name] = empty
-            yield ()
+            yield ()   # (and nothing in ``below``: absent is empty)
             continue
         check_packages(svc)
-        sets = sorted({id(below[r.name]): below[r.name] for r in svc.requires}.values(),
-                      key=len, reverse=True)
+        sets = sorted({id(s): s for s in (below.get(r.name, empty) for r in svc.requires)}
+                      .values(), key=len, reverse=True)
         inherited = sets[0] if sets else empty
         for other in sets[1:]:
             if not other <= inherited:

@@ -147,6 +147,12 @@ class TarWriter:
         if kind != tarfile.REGTYPE:
             self._write(head)
             return
+        if data is not None and size > BLOCK * 2048:   # a large one is not copied
+            self._write(head)
+            self._write(data)
+            if size % BLOCK:
+                self._write(_ZEROS[:BLOCK - size % BLOCK])
+            return
         if data is not None:
             self._write(head + data + _ZEROS[:BLOCK - size % BLOCK] if size % BLOCK else head + data)
             return

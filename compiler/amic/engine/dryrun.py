@@ -24,6 +24,7 @@ import contextlib
 
 import attrs
 
+from amic import gcpause
 from amic.amifile import resolve
 from amic.engine import build as engine
 from amic.engine import buildinputs
@@ -164,7 +165,17 @@ def peek_base(target: tb.Target, resolved: resolve.Resolved) -> tb.Image | None:
 
 def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter | None = None, *,
             resolved: resolve.Resolved | None = None) -> DryRun:
-    """What ``engine.build(target, options)`` would do now (see the module doc)."""
+    """What ``engine.build(target, options)`` would do now (see the module doc).
+
+    The cyclic garbage collector is paused meanwhile, as while parsing and planning: the
+    report's objects (one per layer) set off full passes that walked every object of a
+    large plan again (2 s of a 325,000-service dry run)."""
+    with gcpause.paused():
+        return _dry_run(target, options, reporter, resolved=resolved)
+
+
+def _dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter | None, *,
+             resolved: resolve.Resolved | None) -> DryRun:
     reporter = reporter or Reporter(quiet=True)
     target.log = reporter.note
     mask_secrets(reporter, options.secrets)
@@ -178,6 +189,11 @@ def dry_run(target: tb.Target, options: engine.BuildOptions, reporter: Reporter 
         p = b.plan
         common = dict(target=target.name, amifile=p.amifile_path, base=p.base_ref,
                       base_image_id=base.id if base else None)
+        if base is not None:   # the look-ups a build would make, asked as it asks them
+            target.plan_lookups([layer.key for layer in p.layers] + [p.final_key],
+                                [layer.service for layer in p.layers],
+                                project=project_match(imagetags.common_tags(
+                                    p, "", options.name, options.origin)))
         if base is None:
             layers = [PlannedLayer(layer.service, None, "RUN", "no base image yet",
                                    NO_BASE_ID if i == 0 else f"after {p.layers[i - 1].service}")

@@ -212,6 +212,15 @@ class ImageStore:
         meta = self.meta(image_id)
         return image_from_meta(meta) if meta else None
 
+    def key_names(self) -> frozenset[str] | None:
+        """Every cache key the store holds an image for (None: the list cannot be read)."""
+        try:
+            return frozenset(os.listdir(os.path.join(self.root, "keys")))
+        except FileNotFoundError:
+            return frozenset()
+        except OSError:
+            return None
+
     def images(self) -> Iterator[Image]:
         if not os.path.isdir(os.path.join(self.root, "images")):
             return

@@ -89,6 +89,8 @@ class LocalTarget(Target):
         self.store = ImageStore(store) if store else default_store()
         self.superseded: list[Image] = []
         """Images a snapshot replaced under their key (``--no-cache``): see remove_superseded."""
+        self._keys: frozenset[str] | None = None
+        """The store's cache keys as :meth:`plan_lookups` listed them (None: look each up)."""
 
     def build_lock(self):
         return self.store.lock("builds.lock", shared=True)
@@ -97,6 +99,7 @@ class LocalTarget(Target):
     def lease(self, key: str, *, build_id: str = "?") -> Iterator[str]:
         """A file lock per key (``<store>/leases/<key[:32]>.lock``): a second build of the same
         key waits here, then finds the image; the kernel lets go of a dead build's lock."""
+        self._keys = None   # from now on every look-up is fresh: the holder may have made it
         path = self.store.root / "leases" / f"{key[:32]}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as held:
@@ -146,7 +149,15 @@ class LocalTarget(Target):
             paths.append(str(Path(meta["root"]) / ".amic-base-complete"))
         return paths
 
+    def plan_lookups(self, keys, services, *, project=None) -> None:
+        """The store's keys, listed once for the look-ups before the first lease (the
+        longest cached prefix, the final image): a large Amifile has a layer per service,
+        and an open per key cost a dry run more than its plan. A lease forgets the list."""
+        self._keys = self.store.key_names()
+
     def find_image(self, key: str) -> Image | None:
+        if self._keys is not None and key not in self._keys:
+            return None
         return self.store.find(key)
 
     @contextlib.contextmanager
