@@ -95,14 +95,38 @@ def amic(checkout: Path, store: Path, project: Path, *args: str) -> str:
     return proc.stdout
 
 
-def qemu_argv(checkout: Path, disk: Path, workdir: Path) -> tuple[list[str], int]:
-    """That checkout's QEMU command line for ``disk`` and its SSH port."""
-    code = ("import json, sys; from pathlib import Path; from amic.targets.local import vm; "
-            "m = vm.QemuVm(Path(sys.argv[1]), Path(sys.argv[2])); "
-            "print(json.dumps([m.argv(), m.ssh_port]))")
-    out = subprocess.run([str(checkout / ".venv/bin/python"), "-c", code, str(disk),
-                          str(workdir)], check=True, text=True, capture_output=True).stdout
-    argv, port = json.loads(out)
+ARGV = """\
+import json, sys
+from pathlib import Path
+from amic.targets.local import vm
+disk, workdir, image_id = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+kw = {}
+if hasattr(vm, "direct_boot"):      # a checkout that boots a fresh disk's kernel directly
+    from amic.targets import get_target
+    from amic.targets.local.disk import vm_layer_key
+    t = get_target("local")
+    vm_image = t.find_image(vm_layer_key(t.lookup(image_id)))
+    kw["direct"] = vm.direct_boot(t.store, vm_image, workdir,
+                                  log=lambda line: print(line, file=sys.stderr))
+m = vm.QemuVm(disk, workdir, **kw)
+print(json.dumps([m.argv(), m.ssh_port]))
+"""
+
+
+def qemu_argv(checkout: Path, store: Path, image: str, disk: Path,
+              workdir: Path) -> tuple[list[str], int]:
+    """That checkout's QEMU command line for ``disk`` (of ``image``) and its SSH port: as
+    ``amic run --vm`` boots a fresh disk, the VM layer's kernel loaded by QEMU where that
+    checkout does so (:mod:`amic.targets.local.kernelboot`)."""
+    env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
+    env.pop("AMIC_TARGET", None)
+    proc = subprocess.run([str(checkout / ".venv/bin/python"), "-c", ARGV, str(disk),
+                           str(workdir), image], text=True, capture_output=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"{checkout}: its QEMU command line: {proc.stderr[-3000:]}")
+    if proc.stderr.strip():
+        print(f"{checkout}: {proc.stderr.strip()}", file=sys.stderr)
+    argv, port = json.loads(proc.stdout)
     return argv, port
 
 
@@ -112,14 +136,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, timeout: float,
-              analyze: bool) -> dict:
+def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, store: Path, image: str,
+              timeout: float, analyze: bool) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     disk = work / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
                     str(disk)], check=True)
-    argv, port = qemu_argv(checkout, disk, work)
+    argv, port = qemu_argv(checkout, store, image, disk, work)
     marks: dict[str, float] = {}
     done = threading.Event()
     t0 = time.monotonic()
@@ -212,7 +236,7 @@ def main() -> int:
         for i in range(args.runs):
             for side, checkout in sides.items():
                 marks = boot_once(checkout, disks[side], key, Path(tmp) / f"run-{side}",
-                                  timeout=args.timeout,
+                                  store=store, image=image, timeout=args.timeout,
                                   analyze=args.analyze and i == 0)
                 results[side].append(marks)
                 print(f"{i + 1:>4} {side:>4} "
