@@ -116,12 +116,13 @@ def boot_entries(layer_fds: list[int]) -> dict[str, int]:
             marks = overlay_marks(bfd)
             if marks.intersection(CHANGES_LOOKUP):
                 raise Unusable(f"/boot in a layer is an overlay {'/'.join(sorted(marks))}")
-            for entry in os.scandir(bfd):
-                if entry.name in seen:
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-                seen[entry.name] = None if whiteout else i
+            with os.scandir(bfd) as entries:
+                for entry in entries:
+                    if entry.name in seen:
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+                    seen[entry.name] = None if whiteout else i
         finally:
             os.close(bfd)
         if "opaque" in marks:       # the layers below have no say in /boot

@@ -142,7 +142,8 @@ class QemuVm:
                 "-smp", str(self.cpus), "-display", "none", "-monitor", "none",
                 "-serial", "stdio", "-no-reboot",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-                *self.drive_args(fmt), "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="]
+                *self.drive_args(fmt),
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="]
         if self.direct is not None:
             argv += self.direct.qemu_args()
         if self.uefi:
