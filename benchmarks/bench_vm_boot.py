@@ -57,7 +57,7 @@ interleaved, the host's load swinging between 1 and 5.4 with other sessions' VMs
       (was 6.1-11.6 with GRUB and initramfs), the hook starting at 11.9 s of userspace
 
 The wall time follows the host's load far more than anything in the guest: the CPU
-seconds are the steadier figure. One new boot in 17 (this benchmark and single boots)
+seconds are the steadier figure. One new boot in 26 (this benchmark and single boots)
 hung with soft lockups on both vCPUs (systemd and systemd-udevd, from ~37 s guest time).
 
 Tried on one disk through -kernel/-append (two boots each, load 2-4: CPU seconds
