@@ -6,7 +6,9 @@ One image is built on the local target in a store of the benchmark's own
 stores, as the e2e tests do), then each checkout (``--old``, default
 /work/main, and this one) exports it with ``amic export --format qcow2`` (its
 own VM layer and its own disk files) and boots it with its own QEMU command
-line (``amic.targets.local.vm.QemuVm.argv`` of that checkout). The boots are
+line (``amic.targets.local.vm.QemuVm.argv`` of that checkout, with the VM layer's kernel
+loaded by QEMU where the checkout does that for a fresh disk, as ``amic run --vm`` and
+``amic up`` do: ``vm.direct_boot``). The boots are
 interleaved, old then new, ``--runs`` times, each on a fresh qcow2 overlay (a
 first boot, as every ``amic run --vm`` is). Times are host-side, from QEMU's
 start, to the first serial-console line of each stage:
@@ -35,6 +37,28 @@ Figures (this machine, 2 CPUs shared with other work, TCG; median of 3):
   the same at load 2.5-3.9 (both host CPUs busy with other work, so the second
   vCPU helps less): 51.0 -> 43.3 s, 46.5 -> 39.2 CPU s (0.85 and 0.84)
       .venv/bin/python benchmarks/bench_vm_boot.py --runs 3
+
+Then (issue 22, last item) a fresh dev VM's disk boots without GRUB and, Debian's cloud
+kernel having NVMe and ext4 built in, without initramfs (the disk an NVMe drive), with no
+IPv6 duplicate address detection (networkd's link is configured, network-online reached,
+a second sooner) and no check of a root file system never mounted before. Final code,
+interleaved, the host's load swinging between 1 and 5.4 with other sessions' VMs:
+
+  --runs 3 --analyze (load 1.6 -> 2.6): old 24.4 s, 29.7 CPU s; new 15.5 s, 22.4 CPU s
+      (0.64 and 0.76; new boots 19.2, 15.0, 15.5 s). Inside the first new one: kernel
+      2.6 s (old 7.3), the hook starting at 14.3 s of userspace behind networkd (+6.3 s
+      from its start to ready, the longest step left) and wait-online (+1.4 s)
+  --runs 3 --analyze (load 5.3 -> 2.3): old 23.6 s, 34.8 CPU s; new 27.7 s, 30.2 CPU s
+      (0.87 CPU; the fastest new boot 12.8 s, 19.5 CPU s, as the load fell)
+  --runs 5 --analyze (load 1.0 -> 5.4): old 43.4 s, 44.4 CPU s; new 36.7 s, 32.4 CPU s
+      (0.85 and 0.73)
+  an earlier run (without the fsck skip) at load 2.1 -> 5.2: old 37.3 s, 35.8 CPU s;
+      new 22.1 s, 28.4 CPU s (0.59 and 0.79); its first new boot 16.6 s: kernel 2.8 s
+      (was 6.1-11.6 with GRUB and initramfs), the hook starting at 11.9 s of userspace
+
+The wall time follows the host's load far more than anything in the guest: the CPU
+seconds are the steadier figure. One new boot in 26 (this benchmark and single boots)
+hung with soft lockups on both vCPUs (systemd and systemd-udevd, from ~37 s guest time).
 
 Tried on one disk through -kernel/-append (two boots each, load 2-4: CPU seconds
 to the hook), not kept: mitigations=off (no gain: an AMD vendor string gets no
@@ -95,14 +119,38 @@ def amic(checkout: Path, store: Path, project: Path, *args: str) -> str:
     return proc.stdout
 
 
-def qemu_argv(checkout: Path, disk: Path, workdir: Path) -> tuple[list[str], int]:
-    """That checkout's QEMU command line for ``disk`` and its SSH port."""
-    code = ("import json, sys; from pathlib import Path; from amic.targets.local import vm; "
-            "m = vm.QemuVm(Path(sys.argv[1]), Path(sys.argv[2])); "
-            "print(json.dumps([m.argv(), m.ssh_port]))")
-    out = subprocess.run([str(checkout / ".venv/bin/python"), "-c", code, str(disk),
-                          str(workdir)], check=True, text=True, capture_output=True).stdout
-    argv, port = json.loads(out)
+ARGV = """\
+import json, sys
+from pathlib import Path
+from amic.targets.local import vm
+disk, workdir, image_id = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+kw = {}
+if hasattr(vm, "direct_boot"):      # a checkout that boots a fresh disk's kernel directly
+    from amic.targets import get_target
+    from amic.targets.local.disk import vm_layer_key
+    t = get_target("local")
+    vm_image = t.find_image(vm_layer_key(t.lookup(image_id)))
+    kw["direct"] = vm.direct_boot(t.store, vm_image, workdir,
+                                  log=lambda line: print(line, file=sys.stderr))
+m = vm.QemuVm(disk, workdir, **kw)
+print(json.dumps([m.argv(), m.ssh_port]))
+"""
+
+
+def qemu_argv(checkout: Path, store: Path, image: str, disk: Path,
+              workdir: Path) -> tuple[list[str], int]:
+    """That checkout's QEMU command line for ``disk`` (of ``image``) and its SSH port: as
+    ``amic run --vm`` boots a fresh disk, the VM layer's kernel loaded by QEMU where that
+    checkout does so (:mod:`amic.targets.local.kernelboot`)."""
+    env = {**os.environ, "AMIC_CACHE_DIR": str(store)}
+    env.pop("AMIC_TARGET", None)
+    proc = subprocess.run([str(checkout / ".venv/bin/python"), "-c", ARGV, str(disk),
+                           str(workdir), image], text=True, capture_output=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"{checkout}: its QEMU command line: {proc.stderr[-3000:]}")
+    if proc.stderr.strip():
+        print(f"{checkout}: {proc.stderr.strip()}", file=sys.stderr)
+    argv, port = json.loads(proc.stdout)
     return argv, port
 
 
@@ -112,14 +160,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, timeout: float,
-              analyze: bool) -> dict:
+def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, store: Path, image: str,
+              timeout: float, analyze: bool) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     disk = work / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
                     str(disk)], check=True)
-    argv, port = qemu_argv(checkout, disk, work)
+    argv, port = qemu_argv(checkout, store, image, disk, work)
     marks: dict[str, float] = {}
     done = threading.Event()
     t0 = time.monotonic()
@@ -212,7 +260,7 @@ def main() -> int:
         for i in range(args.runs):
             for side, checkout in sides.items():
                 marks = boot_once(checkout, disks[side], key, Path(tmp) / f"run-{side}",
-                                  timeout=args.timeout,
+                                  store=store, image=image, timeout=args.timeout,
                                   analyze=args.analyze and i == 0)
                 results[side].append(marks)
                 print(f"{i + 1:>4} {side:>4} "

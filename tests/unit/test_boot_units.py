@@ -144,3 +144,14 @@ def test_only_dev_vm_disks_get_the_dev_vm_profile() -> None:
     # the bake's in-place reuse writes the EC2 disk's kernel command line
     assert " ro console=tty0 console=ttyS0,115200n8\n" in script("amic.targets.local",
                                                                   "reuse-root.sh")
+    # and only a dev VM's fresh disk boots the layers' kernel directly (no GRUB, and no
+    # initramfs from an NVMe drive): run --vm and up; the EC2 code never asks for it
+    direct: dict[str, int] = {}
+    for path in pkg.rglob("*.py"):
+        text = path.read_text()
+        n = text.count("kernel_into=") + text.count("kernelboot")
+        if n:
+            direct[str(path.relative_to(pkg))] = n
+    assert set(direct) == {"local/vm.py", "local/devvm.py", "local/kernelboot.py"}, direct
+    # the EC2 disk's grub.cfg is not the dev VM's: it keeps duplicate address detection
+    assert "dad_transmits" not in script("amic.targets.local", "reuse-root.sh")

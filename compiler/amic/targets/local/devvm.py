@@ -118,13 +118,15 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
         overlay = vdir / "disk.qcow2"
         if overlay.is_symlink() or (overlay.exists() and not overlay.is_file()):
             raise vmfiles.refused(overlay, "not a regular file")
+        direct = None   # started again: its own disk's GRUB (its kernel may be upgraded)
         if old is not None and overlay.exists() and Path(old.base).exists():
             base, image_id = Path(old.base), old.image
             log(f"starting {name} again on its own disk (image {image_id[:12]}; "
                 f"`amic rm {name}` to start from a newer image)")
         else:
-            base, image_id = qemu.cached_disk(target, image, log=log), image.id
             vdir.mkdir(parents=True, exist_ok=True)
+            base, direct = qemu.cached_disk(target, image, log=log, kernel_into=vdir)
+            image_id = image.id
             overlay.unlink(missing_ok=True)
             qemu.overlay_of(base, overlay)
         (vdir / "qmp.sock").unlink(missing_ok=True)
@@ -133,7 +135,8 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
         tags = " ".join(f"{tag}={guest}" for (tag, _), (_, guest) in zip(shares, mounts))
         vm = qemu.QemuVm(overlay, vdir, memory=memory, cpus=cpus, services=services,
                          forwards=forwards, shares=shares,
-                         credentials=[("amic.mounts", tags)] if tags else [])
+                         credentials=[("amic.mounts", tags)] if tags else [],
+                         direct=direct)
         record = VmRecord(name=name, project=project.name, project_id=project.id,
                           image=image_id, base=str(base), ssh_port=vm.ssh_port, key=str(key),
                           forwards=tuple(forwards),
@@ -164,6 +167,8 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
             vm.kill()
             end_helpers(store, record)
             raise
+        if direct is not None:
+            direct.remove()
         record = attrs.evolve(record, booted=time.time(), boot_result=result)
         machines.save(store, record)
         say(f"boot hook {result} after {vm.boot_seconds:.1f}s")

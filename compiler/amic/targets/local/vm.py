@@ -105,8 +105,11 @@ class QemuVm:
                  cpus: int | None = None, kvm: bool | None = None,
                  snapshot: bool = False, forwards: Sequence[tuple[int, int]] = (),
                  shares: Sequence[tuple[str, Path]] = (),
-                 credentials: Sequence[tuple[str, str]] = ()) -> None:
+                 credentials: Sequence[tuple[str, str]] = (), direct=None) -> None:
         self.disk, self.workdir, self.uefi = disk, workdir, uefi
+        self.direct = direct
+        """A :class:`amic.targets.local.kernelboot.DirectBoot` (QEMU loads the kernel, no
+        GRUB), or None: the disk boots by itself."""
         self.services, self.restrict = list(services), restrict
         self.kvm = kvm_usable() if kvm is None else kvm
         # Two vCPUs under TCG too: multi-threaded TCG runs them on two host threads, and
@@ -139,9 +142,10 @@ class QemuVm:
                 "-smp", str(self.cpus), "-display", "none", "-monitor", "none",
                 "-serial", "stdio", "-no-reboot",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-                "-drive", f"file={self.disk},format={fmt},if=virtio"
-                + (",snapshot=on" if self.snapshot else ""),
+                *self.drive_args(fmt),
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="]
+        if self.direct is not None:
+            argv += self.direct.qemu_args()
         if self.uefi:
             code, vars_ = ovmf()
             local_vars = self.workdir / "OVMF_VARS.fd"
@@ -161,6 +165,15 @@ class QemuVm:
         for name, value in credentials:
             argv += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
         return argv
+
+    def drive_args(self, fmt: str) -> list[str]:
+        """The disk: virtio-blk, or NVMe for a kernel booted without initramfs (its NVMe
+        driver is built in, virtio-blk is a module: :mod:`.kernelboot`)."""
+        drive = f"file={self.disk},format={fmt}" + (",snapshot=on" if self.snapshot else "")
+        if self.direct is not None and self.direct.nvme:
+            return ["-drive", f"{drive},if=none,id=disk0",
+                    "-device", "nvme,drive=disk0,serial=amic-root"]
+        return ["-drive", f"{drive},if=virtio"]
 
     def start(self, on_output: Callable[[str], None] | None = None, *,
               detach: bool = False) -> None:
@@ -320,16 +333,22 @@ def vm_key(store) -> Path:
     return key
 
 
-def cached_disk(target, image, *, log=None) -> Path:
+def cached_disk(target, image, *, log=None, kernel_into: Path | None = None):
     """A qcow2 of ``image`` (with the VM layer) authorised for :func:`vm_key`, made once.
 
     Made in the store's ``tmp/`` (prune finds it after a kill -9) and renamed into ``vm/``
-    when complete; the VM layer is use-locked meanwhile (prune keeps it)."""
+    when complete; the VM layer is use-locked meanwhile (prune keeps it). ``kernel_into``
+    (a VM's directory): returns (disk, DirectBoot or None) instead, the VM layer's kernel
+    and initramfs copied there for a boot without GRUB (:mod:`.kernelboot`; None, and
+    why logged, when they cannot be taken safely)."""
     from amic.fsutil import file_lock
     from amic.targets.local import disk
 
     key = vm_key(target.store)
+    direct = None
     with disk.vm_layer_in_use(target, image, log=log) as vm_image:
+        if kernel_into is not None:
+            direct = direct_boot(target.store, vm_image, kernel_into, log=log)
         out = target.store.root / "vm" / f"{vm_image.id[:12]}.qcow2"
         with file_lock(out.with_suffix(".lock")):
             if not out.exists():
@@ -337,7 +356,21 @@ def cached_disk(target, image, *, log=None) -> Path:
                     disk.write_disk(target.store, vm_image, scratch / "disk.qcow2", fmt="qcow2",
                                     authorized_key=key.with_suffix(".pub"), devvm=True)
                     os.rename(scratch / "disk.qcow2", out)
-    return out
+    return out if kernel_into is None else (out, direct)
+
+
+def direct_boot(store, vm_image, workdir: Path, *, log=None):
+    """The VM layer's kernel for a fresh disk of ``vm_image`` (:mod:`.kernelboot`), or None."""
+    from amic.targets.local import kernelboot
+    from amic.targets.local.disk import ROOT_LABEL
+
+    try:
+        return kernelboot.extract(store.lowers(vm_image.id), workdir, ROOT_LABEL)
+    except kernelboot.Unusable as exc:
+        if log:
+            log(f"booting through the disk's GRUB (the image's kernel is not loaded "
+                f"directly: {exc})")
+        return None
 
 
 def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False,
@@ -356,7 +389,6 @@ def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False
 
     from amic.targets.local.vmdisks import self_contained
 
-    base = self_contained(disk) if disk is not None else cached_disk(target, image, log=log)
     key = vm_key(target.store)
     label = disk.name if disk is not None else image.id[:12]
     with contextlib.ExitStack() as stack:
@@ -366,8 +398,16 @@ def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False
             workdir = Path(tempfile.mkdtemp(prefix=f"{label[:12]}-", dir=runs))
         else:        # a kill -9 leaves it where prune finds it
             workdir = stack.enter_context(target.store.scratch("vm-run-"))
+        direct = None       # a disk given, or UEFI asked for: the disk's own boot loader
+        if disk is not None:
+            base = self_contained(disk)
+        elif uefi:
+            base = cached_disk(target, image, log=log)
+        else:
+            base, direct = cached_disk(target, image, log=log, kernel_into=workdir)
         return boot_vm(base, key, workdir, label, services=services, keep=keep, uefi=uefi,
-                       restrict=restrict, timeout=timeout, on_output=on_output, log=log)
+                       restrict=restrict, timeout=timeout, on_output=on_output, log=log,
+                       direct=direct)
 
 
 def overlay_of(base: Path | str, overlay: Path) -> None:
@@ -390,15 +430,17 @@ def powering_off(vm: QemuVm, log, timeout: float = 60) -> None:
 
 def boot_vm(base: Path, key: Path, workdir: Path, label: str, *, services: Sequence[str],
             keep: bool, uefi: bool, restrict: bool, timeout: float, on_output,
-            log) -> tuple[int, str]:
+            log, direct=None) -> tuple[int, str]:
     """The body of :func:`run_image`: the overlay of ``base`` in ``workdir``, booted."""
     overlay = workdir / "disk.qcow2"
     overlay_of(base, overlay)
-    vm = QemuVm(overlay, workdir, uefi=uefi, services=services, restrict=restrict)
+    vm = QemuVm(overlay, workdir, uefi=uefi, services=services, restrict=restrict,
+                direct=direct)
     kept = stopped = False
     try:
-        log(f"booting {label} under QEMU ({'KVM' if vm.kvm else 'TCG emulation'}, "
-            f"{'UEFI' if uefi else 'BIOS'}); ssh -i {key} -p {vm.ssh_port} root@127.0.0.1")
+        how = "UEFI" if uefi else "BIOS" if direct is None else "kernel loaded by QEMU"
+        log(f"booting {label} under QEMU ({'KVM' if vm.kvm else 'TCG emulation'}, {how}); "
+            f"ssh -i {key} -p {vm.ssh_port} root@127.0.0.1")
         vm.start(on_output, detach=keep)
         try:
             result = vm.wait_boot(timeout)
@@ -411,6 +453,8 @@ def boot_vm(base: Path, key: Path, workdir: Path, label: str, *, services: Seque
             powering_off(vm, log)
             raise
         log(f"boot hook {result} after {vm.boot_seconds:.1f}s")
+        if direct is not None:
+            direct.remove()
         try:
             rc, status = ssh_run(vm.ssh_port, key, "/var/lib/amic/stage2/amic status")
         except Exception as exc:    # paramiko's errors: a disk that does not authorise our key

@@ -28,7 +28,10 @@ console="console=tty0 console=ttyS0,115200n8"
 if [ "$profile" = devvm ]; then
     # Kernel and systemd messages over an emulated UART (and VGA) cost CPU under TCG: only
     # warnings and worse (and systemd's status when a unit fails or is slow).
-    console="console=ttyS0,115200n8 quiet"
+    # IPv6 link-local addresses without duplicate address detection: networkd counts a link
+    # configured (network-online, which the boot hook waits for) only once it has one, a
+    # second after DHCP's address; on QEMU's user network nobody else could hold it.
+    console="console=ttyS0,115200n8 quiet sysctl.net.ipv6.conf.default.dad_transmits=0"
     # No use on a dev VM: a getty on the VGA console (logins are by SSH key; the serial
     # getty stays), utmp records, debugfs/tracefs/hugetlbfs, DRM, device-mapper and EFI
     # pstore modules, and the daily/weekly timers (apt, man-db, fstrim, e2scrub) that
