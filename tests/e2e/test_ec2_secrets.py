@@ -111,6 +111,7 @@ def test_a_secret_reaches_the_init_and_nothing_keeps_it(fake, tmp_path):
 
     # rotating the secret re-runs nothing: the final image is found, no instance starts
     fake.proxy.reset()
+    fake.strict.consistency.settle()    # the tag-filter lag, as a user's next build
     rotated = build(fake, project, cache, secret="another-value-entirely")
     assert rotated.returncode == 0, rotated.stderr
     assert rotated.stdout.strip().splitlines()[-1] == ami
