@@ -106,6 +106,8 @@ STAGES = [("grub", re.compile(r"Booting `amic'")),
 ANSI = re.compile(r"\x1b(\[[0-9;?=]*[A-Za-z]|[()][A-Z0-9]|[A-Za-z=>])")
 ANALYZE = ("systemd-analyze; systemd-analyze blame --no-pager | head -n 15; "
            "systemd-analyze critical-chain --no-pager amic.service")
+TIMELINE = "journalctl -b -o short-monotonic --no-pager --no-hostname"
+"""``--timeline``: the whole boot's journal, each line at its time since the kernel started."""
 
 
 def amic(checkout: Path, store: Path, project: Path, *args: str) -> str:
@@ -161,7 +163,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, store: Path, image: str,
-              timeout: float, analyze: bool) -> dict:
+              timeout: float, analyze: bool, timeline: bool = False) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     disk = work / "disk.qcow2"
@@ -201,7 +203,8 @@ def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, store: Path,
                    "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30",
                    "-p", str(port), "root@127.0.0.1"]
             for _ in range(30):
-                got = subprocess.run([*ssh, ANALYZE], text=True, capture_output=True)
+                got = subprocess.run([*ssh, ANALYZE + (f"; {TIMELINE}" if timeline else "")],
+                                     text=True, capture_output=True)
                 if got.returncode != 255:
                     break
                 time.sleep(2)
@@ -223,6 +226,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--analyze", action="store_true",
                     help="systemd-analyze over SSH in the first boot of each (printed at once)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="with --analyze: also the first boot's whole journal (monotonic times)")
     args = ap.parse_args()
     from amic.targets.local import rootfs
 
@@ -261,7 +266,8 @@ def main() -> int:
             for side, checkout in sides.items():
                 marks = boot_once(checkout, disks[side], key, Path(tmp) / f"run-{side}",
                                   store=store, image=image, timeout=args.timeout,
-                                  analyze=args.analyze and i == 0)
+                                  analyze=args.analyze and i == 0,
+                                  timeline=args.timeline)
                 results[side].append(marks)
                 print(f"{i + 1:>4} {side:>4} "
                       + " ".join(f"{marks[c]:8.1f}" if c in marks else f"{'-':>8}"
