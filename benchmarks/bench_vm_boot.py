@@ -70,6 +70,14 @@ the HPET under TCG, the TSC being marked unsynchronised with two vCPUs; it
 would force the TSC on any host); masking logind (it handles the ACPI power
 button: amic stop) and fsck.mode=skip (about a second).
 
+Then one vCPU under TCG (two hung for good in a CI run, as above), and no growroot on a
+fresh overlay. Quiet host (load 0-1), 2026-12-04, --old the two-vCPU main, --runs 3
+--analyze: old 11.9 s (10.9-15.2; 19.3 CPU s), new 20.9 s (19.4-22.5; 21.5 CPU s):
+1.76x the wall, 1.11x the CPU seconds. Inside a new boot: kernel 2.2 s, userspace
+16.9 s; the hook's critical chain is networkd +5.1 s behind udevd, then wait-online
++1.0 s: every unit waits for the one emulated CPU (blame: logind 5.0 s, the host-key
+unit 4.7 s, journald 2.4 s, dbus 2.4 s), none is slow on its own.
+
     sudo .venv/bin/python benchmarks/bench_vm_boot.py [--old /work/main] [--runs 5] [--analyze]
 """
 
