@@ -70,6 +70,14 @@ the HPET under TCG, the TSC being marked unsynchronised with two vCPUs; it
 would force the TSC on any host); masking logind (it handles the ACPI power
 button: amic stop) and fsck.mode=skip (about a second).
 
+Then one vCPU under TCG (two hung for good in a CI run, as above), and no growroot on a
+fresh overlay. Quiet host (load 0-1), 2026-12-04, --old the two-vCPU main, --runs 3
+--analyze: old 11.9 s (10.9-15.2; 19.3 CPU s), new 20.9 s (19.4-22.5; 21.5 CPU s):
+1.76x the wall, 1.11x the CPU seconds. Inside a new boot: kernel 2.2 s, userspace
+16.9 s; the hook's critical chain is networkd +5.1 s behind udevd, then wait-online
++1.0 s: every unit waits for the one emulated CPU (blame: logind 5.0 s, the host-key
+unit 4.7 s, journald 2.4 s, dbus 2.4 s), none is slow on its own.
+
     sudo .venv/bin/python benchmarks/bench_vm_boot.py [--old /work/main] [--runs 5] [--analyze]
 """
 
@@ -106,6 +114,8 @@ STAGES = [("grub", re.compile(r"Booting `amic'")),
 ANSI = re.compile(r"\x1b(\[[0-9;?=]*[A-Za-z]|[()][A-Z0-9]|[A-Za-z=>])")
 ANALYZE = ("systemd-analyze; systemd-analyze blame --no-pager | head -n 15; "
            "systemd-analyze critical-chain --no-pager amic.service")
+TIMELINE = "journalctl -b -o short-monotonic --no-pager --no-hostname"
+"""``--timeline``: the whole boot's journal, each line at its time since the kernel started."""
 
 
 def amic(checkout: Path, store: Path, project: Path, *args: str) -> str:
@@ -161,7 +171,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, store: Path, image: str,
-              timeout: float, analyze: bool) -> dict:
+              timeout: float, analyze: bool, timeline: bool = False) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     disk = work / "disk.qcow2"
@@ -201,7 +211,8 @@ def boot_once(checkout: Path, base: Path, key: Path, work: Path, *, store: Path,
                    "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30",
                    "-p", str(port), "root@127.0.0.1"]
             for _ in range(30):
-                got = subprocess.run([*ssh, ANALYZE], text=True, capture_output=True)
+                got = subprocess.run([*ssh, ANALYZE + (f"; {TIMELINE}" if timeline else "")],
+                                     text=True, capture_output=True)
                 if got.returncode != 255:
                     break
                 time.sleep(2)
@@ -223,6 +234,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--analyze", action="store_true",
                     help="systemd-analyze over SSH in the first boot of each (printed at once)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="with --analyze: also the first boot's whole journal (monotonic times)")
     args = ap.parse_args()
     from amic.targets.local import rootfs
 
@@ -261,7 +274,8 @@ def main() -> int:
             for side, checkout in sides.items():
                 marks = boot_once(checkout, disks[side], key, Path(tmp) / f"run-{side}",
                                   store=store, image=image, timeout=args.timeout,
-                                  analyze=args.analyze and i == 0)
+                                  analyze=args.analyze and i == 0,
+                                  timeline=args.timeline)
                 results[side].append(marks)
                 print(f"{i + 1:>4} {side:>4} "
                       + " ".join(f"{marks[c]:8.1f}" if c in marks else f"{'-':>8}"

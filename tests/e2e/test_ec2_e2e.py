@@ -224,6 +224,31 @@ def test_update_only_change_reuses_every_layer(e2e):
         e2e.write(AMIFILE)
 
 
+def test_rebuild_at_once_is_answered_by_the_image_just_made(e2e):
+    """An unchanged rebuild started while EC2's tag filters do not show the image the last
+    build made yet: the memo confirms that image by id instead of making it again."""
+    e2e.ensure_full()
+    e2e.write(AMIFILE.replace("web-update-v1", "web-update-v4"))
+    time.sleep(0.2)                  # the memo records only inputs older than the build
+    try:
+        b = e2e.build()
+        assert b.rc == 0 and b.count("CreateImage") == 1, b
+        consistency = e2e.fake.strict.consistency
+        hidden, delay = consistency.hidden, consistency.delay
+        consistency.delay = 120      # the new image stays out of tag-filtered answers
+        try:
+            again = e2e.build(settle=False)
+        finally:
+            consistency.delay = delay
+        assert again.rc == 0, again
+        assert consistency.hidden > hidden    # the tag look-up really missed it
+        assert again.ami == b.ami, again
+        assert again.count("CreateImage") == 0 and again.count("RunInstances") == 0, again
+        assert again.boto3 == [] and "unchanged: image " + b.ami in again.stderr, again
+    finally:
+        e2e.write(AMIFILE)
+
+
 def test_throttled_calls_are_retried(e2e):
     e2e.ensure_full()
     e2e.write(AMIFILE.replace("web-update-v1", "web-update-v3"))

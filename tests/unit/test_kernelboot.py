@@ -45,6 +45,8 @@ def test_a_kernel_with_nvme_and_ext4_built_in_boots_without_initramfs(tmp_path: 
     assert got.initrd is None and got.nvme
     assert got.kernel.read_bytes() == b"KERNEL" and not (out / "initrd.img").exists()
     assert got.append.startswith("root=PARTLABEL=amic-root rootfstype=ext4 rootwait ro ")
+    # a fresh overlay of the disk's size: no check, nothing to grow
+    assert got.append.endswith(" fsck.mode=skip systemd.mask=amic-growroot.service")
     argv = vm.QemuVm(tmp_path / "d.qcow2", out, kvm=False, direct=got).argv()
     assert "-initrd" not in argv and argv[argv.index("-kernel") + 1] == str(got.kernel)
     assert not any("if=virtio" in a for a in argv)

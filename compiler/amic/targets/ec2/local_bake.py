@@ -37,12 +37,20 @@ SSH_PATH = "build it on an instance instead (--bake instance, the default)"
 
 
 def host_arch() -> str:
-    """This machine's architecture as EC2 names it (x86_64, arm64)."""
+    """This machine's architecture as EC2 names it: x86_64, the only one the bake makes (the
+    VM and EC2 layers install Debian's amd64 cloud kernel and GRUB's i386-pc and x86_64-efi
+    loaders); anything else is refused before anything is made."""
+    machine = platform.machine()
     try:
-        return ebs_image.ec2_arch(platform.machine())
+        arch = ebs_image.ec2_arch(machine)
     except Exception:
         raise UsageError(f"--bake local: EC2 has no image for this machine's architecture "
-                         f"{platform.machine()!r}; {SSH_PATH}") from None
+                         f"{machine!r}; {SSH_PATH}") from None
+    if arch != "x86_64":
+        raise UsageError(f"--bake local makes x86_64 images only (the disk's kernel and boot "
+                         f"loaders are Debian's amd64 ones), and this machine is {machine}; "
+                         f"{SSH_PATH}")
+    return arch
 
 
 class LocalBake(LocalTarget):

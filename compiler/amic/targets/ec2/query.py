@@ -199,7 +199,8 @@ def sign(method: str, url: str, headers: dict[str, str], body: bytes, *, region:
 def describe_images(access: Access, *, ImageIds: Sequence[str] = (),
                     Owners: Sequence[str] = (), Filters: Sequence[Mapping] = (),
                     user_agent: str = "amic") -> list[dict]:
-    """DescribeImages with boto3's arguments: ``[{ImageId, State, CreationDate}]`` in EC2's order.
+    """DescribeImages with boto3's arguments: ``[{ImageId, State, CreationDate, Tags}]`` in
+    EC2's order (``Tags`` a dict).
 
     Raises QueryError for an error answer (throttling included) or a paginated one.
     """
@@ -249,11 +250,23 @@ def describe_images(access: Access, *, ImageIds: Sequence[str] = (),
         if tag != "imagesSet":
             continue
         for item in child:
-            fields = {el.tag.rpartition("}")[2]: (el.text or "") for el in item}
-            found.append({"ImageId": fields.get("imageId", ""),
-                          "State": fields.get("imageState", ""),
-                          "CreationDate": fields.get("creationDate", "")})
+            fields = {el.tag.rpartition("}")[2]: el for el in item}
+            text = {name: (el.text or "") for name, el in fields.items()}
+            found.append({"ImageId": text.get("imageId", ""),
+                          "State": text.get("imageState", ""),
+                          "CreationDate": text.get("creationDate", ""),
+                          "Tags": _tags(fields.get("tagSet"))})
     return found
+
+
+def _tags(tag_set) -> dict[str, str]:
+    """``<tagSet><item><key/><value/></item>...`` as a dict (empty when there is none)."""
+    tags: dict[str, str] = {}
+    for item in (tag_set if tag_set is not None else ()):
+        pair = {el.tag.rpartition("}")[2]: (el.text or "") for el in item}
+        if "key" in pair:
+            tags[pair["key"]] = pair.get("value", "")
+    return tags
 
 
 def _error_code(exc) -> str | None:

@@ -298,6 +298,9 @@ class Ec2Target(Target):
         ``--instance-type``, region). AMI ids are unique, so asking the wrong account
         or region can only fail to confirm. Any error, throttling included, or
         anything unexpected means False: the full path then runs, with boto3's retries.
+        A rebuild started moments after the build that made the image finds none by its
+        tag (EC2's tag filters are eventually consistent), and the full path would make the
+        same image again: the recorded image is then asked for by id (``recorded_final``).
         """
         from amic.targets.ec2 import query as ec2query
 
@@ -323,6 +326,8 @@ class Ec2Target(Target):
             worker = threading.Thread(target=newest, args=("base", base_args), daemon=True)
             worker.start()
             newest("final", amis.final_image_query(result["final_key"]))
+            if isinstance(found["final"], ValueError):      # no image carries the key's tag
+                found["final"] = recorded_final(access, agent, result)
             worker.join(ec2query.TIMEOUT + 5)
             for what in ("base", "final"):
                 if not isinstance(found.get(what), str):   # an error, or still waiting
@@ -462,6 +467,24 @@ class Ec2Target(Target):
         ami = snapshots.ami_for_layer(self.ec2, layer, name=name, timeout=self.opts.image_timeout,
                                       poll_interval=self.opts.poll_interval, log=self.log)
         return Image(id=ami, key=layer.key, tags=layer.tags, created=layer.created)
+
+
+def recorded_final(access, agent: str, result: dict) -> str | Exception:
+    """The memo's final image by id, if EC2 has it available and tagged with the memo's key
+    (what the tag look-up would find once EC2's index caught up); else why not."""
+    from amic.contract import TAG_KEY
+    from amic.targets.ec2 import query as ec2query
+
+    try:
+        images = ec2query.describe_images(access, user_agent=agent, Owners=["self"],
+                                          ImageIds=[result["image_id"]])
+    except Exception as exc:  # noqa: BLE001 - any doubt declines
+        return exc
+    for image in images:
+        if (image["ImageId"] == result["image_id"] and image["State"] == "available"
+                and image["Tags"].get(TAG_KEY) == result["final_key"]):
+            return image["ImageId"]
+    return LookupError(f"{result['image_id']}: not available under the memo's key")
 
 
 def _reach(machine: Ec2Machine) -> None:

@@ -67,8 +67,9 @@ emulation and gains a dev VM nothing. ``max`` offered AVX2 (glibc's string funct
 then run as emulated 256-bit vector code), 5-level paging (a longer page walk on every
 TLB miss) and SVM: the guest loaded kvm_amd at boot and at power-off made every vCPU
 leave "hardware virtualisation" through a cross-CPU call, the step where a guest with two
-vCPUs hung now and then ("No irq handler for vector" on CPU 1). Measured on one disk,
-two vCPUs: 34 instead of 44 CPU seconds to the boot hook (``benchmarks/bench_vm_boot.py``).
+vCPUs hung now and then ("No irq handler for vector" on CPU 1). Two vCPUs still hung
+without it, rarely (both in soft lockup for good, ~1 min into the boot): a VM under TCG
+has one vCPU unless ``--cpus`` asks for more (``QemuVm``).
 AMD's vendor string (qemu64's) keeps the guest kernel from page-table isolation, which
 a Meltdown-affected Intel model would get (a TLB flush per system call under TCG)."""
 
@@ -112,10 +113,12 @@ class QemuVm:
         GRUB), or None: the disk boots by itself."""
         self.services, self.restrict = list(services), restrict
         self.kvm = kvm_usable() if kvm is None else kvm
-        # Two vCPUs under TCG too: multi-threaded TCG runs them on two host threads, and
-        # the boot's parallel units (udev, networkd, the host keys, growroot) then overlap.
+        # Under TCG one vCPU unless asked for more (--cpus): guests with two emulated vCPUs
+        # hung now and then, both CPUs in soft lockup from ~1 min into the boot for good
+        # (one boot in ~26 in the boot benchmark, one `amic up` in a CI run: TCG_CPU),
+        # which no boot-time second is worth. Two with KVM.
         self.memory, self.snapshot = memory, snapshot
-        self.cpus = cpus or 2
+        self.cpus = cpus or (2 if self.kvm else 1)
         self.ssh_port = free_port()
         self.forwards, self.credentials = list(forwards), list(credentials)
         self.shares = list(shares)
