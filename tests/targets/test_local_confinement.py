@@ -156,3 +156,26 @@ def test_confine_refuses_a_bad_command_line():
     proc = subprocess.run(["python3", "-I", "-S", confine.__file__], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "usage: confine.py ROOT COMMAND" in proc.stderr
+
+
+def _run_argv(root: Root, argv: list[str]) -> subprocess.CompletedProcess:
+    scratch = root.upper.parent / "scratch"
+    scratch.mkdir(exist_ok=True)
+    from amic.targets.local import rootfs
+    return subprocess.run(rootfs.chroot_argv(root.lowers, root.upper, scratch, argv),
+                          capture_output=True, text=True, env=rootfs.CLEAN_ENV, timeout=120)
+
+
+def test_a_command_named_without_a_path_is_found_in_the_roots_path(root):
+    """As ``amic export`` runs ``tar``: looked up in the root after the host's tree is gone
+    (``os.execvp`` would import a module there and fail, exit 1, which tar's callers take
+    for "a file changed")."""
+    proc = _run_argv(root, ["tar", "--version"])
+    assert proc.returncode == 0 and "GNU tar" in proc.stdout, proc.stderr
+
+
+def test_a_command_missing_from_the_root_is_a_clear_error(root):
+    proc = _run_argv(root, ["no-such-program", "x"])
+    assert proc.returncode == 127, proc
+    assert "no-such-program: not found in the root" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -118,14 +118,34 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         sys.stderr.write(f"amic: entering the root: {exc.strerror or exc}\n")
         return 125
+    # root's permitted set is recomputed at exec from the bounding set: from here on the
+    # command and everything it starts have the kept capabilities at most
+    program = find_program(argv[2], os.environ.get("PATH", "/usr/bin:/bin"))
+    if program is None:
+        sys.stderr.write(f"amic: {argv[2]}: not found in the root\n")
+        return 127
     try:
-        # root's permitted set is recomputed at exec from the bounding set: from here on the
-        # command and everything it starts have the kept capabilities at most
-        os.execvp(argv[2], argv[2:])
+        os.execv(program, argv[2:])
     except OSError as exc:
         sys.stderr.write(f"amic: {argv[2]}: {exc.strerror}\n")
-        return 127
+        return 126
+
+
+def find_program(name: str, path: str) -> str | None:
+    """``name`` looked up in ``path`` as a shell would (``os.execvp`` imports modules, and
+    nothing can be imported once the host's tree is gone)."""
+    if "/" in name:
+        return name
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    try:
+        sys.exit(main(sys.argv))
+    except Exception as exc:    # noqa: BLE001 - never exit 1, which tar's callers accept
+        sys.stderr.write(f"amic: entering the root failed: {type(exc).__name__}\n")
+        sys.exit(125)
