@@ -224,27 +224,52 @@ def test_update_only_change_reuses_every_layer(e2e):
         e2e.write(AMIFILE)
 
 
+def _rebuild_within_the_tag_lag(e2e, version: str, **again_kwargs):
+    """Build ``version`` of the UPDATE (a new final image), then the same at once, while the
+    strict stand-in's tag filters do not show that image yet: (first build, rebuild)."""
+    e2e.ensure_full()
+    e2e.write(AMIFILE.replace("web-update-v1", version))
+    time.sleep(0.2)                  # the memo records only inputs older than the build
+    # --checkpoint auto: the memo's record holds for it whatever earlier tests checkpointed
+    b = e2e.build("--checkpoint", "auto")
+    assert b.rc == 0 and b.count("CreateImage") == 1, b
+    consistency = e2e.fake.strict.consistency
+    hidden, delay = consistency.hidden, consistency.delay
+    consistency.delay = 120          # the new image stays out of tag-filtered answers
+    try:
+        again = e2e.build("--checkpoint", "auto", settle=False, **again_kwargs)
+    finally:
+        consistency.delay = delay
+    assert again.rc == 0, again
+    assert consistency.hidden > hidden    # the tag look-up really missed it
+    assert again.ami == b.ami, again
+    assert again.count("CreateImage") == 0 and again.count("RunInstances") == 0, again
+    return b, again
+
+
 def test_rebuild_at_once_is_answered_by_the_image_just_made(e2e):
     """An unchanged rebuild started while EC2's tag filters do not show the image the last
     build made yet: the memo confirms that image by id instead of making it again."""
-    e2e.ensure_full()
-    e2e.write(AMIFILE.replace("web-update-v1", "web-update-v4"))
-    time.sleep(0.2)                  # the memo records only inputs older than the build
     try:
-        b = e2e.build()
-        assert b.rc == 0 and b.count("CreateImage") == 1, b
-        consistency = e2e.fake.strict.consistency
-        hidden, delay = consistency.hidden, consistency.delay
-        consistency.delay = 120      # the new image stays out of tag-filtered answers
-        try:
-            again = e2e.build(settle=False)
-        finally:
-            consistency.delay = delay
-        assert again.rc == 0, again
-        assert consistency.hidden > hidden    # the tag look-up really missed it
-        assert again.ami == b.ami, again
-        assert again.count("CreateImage") == 0 and again.count("RunInstances") == 0, again
+        b, again = _rebuild_within_the_tag_lag(e2e, "web-update-v4")
         assert again.boto3 == [] and "unchanged: image " + b.ami in again.stderr, again
+    finally:
+        e2e.write(AMIFILE)
+
+
+def test_a_rebuild_the_memo_cannot_answer_still_finds_the_image_just_made(e2e):
+    """The same, with the memo's quick check throttled past its tries (two DescribeImages,
+    ``query.THROTTLE_ATTEMPTS`` each): the full path runs with boto3, its tag look-up misses
+    the image, and it asks for the image the memo recorded by id instead of making a
+    second AMI of the same key."""
+    from amic.targets.ec2.query import THROTTLE_ATTEMPTS
+
+    try:
+        _, again = _rebuild_within_the_tag_lag(
+            e2e, "web-update-v5", faults=(("DescribeImages", 2 * THROTTLE_ATTEMPTS),))
+        assert again.boto3 != [], again                 # the full path ran
+        by_id = [c for c in e2e.fake.proxy.calls_of("DescribeImages") if "ImageId.1" in c]
+        assert by_id and by_id[-1]["ImageId.1"] == again.ami, by_id
     finally:
         e2e.write(AMIFILE)
 

@@ -294,8 +294,13 @@ def test_query_describe_images_agrees_with_boto3(fake):
         ours = ec2query.describe_images(access, **args)
         theirs = fake.client(direct=False).describe_images(**args)["Images"]
         assert ours == [{"ImageId": i["ImageId"], "State": i["State"],
-                         "CreationDate": i["CreationDate"]} for i in theirs]
+                         "CreationDate": i["CreationDate"],
+                         "Tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])}}
+                        for i in theirs]
         assert ours
+    # the final image's tags (what the memo's confirmation by id reads) came through
+    mine = ec2query.describe_images(access, ImageIds=[ami])
+    assert mine[0]["Tags"].get("amic:key") == KEY, mine
 
 
 # -- termination: the build's group freed at once, TerminateInstances not waited for ---------

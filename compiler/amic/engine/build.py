@@ -43,6 +43,7 @@ from amic import contract
 from amic.amifile import resolve
 from amic.compile import plan as planmod
 from amic.engine import buildinputs, onerror, stage2file
+from amic.engine import memo as buildmemo
 from amic.engine import tags as imagetags
 from amic.engine.checkpoint import (fill_reason, missing_checkpoints, parse_checkpoint,
                                    should_checkpoint)
@@ -126,6 +127,8 @@ def build(target: tb.Target, options: BuildOptions, reporter: Reporter | None = 
                                 [layer.service for layer in b.plan.layers],
                                 project=project_match(_common_tags(b)))
         with b.timed("lookup"):
+            if target.fast_rebuild and options.context is None and not options.no_cache:
+                buildmemo.recall_final(target, options.amifile, dict(options.build_args))
             final = (None if options.no_cache or not looks_up(target)
                      else target.find_image(b.plan.final_key))
         if final is None and looks_up(target):
@@ -482,8 +485,6 @@ def _common_tags(b: BuildState) -> dict[str, str]:
 
 def _result(b: BuildState, image: tb.Image, reports: list[LayerReport], *, cached: bool) -> BuildResult:
     if b.target.fast_rebuild:
-        from amic.engine import memo as buildmemo
-
         with contextlib.suppress(OSError):
             buildmemo.save(b.target, b.options, b.plan, b.base, image, reports,
                            started_ns=b.started_ns, checkpointed=b.checkpointed)

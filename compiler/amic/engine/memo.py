@@ -181,6 +181,20 @@ def answer(amifile: str, build_args: dict[str, str], target: str, *, checkpoint:
     return result, made
 
 
+def recall_final(target, amifile: str, build_args: dict[str, str]) -> None:
+    """Tell ``target`` the final image the memo recorded for this Amifile, valid or not
+    (``Target.recall_final``): a rebuild the memo cannot answer (an input touched, another
+    checkpoint policy, a quick check throttled) still finds the image just made."""
+    try:
+        with open(memo_path(amifile, build_args, target.name)) as fh:
+            result = json.load(fh)["result"]
+        key, image_id = result["final_key"], result["image_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(key, str) and isinstance(image_id, str):
+        target.recall_final(key, image_id)
+
+
 def _satisfies(memo: dict, checkpoint: str) -> bool:
     """Whether every checkpoint ``checkpoint`` asks for was known to exist when recorded."""
     if checkpoint in ("none", "auto"):     # ask for nothing a cached build could owe

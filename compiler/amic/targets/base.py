@@ -204,6 +204,12 @@ class Target(abc.ABC):
         """For ``fast_rebuild``: what ``confirm_memo`` needs besides the build result (JSON)."""
         return {}
 
+    def recall_final(self, key: str, image_id: str) -> None:
+        """For ``fast_rebuild``: the image this machine's memo last recorded for the Amifile
+        under final ``key``, told before the full path's look-up, whatever changed since. A
+        target whose look-ups lag (ec2's tag filters) may ask for it by id when its own
+        look-up of ``key`` finds nothing; it must check the image is still that key's."""
+
     def confirm_memo(self, result: dict, facts: dict) -> bool:
         """For ``fast_rebuild``: True if the recorded ``result`` (``BuildResult.to_json()``)
         is still what a build would find. Called on a memo hit, before the full path;

@@ -48,6 +48,40 @@ def find_image(ec2, key: str) -> Image | None:
     return image_from_raw(newest(images)) if images else None
 
 
+def final_by_id(ec2, key: str, image_id: str) -> Image | None:
+    """The final AMI ``image_id`` if it is ours, available and tagged ``key``: what the tag
+    look-up finds once EC2's tag index has caught up with the build that made it (eventual
+    consistency); None if it is gone or is not that (boto3's retries on throttling)."""
+    import botocore.exceptions
+
+    try:
+        raws = ec2.describe_images(Owners=["self"], ImageIds=[image_id])["Images"]
+    except botocore.exceptions.ClientError as exc:
+        if aws.error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+            return None
+        raise aws.explain(exc, "looking up the image the build memo recorded") from None
+    found = [image_from_raw(r) for r in raws
+             if r.get("ImageId") == image_id and r.get("State") == "available"]
+    return found[0] if found and found[0].key == key else None
+
+
+def recorded_final(access, agent: str, result: dict) -> str | Exception:
+    """The memo's final image by id, if EC2 has it available and tagged with the memo's key
+    (what the tag look-up would find once EC2's index caught up); else why not."""
+    from amic.targets.ec2 import query as ec2query
+
+    try:
+        images = ec2query.describe_images(access, user_agent=agent, Owners=["self"],
+                                          ImageIds=[result["image_id"]])
+    except Exception as exc:  # noqa: BLE001 - any doubt declines
+        return exc
+    for image in images:
+        if (image["ImageId"] == result["image_id"] and image["State"] == "available"
+                and image["Tags"].get(TAG_KEY) == result["final_key"]):
+            return image["ImageId"]
+    return LookupError(f"{result['image_id']}: not available under the memo's key")
+
+
 def image_by_id(ec2, image_id: str) -> Image | None:
     found = ec2.describe_images(ImageIds=[image_id])["Images"]
     return image_from_raw(found[0]) if found else None

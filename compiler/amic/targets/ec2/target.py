@@ -91,6 +91,9 @@ class Ec2Target(Target):
         """Leases taken at the first try and not read back yet: name -> KeyPairId."""
         self._lease_keys: dict[str, str] = {}
         """Lease name -> its key (asked again when another build turned out to hold it)."""
+        self.memo_final: tuple[str, str] | None = None
+        """(key, AMI id) of the final AMI the build memo recorded: the full path asks for it
+        by id when the tag filter does not show it yet (``find_image``)."""
         self.made_final: tuple[str, str] | None = None
         """(key, AMI id) of the final AMI this target made: see remove_superseded."""
         self._launches = 0
@@ -189,13 +192,21 @@ class Ec2Target(Target):
         """A final AMI or a layer under ``key``. A layer's id is always its snapshot's
         (``snap-…``), registered as an AMI or not (``launch`` registers it once, then finds
         that AMI); an AMI without ``amic:from-snapshot`` (a final) is its own id."""
-        if self._lookups.knows(key):
-            return self._lookups.find(self.ec2, key)
-        found = amis.find_image(self.ec2, key)
-        snap = found.tags.get(snapshots.TAG_FROM_SNAPSHOT) if found else None
-        if snap:
-            return Image(id=snap, key=found.key, tags=found.tags, created=found.created)
-        return found or snapshots.find_layer(self.ec2, key)
+        found = self._lookups.find(self.ec2, key) if self._lookups.knows(key) else None
+        if not self._lookups.knows(key):
+            found = amis.find_image(self.ec2, key)
+            snap = found.tags.get(snapshots.TAG_FROM_SNAPSHOT) if found else None
+            if snap:
+                return Image(id=snap, key=found.key, tags=found.tags, created=found.created)
+            found = found or snapshots.find_layer(self.ec2, key)
+        if found is None and self.memo_final is not None and self.memo_final[0] == key:
+            # a rebuild within EC2's tag-filter lag of the build that made it (the memo's
+            # quick check declined: throttled, say): the same image, not a second one
+            found = amis.final_by_id(self.ec2, *self.memo_final)
+        return found
+
+    def recall_final(self, key: str, image_id: str) -> None:
+        self.memo_final = (key, image_id)
 
     def lease(self, key: str, *, build_id: str = "?"):
         """One build per key at a time, across machines: a key pair lease (:mod:`.lease`)."""
@@ -327,7 +338,7 @@ class Ec2Target(Target):
             worker.start()
             newest("final", amis.final_image_query(result["final_key"]))
             if isinstance(found["final"], ValueError):      # no image carries the key's tag
-                found["final"] = recorded_final(access, agent, result)
+                found["final"] = amis.recorded_final(access, agent, result)
             worker.join(ec2query.TIMEOUT + 5)
             for what in ("base", "final"):
                 if not isinstance(found.get(what), str):   # an error, or still waiting
@@ -467,24 +478,6 @@ class Ec2Target(Target):
         ami = snapshots.ami_for_layer(self.ec2, layer, name=name, timeout=self.opts.image_timeout,
                                       poll_interval=self.opts.poll_interval, log=self.log)
         return Image(id=ami, key=layer.key, tags=layer.tags, created=layer.created)
-
-
-def recorded_final(access, agent: str, result: dict) -> str | Exception:
-    """The memo's final image by id, if EC2 has it available and tagged with the memo's key
-    (what the tag look-up would find once EC2's index caught up); else why not."""
-    from amic.contract import TAG_KEY
-    from amic.targets.ec2 import query as ec2query
-
-    try:
-        images = ec2query.describe_images(access, user_agent=agent, Owners=["self"],
-                                          ImageIds=[result["image_id"]])
-    except Exception as exc:  # noqa: BLE001 - any doubt declines
-        return exc
-    for image in images:
-        if (image["ImageId"] == result["image_id"] and image["State"] == "available"
-                and image["Tags"].get(TAG_KEY) == result["final_key"]):
-            return image["ImageId"]
-    return LookupError(f"{result['image_id']}: not available under the memo's key")
 
 
 def _reach(machine: Ec2Machine) -> None:

@@ -1,9 +1,10 @@
 """Root filesystems on this machine: cached debootstrap bases and isolated runs in them.
 
 Shared by the ``local`` target and by the tests that run the runtime for
-real. Nothing here touches the host's own ``/``: every command runs chrooted
-into an overlay (read-only lower layers + one writable upper directory)
-mounted inside a private mount namespace created by ``unshare``. When the
+real. Nothing here touches the host's own ``/``: every command runs in an
+overlay (read-only lower layers + one writable upper directory) mounted inside
+private mount, PID, UTS and IPC namespaces created by ``unshare``, entered with
+``pivot_root`` and a container's capabilities (``confine.py``). When the
 command ends, or is killed, the namespace and every mount in it disappear
 with it, so a crash cannot leave mounts behind.
 """
@@ -17,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -150,9 +152,13 @@ def chroot_argv(lowers: Sequence[Path], upper: Path, scratch: Path, argv: Sequen
         os.chmod(upper, top.st_mode & 0o7777)
         os.chown(upper, top.st_uid, top.st_gid)
     lowerdir = ":".join(str(p) for p in lowers)
+    # a UTS and an IPC namespace of its own too: a command's hostname or shared memory is
+    # not the host's (and without CAP_SYS_ADMIN it could not set the host's anyway)
     return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+            "--uts", "--ipc",
             "sh", "-c", script(__package__, "enter.sh"), "amic-enter",
-            str(merged), str(upper), str(work), lowerdir, *argv]
+            str(merged), str(upper), str(work), lowerdir,
+            sys.executable, str(Path(__file__).with_name("confine.py")), *argv]
 
 
 CLEAN_ENV = {
