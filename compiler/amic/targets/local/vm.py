@@ -106,7 +106,8 @@ class QemuVm:
                  cpus: int | None = None, kvm: bool | None = None,
                  snapshot: bool = False, forwards: Sequence[tuple[int, int]] = (),
                  shares: Sequence[tuple[str, Path]] = (),
-                 credentials: Sequence[tuple[str, str]] = (), direct=None) -> None:
+                 credentials: Sequence[tuple[str, str]] = (),
+                 credential_files: Sequence[Path] = (), direct=None) -> None:
         self.disk, self.workdir, self.uefi = disk, workdir, uefi
         self.direct = direct
         """A :class:`amic.targets.local.kernelboot.DirectBoot` (QEMU loads the kernel, no
@@ -121,6 +122,8 @@ class QemuVm:
         self.cpus = cpus or (2 if self.kvm else 1)
         self.ssh_port = free_port()
         self.forwards, self.credentials = list(forwards), list(credentials)
+        self.credential_files = list(credential_files)
+        """SMBIOS strings QEMU reads from files (secrets stay off its command line)."""
         self.shares = list(shares)
         """(virtiofs tag, virtiofsd's vhost-user socket) per shared folder."""
         self.qmp_path = workdir / "qmp.sock"
@@ -167,6 +170,8 @@ class QemuVm:
             credentials.insert(0, ("amic.services", " ".join(self.services)))
         for name, value in credentials:
             argv += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
+        for path in self.credential_files:
+            argv += ["-smbios", f"type=11,path={path}"]
         return argv
 
     def drive_args(self, fmt: str) -> list[str]:
