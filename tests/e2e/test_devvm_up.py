@@ -230,6 +230,21 @@ def test_ssh_checks_the_host_key_amic_gave_the_vm(web) -> None:
     amic("ssh", "webdev", "--", "true", cwd=project)
 
 
+def test_two_vcpus_and_the_guests_crng_ready_before_the_second_one_starts(web) -> None:
+    # Two vCPUs (under TCG too); the emulated CPU's RDRAND seeds the kernel's CRNG before
+    # the second vCPU is brought up, so it never flips its getrandom code under running
+    # callers, where two emulated vCPUs hung now and then (vm.TCG_CPU).
+    project, _ = web
+    assert amic("ssh", "webdev", "--", "nproc", cwd=project).stdout.strip() == "2"
+    dmesg = amic("ssh", "webdev", "--", "dmesg", cwd=project).stdout
+
+    def at(text: str) -> float:
+        (line,) = [ln for ln in dmesg.splitlines() if text in ln]
+        return float(line.split("]", 1)[0].strip("[ "))
+
+    assert at("random: crng init done") < at("smp: Bringing up secondary CPUs"), dmesg[:3000]
+
+
 def test_ps_lists_the_vm_with_project_image_ports_and_uptime(web) -> None:
     project, port = web
     rows = json.loads(amic("ps", "--json", cwd=project).stdout)

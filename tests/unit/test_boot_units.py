@@ -102,24 +102,26 @@ def test_the_vm_layers_host_key_drop_in_keeps_what_the_hook_relies_on() -> None:
     assert "!/etc/ssh/ssh_host_ed25519_key" in base["Unit.ConditionPathExists"]
 
 
-def test_the_vm_boots_with_one_vcpu_under_tcg_and_an_emulated_cpu_without_svm(
+def test_the_vm_boots_with_two_vcpus_and_an_emulated_cpu_with_rdrand_without_svm(
         tmp_path: Path) -> None:
-    # Under TCG: one vCPU unless asked (two emulated vCPUs hung now and then, for good), and
-    # a CPU model without SVM/VMX, so the guest loads no kvm module whose power-off step (a
-    # call on every vCPU) hung with two; AMD's vendor string (no page-table isolation), no
-    # AVX or 5-level paging to emulate. Two vCPUs with KVM.
+    # Under TCG: RDRAND, so the guest kernel's CRNG is ready before its second vCPU starts
+    # (without it two vCPUs hung now and then in getrandom as the kernel patched itself
+    # when the jitter-seeded CRNG got ready: vm.TCG_CPU; tests/e2e/test_devvm_up.py checks
+    # the guest's "crng init done" time); a CPU model without SVM/VMX, so the guest loads
+    # no kvm module whose power-off step (a call on every vCPU) hung with two; AMD's vendor
+    # string (no page-table isolation), no AVX or 5-level paging to emulate. Two vCPUs.
     from amic.targets.local import vm
 
     machine = vm.QemuVm(tmp_path / "disk.qcow2", tmp_path, kvm=False)
     argv = machine.argv()
-    assert argv[argv.index("-smp") + 1] == "1" and machine.cpus == 1
+    assert argv[argv.index("-smp") + 1] == "2" and machine.cpus == 2
     assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
     cpu = argv[argv.index("-cpu") + 1].split(",")
-    assert cpu[0] == "qemu64" and "-svm" in cpu and "+sse4.2" in cpu, cpu
+    assert cpu[0] == "qemu64" and "-svm" in cpu and "+sse4.2" in cpu and "+rdrand" in cpu, cpu
     kvm = vm.QemuVm(tmp_path / "disk.qcow2", tmp_path, kvm=True).argv()
     assert kvm[kvm.index("-cpu") + 1] == "host" and kvm[kvm.index("-smp") + 1] == "2"
-    assert vm.QemuVm(tmp_path / "d.qcow2", tmp_path, kvm=False, cpus=2).argv()[
-        argv.index("-smp") + 1] == "2"
+    assert vm.QemuVm(tmp_path / "d.qcow2", tmp_path, kvm=False, cpus=1).argv()[
+        argv.index("-smp") + 1] == "1"
 
 
 def test_only_dev_vm_disks_get_the_dev_vm_profile() -> None:
