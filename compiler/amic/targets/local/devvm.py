@@ -137,10 +137,7 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
         say(f"booting {name} ({image_id[:12]}) under QEMU "
             f"({'KVM' if vm.kvm else 'TCG emulation'}, {memory} MiB, {vm.cpus} vCPU)")
         try:
-            try:
-                vm.start(on_output, detach=True)
-            finally:
-                vmhostkey.forget(secrets)   # QEMU has read them
+            vm.start(on_output, detach=True)
             record = attrs.evolve(record, pid=vm.proc.pid, started=time.time())
             machines.save(store, record)
             result = vm.wait_boot(timeout)
@@ -159,6 +156,8 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
             vm.kill()
             end_helpers(store, record)
             raise
+        finally:    # QEMU read them at power-on (not always before Popen returned)
+            vmhostkey.forget(secrets)
         if direct is not None:
             direct.remove()
         record = attrs.evolve(record, booted=time.time(), boot_result=result)
