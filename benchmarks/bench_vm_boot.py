@@ -78,6 +78,17 @@ fresh overlay. Quiet host (load 0-1), 2026-12-04, --old the two-vCPU main, --run
 +1.0 s: every unit waits for the one emulated CPU (blame: logind 5.0 s, the host-key
 unit 4.7 s, journald 2.4 s, dbus 2.4 s), none is slow on its own.
 
+Then two vCPUs again, the emulated CPU with RDRAND (the two-vCPU hang was both vCPUs stuck
+in getrandom as the guest kernel patched its crng_is_ready key when its jitter-seeded CRNG
+got ready, ~11 s in; with RDRAND it is ready at 0.06 s, before the second vCPU starts: one
+hang in 25 loop boots without it, none in 60 with it, same conditions), and the host key
+made by amic up and handed over as SMBIOS credentials (the guest runs no ssh-keygen; this
+benchmark's boots get no credential and make their keys as before). Quiet host (load
+0.6-1.3), 2026-12-04, --old the one-vCPU main, --runs 3 --analyze: old 17.9 s (15.9-19.1;
+18.1 CPU s), new 10.9 s (10.1-11.0; 17.1 CPU s): 0.61 and 0.94. Inside a new boot: kernel
+2.0 s, userspace 8.5 s, the hook starting at 7.5 s behind networkd (+2.2 s) and
+wait-online (+0.5 s).
+
     sudo .venv/bin/python benchmarks/bench_vm_boot.py [--old /work/main] [--runs 5] [--analyze]
 """
 

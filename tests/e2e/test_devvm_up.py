@@ -198,6 +198,53 @@ def test_ssh_runs_a_command_and_passes_its_exit_status(web) -> None:
     assert failed.returncode == 7, failed
 
 
+def test_ssh_checks_the_host_key_amic_gave_the_vm(web) -> None:
+    # amic made the VM's host key and pinned it (known_hosts in the VM's directory); the
+    # guest installed it from the SMBIOS credential instead of making one, and no private
+    # key is left on the host. A different key under the alias is refused by ssh itself.
+    project, _ = web
+    vdir = machines.vm_dir(_store(), "webdev")
+    known = vdir / "known_hosts"
+    alias, kind, blob = known.read_text().split()
+    assert alias == "amic-vm-webdev" and kind == "ssh-ed25519"
+    guest = amic("ssh", "webdev", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub",
+                 "/run/credentials/@system/amic.ssh-host-key.pub", cwd=project).stdout
+    assert guest.split()[:2] == [kind, blob] and guest.split()[2:4] == [kind, blob], guest
+    keys = amic("ssh", "webdev", "--", "ls", "/etc/ssh", cwd=project).stdout.split()
+    assert "ssh_host_ecdsa_key" not in keys, keys           # the guest made no key
+    assert not [p.name for p in vdir.iterdir() if p.name.endswith(".smbios")]
+    saved = known.read_text()
+    other = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(vdir / "other")], check=True)
+    try:
+        known.write_text(f"{alias} {(vdir / 'other.pub').read_text().split()[0]} "
+                         f"{(vdir / 'other.pub').read_text().split()[1]}\n")
+        refused = amic("ssh", "webdev", "--", "true", cwd=project, check=False)
+        assert refused.returncode == 255, refused
+        assert "host key" in refused.stderr.lower(), refused.stderr
+    finally:
+        known.write_text(saved)
+        for name in ("other", "other.pub"):
+            (vdir / name).unlink()
+    assert other.returncode == 0
+    amic("ssh", "webdev", "--", "true", cwd=project)
+
+
+def test_two_vcpus_and_the_guests_crng_ready_before_the_second_one_starts(web) -> None:
+    # Two vCPUs (under TCG too); the emulated CPU's RDRAND seeds the kernel's CRNG before
+    # the second vCPU is brought up, so it never flips its getrandom code under running
+    # callers, where two emulated vCPUs hung now and then (vm.TCG_CPU).
+    project, _ = web
+    assert amic("ssh", "webdev", "--", "nproc", cwd=project).stdout.strip() == "2"
+    dmesg = amic("ssh", "webdev", "--", "dmesg", cwd=project).stdout
+
+    def at(text: str) -> float:
+        (line,) = [ln for ln in dmesg.splitlines() if text in ln]
+        return float(line.split("]", 1)[0].strip("[ "))
+
+    assert at("random: crng init done") < at("smp: Bringing up secondary CPUs"), dmesg[:3000]
+
+
 def test_ps_lists_the_vm_with_project_image_ports_and_uptime(web) -> None:
     project, port = web
     rows = json.loads(amic("ps", "--json", cwd=project).stdout)

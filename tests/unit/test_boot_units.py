@@ -14,6 +14,7 @@ from pathlib import Path
 
 from amic.targets.local import disk
 from amic.targets.scripts import script
+from tests.harness.heredocs import heredocs
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT = REPO / "runtime" / "boot"
@@ -40,14 +41,6 @@ def unit(text: str) -> dict[str, list[str]]:
 
 
 LISTS = {"After", "Before", "Wants", "Requires", "WantedBy"}
-
-
-def heredocs(script: str) -> dict[str, str]:
-    """Files a shell script writes with ``cat > PATH <<'TAG'`` here-documents."""
-    found = {}
-    for m in re.finditer(r"^cat > (\S+) <<'(\w+)'\n(.*?)^\2$", script, re.M | re.S):
-        found[m.group(1)] = m.group(3)
-    return found
 
 
 def test_the_boot_hook_waits_for_network_online_and_the_host_keys() -> None:
@@ -92,37 +85,43 @@ def test_the_vm_layer_loosens_nothing_the_boot_hook_waits_for() -> None:
 
 def test_the_vm_layers_host_key_drop_in_keeps_what_the_hook_relies_on() -> None:
     # The keygen unit still runs (same unit, same ordering before sshd and the hook); on
-    # VMs it makes the ed25519 and ECDSA keys (milliseconds) instead of ssh-keygen -A,
-    # whose 3072-bit RSA key took 13 s of emulated CPU on the boot's critical path.
+    # VMs it installs the key amic up made (tests/unit/test_vm_hostkey.py) or makes the
+    # ed25519 and ECDSA keys (milliseconds) instead of ssh-keygen -A, whose 3072-bit RSA
+    # key took 13 s of emulated CPU on the boot's critical path.
     files = heredocs(disk.VM_SCRIPT)
     drop = unit(files["/etc/systemd/system/amic-ssh-keygen.service.d/amic-vm.conf"])
-    assert drop["Service.ExecStart"] == [
-        '/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key',
-        '/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key']
+    assert drop["Service.ExecStart"] == ["/bin/sh -eu /usr/lib/amic-vm/hostkey"]
     assert set(drop) == {"Service.ExecStart"}
+    made = [line.strip() for line in files["/usr/lib/amic-vm/hostkey"].splitlines()
+            if line.strip().startswith("ssh-keygen ")]
+    assert made == ['ssh-keygen -q -t ed25519 -N "" -f "$k"',
+                    'ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key']
+    assert "k=/etc/ssh/ssh_host_ed25519_key\n" in files["/usr/lib/amic-vm/hostkey"]
     base = unit((BOOT / "amic-ssh-keygen.service").read_text())
     # the condition that skips it once keys exist names the key the drop-in makes first
     assert "!/etc/ssh/ssh_host_ed25519_key" in base["Unit.ConditionPathExists"]
 
 
-def test_the_vm_boots_with_one_vcpu_under_tcg_and_an_emulated_cpu_without_svm(
+def test_the_vm_boots_with_two_vcpus_and_an_emulated_cpu_with_rdrand_without_svm(
         tmp_path: Path) -> None:
-    # Under TCG: one vCPU unless asked (two emulated vCPUs hung now and then, for good), and
-    # a CPU model without SVM/VMX, so the guest loads no kvm module whose power-off step (a
-    # call on every vCPU) hung with two; AMD's vendor string (no page-table isolation), no
-    # AVX or 5-level paging to emulate. Two vCPUs with KVM.
+    # Under TCG: RDRAND, so the guest kernel's CRNG is ready before its second vCPU starts
+    # (without it two vCPUs hung now and then in getrandom as the kernel patched itself
+    # when the jitter-seeded CRNG got ready: vm.TCG_CPU; tests/e2e/test_devvm_up.py checks
+    # the guest's "crng init done" time); a CPU model without SVM/VMX, so the guest loads
+    # no kvm module whose power-off step (a call on every vCPU) hung with two; AMD's vendor
+    # string (no page-table isolation), no AVX or 5-level paging to emulate. Two vCPUs.
     from amic.targets.local import vm
 
     machine = vm.QemuVm(tmp_path / "disk.qcow2", tmp_path, kvm=False)
     argv = machine.argv()
-    assert argv[argv.index("-smp") + 1] == "1" and machine.cpus == 1
+    assert argv[argv.index("-smp") + 1] == "2" and machine.cpus == 2
     assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
     cpu = argv[argv.index("-cpu") + 1].split(",")
-    assert cpu[0] == "qemu64" and "-svm" in cpu and "+sse4.2" in cpu, cpu
+    assert cpu[0] == "qemu64" and "-svm" in cpu and "+sse4.2" in cpu and "+rdrand" in cpu, cpu
     kvm = vm.QemuVm(tmp_path / "disk.qcow2", tmp_path, kvm=True).argv()
     assert kvm[kvm.index("-cpu") + 1] == "host" and kvm[kvm.index("-smp") + 1] == "2"
-    assert vm.QemuVm(tmp_path / "d.qcow2", tmp_path, kvm=False, cpus=2).argv()[
-        argv.index("-smp") + 1] == "2"
+    assert vm.QemuVm(tmp_path / "d.qcow2", tmp_path, kvm=False, cpus=1).argv()[
+        argv.index("-smp") + 1] == "1"
 
 
 def test_only_dev_vm_disks_get_the_dev_vm_profile() -> None:

@@ -149,7 +149,7 @@ def cmd_ssh(args) -> int:
     record = devvm.find(store, name)
     if not machines.running(store, record):
         raise UsageError(f"VM {name!r} is not running (amic up; amic logs {name})")
-    return subprocess.run(devvm.ssh_argv(record, command)).returncode
+    return subprocess.run(devvm.ssh_argv(store, record, command)).returncode
 
 
 def _uptime(seconds: float) -> str:

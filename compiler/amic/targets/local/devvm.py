@@ -32,7 +32,7 @@ import attrs
 
 from amic.errors import AmicError, BuildError, UsageError
 from amic.diagnostics import escape_controls
-from amic.targets.local import machines, vmfiles
+from amic.targets.local import machines, vmfiles, vmhostkey
 from amic.targets.local.machines import VmRecord
 
 GUEST_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+")
@@ -116,27 +116,16 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
             raise UsageError(f"VM {name!r} belongs to project {old.project or old.project_id}: "
                              f"choose another --name, or `amic rm {name}` first")
         overlay = vdir / "disk.qcow2"
-        if overlay.is_symlink() or (overlay.exists() and not overlay.is_file()):
-            raise vmfiles.refused(overlay, "not a regular file")
-        direct = None   # started again: its own disk's GRUB (its kernel may be upgraded)
-        if old is not None and overlay.exists() and Path(old.base).exists():
-            base, image_id = Path(old.base), old.image
-            log(f"starting {name} again on its own disk (image {image_id[:12]}; "
-                f"`amic rm {name}` to start from a newer image)")
-        else:
-            vdir.mkdir(parents=True, exist_ok=True)
-            base, direct = qemu.cached_disk(target, image, log=log, kernel_into=vdir)
-            image_id = image.id
-            overlay.unlink(missing_ok=True)
-            qemu.overlay_of(base, overlay)
+        base, image_id, direct, fresh = vm_disk(target, image, old, overlay, log=log)
         (vdir / "qmp.sock").unlink(missing_ok=True)
         key = qemu.vm_key(store)
         helpers, shares = start_virtiofsd(vdir, [host for host, _ in mounts])
         tags = " ".join(f"{tag}={guest}" for (tag, _), (_, guest) in zip(shares, mounts))
+        secrets = vmhostkey.make(vdir, name) if fresh else []   # the first boot takes it
         vm = qemu.QemuVm(overlay, vdir, memory=memory, cpus=cpus, services=services,
                          forwards=forwards, shares=shares,
                          credentials=[("amic.mounts", tags)] if tags else [],
-                         direct=direct)
+                         credential_files=secrets, direct=direct)
         record = VmRecord(name=name, project=project.name, project_id=project.id,
                           image=image_id, base=str(base), ssh_port=vm.ssh_port, key=str(key),
                           forwards=tuple(forwards),
@@ -167,12 +156,33 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
             vm.kill()
             end_helpers(store, record)
             raise
+        finally:    # QEMU read them at power-on (not always before Popen returned)
+            vmhostkey.forget(secrets)
         if direct is not None:
             direct.remove()
         record = attrs.evolve(record, booted=time.time(), boot_result=result)
         machines.save(store, record)
         say(f"boot hook {result} after {vm.boot_seconds:.1f}s")
         return record, vm.boot_seconds
+
+
+def vm_disk(target, image, old: VmRecord | None, overlay: Path, *, log):
+    """(base disk, image id, DirectBoot or None, fresh) for the VM whose overlay is
+    ``overlay``: a stopped VM starts again on its own disk (and its GRUB: its kernel may
+    have been upgraded, and its own host key); else a fresh overlay of the image's disk."""
+    from amic.targets.local import vm as qemu
+
+    if overlay.is_symlink() or (overlay.exists() and not overlay.is_file()):
+        raise vmfiles.refused(overlay, "not a regular file")
+    if old is not None and overlay.exists() and Path(old.base).exists():
+        log(f"starting {old.name} again on its own disk (image {old.image[:12]}; "
+            f"`amic rm {old.name}` to start from a newer image)")
+        return Path(old.base), old.image, None, False
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    base, direct = qemu.cached_disk(target, image, log=log, kernel_into=overlay.parent)
+    overlay.unlink(missing_ok=True)
+    qemu.overlay_of(base, overlay)
+    return base, image.id, direct, True
 
 
 def stage_logger(store, name: str, log):
@@ -288,11 +298,11 @@ def remove(store, name: str, *, force: bool = False, log=print) -> None:
             shutil.rmtree(vdir)
 
 
-def ssh_argv(record: VmRecord, command: Sequence[str] = ()) -> list[str]:
-    """The ``ssh`` command line into the VM as root (host key not kept: every VM makes its own
-    at first boot, on a port another VM may have had)."""
+def ssh_argv(store, record: VmRecord, command: Sequence[str] = ()) -> list[str]:
+    """The ``ssh`` command line into the VM as root, checking the host key amic gave it
+    (:mod:`.vmhostkey`)."""
     return ["ssh", "-i", record.key, "-p", str(record.ssh_port), "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            *vmhostkey.ssh_options(machines.vm_dir(store, record.name), record.name),
             "-o", "LogLevel=ERROR", "root@127.0.0.1", *command]
 
 

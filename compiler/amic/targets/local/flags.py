@@ -57,7 +57,7 @@ UP_OPTIONS: tuple[Option, ...] = (
     Option(["--memory", "-m"], "memory", _VM, "guest memory in MiB", metavar="MIB",
            type=mebibytes, default=1024),
     Option(["--cpus"], "cpus", _VM, "virtual CPUs", metavar="N", type=vcpus,
-           unset="2 with KVM, 1 under TCG emulation (two emulated vCPUs hang now and then)"),
+           unset="2"),
     Option(["-p", "--publish"], "publish", _VM,
            "forward 127.0.0.1:HOST to the guest's TCP port GUEST (repeatable; loopback only)",
            metavar="HOST:GUEST", action="append"),

@@ -61,17 +61,29 @@ def kvm_usable() -> bool:
     return any(Path("/sys/module", m).is_dir() for m in ("kvm_intel", "kvm_amd"))
 
 
-TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,-svm"
-"""The emulated CPU: x86-64-v2 (what RHEL 9-class binaries need) without what costs the
-emulation and gains a dev VM nothing. ``max`` offered AVX2 (glibc's string functions
-then run as emulated 256-bit vector code), 5-level paging (a longer page walk on every
-TLB miss) and SVM: the guest loaded kvm_amd at boot and at power-off made every vCPU
-leave "hardware virtualisation" through a cross-CPU call, the step where a guest with two
-vCPUs hung now and then ("No irq handler for vector" on CPU 1). Two vCPUs still hung
-without it, rarely (both in soft lockup for good, ~1 min into the boot): a VM under TCG
-has one vCPU unless ``--cpus`` asks for more (``QemuVm``).
-AMD's vendor string (qemu64's) keeps the guest kernel from page-table isolation, which
-a Meltdown-affected Intel model would get (a TLB flush per system call under TCG)."""
+TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+rdrand,-svm"
+"""The emulated CPU: x86-64-v2 (what RHEL 9-class binaries need) plus RDRAND, without
+what costs the emulation and gains a dev VM nothing.
+
+RDRAND (which QEMU serves from the host's ``getrandom``) is what lets a guest with two
+vCPUs boot every time. Without it the guest kernel seeds its CRNG by timing jitter,
+~11 s into the boot under TCG; when that ends, the kernel patches its own code (the
+``crng_is_ready`` static key, also inside ``getrandom``) while userspace is calling
+``getrandom`` on both vCPUs, and now and then both vCPUs stayed at that very instruction
+for good (one boot in ~25: systemd and udevd in soft lockup at
+``__x64_sys_getrandom+0x73``, every NMI backtrace at the same address: a stale
+translation of patched code that QEMU 7.2's multi-threaded TCG kept running). With
+RDRAND, Debian's kernel (which trusts the CPU's generator) has its CRNG ready at 0.06 s,
+before the second vCPU is brought up and before any user process exists; no seconds of
+jitter either.
+
+``max`` offered AVX2 (glibc's string functions then run as emulated 256-bit vector
+code), 5-level paging (a longer page walk on every TLB miss) and SVM: the guest loaded
+kvm_amd at boot and at power-off made every vCPU leave "hardware virtualisation" through
+a cross-CPU call, where a two-vCPU guest hung too ("No irq handler for vector" on CPU
+1). AMD's vendor string (qemu64's) keeps the guest kernel from page-table isolation,
+which a Meltdown-affected Intel model would get (a TLB flush per system call under
+TCG)."""
 
 
 def accel_args(kvm: bool | None = None) -> list[str]:
@@ -106,21 +118,21 @@ class QemuVm:
                  cpus: int | None = None, kvm: bool | None = None,
                  snapshot: bool = False, forwards: Sequence[tuple[int, int]] = (),
                  shares: Sequence[tuple[str, Path]] = (),
-                 credentials: Sequence[tuple[str, str]] = (), direct=None) -> None:
+                 credentials: Sequence[tuple[str, str]] = (),
+                 credential_files: Sequence[Path] = (), direct=None) -> None:
         self.disk, self.workdir, self.uefi = disk, workdir, uefi
         self.direct = direct
         """A :class:`amic.targets.local.kernelboot.DirectBoot` (QEMU loads the kernel, no
         GRUB), or None: the disk boots by itself."""
         self.services, self.restrict = list(services), restrict
         self.kvm = kvm_usable() if kvm is None else kvm
-        # Under TCG one vCPU unless asked for more (--cpus): guests with two emulated vCPUs
-        # hung now and then, both CPUs in soft lockup from ~1 min into the boot for good
-        # (one boot in ~26 in the boot benchmark, one `amic up` in a CI run: TCG_CPU),
-        # which no boot-time second is worth. Two with KVM.
+        # Two vCPUs under TCG too, since RDRAND (TCG_CPU) ended the hang two had.
         self.memory, self.snapshot = memory, snapshot
-        self.cpus = cpus or (2 if self.kvm else 1)
+        self.cpus = cpus or 2
         self.ssh_port = free_port()
         self.forwards, self.credentials = list(forwards), list(credentials)
+        self.credential_files = list(credential_files)
+        """SMBIOS strings QEMU reads from files (secrets stay off its command line)."""
         self.shares = list(shares)
         """(virtiofs tag, virtiofsd's vhost-user socket) per shared folder."""
         self.qmp_path = workdir / "qmp.sock"
@@ -167,6 +179,8 @@ class QemuVm:
             credentials.insert(0, ("amic.services", " ".join(self.services)))
         for name, value in credentials:
             argv += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
+        for path in self.credential_files:
+            argv += ["-smbios", f"type=11,path={path}"]
         return argv
 
     def drive_args(self, fmt: str) -> list[str]:

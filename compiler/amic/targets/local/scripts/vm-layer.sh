@@ -80,12 +80,47 @@ ExecStart=/bin/sh /usr/lib/amic-vm/mounts
 [Install]
 WantedBy=multi-user.target
 EOF
+# The host key amic up made for this VM (so `amic ssh` checks it, and the emulated CPU makes
+# no key): the SMBIOS credentials amic.ssh-host-key (the OpenSSH private key, base64) and
+# amic.ssh-host-key.pub. Without them (amic run --vm, a disk booted elsewhere), keys made here.
+cat > /usr/lib/amic-vm/hostkey <<'EOF'
+k=/etc/ssh/ssh_host_ed25519_key
+c=/run/credentials/@system
+umask 077
+if [ ! -f "$c/amic.ssh-host-key" ]; then     # systemd did not take them from the DMI table
+    c=/run/amic-hostkey
+    mkdir -p "$c"
+    for f in /sys/firmware/dmi/entries/11-*/raw; do
+        [ -f "$f" ] || continue
+        for n in amic.ssh-host-key amic.ssh-host-key.pub; do
+            tr '\000' '\n' <"$f" | sed -n "s/^io\.systemd\.credential\.binary:$n=//p" |
+                base64 -d >"$c/$n" 2>/dev/null || :
+        done
+    done
+fi
+# Copied by the shell's own read and printf: every program started costs a tenth of a
+# second of the boot under TCG.
+copy() {
+    while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line"; done <"$1" >"$2"
+}
+first='' kind=''
+{ [ -f "$c/amic.ssh-host-key" ] && read -r first <"$c/amic.ssh-host-key"; } || :
+{ [ -f "$c/amic.ssh-host-key.pub" ] && read -r kind _ <"$c/amic.ssh-host-key.pub"; } || :
+if [ "$first" = "-----BEGIN OPENSSH PRIVATE KEY-----" ] && [ "$kind" = ssh-ed25519 ]; then
+    (umask 022 && copy "$c/amic.ssh-host-key.pub" "$k.pub")
+    copy "$c/amic.ssh-host-key" "$k.tmp"
+    mv -f "$k.tmp" "$k"
+else
+    ssh-keygen -q -t ed25519 -N "" -f "$k"
+    ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
+fi
+rm -rf /run/amic-hostkey
+EOF
 mkdir -p /etc/systemd/system/amic-ssh-keygen.service.d
 cat > /etc/systemd/system/amic-ssh-keygen.service.d/amic-vm.conf <<'UNIT'
 [Service]
 ExecStart=
-ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
-ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
+ExecStart=/bin/sh -eu /usr/lib/amic-vm/hostkey
 UNIT
 systemctl enable systemd-networkd.service amic-growroot.service amic-mounts.service
 systemctl mask e2scrub_reap.service
