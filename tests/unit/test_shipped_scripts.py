@@ -224,7 +224,7 @@ def test_enter_runs_a_command_in_the_overlay_under_each_shell(shell: str, tmp_pa
 
 # The VM layer's key hashes VM_SCRIPT: a change to vm-layer.sh makes every user's VM layer
 # again (minutes of apt and GRUB per image). When that is meant, update this pin with it.
-VM_SCRIPT_SHA256 = "62718391c0de4feea656b9eed6ec8d2cebeeaafbabfd1949f43b7c65ba3ca1c4"
+VM_SCRIPT_SHA256 = "c72fe29d36e3372c3b61ea5bd627effc075dab604ee75f4176cbfc055f509641"
 
 
 def test_the_vm_layer_script_is_the_text_its_key_was_made_from() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from amic.errors import UsageError
 from amic.targets.local import disk, vm, vmhostkey
 from tests.harness import tools
 from tests.harness.diskroot import SHELLS
@@ -66,11 +67,12 @@ def test_the_guest_installs_the_key_amic_made(tmp_path: Path, shell: str, source
         cdir.mkdir(parents=True)
         for name, value in creds.items():
             (cdir / name).write_bytes(value)
-    else:                           # the raw type 11 table: NUL-separated strings
-        table = root / "sys/firmware/dmi/entries/11-0"
-        table.mkdir(parents=True)
+    else:       # raw type 11 tables (NUL-separated strings); one without ours comes after
         strings = [b"junk"] + [(vdir / n).read_bytes() for n in vmhostkey.CREDENTIALS]
-        (table / "raw").write_bytes(b"\x0b\x05\x00\x00\x02" + b"\0".join(strings) + b"\0\0")
+        for n, table in enumerate((strings, [b"io.systemd.credential:other=1"])):
+            entry = root / f"sys/firmware/dmi/entries/11-{n}"
+            entry.mkdir(parents=True)
+            (entry / "raw").write_bytes(b"\x0b\x05\x00\x00\x02" + b"\0".join(table) + b"\0\0")
     proc = run(shell, script)
     assert proc.returncode == 0, proc.stderr
     key = root / "etc/ssh/ssh_host_ed25519_key"
@@ -124,7 +126,7 @@ def test_the_private_key_reaches_qemu_by_file_never_on_its_command_line(tmp_path
     assert [a for a in argv if a.startswith("type=11,path=")] == [f"type=11,path={f}" for f in files]
     secret = base64.b64encode(credential_strings(tmp_path)["amic.ssh-host-key"]).decode()
     assert not any(secret[:40] in a for a in argv)
-    vmhostkey.forget(files)
+    vmhostkey.forget(tmp_path)
     assert not any(f.exists() for f in files)
     assert (tmp_path / vmhostkey.KNOWN_HOSTS).exists()      # what amic ssh checks stays
 
@@ -136,6 +138,19 @@ def test_a_link_planted_for_a_credential_file_is_not_followed(tmp_path: Path) ->
     vmhostkey.make(tmp_path, "dev")
     assert victim.read_text() == "keep"
     assert not (tmp_path / vmhostkey.CREDENTIALS[0]).is_symlink()
+
+
+def test_a_kill_9_left_credential_files_the_next_up_removes(tmp_path: Path) -> None:
+    files = vmhostkey.make(tmp_path, "dev")       # a boot killed before its end
+    vmhostkey.forget(tmp_path)                    # what amic up's next boot ends with
+    assert not any(f.exists() for f in files)
+
+
+def test_a_known_hosts_that_is_no_regular_file_is_refused_not_taken_as_none(
+        tmp_path: Path) -> None:
+    (tmp_path / vmhostkey.KNOWN_HOSTS).symlink_to("/dev/null")
+    with pytest.raises(UsageError, match="not a regular file"):
+        vmhostkey.ssh_options(tmp_path, "dev")
 
 
 def test_amic_ssh_checks_the_pinned_key_and_falls_back_for_older_vms(tmp_path: Path) -> None:

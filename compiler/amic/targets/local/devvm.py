@@ -157,7 +157,7 @@ def up(target, image, *, name: str, project, forwards: Sequence[tuple[int, int]]
             end_helpers(store, record)
             raise
         finally:    # QEMU read them at power-on (not always before Popen returned)
-            vmhostkey.forget(secrets)
+            vmhostkey.forget(vdir)
         if direct is not None:
             direct.remove()
         record = attrs.evolve(record, booted=time.time(), boot_result=result)

@@ -9,8 +9,9 @@ The private key travels as an SMBIOS type 11 string (``io.systemd.credential.bin
 the form systemd reads; ``scripts/vm-layer.sh``'s ``hostkey`` reads the DMI table itself
 where systemd did not). QEMU reads it from a file (``-smbios type=11,path=``), never from
 its command line, which every local user can read in ``/proc``; the file is 0600 in the
-VM's directory and removed once QEMU has started. In the guest the table is readable by
-root only.
+VM's directory and removed once the boot has ended (QEMU reads it during its start-up, not
+always before ``Popen`` returns), or at the next ``amic up`` after a kill -9. In the guest
+the table is readable by root only.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def alias(name: str) -> str:
 
 def make(vdir: Path, name: str) -> list[Path]:
     """A new ed25519 host key for VM ``name``: its public half pinned in ``vdir/known_hosts``;
-    returns the credential files that hand it to the guest (:func:`forget` them once QEMU
-    has started)."""
+    returns the credential files that hand it to the guest (:func:`forget` them once the
+    boot has ended)."""
     scratch = Path(tempfile.mkdtemp(prefix="hostkey-", dir=vdir))
     try:
         proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", alias(name),
@@ -68,17 +69,21 @@ def write(path: Path, data: bytes, mode: int) -> None:
         fh.write(data)
 
 
-def forget(files: list[Path]) -> None:
-    """Remove the credential files (QEMU read them when it started)."""
-    for path in files:
-        path.unlink(missing_ok=True)
+def forget(vdir: Path) -> None:
+    """Remove the VM's credential files, whether this boot made them or one killed before
+    its end left them (QEMU read them when it started)."""
+    for name in CREDENTIALS:
+        (vdir / name).unlink(missing_ok=True)
 
 
 def ssh_options(vdir: Path, name: str) -> list[str]:
     """``ssh`` options checking the VM's host key; a VM made before amic kept one (no
-    known_hosts in its directory) is reached as before, unchecked."""
+    known_hosts in its directory) is reached as before, unchecked. Anything but a regular
+    file there is refused, never taken as "no key kept"."""
     known = vdir / KNOWN_HOSTS
-    if not known.is_file() or known.is_symlink():
+    if known.is_symlink() or (known.exists() and not known.is_file()):
+        raise vmfiles.refused(known, "not a regular file")
+    if not known.exists():
         return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     return ["-o", f"HostKeyAlias={alias(name)}", "-o", f"UserKnownHostsFile={known}",
             "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null"]

@@ -89,12 +89,13 @@ c=/run/credentials/@system
 umask 077
 if [ ! -f "$c/amic.ssh-host-key" ]; then     # systemd did not take them from the DMI table
     c=/run/amic-hostkey
+    rm -rf "$c"
     mkdir -p "$c"
     for f in /sys/firmware/dmi/entries/11-*/raw; do
         [ -f "$f" ] || continue
-        for n in amic.ssh-host-key amic.ssh-host-key.pub; do
+        for n in amic.ssh-host-key amic.ssh-host-key.pub; do    # a table without it adds nothing
             tr '\000' '\n' <"$f" | sed -n "s/^io\.systemd\.credential\.binary:$n=//p" |
-                base64 -d >"$c/$n" 2>/dev/null || :
+                base64 -d >>"$c/$n" 2>/dev/null || :
         done
     done
 fi
