@@ -39,6 +39,8 @@ class Snap:
     start: float
     deadline: float
     status: str = "pending"
+    completes_at: float | None = None
+    """Set by CompleteSnapshot (sealed: no more writes); ``completed`` from then on."""
     blocks: dict[int, str] = attrs.Factory(dict)
     """Index -> SHA-256 hex of the blocks written to this snapshot (not its parents')."""
 
