@@ -22,9 +22,8 @@ what botocore and the AWS CLI send to ``AWS_ENDPOINT_URL_EBS``):
   block is refused), index below ``VolumeSize * 2048``, SHA256 checksum (base64) checked.
 - CompleteSnapshot: ``ChangedBlocksCount`` must be the number of blocks written; a
   ``Checksum`` given must be SHA256 with ``LINEAR`` aggregation: the SHA-256 of the written
-  blocks' raw SHA-256 digests concatenated in ascending block index order. It answers
-  ``pending``, as AWS does: the snapshot is sealed (no more writes) and turns ``completed``
-  ``seal_seconds`` later.
+  blocks' raw SHA-256 digests concatenated in ascending block index order. Answered
+  ``pending`` (as AWS does): sealed, ``completed`` ``seal_seconds`` later.
 - ListSnapshotBlocks / ListChangedBlocks: ``completed`` snapshots only ("Can a snapshot be
   accessed using the EBS direct APIs if it has a pending status? No.", EBS direct APIs
   FAQ), a child sees its parents' blocks, changed blocks across a parent chain (unrelated
@@ -58,18 +57,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from tests.harness.ec2.api import ApiError
-from tests.harness.ec2.ebs_model import (BLOCK_SIZE, BLOCKS_PER_GIB, Bucket, EbsError, Snap,
-                                         check_signed, invalid, not_found, start_request)
+from tests.harness.ec2.ebs_model import (BLOCK_SIZE, BLOCKS_PER_GIB, SEAL_SECONDS, WRITE_LAG,
+                                         Bucket, EbsError, Snap, check_signed, invalid,
+                                         not_found, start_request)
 
-WRITE_LAG = 0.5
-"""Seconds a new snapshot refuses writes as unknown. Short, so every upload in the suite
-meets the refusal and must wait it out; a test sets it longer (AWS: up to ~2 minutes)."""
-
-SEAL_SECONDS = 0.3
-"""Seconds from CompleteSnapshot to ``completed``. AWS answers CompleteSnapshot with
-``{"Status": "pending"}`` (the EBS User Guide's example) and "starts an asynchronous
-workflow that seals the snapshot and moves it to a completed state"; RegisterImage and the
-block listings want ``completed``, so a client must wait for it, as every upload here does."""
 
 
 class EbsStandIn:
@@ -164,13 +155,7 @@ class EbsStandIn:
     def state(self, snap: str) -> str | None:
         with self._lock:
             s = self.snaps.get(snap)
-            if s is not None and s.status == "pending":
-                if s.completes_at is not None:
-                    if time.monotonic() >= s.completes_at:
-                        s.status = "completed"
-                elif time.monotonic() > s.deadline:
-                    s.status = "error"     # Timeout passed without CompleteSnapshot
-            return s.status if s is not None else None
+            return s.advance(time.monotonic()) if s is not None else None
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -307,9 +292,8 @@ class EbsStandIn:
     def sealed_now(self, snap: str) -> None:
         """End the sealing of a completed ``snap`` (a test that has shown it pending)."""
         with self._lock:
-            s = self.snaps.get(snap)
-            if s is not None and s.completes_at is not None:
-                s.completes_at = time.monotonic()
+            if snap in self.snaps and self.snaps[snap].completes_at is not None:
+                self.snaps[snap].completes_at = time.monotonic()
 
     def _not_yet_writable(self, snap: str) -> None:
         if time.monotonic() < self._writable_at.get(snap, 0.0):
