@@ -46,7 +46,9 @@ blocks to the loopback stand-in (its last progress line), plus the EBS direct AP
     StartSnapshot                          0.5 s
     PutSnapshotBlock (N counted)           ceil(N / 16 connections) x 0.1 s
     CompleteSnapshot until completed      30 s   (an assumption: no AWS figure found;
-                                                  the ratio at 275 s is printed too)
+                                                  the ratio at 275 s is printed too; the
+                                                  stand-in seals at once here, so amic's
+                                                  wait for it is not counted twice)
     RegisterImage                          5 s   (MODEL above, via the proxy's log)
 
 Run as root:  .venv/bin/python benchmarks/bench_ec2_vs_packer.py [--repeat-unchanged N] [--json FILE]
