@@ -205,6 +205,9 @@ def test_amic_run_vm_requests_a_service(project: Path) -> None:
                 cwd=project, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "ssh -i" in proc.stderr and "127.0.0.1" in proc.stderr
+    # the status was read checking the host key amic gave the VM (a key the guest made
+    # itself would have failed the read); the printed line pins it too
+    assert "StrictHostKeyChecking=yes" in proc.stderr and "HostKeyAlias=amic-vm-" in proc.stderr
     rows = {ln.split()[0]: ln for ln in proc.stdout.splitlines()[2:] if ln.strip()}
     assert rows["test"].split()[1] == "yes" and " ok " in rows["test"], proc.stdout
     tmp = STORE / "local" / "tmp"      # a run that is not --keep works in the store's tmp/

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -114,11 +115,23 @@ def test_write_complete_read_with_the_aws_cli(fake, tmp_path):
         fake, "ebs", "complete-snapshot", "--snapshot-id", snap, "--changed-blocks-count", "2",
         "--checksum", linear(b_sum, a_sum), "--checksum-algorithm", "SHA256",
         "--checksum-aggregation-method", "LINEAR", ok=False)
-    done = aws(fake, "ebs", "complete-snapshot", "--snapshot-id", snap,
-               "--changed-blocks-count", "2", "--checksum", linear(a_sum, b_sum),
-               "--checksum-algorithm", "SHA256", "--checksum-aggregation-method", "LINEAR")
-    assert done == {"Status": "completed"}
-    assert ec2_status(fake, snap)[0] == "completed"
+    fake.ebs.seal_seconds = 600.0      # long enough to see it sealed and pending
+    try:
+        done = aws(fake, "ebs", "complete-snapshot", "--snapshot-id", snap,
+                   "--changed-blocks-count", "2", "--checksum", linear(a_sum, b_sum),
+                   "--checksum-algorithm", "SHA256", "--checksum-aggregation-method", "LINEAR")
+    finally:
+        fake.ebs.seal_seconds = 0.3
+    # as the EBS User Guide's example answers: sealed, completed asynchronously
+    assert done == {"Status": "pending"}
+    assert ec2_status(fake, snap)[0] == "pending"
+    assert "ValidationException" in put(fake, snap, 3, a, a_sum, ok=False)
+    assert "ValidationException" in aws(fake, "ebs", "list-snapshot-blocks", "--snapshot-id",
+                                        snap, ok=False)
+    with pytest.raises(botocore.exceptions.ClientError, match="IncorrectState"):
+        register(fake, snap)
+    fake.ebs.sealed_now(snap)
+    wait_completed(fake, snap)
     assert "ValidationException" in put(fake, snap, 3, a, a_sum, ok=False)
 
     listed = aws(fake, "ebs", "list-snapshot-blocks", "--snapshot-id", snap)
@@ -144,9 +157,18 @@ def register(fake, snap: str) -> str:
         BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap}}])["ImageId"]
 
 
+def wait_completed(fake, snap: str) -> None:
+    """DescribeSnapshots until ``completed`` (``aws ec2 wait`` polls every 15 s)."""
+    deadline = time.monotonic() + 10 + fake.ebs.seal_seconds
+    while ec2_status(fake, snap)[0] != "completed":
+        assert time.monotonic() < deadline, f"{snap} still {ec2_status(fake, snap)[0]}"
+        time.sleep(0.05)
+
+
 def complete(fake, snap: str, count: int) -> None:
     aws(fake, "ebs", "complete-snapshot", "--snapshot-id", snap,
         "--changed-blocks-count", str(count))
+    wait_completed(fake, snap)
 
 
 def test_parents_share_blocks_and_changes_span_the_chain(fake, tmp_path):
@@ -206,7 +228,8 @@ def test_pagination_tokens_and_throttling(fake, tmp_path):
     for i in range(150):
         ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=i, BlockData=data, DataLength=BLOCK,
                                Checksum=checksum, ChecksumAlgorithm="SHA256")
-    ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=150)
+    assert ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=150)["Status"] == "pending"
+    wait_completed(fake, snap)
     first = aws(fake, "ebs", "list-snapshot-blocks", "--snapshot-id", snap, "--max-results", "100")
     assert len(first["Blocks"]) == 100 and first["NextToken"]
     rest = aws(fake, "ebs", "list-snapshot-blocks", "--snapshot-id", snap, "--max-results", "100",

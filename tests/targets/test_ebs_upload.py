@@ -165,6 +165,31 @@ def test_a_snapshot_unknown_past_the_patience_fails_clearly_and_is_deleted(fake,
     assert upload_snapshots(fake) == []
 
 
+def test_the_image_is_registered_once_the_sealed_snapshot_is_completed(fake, tmp_path):
+    # CompleteSnapshot answers "pending" (EBS seals the snapshot asynchronously) and
+    # RegisterImage refuses a snapshot that is not completed: the upload waits
+    fake.ebs.seal_seconds = 1.5
+    path = disk(tmp_path / "s.raw", {0: b"s", 3: b"t"})
+    t0 = time.monotonic()
+    done = ebs_image.publish(ebs(fake), fake.client(direct=False), path, name="sealed",
+                             description="", arch="x86_64", tags=TAGS, build_id="b-1",
+                             seal_poll=0.1)
+    assert time.monotonic() - t0 >= 1.5
+    assert fake.ebs.state(done.upload.snapshot_id) == "completed"
+    assert fake.proxy.calls_of("RegisterImage", answered=True)
+
+
+def test_a_snapshot_sealed_past_the_wait_fails_clearly_and_is_deleted(fake, tmp_path):
+    fake.ebs.seal_seconds = 600.0
+    path = disk(tmp_path / "p.raw", {0: b"p"})
+    with pytest.raises(BuildError, match=r"sealing snap-\w+"):
+        ebs_image.publish(ebs(fake), fake.client(direct=False), path, name="slow",
+                          description="", arch="x86_64", tags=TAGS, build_id="b-1",
+                          seal_poll=0.1, seal_timeout=1.0)
+    assert upload_snapshots(fake) == []
+    assert not fake.proxy.calls_of("RegisterImage", answered=True)
+
+
 def upload_snapshots(fake) -> list[str]:
     found = fake.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]
     return [s["SnapshotId"] for s in found]

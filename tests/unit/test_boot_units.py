@@ -153,6 +153,7 @@ def test_only_dev_vm_disks_get_the_dev_vm_profile() -> None:
         n = text.count("kernel_into=") + text.count("kernelboot")
         if n:
             direct[str(path.relative_to(pkg))] = n
-    assert set(direct) == {"local/vm.py", "local/devvm.py", "local/kernelboot.py"}, direct
+    assert set(direct) == {"local/vm.py", "local/vmrun.py", "local/devvm.py",
+                           "local/kernelboot.py"}, direct
     # the EC2 disk's grub.cfg is not the dev VM's: it keeps duplicate address detection
     assert "dad_transmits" not in script("amic.targets.local", "reuse-root.sh")

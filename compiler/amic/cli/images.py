@@ -282,12 +282,13 @@ def cmd_run(args) -> int:
     image = None if disk is not None else lookup(target, args.image, args.amifile)
     reporter = Reporter(mode="plain")
     if args.vm:
-        from amic.targets.local import vm
+        from amic.targets.local import vmrun
 
-        rc, status = vm.run_image(target, image, disk=disk, services=services, keep=args.keep,
-                                  uefi=args.uefi, restrict=not args.network, timeout=args.timeout,
-                                  on_output=lambda line: reporter.output("vm", line, False),
-                                  log=reporter.note)
+        rc, status = vmrun.run_image(target, image, disk=disk, services=services,
+                                     keep=args.keep, uefi=args.uefi, restrict=not args.network,
+                                     timeout=args.timeout,
+                                     on_output=lambda line: reporter.output("vm", line, False),
+                                     log=reporter.note)
         print(status.rstrip("\n"))
         return rc
     outcome = target.run_image(image, services, interactive=args.interactive, keep=args.keep,

@@ -22,7 +22,8 @@ what botocore and the AWS CLI send to ``AWS_ENDPOINT_URL_EBS``):
   block is refused), index below ``VolumeSize * 2048``, SHA256 checksum (base64) checked.
 - CompleteSnapshot: ``ChangedBlocksCount`` must be the number of blocks written; a
   ``Checksum`` given must be SHA256 with ``LINEAR`` aggregation: the SHA-256 of the written
-  blocks' raw SHA-256 digests concatenated in ascending block index order.
+  blocks' raw SHA-256 digests concatenated in ascending block index order. Answered
+  ``pending`` (as AWS does): sealed, ``completed`` ``seal_seconds`` later.
 - ListSnapshotBlocks / ListChangedBlocks: ``completed`` snapshots only ("Can a snapshot be
   accessed using the EBS direct APIs if it has a pending status? No.", EBS direct APIs
   FAQ), a child sees its parents' blocks, changed blocks across a parent chain (unrelated
@@ -56,12 +57,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from tests.harness.ec2.api import ApiError
-from tests.harness.ec2.ebs_model import (BLOCK_SIZE, BLOCKS_PER_GIB, Bucket, EbsError, Snap,
-                                         check_signed, invalid, not_found, start_request)
+from tests.harness.ec2.ebs_model import (BLOCK_SIZE, BLOCKS_PER_GIB, SEAL_SECONDS, WRITE_LAG,
+                                         Bucket, EbsError, Snap, check_signed, invalid,
+                                         not_found, start_request)
 
-WRITE_LAG = 0.5
-"""Seconds a new snapshot refuses writes as unknown. Short, so every upload in the suite
-meets the refusal and must wait it out; a test sets it longer (AWS: up to ~2 minutes)."""
 
 
 class EbsStandIn:
@@ -79,6 +78,7 @@ class EbsStandIn:
         self.api_rate, self.api_burst = 50.0, 50.0
         self.timeout_scale = 1.0
         self.write_lag = WRITE_LAG
+        self.seal_seconds = SEAL_SECONDS
         self._writable_at: dict[str, float] = {}
         self.on_created: list = []
         """``f(snapshot_id)`` for each snapshot started (the strict proxy's consistency lag)."""
@@ -140,6 +140,7 @@ class EbsStandIn:
             self.api_rate, self.api_burst = 50.0, 50.0
             self.timeout_scale = 1.0
             self.write_lag = WRITE_LAG
+            self.seal_seconds = SEAL_SECONDS
             self._writable_at.clear()
         self.hook(proxy)
 
@@ -154,9 +155,7 @@ class EbsStandIn:
     def state(self, snap: str) -> str | None:
         with self._lock:
             s = self.snaps.get(snap)
-            if s is not None and s.status == "pending" and time.monotonic() > s.deadline:
-                s.status = "error"     # Timeout passed without CompleteSnapshot
-            return s.status if s is not None else None
+            return s.advance(time.monotonic()) if s is not None else None
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -290,6 +289,12 @@ class EbsStandIn:
         with self._lock:
             self._writable_at.pop(snap, None)
 
+    def sealed_now(self, snap: str) -> None:
+        """End the sealing of a completed ``snap`` (a test that has shown it pending)."""
+        with self._lock:
+            if snap in self.snaps and self.snaps[snap].completes_at is not None:
+                self.snaps[snap].completes_at = time.monotonic()
+
     def _not_yet_writable(self, snap: str) -> None:
         if time.monotonic() < self._writable_at.get(snap, 0.0):
             raise not_found(snap)
@@ -323,8 +328,9 @@ class EbsStandIn:
             tmp.write_bytes(body)
             os.replace(tmp, path)
         with self._lock:
-            if s.status != "pending":
-                raise invalid(f"The snapshot '{snap}' is {s.status}.", "INVALID_SNAPSHOT_ID")
+            if s.status != "pending" or s.completes_at is not None:
+                state = "sealed by CompleteSnapshot" if s.status == "pending" else s.status
+                raise invalid(f"The snapshot '{snap}' is {state}.", "INVALID_SNAPSHOT_ID")
             s.blocks[idx] = digest.hex()
             self.puts.append((snap, idx))
         return 201, {"x-amz-Checksum": checksum, "x-amz-Checksum-Algorithm": "SHA256",
@@ -336,6 +342,10 @@ class EbsStandIn:
         return d / hexdigest
 
     def _CompleteSnapshot(self, snap, *, query, headers, body):
+        s = self._snap(snap, None)
+        if s.completes_at is not None:    # again (a retry whose first answer was lost)
+            return 202, {"Content-Type": "application/json"}, \
+                json.dumps({"Status": self.state(snap)}).encode()
         s = self._snap(snap, "pending")
         self._not_yet_writable(snap)
         count = headers.get("x-amz-ChangedBlocksCount")
@@ -354,9 +364,9 @@ class EbsStandIn:
             if base64.b64encode(whole.digest()).decode() != checksum:
                 raise invalid("The aggregated checksum does not match the blocks written.")
         with self._lock:
-            s.status = "completed"
+            s.completes_at = time.monotonic() + self.seal_seconds
         return 202, {"Content-Type": "application/json"}, \
-            json.dumps({"Status": "completed"}).encode()
+            json.dumps({"Status": self.state(snap)}).encode()
 
     def _chain(self, s: Snap) -> list[Snap]:
         chain = [s]

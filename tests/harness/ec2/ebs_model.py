@@ -29,6 +29,15 @@ def not_found(snap: str) -> EbsError:
                     "SNAPSHOT_NOT_FOUND")
 
 
+WRITE_LAG = 0.5
+"""Seconds a new snapshot refuses writes as unknown. Short, so every upload in the suite
+meets the refusal and must wait it out; a test sets it longer (AWS: up to ~2 minutes)."""
+
+SEAL_SECONDS = 0.3
+"""Seconds from CompleteSnapshot (answered ``pending``, as AWS answers) to ``completed``,
+which RegisterImage and the listings need: every upload here must wait for it."""
+
+
 @attrs.define
 class Snap:
     id: str
@@ -39,8 +48,21 @@ class Snap:
     start: float
     deadline: float
     status: str = "pending"
+    completes_at: float | None = None
+    """Set by CompleteSnapshot (sealed: no more writes); ``completed`` from then on."""
     blocks: dict[int, str] = attrs.Factory(dict)
     """Index -> SHA-256 hex of the blocks written to this snapshot (not its parents')."""
+
+    def advance(self, now: float) -> str:
+        """The status at ``now``: a sealed snapshot completes when its seal ends, one never
+        completed turns ``error`` after its StartSnapshot ``Timeout``."""
+        if self.status == "pending":
+            if self.completes_at is not None:
+                if now >= self.completes_at:
+                    self.status = "completed"
+            elif now > self.deadline:
+                self.status = "error"
+        return self.status
 
 
 class Bucket:

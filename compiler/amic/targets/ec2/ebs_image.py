@@ -115,7 +115,8 @@ def adopt(ec2, snapshot_id: str, image_id: str, tags: Mapping[str, str]) -> None
 def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
             tags: Mapping[str, str], build_id: str, incremental: bool = True,
             workers: int = up.WORKERS, progress: up.Progress | None = None,
-            log: Log | None = None, on_started: Callable[[str], None] | None = None) -> Published:
+            log: Log | None = None, on_started: Callable[[str], None] | None = None,
+            seal_poll: float = up.SEAL_POLL, seal_timeout: float = up.SEAL_TIMEOUT) -> Published:
     """Upload ``disk`` and register it as the AMI ``name`` tagged ``tags``."""
     ec2_arch(arch)
     gib = bm.volume_gib(disk.stat().st_size)
@@ -125,7 +126,7 @@ def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
             + (f" over {parent.snapshot_id}" if parent else ""))
     done = up.upload(ebs, ec2, disk, tags=upload_tags(tags, build_id), description=description,
                      parent=parent, workers=workers, progress=progress, log=log,
-                     on_started=on_started)
+                     on_started=on_started, seal_poll=seal_poll, seal_timeout=seal_timeout)
     image_id = None
     try:
         image_id = register(ec2, done.snapshot_id, name=name, description=description,

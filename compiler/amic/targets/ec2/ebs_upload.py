@@ -3,7 +3,9 @@
 StartSnapshot (tagged at creation), PutSnapshotBlock of each block to send from a bounded
 thread pool (each worker its own connection: "Is each thread using a separate
 connection?", EBS User Guide, "Optimize performance for EBS direct APIs"), CompleteSnapshot
-with the block count and the LINEAR aggregate checksum. A snapshot of the same project
+with the block count and the LINEAR aggregate checksum, then a wait for ``completed``
+(CompleteSnapshot answers ``pending`` and seals the snapshot asynchronously; RegisterImage
+needs it completed, as Bottlerocket's pubsys and ``coldsnap upload --wait`` wait). A snapshot of the same project
 uploaded before is the parent (``ParentSnapshotId``) when its block manifest is kept here
 (``block_manifest``): only the blocks whose hash differs are sent.
 
@@ -38,6 +40,7 @@ import attrs
 from amic.errors import BuildError
 from amic.targets.ec2 import block_manifest as bm
 from amic.targets.ec2 import session as aws
+from amic.targets.ec2 import waiters
 
 ROLE_UPLOAD = "upload"
 """``amic:role`` of a snapshot being uploaded (a temporary resource until registered)."""
@@ -52,6 +55,13 @@ NEW_SNAPSHOT_PATIENCE = 150.0
 """Seconds after StartSnapshot during which "the snapshot does not exist" is waited out:
 a new snapshot may refuse blocks as unknown for a while (awslabs/coldsnap#43, where the
 EBS team advised waiting and retrying for up to about two minutes, coldsnap#56)."""
+SEAL_POLL = 1.0
+"""Seconds between DescribeSnapshots while a completed upload is sealed (coldsnap's
+``wait`` asks every 2 s; a wait this short costs one cheap Describe call a second and
+ends within a second of the seal); ``--poll-interval`` when that is shorter."""
+SEAL_TIMEOUT = 3600.0
+"""How long a sealed snapshot may stay ``pending`` before the build fails (the StartSnapshot
+``Timeout`` has no say once CompleteSnapshot is accepted)."""
 RETRIED = ("RequestThrottledException", "ThrottlingException", "InternalServerException",
            "ServiceUnavailable", "ServiceUnavailableException", "RequestTimeout")
 
@@ -225,7 +235,8 @@ def upload(ebs, ec2, disk: Path, *, tags: Mapping[str, str], description: str,
            parent: bm.Manifest | None = None, workers: int = WORKERS,
            progress: Progress | None = None, log: Callable[[str], None] | None = None,
            on_started: Callable[[str], None] | None = None,
-           new_snapshot_patience: float = NEW_SNAPSHOT_PATIENCE) -> Uploaded:
+           new_snapshot_patience: float = NEW_SNAPSHOT_PATIENCE,
+           seal_poll: float = SEAL_POLL, seal_timeout: float = SEAL_TIMEOUT) -> Uploaded:
     """Write ``disk`` (a raw disk image) to a new completed snapshot; its manifest is saved.
 
     ``parent``: the manifest of an earlier snapshot of the same project; the new one starts
@@ -263,6 +274,10 @@ def upload(ebs, ec2, disk: Path, *, tags: Mapping[str, str], description: str,
                      ChangedBlocksCount=len(todo),
                      Checksum=aggregate_checksum([digests[i] for i in todo]),
                      ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
+            # inside the block: a snapshot that turns ``error`` or outlasts the wait, or a
+            # Ctrl-C now, is deleted like one never completed
+            waiters.snapshot_completed(ec2, [snap], timeout=seal_timeout,
+                                       poll_interval=seal_poll, doing=f"sealing {snap}")
     finally:
         os.close(fd)
     manifest = bm.Manifest(snap, gib, blocks)

@@ -122,6 +122,8 @@ class LocalBake(LocalTarget):
             done = ebs_image.publish(
                 ebs_upload.ebs_client(opts.aws), ec2, raw, name=new.name,
                 description=new.description, arch=self.arch, tags=new.tags, build_id=build_id,
-                progress=lambda p: self.log(p.line()), log=self.log)
+                progress=lambda p: self.log(p.line()), log=self.log,
+                seal_poll=min(opts.poll_interval, ebs_upload.SEAL_POLL),
+                seal_timeout=opts.image_timeout)
         found = amis.image_by_id(ec2, done.image_id)
         return found or Image(id=done.image_id, key=key, tags=dict(new.tags))

@@ -31,7 +31,7 @@ import shutil
 import struct
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from amic.contract import KIND_LAYER, TAG_BASE, TAG_KIND, TAG_PARENT_KEY, TAG_SERVICE
@@ -83,13 +83,30 @@ def vm_layer_in_use(target, image: Image, *, log=None) -> Iterator[Image]:
         yield vm_image
 
 
-def vm_layer(target, image: Image, *, log=None) -> Image:
-    """The image plus the VM layer (built once, then found in the store by its key); call it
-    under the build lock (:func:`vm_layer_in_use`)."""
-    key = vm_layer_key(image)
+def made_once(target, key: str, make: Callable[[], Image]) -> Image:
+    """The image recorded under ``key``, else ``make()``'s, made under the key's lease.
+
+    The build lock is shared (it only keeps ``amic prune`` out), so two builds may want
+    the same VM or EC2 layer at once. Without the lease each made its own, and the
+    second build's layers then sat on a parent the first build's did not: its next
+    build found "base image changed" and ran every layer again. The second waits here,
+    then finds the first's image."""
     found = target.find_image(key)
     if found is not None:
         return found
+    with target.lease(key, build_id=f"layer-{key[:12]}"):
+        found = target.find_image(key)
+        return found if found is not None else make()
+
+
+def vm_layer(target, image: Image, *, log=None) -> Image:
+    """The image plus the VM layer (built once, then found in the store by its key); call it
+    under the build lock (:func:`vm_layer_in_use`)."""
+    return made_once(target, vm_layer_key(image), lambda: _make_vm_layer(target, image, log))
+
+
+def _make_vm_layer(target, image: Image, log) -> Image:
+    key = vm_layer_key(image)
     if image.tags.get(TAG_BASE, "debian").split(":")[0] not in ("debian", ""):
         raise UsageError(f"--format raw/qcow2 needs a Debian image (base {image.tags[TAG_BASE]!r})")
     if log:

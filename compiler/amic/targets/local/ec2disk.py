@@ -92,10 +92,12 @@ def ec2_layer_key(vm_image: Image) -> str:
 def ec2_layer(target, vm_image: Image, *, log=None) -> Image:
     """The VM image plus the EC2 layer (built once, then found by its key); call it under
     the build lock, as :func:`amic.targets.local.disk.vm_layer`."""
+    return disk.made_once(target, ec2_layer_key(vm_image),
+                          lambda: _make_ec2_layer(target, vm_image, log))
+
+
+def _make_ec2_layer(target, vm_image: Image, log) -> Image:
     key = ec2_layer_key(vm_image)
-    found = target.find_image(key)
-    if found is not None:
-        return found
     if log:
         log("adding the EC2 layer (curl, DHCP on any NIC, the IMDSv2 unit); once per image")
     tail: list[str] = []

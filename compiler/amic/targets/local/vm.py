@@ -1,4 +1,5 @@
-"""``amic run --vm``: boot a disk made by :mod:`amic.targets.local.disk` under QEMU.
+"""A disk made by :mod:`amic.targets.local.disk` booted under QEMU (``amic run --vm``:
+:mod:`.vmrun`; ``amic up``: :mod:`.devvm`).
 
 KVM when it can boot a stock kernel, else TCG (plain emulation). ``/dev/kvm``
 alone is not enough: a host that only has ``kvm_pvm`` (a PVM hypervisor, as
@@ -15,6 +16,7 @@ power-off through QMP, then a kill if the guest does not stop in time.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -313,12 +315,21 @@ class QemuVm:
             self.proc.wait()
 
 
-def ssh_run(port: int, key: Path, command: str, *, timeout: float = 120) -> tuple[int, str]:
-    """Run ``command`` as root on the VM over the forwarded port; (exit status, output)."""
+def ssh_run(port: int, key: Path, command: str, *, timeout: float = 120,
+            host_key: tuple[str, str] | None = None) -> tuple[int, str]:
+    """Run ``command`` as root on the VM over the forwarded port; (exit status, output).
+    ``host_key`` (type, base64 blob): the only key the VM may show (vmhostkey); None: any
+    (a disk amic did not key)."""
     import paramiko
 
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # a VM we just made
+    if host_key is None:
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    else:
+        kind, blob = host_key
+        client.get_host_keys().add(f"[127.0.0.1]:{port}", kind,
+                                   paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -326,8 +337,8 @@ def ssh_run(port: int, key: Path, command: str, *, timeout: float = 120) -> tupl
                            timeout=15, banner_timeout=30, auth_timeout=30,
                            allow_agent=False, look_for_keys=False)
             break
-        except paramiko.AuthenticationException:
-            raise           # sshd answered and refused the key: waiting would not change that
+        except (paramiko.AuthenticationException, paramiko.BadHostKeyException):
+            raise           # sshd answered: waiting would not change its key nor its mind
         except (OSError, paramiko.SSHException):
             if time.monotonic() > deadline:
                 raise
@@ -390,43 +401,6 @@ def direct_boot(store, vm_image, workdir: Path, *, log=None):
         return None
 
 
-def run_image(target, image, *, services: Sequence[str] = (), keep: bool = False,
-              uefi: bool = False, restrict: bool = True, timeout: float = 900,
-              on_output=None, log=print, disk: Path | None = None) -> tuple[int, str]:
-    """``amic run --vm``: boot ``image`` on a throwaway qcow2 overlay; return (exit, status).
-
-    Waits for the boot hook, runs ``amic status`` over SSH, then powers off, unless
-    ``keep``: then QEMU keeps running detached and how to reach and stop it is logged.
-    Ctrl-C (or any error) powers the VM off and removes the overlay. ``disk``: an exported
-    qcow2 to boot instead of ``image`` (None then), under an overlay that leaves it as it
-    was; its ``amic status`` is read when the disk authorises amic's key.
-    """
-    import contextlib
-    import tempfile
-
-    from amic.targets.local.vmdisks import self_contained
-
-    key = vm_key(target.store)
-    label = disk.name if disk is not None else image.id[:12]
-    with contextlib.ExitStack() as stack:
-        if keep:     # outlives amic on purpose: not in tmp/, where prune would take it
-            runs = target.store.root / "vm" / "runs"
-            runs.mkdir(parents=True, exist_ok=True)
-            workdir = Path(tempfile.mkdtemp(prefix=f"{label[:12]}-", dir=runs))
-        else:        # a kill -9 leaves it where prune finds it
-            workdir = stack.enter_context(target.store.scratch("vm-run-"))
-        direct = None       # a disk given, or UEFI asked for: the disk's own boot loader
-        if disk is not None:
-            base = self_contained(disk)
-        elif uefi:
-            base = cached_disk(target, image, log=log)
-        else:
-            base, direct = cached_disk(target, image, log=log, kernel_into=workdir)
-        return boot_vm(base, key, workdir, label, services=services, keep=keep, uefi=uefi,
-                       restrict=restrict, timeout=timeout, on_output=on_output, log=log,
-                       direct=direct)
-
-
 def overlay_of(base: Path | str, overlay: Path) -> None:
     """A qcow2 ``overlay`` whose reads fall through to ``base`` (never written; a ``json:``
     name from :func:`amic.targets.local.vmdisks.self_contained` is a qcow2)."""
@@ -443,52 +417,3 @@ def powering_off(vm: QemuVm, log, timeout: float = 60) -> None:
     except KeyboardInterrupt:
         log("forced off")
         raise
-
-
-def boot_vm(base: Path, key: Path, workdir: Path, label: str, *, services: Sequence[str],
-            keep: bool, uefi: bool, restrict: bool, timeout: float, on_output,
-            log, direct=None) -> tuple[int, str]:
-    """The body of :func:`run_image`: the overlay of ``base`` in ``workdir``, booted."""
-    overlay = workdir / "disk.qcow2"
-    overlay_of(base, overlay)
-    vm = QemuVm(overlay, workdir, uefi=uefi, services=services, restrict=restrict,
-                direct=direct)
-    kept = stopped = False
-    try:
-        how = "UEFI" if uefi else "BIOS" if direct is None else "kernel loaded by QEMU"
-        log(f"booting {label} under QEMU ({'KVM' if vm.kvm else 'TCG emulation'}, {how}); "
-            f"ssh -i {key} -p {vm.ssh_port} root@127.0.0.1")
-        vm.start(on_output, detach=keep)
-        try:
-            result = vm.wait_boot(timeout)
-        except VmBootError:
-            vm.kill()           # it never got to the boot hook: no ACPI handler to wait for
-            stopped = True
-            raise
-        except KeyboardInterrupt:
-            stopped = True
-            powering_off(vm, log)
-            raise
-        log(f"boot hook {result} after {vm.boot_seconds:.1f}s")
-        if direct is not None:
-            direct.remove()
-        try:
-            rc, status = ssh_run(vm.ssh_port, key, "/var/lib/amic/stage2/amic status")
-        except Exception as exc:    # paramiko's errors: a disk that does not authorise our key
-            rc, status = 1, f"amic status not read: could not log in over SSH ({exc})\n"
-        if keep:
-            kept = True
-            log(f"left running (pid {vm.proc.pid}): ssh -i {key} -o StrictHostKeyChecking=no "
-                f"-p {vm.ssh_port} root@127.0.0.1; stop it with `kill {vm.proc.pid}` and "
-                f"remove {workdir} (a VM to live in, stopped cleanly: `amic up`, `amic stop`)")
-        return (0 if rc == 0 and result == "ok" else 1), status
-    except KeyboardInterrupt:
-        if not stopped:
-            stopped = True
-            powering_off(vm, log)
-        raise
-    finally:
-        if not kept:
-            if not stopped:
-                vm.stop()
-            shutil.rmtree(workdir, ignore_errors=True)

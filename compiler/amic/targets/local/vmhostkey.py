@@ -76,6 +76,17 @@ def forget(vdir: Path) -> None:
         (vdir / name).unlink(missing_ok=True)
 
 
+def pinned(vdir: Path) -> tuple[str, str] | None:
+    """(type, base64 blob) of the key ``vdir/known_hosts`` pins, or None (none kept)."""
+    known = vdir / KNOWN_HOSTS
+    if known.is_symlink() or (known.exists() and not known.is_file()):
+        raise vmfiles.refused(known, "not a regular file")
+    if not known.exists():
+        return None
+    fields = known.read_text(errors="replace").split()
+    return (fields[1], fields[2]) if len(fields) >= 3 else None
+
+
 def ssh_options(vdir: Path, name: str) -> list[str]:
     """``ssh`` options checking the VM's host key; a VM made before amic kept one (no
     known_hosts in its directory) is reached as before, unchecked. Anything but a regular
