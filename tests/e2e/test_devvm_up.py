@@ -237,6 +237,9 @@ def test_two_vcpus_and_the_guests_crng_ready_before_the_second_one_starts(web) -
     # has the host's CPU: the order holds where that CPU has RDRAND.
     project, _ = web
     assert amic("ssh", "webdev", "--", "nproc", cwd=project).stdout.strip() == "2"
+    # and the kernel told to trust it, whatever its own default
+    assert "random.trust_cpu=on" in amic("ssh", "webdev", "--", "cat", "/proc/cmdline",
+                                          cwd=project).stdout.split()
     flags = amic("ssh", "webdev", "--", "grep", "-m1", "^flags", "/proc/cpuinfo",
                  cwd=project).stdout.split()
     if machines.load(_store(), "webdev").accel == "tcg":

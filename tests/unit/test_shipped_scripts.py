@@ -309,7 +309,8 @@ def test_make_root_makes_a_dev_vm_disk_quiet_and_trimmed(tmp_path: Path) -> None
     # serial only (no VGA console to draw under emulation), warnings and worse, and no IPv6
     # duplicate address detection to wait for (kernelboot.CONSOLE: a direct boot's too)
     assert (f"linux /boot/vmlinuz-6.1.0-28-cloud-amd64 root=UUID={root_uuid} ro "
-            "console=ttyS0,115200n8 quiet sysctl.net.ipv6.conf.default.dad_transmits=0\n"
+            "console=ttyS0,115200n8 quiet sysctl.net.ipv6.conf.default.dad_transmits=0 "
+            "random.trust_cpu=on\n"
             ) in grub, grub
     masked = masked_units(raw)
     assert {"getty@tty1.service", "apt-daily.timer", "systemd-update-utmp.service"} <= masked

@@ -21,7 +21,6 @@ raises ``PolicyError``: a policy the evaluator cannot read is never judged allow
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping

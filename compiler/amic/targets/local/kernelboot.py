@@ -38,10 +38,12 @@ from amic.targets.local.vmfiles import create_fresh
 MAX_KERNEL = 128 << 20
 MAX_INITRD = 1 << 30
 """Bytes a kernel or an initramfs may have (Debian's cloud kernel: 14 MB and 6 MB)."""
-CONSOLE = "console=ttyS0,115200n8 quiet sysctl.net.ipv6.conf.default.dad_transmits=0"
+CONSOLE = ("console=ttyS0,115200n8 quiet sysctl.net.ipv6.conf.default.dad_transmits=0 "
+           "random.trust_cpu=on")
 """The dev-VM kernel's arguments after the root, as ``scripts/make-root.sh`` writes them
 into the disk's grub.cfg for the devvm profile (tests/unit/test_kernelboot.py holds both
-equal): the serial console, quiet, no IPv6 duplicate address detection (make-root.sh)."""
+equal): the serial console, quiet, no IPv6 duplicate address detection, and the CRNG
+seeded from the CPU's RDRAND whatever the kernel's default (make-root.sh)."""
 OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 CHANGES_LOOKUP = ("redirect", "metacopy")
 """overlayfs marks that make a name's content come from elsewhere (a renamed directory, a

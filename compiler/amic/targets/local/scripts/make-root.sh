@@ -31,7 +31,9 @@ if [ "$profile" = devvm ]; then
     # IPv6 link-local addresses without duplicate address detection: networkd counts a link
     # configured (network-online, which the boot hook waits for) only once it has one, a
     # second after DHCP's address; on QEMU's user network nobody else could hold it.
-    console="console=ttyS0,115200n8 quiet sysctl.net.ipv6.conf.default.dad_transmits=0"
+    # random.trust_cpu=on: the CRNG seeded from RDRAND at once, whatever the kernel's
+    # default (two TCG vCPUs hung when it became ready later, vm.TCG_CPU).
+    console="console=ttyS0,115200n8 quiet sysctl.net.ipv6.conf.default.dad_transmits=0 random.trust_cpu=on"
     # No use on a dev VM: a getty on the VGA console (logins are by SSH key; the serial
     # getty stays), utmp records, debugfs/tracefs/hugetlbfs, DRM, device-mapper and EFI
     # pstore modules, and the daily/weekly timers (apt, man-db, fstrim, e2scrub) that
