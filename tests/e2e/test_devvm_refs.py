@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.cli import AMIC, run_amic
-from tests.harness.targets import cache_sharing_bases
+from tests.harness.targets import cache_sharing_bases, share_packages
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -44,14 +44,7 @@ SERVICE app
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    from amic.targets.local import rootfs
-
-    cache = cache_sharing_bases(tmp_path_factory)
-    shared = rootfs.cache_dir() / "local" / "packages"   # the VM layer's packages, downloaded once
-    shared.mkdir(parents=True, exist_ok=True)
-    (cache / "local").mkdir()
-    (cache / "local" / "packages").symlink_to(shared)
-    return cache
+    return share_packages(cache_sharing_bases(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from tests.harness.cli import AMIC, run_amic
-from tests.harness.targets import cache_sharing_bases
+from tests.harness.targets import cache_sharing_bases, share_packages
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -25,13 +25,7 @@ AMIFILE = "FROM debian:12\nNAME racer\nSERVICE hello\n    INIT echo hi > /etc/hi
 
 
 def test_two_exports_at_once_make_each_layer_once(tmp_path_factory, tmp_path):
-    from amic.targets.local import rootfs
-
-    cache = cache_sharing_bases(tmp_path_factory)
-    shared = rootfs.cache_dir() / "local" / "packages"   # the VM layer's packages, downloaded once
-    shared.mkdir(parents=True, exist_ok=True)
-    (cache / "local").mkdir()
-    (cache / "local" / "packages").symlink_to(shared)
+    cache = share_packages(cache_sharing_bases(tmp_path_factory))
     env = {**os.environ, "AMIC_CACHE_DIR": str(cache), "AMIC_TARGET": "local"}
     (tmp_path / "Amifile").write_text(AMIFILE)
     run_amic("build", "-q", "Amifile", cwd=tmp_path, env=env, check=True, timeout=1200)

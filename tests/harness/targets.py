@@ -106,6 +106,18 @@ def cache_sharing_bases(tmp_path_factory) -> Path:
     return cache
 
 
+def share_packages(cache: Path) -> Path:
+    """``cache``'s ``local/packages`` linked to the machine's (the VM layer's kernel and
+    friends, downloaded once for every test of the run); returns ``cache``."""
+    from amic.targets.local import rootfs
+
+    shared = rootfs.cache_dir() / "local" / "packages"
+    shared.mkdir(parents=True, exist_ok=True)
+    (cache / "local").mkdir(exist_ok=True)
+    (cache / "local" / "packages").symlink_to(shared)
+    return cache
+
+
 @pytest.fixture(scope="module")
 def local_store(tmp_path_factory) -> Path:
     """An ``AMIC_CACHE_DIR`` for the module's CLI runs (passed in their environment)."""

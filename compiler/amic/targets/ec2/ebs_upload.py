@@ -5,8 +5,8 @@ thread pool (each worker its own connection: "Is each thread using a separate
 connection?", EBS User Guide, "Optimize performance for EBS direct APIs"), CompleteSnapshot
 with the block count and the LINEAR aggregate checksum, then a wait for ``completed``
 (CompleteSnapshot answers ``pending`` and seals the snapshot asynchronously; RegisterImage
-needs it completed, as Bottlerocket's pubsys and ``coldsnap upload --wait`` wait). A snapshot of the same project
-uploaded before is the parent (``ParentSnapshotId``) when its block manifest is kept here
+needs it completed, as Bottlerocket's pubsys and ``coldsnap upload --wait`` wait). A
+snapshot of the same project uploaded before is the parent (``ParentSnapshotId``) when its block manifest is kept here
 (``block_manifest``): only the blocks whose hash differs are sent.
 
 Throttling (``RequestThrottledException``) and server errors (5xx, a dropped connection)

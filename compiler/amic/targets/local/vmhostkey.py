@@ -76,12 +76,19 @@ def forget(vdir: Path) -> None:
         (vdir / name).unlink(missing_ok=True)
 
 
-def pinned(vdir: Path) -> tuple[str, str] | None:
-    """(type, base64 blob) of the key ``vdir/known_hosts`` pins, or None (none kept)."""
+def kept_known_hosts(vdir: Path) -> Path | None:
+    """``vdir/known_hosts``, or None where no key is kept (a VM made before amic kept one).
+    Anything but a regular file there is refused, never taken as "no key kept"."""
     known = vdir / KNOWN_HOSTS
     if known.is_symlink() or (known.exists() and not known.is_file()):
         raise vmfiles.refused(known, "not a regular file")
-    if not known.exists():
+    return known if known.exists() else None
+
+
+def pinned(vdir: Path) -> tuple[str, str] | None:
+    """(type, base64 blob) of the key ``vdir/known_hosts`` pins, or None (none kept)."""
+    known = kept_known_hosts(vdir)
+    if known is None:
         return None
     fields = known.read_text(errors="replace").split()
     return (fields[1], fields[2]) if len(fields) >= 3 else None
@@ -89,12 +96,9 @@ def pinned(vdir: Path) -> tuple[str, str] | None:
 
 def ssh_options(vdir: Path, name: str) -> list[str]:
     """``ssh`` options checking the VM's host key; a VM made before amic kept one (no
-    known_hosts in its directory) is reached as before, unchecked. Anything but a regular
-    file there is refused, never taken as "no key kept"."""
-    known = vdir / KNOWN_HOSTS
-    if known.is_symlink() or (known.exists() and not known.is_file()):
-        raise vmfiles.refused(known, "not a regular file")
-    if not known.exists():
+    known_hosts in its directory) is reached as before, unchecked."""
+    known = kept_known_hosts(vdir)
+    if known is None:
         return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     return ["-o", f"HostKeyAlias={alias(name)}", "-o", f"UserKnownHostsFile={known}",
             "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null"]

@@ -92,8 +92,9 @@ def boot_vm(base: Path, key: Path, workdir: Path, label: str, *, services: Seque
             rc, status = 1, f"amic status not read: could not log in over SSH ({exc})\n"
         if keep:
             kept = True
-            log(f"left running (pid {vm.proc.pid}): {ssh_line}; stop it with `kill {vm.proc.pid}` and "
-                f"remove {workdir} (a VM to live in, stopped cleanly: `amic up`, `amic stop`)")
+            log(f"left running (pid {vm.proc.pid}): {ssh_line}; stop it with "
+                f"`kill {vm.proc.pid}` and remove {workdir} (a VM to live in, stopped "
+                f"cleanly: `amic up`, `amic stop`)")
         return (0 if rc == 0 and result == "ok" else 1), status
     except KeyboardInterrupt:
         if not stopped:
