@@ -39,10 +39,12 @@ for f in boot.img core.img BOOTX64.EFI; do
 done
 du -sxk "$merged" | cut -f1 > "$out/used-kib"
 mount -t ext4 -o "loop,offset=$offset,sizelimit=$size" "$disk" "$mnt"
-# --inplace: a changed file is rewritten in its own blocks; an unchanged one (same size
-# and time) is not touched. Whole files locally, so identical content lands identically.
+# --inplace: a changed file is rewritten in its own blocks; an unchanged one is not
+# touched. Whole files locally, so identical content lands identically. --checksum: the
+# stage2's files all have the time 0 (a reproducible tarball), so a changed script or
+# manifest of the same size would pass rsync's size-and-time check for unchanged.
 status=0
-rsync -aHAX --numeric-ids --inplace --delete --exclude=/lost+found "$merged/" "$mnt/" \
-    || status=$?
+rsync -aHAX --checksum --numeric-ids --inplace --delete --exclude=/lost+found \
+    "$merged/" "$mnt/" || status=$?
 umount "$mnt"
 exit "$status"
