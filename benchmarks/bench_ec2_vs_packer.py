@@ -12,6 +12,9 @@ tools. Both build the same image: three steps with real package installs
 - one-layer change: the middle step (``web``) changes; ``app`` after it;
 - update-only: only web's UPDATE line changes (Packer has no layers: it rebuilds).
 
+Each build starts after a ``sync`` (not timed): no tool pays for writing back the
+previous build's pages.
+
 Reported per run: wall time, init steps executed, the counts of the calls in
 ``MODEL`` from the proxy, and a modelled real-AWS time. moto makes every API
 call instant, so the model adds what those calls take on real EC2 to the
@@ -182,6 +185,11 @@ class Bench:
     def _run(self, argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
         self.fake.proxy.reset()
         copied = self.fake.standin.copy_seconds
+        # every build starts on a host with nothing left to write back: the last one's
+        # dirty pages (a whole disk, for a bake) would otherwise be flushed inside this
+        # one's first fsync or sync, which a user's next build, minutes later, never pays
+        # (the kernel writes them back within vm.dirty_expire_centisecs, 30 s)
+        os.sync()
         t0 = time.perf_counter()
         proc = subprocess.run(argv, cwd=cwd, env=self.env(), capture_output=True, text=True,
                               check=False, timeout=1800)
