@@ -99,6 +99,19 @@ def delta_since(store, facts: dict, previous: Path, lowers: list[Path]) -> list[
         return None
 
 
+def reuse_command(lowers: list[Path], scratch: Path, raw: Path, root_uuid: str,
+                  root_bytes: int, delta: str = "", *, shell: str = "sh") -> list[str]:
+    """``reuse-root.sh`` (after ``sync-root.sh``) as a command line, for a mount namespace of
+    its own: ``lowers`` written over the root of ``raw``, in ``scratch``'s upper, work,
+    merged, mnt and out directories; ``delta``: the file of paths to compare, or ""."""
+    return [shell, "-c", script(disk.__package__, "sync-root.sh") +
+            disk.root_script("reuse-root.sh"), "amic-disk-reuse",
+            ":".join(str(p) for p in lowers),
+            *(str(scratch / d) for d in ("upper", "work", "merged")), str(raw), root_uuid,
+            str(disk.ROOT_START), str(root_bytes), str(scratch / "mnt"), str(scratch / "out"),
+            delta, sys.executable, disk_delta.__file__]
+
+
 def reuse(store, vm_image: Image, previous: Path, facts: dict, out: Path, *,
           move: bool = False, log: Log | None = None) -> dict:
     """``out``: ``previous`` (moved there, or a copy of it) whose root file system now holds
@@ -121,15 +134,9 @@ def reuse(store, vm_image: Image, previous: Path, facts: dict, out: Path, *,
             listed = str(scratch / "delta")
             write_atomic(Path(listed), b"".join(os.fsencode(p) + b"\0" for p in delta),
                          mode=0o600)
-        root_bytes = int(facts["root_mib"]) * disk.MIB
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                script(disk.__package__, "sync-root.sh") + disk.root_script("reuse-root.sh"),
-                "amic-disk-reuse",
-                ":".join(str(p) for p in lowers),
-                str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
-                str(out), facts["uuid"], str(disk.ROOT_START), str(root_bytes),
-                str(scratch / "mnt"), str(scratch / "out"),
-                listed, sys.executable, disk_delta.__file__]
+        argv = ["unshare", "--mount", "--propagation", "private",
+                *reuse_command(lowers, scratch, out, facts["uuid"],
+                               int(facts["root_mib"]) * disk.MIB, listed)]
         disk.run(argv, env=rootfs.CLEAN_ENV)
         o = scratch / "out"
         used = int((o / "used-kib").read_text())
