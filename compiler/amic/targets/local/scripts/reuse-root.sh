@@ -44,7 +44,8 @@ done
 # the image's size, counted beside the copy (both only read the tree)
 du -sxk "$merged" > "$out/du" &
 counting=$!
-mount -t ext4 -o "loop,offset=$offset,sizelimit=$size" "$disk" "$mnt"
+# noatime: rsync reading a file (--checksum) must not write its inode: a block to upload
+mount -t ext4 -o "loop,noatime,offset=$offset,sizelimit=$size" "$disk" "$mnt"
 status=0
 sync_root "$merged" "$mnt" "$upper" "$delta" "$python" "$filter" || status=$?
 umount "$mnt"
