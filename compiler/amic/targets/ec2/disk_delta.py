@@ -12,6 +12,11 @@ chain's own layers, of the new chain's own layers, and the disk's own files
 (``reuse-root.sh``'s upper: fstab, grub.cfg, the removed archives). An opaque directory is
 listed with a trailing ``/``: everything beneath it, on the disk or in the new tree.
 
+One difference from a walk of the whole tree: a listed file hard-linked in the new tree to
+a file no layer of either image names (overlayfs copies a file up unlinked, so this is
+only a file an old layer changed and a new one left alone) lands as a copy of the same
+content, not a link (``rsync -H`` links only what it transfers).
+
 What this cannot follow answers ``None``, and the whole tree is compared as before: no
 shared bottom layer, or a redirected directory or a metadata-only copy (overlay features
 amic's mounts do not turn on), whose effect no path in the layer names.
