@@ -55,6 +55,10 @@ def test_bake_local_uploads_registers_and_is_cached(tmp_path):
 
         built = amic("build", "Amifile", "--target", "ec2", "--bake", "local")
         assert built.returncode == 0, built.stderr
+        # the build's result is the image as registered: EC2 is not asked for it again
+        calls = [action for action, _ in fake.proxy.log]
+        assert calls.count("RegisterImage") == 1, calls
+        assert "DescribeImages" not in calls[calls.index("RegisterImage"):], calls
         fake.strict.consistency.settle()   # the tag-filter lag, as a user's next command
         kept = disk_reuse.kept_dir(default_store(), next(
             line.split()[2] for line in amic("ami", "ls").stdout.splitlines() if name in line))

@@ -55,6 +55,8 @@ class Early(Protocol):
 class Published:
     image_id: str
     upload: up.Uploaded
+    tags: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    """The image's tags as registered (:func:`image_tags`)."""
 
 
 def ec2_arch(arch: str) -> str:
@@ -101,9 +103,14 @@ def upload_tags(tags: Mapping[str, str], build_id: str) -> dict[str, str]:
             "Name": tags.get("Name") or f"amic-upload-{build_id}"}
 
 
+def image_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """What of ``tags`` an image is tagged with at creation (EC2's limit; ``amic:`` kept)."""
+    return aws.fit_tags(tags, keep_prefixes=("amic:",))[0]
+
+
 def register(ec2, snapshot_id: str, *, name: str, description: str, arch: str,
              volume_gib: int, tags: Mapping[str, str]) -> str:
-    kept, _ = aws.fit_tags(tags, keep_prefixes=("amic:",))
+    kept = image_tags(tags)
     return aws.call(f"registering an image of {snapshot_id}", ec2.register_image,
                     Name=name, Description=description, Architecture=ec2_arch(arch),
                     RootDeviceName=ROOT_DEVICE, VirtualizationType="hvm", EnaSupport=True,
@@ -160,4 +167,4 @@ def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
     if log is not None:
         log(f"registered {image_id}: {done.blocks_sent} of {done.blocks_total} blocks sent "
             f"in {done.seconds:.1f}s")
-    return Published(image_id, done)
+    return Published(image_id, done, image_tags(tags))

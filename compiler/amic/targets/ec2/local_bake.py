@@ -134,5 +134,6 @@ class LocalBake(LocalTarget):
                 progress=lambda p: self.log(p.line()), log=self.log, early=early,
                 seal_poll=min(opts.poll_interval, ebs_upload.SEAL_POLL),
                 seal_timeout=opts.image_timeout)
-        found = amis.image_by_id(ec2, done.image_id)
-        return found or Image(id=done.image_id, key=key, tags=dict(new.tags))
+        # the image as registered, from what amic gave RegisterImage: no DescribeImages (the
+        # build's result needs its id; EC2 may not list a new image at once anyway)
+        return Image(id=done.image_id, key=key, tags=done.tags)
