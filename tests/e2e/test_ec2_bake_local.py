@@ -3,8 +3,9 @@
 EC2 is the strict stand-in (throttling, the tag-filter lag). The image is built on the
 local target, uploaded block by block to the strict EBS stand-in and registered; a
 second build finds the AMI by its final key without uploading; ``amic ami ls`` lists
-it like an SSH-baked AMI; ``amic gc`` finds nothing to collect. What cannot be baked
-locally is refused with exit 2 before anything is created.
+it like an SSH-baked AMI; a third, one INIT line changed, uploads into a snapshot started
+over the first while its disk was being made; ``amic gc`` finds nothing to collect. What
+cannot be baked locally is refused with exit 2 before anything is created.
 """
 
 from __future__ import annotations
@@ -54,10 +55,14 @@ def test_bake_local_uploads_registers_and_is_cached(tmp_path):
 
         built = amic("build", "Amifile", "--target", "ec2", "--bake", "local")
         assert built.returncode == 0, built.stderr
+        # the build's result is the image as registered: EC2 is not asked for it again
+        calls = [action for action, _ in fake.proxy.log]
+        assert calls.count("RegisterImage") == 1, calls
+        assert "DescribeImages" not in calls[calls.index("RegisterImage"):], calls
         fake.strict.consistency.settle()   # the tag-filter lag, as a user's next command
-        stack.callback(shutil.rmtree, disk_reuse.kept_dir(default_store(),
-            next(line.split()[2] for line in amic("ami", "ls").stdout.splitlines()
-                 if name in line)), ignore_errors=True)
+        kept = disk_reuse.kept_dir(default_store(), next(
+            line.split()[2] for line in amic("ami", "ls").stdout.splitlines() if name in line))
+        stack.callback(shutil.rmtree, kept, ignore_errors=True)
         ami = built.stdout.split()[-1]
         assert ami.startswith("ami-") and "upload:" in built.stderr and "MiB/s" in built.stderr
         assert fake.ebs.calls["StartSnapshot"] == 1 and fake.ebs.calls["CompleteSnapshot"] == 1
@@ -79,4 +84,21 @@ def test_bake_local_uploads_registers_and_is_cached(tmp_path):
         assert again.returncode == 0 and again.stdout.split()[-1] == ami, again.stderr
         assert fake.ebs.calls["StartSnapshot"] == 1
         assert ami in amic("ami", "ls").stdout
+
+        # one INIT line changed: the disk is the kept one changed in place, so its snapshot
+        # is started (over the first) while the disk step runs, and the upload goes into it
+        (tmp_path / "Amifile").write_text(AMIFILE.format(base="debian:12", name=name)
+                                          .replace("echo hello", "echo hello again"))
+        changed = amic("build", "Amifile", "--target", "ec2", "--bake", "local")
+        assert changed.returncode == 0, changed.stderr
+        image = fake.client(direct=False).describe_images(
+            ImageIds=[changed.stdout.split()[-1]])["Images"][0]
+        second = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        assert f"snapshot {second} started beside the disk step" in changed.stderr
+        assert "changed in place" in changed.stderr and fake.ebs.calls["StartSnapshot"] == 2
+        assert fake.ebs.snaps[second].parent == snap and fake.ebs.state(second) == "completed"
+        # the kept disk's facts are written as the disk step ends (here ~0.7 s long; the
+        # thread had started the snapshot ~0.1 s into it): the snapshot is older
+        assert fake.ebs.snaps[second].start < (kept / "disk.json").stat().st_mtime
+        fake.strict.consistency.settle()
         assert "nothing to collect" in amic("gc").stderr

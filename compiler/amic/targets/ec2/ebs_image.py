@@ -1,7 +1,8 @@
 """An AMI from a raw disk with no instance: upload (``ebs_upload``), then RegisterImage.
 
 :func:`publish` finds the project's previous uploaded snapshot whose block manifest is
-kept here (the parent: only changed blocks go), uploads, and registers the completed
+kept here (the parent: only changed blocks go; or takes the snapshot ``ebs_early`` started
+over it beside the disk step), uploads, and registers the completed
 snapshot as an HVM image: architecture, ENA, boot mode (``uefi-preferred``: the disk
 boots by BIOS and UEFI), root device ``/dev/xvda``, ``ImdsSupport v2.0`` (the boot units
 speak IMDSv2 only), tagged at creation with the same identity tags an SSH-baked AMI has
@@ -14,9 +15,11 @@ any failure or Ctrl-C, found by ``amic gc`` after a kill.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -40,10 +43,20 @@ TEMPORARY_TAGS = (aws.TAG_ROLE, aws.TAG_EXPIRES, owner.TAG_OWNER, resources.TAG_
 Log = Callable[[str], None]
 
 
+class Early(Protocol):
+    """A snapshot started before the disk was made: ``ebs_early.Early`` (which uses this
+    module: named here by what publish asks of it, not imported)."""
+
+    def take(self, volume_gib: int, log: Log | None = None
+             ) -> tuple[bm.Manifest | None, contextlib.AbstractContextManager[str]] | None: ...
+
+
 @attrs.frozen
 class Published:
     image_id: str
     upload: up.Uploaded
+    tags: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    """The image's tags as registered (:func:`image_tags`)."""
 
 
 def ec2_arch(arch: str) -> str:
@@ -90,9 +103,14 @@ def upload_tags(tags: Mapping[str, str], build_id: str) -> dict[str, str]:
             "Name": tags.get("Name") or f"amic-upload-{build_id}"}
 
 
+def image_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """What of ``tags`` an image is tagged with at creation (EC2's limit; ``amic:`` kept)."""
+    return aws.fit_tags(tags, keep_prefixes=("amic:",))[0]
+
+
 def register(ec2, snapshot_id: str, *, name: str, description: str, arch: str,
              volume_gib: int, tags: Mapping[str, str]) -> str:
-    kept, _ = aws.fit_tags(tags, keep_prefixes=("amic:",))
+    kept = image_tags(tags)
     return aws.call(f"registering an image of {snapshot_id}", ec2.register_image,
                     Name=name, Description=description, Architecture=ec2_arch(arch),
                     RootDeviceName=ROOT_DEVICE, VirtualizationType="hvm", EnaSupport=True,
@@ -116,17 +134,24 @@ def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
             tags: Mapping[str, str], build_id: str, incremental: bool = True,
             workers: int = up.WORKERS, progress: up.Progress | None = None,
             log: Log | None = None, on_started: Callable[[str], None] | None = None,
+            early: Early | None = None,
             seal_poll: float = up.SEAL_POLL, seal_timeout: float = up.SEAL_TIMEOUT) -> Published:
-    """Upload ``disk`` and register it as the AMI ``name`` tagged ``tags``."""
+    """Upload ``disk`` and register it as the AMI ``name`` tagged ``tags``. ``early``: a
+    snapshot started for it beside the disk step (``ebs_early``), used, with the parent it
+    was started over, if the disk is the size it was started for."""
     ec2_arch(arch)
     gib = bm.volume_gib(disk.stat().st_size)
-    parent = previous(ec2, lineage(tags), gib) if incremental else None
+    taken = early.take(gib, log) if early is not None else None
+    if taken is None:
+        taken = (previous(ec2, lineage(tags), gib) if incremental else None), None
+    parent, started = taken
     if log is not None:
         log(f"uploading {disk.name} ({gib} GiB volume)"
             + (f" over {parent.snapshot_id}" if parent else ""))
     done = up.upload(ebs, ec2, disk, tags=upload_tags(tags, build_id), description=description,
                      parent=parent, workers=workers, progress=progress, log=log,
-                     on_started=on_started, seal_poll=seal_poll, seal_timeout=seal_timeout)
+                     on_started=on_started, started=started, seal_poll=seal_poll,
+                     seal_timeout=seal_timeout)
     image_id = None
     try:
         image_id = register(ec2, done.snapshot_id, name=name, description=description,
@@ -142,4 +167,4 @@ def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
     if log is not None:
         log(f"registered {image_id}: {done.blocks_sent} of {done.blocks_total} blocks sent "
             f"in {done.seconds:.1f}s")
-    return Published(image_id, done)
+    return Published(image_id, done, image_tags(tags))

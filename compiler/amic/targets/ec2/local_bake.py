@@ -11,7 +11,8 @@ made either way, answers the build (so an SSH-baked AMI and a locally baked one 
 cache entry), and a new final image, booting as an instance with its key pair as it is,
 is written as a raw disk over the project's previous one (``disk_reuse``: an rsync of the
 changed files), uploaded and registered (``ebs_image``) with the names and tags the SSH
-path gives (``naming.new_image``).
+path gives (``naming.new_image``); over the previous disk, whose size it keeps, the
+snapshot is started beside the disk step (``ebs_early``).
 
 What cannot work this way is refused before anything runs, pointing at the SSH path
 (``--bake instance``): a ``FROM`` the local target cannot bootstrap (an AMI id or
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from amic.contract import TAG_BUILD
 from amic.errors import UsageError
 from amic.targets.base import Image
-from amic.targets.ec2 import disk_reuse, ebs_image, ebs_upload, naming
+from amic.targets.ec2 import disk_reuse, ebs_early, ebs_image, ebs_upload, naming
 from amic.targets.ec2 import images as amis
 from amic.targets.local import ec2disk
 from amic.targets.local.target import LocalTarget
@@ -112,18 +113,27 @@ class LocalBake(LocalTarget):
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(self.store.scratch("ec2-disk-")) / "disk.raw"
             stack.enter_context(self.store.use(image.id))
+            # over the kept disk the volume's size is known before the disk is made: its
+            # snapshot starts in a thread meanwhile (deleted on any failure, or if the disk
+            # comes out another size)
+            early = stack.enter_context(ebs_early.beside(
+                lambda: ebs_upload.ebs_client(opts.aws), ec2,
+                volume_gib=ebs_early.kept_volume_gib(self.store, project), tags=new.tags,
+                build_id=build_id, description=new.description, log=self.log))
             # the image is EC2-fit already (its base has the cloud kernel, the IMDSv2 key
             # and hostname unit, DHCP on any NIC): its disk boots as an instance
             t0 = time.monotonic()
             _, reused = stack.enter_context(
                 disk_reuse.project_disk(self, image, project, raw, log=self.log))
             self.log(("disk: the previous disk of this project, changed in place"
-                      if reused else "disk: made afresh") + f" ({time.monotonic() - t0:.1f}s)")
+                      if reused else "disk: made afresh") + f" ({time.monotonic() - t0:.2f}s)")
+            ebs = early.wait(self.log) if early is not None else None
             done = ebs_image.publish(
-                ebs_upload.ebs_client(opts.aws), ec2, raw, name=new.name,
+                ebs or ebs_upload.ebs_client(opts.aws), ec2, raw, name=new.name,
                 description=new.description, arch=self.arch, tags=new.tags, build_id=build_id,
-                progress=lambda p: self.log(p.line()), log=self.log,
+                progress=lambda p: self.log(p.line()), log=self.log, early=early,
                 seal_poll=min(opts.poll_interval, ebs_upload.SEAL_POLL),
                 seal_timeout=opts.image_timeout)
-        found = amis.image_by_id(ec2, done.image_id)
-        return found or Image(id=done.image_id, key=key, tags=dict(new.tags))
+        # the image as registered, from what amic gave RegisterImage: no DescribeImages (the
+        # build's result needs its id; EC2 may not list a new image at once anyway)
+        return Image(id=done.image_id, key=key, tags=done.tags)
