@@ -46,11 +46,12 @@ final disk to the strict EBS direct API stand-in (``tests/harness/ec2/ebs.py``) 
 registers it. Its model: the measured wall, less the seconds the uploader spent sending
 blocks to the loopback stand-in (its last progress line), plus the EBS direct API time:
 
-    StartSnapshot                          0.5 s  (max(0, 0.5 - d) when the log shows it was
-                                                  started beside the disk step, d the disk
-                                                  step's logged seconds: that time is in
-                                                  the measured wall already, and the step's
-                                                  critical path is max(d, 0.5))
+    StartSnapshot                          0.5 s  (max(0, a + 0.5 - d) when the log shows it
+                                                  was started beside the disk step: d the
+                                                  step's logged seconds, a how far into it
+                                                  the request went out; the step's seconds
+                                                  are in the measured wall already, and its
+                                                  critical path is max(d, a + 0.5))
     PutSnapshotBlock (N counted)           ceil(N / 16 connections) x 0.1 s
     CompleteSnapshot until completed      30 s   (an assumption: no AWS figure found;
                                                   the ratio at 275 s is printed too; the
@@ -104,7 +105,8 @@ COMPLETE_S = 30.0
 ``SNAPSHOT_COMPLETES`` instead is printed too)."""
 UPLOAD_DONE = re.compile(r"upload: (\d+)/(\d+) MiB, ([0-9.]+) MiB/s")
 REGISTERED = re.compile(r"registered ami-[0-9a-f]+: (\d+) of (\d+) blocks sent")
-BESIDE = re.compile(r"snapshot snap-[0-9a-f]+ started beside the disk step")
+BESIDE = re.compile(r"snapshot snap-[0-9a-f]+ started beside the disk step "
+                    r"\(asked (\d+(?:\.\d+)?)s into it\)")
 DISK_STEP = re.compile(r"disk: (?:the previous disk of this project, changed in place|"
                        r"made afresh) \((\d+(?:\.\d+)?)s\)")
 
@@ -112,8 +114,9 @@ DISK_STEP = re.compile(r"disk: (?:the previous disk of this project, changed in 
 def ebs_seconds(calls: dict[str, int], complete_s: float = COMPLETE_S,
                 beside_s: float | None = None) -> float:
     """Modelled EBS direct API seconds of one build from the stand-in's counted calls.
-    ``beside_s``: the seconds of the disk step one StartSnapshot ran beside (its time is
-    in the measured wall up to that: only what outlasts the step is charged)."""
+    ``beside_s``: the seconds of the disk step one StartSnapshot ran beside, less how far
+    into the step it was asked for (its time is in the measured wall up to there: only what
+    outlasts the step is charged)."""
     from amic.targets.ec2.ebs_upload import WORKERS    # the uploader's connections
 
     rounds = -(-calls.get("PutSnapshotBlock", 0) // WORKERS)
@@ -315,8 +318,8 @@ class Bench:
         sent = UPLOAD_DONE.findall(proc.stderr) if REGISTERED.search(proc.stderr) else []
         upload_s = float(sent[-1][0]) / float(sent[-1][2]) if sent and float(sent[-1][2]) else 0.0
         # StartSnapshot ran beside the disk step: charged only for what outlasts the step
-        disk = DISK_STEP.search(proc.stderr)
-        beside_s = float(disk.group(1)) if disk and BESIDE.search(proc.stderr) else None
+        disk, beside = DISK_STEP.search(proc.stderr), BESIDE.search(proc.stderr)
+        beside_s = float(disk.group(1)) - float(beside.group(1)) if disk and beside else None
         result = json.loads(manifest.read_text())
         steps = sum(1 for layer in result["layers"] if layer["status"] == "RUN")
         init_s = {layer["service"]: layer.get("seconds") or 0.0 for layer in result["layers"]
@@ -516,8 +519,8 @@ def main() -> int:
     print("\nmodel: measured wall + " + ", ".join(f"{a} {s:g}s" for a, s in MODEL.items())
           + f"; a snapshot completes {SNAPSHOT_COMPLETES:g}s after CreateSnapshot (charged "
           "where RegisterImage waits for it); bake local: wall less the stand-in upload + "
-          f"StartSnapshot {START_S:g}s (max(0, {START_S:g}s - the disk step) when started "
-          f"beside it), PutSnapshotBlock {PUT_S:g}s per round of "
+          f"StartSnapshot {START_S:g}s (max(0, asked + {START_S:g}s - the disk step) when "
+          f"started beside it), PutSnapshotBlock {PUT_S:g}s per round of "
           f"{WORKERS} connections, CompleteSnapshot {COMPLETE_S:g}s (assumed)")
     checks = [line for tool in ("amic (checkpoint all)", "amic (checkpoint auto)")
               for line in targets(rows, tool)] + bake_targets(rows)
@@ -531,8 +534,8 @@ def main() -> int:
     amic_u, packer_u = pick("amic (checkpoint all)", "unchanged"), pick("packer", "unchanged")
     summary: dict = {"model_seconds": MODEL, "snapshot_completes_s": SNAPSHOT_COMPLETES,
                      "ebs_model": {"StartSnapshot": START_S,
-                                   "StartSnapshot_beside_disk_step": "max(0, StartSnapshot - "
-                                                                     "disk step seconds)",
+                                   "StartSnapshot_beside_disk_step": "max(0, asked seconds "
+                                   "into the disk step + StartSnapshot - disk step seconds)",
                                    "PutSnapshotBlock": PUT_S,
                                    "connections": WORKERS,
                                    "CompleteSnapshot_assumed": COMPLETE_S},

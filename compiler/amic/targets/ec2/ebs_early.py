@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 
 from amic.targets.ec2 import block_manifest as bm
@@ -32,6 +33,35 @@ from amic.targets.ec2 import disk_reuse, ebs_image
 from amic.targets.ec2 import ebs_upload as up
 
 Log = Callable[[str], None]
+
+
+class Warm:
+    """A client made by ``make`` in a thread of its own, from now on: a build's EBS client is
+    made while its layers run (the main thread then mostly waits on the root's commands),
+    not at the upload (~0.2 s of botocore loading its model). Not a daemon: a build that
+    fails first waits those tenths of a second at exit rather than have the interpreter
+    stop a thread in the middle of loading modules."""
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self._make = make
+        self._client: object = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="ebs-client").start()
+
+    def _run(self) -> None:
+        try:
+            self._client = self._make()
+        except BaseException as exc:  # noqa: BLE001 - raised where the client is asked for
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def __call__(self) -> object:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._client
 
 
 def kept_volume_gib(store, project: str) -> int | None:
@@ -68,18 +98,22 @@ class Early:
         """The block was left: a snapshot the thread gets from now on is the thread's to
         delete (and a retry's pause ends)."""
         self._lock = threading.Lock()
+        self._began = self.asked = 0.0
+        """When the thread began, when it asked EBS to start the snapshot (monotonic)."""
         # the tags and description as the upload itself would start it with (publish)
         args = dict(tags=ebs_image.upload_tags(tags, build_id), description=description,
                     line=ebs_image.lineage(tags), make_ebs=make_ebs)
         self._thread = threading.Thread(target=self._start, kwargs=args, name="ebs-early")
 
     def start(self) -> None:
+        self._began = time.monotonic()
         self._thread.start()
 
     def _start(self, *, make_ebs, line, tags, description) -> None:
         try:
             self.ebs = make_ebs()
             self.parent = ebs_image.previous(self.ec2, line, self.volume_gib)
+            self.asked = time.monotonic()
             snap = up.start_snapshot(self.ebs, volume_gib=self.volume_gib, tags=tags,
                                      description=description, stop=self._left,
                                      parent=self.parent.snapshot_id if self.parent else None,
@@ -120,7 +154,8 @@ class Early:
         if self.error is not None:
             raise self.error
         if log is not None:
-            log(f"snapshot {self.snapshot_id} started beside the disk step")
+            log(f"snapshot {self.snapshot_id} started beside the disk step (asked "
+                f"{self.asked - self._began:.2f}s into it)")
         return self.parent, self._handed_over(log)
 
     @contextlib.contextmanager

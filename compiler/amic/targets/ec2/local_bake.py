@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from amic.contract import TAG_BUILD
 from amic.errors import UsageError
@@ -68,6 +68,8 @@ class LocalBake(LocalTarget):
                              f"make an {wanted} image; {SSH_PATH}")
         self.final_key: str | None = None
         self.log = ec2_target.log
+        self.ebs: ebs_early.Warm | None = None
+        """The EBS client, made while the layers run (from the first launch)."""
 
     def resolve_base(self, base_ref: str | None) -> Image:
         """The debootstrap base plus the VM and EC2 layers (``ec2disk.cloud_base``), made once
@@ -96,6 +98,14 @@ class LocalBake(LocalTarget):
             return amis.find_image(self.ec2t.ec2, key)
         return super().find_image(key)
 
+    @contextlib.contextmanager
+    def launch(self, image: Image, *, build_id: str) -> Iterator:
+        # something will be built, so uploaded: the EBS client is made meanwhile
+        if self.ebs is None:
+            self.ebs = ebs_early.Warm(lambda: ebs_upload.ebs_client(self.ec2t.opts.aws))
+        with super().launch(image, build_id=build_id) as machine:
+            yield machine
+
     def snapshot(self, machine, *, key: str, final: bool, tags: Mapping[str, str]) -> Image:
         image = super().snapshot(machine, key=key, final=final, tags=tags)
         return self.publish(image, key, tags) if final else image
@@ -103,6 +113,7 @@ class LocalBake(LocalTarget):
     def publish(self, image: Image, key: str, tags: Mapping[str, str]) -> Image:
         """The local final image as a registered AMI (its id is the build's result)."""
         opts, ec2 = self.ec2t.opts, self.ec2t.ec2
+        make_ebs = self.ebs or (lambda: ebs_upload.ebs_client(opts.aws))
         build_id = tags.get(TAG_BUILD) or "local"
         new = naming.new_image(opts, key=key, final=True, tags=tags, build_id=build_id,
                                user="root", log=self.log)
@@ -117,7 +128,7 @@ class LocalBake(LocalTarget):
             # snapshot starts in a thread meanwhile (deleted on any failure, or if the disk
             # comes out another size)
             early = stack.enter_context(ebs_early.beside(
-                lambda: ebs_upload.ebs_client(opts.aws), ec2,
+                make_ebs, ec2,
                 volume_gib=ebs_early.kept_volume_gib(self.store, project), tags=new.tags,
                 build_id=build_id, description=new.description, log=self.log))
             # the image is EC2-fit already (its base has the cloud kernel, the IMDSv2 key
@@ -129,7 +140,7 @@ class LocalBake(LocalTarget):
                       if reused else "disk: made afresh") + f" ({time.monotonic() - t0:.2f}s)")
             ebs = early.wait(self.log) if early is not None else None
             done = ebs_image.publish(
-                ebs or ebs_upload.ebs_client(opts.aws), ec2, raw, name=new.name,
+                ebs or make_ebs(), ec2, raw, name=new.name,
                 description=new.description, arch=self.arch, tags=new.tags, build_id=build_id,
                 progress=lambda p: self.log(p.line()), log=self.log, early=early,
                 seal_poll=min(opts.poll_interval, ebs_upload.SEAL_POLL),
