@@ -10,7 +10,11 @@ tools. Both build the same image: three steps with real package installs
 - full: nothing cached;
 - unchanged: the same input again;
 - one-layer change: the middle step (``web``) changes; ``app`` after it;
-- update-only: only web's UPDATE line changes (Packer has no layers: it rebuilds).
+- update-only: only web's UPDATE line changes (Packer has no layers: it rebuilds). Over
+  SSH and with Packer it changes the first Amifile (web's INIT as in the full build); the
+  bake changes the Amifile of the one-layer change before it, as a user's edits follow
+  one another (``--bake-repeats``: each repeat one more INIT edit, then one more UPDATE
+  edit). Either way no INIT runs.
 
 Each build starts after a ``sync`` (not timed): no tool pays for writing back the
 previous build's pages.
