@@ -84,7 +84,8 @@ class Early:
     """A snapshot for a disk of ``volume_gib`` GiB, started by a thread of its own."""
 
     def __init__(self, make_ebs: Callable[[], object], ec2, *, volume_gib: int,
-                 tags: Mapping[str, str], build_id: str, description: str) -> None:
+                 tags: Mapping[str, str], build_id: str, description: str,
+                 snapshot_tags: Mapping[str, str] | None = None) -> None:
         self.ec2 = ec2
         self.volume_gib = volume_gib
         self.ebs = None
@@ -101,7 +102,8 @@ class Early:
         self._began = self.asked = 0.0
         """When the thread began, when it asked EBS to start the snapshot (monotonic)."""
         # the tags and description as the upload itself would start it with (publish)
-        args = dict(tags=ebs_image.upload_tags(tags, build_id), description=description,
+        args = dict(tags=ebs_image.upload_tags(tags if snapshot_tags is None else snapshot_tags,
+                                               build_id), description=description,
                     line=ebs_image.lineage(tags), make_ebs=make_ebs)
         self._thread = threading.Thread(target=self._start, kwargs=args, name="ebs-early")
 
@@ -186,16 +188,18 @@ class Early:
 @contextlib.contextmanager
 def beside(make_ebs: Callable[[], object], ec2, *, volume_gib: int | None,
            tags: Mapping[str, str], build_id: str, description: str,
-           log: Log | None = None) -> Iterator[Early | None]:
-    """The image's snapshot (``tags``: the image's, as ``ebs_image.publish`` gets them) for a
-    disk of ``volume_gib`` GiB started in a thread while the block runs; deleted when the
-    block is left unless the upload took it (:meth:`Early.take`). ``volume_gib`` None (not
-    known before the disk is made): nothing is started, None is given."""
+           log: Log | None = None,
+           snapshot_tags: Mapping[str, str] | None = None) -> Iterator[Early | None]:
+    """The image's snapshot (``tags``, ``snapshot_tags``: the image's and its snapshot's, as
+    ``ebs_image.publish`` gets them) for a disk of ``volume_gib`` GiB started in a thread
+    while the block runs; deleted when the block is left unless the upload took it
+    (:meth:`Early.take`). ``volume_gib`` None (not known before the disk is made): nothing
+    is started, None is given."""
     if volume_gib is None:
         yield None
         return
     early = Early(make_ebs, ec2, volume_gib=volume_gib, tags=tags, build_id=build_id,
-                  description=description)
+                  description=description, snapshot_tags=snapshot_tags)
     try:
         early.start()
         yield early
