@@ -8,7 +8,8 @@ public key (made after the upload: the only way it reaches the guest is IMDS). C
 amic's IMDS unit authorised the key (SSH works), the boot hook ran and reported, the
 Amifile's service is initialised, the root grew to the instance's bigger volume. The AMI
 booted is a second build's, after a changed INIT line: its disk is the first one's changed
-in place, uploaded over the first snapshot.
+in place (only the paths the two images' own layers name compared), uploaded over the
+first snapshot, and read back it holds the image's tree file for file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -24,7 +27,7 @@ from pathlib import Path
 import boto3
 import pytest
 from amic.targets.ec2 import disk_reuse
-from amic.targets.local import vm
+from amic.targets.local import disk, vm
 from amic.targets.local.target import default_store
 
 from tests.harness import ec2vm, imds
@@ -70,6 +73,30 @@ def read_snapshot(endpoint: str, snap: str, out: Path) -> int:
                 return blocks
 
 
+DISK_OWN = re.compile(r"(\S+ )?(\./|etc/|etc/fstab|boot/|boot/grub/(grub\.cfg)?|"
+                      r"var/cache/apt/archives/([^/]+\.deb)?)$")
+"""What a disk has of its own over its image's tree (reuse-root.sh): an rsync line for these
+paths, and only these, is no difference."""
+
+
+def assert_disk_holds_image(raw: Path, image_id: str, root_mib: int) -> None:
+    """The root file system of ``raw`` is the merged tree of the local image ``image_id``,
+    file for file, checksums, modes, owners, times, links and xattrs (``rsync -n -c``), but
+    for the disk's own files."""
+    lowers = ":".join(str(p) for p in default_store().lowers(image_id))
+    check = (f'set -eu; mkdir -p "$1/m" "$1/d"; mount -t overlay overlay -o "lowerdir={lowers}"'
+             f' "$1/m"; mount -t ext4 -o "ro,loop,offset={disk.ROOT_START},sizelimit='
+             f'{root_mib * disk.MIB}" "$2" "$1/d"; rsync -n -aHAXci --numeric-ids --delete '
+             '--exclude=/lost+found "$1/m/" "$1/d/"')
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", check,
+                           "check", str(raw.parent), str(raw)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    differ = [ln for ln in proc.stdout.splitlines()
+              if not DISK_OWN.match(ln.split(" ", 1)[-1].lstrip())]
+    assert differ == [], differ[:20]
+
+
 def test_a_locally_baked_ami_boots_as_an_instance(tmp_path):
     name = f"bakeboot-{uuid.uuid4().hex[:12]}"
     with fake_ec2(tmp_path / "ec2", strict=True) as fake, contextlib.ExitStack() as stack:
@@ -91,6 +118,10 @@ def test_a_locally_baked_ami_boots_as_an_instance(tmp_path):
             if greeting == "hello":
                 first = fake.ebs.calls["PutSnapshotBlock"] - sent
         assert "changed in place" in built.stderr, built.stderr[-4000:]
+        # by rsync of only the paths the two images' own layers name (disk_delta)
+        assert "paths of the image's own layers compared" in built.stderr, built.stderr[-4000:]
+        facts = json.loads((disk_reuse.kept_dir(default_store(), project) / "disk.json")
+                           .read_text())
         second = fake.ebs.calls["PutSnapshotBlock"] - sent
         assert second < first / 10, (first, second)
         snap = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
@@ -98,6 +129,7 @@ def test_a_locally_baked_ami_boots_as_an_instance(tmp_path):
         raw = tmp_path / "snapshot.raw"
         blocks = read_snapshot(fake.ebs.url, snap, raw)
         assert 0 < blocks <= first + second, (blocks, first, second)   # parent's and new ones
+        assert_disk_holds_image(raw, facts["image"], facts["root_mib"])
         key = tmp_path / "key_pair"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
                        check=True)

@@ -8,7 +8,10 @@ calls (RegisterImage, the snapshot's tags) are judged as in ``test_ec2_iam.py``.
 ``UploadTaggedSnapshots`` the build is refused at StartSnapshot, without
 ``WriteOwnSnapshots`` at the first block (exit 1, the missing permission and docs/ec2.md
 named, no traceback); with both, a full upload and then one over its parent snapshot
-pass with nothing refused.
+pass with nothing refused. The final AMI's options a local bake honours need only the
+statements documented for them (sharing, deprecation, a region copy), and no more for what
+RegisterImage takes (boot mode, NitroTPM, SR-IOV, the volumes) or the snapshot's tags;
+without ``ShareOwnImages`` sharing is refused as on the SSH path.
 """
 
 from __future__ import annotations
@@ -54,10 +57,10 @@ def session(tmp_path_factory):
                           ignore_errors=True)
 
 
-def bake(session: Session, variant: str, policy: dict):
+def bake(session: Session, variant: str, policy: dict, *extra: str):
     session.write_amifile(AMIFILE.format(base=session.name, variant=variant))
     session.fake.ebs.puts.clear()
-    run = session.amic("build", "--target", "ec2", "--bake", "local", "Amifile",
+    run = session.amic("build", "--target", "ec2", "--bake", "local", "Amifile", *extra,
                        policy=policy, env={**ENV, "HOME": str(session.root)}, timeout=1800)
     assert_clean(session.fake)
     return run
@@ -119,3 +122,20 @@ def test_bake_local_needs_its_statements_and_passes_with_them(session):
     assert session.iam.denials()[-1].startswith(
         f"User: {session.iam.user_arn} is not authorized to perform: ebs:ListSnapshotBlocks "
         f"on resource: arn:aws:ec2:{REGION}::snapshot/{second} because"), session.iam.denials()
+
+
+def test_the_ami_options_need_only_their_documented_statements(session):
+    options = ("--share-with", "210987654321", "--deprecate-at", "30d",
+               "--copy-to-region", "us-west-2", "--boot-mode", "uefi", "--tpm-support", "v2.0",
+               "--sriov-support", "--volume-size", "8", "--ami-volume", "device=/dev/sdg,size=1",
+               "--snapshot-tag", "backup=no")
+    run = bake(session, "options",
+               DOC.policy(*STATEMENTS, "ShareOwnImages", "AmiAttributes", "CopyImages"), *options)
+    no_denials(run)
+    assert {"ModifyImageAttribute", "ModifySnapshotAttribute", "EnableImageDeprecation",
+            "CopyImage"} <= set(run.actions), run.actions
+    assert session.fake.standin.ami_rules.deprecations.get(run.ami), run
+
+    without = bake(session, "options-2", DOC.policy(*STATEMENTS, "AmiAttributes", "CopyImages"),
+                   *options)
+    without.refused("ec2:ModifySnapshotAttribute")

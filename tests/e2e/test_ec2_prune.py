@@ -207,6 +207,30 @@ def test_the_name_check_uses_the_builds_context(fake, ec2, env, instance, amic_c
     assert fake.proxy.count("RunInstances") == 0
 
 
+def test_a_fixed_name_rebuilt_unchanged_is_the_cached_image_not_a_taken_name(
+        fake, ec2, env, instance, amic_cli, tmp_path):
+    """The AMI that has the fixed name is the build's own final image (its key): the
+    unchanged rebuild answers it from the cache; it is no name taken by another image."""
+    checkout = tmp_path / "Shop App"
+    checkout.mkdir()
+    (checkout / "Amifile").write_text("FROM debian:12\nSERVICE web\n    INIT true\n")
+    run_env = {**env, "XDG_CACHE_HOME": str(tmp_path)}
+    args = ("--target", "ec2", *fake.ssh_args(), "--ami-name", "{name}-release")
+    plan = amic_cli("build", *args, "--dry-run", "--json", "Amifile", cwd=checkout, env=run_env)
+    assert plan.returncode == 0, plan.stderr
+    key = json.loads(plan.stdout)["final_key"]
+    made = ec2.create_image(InstanceId=instance, Name="shop-app-release")["ImageId"]
+    ec2.create_tags(Resources=[made], Tags=[{"Key": "amic:key", "Value": key},
+                                            {"Key": "amic:kind", "Value": "final"}])
+    if getattr(fake, "strict", None) is not None:
+        fake.strict.consistency.settle()
+    fake.proxy.reset()
+    res = amic_cli("build", *args, "Amifile", cwd=checkout, env=run_env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == made
+    assert fake.proxy.count("RunInstances") == 0
+
+
 def test_default_ami_names_are_unique_by_construction():
     import datetime as dt
 

@@ -1,17 +1,20 @@
-"""The EBS direct API uploader (``amic.targets.ec2.ebs_upload``, ``ebs_image``) against the
-strict EBS stand-in (``tests/harness/ec2/ebs.py``): what it sends, what it skips, what it
-leaves behind when it fails, is interrupted or killed."""
+"""The EBS direct API uploader (``amic.targets.ec2.ebs_upload``, ``ebs_image``, ``ebs_early``)
+against the strict EBS stand-in (``tests/harness/ec2/ebs.py``): what it sends, what it skips,
+what it leaves behind when it fails, is interrupted or killed."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import types
 from pathlib import Path
 
 import boto3
@@ -19,10 +22,11 @@ import botocore.config
 import pytest
 from amic.errors import BuildError
 from amic.targets.ec2 import block_manifest as bm
-from amic.targets.ec2 import ebs_image, ebs_upload
+from amic.targets.ec2 import disk_reuse, ebs_early, ebs_image, ebs_upload
 
 from tests.harness.cli import run_amic
 from tests.harness.ec2 import REGION, fake_ec2
+from tests.harness.ec2.ebs_model import EbsError
 
 pytestmark = pytest.mark.slow
 B = bm.BLOCK_SIZE
@@ -271,3 +275,130 @@ def test_manifest_scan_and_changes(tmp_path, monkeypatch):
     assert bm.load("../../etc/passwd") is None
     (bm.manifests_dir() / "snap-0123456789abcdef1.json").write_text("{not json")
     assert bm.load("snap-0123456789abcdef1") is None
+
+
+# -- the snapshot started beside the disk step (ebs_early) -----------------------------------
+
+@pytest.fixture
+def created(fake):
+    """``f(snapshot_id)`` hooks the stand-in runs as it starts a snapshot, removed after."""
+    hooks: list = []
+    fake.ebs.on_created.extend([lambda snap: [f(snap) for f in hooks]])
+    yield hooks
+    fake.ebs.on_created.pop()
+
+
+def amic_snapshots(fake) -> list[str]:
+    """The snapshots amic made (moto's RegisterImage invents one of its own for each image)."""
+    found = fake.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    return sorted(s["SnapshotId"] for s in found
+                  if any(t["Key"] == "amic:build-id" for t in s.get("Tags", [])))
+
+
+def beside(fake, volume_gib: int, log=None):
+    return ebs_early.beside(lambda: ebs(fake), fake.client(direct=False), volume_gib=volume_gib,
+                            tags=TAGS, build_id="b-1", description="test", log=log)
+
+
+def disk_step(seconds: float) -> float:
+    """A disk step as ``disk_reuse``'s: the main thread waits on a subprocess; when it ended."""
+    subprocess.run(["sleep", str(seconds)], check=True)
+    return time.monotonic()
+
+
+def test_the_snapshot_starts_beside_the_disk_step_and_the_upload_goes_into_it(
+        fake, tmp_path, created):
+    first = publish(fake, disk(tmp_path / "a.raw", {0: b"a", 1: b"b", 40: b"c"}))
+    seen: dict[str, float] = {}
+    created.append(lambda snap: seen.setdefault(snap, time.monotonic()))
+    lines: list[str] = []
+    with beside(fake, 1, lines.append) as early:
+        ended = disk_step(2.0)
+        second = disk(tmp_path / "b.raw", {0: b"a", 1: b"B", 40: b"c", 60: b"d"})
+        two = publish(fake, second, name="demo-2", early=early, log=lines.append)
+    snap = two.upload.snapshot_id
+    assert list(seen) == [snap] and seen[snap] < ended, (seen, ended)
+    assert fake.ebs.calls["StartSnapshot"] == 2        # the first build's and this one
+    said = next(ln for ln in lines if ln.startswith(f"snapshot {snap} started beside"))
+    asked = float(said.split("(asked ")[1].split("s into it)")[0])
+    assert 0 <= asked < 2.0, said          # asked for before the 2 s disk step ended
+    # over the first snapshot, found beside the disk step too: only the changed blocks went
+    assert two.upload.parent == first.upload.snapshot_id == fake.ebs.snaps[snap].parent
+    assert sorted(i for s, i in fake.ebs.puts if s == snap) == [1, 60]
+    assert read_back(fake, snap, second.stat().st_size) == second.read_bytes()
+    assert amic_snapshots(fake) == sorted([first.upload.snapshot_id, snap])
+
+
+def test_a_failed_or_interrupted_disk_step_deletes_the_early_snapshot(fake, created):
+    up = threading.Event()
+    created.append(lambda snap: up.set())
+    for stop in (BuildError("the disk step failed"), KeyboardInterrupt()):
+        up.clear()
+        with pytest.raises(type(stop)), beside(fake, 1):
+            assert up.wait(20)              # the snapshot exists (or is being answered)
+            disk_step(0.2)
+            raise stop
+        assert upload_snapshots(fake) == []
+    assert fake.ebs.calls["StartSnapshot"] == 2
+
+    # Ctrl-C while StartSnapshot is still in flight: its answer is waited for, and deleted
+    created.append(lambda snap: time.sleep(1.5))
+    up.clear()
+    with pytest.raises(KeyboardInterrupt), beside(fake, 1):
+        assert up.wait(20)
+        raise KeyboardInterrupt
+    assert fake.ebs.calls["StartSnapshot"] == 3 and upload_snapshots(fake) == []
+
+
+def test_an_error_starting_the_early_snapshot_is_the_builds_and_nothing_is_left(
+        fake, tmp_path):
+    def refuse(action, snaps, request, headers):
+        if action == "StartSnapshot":
+            raise EbsError("AccessDeniedException", 403, "not authorized: ebs:StartSnapshot")
+
+    fake.ebs.authorizers.append(refuse)
+    path = disk(tmp_path / "r.raw", {0: b"r"})
+    with pytest.raises(BuildError, match="AccessDeniedException"), beside(fake, 1) as early:
+        disk_step(0.1)
+        publish(fake, path, early=early)
+    assert fake.ebs.calls["StartSnapshot"] == 1     # raised as it was, not asked again
+    assert upload_snapshots(fake) == [] and not fake.proxy.calls_of("RegisterImage")
+
+
+def test_a_disk_of_another_size_deletes_the_early_snapshot_and_uploads_its_own(
+        fake, tmp_path, created):
+    seen: list[str] = []
+    created.append(seen.append)
+    lines: list[str] = []
+    # the kept disk was 1 GiB; the disk made is bigger (made afresh): a 2 GiB volume
+    path = disk(tmp_path / "big.raw", {0: b"x", 2100: b"y"}, size=bm.GIB + 2 * B)
+    with beside(fake, 1, lines.append) as early:
+        disk_step(0.5)
+        done = publish(fake, path, early=early, log=lines.append)
+    snap = done.upload.snapshot_id
+    assert len(seen) == 2 and seen[1] == snap, seen
+    assert (f"deleted {seen[0]}, started beside the disk step for a 1 GiB disk: this disk "
+            "needs 2 GiB") in lines, lines
+    assert amic_snapshots(fake) == [snap]
+    assert fake.ebs.snaps[snap].volume_size == 2
+    assert fake.ebs.blocks_of(snap) == bm.scan(path)
+    asked = fake.proxy.calls_of("RegisterImage", answered=True)[-1]
+    assert (asked["BlockDeviceMapping.1.Ebs.SnapshotId"],
+            asked["BlockDeviceMapping.1.Ebs.VolumeSize"]) == (snap, "2")
+    image = fake.client(direct=False).describe_images(ImageIds=[done.image_id])["Images"][0]
+    assert {t["Key"]: t["Value"] for t in image["Tags"]} == TAGS
+
+
+def test_the_volume_is_known_before_the_disk_only_over_a_kept_disk(tmp_path):
+    store = types.SimpleNamespace(root=tmp_path)
+    assert ebs_early.kept_volume_gib(store, "p-test") is None
+    kept = disk_reuse.kept_dir(store, "p-test")
+    kept.mkdir(parents=True)
+    (kept / "disk.json").write_text(json.dumps({"uuid": "u", "root_mib": 2000,
+                                                "used_kib": 100_000}))
+    assert ebs_early.kept_volume_gib(store, "p-test") is None       # no disk.raw
+    disk(kept / "disk.raw", {}, size=2 * bm.GIB + B)
+    assert ebs_early.kept_volume_gib(store, "p-test") == 3
+    (kept / "disk.json").write_text(json.dumps({"uuid": "u", "root_mib": 2000,
+                                                "used_kib": 1_900_000}))
+    assert ebs_early.kept_volume_gib(store, "p-test") is None       # made afresh, bigger

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from amic.targets.ec2 import disk_reuse
 from amic.targets.local import disk, rootfs
 from tests.harness import tools
 from tests.harness.diskroot import SHELLS, debugfs, make_root, run_make_root
@@ -95,10 +96,8 @@ def reuse_root(tmp_path: Path, lower: Path, raw: Path, root_uuid: str
         (scratch / d).mkdir(parents=True)
     size = raw.stat().st_size - disk.ROOT_START - disk.TAIL
     return subprocess.run(
-        [tools.require("unshare"), "--mount", "--propagation", "private", "dash", "-c",
-         disk.root_script("reuse-root.sh"), "amic-disk-reuse", str(lower),
-         *(str(scratch / d) for d in ("upper", "work", "merged")), str(raw), root_uuid,
-         str(disk.ROOT_START), str(size), str(scratch / "mnt"), str(scratch / "out")],
+        [tools.require("unshare"), "--mount", "--propagation", "private",
+         *disk_reuse.reuse_command([lower], scratch, raw, root_uuid, size, shell="dash")],
         env=rootfs.CLEAN_ENV, capture_output=True, text=True, timeout=120)
 
 

@@ -1,8 +1,10 @@
 """Block devices and AMI attributes as EC2 takes them, where moto differs (issue 21).
 
-- RunInstances/CreateImage mappings: IOPS and throughput checked by EC2's rules (moto checks
-  them on CreateVolume only, and drops a RunInstances mapping's IOPS, then refuses its io1/io2
-  volume: moto is asked for gp3, the proxy's log keeps what the client sent); a root mapping
+- RunInstances/CreateImage/RegisterImage mappings: IOPS and throughput checked by EC2's rules
+  (moto checks them on CreateVolume only, and drops a RunInstances mapping's IOPS, then
+  refuses its io1/io2 volume: moto is asked for gp3, the proxy's log keeps what the client
+  sent; its RegisterImage keeps no mapping at all); a RegisterImage mapping of a snapshot
+  with a ``VolumeSize`` below the snapshot's is refused, as EC2 refuses it; a root mapping
   with a type but no size or snapshot (``--volume-type`` alone) takes the image's size, as
   on EC2 (moto wants one of the two).
 - EnableImageDeprecation, which moto lacks, answered here (``Ec2Proxy.answer``) with EC2's
@@ -66,7 +68,21 @@ class AmiRules:
         proxy.forward["RunInstances"].append(self._root_mapping_from_image)
         proxy.before["RunInstances"].append(refuse_bad_volumes)
         proxy.before["CreateImage"].append(refuse_bad_volumes)
+        proxy.before["RegisterImage"].append(refuse_bad_volumes)
+        proxy.before["RegisterImage"].append(self._refuse_volumes_below_snapshots)
         proxy.forward["RunInstances"].append(provisioned_as_gp3)
+
+    def _refuse_volumes_below_snapshots(self, params) -> None:
+        moto = self.proxy.moto_client()
+        for pre in _mappings(params):
+            snap, size = params.get(f"{pre}.Ebs.SnapshotId"), params.get(f"{pre}.Ebs.VolumeSize")
+            if not (snap and size):
+                continue
+            found = moto.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [snap]}])
+            least = max([s["VolumeSize"] for s in found["Snapshots"]], default=0)
+            if int(size) < least:
+                raise ApiError("InvalidBlockDeviceMapping", f"Volume of size {size}GB is "
+                               f"smaller than snapshot '{snap}', expect size >= {least}GB")
 
     def _root_mapping_from_image(self, params):
         """A mapping of the image's root device without size or snapshot (``--volume-type``

@@ -8,8 +8,11 @@ Here the previous disk of the same project is kept (in the local store, ``vmdisk
 loop-mounted in a private mount namespace and brought to the new image with ``rsync
 --inplace --delete`` (``local/scripts/reuse-root.sh``): unchanged files keep their blocks,
 a changed file is rewritten in its own, so the blocks that differ are those of the files
-that changed and a little ext4 metadata. The partition layout, the root's UUID and size
-stay those of the first disk; when the new image does not fit in it any more (or there is
+that changed and a little ext4 metadata. rsync compares only the paths where the new
+image's layers differ from those of the image the disk holds (``disk_delta``: the kept
+facts name that image, stamped with the disk file they describe), not every file of both
+trees, where that can be told from the layers. The partition layout, the root's UUID and
+size stay those of the first disk; when the new image does not fit in it any more (or there is
 no previous disk, or anything fails) the disk is made afresh, and kept for next time.
 
 No copy of the ~1 GB disk is made on the way: the build that holds the project's disk lock
@@ -24,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,11 +38,14 @@ from pathlib import Path
 from amic.errors import BuildError
 from amic.fsutil import LockBusy, file_lock, write_atomic
 from amic.targets.base import Image
+from amic.targets.ec2 import disk_delta
 from amic.targets.local import disk, rootfs, vmdisks
+from amic.targets.scripts import script
 
 Log = Callable[[str], None]
 FILL_LIMIT = 0.85
 """Above this share of the root file system used, the disk is made afresh (bigger)."""
+IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def kept_dir(store, project: str) -> Path:
@@ -70,24 +78,65 @@ def _take(src: Path, dst: Path) -> None:
         src.unlink()
 
 
+def _stamp(path: Path) -> list[int]:
+    """What ties the kept facts to one written disk file: inode, size, last change."""
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def delta_since(store, facts: dict, previous: Path, lowers: list[Path]) -> list[str] | None:
+    """The paths where ``previous`` (the kept disk) can differ from the image of ``lowers``
+    (``disk_delta``), when its facts name the image it holds and were written with this
+    very file; else ``None``: every file is compared."""
+    held = facts.get("image")
+    if not isinstance(held, str) or not IMAGE_ID.fullmatch(held) or \
+            facts.get("stamp") != _stamp(previous):
+        return None
+    try:
+        with store.use(held) as held_lowers:     # not pruned while its layers are read
+            return disk_delta.changed_paths(held_lowers, lowers)
+    except (BuildError, OSError):
+        return None
+
+
+def reuse_command(lowers: list[Path], scratch: Path, raw: Path, root_uuid: str,
+                  root_bytes: int, delta: str = "", *, shell: str = "sh") -> list[str]:
+    """``reuse-root.sh`` (after ``sync-root.sh``) as a command line, for a mount namespace of
+    its own: ``lowers`` written over the root of ``raw``, in ``scratch``'s upper, work,
+    merged, mnt and out directories; ``delta``: the file of paths to compare, or ""."""
+    return [shell, "-c", script(disk.__package__, "sync-root.sh") +
+            disk.root_script("reuse-root.sh"), "amic-disk-reuse",
+            ":".join(str(p) for p in lowers),
+            *(str(scratch / d) for d in ("upper", "work", "merged")), str(raw), root_uuid,
+            str(disk.ROOT_START), str(root_bytes), str(scratch / "mnt"), str(scratch / "out"),
+            delta, sys.executable, disk_delta.__file__]
+
+
 def reuse(store, vm_image: Image, previous: Path, facts: dict, out: Path, *,
-          move: bool = False) -> dict:
+          move: bool = False, log: Log | None = None) -> dict:
     """``out``: ``previous`` (moved there, or a copy of it) whose root file system now holds
-    ``vm_image``."""
+    ``vm_image``. Moved (the caller holds the project's disk lock), only the paths where
+    the two images differ are compared, when that can be told (:func:`delta_since`)."""
     disk.check_tools("raw")
     if shutil.which("rsync") is None:
         raise BuildError("rsync is missing (apt-get install rsync)")
+    lowers = store.lowers(vm_image.id)
+    delta = delta_since(store, facts, previous, lowers) if move else None
+    if log is not None:
+        log("disk: every file compared" if delta is None else
+            f"disk: {len(delta)} paths of the image's own layers compared")
     (_take if move else _copy)(previous, out)
     with store.scratch("disk-reuse-") as scratch:
         for d in ("upper", "work", "merged", "mnt", "out"):
             (scratch / d).mkdir()
-        lowers = ":".join(str(p) for p in store.lowers(vm_image.id))
-        root_bytes = int(facts["root_mib"]) * disk.MIB
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                disk.root_script("reuse-root.sh"), "amic-disk-reuse", lowers,
-                str(scratch / "upper"), str(scratch / "work"), str(scratch / "merged"),
-                str(out), facts["uuid"], str(disk.ROOT_START), str(root_bytes),
-                str(scratch / "mnt"), str(scratch / "out")]
+        listed = ""
+        if delta is not None:
+            listed = str(scratch / "delta")
+            write_atomic(Path(listed), b"".join(os.fsencode(p) + b"\0" for p in delta),
+                         mode=0o600)
+        argv = ["unshare", "--mount", "--propagation", "private",
+                *reuse_command(lowers, scratch, out, facts["uuid"],
+                               int(facts["root_mib"]) * disk.MIB, listed)]
         disk.run(argv, env=rootfs.CLEAN_ENV)
         o = scratch / "out"
         used = int((o / "used-kib").read_text())
@@ -132,7 +181,7 @@ def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | No
         if fits:
             try:
                 facts = reuse(target.store, vm_image, kept / "disk.raw", facts, out,
-                              move=owned)
+                              move=owned, log=log)
                 reused = facts["used_kib"] < FILL_LIMIT * int(facts["root_mib"]) * 1024
             except BuildError as exc:
                 if log is not None:
@@ -141,6 +190,7 @@ def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | No
         with contextlib.suppress(FileNotFoundError):
             out.unlink()
         facts = disk.write_disk(target.store, vm_image, out, fmt="raw")
+    facts = {**facts, "image": vm_image.id}      # what the disk's root holds, exactly
     if owned:
         keep(kept, out, facts)
     return facts, reused
@@ -148,8 +198,12 @@ def make_disk(target, vm_image: Image, project: str, out: Path, *, log: Log | No
 
 def keep(kept: Path, raw: Path, facts: dict) -> None:
     """``raw`` as the project's previous disk (replaced whole: a reader sees one or the other),
-    a hard link where it can be (``raw`` is not written after this)."""
+    a hard link where it can be (``raw`` is not written after this). The facts go first
+    and come back last, stamped with the file they describe: a build killed in between
+    leaves a disk with no facts (made afresh next time), never one with another's."""
     kept.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        (kept / "disk.json").unlink()
     tmp = kept / f".disk-{uuid.uuid4().hex}.raw"
     try:
         try:
@@ -160,4 +214,5 @@ def keep(kept: Path, raw: Path, facts: dict) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    write_atomic(kept / "disk.json", json.dumps(facts), mode=0o600)
+    stamped = {**facts, "stamp": _stamp(kept / "disk.raw")}
+    write_atomic(kept / "disk.json", json.dumps(stamped), mode=0o600)

@@ -155,12 +155,12 @@ def delete_quietly(ec2, snapshot_id: str, log: Callable[[str], None] | None) -> 
             log(f"could not delete unfinished snapshot {snapshot_id} ({exc}); amic gc will")
 
 
-@contextlib.contextmanager
-def started_snapshot(ebs, ec2, *, volume_gib: int, tags: Mapping[str, str], description: str,
-                     parent: str | None = None, client_token: str | None = None,
-                     log: Callable[[str], None] | None = None) -> Iterator[str]:
-    """StartSnapshot; the snapshot is deleted if the block leaves by any exception
-    (Ctrl-C included) before it is completed."""
+def start_snapshot(ebs, *, volume_gib: int, tags: Mapping[str, str], description: str,
+                   parent: str | None = None, client_token: str | None = None,
+                   stop: threading.Event | None = None,
+                   log: Callable[[str], None] | None = None) -> str:
+    """StartSnapshot, tagged at creation (``amic gc`` finds it after a kill); the caller
+    deletes it if it is never completed (:func:`owned_snapshot`)."""
     kept, dropped = aws.fit_tags(tags, keep_prefixes=("amic:",))
     if dropped and log is not None:
         log(f"snapshot tags over EC2's limit left out: {', '.join(dropped)}")
@@ -170,12 +170,32 @@ def started_snapshot(ebs, ec2, *, volume_gib: int, tags: Mapping[str, str], desc
         args["ParentSnapshotId"] = parent
     if client_token:
         args["ClientToken"] = client_token
-    snap = retrying("starting an EBS snapshot", ebs.start_snapshot, **args)["SnapshotId"]
+    return retrying("starting an EBS snapshot", ebs.start_snapshot, stop=stop,
+                    **args)["SnapshotId"]
+
+
+@contextlib.contextmanager
+def owned_snapshot(ec2, snapshot_id: str, log: Callable[[str], None] | None = None
+                   ) -> Iterator[str]:
+    """``snapshot_id``, deleted if the block leaves by any exception (Ctrl-C included):
+    the block completes it or it goes."""
     try:
-        yield snap
+        yield snapshot_id
     except BaseException:
-        delete_quietly(ec2, snap, log)
+        delete_quietly(ec2, snapshot_id, log)
         raise
+
+
+@contextlib.contextmanager
+def started_snapshot(ebs, ec2, *, volume_gib: int, tags: Mapping[str, str], description: str,
+                     parent: str | None = None, client_token: str | None = None,
+                     log: Callable[[str], None] | None = None) -> Iterator[str]:
+    """StartSnapshot; the snapshot is deleted if the block leaves by any exception
+    (Ctrl-C included) before it is completed."""
+    snap = start_snapshot(ebs, volume_gib=volume_gib, tags=tags, description=description,
+                          parent=parent, client_token=client_token, log=log)
+    with owned_snapshot(ec2, snap, log):
+        yield snap
 
 
 class _Sender:
@@ -235,13 +255,16 @@ def upload(ebs, ec2, disk: Path, *, tags: Mapping[str, str], description: str,
            parent: bm.Manifest | None = None, workers: int = WORKERS,
            progress: Progress | None = None, log: Callable[[str], None] | None = None,
            on_started: Callable[[str], None] | None = None,
+           started: contextlib.AbstractContextManager[str] | None = None,
            new_snapshot_patience: float = NEW_SNAPSHOT_PATIENCE,
            seal_poll: float = SEAL_POLL, seal_timeout: float = SEAL_TIMEOUT) -> Uploaded:
     """Write ``disk`` (a raw disk image) to a new completed snapshot; its manifest is saved.
 
     ``parent``: the manifest of an earlier snapshot of the same project; the new one starts
     from it and only the changed blocks are sent. ``on_started(snapshot_id)`` runs once the
-    snapshot exists (a heartbeat adds it)."""
+    snapshot exists (a heartbeat adds it). ``started``: a snapshot already started for this
+    disk over ``parent`` (``ebs_early``), handed over on entering it: from then on the
+    upload's, deleted like one it started if the upload does not complete it."""
     t0 = time.monotonic()
     blocks = bm.scan(disk)
     gib = bm.volume_gib(os.stat(disk).st_size)
@@ -250,8 +273,11 @@ def upload(ebs, ec2, disk: Path, *, tags: Mapping[str, str], description: str,
     todo = bm.changed(blocks, parent)
     fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        with started_snapshot(ebs, ec2, volume_gib=gib, tags=tags, description=description,
-                              parent=parent.snapshot_id if parent else None, log=log) as snap:
+        if started is None:
+            started = started_snapshot(ebs, ec2, volume_gib=gib, tags=tags,
+                                       description=description,
+                                       parent=parent.snapshot_id if parent else None, log=log)
+        with started as snap:
             unknown_until = time.monotonic() + new_snapshot_patience
             if on_started is not None:
                 on_started(snap)

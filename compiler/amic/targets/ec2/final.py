@@ -41,10 +41,16 @@ def make_final(target, machine, *, key: str, tags: Mapping[str, str]) -> Image:
     snaps = target.step(f"tagging, setting attributes of and sharing {image_id}",
                         lambda: _publish(target, raw, new))
     log(f"image {image_id} available (final; snapshots {', '.join(snaps) or '-'})")
-    if opts.copies(target.region):
-        target.copies = {}      # a new image: none of its copies exists yet
-        _copy(target, image_id, new, machine.build_id)
+    copy_new(target, image_id, new, machine.build_id)
     return amis.image_from_raw(raw)
+
+
+def copy_new(target, image_id: str, new: naming.NewImage, build_id: str) -> None:
+    """``--copy-to-region`` of a final image just made, however (``target``: the
+    ``Ec2Target``; ``--bake local`` calls this too)."""
+    if target.opts.copies(target.region):
+        target.copies = {}      # a new image: none of its copies exists yet
+        _copy(target, image_id, new, build_id)
 
 
 def _create(target, machine, new: naming.NewImage, key: str) -> dict:

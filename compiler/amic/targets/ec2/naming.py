@@ -119,11 +119,14 @@ def fixed_name(template: str, tags: Mapping[str, str], key: str) -> str | None:
     return None if marker in text else ami_name(text)
 
 
-def check_name_free(ec2, name: str) -> None:
+def check_name_free(ec2, name: str, key: str | None = None) -> None:
     """BuildError when an AMI of this account already has ``name`` (EC2 would refuse the
-    CreateImage at the end of the build with InvalidAMIName.Duplicate)."""
+    CreateImage at the end of the build with InvalidAMIName.Duplicate), unless that AMI is
+    the final image of ``key`` itself: the build's cached result, which it is about to
+    find, not a name taken by another image (a fixed ``--ami-name`` rebuilt unchanged)."""
     found = aws.call("looking up the AMI name", ec2.describe_images, Owners=["self"],
                      Filters=[{"Name": "name", "Values": [name]}])["Images"]
+    found = [i for i in found if key is None or aws.tag_dict(i.get("Tags")).get(TAG_KEY) != key]
     if found:
         raise BuildError(f"an AMI named {name!r} exists already ({found[0]['ImageId']}): "
                          "choose an --ami-name with {stamp} or {build_id}, or pass "

@@ -179,7 +179,7 @@ class Ec2Target(Target):
             return          # replacing it on purpose
         name = naming.fixed_name(opts.image_name, tags, key)
         if name is not None:    # None: unique by construction
-            naming.check_name_free(self.ec2, name)
+            naming.check_name_free(self.ec2, name, key)
 
     def plan_lookups(self, keys, services, *, project=None) -> None:
         """One DescribeImages and one DescribeSnapshots for all of a build's keys (:mod:`.lookups`)."""

@@ -8,10 +8,14 @@
 #   $4 merged  the overlay's mount point                 $9 mnt     the root file system's
 #   $5 disk    the copy of the earlier disk                         mount point
 #   $10 out    boot.img, core.img, BOOTX64.EFI, used-kib
+#   $11 delta  the paths where the image's layers differ from the disk's (NUL-separated,
+#              written by amic), or "" to compare every file
+#   $12 python, $13 disk_delta.py  (sync-root.sh, put before this script, says what for)
 # The per-disk files are those make-root.sh writes without a profile (keep the two equal;
 # its devvm profile is for dev VM disks, never an EC2 one).
 set -eu
 lowers=$1 upper=$2 work=$3 merged=$4 disk=$5 uuid=$6 offset=$7 size=$8 mnt=$9 out=${10}
+delta=${11} python=${12} filter=${13}
 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$merged"
 beneath boot || refuse "/boot is missing"
 # shellcheck disable=SC2012  # Debian's kernels are vmlinuz-VERSION: nothing for ls to mangle
@@ -37,12 +41,14 @@ if beneath var/cache/apt/archives; then rm -rf "$merged/var/cache/apt/archives/"
 for f in boot.img core.img BOOTX64.EFI; do
     regular_file "usr/lib/amic-vm/$f" && cp "$merged/usr/lib/amic-vm/$f" "$out/$f"
 done
-du -sxk "$merged" | cut -f1 > "$out/used-kib"
-mount -t ext4 -o "loop,offset=$offset,sizelimit=$size" "$disk" "$mnt"
-# --inplace: a changed file is rewritten in its own blocks; an unchanged one (same size
-# and time) is not touched. Whole files locally, so identical content lands identically.
+# the image's size, counted beside the copy (both only read the tree)
+du -sxk "$merged" > "$out/du" &
+counting=$!
+# noatime: rsync reading a file (--checksum) must not write its inode: a block to upload
+mount -t ext4 -o "loop,noatime,offset=$offset,sizelimit=$size" "$disk" "$mnt"
 status=0
-rsync -aHAX --numeric-ids --inplace --delete --exclude=/lost+found "$merged/" "$mnt/" \
-    || status=$?
+sync_root "$merged" "$mnt" "$upper" "$delta" "$python" "$filter" || status=$?
 umount "$mnt"
+wait "$counting" || status=1
+cut -f1 < "$out/du" > "$out/used-kib"
 exit "$status"
