@@ -204,8 +204,12 @@ def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
             then(image_id, done.snapshot_id)
     except BaseException:
         if image_id is not None:
-            resources.cleanup_quietly(log or (lambda _: None), "image", image_id,
-                                      lambda i: ec2.deregister_image(ImageId=i), image_id)
+            resources.cleanup_quietly(
+                log or (lambda _: None), "image", image_id,
+                lambda i: ec2.deregister_image(ImageId=i), image_id,
+                left="it stays registered, a final image of its key: the next build takes "
+                     "it from the cache and gives it the sharing asked; `amic ami prune` or "
+                     "`aws ec2 deregister-image` removes it")
         up.delete_quietly(ec2, done.snapshot_id, log)
         bm.forget(done.snapshot_id)
         raise
