@@ -113,7 +113,18 @@ def test_bake_local_uploads_registers_and_is_cached(tmp_path):
         assert f"snapshot {second} started beside the disk step" in changed.stderr
         assert "changed in place" in changed.stderr and fake.ebs.calls["StartSnapshot"] == 2
         assert fake.ebs.snaps[second].parent == snap and fake.ebs.state(second) == "completed"
+
+        # --no-cache makes the key's image again and deregisters the one it replaces, as on
+        # the SSH path: one key names one final AMI
+        replaced = changed.stdout.split()[-1]
+        key = {t["Key"]: t["Value"] for t in image["Tags"]}["amic:key"]
+        fresh = amic("build", "Amifile", "--target", "ec2", "--bake", "local", "--no-cache")
+        assert fresh.returncode == 0, fresh.stderr
+        assert fresh.stdout.split()[-1] != replaced and f"deregistered {replaced}" in fresh.stderr
         fake.strict.consistency.settle()
+        under_key = fake.client(direct=False).describe_images(Owners=["self"], Filters=[
+            {"Name": "tag:amic:key", "Values": [key]}])["Images"]
+        assert [i["ImageId"] for i in under_key] == [fresh.stdout.split()[-1]], under_key
         assert "nothing to collect" in amic("gc").stderr
 
 

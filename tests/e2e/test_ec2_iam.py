@@ -325,6 +325,15 @@ def test_share_with_needs_its_statement(session):
     perms = session.fake.client().describe_image_attribute(
         ImageId=run.ami, Attribute="launchPermission")["LaunchPermissions"]
     assert perms == [{"UserId": SHARE_WITH}]
+    # the refused build's AMI, unshared, is the cached image of its key: once the policy
+    # is fixed, the same build answers it shared as asked, not as that build left it
+    again = session.build("share-1", "--share-with", SHARE_WITH,
+                          policy=DOC.policy(*FEATURES["share"]))
+    no_denials(again, SWAP)
+    assert "RunInstances" not in again.actions, again.actions
+    perms = session.fake.client().describe_image_attribute(
+        ImageId=again.ami, Attribute="launchPermission")["LaunchPermissions"]
+    assert perms == [{"UserId": SHARE_WITH}]
 
 
 @pytest.mark.slow

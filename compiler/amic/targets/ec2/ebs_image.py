@@ -2,13 +2,13 @@
 
 :func:`publish` finds the project's previous uploaded snapshot whose block manifest is
 kept here (the parent: only changed blocks go; or takes the snapshot ``ebs_early`` started
-over it beside the disk step), uploads, and registers the completed
-snapshot as an HVM image: architecture, ENA, boot mode (``uefi-preferred``: the disk
-boots by BIOS and UEFI), root device ``/dev/xvda``, ``ImdsSupport v2.0`` (the boot units
-speak IMDSv2 only), and what the ec2 options add (:class:`Registration`: another boot
-mode, NitroTPM, SR-IOV, the root volume's size and type, further mappings), tagged at creation with the same identity tags an SSH-baked AMI has
-(``engine.tags.final_tags``), so cache look-ups, ``ami ls``, prune and ``launch`` treat
-both alike. Once registered, the snapshot loses its temporary tags (``amic:role=upload``,
+over it beside the disk step), uploads, and registers the completed snapshot as an HVM
+image: architecture, ENA, boot mode (``uefi-preferred``: the disk boots by BIOS and UEFI),
+root device ``/dev/xvda``, ``ImdsSupport v2.0`` (the boot units speak IMDSv2 only), and
+what the ec2 options add (:class:`Registration`: another boot mode, NitroTPM, SR-IOV, the
+root volume's size and type, further mappings), tagged at creation with the same identity
+tags an SSH-baked AMI has (``engine.tags.final_tags``), so cache look-ups, ``ami ls``,
+prune and ``launch`` treat both alike. Once registered, the snapshot loses its temporary tags (``amic:role=upload``,
 owner, expiry, heartbeat) and gets ``amic:image-id`` like any AMI's snapshot (``amic gc``
 removes it with its AMI); until then it is a temporary resource of the build, deleted on
 any failure or Ctrl-C, found by ``amic gc`` after a kill.
@@ -204,8 +204,12 @@ def publish(ebs, ec2, disk: Path, *, name: str, description: str, arch: str,
             then(image_id, done.snapshot_id)
     except BaseException:
         if image_id is not None:
-            resources.cleanup_quietly(log or (lambda _: None), "image", image_id,
-                                      lambda i: ec2.deregister_image(ImageId=i), image_id)
+            resources.cleanup_quietly(
+                log or (lambda _: None), "image", image_id,
+                lambda i: ec2.deregister_image(ImageId=i), image_id,
+                left="it stays registered, a final image of its key: the next build takes "
+                     "it from the cache and gives it the sharing asked; `amic ami prune` or "
+                     "`aws ec2 deregister-image` removes it")
         up.delete_quietly(ec2, done.snapshot_id, log)
         bm.forget(done.snapshot_id)
         raise

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import attrs
+
 from amic.errors import BuildError
 from amic.targets.base import Image
 from amic.targets.ec2 import copies
@@ -85,9 +87,11 @@ def _publish(target, raw: dict, new: naming.NewImage) -> list[str]:
 
 
 def publish_cached(target, image: Image, build_id: str) -> None:
-    """A cached final image: its ``--copy-to-region`` copies found, and the missing ones
+    """A cached final image given what this build asks of it and it lacks: the sharing
+    (:func:`_share_cached`), and its ``--copy-to-region`` copies found, and the missing ones
     made (an earlier build was interrupted while copying, or asked for fewer regions); a
     copy still pending (its build was killed) is waited for instead of copied again."""
+    _share_cached(target, image)
     regions = list(target.opts.copies(target.region))
     if not regions:
         return
@@ -107,6 +111,29 @@ def publish_cached(target, image: Image, build_id: str) -> None:
     target.log("copying the cached image to the regions it is missing from: "
                + ", ".join(r for r in regions if r not in target.copies))
     _copy(target, image.id, new, build_id, made=pending)
+
+
+def _share_cached(target, image: Image) -> None:
+    """The sharing this build asks for, made sure on a cached image: one made by a build
+    whose sharing failed (a missing permission, fixed since), or by a build that asked for
+    none, answers this one only once shared as asked (adding a permission it has is a
+    no-op). ``--imds-support`` too where the image says otherwise, and ``--deprecate-at``
+    where it has no deprecation time (a relative one is not moved on by every rebuild)."""
+    opts, ec2 = target.opts, target.ec2
+    imds = opts.imds_support
+    if not (opts.launch_permission or opts.volume_users or imds or opts.deprecate_at):
+        return
+    found = aws.call(f"describing {image.id}", ec2.describe_images,
+                     ImageIds=[image.id])["Images"]
+    if not found:
+        raise BuildError(f"the cached image {image.id} is gone: build again")
+    raw = found[0]
+    snaps = [m["Ebs"]["SnapshotId"] for m in raw.get("BlockDeviceMappings", [])
+             if m.get("Ebs", {}).get("SnapshotId")]
+    amis.set_attributes(ec2, image.id, attrs.evolve(
+        opts, imds_support=imds if imds and raw.get("ImdsSupport") != imds else None,
+        deprecate_at=None if raw.get("DeprecationTime") else opts.deprecate_at), target.log)
+    amis.share(ec2, image.id, snaps, opts, target.log)
 
 
 def _copy(target, image_id: str, new: naming.NewImage, build_id: str,

@@ -108,6 +108,11 @@ class LocalBake(LocalTarget):
         self.ec2t.log, self.ec2t.step = self.log, self.step
         return self.ec2t
 
+    def remove_superseded(self) -> list[str]:
+        """After a ``--no-cache`` build: the local images it replaced, and the older final
+        AMIs of its key (as on the SSH path: one key names one final AMI)."""
+        return [*super().remove_superseded(), *self.ec2t.remove_superseded()]
+
     def publish_cached(self, image: Image, build_id: str) -> None:
         """A cached final AMI (made either way): its missing region copies, as on the SSH path."""
         finals.publish_cached(self._ec2(), image, build_id)
@@ -173,6 +178,7 @@ class LocalBake(LocalTarget):
                 how=local_publish.registration(opts),
                 then=local_publish.finish(ec2, opts, self.region, self.log))
         finals.copy_new(self._ec2(), done.image_id, new, build_id)
+        self.ec2t.made_final = (key, done.image_id)     # for --no-cache: remove_superseded
         # the image as registered, from what amic gave RegisterImage: no DescribeImages (the
         # build's result needs its id; EC2 may not list a new image at once anyway)
         return Image(id=done.image_id, key=key, tags=done.tags)

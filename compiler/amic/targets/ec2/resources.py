@@ -149,13 +149,17 @@ class Heartbeat:
                                        {"Key": owner.TAG_OWNER}])
 
 
-def cleanup_quietly(log: Log, what: str, name: str, fn: Callable, *args) -> None:
-    """Run one cleanup; a failure is logged (the resource is tagged for ``amic gc``)."""
+LEFT_FOR_GC = "it is tagged; `amic gc` removes it after it expires"
+
+
+def cleanup_quietly(log: Log, what: str, name: str, fn: Callable, *args,
+                    left: str = LEFT_FOR_GC) -> None:
+    """Run one cleanup; a failure is logged with what becomes of the resource (``left``: by
+    default, a temporary resource tagged for ``amic gc``)."""
     try:
         fn(*args)
     except Exception as exc:  # noqa: BLE001 - cleanup logs, never raises (multistep)
-        log(f"warning: could not remove {what} {name}: {exc} "
-            "(it is tagged; `amic gc` removes it after it expires)")
+        log(f"warning: could not remove {what} {name}: {exc} ({left})")
 
 
 # -- key pair ----------------------------------------------------------------------------
