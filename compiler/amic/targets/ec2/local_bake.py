@@ -114,7 +114,8 @@ class LocalBake(LocalTarget):
         return [*super().remove_superseded(), *self.ec2t.remove_superseded()]
 
     def publish_cached(self, image: Image, build_id: str) -> None:
-        """A cached final AMI (made either way): its missing region copies, as on the SSH path."""
+        """A cached final AMI (made either way): the sharing asked, and its missing region
+        copies, as on the SSH path."""
         finals.publish_cached(self._ec2(), image, build_id)
 
     def check_final(self, key: str, tags: Mapping[str, str]) -> None:
