@@ -15,7 +15,7 @@ Each part is one step the user may retry under ``--on-error ask`` (``Target.step
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -91,7 +91,8 @@ def publish_cached(target, image: Image, build_id: str) -> None:
     (:func:`_share_cached`), and its ``--copy-to-region`` copies found, and the missing ones
     made (an earlier build was interrupted while copying, or asked for fewer regions); a
     copy still pending (its build was killed) is waited for instead of copied again."""
-    _share_cached(target, image)
+    described = _described(target, image)
+    _share_cached(target, image, described)
     regions = list(target.opts.copies(target.region))
     if not regions:
         return
@@ -99,11 +100,7 @@ def publish_cached(target, image: Image, build_id: str) -> None:
     target.copies = {r: i for r, (i, state) in found.items() if state == "available"}
     if len(target.copies) == len(regions):
         return
-    found_raw = aws.call(f"describing {image.id}", target.ec2.describe_images,
-                         ImageIds=[image.id])["Images"]
-    if not found_raw:
-        raise BuildError(f"the cached image {image.id} is gone: build again")
-    raw = found_raw[0]
+    raw = described()
     tags = aws.tag_dict(raw.get("Tags"))
     new = naming.NewImage(name=raw["Name"], description=raw.get("Description", ""),
                           tags=tags, final=True)
@@ -113,7 +110,22 @@ def publish_cached(target, image: Image, build_id: str) -> None:
     _copy(target, image.id, new, build_id, made=pending)
 
 
-def _share_cached(target, image: Image) -> None:
+def _described(target, image: Image) -> Callable[[], dict]:
+    """The cached image's DescribeImages entry, asked for once, and only if needed."""
+    kept: list[dict] = []
+
+    def get() -> dict:
+        if not kept:
+            found = aws.call(f"describing {image.id}", target.ec2.describe_images,
+                             ImageIds=[image.id])["Images"]
+            if not found:
+                raise BuildError(f"the cached image {image.id} is gone: build again")
+            kept.append(found[0])
+        return kept[0]
+    return get
+
+
+def _share_cached(target, image: Image, described: Callable[[], dict]) -> None:
     """The sharing this build asks for, made sure on a cached image: one made by a build
     whose sharing failed (a missing permission, fixed since), or by a build that asked for
     none, answers this one only once shared as asked (adding a permission it has is a
@@ -123,17 +135,11 @@ def _share_cached(target, image: Image) -> None:
     imds = opts.imds_support
     if not (opts.launch_permission or opts.volume_users or imds or opts.deprecate_at):
         return
-    found = aws.call(f"describing {image.id}", ec2.describe_images,
-                     ImageIds=[image.id])["Images"]
-    if not found:
-        raise BuildError(f"the cached image {image.id} is gone: build again")
-    raw = found[0]
-    snaps = [m["Ebs"]["SnapshotId"] for m in raw.get("BlockDeviceMappings", [])
-             if m.get("Ebs", {}).get("SnapshotId")]
+    raw = described()
     amis.set_attributes(ec2, image.id, attrs.evolve(
         opts, imds_support=imds if imds and raw.get("ImdsSupport") != imds else None,
         deprecate_at=None if raw.get("DeprecationTime") else opts.deprecate_at), target.log)
-    amis.share(ec2, image.id, snaps, opts, target.log)
+    amis.share(ec2, image.id, amis.snapshot_ids(raw), opts, target.log)
 
 
 def _copy(target, image_id: str, new: naming.NewImage, build_id: str,
